@@ -1,0 +1,74 @@
+//! Every tunable of the core, with the defaults of DESIGN.md's table.
+
+use core::time::Duration;
+
+/// Configuration of a [`crate::Node`]. All fields are public and every default can be overridden.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Most children a node accepts (RandTree's fan-out). Default 12 (Mace RandTree).
+    pub max_children: usize,
+    /// A join that got no answer is retried after this long. Default 5 s (Mace RandTree).
+    pub join_retry: Duration,
+    /// Pause before a new round of join attempts once every candidate refused. Default 500 ms.
+    pub join_backoff: Duration,
+    /// A root probes one known peer this often to find and merge other trees. Default 10 s.
+    pub probe_interval: Duration,
+    /// RanSub epoch. Default 5 s (Mace RanSub).
+    pub ransub_epoch: Duration,
+    /// RanSub subset size. Default 10 (Mace RanSub).
+    pub ransub_size: usize,
+    /// Heartbeat interval on tree links. Default 1 s.
+    pub heartbeat: Duration,
+    /// A tree link silent this long counts as failed. Default 3 s.
+    pub dead_after: Duration,
+    /// Invitations the controller keeps outstanding at once. Default 50 (Plush-M).
+    pub max_invitations: usize,
+    /// An invitation expires after this long. Default 5 min (Plush-M).
+    pub invitation_expiry: Duration,
+    /// The controller refreshes `SetCtrl` to the root this often. Default 2 min (Plush-M).
+    pub setctrl_refresh: Duration,
+    /// A dismantling node exits after this long regardless. Default 2 min (Plush-M).
+    pub dismantle_timer: Duration,
+    /// A client with no links at all exits after this long. Default 2 min (Plush-M).
+    pub idle_expiry: Duration,
+    /// A host that disconnects this many times ...
+    pub failed_after_disconnects: u32,
+    /// ... within this window becomes `Failed`. Defaults 3 in 10 min.
+    pub failed_window: Duration,
+    /// Largest frame accepted or sent, length prefix excluded. Default 1 MiB.
+    pub max_frame: usize,
+    /// An unpinned link (no tree relation) idle this long is closed. Default 10 s.
+    pub link_idle: Duration,
+    /// Frames queued on a link that is still connecting; further frames are dropped and counted
+    /// in [`crate::Stats::pending_dropped`]. Default 64.
+    pub max_pending_frames: usize,
+    /// Known peers remembered for recovery and partition probes; when full, a random entry is
+    /// replaced. Default 32.
+    pub max_peers: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_children: 12,
+            join_retry: Duration::from_secs(5),
+            join_backoff: Duration::from_millis(500),
+            probe_interval: Duration::from_secs(10),
+            ransub_epoch: Duration::from_secs(5),
+            ransub_size: 10,
+            heartbeat: Duration::from_secs(1),
+            dead_after: Duration::from_secs(3),
+            max_invitations: 50,
+            invitation_expiry: Duration::from_secs(300),
+            setctrl_refresh: Duration::from_secs(120),
+            dismantle_timer: Duration::from_secs(120),
+            idle_expiry: Duration::from_secs(120),
+            failed_after_disconnects: 3,
+            failed_window: Duration::from_secs(600),
+            max_frame: 1 << 20,
+            link_idle: Duration::from_secs(10),
+            max_pending_frames: 64,
+            max_peers: 32,
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! # plush-core
+//!
+//! Every Plush protocol as a synchronous, deterministic state machine: no sockets, no clock, no
+//! threads, no global RNG. Drivers (the simulator, the mio driver) feed inputs and carry out
+//! outputs; the same seed and the same inputs give the same outputs, bit for bit.
+//!
+//! Map of the crate:
+//! - [`node`]: [`Node`], the client: the `handle_*` / `poll_*` contract, [`Output`], [`Event`],
+//!   [`Command`], [`Stats`]. It decodes frames and routes them to the protocol of their layer.
+//! - [`tree`]: RandTree, the self-repairing random tree (join, redirect, failover, merge, leave).
+//! - [`wire`]: frames, [`wire::Hello`], the messages of every layer, the frame pool.
+//! - [`conn`]: the connection table (link states, pins, pending frames, idle sweep).
+//! - [`config`]: [`Config`] with the defaults of DESIGN.md.
+//! - [`id`], [`time`]: [`NodeId`] (a listen address) and [`Instant`] (microseconds).
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod conn;
+pub mod id;
+pub mod node;
+pub mod time;
+pub mod tree;
+pub mod wire;
+
+pub use config::Config;
+pub use id::NodeId;
+pub use node::{Command, CommandError, Event, InputError, LinkEvent, Node, Output, Stats};
+pub use time::Instant;
+pub use tree::TreeState;

@@ -1,0 +1,382 @@
+//! `Node`: one Plush client as a sans-IO state machine.
+//!
+//! The driver feeds it one input per call (`handle_*`), then drains [`Node::poll_output`] until
+//! it returns `None`, and calls [`Node::handle_timeout`] at [`Node::poll_timeout`]. `Node` itself
+//! only decodes frames, routes them to the protocol module of their layer, and owns what the
+//! modules share: the connection table, the frame pool, the output queue, the RNG and the stats.
+
+use crate::config::Config;
+use crate::conn::{ConnTable, LinkState, Pin};
+use crate::id::NodeId;
+use crate::time::Instant;
+use crate::tree::{Tree, TreeState};
+use crate::wire::{DecodeError, Frame, FramePool, Message, TreeMsg};
+use rand::SeedableRng;
+use rand_pcg::Pcg32;
+use std::collections::VecDeque;
+
+/// What the driver must do, or may want to know.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Write `frame` (length prefix included) on the open link to `to`.
+    Transmit {
+        /// The peer.
+        to: NodeId,
+        /// The bytes to write.
+        frame: Frame,
+    },
+    /// Open a link to the peer; report [`LinkEvent::Connected`] or [`LinkEvent::ConnectFailed`].
+    Connect(NodeId),
+    /// Close the link to the peer once what was transmitted on it is written. The node already
+    /// forgot the link: report nothing back for it.
+    Close(NodeId),
+    /// Something happened; drivers log it, the simulator records it.
+    Event(Event),
+}
+
+/// Upcalls: what changed in the node, for logs, tests and the simulator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The node's parent changed (`None`: it lost its parent and is rejoining, or became root).
+    ParentChanged(Option<NodeId>),
+    /// A child was added.
+    ChildAdded(NodeId),
+    /// A child was removed (failed, left, or joined elsewhere).
+    ChildRemoved(NodeId),
+    /// The node became the root of its tree.
+    BecameRoot,
+    /// The node stopped being a root (it merged into another tree or left).
+    StoppedBeingRoot,
+    /// The node learnt a new root.
+    RootChanged(NodeId),
+    /// A broadcast from the root reached this node.
+    Broadcast(u64),
+    /// At the root: a member answered a broadcast.
+    BroadcastReply {
+        /// The broadcast.
+        id: u64,
+        /// The member.
+        node: NodeId,
+    },
+    /// The node left the tree after `Command::Leave`.
+    Left,
+}
+
+/// Link events the driver reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// A link is up (after the hello exchange): one we asked for, or one the peer opened.
+    Connected,
+    /// A link we asked for could not be opened.
+    ConnectFailed,
+    /// The link broke or the peer closed it.
+    Closed,
+}
+
+/// What the local user (or the simulator's scenario) asks of the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Join the overlay through these members; with none, the node becomes a root.
+    Join {
+        /// Members to ask first; also remembered as peers for recovery and probes.
+        bootstrap: Vec<NodeId>,
+    },
+    /// Leave the overlay: tell parent and children, close their links.
+    Leave,
+    /// At the root: send a broadcast down the whole tree; every member replies.
+    Broadcast {
+        /// Identifies the replies.
+        id: u64,
+    },
+}
+
+/// Why a frame was refused. The node's state is unchanged; the driver closes that link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InputError {
+    /// The bytes did not decode.
+    Decode(DecodeError),
+    /// A frame arrived from a peer without an open link (before `Connected`).
+    NoLink(NodeId),
+}
+
+impl core::fmt::Display for InputError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            InputError::Decode(e) => write!(f, "bad frame: {e}"),
+            InputError::NoLink(p) => write!(f, "frame from {p} before its link was up"),
+        }
+    }
+}
+
+impl std::error::Error for InputError {}
+
+/// Why a command was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommandError {
+    /// `Join` on a node that already joined or is joining.
+    AlreadyStarted,
+    /// `Broadcast` on a node that is not a joined root.
+    NotRoot,
+    /// The node has left.
+    Left,
+}
+
+impl core::fmt::Display for CommandError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CommandError::AlreadyStarted => write!(f, "the node already joined or is joining"),
+            CommandError::NotRoot => write!(f, "only a joined root can broadcast"),
+            CommandError::Left => write!(f, "the node has left the overlay"),
+        }
+    }
+}
+
+impl std::error::Error for CommandError {}
+
+/// Counters. They only grow; drivers report them, the simulator sums them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Frames handed to the node.
+    pub frames_in: u64,
+    /// Frames the node asked to transmit.
+    pub frames_out: u64,
+    /// Frames refused as malformed.
+    pub decode_errors: u64,
+    /// Frames dropped because a connecting link's queue was full.
+    pub pending_dropped: u64,
+    /// Joins this node handled as root (accepted or redirected).
+    pub root_joins: u64,
+    /// Joins this node redirected to a child.
+    pub redirects: u64,
+    /// Joins this node refused.
+    pub join_rejects: u64,
+}
+
+/// What protocol modules share: the output queue, links, buffers, stats.
+#[derive(Debug, Default)]
+pub(crate) struct Io {
+    pub out: VecDeque<Output>,
+    pub conns: ConnTable,
+    pub pool: FramePool,
+    pub stats: Stats,
+}
+
+/// The context a protocol handler runs in.
+pub(crate) struct Ctx<'a> {
+    pub now: Instant,
+    pub me: NodeId,
+    pub cfg: &'a Config,
+    pub rng: &'a mut Pcg32,
+    pub io: &'a mut Io,
+}
+
+impl Ctx<'_> {
+    /// Encode and send one tree message.
+    pub fn send(&mut self, to: NodeId, msg: TreeMsg) {
+        if to == self.me {
+            debug_assert!(false, "a node never sends to itself: {msg:?}");
+            return;
+        }
+        // Our own messages are small; failing to encode one is a bug, not bad input.
+        match self.io.pool.encode(&Message::Tree(msg), self.cfg.max_frame) {
+            Ok(frame) => self.send_frame(to, frame),
+            Err(e) => debug_assert!(false, "cannot encode our own message: {e:?}"),
+        }
+    }
+
+    /// Encode once, for sending the same bytes to several peers.
+    pub fn encode(&mut self, msg: TreeMsg) -> Option<Frame> {
+        self.io.pool.encode(&Message::Tree(msg), self.cfg.max_frame).ok()
+    }
+
+    pub fn send_frame(&mut self, to: NodeId, frame: Frame) {
+        let Io { conns, out, stats, .. } = &mut *self.io;
+        conns.send(self.now, to, frame, self.cfg.max_pending_frames, out, stats);
+    }
+
+    pub fn event(&mut self, e: Event) {
+        self.io.out.push_back(Output::Event(e));
+    }
+
+    pub fn pin(&mut self, peer: NodeId, pin: Pin) {
+        self.io.conns.pin(self.now, peer, pin);
+    }
+
+    pub fn unpin(&mut self, peer: &NodeId, pin: Pin) {
+        self.io.conns.unpin(peer, pin);
+    }
+
+    /// Close the link to `peer` if nothing keeps it.
+    pub fn release(&mut self, peer: &NodeId) {
+        let Io { conns, out, .. } = &mut *self.io;
+        conns.release(peer, out);
+    }
+
+    /// Close the link to `peer` after what was sent on it.
+    pub fn close(&mut self, peer: &NodeId) {
+        if self.io.conns.remove(peer) {
+            self.io.out.push_back(Output::Close(*peer));
+        }
+    }
+}
+
+/// One Plush client: RandTree membership over a table of links.
+///
+/// Memory: a fixed part (a few hundred bytes) plus one entry per link, per known peer
+/// (at most [`Config::max_peers`]) and per queued output; outputs are drained after every call.
+pub struct Node {
+    me: NodeId,
+    cfg: Config,
+    rng: Pcg32,
+    io: Io,
+    tree: Tree,
+    sweep_at: Option<Instant>,
+}
+
+impl Node {
+    /// A node with identity `id`, seeded RNG, created at `now`. It does nothing until
+    /// [`Command::Join`].
+    pub fn new(id: NodeId, cfg: Config, seed: u64, _now: Instant) -> Self {
+        Node { me: id, rng: Pcg32::seed_from_u64(seed), io: Io::default(), tree: Tree::new(id), sweep_at: None, cfg }
+    }
+
+    fn split(&mut self, now: Instant) -> (&mut Tree, Ctx<'_>) {
+        let ctx = Ctx { now, me: self.me, cfg: &self.cfg, rng: &mut self.rng, io: &mut self.io };
+        (&mut self.tree, ctx)
+    }
+
+    fn after(&mut self, now: Instant) {
+        if self.io.conns.sweep_wanted && self.sweep_at.is_none() {
+            self.sweep_at = Some(now + self.cfg.link_idle);
+            self.io.conns.sweep_wanted = false;
+        }
+    }
+
+    /// One frame's payload (length prefix removed) from `from`.
+    ///
+    /// Errors leave the node as it was; the driver closes the link to `from`.
+    pub fn handle_frame(&mut self, now: Instant, from: NodeId, payload: &[u8]) -> Result<(), InputError> {
+        if self.io.conns.state(&from) != Some(LinkState::Open) {
+            return Err(InputError::NoLink(from));
+        }
+        let msg = match Message::decode(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                self.io.stats.decode_errors += 1;
+                return Err(InputError::Decode(e));
+            }
+        };
+        self.io.stats.frames_in += 1;
+        self.io.conns.touch(now, &from);
+        let (tree, mut ctx) = self.split(now);
+        match msg {
+            Message::Tree(m) => tree.on_message(&mut ctx, from, m, payload),
+        }
+        self.after(now);
+        Ok(())
+    }
+
+    /// A link came up, failed to open, or broke.
+    pub fn handle_link(&mut self, now: Instant, peer: NodeId, ev: LinkEvent) {
+        if peer == self.me {
+            return;
+        }
+        match ev {
+            LinkEvent::Connected => {
+                let Io { conns, out, stats, .. } = &mut self.io;
+                conns.connected(now, peer, out, stats);
+            }
+            LinkEvent::ConnectFailed | LinkEvent::Closed => {
+                self.io.conns.remove(&peer);
+                let (tree, mut ctx) = self.split(now);
+                tree.on_link_down(&mut ctx, peer, ev == LinkEvent::ConnectFailed);
+            }
+        }
+        self.after(now);
+    }
+
+    /// A command from the local user.
+    pub fn handle_command(&mut self, now: Instant, cmd: Command) -> Result<(), CommandError> {
+        let (tree, mut ctx) = self.split(now);
+        let r = match cmd {
+            Command::Join { bootstrap } => tree.start(&mut ctx, &bootstrap),
+            Command::Leave => tree.leave(&mut ctx),
+            Command::Broadcast { id } => tree.broadcast(&mut ctx, id),
+        };
+        self.after(now);
+        r
+    }
+
+    /// Timers. Calling it early, or twice, does nothing harmful.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.sweep_at.is_some_and(|t| t <= now) {
+            let Io { conns, out, .. } = &mut self.io;
+            self.sweep_at = conns.sweep(now, self.cfg.link_idle, out);
+        }
+        let (tree, mut ctx) = self.split(now);
+        tree.on_timeout(&mut ctx);
+        self.after(now);
+    }
+
+    /// Next thing for the driver to do; call until `None` after every `handle_*`.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.io.out.pop_front()
+    }
+
+    /// When to call [`Node::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.tree.next_timeout(), self.sweep_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// This node's identity.
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+    /// Where the node stands in the join protocol.
+    pub fn state(&self) -> TreeState {
+        self.tree.state()
+    }
+    /// The parent, if any.
+    pub fn parent(&self) -> Option<NodeId> {
+        self.tree.parent()
+    }
+    /// The root this node believes in.
+    pub fn root(&self) -> Option<NodeId> {
+        self.tree.root()
+    }
+    /// Whether this node is a joined root.
+    pub fn is_root(&self) -> bool {
+        self.tree.is_root()
+    }
+    /// The children.
+    pub fn children(&self) -> &[NodeId] {
+        self.tree.children()
+    }
+    /// The siblings (known to the root's children).
+    pub fn siblings(&self) -> &[NodeId] {
+        self.tree.siblings()
+    }
+    /// The node's depth as last told by its parent (0 at a root).
+    pub fn depth(&self) -> u16 {
+        self.tree.depth()
+    }
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.io.stats
+    }
+    /// Number of links (open or connecting).
+    pub fn link_count(&self) -> usize {
+        self.io.conns.len()
+    }
+    /// The links: peer, state, pin bits.
+    pub fn links(&self) -> impl Iterator<Item = (&NodeId, LinkState, u8)> {
+        self.io.conns.iter()
+    }
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+}

@@ -1,0 +1,647 @@
+//! RandTree: a self-repairing random tree of bounded degree.
+//!
+//! **Join.** A joiner sends `Join(Forward)` to a member; members forward it up, parent by parent,
+//! to the root. The root accepts while it has fewer than `max_children` children, else it passes
+//! the join to a random child as `Join(Redirect)`. A redirected join only ever goes down: a node
+//! accepts one only from its current parent, and answers a redirect from anyone else with
+//! `Remove` (the sender holds a stale child pointer to it). The acceptor answers `JoinAccept(root,
+//! depth, siblings)`; a joiner takes the first accept as its parent and answers any other
+//! acceptor with `Remove` (the MaceMC "kids match" fix). A node that is not joined refuses joins
+//! (`JoinReject`) and the joiner tries its next candidate.
+//!
+//! **Failures.** A failed child is dropped; a root then tells its children their new siblings. A
+//! node whose parent fails keeps its subtree and rejoins through the root it knows, then through
+//! its peers. If the failed parent was the root, its children already know each other: the lowest
+//! `NodeId` among the survivors becomes root and the others send it `Join(Failover)`; a sibling
+//! that gets such a join while still attached to the dead root drops it at once. A detached node
+//! whose candidates all stay silent becomes the root of its own fragment.
+//!
+//! **Merging.** A root probes a random known peer every `probe_interval`; the peer answers with
+//! its root. When two roots meet, the higher one joins the lower one with its whole subtree. An
+//! ordinary join never displaces a live root.
+//!
+//! **Why no loop can form.** Only a joined root starts placing a join, and every hop down is
+//! checked by the receiver against its own parent pointer, so a placement follows real parent
+//! links down from a root. A detached node is not joined (it accepts nothing and originates no
+//! redirect), so no join can be placed inside its subtree until it has re-attached.
+//!
+//! **Leave.** A leaving node tells its parent and its children; they treat it as failed.
+
+use crate::conn::Pin;
+use crate::id::NodeId;
+use crate::node::{CommandError, Ctx, Event};
+use crate::time::Instant;
+use crate::wire::{JoinMode, List, TreeMsg};
+use rand::RngExt;
+use smallvec::SmallVec;
+
+/// A join that has travelled this many hops is refused (bounds forwarding even on a broken tree).
+pub const MAX_JOIN_HOPS: u8 = 64;
+/// Candidates tried per round of joining: failover siblings, the root, then random peers.
+pub const MAX_CANDIDATES: usize = 16;
+
+/// Where a node stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TreeState {
+    /// Created; no `Join` command yet.
+    Idle,
+    /// Looking for a parent (first join, or after losing its parent). Refuses joins.
+    Joining,
+    /// In a tree: has a parent, or is a root.
+    Joined,
+    /// Left the overlay.
+    Left,
+}
+
+type Children = SmallVec<[NodeId; 12]>;
+
+#[derive(Debug)]
+pub(crate) struct Tree {
+    me: NodeId,
+    state: TreeState,
+    root: Option<NodeId>,
+    parent: Option<NodeId>,
+    depth: u16,
+    children: Children,
+    /// The root's other children; meaningful while our parent is the root.
+    siblings: Vec<NodeId>,
+    /// Known members, for recovery and probes. At most `Config::max_peers`.
+    peers: Vec<NodeId>,
+    /// Set while re-electing a root after our parent, the root, failed.
+    failover: Option<NodeId>,
+    /// The current round's remaining candidates, tried from the back.
+    candidates: SmallVec<[(NodeId, JoinMode); MAX_CANDIDATES]>,
+    /// The candidate our last `Join` went to.
+    target: Option<NodeId>,
+    /// Every candidate that answered or was contacted in this attempt; released once joined.
+    contacted: SmallVec<[NodeId; MAX_CANDIDATES]>,
+    /// Whether anyone answered (even with a refusal) in the current round.
+    answered: bool,
+    join_at: Option<Instant>,
+    probe_at: Option<Instant>,
+}
+
+impl Tree {
+    pub fn new(me: NodeId) -> Self {
+        Tree {
+            me,
+            state: TreeState::Idle,
+            root: None,
+            parent: None,
+            depth: 0,
+            children: Children::new(),
+            siblings: Vec::new(),
+            peers: Vec::new(),
+            failover: None,
+            candidates: SmallVec::new(),
+            target: None,
+            contacted: SmallVec::new(),
+            answered: false,
+            join_at: None,
+            probe_at: None,
+        }
+    }
+
+    pub fn state(&self) -> TreeState {
+        self.state
+    }
+    pub fn parent(&self) -> Option<NodeId> {
+        self.parent
+    }
+    pub fn root(&self) -> Option<NodeId> {
+        self.root
+    }
+    pub fn is_root(&self) -> bool {
+        self.state == TreeState::Joined && self.parent.is_none()
+    }
+    pub fn children(&self) -> &[NodeId] {
+        &self.children
+    }
+    pub fn siblings(&self) -> &[NodeId] {
+        &self.siblings
+    }
+    pub fn depth(&self) -> u16 {
+        self.depth
+    }
+
+    pub fn next_timeout(&self) -> Option<Instant> {
+        match (self.join_at, self.probe_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ----- commands -------------------------------------------------------------------------
+
+    pub fn start(&mut self, ctx: &mut Ctx<'_>, bootstrap: &[NodeId]) -> Result<(), CommandError> {
+        match self.state {
+            TreeState::Idle => {}
+            TreeState::Left => return Err(CommandError::Left),
+            _ => return Err(CommandError::AlreadyStarted),
+        }
+        for &p in bootstrap {
+            self.add_peer(ctx, p);
+        }
+        if self.peers.is_empty() {
+            self.become_root(ctx);
+        } else {
+            self.state = TreeState::Joining;
+            self.begin_round(ctx, bootstrap);
+        }
+        Ok(())
+    }
+
+    pub fn leave(&mut self, ctx: &mut Ctx<'_>) -> Result<(), CommandError> {
+        if self.state == TreeState::Left {
+            return Err(CommandError::Left);
+        }
+        let was_root = self.is_root();
+        let related: Children = self.parent.iter().chain(self.children.iter()).copied().collect();
+        for peer in related {
+            ctx.send(peer, TreeMsg::Leave);
+            ctx.close(&peer);
+        }
+        for peer in core::mem::take(&mut self.contacted) {
+            ctx.release(&peer);
+        }
+        self.children.clear();
+        self.siblings.clear();
+        self.candidates.clear();
+        self.parent = None;
+        self.root = None;
+        self.target = None;
+        self.failover = None;
+        self.join_at = None;
+        self.probe_at = None;
+        self.state = TreeState::Left;
+        if was_root {
+            ctx.event(Event::StoppedBeingRoot);
+        }
+        ctx.event(Event::Left);
+        Ok(())
+    }
+
+    pub fn broadcast(&mut self, ctx: &mut Ctx<'_>, id: u64) -> Result<(), CommandError> {
+        if !self.is_root() {
+            return Err(CommandError::NotRoot);
+        }
+        if let Some(frame) = ctx.encode(TreeMsg::Broadcast { id }) {
+            for &c in &self.children {
+                ctx.send_frame(c, frame.clone());
+            }
+        }
+        ctx.event(Event::Broadcast(id));
+        ctx.event(Event::BroadcastReply { id, node: self.me });
+        Ok(())
+    }
+
+    // ----- input ----------------------------------------------------------------------------
+
+    /// One decoded tree message; `raw` is its payload as received, for verbatim relaying.
+    pub fn on_message(&mut self, ctx: &mut Ctx<'_>, from: NodeId, msg: TreeMsg, raw: &[u8]) {
+        if self.state == TreeState::Left {
+            return;
+        }
+        match msg {
+            TreeMsg::Join { joiner, mode, hops } => self.on_join(ctx, from, joiner, mode, hops),
+            TreeMsg::JoinAccept { root, depth, siblings } => self.on_accept(ctx, from, root, depth, siblings),
+            TreeMsg::JoinReject => self.on_reject(ctx, from),
+            TreeMsg::Remove => self.on_remove(ctx, from),
+            TreeMsg::Siblings { list } => {
+                if self.parent == Some(from) && self.root == Some(from) {
+                    self.set_siblings(&list);
+                }
+            }
+            TreeMsg::RootInfo { root, depth } => {
+                if self.parent == Some(from) {
+                    self.set_root_and_depth(ctx, root, depth.saturating_add(1));
+                }
+            }
+            TreeMsg::Probe { root } => self.on_probe(ctx, from, root),
+            TreeMsg::ProbeReply { root } => self.on_probe_reply(ctx, root),
+            TreeMsg::Leave => self.on_link_down(ctx, from, false),
+            TreeMsg::Broadcast { id } => {
+                if self.parent != Some(from) || self.state != TreeState::Joined {
+                    return;
+                }
+                if !self.children.is_empty() {
+                    let frame = ctx.io.pool.copy(raw);
+                    for &c in &self.children {
+                        ctx.send_frame(c, frame.clone());
+                    }
+                }
+                ctx.event(Event::Broadcast(id));
+                ctx.send(from, TreeMsg::BroadcastReply { id, node: self.me });
+            }
+            TreeMsg::BroadcastReply { id, node } => {
+                if !self.children.contains(&from) {
+                    return;
+                }
+                match self.parent {
+                    Some(p) => {
+                        let frame = ctx.io.pool.copy(raw);
+                        ctx.send_frame(p, frame);
+                    }
+                    None if self.state == TreeState::Joined => ctx.event(Event::BroadcastReply { id, node }),
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// The link to `peer` is gone: `failed` if it never opened.
+    pub fn on_link_down(&mut self, ctx: &mut Ctx<'_>, peer: NodeId, failed: bool) {
+        if failed {
+            self.peers.retain(|p| *p != peer);
+        }
+        if self.children.contains(&peer) {
+            self.remove_child(ctx, peer);
+        }
+        if self.parent == Some(peer) {
+            self.parent_lost(ctx);
+        } else if self.state == TreeState::Joining && self.target == Some(peer) {
+            self.try_next(ctx);
+        }
+    }
+
+    pub fn on_timeout(&mut self, ctx: &mut Ctx<'_>) {
+        if self.join_at.is_some_and(|t| t <= ctx.now) {
+            self.join_at = None;
+            if self.state == TreeState::Joining {
+                if self.target.is_some() {
+                    // The target stayed silent: next candidate.
+                    self.try_next(ctx);
+                } else {
+                    self.begin_round(ctx, &[]);
+                }
+            }
+        }
+        if self.probe_at.is_some_and(|t| t <= ctx.now) {
+            self.probe_at = None;
+            if self.is_root() {
+                self.probe(ctx);
+            }
+        }
+    }
+
+    // ----- joining --------------------------------------------------------------------------
+
+    /// Start a round of join attempts: `first`, then failover siblings, the root, random peers.
+    fn begin_round(&mut self, ctx: &mut Ctx<'_>, first: &[NodeId]) {
+        debug_assert_eq!(self.state, TreeState::Joining);
+        let mut list: SmallVec<[(NodeId, JoinMode); MAX_CANDIDATES]> = SmallVec::new();
+        let me = self.me;
+        let children = &self.children;
+        let push = |list: &mut SmallVec<[(NodeId, JoinMode); MAX_CANDIDATES]>, id: NodeId, mode: JoinMode| {
+            if id != me && !children.contains(&id) && list.len() < MAX_CANDIDATES && !list.iter().any(|(c, _)| *c == id) {
+                list.push((id, mode));
+            }
+        };
+        for &id in first {
+            push(&mut list, id, JoinMode::Forward);
+        }
+        if let Some(dead_root) = self.failover {
+            // Siblings below us, lowest first: one of them is the new root.
+            let mut lower: SmallVec<[NodeId; 12]> = self.siblings.iter().copied().filter(|s| *s < me && *s != dead_root).collect();
+            lower.sort_unstable();
+            if lower.is_empty() {
+                self.become_root(ctx);
+                return;
+            }
+            for id in lower {
+                push(&mut list, id, JoinMode::Failover { dead_root });
+            }
+        } else if let Some(root) = self.root {
+            push(&mut list, root, JoinMode::Forward);
+        }
+        let mut peers: SmallVec<[NodeId; 32]> = self.peers.iter().copied().filter(|p| Some(*p) != self.failover).collect();
+        shuffle(ctx, &mut peers);
+        for id in peers {
+            push(&mut list, id, JoinMode::Forward);
+        }
+        list.reverse(); // tried from the back
+        self.candidates = list;
+        self.answered = false;
+        self.try_next(ctx);
+    }
+
+    /// Send our join to the next candidate, or end the round.
+    fn try_next(&mut self, ctx: &mut Ctx<'_>) {
+        self.target = None;
+        let siblings_exhausted = matches!(self.candidates.last(), Some((_, JoinMode::Forward)) | None);
+        if self.failover.is_some() && siblings_exhausted && !self.answered {
+            // Every lower sibling is unreachable: we are the lowest survivor.
+            self.become_root(ctx);
+            return;
+        }
+        match self.candidates.pop() {
+            Some((next, mode)) => {
+                self.target = Some(next);
+                if !self.contacted.contains(&next) && self.contacted.len() < MAX_CANDIDATES {
+                    self.contacted.push(next);
+                }
+                ctx.send(next, TreeMsg::Join { joiner: self.me, mode, hops: 0 });
+                self.join_at = Some(ctx.now + ctx.cfg.join_retry);
+            }
+            None if !self.answered && (!self.children.is_empty() || self.root == Some(self.me)) => {
+                // Nobody we know is reachable: root our own fragment; probes merge it later.
+                self.become_root(ctx)
+            }
+            None if !self.answered && self.peers.is_empty() => self.become_root(ctx),
+            None => self.join_at = Some(ctx.now + ctx.cfg.join_backoff),
+        }
+    }
+
+    fn on_accept(&mut self, ctx: &mut Ctx<'_>, from: NodeId, root: NodeId, depth: u16, siblings: List<NodeId>) {
+        if self.parent == Some(from) {
+            // A repeated accept from our parent: refresh what it says.
+            if from == root {
+                self.set_siblings(&siblings);
+            }
+            self.set_root_and_depth(ctx, root, depth.saturating_add(1));
+            return;
+        }
+        let acceptable = self.state == TreeState::Joining && self.parent.is_none() && from != self.me && !self.children.contains(&from) && root != self.me;
+        if !acceptable {
+            ctx.send(from, TreeMsg::Remove);
+            return;
+        }
+        let was_root = self.root == Some(self.me);
+        self.state = TreeState::Joined;
+        self.parent = Some(from);
+        ctx.pin(from, Pin::Parent);
+        ctx.event(Event::ParentChanged(Some(from)));
+        if was_root {
+            ctx.event(Event::StoppedBeingRoot);
+        }
+        self.siblings.clear();
+        if from == root {
+            self.set_siblings(&siblings);
+        }
+        self.failover = None;
+        self.candidates.clear();
+        self.target = None;
+        self.join_at = None;
+        self.probe_at = None;
+        for peer in core::mem::take(&mut self.contacted) {
+            if peer != from {
+                ctx.release(&peer);
+            }
+        }
+        self.add_peer(ctx, root);
+        self.set_root_and_depth(ctx, root, depth.saturating_add(1));
+    }
+
+    fn on_reject(&mut self, ctx: &mut Ctx<'_>, from: NodeId) {
+        if self.state != TreeState::Joining {
+            return;
+        }
+        self.answered = true;
+        if self.target.is_some() {
+            let _ = from;
+            self.try_next(ctx);
+        }
+    }
+
+    fn on_join(&mut self, ctx: &mut Ctx<'_>, from: NodeId, joiner: NodeId, mode: JoinMode, hops: u8) {
+        if joiner == self.me {
+            return;
+        }
+        if hops >= MAX_JOIN_HOPS {
+            self.reject(ctx, joiner);
+            return;
+        }
+        match mode {
+            JoinMode::Redirect => {
+                if self.state == TreeState::Joined && self.parent == Some(from) {
+                    self.place(ctx, joiner, hops);
+                } else {
+                    if self.state == TreeState::Joined && !self.children.contains(&from) {
+                        // `from` holds a stale child pointer to us.
+                        ctx.send(from, TreeMsg::Remove);
+                    }
+                    self.reject(ctx, joiner);
+                }
+            }
+            JoinMode::Failover { dead_root } => {
+                if self.state == TreeState::Joined && self.parent == Some(dead_root) {
+                    // A sibling saw the root fail before we did.
+                    ctx.close(&dead_root);
+                    self.parent_lost(ctx);
+                }
+                self.route(ctx, joiner, hops);
+            }
+            JoinMode::Forward => self.route(ctx, joiner, hops),
+        }
+    }
+
+    /// A join that may still need to go up: place it at the root, forward it otherwise.
+    fn route(&mut self, ctx: &mut Ctx<'_>, joiner: NodeId, hops: u8) {
+        match (self.state, self.parent) {
+            (TreeState::Joined, None) => self.place(ctx, joiner, hops),
+            (TreeState::Joined, Some(p)) if p != joiner => {
+                ctx.send(p, TreeMsg::Join { joiner, mode: JoinMode::Forward, hops: hops + 1 })
+            }
+            _ => self.reject(ctx, joiner),
+        }
+    }
+
+    fn reject(&mut self, ctx: &mut Ctx<'_>, joiner: NodeId) {
+        ctx.io.stats.join_rejects += 1;
+        ctx.send(joiner, TreeMsg::JoinReject);
+    }
+
+    /// We are a joined root, or reached by a redirect from our parent: accept or pass down.
+    fn place(&mut self, ctx: &mut Ctx<'_>, joiner: NodeId, hops: u8) {
+        let is_root = self.parent.is_none();
+        if is_root {
+            ctx.io.stats.root_joins += 1;
+            self.add_peer(ctx, joiner);
+        }
+        let Some(root) = self.root else { return self.reject(ctx, joiner) };
+        if Some(joiner) == self.parent {
+            return self.reject(ctx, joiner);
+        }
+        if self.children.contains(&joiner) || self.children.len() < ctx.cfg.max_children {
+            if !self.children.contains(&joiner) {
+                self.children.push(joiner);
+                ctx.event(Event::ChildAdded(joiner));
+            }
+            let siblings = if is_root { List(self.children.iter().copied().filter(|c| *c != joiner).collect()) } else { List(Vec::new()) };
+            ctx.send(joiner, TreeMsg::JoinAccept { root, depth: self.depth, siblings });
+            ctx.pin(joiner, Pin::Child);
+            if is_root {
+                self.send_siblings(ctx, Some(joiner));
+            }
+            return;
+        }
+        // Full: pass it down to a random child, marked so it never comes back up.
+        let eligible: Children = self.children.iter().copied().filter(|c| *c != joiner).collect();
+        if eligible.is_empty() {
+            return self.reject(ctx, joiner);
+        }
+        let c = eligible[ctx.rng.random_range(0..eligible.len())];
+        ctx.io.stats.redirects += 1;
+        ctx.send(c, TreeMsg::Join { joiner, mode: JoinMode::Redirect, hops: hops + 1 });
+    }
+
+    // ----- failures -------------------------------------------------------------------------
+
+    fn on_remove(&mut self, ctx: &mut Ctx<'_>, from: NodeId) {
+        if self.children.contains(&from) {
+            self.remove_child(ctx, from);
+        }
+        if self.parent == Some(from) {
+            self.parent_lost(ctx);
+        }
+    }
+
+    fn remove_child(&mut self, ctx: &mut Ctx<'_>, child: NodeId) {
+        self.children.retain(|c| *c != child);
+        ctx.unpin(&child, Pin::Child);
+        ctx.event(Event::ChildRemoved(child));
+        if self.is_root() {
+            self.send_siblings(ctx, None);
+        }
+    }
+
+    /// Our parent failed, left or disowned us: keep the subtree and rejoin.
+    fn parent_lost(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(old) = self.parent.take() else { return };
+        ctx.unpin(&old, Pin::Parent);
+        ctx.event(Event::ParentChanged(None));
+        self.state = TreeState::Joining;
+        self.probe_at = None;
+        if self.root == Some(old) {
+            self.failover = Some(old);
+            self.root = None;
+        }
+        self.begin_round(ctx, &[]);
+    }
+
+    fn become_root(&mut self, ctx: &mut Ctx<'_>) {
+        let was_root = self.is_root();
+        self.state = TreeState::Joined;
+        if let Some(p) = self.parent.take() {
+            ctx.unpin(&p, Pin::Parent);
+            ctx.event(Event::ParentChanged(None));
+        }
+        self.failover = None;
+        self.candidates.clear();
+        self.target = None;
+        self.join_at = None;
+        self.siblings.clear();
+        for peer in core::mem::take(&mut self.contacted) {
+            ctx.release(&peer);
+        }
+        if !was_root {
+            ctx.event(Event::BecameRoot);
+        }
+        self.set_root_and_depth(ctx, self.me, 0);
+        self.send_siblings(ctx, None);
+        self.arm_probe(ctx);
+    }
+
+    // ----- merging --------------------------------------------------------------------------
+
+    fn arm_probe(&mut self, ctx: &mut Ctx<'_>) {
+        let base = ctx.cfg.probe_interval;
+        let jitter = ctx.rng.random_range(0..=base.as_micros() as u64 / 10);
+        self.probe_at = Some(ctx.now + base + core::time::Duration::from_micros(jitter));
+    }
+
+    fn probe(&mut self, ctx: &mut Ctx<'_>) {
+        let candidates: SmallVec<[NodeId; 32]> = self.peers.iter().copied().filter(|p| !self.children.contains(p)).collect();
+        if !candidates.is_empty() {
+            let peer = candidates[ctx.rng.random_range(0..candidates.len())];
+            ctx.send(peer, TreeMsg::Probe { root: self.me });
+        }
+        self.arm_probe(ctx);
+    }
+
+    fn on_probe(&mut self, ctx: &mut Ctx<'_>, from: NodeId, their_root: NodeId) {
+        self.add_peer(ctx, from);
+        if self.state != TreeState::Joined {
+            return;
+        }
+        let Some(root) = self.root else { return };
+        ctx.send(from, TreeMsg::ProbeReply { root });
+        if self.is_root() && their_root < self.me {
+            self.merge_into(ctx, their_root);
+        }
+    }
+
+    fn on_probe_reply(&mut self, ctx: &mut Ctx<'_>, their_root: NodeId) {
+        if !self.is_root() || their_root == self.me {
+            return;
+        }
+        if their_root < self.me {
+            self.merge_into(ctx, their_root);
+        } else {
+            // Tell the higher root about us: it will join us.
+            ctx.send(their_root, TreeMsg::Probe { root: self.me });
+        }
+    }
+
+    /// Join the tree of the lower root `other`, subtree and all.
+    fn merge_into(&mut self, ctx: &mut Ctx<'_>, other: NodeId) {
+        self.add_peer(ctx, other);
+        self.state = TreeState::Joining;
+        self.probe_at = None;
+        self.begin_round(ctx, &[other]);
+    }
+
+    // ----- shared bookkeeping ---------------------------------------------------------------
+
+    fn set_siblings(&mut self, list: &[NodeId]) {
+        self.siblings.clear();
+        self.siblings.extend(list.iter().copied().filter(|s| *s != self.me).take(crate::wire::MAX_LIST));
+    }
+
+    /// Tell the children (if we are a root) who their siblings are.
+    fn send_siblings(&mut self, ctx: &mut Ctx<'_>, except: Option<NodeId>) {
+        if !self.is_root() || self.children.is_empty() {
+            return;
+        }
+        if let Some(frame) = ctx.encode(TreeMsg::Siblings { list: List(self.children.to_vec()) }) {
+            for &c in self.children.iter().filter(|c| Some(**c) != except) {
+                ctx.send_frame(c, frame.clone());
+            }
+        }
+    }
+
+    fn set_root_and_depth(&mut self, ctx: &mut Ctx<'_>, root: NodeId, depth: u16) {
+        let changed = self.root != Some(root) || self.depth != depth;
+        if self.root != Some(root) {
+            ctx.event(Event::RootChanged(root));
+        }
+        self.root = Some(root);
+        self.depth = depth;
+        if changed && !self.children.is_empty() {
+            if let Some(frame) = ctx.encode(TreeMsg::RootInfo { root, depth }) {
+                for &c in &self.children {
+                    ctx.send_frame(c, frame.clone());
+                }
+            }
+        }
+    }
+
+    fn add_peer(&mut self, ctx: &mut Ctx<'_>, p: NodeId) {
+        if p == self.me || self.peers.contains(&p) || ctx.cfg.max_peers == 0 {
+            return;
+        }
+        if self.peers.len() < ctx.cfg.max_peers {
+            self.peers.push(p);
+        } else {
+            let i = ctx.rng.random_range(0..self.peers.len());
+            self.peers[i] = p;
+        }
+    }
+}
+
+fn shuffle<T>(ctx: &mut Ctx<'_>, v: &mut [T]) {
+    for i in (1..v.len()).rev() {
+        let j = ctx.rng.random_range(0..=i);
+        v.swap(i, j);
+    }
+}

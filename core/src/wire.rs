@@ -1,0 +1,487 @@
+//! The wire format: length-prefixed postcard frames.
+//!
+//! A frame is a 4-byte big-endian length followed by that many bytes of a postcard-encoded
+//! message. The length never exceeds the configured maximum ([`crate::Config::max_frame`],
+//! 1 MiB by default); a larger prefix is an error that closes the connection.
+//!
+//! Every connection opens with a [`Hello`] frame from each side (magic, protocol version, node
+//! id, role, nonce). The drivers perform that exchange, and the authentication step that follows
+//! it, before they report the link to the [`crate::Node`]; no [`Message`] is accepted before it.
+//! After the hello, every frame carries one [`Message`], grouped by layer. New messages and layers
+//! are only ever appended to these enums, so adding one never renumbers another.
+//!
+//! Decoding never panics and allocates at most a bounded amount: lists are capped at
+//! [`MAX_LIST`] entries, and nothing else in a message has a variable size.
+
+use crate::id::NodeId;
+use core::fmt;
+use core::ops::Deref;
+use serde::{Deserialize, Serialize};
+use std::rc::Rc;
+
+/// First field of every `Hello`: the bytes `PLSH`.
+pub const MAGIC: u32 = 0x504c_5348;
+/// Version of this protocol; a peer with another version is refused with a clear error.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Length of the frame prefix.
+pub const PREFIX: usize = 4;
+/// Most entries in any list carried by a message; a longer list is a decode error.
+pub const MAX_LIST: usize = 1024;
+
+/// What sits at the other end of a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Role {
+    /// A Plush client, a member of the tree.
+    Client,
+    /// The controller on the user's machine, outside the tree.
+    Controller,
+}
+
+/// The first frame on every connection, in both directions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Always [`MAGIC`].
+    pub magic: u32,
+    /// The sender's [`PROTOCOL_VERSION`].
+    pub protocol_version: u16,
+    /// The sender's identity: its listen address.
+    pub node_id: NodeId,
+    /// Client or controller.
+    pub role: Role,
+    /// Fresh per connection: the challenge the authentication step answers.
+    pub nonce: u64,
+}
+
+impl Hello {
+    /// A hello for this protocol version.
+    pub fn new(node_id: NodeId, role: Role, nonce: u64) -> Self {
+        Hello { magic: MAGIC, protocol_version: PROTOCOL_VERSION, node_id, role, nonce }
+    }
+
+    /// Decode and check a hello payload (length prefix already removed).
+    pub fn decode(payload: &[u8]) -> Result<Hello, DecodeError> {
+        let hello: Hello = decode_exact(payload)?;
+        if hello.magic != MAGIC {
+            return Err(DecodeError::BadMagic(hello.magic));
+        }
+        if hello.protocol_version != PROTOCOL_VERSION {
+            return Err(DecodeError::Version { ours: PROTOCOL_VERSION, theirs: hello.protocol_version });
+        }
+        Ok(hello)
+    }
+}
+
+/// One message after the hello, by layer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// RandTree: membership and shape of the tree.
+    Tree(TreeMsg),
+}
+
+/// How a `Join` travels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinMode {
+    /// Sent by the joiner to any member; members forward it up toward the root.
+    Forward,
+    /// Sent by a full node to one of its children: it only goes down, never back up.
+    Redirect,
+    /// Sent by a child of a failed root to the sibling it believes is the new root.
+    Failover {
+        /// The root the sender saw fail.
+        dead_root: NodeId,
+    },
+}
+
+/// RandTree messages. See [`crate::tree`] for the protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TreeMsg {
+    /// `joiner` asks for a place in the tree.
+    Join {
+        /// The node that wants a parent.
+        joiner: NodeId,
+        /// How the request travels.
+        mode: JoinMode,
+        /// Hops so far; a join that travelled [`crate::tree::MAX_JOIN_HOPS`] is refused.
+        hops: u8,
+    },
+    /// The sender is now the receiver's parent.
+    JoinAccept {
+        /// The tree's root.
+        root: NodeId,
+        /// The sender's depth (0 for the root).
+        depth: u16,
+        /// The receiver's siblings, when the sender is the root; else empty.
+        siblings: List<NodeId>,
+    },
+    /// The sender cannot place the joiner now; try another member.
+    JoinReject,
+    /// "You are not my parent / child": drop the relation.
+    Remove,
+    /// From the root to its children: the root's children (the receiver among them).
+    Siblings {
+        /// The root's children.
+        list: List<NodeId>,
+    },
+    /// From a parent: who the root is and the parent's depth. Flows down the whole subtree.
+    RootInfo {
+        /// The tree's root.
+        root: NodeId,
+        /// The sender's depth.
+        depth: u16,
+    },
+    /// From a root to a known peer: "my tree's root is `root`".
+    Probe {
+        /// The sender's root (the sender itself).
+        root: NodeId,
+    },
+    /// Answer to a probe: the answerer's root.
+    ProbeReply {
+        /// The root the answerer knows.
+        root: NodeId,
+    },
+    /// The sender leaves the tree.
+    Leave,
+    /// A broadcast from the root, relayed down verbatim; every member answers with a reply.
+    Broadcast {
+        /// Chosen by the root's caller.
+        id: u64,
+    },
+    /// A member's answer to a broadcast, relayed up to the root.
+    BroadcastReply {
+        /// The broadcast answered.
+        id: u64,
+        /// The member that answered.
+        node: NodeId,
+    },
+}
+
+/// A list read from the network: at most [`MAX_LIST`] entries, checked before allocating.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct List<T>(pub Vec<T>);
+
+impl<T> Deref for List<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.0
+    }
+}
+
+impl<T: Serialize> Serialize for List<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for List<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(core::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = List<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "a list of at most {MAX_LIST} entries")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<List<T>, A::Error> {
+                let hint = seq.size_hint().unwrap_or(0);
+                if hint > MAX_LIST {
+                    return Err(serde::de::Error::invalid_length(hint, &self));
+                }
+                // Preallocate little: a lying length must not make us allocate.
+                let mut v = Vec::with_capacity(hint.min(16));
+                while let Some(x) = seq.next_element()? {
+                    if v.len() == MAX_LIST {
+                        return Err(serde::de::Error::invalid_length(MAX_LIST + 1, &self));
+                    }
+                    v.push(x);
+                }
+                Ok(List(v))
+            }
+        }
+        d.deserialize_seq(V(core::marker::PhantomData))
+    }
+}
+
+/// Why bytes from the network were refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// A length prefix larger than the maximum frame size.
+    TooLarge {
+        /// The announced length.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The bytes are not a valid encoding of the expected type.
+    Malformed,
+    /// The message decoded but bytes were left over.
+    TrailingBytes(usize),
+    /// A hello without the Plush magic.
+    BadMagic(u32),
+    /// A hello from another protocol version.
+    Version {
+        /// Our version.
+        ours: u16,
+        /// The peer's version.
+        theirs: u16,
+    },
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::TooLarge { len, max } => write!(f, "frame of {len} bytes exceeds the maximum of {max}"),
+            DecodeError::Malformed => write!(f, "malformed message"),
+            DecodeError::TrailingBytes(n) => write!(f, "{n} unexpected bytes after the message"),
+            DecodeError::BadMagic(m) => write!(f, "not a Plush peer (magic {m:#010x})"),
+            DecodeError::Version { ours, theirs } => {
+                write!(f, "protocol version mismatch: ours {ours}, theirs {theirs}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+fn decode_exact<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, DecodeError> {
+    let (v, rest) = postcard::take_from_bytes(payload).map_err(|_| DecodeError::Malformed)?;
+    if !rest.is_empty() {
+        return Err(DecodeError::TrailingBytes(rest.len()));
+    }
+    Ok(v)
+}
+
+impl Message {
+    /// Decode one message payload (length prefix already removed).
+    pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
+        decode_exact(payload)
+    }
+}
+
+/// Find the first complete frame at the start of `buf`.
+///
+/// Returns `Ok(None)` while the frame is incomplete, `Ok(Some((payload, consumed)))` once it is
+/// whole, and an error when the prefix announces more than `max` bytes (the caller closes the
+/// connection). Never reads past `buf` and never allocates.
+pub fn split_frame(buf: &[u8], max: usize) -> Result<Option<(&[u8], usize)>, DecodeError> {
+    let Some(prefix) = buf.get(..PREFIX) else { return Ok(None) };
+    let len = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    if len > max {
+        return Err(DecodeError::TooLarge { len, max });
+    }
+    match buf.get(PREFIX..PREFIX + len) {
+        Some(payload) => Ok(Some((payload, PREFIX + len))),
+        None => Ok(None),
+    }
+}
+
+/// An encoded frame, length prefix included, ready to write to a socket.
+///
+/// Cloning is cheap (a reference count): a broadcast is encoded once and the same bytes go to
+/// every child. Buffers return to their node's [`FramePool`] once every clone is dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Frame(Rc<Vec<u8>>);
+
+impl Frame {
+    /// The bytes after the length prefix: what [`crate::Node::handle_frame`] takes.
+    pub fn payload(&self) -> &[u8] {
+        self.0.get(PREFIX..).unwrap_or(&[])
+    }
+}
+
+impl Deref for Frame {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Frame({} bytes)", self.0.len())
+    }
+}
+
+/// Why a message could not be encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EncodeError {
+    /// The encoding is larger than the maximum frame size.
+    TooLarge,
+}
+
+/// Reusable frame buffers, so that encoding allocates nothing in steady state.
+///
+/// Holds at most [`FramePool::CAPACITY`] buffers. A buffer is reused once the driver has dropped
+/// every clone of the frame it carried; when all are still in use, a fresh unpooled buffer is
+/// allocated and freed normally.
+#[derive(Debug, Default)]
+pub struct FramePool {
+    slots: Vec<Rc<Vec<u8>>>,
+    next: usize,
+}
+
+struct Sink<'a> {
+    buf: &'a mut Vec<u8>,
+    max: usize,
+}
+
+impl postcard::ser_flavors::Flavor for Sink<'_> {
+    type Output = ();
+    fn try_push(&mut self, b: u8) -> postcard::Result<()> {
+        self.try_extend(&[b])
+    }
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if self.buf.len() + data.len() > self.max + PREFIX {
+            return Err(postcard::Error::SerializeBufferFull);
+        }
+        self.buf.extend_from_slice(data);
+        Ok(())
+    }
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+impl FramePool {
+    /// Buffers kept for reuse.
+    pub const CAPACITY: usize = 8;
+
+    /// Run `fill` on an empty buffer and wrap it as a frame.
+    fn with_buffer<E>(&mut self, fill: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<Frame, E> {
+        let n = self.slots.len();
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            if let Some(buf) = Rc::get_mut(&mut self.slots[i]) {
+                buf.clear();
+                fill(buf)?;
+                self.next = (i + 1) % n;
+                return Ok(Frame(Rc::clone(&self.slots[i])));
+            }
+        }
+        let mut buf = Vec::new();
+        fill(&mut buf)?;
+        let rc = Rc::new(buf);
+        if n < Self::CAPACITY {
+            self.slots.push(Rc::clone(&rc));
+        }
+        Ok(Frame(rc))
+    }
+
+    /// Encode `msg` as a frame of at most `max` payload bytes.
+    pub fn encode<T: Serialize>(&mut self, msg: &T, max: usize) -> Result<Frame, EncodeError> {
+        self.with_buffer(|buf| {
+            buf.extend_from_slice(&[0; PREFIX]);
+            postcard::serialize_with_flavor(msg, Sink { buf, max }).map_err(|_| EncodeError::TooLarge)?;
+            write_prefix(buf);
+            Ok(())
+        })
+    }
+
+    /// A frame carrying `payload` verbatim (for relaying bytes as they arrived).
+    pub fn copy(&mut self, payload: &[u8]) -> Frame {
+        let r: Result<Frame, core::convert::Infallible> = self.with_buffer(|buf| {
+            buf.extend_from_slice(&[0; PREFIX]);
+            buf.extend_from_slice(payload);
+            write_prefix(buf);
+            Ok(())
+        });
+        match r {
+            Ok(f) => f,
+            Err(never) => match never {},
+        }
+    }
+}
+
+fn write_prefix(buf: &mut [u8]) {
+    let len = (buf.len() - PREFIX) as u32;
+    buf[..PREFIX].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Encode a hello frame (allocates; once per connection).
+pub fn encode_hello(hello: &Hello) -> Vec<u8> {
+    let mut buf = vec![0; PREFIX];
+    // A hello is a few dozen bytes: it always fits.
+    let _ = postcard::serialize_with_flavor(hello, Sink { buf: &mut buf, max: 1 << 10 });
+    write_prefix(&mut buf);
+    buf
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(i: u32) -> NodeId {
+        NodeId::loopback(i, 7000)
+    }
+
+    #[test]
+    fn message_round_trips_through_a_frame() {
+        let mut pool = FramePool::default();
+        let msg = Message::Tree(TreeMsg::JoinAccept { root: id(0), depth: 3, siblings: List(vec![id(1), id(2)]) });
+        let frame = pool.encode(&msg, 1 << 20).unwrap();
+        let (payload, used) = split_frame(&frame, 1 << 20).unwrap().unwrap();
+        assert_eq!(used, frame.len());
+        assert_eq!(Message::decode(payload).unwrap(), msg);
+    }
+
+    #[test]
+    fn oversized_prefix_is_refused_before_reading() {
+        let buf = [0xff, 0xff, 0xff, 0xff, 1, 2];
+        assert_eq!(split_frame(&buf, 1 << 20), Err(DecodeError::TooLarge { len: u32::MAX as usize, max: 1 << 20 }));
+        assert_eq!(split_frame(&[0, 0], 10), Ok(None));
+        assert_eq!(split_frame(&[0, 0, 0, 3, 1, 2], 10), Ok(None));
+    }
+
+    #[test]
+    fn garbage_and_trailing_bytes_are_errors() {
+        assert_eq!(Message::decode(&[0xff, 0xff, 0xff]), Err(DecodeError::Malformed));
+        let mut pool = FramePool::default();
+        let f = pool.encode(&Message::Tree(TreeMsg::Leave), 64).unwrap();
+        let mut long = f.payload().to_vec();
+        long.push(0);
+        assert_eq!(Message::decode(&long), Err(DecodeError::TrailingBytes(1)));
+    }
+
+    #[test]
+    fn a_lying_list_length_is_refused() {
+        // Tree(Siblings { list }) with a list claiming 100,000 entries.
+        let mut bytes = vec![0u8, 5];
+        let mut n = 100_000u32;
+        while n >= 0x80 {
+            bytes.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        bytes.push(n as u8);
+        assert!(Message::decode(&bytes).is_err());
+    }
+
+    #[test]
+    fn hello_checks_magic_and_version() {
+        let h = Hello::new(id(4), Role::Client, 99);
+        let f = encode_hello(&h);
+        let (payload, _) = split_frame(&f, 1024).unwrap().unwrap();
+        assert_eq!(Hello::decode(payload), Ok(h));
+        let mut bad = h;
+        bad.protocol_version = 9;
+        let f = encode_hello(&bad);
+        assert_eq!(Hello::decode(&f[PREFIX..]), Err(DecodeError::Version { ours: 1, theirs: 9 }));
+    }
+
+    #[test]
+    fn encoding_past_the_maximum_fails() {
+        let mut pool = FramePool::default();
+        let msg = Message::Tree(TreeMsg::Siblings { list: List((0..100).map(id).collect()) });
+        assert_eq!(pool.encode(&msg, 16), Err(EncodeError::TooLarge));
+    }
+
+    #[test]
+    fn pool_reuses_buffers_once_released() {
+        let mut pool = FramePool::default();
+        let a = pool.encode(&Message::Tree(TreeMsg::Leave), 64).unwrap();
+        let pa = a.as_ptr();
+        drop(a);
+        let b = pool.encode(&Message::Tree(TreeMsg::Remove), 64).unwrap();
+        assert_eq!(b.as_ptr(), pa, "released buffer is reused");
+        let c = pool.copy(b.payload());
+        assert_ne!(c.as_ptr(), b.as_ptr(), "a buffer in use is not handed out twice");
+        assert_eq!(c.payload(), b.payload());
+    }
+}
