@@ -6,19 +6,29 @@
 use core::fmt;
 use core::str::FromStr;
 use serde::{Deserialize, Serialize};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// A node's identity: the `ip:port` it listens on, as announced in its `Hello`.
 ///
-/// The order (IPv4 before IPv6, then address, then port) is the one RandTree uses wherever it
-/// says "the lowest node": the new root after a root failure, the surviving root of a merge.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct NodeId(pub SocketAddr);
+/// Stored compactly (18 bytes: the IPv6 form of the address, IPv4 as `::ffff:a.b.c.d`, and the
+/// port, both big-endian) so that comparing two ids is one short `memcmp`. The order, by address
+/// then port, is the one RandTree uses wherever it says "the lowest node": the new root after a
+/// root failure, the surviving root of a merge. IPv4 addresses order among themselves as
+/// numbers.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId {
+    ip: [u8; 16],
+    port: [u8; 2],
+}
 
 impl NodeId {
     /// A node id from an address.
-    pub const fn new(addr: SocketAddr) -> Self {
-        NodeId(addr)
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = match addr.ip() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        NodeId { ip, port: addr.port().to_be_bytes() }
     }
 
     /// The id the simulator and local clusters give their `index`-th node:
@@ -26,52 +36,64 @@ impl NodeId {
     pub fn loopback(index: u32, port: u16) -> Self {
         let n = index.wrapping_add(1) & 0x00ff_ffff;
         let ip = Ipv4Addr::new(127, (n >> 16) as u8, (n >> 8) as u8, n as u8);
-        NodeId(SocketAddr::new(IpAddr::V4(ip), port))
+        NodeId::new(SocketAddr::new(IpAddr::V4(ip), port))
     }
 
     /// The inverse of [`NodeId::loopback`]; `None` for any other address.
     pub fn loopback_index(&self) -> Option<u32> {
-        match self.0.ip() {
-            IpAddr::V4(ip) => {
-                let o = ip.octets();
-                if o[0] != 127 {
-                    return None;
-                }
-                let n = (u32::from(o[1]) << 16) | (u32::from(o[2]) << 8) | u32::from(o[3]);
-                n.checked_sub(1)
-            }
-            IpAddr::V6(_) => None,
+        let o = &self.ip;
+        if o[..10] != [0; 10] || o[10] != 0xff || o[11] != 0xff || o[12] != 127 {
+            return None;
         }
+        let n = (u32::from(o[13]) << 16) | (u32::from(o[14]) << 8) | u32::from(o[15]);
+        n.checked_sub(1)
     }
 
     /// The listen address.
     pub fn addr(&self) -> SocketAddr {
-        self.0
+        let v6 = Ipv6Addr::from(self.ip);
+        let ip = match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(v6),
+        };
+        SocketAddr::new(ip, u16::from_be_bytes(self.port))
+    }
+}
+
+impl Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.addr().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        SocketAddr::deserialize(d).map(NodeId::new)
     }
 }
 
 impl fmt::Debug for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        write!(f, "{}", self.addr())
     }
 }
 
 impl fmt::Display for NodeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+        write!(f, "{}", self.addr())
     }
 }
 
 impl FromStr for NodeId {
     type Err = std::net::AddrParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.parse().map(NodeId)
+        s.parse().map(NodeId::new)
     }
 }
 
 impl From<SocketAddr> for NodeId {
     fn from(a: SocketAddr) -> Self {
-        NodeId(a)
+        NodeId::new(a)
     }
 }
 
@@ -86,7 +108,25 @@ mod tests {
             assert_eq!(id.loopback_index(), Some(i), "{id}");
         }
         assert!(NodeId::loopback(3, 1) < NodeId::loopback(300, 1));
+        assert!(NodeId::loopback(3, 1) < NodeId::loopback(3, 2));
         assert_eq!(NodeId::loopback(0, 7000).to_string(), "127.0.0.1:7000");
         assert_eq!("127.0.0.1:7000".parse::<NodeId>().ok(), Some(NodeId::loopback(0, 7000)));
+    }
+
+    #[test]
+    fn ipv6_addresses_round_trip() {
+        let a: SocketAddr = "[2001:db8::7]:9000".parse().unwrap();
+        let id = NodeId::new(a);
+        assert_eq!(id.addr(), a);
+        assert_eq!(id.loopback_index(), None);
+        assert_eq!(id.to_string(), "[2001:db8::7]:9000");
+    }
+
+    #[test]
+    fn wire_form_is_a_socket_address() {
+        let id = NodeId::loopback(41, 7000);
+        let bytes = postcard::to_allocvec(&id).unwrap();
+        assert_eq!(postcard::from_bytes::<SocketAddr>(&bytes).unwrap(), id.addr());
+        assert_eq!(postcard::from_bytes::<NodeId>(&bytes).unwrap(), id);
     }
 }

@@ -363,6 +363,10 @@ impl Node {
     pub fn depth(&self) -> u16 {
         self.tree.depth()
     }
+    /// Known peers (for recovery and probes).
+    pub fn peers(&self) -> &[NodeId] {
+        self.tree.peers()
+    }
     /// Counters.
     pub fn stats(&self) -> &Stats {
         &self.io.stats

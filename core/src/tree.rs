@@ -4,13 +4,14 @@
 //! to the root. The root accepts while it has fewer than `max_children` children, else it passes
 //! the join to a random child as `Join(Redirect)`. A redirected join only ever goes down: a node
 //! accepts one only from its current parent, and answers a redirect from anyone else with
-//! `Remove` (the sender holds a stale child pointer to it). The acceptor answers `JoinAccept(root,
-//! depth, siblings)`; a joiner takes the first accept as its parent and answers any other
+//! `Remove` (the sender holds a stale child pointer to it). The acceptor answers `JoinAccept(path,
+//! siblings)`, `path` being the joiner's new ancestors from the root down; a joiner takes the first accept as its parent and answers any other
 //! acceptor with `Remove` (the MaceMC "kids match" fix). A node that is not joined refuses joins
 //! (`JoinReject`) and the joiner tries its next candidate.
 //!
 //! **Failures.** A failed child is dropped; a root then tells its children their new siblings. A
-//! node whose parent fails keeps its subtree and rejoins through the root it knows, then through
+//! node whose parent fails keeps its subtree and rejoins through its nearest live ancestor (every
+//! node knows its path to the root: `RootInfo(path)` flows down whenever it changes), then through
 //! its peers. If the failed parent was the root, its children already know each other: the lowest
 //! `NodeId` among the survivors becomes root and the others send it `Join(Failover)`; a sibling
 //! that gets such a join while still attached to the dead root drops it at once. A detached node
@@ -39,6 +40,10 @@ use smallvec::SmallVec;
 pub const MAX_JOIN_HOPS: u8 = 64;
 /// Candidates tried per round of joining: failover siblings, the root, then random peers.
 pub const MAX_CANDIDATES: usize = 16;
+/// Most backbone contacts (the root's children) a node remembers.
+pub const MAX_TOP: usize = 16;
+/// Recently unreachable peers remembered (tried last when joining).
+pub const MAX_SUSPECTS: usize = 8;
 
 /// Where a node stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,20 +66,26 @@ pub(crate) struct Tree {
     state: TreeState,
     root: Option<NodeId>,
     parent: Option<NodeId>,
-    depth: u16,
+    /// Our ancestors, root first, parent last (empty at a root). Bound: [`crate::wire::MAX_LIST`].
+    path: Vec<NodeId>,
     children: Children,
     /// The root's other children; meaningful while our parent is the root.
     siblings: Vec<NodeId>,
     /// Known members, for recovery and probes. At most `Config::max_peers`.
     peers: Vec<NodeId>,
+    /// The root's children as last heard: the tree's backbone, contacts for recovery and probes.
+    /// At most [`MAX_TOP`].
+    top: Vec<NodeId>,
+    /// Peers that recently failed to connect, tried last. At most [`MAX_SUSPECTS`], oldest dropped.
+    suspects: SmallVec<[NodeId; MAX_SUSPECTS]>,
     /// Set while re-electing a root after our parent, the root, failed.
     failover: Option<NodeId>,
     /// The current round's remaining candidates, tried from the back.
-    candidates: SmallVec<[(NodeId, JoinMode); MAX_CANDIDATES]>,
+    candidates: Vec<(NodeId, JoinMode)>,
     /// The candidate our last `Join` went to.
     target: Option<NodeId>,
     /// Every candidate that answered or was contacted in this attempt; released once joined.
-    contacted: SmallVec<[NodeId; MAX_CANDIDATES]>,
+    contacted: Vec<NodeId>,
     /// Whether anyone answered (even with a refusal) in the current round.
     answered: bool,
     join_at: Option<Instant>,
@@ -88,14 +99,16 @@ impl Tree {
             state: TreeState::Idle,
             root: None,
             parent: None,
-            depth: 0,
+            path: Vec::new(),
             children: Children::new(),
             siblings: Vec::new(),
             peers: Vec::new(),
+            suspects: SmallVec::new(),
+            top: Vec::new(),
             failover: None,
-            candidates: SmallVec::new(),
+            candidates: Vec::new(),
             target: None,
-            contacted: SmallVec::new(),
+            contacted: Vec::new(),
             answered: false,
             join_at: None,
             probe_at: None,
@@ -120,8 +133,11 @@ impl Tree {
     pub fn siblings(&self) -> &[NodeId] {
         &self.siblings
     }
+    pub fn peers(&self) -> &[NodeId] {
+        &self.peers
+    }
     pub fn depth(&self) -> u16 {
-        self.depth
+        self.path.len().min(u16::MAX as usize) as u16
     }
 
     pub fn next_timeout(&self) -> Option<Instant> {
@@ -204,7 +220,7 @@ impl Tree {
         }
         match msg {
             TreeMsg::Join { joiner, mode, hops } => self.on_join(ctx, from, joiner, mode, hops),
-            TreeMsg::JoinAccept { root, depth, siblings } => self.on_accept(ctx, from, root, depth, siblings),
+            TreeMsg::JoinAccept { path, top, siblings } => self.on_accept(ctx, from, path, &top, siblings),
             TreeMsg::JoinReject => self.on_reject(ctx, from),
             TreeMsg::Remove => self.on_remove(ctx, from),
             TreeMsg::Siblings { list } => {
@@ -212,10 +228,18 @@ impl Tree {
                     self.set_siblings(&list);
                 }
             }
-            TreeMsg::RootInfo { root, depth } => {
-                if self.parent == Some(from) {
-                    self.set_root_and_depth(ctx, root, depth.saturating_add(1));
+            TreeMsg::RootInfo { path, top } => {
+                if self.parent != Some(from) {
+                    return;
                 }
+                if path.last() != Some(&from) || path.contains(&self.me) {
+                    // A path through ourselves: our parent is below us. Drop it and rejoin.
+                    ctx.send(from, TreeMsg::Remove);
+                    self.parent_lost(ctx);
+                    return;
+                }
+                self.set_top(&top);
+                self.set_path(ctx, &path);
             }
             TreeMsg::Probe { root } => self.on_probe(ctx, from, root),
             TreeMsg::ProbeReply { root } => self.on_probe_reply(ctx, root),
@@ -251,8 +275,11 @@ impl Tree {
 
     /// The link to `peer` is gone: `failed` if it never opened.
     pub fn on_link_down(&mut self, ctx: &mut Ctx<'_>, peer: NodeId, failed: bool) {
-        if failed {
-            self.peers.retain(|p| *p != peer);
+        if failed && !self.suspects.contains(&peer) {
+            if self.suspects.len() == MAX_SUSPECTS {
+                self.suspects.remove(0);
+            }
+            self.suspects.push(peer);
         }
         if self.children.contains(&peer) {
             self.remove_child(ctx, peer);
@@ -289,11 +316,12 @@ impl Tree {
     /// Start a round of join attempts: `first`, then failover siblings, the root, random peers.
     fn begin_round(&mut self, ctx: &mut Ctx<'_>, first: &[NodeId]) {
         debug_assert_eq!(self.state, TreeState::Joining);
-        let mut list: SmallVec<[(NodeId, JoinMode); MAX_CANDIDATES]> = SmallVec::new();
+        let mut list: Vec<(NodeId, JoinMode)> = Vec::with_capacity(MAX_CANDIDATES);
         let me = self.me;
         let children = &self.children;
-        let push = |list: &mut SmallVec<[(NodeId, JoinMode); MAX_CANDIDATES]>, id: NodeId, mode: JoinMode| {
-            if id != me && !children.contains(&id) && list.len() < MAX_CANDIDATES && !list.iter().any(|(c, _)| *c == id) {
+        let push = |list: &mut Vec<(NodeId, JoinMode)>, id: NodeId, mode: JoinMode| {
+            if id != me && !children.contains(&id) && list.len() < MAX_CANDIDATES && !list.iter().any(|(c, _)| *c == id)
+            {
                 list.push((id, mode));
             }
         };
@@ -302,7 +330,8 @@ impl Tree {
         }
         if let Some(dead_root) = self.failover {
             // Siblings below us, lowest first: one of them is the new root.
-            let mut lower: SmallVec<[NodeId; 12]> = self.siblings.iter().copied().filter(|s| *s < me && *s != dead_root).collect();
+            let mut lower: SmallVec<[NodeId; 12]> =
+                self.siblings.iter().copied().filter(|s| *s < me && *s != dead_root).collect();
             lower.sort_unstable();
             if lower.is_empty() {
                 self.become_root(ctx);
@@ -311,11 +340,23 @@ impl Tree {
             for id in lower {
                 push(&mut list, id, JoinMode::Failover { dead_root });
             }
-        } else if let Some(root) = self.root {
-            push(&mut list, root, JoinMode::Forward);
+        } else {
+            // Nearest ancestor first: it forwards our join up to the root.
+            for &a in self.path.iter().rev() {
+                push(&mut list, a, JoinMode::Forward);
+            }
         }
-        let mut peers: SmallVec<[NodeId; 32]> = self.peers.iter().copied().filter(|p| Some(*p) != self.failover).collect();
+        // Then the backbone, then everyone else we know.
+        let mut top: SmallVec<[NodeId; MAX_TOP]> =
+            self.top.iter().copied().filter(|p| Some(*p) != self.failover && !self.suspects.contains(p)).collect();
+        shuffle(ctx, &mut top);
+        for id in top {
+            push(&mut list, id, JoinMode::Forward);
+        }
+        let mut peers: SmallVec<[NodeId; 32]> =
+            self.peers.iter().copied().filter(|p| Some(*p) != self.failover && !self.suspects.contains(p)).collect();
         shuffle(ctx, &mut peers);
+        peers.extend(self.suspects.iter().copied());
         for id in peers {
             push(&mut list, id, JoinMode::Forward);
         }
@@ -352,16 +393,27 @@ impl Tree {
         }
     }
 
-    fn on_accept(&mut self, ctx: &mut Ctx<'_>, from: NodeId, root: NodeId, depth: u16, siblings: List<NodeId>) {
-        if self.parent == Some(from) {
+    fn on_accept(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: NodeId,
+        path: List<NodeId>,
+        top: &[NodeId],
+        siblings: List<NodeId>,
+    ) {
+        let sane = path.last() == Some(&from) && !path.contains(&self.me);
+        let Some(&root) = path.first() else { return ctx.send(from, TreeMsg::Remove) };
+        if self.parent == Some(from) && sane {
             // A repeated accept from our parent: refresh what it says.
             if from == root {
                 self.set_siblings(&siblings);
             }
-            self.set_root_and_depth(ctx, root, depth.saturating_add(1));
+            self.set_top(top);
+            self.set_path(ctx, &path);
             return;
         }
-        let acceptable = self.state == TreeState::Joining && self.parent.is_none() && from != self.me && !self.children.contains(&from) && root != self.me;
+        let acceptable =
+            sane && self.state == TreeState::Joining && self.parent.is_none() && !self.children.contains(&from);
         if !acceptable {
             ctx.send(from, TreeMsg::Remove);
             return;
@@ -379,7 +431,7 @@ impl Tree {
             self.set_siblings(&siblings);
         }
         self.failover = None;
-        self.candidates.clear();
+        self.candidates = Vec::new();
         self.target = None;
         self.join_at = None;
         self.probe_at = None;
@@ -389,7 +441,8 @@ impl Tree {
             }
         }
         self.add_peer(ctx, root);
-        self.set_root_and_depth(ctx, root, depth.saturating_add(1));
+        self.set_top(top);
+        self.set_path(ctx, &path);
     }
 
     fn on_reject(&mut self, ctx: &mut Ctx<'_>, from: NodeId) {
@@ -440,6 +493,7 @@ impl Tree {
         match (self.state, self.parent) {
             (TreeState::Joined, None) => self.place(ctx, joiner, hops),
             (TreeState::Joined, Some(p)) if p != joiner => {
+                self.add_peer(ctx, joiner);
                 ctx.send(p, TreeMsg::Join { joiner, mode: JoinMode::Forward, hops: hops + 1 })
             }
             _ => self.reject(ctx, joiner),
@@ -458,7 +512,9 @@ impl Tree {
             ctx.io.stats.root_joins += 1;
             self.add_peer(ctx, joiner);
         }
-        let Some(root) = self.root else { return self.reject(ctx, joiner) };
+        if self.root.is_none() {
+            return self.reject(ctx, joiner);
+        }
         if Some(joiner) == self.parent {
             return self.reject(ctx, joiner);
         }
@@ -467,8 +523,16 @@ impl Tree {
                 self.children.push(joiner);
                 ctx.event(Event::ChildAdded(joiner));
             }
-            let siblings = if is_root { List(self.children.iter().copied().filter(|c| *c != joiner).collect()) } else { List(Vec::new()) };
-            ctx.send(joiner, TreeMsg::JoinAccept { root, depth: self.depth, siblings });
+            let siblings = if is_root {
+                List(self.children.iter().copied().filter(|c| *c != joiner).collect())
+            } else {
+                List(Vec::new())
+            };
+            let mut path = Vec::with_capacity(self.path.len() + 1);
+            path.extend_from_slice(&self.path);
+            path.push(self.me);
+            let top = List(self.top_view());
+            ctx.send(joiner, TreeMsg::JoinAccept { path: List(path), top, siblings });
             ctx.pin(joiner, Pin::Child);
             if is_root {
                 self.send_siblings(ctx, Some(joiner));
@@ -508,6 +572,9 @@ impl Tree {
     /// Our parent failed, left or disowned us: keep the subtree and rejoin.
     fn parent_lost(&mut self, ctx: &mut Ctx<'_>) {
         let Some(old) = self.parent.take() else { return };
+        if self.path.last() == Some(&old) {
+            self.path.pop();
+        }
         ctx.unpin(&old, Pin::Parent);
         ctx.event(Event::ParentChanged(None));
         self.state = TreeState::Joining;
@@ -527,7 +594,7 @@ impl Tree {
             ctx.event(Event::ParentChanged(None));
         }
         self.failover = None;
-        self.candidates.clear();
+        self.candidates = Vec::new();
         self.target = None;
         self.join_at = None;
         self.siblings.clear();
@@ -537,7 +604,7 @@ impl Tree {
         if !was_root {
             ctx.event(Event::BecameRoot);
         }
-        self.set_root_and_depth(ctx, self.me, 0);
+        self.set_path(ctx, &[]);
         self.send_siblings(ctx, None);
         self.arm_probe(ctx);
     }
@@ -551,7 +618,8 @@ impl Tree {
     }
 
     fn probe(&mut self, ctx: &mut Ctx<'_>) {
-        let candidates: SmallVec<[NodeId; 32]> = self.peers.iter().copied().filter(|p| !self.children.contains(p)).collect();
+        let candidates: SmallVec<[NodeId; 48]> =
+            self.peers.iter().chain(self.top.iter()).copied().filter(|p| !self.children.contains(p)).collect();
         if !candidates.is_empty() {
             let peer = candidates[ctx.rng.random_range(0..candidates.len())];
             ctx.send(peer, TreeMsg::Probe { root: self.me });
@@ -610,20 +678,48 @@ impl Tree {
         }
     }
 
-    fn set_root_and_depth(&mut self, ctx: &mut Ctx<'_>, root: NodeId, depth: u16) {
-        let changed = self.root != Some(root) || self.depth != depth;
-        if self.root != Some(root) {
+    /// Adopt `path` (root first, parent last; empty at a root) and tell the children if it changed.
+    fn set_path(&mut self, ctx: &mut Ctx<'_>, path: &[NodeId]) {
+        let root = path.first().copied().unwrap_or(self.me);
+        let root_changed = self.root != Some(root);
+        if root_changed {
             ctx.event(Event::RootChanged(root));
         }
         self.root = Some(root);
-        self.depth = depth;
-        if changed && !self.children.is_empty() {
-            if let Some(frame) = ctx.encode(TreeMsg::RootInfo { root, depth }) {
+        if self.path == path && !root_changed {
+            return;
+        }
+        self.path.clear();
+        self.path.extend_from_slice(path);
+        if !self.children.is_empty() {
+            let mut down = Vec::with_capacity(path.len() + 1);
+            down.extend_from_slice(path);
+            down.push(self.me);
+            let top = List(self.top_view());
+            if let Some(frame) = ctx.encode(TreeMsg::RootInfo { path: List(down), top }) {
                 for &c in &self.children {
                     ctx.send_frame(c, frame.clone());
                 }
             }
         }
+    }
+
+    /// The root's children as we know them, for our children.
+    fn top_view(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = if self.is_root() {
+            self.children.to_vec()
+        } else if self.parent.is_some() && self.parent == self.root {
+            self.siblings.iter().copied().chain(core::iter::once(self.me)).collect()
+        } else {
+            self.top.clone()
+        };
+        v.truncate(MAX_TOP);
+        v
+    }
+
+    fn set_top(&mut self, top: &[NodeId]) {
+        self.top.clear();
+        self.top.extend(top.iter().copied().filter(|p| *p != self.me).take(MAX_TOP));
     }
 
     fn add_peer(&mut self, ctx: &mut Ctx<'_>, p: NodeId) {

@@ -106,10 +106,10 @@ pub enum TreeMsg {
     },
     /// The sender is now the receiver's parent.
     JoinAccept {
-        /// The tree's root.
-        root: NodeId,
-        /// The sender's depth (0 for the root).
-        depth: u16,
+        /// The receiver's new ancestors, root first, the sender last.
+        path: List<NodeId>,
+        /// The root's children as the sender knows them: contacts for recovery.
+        top: List<NodeId>,
         /// The receiver's siblings, when the sender is the root; else empty.
         siblings: List<NodeId>,
     },
@@ -122,12 +122,13 @@ pub enum TreeMsg {
         /// The root's children.
         list: List<NodeId>,
     },
-    /// From a parent: who the root is and the parent's depth. Flows down the whole subtree.
+    /// From a parent: the receiver's ancestors, root first, the sender last. Flows down the
+    /// whole subtree whenever it changes.
     RootInfo {
-        /// The tree's root.
-        root: NodeId,
-        /// The sender's depth.
-        depth: u16,
+        /// The receiver's ancestors.
+        path: List<NodeId>,
+        /// The root's children as the sender knows them: contacts for recovery.
+        top: List<NodeId>,
     },
     /// From a root to a known peer: "my tree's root is `root`".
     Probe {
@@ -415,7 +416,11 @@ mod tests {
     #[test]
     fn message_round_trips_through_a_frame() {
         let mut pool = FramePool::default();
-        let msg = Message::Tree(TreeMsg::JoinAccept { root: id(0), depth: 3, siblings: List(vec![id(1), id(2)]) });
+        let msg = Message::Tree(TreeMsg::JoinAccept {
+            path: List(vec![id(0), id(3)]),
+            top: List(vec![id(3)]),
+            siblings: List(vec![id(1), id(2)]),
+        });
         let frame = pool.encode(&msg, 1 << 20).unwrap();
         let (payload, used) = split_frame(&frame, 1 << 20).unwrap().unwrap();
         assert_eq!(used, frame.len());
@@ -442,7 +447,7 @@ mod tests {
 
     #[test]
     fn a_lying_list_length_is_refused() {
-        // Tree(Siblings { list }) with a list claiming 100,000 entries.
+        // Tree(RootInfo { path }) with a path claiming 100,000 entries.
         let mut bytes = vec![0u8, 5];
         let mut n = 100_000u32;
         while n >= 0x80 {

@@ -1,0 +1,174 @@
+//! What `plush sim` runs: the scenario's parameters and the report it produces.
+
+use plush_core::Config;
+use serde::Serialize;
+
+/// How a killed node dies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CrashKind {
+    /// The process dies; its host's kernel resets every connection at once.
+    Process,
+    /// The host dies: silence. Peers notice only by timeouts.
+    Host,
+}
+
+/// The scenario: build a tree of `nodes`, broadcast, strike the faults, wait for repair, broadcast
+/// again.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Number of nodes.
+    pub nodes: u32,
+    /// Master seed: every random stream of the run derives from it.
+    pub seed: u64,
+    /// One-way delay of a frame: `min + Exp(mean)` capped at `max`, in milliseconds.
+    pub latency_min_ms: f64,
+    /// See `latency_min_ms`.
+    pub latency_max_ms: f64,
+    /// Fraction of the nodes to kill (the root excluded unless `kill_root`).
+    pub kill: f64,
+    /// Kill the root as well.
+    pub kill_root: bool,
+    /// How killed nodes die.
+    pub crash: CrashKind,
+    /// Cut this fraction of the nodes off from the rest (symmetric partition)...
+    pub partition: Option<f64>,
+    /// ... and heal it after this many seconds.
+    pub heal_after_s: f64,
+    /// Joins outstanding at once while building, like the controller's invitations.
+    pub max_outstanding_joins: usize,
+    /// A connection attempt to a silent host fails after this long.
+    pub connect_timeout_ms: f64,
+    /// Longest simulated time to wait for each phase to converge.
+    pub phase_limit_s: f64,
+    /// The core's configuration (the degree is `config.max_children`).
+    pub config: Config,
+}
+
+impl Default for Scenario {
+    fn default() -> Self {
+        Scenario {
+            nodes: 1000,
+            seed: 1,
+            latency_min_ms: 5.0,
+            latency_max_ms: 100.0,
+            kill: 0.0,
+            kill_root: false,
+            crash: CrashKind::Process,
+            partition: None,
+            heal_after_s: 30.0,
+            max_outstanding_joins: 50,
+            connect_timeout_ms: 3000.0,
+            phase_limit_s: 300.0,
+            config: Config::default(),
+        }
+    }
+}
+
+/// Shape of the tree at one moment, computed by the simulator from every live node's state.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Shape {
+    /// Live nodes that consider themselves a joined root.
+    pub roots: u32,
+    /// Live nodes not reachable from the root (from the lowest root when there are several).
+    pub orphans: u32,
+    /// Nodes whose parent chain loops.
+    pub loops: u32,
+    /// Most children of any node.
+    pub max_children: u32,
+    /// Longest path from the root.
+    pub depth: u32,
+    /// Parent/child pairs that disagree (a child list naming a node whose parent is another).
+    pub disagreements: u32,
+}
+
+/// One broadcast from the root and its replies.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BroadcastReport {
+    /// Live nodes whose reply reached the root.
+    pub replies: u32,
+    /// Live nodes at the time of the broadcast.
+    pub expected: u32,
+    /// Mean time from the broadcast to a reply's arrival at the root.
+    pub avg_sim_ms: f64,
+    /// Latest reply.
+    pub max_sim_ms: f64,
+}
+
+/// The build phase.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BuildReport {
+    /// Simulated time until every node joined one tree.
+    pub sim_ms: f64,
+}
+
+/// The fault phase.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RecoveryReport {
+    /// Nodes killed.
+    pub killed: u32,
+    /// Nodes cut off by the partition.
+    pub partitioned: u32,
+    /// Simulated time from the fault to every survivor in one tree.
+    pub sim_ms: f64,
+    /// Roots once quiet (or at the phase limit).
+    pub roots: u32,
+    /// Orphans once quiet.
+    pub orphans: u32,
+    /// Loops once quiet.
+    pub loops: u32,
+    /// Most children of any node once quiet.
+    pub max_children: u32,
+    /// Depth once quiet.
+    pub depth: u32,
+    /// Joins the roots handled during recovery.
+    pub root_joins: u64,
+}
+
+/// Simulator memory.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MemoryReport {
+    /// Heap bytes held per simulated node once built (nodes, links, queues).
+    pub bytes_per_node: u64,
+}
+
+/// Everything `plush sim --json` prints.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    /// Number of nodes.
+    pub nodes: u32,
+    /// The master seed.
+    pub seed: u64,
+    /// Max children.
+    pub degree: u32,
+    /// Every phase converged: one tree, every live node in it, no loop, no violation.
+    pub converged: bool,
+    /// Safety violations seen (checked after every event).
+    pub invariant_violations: u64,
+    /// The first few violations, as text.
+    pub violations: Vec<String>,
+    /// Events processed.
+    pub events: u64,
+    /// Frames delivered.
+    pub frames: u64,
+    /// Wall-clock time of the run.
+    pub wall_ms: u64,
+    /// Events per second of wall time.
+    pub events_per_s: f64,
+    /// Hash of every delivered frame with its time and endpoints: equal hashes, equal runs.
+    pub trace_hash: String,
+    /// Simulated time at the end.
+    pub sim_end_ms: f64,
+    /// The build phase.
+    pub build: BuildReport,
+    /// The tree once built.
+    pub tree: Shape,
+    /// Broadcast before the faults.
+    pub broadcast: BroadcastReport,
+    /// The faults and the repair.
+    pub recovery: RecoveryReport,
+    /// Broadcast after the repair.
+    pub broadcast_after: BroadcastReport,
+    /// Memory.
+    pub memory: MemoryReport,
+}

@@ -1,0 +1,1064 @@
+//! The simulation engine.
+//!
+//! One process, a `Vec` of nodes indexed by number (node `i` has the id
+//! [`NodeId::loopback`]`(i)`), and a binary heap of events ordered by (time, sequence). Virtual
+//! time jumps from one event to the next.
+//!
+//! **Links.** A link joins two nodes; each direction is a FIFO: a frame is delivered at
+//! `max(now + delay, previous delivery in that direction)`, with `delay = min + Exp(mean)` capped
+//! at `max`. Opening a link costs a round trip (the hellos); a live peer answers, a dead process's
+//! kernel refuses at once, a dead or cut-off host stays silent until the connect timeout. Closing
+//! a link delivers what was already in flight, then the close. A crashed process resets every link
+//! at once; a crashed host is silence. Partitions (symmetric or one-way) and per-pair clogs hold
+//! frames until they heal.
+//!
+//! **Checks.** After every event the node it touched is checked for safety: at most
+//! `max_children` children, no link to itself, and, when its parent changed, no loop through it.
+//! Liveness (one root, every live node joined and reachable, parents and children agreeing) is
+//! computed by [`Sim::shape`] when the scenario asks.
+//!
+//! **Determinism.** Every random stream derives from the master seed; every delivered frame is
+//! folded into [`Sim::trace_hash`] with its time and endpoints.
+
+use crate::scenario::{BroadcastReport, CrashKind, Report, Scenario, Shape};
+use plush_core::wire::{encode_hello, Frame, Hello, Role, PREFIX};
+use plush_core::{Command, Config, Event, Instant, LinkEvent, Node, NodeId, Output, TreeState};
+use rand::{RngExt, SeedableRng};
+use rand_pcg::Pcg64;
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::time::Duration;
+
+const PORT: u16 = 7000;
+/// Most safety violations kept as text in the report (all are counted).
+const MAX_VIOLATION_TEXTS: usize = 20;
+
+fn id(i: u32) -> NodeId {
+    NodeId::loopback(i, PORT)
+}
+
+fn idx(id: NodeId) -> u32 {
+    // Every id the simulator hands out is a loopback id; an unknown one maps past the end.
+    id.loopback_index().unwrap_or(u32::MAX)
+}
+
+/// SplitMix64: derives independent seeds from the master seed.
+fn mix(seed: u64, stream: u64) -> u64 {
+    let mut z = seed ^ stream.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[derive(Debug)]
+enum Kind {
+    /// A frame from the link's other end arrives at `to`.
+    Deliver { link: u32, gen: u32, to: u32, frame: Frame },
+    /// The hello from the other end arrives: report the link up to `to`.
+    Up { link: u32, gen: u32, to: u32 },
+    /// `to`'s attempt to reach `peer` failed.
+    ConnectFailed { to: u32, peer: u32, incarnation: u32 },
+    /// The other end closed or reset the link.
+    Down { link: u32, gen: u32, to: u32 },
+    /// `node`'s timer.
+    Timer { node: u32, incarnation: u32 },
+}
+
+/// A heap entry: small, so that sifting moves little. The event itself waits in a slot.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Ev {
+    at: Instant,
+    seq: u64,
+    slot: u32,
+}
+
+impl PartialOrd for Ev {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Ev {
+    // Reversed: BinaryHeap is a max-heap and we want the earliest (time, seq) first.
+    fn cmp(&self, o: &Self) -> Ordering {
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// One end's view of a link.
+#[derive(Clone, Copy, Debug, Default)]
+struct End {
+    node: u32,
+    /// The end still takes deliveries (it has not closed, crashed, or been told of a close).
+    open: bool,
+    /// The end was told the link is up.
+    up: bool,
+    /// FIFO clock of deliveries *to* this end.
+    next: Instant,
+}
+
+#[derive(Clone, Debug)]
+struct Link {
+    ends: [End; 2],
+    gen: u32,
+    live: bool,
+}
+
+impl Link {
+    fn side(&self, node: u32) -> usize {
+        usize::from(self.ends[1].node == node)
+    }
+}
+
+struct SimNode {
+    node: Option<Node>,
+    /// Bumped at every restart, so that stale timers and connect failures are ignored.
+    incarnation: u32,
+    host_up: bool,
+    /// When the heap holds a timer for this node.
+    timer: Option<Instant>,
+    /// (peer, link) for every link this node is an end of.
+    links: Vec<(u32, u32)>,
+    /// Partition side (0 or 1).
+    side: u8,
+    joined_once: bool,
+}
+
+/// A cut between the two partition sides, until `until`.
+#[derive(Clone, Copy, Debug)]
+struct Cut {
+    /// Side 0 → side 1 is blocked.
+    forward: bool,
+    /// Side 1 → side 0 is blocked.
+    backward: bool,
+    until: Instant,
+}
+
+/// The simulator: nodes, links, the event heap, the network model and the checks.
+pub struct Sim {
+    now: Instant,
+    seq: u64,
+    heap: BinaryHeap<Ev>,
+    slots: Vec<Option<Kind>>,
+    free_slots: Vec<u32>,
+    nodes: Vec<SimNode>,
+    links: Vec<Link>,
+    free_links: Vec<u32>,
+    cfg: Config,
+    net: Pcg64,
+    master_seed: u64,
+    lat_min_us: f64,
+    lat_mean_us: f64,
+    lat_max_us: f64,
+    connect_timeout: Duration,
+    cut: Option<Cut>,
+    clogs: Vec<(u32, u32, Instant)>,
+    refuse: Vec<(u32, Instant)>,
+    trace: u64,
+    /// Events processed.
+    pub events: u64,
+    /// Frames delivered.
+    pub frames: u64,
+    /// Heap entries popped (events plus stale timers).
+    pub pops: u64,
+    /// Largest heap seen.
+    pub max_heap: u64,
+    /// Safety violations counted.
+    pub violations: u64,
+    /// The first few violations, as text.
+    pub violation_texts: Vec<String>,
+    /// Broadcast replies seen at roots: (broadcast id, node, time).
+    pub replies: Vec<(u64, u32, Instant)>,
+    /// Nodes that have joined a tree at least once.
+    pub joined_once: u32,
+    outputs: Vec<Output>,
+}
+
+impl Sim {
+    /// A simulator of `n` node slots (none started), with the network model of `scenario`.
+    pub fn new(n: u32, scenario: &Scenario) -> Self {
+        let mean = ((scenario.latency_max_ms - scenario.latency_min_ms) / 5.0).max(0.0);
+        Sim {
+            now: Instant::ZERO,
+            seq: 0,
+            heap: BinaryHeap::new(),
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            nodes: (0..n)
+                .map(|_| SimNode {
+                    node: None,
+                    incarnation: 0,
+                    host_up: true,
+                    timer: None,
+                    links: Vec::new(),
+                    side: 0,
+                    joined_once: false,
+                })
+                .collect(),
+            links: Vec::new(),
+            free_links: Vec::new(),
+            cfg: scenario.config.clone(),
+            net: Pcg64::seed_from_u64(mix(scenario.seed, 1)),
+            master_seed: scenario.seed,
+            lat_min_us: scenario.latency_min_ms * 1000.0,
+            lat_mean_us: mean * 1000.0,
+            lat_max_us: scenario.latency_max_ms.max(scenario.latency_min_ms) * 1000.0,
+            connect_timeout: Duration::from_micros((scenario.connect_timeout_ms * 1000.0) as u64),
+            cut: None,
+            clogs: Vec::new(),
+            refuse: Vec::new(),
+            trace: 0xcbf2_9ce4_8422_2325,
+            events: 0,
+            frames: 0,
+            pops: 0,
+            max_heap: 0,
+            violations: 0,
+            violation_texts: Vec::new(),
+            replies: Vec::new(),
+            joined_once: 0,
+            outputs: Vec::new(),
+        }
+    }
+
+    /// Current virtual time.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// The hash of everything delivered so far.
+    pub fn trace_hash(&self) -> u64 {
+        self.trace
+    }
+
+    /// Number of node slots.
+    pub fn len(&self) -> u32 {
+        self.nodes.len() as u32
+    }
+
+    /// Whether there are no node slots.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The node in slot `i`, if its process is running.
+    pub fn node(&self, i: u32) -> Option<&Node> {
+        self.nodes.get(i as usize).and_then(|n| n.node.as_ref())
+    }
+
+    /// Whether node `i`'s process is running.
+    pub fn alive(&self, i: u32) -> bool {
+        self.node(i).is_some()
+    }
+
+    /// The id of slot `i`.
+    pub fn id(i: u32) -> NodeId {
+        id(i)
+    }
+
+    /// Number of running nodes.
+    pub fn live_count(&self) -> u32 {
+        self.nodes.iter().filter(|n| n.node.is_some()).count() as u32
+    }
+
+    // ----- scheduling -----------------------------------------------------------------------
+
+    fn push(&mut self, at: Instant, kind: Kind) {
+        self.seq += 1;
+        let slot = match self.free_slots.pop() {
+            Some(s) => {
+                self.slots[s as usize] = Some(kind);
+                s
+            }
+            None => {
+                self.slots.push(Some(kind));
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.heap.push(Ev { at, seq: self.seq, slot });
+    }
+
+    fn delay(&mut self) -> Duration {
+        let u: f64 = self.net.random::<f64>();
+        let exp = -(1.0 - u).ln() * self.lat_mean_us;
+        let d = (self.lat_min_us + exp).min(self.lat_max_us);
+        Duration::from_micros(d as u64)
+    }
+
+    /// When traffic from `a` to `b` may flow again (`now` if it flows).
+    fn blocked_until(&self, a: u32, b: u32) -> Instant {
+        let mut until = Instant::ZERO;
+        if let Some(cut) = self.cut {
+            let (sa, sb) = (self.nodes[a as usize].side, self.nodes[b as usize].side);
+            if cut.until > self.now && ((sa == 0 && sb == 1 && cut.forward) || (sa == 1 && sb == 0 && cut.backward)) {
+                until = until.max(cut.until);
+            }
+        }
+        for &(x, y, t) in &self.clogs {
+            if t > self.now && ((x == a && y == b) || (x == b && y == a)) {
+                until = until.max(t);
+            }
+        }
+        until
+    }
+
+    /// Delivery time of something sent now from `from` to end `to_end` of `link`, FIFO.
+    fn fifo(&mut self, link: u32, from: u32, to_end: usize) -> Instant {
+        let to = self.links[link as usize].ends[to_end].node;
+        let d = self.delay();
+        let mut at = self.now + d;
+        let blocked = self.blocked_until(from, to);
+        if blocked > self.now {
+            at = at.max(blocked + d);
+        }
+        let end = &mut self.links[link as usize].ends[to_end];
+        at = at.max(end.next);
+        end.next = at;
+        at
+    }
+
+    /// The link between `a` and `b` whose `a` end is still open.
+    fn find_link(&self, a: u32, b: u32) -> Option<u32> {
+        self.nodes[a as usize].links.iter().filter(|(p, _)| *p == b).map(|&(_, l)| l).find(|&l| {
+            let link = &self.links[l as usize];
+            link.live && link.ends[link.side(a)].open
+        })
+    }
+
+    fn new_link(&mut self, a: u32, b: u32) -> u32 {
+        // A new connection between the same pair must not overtake the old one's close:
+        // inherit its FIFO clocks.
+        let (mut next_a, mut next_b) = (self.now, self.now);
+        for &(_, l) in self.nodes[a as usize].links.iter().filter(|(p, _)| *p == b) {
+            let link = &self.links[l as usize];
+            let side = link.side(a);
+            if link.live {
+                next_a = next_a.max(link.ends[side].next);
+                next_b = next_b.max(link.ends[1 - side].next);
+            }
+        }
+        let ends = [
+            End { node: a, open: true, up: false, next: next_a },
+            End { node: b, open: true, up: false, next: next_b },
+        ];
+        let l = match self.free_links.pop() {
+            Some(l) => {
+                let gen = self.links[l as usize].gen.wrapping_add(1);
+                self.links[l as usize] = Link { ends, gen, live: true };
+                l
+            }
+            None => {
+                self.links.push(Link { ends, gen: 0, live: true });
+                (self.links.len() - 1) as u32
+            }
+        };
+        self.nodes[a as usize].links.push((b, l));
+        self.nodes[b as usize].links.push((a, l));
+        l
+    }
+
+    /// Forget the link once neither end takes deliveries.
+    fn maybe_free(&mut self, l: u32) {
+        let link = &self.links[l as usize];
+        if link.live && !link.ends[0].open && !link.ends[1].open {
+            let [a, b] = [link.ends[0].node, link.ends[1].node];
+            self.links[l as usize].live = false;
+            self.nodes[a as usize].links.retain(|x| x.1 != l);
+            self.nodes[b as usize].links.retain(|x| x.1 != l);
+            self.free_links.push(l);
+        }
+    }
+
+    // ----- node control ---------------------------------------------------------------------
+
+    /// Start node `i` (a fresh process) and send it `Join { bootstrap }`.
+    pub fn start(&mut self, i: u32, bootstrap: Vec<NodeId>) {
+        let sn = &mut self.nodes[i as usize];
+        if sn.node.is_some() {
+            return;
+        }
+        sn.incarnation += 1;
+        sn.host_up = true;
+        sn.timer = None;
+        let seed = mix(self.master_seed, 1000 + u64::from(i) + (u64::from(sn.incarnation) << 32));
+        let mut node = Node::new(id(i), self.cfg.clone(), seed, self.now);
+        if let Err(e) = node.handle_command(self.now, Command::Join { bootstrap }) {
+            self.violation(format!("node {i}: join refused: {e}"));
+        }
+        self.nodes[i as usize].node = Some(node);
+        self.after(i);
+    }
+
+    /// Ask node `i` to do something.
+    pub fn command(&mut self, i: u32, cmd: Command) -> bool {
+        let now = self.now;
+        let ok = match self.nodes[i as usize].node.as_mut() {
+            Some(n) => n.handle_command(now, cmd).is_ok(),
+            None => false,
+        };
+        self.after(i);
+        ok
+    }
+
+    /// Kill node `i`: a process crash resets its links at once; a host crash is silence.
+    pub fn crash(&mut self, i: u32, kind: CrashKind) {
+        let sn = &mut self.nodes[i as usize];
+        if sn.node.take().is_none() {
+            return;
+        }
+        sn.timer = None;
+        if kind == CrashKind::Host {
+            sn.host_up = false;
+        }
+        let links: Vec<u32> = sn.links.iter().map(|x| x.1).collect();
+        for l in links {
+            let side = self.links[l as usize].side(i);
+            self.links[l as usize].ends[side].open = false;
+            let other = 1 - side;
+            if kind == CrashKind::Process && self.links[l as usize].ends[other].open {
+                // The kernel resets the connection: the peer hears at once, in-flight data is lost.
+                let gen = self.links[l as usize].gen;
+                let to = self.links[l as usize].ends[other].node;
+                let at = self.now + self.delay();
+                self.push(at, Kind::Down { link: l, gen, to });
+            }
+            self.maybe_free(l);
+        }
+    }
+
+    /// Restart node `i`'s process (and host) and rejoin through `bootstrap`. Peers that still
+    /// hold a link to its previous incarnation get a reset.
+    pub fn restart(&mut self, i: u32, bootstrap: Vec<NodeId>) {
+        self.crash(i, CrashKind::Process);
+        let links: Vec<u32> = self.nodes[i as usize].links.iter().map(|x| x.1).collect();
+        for l in links {
+            let side = self.links[l as usize].side(i);
+            let other = 1 - side;
+            if self.links[l as usize].ends[other].open {
+                let gen = self.links[l as usize].gen;
+                let to = self.links[l as usize].ends[other].node;
+                let at = self.now + self.delay();
+                self.push(at, Kind::Down { link: l, gen, to });
+            }
+        }
+        self.start(i, bootstrap);
+    }
+
+    /// Cut `side_one` (partition side 1) from everyone else until `until`; `one_way` blocks only
+    /// traffic from side 0 to side 1.
+    pub fn partition(&mut self, side_one: &[u32], one_way: bool, until: Instant) {
+        for n in &mut self.nodes {
+            n.side = 0;
+        }
+        for &i in side_one {
+            self.nodes[i as usize].side = 1;
+        }
+        self.cut = Some(Cut { forward: true, backward: !one_way, until });
+    }
+
+    /// Hold all traffic between `a` and `b` until `until`.
+    pub fn clog(&mut self, a: u32, b: u32, until: Instant) {
+        self.clogs.push((a, b, until));
+    }
+
+    /// Make every connection attempt to or from `i` fail until `until`.
+    pub fn refuse_connects(&mut self, i: u32, until: Instant) {
+        self.refuse.push((i, until));
+    }
+
+    // ----- the event loop -------------------------------------------------------------------
+
+    /// Process events up to and including time `until`; returns false if the heap ran dry.
+    pub fn run_until(&mut self, until: Instant, mut stop: impl FnMut(&Sim) -> bool) -> bool {
+        while let Some(ev) = self.heap.peek() {
+            if ev.at > until {
+                self.now = until;
+                return true;
+            }
+            let Some(ev) = self.heap.pop() else { break };
+            self.pops += 1;
+            self.max_heap = self.max_heap.max(self.heap.len() as u64 + 1);
+            self.now = ev.at;
+            let kind = self.slots[ev.slot as usize].take();
+            self.free_slots.push(ev.slot);
+            if let Some(kind) = kind {
+                self.dispatch(kind);
+            }
+            if stop(self) {
+                return true;
+            }
+        }
+        self.now = self.now.max(until);
+        false
+    }
+
+    fn dispatch(&mut self, kind: Kind) {
+        let now = self.now;
+        match kind {
+            Kind::Timer { node, incarnation } => {
+                let sn = &mut self.nodes[node as usize];
+                if sn.incarnation != incarnation || sn.timer != Some(now) {
+                    return; // stale
+                }
+                sn.timer = None;
+                let Some(n) = sn.node.as_mut() else { return };
+                self.events += 1;
+                n.handle_timeout(now);
+                self.after(node);
+            }
+            Kind::Up { link, gen, to } => {
+                let l = &self.links[link as usize];
+                let side = l.side(to);
+                if !l.live || l.gen != gen || !l.ends[side].open || self.nodes[to as usize].node.is_none() {
+                    return;
+                }
+                self.links[link as usize].ends[side].up = true;
+                let peer = self.links[link as usize].ends[1 - side].node;
+                self.events += 1;
+                if let Some(n) = self.nodes[to as usize].node.as_mut() {
+                    n.handle_link(now, id(peer), LinkEvent::Connected);
+                }
+                self.after(to);
+            }
+            Kind::ConnectFailed { to, peer, incarnation } => {
+                let sn = &mut self.nodes[to as usize];
+                if sn.incarnation != incarnation {
+                    return;
+                }
+                let Some(n) = sn.node.as_mut() else { return };
+                self.events += 1;
+                n.handle_link(now, id(peer), LinkEvent::ConnectFailed);
+                self.after(to);
+            }
+            Kind::Down { link, gen, to } => {
+                let l = &self.links[link as usize];
+                let side = l.side(to);
+                if !l.live || l.gen != gen || !l.ends[side].open {
+                    return;
+                }
+                let was_up = l.ends[side].up;
+                let peer = l.ends[1 - side].node;
+                self.links[link as usize].ends[side].open = false;
+                self.maybe_free(link);
+                if self.nodes[to as usize].node.is_none() {
+                    return;
+                }
+                self.events += 1;
+                let ev = if was_up { LinkEvent::Closed } else { LinkEvent::ConnectFailed };
+                if let Some(n) = self.nodes[to as usize].node.as_mut() {
+                    n.handle_link(now, id(peer), ev);
+                }
+                self.after(to);
+            }
+            Kind::Deliver { link, gen, to, frame } => {
+                let l = &self.links[link as usize];
+                let side = l.side(to);
+                if !l.live || l.gen != gen || !l.ends[side].open || !l.ends[side].up {
+                    return;
+                }
+                let from = l.ends[1 - side].node;
+                self.events += 1;
+                self.frames += 1;
+                self.fold(from, to, frame.payload());
+                let Some(n) = self.nodes[to as usize].node.as_mut() else { return };
+                if n.handle_frame(now, id(from), frame.payload()).is_err() {
+                    // A driver closes a link that sent a bad frame.
+                    self.violation(format!("node {to} refused a frame from {from}"));
+                    self.close(to, from);
+                }
+                drop(frame);
+                self.after(to);
+            }
+        }
+    }
+
+    /// Fold a delivery into the trace hash (a multiply-xorshift mix, eight bytes at a time).
+    fn fold(&mut self, from: u32, to: u32, bytes: &[u8]) {
+        fn eat(h: u64, w: u64) -> u64 {
+            (h ^ w).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29)
+        }
+        let mut h = eat(self.trace, self.now.0);
+        h = eat(h, (u64::from(from) << 32) | u64::from(to));
+        h = eat(h, bytes.len() as u64);
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            h = eat(h, u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]));
+        }
+        let mut last = [0u8; 8];
+        last[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
+        self.trace = eat(h, u64::from_le_bytes(last));
+    }
+
+    /// Drain node `i`'s outputs, carry them out, check its safety, re-arm its timer.
+    fn after(&mut self, i: u32) {
+        let mut outs = core::mem::take(&mut self.outputs);
+        if let Some(n) = self.nodes[i as usize].node.as_mut() {
+            while let Some(o) = n.poll_output() {
+                outs.push(o);
+            }
+        }
+        for o in outs.drain(..) {
+            match o {
+                Output::Transmit { to, frame } => self.transmit(i, idx(to), frame),
+                Output::Connect(peer) => self.connect(i, idx(peer)),
+                Output::Close(peer) => self.close(i, idx(peer)),
+                Output::Event(e) => self.on_event(i, e),
+            }
+        }
+        self.outputs = outs;
+        self.check_node(i);
+        let sn = &mut self.nodes[i as usize];
+        if let Some(t) = sn.node.as_ref().and_then(|n| n.poll_timeout()) {
+            if sn.timer.is_none_or(|cur| t < cur) {
+                let t = t.max(self.now);
+                sn.timer = Some(t);
+                let incarnation = sn.incarnation;
+                self.push(t, Kind::Timer { node: i, incarnation });
+            }
+        }
+    }
+
+    fn transmit(&mut self, from: u32, to: u32, frame: Frame) {
+        if to as usize >= self.nodes.len() {
+            return;
+        }
+        let Some(l) = self.find_link(from, to) else { return };
+        let to_end = 1 - self.links[l as usize].side(from);
+        if !self.links[l as usize].ends[1 - to_end].open {
+            return;
+        }
+        let at = self.fifo(l, from, to_end);
+        let gen = self.links[l as usize].gen;
+        self.push(at, Kind::Deliver { link: l, gen, to, frame });
+    }
+
+    fn refused(&self, i: u32) -> bool {
+        self.refuse.iter().any(|&(x, t)| x == i && t > self.now)
+    }
+
+    fn connect(&mut self, from: u32, to: u32) {
+        let incarnation = self.nodes[from as usize].incarnation;
+        if to as usize >= self.nodes.len() {
+            let at = self.now + self.delay();
+            self.push(at, Kind::ConnectFailed { to: from, peer: to, incarnation });
+            return;
+        }
+        if let Some(l) = self.find_link(from, to) {
+            let side = self.links[l as usize].side(from);
+            let end = self.links[l as usize].ends[side];
+            if end.open && end.up {
+                // Already up (the peer opened it): report it again at once.
+                let gen = self.links[l as usize].gen;
+                self.push(self.now, Kind::Up { link: l, gen, to: from });
+            }
+            // Otherwise its `Up` is on the way.
+            if end.open {
+                return;
+            }
+        }
+        let target = &self.nodes[to as usize];
+        let there = target.node.is_some();
+        let host_up = target.host_up;
+        let forward_block = self.blocked_until(from, to);
+        let backward_block = self.blocked_until(to, from);
+        let block = forward_block.max(backward_block);
+        if self.refused(from) || self.refused(to) {
+            let at = self.now + self.delay();
+            self.push(at, Kind::ConnectFailed { to: from, peer: to, incarnation });
+            return;
+        }
+        if !host_up || block > self.now + self.connect_timeout {
+            let at = self.now + self.connect_timeout;
+            self.push(at, Kind::ConnectFailed { to: from, peer: to, incarnation });
+            return;
+        }
+        if !there {
+            // The host's kernel refuses: a round trip.
+            let at = self.now + self.delay() + self.delay();
+            self.push(at, Kind::ConnectFailed { to: from, peer: to, incarnation });
+            return;
+        }
+        let l = self.new_link(from, to);
+        let gen = self.links[l as usize].gen;
+        // The hellos: ours reaches the peer, which reports the link up; its hello comes back.
+        let hello = encode_hello(&Hello::new(id(from), Role::Client, mix(self.master_seed, self.seq)));
+        self.fold(from, to, &hello[PREFIX..]);
+        let t1 = self.fifo(l, from, 1);
+        self.push(t1, Kind::Up { link: l, gen, to });
+        let t2 = t1.max(self.links[l as usize].ends[0].next) + self.delay();
+        self.links[l as usize].ends[0].next = t2;
+        self.push(t2, Kind::Up { link: l, gen, to: from });
+    }
+
+    fn close(&mut self, from: u32, to: u32) {
+        if to as usize >= self.nodes.len() {
+            return;
+        }
+        let Some(l) = self.find_link(from, to) else { return };
+        let side = self.links[l as usize].side(from);
+        self.links[l as usize].ends[side].open = false;
+        let other = 1 - side;
+        if self.links[l as usize].ends[other].open {
+            let at = self.fifo(l, from, other);
+            let gen = self.links[l as usize].gen;
+            self.push(at, Kind::Down { link: l, gen, to });
+        }
+        self.maybe_free(l);
+    }
+
+    fn on_event(&mut self, i: u32, e: Event) {
+        match e {
+            Event::ParentChanged(Some(_)) | Event::BecameRoot => {
+                let sn = &mut self.nodes[i as usize];
+                if !sn.joined_once {
+                    sn.joined_once = true;
+                    self.joined_once += 1;
+                }
+                if matches!(e, Event::ParentChanged(Some(_))) {
+                    self.check_loop(i);
+                }
+            }
+            Event::BroadcastReply { id, node } => self.replies.push((id, idx(node), self.now)),
+            _ => {}
+        }
+    }
+
+    // ----- checks ---------------------------------------------------------------------------
+
+    fn violation(&mut self, text: String) {
+        self.violations += 1;
+        if self.violation_texts.len() < MAX_VIOLATION_TEXTS {
+            self.violation_texts.push(format!("t={}ms {text}", self.now.as_millis()));
+        }
+    }
+
+    fn check_node(&mut self, i: u32) {
+        let Some(n) = self.node(i) else { return };
+        let me = id(i);
+        let max = self.cfg.max_children;
+        let mut bad = Vec::new();
+        if n.children().len() > max {
+            bad.push(format!("node {i} has {} children (max {max})", n.children().len()));
+        }
+        if n.parent() == Some(me) || n.children().contains(&me) {
+            bad.push(format!("node {i} links to itself"));
+        }
+        if let Some(p) = n.parent() {
+            if n.children().contains(&p) {
+                bad.push(format!("node {i} has its parent {p} as a child"));
+            }
+        }
+        for b in bad {
+            self.violation(b);
+        }
+    }
+
+    /// A new parent pointer at `i`: walk up; coming back to `i` is a loop.
+    fn check_loop(&mut self, i: u32) {
+        let mut cur = i;
+        for _ in 0..=self.nodes.len() {
+            let Some(p) = self.node(cur).and_then(|n| n.parent()) else { return };
+            cur = idx(p);
+            if cur == i {
+                self.violation(format!("loop through node {i}"));
+                return;
+            }
+            if cur as usize >= self.nodes.len() {
+                return;
+            }
+        }
+    }
+
+    /// The shape of the forest of live nodes (O(nodes)).
+    pub fn shape(&self) -> Shape {
+        let n = self.nodes.len();
+        let mut s = Shape::default();
+        // depth[i]: u32::MAX unknown, u32::MAX-1 in progress, u32::MAX-2 dead end / loop.
+        const UNKNOWN: u32 = u32::MAX;
+        const VISITING: u32 = u32::MAX - 1;
+        const BROKEN: u32 = u32::MAX - 2;
+        let mut depth = vec![UNKNOWN; n];
+        let mut top = vec![u32::MAX; n];
+        let mut stack = Vec::new();
+        let mut roots = Vec::new();
+        for i in 0..n as u32 {
+            let Some(node) = self.node(i) else { continue };
+            s.max_children = s.max_children.max(node.children().len() as u32);
+            if node.is_root() {
+                s.roots += 1;
+                roots.push(i);
+            }
+            for c in node.children() {
+                let ci = idx(*c);
+                if self.node(ci).and_then(|cn| cn.parent()) != Some(id(i)) {
+                    s.disagreements += 1;
+                }
+            }
+            if let Some(p) = node.parent() {
+                let pi = idx(p);
+                if !self.node(pi).is_some_and(|pn| pn.children().contains(&id(i))) {
+                    s.disagreements += 1;
+                }
+            }
+        }
+        for i in 0..n as u32 {
+            if self.node(i).is_none() || depth[i as usize] != UNKNOWN {
+                continue;
+            }
+            // Walk up until a known depth, a root, a dead end or a loop.
+            stack.clear();
+            let mut cur = i;
+            let (base, base_top) = loop {
+                let d = depth[cur as usize];
+                if d == VISITING {
+                    s.loops += 1;
+                    break (BROKEN, u32::MAX);
+                }
+                if d != UNKNOWN {
+                    break (d, top[cur as usize]);
+                }
+                let Some(node) = self.node(cur) else { break (BROKEN, u32::MAX) };
+                depth[cur as usize] = VISITING;
+                stack.push(cur);
+                match node.parent() {
+                    None if node.is_root() => {
+                        stack.pop();
+                        depth[cur as usize] = 0;
+                        top[cur as usize] = cur;
+                        break (0, cur);
+                    }
+                    None => break (BROKEN, u32::MAX),
+                    Some(p) => {
+                        let pi = idx(p);
+                        if pi as usize >= n {
+                            break (BROKEN, u32::MAX);
+                        }
+                        cur = pi;
+                    }
+                }
+            };
+            let mut d = base;
+            while let Some(x) = stack.pop() {
+                if d != BROKEN {
+                    d += 1;
+                }
+                depth[x as usize] = d;
+                top[x as usize] = base_top;
+            }
+        }
+        // The main tree: the root with most members.
+        let mut size = vec![0u32; n];
+        for i in 0..n {
+            if self.nodes[i].node.is_some() && top[i] != u32::MAX {
+                size[top[i] as usize] += 1;
+            }
+        }
+        let main = roots.iter().copied().max_by_key(|&r| (size[r as usize], std::cmp::Reverse(r)));
+        for i in 0..n {
+            if self.nodes[i].node.is_none() {
+                continue;
+            }
+            match main {
+                Some(r) if top[i] == r => s.depth = s.depth.max(depth[i]),
+                _ => s.orphans += 1,
+            }
+        }
+        s
+    }
+
+    /// Whether the live nodes form one healthy tree.
+    pub fn converged(&self) -> bool {
+        // Cheap pass first: exactly one root and everyone joined.
+        let mut roots = 0;
+        for n in self.nodes.iter().filter_map(|n| n.node.as_ref()) {
+            if n.state() != TreeState::Joined {
+                return false;
+            }
+            if n.parent().is_none() {
+                roots += 1;
+                if roots > 1 {
+                    return false;
+                }
+            }
+        }
+        let s = self.shape();
+        s.roots == 1
+            && s.orphans == 0
+            && s.loops == 0
+            && s.disagreements == 0
+            && self.nodes.iter().all(|n| n.node.as_ref().is_none_or(|x| x.state() == TreeState::Joined))
+    }
+
+    /// The live root with the most members (the lowest id on a tie).
+    pub fn main_root(&self) -> Option<u32> {
+        let mut counts = std::collections::BTreeMap::new();
+        for i in 0..self.len() {
+            if let Some(r) = self.node(i).and_then(|n| if n.state() == TreeState::Joined { n.root() } else { None }) {
+                *counts.entry(idx(r)).or_insert(0u32) += 1;
+            }
+        }
+        counts
+            .into_iter()
+            .filter(|(r, _)| self.node(*r).is_some_and(|n| n.is_root()))
+            .max_by_key(|(r, c)| (*c, std::cmp::Reverse(*r)))
+            .map(|(r, _)| r)
+    }
+
+    /// Sum of joins handled by every live root-capable node.
+    pub fn root_joins(&self) -> u64 {
+        self.nodes.iter().filter_map(|n| n.node.as_ref()).map(|n| n.stats().root_joins).sum()
+    }
+}
+
+fn rss_bytes() -> u64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/statm") else { return 0 };
+    let pages: u64 = s.split_whitespace().nth(1).and_then(|x| x.parse().ok()).unwrap_or(0);
+    pages * 4096
+}
+
+/// Play `sc`: build, broadcast, faults, repair, broadcast. See [`Scenario`].
+pub fn play(sc: &Scenario) -> Report {
+    let wall = std::time::Instant::now();
+    let rss0 = rss_bytes();
+    let n = sc.nodes.max(1);
+    let mut sim = Sim::new(n, sc);
+    let mut rng = Pcg64::seed_from_u64(mix(sc.seed, 2));
+    let tick = Duration::from_millis(250);
+    let limit = Duration::from_micros((sc.phase_limit_s * 1e6) as u64);
+    let mut report = Report { nodes: n, seed: sc.seed, degree: sc.config.max_children as u32, ..Report::default() };
+
+    // Build: node 0 founds the tree; the others join paced like invitations.
+    sim.start(0, Vec::new());
+    let mut next = 1u32;
+    // Paced joins take time: allow 10 ms of simulated time per node on top of the phase limit.
+    let deadline = sim.now() + limit + Duration::from_millis(10 * u64::from(n));
+    let mut built = false;
+    loop {
+        while next < n && (next - sim.joined_once) < sc.max_outstanding_joins as u32 {
+            let mut boot = vec![id(0)];
+            for _ in 0..2 {
+                let j = rng.random_range(0..next);
+                if sim.nodes[j as usize].joined_once && !boot.contains(&id(j)) {
+                    boot.push(id(j));
+                }
+            }
+            sim.start(next, boot);
+            next += 1;
+        }
+        if next >= n && sim.joined_once >= n && sim.converged() {
+            built = true;
+            break;
+        }
+        if sim.now() >= deadline {
+            break;
+        }
+        let target = sim.now() + tick;
+        let all_started = next >= n;
+        sim.run_until(target, |s| !all_started && s.joined_once + sc.max_outstanding_joins as u32 > next);
+    }
+    report.build.sim_ms = sim.now().0 as f64 / 1000.0;
+    report.tree = sim.shape();
+    report.memory.bytes_per_node = rss_bytes().saturating_sub(rss0) / u64::from(n);
+
+    // Broadcast before the faults.
+    report.broadcast = broadcast(&mut sim, 1, limit);
+
+    // Faults.
+    let fault_at = sim.now();
+    let mut victims: Vec<u32> = Vec::new();
+    let root = sim.main_root();
+    let kills = ((sc.kill * f64::from(n)).round() as u32).min(n.saturating_sub(1));
+    if sc.kill_root {
+        victims.extend(root);
+    }
+    let mut candidates: Vec<u32> = (0..n).filter(|&i| sim.alive(i) && Some(i) != root).collect();
+    while victims.len() < kills as usize && !candidates.is_empty() {
+        let k = rng.random_range(0..candidates.len());
+        victims.push(candidates.swap_remove(k));
+    }
+    let joins_before: Vec<u64> = (0..n).map(|i| sim.node(i).map_or(0, |x| x.stats().root_joins)).collect();
+    for &v in &victims {
+        sim.crash(v, sc.crash);
+    }
+    report.recovery.killed = victims.len() as u32;
+    let mut heal_at = fault_at;
+    if let Some(frac) = sc.partition {
+        let mut live: Vec<u32> = (0..n).filter(|&i| sim.alive(i)).collect();
+        let k = ((frac * live.len() as f64).round() as usize).min(live.len());
+        let mut side = Vec::with_capacity(k);
+        for _ in 0..k {
+            let j = rng.random_range(0..live.len());
+            side.push(live.swap_remove(j));
+        }
+        heal_at = fault_at + Duration::from_micros((sc.heal_after_s * 1e6) as u64);
+        sim.partition(&side, false, heal_at);
+        report.recovery.partitioned = side.len() as u32;
+    }
+    let deadline = heal_at.max(fault_at) + limit;
+    let mut recovered = false;
+    while sim.now() < deadline {
+        let target = sim.now() + tick;
+        sim.run_until(target, |_| false);
+        if sim.now() >= heal_at && sim.converged() {
+            recovered = true;
+            break;
+        }
+    }
+    report.recovery.sim_ms = sim.now().since(fault_at).as_micros() as f64 / 1000.0;
+    let shape = sim.shape();
+    report.recovery.roots = shape.roots;
+    report.recovery.orphans = shape.orphans;
+    report.recovery.loops = shape.loops;
+    report.recovery.max_children = shape.max_children;
+    report.recovery.depth = shape.depth;
+    report.recovery.root_joins =
+        (0..n).filter_map(|i| sim.node(i).map(|x| x.stats().root_joins.saturating_sub(joins_before[i as usize]))).sum();
+
+    // Broadcast after.
+    report.broadcast_after = broadcast(&mut sim, 2, limit);
+
+    report.converged = built && recovered && sim.violations == 0;
+    report.invariant_violations = sim.violations;
+    report.violations = sim.violation_texts.clone();
+    report.events = sim.events;
+    report.frames = sim.frames;
+    report.trace_hash = format!("{:016x}", sim.trace_hash());
+    report.sim_end_ms = sim.now().0 as f64 / 1000.0;
+    report.wall_ms = wall.elapsed().as_millis() as u64;
+    report.events_per_s = sim.events as f64 / wall.elapsed().as_secs_f64().max(1e-9);
+    report
+}
+
+/// Broadcast from the main root and wait for every live node's reply (or `limit`).
+fn broadcast(sim: &mut Sim, bid: u64, limit: Duration) -> BroadcastReport {
+    let expected = sim.live_count();
+    let mut r = BroadcastReport { expected, ..BroadcastReport::default() };
+    let Some(root) = sim.main_root() else { return r };
+    let start = sim.now();
+    let first = sim.replies.len();
+    if !sim.command(root, Command::Broadcast { id: bid }) {
+        return r;
+    }
+    let mut seen = vec![false; sim.len() as usize];
+    let mut count = 0u32;
+    let mut scanned = first;
+    let deadline = start + limit.min(Duration::from_secs(60));
+    while sim.now() < deadline && count < expected {
+        let target = (sim.now() + Duration::from_millis(50)).min(deadline);
+        sim.run_until(target, |s| s.replies.len() - first >= expected as usize);
+        let (mut sum, mut max) = (r.avg_sim_ms * f64::from(count), r.max_sim_ms);
+        for &(b, node, at) in &sim.replies[scanned..] {
+            if b == bid && (node as usize) < seen.len() && !seen[node as usize] && sim.alive(node) {
+                seen[node as usize] = true;
+                count += 1;
+                let ms = at.since(start).as_micros() as f64 / 1000.0;
+                sum += ms;
+                max = max.max(ms);
+            }
+        }
+        scanned = sim.replies.len();
+        r.avg_sim_ms = if count > 0 { sum / f64::from(count) } else { 0.0 };
+        r.max_sim_ms = max;
+    }
+    r.replies = count;
+    sim.replies.truncate(first);
+    r
+}
