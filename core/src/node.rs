@@ -83,6 +83,11 @@ pub enum Command {
     },
     /// Leave the overlay: tell parent and children, close their links.
     Leave,
+    /// Remember these members as peers (for recovery and for the root's merge probes).
+    AddPeers {
+        /// The members.
+        peers: Vec<NodeId>,
+    },
     /// At the root: send a broadcast down the whole tree; every member replies.
     Broadcast {
         /// Identifies the replies.
@@ -301,6 +306,7 @@ impl Node {
         let r = match cmd {
             Command::Join { bootstrap } => tree.start(&mut ctx, &bootstrap),
             Command::Leave => tree.leave(&mut ctx),
+            Command::AddPeers { peers } => tree.add_peers(&mut ctx, &peers),
             Command::Broadcast { id } => tree.broadcast(&mut ctx, id),
         };
         self.after(now);

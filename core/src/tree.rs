@@ -40,6 +40,8 @@ use smallvec::SmallVec;
 pub const MAX_JOIN_HOPS: u8 = 64;
 /// Candidates tried per round of joining: failover siblings, the root, then random peers.
 pub const MAX_CANDIDATES: usize = 16;
+/// A new root's first probe comes this soon; the gap then doubles up to `probe_interval`.
+pub const FIRST_PROBE: core::time::Duration = core::time::Duration::from_secs(1);
 /// Most backbone contacts (the root's children) a node remembers.
 pub const MAX_TOP: usize = 16;
 /// Recently unreachable peers remembered (tried last when joining).
@@ -90,6 +92,8 @@ pub(crate) struct Tree {
     answered: bool,
     join_at: Option<Instant>,
     probe_at: Option<Instant>,
+    /// Current gap between probes (see `arm_probe`).
+    probe_gap: core::time::Duration,
 }
 
 impl Tree {
@@ -112,6 +116,7 @@ impl Tree {
             answered: false,
             join_at: None,
             probe_at: None,
+            probe_gap: core::time::Duration::ZERO,
         }
     }
 
@@ -197,6 +202,16 @@ impl Tree {
         Ok(())
     }
 
+    pub fn add_peers(&mut self, ctx: &mut Ctx<'_>, peers: &[NodeId]) -> Result<(), CommandError> {
+        if self.state == TreeState::Left {
+            return Err(CommandError::Left);
+        }
+        for &p in peers {
+            self.add_peer(ctx, p);
+        }
+        Ok(())
+    }
+
     pub fn broadcast(&mut self, ctx: &mut Ctx<'_>, id: u64) -> Result<(), CommandError> {
         if !self.is_root() {
             return Err(CommandError::NotRoot);
@@ -235,7 +250,7 @@ impl Tree {
                 if path.last() != Some(&from) || path.contains(&self.me) {
                     // A path through ourselves: our parent is below us. Drop it and rejoin.
                     ctx.send(from, TreeMsg::Remove);
-                    self.parent_lost(ctx);
+                    self.parent_lost(ctx, true);
                     return;
                 }
                 self.set_top(&top);
@@ -285,7 +300,7 @@ impl Tree {
             self.remove_child(ctx, peer);
         }
         if self.parent == Some(peer) {
-            self.parent_lost(ctx);
+            self.parent_lost(ctx, false);
         } else if self.state == TreeState::Joining && self.target == Some(peer) {
             self.try_next(ctx);
         }
@@ -480,7 +495,7 @@ impl Tree {
                 if self.state == TreeState::Joined && self.parent == Some(dead_root) {
                     // A sibling saw the root fail before we did.
                     ctx.close(&dead_root);
-                    self.parent_lost(ctx);
+                    self.parent_lost(ctx, false);
                 }
                 self.route(ctx, joiner, hops);
             }
@@ -556,7 +571,8 @@ impl Tree {
             self.remove_child(ctx, from);
         }
         if self.parent == Some(from) {
-            self.parent_lost(ctx);
+            // Our parent is alive but does not count us as its child.
+            self.parent_lost(ctx, true);
         }
     }
 
@@ -569,8 +585,9 @@ impl Tree {
         }
     }
 
-    /// Our parent failed, left or disowned us: keep the subtree and rejoin.
-    fn parent_lost(&mut self, ctx: &mut Ctx<'_>) {
+    /// Our parent failed or left (`alive == false`), or disowned us: keep the subtree and rejoin.
+    /// Only the failure of a root starts a failover among its children.
+    fn parent_lost(&mut self, ctx: &mut Ctx<'_>, alive: bool) {
         let Some(old) = self.parent.take() else { return };
         if self.path.last() == Some(&old) {
             self.path.pop();
@@ -579,7 +596,7 @@ impl Tree {
         ctx.event(Event::ParentChanged(None));
         self.state = TreeState::Joining;
         self.probe_at = None;
-        if self.root == Some(old) {
+        if self.root == Some(old) && !alive {
             self.failover = Some(old);
             self.root = None;
         }
@@ -606,20 +623,27 @@ impl Tree {
         }
         self.set_path(ctx, &[]);
         self.send_siblings(ctx, None);
+        self.probe_gap = FIRST_PROBE;
         self.arm_probe(ctx);
     }
 
     // ----- merging --------------------------------------------------------------------------
 
+    /// Probe after `probe_gap` (plus up to 10% jitter); the gap doubles up to `probe_interval`,
+    /// so a root that has just formed looks for other trees quickly, then settles down.
     fn arm_probe(&mut self, ctx: &mut Ctx<'_>) {
-        let base = ctx.cfg.probe_interval;
-        let jitter = ctx.rng.random_range(0..=base.as_micros() as u64 / 10);
-        self.probe_at = Some(ctx.now + base + core::time::Duration::from_micros(jitter));
+        let gap = self.probe_gap.min(ctx.cfg.probe_interval);
+        let jitter = ctx.rng.random_range(0..=gap.as_micros() as u64 / 10);
+        self.probe_at = Some(ctx.now + gap + core::time::Duration::from_micros(jitter));
+        self.probe_gap = (gap * 2).min(ctx.cfg.probe_interval);
     }
 
     fn probe(&mut self, ctx: &mut Ctx<'_>) {
-        let candidates: SmallVec<[NodeId; 48]> =
-            self.peers.iter().chain(self.top.iter()).copied().filter(|p| !self.children.contains(p)).collect();
+        // Half the probes go to the backbone we remember (the most likely bridge to another
+        // tree after a failover), half to any peer.
+        let from_top = !self.top.is_empty() && ctx.rng.random_bool(0.5);
+        let pool: &[NodeId] = if from_top { &self.top } else { &self.peers };
+        let candidates: SmallVec<[NodeId; 32]> = pool.iter().copied().filter(|p| !self.children.contains(p)).collect();
         if !candidates.is_empty() {
             let peer = candidates[ctx.rng.random_range(0..candidates.len())];
             ctx.send(peer, TreeMsg::Probe { root: self.me });
@@ -664,6 +688,8 @@ impl Tree {
     fn set_siblings(&mut self, list: &[NodeId]) {
         self.siblings.clear();
         self.siblings.extend(list.iter().copied().filter(|s| *s != self.me).take(crate::wire::MAX_LIST));
+        // Our siblings are the backbone; remember them beyond a failover, for probes.
+        self.set_top(list);
     }
 
     /// Tell the children (if we are a root) who their siblings are.

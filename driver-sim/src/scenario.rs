@@ -35,6 +35,15 @@ pub struct Scenario {
     pub partition: Option<f64>,
     /// ... and heal it after this many seconds.
     pub heal_after_s: f64,
+    /// Make the partition one-way: side 0 cannot reach side 1, side 1 still reaches side 0.
+    pub one_way: bool,
+    /// Clog this many random pairs of live nodes (all traffic held) until `heal_after_s`.
+    pub clogs: u32,
+    /// This many random live nodes refuse every connection until `heal_after_s`.
+    pub refuse: u32,
+    /// Restart the killed nodes this many seconds after the fault; they rejoin through random live
+    /// nodes.
+    pub restart_after_s: Option<f64>,
     /// Joins outstanding at once while building, like the controller's invitations.
     pub max_outstanding_joins: usize,
     /// A connection attempt to a silent host fails after this long.
@@ -57,6 +66,10 @@ impl Default for Scenario {
             crash: CrashKind::Process,
             partition: None,
             heal_after_s: 30.0,
+            one_way: false,
+            clogs: 0,
+            refuse: 0,
+            restart_after_s: None,
             max_outstanding_joins: 50,
             connect_timeout_ms: 3000.0,
             phase_limit_s: 300.0,
@@ -109,6 +122,8 @@ pub struct RecoveryReport {
     pub killed: u32,
     /// Nodes cut off by the partition.
     pub partitioned: u32,
+    /// Killed nodes restarted.
+    pub restarted: u32,
     /// Simulated time from the fault to every survivor in one tree.
     pub sim_ms: f64,
     /// Roots once quiet (or at the phase limit).

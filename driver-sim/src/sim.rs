@@ -171,6 +171,8 @@ pub struct Sim {
     /// Nodes that have joined a tree at least once.
     pub joined_once: u32,
     outputs: Vec<Output>,
+    /// Nodes whose deliveries are printed to stderr (`PLUSH_SIM_WATCH=3,17`), for debugging.
+    watch: Vec<u32>,
 }
 
 impl Sim {
@@ -216,6 +218,9 @@ impl Sim {
             replies: Vec::new(),
             joined_once: 0,
             outputs: Vec::new(),
+            watch: std::env::var("PLUSH_SIM_WATCH")
+                .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+                .unwrap_or_default(),
         }
     }
 
@@ -558,6 +563,11 @@ impl Sim {
                 self.events += 1;
                 self.frames += 1;
                 self.fold(from, to, frame.payload());
+                if !self.watch.is_empty() && (self.watch.contains(&from) || self.watch.contains(&to)) {
+                    if let Ok(m) = plush_core::wire::Message::decode(frame.payload()) {
+                        eprintln!("t={:.3}s {from} -> {to}: {m:?}", self.now.0 as f64 / 1e6);
+                    }
+                }
                 let Some(n) = self.nodes[to as usize].node.as_mut() else { return };
                 if n.handle_frame(now, id(from), frame.payload()).is_err() {
                     // A driver closes a link that sent a bad frame.
@@ -916,6 +926,11 @@ fn rss_bytes() -> u64 {
 
 /// Play `sc`: build, broadcast, faults, repair, broadcast. See [`Scenario`].
 pub fn play(sc: &Scenario) -> Report {
+    play_sim(sc).0
+}
+
+/// [`play`], also returning the simulator as it ended, for inspection.
+pub fn play_sim(sc: &Scenario) -> (Report, Sim) {
     let wall = std::time::Instant::now();
     let rss0 = rss_bytes();
     let n = sc.nodes.max(1);
@@ -989,15 +1004,54 @@ pub fn play(sc: &Scenario) -> Report {
             side.push(live.swap_remove(j));
         }
         heal_at = fault_at + Duration::from_micros((sc.heal_after_s * 1e6) as u64);
-        sim.partition(&side, false, heal_at);
+        sim.partition(&side, sc.one_way, heal_at);
         report.recovery.partitioned = side.len() as u32;
+    }
+    let window_end = fault_at + Duration::from_micros((sc.heal_after_s * 1e6) as u64);
+    let live: Vec<u32> = (0..n).filter(|&i| sim.alive(i)).collect();
+    if !live.is_empty() {
+        for _ in 0..sc.clogs {
+            let a = live[rng.random_range(0..live.len())];
+            // Clog a tree link when there is one: that is where it hurts.
+            let b = match sim.node(a).and_then(|x| x.parent()) {
+                Some(p) => idx(p),
+                None => live[rng.random_range(0..live.len())],
+            };
+            sim.clog(a, b, window_end);
+        }
+        for _ in 0..sc.refuse {
+            let a = live[rng.random_range(0..live.len())];
+            sim.refuse_connects(a, window_end);
+        }
+        if sc.clogs > 0 || sc.refuse > 0 {
+            heal_at = heal_at.max(window_end);
+        }
+    }
+    let mut restart_at = None;
+    if let Some(after) = sc.restart_after_s {
+        if !victims.is_empty() {
+            let at = fault_at + Duration::from_micros((after * 1e6) as u64);
+            restart_at = Some(at);
+            heal_at = heal_at.max(at);
+        }
     }
     let deadline = heal_at.max(fault_at) + limit;
     let mut recovered = false;
     while sim.now() < deadline {
         let target = sim.now() + tick;
         sim.run_until(target, |_| false);
-        if sim.now() >= heal_at && sim.converged() {
+        if let Some(at) = restart_at.filter(|at| sim.now() >= *at) {
+            restart_at = None;
+            let live: Vec<u32> = (0..n).filter(|&i| sim.alive(i)).collect();
+            for &v in &victims {
+                let boot =
+                    (0..3).filter(|_| !live.is_empty()).map(|_| id(live[rng.random_range(0..live.len())])).collect();
+                sim.restart(v, boot);
+            }
+            report.recovery.restarted = victims.len() as u32;
+            let _ = at;
+        }
+        if sim.now() >= heal_at && restart_at.is_none() && sim.converged() {
             recovered = true;
             break;
         }
@@ -1024,7 +1078,7 @@ pub fn play(sc: &Scenario) -> Report {
     report.sim_end_ms = sim.now().0 as f64 / 1000.0;
     report.wall_ms = wall.elapsed().as_millis() as u64;
     report.events_per_s = sim.events as f64 / wall.elapsed().as_secs_f64().max(1e-9);
-    report
+    (report, sim)
 }
 
 /// Broadcast from the main root and wait for every live node's reply (or `limit`).
