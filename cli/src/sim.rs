@@ -1,0 +1,457 @@
+//! `plush sim`: run one simulated scenario and report on it.
+//!
+//! The flags map one to one onto [`plush_sim::Scenario`]; every value is checked while parsing,
+//! so a bad one is reported by clap, naming the flag, with exit status 2. The seed is always
+//! printed (and is the `seed` field of the JSON report), so any run can be reproduced; the
+//! summary ends with the exact command line that does so.
+
+use clap::{Args, ValueEnum};
+use plush_sim::{CrashKind, Report, Scenario};
+use std::fmt::{self, Write as _};
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Default number of nodes.
+const DEFAULT_NODES: u32 = 1000;
+/// Most nodes: simulated nodes are named `127.x.y.z`, which leaves 2^24 - 2 addresses.
+const MAX_NODES: u32 = (1 << 24) - 2;
+/// Default fan-out: RandTree's 12 children.
+const DEFAULT_DEGREE: u32 = 12;
+/// Default one-way latency range, in milliseconds.
+const DEFAULT_LATENCY: Latency = Latency { min_ms: 5.0, max_ms: 100.0 };
+/// Default delay before a partition heals, in seconds.
+const DEFAULT_HEAL_AFTER_S: f64 = 30.0;
+/// Default limit on the simulated time of each phase, in seconds.
+const DEFAULT_PHASE_LIMIT_S: f64 = 300.0;
+/// Largest degree: the root sends its children their sibling list in one message, and a list on
+/// the wire holds at most this many entries.
+const MAX_DEGREE: u32 = plush_core::wire::MAX_LIST as u32;
+
+/// Flags of `plush sim`.
+#[derive(Debug, Clone, Args)]
+pub struct SimArgs {
+    /// Number of simulated nodes (at most 16,777,214).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_NODES,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_NODES)))]
+    pub nodes: u32,
+
+    /// Most children of any node in the tree (RandTree's fan-out).
+    #[arg(long, value_name = "D", default_value_t = DEFAULT_DEGREE,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_DEGREE)))]
+    pub degree: u32,
+
+    /// Master seed of every random choice in the run [default: derived from the clock, and
+    /// printed].
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+
+    /// One-way delay of each frame, in milliseconds: the minimum plus an exponential tail,
+    /// capped at the maximum.
+    #[arg(long, value_name = "MIN_MS..MAX_MS", default_value_t = DEFAULT_LATENCY,
+          allow_hyphen_values = true)]
+    pub latency: Latency,
+
+    /// Fraction of the nodes to kill once the tree is built (0 to 1; the root is spared unless
+    /// --kill-root).
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.0, value_parser = parse_fraction,
+          allow_negative_numbers = true)]
+    pub kill: f64,
+
+    /// Kill the root as well.
+    #[arg(long)]
+    pub kill_root: bool,
+
+    /// How killed nodes die.
+    #[arg(long, value_enum, default_value_t = Crash::Process)]
+    pub crash: Crash,
+
+    /// Cut this fraction of the nodes off from the rest (0 to 1), then heal the cut.
+    #[arg(long, value_name = "FRACTION", value_parser = parse_fraction,
+          allow_negative_numbers = true)]
+    pub partition: Option<f64>,
+
+    /// Seconds of simulated time before the partition heals.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_HEAL_AFTER_S,
+          value_parser = parse_non_negative_secs, allow_negative_numbers = true)]
+    pub heal_after: f64,
+
+    /// Longest simulated time, in seconds, that each phase may take to converge.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_PHASE_LIMIT_S,
+          value_parser = parse_positive_secs, allow_negative_numbers = true)]
+    pub phase_limit: f64,
+
+    /// Print the report as one JSON object on standard output instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How killed nodes die (`--crash`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Crash {
+    /// The process dies: its kernel resets every connection at once.
+    Process,
+    /// The whole host dies: silence, noticed only through timeouts.
+    Host,
+}
+
+impl From<Crash> for CrashKind {
+    fn from(c: Crash) -> Self {
+        match c {
+            Crash::Process => CrashKind::Process,
+            Crash::Host => CrashKind::Host,
+        }
+    }
+}
+
+impl fmt::Display for Crash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Crash::Process => "process",
+            Crash::Host => "host",
+        })
+    }
+}
+
+/// A latency range `MIN_MS..MAX_MS` (`--latency`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Latency {
+    /// Smallest one-way delay, in milliseconds.
+    pub min_ms: f64,
+    /// Largest one-way delay, in milliseconds.
+    pub max_ms: f64,
+}
+
+impl FromStr for Latency {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (min, max) =
+            s.split_once("..").ok_or_else(|| format!("expected MIN_MS..MAX_MS, such as 5..100, not {s:?}"))?;
+        let min_ms = parse_ms(min, "minimum")?;
+        let max_ms = parse_ms(max, "maximum")?;
+        if min_ms > max_ms {
+            return Err(format!("the minimum ({min_ms} ms) is larger than the maximum ({max_ms} ms)"));
+        }
+        Ok(Latency { min_ms, max_ms })
+    }
+}
+
+impl fmt::Display for Latency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}..{}", self.min_ms, self.max_ms)
+    }
+}
+
+/// One bound of a latency range: a finite, non-negative number of milliseconds.
+fn parse_ms(s: &str, which: &str) -> Result<f64, String> {
+    let s = s.trim();
+    let v: f64 = s.parse().map_err(|_| format!("the {which} {s:?} is not a number of milliseconds"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("the {which} must be a finite number of milliseconds, at least 0, not {s}"));
+    }
+    Ok(v)
+}
+
+/// A fraction between 0 and 1 inclusive.
+fn parse_fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !(0.0..=1.0).contains(&v) {
+        return Err(format!("must be a fraction between 0 and 1, not {s}"));
+    }
+    Ok(v)
+}
+
+/// A finite number of seconds, at least 0.
+fn parse_non_negative_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("must be a finite number of seconds, at least 0, not {s}"));
+    }
+    Ok(v)
+}
+
+/// A finite number of seconds, more than 0.
+fn parse_positive_secs(s: &str) -> Result<f64, String> {
+    let v = parse_non_negative_secs(s)?;
+    if v == 0.0 {
+        return Err("must be more than 0 seconds".to_owned());
+    }
+    Ok(v)
+}
+
+/// A seed from the clock, for runs that name none: the nanoseconds since the epoch and the
+/// process id, mixed so that runs started in the same instant differ.
+fn seed_from_clock() -> u64 {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or_default();
+    // SplitMix64's finaliser: consecutive inputs give unrelated outputs.
+    let mut z = nanos ^ (u64::from(std::process::id()) << 32);
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+impl SimArgs {
+    /// The scenario these flags describe, with `seed` as its master seed.
+    pub fn scenario(&self, seed: u64) -> Scenario {
+        let mut scenario = Scenario {
+            nodes: self.nodes,
+            seed,
+            latency_min_ms: self.latency.min_ms,
+            latency_max_ms: self.latency.max_ms,
+            kill: self.kill,
+            kill_root: self.kill_root,
+            crash: self.crash.into(),
+            partition: self.partition,
+            heal_after_s: self.heal_after,
+            phase_limit_s: self.phase_limit,
+            ..Scenario::default()
+        };
+        // The range check of `--degree` keeps this conversion lossless.
+        scenario.config.max_children = self.degree as usize;
+        scenario
+    }
+
+    /// The command line that repeats this run: the seed, and every flag that differs from its
+    /// default.
+    pub fn reproduce(&self, seed: u64) -> String {
+        let mut cmd = format!("plush sim --nodes {} --seed {seed}", self.nodes);
+        // Writing to a String cannot fail.
+        if self.degree != DEFAULT_DEGREE {
+            let _ = write!(cmd, " --degree {}", self.degree);
+        }
+        if self.latency != DEFAULT_LATENCY {
+            let _ = write!(cmd, " --latency {}", self.latency);
+        }
+        if self.kill != 0.0 {
+            let _ = write!(cmd, " --kill {}", self.kill);
+        }
+        if self.kill_root {
+            cmd.push_str(" --kill-root");
+        }
+        if self.crash != Crash::Process {
+            let _ = write!(cmd, " --crash {}", self.crash);
+        }
+        if let Some(p) = self.partition {
+            let _ = write!(cmd, " --partition {p}");
+        }
+        if self.heal_after != DEFAULT_HEAL_AFTER_S {
+            let _ = write!(cmd, " --heal-after {}", self.heal_after);
+        }
+        if self.phase_limit != DEFAULT_PHASE_LIMIT_S {
+            let _ = write!(cmd, " --phase-limit {}", self.phase_limit);
+        }
+        cmd
+    }
+}
+
+/// Run `plush sim`: 0 when every phase converged without an invariant violation, else 1.
+pub fn run(args: &SimArgs) -> ExitCode {
+    let seed = match args.seed {
+        Some(seed) => seed,
+        None => {
+            let seed = seed_from_clock();
+            // Printed before the run too, so that even a run that never finishes can be repeated.
+            eprintln!("plush sim: seed {seed} (from the clock)");
+            seed
+        }
+    };
+    let report = plush_sim::run(&args.scenario(seed));
+
+    let text = if args.json {
+        match serde_json::to_string(&report) {
+            Ok(json) => json,
+            Err(e) => {
+                eprintln!("plush sim: cannot encode the report as JSON: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        summary(args, &report)
+    };
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{text}").and_then(|()| out.flush()) {
+        eprintln!("plush sim: cannot write the report: {e}");
+        return ExitCode::FAILURE;
+    }
+
+    if report.converged && report.invariant_violations == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// A count with a metric suffix: `1234567.0` → `1.23 M`.
+fn metric(x: f64) -> String {
+    if x >= 1e9 {
+        format!("{:.2} G", x / 1e9)
+    } else if x >= 1e6 {
+        format!("{:.2} M", x / 1e6)
+    } else if x >= 1e3 {
+        format!("{:.2} k", x / 1e3)
+    } else {
+        format!("{x:.0} ")
+    }
+}
+
+/// `yes` or `no`.
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+/// The human summary of a run: a handful of lines, ending with the command that repeats it.
+fn summary(args: &SimArgs, r: &Report) -> String {
+    let mut s = String::new();
+    // Writing to a String cannot fail: the results of `writeln!` below are ignored.
+    let _ = writeln!(s, "nodes {}  seed {}  degree {}  latency {} ms", r.nodes, r.seed, r.degree, args.latency);
+    let _ = writeln!(
+        s,
+        "build      {:.1} s simulated; tree: {} root(s), {} orphan(s), {} loop(s), depth {}, \
+         max children {}, {} disagreement(s)",
+        r.build.sim_ms / 1e3,
+        r.tree.roots,
+        r.tree.orphans,
+        r.tree.loops,
+        r.tree.depth,
+        r.tree.max_children,
+        r.tree.disagreements
+    );
+    let _ = writeln!(
+        s,
+        "broadcast  {}/{} replies, avg {:.0} ms, max {:.0} ms",
+        r.broadcast.replies, r.broadcast.expected, r.broadcast.avg_sim_ms, r.broadcast.max_sim_ms
+    );
+    let crash = match args.crash {
+        Crash::Process => "process crash",
+        Crash::Host => "host crash",
+    };
+    let _ = writeln!(
+        s,
+        "recovery   killed {} ({crash}{}), partitioned {}; {:.1} s to repair: {} root(s), \
+         {} orphan(s), {} loop(s), depth {}, max children {}; {} join(s) at the root",
+        r.recovery.killed,
+        if args.kill_root { ", root included" } else { "" },
+        r.recovery.partitioned,
+        r.recovery.sim_ms / 1e3,
+        r.recovery.roots,
+        r.recovery.orphans,
+        r.recovery.loops,
+        r.recovery.depth,
+        r.recovery.max_children,
+        r.recovery.root_joins
+    );
+    let _ = writeln!(
+        s,
+        "after      {}/{} replies, avg {:.0} ms, max {:.0} ms",
+        r.broadcast_after.replies,
+        r.broadcast_after.expected,
+        r.broadcast_after.avg_sim_ms,
+        r.broadcast_after.max_sim_ms
+    );
+    let _ = writeln!(s, "converged  {}; {} invariant violation(s)", yes_no(r.converged), r.invariant_violations);
+    for v in &r.violations {
+        let _ = writeln!(s, "  violation: {v}");
+    }
+    let _ = writeln!(
+        s,
+        "events     {} ({} frames), {:.1} s simulated, {} ms wall, {}events/s, {} B/node",
+        r.events,
+        r.frames,
+        r.sim_end_ms / 1e3,
+        r.wall_ms,
+        metric(r.events_per_s),
+        r.memory.bytes_per_node
+    );
+    let _ = writeln!(s, "trace      {}", r.trace_hash);
+    let _ = write!(s, "reproduce: {}", args.reproduce(r.seed));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_parses_and_prints_back() {
+        let l: Latency = "5..100".parse().unwrap();
+        assert_eq!(l, DEFAULT_LATENCY);
+        assert_eq!(l.to_string(), "5..100");
+        let l: Latency = " 0.5 .. 2.25 ".parse().unwrap();
+        assert_eq!((l.min_ms, l.max_ms), (0.5, 2.25));
+        assert_eq!(l.to_string().parse::<Latency>(), Ok(l));
+    }
+
+    #[test]
+    fn bad_latencies_are_refused() {
+        for bad in ["", "5", "5-100", "a..1", "1..b", "9..1", "-1..5", "1..inf", "NaN..1"] {
+            assert!(bad.parse::<Latency>().is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn fractions_and_seconds_are_checked() {
+        assert_eq!(parse_fraction("0.25"), Ok(0.25));
+        assert_eq!(parse_fraction("1"), Ok(1.0));
+        for bad in ["1.5", "-0.1", "NaN", "x"] {
+            assert!(parse_fraction(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(parse_non_negative_secs("0"), Ok(0.0));
+        assert!(parse_non_negative_secs("-1").is_err());
+        assert!(parse_non_negative_secs("inf").is_err());
+        assert!(parse_positive_secs("0").is_err());
+        assert_eq!(parse_positive_secs("2.5"), Ok(2.5));
+    }
+
+    #[test]
+    fn reproduce_names_the_seed_and_every_flag_off_its_default() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            sim: SimArgs,
+        }
+        let t = T::parse_from(["t", "--nodes", "50"]);
+        assert_eq!(t.sim.reproduce(7), "plush sim --nodes 50 --seed 7");
+        let argv = [
+            "t",
+            "--nodes",
+            "50",
+            "--degree",
+            "4",
+            "--latency",
+            "1..2",
+            "--kill",
+            "0.25",
+            "--kill-root",
+            "--crash",
+            "host",
+            "--partition",
+            "0.5",
+            "--heal-after",
+            "10",
+            "--phase-limit",
+            "60",
+        ];
+        let t = T::parse_from(argv);
+        let line = t.sim.reproduce(7);
+        assert_eq!(
+            line,
+            "plush sim --nodes 50 --seed 7 --degree 4 --latency 1..2 --kill 0.25 --kill-root \
+             --crash host --partition 0.5 --heal-after 10 --phase-limit 60"
+        );
+        // The line parses back to the same scenario.
+        let again = T::parse_from(line.split(' ').skip(1));
+        assert_eq!(again.sim.reproduce(7), line);
+        let s = t.sim.scenario(7);
+        assert_eq!(s.config.max_children, 4);
+        assert_eq!(s.crash, CrashKind::Host);
+        assert_eq!(s.partition, Some(0.5));
+    }
+}

@@ -1,0 +1,122 @@
+//! The `plush` binary as scripts use it: exit statuses, error messages and the JSON report of
+//! `plush sim`.
+
+use serde_json::Value;
+use std::process::{Command, Output};
+
+/// Run the `plush` binary with `args`.
+fn plush(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_plush")).args(args).output().expect("the plush binary runs")
+}
+
+/// Run `plush sim --json` with `args`, check that it exits 0, and parse its one JSON object.
+fn sim_json(args: &[&str]) -> Value {
+    let mut argv = vec!["sim", "--json"];
+    argv.extend_from_slice(args);
+    let out = plush(&argv);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "plush {argv:?} failed\nstdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim().lines().count(), 1, "one JSON object on one line: {stdout}");
+    serde_json::from_str(&stdout).expect("stdout is JSON")
+}
+
+/// `v[path]` as an unsigned integer.
+fn int(v: &Value, path: &str) -> u64 {
+    v.pointer(path).and_then(Value::as_u64).unwrap_or_else(|| panic!("{path} is not an integer in {v}"))
+}
+
+/// Assert that `args` are refused with exit status 2 and a message that names `flag`.
+fn refused(args: &[&str], flag: &str) {
+    let out = plush(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "plush {args:?}: {stderr}");
+    assert!(stderr.contains(flag), "the error names {flag}: {stderr}");
+    assert!(out.stdout.is_empty(), "nothing on stdout");
+}
+
+#[test]
+fn a_latency_range_upside_down_is_refused() {
+    refused(&["sim", "--latency", "9..1"], "--latency");
+    refused(&["sim", "--latency", "5"], "--latency");
+    refused(&["sim", "--latency", "a..b"], "--latency");
+    refused(&["sim", "--latency", "-1..5"], "--latency");
+}
+
+#[test]
+fn a_kill_fraction_above_one_is_refused() {
+    refused(&["sim", "--kill", "1.5"], "--kill");
+    refused(&["sim", "--kill", "-0.5"], "--kill");
+    refused(&["sim", "--heal-after", "-1"], "--heal-after");
+    refused(&["sim", "--partition", "-0.5"], "--partition");
+    refused(&["sim", "--crash", "meteor"], "--crash");
+    refused(&["sim", "--nodes", "0"], "--nodes");
+    refused(&["sim", "--nodes", "16777215"], "--nodes");
+    refused(&["sim", "--degree", "0"], "--degree");
+}
+
+#[test]
+fn help_describes_plush_and_lists_sim() {
+    let out = plush(&["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("Plush"), "{help}");
+    assert!(help.contains("sim"), "{help}");
+}
+
+#[test]
+fn a_tree_of_300_builds_and_a_run_repeats_exactly() {
+    let args = ["--nodes", "300", "--seed", "5"];
+    let r = sim_json(&args);
+    assert_eq!(r["converged"], Value::Bool(true), "{r}");
+    assert_eq!(int(&r, "/seed"), 5);
+    assert_eq!(int(&r, "/nodes"), 300);
+    assert_eq!(int(&r, "/invariant_violations"), 0, "{r}");
+    assert_eq!(int(&r, "/tree/roots"), 1, "{r}");
+    assert_eq!(int(&r, "/tree/orphans"), 0, "{r}");
+    assert_eq!(int(&r, "/broadcast/replies"), 300, "{r}");
+
+    let again = sim_json(&args);
+    let hash = r["trace_hash"].as_str().expect("trace_hash is a string");
+    assert!(!hash.is_empty());
+    assert_eq!(again["trace_hash"].as_str(), Some(hash), "same seed, same trace");
+}
+
+#[test]
+fn a_quarter_and_the_root_killed_the_survivors_rebuild_one_tree() {
+    let r = sim_json(&["--kill", "0.25", "--kill-root", "--nodes", "500", "--seed", "3"]);
+    assert_eq!(r["converged"], Value::Bool(true), "{r}");
+    assert_eq!(int(&r, "/invariant_violations"), 0, "{r}");
+    assert!(int(&r, "/recovery/killed") > 0, "{r}");
+    assert_eq!(int(&r, "/recovery/roots"), 1, "{r}");
+    let expected = int(&r, "/broadcast_after/expected");
+    assert!(expected > 0 && expected < 500, "{r}");
+    assert_eq!(int(&r, "/broadcast_after/replies"), expected, "{r}");
+}
+
+#[test]
+fn the_human_summary_prints_the_seed_and_how_to_reproduce() {
+    let out = plush(&["sim", "--nodes", "50", "--seed", "11", "--kill", "0.1"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("seed 11"), "{stdout}");
+    assert!(stdout.contains("reproduce: plush sim --nodes 50 --seed 11 --kill 0.1"), "{stdout}");
+}
+
+#[test]
+fn without_a_seed_one_is_chosen_and_printed() {
+    let out = plush(&["sim", "--nodes", "20"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let seed = stderr
+        .split_whitespace()
+        .skip_while(|w| *w != "seed")
+        .nth(1)
+        .unwrap_or_else(|| panic!("the seed is printed: {stderr}"));
+    assert!(seed.parse::<u64>().is_ok(), "{stderr}");
+    assert!(stdout.contains(&format!("--seed {seed}")), "{stdout}");
+}
