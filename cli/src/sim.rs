@@ -25,6 +25,12 @@ const DEFAULT_LATENCY: Latency = Latency { min_ms: 5.0, max_ms: 100.0 };
 const DEFAULT_HEAL_AFTER_S: f64 = 30.0;
 /// Default limit on the simulated time of each phase, in seconds.
 const DEFAULT_PHASE_LIMIT_S: f64 = 300.0;
+/// Default per-node link budget.
+const DEFAULT_FD_BUDGET: u32 = 1024;
+/// Default RanSub subset size.
+const DEFAULT_RANSUB_SIZE: u32 = 10;
+/// Default RanSub epochs observed before the faults.
+const DEFAULT_STEADY_EPOCHS: u32 = 4;
 /// Largest degree: the root sends its children their sibling list in one message, and a list on
 /// the wire holds at most this many entries.
 const MAX_DEGREE: u32 = plush_core::wire::MAX_LIST as u32;
@@ -76,6 +82,41 @@ pub struct SimArgs {
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_HEAL_AFTER_S,
           value_parser = parse_non_negative_secs, allow_negative_numbers = true)]
     pub heal_after: f64,
+
+    /// Make the partition one-way: the rest cannot reach the cut-off nodes, they still reach it.
+    #[arg(long, requires = "partition")]
+    pub one_way: bool,
+
+    /// Clog this many random tree links (all traffic held) until --heal-after.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub clogs: u32,
+
+    /// Make this many random nodes refuse every connection until --heal-after.
+    #[arg(long, value_name = "K", default_value_t = 0)]
+    pub refuse: u32,
+
+    /// Restart the killed nodes this many seconds after the fault; they rejoin.
+    #[arg(long, value_name = "SECS", value_parser = parse_non_negative_secs, allow_negative_numbers = true)]
+    pub restart_after: Option<f64>,
+
+    /// Links each node may hold at once (its file-descriptor budget); idle unpinned links are
+    /// closed least-recently-used first, tree links never.
+    #[arg(long, value_name = "K", default_value_t = DEFAULT_FD_BUDGET,
+          value_parser = clap::value_parser!(u32).range(2..=1_000_000))]
+    pub fd_budget: u32,
+
+    /// Size of RanSub's random subsets.
+    #[arg(long, value_name = "S", default_value_t = DEFAULT_RANSUB_SIZE,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub ransub_size: u32,
+
+    /// Repair through the root only (no RanSub candidates), for comparison.
+    #[arg(long)]
+    pub no_ransub_repair: bool,
+
+    /// RanSub epochs to observe before the faults, for the uniformity test.
+    #[arg(long, value_name = "K", default_value_t = DEFAULT_STEADY_EPOCHS)]
+    pub steady_epochs: u32,
 
     /// Longest simulated time, in seconds, that each phase may take to converge.
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_PHASE_LIMIT_S,
@@ -206,11 +247,19 @@ impl SimArgs {
             crash: self.crash.into(),
             partition: self.partition,
             heal_after_s: self.heal_after,
+            one_way: self.one_way,
+            clogs: self.clogs,
+            refuse: self.refuse,
+            restart_after_s: self.restart_after,
+            steady_epochs: self.steady_epochs,
             phase_limit_s: self.phase_limit,
             ..Scenario::default()
         };
-        // The range check of `--degree` keeps this conversion lossless.
+        // The range checks keep these conversions lossless.
         scenario.config.max_children = self.degree as usize;
+        scenario.config.max_links = self.fd_budget as usize;
+        scenario.config.ransub_size = self.ransub_size as usize;
+        scenario.config.ransub_repair = !self.no_ransub_repair;
         scenario
     }
 
@@ -236,6 +285,30 @@ impl SimArgs {
         }
         if let Some(p) = self.partition {
             let _ = write!(cmd, " --partition {p}");
+        }
+        if self.one_way {
+            cmd.push_str(" --one-way");
+        }
+        if self.clogs != 0 {
+            let _ = write!(cmd, " --clogs {}", self.clogs);
+        }
+        if self.refuse != 0 {
+            let _ = write!(cmd, " --refuse {}", self.refuse);
+        }
+        if let Some(t) = self.restart_after {
+            let _ = write!(cmd, " --restart-after {t}");
+        }
+        if self.fd_budget != DEFAULT_FD_BUDGET {
+            let _ = write!(cmd, " --fd-budget {}", self.fd_budget);
+        }
+        if self.ransub_size != DEFAULT_RANSUB_SIZE {
+            let _ = write!(cmd, " --ransub-size {}", self.ransub_size);
+        }
+        if self.no_ransub_repair {
+            cmd.push_str(" --no-ransub-repair");
+        }
+        if self.steady_epochs != DEFAULT_STEADY_EPOCHS {
+            let _ = write!(cmd, " --steady-epochs {}", self.steady_epochs);
         }
         if self.heal_after != DEFAULT_HEAL_AFTER_S {
             let _ = write!(cmd, " --heal-after {}", self.heal_after);
@@ -335,7 +408,8 @@ fn summary(args: &SimArgs, r: &Report) -> String {
     let _ = writeln!(
         s,
         "recovery   killed {} ({crash}{}), partitioned {}; {:.1} s to repair: {} root(s), \
-         {} orphan(s), {} loop(s), depth {}, max children {}; {} join(s) at the root",
+         {} orphan(s), {} loop(s), depth {}, max children {}; repairs {} via RanSub, {} via the \
+         root; {} join(s) at the root",
         r.recovery.killed,
         if args.kill_root { ", root included" } else { "" },
         r.recovery.partitioned,
@@ -345,6 +419,8 @@ fn summary(args: &SimArgs, r: &Report) -> String {
         r.recovery.loops,
         r.recovery.depth,
         r.recovery.max_children,
+        r.recovery.via_ransub,
+        r.recovery.via_root,
         r.recovery.root_joins
     );
     let _ = writeln!(
@@ -354,6 +430,21 @@ fn summary(args: &SimArgs, r: &Report) -> String {
         r.broadcast_after.expected,
         r.broadcast_after.avg_sim_ms,
         r.broadcast_after.max_sim_ms
+    );
+    let _ = writeln!(
+        s,
+        "ransub     {} epoch(s), population {}; uniformity p = {:.3} (all), {:.3} (non-descendants) over {} \
+         sample(s)",
+        r.ransub.epochs,
+        r.ransub.population_last,
+        r.ransub.uniformity_chi2_p,
+        r.ransub.nondesc_chi2_p,
+        r.ransub.samples
+    );
+    let _ = writeln!(
+        s,
+        "links      budget {}, at most {} open on a node, {} eviction(s), {} of a pinned link, {} refused",
+        r.conns.budget, r.conns.max_open, r.conns.evictions, r.conns.pinned_evictions, r.conns.refused
     );
     let _ = writeln!(s, "converged  {}; {} invariant violation(s)", yes_no(r.converged), r.invariant_violations);
     for v in &r.violations {

@@ -42,6 +42,21 @@ pub struct Config {
     /// Frames queued on a link that is still connecting; further frames are dropped and counted
     /// in [`crate::Stats::pending_dropped`]. Default 64.
     pub max_pending_frames: usize,
+    /// Links this node may hold at once (the fd budget). At the budget, idle unpinned links
+    /// close least-recently-used first; pinned ones never. Default 1024.
+    pub max_links: usize,
+    /// Repair through RanSub candidates before asking the root. Default true.
+    pub ransub_repair: bool,
+    /// RanSub candidates asked at once when repairing (the nearest ancestor among them in the
+    /// first wave). Default 4 (at most 8).
+    pub repair_fanout: usize,
+    /// Waves of RanSub candidates per repair; after the second, a join through the root starts
+    /// alongside. Default 3.
+    pub repair_waves: usize,
+    /// Drivers give up a connection attempt after this long (a silent host). Default 1 s.
+    pub connect_timeout: Duration,
+    /// How long one wave of direct repair attempts may take. Default 500 ms.
+    pub repair_timeout: Duration,
     /// Known peers remembered for recovery and partition probes; when full, a random entry is
     /// replaced. Default 32.
     pub max_peers: usize,
@@ -69,6 +84,12 @@ impl Default for Config {
             link_idle: Duration::from_secs(10),
             max_pending_frames: 64,
             max_peers: 32,
+            max_links: 1024,
+            ransub_repair: true,
+            repair_fanout: 4,
+            repair_waves: 3,
+            connect_timeout: Duration::from_secs(1),
+            repair_timeout: Duration::from_millis(500),
         }
     }
 }

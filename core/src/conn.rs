@@ -1,16 +1,29 @@
 //! The connection table: every link the node has, its state, its activity and why it is kept.
 //!
-//! A link is *pinned* while it carries a tree relation (parent, child) or the controller link;
-//! pinned links are never closed for idleness. Unpinned links (a joiner's first contact, a probe)
-//! are closed once idle for [`crate::Config::link_idle`].
+//! A link is *pinned* while it carries a relation that must survive: parent, child, root,
+//! controller. Unpinned links (a joiner's first contact, a probe, a repair candidate) sit on an
+//! LRU list. The table has a **budget** (the file descriptors the driver can spend, or a
+//! per-node parameter in the simulator): opening a link beyond it first closes the
+//! least-recently-used unpinned idle link; a pinned link is never evicted, and when only pinned
+//! or busy links remain the new link is refused (the caller reports it as a failed connect and
+//! an [`crate::Event::LinkRefused`]). Unpinned links idle for [`crate::Config::link_idle`] are
+//! closed by a sweep.
 //!
 //! Frames sent to a peer without an open link start a connection and wait in the link's pending
 //! queue, at most [`crate::Config::max_pending_frames`] of them; more are dropped and counted.
+//!
+//! Every link records when it last received and last sent, for heartbeats: the node sends a
+//! heartbeat on a pinned link that sent nothing for [`crate::Config::heartbeat`] and declares it
+//! failed when it received nothing for [`crate::Config::dead_after`].
+//!
+//! Costs: lookup by peer is a binary search over a sorted index; LRU touch, pin and unpin are
+//! O(1) list operations on slab slots.
 
 use crate::id::NodeId;
 use crate::node::{Output, Stats};
 use crate::time::Instant;
 use crate::wire::Frame;
+use slab::Slab;
 use std::collections::VecDeque;
 
 /// Why a link is kept open. A link may have several reasons at once.
@@ -21,8 +34,10 @@ pub enum Pin {
     Parent = 1,
     /// The peer is one of our children.
     Child = 2,
-    /// The peer is the controller, or the root we keep for the controller.
-    Controller = 4,
+    /// The peer is the root we keep a link to for the controller.
+    Root = 4,
+    /// The peer is the controller.
+    Controller = 8,
 }
 
 /// Where a link stands.
@@ -34,61 +49,168 @@ pub enum LinkState {
     Open,
 }
 
+const NIL: u32 = u32::MAX;
+
 #[derive(Debug)]
-pub(crate) struct Link {
-    pub state: LinkState,
-    pub pins: u8,
-    pub last_active: Instant,
+struct Link {
+    peer: NodeId,
+    state: LinkState,
+    pins: u8,
+    last_rx: Instant,
+    last_tx: Instant,
     pending: Vec<Frame>,
+    /// LRU neighbours while unpinned (NIL at the ends or when pinned).
+    prev: u32,
+    next: u32,
 }
 
-/// All links of one node, kept sorted by peer (deterministic iteration, binary search).
-///
-/// Bound: one entry per peer. Entries are created by our own sends and by the driver's reports of
-/// incoming links, and removed on close; idle unpinned ones are swept (see the module docs).
-#[derive(Debug, Default)]
+/// What opening a link did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Admit {
+    /// The link is in the table.
+    Ok,
+    /// The budget is spent on pinned or busy links: the link was refused.
+    Refused,
+}
+
+/// All links of one node. Bound: at most `budget` entries (see the module docs).
+#[derive(Debug)]
 pub(crate) struct ConnTable {
-    links: Vec<(NodeId, Link)>,
+    slab: Slab<Link>,
+    /// (peer, slot), sorted by peer.
+    index: Vec<(NodeId, u32)>,
+    lru_head: u32,
+    lru_tail: u32,
+    budget: usize,
     /// Set when an unpinned link may exist, so the node arms its sweep timer.
     pub sweep_wanted: bool,
+    /// Most links open at once.
+    pub max_open: usize,
+    /// Set when a pin was added, so the node re-arms its heartbeat timer for the new relation.
+    pub pinned_since_tick: bool,
 }
 
 impl ConnTable {
-    pub fn len(&self) -> usize {
-        self.links.len()
-    }
-
-    fn get(&self, peer: &NodeId) -> Option<&Link> {
-        self.links.binary_search_by(|(p, _)| p.cmp(peer)).ok().map(|i| &self.links[i].1)
-    }
-
-    fn get_mut(&mut self, peer: &NodeId) -> Option<&mut Link> {
-        match self.links.binary_search_by(|(p, _)| p.cmp(peer)) {
-            Ok(i) => Some(&mut self.links[i].1),
-            Err(_) => None,
+    pub fn new(budget: usize) -> Self {
+        ConnTable {
+            slab: Slab::new(),
+            index: Vec::new(),
+            lru_head: NIL,
+            lru_tail: NIL,
+            budget: budget.max(1),
+            sweep_wanted: false,
+            max_open: 0,
+            pinned_since_tick: false,
         }
     }
 
-    fn get_or_insert(&mut self, peer: NodeId, make: impl FnOnce() -> Link) -> &mut Link {
-        let i = match self.links.binary_search_by(|(p, _)| p.cmp(&peer)) {
-            Ok(i) => i,
-            Err(i) => {
-                self.links.insert(i, (peer, make()));
-                i
-            }
-        };
-        &mut self.links[i].1
+    pub fn len(&self) -> usize {
+        self.index.len()
     }
 
+    fn slot(&self, peer: &NodeId) -> Option<u32> {
+        self.index.binary_search_by(|(p, _)| p.cmp(peer)).ok().map(|i| self.index[i].1)
+    }
+
+    #[cfg(test)]
     pub fn state(&self, peer: &NodeId) -> Option<LinkState> {
-        self.get(peer).map(|l| l.state)
+        self.slot(peer).map(|s| self.slab[s as usize].state)
+    }
+
+    pub fn pins(&self, peer: &NodeId) -> u8 {
+        self.slot(peer).map_or(0, |s| self.slab[s as usize].pins)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&NodeId, LinkState, u8)> {
-        self.links.iter().map(|(p, l)| (p, l.state, l.pins))
+        self.index.iter().map(|(p, s)| {
+            let l = &self.slab[*s as usize];
+            (p, l.state, l.pins)
+        })
     }
 
-    /// Send `frame` to `peer`, connecting first if needed.
+    // ----- LRU list of unpinned links -------------------------------------------------------
+
+    fn lru_unlink(&mut self, s: u32) {
+        let (prev, next) = {
+            let l = &self.slab[s as usize];
+            (l.prev, l.next)
+        };
+        if prev != NIL {
+            self.slab[prev as usize].next = next;
+        } else if self.lru_head == s {
+            self.lru_head = next;
+        }
+        if next != NIL {
+            self.slab[next as usize].prev = prev;
+        } else if self.lru_tail == s {
+            self.lru_tail = prev;
+        }
+        let l = &mut self.slab[s as usize];
+        l.prev = NIL;
+        l.next = NIL;
+    }
+
+    fn lru_push_tail(&mut self, s: u32) {
+        let tail = self.lru_tail;
+        {
+            let l = &mut self.slab[s as usize];
+            l.prev = tail;
+            l.next = NIL;
+        }
+        if tail != NIL {
+            self.slab[tail as usize].next = s;
+        } else {
+            self.lru_head = s;
+        }
+        self.lru_tail = s;
+    }
+
+    /// Mark recent use: an unpinned link moves to the LRU tail.
+    fn touch_slot(&mut self, s: u32) {
+        if self.slab[s as usize].pins == 0 && self.lru_tail != s {
+            self.lru_unlink(s);
+            self.lru_push_tail(s);
+        }
+    }
+
+    // ----- admission ------------------------------------------------------------------------
+
+    /// Make room for one more link: evict the least-recently-used unpinned idle link.
+    fn make_room(&mut self, out: &mut VecDeque<Output>, stats: &mut Stats) -> Admit {
+        if self.index.len() < self.budget {
+            return Admit::Ok;
+        }
+        let mut s = self.lru_head;
+        while s != NIL {
+            let l = &self.slab[s as usize];
+            if l.state == LinkState::Open && l.pending.is_empty() {
+                debug_assert_eq!(l.pins, 0, "the LRU list holds only unpinned links");
+                let peer = l.peer;
+                self.remove(&peer);
+                stats.evictions += 1;
+                out.push_back(Output::Close(peer));
+                return Admit::Ok;
+            }
+            s = l.next;
+        }
+        stats.links_refused += 1;
+        Admit::Refused
+    }
+
+    fn insert(&mut self, now: Instant, peer: NodeId, state: LinkState, pending: Vec<Frame>) -> u32 {
+        let s =
+            self.slab.insert(Link { peer, state, pins: 0, last_rx: now, last_tx: now, pending, prev: NIL, next: NIL })
+                as u32;
+        let i = self.index.binary_search_by(|(p, _)| p.cmp(&peer)).unwrap_or_else(|i| i);
+        self.index.insert(i, (peer, s));
+        self.lru_push_tail(s);
+        self.sweep_wanted = true;
+        self.max_open = self.max_open.max(self.index.len());
+        s
+    }
+
+    /// Send `frame` to `peer`, connecting first if needed. `Refused` when the budget allows no
+    /// new link (the frame is dropped).
     pub fn send(
         &mut self,
         now: Instant,
@@ -97,95 +219,115 @@ impl ConnTable {
         max_pending: usize,
         out: &mut VecDeque<Output>,
         stats: &mut Stats,
-    ) {
-        match self.get_mut(&peer) {
-            Some(link) if link.state == LinkState::Open => {
-                link.last_active = now;
+    ) -> Admit {
+        if let Some(s) = self.slot(&peer) {
+            self.touch_slot(s);
+            let link = &mut self.slab[s as usize];
+            if link.state == LinkState::Open {
+                link.last_tx = now;
                 stats.frames_out += 1;
                 out.push_back(Output::Transmit { to: peer, frame });
+            } else if link.pending.len() < max_pending {
+                link.pending.push(frame);
+            } else {
+                stats.pending_dropped += 1;
             }
-            Some(link) => {
-                if link.pending.len() < max_pending {
-                    link.pending.push(frame);
-                } else {
-                    stats.pending_dropped += 1;
-                }
-            }
-            None => {
-                self.get_or_insert(peer, || Link {
-                    state: LinkState::Connecting,
-                    pins: 0,
-                    last_active: now,
-                    pending: vec![frame],
-                });
-                self.sweep_wanted = true;
-                out.push_back(Output::Connect(peer));
-            }
+            return Admit::Ok;
         }
+        if self.make_room(out, stats) == Admit::Refused {
+            return Admit::Refused;
+        }
+        self.insert(now, peer, LinkState::Connecting, vec![frame]);
+        out.push_back(Output::Connect(peer));
+        Admit::Ok
     }
 
     /// The driver reports the link up (ours, or one the peer opened): flush what waited.
-    pub fn connected(&mut self, now: Instant, peer: NodeId, out: &mut VecDeque<Output>, stats: &mut Stats) {
-        let link = self.get_or_insert(peer, || Link {
-            state: LinkState::Connecting,
-            pins: 0,
-            last_active: now,
-            pending: Vec::new(),
-        });
-        let unpinned = link.pins == 0;
+    /// An incoming link beyond the budget is `Refused` (the caller closes it).
+    pub fn connected(&mut self, now: Instant, peer: NodeId, out: &mut VecDeque<Output>, stats: &mut Stats) -> Admit {
+        let s = match self.slot(&peer) {
+            Some(s) => s,
+            None => {
+                if self.make_room(out, stats) == Admit::Refused {
+                    return Admit::Refused;
+                }
+                self.insert(now, peer, LinkState::Open, Vec::new())
+            }
+        };
+        self.touch_slot(s);
+        let link = &mut self.slab[s as usize];
+        if link.pins != 0 {
+            self.pinned_since_tick = true;
+        }
         link.state = LinkState::Open;
-        link.last_active = now;
+        link.last_rx = now;
+        link.last_tx = now;
         for frame in link.pending.drain(..) {
             stats.frames_out += 1;
             out.push_back(Output::Transmit { to: peer, frame });
         }
         link.pending = Vec::new();
-        if unpinned {
-            self.sweep_wanted = true;
-        }
+        Admit::Ok
     }
 
-    /// Activity on a link (a frame arrived).
-    pub fn touch(&mut self, now: Instant, peer: &NodeId) -> bool {
-        match self.get_mut(peer) {
-            Some(l) if l.state == LinkState::Open => {
-                l.last_active = now;
-                true
-            }
-            _ => false,
+    /// A frame arrived on the link: `None` if there is no open link to `peer`, else whether to
+    /// answer with a heartbeat (a link we follow on which we wrote nothing for `heartbeat`; its
+    /// `last_tx` is then advanced).
+    pub fn received(&mut self, now: Instant, peer: &NodeId, heartbeat: core::time::Duration) -> Option<bool> {
+        let s = self.slot(peer)?;
+        let l = &mut self.slab[s as usize];
+        if l.state != LinkState::Open {
+            return None;
         }
+        l.last_rx = now;
+        let follows = l.pins != 0 && l.pins & LEADS == 0;
+        let answer = follows && l.last_tx + heartbeat <= now;
+        if answer {
+            l.last_tx = now;
+        }
+        self.touch_slot(s);
+        Some(answer)
     }
 
     /// The link is gone (closed by the peer, failed, or closed by us).
     pub fn remove(&mut self, peer: &NodeId) -> bool {
-        match self.links.binary_search_by(|(p, _)| p.cmp(peer)) {
-            Ok(i) => {
-                self.links.remove(i);
-                true
-            }
-            Err(_) => false,
+        let Ok(i) = self.index.binary_search_by(|(p, _)| p.cmp(peer)) else { return false };
+        let (_, s) = self.index.remove(i);
+        if self.slab[s as usize].pins == 0 {
+            self.lru_unlink(s);
         }
+        self.slab.remove(s as usize);
+        true
     }
 
     pub fn pin(&mut self, now: Instant, peer: NodeId, pin: Pin) {
-        if let Some(l) = self.get_mut(&peer) {
-            l.pins |= pin as u8;
-            l.last_active = now;
+        let Some(s) = self.slot(&peer) else { return };
+        if self.slab[s as usize].pins == 0 {
+            self.lru_unlink(s);
         }
+        self.pinned_since_tick = true;
+        let l = &mut self.slab[s as usize];
+        l.pins |= pin as u8;
+        // A relation starts now: silence is measured from here.
+        l.last_rx = l.last_rx.max(now);
     }
 
     pub fn unpin(&mut self, peer: &NodeId, pin: Pin) {
-        if let Some(l) = self.get_mut(peer) {
-            l.pins &= !(pin as u8);
-            if l.pins == 0 {
-                self.sweep_wanted = true;
-            }
+        let Some(s) = self.slot(peer) else { return };
+        let was = self.slab[s as usize].pins;
+        let now_pins = was & !(pin as u8);
+        self.slab[s as usize].pins = now_pins;
+        if was != 0 && now_pins == 0 {
+            self.lru_push_tail(s);
+            self.sweep_wanted = true;
         }
     }
 
     /// Close `peer` now if nothing keeps it: no pin and nothing waiting to be sent.
     pub fn release(&mut self, peer: &NodeId, out: &mut VecDeque<Output>) {
-        if self.get(peer).is_some_and(|l| l.pins == 0 && l.pending.is_empty()) {
+        let Some(s) = self.slot(peer) else { return };
+        let l = &self.slab[s as usize];
+        if l.pins == 0 && l.pending.is_empty() {
             self.remove(peer);
             out.push_back(Output::Close(*peer));
         }
@@ -193,21 +335,182 @@ impl ConnTable {
 
     /// Close unpinned links idle for `idle`; returns when the next one would expire.
     pub fn sweep(&mut self, now: Instant, idle: core::time::Duration, out: &mut VecDeque<Output>) -> Option<Instant> {
+        self.sweep_wanted = false;
         let mut next: Option<Instant> = None;
-        self.links.retain(|(peer, l)| {
-            if l.pins != 0 {
-                return true;
-            }
-            let deadline = l.last_active + idle;
+        let mut s = self.lru_head;
+        let mut expired: Vec<NodeId> = Vec::new();
+        while s != NIL {
+            let l = &self.slab[s as usize];
+            let deadline = l.last_rx.max(l.last_tx) + idle;
             if deadline <= now {
-                out.push_back(Output::Close(*peer));
-                false
+                expired.push(l.peer);
             } else {
                 next = Some(next.map_or(deadline, |n| n.min(deadline)));
-                true
             }
-        });
-        self.sweep_wanted = false;
+            s = l.next;
+        }
+        for peer in expired {
+            self.remove(&peer);
+            out.push_back(Output::Close(peer));
+        }
         next
+    }
+
+    /// Heartbeat bookkeeping over pinned open links: peers silent past `dead_after` go in
+    /// `dead`. On links we *lead* (to our children, and the controller's link to the root), peers
+    /// we have not written to for `heartbeat` go in `quiet` (their `last_tx` is advanced: the
+    /// caller sends them a heartbeat). On links we *follow* (to our parent) we only answer: see
+    /// [`ConnTable::received`]. Returns the next deadline.
+    pub fn liveness(
+        &mut self,
+        now: Instant,
+        heartbeat: core::time::Duration,
+        dead_after: core::time::Duration,
+        dead: &mut Vec<NodeId>,
+        quiet: &mut Vec<NodeId>,
+    ) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        for (_, l) in self.slab.iter_mut() {
+            if l.pins == 0 {
+                continue;
+            }
+            if l.state != LinkState::Open {
+                // Look again soon: once open, it is due its heartbeats.
+                let due = now + heartbeat;
+                next = Some(next.map_or(due, |n| n.min(due)));
+                continue;
+            }
+            if l.last_rx + dead_after <= now {
+                dead.push(l.peer);
+                continue;
+            }
+            let lead = l.pins & LEADS != 0;
+            if lead && l.last_tx + heartbeat <= now {
+                quiet.push(l.peer);
+                l.last_tx = now;
+            }
+            let due = if lead { (l.last_tx + heartbeat).min(l.last_rx + dead_after) } else { l.last_rx + dead_after };
+            next = Some(next.map_or(due, |n| n.min(due)));
+        }
+        // Deterministic order whatever the slab's layout.
+        dead.sort_unstable();
+        quiet.sort_unstable();
+        next
+    }
+}
+
+/// Pins whose links we lead with heartbeats (the other end answers).
+const LEADS: u8 = Pin::Child as u8 | Pin::Controller as u8;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{FramePool, Message, TreeMsg};
+    use core::time::Duration;
+
+    fn id(i: u32) -> NodeId {
+        NodeId::loopback(i, 1)
+    }
+
+    fn frame() -> Frame {
+        FramePool::default().encode(&Message::Tree(TreeMsg::Remove), 64).unwrap()
+    }
+
+    fn open(t: &mut ConnTable, i: u32, out: &mut VecDeque<Output>, st: &mut Stats) -> Admit {
+        t.connected(Instant::ZERO, id(i), out, st)
+    }
+
+    #[test]
+    fn at_the_budget_the_least_recently_used_unpinned_link_goes_first() {
+        let (mut out, mut st) = (VecDeque::new(), Stats::default());
+        let mut t = ConnTable::new(3);
+        for i in 0..3 {
+            assert_eq!(open(&mut t, i, &mut out, &mut st), Admit::Ok);
+        }
+        t.pin(Instant::ZERO, id(0), Pin::Parent);
+        // Use link 1: link 2 is now the least recently used unpinned one.
+        assert!(t.received(Instant::from_millis(5), &id(1), Duration::from_secs(1)).is_some());
+        out.clear();
+        assert_eq!(open(&mut t, 3, &mut out, &mut st), Admit::Ok);
+        assert_eq!(out.pop_front(), Some(Output::Close(id(2))));
+        assert_eq!(st.evictions, 1);
+        assert_eq!(t.len(), 3);
+        assert!(t.state(&id(0)).is_some(), "the pinned link stays");
+    }
+
+    #[test]
+    fn a_pinned_link_is_never_evicted_and_a_full_table_of_pins_refuses() {
+        let (mut out, mut st) = (VecDeque::new(), Stats::default());
+        let mut t = ConnTable::new(2);
+        open(&mut t, 0, &mut out, &mut st);
+        open(&mut t, 1, &mut out, &mut st);
+        t.pin(Instant::ZERO, id(0), Pin::Parent);
+        t.pin(Instant::ZERO, id(1), Pin::Child);
+        out.clear();
+        assert_eq!(t.send(Instant::ZERO, id(5), frame(), 8, &mut out, &mut st), Admit::Refused);
+        assert_eq!(open(&mut t, 6, &mut out, &mut st), Admit::Refused);
+        assert!(out.is_empty(), "nothing was closed");
+        assert_eq!(st.links_refused, 2);
+        // Unpinning makes the link evictable again.
+        t.unpin(&id(1), Pin::Child);
+        assert_eq!(open(&mut t, 6, &mut out, &mut st), Admit::Ok);
+        assert_eq!(out.pop_front(), Some(Output::Close(id(1))));
+    }
+
+    #[test]
+    fn a_connecting_link_with_queued_frames_is_not_evicted() {
+        let (mut out, mut st) = (VecDeque::new(), Stats::default());
+        let mut t = ConnTable::new(1);
+        assert_eq!(t.send(Instant::ZERO, id(1), frame(), 8, &mut out, &mut st), Admit::Ok);
+        assert_eq!(t.send(Instant::ZERO, id(2), frame(), 8, &mut out, &mut st), Admit::Refused);
+    }
+
+    #[test]
+    fn liveness_sends_heartbeats_on_quiet_links_and_finds_silent_ones() {
+        let (mut out, mut st) = (VecDeque::new(), Stats::default());
+        let mut t = ConnTable::new(8);
+        open(&mut t, 1, &mut out, &mut st);
+        open(&mut t, 2, &mut out, &mut st);
+        open(&mut t, 3, &mut out, &mut st);
+        t.pin(Instant::ZERO, id(1), Pin::Child);
+        t.pin(Instant::ZERO, id(2), Pin::Child);
+        let (hb, dead_after) = (Duration::from_secs(1), Duration::from_secs(3));
+        t.received(Instant::from_millis(2500), &id(2), hb);
+        let (mut dead, mut quiet) = (Vec::new(), Vec::new());
+        let next = t.liveness(Instant::from_millis(3000), hb, dead_after, &mut dead, &mut quiet);
+        assert_eq!(dead, vec![id(1)], "silent for 3 s");
+        assert_eq!(quiet, vec![id(2)], "alive but we sent nothing for a second");
+        assert_eq!(next, Some(Instant::from_millis(4000)));
+    }
+
+    #[test]
+    fn on_a_link_to_the_parent_we_answer_instead_of_leading() {
+        let (mut out, mut st) = (VecDeque::new(), Stats::default());
+        let mut t = ConnTable::new(8);
+        open(&mut t, 1, &mut out, &mut st);
+        t.pin(Instant::ZERO, id(1), Pin::Parent);
+        let hb = Duration::from_secs(1);
+        let (mut dead, mut quiet) = (Vec::new(), Vec::new());
+        assert_eq!(t.received(Instant::from_millis(1500), &id(1), hb), Some(true), "answer: quiet for 1.5 s");
+        let next = t.liveness(Instant::from_millis(1500), hb, Duration::from_secs(3), &mut dead, &mut quiet);
+        assert!(quiet.is_empty() && dead.is_empty(), "a follower does not lead");
+        assert_eq!(next, Some(Instant::from_millis(4500)), "only the silence deadline");
+        assert_eq!(t.received(Instant::from_millis(1600), &id(1), hb), Some(false), "once per interval");
+        assert_eq!(t.received(Instant::from_millis(2600), &id(1), hb), Some(true));
+        assert_eq!(t.received(Instant::from_millis(2600), &id(9), hb), None, "no link");
+    }
+
+    #[test]
+    fn sweep_closes_only_idle_unpinned_links() {
+        let (mut out, mut st) = (VecDeque::new(), Stats::default());
+        let mut t = ConnTable::new(8);
+        open(&mut t, 1, &mut out, &mut st);
+        open(&mut t, 2, &mut out, &mut st);
+        t.pin(Instant::ZERO, id(1), Pin::Parent);
+        out.clear();
+        let next = t.sweep(Instant::from_millis(10_000), Duration::from_secs(10), &mut out);
+        assert_eq!(out.pop_front(), Some(Output::Close(id(2))));
+        assert_eq!(next, None);
+        assert_eq!(t.len(), 1);
     }
 }

@@ -7,9 +7,12 @@
 //! Map of the crate:
 //! - [`node`]: [`Node`], the client: the `handle_*` / `poll_*` contract, [`Output`], [`Event`],
 //!   [`Command`], [`Stats`]. It decodes frames and routes them to the protocol of their layer.
-//! - [`tree`]: RandTree, the self-repairing random tree (join, redirect, failover, merge, leave).
+//! - [`tree`]: RandTree, the self-repairing random tree (join, redirect, failover, merge, leave,
+//!   repair through RanSub candidates).
+//! - [`ransub`]: RanSub, uniform random subsets of the membership delivered every epoch.
 //! - [`wire`]: frames, [`wire::Hello`], the messages of every layer, the frame pool.
-//! - [`conn`]: the connection table (link states, pins, pending frames, idle sweep).
+//! - [`conn`]: the connection table (link states, pins, LRU eviction under a budget, heartbeat
+//!   bookkeeping, idle sweep).
 //! - [`config`]: [`Config`] with the defaults of DESIGN.md.
 //! - [`id`], [`time`]: [`NodeId`] (a listen address) and [`Instant`] (microseconds).
 #![forbid(unsafe_code)]
@@ -19,6 +22,7 @@ pub mod config;
 pub mod conn;
 pub mod id;
 pub mod node;
+pub mod ransub;
 pub mod time;
 pub mod tree;
 pub mod wire;

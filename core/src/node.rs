@@ -6,13 +6,15 @@
 //! modules share: the connection table, the frame pool, the output queue, the RNG and the stats.
 
 use crate::config::Config;
-use crate::conn::{ConnTable, LinkState, Pin};
+use crate::conn::{Admit, ConnTable, LinkState, Pin};
 use crate::id::NodeId;
+use crate::ransub::{Entry, Place, RanSub, PAYLOAD};
 use crate::time::Instant;
 use crate::tree::{Tree, TreeState};
 use crate::wire::{DecodeError, Frame, FramePool, Message, TreeMsg};
 use rand::SeedableRng;
 use rand_pcg::Pcg32;
+use smallvec::SmallVec;
 use std::collections::VecDeque;
 
 /// What the driver must do, or may want to know.
@@ -60,6 +62,27 @@ pub enum Event {
     },
     /// The node left the tree after `Command::Leave`.
     Left,
+    /// A link was refused: the connection budget is spent on pinned or busy links.
+    LinkRefused(NodeId),
+    /// A tree link stayed silent past `dead_after` and was declared failed.
+    LinkSilent(NodeId),
+    /// At the root: a RanSub epoch's collect ended with this population.
+    Population {
+        /// The epoch.
+        epoch: u32,
+        /// Nodes counted in the tree.
+        population: u32,
+    },
+    /// New RanSub views arrived (see [`Node::ransub_all`], [`Node::ransub_nondesc`]).
+    RanSubView {
+        /// The epoch.
+        epoch: u32,
+    },
+    /// The node rejoined after losing its parent.
+    Repaired {
+        /// Through a RanSub candidate that accepted it directly (else through the root).
+        via_ransub: bool,
+    },
 }
 
 /// Link events the driver reports.
@@ -87,6 +110,11 @@ pub enum Command {
     AddPeers {
         /// The members.
         peers: Vec<NodeId>,
+    },
+    /// Publish these bytes in this node's RanSub entries (load, version, ...).
+    Publish {
+        /// The payload.
+        payload: [u8; PAYLOAD],
     },
     /// At the root: send a broadcast down the whole tree; every member replies.
     Broadcast {
@@ -155,15 +183,36 @@ pub struct Stats {
     pub redirects: u64,
     /// Joins this node refused.
     pub join_rejects: u64,
+    /// Direct joins this node verified as root (the walk up from a RanSub candidate).
+    pub root_verifies: u64,
+    /// Unpinned links closed to make room under the budget.
+    pub evictions: u64,
+    /// Links refused because the budget was spent on pinned or busy links.
+    pub links_refused: u64,
+    /// Heartbeats sent.
+    pub heartbeats: u64,
+    /// Links declared failed after silence.
+    pub silent_links: u64,
+    /// Repairs (rejoins after losing a parent) through a RanSub candidate.
+    pub repairs_via_ransub: u64,
+    /// Repairs through the root (a forwarded or failover join).
+    pub repairs_via_root: u64,
+    /// Direct-repair waves that found no RanSub candidate with free slots.
+    pub repair_no_candidates: u64,
+    /// Direct-repair waves that ended on their timeout.
+    pub repair_waves_timed_out: u64,
 }
 
 /// What protocol modules share: the output queue, links, buffers, stats.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Io {
     pub out: VecDeque<Output>,
     pub conns: ConnTable,
     pub pool: FramePool,
     pub stats: Stats,
+    /// Peers whose link the budget refused during the current call; reported to the tree as
+    /// failed connects once the call's handler returns. Bound: one entry per send.
+    pub refused: SmallVec<[NodeId; 2]>,
 }
 
 /// The context a protocol handler runs in.
@@ -173,17 +222,25 @@ pub(crate) struct Ctx<'a> {
     pub cfg: &'a Config,
     pub rng: &'a mut Pcg32,
     pub io: &'a mut Io,
+    /// The latest RanSub views (empty inside RanSub itself).
+    pub nondesc: &'a [Entry],
+    pub all: &'a [Entry],
 }
 
 impl Ctx<'_> {
     /// Encode and send one tree message.
     pub fn send(&mut self, to: NodeId, msg: TreeMsg) {
+        self.send_msg(to, &Message::Tree(msg));
+    }
+
+    /// Encode and send one message of any layer.
+    pub fn send_msg(&mut self, to: NodeId, msg: &Message) {
         if to == self.me {
             debug_assert!(false, "a node never sends to itself: {msg:?}");
             return;
         }
         // Our own messages are small; failing to encode one is a bug, not bad input.
-        match self.io.pool.encode(&Message::Tree(msg), self.cfg.max_frame) {
+        match self.io.pool.encode(msg, self.cfg.max_frame) {
             Ok(frame) => self.send_frame(to, frame),
             Err(e) => debug_assert!(false, "cannot encode our own message: {e:?}"),
         }
@@ -195,8 +252,13 @@ impl Ctx<'_> {
     }
 
     pub fn send_frame(&mut self, to: NodeId, frame: Frame) {
-        let Io { conns, out, stats, .. } = &mut *self.io;
-        conns.send(self.now, to, frame, self.cfg.max_pending_frames, out, stats);
+        let Io { conns, out, stats, refused, .. } = &mut *self.io;
+        if conns.send(self.now, to, frame, self.cfg.max_pending_frames, out, stats) == Admit::Refused {
+            out.push_back(Output::Event(Event::LinkRefused(to)));
+            if !refused.contains(&to) {
+                refused.push(to);
+            }
+        }
     }
 
     pub fn event(&mut self, e: Event) {
@@ -225,35 +287,109 @@ impl Ctx<'_> {
     }
 }
 
-/// One Plush client: RandTree membership over a table of links.
+/// One Plush client: RandTree membership and RanSub views over a table of links.
 ///
-/// Memory: a fixed part (a few hundred bytes) plus one entry per link, per known peer
-/// (at most [`Config::max_peers`]) and per queued output; outputs are drained after every call.
+/// Memory: a fixed part (about a kilobyte) plus one entry per link (at most
+/// [`Config::max_links`]), per known peer (at most [`Config::max_peers`]), per RanSub entry (two
+/// views and one set per child, each at most [`Config::ransub_size`]) and per queued output;
+/// outputs are drained after every call.
 pub struct Node {
     me: NodeId,
     cfg: Config,
     rng: Pcg32,
     io: Io,
     tree: Tree,
+    ransub: RanSub,
     sweep_at: Option<Instant>,
+    /// Next heartbeat check, while pinned links exist.
+    tick_at: Option<Instant>,
 }
 
 impl Node {
     /// A node with identity `id`, seeded RNG, created at `now`. It does nothing until
     /// [`Command::Join`].
     pub fn new(id: NodeId, cfg: Config, seed: u64, _now: Instant) -> Self {
-        Node { me: id, rng: Pcg32::seed_from_u64(seed), io: Io::default(), tree: Tree::new(id), sweep_at: None, cfg }
+        Node {
+            me: id,
+            rng: Pcg32::seed_from_u64(seed),
+            io: Io {
+                out: VecDeque::new(),
+                conns: ConnTable::new(cfg.max_links),
+                pool: FramePool::default(),
+                stats: Stats::default(),
+                refused: SmallVec::new(),
+            },
+            tree: Tree::new(id),
+            ransub: RanSub::default(),
+            sweep_at: None,
+            tick_at: None,
+            cfg,
+        }
     }
 
-    fn split(&mut self, now: Instant) -> (&mut Tree, Ctx<'_>) {
-        let ctx = Ctx { now, me: self.me, cfg: &self.cfg, rng: &mut self.rng, io: &mut self.io };
-        (&mut self.tree, ctx)
+    /// Run `f` on the tree with a context that sees the RanSub views.
+    fn with_tree<R>(&mut self, now: Instant, f: impl FnOnce(&mut Tree, &mut Ctx<'_>) -> R) -> R {
+        let mut ctx = Ctx {
+            now,
+            me: self.me,
+            cfg: &self.cfg,
+            rng: &mut self.rng,
+            io: &mut self.io,
+            nondesc: self.ransub.nondesc(),
+            all: self.ransub.all(),
+        };
+        f(&mut self.tree, &mut ctx)
     }
 
+    /// Run `f` on RanSub with the tree's current place.
+    fn with_ransub(&mut self, now: Instant, f: impl FnOnce(&mut RanSub, &mut Ctx<'_>, &Place<'_>)) {
+        let mut ctx =
+            Ctx { now, me: self.me, cfg: &self.cfg, rng: &mut self.rng, io: &mut self.io, nondesc: &[], all: &[] };
+        let place = self.tree.place_info(self.cfg.max_children);
+        f(&mut self.ransub, &mut ctx, &place);
+    }
+
+    /// After every input: refused links reach the tree, timers are re-armed.
     fn after(&mut self, now: Instant) {
+        while let Some(peer) = self.io.refused.pop() {
+            self.with_tree(now, |tree, ctx| tree.on_link_down(ctx, peer, true));
+        }
+        if self.tree.take_parent_changed() {
+            self.ransub.reset();
+        }
+        self.with_ransub(now, |r, ctx, place| r.sync(ctx, place));
         if self.io.conns.sweep_wanted && self.sweep_at.is_none() {
             self.sweep_at = Some(now + self.cfg.link_idle);
             self.io.conns.sweep_wanted = false;
+        }
+        if core::mem::take(&mut self.io.conns.pinned_since_tick) || self.tick_at.is_none() {
+            // A new relation is due its first heartbeat within an interval.
+            if self.tree.has_relations() {
+                let due = now + self.cfg.heartbeat;
+                self.tick_at = Some(self.tick_at.map_or(due, |t| t.min(due)));
+            }
+        }
+    }
+
+    /// Heartbeats: write to quiet tree links, fail silent ones.
+    fn tick(&mut self, now: Instant) {
+        let (mut dead, mut quiet) = (Vec::new(), Vec::new());
+        self.tick_at = self.io.conns.liveness(now, self.cfg.heartbeat, self.cfg.dead_after, &mut dead, &mut quiet);
+        if !quiet.is_empty() {
+            if let Ok(frame) = self.io.pool.encode(&Message::Tree(TreeMsg::Heartbeat), self.cfg.max_frame) {
+                for peer in quiet {
+                    self.io.stats.heartbeats += 1;
+                    self.io.stats.frames_out += 1;
+                    self.io.out.push_back(Output::Transmit { to: peer, frame: frame.clone() });
+                }
+            }
+        }
+        for peer in dead {
+            self.io.stats.silent_links += 1;
+            self.io.conns.remove(&peer);
+            self.io.out.push_back(Output::Close(peer));
+            self.io.out.push_back(Output::Event(Event::LinkSilent(peer)));
+            self.with_tree(now, |tree, ctx| tree.on_link_down(ctx, peer, false));
         }
     }
 
@@ -261,9 +397,6 @@ impl Node {
     ///
     /// Errors leave the node as it was; the driver closes the link to `from`.
     pub fn handle_frame(&mut self, now: Instant, from: NodeId, payload: &[u8]) -> Result<(), InputError> {
-        if self.io.conns.state(&from) != Some(LinkState::Open) {
-            return Err(InputError::NoLink(from));
-        }
         let msg = match Message::decode(payload) {
             Ok(m) => m,
             Err(e) => {
@@ -271,11 +404,21 @@ impl Node {
                 return Err(InputError::Decode(e));
             }
         };
+        let Some(answer) = self.io.conns.received(now, &from, self.cfg.heartbeat) else {
+            return Err(InputError::NoLink(from));
+        };
         self.io.stats.frames_in += 1;
-        self.io.conns.touch(now, &from);
-        let (tree, mut ctx) = self.split(now);
+        if answer {
+            // Our parent leads the heartbeats on this link; we answer, at most once an interval.
+            if let Ok(frame) = self.io.pool.encode(&Message::Tree(TreeMsg::Heartbeat), self.cfg.max_frame) {
+                self.io.stats.heartbeats += 1;
+                self.io.stats.frames_out += 1;
+                self.io.out.push_back(Output::Transmit { to: from, frame });
+            }
+        }
         match msg {
-            Message::Tree(m) => tree.on_message(&mut ctx, from, m, payload),
+            Message::Tree(m) => self.with_tree(now, |tree, ctx| tree.on_message(ctx, from, m, payload)),
+            Message::RanSub(m) => self.with_ransub(now, |r, ctx, place| r.on_message(ctx, place, from, m)),
         }
         self.after(now);
         Ok(())
@@ -289,12 +432,14 @@ impl Node {
         match ev {
             LinkEvent::Connected => {
                 let Io { conns, out, stats, .. } = &mut self.io;
-                conns.connected(now, peer, out, stats);
+                if conns.connected(now, peer, out, stats) == Admit::Refused {
+                    out.push_back(Output::Close(peer));
+                    out.push_back(Output::Event(Event::LinkRefused(peer)));
+                }
             }
             LinkEvent::ConnectFailed | LinkEvent::Closed => {
                 self.io.conns.remove(&peer);
-                let (tree, mut ctx) = self.split(now);
-                tree.on_link_down(&mut ctx, peer, ev == LinkEvent::ConnectFailed);
+                self.with_tree(now, |tree, ctx| tree.on_link_down(ctx, peer, ev == LinkEvent::ConnectFailed));
             }
         }
         self.after(now);
@@ -302,12 +447,15 @@ impl Node {
 
     /// A command from the local user.
     pub fn handle_command(&mut self, now: Instant, cmd: Command) -> Result<(), CommandError> {
-        let (tree, mut ctx) = self.split(now);
         let r = match cmd {
-            Command::Join { bootstrap } => tree.start(&mut ctx, &bootstrap),
-            Command::Leave => tree.leave(&mut ctx),
-            Command::AddPeers { peers } => tree.add_peers(&mut ctx, &peers),
-            Command::Broadcast { id } => tree.broadcast(&mut ctx, id),
+            Command::Join { bootstrap } => self.with_tree(now, |tree, ctx| tree.start(ctx, &bootstrap)),
+            Command::Leave => self.with_tree(now, |tree, ctx| tree.leave(ctx)),
+            Command::AddPeers { peers } => self.with_tree(now, |tree, ctx| tree.add_peers(ctx, &peers)),
+            Command::Broadcast { id } => self.with_tree(now, |tree, ctx| tree.broadcast(ctx, id)),
+            Command::Publish { payload } => {
+                self.ransub.set_payload(payload);
+                Ok(())
+            }
         };
         self.after(now);
         r
@@ -319,8 +467,11 @@ impl Node {
             let Io { conns, out, .. } = &mut self.io;
             self.sweep_at = conns.sweep(now, self.cfg.link_idle, out);
         }
-        let (tree, mut ctx) = self.split(now);
-        tree.on_timeout(&mut ctx);
+        if self.tick_at.is_some_and(|t| t <= now) {
+            self.tick(now);
+        }
+        self.with_tree(now, |tree, ctx| tree.on_timeout(ctx));
+        self.with_ransub(now, |r, ctx, place| r.on_timeout(ctx, place));
         self.after(now);
     }
 
@@ -331,10 +482,36 @@ impl Node {
 
     /// When to call [`Node::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match (self.tree.next_timeout(), self.sweep_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.tree.next_timeout(), self.ransub.next_timeout(), self.sweep_at, self.tick_at].into_iter().flatten().min()
+    }
+
+    /// The all-nodes RanSub view of the last epoch.
+    pub fn ransub_all(&self) -> &[Entry] {
+        self.ransub.all()
+    }
+    /// The non-descendant RanSub view of the last epoch.
+    pub fn ransub_nondesc(&self) -> &[Entry] {
+        self.ransub.nondesc()
+    }
+    /// The tree's population as last counted by the root.
+    pub fn population(&self) -> u32 {
+        self.ransub.population()
+    }
+    /// The last RanSub epoch seen.
+    pub fn ransub_epoch(&self) -> u32 {
+        self.ransub.epoch()
+    }
+    /// RanSub epochs started (root) or received.
+    pub fn ransub_epochs(&self) -> u64 {
+        self.ransub.epochs
+    }
+    /// Most links this node had open at once.
+    pub fn max_links_open(&self) -> usize {
+        self.io.conns.max_open
+    }
+    /// The pin reasons (bits of [`Pin`]) of the link to `peer`; 0 when unpinned or absent.
+    pub fn link_pins(&self, peer: &NodeId) -> u8 {
+        self.io.conns.pins(peer)
     }
 
     /// This node's identity.

@@ -21,16 +21,27 @@
 //! its root. When two roots meet, the higher one joins the lower one with its whole subtree. An
 //! ordinary join never displaces a live root.
 //!
+//! **Repair through RanSub.** A node that lost its parent first asks, in waves of
+//! `repair_fanout` at once, RanSub candidates (non-descendants first) with free slots to take it
+//! directly (`Join(Direct)`). The candidate sends `Verify` up its own parent chain; the top of the
+//! chain answers back down (`VerifyOk`/`VerifyFail`) and only then does the candidate accept.
+//! Only then, or after `repair_timeout` per wave, does the node fall back to the root.
+//!
 //! **Why no loop can form.** Only a joined root starts placing a join, and every hop down is
 //! checked by the receiver against its own parent pointer, so a placement follows real parent
 //! links down from a root. A detached node is not joined (it accepts nothing and originates no
-//! redirect), so no join can be placed inside its subtree until it has re-attached.
+//! redirect), so no join can be placed inside its subtree until it has re-attached. A direct
+//! join is accepted only once the candidate's chain has been walked up to its top: a joined root
+//! vouches for anyone; a detached top (a node repairing with its subtree) vouches only for
+//! joiners with a lower id and never for itself. A fragment therefore only attaches below a
+//! rooted tree or below a fragment whose top is higher, and ids cannot increase around a cycle.
 //!
 //! **Leave.** A leaving node tells its parent and its children; they treat it as failed.
 
 use crate::conn::Pin;
 use crate::id::NodeId;
 use crate::node::{CommandError, Ctx, Event};
+use crate::ransub::Place;
 use crate::time::Instant;
 use crate::wire::{JoinMode, List, TreeMsg};
 use rand::RngExt;
@@ -40,6 +51,16 @@ use smallvec::SmallVec;
 pub const MAX_JOIN_HOPS: u8 = 64;
 /// Candidates tried per round of joining: failover siblings, the root, then random peers.
 pub const MAX_CANDIDATES: usize = 16;
+/// Nearest ancestors asked directly at the start of a repair.
+pub const ANCESTORS_ASKED: usize = 1;
+/// Most RanSub candidates asked at once in a repair.
+pub const MAX_FANOUT: usize = 8;
+/// Most RanSub candidates asked over one repair.
+pub const MAX_DIRECT: usize = 16;
+/// Direct joins a node verifies at once; more are refused.
+pub const MAX_VERIFYING: usize = 12;
+/// Longest verification walk (hops up a parent chain) before it is refused.
+pub const MAX_ROUTE: usize = 64;
 /// A new root's first probe comes this soon; the gap then doubles up to `probe_interval`.
 pub const FIRST_PROBE: core::time::Duration = core::time::Duration::from_secs(1);
 /// Most backbone contacts (the root's children) a node remembers.
@@ -90,7 +111,24 @@ pub(crate) struct Tree {
     contacted: Vec<NodeId>,
     /// Whether anyone answered (even with a refusal) in the current round.
     answered: bool,
+    /// Set from losing a parent until re-attached: the attempt is a repair.
+    repairing: bool,
+    /// While true, direct joins to RanSub candidates are outstanding and the ordinary rounds wait.
+    in_direct: bool,
+    /// RanSub candidates asked directly and not yet answered. At most [`MAX_FANOUT`].
+    direct: SmallVec<[NodeId; MAX_FANOUT]>,
+    /// Every RanSub candidate asked in this repair (to tell how it ended). At most [`MAX_DIRECT`].
+    direct_sent: SmallVec<[NodeId; MAX_DIRECT]>,
+    /// Waves of direct attempts still allowed in this repair.
+    waves_left: usize,
+    /// Direct joins we are verifying up our parent chain, with their deadlines.
+    /// At most [`MAX_VERIFYING`]; more are refused.
+    verifying: SmallVec<[(NodeId, Instant); MAX_VERIFYING]>,
+    /// Set when the parent changes; the node resets RanSub's collect on it.
+    parent_changed: bool,
     join_at: Option<Instant>,
+    /// Deadline of the current wave of direct attempts.
+    direct_at: Option<Instant>,
     probe_at: Option<Instant>,
     /// Current gap between probes (see `arm_probe`).
     probe_gap: core::time::Duration,
@@ -114,7 +152,15 @@ impl Tree {
             target: None,
             contacted: Vec::new(),
             answered: false,
+            repairing: false,
+            in_direct: false,
+            direct: SmallVec::new(),
+            direct_sent: SmallVec::new(),
+            waves_left: 0,
+            verifying: SmallVec::new(),
+            parent_changed: false,
             join_at: None,
+            direct_at: None,
             probe_at: None,
             probe_gap: core::time::Duration::ZERO,
         }
@@ -146,10 +192,29 @@ impl Tree {
     }
 
     pub fn next_timeout(&self) -> Option<Instant> {
-        match (self.join_at, self.probe_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let verify = self.verifying.iter().map(|v| v.1).min();
+        [self.join_at, self.direct_at, self.probe_at, verify].into_iter().flatten().min()
+    }
+
+    /// What RanSub needs to know of our place.
+    pub fn place_info(&self, max_children: usize) -> Place<'_> {
+        Place {
+            joined: self.state == TreeState::Joined,
+            parent: self.parent,
+            children: &self.children,
+            depth: self.depth(),
+            free: max_children.saturating_sub(self.children.len()).min(255) as u8,
         }
+    }
+
+    /// Whether we have tree links to keep alive with heartbeats.
+    pub fn has_relations(&self) -> bool {
+        self.parent.is_some() || !self.children.is_empty()
+    }
+
+    /// Whether the parent changed since the last call.
+    pub fn take_parent_changed(&mut self) -> bool {
+        core::mem::take(&mut self.parent_changed)
     }
 
     // ----- commands -------------------------------------------------------------------------
@@ -235,7 +300,9 @@ impl Tree {
         }
         match msg {
             TreeMsg::Join { joiner, mode, hops } => self.on_join(ctx, from, joiner, mode, hops),
-            TreeMsg::JoinAccept { path, top, siblings } => self.on_accept(ctx, from, path, &top, siblings),
+            TreeMsg::JoinAccept { path, top, siblings, direct } => {
+                self.on_accept(ctx, from, path, &top, siblings, direct)
+            }
             TreeMsg::JoinReject => self.on_reject(ctx, from),
             TreeMsg::Remove => self.on_remove(ctx, from),
             TreeMsg::Siblings { list } => {
@@ -272,6 +339,10 @@ impl Tree {
                 ctx.event(Event::Broadcast(id));
                 ctx.send(from, TreeMsg::BroadcastReply { id, node: self.me });
             }
+            TreeMsg::Heartbeat => {}
+            TreeMsg::Verify { joiner, route } => self.on_verify(ctx, from, joiner, route),
+            TreeMsg::VerifyOk { joiner, route } => self.on_verified(ctx, from, joiner, route, true),
+            TreeMsg::VerifyFail { joiner, route } => self.on_verified(ctx, from, joiner, route, false),
             TreeMsg::BroadcastReply { id, node } => {
                 if !self.children.contains(&from) {
                     return;
@@ -301,12 +372,25 @@ impl Tree {
         }
         if self.parent == Some(peer) {
             self.parent_lost(ctx, false);
-        } else if self.state == TreeState::Joining && self.target == Some(peer) {
-            self.try_next(ctx);
+        } else if self.state == TreeState::Joining {
+            if self.in_direct && self.direct.contains(&peer) {
+                self.direct_answered(ctx, peer);
+            }
+            if self.target == Some(peer) {
+                self.try_next(ctx);
+            }
         }
     }
 
     pub fn on_timeout(&mut self, ctx: &mut Ctx<'_>) {
+        if self.direct_at.is_some_and(|t| t <= ctx.now) {
+            self.direct_at = None;
+            if self.state == TreeState::Joining && self.in_direct {
+                // The RanSub candidates were too slow: next wave, or the ordinary round.
+                ctx.io.stats.repair_waves_timed_out += 1;
+                self.end_direct_wave(ctx);
+            }
+        }
         if self.join_at.is_some_and(|t| t <= ctx.now) {
             self.join_at = None;
             if self.state == TreeState::Joining {
@@ -323,6 +407,10 @@ impl Tree {
             if self.is_root() {
                 self.probe(ctx);
             }
+        }
+        while let Some(i) = self.verifying.iter().position(|v| v.1 <= ctx.now) {
+            let (joiner, _) = self.verifying.swap_remove(i);
+            self.reject(ctx, joiner);
         }
     }
 
@@ -378,7 +466,86 @@ impl Tree {
         list.reverse(); // tried from the back
         self.candidates = list;
         self.answered = false;
+        if self.repairing && first.is_empty() && self.failover.is_none() && ctx.cfg.ransub_repair {
+            self.waves_left = ctx.cfg.repair_waves;
+            self.start_direct(ctx);
+            if self.in_direct {
+                return;
+            }
+        }
         self.try_next(ctx);
+    }
+
+    /// Ask up to `repair_fanout` RanSub candidates with free slots, at once, to take us directly.
+    fn start_direct(&mut self, ctx: &mut Ctx<'_>) {
+        self.waves_left = self.waves_left.saturating_sub(1);
+        let mut cands: SmallVec<[NodeId; 24]> = SmallVec::new();
+        let usable = |id: &NodeId, cands: &SmallVec<[NodeId; 24]>| {
+            *id != self.me
+                && !self.children.contains(id)
+                && !self.suspects.contains(id)
+                && !cands.contains(id)
+                && !self.direct_sent.contains(id)
+        };
+        // Our nearest ancestors first: the grandparent has just lost a child, so it has room,
+        // and passes us down its other branches when it has not.
+        for a in self.path.iter().rev().take(ANCESTORS_ASKED) {
+            if usable(a, &cands) {
+                cands.push(*a);
+            }
+        }
+        let first = cands.len();
+        for e in ctx.nondesc.iter().chain(ctx.all.iter()) {
+            if e.free > 0 && usable(&e.id, &cands) {
+                cands.push(e.id);
+            }
+        }
+        // Then RanSub's non-descendants (they cannot be below us), then its all-nodes view, each
+        // group in random order.
+        let nd = first + cands[first..].iter().filter(|c| ctx.nondesc.iter().any(|e| e.id == **c)).count();
+        let (a, b) = cands.split_at_mut(nd);
+        shuffle(ctx, &mut a[first..]);
+        shuffle(ctx, b);
+        self.direct.clear();
+        for &c in cands.iter().take(ctx.cfg.repair_fanout.min(MAX_FANOUT)) {
+            self.direct.push(c);
+            if !self.direct_sent.contains(&c) && self.direct_sent.len() < MAX_DIRECT {
+                self.direct_sent.push(c);
+            }
+            if !self.contacted.contains(&c) && self.contacted.len() < MAX_CANDIDATES {
+                self.contacted.push(c);
+            }
+            ctx.send(c, TreeMsg::Join { joiner: self.me, mode: JoinMode::Direct, hops: 0 });
+        }
+        if !self.direct.is_empty() {
+            self.in_direct = true;
+            self.direct_at = Some(ctx.now + ctx.cfg.repair_timeout);
+        } else {
+            ctx.io.stats.repair_no_candidates += 1;
+        }
+    }
+
+    /// A RanSub candidate refused or could not be reached.
+    fn direct_answered(&mut self, ctx: &mut Ctx<'_>, from: NodeId) {
+        self.direct.retain(|d| *d != from);
+        if self.direct.is_empty() {
+            self.end_direct_wave(ctx);
+        }
+    }
+
+    /// A wave of direct attempts ended without an accept: the ordinary round starts alongside
+    /// the next wave (a bound on the repair time when RanSub's candidates are poor), or alone.
+    fn end_direct_wave(&mut self, ctx: &mut Ctx<'_>) {
+        self.in_direct = false;
+        self.direct.clear();
+        self.direct_at = None;
+        let waves_done = ctx.cfg.repair_waves.saturating_sub(self.waves_left);
+        if self.waves_left > 0 {
+            self.start_direct(ctx);
+        }
+        if (waves_done >= 2 || !self.in_direct) && self.target.is_none() && self.join_at.is_none() {
+            self.try_next(ctx);
+        }
     }
 
     /// Send our join to the next candidate, or end the round.
@@ -415,6 +582,7 @@ impl Tree {
         path: List<NodeId>,
         top: &[NodeId],
         siblings: List<NodeId>,
+        direct: bool,
     ) {
         let sane = path.last() == Some(&from) && !path.contains(&self.me);
         let Some(&root) = path.first() else { return ctx.send(from, TreeMsg::Remove) };
@@ -436,8 +604,19 @@ impl Tree {
         let was_root = self.root == Some(self.me);
         self.state = TreeState::Joined;
         self.parent = Some(from);
+        self.parent_changed = true;
         ctx.pin(from, Pin::Parent);
         ctx.event(Event::ParentChanged(Some(from)));
+        if self.repairing {
+            let via_ransub = direct && self.failover.is_none();
+            if via_ransub {
+                ctx.io.stats.repairs_via_ransub += 1;
+            } else {
+                ctx.io.stats.repairs_via_root += 1;
+            }
+            ctx.event(Event::Repaired { via_ransub });
+        }
+        self.end_attempt();
         if was_root {
             ctx.event(Event::StoppedBeingRoot);
         }
@@ -460,13 +639,24 @@ impl Tree {
         self.set_path(ctx, &path);
     }
 
+    /// A join attempt ended (attached, or became root).
+    fn end_attempt(&mut self) {
+        self.repairing = false;
+        self.in_direct = false;
+        self.waves_left = 0;
+        self.direct_at = None;
+        self.direct.clear();
+        self.direct_sent.clear();
+    }
+
     fn on_reject(&mut self, ctx: &mut Ctx<'_>, from: NodeId) {
         if self.state != TreeState::Joining {
             return;
         }
         self.answered = true;
-        if self.target.is_some() {
-            let _ = from;
+        if self.in_direct && self.direct.contains(&from) {
+            self.direct_answered(ctx, from);
+        } else if self.target.is_some() {
             self.try_next(ctx);
         }
     }
@@ -500,6 +690,135 @@ impl Tree {
                 self.route(ctx, joiner, hops);
             }
             JoinMode::Forward => self.route(ctx, joiner, hops),
+            JoinMode::Direct => self.on_direct(ctx, from, joiner, hops),
+        }
+    }
+
+    /// A repairing node asks us to take it. Accept only once our chain up to a joined root is
+    /// verified not to pass through it: that is what keeps two repairs from closing a loop.
+    fn on_direct(&mut self, ctx: &mut Ctx<'_>, from: NodeId, joiner: NodeId, hops: u8) {
+        if self.children.contains(&joiner) && self.state == TreeState::Joined {
+            return self.accept_child(ctx, joiner, true);
+        }
+        let room = self.children.len() + self.verifying.len() < ctx.cfg.max_children;
+        let passed_down = from != joiner;
+        if passed_down && self.parent != Some(from) {
+            return self.reject(ctx, joiner);
+        }
+        let placed = self.state == TreeState::Joined || (self.state == TreeState::Joining && self.parent.is_none());
+        if !room && placed && !self.children.is_empty() && !self.path.contains(&joiner) {
+            // Full (many repairs picked us): pass the request down to a random child, which
+            // verifies its own chain, so that a popular candidate spreads the load.
+            let c = self.children[ctx.rng.random_range(0..self.children.len())];
+            if c != joiner {
+                return ctx.send(c, TreeMsg::Join { joiner, mode: JoinMode::Direct, hops: hops + 1 });
+            }
+        }
+        if self.state == TreeState::Joining && self.parent.is_none() && room && joiner < self.me {
+            // We are a detached top: we vouch for lower joiners ourselves (see the module docs).
+            if !self.path.contains(&joiner) && !self.children.contains(&joiner) {
+                return self.accept_child(ctx, joiner, true);
+            }
+        }
+        if self.state != TreeState::Joined
+            || !room
+            || self.path.contains(&joiner)
+            || Some(joiner) == self.parent
+            || self.verifying.len() == MAX_VERIFYING
+            || self.verifying.iter().any(|v| v.0 == joiner)
+        {
+            return self.reject(ctx, joiner);
+        }
+        match self.parent {
+            None => self.accept_child(ctx, joiner, true),
+            Some(p) => {
+                // The joiner stops waiting after `repair_timeout`; so do we.
+                self.verifying.push((joiner, ctx.now + ctx.cfg.repair_timeout));
+                ctx.send(p, TreeMsg::Verify { joiner, route: List(vec![self.me]) });
+            }
+        }
+    }
+
+    /// A verification walking up from a child of ours.
+    fn on_verify(&mut self, ctx: &mut Ctx<'_>, from: NodeId, joiner: NodeId, mut route: List<NodeId>) {
+        if !self.children.contains(&from) || route.last() != Some(&from) {
+            return;
+        }
+        // A joined root anchors the chain. A detached top (joining, its subtree kept) vouches only
+        // for joiners with a lower id: fragments then only ever attach into fragments with
+        // higher tops (or into a rooted tree), so no set of fragments can attach into each other
+        // in a circle, and a repair need not wait for the fragment above it to be repaired first.
+        let anchored = match (self.state, self.parent) {
+            (TreeState::Joined, _) => true,
+            (TreeState::Joining, None) => joiner < self.me,
+            _ => false,
+        };
+        let ok = anchored && joiner != self.me && route.len() < MAX_ROUTE;
+        match (ok, self.parent) {
+            (false, _) => ctx.send(from, TreeMsg::VerifyFail { joiner, route }),
+            (true, None) => {
+                if self.state == TreeState::Joined {
+                    ctx.io.stats.root_verifies += 1;
+                }
+                ctx.send(from, TreeMsg::VerifyOk { joiner, route });
+            }
+            (true, Some(p)) => {
+                route.0.push(self.me);
+                ctx.send(p, TreeMsg::Verify { joiner, route });
+            }
+        }
+    }
+
+    /// A verification's answer coming back down from our parent.
+    fn on_verified(&mut self, ctx: &mut Ctx<'_>, from: NodeId, joiner: NodeId, mut route: List<NodeId>, ok: bool) {
+        if self.parent != Some(from) || route.last() != Some(&self.me) {
+            return;
+        }
+        route.0.pop();
+        if let Some(&next) = route.last() {
+            if self.children.contains(&next) {
+                let msg = if ok { TreeMsg::VerifyOk { joiner, route } } else { TreeMsg::VerifyFail { joiner, route } };
+                ctx.send(next, msg);
+            }
+            return;
+        }
+        // We asked: the chain from us to a joined root did (or did not) hold.
+        let Some(i) = self.verifying.iter().position(|v| v.0 == joiner) else { return };
+        self.verifying.swap_remove(i);
+        if ok
+            && self.state == TreeState::Joined
+            && self.children.len() < ctx.cfg.max_children
+            && !self.path.contains(&joiner)
+        {
+            self.accept_child(ctx, joiner, true);
+        } else {
+            self.reject(ctx, joiner);
+        }
+    }
+
+    /// Take `joiner` as a child (or confirm it again).
+    fn accept_child(&mut self, ctx: &mut Ctx<'_>, joiner: NodeId, direct: bool) {
+        let is_root = self.is_root();
+        if !self.children.contains(&joiner) {
+            self.children.push(joiner);
+            ctx.event(Event::ChildAdded(joiner));
+        }
+        let siblings = if is_root {
+            List(self.children.iter().copied().filter(|c| *c != joiner).collect())
+        } else {
+            List(Vec::new())
+        };
+        let mut path = Vec::with_capacity(self.path.len() + 1);
+        if self.state == TreeState::Joined {
+            path.extend_from_slice(&self.path);
+        }
+        // A detached top names itself as the top of the joiner's path until it re-attaches.
+        path.push(self.me);
+        let top = List(self.top_view());
+        ctx.send(joiner, TreeMsg::JoinAccept { path: List(path), top, siblings, direct });
+        ctx.pin(joiner, Pin::Child);
+        if is_root {
+            self.send_siblings(ctx, Some(joiner));
         }
     }
 
@@ -533,26 +852,8 @@ impl Tree {
         if Some(joiner) == self.parent {
             return self.reject(ctx, joiner);
         }
-        if self.children.contains(&joiner) || self.children.len() < ctx.cfg.max_children {
-            if !self.children.contains(&joiner) {
-                self.children.push(joiner);
-                ctx.event(Event::ChildAdded(joiner));
-            }
-            let siblings = if is_root {
-                List(self.children.iter().copied().filter(|c| *c != joiner).collect())
-            } else {
-                List(Vec::new())
-            };
-            let mut path = Vec::with_capacity(self.path.len() + 1);
-            path.extend_from_slice(&self.path);
-            path.push(self.me);
-            let top = List(self.top_view());
-            ctx.send(joiner, TreeMsg::JoinAccept { path: List(path), top, siblings });
-            ctx.pin(joiner, Pin::Child);
-            if is_root {
-                self.send_siblings(ctx, Some(joiner));
-            }
-            return;
+        if self.children.contains(&joiner) || self.children.len() + self.verifying.len() < ctx.cfg.max_children {
+            return self.accept_child(ctx, joiner, false);
         }
         // Full: pass it down to a random child, marked so it never comes back up.
         let eligible: Children = self.children.iter().copied().filter(|c| *c != joiner).collect();
@@ -594,6 +895,9 @@ impl Tree {
         }
         ctx.unpin(&old, Pin::Parent);
         ctx.event(Event::ParentChanged(None));
+        self.parent_changed = true;
+        self.repairing = true;
+        self.direct_sent.clear();
         self.state = TreeState::Joining;
         self.probe_at = None;
         if self.root == Some(old) && !alive {
@@ -610,6 +914,8 @@ impl Tree {
             ctx.unpin(&p, Pin::Parent);
             ctx.event(Event::ParentChanged(None));
         }
+        self.parent_changed = true;
+        self.end_attempt();
         self.failover = None;
         self.candidates = Vec::new();
         self.target = None;

@@ -14,6 +14,7 @@
 //! [`MAX_LIST`] entries, and nothing else in a message has a variable size.
 
 use crate::id::NodeId;
+pub use crate::ransub::Entry;
 use core::fmt;
 use core::ops::Deref;
 use serde::{Deserialize, Serialize};
@@ -76,6 +77,33 @@ impl Hello {
 pub enum Message {
     /// RandTree: membership and shape of the tree.
     Tree(TreeMsg),
+    /// RanSub: random subsets of the membership, every epoch.
+    RanSub(RanSubMsg),
+}
+
+/// RanSub messages. See [`crate::ransub`] for the protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RanSubMsg {
+    /// Down the tree: a new epoch and the receiver's views.
+    Distribute {
+        /// The epoch.
+        epoch: u32,
+        /// The tree's population as the root last counted it.
+        population: u32,
+        /// A sample of the whole tree.
+        all: List<Entry>,
+        /// A sample of the nodes outside the receiver's subtree.
+        nondesc: List<Entry>,
+    },
+    /// Up the tree: a sample of the sender's subtree and its population.
+    Collect {
+        /// The epoch answered.
+        epoch: u32,
+        /// Nodes in the sender's subtree, the sender included.
+        population: u32,
+        /// A sample of them.
+        set: List<Entry>,
+    },
 }
 
 /// How a `Join` travels.
@@ -90,6 +118,9 @@ pub enum JoinMode {
         /// The root the sender saw fail.
         dead_root: NodeId,
     },
+    /// Sent by a node repairing its place to a RanSub candidate with free slots: accept me
+    /// yourself (after checking, up your parent chain, that you are anchored to a root).
+    Direct,
 }
 
 /// RandTree messages. See [`crate::tree`] for the protocol.
@@ -112,6 +143,8 @@ pub enum TreeMsg {
         top: List<NodeId>,
         /// The receiver's siblings, when the sender is the root; else empty.
         siblings: List<NodeId>,
+        /// Whether the sender took the receiver directly (a RanSub repair), not through the root.
+        direct: bool,
     },
     /// The sender cannot place the joiner now; try another member.
     JoinReject,
@@ -153,6 +186,31 @@ pub enum TreeMsg {
         id: u64,
         /// The member that answered.
         node: NodeId,
+    },
+    /// Nothing else to say on a tree link for a while: "I am alive".
+    Heartbeat,
+    /// Up the parent chain of a node asked to accept `joiner` directly: is that chain anchored
+    /// at a joined root, without passing through `joiner`? `route` lists the nodes passed, the
+    /// asked node first.
+    Verify {
+        /// The node asking to join.
+        joiner: NodeId,
+        /// The chain walked so far.
+        route: List<NodeId>,
+    },
+    /// Back down `route`: the chain reached a joined root.
+    VerifyOk {
+        /// The node asking to join.
+        joiner: NodeId,
+        /// The chain still to walk down (its last entry is the receiver).
+        route: List<NodeId>,
+    },
+    /// Back down `route`: the chain is broken or passes through the joiner.
+    VerifyFail {
+        /// The node asking to join.
+        joiner: NodeId,
+        /// The chain still to walk down (its last entry is the receiver).
+        route: List<NodeId>,
     },
 }
 
@@ -343,7 +401,9 @@ impl postcard::ser_flavors::Flavor for Sink<'_> {
 
 impl FramePool {
     /// Buffers kept for reuse.
-    pub const CAPACITY: usize = 8;
+    pub const CAPACITY: usize = 4;
+    /// A buffer that grew past this many bytes is freed rather than kept when next reused.
+    pub const MAX_KEPT: usize = 512;
 
     /// Run `fill` on an empty buffer and wrap it as a frame.
     fn with_buffer<E>(&mut self, fill: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<Frame, E> {
@@ -351,6 +411,10 @@ impl FramePool {
         for k in 0..n {
             let i = (self.next + k) % n;
             if let Some(buf) = Rc::get_mut(&mut self.slots[i]) {
+                if buf.capacity() > Self::MAX_KEPT {
+                    // Do not hold on to a large buffer for the rare large frame.
+                    *buf = Vec::new();
+                }
                 buf.clear();
                 fill(buf)?;
                 self.next = (i + 1) % n;
@@ -420,6 +484,7 @@ mod tests {
             path: List(vec![id(0), id(3)]),
             top: List(vec![id(3)]),
             siblings: List(vec![id(1), id(2)]),
+            direct: true,
         });
         let frame = pool.encode(&msg, 1 << 20).unwrap();
         let (payload, used) = split_frame(&frame, 1 << 20).unwrap().unwrap();

@@ -233,6 +233,7 @@ fn a_stale_join_accept_gets_a_remove_and_the_parent_stays() {
         path: List(vec![id(0), id(1)]),
         top: List(vec![id(1), id(2)]),
         siblings: List(Vec::new()),
+        direct: false,
     });
     let frame = pool.encode(&accept, 1 << 20).unwrap();
     net.connect(1, 2);
@@ -334,6 +335,7 @@ fn a_path_through_ourselves_is_refused() {
         path: List(vec![id(0), id(1)]),
         top: List(Vec::new()),
         siblings: List(Vec::new()),
+        direct: false,
     });
     let frame = pool.encode(&accept, 1 << 20).unwrap();
     net.nodes.get_mut(&id(0)).unwrap().handle_frame(net.now, id(1), frame.payload()).unwrap();

@@ -9,10 +9,12 @@
 //! - [`sim`]: [`Sim`], the engine: the event heap ordered by (time, sequence), FIFO links with
 //!   `min + exponential` delay, process and host crashes, partitions, clogs, connect failures,
 //!   the trace hash, and the safety and liveness checks.
+//! - [`uniformity`]: the chi-square test of RanSub's views.
 //! - [`run`]: builds a [`Sim`] for a [`Scenario`] and plays it phase by phase.
 
 pub mod scenario;
 pub mod sim;
+pub mod uniformity;
 
 pub use scenario::*;
 pub use sim::Sim;

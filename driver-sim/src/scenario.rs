@@ -44,10 +44,11 @@ pub struct Scenario {
     /// Restart the killed nodes this many seconds after the fault; they rejoin through random live
     /// nodes.
     pub restart_after_s: Option<f64>,
+    /// RanSub epochs to observe between the first broadcast and the faults, sampling views for
+    /// the uniformity test.
+    pub steady_epochs: u32,
     /// Joins outstanding at once while building, like the controller's invitations.
     pub max_outstanding_joins: usize,
-    /// A connection attempt to a silent host fails after this long.
-    pub connect_timeout_ms: f64,
     /// Longest simulated time to wait for each phase to converge.
     pub phase_limit_s: f64,
     /// The core's configuration (the degree is `config.max_children`).
@@ -70,8 +71,8 @@ impl Default for Scenario {
             clogs: 0,
             refuse: 0,
             restart_after_s: None,
+            steady_epochs: 4,
             max_outstanding_joins: 50,
-            connect_timeout_ms: 3000.0,
             phase_limit_s: 300.0,
             config: Config::default(),
         }
@@ -106,6 +107,8 @@ pub struct BroadcastReport {
     pub avg_sim_ms: f64,
     /// Latest reply.
     pub max_sim_ms: f64,
+    /// Up to 10 live nodes whose reply never came.
+    pub missing: Vec<u32>,
 }
 
 /// The build phase.
@@ -124,6 +127,8 @@ pub struct RecoveryReport {
     pub partitioned: u32,
     /// Killed nodes restarted.
     pub restarted: u32,
+    /// Simulated time of the fault, since the start.
+    pub fault_at_ms: f64,
     /// Simulated time from the fault to every survivor in one tree.
     pub sim_ms: f64,
     /// Roots once quiet (or at the phase limit).
@@ -138,6 +143,43 @@ pub struct RecoveryReport {
     pub depth: u32,
     /// Joins the roots handled during recovery.
     pub root_joins: u64,
+    /// Direct joins the roots verified during recovery (one small message each; see
+    /// `plush_core::tree`).
+    pub root_verifies: u64,
+    /// Repairs (rejoins after losing a parent) through a RanSub candidate.
+    pub via_ransub: u64,
+    /// Repairs through the root.
+    pub via_root: u64,
+}
+
+/// RanSub over the steady phase.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RanSubReport {
+    /// Epochs the root started over the whole run.
+    pub epochs: u64,
+    /// The population the root counted in its last epoch.
+    pub population_last: u32,
+    /// Views sampled for the uniformity test (one random receiver per epoch).
+    pub samples: u32,
+    /// Chi-square p-value that nodes appear in all-nodes views in proportion to 1/N.
+    pub uniformity_chi2_p: f64,
+    /// The same for non-descendant views (expected counts from the tree's shape).
+    pub nondesc_chi2_p: f64,
+}
+
+/// Connection tables.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ConnsReport {
+    /// The node budget (`--fd-budget`).
+    pub budget: u32,
+    /// Most links any node had open at once.
+    pub max_open: u32,
+    /// Unpinned links closed to make room.
+    pub evictions: u64,
+    /// Links closed while they still carried a tree relation (must be 0).
+    pub pinned_evictions: u64,
+    /// Links refused because only pinned or busy links remained.
+    pub refused: u64,
 }
 
 /// Simulator memory.
@@ -186,4 +228,8 @@ pub struct Report {
     pub broadcast_after: BroadcastReport,
     /// Memory.
     pub memory: MemoryReport,
+    /// RanSub.
+    pub ransub: RanSubReport,
+    /// Connection tables.
+    pub conns: ConnsReport,
 }

@@ -21,6 +21,7 @@
 //! folded into [`Sim::trace_hash`] with its time and endpoints.
 
 use crate::scenario::{BroadcastReport, CrashKind, Report, Scenario, Shape};
+use crate::uniformity::Uniformity;
 use plush_core::wire::{encode_hello, Frame, Hello, Role, PREFIX};
 use plush_core::{Command, Config, Event, Instant, LinkEvent, Node, NodeId, Output, TreeState};
 use rand::{RngExt, SeedableRng};
@@ -84,6 +85,96 @@ impl Ord for Ev {
     }
 }
 
+/// The event queue: a calendar of 1 ms buckets covering the next [`Calendar::BUCKETS`] ms, each
+/// a small heap ordered by (time, sequence), and one heap for everything further away. Pushing
+/// and popping touch one small heap instead of one heap of every pending event.
+struct Calendar {
+    buckets: Vec<BinaryHeap<Ev>>,
+    /// Absolute index of the bucket holding the earliest events.
+    cursor: u64,
+    /// Events in the buckets (not counting `far`).
+    near: usize,
+    far: BinaryHeap<Ev>,
+}
+
+impl Calendar {
+    const WIDTH_US: u64 = 1000;
+    const BUCKETS: u64 = 1 << 14;
+
+    fn new() -> Self {
+        Calendar {
+            buckets: (0..Self::BUCKETS).map(|_| BinaryHeap::new()).collect(),
+            cursor: 0,
+            near: 0,
+            far: BinaryHeap::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.near + self.far.len()
+    }
+
+    fn push(&mut self, ev: Ev) {
+        let b = (ev.at.0 / Self::WIDTH_US).max(self.cursor);
+        if b < self.cursor + Self::BUCKETS {
+            self.buckets[(b % Self::BUCKETS) as usize].push(ev);
+            self.near += 1;
+        } else {
+            self.far.push(ev);
+        }
+    }
+
+    /// Move the cursor to the first non-empty bucket; false if there is no event at all.
+    fn settle(&mut self) -> bool {
+        loop {
+            if self.near == 0 {
+                // Jump to the far events.
+                let Some(first) = self.far.peek() else { return false };
+                self.cursor = self.cursor.max(first.at.0 / Self::WIDTH_US);
+                self.pull_far();
+                continue;
+            }
+            if !self.buckets[(self.cursor % Self::BUCKETS) as usize].is_empty() {
+                return true;
+            }
+            self.cursor += 1;
+            self.pull_far();
+        }
+    }
+
+    /// Bring far events that now fall within the window into their buckets.
+    fn pull_far(&mut self) {
+        while let Some(ev) = self.far.peek() {
+            let b = ev.at.0 / Self::WIDTH_US;
+            if b >= self.cursor + Self::BUCKETS {
+                break;
+            }
+            if let Some(ev) = self.far.pop() {
+                self.buckets[(b.max(self.cursor) % Self::BUCKETS) as usize].push(ev);
+                self.near += 1;
+            }
+        }
+    }
+
+    fn peek_at(&mut self) -> Option<Instant> {
+        if !self.settle() {
+            return None;
+        }
+        self.buckets[(self.cursor % Self::BUCKETS) as usize].peek().map(|e| e.at)
+    }
+
+    fn pop(&mut self) -> Option<Ev> {
+        if !self.settle() {
+            return None;
+        }
+        let ev = self.buckets[(self.cursor % Self::BUCKETS) as usize].pop();
+        if ev.is_some() {
+            self.near -= 1;
+        }
+        ev
+    }
+}
+
 /// One end's view of a link.
 #[derive(Clone, Copy, Debug, Default)]
 struct End {
@@ -137,7 +228,7 @@ struct Cut {
 pub struct Sim {
     now: Instant,
     seq: u64,
-    heap: BinaryHeap<Ev>,
+    heap: Calendar,
     slots: Vec<Option<Kind>>,
     free_slots: Vec<u32>,
     nodes: Vec<SimNode>,
@@ -170,6 +261,18 @@ pub struct Sim {
     pub replies: Vec<(u64, u32, Instant)>,
     /// Nodes that have joined a tree at least once.
     pub joined_once: u32,
+    /// Repairs seen (Event::Repaired): through RanSub, through the root.
+    pub repairs: (u64, u64),
+    /// RanSub epochs completed at roots (Event::Population), and the last population counted.
+    pub populations: (u64, u32),
+    /// Most links any node held at once.
+    pub max_open: u32,
+    /// When each repair completed.
+    pub repair_times: Vec<Instant>,
+    /// Links closed while their node still counted them as parent or child.
+    pub pinned_closes: u64,
+    /// Counters of crashed incarnations, so that totals survive crashes.
+    pub dead_stats: plush_core::Stats,
     outputs: Vec<Output>,
     /// Nodes whose deliveries are printed to stderr (`PLUSH_SIM_WATCH=3,17`), for debugging.
     watch: Vec<u32>,
@@ -182,7 +285,7 @@ impl Sim {
         Sim {
             now: Instant::ZERO,
             seq: 0,
-            heap: BinaryHeap::new(),
+            heap: Calendar::new(),
             slots: Vec::new(),
             free_slots: Vec::new(),
             nodes: (0..n)
@@ -204,7 +307,7 @@ impl Sim {
             lat_min_us: scenario.latency_min_ms * 1000.0,
             lat_mean_us: mean * 1000.0,
             lat_max_us: scenario.latency_max_ms.max(scenario.latency_min_ms) * 1000.0,
-            connect_timeout: Duration::from_micros((scenario.connect_timeout_ms * 1000.0) as u64),
+            connect_timeout: scenario.config.connect_timeout,
             cut: None,
             clogs: Vec::new(),
             refuse: Vec::new(),
@@ -217,6 +320,12 @@ impl Sim {
             violation_texts: Vec::new(),
             replies: Vec::new(),
             joined_once: 0,
+            repairs: (0, 0),
+            populations: (0, 0),
+            max_open: 0,
+            repair_times: Vec::new(),
+            pinned_closes: 0,
+            dead_stats: plush_core::Stats::default(),
             outputs: Vec::new(),
             watch: std::env::var("PLUSH_SIM_WATCH")
                 .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
@@ -406,9 +515,13 @@ impl Sim {
     /// Kill node `i`: a process crash resets its links at once; a host crash is silence.
     pub fn crash(&mut self, i: u32, kind: CrashKind) {
         let sn = &mut self.nodes[i as usize];
-        if sn.node.take().is_none() {
-            return;
-        }
+        let Some(dead) = sn.node.take() else { return };
+        let st = dead.stats();
+        self.dead_stats.evictions += st.evictions;
+        self.dead_stats.links_refused += st.links_refused;
+        self.dead_stats.root_joins += st.root_joins;
+        self.dead_stats.root_verifies += st.root_verifies;
+        let sn = &mut self.nodes[i as usize];
         sn.timer = None;
         if kind == CrashKind::Host {
             sn.host_up = false;
@@ -473,8 +586,8 @@ impl Sim {
 
     /// Process events up to and including time `until`; returns false if the heap ran dry.
     pub fn run_until(&mut self, until: Instant, mut stop: impl FnMut(&Sim) -> bool) -> bool {
-        while let Some(ev) = self.heap.peek() {
-            if ev.at > until {
+        while let Some(at) = self.heap.peek_at() {
+            if at > until {
                 self.now = until;
                 return true;
             }
@@ -609,7 +722,13 @@ impl Sim {
             match o {
                 Output::Transmit { to, frame } => self.transmit(i, idx(to), frame),
                 Output::Connect(peer) => self.connect(i, idx(peer)),
-                Output::Close(peer) => self.close(i, idx(peer)),
+                Output::Close(peer) => {
+                    if self.node(i).is_some_and(|n| n.parent() == Some(peer) || n.children().contains(&peer)) {
+                        self.pinned_closes += 1;
+                        self.violation(format!("node {i} closed its link to {peer}, its parent or child"));
+                    }
+                    self.close(i, idx(peer))
+                }
                 Output::Event(e) => self.on_event(i, e),
             }
         }
@@ -727,6 +846,18 @@ impl Sim {
                 }
             }
             Event::BroadcastReply { id, node } => self.replies.push((id, idx(node), self.now)),
+            Event::Repaired { via_ransub } => {
+                self.repair_times.push(self.now);
+                if via_ransub {
+                    self.repairs.0 += 1;
+                } else {
+                    self.repairs.1 += 1;
+                }
+            }
+            Event::Population { population, .. } => {
+                self.populations.0 += 1;
+                self.populations.1 = population;
+            }
             _ => {}
         }
     }
@@ -755,6 +886,20 @@ impl Sim {
             if n.children().contains(&p) {
                 bad.push(format!("node {i} has its parent {p} as a child"));
             }
+        }
+        // The budget, counted on the simulator's own links that the node was told of (its file
+        // descriptors; a connection not yet accepted sits in the kernel's backlog).
+        let open = self.nodes[i as usize]
+            .links
+            .iter()
+            .filter(|(_, l)| {
+                let end = self.links[*l as usize].ends[self.links[*l as usize].side(i)];
+                end.open && end.up
+            })
+            .count();
+        self.max_open = self.max_open.max(open as u32);
+        if open > self.cfg.max_links {
+            bad.push(format!("node {i} holds {open} links, over its budget of {}", self.cfg.max_links));
         }
         for b in bad {
             self.violation(b);
@@ -912,9 +1057,39 @@ impl Sim {
             .map(|(r, _)| r)
     }
 
-    /// Sum of joins handled by every live root-capable node.
-    pub fn root_joins(&self) -> u64 {
-        self.nodes.iter().filter_map(|n| n.node.as_ref()).map(|n| n.stats().root_joins).sum()
+    /// A counter summed over every node that ever ran (crashed incarnations included).
+    pub fn total(&self, f: impl Fn(&plush_core::Stats) -> u64) -> u64 {
+        f(&self.dead_stats) + self.nodes.iter().filter_map(|n| n.node.as_ref()).map(|n| f(n.stats())).sum::<u64>()
+    }
+
+    /// Record the RanSub views of one random joined non-root node.
+    pub fn sample_views(&self, uni: &mut Uniformity, rng: &mut Pcg64) {
+        let n = self.len();
+        let candidates: Vec<u32> = (0..n).filter(|&i| self.node(i).is_some_and(|x| x.parent().is_some())).collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let r = candidates[rng.random_range(0..candidates.len())];
+        let Some(node) = self.node(r) else { return };
+        let live: Vec<bool> = (0..n).map(|i| self.alive(i)).collect();
+        // inside[x]: r is x or one of its ancestors.
+        let mut inside = vec![false; n as usize];
+        for x in 0..n {
+            let mut cur = x;
+            for _ in 0..=n {
+                if cur == r {
+                    inside[x as usize] = true;
+                    break;
+                }
+                match self.node(cur).and_then(|c| c.parent()) {
+                    Some(p) => cur = idx(p),
+                    None => break,
+                }
+            }
+        }
+        let all: Vec<u32> = node.ransub_all().iter().map(|e| idx(e.id)).collect();
+        let nd: Vec<u32> = node.ransub_nondesc().iter().map(|e| idx(e.id)).collect();
+        uni.record(&all, &nd, &live, &inside);
     }
 }
 
@@ -976,6 +1151,16 @@ pub fn play_sim(sc: &Scenario) -> (Report, Sim) {
     // Broadcast before the faults.
     report.broadcast = broadcast(&mut sim, 1, limit);
 
+    // Steady phase: sample RanSub views, one random receiver per epoch.
+    let mut uni = Uniformity::new(n as usize);
+    for _ in 0..sc.steady_epochs {
+        let t = sim.now() + sc.config.ransub_epoch;
+        sim.run_until(t, |_| false);
+        sim.sample_views(&mut uni, &mut rng);
+    }
+    (report.ransub.uniformity_chi2_p, report.ransub.nondesc_chi2_p) = uni.p_values();
+    report.ransub.samples = uni.samples;
+
     // Faults.
     let fault_at = sim.now();
     let mut victims: Vec<u32> = Vec::new();
@@ -989,11 +1174,13 @@ pub fn play_sim(sc: &Scenario) -> (Report, Sim) {
         let k = rng.random_range(0..candidates.len());
         victims.push(candidates.swap_remove(k));
     }
-    let joins_before: Vec<u64> = (0..n).map(|i| sim.node(i).map_or(0, |x| x.stats().root_joins)).collect();
+    let joins_before = (sim.total(|s| s.root_joins), sim.total(|s| s.root_verifies));
+    let repairs_before = sim.repairs;
     for &v in &victims {
         sim.crash(v, sc.crash);
     }
     report.recovery.killed = victims.len() as u32;
+    report.recovery.fault_at_ms = fault_at.0 as f64 / 1000.0;
     let mut heal_at = fault_at;
     if let Some(frac) = sc.partition {
         let mut live: Vec<u32> = (0..n).filter(|&i| sim.alive(i)).collect();
@@ -1063,12 +1250,21 @@ pub fn play_sim(sc: &Scenario) -> (Report, Sim) {
     report.recovery.loops = shape.loops;
     report.recovery.max_children = shape.max_children;
     report.recovery.depth = shape.depth;
-    report.recovery.root_joins =
-        (0..n).filter_map(|i| sim.node(i).map(|x| x.stats().root_joins.saturating_sub(joins_before[i as usize]))).sum();
+    report.recovery.root_joins = sim.total(|s| s.root_joins) - joins_before.0;
+    report.recovery.root_verifies = sim.total(|s| s.root_verifies) - joins_before.1;
+    report.recovery.via_ransub = sim.repairs.0 - repairs_before.0;
+    report.recovery.via_root = sim.repairs.1 - repairs_before.1;
 
     // Broadcast after.
     report.broadcast_after = broadcast(&mut sim, 2, limit);
 
+    report.ransub.epochs = sim.populations.0;
+    report.ransub.population_last = sim.populations.1;
+    report.conns.budget = sc.config.max_links.min(u32::MAX as usize) as u32;
+    report.conns.max_open = sim.max_open;
+    report.conns.evictions = sim.total(|s| s.evictions);
+    report.conns.refused = sim.total(|s| s.links_refused);
+    report.conns.pinned_evictions = sim.pinned_closes;
     report.converged = built && recovered && sim.violations == 0;
     report.invariant_violations = sim.violations;
     report.violations = sim.violation_texts.clone();
@@ -1113,6 +1309,7 @@ fn broadcast(sim: &mut Sim, bid: u64, limit: Duration) -> BroadcastReport {
         r.max_sim_ms = max;
     }
     r.replies = count;
+    r.missing = (0..sim.len()).filter(|&i| sim.alive(i) && !seen[i as usize]).take(10).collect();
     sim.replies.truncate(first);
     r
 }
