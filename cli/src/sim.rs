@@ -19,8 +19,9 @@ const DEFAULT_NODES: u32 = 1000;
 const MAX_NODES: u32 = (1 << 24) - 2;
 /// Default fan-out: RandTree's 12 children.
 const DEFAULT_DEGREE: u32 = 12;
-/// Default one-way latency range, in milliseconds.
-const DEFAULT_LATENCY: Latency = Latency { min_ms: 5.0, max_ms: 100.0 };
+/// Default one-way latency range, in milliseconds: a testbed of clusters on one campus.
+/// (`--latency 5..100` models a wide-area testbed such as PlanetLab.)
+const DEFAULT_LATENCY: Latency = Latency { min_ms: 0.5, max_ms: 10.0 };
 /// Default delay before a partition heals, in seconds.
 const DEFAULT_HEAL_AFTER_S: f64 = 30.0;
 /// Default limit on the simulated time of each phase, in seconds.
@@ -471,9 +472,9 @@ mod tests {
 
     #[test]
     fn latency_parses_and_prints_back() {
-        let l: Latency = "5..100".parse().unwrap();
+        let l: Latency = "0.5..10".parse().unwrap();
         assert_eq!(l, DEFAULT_LATENCY);
-        assert_eq!(l.to_string(), "5..100");
+        assert_eq!(l.to_string(), "0.5..10");
         let l: Latency = " 0.5 .. 2.25 ".parse().unwrap();
         assert_eq!((l.min_ms, l.max_ms), (0.5, 2.25));
         assert_eq!(l.to_string().parse::<Latency>(), Ok(l));

@@ -120,3 +120,36 @@ fn without_a_seed_one_is_chosen_and_printed() {
     assert!(seed.parse::<u64>().is_ok(), "{stderr}");
     assert!(stdout.contains(&format!("--seed {seed}")), "{stdout}");
 }
+
+#[test]
+fn under_a_small_fd_budget_the_tree_repairs_and_no_tree_link_is_evicted() {
+    let r = sim_json(&["--nodes", "400", "--fd-budget", "24", "--kill", "0.25", "--seed", "9"]);
+    assert_eq!(r["converged"], Value::Bool(true), "{r}");
+    assert_eq!(int(&r, "/invariant_violations"), 0, "{r}");
+    assert_eq!(int(&r, "/conns/budget"), 24, "{r}");
+    let max_open = int(&r, "/conns/max_open");
+    assert!(max_open > 0 && max_open <= 24, "a node held {max_open} links: {r}");
+    assert!(int(&r, "/conns/evictions") > 0, "the budget bit: idle links were evicted: {r}");
+    assert_eq!(int(&r, "/conns/pinned_evictions"), 0, "{r}");
+    assert_eq!(int(&r, "/recovery/killed"), 100, "{r}");
+    assert_eq!(int(&r, "/broadcast_after/replies"), int(&r, "/broadcast_after/expected"), "{r}");
+}
+
+#[test]
+fn without_ransub_repair_every_repair_goes_through_the_root() {
+    let r = sim_json(&["--nodes", "400", "--kill", "0.25", "--seed", "4", "--no-ransub-repair"]);
+    assert_eq!(r["converged"], Value::Bool(true), "{r}");
+    assert_eq!(int(&r, "/recovery/via_ransub"), 0, "{r}");
+    assert!(int(&r, "/recovery/via_root") > 0, "orphans repaired through the root: {r}");
+    // The same run with RanSub repair uses it.
+    let with = sim_json(&["--nodes", "400", "--kill", "0.25", "--seed", "4"]);
+    assert_eq!(with["converged"], Value::Bool(true), "{with}");
+    assert!(int(&with, "/recovery/via_ransub") > 0, "{with}");
+}
+
+#[test]
+fn an_fd_budget_below_two_links_is_refused() {
+    refused(&["sim", "--fd-budget", "1"], "--fd-budget");
+    refused(&["sim", "--fd-budget", "0"], "--fd-budget");
+    refused(&["sim", "--fd-budget=-3"], "--fd-budget");
+}

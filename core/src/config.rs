@@ -58,7 +58,7 @@ pub struct Config {
     /// How long one wave of direct repair attempts may take. Default 500 ms.
     pub repair_timeout: Duration,
     /// Known peers remembered for recovery and partition probes; when full, a random entry is
-    /// replaced. Default 32.
+    /// replaced. Default 16.
     pub max_peers: usize,
 }
 
@@ -83,7 +83,7 @@ impl Default for Config {
             max_frame: 1 << 20,
             link_idle: Duration::from_secs(10),
             max_pending_frames: 64,
-            max_peers: 32,
+            max_peers: 16,
             max_links: 1024,
             ransub_repair: true,
             repair_fanout: 4,

@@ -61,8 +61,18 @@ impl NodeId {
 }
 
 impl Serialize for NodeId {
+    /// The same bytes as the `SocketAddr` it stands for, written without building one.
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.addr().serialize(s)
+        let port = u16::from_be_bytes(self.port);
+        if s.is_human_readable() {
+            return self.addr().serialize(s);
+        }
+        match self.ip {
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d] => {
+                s.serialize_newtype_variant("SocketAddr", 0, "V4", &([a, b, c, d], port))
+            }
+            ip => s.serialize_newtype_variant("SocketAddr", 1, "V6", &(ip, port)),
+        }
     }
 }
 
@@ -124,9 +134,11 @@ mod tests {
 
     #[test]
     fn wire_form_is_a_socket_address() {
-        let id = NodeId::loopback(41, 7000);
-        let bytes = postcard::to_allocvec(&id).unwrap();
-        assert_eq!(postcard::from_bytes::<SocketAddr>(&bytes).unwrap(), id.addr());
-        assert_eq!(postcard::from_bytes::<NodeId>(&bytes).unwrap(), id);
+        for id in [NodeId::loopback(41, 7000), NodeId::new("[2001:db8::7]:9000".parse().unwrap())] {
+            let bytes = postcard::to_allocvec(&id).unwrap();
+            assert_eq!(bytes, postcard::to_allocvec(&id.addr()).unwrap(), "{id}");
+            assert_eq!(postcard::from_bytes::<SocketAddr>(&bytes).unwrap(), id.addr());
+            assert_eq!(postcard::from_bytes::<NodeId>(&bytes).unwrap(), id);
+        }
     }
 }

@@ -11,11 +11,15 @@ use crate::id::NodeId;
 use crate::ransub::{Entry, Place, RanSub, PAYLOAD};
 use crate::time::Instant;
 use crate::tree::{Tree, TreeState};
-use crate::wire::{DecodeError, Frame, FramePool, Message, TreeMsg};
+use crate::wire::{encode_once, DecodeError, Frame, FramePool, Message, TreeMsg};
 use rand::SeedableRng;
 use rand_pcg::Pcg32;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
+use std::rc::Rc;
+
+/// Output slots a node keeps between calls; a larger queue is freed once drained.
+const OUT_KEPT: usize = 16;
 
 /// What the driver must do, or may want to know.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -295,7 +299,8 @@ impl Ctx<'_> {
 /// outputs are drained after every call.
 pub struct Node {
     me: NodeId,
-    cfg: Config,
+    /// Shared, so that a simulator's thousands of nodes keep one copy.
+    cfg: Rc<Config>,
     rng: Pcg32,
     io: Io,
     tree: Tree,
@@ -303,12 +308,15 @@ pub struct Node {
     sweep_at: Option<Instant>,
     /// Next heartbeat check, while pinned links exist.
     tick_at: Option<Instant>,
+    /// The heartbeat frame (constant), once encoded.
+    heartbeat: Option<Frame>,
 }
 
 impl Node {
     /// A node with identity `id`, seeded RNG, created at `now`. It does nothing until
-    /// [`Command::Join`].
-    pub fn new(id: NodeId, cfg: Config, seed: u64, _now: Instant) -> Self {
+    /// [`Command::Join`]. `cfg` is a [`Config`] or an `Rc<Config>` shared with other nodes.
+    pub fn new(id: NodeId, cfg: impl Into<Rc<Config>>, seed: u64, _now: Instant) -> Self {
+        let cfg: Rc<Config> = cfg.into();
         Node {
             me: id,
             rng: Pcg32::seed_from_u64(seed),
@@ -323,6 +331,7 @@ impl Node {
             ransub: RanSub::default(),
             sweep_at: None,
             tick_at: None,
+            heartbeat: None,
             cfg,
         }
     }
@@ -355,9 +364,11 @@ impl Node {
             self.with_tree(now, |tree, ctx| tree.on_link_down(ctx, peer, true));
         }
         if self.tree.take_parent_changed() {
+            // Joined, re-attached or became root: RanSub's collect restarts and the root's epoch
+            // timer follows root-ness.
             self.ransub.reset();
+            self.with_ransub(now, |r, ctx, place| r.sync(ctx, place));
         }
-        self.with_ransub(now, |r, ctx, place| r.sync(ctx, place));
         if self.io.conns.sweep_wanted && self.sweep_at.is_none() {
             self.sweep_at = Some(now + self.cfg.link_idle);
             self.io.conns.sweep_wanted = false;
@@ -371,12 +382,20 @@ impl Node {
         }
     }
 
+    /// The heartbeat frame, encoded once and shared by every heartbeat this node sends.
+    fn heartbeat_frame(&mut self) -> Option<Frame> {
+        if self.heartbeat.is_none() {
+            self.heartbeat = encode_once(&Message::Tree(TreeMsg::Heartbeat));
+        }
+        self.heartbeat.clone()
+    }
+
     /// Heartbeats: write to quiet tree links, fail silent ones.
     fn tick(&mut self, now: Instant) {
         let (mut dead, mut quiet) = (Vec::new(), Vec::new());
         self.tick_at = self.io.conns.liveness(now, self.cfg.heartbeat, self.cfg.dead_after, &mut dead, &mut quiet);
         if !quiet.is_empty() {
-            if let Ok(frame) = self.io.pool.encode(&Message::Tree(TreeMsg::Heartbeat), self.cfg.max_frame) {
+            if let Some(frame) = self.heartbeat_frame() {
                 for peer in quiet {
                     self.io.stats.heartbeats += 1;
                     self.io.stats.frames_out += 1;
@@ -410,7 +429,7 @@ impl Node {
         self.io.stats.frames_in += 1;
         if answer {
             // Our parent leads the heartbeats on this link; we answer, at most once an interval.
-            if let Ok(frame) = self.io.pool.encode(&Message::Tree(TreeMsg::Heartbeat), self.cfg.max_frame) {
+            if let Some(frame) = self.heartbeat_frame() {
                 self.io.stats.heartbeats += 1;
                 self.io.stats.frames_out += 1;
                 self.io.out.push_back(Output::Transmit { to: from, frame });
@@ -477,7 +496,12 @@ impl Node {
 
     /// Next thing for the driver to do; call until `None` after every `handle_*`.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.io.out.pop_front()
+        let o = self.io.out.pop_front();
+        if o.is_none() && self.io.out.capacity() > OUT_KEPT {
+            // A burst (a RanSub epoch at a node with many children) is over: give it back.
+            self.io.out = VecDeque::new();
+        }
+        o
     }
 
     /// When to call [`Node::handle_timeout`] next.

@@ -64,7 +64,7 @@ pub const MAX_ROUTE: usize = 64;
 /// A new root's first probe comes this soon; the gap then doubles up to `probe_interval`.
 pub const FIRST_PROBE: core::time::Duration = core::time::Duration::from_secs(1);
 /// Most backbone contacts (the root's children) a node remembers.
-pub const MAX_TOP: usize = 16;
+pub const MAX_TOP: usize = 8;
 /// Recently unreachable peers remembered (tried last when joining).
 pub const MAX_SUSPECTS: usize = 8;
 
@@ -81,7 +81,8 @@ pub enum TreeState {
     Left,
 }
 
-type Children = SmallVec<[NodeId; 12]>;
+/// Children: a plain vector, so that leaves (most nodes) carry no inline array.
+type Children = Vec<NodeId>;
 
 #[derive(Debug)]
 pub(crate) struct Tree {
@@ -100,7 +101,7 @@ pub(crate) struct Tree {
     /// At most [`MAX_TOP`].
     top: Vec<NodeId>,
     /// Peers that recently failed to connect, tried last. At most [`MAX_SUSPECTS`], oldest dropped.
-    suspects: SmallVec<[NodeId; MAX_SUSPECTS]>,
+    suspects: Vec<NodeId>,
     /// Set while re-electing a root after our parent, the root, failed.
     failover: Option<NodeId>,
     /// The current round's remaining candidates, tried from the back.
@@ -116,14 +117,14 @@ pub(crate) struct Tree {
     /// While true, direct joins to RanSub candidates are outstanding and the ordinary rounds wait.
     in_direct: bool,
     /// RanSub candidates asked directly and not yet answered. At most [`MAX_FANOUT`].
-    direct: SmallVec<[NodeId; MAX_FANOUT]>,
+    direct: Vec<NodeId>,
     /// Every RanSub candidate asked in this repair (to tell how it ended). At most [`MAX_DIRECT`].
-    direct_sent: SmallVec<[NodeId; MAX_DIRECT]>,
+    direct_sent: Vec<NodeId>,
     /// Waves of direct attempts still allowed in this repair.
     waves_left: usize,
     /// Direct joins we are verifying up our parent chain, with their deadlines.
     /// At most [`MAX_VERIFYING`]; more are refused.
-    verifying: SmallVec<[(NodeId, Instant); MAX_VERIFYING]>,
+    verifying: Vec<(NodeId, Instant)>,
     /// Set when the parent changes; the node resets RanSub's collect on it.
     parent_changed: bool,
     join_at: Option<Instant>,
@@ -145,7 +146,7 @@ impl Tree {
             children: Children::new(),
             siblings: Vec::new(),
             peers: Vec::new(),
-            suspects: SmallVec::new(),
+            suspects: Vec::new(),
             top: Vec::new(),
             failover: None,
             candidates: Vec::new(),
@@ -154,10 +155,10 @@ impl Tree {
             answered: false,
             repairing: false,
             in_direct: false,
-            direct: SmallVec::new(),
-            direct_sent: SmallVec::new(),
+            direct: Vec::new(),
+            direct_sent: Vec::new(),
             waves_left: 0,
-            verifying: SmallVec::new(),
+            verifying: Vec::new(),
             parent_changed: false,
             join_at: None,
             direct_at: None,
@@ -500,12 +501,17 @@ impl Tree {
                 cands.push(e.id);
             }
         }
-        // Then RanSub's non-descendants (they cannot be below us), then its all-nodes view, each
-        // group in random order.
+        // Then RanSub's non-descendants (they cannot be below us), then its all-nodes view; in
+        // each group the shallowest first (the repaired tree stays shallow), ties in random order.
         let nd = first + cands[first..].iter().filter(|c| ctx.nondesc.iter().any(|e| e.id == **c)).count();
+        let depth =
+            |id: &NodeId| ctx.nondesc.iter().chain(ctx.all.iter()).find(|e| e.id == *id).map_or(u16::MAX, |e| e.depth);
         let (a, b) = cands.split_at_mut(nd);
-        shuffle(ctx, &mut a[first..]);
+        let a = &mut a[first..];
+        shuffle(ctx, a);
         shuffle(ctx, b);
+        a.sort_by_key(depth);
+        b.sort_by_key(depth);
         self.direct.clear();
         for &c in cands.iter().take(ctx.cfg.repair_fanout.min(MAX_FANOUT)) {
             self.direct.push(c);
@@ -636,7 +642,7 @@ impl Tree {
         }
         self.add_peer(ctx, root);
         self.set_top(top);
-        self.set_path(ctx, &path);
+        self.adopt_path(ctx, &path, true);
     }
 
     /// A join attempt ended (attached, or became root).
@@ -645,8 +651,9 @@ impl Tree {
         self.in_direct = false;
         self.waves_left = 0;
         self.direct_at = None;
-        self.direct.clear();
-        self.direct_sent.clear();
+        // Free what a repair used: most nodes are rarely repairing.
+        self.direct = Vec::new();
+        self.direct_sent = Vec::new();
     }
 
     fn on_reject(&mut self, ctx: &mut Ctx<'_>, from: NodeId) {
@@ -927,7 +934,7 @@ impl Tree {
         if !was_root {
             ctx.event(Event::BecameRoot);
         }
-        self.set_path(ctx, &[]);
+        self.adopt_path(ctx, &[], true);
         self.send_siblings(ctx, None);
         self.probe_gap = FIRST_PROBE;
         self.arm_probe(ctx);
@@ -946,10 +953,19 @@ impl Tree {
 
     fn probe(&mut self, ctx: &mut Ctx<'_>) {
         // Half the probes go to the backbone we remember (the most likely bridge to another
-        // tree after a failover), half to any peer.
+        // tree after a failover), half to a peer: one learnt from RanSub or from the bootstrap
+        // set and joins.
         let from_top = !self.top.is_empty() && ctx.rng.random_bool(0.5);
-        let pool: &[NodeId] = if from_top { &self.top } else { &self.peers };
-        let candidates: SmallVec<[NodeId; 32]> = pool.iter().copied().filter(|p| !self.children.contains(p)).collect();
+        let candidates: SmallVec<[NodeId; 32]> = if from_top {
+            self.top.iter().copied().filter(|p| !self.children.contains(p)).collect()
+        } else {
+            self.peers
+                .iter()
+                .copied()
+                .chain(ctx.all.iter().map(|e| e.id))
+                .filter(|p| *p != self.me && !self.children.contains(p))
+                .collect()
+        };
         if !candidates.is_empty() {
             let peer = candidates[ctx.rng.random_range(0..candidates.len())];
             ctx.send(peer, TreeMsg::Probe { root: self.me });
@@ -1012,13 +1028,19 @@ impl Tree {
 
     /// Adopt `path` (root first, parent last; empty at a root) and tell the children if it changed.
     fn set_path(&mut self, ctx: &mut Ctx<'_>, path: &[NodeId]) {
+        self.adopt_path(ctx, path, false);
+    }
+
+    /// [`Tree::set_path`], telling the children even when nothing seems to have changed: after a
+    /// re-attachment, children taken while we were detached hold a path we never had.
+    fn adopt_path(&mut self, ctx: &mut Ctx<'_>, path: &[NodeId], force: bool) {
         let root = path.first().copied().unwrap_or(self.me);
         let root_changed = self.root != Some(root);
         if root_changed {
             ctx.event(Event::RootChanged(root));
         }
         self.root = Some(root);
-        if self.path == path && !root_changed {
+        if self.path == path && !root_changed && !force {
             return;
         }
         self.path.clear();

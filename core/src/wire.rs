@@ -384,8 +384,13 @@ struct Sink<'a> {
 
 impl postcard::ser_flavors::Flavor for Sink<'_> {
     type Output = ();
+    #[inline]
     fn try_push(&mut self, b: u8) -> postcard::Result<()> {
-        self.try_extend(&[b])
+        if self.buf.len() >= self.max + PREFIX {
+            return Err(postcard::Error::SerializeBufferFull);
+        }
+        self.buf.push(b);
+        Ok(())
     }
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
         if self.buf.len() + data.len() > self.max + PREFIX {
@@ -458,6 +463,15 @@ impl FramePool {
 fn write_prefix(buf: &mut [u8]) {
     let len = (buf.len() - PREFIX) as u32;
     buf[..PREFIX].copy_from_slice(&len.to_be_bytes());
+}
+
+/// Encode a small constant message into a frame of its own (allocates; for frames a node
+/// encodes once and reuses).
+pub fn encode_once(msg: &Message) -> Option<Frame> {
+    let mut buf = vec![0; PREFIX];
+    postcard::serialize_with_flavor(msg, Sink { buf: &mut buf, max: 1 << 10 }).ok()?;
+    write_prefix(&mut buf);
+    Some(Frame(Rc::new(buf)))
 }
 
 /// Encode a hello frame (allocates; once per connection).

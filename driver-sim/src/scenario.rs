@@ -21,7 +21,8 @@ pub struct Scenario {
     pub nodes: u32,
     /// Master seed: every random stream of the run derives from it.
     pub seed: u64,
-    /// One-way delay of a frame: `min + Exp(mean)` capped at `max`, in milliseconds.
+    /// One-way delay of a frame: `min + Exp(mean)` capped at `max`, in milliseconds, with
+    /// `mean = (max - min) / 5`. Default 0.5..10: a testbed of clusters on one campus.
     pub latency_min_ms: f64,
     /// See `latency_min_ms`.
     pub latency_max_ms: f64,
@@ -60,8 +61,8 @@ impl Default for Scenario {
         Scenario {
             nodes: 1000,
             seed: 1,
-            latency_min_ms: 5.0,
-            latency_max_ms: 100.0,
+            latency_min_ms: 0.5,
+            latency_max_ms: 10.0,
             kill: 0.0,
             kill_root: false,
             crash: CrashKind::Process,
@@ -157,7 +158,8 @@ pub struct RecoveryReport {
 pub struct RanSubReport {
     /// Epochs the root started over the whole run.
     pub epochs: u64,
-    /// The population the root counted in its last epoch.
+    /// The population the root counted in its last epoch (the run waits for one count of the
+    /// repaired tree, at most two epochs).
     pub population_last: u32,
     /// Views sampled for the uniformity test (one random receiver per epoch).
     pub samples: u32,

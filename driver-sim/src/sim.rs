@@ -65,13 +65,19 @@ enum Kind {
     Timer { node: u32, incarnation: u32 },
 }
 
-/// A heap entry: small, so that sifting moves little. The event itself waits in a slot.
-#[derive(Clone, Copy, PartialEq, Eq)]
+/// A queued event. Buckets hold few events each, so entries carry the event itself.
 struct Ev {
     at: Instant,
     seq: u64,
-    slot: u32,
+    kind: Kind,
 }
+
+impl PartialEq for Ev {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Ev {}
 
 impl PartialOrd for Ev {
     fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
@@ -134,8 +140,13 @@ impl Calendar {
                 self.pull_far();
                 continue;
             }
-            if !self.buckets[(self.cursor % Self::BUCKETS) as usize].is_empty() {
+            let bucket = &mut self.buckets[(self.cursor % Self::BUCKETS) as usize];
+            if !bucket.is_empty() {
                 return true;
+            }
+            if bucket.capacity() > 16 {
+                // A burst passed: do not hold its memory for the next lap.
+                *bucket = BinaryHeap::new();
             }
             self.cursor += 1;
             self.pull_far();
@@ -212,6 +223,9 @@ struct SimNode {
     /// Partition side (0 or 1).
     side: u8,
     joined_once: bool,
+    /// Links up at this end (the node's file descriptors; a connection not yet accepted sits in
+    /// the kernel's backlog and is not counted). Checked against the budget when one opens.
+    fds: u32,
 }
 
 /// A cut between the two partition sides, until `until`.
@@ -229,12 +243,10 @@ pub struct Sim {
     now: Instant,
     seq: u64,
     heap: Calendar,
-    slots: Vec<Option<Kind>>,
-    free_slots: Vec<u32>,
     nodes: Vec<SimNode>,
     links: Vec<Link>,
     free_links: Vec<u32>,
-    cfg: Config,
+    cfg: std::rc::Rc<Config>,
     net: Pcg64,
     master_seed: u64,
     lat_min_us: f64,
@@ -286,8 +298,6 @@ impl Sim {
             now: Instant::ZERO,
             seq: 0,
             heap: Calendar::new(),
-            slots: Vec::new(),
-            free_slots: Vec::new(),
             nodes: (0..n)
                 .map(|_| SimNode {
                     node: None,
@@ -297,11 +307,12 @@ impl Sim {
                     links: Vec::new(),
                     side: 0,
                     joined_once: false,
+                    fds: 0,
                 })
                 .collect(),
             links: Vec::new(),
             free_links: Vec::new(),
-            cfg: scenario.config.clone(),
+            cfg: std::rc::Rc::new(scenario.config.clone()),
             net: Pcg64::seed_from_u64(mix(scenario.seed, 1)),
             master_seed: scenario.seed,
             lat_min_us: scenario.latency_min_ms * 1000.0,
@@ -377,17 +388,7 @@ impl Sim {
 
     fn push(&mut self, at: Instant, kind: Kind) {
         self.seq += 1;
-        let slot = match self.free_slots.pop() {
-            Some(s) => {
-                self.slots[s as usize] = Some(kind);
-                s
-            }
-            None => {
-                self.slots.push(Some(kind));
-                (self.slots.len() - 1) as u32
-            }
-        };
-        self.heap.push(Ev { at, seq: self.seq, slot });
+        self.heap.push(Ev { at, seq: self.seq, kind });
     }
 
     fn delay(&mut self) -> Duration {
@@ -469,6 +470,16 @@ impl Sim {
         l
     }
 
+    /// One end stops taking deliveries.
+    fn close_end(&mut self, l: u32, side: usize) {
+        let end = &mut self.links[l as usize].ends[side];
+        if end.open && end.up {
+            let n = end.node as usize;
+            self.nodes[n].fds = self.nodes[n].fds.saturating_sub(1);
+        }
+        end.open = false;
+    }
+
     /// Forget the link once neither end takes deliveries.
     fn maybe_free(&mut self, l: u32) {
         let link = &self.links[l as usize];
@@ -493,7 +504,7 @@ impl Sim {
         sn.host_up = true;
         sn.timer = None;
         let seed = mix(self.master_seed, 1000 + u64::from(i) + (u64::from(sn.incarnation) << 32));
-        let mut node = Node::new(id(i), self.cfg.clone(), seed, self.now);
+        let mut node = Node::new(id(i), std::rc::Rc::clone(&self.cfg), seed, self.now);
         if let Err(e) = node.handle_command(self.now, Command::Join { bootstrap }) {
             self.violation(format!("node {i}: join refused: {e}"));
         }
@@ -529,7 +540,7 @@ impl Sim {
         let links: Vec<u32> = sn.links.iter().map(|x| x.1).collect();
         for l in links {
             let side = self.links[l as usize].side(i);
-            self.links[l as usize].ends[side].open = false;
+            self.close_end(l, side);
             let other = 1 - side;
             if kind == CrashKind::Process && self.links[l as usize].ends[other].open {
                 // The kernel resets the connection: the peer hears at once, in-flight data is lost.
@@ -595,11 +606,7 @@ impl Sim {
             self.pops += 1;
             self.max_heap = self.max_heap.max(self.heap.len() as u64 + 1);
             self.now = ev.at;
-            let kind = self.slots[ev.slot as usize].take();
-            self.free_slots.push(ev.slot);
-            if let Some(kind) = kind {
-                self.dispatch(kind);
-            }
+            self.dispatch(ev.kind);
             if stop(self) {
                 return true;
             }
@@ -629,12 +636,19 @@ impl Sim {
                     return;
                 }
                 self.links[link as usize].ends[side].up = true;
+                self.nodes[to as usize].fds += 1;
                 let peer = self.links[link as usize].ends[1 - side].node;
                 self.events += 1;
                 if let Some(n) = self.nodes[to as usize].node.as_mut() {
                     n.handle_link(now, id(peer), LinkEvent::Connected);
                 }
                 self.after(to);
+                // Once the node has had its say (it may refuse the link), check its budget.
+                let fds = self.nodes[to as usize].fds;
+                self.max_open = self.max_open.max(fds);
+                if fds as usize > self.cfg.max_links {
+                    self.violation(format!("node {to} holds {fds} links, over its budget of {}", self.cfg.max_links));
+                }
             }
             Kind::ConnectFailed { to, peer, incarnation } => {
                 let sn = &mut self.nodes[to as usize];
@@ -654,7 +668,7 @@ impl Sim {
                 }
                 let was_up = l.ends[side].up;
                 let peer = l.ends[1 - side].node;
-                self.links[link as usize].ends[side].open = false;
+                self.close_end(link, side);
                 self.maybe_free(link);
                 if self.nodes[to as usize].node.is_none() {
                     return;
@@ -823,7 +837,7 @@ impl Sim {
         }
         let Some(l) = self.find_link(from, to) else { return };
         let side = self.links[l as usize].side(from);
-        self.links[l as usize].ends[side].open = false;
+        self.close_end(l, side);
         let other = 1 - side;
         if self.links[l as usize].ends[other].open {
             let at = self.fifo(l, from, other);
@@ -886,20 +900,6 @@ impl Sim {
             if n.children().contains(&p) {
                 bad.push(format!("node {i} has its parent {p} as a child"));
             }
-        }
-        // The budget, counted on the simulator's own links that the node was told of (its file
-        // descriptors; a connection not yet accepted sits in the kernel's backlog).
-        let open = self.nodes[i as usize]
-            .links
-            .iter()
-            .filter(|(_, l)| {
-                let end = self.links[*l as usize].ends[self.links[*l as usize].side(i)];
-                end.open && end.up
-            })
-            .count();
-        self.max_open = self.max_open.max(open as u32);
-        if open > self.cfg.max_links {
-            bad.push(format!("node {i} holds {open} links, over its budget of {}", self.cfg.max_links));
         }
         for b in bad {
             self.violation(b);
@@ -1055,6 +1055,20 @@ impl Sim {
             .filter(|(r, _)| self.node(*r).is_some_and(|n| n.is_root()))
             .max_by_key(|(r, c)| (*c, std::cmp::Reverse(*r)))
             .map(|(r, _)| r)
+    }
+
+    /// Bytes held by the simulator's own structures, by part (not counting the nodes' heaps).
+    pub fn own_bytes(&self) -> Vec<(&'static str, usize)> {
+        use std::mem::size_of;
+        let buckets: usize = self.heap.buckets.iter().map(|b| b.capacity() * size_of::<Ev>()).sum::<usize>()
+            + self.heap.buckets.capacity() * size_of::<BinaryHeap<Ev>>()
+            + self.heap.far.capacity() * size_of::<Ev>();
+        vec![
+            ("node slots", self.nodes.capacity() * size_of::<SimNode>()),
+            ("node link lists", self.nodes.iter().map(|n| n.links.capacity() * 8).sum()),
+            ("links", self.links.capacity() * size_of::<Link>()),
+            ("calendar", buckets),
+        ]
     }
 
     /// A counter summed over every node that ever ran (crashed incarnations included).
@@ -1257,6 +1271,10 @@ pub fn play_sim(sc: &Scenario) -> (Report, Sim) {
 
     // Broadcast after.
     report.broadcast_after = broadcast(&mut sim, 2, limit);
+    // Let the root count the repaired tree once (at most two epochs).
+    let counted = sim.populations.0;
+    let until = sim.now() + sc.config.ransub_epoch * 2;
+    sim.run_until(until, |s| s.populations.0 > counted);
 
     report.ransub.epochs = sim.populations.0;
     report.ransub.population_last = sim.populations.1;

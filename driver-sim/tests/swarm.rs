@@ -1,5 +1,7 @@
-//! Determinism and the swarm: hundreds of seeds with random fault mixes, every one required to
-//! converge with no safety violation and every survivor answering the broadcast after repair.
+//! Determinism and the swarm: hundreds of seeds with random fault mixes (process and silent host
+//! crashes, partitions, clogs, refused connects, restarts, small fd budgets), every one required
+//! to converge with no safety violation, no node over its link budget, no tree link evicted, and
+//! every survivor answering the broadcast after repair.
 //!
 //! `PLUSH_SWARM_SEEDS=N` changes the number of seeds (default 200); `PLUSH_SWARM_FIRST=S` the
 //! first one. A failing seed prints the `plush sim` command that reproduces it.
@@ -36,12 +38,22 @@ fn swarm_scenario(seed: u64) -> (Scenario, String) {
     if (sc.kill > 0.0 || sc.kill_root) && r.random_bool(0.3) {
         sc.restart_after_s = Some(r.random_range(2..=20) as f64);
     }
+    // Drawn after the rest, so that every earlier seed keeps its other parameters.
+    if r.random_bool(0.3) {
+        sc.crash = CrashKind::Host;
+    }
+    if r.random_bool(0.3) {
+        sc.config.max_links = r.random_range(20..=64);
+    }
     let mut cmd = format!(
         "plush sim --nodes {} --seed {} --latency {}..{} --kill {}",
         sc.nodes, sc.seed, sc.latency_min_ms, sc.latency_max_ms, sc.kill
     );
     if sc.kill_root {
         cmd += " --kill-root";
+    }
+    if sc.crash == CrashKind::Host {
+        cmd += " --crash host";
     }
     if let Some(p) = sc.partition {
         cmd += &format!(" --partition {p}");
@@ -58,6 +70,9 @@ fn swarm_scenario(seed: u64) -> (Scenario, String) {
     }
     if let Some(t) = sc.restart_after_s {
         cmd += &format!(" --restart-after {t}");
+    }
+    if sc.config.max_links != Scenario::default().config.max_links {
+        cmd += &format!(" --fd-budget {}", sc.config.max_links);
     }
     (sc, cmd)
 }
@@ -78,6 +93,12 @@ fn problems(r: &Report) -> Vec<String> {
     }
     if r.broadcast_after.replies != r.broadcast_after.expected {
         p.push(format!("broadcast after: {}/{}", r.broadcast_after.replies, r.broadcast_after.expected));
+    }
+    if r.conns.max_open > r.conns.budget {
+        p.push(format!("a node held {} links, over its budget of {}", r.conns.max_open, r.conns.budget));
+    }
+    if r.conns.pinned_evictions > 0 {
+        p.push(format!("{} tree links closed while pinned", r.conns.pinned_evictions));
     }
     p
 }
@@ -100,6 +121,10 @@ fn swarm_of_random_fault_mixes_all_converge() {
     let count = env("PLUSH_SWARM_SEEDS", 200);
     let mut failures = Vec::new();
     let (mut killed, mut partitioned, mut restarted, mut nodes) = (0u64, 0u64, 0u64, 0u64);
+    // Nodes killed by silent host crashes; seeds with a small fd budget, and those among them
+    // where the budget bit (links evicted or refused).
+    let (mut host_killed, mut budgeted, mut budget_bit) = (0u64, 0u64, 0u64);
+    let started = std::time::Instant::now();
     for seed in first..first + count {
         let (sc, cmd) = swarm_scenario(seed);
         let r = run(&sc);
@@ -110,17 +135,35 @@ fn swarm_of_random_fault_mixes_all_converge() {
         if sc.partition.is_some() && r.recovery.partitioned == 0 {
             p.push("no node was partitioned".into());
         }
+        if r.conns.budget as usize != sc.config.max_links {
+            p.push(format!("the report's budget {} is not the scenario's {}", r.conns.budget, sc.config.max_links));
+        }
         killed += u64::from(r.recovery.killed);
         partitioned += u64::from(r.recovery.partitioned);
         restarted += u64::from(r.recovery.restarted);
         nodes += u64::from(r.nodes);
+        if sc.crash == CrashKind::Host {
+            host_killed += u64::from(r.recovery.killed);
+        }
+        if sc.config.max_links < Scenario::default().config.max_links {
+            budgeted += 1;
+            if r.conns.evictions + r.conns.refused > 0 {
+                budget_bit += 1;
+            }
+        }
         if !p.is_empty() {
             failures.push(format!("seed {seed}: {}\n  reproduce: {cmd}", p.join("; ")));
         }
     }
     assert!(failures.is_empty(), "{} of {count} seeds failed:\n{}", failures.len(), failures.join("\n"));
-    eprintln!("swarm: {count} seeds, {nodes} nodes, {killed} killed, {partitioned} partitioned, {restarted} restarted");
+    eprintln!(
+        "swarm: {count} seeds, {nodes} nodes, {killed} killed ({host_killed} by host crashes), {partitioned} \
+         partitioned, {restarted} restarted, {budgeted} seeds with an fd budget ({budget_bit} where it bit), {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     if count >= 50 {
         assert!(killed > 0 && partitioned > 0 && restarted > 0, "the swarm exercised every fault");
+        assert!(host_killed > 0, "the swarm crashed hosts silently");
+        assert!(budget_bit > 0, "the swarm ran nodes into their fd budget ({budgeted} seeds had one)");
     }
 }
