@@ -15,10 +15,25 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 /// then port, is the one RandTree uses wherever it says "the lowest node": the new root after a
 /// root failure, the surviving root of a merge. IPv4 addresses order among themselves as
 /// numbers.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct NodeId {
     ip: [u8; 16],
     port: [u8; 2],
+}
+
+impl Ord for NodeId {
+    /// Address, then port: the same order as comparing the bytes, in two integer comparisons.
+    fn cmp(&self, other: &Self) -> core::cmp::Ordering {
+        u128::from_be_bytes(self.ip)
+            .cmp(&u128::from_be_bytes(other.ip))
+            .then_with(|| u16::from_be_bytes(self.port).cmp(&u16::from_be_bytes(other.port)))
+    }
+}
+
+impl PartialOrd for NodeId {
+    fn partial_cmp(&self, other: &Self) -> Option<core::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 impl NodeId {

@@ -22,9 +22,10 @@
 use crate::id::NodeId;
 use crate::node::{Ctx, Event};
 use crate::time::Instant;
-use crate::wire::{List, Message, RanSubMsg};
+use crate::wire::RanSubMsg;
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 /// Bytes of payload a node publishes in its entries.
 pub const PAYLOAD: usize = 8;
@@ -84,17 +85,19 @@ pub(crate) struct RanSub {
 /// (population represented, entries).
 fn compact(ctx: &mut Ctx<'_>, sets: &[(u32, &[Entry])], k: usize, out: &mut Vec<Entry>) {
     out.clear();
-    // Candidates with their weight: population per entry of their set.
-    let mut cand: Vec<(f64, Entry)> = Vec::new();
-    for (pop, set) in sets {
+    // Candidates (weight, set, entry): the weight is the population per entry of its set. On
+    // the stack for the usual sizes (12 children, subsets of 10).
+    let mut cand: SmallVec<[(f64, u16, u16); 160]> = SmallVec::new();
+    let mut total = 0.0;
+    for (si, (pop, set)) in sets.iter().enumerate() {
         if set.is_empty() {
             continue;
         }
         let w = f64::from((*pop).max(1)) / set.len() as f64;
-        cand.extend(set.iter().map(|e| (w, *e)));
+        cand.extend((0..set.len()).map(|ei| (w, si as u16, ei as u16)));
+        total += w * set.len() as f64;
     }
     while out.len() < k && !cand.is_empty() {
-        let total: f64 = cand.iter().map(|c| c.0).sum();
         let mut x = ctx.rng.random::<f64>() * total;
         let mut pick = cand.len() - 1;
         for (i, c) in cand.iter().enumerate() {
@@ -104,10 +107,35 @@ fn compact(ctx: &mut Ctx<'_>, sets: &[(u32, &[Entry])], k: usize, out: &mut Vec<
             }
             x -= c.0;
         }
-        let (_, e) = cand.swap_remove(pick);
+        let (w, si, ei) = cand.swap_remove(pick);
+        total -= w;
+        let e = sets[si as usize].1[ei as usize];
         if !out.iter().any(|o| o.id == e.id) {
             out.push(e);
         }
+    }
+}
+
+/// The wire form of RanSub's messages, borrowing the sets: encodes to the same bytes as
+/// `Message::RanSub(..)` without copying them into owned lists first.
+#[derive(Serialize)]
+enum OutMessage<'a> {
+    #[allow(dead_code)] // Only there to give `RanSub` its variant index.
+    Tree(()),
+    RanSub(OutRanSub<'a>),
+}
+
+#[derive(Serialize)]
+enum OutRanSub<'a> {
+    Distribute { epoch: u32, population: u32, all: &'a [Entry], nondesc: &'a [Entry] },
+    Collect { epoch: u32, population: u32, set: &'a [Entry] },
+}
+
+fn send(ctx: &mut Ctx<'_>, to: NodeId, msg: OutRanSub<'_>) {
+    match ctx.io.pool.encode(&OutMessage::RanSub(msg), ctx.cfg.max_frame) {
+        Ok(frame) => ctx.send_frame(to, frame),
+        // Sets are bounded by `ransub_size`; a frame too large for them is a configuration error.
+        Err(e) => debug_assert!(false, "cannot encode a RanSub message: {e:?}"),
     }
 }
 
@@ -188,22 +216,17 @@ impl RanSub {
         let me = self.me(ctx, place);
         let (mut nd, mut all) = (Vec::new(), Vec::new());
         for &child in place.children {
-            {
-                let mut sets: Vec<(u32, &[Entry])> = vec![(upper_pop, upper), (1, core::slice::from_ref(&me))];
-                sets.extend(self.kids.iter().filter(|k| k.id != child).map(|k| (k.population, k.set.as_slice())));
-                compact(ctx, &sets, ctx.cfg.ransub_size, &mut nd);
-                if let Some(k) = self.kids.iter().find(|k| k.id == child) {
-                    sets.push((k.population, k.set.as_slice()));
-                }
-                compact(ctx, &sets, ctx.cfg.ransub_size, &mut all);
+            let mut sets: SmallVec<[(u32, &[Entry]); 16]> = SmallVec::new();
+            sets.push((upper_pop, upper));
+            sets.push((1, core::slice::from_ref(&me)));
+            sets.extend(self.kids.iter().filter(|k| k.id != child).map(|k| (k.population, k.set.as_slice())));
+            compact(ctx, &sets, ctx.cfg.ransub_size, &mut nd);
+            if let Some(k) = self.kids.iter().find(|k| k.id == child) {
+                sets.push((k.population, k.set.as_slice()));
             }
-            let msg = RanSubMsg::Distribute {
-                epoch: self.epoch,
-                population: self.population,
-                all: List(all.clone()),
-                nondesc: List(nd.clone()),
-            };
-            ctx.send_msg(child, &Message::RanSub(msg));
+            compact(ctx, &sets, ctx.cfg.ransub_size, &mut all);
+            let msg = OutRanSub::Distribute { epoch: self.epoch, population: self.population, all: &all, nondesc: &nd };
+            send(ctx, child, msg);
         }
     }
 
@@ -227,7 +250,8 @@ impl RanSub {
         let mut set = Vec::new();
         let mut pop = 1u32;
         {
-            let mut sets: Vec<(u32, &[Entry])> = vec![(1, core::slice::from_ref(&me))];
+            let mut sets: SmallVec<[(u32, &[Entry]); 16]> = SmallVec::new();
+            sets.push((1, core::slice::from_ref(&me)));
             for k in self.kids.iter().filter(|k| k.epoch == epoch) {
                 sets.push((k.population, k.set.as_slice()));
                 pop = pop.saturating_add(k.population);
@@ -237,8 +261,7 @@ impl RanSub {
         self.subtree = pop;
         match place.parent {
             Some(p) => {
-                let msg = RanSubMsg::Collect { epoch, population: pop, set: List(set) };
-                ctx.send_msg(p, &Message::RanSub(msg));
+                send(ctx, p, OutRanSub::Collect { epoch, population: pop, set: &set });
             }
             None => {
                 self.population = pop;
@@ -304,5 +327,31 @@ impl RanSub {
     pub fn reset(&mut self) {
         self.collecting = None;
         self.collect_at = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{FramePool, List, Message};
+
+    #[test]
+    fn the_borrowed_wire_form_is_the_message_encoding() {
+        let e = Entry { id: NodeId::loopback(3, 7000), free: 2, depth: 4, payload: [9; PAYLOAD] };
+        let mut pool = FramePool::default();
+        let owned = Message::RanSub(RanSubMsg::Distribute {
+            epoch: 3,
+            population: 70,
+            all: List(vec![e, e]),
+            nondesc: List(vec![e]),
+        });
+        let borrowed =
+            OutMessage::RanSub(OutRanSub::Distribute { epoch: 3, population: 70, all: &[e, e], nondesc: &[e] });
+        let a = pool.encode(&owned, 1 << 20).unwrap().to_vec();
+        let b = pool.encode(&borrowed, 1 << 20).unwrap().to_vec();
+        assert_eq!(a, b);
+        let owned = Message::RanSub(RanSubMsg::Collect { epoch: 1, population: 5, set: List(vec![e]) });
+        let borrowed = OutMessage::RanSub(OutRanSub::Collect { epoch: 1, population: 5, set: &[e] });
+        assert_eq!(pool.encode(&owned, 1 << 20).unwrap().to_vec(), pool.encode(&borrowed, 1 << 20).unwrap().to_vec());
     }
 }

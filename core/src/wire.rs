@@ -407,8 +407,9 @@ impl postcard::ser_flavors::Flavor for Sink<'_> {
 impl FramePool {
     /// Buffers kept for reuse.
     pub const CAPACITY: usize = 4;
-    /// A buffer that grew past this many bytes is freed rather than kept when next reused.
-    pub const MAX_KEPT: usize = 512;
+    /// A buffer that grew past this many bytes (a RanSub distribute fits) is freed rather than
+    /// kept when next reused.
+    pub const MAX_KEPT: usize = 1024;
 
     /// Run `fill` on an empty buffer and wrap it as a frame.
     fn with_buffer<E>(&mut self, fill: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<Frame, E> {

@@ -285,7 +285,6 @@ pub struct Sim {
     pub pinned_closes: u64,
     /// Counters of crashed incarnations, so that totals survive crashes.
     pub dead_stats: plush_core::Stats,
-    outputs: Vec<Output>,
     /// Nodes whose deliveries are printed to stderr (`PLUSH_SIM_WATCH=3,17`), for debugging.
     watch: Vec<u32>,
 }
@@ -337,7 +336,6 @@ impl Sim {
             repair_times: Vec::new(),
             pinned_closes: 0,
             dead_stats: plush_core::Stats::default(),
-            outputs: Vec::new(),
             watch: std::env::var("PLUSH_SIM_WATCH")
                 .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
                 .unwrap_or_default(),
@@ -726,13 +724,7 @@ impl Sim {
 
     /// Drain node `i`'s outputs, carry them out, check its safety, re-arm its timer.
     fn after(&mut self, i: u32) {
-        let mut outs = core::mem::take(&mut self.outputs);
-        if let Some(n) = self.nodes[i as usize].node.as_mut() {
-            while let Some(o) = n.poll_output() {
-                outs.push(o);
-            }
-        }
-        for o in outs.drain(..) {
+        while let Some(o) = self.nodes[i as usize].node.as_mut().and_then(|n| n.poll_output()) {
             match o {
                 Output::Transmit { to, frame } => self.transmit(i, idx(to), frame),
                 Output::Connect(peer) => self.connect(i, idx(peer)),
@@ -746,7 +738,6 @@ impl Sim {
                 Output::Event(e) => self.on_event(i, e),
             }
         }
-        self.outputs = outs;
         self.check_node(i);
         let sn = &mut self.nodes[i as usize];
         if let Some(t) = sn.node.as_ref().and_then(|n| n.poll_timeout()) {
