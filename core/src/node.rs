@@ -436,6 +436,8 @@ impl Node {
             }
         }
         match msg {
+            // A heartbeat only refreshes the link, done above: nothing else can have changed.
+            Message::Tree(TreeMsg::Heartbeat) => return Ok(()),
             Message::Tree(m) => self.with_tree(now, |tree, ctx| tree.on_message(ctx, from, m, payload)),
             Message::RanSub(m) => self.with_ransub(now, |r, ctx, place| r.on_message(ctx, place, from, m)),
         }

@@ -193,8 +193,11 @@ impl Tree {
     }
 
     pub fn next_timeout(&self) -> Option<Instant> {
-        let verify = self.verifying.iter().map(|v| v.1).min();
-        [self.join_at, self.direct_at, self.probe_at, verify].into_iter().flatten().min()
+        let mut next = self.join_at;
+        for t in [self.direct_at, self.probe_at].into_iter().flatten().chain(self.verifying.iter().map(|v| v.1)) {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
+        next
     }
 
     /// What RanSub needs to know of our place.

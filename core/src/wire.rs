@@ -392,11 +392,19 @@ impl postcard::ser_flavors::Flavor for Sink<'_> {
         self.buf.push(b);
         Ok(())
     }
+    #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
         if self.buf.len() + data.len() > self.max + PREFIX {
             return Err(postcard::Error::SerializeBufferFull);
         }
-        self.buf.extend_from_slice(data);
+        if data.len() <= 8 {
+            // Varints and small fields: a few pushes beat a call to memmove.
+            for &b in data {
+                self.buf.push(b);
+            }
+        } else {
+            self.buf.extend_from_slice(data);
+        }
         Ok(())
     }
     fn finalize(self) -> postcard::Result<()> {
