@@ -371,6 +371,15 @@ fn metric(x: f64) -> String {
     }
 }
 
+/// A p-value with three decimals, or `n/a` when there was too little data for a test.
+fn p_value(p: f64) -> String {
+    if p.is_nan() {
+        "n/a".to_owned()
+    } else {
+        format!("{p:.3}")
+    }
+}
+
 /// `yes` or `no`.
 fn yes_no(b: bool) -> &'static str {
     if b {
@@ -434,13 +443,14 @@ fn summary(args: &SimArgs, r: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "ransub     {} epoch(s), population {}; uniformity p = {:.3} (all), {:.3} (non-descendants) over {} \
-         sample(s)",
+        "ransub     {} epoch(s), population {}; uniformity p = {} (all), {} (non-descendants) over {} \
+         sample(s){}",
         r.ransub.epochs,
         r.ransub.population_last,
-        r.ransub.uniformity_chi2_p,
-        r.ransub.nondesc_chi2_p,
-        r.ransub.samples
+        p_value(r.ransub.uniformity_chi2_p),
+        p_value(r.ransub.nondesc_chi2_p),
+        r.ransub.samples,
+        if r.ransub.samples < 100 { " (a weak test: --steady-epochs 200 for a strong one)" } else { "" }
     );
     let _ = writeln!(
         s,

@@ -163,7 +163,8 @@ pub struct RanSubReport {
     pub population_last: u32,
     /// Views sampled for the uniformity test (one random receiver per epoch).
     pub samples: u32,
-    /// Chi-square p-value that nodes appear in all-nodes views in proportion to 1/N.
+    /// Chi-square p-value that nodes appear in all-nodes views in proportion to 1/N (`null`
+    /// when too few views were sampled for a test).
     pub uniformity_chi2_p: f64,
     /// The same for non-descendant views (expected counts from the tree's shape).
     pub nondesc_chi2_p: f64,

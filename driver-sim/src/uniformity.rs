@@ -63,8 +63,8 @@ impl Uniformity {
         self.samples += 1;
     }
 
-    /// p-values for the all-nodes and the non-descendant views (1.0 when there is too little
-    /// data for even two groups).
+    /// p-values for the all-nodes and the non-descendant views (NaN, `null` in JSON, when there
+    /// is too little data for even two groups).
     pub fn p_values(&self) -> (f64, f64) {
         (p_value(&self.all_seen, &self.all_expected), p_value(&self.nd_seen, &self.nd_expected))
     }
@@ -73,9 +73,10 @@ impl Uniformity {
 fn p_value(seen: &[f64], expected: &[f64]) -> f64 {
     let total: f64 = expected.iter().sum();
     let nodes = expected.iter().filter(|e| **e > 0.0).count();
-    let groups = ((total / MIN_EXPECTED) as usize).min(nodes);
+    // A small allowance for rounding: 4 samples of 10 expect 40 in all, not 39.999...
+    let groups = ((total / MIN_EXPECTED + 1e-6) as usize).min(nodes);
     if groups < 2 {
-        return 1.0;
+        return f64::NAN;
     }
     // Interleave nodes into groups: node k of those with a positive expectation goes to k % groups.
     let mut o = vec![0.0; groups];
@@ -91,7 +92,7 @@ fn p_value(seen: &[f64], expected: &[f64]) -> f64 {
     let stat: f64 = o.iter().zip(&e).map(|(o, e)| (o - e) * (o - e) / e).sum();
     match ChiSquared::new((groups - 1) as f64) {
         Ok(d) => d.sf(stat),
-        Err(_) => 1.0,
+        Err(_) => f64::NAN,
     }
 }
 
