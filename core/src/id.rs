@@ -92,8 +92,21 @@ impl Serialize for NodeId {
 }
 
 impl<'de> Deserialize<'de> for NodeId {
+    /// Reads the bytes of a `SocketAddr` straight into the compact form.
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        SocketAddr::deserialize(d).map(NodeId::new)
+        if d.is_human_readable() {
+            return SocketAddr::deserialize(d).map(NodeId::new);
+        }
+        /// `SocketAddr`'s compact form: variant, address bytes, port.
+        #[derive(Deserialize)]
+        enum Wire {
+            V4(([u8; 4], u16)),
+            V6(([u8; 16], u16)),
+        }
+        Ok(match Wire::deserialize(d)? {
+            Wire::V4((a, port)) => NodeId::new(SocketAddr::new(IpAddr::V4(Ipv4Addr::from(a)), port)),
+            Wire::V6((ip, port)) => NodeId { ip, port: port.to_be_bytes() },
+        })
     }
 }
 
