@@ -85,31 +85,44 @@ pub(crate) struct RanSub {
 /// (population represented, entries).
 fn compact(ctx: &mut Ctx<'_>, sets: &[(u32, &[Entry])], k: usize, out: &mut Vec<Entry>) {
     out.clear();
-    // Candidates (weight, set, entry): the weight is the population per entry of its set. On
-    // the stack for the usual sizes (12 children, subsets of 10).
-    let mut cand: SmallVec<[(f64, u16, u16); 160]> = SmallVec::new();
+    // Every entry of a set stands for `population / len` nodes, so draw a set with probability
+    // proportional to (weight x entries left), then an entry of it uniformly, without
+    // replacement. `order` holds each set's entry indices; a set's untaken ones sit at the front
+    // of its slice. On the stack for the usual sizes (12 children, subsets of 10).
+    let mut left: SmallVec<[(f64, u32, u32, u32); 16]> = SmallVec::new(); // (weight, set, start, untaken)
+    let mut order: SmallVec<[u16; 160]> = SmallVec::new();
     let mut total = 0.0;
     for (si, (pop, set)) in sets.iter().enumerate() {
         if set.is_empty() {
             continue;
         }
         let w = f64::from((*pop).max(1)) / set.len() as f64;
-        cand.extend((0..set.len()).map(|ei| (w, si as u16, ei as u16)));
+        left.push((w, si as u32, order.len() as u32, set.len() as u32));
+        order.extend((0..set.len()).map(|e| e as u16));
         total += w * set.len() as f64;
     }
-    while out.len() < k && !cand.is_empty() {
+    while out.len() < k && total > 0.0 && !left.is_empty() {
         let mut x = ctx.rng.random::<f64>() * total;
-        let mut pick = cand.len() - 1;
-        for (i, c) in cand.iter().enumerate() {
-            if x < c.0 {
+        let mut pick = left.len() - 1;
+        for (i, l) in left.iter().enumerate() {
+            let mass = l.0 * f64::from(l.3);
+            if x < mass {
                 pick = i;
                 break;
             }
-            x -= c.0;
+            x -= mass;
         }
-        let (w, si, ei) = cand.swap_remove(pick);
+        let (w, si, start, untaken) = left[pick];
+        let j = ctx.rng.random_range(0..untaken);
+        let (a, b) = ((start + j) as usize, (start + untaken - 1) as usize);
+        order.swap(a, b);
+        let e = sets[si as usize].1[usize::from(order[b])];
         total -= w;
-        let e = sets[si as usize].1[ei as usize];
+        if untaken == 1 {
+            left.swap_remove(pick);
+        } else {
+            left[pick].3 -= 1;
+        }
         if !out.iter().any(|o| o.id == e.id) {
             out.push(e);
         }

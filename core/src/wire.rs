@@ -418,6 +418,8 @@ impl FramePool {
     /// A buffer that grew past this many bytes (a RanSub distribute fits) is freed rather than
     /// kept when next reused.
     pub const MAX_KEPT: usize = 1024;
+    /// Capacity of a new buffer.
+    pub const FIRST_CAPACITY: usize = 128;
 
     /// Run `fill` on an empty buffer and wrap it as a frame.
     fn with_buffer<E>(&mut self, fill: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<Frame, E> {
@@ -427,7 +429,7 @@ impl FramePool {
             if let Some(buf) = Rc::get_mut(&mut self.slots[i]) {
                 if buf.capacity() > Self::MAX_KEPT {
                     // Do not hold on to a large buffer for the rare large frame.
-                    *buf = Vec::new();
+                    *buf = Vec::with_capacity(Self::FIRST_CAPACITY);
                 }
                 buf.clear();
                 fill(buf)?;
@@ -435,7 +437,9 @@ impl FramePool {
                 return Ok(Frame(Rc::clone(&self.slots[i])));
             }
         }
-        let mut buf = Vec::new();
+        // Most frames are small; a RanSub distribute is a few hundred bytes. Start with room
+        // for the usual, not from nothing, so that encoding does not grow the buffer byte by byte.
+        let mut buf = Vec::with_capacity(Self::FIRST_CAPACITY);
         fill(&mut buf)?;
         let rc = Rc::new(buf);
         if n < Self::CAPACITY {
