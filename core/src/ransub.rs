@@ -212,7 +212,7 @@ impl RanSub {
     fn start_epoch(&mut self, ctx: &mut Ctx<'_>, place: &Place<'_>) {
         if self.collecting.is_some() {
             // Whatever did not report in a whole epoch is not counted.
-            self.finish_root_collect(ctx, place);
+            self.send_collect(ctx, place);
         }
         self.epoch = self.epoch.wrapping_add(1);
         self.epochs += 1;
@@ -281,10 +281,6 @@ impl RanSub {
                 ctx.event(Event::Population { epoch, population: pop });
             }
         }
-    }
-
-    fn finish_root_collect(&mut self, ctx: &mut Ctx<'_>, place: &Place<'_>) {
-        self.send_collect(ctx, place);
     }
 
     pub fn on_message(&mut self, ctx: &mut Ctx<'_>, place: &Place<'_>, from: NodeId, msg: RanSubMsg) {

@@ -116,10 +116,6 @@ impl Calendar {
         }
     }
 
-    fn len(&self) -> usize {
-        self.near + self.far.len()
-    }
-
     fn push(&mut self, ev: Ev) {
         let b = (ev.at.0 / Self::WIDTH_US).max(self.cursor);
         if b < self.cursor + Self::BUCKETS {
@@ -261,10 +257,6 @@ pub struct Sim {
     pub events: u64,
     /// Frames delivered.
     pub frames: u64,
-    /// Heap entries popped (events plus stale timers).
-    pub pops: u64,
-    /// Largest heap seen.
-    pub max_heap: u64,
     /// Safety violations counted.
     pub violations: u64,
     /// The first few violations, as text.
@@ -324,8 +316,6 @@ impl Sim {
             trace: 0xcbf2_9ce4_8422_2325,
             events: 0,
             frames: 0,
-            pops: 0,
-            max_heap: 0,
             violations: 0,
             violation_texts: Vec::new(),
             replies: Vec::new(),
@@ -601,8 +591,6 @@ impl Sim {
                 return true;
             }
             let Some(ev) = self.heap.pop() else { break };
-            self.pops += 1;
-            self.max_heap = self.max_heap.max(self.heap.len() as u64 + 1);
             self.now = ev.at;
             self.dispatch(ev.kind);
             if stop(self) {
