@@ -481,19 +481,21 @@ fn write_prefix(buf: &mut [u8]) {
 /// Encode a small constant message into a frame of its own (allocates; for frames a node
 /// encodes once and reuses).
 pub fn encode_once(msg: &Message) -> Option<Frame> {
-    let mut buf = vec![0; PREFIX];
-    postcard::serialize_with_flavor(msg, Sink { buf: &mut buf, max: 1 << 10 }).ok()?;
-    write_prefix(&mut buf);
-    Some(Frame(Rc::new(buf)))
+    encode_small(msg).map(|buf| Frame(Rc::new(buf)))
 }
 
 /// Encode a hello frame (allocates; once per connection).
 pub fn encode_hello(hello: &Hello) -> Vec<u8> {
-    let mut buf = vec![0; PREFIX];
     // A hello is a few dozen bytes: it always fits.
-    let _ = postcard::serialize_with_flavor(hello, Sink { buf: &mut buf, max: 1 << 10 });
+    encode_small(hello).unwrap_or_default()
+}
+
+/// A frame of at most 1 KiB in a buffer of its own; `None` if it does not fit.
+fn encode_small<T: Serialize>(msg: &T) -> Option<Vec<u8>> {
+    let mut buf = vec![0; PREFIX];
+    postcard::serialize_with_flavor(msg, Sink { buf: &mut buf, max: 1 << 10 }).ok()?;
     write_prefix(&mut buf);
-    buf
+    Some(buf)
 }
 
 #[cfg(test)]

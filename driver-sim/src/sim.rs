@@ -1220,7 +1220,7 @@ pub fn play_sim(sc: &Scenario) -> (Report, Sim) {
     while sim.now() < deadline {
         let target = sim.now() + tick;
         sim.run_until(target, |_| false);
-        if let Some(at) = restart_at.filter(|at| sim.now() >= *at) {
+        if restart_at.is_some_and(|at| sim.now() >= at) {
             restart_at = None;
             let live: Vec<u32> = (0..n).filter(|&i| sim.alive(i)).collect();
             for &v in &victims {
@@ -1229,7 +1229,6 @@ pub fn play_sim(sc: &Scenario) -> (Report, Sim) {
                 sim.restart(v, boot);
             }
             report.recovery.restarted = victims.len() as u32;
-            let _ = at;
         }
         if sim.now() >= heal_at && restart_at.is_none() && sim.converged() {
             recovered = true;
