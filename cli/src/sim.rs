@@ -124,6 +124,20 @@ pub struct SimArgs {
           value_parser = parse_positive_secs, allow_negative_numbers = true)]
     pub phase_limit: f64,
 
+    /// Run a job through the control plane: a controller invites (and launches) every host,
+    /// then every node runs a simulated process of 0.5 to 1.5 s and the results travel up.
+    #[arg(long)]
+    pub job: bool,
+
+    /// With --job: strike the faults while the job runs (else it runs after the repair).
+    #[arg(long, requires = "job")]
+    pub fault_during_job: bool,
+
+    /// With --job: the number of distinct outputs among the nodes (1: all print the same line).
+    #[arg(long, value_name = "K", default_value_t = 1, requires = "job",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub job_outputs: u32,
+
     /// Print the report as one JSON object on standard output instead of a summary.
     #[arg(long)]
     pub json: bool,
@@ -254,6 +268,9 @@ impl SimArgs {
             restart_after_s: self.restart_after,
             steady_epochs: self.steady_epochs,
             phase_limit_s: self.phase_limit,
+            job: self.job,
+            fault_during_job: self.fault_during_job,
+            job_outputs: self.job_outputs,
             ..Scenario::default()
         };
         // The range checks keep these conversions lossless.
@@ -316,6 +333,15 @@ impl SimArgs {
         }
         if self.phase_limit != DEFAULT_PHASE_LIMIT_S {
             let _ = write!(cmd, " --phase-limit {}", self.phase_limit);
+        }
+        if self.job {
+            cmd.push_str(" --job");
+        }
+        if self.fault_during_job {
+            cmd.push_str(" --fault-during-job");
+        }
+        if self.job_outputs != 1 {
+            let _ = write!(cmd, " --job-outputs {}", self.job_outputs);
         }
         cmd
     }
@@ -433,6 +459,21 @@ fn summary(args: &SimArgs, r: &Report) -> String {
         r.recovery.via_root,
         r.recovery.root_joins
     );
+    if let Some(j) = &r.job {
+        let _ = writeln!(
+            s,
+            "job        {}/{} live nodes answered in {:.1} s; {} lost, {} duplicate(s); {} distinct output(s) in \
+             {} message(s) at the controller; {} host(s) failed",
+            j.expected - j.missing.len().min(j.expected as usize) as u32,
+            j.expected,
+            j.sim_ms / 1e3,
+            j.lost,
+            j.duplicates,
+            j.distinct_outputs,
+            j.merged_messages_at_controller,
+            j.hosts_failed
+        );
+    }
     let _ = writeln!(
         s,
         "after      {}/{} replies, avg {:.0} ms, max {:.0} ms",

@@ -64,6 +64,32 @@ impl NodeId {
         n.checked_sub(1)
     }
 
+    /// The id `k` addresses after this one, same port; `None` past the end of the address space.
+    /// Runs of consecutive ids are what [`crate::NodeSet`] stores compactly.
+    pub fn offset(&self, k: u32) -> Option<NodeId> {
+        let ip = u128::from_be_bytes(self.ip).checked_add(u128::from(k))?;
+        Some(NodeId { ip: ip.to_be_bytes(), port: self.port })
+    }
+
+    /// How many addresses `later` lies after `self`, when both share a port and `later` is not
+    /// before `self`.
+    pub fn distance(&self, later: &NodeId) -> Option<u128> {
+        if self.port != later.port {
+            return None;
+        }
+        u128::from_be_bytes(later.ip).checked_sub(u128::from_be_bytes(self.ip))
+    }
+
+    /// (port, address as a 128-bit number): the order [`crate::NodeSet`] keeps its runs in.
+    pub(crate) fn run_key(&self) -> (u16, u128) {
+        (u16::from_be_bytes(self.port), u128::from_be_bytes(self.ip))
+    }
+
+    /// The inverse of [`NodeId::run_key`].
+    pub(crate) fn from_run_key(port: u16, ip: u128) -> NodeId {
+        NodeId { ip: ip.to_be_bytes(), port: port.to_be_bytes() }
+    }
+
     /// The listen address.
     pub fn addr(&self) -> SocketAddr {
         let v6 = Ipv6Addr::from(self.ip);

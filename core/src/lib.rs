@@ -20,15 +20,21 @@
 
 pub mod config;
 pub mod conn;
+pub mod control;
+pub mod controller;
 pub mod id;
 pub mod node;
+pub mod nodeset;
 pub mod ransub;
 pub mod time;
 pub mod tree;
 pub mod wire;
 
 pub use config::Config;
+pub use control::ProcessEvent;
+pub use controller::{Controller, HostState, Report};
 pub use id::NodeId;
 pub use node::{Command, CommandError, Event, InputError, LinkEvent, Node, Output, Stats};
+pub use nodeset::NodeSet;
 pub use time::Instant;
 pub use tree::TreeState;

@@ -7,6 +7,7 @@
 
 use crate::config::Config;
 use crate::conn::{Admit, ConnTable, LinkState, Pin};
+use crate::control::{Control, ProcessEvent};
 use crate::id::NodeId;
 use crate::ransub::{Entry, Place, RanSub, PAYLOAD};
 use crate::time::Instant;
@@ -38,10 +39,36 @@ pub enum Output {
     Close(NodeId),
     /// Something happened; drivers log it, the simulator records it.
     Event(Event),
+    /// Start the job's process; report its output and exit with [`Node::handle_process`].
+    Spawn {
+        /// The job.
+        job: u64,
+        /// Command and arguments.
+        argv: Vec<String>,
+        /// Extra environment.
+        env: Vec<(String, String)>,
+        /// Working directory.
+        cwd: Option<String>,
+    },
+    /// Kill the job's process (timeout or cancel); its result is already recorded.
+    Signal {
+        /// The job.
+        job: u64,
+    },
+    /// Start a Plush client on `host` (ssh, or a local process); report with
+    /// `handle_launched`.
+    Launch {
+        /// The host.
+        host: NodeId,
+    },
+    /// The client is done (dismantled, or idle too long): end the process. Links are closed.
+    Exit,
+    /// At the controller: something for the user (see [`crate::controller::Report`]).
+    Report(crate::controller::Report),
 }
 
 /// Upcalls: what changed in the node, for logs, tests and the simulator.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
     /// The node's parent changed (`None`: it lost its parent and is rejoining, or became root).
     ParentChanged(Option<NodeId>),
@@ -87,6 +114,13 @@ pub enum Event {
         /// Through a RanSub candidate that accepted it directly (else through the root).
         via_ransub: bool,
     },
+    /// A command (`Run`, `Cancel`, `Ack`, `Disconnect`, ...) came from a peer that is not our
+    /// parent (or, at the root, the controller): it was dropped.
+    CommandRejected(NodeId),
+    /// The barrier this node's process waits in was released: let the process go on.
+    BarrierReleased(String),
+    /// The overlay is being dismantled: the node exits once its children are gone.
+    Dismantling,
 }
 
 /// Link events the driver reports.
@@ -125,6 +159,11 @@ pub enum Command {
         /// Identifies the replies.
         id: u64,
     },
+    /// The local process enters barrier `name`; [`Event::BarrierReleased`] lets it go on.
+    BarrierEnter {
+        /// The barrier (at most [`crate::control::MAX_NAME`] bytes).
+        name: String,
+    },
 }
 
 /// Why a frame was refused. The node's state is unchanged; the driver closes that link.
@@ -156,6 +195,8 @@ pub enum CommandError {
     NotRoot,
     /// The node has left.
     Left,
+    /// Too many barriers at once, or a name too long.
+    Barrier,
 }
 
 impl core::fmt::Display for CommandError {
@@ -164,6 +205,7 @@ impl core::fmt::Display for CommandError {
             CommandError::AlreadyStarted => write!(f, "the node already joined or is joining"),
             CommandError::NotRoot => write!(f, "only a joined root can broadcast"),
             CommandError::Left => write!(f, "the node has left the overlay"),
+            CommandError::Barrier => write!(f, "too many barriers, or a barrier name too long"),
         }
     }
 }
@@ -205,6 +247,12 @@ pub struct Stats {
     pub repair_no_candidates: u64,
     /// Direct-repair waves that ended on their timeout.
     pub repair_waves_timed_out: u64,
+    /// Commands dropped because they did not come from above.
+    pub commands_rejected: u64,
+    /// Results forwarded but not held (too many distinct results in one job).
+    pub results_unheld: u64,
+    /// Live output bytes dropped by the stream rate limit.
+    pub stream_bytes_dropped: u64,
 }
 
 /// What protocol modules share: the output queue, links, buffers, stats.
@@ -310,6 +358,7 @@ pub struct Node {
     tick_at: Option<Instant>,
     /// The heartbeat frame (constant), once encoded.
     heartbeat: Option<Frame>,
+    control: Control,
 }
 
 impl Node {
@@ -332,7 +381,59 @@ impl Node {
             sweep_at: None,
             tick_at: None,
             heartbeat: None,
+            control: Control::new(id),
             cfg,
+        }
+    }
+
+    /// Run `f` on the control plane, with the tree.
+    fn with_control<R>(&mut self, now: Instant, f: impl FnOnce(&mut Control, &mut Tree, &mut Ctx<'_>) -> R) -> R {
+        let mut ctx = Ctx {
+            now,
+            me: self.me,
+            cfg: &self.cfg,
+            rng: &mut self.rng,
+            io: &mut self.io,
+            nondesc: self.ransub.nondesc(),
+            all: self.ransub.all(),
+        };
+        f(&mut self.control, &mut self.tree, &mut ctx)
+    }
+
+    /// Tell the control plane what the tree did since output `mark` (parents, children, root).
+    fn tree_news(&mut self, now: Instant, mut mark: usize) {
+        loop {
+            let news: SmallVec<[Event; 4]> = self
+                .io
+                .out
+                .range(mark.min(self.io.out.len())..)
+                .filter_map(|o| match o {
+                    Output::Event(
+                        e @ (Event::ParentChanged(Some(_))
+                        | Event::BecameRoot
+                        | Event::StoppedBeingRoot
+                        | Event::ChildAdded(_)
+                        | Event::ChildRemoved(_)),
+                    ) => Some(e.clone()),
+                    _ => None,
+                })
+                .collect();
+            mark = self.io.out.len();
+            if news.is_empty() || self.control.exited {
+                return;
+            }
+            let was_root = news.contains(&Event::StoppedBeingRoot);
+            let attached = news.iter().any(|e| matches!(e, Event::ParentChanged(Some(_))));
+            for e in news {
+                self.with_control(now, |c, tree, ctx| match e {
+                    Event::ParentChanged(Some(_)) => c.on_attached(ctx, tree, was_root),
+                    Event::BecameRoot => c.on_became_root(ctx, tree),
+                    Event::StoppedBeingRoot if !attached => c.on_attached_nowhere(ctx),
+                    Event::ChildAdded(child) => c.on_child_added(ctx, child),
+                    Event::ChildRemoved(child) => c.on_child_removed(ctx, tree, child),
+                    _ => {}
+                });
+            }
         }
     }
 
@@ -358,11 +459,14 @@ impl Node {
         f(&mut self.ransub, &mut ctx, &place);
     }
 
-    /// After every input: refused links reach the tree, timers are re-armed.
-    fn after(&mut self, now: Instant) {
+    /// After every input: refused links reach the tree, the control plane hears what the tree
+    /// did (outputs from `mark` on), timers are re-armed.
+    fn after(&mut self, now: Instant, mark: usize) {
         while let Some(peer) = self.io.refused.pop() {
             self.with_tree(now, |tree, ctx| tree.on_link_down(ctx, peer, true));
         }
+        self.tree_news(now, mark);
+        self.control.after(now, self.io.conns.len());
         if self.tree.take_parent_changed() {
             // Joined, re-attached or became root: RanSub's collect restarts and the root's epoch
             // timer follows root-ness.
@@ -408,7 +512,9 @@ impl Node {
             self.io.conns.remove(&peer);
             self.io.out.push_back(Output::Close(peer));
             self.io.out.push_back(Output::Event(Event::LinkSilent(peer)));
+            let related = self.tree.parent() == Some(peer) || self.tree.children().contains(&peer);
             self.with_tree(now, |tree, ctx| tree.on_link_down(ctx, peer, false));
+            self.with_control(now, |c, tree, ctx| c.on_peer_lost(ctx, tree, peer, related, false));
         }
     }
 
@@ -423,6 +529,9 @@ impl Node {
                 return Err(InputError::Decode(e));
             }
         };
+        if self.control.exited {
+            return Ok(());
+        }
         let Some(answer) = self.io.conns.received(now, &from, self.cfg.heartbeat) else {
             return Err(InputError::NoLink(from));
         };
@@ -435,21 +544,25 @@ impl Node {
                 self.io.out.push_back(Output::Transmit { to: from, frame });
             }
         }
+        let mark = self.io.out.len();
         match msg {
             // A heartbeat only refreshes the link, done above: nothing else can have changed.
             Message::Tree(TreeMsg::Heartbeat) => return Ok(()),
             Message::Tree(m) => self.with_tree(now, |tree, ctx| tree.on_message(ctx, from, m, payload)),
             Message::RanSub(m) => self.with_ransub(now, |r, ctx, place| r.on_message(ctx, place, from, m)),
+            Message::Control(m) => self.with_control(now, |c, tree, ctx| c.on_control(ctx, tree, from, m)),
+            Message::Job(m) => self.with_control(now, |c, tree, ctx| c.on_job(ctx, tree, from, m, payload)),
         }
-        self.after(now);
+        self.after(now, mark);
         Ok(())
     }
 
     /// A link came up, failed to open, or broke.
     pub fn handle_link(&mut self, now: Instant, peer: NodeId, ev: LinkEvent) {
-        if peer == self.me {
+        if peer == self.me || self.control.exited {
             return;
         }
+        let mark = self.io.out.len();
         match ev {
             LinkEvent::Connected => {
                 let Io { conns, out, stats, .. } = &mut self.io;
@@ -460,14 +573,41 @@ impl Node {
             }
             LinkEvent::ConnectFailed | LinkEvent::Closed => {
                 self.io.conns.remove(&peer);
-                self.with_tree(now, |tree, ctx| tree.on_link_down(ctx, peer, ev == LinkEvent::ConnectFailed));
+                let related = self.tree.parent() == Some(peer) || self.tree.children().contains(&peer);
+                let failed = ev == LinkEvent::ConnectFailed;
+                self.with_tree(now, |tree, ctx| tree.on_link_down(ctx, peer, failed));
+                self.with_control(now, |c, tree, ctx| c.on_peer_lost(ctx, tree, peer, related, failed));
             }
         }
-        self.after(now);
+        self.after(now, mark);
+    }
+
+    /// Output or exit of a process the node asked to spawn ([`Output::Spawn`]).
+    pub fn handle_process(&mut self, now: Instant, ev: ProcessEvent) {
+        if self.control.exited {
+            return;
+        }
+        let mark = self.io.out.len();
+        self.with_control(now, |c, tree, ctx| c.on_process(ctx, tree, ev));
+        self.after(now, mark);
+    }
+
+    /// The driver launched a client on `host` after [`Output::Launch`] (`ok`), or could not.
+    pub fn handle_launched(&mut self, now: Instant, host: NodeId, ok: bool) {
+        if self.control.exited {
+            return;
+        }
+        let mark = self.io.out.len();
+        self.with_control(now, |c, tree, ctx| c.on_launched(ctx, tree, host, ok));
+        self.after(now, mark);
     }
 
     /// A command from the local user.
     pub fn handle_command(&mut self, now: Instant, cmd: Command) -> Result<(), CommandError> {
+        if self.control.exited {
+            return Err(CommandError::Left);
+        }
+        let mark = self.io.out.len();
         let r = match cmd {
             Command::Join { bootstrap } => self.with_tree(now, |tree, ctx| tree.start(ctx, &bootstrap)),
             Command::Leave => self.with_tree(now, |tree, ctx| tree.leave(ctx)),
@@ -477,13 +617,24 @@ impl Node {
                 self.ransub.set_payload(payload);
                 Ok(())
             }
+            Command::BarrierEnter { name } => {
+                if self.with_control(now, |c, tree, ctx| c.enter_barrier(ctx, tree, name)) {
+                    Ok(())
+                } else {
+                    Err(CommandError::Barrier)
+                }
+            }
         };
-        self.after(now);
+        self.after(now, mark);
         r
     }
 
     /// Timers. Calling it early, or twice, does nothing harmful.
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.control.exited {
+            return;
+        }
+        let mark = self.io.out.len();
         if self.sweep_at.is_some_and(|t| t <= now) {
             let Io { conns, out, .. } = &mut self.io;
             self.sweep_at = conns.sweep(now, self.cfg.link_idle, out);
@@ -493,7 +644,8 @@ impl Node {
         }
         self.with_tree(now, |tree, ctx| tree.on_timeout(ctx));
         self.with_ransub(now, |r, ctx, place| r.on_timeout(ctx, place));
-        self.after(now);
+        self.with_control(now, |c, tree, ctx| c.on_timeout(ctx, tree));
+        self.after(now, mark);
     }
 
     /// Next thing for the driver to do; call until `None` after every `handle_*`.
@@ -508,7 +660,33 @@ impl Node {
 
     /// When to call [`Node::handle_timeout`] next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.tree.next_timeout(), self.ransub.next_timeout(), self.sweep_at, self.tick_at].into_iter().flatten().min()
+        if self.control.exited {
+            return None;
+        }
+        [
+            self.tree.next_timeout(),
+            self.ransub.next_timeout(),
+            self.sweep_at,
+            self.tick_at,
+            self.control.next_timeout(),
+            self.control.idle_deadline(self.cfg.idle_expiry),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// The controller, once known.
+    pub fn controller(&self) -> Option<NodeId> {
+        self.control.controller()
+    }
+    /// Whether the node exited ([`Output::Exit`]); it ignores every input from then on.
+    pub fn exited(&self) -> bool {
+        self.control.exited
+    }
+    /// Jobs the node tracks (running, holding results, or remembered for late children).
+    pub fn job_count(&self) -> usize {
+        self.control.job_count()
     }
 
     /// The all-nodes RanSub view of the last epoch.

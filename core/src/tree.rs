@@ -281,6 +281,16 @@ impl Tree {
         Ok(())
     }
 
+    /// Stop retrying these hosts (the controller declared them failed): drop them from every
+    /// list of contacts.
+    pub fn forget(&mut self, gone: &crate::NodeSet) {
+        self.peers.retain(|p| !gone.contains(p));
+        self.top.retain(|p| !gone.contains(p));
+        self.siblings.retain(|p| !gone.contains(p));
+        self.suspects.retain(|p| !gone.contains(p));
+        self.candidates.retain(|(p, _)| !gone.contains(p));
+    }
+
     pub fn broadcast(&mut self, ctx: &mut Ctx<'_>, id: u64) -> Result<(), CommandError> {
         if !self.is_root() {
             return Err(CommandError::NotRoot);

@@ -14,6 +14,7 @@
 //! [`MAX_LIST`] entries, and nothing else in a message has a variable size.
 
 use crate::id::NodeId;
+pub use crate::nodeset::NodeSet;
 pub use crate::ransub::Entry;
 use core::fmt;
 use core::ops::Deref;
@@ -79,6 +80,197 @@ pub enum Message {
     Tree(TreeMsg),
     /// RanSub: random subsets of the membership, every epoch.
     RanSub(RanSubMsg),
+    /// The control plane: controller, invitations, membership reports, dismantle.
+    Control(ControlMsg),
+    /// Jobs and barriers: commands down, results up.
+    Job(JobMsg),
+}
+
+/// Control-plane messages. See [`crate::control`] for the protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlMsg {
+    /// "The controller is `ctrl`": controller to root, parent to a new child, and a node to its
+    /// parent on the way up to a root that does not know it yet.
+    SetCtrl {
+        /// The controller.
+        ctrl: NodeId,
+    },
+    /// Root to controller: "I am the root".
+    SetRoot {
+        /// The root.
+        root: NodeId,
+    },
+    /// Controller to root: invite `host`. Root to `host`: join the overlay through me.
+    SetPeer {
+        /// The invited host.
+        host: NodeId,
+        /// The controller.
+        ctrl: NodeId,
+    },
+    /// Root to controller: the invitation could not reach `host` (no client runs there).
+    InviteFailed {
+        /// The host.
+        host: NodeId,
+    },
+    /// A new member, up the tree to the root and on to the controller: `node` joined.
+    Joined {
+        /// The member.
+        node: NodeId,
+    },
+    /// Up the tree to the root and on to the controller: `node` was lost.
+    Disconnected {
+        /// The lost node.
+        node: NodeId,
+        /// Whether the reporter was the lost node's parent or child (else the root verifies).
+        related: bool,
+    },
+    /// Root to a reported node: are you alive? Answered with `Status`.
+    GetStatus,
+    /// Answer to `GetStatus`.
+    Status {
+        /// Whether the node is joined to a tree.
+        joined: bool,
+    },
+    /// Root to the controller: members of the tree, in parts; `last` ends the list.
+    Participants {
+        /// Members.
+        nodes: NodeSet,
+        /// This is the last part.
+        last: bool,
+    },
+    /// Controller down the tree: these hosts failed; never retry them.
+    Forget {
+        /// The failed hosts.
+        nodes: NodeSet,
+    },
+    /// Down the tree: dismantle the overlay; every client exits.
+    Disconnect,
+}
+
+/// What a job is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobKind {
+    /// Run a command on every target.
+    Command,
+    /// No process: every member answers at once (the root's census for `Participants`).
+    Census,
+}
+
+/// Which nodes a job or barrier concerns.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    /// Every member.
+    All,
+    /// These nodes.
+    Nodes(NodeSet),
+}
+
+impl Target {
+    /// Whether `id` is targeted.
+    pub fn includes(&self, id: &NodeId) -> bool {
+        match self {
+            Target::All => true,
+            Target::Nodes(s) => s.contains(id),
+        }
+    }
+}
+
+/// A job, as it travels down the tree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// Chosen by the controller, unique among its jobs.
+    pub job: u64,
+    /// What it is.
+    pub kind: JobKind,
+    /// Who runs it.
+    pub target: Target,
+    /// The command and its arguments.
+    pub argv: List<String>,
+    /// Extra environment.
+    pub env: List<(String, String)>,
+    /// Working directory (the client's own when `None`).
+    pub cwd: Option<String>,
+    /// Kill the process after this many milliseconds (0: never).
+    pub timeout_ms: u64,
+    /// Stream output lines up as they come (rate-limited), besides the final result.
+    pub stream: bool,
+}
+
+/// How a job ended on a node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ExitStatus {
+    /// The process exited with this code.
+    Exited(i32),
+    /// A signal killed it.
+    Signaled(i32),
+    /// It ran past the job's timeout and was killed.
+    TimedOut,
+    /// The controller cancelled it.
+    Cancelled,
+    /// It could not be started.
+    SpawnFailed,
+}
+
+/// Results of many nodes with the same status and output.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    /// How it ended.
+    pub status: ExitStatus,
+    /// The output was cut at [`crate::Config::max_output`].
+    pub truncated: bool,
+    /// Output (stdout and stderr interleaved), at most [`crate::Config::max_output`] bytes.
+    pub output: Vec<u8>,
+    /// The nodes that produced it.
+    pub nodes: NodeSet,
+}
+
+/// Job and barrier messages. See [`crate::control`] for the protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobMsg {
+    /// Down the tree: run this job.
+    Run(RunSpec),
+    /// Up the tree: live output of one node (when the job streams).
+    Output {
+        /// The job.
+        job: u64,
+        /// The node.
+        node: NodeId,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// Up the tree: results, merged; `complete` says the sender's whole subtree has answered.
+    Results {
+        /// The job.
+        job: u64,
+        /// Results by (status, output).
+        groups: List<Group>,
+        /// The sender and every node below it have reported.
+        complete: bool,
+    },
+    /// Down the tree: the controller holds the results of `nodes`; forget them.
+    Ack {
+        /// The job.
+        job: u64,
+        /// Nodes whose results the controller holds.
+        nodes: NodeSet,
+    },
+    /// Down the tree: kill the job everywhere.
+    Cancel {
+        /// The job.
+        job: u64,
+    },
+    /// Up the tree: these nodes entered the barrier.
+    BarrierEnter {
+        /// The barrier.
+        name: String,
+        /// Who entered.
+        nodes: NodeSet,
+    },
+    /// Down the tree: the barrier is released.
+    BarrierRelease {
+        /// The barrier.
+        name: String,
+    },
 }
 
 /// RanSub messages. See [`crate::ransub`] for the protocol.
@@ -214,41 +406,42 @@ pub enum TreeMsg {
     },
 }
 
-/// A list read from the network: at most [`MAX_LIST`] entries, checked before allocating.
+/// A list read from the network: at most `CAP` entries ([`MAX_LIST`] unless stated), checked
+/// before allocating.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct List<T>(pub Vec<T>);
+pub struct List<T, const CAP: usize = MAX_LIST>(pub Vec<T>);
 
-impl<T> Deref for List<T> {
+impl<T, const CAP: usize> Deref for List<T, CAP> {
     type Target = [T];
     fn deref(&self) -> &[T] {
         &self.0
     }
 }
 
-impl<T: Serialize> Serialize for List<T> {
+impl<T: Serialize, const CAP: usize> Serialize for List<T, CAP> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         self.0.serialize(s)
     }
 }
 
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for List<T> {
+impl<'de, T: Deserialize<'de>, const CAP: usize> Deserialize<'de> for List<T, CAP> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<T>(core::marker::PhantomData<T>);
-        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
-            type Value = List<T>;
+        struct V<T, const CAP: usize>(core::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>, const CAP: usize> serde::de::Visitor<'de> for V<T, CAP> {
+            type Value = List<T, CAP>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, "a list of at most {MAX_LIST} entries")
+                write!(f, "a list of at most {CAP} entries")
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<List<T>, A::Error> {
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<List<T, CAP>, A::Error> {
                 let hint = seq.size_hint().unwrap_or(0);
-                if hint > MAX_LIST {
+                if hint > CAP {
                     return Err(serde::de::Error::invalid_length(hint, &self));
                 }
                 // Preallocate little: a lying length must not make us allocate.
                 let mut v = Vec::with_capacity(hint.min(16));
                 while let Some(x) = seq.next_element()? {
-                    if v.len() == MAX_LIST {
-                        return Err(serde::de::Error::invalid_length(MAX_LIST + 1, &self));
+                    if v.len() == CAP {
+                        return Err(serde::de::Error::invalid_length(CAP + 1, &self));
                     }
                     v.push(x);
                 }

@@ -52,6 +52,17 @@ pub struct Scenario {
     pub max_outstanding_joins: usize,
     /// Longest simulated time to wait for each phase to converge.
     pub phase_limit_s: f64,
+    /// Run a job through the control plane: a controller invites every host (launching its
+    /// client), then every node runs a simulated process and the results travel up.
+    pub job: bool,
+    /// Strike the faults while the job runs (else the job runs after the repair).
+    pub fault_during_job: bool,
+    /// Distinct outputs among the nodes (1: every node prints the same line).
+    pub job_outputs: u32,
+    /// A simulated process runs for a uniform time in this range, in seconds. Default 0.5..1.5.
+    pub job_min_s: f64,
+    /// See `job_min_s`.
+    pub job_max_s: f64,
     /// The core's configuration (the degree is `config.max_children`).
     pub config: Config,
 }
@@ -75,6 +86,11 @@ impl Default for Scenario {
             steady_epochs: 4,
             max_outstanding_joins: 50,
             phase_limit_s: 300.0,
+            job: false,
+            fault_during_job: false,
+            job_outputs: 1,
+            job_min_s: 0.5,
+            job_max_s: 1.5,
             config: Config::default(),
         }
     }
@@ -185,6 +201,32 @@ pub struct ConnsReport {
     pub refused: u64,
 }
 
+/// The job (`--job`), from the simulator's own record of deliveries.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct JobReport {
+    /// Nodes alive at the end.
+    pub expected: u32,
+    /// Nodes whose result the controller reported (alive at the end or not).
+    pub results: u32,
+    /// Node results the controller reported more than once.
+    pub duplicates: u32,
+    /// Nodes alive at the end without a reported result, plus results that reached a node that
+    /// stayed alive but never reached the controller.
+    pub lost: u32,
+    /// `Results` messages delivered to the controller.
+    pub merged_messages_at_controller: u64,
+    /// Distinct outputs reported.
+    pub distinct_outputs: u32,
+    /// Simulated time from the job's start to the last new result at the controller.
+    pub sim_ms: f64,
+    /// Hosts the controller declared failed (killed hosts it could not relaunch).
+    pub hosts_failed: u32,
+    /// Times the controller's link moved to a new root.
+    pub root_changes: u64,
+    /// Up to 10 nodes alive at the end without a result.
+    pub missing: Vec<u32>,
+}
+
 /// Simulator memory.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct MemoryReport {
@@ -235,4 +277,7 @@ pub struct Report {
     pub ransub: RanSubReport,
     /// Connection tables.
     pub conns: ConnsReport,
+    /// The job, with `--job`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobReport>,
 }

@@ -22,8 +22,11 @@
 
 use crate::scenario::{BroadcastReport, CrashKind, Report, Scenario, Shape};
 use crate::uniformity::Uniformity;
-use plush_core::wire::{encode_hello, Frame, Hello, Role, PREFIX};
-use plush_core::{Command, Config, Event, Instant, LinkEvent, Node, NodeId, Output, TreeState};
+use plush_core::wire::{encode_hello, ExitStatus, Frame, Hello, JobMsg, Message, Role, PREFIX};
+use plush_core::{
+    Command, Config, Controller, Event, HostState, InputError, Instant, LinkEvent, Node, NodeId, Output, ProcessEvent,
+    Report as CtrlReport, TreeState,
+};
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64;
 use std::cmp::Ordering;
@@ -63,6 +66,10 @@ enum Kind {
     Down { link: u32, gen: u32, to: u32 },
     /// `node`'s timer.
     Timer { node: u32, incarnation: u32 },
+    /// A job's simulated process ends at `node` (output, then exit).
+    ProcExit { node: u32, incarnation: u32, job: u64 },
+    /// The launcher `by` asked for finished on `host`.
+    Launched { by: u32, host: u32, ok: bool },
 }
 
 /// A queued event. Buckets hold few events each, so entries carry the event itself.
@@ -209,6 +216,10 @@ impl Link {
 
 struct SimNode {
     node: Option<Node>,
+    /// The controller, in its own slot (outside the tree).
+    ctrl: Option<Box<Controller>>,
+    /// Killed by the scenario: a launcher cannot start a client there.
+    killed: bool,
     /// Bumped at every restart, so that stale timers and connect failures are ignored.
     incarnation: u32,
     host_up: bool,
@@ -279,6 +290,44 @@ pub struct Sim {
     pub dead_stats: plush_core::Stats,
     /// Nodes whose deliveries are printed to stderr (`PLUSH_SIM_WATCH=3,17`), for debugging.
     watch: Vec<u32>,
+    /// The controller's slot, once added.
+    ctrl_slot: Option<u32>,
+    /// Simulated processes: their durations and outputs.
+    procs: Pcg64,
+    /// Job process duration range, in microseconds, and distinct outputs.
+    job_us: (u64, u64),
+    job_outputs: u32,
+    /// The job whose delivery the simulator records, and what it recorded.
+    pub job: JobRecord,
+    /// What the controller reported, except results and host states (counted in `job` and
+    /// `host_failures`).
+    pub ctrl_log: Vec<(Instant, CtrlReport)>,
+    /// Hosts the controller declared failed.
+    pub host_failures: u32,
+    /// Nodes that exited by themselves (dismantle, idle expiry).
+    pub exits: u32,
+    /// Launches carried out (a client started on request).
+    pub launches: u32,
+}
+
+/// What the simulator saw of one job, from its own record of deliveries (not the controller's
+/// claims).
+#[derive(Debug, Default)]
+pub struct JobRecord {
+    /// The job watched.
+    pub id: u64,
+    /// When it started.
+    pub started: Option<Instant>,
+    /// When the last new node result reached the controller's user.
+    pub last_result: Option<Instant>,
+    /// Per node: how many times the controller reported its result.
+    pub reported: Vec<u16>,
+    /// Per node: the nodes (other than itself) that received its result in a `Results` frame.
+    pub receivers: Vec<Vec<u32>>,
+    /// `Results` frames delivered to the controller.
+    pub ctrl_messages: u64,
+    /// Distinct outputs reported.
+    pub outputs: Vec<Vec<u8>>,
 }
 
 impl Sim {
@@ -292,6 +341,8 @@ impl Sim {
             nodes: (0..n)
                 .map(|_| SimNode {
                     node: None,
+                    ctrl: None,
+                    killed: false,
                     incarnation: 0,
                     host_up: true,
                     timer: None,
@@ -329,6 +380,123 @@ impl Sim {
             watch: std::env::var("PLUSH_SIM_WATCH")
                 .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
                 .unwrap_or_default(),
+            ctrl_slot: None,
+            procs: Pcg64::seed_from_u64(mix(scenario.seed, 3)),
+            job_us: ((scenario.job_min_s * 1e6) as u64, (scenario.job_max_s.max(scenario.job_min_s) * 1e6) as u64),
+            job_outputs: scenario.job_outputs.max(1),
+            job: JobRecord::default(),
+            ctrl_log: Vec::new(),
+            host_failures: 0,
+            exits: 0,
+            launches: 0,
+        }
+    }
+
+    /// Add the controller in a slot of its own (after the nodes) and return the slot.
+    pub fn add_controller(&mut self) -> u32 {
+        if let Some(c) = self.ctrl_slot {
+            return c;
+        }
+        let slot = self.nodes.len() as u32;
+        let seed = mix(self.master_seed, 999);
+        self.nodes.push(SimNode {
+            node: None,
+            ctrl: Some(Box::new(Controller::new(id(slot), std::rc::Rc::clone(&self.cfg), seed, self.now))),
+            killed: false,
+            incarnation: 1,
+            host_up: true,
+            timer: None,
+            links: Vec::new(),
+            side: 0,
+            joined_once: false,
+            fds: 0,
+        });
+        self.ctrl_slot = Some(slot);
+        slot
+    }
+
+    /// The controller, if added.
+    pub fn controller(&self) -> Option<&Controller> {
+        self.ctrl_slot.and_then(|c| self.nodes[c as usize].ctrl.as_deref())
+    }
+
+    /// Ask the controller something (with the current time); its outputs are carried out.
+    pub fn ctrl_do<R>(&mut self, f: impl FnOnce(&mut Controller, Instant) -> R) -> Option<R> {
+        let c = self.ctrl_slot?;
+        let now = self.now;
+        let r = self.nodes[c as usize].ctrl.as_deref_mut().map(|ctrl| f(ctrl, now));
+        self.after(c);
+        r
+    }
+
+    /// Watch job `id`: record every delivery of its results.
+    pub fn watch_job(&mut self, job: u64) {
+        let n = self.nodes.len();
+        self.job = JobRecord {
+            id: job,
+            started: Some(self.now),
+            reported: vec![0; n],
+            receivers: vec![Vec::new(); n],
+            ..JobRecord::default()
+        };
+    }
+
+    /// Start node `i`'s client without joining: it waits for an invitation (a launch).
+    pub fn launch_idle(&mut self, i: u32) {
+        let sn = &mut self.nodes[i as usize];
+        if sn.node.is_some() || sn.ctrl.is_some() {
+            return;
+        }
+        sn.incarnation += 1;
+        sn.host_up = true;
+        sn.timer = None;
+        sn.killed = false;
+        let seed = mix(self.master_seed, 1000 + u64::from(i) + (u64::from(sn.incarnation) << 32));
+        self.nodes[i as usize].node = Some(Node::new(id(i), std::rc::Rc::clone(&self.cfg), seed, self.now));
+        self.after(i);
+    }
+
+    /// Whether slot `i` runs a node or the controller.
+    fn present(&self, i: u32) -> bool {
+        let sn = &self.nodes[i as usize];
+        sn.node.is_some() || sn.ctrl.is_some()
+    }
+
+    fn m_frame(&mut self, i: u32, from: u32, payload: &[u8]) -> Result<(), InputError> {
+        let now = self.now;
+        let sn = &mut self.nodes[i as usize];
+        match (sn.node.as_mut(), sn.ctrl.as_deref_mut()) {
+            (Some(n), _) => n.handle_frame(now, id(from), payload),
+            (None, Some(c)) => c.handle_frame(now, id(from), payload),
+            _ => Ok(()),
+        }
+    }
+
+    fn m_link(&mut self, i: u32, peer: u32, ev: LinkEvent) {
+        let now = self.now;
+        let sn = &mut self.nodes[i as usize];
+        match (sn.node.as_mut(), sn.ctrl.as_deref_mut()) {
+            (Some(n), _) => n.handle_link(now, id(peer), ev),
+            (None, Some(c)) => c.handle_link(now, id(peer), ev),
+            _ => {}
+        }
+    }
+
+    fn m_poll(&mut self, i: u32) -> Option<Output> {
+        let sn = &mut self.nodes[i as usize];
+        match (sn.node.as_mut(), sn.ctrl.as_deref_mut()) {
+            (Some(n), _) => n.poll_output(),
+            (None, Some(c)) => c.poll_output(),
+            _ => None,
+        }
+    }
+
+    fn m_poll_timeout(&self, i: u32) -> Option<Instant> {
+        let sn = &self.nodes[i as usize];
+        match (sn.node.as_ref(), sn.ctrl.as_deref()) {
+            (Some(n), _) => n.poll_timeout(),
+            (None, Some(c)) => c.poll_timeout(),
+            _ => None,
         }
     }
 
@@ -491,6 +659,7 @@ impl Sim {
         sn.incarnation += 1;
         sn.host_up = true;
         sn.timer = None;
+        sn.killed = false;
         let seed = mix(self.master_seed, 1000 + u64::from(i) + (u64::from(sn.incarnation) << 32));
         let mut node = Node::new(id(i), std::rc::Rc::clone(&self.cfg), seed, self.now);
         if let Err(e) = node.handle_command(self.now, Command::Join { bootstrap }) {
@@ -522,6 +691,7 @@ impl Sim {
         self.dead_stats.root_verifies += st.root_verifies;
         let sn = &mut self.nodes[i as usize];
         sn.timer = None;
+        sn.killed = true;
         if kind == CrashKind::Host {
             sn.host_up = false;
         }
@@ -610,24 +780,56 @@ impl Sim {
                     return; // stale
                 }
                 sn.timer = None;
+                match (sn.node.as_mut(), sn.ctrl.as_deref_mut()) {
+                    (Some(n), _) => n.handle_timeout(now),
+                    (None, Some(c)) => c.handle_timeout(now),
+                    _ => return,
+                }
+                self.events += 1;
+                self.after(node);
+            }
+            Kind::ProcExit { node, incarnation, job } => {
+                let k = self.job_outputs;
+                let sn = &mut self.nodes[node as usize];
+                if sn.incarnation != incarnation {
+                    return;
+                }
                 let Some(n) = sn.node.as_mut() else { return };
                 self.events += 1;
-                n.handle_timeout(now);
+                let line =
+                    if k <= 1 { b"hello from plush\n".to_vec() } else { format!("output {}\n", node % k).into_bytes() };
+                n.handle_process(now, ProcessEvent::Output { job, bytes: line });
+                n.handle_process(now, ProcessEvent::Exit { job, status: ExitStatus::Exited(0) });
                 self.after(node);
+            }
+            Kind::Launched { by, host, ok } => {
+                let ok = ok && !self.nodes[host as usize].killed && self.nodes[host as usize].host_up;
+                if ok {
+                    self.launches += 1;
+                    self.launch_idle(host);
+                }
+                self.events += 1;
+                let sn = &mut self.nodes[by as usize];
+                match (sn.node.as_mut(), sn.ctrl.as_deref_mut()) {
+                    (Some(n), _) => n.handle_launched(now, id(host), ok),
+                    (None, Some(c)) => {
+                        c.handle_launched(now, id(host), if ok { Ok(()) } else { Err("the host is down") })
+                    }
+                    _ => return,
+                }
+                self.after(by);
             }
             Kind::Up { link, gen, to } => {
                 let l = &self.links[link as usize];
                 let side = l.side(to);
-                if !l.live || l.gen != gen || !l.ends[side].open || self.nodes[to as usize].node.is_none() {
+                if !l.live || l.gen != gen || !l.ends[side].open || !self.present(to) {
                     return;
                 }
                 self.links[link as usize].ends[side].up = true;
                 self.nodes[to as usize].fds += 1;
                 let peer = self.links[link as usize].ends[1 - side].node;
                 self.events += 1;
-                if let Some(n) = self.nodes[to as usize].node.as_mut() {
-                    n.handle_link(now, id(peer), LinkEvent::Connected);
-                }
+                self.m_link(to, peer, LinkEvent::Connected);
                 self.after(to);
                 // Once the node has had its say (it may refuse the link), check its budget.
                 let fds = self.nodes[to as usize].fds;
@@ -637,13 +839,11 @@ impl Sim {
                 }
             }
             Kind::ConnectFailed { to, peer, incarnation } => {
-                let sn = &mut self.nodes[to as usize];
-                if sn.incarnation != incarnation {
+                if self.nodes[to as usize].incarnation != incarnation || !self.present(to) {
                     return;
                 }
-                let Some(n) = sn.node.as_mut() else { return };
                 self.events += 1;
-                n.handle_link(now, id(peer), LinkEvent::ConnectFailed);
+                self.m_link(to, peer, LinkEvent::ConnectFailed);
                 self.after(to);
             }
             Kind::Down { link, gen, to } => {
@@ -656,14 +856,12 @@ impl Sim {
                 let peer = l.ends[1 - side].node;
                 self.close_end(link, side);
                 self.maybe_free(link);
-                if self.nodes[to as usize].node.is_none() {
+                if !self.present(to) {
                     return;
                 }
                 self.events += 1;
                 let ev = if was_up { LinkEvent::Closed } else { LinkEvent::ConnectFailed };
-                if let Some(n) = self.nodes[to as usize].node.as_mut() {
-                    n.handle_link(now, id(peer), ev);
-                }
+                self.m_link(to, peer, ev);
                 self.after(to);
             }
             Kind::Deliver { link, gen, to, frame } => {
@@ -681,8 +879,13 @@ impl Sim {
                         eprintln!("t={:.3}s {from} -> {to}: {m:?}", self.now.0 as f64 / 1e6);
                     }
                 }
-                let Some(n) = self.nodes[to as usize].node.as_mut() else { return };
-                if n.handle_frame(now, id(from), frame.payload()).is_err() {
+                if !self.present(to) {
+                    return;
+                }
+                if self.job.started.is_some() {
+                    self.note_results(from, to, frame.payload());
+                }
+                if self.m_frame(to, from, frame.payload()).is_err() {
                     // A driver closes a link that sent a bad frame.
                     self.violation(format!("node {to} refused a frame from {from}"));
                     self.close(to, from);
@@ -712,7 +915,7 @@ impl Sim {
 
     /// Drain node `i`'s outputs, carry them out, check its safety, re-arm its timer.
     fn after(&mut self, i: u32) {
-        while let Some(o) = self.nodes[i as usize].node.as_mut().and_then(|n| n.poll_output()) {
+        while let Some(o) = self.m_poll(i) {
             match o {
                 Output::Transmit { to, frame } => self.transmit(i, idx(to), frame),
                 Output::Connect(peer) => self.connect(i, idx(peer)),
@@ -724,11 +927,34 @@ impl Sim {
                     self.close(i, idx(peer))
                 }
                 Output::Event(e) => self.on_event(i, e),
+                Output::Spawn { job, .. } => {
+                    let (lo, hi) = self.job_us;
+                    let us = if hi > lo { self.procs.random_range(lo..=hi) } else { lo };
+                    let incarnation = self.nodes[i as usize].incarnation;
+                    self.push(self.now + Duration::from_micros(us), Kind::ProcExit { node: i, incarnation, job });
+                }
+                // The simulated process ignores signals: the node has recorded its result.
+                Output::Signal { .. } => {}
+                Output::Launch { host } => {
+                    let h = idx(host);
+                    let ok = (h as usize) < self.nodes.len() && self.nodes[h as usize].ctrl.is_none();
+                    // A launcher (ssh) takes a while: a round trip and a process start.
+                    let at = self.now + self.delay() + self.delay() + Duration::from_millis(100);
+                    self.push(at, Kind::Launched { by: i, host: h.min(self.nodes.len() as u32 - 1), ok });
+                }
+                Output::Exit => {
+                    self.exits += 1;
+                    self.crash(i, CrashKind::Process);
+                    self.nodes[i as usize].killed = false;
+                    return;
+                }
+                Output::Report(r) => self.on_report(r),
             }
         }
         self.check_node(i);
+        let t = self.m_poll_timeout(i);
         let sn = &mut self.nodes[i as usize];
-        if let Some(t) = sn.node.as_ref().and_then(|n| n.poll_timeout()) {
+        if let Some(t) = t {
             if sn.timer.is_none_or(|cur| t < cur) {
                 let t = t.max(self.now);
                 sn.timer = Some(t);
@@ -777,7 +1003,7 @@ impl Sim {
             }
         }
         let target = &self.nodes[to as usize];
-        let there = target.node.is_some();
+        let there = target.node.is_some() || target.ctrl.is_some();
         let host_up = target.host_up;
         let forward_block = self.blocked_until(from, to);
         let backward_block = self.blocked_until(to, from);
@@ -824,6 +1050,50 @@ impl Sim {
             self.push(at, Kind::Down { link: l, gen, to });
         }
         self.maybe_free(l);
+    }
+
+    /// Record a `Results` frame of the watched job: who received whose result.
+    fn note_results(&mut self, _from: u32, to: u32, payload: &[u8]) {
+        let Ok(Message::Job(JobMsg::Results { job, groups, .. })) = Message::decode(payload) else { return };
+        if job != self.job.id {
+            return;
+        }
+        if Some(to) == self.ctrl_slot {
+            self.job.ctrl_messages += 1;
+            return;
+        }
+        for g in groups.iter() {
+            for y in g.nodes.iter() {
+                let y = idx(y) as usize;
+                if y < self.job.receivers.len() && y != to as usize && !self.job.receivers[y].contains(&to) {
+                    self.job.receivers[y].push(to);
+                }
+            }
+        }
+    }
+
+    fn on_report(&mut self, r: CtrlReport) {
+        match r {
+            CtrlReport::Result { job, nodes, output, .. } if job == self.job.id => {
+                for y in nodes.iter() {
+                    let y = idx(y) as usize;
+                    if y < self.job.reported.len() {
+                        self.job.reported[y] = self.job.reported[y].saturating_add(1);
+                    }
+                }
+                if !self.job.outputs.iter().any(|o| o.as_slice() == output.as_slice()) {
+                    self.job.outputs.push(output.as_ref().clone());
+                }
+                self.job.last_result = Some(self.now);
+            }
+            CtrlReport::Result { .. } => {}
+            CtrlReport::Host { state, .. } => {
+                if state == HostState::Failed {
+                    self.host_failures += 1;
+                }
+            }
+            other => self.ctrl_log.push((self.now, other)),
+        }
     }
 
     fn on_event(&mut self, i: u32, e: Event) {
@@ -1108,35 +1378,8 @@ pub fn play_sim(sc: &Scenario) -> (Report, Sim) {
     let limit = Duration::from_micros((sc.phase_limit_s * 1e6) as u64);
     let mut report = Report { nodes: n, seed: sc.seed, degree: sc.config.max_children as u32, ..Report::default() };
 
-    // Build: node 0 founds the tree; the others join paced like invitations.
-    sim.start(0, Vec::new());
-    let mut next = 1u32;
-    // Paced joins take time: allow 10 ms of simulated time per node on top of the phase limit.
-    let deadline = sim.now() + limit + Duration::from_millis(10 * u64::from(n));
-    let mut built = false;
-    loop {
-        while next < n && (next - sim.joined_once) < sc.max_outstanding_joins as u32 {
-            let mut boot = vec![id(0)];
-            for _ in 0..2 {
-                let j = rng.random_range(0..next);
-                if sim.nodes[j as usize].joined_once && !boot.contains(&id(j)) {
-                    boot.push(id(j));
-                }
-            }
-            sim.start(next, boot);
-            next += 1;
-        }
-        if next >= n && sim.joined_once >= n && sim.converged() {
-            built = true;
-            break;
-        }
-        if sim.now() >= deadline {
-            break;
-        }
-        let target = sim.now() + tick;
-        let all_started = next >= n;
-        sim.run_until(target, |s| !all_started && s.joined_once + sc.max_outstanding_joins as u32 > next);
-    }
+    let built =
+        if sc.job { build_invited(&mut sim, n, limit, tick) } else { build_paced(&mut sim, sc, &mut rng, limit, tick) };
     report.build.sim_ms = sim.now().0 as f64 / 1000.0;
     report.tree = sim.shape();
     report.memory.bytes_per_node = rss_bytes().saturating_sub(rss0) / u64::from(n);
@@ -1153,6 +1396,13 @@ pub fn play_sim(sc: &Scenario) -> (Report, Sim) {
     }
     (report.ransub.uniformity_chi2_p, report.ransub.nondesc_chi2_p) = uni.p_values();
     report.ransub.samples = uni.samples;
+
+    if sc.job && sc.fault_during_job {
+        start_job(&mut sim);
+        // Strike when about half the processes have finished and results are on their way.
+        let mid = sim.now() + Duration::from_micros(((sc.job_min_s + sc.job_max_s) / 2.0 * 1e6) as u64);
+        sim.run_until(mid, |_| false);
+    }
 
     // Faults.
     let fault_at = sim.now();
@@ -1247,6 +1497,13 @@ pub fn play_sim(sc: &Scenario) -> (Report, Sim) {
     report.recovery.via_ransub = sim.repairs.0 - repairs_before.0;
     report.recovery.via_root = sim.repairs.1 - repairs_before.1;
 
+    if sc.job {
+        if !sc.fault_during_job {
+            start_job(&mut sim);
+        }
+        report.job = Some(wait_job(&mut sim, n, limit));
+    }
+
     // Broadcast after.
     report.broadcast_after = broadcast(&mut sim, 2, limit);
     // Let the root count the repaired tree once (at most two epochs).
@@ -1271,6 +1528,119 @@ pub fn play_sim(sc: &Scenario) -> (Report, Sim) {
     report.wall_ms = wall.elapsed().as_millis() as u64;
     report.events_per_s = sim.events as f64 / wall.elapsed().as_secs_f64().max(1e-9);
     (report, sim)
+}
+
+/// Build: node 0 founds the tree; the others join paced like invitations. Returns whether every
+/// node joined one tree.
+fn build_paced(sim: &mut Sim, sc: &Scenario, rng: &mut Pcg64, limit: Duration, tick: Duration) -> bool {
+    let n = sc.nodes.max(1);
+    sim.start(0, Vec::new());
+    let mut next = 1u32;
+    // Paced joins take time: allow 10 ms of simulated time per node on top of the phase limit.
+    let deadline = sim.now() + limit + Duration::from_millis(10 * u64::from(n));
+    loop {
+        while next < n && (next - sim.joined_once) < sc.max_outstanding_joins as u32 {
+            let mut boot = vec![id(0)];
+            for _ in 0..2 {
+                let j = rng.random_range(0..next);
+                if sim.nodes[j as usize].joined_once && !boot.contains(&id(j)) {
+                    boot.push(id(j));
+                }
+            }
+            sim.start(next, boot);
+            next += 1;
+        }
+        if next >= n && sim.joined_once >= n && sim.converged() {
+            return true;
+        }
+        if sim.now() >= deadline {
+            return false;
+        }
+        let target = sim.now() + tick;
+        let all_started = next >= n;
+        sim.run_until(target, |s| !all_started && s.joined_once + sc.max_outstanding_joins as u32 > next);
+    }
+}
+
+/// Build through the control plane: a controller (its own slot) is given every host; no client
+/// runs yet, so each invitation ends in a launch, then the client joins through the root.
+fn build_invited(sim: &mut Sim, n: u32, limit: Duration, tick: Duration) -> bool {
+    sim.add_controller();
+    let hosts: Vec<NodeId> = (0..n).map(id).collect();
+    sim.ctrl_do(|c, now| c.add_hosts(now, &hosts));
+    let deadline = sim.now() + limit + Duration::from_millis(10 * u64::from(n));
+    while sim.now() < deadline {
+        let target = sim.now() + tick;
+        sim.run_until(target, |_| false);
+        let joined = sim.controller().map_or(0, |c| c.host_counts()[HostState::Joined as usize]);
+        if joined as u32 >= n && sim.joined_once >= n && sim.converged() {
+            return true;
+        }
+    }
+    false
+}
+
+/// The job every node runs in `--job`.
+pub const SIM_JOB: u64 = 1;
+
+fn start_job(sim: &mut Sim) {
+    use plush_core::wire::{JobKind, List, RunSpec, Target};
+    sim.watch_job(SIM_JOB);
+    let spec = RunSpec {
+        job: SIM_JOB,
+        kind: JobKind::Command,
+        target: Target::All,
+        argv: List(vec!["echo".into(), "hello from plush".into()]),
+        env: List::default(),
+        cwd: None,
+        timeout_ms: 0,
+        stream: false,
+    };
+    let _ = sim.ctrl_do(|c, now| c.run(now, spec));
+}
+
+/// Wait until every live node's result reached the controller (or `limit`), and account.
+fn wait_job(sim: &mut Sim, n: u32, limit: Duration) -> crate::scenario::JobReport {
+    let deadline = sim.now() + limit;
+    let all_in = |s: &Sim| (0..n).all(|i| !s.alive(i) || s.job.reported.get(i as usize).is_some_and(|&r| r > 0));
+    while sim.now() < deadline && !all_in(sim) {
+        let target = (sim.now() + Duration::from_millis(50)).min(deadline);
+        sim.run_until(target, |_| false);
+    }
+    job_report(sim, n)
+}
+
+/// The job's figures, from the simulator's record.
+pub fn job_report(sim: &Sim, n: u32) -> crate::scenario::JobReport {
+    let j = &sim.job;
+    let mut r = crate::scenario::JobReport::default();
+    for i in 0..n {
+        let reported = j.reported.get(i as usize).copied().unwrap_or(0);
+        if sim.alive(i) {
+            r.expected += 1;
+        }
+        if reported > 0 {
+            r.results += 1;
+        }
+        r.duplicates += u32::from(reported.saturating_sub(1));
+        if reported == 0 {
+            let held_alive = j.receivers.get(i as usize).is_some_and(|v| v.iter().any(|&x| x < n && sim.alive(x)));
+            if sim.alive(i) || held_alive {
+                r.lost += 1;
+                if sim.alive(i) && r.missing.len() < 10 {
+                    r.missing.push(i);
+                }
+            }
+        }
+    }
+    r.merged_messages_at_controller = j.ctrl_messages;
+    r.distinct_outputs = j.outputs.len() as u32;
+    if let (Some(a), Some(b)) = (j.started, j.last_result) {
+        r.sim_ms = b.since(a).as_micros() as f64 / 1000.0;
+    }
+    r.hosts_failed = sim.host_failures;
+    r.root_changes = sim.controller().map_or(0, |c| c.stats().root_changes);
+    r
 }
 
 /// Broadcast from the main root and wait for every live node's reply (or `limit`).

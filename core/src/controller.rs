@@ -1,0 +1,792 @@
+//! `Controller`: the user's side of the control plane, outside the tree.
+//!
+//! The controller keeps one pinned link to the tree's root, whoever that is: it sends `SetCtrl`
+//! on connect and every [`Config::setctrl_refresh`], follows `SetRoot` when the root changes, and,
+//! when the root link dies, waits for the new root's `SetRoot` (a failover sends one) and after
+//! [`Config::join_retry`] asks a random member, whose `SetCtrl` travels up to the root.
+//!
+//! **Hosts.** A table of hosts, `Pending → Invited → Joined → Disconnected → Failed`. At most
+//! [`Config::max_invitations`] are `Invited` at once; the first host is invited directly and
+//! founds the tree, the others through the root (`SetPeer`). When the root reports that no
+//! client answers at a host, the controller asks its driver to [`Output::Launch`] one (unless
+//! [`Config::launch_at_root`]) and invites again once [`Controller::handle_launched`] says it
+//! started. An invitation unanswered for [`Config::invitation_expiry`], or a launch that fails,
+//! makes the host `Failed`; so do [`Config::failed_after_disconnects`] disconnects within
+//! [`Config::failed_window`]. A failed host is never invited again, and the tree is told to
+//! `Forget` it. A disconnected host is invited again.
+//!
+//! **Jobs.** [`Controller::run`] sends `Run` to the root (again to every new root until the tree
+//! reports the job complete). Results arrive merged, as groups of nodes with the same status and
+//! output; the controller keeps, per job, the set of nodes it has a result for, reports only
+//! results of nodes it has not seen ([`Report::Result`]), counts the rest as duplicates, and
+//! acknowledges what it holds (`Ack`, at most every [`Config::ack_interval`]) once the root says
+//! the tree has answered, and again whenever late results arrive.
+//!
+//! **Barriers.** [`Controller::barrier`] opens a named barrier over a target set; it is released
+//! when every expected node entered, or, after its timeout, when the threshold fraction did
+//! (a partial barrier). Later entries are reported ([`Report::BarrierLate`]) and released again.
+//!
+//! Bounds: one entry per host added (the caller's list); at most [`Config::max_jobs`] jobs and
+//! [`crate::control::MAX_BARRIERS`] barriers; per job one node set.
+
+use crate::config::Config;
+use crate::conn::{ConnTable, Pin};
+use crate::control::MAX_BARRIERS;
+use crate::id::NodeId;
+use crate::node::{Ctx, InputError, Io, LinkEvent, Output};
+use crate::nodeset::NodeSet;
+use crate::time::Instant;
+use crate::wire::{encode_once, ControlMsg, ExitStatus, FramePool, JobMsg, Message, RunSpec, Target, TreeMsg};
+use rand::{RngExt, SeedableRng};
+use rand_pcg::Pcg32;
+use smallvec::SmallVec;
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+/// Where a host stands, as the controller sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HostState {
+    /// Added, not invited yet.
+    Pending,
+    /// Invitation sent; waiting for it to join.
+    Invited,
+    /// A member of the tree.
+    Joined,
+    /// Lost; it will be invited again.
+    Disconnected,
+    /// Given up on: never invited again.
+    Failed,
+}
+
+/// What the controller tells its user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Report {
+    /// A host changed state; `why` says why it failed.
+    Host {
+        /// The host.
+        host: NodeId,
+        /// Its new state.
+        state: HostState,
+        /// For `Failed`: the reason.
+        why: Option<&'static str>,
+    },
+    /// The tree has a new root, and the controller's link moved to it.
+    RootChanged(NodeId),
+    /// Results of nodes not reported before, all with this status and output.
+    Result {
+        /// The job.
+        job: u64,
+        /// How it ended.
+        status: ExitStatus,
+        /// The output was cut.
+        truncated: bool,
+        /// The output.
+        output: Rc<Vec<u8>>,
+        /// The nodes.
+        nodes: NodeSet,
+    },
+    /// Live output of one node.
+    Stream {
+        /// The job.
+        job: u64,
+        /// The node.
+        node: NodeId,
+        /// The bytes.
+        bytes: Vec<u8>,
+    },
+    /// The root says every member of the tree answered the job.
+    JobComplete {
+        /// The job.
+        job: u64,
+    },
+    /// A barrier was released.
+    BarrierReleased {
+        /// The barrier.
+        name: String,
+        /// Nodes that had entered.
+        entered: u64,
+        /// Nodes expected.
+        expected: u64,
+        /// Released at the threshold after the timeout, not complete.
+        partial: bool,
+    },
+    /// Nodes entered a barrier after its release (they were let through).
+    BarrierLate {
+        /// The barrier.
+        name: String,
+        /// The late nodes.
+        nodes: NodeSet,
+    },
+}
+
+/// Why a controller call was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ControllerError {
+    /// Too many jobs or barriers at once.
+    Full,
+    /// A job with this id exists.
+    Duplicate,
+    /// No such job.
+    Unknown,
+}
+
+impl core::fmt::Display for ControllerError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ControllerError::Full => write!(f, "too many jobs or barriers at once"),
+            ControllerError::Duplicate => write!(f, "a job or barrier with this name exists"),
+            ControllerError::Unknown => write!(f, "no such job"),
+        }
+    }
+}
+
+impl std::error::Error for ControllerError {}
+
+/// Counters of the controller.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ControllerStats {
+    /// `Results` messages received.
+    pub result_messages: u64,
+    /// Node results received again (dropped).
+    pub duplicate_results: u64,
+    /// Invitations sent (`SetPeer`).
+    pub invitations: u64,
+    /// Most invitations outstanding at once.
+    pub max_outstanding: u64,
+    /// Launches asked of the driver.
+    pub launches: u64,
+    /// Times the root changed.
+    pub root_changes: u64,
+}
+
+#[derive(Debug)]
+struct Host {
+    id: NodeId,
+    state: HostState,
+    since: Instant,
+    /// Recent disconnects, within the failure window.
+    disconnects: SmallVec<[Instant; 4]>,
+    launched: bool,
+}
+
+#[derive(Debug)]
+struct Job {
+    spec: RunSpec,
+    got: NodeSet,
+    complete: bool,
+    ack_at: Option<Instant>,
+    last_ack: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Barrier {
+    name: String,
+    target: Target,
+    threshold: f64,
+    deadline: Instant,
+    entered: NodeSet,
+    released: bool,
+}
+
+/// The controller (see the module docs). Same contract as [`crate::Node`]: `handle_*`, then
+/// drain [`Controller::poll_output`], and call [`Controller::handle_timeout`] at
+/// [`Controller::poll_timeout`].
+pub struct Controller {
+    me: NodeId,
+    cfg: Rc<Config>,
+    rng: Pcg32,
+    io: Io,
+    root: Option<NodeId>,
+    hosts: Vec<Host>,
+    /// Hosts to invite, in order. Entries whose host is no longer pending are skipped.
+    queue: VecDeque<NodeId>,
+    /// (host, invited at), oldest first, for expiry; stale entries are skipped.
+    invited: VecDeque<(NodeId, Instant)>,
+    outstanding: usize,
+    /// Hosts in each state.
+    counts: [usize; 5],
+    jobs: Vec<Job>,
+    barriers: Vec<Barrier>,
+    refresh_at: Option<Instant>,
+    seek_at: Option<Instant>,
+    tick_at: Option<Instant>,
+    heartbeat: Option<crate::wire::Frame>,
+    stats: ControllerStats,
+}
+
+impl Controller {
+    /// A controller listening at `id`.
+    pub fn new(id: NodeId, cfg: impl Into<Rc<Config>>, seed: u64, _now: Instant) -> Self {
+        let cfg: Rc<Config> = cfg.into();
+        Controller {
+            me: id,
+            rng: Pcg32::seed_from_u64(seed),
+            io: Io {
+                out: VecDeque::new(),
+                conns: ConnTable::new(cfg.max_links),
+                pool: FramePool::default(),
+                stats: Default::default(),
+                refused: SmallVec::new(),
+            },
+            root: None,
+            hosts: Vec::new(),
+            queue: VecDeque::new(),
+            invited: VecDeque::new(),
+            outstanding: 0,
+            counts: [0; 5],
+            jobs: Vec::new(),
+            barriers: Vec::new(),
+            refresh_at: None,
+            seek_at: None,
+            tick_at: None,
+            heartbeat: None,
+            stats: ControllerStats::default(),
+            cfg,
+        }
+    }
+
+    fn ctx(&mut self, now: Instant) -> Ctx<'_> {
+        Ctx { now, me: self.me, cfg: &self.cfg, rng: &mut self.rng, io: &mut self.io, nondesc: &[], all: &[] }
+    }
+
+    fn send(&mut self, now: Instant, to: NodeId, msg: Message) {
+        self.ctx(now).send_msg(to, &msg);
+    }
+
+    fn report(&mut self, r: Report) {
+        self.io.out.push_back(Output::Report(r));
+    }
+
+    fn host(&mut self, id: &NodeId) -> Option<&mut Host> {
+        match self.hosts.binary_search_by(|h| h.id.cmp(id)) {
+            Ok(i) => Some(&mut self.hosts[i]),
+            Err(_) => None,
+        }
+    }
+
+    fn set_state(&mut self, now: Instant, id: NodeId, state: HostState, why: Option<&'static str>) {
+        let i = match self.hosts.binary_search_by(|h| h.id.cmp(&id)) {
+            Ok(i) => i,
+            Err(i) => {
+                // A member we did not invite (an earlier controller did): adopt it.
+                self.hosts.insert(
+                    i,
+                    Host { id, state: HostState::Pending, since: now, disconnects: SmallVec::new(), launched: false },
+                );
+                self.counts[HostState::Pending as usize] += 1;
+                i
+            }
+        };
+        let h = &mut self.hosts[i];
+        if h.state == state || h.state == HostState::Failed {
+            return;
+        }
+        if h.state == HostState::Invited {
+            self.outstanding -= 1;
+        }
+        self.counts[h.state as usize] -= 1;
+        self.counts[state as usize] += 1;
+        h.state = state;
+        h.since = now;
+        if state == HostState::Invited {
+            self.outstanding += 1;
+            self.stats.max_outstanding = self.stats.max_outstanding.max(self.outstanding as u64);
+        }
+        if state == HostState::Joined {
+            h.launched = false;
+        }
+        self.report(Report::Host { host: id, state, why });
+    }
+
+    // ----- what the user asks ----------------------------------------------------------------
+
+    /// Add hosts to invite (already known ones are left as they are).
+    pub fn add_hosts(&mut self, now: Instant, hosts: &[NodeId]) {
+        let mut new: Vec<NodeId> =
+            hosts.iter().copied().filter(|id| self.hosts.binary_search_by(|h| h.id.cmp(id)).is_err()).collect();
+        new.sort_unstable();
+        new.dedup();
+        // Invitations go out in the caller's order.
+        let mut queued = std::collections::BTreeSet::new();
+        for &id in hosts {
+            if new.binary_search(&id).is_ok() && queued.insert(id) {
+                self.queue.push_back(id);
+            }
+        }
+        self.counts[HostState::Pending as usize] += new.len();
+        self.hosts.extend(new.into_iter().map(|id| Host {
+            id,
+            state: HostState::Pending,
+            since: now,
+            disconnects: SmallVec::new(),
+            launched: false,
+        }));
+        self.hosts.sort_unstable_by_key(|h| h.id);
+        self.pump(now);
+    }
+
+    /// Attach to an existing tree through any member (its `SetCtrl` goes up to the root).
+    pub fn attach(&mut self, now: Instant, member: NodeId) {
+        let me = self.me;
+        self.send(now, member, Message::Control(ControlMsg::SetCtrl { ctrl: me }));
+        self.seek_at = Some(now + self.cfg.join_retry);
+    }
+
+    /// Start a job. Its id must be new (and must not have the top bit set, which censuses use).
+    pub fn run(&mut self, now: Instant, spec: RunSpec) -> Result<(), ControllerError> {
+        if self.jobs.iter().any(|j| j.spec.job == spec.job) || spec.job & crate::control::CENSUS_BIT != 0 {
+            return Err(ControllerError::Duplicate);
+        }
+        if self.jobs.len() >= self.cfg.max_jobs {
+            return Err(ControllerError::Full);
+        }
+        if let Some(root) = self.root {
+            self.send(now, root, Message::Job(JobMsg::Run(spec.clone())));
+        }
+        self.jobs.push(Job { spec, got: NodeSet::new(), complete: false, ack_at: None, last_ack: None });
+        Ok(())
+    }
+
+    /// Kill a job everywhere.
+    pub fn cancel(&mut self, now: Instant, job: u64) -> Result<(), ControllerError> {
+        if !self.jobs.iter().any(|j| j.spec.job == job) {
+            return Err(ControllerError::Unknown);
+        }
+        if let Some(root) = self.root {
+            self.send(now, root, Message::Job(JobMsg::Cancel { job }));
+        }
+        Ok(())
+    }
+
+    /// Stop tracking a job (the caller has what it wanted).
+    pub fn forget(&mut self, job: u64) {
+        self.jobs.retain(|j| j.spec.job != job);
+    }
+
+    /// Nodes whose result for `job` arrived.
+    pub fn results_of(&self, job: u64) -> Option<&NodeSet> {
+        self.jobs.iter().find(|j| j.spec.job == job).map(|j| &j.got)
+    }
+
+    /// Open a barrier: released when every node of `target` (every joined host, for `All`)
+    /// entered, or after `timeout` once `threshold` (0..=1) of them did.
+    pub fn barrier(
+        &mut self,
+        now: Instant,
+        name: &str,
+        target: Target,
+        threshold: f64,
+        timeout: core::time::Duration,
+    ) -> Result<(), ControllerError> {
+        if self.barriers.iter().any(|b| b.name == name) || name.len() > crate::control::MAX_NAME {
+            return Err(ControllerError::Duplicate);
+        }
+        if self.barriers.len() >= MAX_BARRIERS {
+            return Err(ControllerError::Full);
+        }
+        self.barriers.push(Barrier {
+            name: name.to_string(),
+            target,
+            threshold: threshold.clamp(0.0, 1.0),
+            deadline: now + timeout,
+            entered: NodeSet::new(),
+            released: false,
+        });
+        Ok(())
+    }
+
+    /// Dismantle the overlay: every client exits.
+    pub fn dismantle(&mut self, now: Instant) {
+        if let Some(root) = self.root {
+            self.send(now, root, Message::Control(ControlMsg::Disconnect));
+        }
+    }
+
+    // ----- the contract -------------------------------------------------------------------------
+
+    /// One frame's payload from `from`. Errors leave the controller as it was.
+    pub fn handle_frame(&mut self, now: Instant, from: NodeId, payload: &[u8]) -> Result<(), InputError> {
+        let msg = Message::decode(payload).map_err(InputError::Decode)?;
+        let Some(answer) = self.io.conns.received(now, &from, self.cfg.heartbeat) else {
+            return Err(InputError::NoLink(from));
+        };
+        self.io.stats.frames_in += 1;
+        if answer {
+            if self.heartbeat.is_none() {
+                self.heartbeat = encode_once(&Message::Tree(TreeMsg::Heartbeat));
+            }
+            if let Some(frame) = self.heartbeat.clone() {
+                self.io.out.push_back(Output::Transmit { to: from, frame });
+            }
+        }
+        match msg {
+            Message::Control(m) => self.on_control(now, from, m),
+            Message::Job(m) => self.on_job(now, m),
+            Message::Tree(_) | Message::RanSub(_) => {}
+        }
+        self.after(now);
+        Ok(())
+    }
+
+    /// A link came up, failed to open, or broke.
+    pub fn handle_link(&mut self, now: Instant, peer: NodeId, ev: LinkEvent) {
+        match ev {
+            LinkEvent::Connected => {
+                let Io { conns, out, stats, .. } = &mut self.io;
+                if conns.connected(now, peer, out, stats) == crate::conn::Admit::Refused {
+                    out.push_back(Output::Close(peer));
+                }
+            }
+            LinkEvent::ConnectFailed | LinkEvent::Closed => {
+                self.io.conns.remove(&peer);
+                self.link_lost(now, peer, ev == LinkEvent::ConnectFailed);
+            }
+        }
+        self.after(now);
+    }
+
+    /// The driver launched a client on `host` (`Ok`), or could not (`Err`, with the reason).
+    pub fn handle_launched(&mut self, now: Instant, host: NodeId, result: Result<(), &'static str>) {
+        let Some(h) = self.host(&host) else { return };
+        if h.state != HostState::Invited {
+            return;
+        }
+        match result {
+            Ok(()) => self.invite(now, host),
+            Err(why) => self.fail(now, host, why),
+        }
+        self.after(now);
+    }
+
+    /// Timers; early or repeated calls are harmless.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.tick_at.is_some_and(|t| t <= now) {
+            let (mut dead, mut quiet) = (Vec::new(), Vec::new());
+            self.tick_at = self.io.conns.liveness(now, self.cfg.heartbeat, self.cfg.dead_after, &mut dead, &mut quiet);
+            for peer in dead {
+                self.io.conns.remove(&peer);
+                self.io.out.push_back(Output::Close(peer));
+                self.link_lost(now, peer, false);
+            }
+        }
+        if self.refresh_at.is_some_and(|t| t <= now) {
+            self.refresh_at = None;
+            if let Some(root) = self.root {
+                let me = self.me;
+                self.send(now, root, Message::Control(ControlMsg::SetCtrl { ctrl: me }));
+                self.refresh_at = Some(now + self.cfg.setctrl_refresh);
+            }
+        }
+        if self.seek_at.is_some_and(|t| t <= now) {
+            self.seek_at = None;
+            if self.root.is_none() {
+                self.seek(now);
+            }
+        }
+        // Invitations that expired.
+        while let Some(&(host, at)) = self.invited.front() {
+            let current = self.host(&host).is_some_and(|h| h.state == HostState::Invited && h.since == at);
+            if current && at + self.cfg.invitation_expiry > now {
+                break;
+            }
+            self.invited.pop_front();
+            if current {
+                self.fail(now, host, "the invitation expired");
+            }
+        }
+        for k in 0..self.jobs.len() {
+            if self.jobs[k].ack_at.is_some_and(|t| t <= now) {
+                self.ack(now, k);
+            }
+        }
+        for k in 0..self.barriers.len() {
+            self.check_barrier(now, k);
+        }
+        self.after(now);
+    }
+
+    /// Next thing for the driver to do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.io.out.pop_front()
+    }
+
+    /// When to call [`Controller::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let expiry = self.invited.front().map(|&(_, at)| at + self.cfg.invitation_expiry);
+        let acks = self.jobs.iter().filter_map(|j| j.ack_at);
+        let barriers = self.barriers.iter().filter(|b| !b.released).map(|b| b.deadline);
+        [self.tick_at, self.refresh_at, self.seek_at, expiry].into_iter().flatten().chain(acks).chain(barriers).min()
+    }
+
+    // ----- what the user may look at -----------------------------------------------------------
+
+    /// This controller's id (its listen address).
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+    /// The root the controller is linked to.
+    pub fn root(&self) -> Option<NodeId> {
+        self.root
+    }
+    /// State of a host.
+    pub fn host_state(&self, id: &NodeId) -> Option<HostState> {
+        self.hosts.binary_search_by(|h| h.id.cmp(id)).ok().map(|i| self.hosts[i].state)
+    }
+    /// Every host and its state.
+    pub fn hosts(&self) -> impl Iterator<Item = (NodeId, HostState)> + '_ {
+        self.hosts.iter().map(|h| (h.id, h.state))
+    }
+    /// Hosts in each state: pending, invited, joined, disconnected, failed.
+    pub fn host_counts(&self) -> [usize; 5] {
+        self.counts
+    }
+    /// Invitations outstanding now.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+    /// Counters.
+    pub fn stats(&self) -> &ControllerStats {
+        &self.stats
+    }
+    /// Pin bits of the link to `peer` (0 if none).
+    pub fn link_pins(&self, peer: &NodeId) -> u8 {
+        self.io.conns.pins(peer)
+    }
+
+    // ----- inside ----------------------------------------------------------------------------
+
+    fn after(&mut self, now: Instant) {
+        if (core::mem::take(&mut self.io.conns.pinned_since_tick) || self.tick_at.is_none()) && self.root.is_some() {
+            let due = now + self.cfg.heartbeat;
+            self.tick_at = Some(self.tick_at.map_or(due, |t| t.min(due)));
+        }
+        self.pump(now);
+    }
+
+    fn on_control(&mut self, now: Instant, from: NodeId, msg: ControlMsg) {
+        match msg {
+            ControlMsg::SetRoot { root } if root == from => self.set_root(now, root),
+            ControlMsg::Joined { node } => self.set_state(now, node, HostState::Joined, None),
+            ControlMsg::InviteFailed { host } => self.unreachable(now, host),
+            ControlMsg::Disconnected { node, .. } => self.disconnected(now, node),
+            ControlMsg::Participants { nodes, .. } => {
+                for id in nodes.iter() {
+                    if self.host_state(&id) != Some(HostState::Failed) {
+                        self.set_state(now, id, HostState::Joined, None);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_job(&mut self, now: Instant, msg: JobMsg) {
+        match msg {
+            JobMsg::Results { job, groups, complete } => {
+                self.stats.result_messages += 1;
+                let Some(k) = self.jobs.iter().position(|j| j.spec.job == job) else { return };
+                for g in groups.0 {
+                    let new = g.nodes.minus(&self.jobs[k].got);
+                    self.stats.duplicate_results += g.nodes.len() - new.len();
+                    if new.is_empty() {
+                        continue;
+                    }
+                    self.jobs[k].got.extend(&new);
+                    self.report(Report::Result {
+                        job,
+                        status: g.status,
+                        truncated: g.truncated,
+                        output: Rc::new(g.output),
+                        nodes: new,
+                    });
+                }
+                let j = &mut self.jobs[k];
+                if complete && !j.complete {
+                    j.complete = true;
+                    self.report(Report::JobComplete { job });
+                }
+                let j = &mut self.jobs[k];
+                if j.complete && j.ack_at.is_none() {
+                    let at = j.last_ack.map_or(now, |t| (t + self.cfg.ack_interval).max(now));
+                    j.ack_at = Some(at);
+                }
+            }
+            JobMsg::Output { job, node, bytes } => self.report(Report::Stream { job, node, bytes }),
+            JobMsg::BarrierEnter { name, nodes } => {
+                let Some(k) = self.barriers.iter().position(|b| b.name == name) else { return };
+                let b = &mut self.barriers[k];
+                let new = nodes.minus(&b.entered);
+                b.entered.extend(&new);
+                if b.released {
+                    if !new.is_empty() {
+                        self.report(Report::BarrierLate { name: name.clone(), nodes: new });
+                    }
+                    // Whoever entered late may not have seen the release.
+                    if let Some(root) = self.root {
+                        self.send(now, root, Message::Job(JobMsg::BarrierRelease { name }));
+                    }
+                } else {
+                    self.check_barrier(now, k);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn ack(&mut self, now: Instant, k: usize) {
+        let j = &mut self.jobs[k];
+        j.ack_at = None;
+        j.last_ack = Some(now);
+        let msg = Message::Job(JobMsg::Ack { job: j.spec.job, nodes: j.got.clone() });
+        if let Some(root) = self.root {
+            self.send(now, root, msg);
+        }
+    }
+
+    fn expected(&self, target: &Target) -> NodeSet {
+        match target {
+            Target::Nodes(s) => s.clone(),
+            Target::All => self.hosts.iter().filter(|h| h.state == HostState::Joined).map(|h| h.id).collect(),
+        }
+    }
+
+    fn check_barrier(&mut self, now: Instant, k: usize) {
+        if self.barriers[k].released {
+            return;
+        }
+        let expected = self.expected(&self.barriers[k].target);
+        let b = &self.barriers[k];
+        let entered = b.entered.len() - b.entered.minus(&expected).len();
+        let all = expected.minus(&b.entered).is_empty() && !expected.is_empty();
+        let partial = !all && now >= b.deadline && entered as f64 >= b.threshold * expected.len() as f64;
+        if !(all || partial) {
+            return;
+        }
+        let name = b.name.clone();
+        self.barriers[k].released = true;
+        if let Some(root) = self.root {
+            self.send(now, root, Message::Job(JobMsg::BarrierRelease { name: name.clone() }));
+        }
+        self.report(Report::BarrierReleased { name, entered, expected: expected.len(), partial });
+    }
+
+    fn set_root(&mut self, now: Instant, root: NodeId) {
+        self.seek_at = None;
+        if self.root == Some(root) {
+            return;
+        }
+        if let Some(old) = self.root.take() {
+            self.io.conns.unpin(&old, Pin::Root);
+            let Io { conns, out, .. } = &mut self.io;
+            conns.release(&old, out);
+        }
+        self.root = Some(root);
+        self.stats.root_changes += 1;
+        let me = self.me;
+        self.send(now, root, Message::Control(ControlMsg::SetCtrl { ctrl: me }));
+        self.io.conns.pin(now, root, Pin::Root);
+        self.refresh_at = Some(now + self.cfg.setctrl_refresh);
+        self.report(Report::RootChanged(root));
+        // A new root may never have seen what the old one was asked.
+        for k in 0..self.jobs.len() {
+            if !self.jobs[k].complete {
+                let msg = Message::Job(JobMsg::Run(self.jobs[k].spec.clone()));
+                self.send(now, root, msg);
+            }
+        }
+        let invited: Vec<NodeId> =
+            self.hosts.iter().filter(|h| h.state == HostState::Invited && h.id != root).map(|h| h.id).collect();
+        for host in invited {
+            self.send(now, root, Message::Control(ControlMsg::SetPeer { host, ctrl: me }));
+        }
+    }
+
+    fn link_lost(&mut self, now: Instant, peer: NodeId, failed: bool) {
+        if self.root == Some(peer) {
+            self.root = None;
+            self.refresh_at = None;
+            // The new root announces itself; if none does, ask a member.
+            self.seek_at = Some(now + self.cfg.join_retry);
+            return;
+        }
+        // A host we invited directly (the first one) did not answer.
+        if failed && self.host(&peer).is_some_and(|h| h.state == HostState::Invited) && self.root.is_none() {
+            self.unreachable(now, peer);
+        }
+    }
+
+    /// Ask a random member where the root is.
+    fn seek(&mut self, now: Instant) {
+        let members: Vec<NodeId> = self.hosts.iter().filter(|h| h.state == HostState::Joined).map(|h| h.id).collect();
+        if members.is_empty() {
+            return;
+        }
+        let m = members[self.rng.random_range(0..members.len())];
+        self.attach(now, m);
+    }
+
+    fn unreachable(&mut self, now: Instant, host: NodeId) {
+        let launch_here = !self.cfg.launch_at_root;
+        let Some(h) = self.host(&host) else { return };
+        if h.state != HostState::Invited {
+            return;
+        }
+        if launch_here && !h.launched {
+            h.launched = true;
+            self.stats.launches += 1;
+            self.io.out.push_back(Output::Launch { host });
+        } else {
+            self.fail(now, host, "no Plush client answers there");
+        }
+    }
+
+    fn disconnected(&mut self, now: Instant, node: NodeId) {
+        let window = self.cfg.failed_window;
+        let limit = self.cfg.failed_after_disconnects as usize;
+        let Some(h) = self.host(&node) else { return };
+        if h.state != HostState::Joined {
+            return;
+        }
+        h.disconnects.retain(|t| *t + window > now);
+        h.disconnects.push(now);
+        if h.disconnects.len() >= limit {
+            self.fail(now, node, "disconnected too often");
+        } else {
+            self.set_state(now, node, HostState::Disconnected, None);
+            self.queue.push_back(node);
+        }
+    }
+
+    fn fail(&mut self, now: Instant, host: NodeId, why: &'static str) {
+        self.set_state(now, host, HostState::Failed, Some(why));
+        if let Some(root) = self.root {
+            self.send(now, root, Message::Control(ControlMsg::Forget { nodes: NodeSet::one(host) }));
+        }
+    }
+
+    /// Send the invitation: through the root, or to the host itself when there is no tree yet.
+    fn invite(&mut self, now: Instant, host: NodeId) {
+        let me = self.me;
+        let to = self.root.unwrap_or(host);
+        self.stats.invitations += 1;
+        self.send(now, to, Message::Control(ControlMsg::SetPeer { host, ctrl: me }));
+    }
+
+    /// Invite pending hosts while fewer than `max_invitations` are outstanding.
+    fn pump(&mut self, now: Instant) {
+        let founded = self.counts[HostState::Joined as usize] > 0;
+        while self.outstanding < self.cfg.max_invitations {
+            // Without a root, only the first host is invited (directly); the rest wait.
+            if self.root.is_none() && (founded || self.outstanding > 0) {
+                return;
+            }
+            let Some(host) = self.queue.pop_front() else { return };
+            if !matches!(self.host_state(&host), Some(HostState::Pending | HostState::Disconnected)) {
+                continue;
+            }
+            self.set_state(now, host, HostState::Invited, None);
+            self.invited.push_back((host, now));
+            self.invite(now, host);
+        }
+    }
+}
