@@ -153,3 +153,35 @@ fn an_fd_budget_below_two_links_is_refused() {
     refused(&["sim", "--fd-budget", "0"], "--fd-budget");
     refused(&["sim", "--fd-budget=-3"], "--fd-budget");
 }
+
+#[test]
+fn a_job_through_faults_reaches_the_controller_exactly_once() {
+    let args = ["--nodes", "2000", "--seed", "11", "--job", "--kill", "0.25", "--kill-root", "--fault-during-job"];
+    let r = sim_json(&args);
+    assert_eq!(r["converged"], Value::Bool(true), "{r}");
+    let expected = int(&r, "/job/expected");
+    assert_eq!(expected, int(&r, "/broadcast_after/expected"), "the job counts the survivors: {r}");
+    assert!(expected > 1000 && expected < 2000, "{r}");
+    assert_eq!(int(&r, "/job/lost"), 0, "{r}");
+    assert_eq!(int(&r, "/job/duplicates"), 0, "{r}");
+    // Every survivor answered, and merging kept the controller's traffic small.
+    assert!(int(&r, "/job/results") >= expected, "{r}");
+    let messages = int(&r, "/job/merged_messages_at_controller");
+    assert!(messages > 0 && messages <= 100, "{messages} messages at the controller: {r}");
+    assert_eq!(int(&r, "/job/distinct_outputs"), 1, "{r}");
+}
+
+#[test]
+fn distinct_outputs_travel_as_distinct_groups() {
+    let r = sim_json(&["--nodes", "300", "--seed", "5", "--job", "--job-outputs", "7"]);
+    assert_eq!(r["converged"], Value::Bool(true), "{r}");
+    assert_eq!(int(&r, "/job/distinct_outputs"), 7, "{r}");
+    assert_eq!(int(&r, "/job/results"), 300, "{r}");
+    assert_eq!(int(&r, "/job/lost"), 0, "{r}");
+}
+
+#[test]
+fn job_flags_need_job() {
+    refused(&["sim", "--fault-during-job"], "--job");
+    refused(&["sim", "--job", "--job-outputs", "0"], "--job-outputs");
+}

@@ -145,6 +145,8 @@ enum Own {
 #[derive(Debug)]
 struct Job {
     spec: Rc<RunSpec>,
+    /// The `Run` arrived (else only results did, and `spec` is a stand-in never forwarded).
+    known: bool,
     own: Own,
     output: Vec<u8>,
     truncated: bool,
@@ -154,6 +156,10 @@ struct Job {
     unsent: Vec<Held>,
     /// Children that said their whole subtree answered.
     answered: SmallVec<[NodeId; 4]>,
+    /// Per sender below us, the nodes whose results it sent us: an `Ack` goes down to each
+    /// only for those, so acknowledgements cost what the results cost. One entry per child
+    /// that sent results (former children included until acknowledged).
+    from: Vec<(NodeId, NodeSet)>,
     /// What we last told the way up about our subtree.
     told_complete: bool,
     flush_at: Option<Instant>,
@@ -180,6 +186,14 @@ struct Invite {
     host: NodeId,
     launched: bool,
     expires: Instant,
+    /// The `SetPeer` went out (at most [`invite_slots`] at once; the others wait their turn).
+    sent: bool,
+}
+
+/// Invitations a root has in flight at once: each holds a link for a while, so at most a
+/// quarter of the link budget, and at most [`crate::Config::max_invitations`].
+fn invite_slots(cfg: &crate::Config) -> usize {
+    cfg.max_invitations.min(cfg.max_links / 4).max(1)
 }
 
 /// The client side of the control plane. See the module docs.
@@ -236,6 +250,17 @@ impl Control {
 
     pub fn controller(&self) -> Option<NodeId> {
         self.ctrl
+    }
+
+    /// Whether this node holds `node`'s result of `job` (unacknowledged): (held, unsent).
+    pub fn holds(&self, job: u64, node: &NodeId) -> (bool, bool) {
+        match self.job_index(job) {
+            Some(k) => {
+                let j = &self.jobs[k];
+                (j.held.iter().any(|g| g.nodes.contains(node)), j.unsent.iter().any(|g| g.nodes.contains(node)))
+            }
+            None => (false, false),
+        }
     }
 
     /// Jobs tracked (running, holding results or lingering).
@@ -330,6 +355,8 @@ impl Control {
                 self.send(ctx, ctrl, ControlMsg::Joined { node: self.me });
             }
             self.link_ctrl(ctx, ctrl);
+            // A new root: the controller learns the tree as it is now.
+            self.start_census(ctx, tree);
         }
         self.resend_all(ctx, tree);
     }
@@ -363,7 +390,7 @@ impl Control {
         if let Some(ctrl) = self.ctrl {
             self.send(ctx, child, ControlMsg::SetCtrl { ctrl });
         }
-        for j in &mut self.jobs {
+        for j in self.jobs.iter_mut().filter(|j| j.known) {
             j.answered.retain(|c| *c != child);
             ctx.send_msg(child, &Message::Job(JobMsg::Run((*j.spec).clone())));
         }
@@ -426,8 +453,9 @@ impl Control {
             ctx.io.out.push_back(Output::Launch { host: inv.host });
         } else {
             let host = inv.host;
-            self.invites.swap_remove(k);
+            self.invites.remove(k);
             self.report_up(ctx, tree, ControlMsg::InviteFailed { host });
+            self.pump_invites(ctx);
         }
     }
 
@@ -437,8 +465,9 @@ impl Control {
         match (ok, self.ctrl) {
             (true, Some(ctrl)) => self.send(ctx, host, ControlMsg::SetPeer { host, ctrl }),
             _ => {
-                self.invites.swap_remove(k);
+                self.invites.remove(k);
                 self.report_up(ctx, tree, ControlMsg::InviteFailed { host });
+                self.pump_invites(ctx);
             }
         }
     }
@@ -446,9 +475,8 @@ impl Control {
     /// Re-send everything held (after a reconfiguration), and what waited for a way up.
     fn resend_all(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree) {
         let Some(up) = self.up(tree) else { return };
-        while let Some(r) = self.reports.pop_front() {
-            self.send(ctx, up, r);
-        }
+        // Results and barrier entries first: a link still connecting queues a bounded number of
+        // frames, and reports matter less (the controller's census recovers membership).
         for k in 0..self.jobs.len() {
             let j = &mut self.jobs[k];
             j.unsent = j.held.clone();
@@ -459,6 +487,9 @@ impl Control {
             let b = &mut self.barriers[k];
             b.unsent = b.held.clone();
             self.flush_barrier(ctx, tree, k);
+        }
+        while let Some(r) = self.reports.pop_front() {
+            self.send(ctx, up, r);
         }
     }
 
@@ -471,6 +502,7 @@ impl Control {
             ControlMsg::Joined { node } => {
                 if tree.is_root() {
                     self.invites.retain(|i| i.host != node);
+                    self.pump_invites(ctx);
                 }
                 self.pass_up(ctx, tree, from, ControlMsg::Joined { node });
             }
@@ -504,6 +536,7 @@ impl Control {
                 }
                 tree.forget(&nodes);
                 self.invites.retain(|i| !nodes.contains(&i.host));
+                self.pump_invites(ctx);
                 self.flood(ctx, tree, &Message::Control(ControlMsg::Forget { nodes }));
             }
             ControlMsg::Disconnect => {
@@ -573,8 +606,10 @@ impl Control {
         // From below: on its way up to the root.
         if tree.is_root() {
             if !self.ctrl_linked || changed {
+                // The controller comes back to us through a member: it may have missed changes.
                 self.send(ctx, ctrl, ControlMsg::SetRoot { root: self.me });
                 self.link_ctrl(ctx, ctrl);
+                self.start_census(ctx, tree);
                 self.resend_all(ctx, tree);
             }
         } else if let Some(p) = tree.parent().filter(|_| tree.state() == TreeState::Joined) {
@@ -617,14 +652,38 @@ impl Control {
             self.send(ctx, from, ControlMsg::Joined { node: host });
             return;
         }
-        if !self.invites.iter().any(|i| i.host == host) {
-            if self.invites.len() >= ctx.cfg.max_invitations {
-                self.send(ctx, from, ControlMsg::InviteFailed { host });
-                return;
+        match self.invites.iter_mut().find(|i| i.host == host) {
+            // Asked again (a new root, or a relaunched client): send it again.
+            Some(inv) if inv.sent => self.send(ctx, host, ControlMsg::SetPeer { host, ctrl }),
+            Some(_) => {}
+            None => {
+                if self.invites.len() >= ctx.cfg.max_invitations {
+                    self.send(ctx, from, ControlMsg::InviteFailed { host });
+                    return;
+                }
+                let expires = ctx.now + ctx.cfg.invitation_expiry;
+                self.invites.push(Invite { host, launched: false, expires, sent: false });
             }
-            self.invites.push(Invite { host, launched: false, expires: ctx.now + ctx.cfg.invitation_expiry });
         }
-        self.send(ctx, host, ControlMsg::SetPeer { host, ctrl });
+        self.pump_invites(ctx);
+    }
+
+    /// Send waiting invitations while fewer than [`invite_slots`] are in flight.
+    fn pump_invites(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(ctrl) = self.ctrl else { return };
+        let mut active = self.invites.iter().filter(|i| i.sent).count();
+        let slots = invite_slots(ctx.cfg);
+        for k in 0..self.invites.len() {
+            if active >= slots {
+                break;
+            }
+            if !self.invites[k].sent {
+                self.invites[k].sent = true;
+                active += 1;
+                let host = self.invites[k].host;
+                self.send(ctx, host, ControlMsg::SetPeer { host, ctrl });
+            }
+        }
     }
 
     // ----- jobs -------------------------------------------------------------------------------
@@ -655,10 +714,6 @@ impl Control {
             JobMsg::Ack { job, nodes } => {
                 if !self.command_ok(ctx, tree, from) {
                     return;
-                }
-                let frame = ctx.io.pool.copy(raw);
-                for &c in tree.children() {
-                    ctx.send_frame(c, frame.clone());
                 }
                 self.on_ack(ctx, tree, job, &nodes);
             }
@@ -702,7 +757,8 @@ impl Control {
     /// A `Run` from above (or the root's own census): forward it, spawn our part.
     fn start_job(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, spec: RunSpec, raw: Option<&[u8]>) {
         let job = spec.job;
-        if self.job_index(job).is_some() || self.done.contains(&job) {
+        let existing = self.job_index(job);
+        if existing.is_some_and(|k| self.jobs[k].known) || self.done.contains(&job) {
             return;
         }
         // Forward first: the subtree starts as early as possible.
@@ -715,51 +771,28 @@ impl Control {
                 ctx.send_frame(c, frame.clone());
             }
         }
-        if self.jobs.len() >= ctx.cfg.max_jobs {
-            // Make room by forgetting the oldest finished job, if any.
-            match self.jobs.iter().position(|j| j.linger_until.is_some()) {
-                Some(k) => self.forget_job(k),
-                None => {
-                    // No room: our part fails, said through a result of its own.
-                    let g = Held {
-                        status: ExitStatus::SpawnFailed,
-                        truncated: false,
-                        output: Rc::new(b"plush: too many jobs on this node".to_vec()),
-                        nodes: NodeSet::one(self.me),
-                    };
-                    if let Some(up) = self.up(tree) {
-                        self.send_groups(ctx, up, job, &[g], false);
-                    }
-                    return;
-                }
-            }
-        }
-        let target = spec.target.includes(&self.me);
-        let now = ctx.now;
         let spec = Rc::new(spec);
-        self.jobs.push(Job {
-            spec: Rc::clone(&spec),
-            own: Own::NotTarget,
-            output: Vec::new(),
-            truncated: false,
-            held: Vec::new(),
-            unsent: Vec::new(),
-            answered: SmallVec::new(),
-            told_complete: false,
-            flush_at: None,
-            linger_until: None,
-            stream_left: ctx.cfg.stream_rate,
-            stream_refill: now + core::time::Duration::from_secs(1),
-        });
-        let k = self.jobs.len() - 1;
-        if !target {
+        let k = match existing {
+            // Results arrived before the job itself (a subtree that moved to us): now we know it.
+            Some(k) => {
+                self.jobs[k].spec = Rc::clone(&spec);
+                self.jobs[k].known = true;
+                k
+            }
+            None => match self.new_job(ctx, tree, Rc::clone(&spec), true) {
+                Some(k) => k,
+                None => return,
+            },
+        };
+        if !spec.target.includes(&self.me) {
             self.maybe_flush(ctx, tree, k);
             return;
         }
         match spec.kind {
             JobKind::Census => self.finish_own(ctx, tree, k, ExitStatus::Exited(0)),
             JobKind::Command => {
-                let deadline = (spec.timeout_ms > 0).then(|| now + core::time::Duration::from_millis(spec.timeout_ms));
+                let deadline =
+                    (spec.timeout_ms > 0).then(|| ctx.now + core::time::Duration::from_millis(spec.timeout_ms));
                 self.jobs[k].own = Own::Running(deadline);
                 ctx.io.out.push_back(Output::Spawn {
                     job,
@@ -769,6 +802,46 @@ impl Control {
                 });
             }
         }
+    }
+
+    /// A new entry in the job table (`known`: from a `Run`; else results came first). `None`
+    /// when the table is full of jobs still in progress: our part fails with a result saying so.
+    fn new_job(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, spec: Rc<RunSpec>, known: bool) -> Option<usize> {
+        if self.jobs.len() >= ctx.cfg.max_jobs {
+            // Make room by forgetting the oldest finished job, if any.
+            match self.jobs.iter().position(|j| j.linger_until.is_some()) {
+                Some(k) => self.forget_job(k),
+                None => {
+                    let g = Held {
+                        status: ExitStatus::SpawnFailed,
+                        truncated: false,
+                        output: Rc::new(b"plush: too many jobs on this node".to_vec()),
+                        nodes: NodeSet::one(self.me),
+                    };
+                    if let Some(up) = self.up(tree).filter(|_| known) {
+                        self.send_groups(ctx, up, spec.job, &[g], false);
+                    }
+                    return None;
+                }
+            }
+        }
+        self.jobs.push(Job {
+            spec,
+            known,
+            own: Own::NotTarget,
+            output: Vec::new(),
+            truncated: false,
+            held: Vec::new(),
+            unsent: Vec::new(),
+            answered: SmallVec::new(),
+            from: Vec::new(),
+            told_complete: false,
+            flush_at: None,
+            linger_until: None,
+            stream_left: ctx.cfg.stream_rate,
+            stream_refill: ctx.now + core::time::Duration::from_secs(1),
+        });
+        Some(self.jobs.len() - 1)
     }
 
     /// Our process ended (or was killed, timed out, cancelled).
@@ -855,9 +928,26 @@ impl Control {
     ) {
         let k = match self.job_index(job) {
             Some(k) => k,
+            None if !self.done.contains(&job) => {
+                // Results of a job whose `Run` has not reached us (a subtree that moved under us
+                // during the job): hold them all the same.
+                let stand_in = Rc::new(RunSpec {
+                    job,
+                    kind: JobKind::Command,
+                    target: Target::Nodes(NodeSet::new()),
+                    argv: List::default(),
+                    env: List::default(),
+                    cwd: None,
+                    timeout_ms: 0,
+                    stream: false,
+                });
+                match self.new_job(ctx, tree, stand_in, false) {
+                    Some(k) => k,
+                    None => return,
+                }
+            }
             None => {
-                // A job we never saw or already forgot (late results after a reconfiguration):
-                // relay them as they are.
+                // A job we finished and forgot: relay late results as they are.
                 if let Some(up) = self.up(tree) {
                     let held: Vec<Held> = groups.into_iter().map(held_of).collect();
                     self.send_groups(ctx, up, job, &held, false);
@@ -865,11 +955,18 @@ impl Control {
                 return;
             }
         };
+        let mut got = NodeSet::new();
         for g in groups {
+            got.extend(&g.nodes);
             let h = held_of(g);
             self.add_result(ctx, tree, k, &h);
         }
         let j = &mut self.jobs[k];
+        match j.from.iter_mut().find(|f| f.0 == from) {
+            Some(f) => f.1.extend(&got),
+            None if !got.is_empty() => j.from.push((from, got)),
+            None => {}
+        }
         if complete && tree.children().contains(&from) && !j.answered.contains(&from) {
             j.answered.push(from);
         }
@@ -920,8 +1017,6 @@ impl Control {
                     s
                 });
                 self.send_participants(ctx, up, nodes, true);
-                let ack = Message::Job(JobMsg::Ack { job, nodes: all.clone() });
-                self.flood(ctx, tree, &ack);
                 self.on_ack(ctx, tree, job, &all);
             } else if !nodes.is_empty() {
                 self.send_participants(ctx, up, nodes, false);
@@ -960,7 +1055,22 @@ impl Control {
 
     fn on_ack(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, job: u64, acked: &NodeSet) {
         let Some(k) = self.job_index(job) else { return };
+        // Down to each sender, the part of the acknowledgement that covers what it sent us.
+        let from = core::mem::take(&mut self.jobs[k].from);
+        let mut keep = Vec::with_capacity(from.len());
+        for (peer, sent) in from {
+            let rest = sent.minus(acked);
+            let covered = sent.minus(&rest);
+            if !covered.is_empty() && tree.children().contains(&peer) {
+                ctx.send_msg(peer, &Message::Job(JobMsg::Ack { job, nodes: covered }));
+            }
+            // A former child has re-sent what it holds through its new parent: forget it.
+            if !rest.is_empty() && tree.children().contains(&peer) {
+                keep.push((peer, rest));
+            }
+        }
         let j = &mut self.jobs[k];
+        j.from = keep;
         remove_acked(&mut j.held, acked);
         remove_acked(&mut j.unsent, acked);
         if !j.held.is_empty() {
@@ -1164,7 +1274,7 @@ impl Control {
         let mut i = 0;
         while i < self.invites.len() {
             if self.invites[i].expires <= now {
-                self.invites.swap_remove(i);
+                self.invites.remove(i);
             } else {
                 i += 1;
             }

@@ -10,8 +10,10 @@
 //! founds the tree, the others through the root (`SetPeer`). When the root reports that no
 //! client answers at a host, the controller asks its driver to [`Output::Launch`] one (unless
 //! [`Config::launch_at_root`]) and invites again once [`Controller::handle_launched`] says it
-//! started. An invitation unanswered for [`Config::invitation_expiry`], or a launch that fails,
-//! makes the host `Failed`; so do [`Config::failed_after_disconnects`] disconnects within
+//! started. A host still unreachable after that, or whose launch fails, is tried again after a
+//! back-off (5 s doubling to a minute); one that stays unreachable for
+//! [`Config::invitation_expiry`] becomes `Failed`, with the last reason; so do
+//! [`Config::failed_after_disconnects`] disconnects within
 //! [`Config::failed_window`]. A failed host is never invited again, and the tree is told to
 //! `Forget` it. A disconnected host is invited again.
 //!
@@ -42,6 +44,10 @@ use rand_pcg::Pcg32;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::rc::Rc;
+
+/// A job the tree reported complete is acknowledged again every this many
+/// [`Config::ack_interval`]s while the controller tracks it.
+pub const REACK_INTERVALS: u32 = 5;
 
 /// Where a host stands, as the controller sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -167,6 +173,10 @@ struct Host {
     /// Recent disconnects, within the failure window.
     disconnects: SmallVec<[Instant; 4]>,
     launched: bool,
+    /// When the current run of attempts to reach it began (cleared once it joins).
+    first_try: Option<Instant>,
+    /// Failed attempts in the current run, for the back-off.
+    strikes: u32,
 }
 
 #[derive(Debug)]
@@ -200,6 +210,9 @@ pub struct Controller {
     hosts: Vec<Host>,
     /// Hosts to invite, in order. Entries whose host is no longer pending are skipped.
     queue: VecDeque<NodeId>,
+    /// Hosts to invite again at a time (back-off after a failed attempt); scanned whole, as the
+    /// waits differ. At most one entry per host.
+    later: VecDeque<(Instant, NodeId)>,
     /// (host, invited at), oldest first, for expiry; stale entries are skipped.
     invited: VecDeque<(NodeId, Instant)>,
     outstanding: usize,
@@ -209,6 +222,10 @@ pub struct Controller {
     barriers: Vec<Barrier>,
     refresh_at: Option<Instant>,
     seek_at: Option<Instant>,
+    /// Failed hosts the tree has not been told to forget yet: one `Forget` floods the tree per
+    /// [`Config::ack_interval`] at most, whatever the number of failures.
+    forget: NodeSet,
+    forget_at: Option<Instant>,
     tick_at: Option<Instant>,
     heartbeat: Option<crate::wire::Frame>,
     stats: ControllerStats,
@@ -231,6 +248,7 @@ impl Controller {
             root: None,
             hosts: Vec::new(),
             queue: VecDeque::new(),
+            later: VecDeque::new(),
             invited: VecDeque::new(),
             outstanding: 0,
             counts: [0; 5],
@@ -238,6 +256,8 @@ impl Controller {
             barriers: Vec::new(),
             refresh_at: None,
             seek_at: None,
+            forget: NodeSet::new(),
+            forget_at: None,
             tick_at: None,
             heartbeat: None,
             stats: ControllerStats::default(),
@@ -271,7 +291,15 @@ impl Controller {
                 // A member we did not invite (an earlier controller did): adopt it.
                 self.hosts.insert(
                     i,
-                    Host { id, state: HostState::Pending, since: now, disconnects: SmallVec::new(), launched: false },
+                    Host {
+                        id,
+                        state: HostState::Pending,
+                        since: now,
+                        disconnects: SmallVec::new(),
+                        launched: false,
+                        first_try: None,
+                        strikes: 0,
+                    },
                 );
                 self.counts[HostState::Pending as usize] += 1;
                 i
@@ -294,6 +322,11 @@ impl Controller {
         }
         if state == HostState::Joined {
             h.launched = false;
+            h.first_try = None;
+            h.strikes = 0;
+        }
+        if state == HostState::Invited {
+            h.first_try.get_or_insert(now);
         }
         self.report(Report::Host { host: id, state, why });
     }
@@ -320,6 +353,8 @@ impl Controller {
             since: now,
             disconnects: SmallVec::new(),
             launched: false,
+            first_try: None,
+            strikes: 0,
         }));
         self.hosts.sort_unstable_by_key(|h| h.id);
         self.pump(now);
@@ -453,7 +488,7 @@ impl Controller {
         }
         match result {
             Ok(()) => self.invite(now, host),
-            Err(why) => self.fail(now, host, why),
+            Err(why) => self.retry_later(now, host, why),
         }
         self.after(now);
     }
@@ -494,6 +529,16 @@ impl Controller {
                 self.fail(now, host, "the invitation expired");
             }
         }
+        if self.forget_at.is_some_and(|t| t <= now) {
+            match self.root {
+                Some(root) => {
+                    self.forget_at = None;
+                    let nodes = core::mem::take(&mut self.forget);
+                    self.send(now, root, Message::Control(ControlMsg::Forget { nodes }));
+                }
+                None => self.forget_at = Some(now + self.cfg.ack_interval),
+            }
+        }
         for k in 0..self.jobs.len() {
             if self.jobs[k].ack_at.is_some_and(|t| t <= now) {
                 self.ack(now, k);
@@ -515,7 +560,12 @@ impl Controller {
         let expiry = self.invited.front().map(|&(_, at)| at + self.cfg.invitation_expiry);
         let acks = self.jobs.iter().filter_map(|j| j.ack_at);
         let barriers = self.barriers.iter().filter(|b| !b.released).map(|b| b.deadline);
-        [self.tick_at, self.refresh_at, self.seek_at, expiry].into_iter().flatten().chain(acks).chain(barriers).min()
+        [self.tick_at, self.refresh_at, self.seek_at, self.forget_at, expiry]
+            .into_iter()
+            .flatten()
+            .chain(acks)
+            .chain(barriers)
+            .min()
     }
 
     // ----- what the user may look at -----------------------------------------------------------
@@ -606,9 +656,10 @@ impl Controller {
                     self.report(Report::JobComplete { job });
                 }
                 let j = &mut self.jobs[k];
-                if j.complete && j.ack_at.is_none() {
+                if j.complete {
+                    // News: acknowledge soon (at most once an interval).
                     let at = j.last_ack.map_or(now, |t| (t + self.cfg.ack_interval).max(now));
-                    j.ack_at = Some(at);
+                    j.ack_at = Some(j.ack_at.map_or(at, |a| a.min(at)));
                 }
             }
             JobMsg::Output { job, node, bytes } => self.report(Report::Stream { job, node, bytes }),
@@ -635,7 +686,9 @@ impl Controller {
 
     fn ack(&mut self, now: Instant, k: usize) {
         let j = &mut self.jobs[k];
-        j.ack_at = None;
+        // Acknowledge again later even without news: a node that holds results the controller
+        // lacks (lost in transit) sends them again when an acknowledgement does not cover them.
+        j.ack_at = Some(now + self.cfg.ack_interval * REACK_INTERVALS);
         j.last_ack = Some(now);
         let msg = Message::Job(JobMsg::Ack { job: j.spec.job, nodes: j.got.clone() });
         if let Some(root) = self.root {
@@ -736,8 +789,26 @@ impl Controller {
             self.stats.launches += 1;
             self.io.out.push_back(Output::Launch { host });
         } else {
-            self.fail(now, host, "no Plush client answers there");
+            self.retry_later(now, host, "no Plush client answers there");
         }
+    }
+
+    /// The host could not be reached or launched: try again after a back-off (5 s, doubling, at
+    /// most a minute), until it has been tried for [`Config::invitation_expiry`]; then it fails.
+    /// A host cut off by a partition thus comes back when the partition heals.
+    fn retry_later(&mut self, now: Instant, host: NodeId, why: &'static str) {
+        let expiry = self.cfg.invitation_expiry;
+        let base = self.cfg.join_retry;
+        let Some(h) = self.host(&host) else { return };
+        if h.first_try.is_some_and(|t| t + expiry <= now) {
+            self.fail(now, host, why);
+            return;
+        }
+        h.strikes += 1;
+        h.launched = false;
+        let wait = (base * (1u32 << (h.strikes - 1).min(4))).min(core::time::Duration::from_secs(60));
+        self.set_state(now, host, HostState::Disconnected, None);
+        self.later.push_back((now + wait, host));
     }
 
     fn disconnected(&mut self, now: Instant, node: NodeId) {
@@ -759,9 +830,8 @@ impl Controller {
 
     fn fail(&mut self, now: Instant, host: NodeId, why: &'static str) {
         self.set_state(now, host, HostState::Failed, Some(why));
-        if let Some(root) = self.root {
-            self.send(now, root, Message::Control(ControlMsg::Forget { nodes: NodeSet::one(host) }));
-        }
+        self.forget.insert(host);
+        self.forget_at.get_or_insert(now + self.cfg.ack_interval);
     }
 
     /// Send the invitation: through the root, or to the host itself when there is no tree yet.
@@ -774,6 +844,13 @@ impl Controller {
 
     /// Invite pending hosts while fewer than `max_invitations` are outstanding.
     fn pump(&mut self, now: Instant) {
+        if self.later.iter().any(|(t, _)| *t <= now) {
+            let (due, wait): (VecDeque<_>, VecDeque<_>) = self.later.drain(..).partition(|(t, _)| *t <= now);
+            self.later = wait;
+            for (_, host) in due {
+                self.queue.push_front(host);
+            }
+        }
         let founded = self.counts[HostState::Joined as usize] > 0;
         while self.outstanding < self.cfg.max_invitations {
             // Without a root, only the first host is invited (directly); the rest wait.

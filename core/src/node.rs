@@ -684,6 +684,10 @@ impl Node {
     pub fn exited(&self) -> bool {
         self.control.exited
     }
+    /// Whether the node holds `node`'s unacknowledged result of `job`: (held, waiting to be sent).
+    pub fn holds_result(&self, job: u64, node: &NodeId) -> (bool, bool) {
+        self.control.holds(job, node)
+    }
     /// Jobs the node tracks (running, holding results, or remembered for late children).
     pub fn job_count(&self) -> usize {
         self.control.job_count()

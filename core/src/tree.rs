@@ -283,10 +283,10 @@ impl Tree {
 
     /// Stop retrying these hosts (the controller declared them failed): drop them from every
     /// list of contacts.
+    /// The backbone and siblings are left alone: they are refreshed from the tree itself, and a
+    /// host failed by the controller may still be a live member cut off for a while.
     pub fn forget(&mut self, gone: &crate::NodeSet) {
         self.peers.retain(|p| !gone.contains(p));
-        self.top.retain(|p| !gone.contains(p));
-        self.siblings.retain(|p| !gone.contains(p));
         self.suspects.retain(|p| !gone.contains(p));
         self.candidates.retain(|(p, _)| !gone.contains(p));
     }

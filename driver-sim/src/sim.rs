@@ -290,6 +290,9 @@ pub struct Sim {
     pub dead_stats: plush_core::Stats,
     /// Nodes whose deliveries are printed to stderr (`PLUSH_SIM_WATCH=3,17`), for debugging.
     watch: Vec<u32>,
+    /// Frames delivered by message kind, when `PLUSH_SIM_KINDS` is set (printed to stderr at
+    /// the end of [`play_sim`]), for finding what makes a run chatty.
+    kinds: Option<std::collections::BTreeMap<String, u64>>,
     /// The controller's slot, once added.
     ctrl_slot: Option<u32>,
     /// Simulated processes: their durations and outputs.
@@ -308,6 +311,14 @@ pub struct Sim {
     pub exits: u32,
     /// Launches carried out (a client started on request).
     pub launches: u32,
+    /// Record what [`Sim::messages`] and [`Sim::node_events`] hold. Off by default; tests turn
+    /// it on to see what travelled.
+    pub recording: bool,
+    /// While `recording`: every control-plane or job message delivered, as (time, from, to,
+    /// message), to a node or the controller.
+    pub messages: Vec<(Instant, u32, u32, Message)>,
+    /// While `recording`: every event a node emitted, as (time, node, event).
+    pub node_events: Vec<(Instant, u32, Event)>,
 }
 
 /// What the simulator saw of one job, from its own record of deliveries (not the controller's
@@ -380,6 +391,7 @@ impl Sim {
             watch: std::env::var("PLUSH_SIM_WATCH")
                 .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
                 .unwrap_or_default(),
+            kinds: std::env::var_os("PLUSH_SIM_KINDS").map(|_| Default::default()),
             ctrl_slot: None,
             procs: Pcg64::seed_from_u64(mix(scenario.seed, 3)),
             job_us: ((scenario.job_min_s * 1e6) as u64, (scenario.job_max_s.max(scenario.job_min_s) * 1e6) as u64),
@@ -389,6 +401,9 @@ impl Sim {
             host_failures: 0,
             exits: 0,
             launches: 0,
+            recording: false,
+            messages: Vec::new(),
+            node_events: Vec::new(),
         }
     }
 
@@ -741,6 +756,26 @@ impl Sim {
         self.cut = Some(Cut { forward: true, backward: !one_way, until });
     }
 
+    /// Deliver `msg` to `to` as if `from` had sent it on the link between them, which must be up
+    /// at both ends (for tests of what a node does with a message it should not get). Returns
+    /// false, delivering nothing, when there is no such link.
+    pub fn inject(&mut self, from: u32, to: u32, msg: &Message) -> bool {
+        if from as usize >= self.nodes.len() || to as usize >= self.nodes.len() {
+            return false;
+        }
+        let Some(l) = self.find_link(from, to) else { return false };
+        let link = &self.links[l as usize];
+        let to_end = 1 - link.side(from);
+        if !link.ends[1 - to_end].up || !link.ends[to_end].open || !link.ends[to_end].up {
+            return false;
+        }
+        let Ok(frame) = plush_core::wire::FramePool::default().encode(msg, self.cfg.max_frame) else { return false };
+        let gen = link.gen;
+        let at = self.fifo(l, from, to_end);
+        self.push(at, Kind::Deliver { link: l, gen, to, frame });
+        true
+    }
+
     /// Hold all traffic between `a` and `b` until `until`.
     pub fn clog(&mut self, a: u32, b: u32, until: Instant) {
         self.clogs.push((a, b, until));
@@ -884,6 +919,20 @@ impl Sim {
                 }
                 if self.job.started.is_some() {
                     self.note_results(from, to, frame.payload());
+                }
+                if self.recording {
+                    if let Ok(m @ (Message::Control(_) | Message::Job(_))) = Message::decode(frame.payload()) {
+                        self.messages.push((self.now, from, to, m));
+                    }
+                }
+                if let Some(kinds) = self.kinds.as_mut() {
+                    if let Ok(m) = Message::decode(frame.payload()) {
+                        let name = format!("{m:?}");
+                        let cut = name.find([' ', '(', '{']).map_or(name.len(), |i| i);
+                        let inner = name[cut..].trim_start_matches(['(', ' ']);
+                        let cut2 = inner.find([' ', '(', '{', ')']).map_or(inner.len(), |i| i);
+                        *kinds.entry(format!("{}::{}", &name[..cut], &inner[..cut2])).or_default() += 1;
+                    }
                 }
                 if self.m_frame(to, from, frame.payload()).is_err() {
                     // A driver closes a link that sent a bad frame.
@@ -1097,6 +1146,9 @@ impl Sim {
     }
 
     fn on_event(&mut self, i: u32, e: Event) {
+        if self.recording {
+            self.node_events.push((self.now, i, e.clone()));
+        }
         match e {
             Event::ParentChanged(Some(_)) | Event::BecameRoot => {
                 let sn = &mut self.nodes[i as usize];
@@ -1525,6 +1577,11 @@ pub fn play_sim(sc: &Scenario) -> (Report, Sim) {
     report.frames = sim.frames;
     report.trace_hash = format!("{:016x}", sim.trace_hash());
     report.sim_end_ms = sim.now().0 as f64 / 1000.0;
+    if let Some(kinds) = &sim.kinds {
+        for (k, v) in kinds {
+            eprintln!("{v:>12} {k}");
+        }
+    }
     report.wall_ms = wall.elapsed().as_millis() as u64;
     report.events_per_s = sim.events as f64 / wall.elapsed().as_secs_f64().max(1e-9);
     (report, sim)
@@ -1631,6 +1688,20 @@ pub fn job_report(sim: &Sim, n: u32) -> crate::scenario::JobReport {
                     r.missing.push(i);
                 }
             }
+        }
+    }
+    if std::env::var_os("PLUSH_SIM_WHY").is_some() {
+        // Debugging (`PLUSH_SIM_WHY=1`): which nodes still hold the first missing results.
+        for &m in r.missing.iter().take(3) {
+            let holders: Vec<String> = (0..n)
+                .filter_map(|x| {
+                    let node = sim.node(x)?;
+                    let (held, unsent) = node.holds_result(j.id, &id(m));
+                    (held || unsent)
+                        .then(|| format!("{x} (unsent {unsent}, parent {:?}, root {})", node.parent(), node.is_root()))
+                })
+                .collect();
+            eprintln!("missing {m}: held by {holders:?}");
         }
     }
     r.merged_messages_at_controller = j.ctrl_messages;

@@ -1,7 +1,9 @@
 //! Determinism and the swarm: hundreds of seeds with random fault mixes (process and silent host
 //! crashes, partitions, clogs, refused connects, restarts, small fd budgets), every one required
 //! to converge with no safety violation, no node over its link budget, no tree link evicted, and
-//! every survivor answering the broadcast after repair.
+//! every survivor answering the broadcast after repair. Half the seeds build the tree through a
+//! controller (invitations and launches) and run a job, most through the faults: every survivor's
+//! result must reach the controller exactly once.
 //!
 //! `PLUSH_SWARM_SEEDS=N` changes the number of seeds (default 200); `PLUSH_SWARM_FIRST=S` the
 //! first one. A failing seed prints the `plush sim` command that reproduces it.
@@ -45,6 +47,13 @@ fn swarm_scenario(seed: u64) -> (Scenario, String) {
     if r.random_bool(0.3) {
         sc.config.max_links = r.random_range(20..=64);
     }
+    // Half the seeds build through the controller and run a job, most of them through the
+    // faults, with a few distinct outputs.
+    if r.random_bool(0.5) {
+        sc.job = true;
+        sc.fault_during_job = r.random_bool(0.7);
+        sc.job_outputs = [1, 1, 3, 50][r.random_range(0..4usize)];
+    }
     let mut cmd = format!(
         "plush sim --nodes {} --seed {} --latency {}..{} --kill {}",
         sc.nodes, sc.seed, sc.latency_min_ms, sc.latency_max_ms, sc.kill
@@ -74,6 +83,15 @@ fn swarm_scenario(seed: u64) -> (Scenario, String) {
     if sc.config.max_links != Scenario::default().config.max_links {
         cmd += &format!(" --fd-budget {}", sc.config.max_links);
     }
+    if sc.job {
+        cmd += " --job";
+        if sc.fault_during_job {
+            cmd += " --fault-during-job";
+        }
+        if sc.job_outputs != 1 {
+            cmd += &format!(" --job-outputs {}", sc.job_outputs);
+        }
+    }
     (sc, cmd)
 }
 
@@ -100,6 +118,13 @@ fn problems(r: &Report) -> Vec<String> {
     if r.conns.pinned_evictions > 0 {
         p.push(format!("{} tree links closed while pinned", r.conns.pinned_evictions));
     }
+    if let Some(j) = &r.job {
+        // Exactly once: every survivor's result reached the controller, none twice, and no
+        // result that reached a survivor was dropped.
+        if j.lost > 0 || j.duplicates > 0 {
+            p.push(format!("job: {} lost, {} duplicates (missing {:?})", j.lost, j.duplicates, j.missing));
+        }
+    }
     p
 }
 
@@ -124,6 +149,8 @@ fn swarm_of_random_fault_mixes_all_converge() {
     // Nodes killed by silent host crashes; seeds with a small fd budget, and those among them
     // where the budget bit (links evicted or refused).
     let (mut host_killed, mut budgeted, mut budget_bit) = (0u64, 0u64, 0u64);
+    // Seeds that ran a job, those that ran it through the faults, and node results delivered.
+    let (mut jobs, mut jobs_faulted, mut job_results) = (0u64, 0u64, 0u64);
     let started = std::time::Instant::now();
     for seed in first..first + count {
         let (sc, cmd) = swarm_scenario(seed);
@@ -151,6 +178,16 @@ fn swarm_of_random_fault_mixes_all_converge() {
                 budget_bit += 1;
             }
         }
+        if let Some(j) = &r.job {
+            jobs += 1;
+            jobs_faulted += u64::from(sc.fault_during_job && r.recovery.killed + r.recovery.partitioned > 0);
+            job_results += u64::from(j.results);
+            if j.expected == 0 || j.results == 0 {
+                p.push(format!("the job ran nowhere: {j:?}"));
+            }
+        } else if sc.job {
+            p.push("the job report is missing".into());
+        }
         if !p.is_empty() {
             failures.push(format!("seed {seed}: {}\n  reproduce: {cmd}", p.join("; ")));
         }
@@ -158,12 +195,14 @@ fn swarm_of_random_fault_mixes_all_converge() {
     assert!(failures.is_empty(), "{} of {count} seeds failed:\n{}", failures.len(), failures.join("\n"));
     eprintln!(
         "swarm: {count} seeds, {nodes} nodes, {killed} killed ({host_killed} by host crashes), {partitioned} \
-         partitioned, {restarted} restarted, {budgeted} seeds with an fd budget ({budget_bit} where it bit), {:.1} s",
+         partitioned, {restarted} restarted, {budgeted} seeds with an fd budget ({budget_bit} where it bit), \
+         {jobs} jobs ({jobs_faulted} through faults, {job_results} node results), {:.1} s",
         started.elapsed().as_secs_f64()
     );
     if count >= 50 {
         assert!(killed > 0 && partitioned > 0 && restarted > 0, "the swarm exercised every fault");
         assert!(host_killed > 0, "the swarm crashed hosts silently");
         assert!(budget_bit > 0, "the swarm ran nodes into their fd budget ({budgeted} seeds had one)");
+        assert!(jobs_faulted > 0, "the swarm ran jobs through faults ({jobs} jobs)");
     }
 }
