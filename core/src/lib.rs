@@ -10,6 +10,12 @@
 //! - [`tree`]: RandTree, the self-repairing random tree (join, redirect, failover, merge, leave,
 //!   repair through RanSub candidates).
 //! - [`ransub`]: RanSub, uniform random subsets of the membership delivered every epoch.
+//! - [`control`]: the control plane inside every client: the controller's link at the root,
+//!   invitations, membership reports, jobs whose results are merged on the way up and held until
+//!   acknowledged, barriers, dismantle. [`ProcessEvent`] is what a driver reports of a process.
+//! - [`controller`]: [`Controller`], the user's side, outside the tree: the host table
+//!   ([`HostState`]), jobs, barriers, and the [`Report`]s it gives its user.
+//! - [`nodeset`]: [`NodeSet`], sets of node ids as runs of consecutive addresses.
 //! - [`wire`]: frames, [`wire::Hello`], the messages of every layer, the frame pool.
 //! - [`conn`]: the connection table (link states, pins, LRU eviction under a budget, heartbeat
 //!   bookkeeping, idle sweep).
