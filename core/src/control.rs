@@ -70,6 +70,8 @@ pub const MAX_VERIFYING: usize = 64;
 pub const MAX_DONE: usize = 1024;
 /// Longest barrier name accepted.
 pub const MAX_NAME: usize = 128;
+/// The output of a node's result when it had no room for another job.
+const TOO_MANY_JOBS: &[u8] = b"plush: too many jobs on this node";
 /// A results message is split once its groups' outputs pass this many bytes.
 const SPLIT_BYTES: usize = 256 << 10;
 
@@ -147,6 +149,8 @@ struct Job {
     spec: Rc<RunSpec>,
     /// The `Run` arrived (else only results did, and `spec` is a stand-in never forwarded).
     known: bool,
+    /// Admitted past [`crate::Config::max_jobs`]: no process runs for it here.
+    over: bool,
     own: Own,
     output: Vec<u8>,
     truncated: bool,
@@ -790,6 +794,10 @@ impl Control {
         }
         match spec.kind {
             JobKind::Census => self.finish_own(ctx, tree, k, ExitStatus::Exited(0)),
+            JobKind::Command if self.jobs[k].over => {
+                self.jobs[k].output = TOO_MANY_JOBS.to_vec();
+                self.finish_own(ctx, tree, k, ExitStatus::SpawnFailed);
+            }
             JobKind::Command => {
                 let deadline =
                     (spec.timeout_ms > 0).then(|| ctx.now + core::time::Duration::from_millis(spec.timeout_ms));
@@ -804,30 +812,37 @@ impl Control {
         }
     }
 
-    /// A new entry in the job table (`known`: from a `Run`; else results came first). `None`
-    /// when the table is full of jobs still in progress: our part fails with a result saying so.
+    /// A new entry in the job table (`known`: from a `Run`; else results came first).
+    ///
+    /// Bound: [`crate::Config::max_jobs`] jobs run processes; past it (when no finished job can be
+    /// forgotten) a job still gets an entry, marked `over`, so that its results, and the failure
+    /// of our own part, are held and travel up like any other; past twice the bound, `None`: our
+    /// failure and the results of others are relayed without being held.
     fn new_job(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, spec: Rc<RunSpec>, known: bool) -> Option<usize> {
-        if self.jobs.len() >= ctx.cfg.max_jobs {
+        let max = ctx.cfg.max_jobs;
+        if self.jobs.len() >= max {
             // Make room by forgetting the oldest finished job, if any.
-            match self.jobs.iter().position(|j| j.linger_until.is_some()) {
-                Some(k) => self.forget_job(k),
-                None => {
-                    let g = Held {
-                        status: ExitStatus::SpawnFailed,
-                        truncated: false,
-                        output: Rc::new(b"plush: too many jobs on this node".to_vec()),
-                        nodes: NodeSet::one(self.me),
-                    };
-                    if let Some(up) = self.up(tree).filter(|_| known) {
-                        self.send_groups(ctx, up, spec.job, &[g], false);
-                    }
-                    return None;
-                }
+            if let Some(k) = self.jobs.iter().position(|j| j.linger_until.is_some()) {
+                self.forget_job(k);
             }
+        }
+        let over = self.jobs.len() >= max;
+        if self.jobs.len() >= 2 * max {
+            if let Some(up) = self.up(tree).filter(|_| known && spec.target.includes(&self.me)) {
+                let g = Held {
+                    status: ExitStatus::SpawnFailed,
+                    truncated: false,
+                    output: Rc::new(TOO_MANY_JOBS.to_vec()),
+                    nodes: NodeSet::one(self.me),
+                };
+                self.send_groups(ctx, up, spec.job, &[g], false);
+            }
+            return None;
         }
         self.jobs.push(Job {
             spec,
             known,
+            over,
             own: Own::NotTarget,
             output: Vec::new(),
             truncated: false,
@@ -943,7 +958,14 @@ impl Control {
                 });
                 match self.new_job(ctx, tree, stand_in, false) {
                     Some(k) => k,
-                    None => return,
+                    None => {
+                        // No room to hold them: relay them as they are.
+                        if let Some(up) = self.up(tree) {
+                            let held: Vec<Held> = groups.into_iter().map(held_of).collect();
+                            self.send_groups(ctx, up, job, &held, false);
+                        }
+                        return;
+                    }
                 }
             }
             None => {

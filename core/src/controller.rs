@@ -779,7 +779,8 @@ impl Controller {
     }
 
     fn unreachable(&mut self, now: Instant, host: NodeId) {
-        let launch_here = !self.cfg.launch_at_root;
+        // Without a root (the first host, invited directly) nobody else can launch it.
+        let launch_here = !self.cfg.launch_at_root || self.root.is_none();
         let Some(h) = self.host(&host) else { return };
         if h.state != HostState::Invited {
             return;

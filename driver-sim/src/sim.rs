@@ -302,9 +302,15 @@ pub struct Sim {
     job_outputs: u32,
     /// The job whose delivery the simulator records, and what it recorded.
     pub job: JobRecord,
-    /// What the controller reported, except results and host states (counted in `job` and
-    /// `host_failures`).
+    /// What the controller reported, except results and host states (kept in `results` and
+    /// `job`, counted in `host_failures`).
     pub ctrl_log: Vec<(Instant, CtrlReport)>,
+    /// Every `Report::Result` the controller gave, of any job, as (time, report): one entry per
+    /// group of nodes new to it, with their status, truncation and output.
+    pub results: Vec<(Instant, CtrlReport)>,
+    /// Every `Output::Signal` a node emitted (a timeout or a cancel), as (time, node, job). The
+    /// simulated process ignores it: the node has recorded its result already.
+    pub signals: Vec<(Instant, u32, u64)>,
     /// Hosts the controller declared failed.
     pub host_failures: u32,
     /// Nodes that exited by themselves (dismantle, idle expiry).
@@ -398,6 +404,8 @@ impl Sim {
             job_outputs: scenario.job_outputs.max(1),
             job: JobRecord::default(),
             ctrl_log: Vec::new(),
+            results: Vec::new(),
+            signals: Vec::new(),
             host_failures: 0,
             exits: 0,
             launches: 0,
@@ -983,7 +991,7 @@ impl Sim {
                     self.push(self.now + Duration::from_micros(us), Kind::ProcExit { node: i, incarnation, job });
                 }
                 // The simulated process ignores signals: the node has recorded its result.
-                Output::Signal { .. } => {}
+                Output::Signal { job } => self.signals.push((self.now, i, job)),
                 Output::Launch { host } => {
                     let h = idx(host);
                     let ok = (h as usize) < self.nodes.len() && self.nodes[h as usize].ctrl.is_none();
@@ -1122,6 +1130,9 @@ impl Sim {
     }
 
     fn on_report(&mut self, r: CtrlReport) {
+        if matches!(r, CtrlReport::Result { .. }) {
+            self.results.push((self.now, r.clone()));
+        }
         match r {
             CtrlReport::Result { job, nodes, output, .. } if job == self.job.id => {
                 for y in nodes.iter() {

@@ -1,0 +1,482 @@
+//! The job lifecycle through the simulator: a `Controller` in its own slot builds the tree by
+//! invitations, runs jobs on every host's simulated process (one line of output, then exit 0
+//! after a duration drawn in the scenario's `job_min_s..job_max_s`), and the tests check what
+//! the module docs of `plush_core::control` and `plush_core::controller` promise of timeouts,
+//! cancellation, output caps, streaming, merging, the job table's bound, launching at the root
+//! and hosts that join while a job runs.
+
+use plush_core::controller::ControllerError;
+use plush_core::wire::{ExitStatus, JobKind, JobMsg, List, Message, RunSpec, Target};
+use plush_core::{HostState, Instant, NodeId, NodeSet, Report as CtrlReport};
+use plush_sim::{Scenario, Sim};
+use std::time::Duration;
+
+/// The line every simulated process prints (with one distinct output).
+const LINE: &[u8] = b"hello from plush\n";
+
+fn scenario(n: u32, seed: u64) -> Scenario {
+    Scenario { nodes: n, seed, ..Scenario::default() }
+}
+
+fn joined(sim: &Sim) -> usize {
+    sim.controller().map_or(0, |c| c.host_counts()[HostState::Joined as usize])
+}
+
+fn ctrl_slot(sim: &Sim) -> u32 {
+    sim.controller().and_then(|c| c.id().loopback_index()).expect("a controller")
+}
+
+fn root_of(sim: &Sim) -> u32 {
+    sim.main_root().expect("a root")
+}
+
+fn index(id: NodeId) -> u32 {
+    id.loopback_index().expect("a simulated id")
+}
+
+/// Run until `want` hosts are joined (as the controller sees it) and the live nodes form one
+/// converged tree; panics after two minutes of simulated time.
+fn wait_built(sim: &mut Sim, want: usize, seed: u64) {
+    let deadline = sim.now() + Duration::from_secs(120);
+    while sim.now() < deadline {
+        let t = sim.now() + Duration::from_millis(100);
+        sim.run_until(t, |_| false);
+        if joined(sim) == want && sim.converged() {
+            assert_eq!(sim.violations, 0, "{:?}", sim.violation_texts);
+            return;
+        }
+    }
+    panic!(
+        "seed {seed}: the controller did not build the tree: host counts {:?}, converged {}",
+        sim.controller().map(|c| c.host_counts()),
+        sim.converged()
+    );
+}
+
+/// A simulator of `sc.nodes` hosts and a controller that invited them all; returns once every
+/// host is joined (as the controller sees it) and the tree converged.
+fn build(sc: &Scenario) -> Sim {
+    let n = sc.nodes;
+    let mut sim = Sim::new(n, sc);
+    sim.add_controller();
+    let hosts: Vec<NodeId> = (0..n).map(Sim::id).collect();
+    sim.ctrl_do(|c, now| c.add_hosts(now, &hosts));
+    wait_built(&mut sim, n as usize, sc.seed);
+    sim
+}
+
+/// Run in steps of `step` until `done` holds (true) or `limit` of simulated time passed (false).
+fn run_for(sim: &mut Sim, limit: Duration, step: Duration, mut done: impl FnMut(&Sim) -> bool) -> bool {
+    let deadline = sim.now() + limit;
+    while sim.now() < deadline {
+        let t = (sim.now() + step).min(deadline);
+        sim.run_until(t, |_| false);
+        if done(sim) {
+            return true;
+        }
+    }
+    done(sim)
+}
+
+fn spec(job: u64) -> RunSpec {
+    RunSpec {
+        job,
+        kind: JobKind::Command,
+        target: Target::All,
+        argv: List(vec!["echo".into(), "hello from plush".into()]),
+        env: List::default(),
+        cwd: None,
+        timeout_ms: 0,
+        stream: false,
+    }
+}
+
+/// Watch `spec.job` and start it through the controller.
+fn start(sim: &mut Sim, spec: RunSpec) {
+    sim.watch_job(spec.job);
+    let r = sim.ctrl_do(|c, now| c.run(now, spec));
+    assert_eq!(r, Some(Ok(())), "the controller refused the job");
+}
+
+/// One reported node result.
+#[derive(Clone, Debug)]
+struct NodeResult {
+    at: Instant,
+    node: u32,
+    status: ExitStatus,
+    truncated: bool,
+    output: Vec<u8>,
+}
+
+/// Every node result of `job` the controller reported, one entry per node and report.
+fn results(sim: &Sim, job: u64) -> Vec<NodeResult> {
+    let mut out = Vec::new();
+    for (at, r) in &sim.results {
+        if let CtrlReport::Result { job: j, status, truncated, output, nodes } = r {
+            if *j == job {
+                out.extend(nodes.iter().map(|y| NodeResult {
+                    at: *at,
+                    node: index(y),
+                    status: *status,
+                    truncated: *truncated,
+                    output: output.as_ref().clone(),
+                }));
+            }
+        }
+    }
+    out
+}
+
+/// Live nodes (slots `0..n`).
+fn live(sim: &Sim, n: u32) -> Vec<u32> {
+    (0..n).filter(|&i| sim.alive(i)).collect()
+}
+
+/// Whether every live node among `0..n` has a reported result of the watched job.
+fn all_reported(sim: &Sim, n: u32) -> bool {
+    (0..n).all(|i| !sim.alive(i) || sim.job.reported.get(i as usize).is_some_and(|&r| r > 0))
+}
+
+/// Every live node's result reported exactly once (the controller removes duplicates by node).
+fn assert_each_once(sim: &Sim, n: u32) {
+    let nodes = live(sim, n);
+    assert!(!nodes.is_empty());
+    for &i in &nodes {
+        assert_eq!(
+            sim.job.reported[i as usize], 1,
+            "node {i}'s result reported {} times",
+            sim.job.reported[i as usize]
+        );
+    }
+}
+
+#[test]
+fn a_job_timeout_kills_and_reports_timed_out() {
+    let n = 30;
+    let mut sc = scenario(n, 51);
+    sc.job_min_s = 2.0;
+    sc.job_max_s = 3.0;
+    let mut sim = build(&sc);
+    let started = sim.now();
+    start(&mut sim, RunSpec { timeout_ms: 500, ..spec(1) });
+    let done = run_for(&mut sim, Duration::from_secs(5), Duration::from_millis(50), |s| all_reported(s, n));
+    assert!(done, "results missing: {:?}", sim.job.reported);
+    assert_each_once(&sim, n);
+    let rs = results(&sim, 1);
+    assert_eq!(rs.len(), n as usize);
+    for r in &rs {
+        assert_eq!(r.status, ExitStatus::TimedOut, "node {}: {r:?}", r.node);
+        // Killed at the timeout, not when the process would have ended by itself (2 s at least).
+        assert!(r.at >= started + Duration::from_millis(500), "node {}'s result came before the timeout", r.node);
+        assert!(r.at < started + Duration::from_secs(2), "node {}'s result came at {:?}", r.node, r.at.since(started));
+    }
+    // Every node asked its driver to kill the process.
+    let mut signalled: Vec<u32> = sim.signals.iter().filter(|s| s.2 == 1).map(|s| s.1).collect();
+    signalled.sort_unstable();
+    assert_eq!(signalled, live(&sim, n), "nodes that signalled their process");
+    // The processes end by themselves later: nothing changes.
+    let t = started + Duration::from_secs(4);
+    sim.run_until(t, |_| false);
+    assert_each_once(&sim, n);
+    assert!(results(&sim, 1).iter().all(|r| r.status == ExitStatus::TimedOut));
+    assert!(sim.ctrl_log.iter().any(|(_, r)| *r == CtrlReport::JobComplete { job: 1 }), "no JobComplete report");
+    assert_eq!(sim.violations, 0, "{:?}", sim.violation_texts);
+}
+
+#[test]
+fn cancel_kills_the_job_everywhere() {
+    let n = 30;
+    let mut sc = scenario(n, 52);
+    sc.job_min_s = 2.0;
+    sc.job_max_s = 3.0;
+    let mut sim = build(&sc);
+    let started = sim.now();
+    start(&mut sim, spec(2));
+    sim.run_until(started + Duration::from_millis(300), |_| false);
+    assert!(results(&sim, 2).is_empty(), "results before the cancel: {:?}", results(&sim, 2));
+    let r = sim.ctrl_do(|c, now| c.cancel(now, 2));
+    assert_eq!(r, Some(Ok(())));
+    assert_eq!(sim.ctrl_do(|c, now| c.cancel(now, 99)), Some(Err(ControllerError::Unknown)));
+    let done = run_for(&mut sim, Duration::from_secs(5), Duration::from_millis(50), |s| all_reported(s, n));
+    assert!(done, "results missing: {:?}", sim.job.reported);
+    // Past the longest process: a process that was not killed would have reported by now.
+    sim.run_until(started + Duration::from_secs(4), |_| false);
+    assert_each_once(&sim, n);
+    let rs = results(&sim, 2);
+    assert_eq!(rs.len(), n as usize);
+    assert!(!rs.iter().any(|r| matches!(r.status, ExitStatus::Exited(_))), "a process ran to its end");
+    for r in &rs {
+        assert_eq!(r.status, ExitStatus::Cancelled, "node {}: {r:?}", r.node);
+        assert!(r.at < started + Duration::from_secs(2), "node {}'s result came at {:?}", r.node, r.at.since(started));
+    }
+    let mut signalled: Vec<u32> = sim.signals.iter().filter(|s| s.2 == 2).map(|s| s.1).collect();
+    signalled.sort_unstable();
+    assert_eq!(signalled, live(&sim, n), "nodes that signalled their process");
+    assert_eq!(sim.violations, 0, "{:?}", sim.violation_texts);
+}
+
+#[test]
+fn output_is_capped_and_marked_truncated() {
+    let n = 30;
+    let mut sc = scenario(n, 53);
+    sc.config.max_output = 5;
+    let mut sim = build(&sc);
+    start(&mut sim, spec(3));
+    let done = run_for(&mut sim, Duration::from_secs(5), Duration::from_millis(50), |s| all_reported(s, n));
+    assert!(done, "results missing: {:?}", sim.job.reported);
+    assert_each_once(&sim, n);
+    assert!(LINE.len() > 5);
+    let rs = results(&sim, 3);
+    assert_eq!(rs.len(), n as usize);
+    for r in &rs {
+        assert_eq!(r.status, ExitStatus::Exited(0), "node {}", r.node);
+        assert!(r.truncated, "node {}'s result is not marked truncated", r.node);
+        assert_eq!(r.output.len(), 5, "node {}: {:?}", r.node, String::from_utf8_lossy(&r.output));
+        assert_eq!(r.output, &LINE[..5]);
+    }
+    assert_eq!(sim.job.outputs, vec![LINE[..5].to_vec()]);
+}
+
+/// Stream reports of `job` per node: (reports, bytes).
+fn streams(sim: &Sim, job: u64, n: u32) -> Vec<(usize, Vec<u8>)> {
+    let mut per = vec![(0, Vec::new()); n as usize];
+    for (_, r) in &sim.ctrl_log {
+        if let CtrlReport::Stream { job: j, node, bytes } = r {
+            if *j == job {
+                let i = index(*node) as usize;
+                assert!(i < n as usize, "a stream from {node}");
+                per[i].0 += 1;
+                per[i].1.extend_from_slice(bytes);
+            }
+        }
+    }
+    per
+}
+
+#[test]
+fn streamed_output_reaches_the_controller() {
+    let n = 30;
+    // Unlimited (the default rate): every node's line comes up once, whole.
+    let mut sim = build(&scenario(n, 54));
+    start(&mut sim, RunSpec { stream: true, ..spec(4) });
+    let done = run_for(&mut sim, Duration::from_secs(5), Duration::from_millis(50), |s| all_reported(s, n));
+    assert!(done, "results missing: {:?}", sim.job.reported);
+    let per = streams(&sim, 4, n);
+    for i in live(&sim, n) {
+        assert_eq!(per[i as usize].0, 1, "node {i}: {} stream reports", per[i as usize].0);
+        assert_eq!(per[i as usize].1, LINE, "node {i}'s stream");
+    }
+    assert_eq!(sim.total(|s| s.stream_bytes_dropped), 0);
+    // The final results have it too.
+    assert!(results(&sim, 4).iter().all(|r| r.output == LINE && r.status == ExitStatus::Exited(0)));
+
+    // 3 bytes a second: the stream is cut, the result is not.
+    let mut sc = scenario(n, 55);
+    sc.config.stream_rate = 3;
+    let mut sim = build(&sc);
+    start(&mut sim, RunSpec { stream: true, ..spec(5) });
+    let done = run_for(&mut sim, Duration::from_secs(5), Duration::from_millis(50), |s| all_reported(s, n));
+    assert!(done, "results missing: {:?}", sim.job.reported);
+    let per = streams(&sim, 5, n);
+    let mut streamed = 0;
+    for i in live(&sim, n) {
+        let bytes = &per[i as usize].1;
+        assert!(bytes.len() <= 3, "node {i} streamed {} bytes at 3 bytes/s", bytes.len());
+        assert_eq!(bytes.as_slice(), &LINE[..bytes.len()], "node {i}'s stream is not its output's start");
+        streamed += bytes.len();
+    }
+    assert!(streamed > 0, "nothing streamed at all");
+    let dropped = sim.total(|s| s.stream_bytes_dropped);
+    assert!(dropped > 0, "no stream byte dropped");
+    assert_eq!(dropped as usize + streamed, n as usize * LINE.len(), "streamed + dropped != printed");
+    let rs = results(&sim, 5);
+    assert_eq!(rs.len(), n as usize);
+    assert!(rs.iter().all(|r| r.output == LINE && !r.truncated), "the rate limit cut a result");
+}
+
+#[test]
+fn identical_results_merge_into_few_messages() {
+    let n = 300;
+    let mut sim = build(&scenario(n, 56));
+    start(&mut sim, spec(6));
+    let done = run_for(&mut sim, Duration::from_secs(10), Duration::from_millis(50), |s| all_reported(s, n));
+    assert!(done, "results missing: {:?}", (0..n).filter(|&i| sim.job.reported[i as usize] == 0).collect::<Vec<_>>());
+    // Let acknowledgements and any re-sends settle.
+    let t = sim.now() + Duration::from_secs(3);
+    sim.run_until(t, |_| false);
+    assert_eq!(live(&sim, n).len(), n as usize);
+    assert_each_once(&sim, n);
+    let msgs = sim.job.ctrl_messages;
+    assert!(msgs > 0);
+    assert!(msgs <= 30, "{msgs} Results frames reached the controller for {n} identical results");
+    assert_eq!(sim.job.outputs, vec![LINE.to_vec()]);
+    assert_eq!(sim.controller().expect("a controller").stats().duplicate_results, 0);
+}
+
+/// The nodes whose result of `job` reached the controller in `Results` frames (recorded
+/// messages), by status and output.
+fn delivered(sim: &Sim, job: u64) -> Vec<(ExitStatus, Vec<u8>, NodeSet)> {
+    let ctrl = ctrl_slot(sim);
+    let mut out: Vec<(ExitStatus, Vec<u8>, NodeSet)> = Vec::new();
+    for (_, _, to, m) in &sim.messages {
+        if let (true, Message::Job(JobMsg::Results { job: j, groups, .. })) = (*to == ctrl, m) {
+            if *j != job {
+                continue;
+            }
+            for g in groups.iter() {
+                match out.iter_mut().find(|(s, o, _)| *s == g.status && *o == g.output) {
+                    Some(e) => e.2.extend(&g.nodes),
+                    None => out.push((g.status, g.output.clone(), g.nodes.clone())),
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn too_many_jobs_fail_cleanly() {
+    let n = 30;
+    let mut sc = scenario(n, 57);
+    sc.config.max_jobs = 2;
+    sc.job_min_s = 2.0;
+    sc.job_max_s = 3.0;
+    let mut sim = build(&sc);
+    let ctrl = ctrl_slot(&sim);
+    let root = root_of(&sim);
+    // The root's census of the members takes a slot of every node's table until it is done:
+    // let it finish (a finished job gives its slot up to a new one).
+    let t = sim.now() + Duration::from_secs(2);
+    sim.run_until(t, |_| false);
+    sim.recording = true;
+    let started = sim.now();
+    for job in [11, 12] {
+        assert_eq!(sim.ctrl_do(|c, now| c.run(now, spec(job))), Some(Ok(())));
+    }
+    // The controller shares the configuration and bounds its own table the same way: it refuses
+    // a third job itself.
+    assert_eq!(sim.ctrl_do(|c, now| c.run(now, spec(13))), Some(Err(ControllerError::Full)));
+    // The nodes' bound: the third `Run` reaches the root from the controller all the same (as
+    // from a controller with a larger table), while both jobs run everywhere.
+    sim.run_until(started + Duration::from_millis(200), |_| false);
+    for i in live(&sim, n) {
+        assert_eq!(sim.node(i).expect("live").job_count(), 2, "node {i} does not run both jobs");
+    }
+    assert!(sim.inject(ctrl, root, &Message::Job(JobMsg::Run(spec(13)))), "no link from the controller to the root");
+    let all: NodeSet = live(&sim, n).into_iter().map(Sim::id).collect();
+    let covered = |s: &Sim| {
+        delivered(s, 13).iter().fold(NodeSet::new(), |mut acc, g| {
+            acc.extend(&g.2);
+            acc
+        })
+    };
+    // Within a second and a half (before any of the first two jobs' processes end).
+    let failed_everywhere =
+        run_for(&mut sim, Duration::from_millis(1500), Duration::from_millis(50), |s| covered(s) == all);
+    let got = covered(&sim);
+    let third = delivered(&sim, 13);
+    assert!(!third.is_empty(), "no result of job 13 reached the controller");
+    for (status, output, nodes) in &third {
+        assert_eq!(*status, ExitStatus::SpawnFailed, "job 13 at {nodes:?}");
+        let text = String::from_utf8_lossy(output);
+        assert!(text.contains("too many jobs"), "job 13's output at {nodes:?}: {text:?}");
+    }
+    // The refused job keeps an entry past the bound (its failure is held until acknowledged),
+    // but no process: every node's part of it is the SpawnFailed result checked above, and the
+    // table never grows past twice the bound.
+    for i in live(&sim, n) {
+        assert_eq!(sim.node(i).expect("live").job_count(), 3, "node {i}'s job table");
+    }
+    // The first two complete normally, everywhere.
+    let done = run_for(&mut sim, Duration::from_secs(5), Duration::from_millis(50), |s| {
+        [11, 12].iter().all(|&j| s.controller().and_then(|c| c.results_of(j)).is_some_and(|r| r.len() == u64::from(n)))
+    });
+    assert!(done, "jobs 11 and 12 did not complete");
+    for job in [11, 12] {
+        let rs = results(&sim, job);
+        assert_eq!(rs.len(), n as usize, "job {job}");
+        for r in &rs {
+            assert_eq!(r.status, ExitStatus::Exited(0), "job {job} at node {}", r.node);
+            assert_eq!(r.output, LINE);
+        }
+        assert!(sim.ctrl_log.iter().any(|(_, r)| *r == CtrlReport::JobComplete { job }), "job {job} not complete");
+    }
+    assert!(sim.signals.is_empty(), "a process was killed: {:?}", sim.signals);
+    // Every node answered the third `Run`, and every answer reached the controller (in time, and
+    // still none later).
+    let late = covered(&sim);
+    assert!(
+        failed_everywhere,
+        "job 13's SpawnFailed results reached the controller from {} of {n} nodes within 1.5 s, {} by the \
+         end (missing {:?})",
+        got.len(),
+        late.len(),
+        all.minus(&late)
+    );
+}
+
+#[test]
+fn launching_at_the_root_works_too() {
+    let n = 30;
+    let mut sc = scenario(n, 58);
+    sc.config.launch_at_root = true;
+    let mut sim = Sim::new(n, &sc);
+    sim.add_controller();
+    // The first host founds the tree before there is a root to launch it: the controller
+    // launches that one. Every other one is launched by the root.
+    let hosts: Vec<NodeId> = (0..n).map(Sim::id).collect();
+    sim.ctrl_do(|c, now| c.add_hosts(now, &hosts));
+    wait_built(&mut sim, n as usize, sc.seed);
+    let c = sim.controller().expect("a controller");
+    assert_eq!(c.host_counts()[HostState::Joined as usize], n as usize);
+    for i in 0..n {
+        assert_eq!(c.host_state(&Sim::id(i)), Some(HostState::Joined), "host {i}");
+    }
+    assert_eq!(c.stats().launches, 1, "the controller launched only the first host");
+    assert_eq!(sim.launches, n, "every client was launched, all but the first by the root");
+    assert_eq!(sim.live_count(), n);
+    assert!(sim.converged());
+    // And the tree built this way runs jobs.
+    start(&mut sim, spec(7));
+    let done = run_for(&mut sim, Duration::from_secs(5), Duration::from_millis(50), |s| all_reported(s, n));
+    assert!(done, "results missing: {:?}", sim.job.reported);
+    assert_each_once(&sim, n);
+}
+
+#[test]
+fn a_job_started_before_a_host_joins_reaches_it_after_it_joins() {
+    let n = 35;
+    let late: Vec<u32> = (30..n).collect();
+    let sc = scenario(n, 59);
+    let mut sim = Sim::new(n, &sc);
+    sim.add_controller();
+    let first: Vec<NodeId> = (0..30).map(Sim::id).collect();
+    sim.ctrl_do(|c, now| c.add_hosts(now, &first));
+    wait_built(&mut sim, 30, sc.seed);
+    for &i in &late {
+        assert!(!sim.alive(i), "host {i} runs before it was added");
+    }
+    let started = sim.now();
+    start(&mut sim, spec(8));
+    sim.run_until(started + Duration::from_millis(100), |_| false);
+    let later: Vec<NodeId> = late.iter().map(|&i| Sim::id(i)).collect();
+    sim.ctrl_do(|c, now| c.add_hosts(now, &later));
+    let done = run_for(&mut sim, Duration::from_secs(20), Duration::from_millis(50), |s| all_reported(s, n));
+    assert!(done, "results missing: {:?}", sim.job.reported);
+    let c = sim.controller().expect("a controller");
+    assert_eq!(c.host_counts()[HostState::Joined as usize], n as usize);
+    assert_eq!(sim.live_count(), n);
+    assert_each_once(&sim, n);
+    let rs = results(&sim, 8);
+    assert_eq!(rs.len(), n as usize);
+    for r in &rs {
+        assert_eq!(r.status, ExitStatus::Exited(0), "node {}", r.node);
+        assert_eq!(r.output, LINE);
+    }
+    // The late hosts' results came after they were added (they did run the job).
+    for &i in &late {
+        let r = rs.iter().find(|r| r.node == i).expect("a result");
+        assert!(r.at > started + Duration::from_millis(100), "host {i}'s result at {:?}", r.at.since(started));
+    }
+    assert!(sim.converged());
+}
