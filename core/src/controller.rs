@@ -244,6 +244,7 @@ impl Controller {
                 pool: FramePool::default(),
                 stats: Default::default(),
                 refused: SmallVec::new(),
+                news: false,
             },
             root: None,
             hosts: Vec::new(),

@@ -265,6 +265,9 @@ pub(crate) struct Io {
     /// Peers whose link the budget refused during the current call; reported to the tree as
     /// failed connects once the call's handler returns. Bound: one entry per send.
     pub refused: SmallVec<[NodeId; 2]>,
+    /// Set when the tree reported a change of parent, children or root-ness during the current
+    /// call, so that the control plane is told (see `Node::tree_news`); most calls have none.
+    pub news: bool,
 }
 
 /// The context a protocol handler runs in.
@@ -314,6 +317,16 @@ impl Ctx<'_> {
     }
 
     pub fn event(&mut self, e: Event) {
+        if matches!(
+            e,
+            Event::ParentChanged(Some(_))
+                | Event::BecameRoot
+                | Event::StoppedBeingRoot
+                | Event::ChildAdded(_)
+                | Event::ChildRemoved(_)
+        ) {
+            self.io.news = true;
+        }
         self.io.out.push_back(Output::Event(e));
     }
 
@@ -375,6 +388,7 @@ impl Node {
                 pool: FramePool::default(),
                 stats: Stats::default(),
                 refused: SmallVec::new(),
+                news: false,
             },
             tree: Tree::new(id),
             ransub: RanSub::default(),
@@ -403,6 +417,9 @@ impl Node {
     /// Tell the control plane what the tree did since output `mark` (parents, children, root).
     fn tree_news(&mut self, now: Instant, mut mark: usize) {
         loop {
+            if !core::mem::take(&mut self.io.news) {
+                return;
+            }
             let news: SmallVec<[Event; 4]> = self
                 .io
                 .out
