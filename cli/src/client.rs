@@ -1,0 +1,33 @@
+//! `plush client`: a Plush client on real TCP, run by `plush_mio::client::run`.
+
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Flags of `plush client`.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Address to listen on (`ip:port`): the client's identity in the overlay.
+    #[arg(long)]
+    pub listen: SocketAddr,
+    /// The cluster key: a file of 64 hex digits, readable by its owner only (mode 0600).
+    #[arg(long)]
+    pub key_file: PathBuf,
+    /// Most links to hold at once; the default is the open-file limit (raised to its hard
+    /// limit) less a reserve for pipes and the process itself.
+    #[arg(long)]
+    pub max_fds: Option<usize>,
+}
+
+/// Run the client until the overlay is dismantled.
+pub fn run(args: &ClientArgs) -> ExitCode {
+    let opts = plush_mio::ClientOptions { listen: args.listen, key_file: args.key_file.clone(), max_fds: args.max_fds };
+    match plush_mio::client::run(&opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("plush client {}: {e}", args.listen);
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The client process: a [`Node`] on real TCP that waits for invitations.
+//!
+//! `plush client --listen ADDR --key-file F [--max-fds N]` runs [`run`]: it raises the soft
+//! limit on open files to the hard limit, reads the cluster key, binds `ADDR` (which becomes
+//! its [`NodeId`]), prints its ready line on stdout ([`crate::launcher::READY_PREFIX`] and the
+//! address: the launcher waits for it) and from then on writes nothing more to stdout (the
+//! launcher stops reading it). It runs until the node emits `Output::Exit` (dismantled, or idle
+//! for `Config::idle_expiry`), then kills its jobs' process groups, closes its links and
+//! returns.
+//!
+//! The fd budget: `Config::max_links = min(--max-fds, soft limit - reserve)`, where the reserve
+//! is [`RESERVED_FDS`] (stdio, the poll and listener descriptors, connections still in their
+//! handshake, slack) plus two pipes per job slot (`2 × Config::max_jobs`). Running out anyway
+//! is not fatal (see [`crate::driver`]).
+
+use crate::auth::Key;
+use crate::driver::{Driver, DriverConfig};
+use crate::launcher::READY_PREFIX;
+use plush_core::{Config, Instant, Node, NodeId};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// File descriptors kept out of the link budget, besides two per job slot.
+pub const RESERVED_FDS: usize = 16;
+/// How long an exiting client waits for its last frames to be written and its links closed.
+pub const EXIT_GRACE: Duration = Duration::from_secs(1);
+
+/// What `plush client` is given.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// The address to listen on: the node's identity.
+    pub listen: SocketAddr,
+    /// The cluster key file (64 hex digits, mode 0600).
+    pub key_file: PathBuf,
+    /// Most links to hold (further limited by the fd limit).
+    pub max_fds: Option<usize>,
+}
+
+/// The link budget for a soft fd limit of `soft` (see the module docs). At least 1.
+pub fn link_budget(soft: u64, max_fds: Option<usize>, cfg: &Config) -> usize {
+    let reserve = RESERVED_FDS + 2 * cfg.max_jobs;
+    let by_limit = usize::try_from(soft).unwrap_or(usize::MAX).saturating_sub(reserve);
+    by_limit.min(max_fds.unwrap_or(usize::MAX)).max(1)
+}
+
+/// A seed that differs between processes and runs: the clock and the pid.
+pub(crate) fn fresh_seed() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    t ^ (u64::from(std::process::id()) << 32) ^ rand::random::<u64>()
+}
+
+/// Run a client until its node exits. Errors are for the caller to print (exit status 1).
+pub fn run(opts: &ClientOptions) -> Result<(), String> {
+    let soft = match crate::sys::raise_nofile_limit() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("plush client: cannot read the fd limit ({e}); assuming 1024");
+            1024
+        }
+    };
+    let key = Key::read_file(&opts.key_file).map_err(|e| format!("cannot read the key: {e}"))?;
+    let listener =
+        std::net::TcpListener::bind(opts.listen).map_err(|e| format!("cannot listen on {}: {e}", opts.listen))?;
+    let addr = listener.local_addr().map_err(|e| format!("cannot read the listen address: {e}"))?;
+    let id = NodeId::new(addr);
+    let mut cfg = Config::default();
+    cfg.max_links = link_budget(soft, opts.max_fds, &cfg);
+    let dcfg = DriverConfig { core: cfg.clone(), ..DriverConfig::default() };
+    let node = Node::new(id, cfg.clone(), fresh_seed(), Instant::ZERO);
+    let mut d = Driver::new(node, id, listener, key, dcfg).map_err(|e| format!("cannot start the event loop: {e}"))?;
+    if d.debug() {
+        eprintln!("plush client {id}: max_links {} (fd soft limit {soft})", cfg.max_links);
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        // Nobody may be reading (started by hand with stdout closed): not an error.
+        let _ = writeln!(out, "{READY_PREFIX}{id}");
+        let _ = out.flush();
+    }
+    while !d.exited {
+        d.turn(None).map_err(|e| format!("event loop failed: {e}"))?;
+    }
+    d.jobs.kill_all();
+    d.close_all(EXIT_GRACE);
+    if d.debug() {
+        eprintln!("plush client {id}: exiting ({:?})", d.stats);
+    }
+    Ok(())
+}
+
+/// Parse `client --listen ADDR --key-file F [--max-fds N]` (the launcher's command line) for
+/// binaries without clap.
+pub fn parse_args(args: &[String]) -> Result<ClientOptions, String> {
+    let mut it = args.iter();
+    if it.next().map(String::as_str) != Some("client") {
+        return Err("usage: client --listen ADDR --key-file FILE [--max-fds N]".into());
+    }
+    let (mut listen, mut key_file, mut max_fds) = (None, None, None);
+    while let Some(flag) = it.next() {
+        let Some(value) = it.next() else { return Err(format!("{flag} needs a value")) };
+        match flag.as_str() {
+            "--listen" => listen = Some(value.parse::<SocketAddr>().map_err(|e| format!("--listen {value}: {e}"))?),
+            "--key-file" => key_file = Some(PathBuf::from(value)),
+            "--max-fds" => max_fds = Some(value.parse::<usize>().map_err(|e| format!("--max-fds {value}: {e}"))?),
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    Ok(ClientOptions {
+        listen: listen.ok_or("--listen is required")?,
+        key_file: key_file.ok_or("--key-file is required")?,
+        max_fds,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_keeps_the_reserve() {
+        let cfg = Config::default();
+        assert_eq!(link_budget(1024, None, &cfg), 1024 - 16 - 128);
+        assert_eq!(link_budget(1024, Some(100), &cfg), 100);
+        assert_eq!(link_budget(10, None, &cfg), 1);
+    }
+
+    #[test]
+    fn arguments_parse() {
+        let a: Vec<String> =
+            ["client", "--listen", "127.0.0.5:7000", "--key-file", "/k", "--max-fds", "9"].map(String::from).into();
+        let o = parse_args(&a).unwrap();
+        assert_eq!(o.listen, "127.0.0.5:7000".parse().unwrap());
+        assert_eq!(o.max_fds, Some(9));
+        assert!(parse_args(&a[..2]).is_err());
+        assert!(parse_args(&["client".to_string()]).is_err());
+    }
+}

@@ -1,0 +1,305 @@
+//! One TCP connection: its handshake phase, read buffer and bounded write queue.
+
+use mio::net::TcpStream;
+use plush_core::wire::{Frame, Hello, PREFIX};
+use plush_core::NodeId;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::time::Instant as StdInstant;
+
+/// Bytes a read asks the kernel for at most: a buffer keeps at least this much room free.
+pub const READ_CHUNK: usize = 16 << 10;
+/// An empty read buffer larger than this is freed (after a large frame), so that idle links
+/// cost little.
+const KEEP_READ: usize = 64 << 10;
+/// Most slices handed to one `write_vectored` call.
+const MAX_IOV: usize = 64;
+
+/// Where a connection stands.
+#[derive(Debug)]
+pub enum Phase {
+    /// Outgoing: the TCP connect is in progress.
+    Connecting,
+    /// Our hello is queued; the peer's is awaited.
+    Hello,
+    /// The peer's hello was checked and our tag queued; the peer's tag is awaited.
+    Auth(Hello),
+    /// Authenticated: the link to this peer.
+    Open(NodeId),
+    /// Lost the tie-break against another link to the same peer: nothing new is written; what
+    /// was queued is flushed, then our side shuts down; frames still read are delivered; it is
+    /// dropped at the peer's end of stream or at its deadline.
+    Retired(NodeId),
+    /// The machine closed the link: what was queued is flushed, then our side shuts down; what
+    /// is read is discarded; dropped at the peer's end of stream or at its deadline.
+    Closing,
+}
+
+/// Bytes received and not yet taken as frames.
+///
+/// Bound: at most one frame (`PREFIX + max_frame`) plus [`READ_CHUNK`]; frames are taken after
+/// every read, and a prefix announcing more than `max_frame` closes the connection.
+#[derive(Debug, Default)]
+pub struct ReadBuf {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl ReadBuf {
+    /// The bytes waiting.
+    pub fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    /// Drop `n` bytes from the front.
+    pub fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.end);
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+            if self.buf.len() > KEEP_READ {
+                self.buf = Vec::new();
+            }
+        }
+    }
+
+    /// One read from `r`. `Ok(0)` is the end of the stream.
+    pub fn read_from(&mut self, r: &mut impl Read) -> io::Result<usize> {
+        if self.buf.len() - self.end < READ_CHUNK {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.buf.len() - self.end < READ_CHUNK {
+                self.buf.resize(self.end + READ_CHUNK, 0);
+            }
+        }
+        let n = r.read(&mut self.buf[self.end..])?;
+        self.end += n;
+        Ok(n)
+    }
+
+    /// Bytes of memory held.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+}
+
+/// Something queued for writing.
+#[derive(Debug)]
+pub enum Chunk {
+    /// A frame from the machine (shared with its other receivers).
+    Frame(Frame),
+    /// Handshake bytes of the driver's own.
+    Bytes(Vec<u8>),
+}
+
+impl Chunk {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Chunk::Frame(f) => f,
+            Chunk::Bytes(b) => b,
+        }
+    }
+}
+
+/// Frames waiting to be written, oldest first. The driver bounds it in bytes
+/// ([`crate::DriverConfig::write_queue_limit`]).
+#[derive(Debug, Default)]
+pub struct WriteQueue {
+    q: VecDeque<Chunk>,
+    /// Bytes of the front chunk already written.
+    off: usize,
+    /// Bytes queued and not written.
+    bytes: usize,
+}
+
+impl WriteQueue {
+    /// Queue a chunk.
+    pub fn push(&mut self, c: Chunk) {
+        self.bytes += c.bytes().len();
+        self.q.push_back(c);
+    }
+
+    /// Bytes waiting.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.q.is_empty()
+    }
+
+    /// Write as much as the socket takes, many frames per call. `Ok(true)` once empty,
+    /// `Ok(false)` when the socket is full. Returns the bytes written through `written`.
+    pub fn write_to(&mut self, w: &mut impl Write, written: &mut u64) -> io::Result<bool> {
+        while !self.q.is_empty() {
+            let mut slices: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
+            let mut n_slices = 0;
+            for (i, c) in self.q.iter().take(MAX_IOV).enumerate() {
+                let b = c.bytes();
+                slices[i] = IoSlice::new(if i == 0 { &b[self.off.min(b.len())..] } else { b });
+                n_slices += 1;
+            }
+            let n = match w.write_vectored(&slices[..n_slices]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            *written += n as u64;
+            self.bytes -= n;
+            let mut left = n;
+            while left > 0 {
+                let Some(front) = self.q.front() else { break };
+                let rest = front.bytes().len() - self.off;
+                if left >= rest {
+                    left -= rest;
+                    self.off = 0;
+                    self.q.pop_front();
+                } else {
+                    self.off += left;
+                    left = 0;
+                }
+            }
+        }
+        if self.q.capacity() > 64 {
+            self.q = VecDeque::new();
+        }
+        Ok(true)
+    }
+}
+
+/// One connection and everything the driver keeps for it.
+#[derive(Debug)]
+pub struct Conn {
+    /// The socket.
+    pub stream: TcpStream,
+    /// For a connection we dialed: the node we dialed.
+    pub dialed: Option<NodeId>,
+    /// Where it stands.
+    pub phase: Phase,
+    /// Our nonce on this connection.
+    pub nonce: u64,
+    /// When the current phase must be over (connect, handshake, linger); `None` while open.
+    pub deadline: Option<StdInstant>,
+    /// Incoming bytes.
+    pub rbuf: ReadBuf,
+    /// Outgoing bytes.
+    pub wq: WriteQueue,
+    /// Our side was shut down (after the last queued byte of a retired or closing link).
+    pub shut: bool,
+    /// Queued for a flush at the end of the turn.
+    pub dirty: bool,
+    /// An incoming connection counted among those in handshake.
+    pub counted: bool,
+}
+
+impl Conn {
+    /// A fresh connection in `phase`.
+    pub fn new(stream: TcpStream, dialed: Option<NodeId>, phase: Phase, deadline: StdInstant) -> Conn {
+        Conn {
+            stream,
+            dialed,
+            phase,
+            nonce: rand::random(),
+            deadline: Some(deadline),
+            rbuf: ReadBuf::default(),
+            wq: WriteQueue::default(),
+            shut: false,
+            dirty: false,
+            counted: false,
+        }
+    }
+
+    /// Whether the handshake is still going on.
+    pub fn in_handshake(&self) -> bool {
+        matches!(self.phase, Phase::Connecting | Phase::Hello | Phase::Auth(_))
+    }
+}
+
+/// A frame of our own: length prefix, then `payload`.
+pub fn own_frame(payload: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(PREFIX + payload.len());
+    v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    v.extend_from_slice(payload);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that takes at most `cap` bytes per call and then blocks once.
+    struct Trickle {
+        out: Vec<u8>,
+        cap: usize,
+        calls: usize,
+    }
+    impl Write for Trickle {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.write_vectored(&[IoSlice::new(b)])
+        }
+        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+            self.calls += 1;
+            if self.calls % 3 == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.cap - n);
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+                if n == self.cap {
+                    break;
+                }
+            }
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn partial_vectored_writes_keep_the_byte_order() {
+        let mut q = WriteQueue::default();
+        let mut want = Vec::new();
+        for i in 0..100u8 {
+            let b = vec![i; (i as usize % 7) + 1];
+            want.extend_from_slice(&b);
+            q.push(Chunk::Bytes(b));
+        }
+        let mut w = Trickle { out: Vec::new(), cap: 5, calls: 0 };
+        let mut written = 0;
+        let mut rounds = 0;
+        while !q.write_to(&mut w, &mut written).unwrap() {
+            rounds += 1;
+            assert!(rounds < 1000);
+        }
+        assert_eq!(w.out, want);
+        assert_eq!(written as usize, want.len());
+        assert_eq!(q.bytes(), 0);
+    }
+
+    #[test]
+    fn read_buffer_compacts_and_frees() {
+        let mut rb = ReadBuf::default();
+        let mut src: &[u8] = &[1, 2, 3, 4, 5];
+        assert_eq!(rb.read_from(&mut src).unwrap(), 5);
+        rb.consume(2);
+        assert_eq!(rb.data(), &[3, 4, 5]);
+        rb.consume(3);
+        assert!(rb.data().is_empty());
+        let big = vec![9u8; 200_000];
+        let mut src: &[u8] = &big;
+        while rb.read_from(&mut src).unwrap() > 0 {}
+        assert_eq!(rb.data().len(), big.len());
+        rb.consume(big.len());
+        assert_eq!(rb.capacity(), 0, "a large empty buffer is freed");
+    }
+}

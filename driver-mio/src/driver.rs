@@ -1,0 +1,993 @@
+//! The event loop: one thread, one `mio::Poll`, one machine (a [`Node`] or a [`Controller`]).
+//!
+//! Every input reaches the machine through one `handle_*` call, after which the driver drains
+//! `poll_output` and carries each output out; events the driver itself produces while carrying
+//! out outputs (a failed connect, a closed link, a process exit) are queued and fed to the
+//! machine after the drain, one call each, so the machine is never re-entered. The loop sleeps
+//! until the machine's `poll_timeout` (microseconds since the driver's start, [`Driver::now`]),
+//! the next connection deadline, or the next process check, whichever comes first.
+//!
+//! **Connections.** A listener on the machine's address; outgoing connects are non-blocking and
+//! fail after `Config::connect_timeout`. Every connection starts with the hello exchange and the
+//! authentication step of [`crate::auth`] (within [`DriverConfig::handshake_timeout`]); only
+//! then does the machine hear of it, as `LinkEvent::Connected` with the peer's announced id.
+//! An outgoing connection whose peer announces another id than the one dialed is closed. A bad
+//! hello, a wrong key, malformed bytes, an oversized length prefix or any frame out of turn
+//! closes that one connection, with one line on stderr, and nothing else; a dial that fails so
+//! is reported as `ConnectFailed`, an open link whose frame the machine refuses as `Closed`.
+//!
+//! **One link per peer.** The machine sees at most one link per peer. When a second
+//! authenticated connection to the same peer appears:
+//! - if both were dialed by the same side, that side lost the first one (it dials only without
+//!   a link): the newer replaces the older, and the machine hears `Closed` then `Connected`;
+//! - if each side dialed one (a simultaneous open), both sides keep the one dialed by the lower
+//!   [`NodeId`], without telling the machine; the other is *retired*: what was queued on it is
+//!   written, frames still arriving on it are delivered, and it is closed once the peer closes
+//!   it too (or after [`DriverConfig::handshake_timeout`]).
+//!
+//! **Writes.** Frames queue per connection and are written at the end of each turn, as many
+//! per `writev` as fit. The queue is bounded by [`DriverConfig::write_queue_limit`] bytes: past
+//! it the connection is closed and the machine hears `Closed` (the peer is not reading).
+//!
+//! **Reads.** Frames are cut with `split_frame(buf, Config::max_frame)`; the read buffer holds
+//! at most one frame plus a read chunk. At most [`READS_PER_EVENT`] reads per connection per
+//! turn, so that one fast sender cannot starve the others.
+//!
+//! **File descriptors.** Running out (EMFILE/ENFILE) is never fatal: a failed connect is a
+//! `ConnectFailed`; accepting pauses for [`ACCEPT_PAUSE`] and resumes.
+
+use crate::auth::{self, Key, TAG_LEN};
+use crate::conn::{own_frame, Chunk, Conn, Phase};
+use crate::launcher::{LaunchResult, Launcher};
+use crate::process::Jobs;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use plush_core::wire::{encode_hello, split_frame, Hello, Role};
+use plush_core::{Config, Controller, Instant, LinkEvent, Node, NodeId, Output, ProcessEvent, Report};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io;
+use std::net::Shutdown;
+use std::time::{Duration, Instant as StdInstant};
+
+/// The listener's token; connections, pipes and launches get fresh tokens from
+/// [`FIRST_TOKEN`] on (never reused, so a late event cannot reach the wrong source).
+const LISTENER: Token = Token(0);
+const FIRST_TOKEN: usize = 16;
+/// Reads per connection per turn before it waits for the next turn.
+pub const READS_PER_EVENT: usize = 16;
+/// How long accepting pauses after the process ran out of file descriptors.
+pub const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Connections accepted per turn at most; the rest of the backlog waits for the next turn.
+pub const ACCEPTS_PER_TURN: usize = 256;
+/// Readiness events taken per `poll` call.
+const EVENTS: usize = 1024;
+/// Log lines per second at most; more are counted and summed up in the next line.
+const LOG_PER_SEC: u32 = 50;
+
+/// What the driver adds to the core's [`Config`].
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    /// The machine's configuration (`connect_timeout`, `max_frame` are the driver's too).
+    pub core: Config,
+    /// The hello exchange and authentication must finish within this long after the TCP
+    /// connection is up; also how long a retired or closing connection lingers. Default 5 s.
+    pub handshake_timeout: Duration,
+    /// Bytes queued for writing on one connection; past it the connection is closed and the
+    /// machine hears `Closed`. Default 4 MiB (four maximum-size frames).
+    pub write_queue_limit: usize,
+    /// Incoming connections in their handshake at once; more are closed as soon as accepted.
+    /// Default 256.
+    pub max_handshakes: usize,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        DriverConfig {
+            core: Config::default(),
+            handshake_timeout: Duration::from_secs(5),
+            write_queue_limit: 4 << 20,
+            max_handshakes: 256,
+        }
+    }
+}
+
+/// Counters of the driver.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DriverStats {
+    /// Connections accepted.
+    pub accepted: u64,
+    /// Connections dialed.
+    pub dialed: u64,
+    /// Connections that completed the handshake.
+    pub authenticated: u64,
+    /// Connections closed during the handshake (bad hello, wrong key, garbage, timeout).
+    pub handshake_failures: u64,
+    /// Connections closed because a frame was refused (oversized, malformed).
+    pub bad_frames: u64,
+    /// Second links to a peer resolved by the tie-break or replacement.
+    pub duplicate_links: u64,
+    /// Connections closed because their write queue passed its limit.
+    pub write_overflows: u64,
+    /// Accepts that failed for want of file descriptors.
+    pub fd_exhausted: u64,
+    /// Bytes read and written on connections.
+    pub bytes_in: u64,
+    /// Bytes written.
+    pub bytes_out: u64,
+}
+
+/// Something for the machine, queued while outputs were carried out.
+#[derive(Debug)]
+enum Input {
+    Link(NodeId, LinkEvent),
+    Process(ProcessEvent),
+    Launched(NodeId, LaunchResult),
+}
+
+/// The sans-IO machines this driver runs: [`Node`] and [`Controller`].
+pub trait Machine {
+    /// What this machine announces in its hellos.
+    const ROLE: Role;
+    /// See [`Node::handle_frame`].
+    fn handle_frame(&mut self, now: Instant, from: NodeId, payload: &[u8]) -> Result<(), plush_core::InputError>;
+    /// See [`Node::handle_link`].
+    fn handle_link(&mut self, now: Instant, peer: NodeId, ev: LinkEvent);
+    /// See [`Node::handle_timeout`].
+    fn handle_timeout(&mut self, now: Instant);
+    /// See [`Node::handle_process`]; the controller runs no processes.
+    fn handle_process(&mut self, now: Instant, ev: ProcessEvent);
+    /// See [`Controller::handle_launched`].
+    fn handle_launched(&mut self, now: Instant, host: NodeId, r: LaunchResult);
+    /// See [`Node::poll_output`].
+    fn poll_output(&mut self) -> Option<Output>;
+    /// See [`Node::poll_timeout`].
+    fn poll_timeout(&self) -> Option<Instant>;
+}
+
+impl Machine for Node {
+    const ROLE: Role = Role::Client;
+    fn handle_frame(&mut self, now: Instant, from: NodeId, payload: &[u8]) -> Result<(), plush_core::InputError> {
+        Node::handle_frame(self, now, from, payload)
+    }
+    fn handle_link(&mut self, now: Instant, peer: NodeId, ev: LinkEvent) {
+        Node::handle_link(self, now, peer, ev)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Node::handle_timeout(self, now)
+    }
+    fn handle_process(&mut self, now: Instant, ev: ProcessEvent) {
+        Node::handle_process(self, now, ev)
+    }
+    fn handle_launched(&mut self, now: Instant, host: NodeId, r: LaunchResult) {
+        Node::handle_launched(self, now, host, r.is_ok())
+    }
+    fn poll_output(&mut self) -> Option<Output> {
+        Node::poll_output(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Node::poll_timeout(self)
+    }
+}
+
+impl Machine for Controller {
+    const ROLE: Role = Role::Controller;
+    fn handle_frame(&mut self, now: Instant, from: NodeId, payload: &[u8]) -> Result<(), plush_core::InputError> {
+        Controller::handle_frame(self, now, from, payload)
+    }
+    fn handle_link(&mut self, now: Instant, peer: NodeId, ev: LinkEvent) {
+        Controller::handle_link(self, now, peer, ev)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Controller::handle_timeout(self, now)
+    }
+    fn handle_process(&mut self, _now: Instant, _ev: ProcessEvent) {}
+    fn handle_launched(&mut self, now: Instant, host: NodeId, r: LaunchResult) {
+        Controller::handle_launched(self, now, host, r)
+    }
+    fn poll_output(&mut self) -> Option<Output> {
+        Controller::poll_output(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Controller::poll_timeout(self)
+    }
+}
+
+/// Rate-limited lines on stderr.
+struct Log {
+    prefix: String,
+    window: StdInstant,
+    lines: u32,
+    dropped: u64,
+    debug: bool,
+}
+
+impl Log {
+    fn line(&mut self, msg: std::fmt::Arguments<'_>) {
+        let now = StdInstant::now();
+        if now >= self.window + Duration::from_secs(1) {
+            self.window = now;
+            self.lines = 0;
+            if self.dropped > 0 {
+                let n = std::mem::take(&mut self.dropped);
+                write_line(format_args!("{}: ({n} lines not shown)", self.prefix));
+            }
+        }
+        if self.lines >= LOG_PER_SEC {
+            self.dropped += 1;
+            return;
+        }
+        self.lines += 1;
+        write_line(format_args!("{}: {}", self.prefix, msg));
+    }
+}
+
+/// One line on stderr in one `write` call, so that the lines of processes sharing a terminal
+/// do not interleave mid-line.
+fn write_line(msg: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut line = msg.to_string();
+    line.push('\n');
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// One machine on real TCP. See the module docs.
+pub struct Driver<M: Machine> {
+    /// The machine driven. Call [`Driver::drain`] after calling into it directly.
+    pub m: M,
+    me: NodeId,
+    key: Key,
+    cfg: DriverConfig,
+    poll: Poll,
+    events: Events,
+    ready: Vec<(Token, bool, bool)>,
+    listener: TcpListener,
+    accept_paused_until: Option<StdInstant>,
+    conns: HashMap<Token, Conn>,
+    /// The authenticated link to each peer, as the machine knows it.
+    active: BTreeMap<NodeId, Token>,
+    /// Dials the machine asked for, not yet authenticated.
+    dialing: BTreeMap<NodeId, Token>,
+    handshaking_in: usize,
+    next_token: usize,
+    epoch: StdInstant,
+    deferred: VecDeque<Input>,
+    dirty: Vec<Token>,
+    /// Connections whose read budget ran out: read again next turn.
+    reread: Vec<Token>,
+    /// Earliest connection deadline (a lower bound: entries may have moved later).
+    next_deadline: Option<StdInstant>,
+    /// Job processes (a node's).
+    pub jobs: Jobs,
+    /// The launcher (a controller's).
+    pub launcher: Option<Launcher>,
+    launched: Vec<(NodeId, LaunchResult)>,
+    proc_events: VecDeque<ProcessEvent>,
+    /// Reports of a controller, for its user to take.
+    pub reports: VecDeque<Report>,
+    /// The machine emitted `Output::Exit`.
+    pub exited: bool,
+    /// Counters.
+    pub stats: DriverStats,
+    log: Log,
+}
+
+impl<M: Machine> Driver<M> {
+    /// A driver for `m`, whose id is `me`, listening on `listener` (bound to `me`'s address).
+    pub fn new(m: M, me: NodeId, listener: std::net::TcpListener, key: Key, cfg: DriverConfig) -> io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let mut listener = TcpListener::from_std(listener);
+        let poll = Poll::new()?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        let debug = std::env::var_os("PLUSH_LOG").is_some_and(|v| v == "debug");
+        Ok(Driver {
+            m,
+            me,
+            key,
+            cfg,
+            poll,
+            events: Events::with_capacity(EVENTS),
+            ready: Vec::new(),
+            listener,
+            accept_paused_until: None,
+            conns: HashMap::new(),
+            active: BTreeMap::new(),
+            dialing: BTreeMap::new(),
+            handshaking_in: 0,
+            next_token: FIRST_TOKEN,
+            epoch: StdInstant::now(),
+            deferred: VecDeque::new(),
+            dirty: Vec::new(),
+            reread: Vec::new(),
+            next_deadline: None,
+            jobs: Jobs::default(),
+            launcher: None,
+            launched: Vec::new(),
+            proc_events: VecDeque::new(),
+            reports: VecDeque::new(),
+            exited: false,
+            stats: DriverStats::default(),
+            log: Log { prefix: format!("plush {me}"), window: StdInstant::now(), lines: 0, dropped: 0, debug },
+        })
+    }
+
+    /// The machine's clock: microseconds since this driver started.
+    pub fn now(&self) -> Instant {
+        micros_since(self.epoch)
+    }
+
+    /// The address the listener is bound to.
+    pub fn listen_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// This driver's node id.
+    pub fn id(&self) -> NodeId {
+        self.me
+    }
+
+    /// Whether `PLUSH_LOG=debug` asked for event logs.
+    pub fn debug(&self) -> bool {
+        self.log.debug
+    }
+
+    /// Connections open (any phase).
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Authenticated links to peers.
+    pub fn link_count(&self) -> usize {
+        self.active.len()
+    }
+
+    fn token(&mut self) -> Token {
+        let t = Token(self.next_token);
+        self.next_token += 1;
+        t
+    }
+
+    fn set_deadline(&mut self, tok: Token, at: StdInstant) {
+        if let Some(c) = self.conns.get_mut(&tok) {
+            c.deadline = Some(at);
+            self.next_deadline = Some(self.next_deadline.map_or(at, |d| d.min(at)));
+        }
+    }
+
+    fn mark_dirty(&mut self, tok: Token) {
+        if let Some(c) = self.conns.get_mut(&tok) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(tok);
+            }
+        }
+    }
+
+    // ----- the machine ------------------------------------------------------------------------
+
+    /// Carry out every output of the machine, then feed it what that produced, until quiet.
+    pub fn drain(&mut self) {
+        loop {
+            while let Some(o) = self.m.poll_output() {
+                self.carry_out(o);
+            }
+            let Some(input) = self.deferred.pop_front() else { return };
+            let now = self.now();
+            match input {
+                Input::Link(peer, ev) => self.m.handle_link(now, peer, ev),
+                Input::Process(ev) => self.m.handle_process(now, ev),
+                Input::Launched(host, r) => self.m.handle_launched(now, host, r),
+            }
+        }
+    }
+
+    fn carry_out(&mut self, o: Output) {
+        match o {
+            Output::Transmit { to, frame } => {
+                let Some(&tok) = self.active.get(&to) else {
+                    // The link is gone and its `Closed` is on the way to the machine.
+                    return;
+                };
+                let limit = self.cfg.write_queue_limit;
+                let Some(c) = self.conns.get_mut(&tok) else { return };
+                c.wq.push(Chunk::Frame(frame));
+                if c.wq.bytes() > limit {
+                    self.stats.write_overflows += 1;
+                    self.drop_conn(tok, Some(format_args!("{to}: write queue over {limit} bytes; closing")));
+                } else {
+                    self.mark_dirty(tok);
+                }
+            }
+            Output::Connect(peer) => {
+                if self.active.contains_key(&peer) {
+                    // Already up (the peer opened it): say so again.
+                    self.deferred.push_back(Input::Link(peer, LinkEvent::Connected));
+                } else if !self.dialing.contains_key(&peer) {
+                    self.dial(peer);
+                }
+            }
+            Output::Close(peer) => {
+                if let Some(tok) = self.dialing.remove(&peer) {
+                    self.drop_conn(tok, None);
+                }
+                if let Some(tok) = self.active.remove(&peer) {
+                    self.linger(tok, Phase::Closing);
+                }
+            }
+            Output::Event(e) => {
+                if self.log.debug {
+                    self.log.line(format_args!("event {e:?}"));
+                }
+            }
+            Output::Spawn { job, argv, env, cwd } => {
+                let registry = self.poll.registry();
+                if let Err(why) = self.jobs.spawn(
+                    registry,
+                    &mut self.next_token,
+                    job,
+                    &argv,
+                    &env,
+                    cwd.as_deref(),
+                    &mut self.proc_events,
+                ) {
+                    self.log.line(format_args!("job {job}: {why}"));
+                }
+                self.deferred.extend(self.proc_events.drain(..).map(Input::Process));
+            }
+            Output::Signal { job } => self.jobs.signal(job),
+            Output::Launch { host } => match self.launcher.as_mut() {
+                Some(l) => l.launch(self.poll.registry(), &mut self.next_token, host),
+                None => self.deferred.push_back(Input::Launched(host, Err("this driver has no launcher"))),
+            },
+            Output::Exit => self.exited = true,
+            Output::Report(r) => self.reports.push_back(r),
+        }
+    }
+
+    // ----- connections ------------------------------------------------------------------------
+
+    fn dial(&mut self, peer: NodeId) {
+        self.stats.dialed += 1;
+        let stream = match TcpStream::connect(peer.addr()) {
+            Ok(s) => s,
+            Err(e) => {
+                if crate::sys::is_fd_exhaustion(&e) {
+                    self.stats.fd_exhausted += 1;
+                }
+                self.log.line(format_args!("connect to {peer}: {e}"));
+                self.deferred.push_back(Input::Link(peer, LinkEvent::ConnectFailed));
+                return;
+            }
+        };
+        let tok = self.token();
+        let mut c = Conn::new(stream, Some(peer), Phase::Connecting, StdInstant::now());
+        if let Err(e) = self.poll.registry().register(&mut c.stream, tok, Interest::READABLE | Interest::WRITABLE) {
+            self.log.line(format_args!("connect to {peer}: cannot watch the socket: {e}"));
+            self.deferred.push_back(Input::Link(peer, LinkEvent::ConnectFailed));
+            return;
+        }
+        self.conns.insert(tok, c);
+        self.dialing.insert(peer, tok);
+        self.set_deadline(tok, StdInstant::now() + self.cfg.core.connect_timeout);
+    }
+
+    fn accept(&mut self) {
+        if self.accept_paused_until.is_some_and(|t| t > StdInstant::now()) {
+            return;
+        }
+        self.accept_paused_until = None;
+        for _ in 0..ACCEPTS_PER_TURN {
+            match self.listener.accept() {
+                Ok((mut stream, from)) => {
+                    self.stats.accepted += 1;
+                    if self.handshaking_in >= self.cfg.max_handshakes {
+                        self.log.line(format_args!("{from}: too many connections in handshake; closing"));
+                        continue;
+                    }
+                    let tok = self.token();
+                    if let Err(e) =
+                        self.poll.registry().register(&mut stream, tok, Interest::READABLE | Interest::WRITABLE)
+                    {
+                        self.log.line(format_args!("{from}: cannot watch the socket: {e}"));
+                        continue;
+                    }
+                    let mut c = Conn::new(stream, None, Phase::Hello, StdInstant::now());
+                    c.counted = true;
+                    self.handshaking_in += 1;
+                    let _ = c.stream.set_nodelay(true);
+                    c.wq.push(Chunk::Bytes(encode_hello(&Hello::new(self.me, M::ROLE, c.nonce))));
+                    self.conns.insert(tok, c);
+                    self.mark_dirty(tok);
+                    self.set_deadline(tok, StdInstant::now() + self.cfg.handshake_timeout);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if crate::sys::is_fd_exhaustion(&e) => {
+                    self.stats.fd_exhausted += 1;
+                    self.log.line(format_args!("accept: {e}; pausing accepts for {ACCEPT_PAUSE:?}"));
+                    self.accept_paused_until = Some(StdInstant::now() + ACCEPT_PAUSE);
+                    return;
+                }
+                // A connection reset before we took it, and the like: try again shortly (an
+                // error that persists must not spin the loop).
+                Err(e) => {
+                    self.log.line(format_args!("accept: {e}"));
+                    self.accept_paused_until = Some(StdInstant::now() + ACCEPT_PAUSE);
+                    return;
+                }
+            }
+        }
+        // More may wait in the backlog: accept again next turn (readiness is edge-triggered).
+        self.accept_paused_until = Some(StdInstant::now());
+    }
+
+    /// Remove a connection, telling the machine what it must know: a failed dial it asked
+    /// for, or the loss of its link. `why`, if any, is logged.
+    fn drop_conn(&mut self, tok: Token, why: Option<std::fmt::Arguments<'_>>) {
+        if let Some(why) = why {
+            self.log.line(why);
+        }
+        let Some(mut c) = self.conns.remove(&tok) else { return };
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        if c.counted {
+            self.handshaking_in -= 1;
+        }
+        match c.phase {
+            Phase::Connecting | Phase::Hello | Phase::Auth(_) => {
+                if let Some(peer) = c.dialed {
+                    if self.dialing.get(&peer) == Some(&tok) {
+                        self.dialing.remove(&peer);
+                        self.deferred.push_back(Input::Link(peer, LinkEvent::ConnectFailed));
+                    }
+                }
+            }
+            Phase::Open(peer) => {
+                if self.active.get(&peer) == Some(&tok) {
+                    self.active.remove(&peer);
+                    self.deferred.push_back(Input::Link(peer, LinkEvent::Closed));
+                }
+            }
+            Phase::Retired(_) | Phase::Closing => {}
+        }
+    }
+
+    /// Stop using a connection: flush what is queued, shut our side, close at the peer's end
+    /// of stream or after the handshake timeout.
+    fn linger(&mut self, tok: Token, phase: Phase) {
+        let Some(c) = self.conns.get_mut(&tok) else { return };
+        c.phase = phase;
+        self.mark_dirty(tok);
+        self.set_deadline(tok, StdInstant::now() + self.cfg.handshake_timeout);
+    }
+
+    fn on_writable(&mut self, tok: Token) {
+        let Some(c) = self.conns.get_mut(&tok) else { return };
+        if matches!(c.phase, Phase::Connecting) {
+            let peer = c.dialed;
+            let failed = match c.stream.take_error() {
+                Ok(Some(e)) | Err(e) => Some(e),
+                Ok(None) => match c.stream.peer_addr() {
+                    Ok(_) => None,
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => return, // still connecting
+                    Err(e) => Some(e),
+                },
+            };
+            if let Some(e) = failed {
+                // No client there is an ordinary answer (the controller launches one): only
+                // logged when debugging.
+                let peer = peer.map_or_else(String::new, |p| p.to_string());
+                if self.log.debug || e.kind() != io::ErrorKind::ConnectionRefused {
+                    self.drop_conn(tok, Some(format_args!("connect to {peer}: {e}")));
+                } else {
+                    self.drop_conn(tok, None);
+                }
+                return;
+            }
+            let _ = c.stream.set_nodelay(true);
+            c.phase = Phase::Hello;
+            let hello = encode_hello(&Hello::new(self.me, M::ROLE, c.nonce));
+            c.wq.push(Chunk::Bytes(hello));
+            self.set_deadline(tok, StdInstant::now() + self.cfg.handshake_timeout);
+        }
+        self.write(tok);
+    }
+
+    /// Write what is queued on `tok`.
+    fn write(&mut self, tok: Token) {
+        let Some(c) = self.conns.get_mut(&tok) else { return };
+        c.dirty = false;
+        if matches!(c.phase, Phase::Connecting) {
+            return;
+        }
+        match c.wq.write_to(&mut c.stream, &mut self.stats.bytes_out) {
+            Ok(true) => {
+                if matches!(c.phase, Phase::Retired(_) | Phase::Closing) && !c.shut {
+                    c.shut = true;
+                    let _ = c.stream.shutdown(Shutdown::Write);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                let peer = peer_name(c);
+                self.drop_conn(tok, Some(format_args!("{peer}: write failed: {e}")));
+            }
+        }
+    }
+
+    fn flush_dirty(&mut self) {
+        for tok in std::mem::take(&mut self.dirty) {
+            self.write(tok);
+        }
+    }
+
+    fn on_readable(&mut self, tok: Token) {
+        for _ in 0..READS_PER_EVENT {
+            let Some(c) = self.conns.get_mut(&tok) else { return };
+            if matches!(c.phase, Phase::Connecting) {
+                return;
+            }
+            match c.rbuf.read_from(&mut c.stream) {
+                Ok(0) => {
+                    let peer = peer_name(c);
+                    let why = match c.phase {
+                        Phase::Hello | Phase::Auth(_) => Some(format!("{peer}: closed during the handshake")),
+                        Phase::Open(_) if self.log.debug => Some(format!("{peer}: closed by the peer")),
+                        _ => None,
+                    };
+                    if why.is_some() && c.in_handshake() {
+                        self.stats.handshake_failures += 1;
+                    }
+                    match why {
+                        Some(w) => self.drop_conn(tok, Some(format_args!("{w}"))),
+                        None => self.drop_conn(tok, None),
+                    }
+                    return;
+                }
+                Ok(n) => {
+                    self.stats.bytes_in += n as u64;
+                    self.take_frames(tok);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let peer = peer_name(c);
+                    if c.in_handshake() {
+                        self.stats.handshake_failures += 1;
+                    }
+                    self.drop_conn(tok, Some(format_args!("{peer}: read failed: {e}")));
+                    return;
+                }
+            }
+        }
+        if !self.reread.contains(&tok) {
+            self.reread.push(tok);
+        }
+    }
+
+    /// Take every whole frame in `tok`'s read buffer, in the connection's current phase.
+    fn take_frames(&mut self, tok: Token) {
+        let max = self.cfg.core.max_frame;
+        loop {
+            let Some(c) = self.conns.get_mut(&tok) else { return };
+            let (payload, used) = match split_frame(c.rbuf.data(), max) {
+                Ok(Some(x)) => x,
+                Ok(None) => return,
+                Err(e) => {
+                    let peer = peer_name(c);
+                    if c.in_handshake() {
+                        self.stats.handshake_failures += 1;
+                    } else {
+                        self.stats.bad_frames += 1;
+                    }
+                    self.drop_conn(tok, Some(format_args!("{peer}: {e}; closing")));
+                    return;
+                }
+            };
+            match &c.phase {
+                Phase::Connecting => return,
+                Phase::Hello => {
+                    let hello = Hello::decode(payload);
+                    c.rbuf.consume(used);
+                    self.on_hello(tok, hello);
+                }
+                Phase::Auth(theirs) => {
+                    let theirs = *theirs;
+                    let ours = Hello::new(self.me, M::ROLE, c.nonce);
+                    let they_dialed = c.dialed.is_none();
+                    let ok = payload.len() == TAG_LEN && auth::verify(&self.key, they_dialed, &theirs, &ours, payload);
+                    c.rbuf.consume(used);
+                    if ok {
+                        self.on_authenticated(tok, theirs.node_id);
+                    } else {
+                        self.stats.handshake_failures += 1;
+                        let peer = theirs.node_id;
+                        self.drop_conn(
+                            tok,
+                            Some(format_args!("{peer}: authentication failed (not our cluster key?); closing")),
+                        );
+                    }
+                }
+                Phase::Open(peer) | Phase::Retired(peer) => {
+                    let (peer, retired) = (*peer, matches!(c.phase, Phase::Retired(_)));
+                    let r = self.m.handle_frame(micros_since(self.epoch), peer, payload);
+                    c.rbuf.consume(used);
+                    match r {
+                        Ok(()) => {}
+                        // A retired link may carry frames the machine no longer has a link for.
+                        Err(_) if retired => {}
+                        Err(e) => {
+                            self.stats.bad_frames += 1;
+                            self.drop_conn(tok, Some(format_args!("{peer}: {e}; closing")));
+                        }
+                    }
+                    self.drain();
+                }
+                Phase::Closing => c.rbuf.consume(used),
+            }
+        }
+    }
+
+    fn on_hello(&mut self, tok: Token, hello: Result<Hello, plush_core::wire::DecodeError>) {
+        let Some(c) = self.conns.get_mut(&tok) else { return };
+        let peer = peer_name(c);
+        let hello = match hello {
+            Ok(h) => h,
+            Err(e) => {
+                self.stats.handshake_failures += 1;
+                self.drop_conn(tok, Some(format_args!("{peer}: bad hello: {e}; closing")));
+                return;
+            }
+        };
+        if let Some(want) = c.dialed.filter(|w| *w != hello.node_id) {
+            self.stats.handshake_failures += 1;
+            let got = hello.node_id;
+            self.drop_conn(tok, Some(format_args!("dialed {want} but {got} answered; closing")));
+            return;
+        }
+        if hello.node_id == self.me {
+            self.stats.handshake_failures += 1;
+            self.drop_conn(tok, Some(format_args!("{peer}: announces our own id; closing")));
+            return;
+        }
+        let ours = Hello::new(self.me, M::ROLE, c.nonce);
+        let we_dialed = c.dialed.is_some();
+        let tag = auth::tag(&self.key, we_dialed, &ours, &hello);
+        c.wq.push(Chunk::Bytes(own_frame(&tag)));
+        c.phase = Phase::Auth(hello);
+        self.mark_dirty(tok);
+    }
+
+    fn on_authenticated(&mut self, tok: Token, peer: NodeId) {
+        self.stats.authenticated += 1;
+        let Some(c) = self.conns.get_mut(&tok) else { return };
+        c.phase = Phase::Open(peer);
+        c.deadline = None;
+        if std::mem::take(&mut c.counted) {
+            self.handshaking_in -= 1;
+        }
+        let new_dialed_by_us = c.dialed.is_some();
+        if self.dialing.get(&peer) == Some(&tok) {
+            self.dialing.remove(&peer);
+        }
+        let Some(&old) = self.active.get(&peer) else {
+            self.active.insert(peer, tok);
+            self.deferred.push_back(Input::Link(peer, LinkEvent::Connected));
+            self.drain();
+            return;
+        };
+        self.stats.duplicate_links += 1;
+        let old_dialed_by_us = self.conns.get(&old).is_some_and(|c| c.dialed.is_some());
+        if old_dialed_by_us == new_dialed_by_us {
+            // The dialer lost the old link and made a new one: the machine's link was reset, and
+            // whatever still arrives on the old one is stale.
+            self.active.remove(&peer);
+            self.linger(old, Phase::Closing);
+            self.active.insert(peer, tok);
+            self.deferred.push_back(Input::Link(peer, LinkEvent::Closed));
+            self.deferred.push_back(Input::Link(peer, LinkEvent::Connected));
+            self.drain();
+            return;
+        }
+        // A simultaneous open: keep the link dialed by the lower id, on both sides.
+        let lower_dialed_new = new_dialed_by_us == (self.me < peer);
+        if lower_dialed_new {
+            self.active.insert(peer, tok);
+            self.linger(old, Phase::Retired(peer));
+        } else {
+            self.linger(tok, Phase::Retired(peer));
+        }
+    }
+
+    fn check_deadlines(&mut self, now: StdInstant) {
+        if self.next_deadline.is_none_or(|d| d > now) {
+            return;
+        }
+        let mut next: Option<StdInstant> = None;
+        let mut expired = Vec::new();
+        for (tok, c) in &self.conns {
+            match c.deadline {
+                Some(d) if d <= now => expired.push(*tok),
+                Some(d) => next = Some(next.map_or(d, |n| n.min(d))),
+                None => {}
+            }
+        }
+        self.next_deadline = next;
+        for tok in expired {
+            let Some(c) = self.conns.get(&tok) else { continue };
+            let peer = peer_name(c);
+            let what = match c.phase {
+                Phase::Connecting => "connect timed out",
+                Phase::Hello | Phase::Auth(_) => "handshake timed out",
+                // Lingering is over: nothing to log.
+                _ => "",
+            };
+            if what.is_empty() {
+                self.drop_conn(tok, None);
+            } else {
+                self.stats.handshake_failures += 1;
+                self.drop_conn(tok, Some(format_args!("{peer}: {what}; closing")));
+            }
+        }
+    }
+
+    // ----- the loop ---------------------------------------------------------------------------
+
+    /// One turn: wait for readiness or the next deadline (at most `max_wait`), handle what is
+    /// ready, fire due timers, write what was queued.
+    pub fn turn(&mut self, max_wait: Option<Duration>) -> io::Result<()> {
+        self.flush_dirty();
+        let timeout = self.wait_time(max_wait);
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        self.ready.clear();
+        for ev in self.events.iter() {
+            let r = ev.is_readable() || ev.is_read_closed() || ev.is_error();
+            let w = ev.is_writable() || ev.is_write_closed() || ev.is_error();
+            self.ready.push((ev.token(), r, w));
+        }
+        let ready = std::mem::take(&mut self.ready);
+        for &(tok, r, w) in &ready {
+            self.dispatch(tok, r, w);
+        }
+        self.ready = ready;
+        for tok in std::mem::take(&mut self.reread) {
+            self.on_readable(tok);
+        }
+        self.housekeeping();
+        self.flush_dirty();
+        Ok(())
+    }
+
+    fn dispatch(&mut self, tok: Token, readable: bool, writable: bool) {
+        if tok == LISTENER {
+            self.accept();
+            return;
+        }
+        if self.conns.contains_key(&tok) {
+            if writable {
+                self.on_writable(tok);
+            }
+            if readable {
+                self.on_readable(tok);
+            }
+            return;
+        }
+        if self.jobs.on_readable(self.poll.registry(), tok, &mut self.proc_events) {
+            self.deferred.extend(self.proc_events.drain(..).map(Input::Process));
+            self.drain();
+            return;
+        }
+        if let Some(l) = self.launcher.as_mut() {
+            if l.on_readable(self.poll.registry(), tok, &mut self.launched) {
+                self.deferred.extend(self.launched.drain(..).map(|(h, r)| Input::Launched(h, r)));
+                self.drain();
+            }
+        }
+    }
+
+    /// Timers of the machine, connection deadlines, processes, launches, paused accepts.
+    fn housekeeping(&mut self) {
+        let now = StdInstant::now();
+        let t = self.now();
+        if self.m.poll_timeout().is_some_and(|at| at <= t) {
+            self.m.handle_timeout(t);
+            self.drain();
+        }
+        self.check_deadlines(now);
+        self.jobs.poll(self.poll.registry(), now, &mut self.proc_events);
+        self.deferred.extend(self.proc_events.drain(..).map(Input::Process));
+        if let Some(l) = self.launcher.as_mut() {
+            l.poll(self.poll.registry(), &mut self.next_token, now, &mut self.launched);
+            self.deferred.extend(self.launched.drain(..).map(|(h, r)| Input::Launched(h, r)));
+        }
+        if self.accept_paused_until.is_some_and(|t| t <= now) {
+            self.accept();
+        }
+        self.drain();
+    }
+
+    fn wait_time(&self, max_wait: Option<Duration>) -> Option<Duration> {
+        if !self.reread.is_empty() || !self.deferred.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = StdInstant::now();
+        let machine = self.m.poll_timeout().map(|t| self.epoch + Duration::from_micros(t.as_micros()));
+        let launcher = self.launcher.as_ref().and_then(Launcher::next_wake);
+        let wake = [machine, self.next_deadline, self.jobs.next_wake(), launcher, self.accept_paused_until]
+            .into_iter()
+            .flatten()
+            .min();
+        let until = wake.map(|w| w.saturating_duration_since(now));
+        match (until, max_wait) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Close every connection gracefully (flush, shut our side, wait for the peer's end of
+    /// stream) for at most `grace`.
+    pub fn close_all(&mut self, grace: Duration) {
+        let toks: Vec<Token> = self.conns.keys().copied().collect();
+        self.active.clear();
+        self.dialing.clear();
+        for tok in toks {
+            if self.conns.get(&tok).is_some_and(Conn::in_handshake) {
+                self.drop_conn(tok, None);
+            } else {
+                self.linger(tok, Phase::Closing);
+            }
+        }
+        let end = StdInstant::now() + grace;
+        while !self.conns.is_empty() {
+            let now = StdInstant::now();
+            if now >= end {
+                break;
+            }
+            self.flush_dirty();
+            let mut wait = end - now;
+            if !self.reread.is_empty() {
+                wait = Duration::ZERO;
+            }
+            if self.poll.poll(&mut self.events, Some(wait)).is_err() {
+                break;
+            }
+            let toks: Vec<(Token, bool, bool)> = self
+                .events
+                .iter()
+                .map(|e| (e.token(), e.is_readable() || e.is_read_closed(), e.is_writable() || e.is_write_closed()))
+                .collect();
+            for (tok, r, w) in toks {
+                if self.conns.contains_key(&tok) {
+                    if w {
+                        self.write(tok);
+                    }
+                    if r {
+                        self.on_readable(tok);
+                    }
+                }
+            }
+            for tok in std::mem::take(&mut self.reread) {
+                self.on_readable(tok);
+            }
+        }
+        let toks: Vec<Token> = self.conns.keys().copied().collect();
+        for tok in toks {
+            self.drop_conn(tok, None);
+        }
+    }
+}
+
+fn micros_since(epoch: StdInstant) -> Instant {
+    Instant(u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
+}
+
+fn peer_name(c: &Conn) -> String {
+    match (&c.phase, c.dialed) {
+        (Phase::Open(p) | Phase::Retired(p), _) => p.to_string(),
+        (Phase::Auth(h), _) => h.node_id.to_string(),
+        (_, Some(p)) => p.to_string(),
+        _ => c.stream.peer_addr().map_or_else(|_| "a peer".to_string(), |a| format!("connection from {a}")),
+    }
+}

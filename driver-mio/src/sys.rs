@@ -1,0 +1,68 @@
+//! The few system calls std does not offer, each wrapped once: the only `unsafe` in the crate.
+
+use std::io;
+use std::os::fd::RawFd;
+
+/// Raise the soft limit on open files to the hard limit. Returns the soft limit in force
+/// afterwards (the old one if raising failed).
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let want = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+        // SAFETY: `want` is a valid rlimit; failure leaves the limit as it was.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not everywhere.
+    Ok(lim.rlim_cur as u64)
+}
+
+/// Send `sig` to every process of the group `pgid`.
+pub fn kill_group(pgid: u32, sig: i32) -> io::Result<()> {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else { return Err(io::ErrorKind::InvalidInput.into()) };
+    if pgid <= 1 {
+        // Never signal "every process" (-1) or our own group by accident (0).
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    // SAFETY: kill has no memory effects; a negative pid names a process group.
+    if unsafe { libc::kill(-pgid, sig) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether a process with this pid exists (a zombie counts: it has not been reaped).
+pub fn pid_exists(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks for existence and permission.
+    let r = unsafe { libc::kill(pid, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Put a file descriptor in non-blocking mode.
+pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor the caller owns; F_GETFL/F_SETFL touch no memory.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Whether an error is "too many open files" (per process or system-wide).
+pub fn is_fd_exhaustion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}
