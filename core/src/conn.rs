@@ -16,7 +16,8 @@
 //! heartbeat on a pinned link that sent nothing for [`crate::Config::heartbeat`] and declares it
 //! failed when it received nothing for [`crate::Config::dead_after`].
 //!
-//! Costs: lookup by peer is a binary search over a sorted index; LRU touch, pin and unpin are
+//! Costs: lookup by peer is a binary search over a sorted index of native integer keys; LRU
+//! touch, pin and unpin are
 //! O(1) list operations on slab slots.
 
 use crate::id::NodeId;
@@ -51,6 +52,18 @@ pub enum LinkState {
 
 const NIL: u32 = u32::MAX;
 
+/// A peer as the index sorts it: the address as a native integer, then the port. The same
+/// order as [`NodeId`]'s, without converting bytes at every comparison of a lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Key(u128, u16);
+
+impl Key {
+    fn of(id: &NodeId) -> Key {
+        let (port, ip) = id.run_key();
+        Key(ip, port)
+    }
+}
+
 #[derive(Debug)]
 struct Link {
     peer: NodeId,
@@ -78,7 +91,7 @@ pub(crate) enum Admit {
 pub(crate) struct ConnTable {
     slab: Slab<Link>,
     /// (peer, slot), sorted by peer.
-    index: Vec<(NodeId, u32)>,
+    index: Vec<(Key, u32)>,
     lru_head: u32,
     lru_tail: u32,
     budget: usize,
@@ -109,7 +122,8 @@ impl ConnTable {
     }
 
     fn slot(&self, peer: &NodeId) -> Option<u32> {
-        self.index.binary_search_by(|(p, _)| p.cmp(peer)).ok().map(|i| self.index[i].1)
+        let k = Key::of(peer);
+        self.index.binary_search_by(|(p, _)| p.cmp(&k)).ok().map(|i| self.index[i].1)
     }
 
     #[cfg(test)]
@@ -122,9 +136,9 @@ impl ConnTable {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&NodeId, LinkState, u8)> {
-        self.index.iter().map(|(p, s)| {
+        self.index.iter().map(|(_, s)| {
             let l = &self.slab[*s as usize];
-            (p, l.state, l.pins)
+            (&l.peer, l.state, l.pins)
         })
     }
 
@@ -201,8 +215,9 @@ impl ConnTable {
         let s =
             self.slab.insert(Link { peer, state, pins: 0, last_rx: now, last_tx: now, pending, prev: NIL, next: NIL })
                 as u32;
-        let i = self.index.binary_search_by(|(p, _)| p.cmp(&peer)).unwrap_or_else(|i| i);
-        self.index.insert(i, (peer, s));
+        let k = Key::of(&peer);
+        let i = self.index.binary_search_by(|(p, _)| p.cmp(&k)).unwrap_or_else(|i| i);
+        self.index.insert(i, (k, s));
         self.lru_push_tail(s);
         self.sweep_wanted = true;
         self.max_open = self.max_open.max(self.index.len());
@@ -291,7 +306,8 @@ impl ConnTable {
 
     /// The link is gone (closed by the peer, failed, or closed by us).
     pub fn remove(&mut self, peer: &NodeId) -> bool {
-        let Ok(i) = self.index.binary_search_by(|(p, _)| p.cmp(peer)) else { return false };
+        let k = Key::of(peer);
+        let Ok(i) = self.index.binary_search_by(|(p, _)| p.cmp(&k)) else { return false };
         let (_, s) = self.index.remove(i);
         if self.slab[s as usize].pins == 0 {
             self.lru_unlink(s);

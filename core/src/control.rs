@@ -802,12 +802,7 @@ impl Control {
                 let deadline =
                     (spec.timeout_ms > 0).then(|| ctx.now + core::time::Duration::from_millis(spec.timeout_ms));
                 self.jobs[k].own = Own::Running(deadline);
-                ctx.io.out.push_back(Output::Spawn {
-                    job,
-                    argv: spec.argv.0.clone(),
-                    env: spec.env.0.clone(),
-                    cwd: spec.cwd.clone(),
-                });
+                ctx.io.out.push_back(Output::Spawn { job, spec: Rc::clone(&spec) });
             }
         }
     }

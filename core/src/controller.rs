@@ -275,7 +275,7 @@ impl Controller {
     }
 
     fn report(&mut self, r: Report) {
-        self.io.out.push_back(Output::Report(r));
+        self.io.out.push_back(Output::Report(Box::new(r)));
     }
 
     fn host(&mut self, id: &NodeId) -> Option<&mut Host> {

@@ -39,16 +39,13 @@ pub enum Output {
     Close(NodeId),
     /// Something happened; drivers log it, the simulator records it.
     Event(Event),
-    /// Start the job's process; report its output and exit with [`Node::handle_process`].
+    /// Start the job's process (`spec.argv`, with `spec.env` added, in `spec.cwd`); report its
+    /// output and exit with [`Node::handle_process`].
     Spawn {
         /// The job.
         job: u64,
-        /// Command and arguments.
-        argv: Vec<String>,
-        /// Extra environment.
-        env: Vec<(String, String)>,
-        /// Working directory.
-        cwd: Option<String>,
+        /// The job as it came down the tree (shared, not copied).
+        spec: Rc<crate::wire::RunSpec>,
     },
     /// Kill the job's process (timeout or cancel); its result is already recorded.
     Signal {
@@ -63,8 +60,9 @@ pub enum Output {
     },
     /// The client is done (dismantled, or idle too long): end the process. Links are closed.
     Exit,
-    /// At the controller: something for the user (see [`crate::controller::Report`]).
-    Report(crate::controller::Report),
+    /// At the controller: something for the user (see [`crate::controller::Report`]). Boxed:
+    /// reports are rare, and every output pays for the largest variant.
+    Report(Box<crate::controller::Report>),
 }
 
 /// Upcalls: what changed in the node, for logs, tests and the simulator.

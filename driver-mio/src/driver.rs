@@ -418,15 +418,15 @@ impl<M: Machine> Driver<M> {
                     self.log.line(format_args!("event {e:?}"));
                 }
             }
-            Output::Spawn { job, argv, env, cwd } => {
+            Output::Spawn { job, spec } => {
                 let registry = self.poll.registry();
                 if let Err(why) = self.jobs.spawn(
                     registry,
                     &mut self.next_token,
                     job,
-                    &argv,
-                    &env,
-                    cwd.as_deref(),
+                    &spec.argv,
+                    &spec.env,
+                    spec.cwd.as_deref(),
                     &mut self.proc_events,
                 ) {
                     self.log.line(format_args!("job {job}: {why}"));
@@ -439,7 +439,7 @@ impl<M: Machine> Driver<M> {
                 None => self.deferred.push_back(Input::Launched(host, Err("this driver has no launcher"))),
             },
             Output::Exit => self.exited = true,
-            Output::Report(r) => self.reports.push_back(r),
+            Output::Report(r) => self.reports.push_back(*r),
         }
     }
 

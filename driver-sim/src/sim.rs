@@ -1005,7 +1005,7 @@ impl Sim {
                     self.nodes[i as usize].killed = false;
                     return;
                 }
-                Output::Report(r) => self.on_report(r),
+                Output::Report(r) => self.on_report(*r),
             }
         }
         self.check_node(i);
