@@ -232,7 +232,7 @@ pub(crate) struct Control {
 pub const CENSUS_BIT: u64 = 1 << 63;
 
 impl Control {
-    pub fn new(me: NodeId) -> Self {
+    pub fn new(me: NodeId, now: Instant) -> Self {
         Control {
             me,
             ctrl: None,
@@ -247,7 +247,7 @@ impl Control {
             released: VecDeque::new(),
             census_seq: 0,
             dismantle: None,
-            idle_since: None,
+            idle_since: Some(now),
             exited: false,
         }
     }

@@ -375,7 +375,7 @@ pub struct Node {
 impl Node {
     /// A node with identity `id`, seeded RNG, created at `now`. It does nothing until
     /// [`Command::Join`]. `cfg` is a [`Config`] or an `Rc<Config>` shared with other nodes.
-    pub fn new(id: NodeId, cfg: impl Into<Rc<Config>>, seed: u64, _now: Instant) -> Self {
+    pub fn new(id: NodeId, cfg: impl Into<Rc<Config>>, seed: u64, now: Instant) -> Self {
         let cfg: Rc<Config> = cfg.into();
         Node {
             me: id,
@@ -393,7 +393,8 @@ impl Node {
             sweep_at: None,
             tick_at: None,
             heartbeat: None,
-            control: Control::new(id),
+            // A new client has no link yet: its idle clock starts now.
+            control: Control::new(id, now),
             cfg,
         }
     }

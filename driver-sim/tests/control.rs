@@ -389,6 +389,35 @@ fn dismantle_leaves_no_node_running() {
     assert_eq!(sim.exits, n);
 }
 
+/// A client that nobody contacts (launched, never invited) exits by itself after
+/// `idle_expiry`, and not before; one that has links stays.
+#[test]
+fn an_idle_client_exits_after_idle_expiry() {
+    let n = 10;
+    let sc = scenario(n, 48);
+    // The controller invites all but the last slot; a client runs there, never contacted.
+    let mut sim = Sim::new(n, &sc);
+    sim.add_controller();
+    let hosts: Vec<NodeId> = (0..n - 1).map(Sim::id).collect();
+    sim.ctrl_do(|c, now| c.add_hosts(now, &hosts));
+    let built = run_for(&mut sim, Duration::from_secs(30), Duration::from_millis(100), |s| {
+        joined(s) == (n - 1) as usize && s.converged()
+    });
+    assert!(built, "the tree of {} hosts did not build", n - 1);
+    let lone = n - 1;
+    sim.launch_idle(lone);
+    assert!(sim.alive(lone));
+    let start = sim.now();
+    let expiry = sc.config.idle_expiry;
+    sim.run_until(start + expiry - Duration::from_secs(1), |_| false);
+    assert!(sim.alive(lone), "the idle client exited before idle_expiry");
+    sim.run_until(start + expiry + Duration::from_secs(1), |_| false);
+    assert!(!sim.alive(lone), "the idle client still runs after idle_expiry");
+    assert_eq!(sim.exits, 1);
+    // The members, which have links, are all still there.
+    assert_eq!(sim.live_count(), n - 1);
+}
+
 fn spec(job: u64) -> RunSpec {
     RunSpec {
         job,
