@@ -1,12 +1,16 @@
 //! `plush`: the user's front door to Plush.
 //!
 //! `plush sim` simulates an overlay (see [`sim`]); `plush client` runs a client on real TCP (see
-//! [`client`]). Argument errors print what is wrong and exit with status 2 (clap's convention); a
-//! command's own failure exits with status 1.
+//! [`client`]); `plush run` runs a command on many hosts and prints the results grouped (see
+//! [`run`]). Argument errors print what is wrong and exit with status 2 (clap's convention); a
+//! command's own failure exits with status 1, except `plush run`, whose status is clush's (the
+//! largest remote exit status, 255 when a host could not be reached).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod client;
+mod hostset;
+mod run;
 mod sim;
 
 use clap::{Parser, Subcommand};
@@ -35,6 +39,14 @@ enum Command {
     ///
     /// Prints one line on stdout once it listens (launchers wait for it), nothing more.
     Client(client::ClientArgs),
+    /// Run a command on many hosts and print the results, identical ones grouped (as `clush -b`):
+    /// invite the hosts, build the tree, run, print, dismantle.
+    ///
+    /// Example: `plush run --local 20 -- hostname`. Exits with the largest remote exit status;
+    /// 255 when any host could not be reached or was lost; 2 for a usage error. Hosts that failed,
+    /// were lost or unreachable are named on stderr. While hosts join and results are pending, a
+    /// progress line is shown on stderr when it is a terminal.
+    Run(run::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +54,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Sim(args) => sim::run(&args),
         Command::Client(args) => client::run(&args),
+        Command::Run(args) => run::run(&args),
     }
 }
 

@@ -300,9 +300,23 @@ impl Cluster {
     }
 
     /// Run `argv` on every joined host (killed there after `timeout`) and gather the results:
-    /// returns once every host joined at the start has answered, the root reports the job
-    /// complete, or `timeout` plus a few seconds passed.
+    /// returns once every host joined at the start has answered (or failed), the root reports
+    /// the job complete, or `timeout` plus a few seconds passed.
     pub fn run(&mut self, argv: &[&str], timeout: Duration) -> io::Result<RunOutcome> {
+        self.run_with(argv, Some(timeout), |_, _, _| {})
+    }
+
+    /// [`Cluster::run`] with an optional timeout and a progress hook. With `None` the command
+    /// runs without a timeout and the call waits, without a deadline, until every host joined
+    /// at the start has answered or failed, or the root reports the job complete.
+    /// `progress(cluster, results, expected)` is called on every loop turn (at least every
+    /// 50 ms while waiting): hosts with a result so far, hosts joined when the job started.
+    pub fn run_with(
+        &mut self,
+        argv: &[&str],
+        timeout: Option<Duration>,
+        mut progress: impl FnMut(&Cluster, usize, usize),
+    ) -> io::Result<RunOutcome> {
         let t0 = StdInstant::now();
         while self.order.len() + 1 >= self.max_jobs {
             if let Some(old) = self.order.pop_front() {
@@ -319,7 +333,8 @@ impl Cluster {
             argv: List(argv.iter().map(|s| s.to_string()).collect()),
             env: List::default(),
             cwd: None,
-            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX).max(1),
+            // 0: no timeout (the core's convention).
+            timeout_ms: timeout.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)),
             stream: false,
         };
         let expected: Vec<NodeId> =
@@ -330,9 +345,27 @@ impl Cluster {
         self.order.push_back(job);
         self.d.drain();
         self.take_reports();
-        self.wait_until(timeout + RESULT_SLACK, |c| {
-            c.jobs.get(&job).is_some_and(|j| j.complete || expected.iter().all(|h| j.got.contains(h)))
-        })?;
+        let end = timeout.and_then(|t| t0.checked_add(t.saturating_add(RESULT_SLACK)));
+        loop {
+            let got = self.jobs.get(&job).map_or(0, |j| j.got.len());
+            progress(self, got, expected.len());
+            let done = self.jobs.get(&job).is_some_and(|j| {
+                j.complete
+                    || expected
+                        .iter()
+                        .all(|h| j.got.contains(h) || self.hosts.get(h).is_some_and(|i| i.state == HostState::Failed))
+            });
+            if done {
+                break;
+            }
+            let now = StdInstant::now();
+            let wait = match end {
+                Some(end) if now >= end => break,
+                Some(end) => (end - now).min(TURN),
+                None => TURN,
+            };
+            self.pump(wait)?;
+        }
         let j = self.jobs.get(&job);
         let mut groups: Vec<ResultGroup> = Vec::new();
         for r in j.map_or(&[][..], |j| &j.reports[..]) {

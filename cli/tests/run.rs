@@ -1,0 +1,180 @@
+//! `plush run --local N` end to end: the real binary starts N `plush client` processes on
+//! loopback addresses, runs a command on them, prints the groups and dismantles them.
+//!
+//! Every run is bounded in time (killed past its limit) and checked for leftovers: the clients of
+//! a run are the processes whose command line names its key file, `plush-key-<pid>-...`; any
+//! found once the run exited are killed, and the test fails.
+
+use serde_json::Value;
+use std::io::Read;
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What one `plush` run gave.
+struct Ran {
+    code: Option<i32>,
+    stdout: Vec<u8>,
+    stderr: String,
+    took: Duration,
+}
+
+/// Processes whose command line contains `needle` (read from /proc).
+fn processes_with(needle: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
+}
+
+fn reader(mut from: impl Read + Send + 'static) -> JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = from.read_to_end(&mut v);
+        v
+    })
+}
+
+/// Run `plush` with `args`, killed after `limit`; fail if it ran that long or left a client.
+fn plush(args: &[&str], limit: Duration) -> Ran {
+    let t0 = Instant::now();
+    let mut child: Child = Command::new(env!("CARGO_BIN_EXE_plush"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the plush binary starts");
+    let out = reader(child.stdout.take().expect("piped stdout"));
+    let err = reader(child.stderr.take().expect("piped stderr"));
+    let marker = format!("plush-key-{}-", child.id());
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("waitpid") {
+            break s;
+        }
+        if t0.elapsed() > limit {
+            timed_out = true;
+            let _ = child.kill();
+            break child.wait().expect("reap the killed run");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = t0.elapsed();
+    // The run is reaped; anything still naming its key file is a leftover client.
+    let left = processes_with(&marker);
+    for pid in &left {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    let stdout = out.join().expect("stdout reader");
+    let stderr = String::from_utf8_lossy(&err.join().expect("stderr reader")).into_owned();
+    assert!(!timed_out, "plush {args:?} ran past {limit:?}; stderr: {stderr}");
+    assert!(left.is_empty(), "plush {args:?} left clients {left:?} running; stderr: {stderr}");
+    Ran { code: status.code(), stdout, stderr, took }
+}
+
+const LIMIT: Duration = Duration::from_secs(90);
+const RULE: &str = "---------------";
+
+fn hostname() -> Vec<u8> {
+    Command::new("hostname").output().expect("hostname runs here").stdout
+}
+
+#[test]
+fn twenty_local_hosts_print_one_group() {
+    let r = plush(&["run", "--local", "20", "--", "hostname"], LIMIT);
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert_eq!(r.code, Some(0), "stdout: {stdout}\nstderr: {}", r.stderr);
+    let mut want = format!("{RULE}\n127.0.0.[1-20] (20)\n{RULE}\n").into_bytes();
+    want.extend_from_slice(&hostname());
+    assert_eq!(stdout, String::from_utf8_lossy(&want), "stderr: {}", r.stderr);
+    assert!(r.stderr.is_empty(), "nothing failed, nothing on stderr: {}", r.stderr);
+    eprintln!("plush run --local 20 -- hostname: {:?}", r.took);
+}
+
+#[test]
+fn json_lines_give_the_groups_and_a_summary() {
+    let r = plush(&["run", "--local", "20", "--json", "--", "hostname"], LIMIT);
+    assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    let lines: Vec<Value> =
+        stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect();
+    assert_eq!(lines.len(), 2, "one group, one summary: {stdout}");
+    let g = &lines[0];
+    assert_eq!(g["count"], 20, "{g}");
+    assert_eq!(g["exit"], 0, "{g}");
+    assert_eq!(g["nodes"], "127.0.0.[1-20]", "{g}");
+    assert_eq!(g["output"].as_str().map(str::as_bytes), Some(&hostname()[..]), "{g}");
+    let s = &lines[1]["summary"];
+    assert_eq!(s["joined"], 20, "{s}");
+    assert_eq!(s["ok"], 20, "{s}");
+    assert_eq!(s["failed"], 0, "{s}");
+    assert_eq!(s["lost"], 0, "{s}");
+    assert_eq!(s["unreachable"], 0, "{s}");
+    for k in ["build_ms", "run_ms"] {
+        assert!(s[k].is_u64(), "{k} in {s}");
+    }
+}
+
+#[test]
+fn the_largest_remote_exit_status_is_the_exit_status() {
+    let r = plush(&["run", "--local", "20", "--", "sh", "-c", "echo bye; exit 3"], LIMIT);
+    assert_eq!(r.code, Some(3), "stderr: {}", r.stderr);
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert_eq!(stdout, format!("{RULE}\n127.0.0.[1-20] (20) exit 3\n{RULE}\nbye\n"));
+    assert_eq!(r.stderr.lines().count(), 20, "each failed host named: {}", r.stderr);
+    assert!(r.stderr.contains("plush: 127.0.0.7: exit 3\n"), "{}", r.stderr);
+}
+
+#[test]
+fn different_outputs_make_groups_largest_first() {
+    let dir = std::env::temp_dir().join(format!("plush-run-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let lock = dir.join("lock");
+    let lock = lock.to_str().expect("a UTF-8 temporary path");
+    // Exactly one host creates the directory.
+    let script = "mkdir \"$0\" 2>/dev/null && echo first || echo other";
+    let r = plush(&["run", "--local", "20", "--", "sh", "-c", script, lock], LIMIT);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 8, "two groups: {stdout}");
+    assert!(lines[1].starts_with("127.0.0.[") && lines[1].ends_with(" (19)"), "{stdout}");
+    assert_eq!(lines[3], "other", "{stdout}");
+    assert!(lines[5].starts_with("127.0.0.") && lines[5].ends_with(" (1)"), "{stdout}");
+    assert_eq!(lines[7], "first", "{stdout}");
+}
+
+#[test]
+fn a_timeout_kills_the_command_and_exits_255() {
+    let r = plush(&["run", "--local", "5", "--timeout", "1", "--", "sleep", "30"], LIMIT);
+    assert_eq!(r.code, Some(255), "stderr: {}", r.stderr);
+    assert!(r.took < Duration::from_secs(20), "killed after 1 s, not after 30: {:?}", r.took);
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert_eq!(stdout, format!("{RULE}\n127.0.0.[1-5] (5) timed out\n{RULE}\n"));
+    assert!(r.stderr.contains("plush: 127.0.0.3: timed out\n"), "{}", r.stderr);
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [
+        &["run", "--local", "3"][..],
+        &["run", "--local", "3", "--"],
+        &["run", "--local", "0", "--", "true"],
+        &["run", "--local", "65535", "--", "true"],
+        &["run", "--local", "x", "--", "true"],
+        &["run", "--", "true"],
+        &["run", "--local", "3", "--timeout", "0", "--", "true"],
+        &["run", "--local", "3", "--timeout", "-1", "--", "true"],
+        &["run", "--local", "3", "--degree", "0", "--", "true"],
+    ] {
+        let r = plush(args, Duration::from_secs(20));
+        assert_eq!(r.code, Some(2), "plush {args:?}: {}", r.stderr);
+        assert!(r.stdout.is_empty(), "plush {args:?}: nothing on stdout");
+        assert!(r.stderr.contains("error"), "plush {args:?}: {}", r.stderr);
+    }
+}
