@@ -179,6 +179,20 @@ struct Host {
     strikes: u32,
 }
 
+impl Host {
+    fn pending(id: NodeId, now: Instant) -> Host {
+        Host {
+            id,
+            state: HostState::Pending,
+            since: now,
+            disconnects: SmallVec::new(),
+            launched: false,
+            first_try: None,
+            strikes: 0,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Job {
     spec: RunSpec,
@@ -290,18 +304,7 @@ impl Controller {
             Ok(i) => i,
             Err(i) => {
                 // A member we did not invite (an earlier controller did): adopt it.
-                self.hosts.insert(
-                    i,
-                    Host {
-                        id,
-                        state: HostState::Pending,
-                        since: now,
-                        disconnects: SmallVec::new(),
-                        launched: false,
-                        first_try: None,
-                        strikes: 0,
-                    },
-                );
+                self.hosts.insert(i, Host::pending(id, now));
                 self.counts[HostState::Pending as usize] += 1;
                 i
             }
@@ -348,15 +351,7 @@ impl Controller {
             }
         }
         self.counts[HostState::Pending as usize] += new.len();
-        self.hosts.extend(new.into_iter().map(|id| Host {
-            id,
-            state: HostState::Pending,
-            since: now,
-            disconnects: SmallVec::new(),
-            launched: false,
-            first_try: None,
-            strikes: 0,
-        }));
+        self.hosts.extend(new.into_iter().map(|id| Host::pending(id, now)));
         self.hosts.sort_unstable_by_key(|h| h.id);
         self.pump(now);
     }

@@ -401,7 +401,13 @@ impl Node {
 
     /// Run `f` on the control plane, with the tree.
     fn with_control<R>(&mut self, now: Instant, f: impl FnOnce(&mut Control, &mut Tree, &mut Ctx<'_>) -> R) -> R {
-        let mut ctx = Ctx {
+        let (mut ctx, tree, control) = self.split(now);
+        f(control, tree, &mut ctx)
+    }
+
+    /// A context that sees the RanSub views, beside the tree and the control plane it serves.
+    fn split(&mut self, now: Instant) -> (Ctx<'_>, &mut Tree, &mut Control) {
+        let ctx = Ctx {
             now,
             me: self.me,
             cfg: &self.cfg,
@@ -410,7 +416,7 @@ impl Node {
             nondesc: self.ransub.nondesc(),
             all: self.ransub.all(),
         };
-        f(&mut self.control, &mut self.tree, &mut ctx)
+        (ctx, &mut self.tree, &mut self.control)
     }
 
     /// Tell the control plane what the tree did since output `mark` (parents, children, root).
@@ -455,16 +461,8 @@ impl Node {
 
     /// Run `f` on the tree with a context that sees the RanSub views.
     fn with_tree<R>(&mut self, now: Instant, f: impl FnOnce(&mut Tree, &mut Ctx<'_>) -> R) -> R {
-        let mut ctx = Ctx {
-            now,
-            me: self.me,
-            cfg: &self.cfg,
-            rng: &mut self.rng,
-            io: &mut self.io,
-            nondesc: self.ransub.nondesc(),
-            all: self.ransub.all(),
-        };
-        f(&mut self.tree, &mut ctx)
+        let (mut ctx, tree, _) = self.split(now);
+        f(tree, &mut ctx)
     }
 
     /// Run `f` on RanSub with the tree's current place.

@@ -464,19 +464,29 @@ impl Sim {
         };
     }
 
-    /// Start node `i`'s client without joining: it waits for an invitation (a launch).
-    pub fn launch_idle(&mut self, i: u32) {
+    /// A new incarnation of node `i`'s process (its host up), or `None` if one runs already.
+    fn fresh_node(&mut self, i: u32) -> Option<Node> {
         let sn = &mut self.nodes[i as usize];
-        if sn.node.is_some() || sn.ctrl.is_some() {
-            return;
+        if sn.node.is_some() {
+            return None;
         }
         sn.incarnation += 1;
         sn.host_up = true;
         sn.timer = None;
         sn.killed = false;
         let seed = mix(self.master_seed, 1000 + u64::from(i) + (u64::from(sn.incarnation) << 32));
-        self.nodes[i as usize].node = Some(Node::new(id(i), std::rc::Rc::clone(&self.cfg), seed, self.now));
-        self.after(i);
+        Some(Node::new(id(i), std::rc::Rc::clone(&self.cfg), seed, self.now))
+    }
+
+    /// Start node `i`'s client without joining: it waits for an invitation (a launch).
+    pub fn launch_idle(&mut self, i: u32) {
+        if self.nodes[i as usize].ctrl.is_some() {
+            return;
+        }
+        if let Some(node) = self.fresh_node(i) {
+            self.nodes[i as usize].node = Some(node);
+            self.after(i);
+        }
     }
 
     /// Whether slot `i` runs a node or the controller.
@@ -675,16 +685,7 @@ impl Sim {
 
     /// Start node `i` (a fresh process) and send it `Join { bootstrap }`.
     pub fn start(&mut self, i: u32, bootstrap: Vec<NodeId>) {
-        let sn = &mut self.nodes[i as usize];
-        if sn.node.is_some() {
-            return;
-        }
-        sn.incarnation += 1;
-        sn.host_up = true;
-        sn.timer = None;
-        sn.killed = false;
-        let seed = mix(self.master_seed, 1000 + u64::from(i) + (u64::from(sn.incarnation) << 32));
-        let mut node = Node::new(id(i), std::rc::Rc::clone(&self.cfg), seed, self.now);
+        let Some(mut node) = self.fresh_node(i) else { return };
         if let Err(e) = node.handle_command(self.now, Command::Join { bootstrap }) {
             self.violation(format!("node {i}: join refused: {e}"));
         }
