@@ -104,20 +104,19 @@ struct Held {
 }
 
 impl Held {
-    fn same(&self, status: ExitStatus, truncated: bool, output: &[u8]) -> bool {
-        self.status == status && self.truncated == truncated && self.output.as_slice() == output
+    /// Same status, truncation and output (the same buffer, or equal bytes).
+    fn same(&self, other: &Held) -> bool {
+        self.status == other.status
+            && self.truncated == other.truncated
+            && (Rc::ptr_eq(&self.output, &other.output) || self.output == other.output)
     }
 }
 
 /// Merge `g` into `groups`; false if it would be a new group and the list is full.
 fn merge(groups: &mut Vec<Held>, g: &Held) -> bool {
-    if let Some(h) =
-        groups.iter_mut().find(|h| Rc::ptr_eq(&h.output, &g.output) || h.same(g.status, g.truncated, &g.output))
-    {
-        if h.status == g.status && h.truncated == g.truncated {
-            h.nodes.extend(&g.nodes);
-            return true;
-        }
+    if let Some(h) = groups.iter_mut().find(|h| h.same(g)) {
+        h.nodes.extend(&g.nodes);
+        return true;
     }
     if groups.len() >= MAX_GROUPS {
         return false;

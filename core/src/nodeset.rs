@@ -213,33 +213,31 @@ impl Serialize for NodeSet {
 impl<'de> Deserialize<'de> for NodeSet {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let runs: List<Run, MAX_RUNS> = List::deserialize(d)?;
-        let mut prev: Option<(u16, u128)> = None;
+        let mut prev: Option<Span> = None;
         for r in runs.iter() {
-            let (lo, _) = key_checked(r).ok_or_else(|| serde::de::Error::custom("bad node run"))?;
-            if let Some(p) = prev {
+            let span = span_checked(r).ok_or_else(|| serde::de::Error::custom("bad node run"))?;
+            if let Some((port, _, last)) = prev {
                 // Sorted, disjoint, not touching.
-                if lo <= p || (lo.0 == p.0 && lo.1 == p.1 + 1) {
+                if (span.0, span.1) <= (port, last) || (span.0 == port && span.1 == last + 1) {
                     return Err(serde::de::Error::custom("node runs out of order"));
                 }
             }
-            prev = Some((lo.0, lo.1 + u128::from(r.count) - 1));
+            prev = Some(span);
         }
         Ok(NodeSet { runs: runs.0 })
     }
 }
 
-/// The span of a run read from the network, if it is well formed.
-fn key_checked(r: &Run) -> Option<((u16, u128), ())> {
-    if r.count == 0 {
-        return None;
-    }
-    let (p, a) = key(&r.first);
-    a.checked_add(u128::from(r.count) - 1)?;
+/// The span of a run read from the network, `(port, first, last)`, if it is well formed.
+fn span_checked(r: &Run) -> Option<Span> {
+    let count = u128::from(r.count.checked_sub(1)?);
+    let (port, first) = key(&r.first);
+    let last = first.checked_add(count)?;
     // An IPv4-mapped run must not run past the end of the IPv4 space into other addresses.
-    if a >> 32 == 0xffff && (a + u128::from(r.count) - 1) >> 32 != 0xffff {
+    if first >> 32 == 0xffff && last >> 32 != 0xffff {
         return None;
     }
-    Some(((p, a), ()))
+    Some((port, first, last))
 }
 
 #[cfg(test)]

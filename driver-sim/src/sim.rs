@@ -235,6 +235,24 @@ struct SimNode {
     fds: u32,
 }
 
+impl SimNode {
+    /// A slot with nothing running in it yet.
+    fn empty() -> SimNode {
+        SimNode {
+            node: None,
+            ctrl: None,
+            killed: false,
+            incarnation: 0,
+            host_up: true,
+            timer: None,
+            links: Vec::new(),
+            side: 0,
+            joined_once: false,
+            fds: 0,
+        }
+    }
+}
+
 /// A cut between the two partition sides, until `until`.
 #[derive(Clone, Copy, Debug)]
 struct Cut {
@@ -355,20 +373,7 @@ impl Sim {
             now: Instant::ZERO,
             seq: 0,
             heap: Calendar::new(),
-            nodes: (0..n)
-                .map(|_| SimNode {
-                    node: None,
-                    ctrl: None,
-                    killed: false,
-                    incarnation: 0,
-                    host_up: true,
-                    timer: None,
-                    links: Vec::new(),
-                    side: 0,
-                    joined_once: false,
-                    fds: 0,
-                })
-                .collect(),
+            nodes: (0..n).map(|_| SimNode::empty()).collect(),
             links: Vec::new(),
             free_links: Vec::new(),
             cfg: std::rc::Rc::new(scenario.config.clone()),
@@ -423,16 +428,9 @@ impl Sim {
         let slot = self.nodes.len() as u32;
         let seed = mix(self.master_seed, 999);
         self.nodes.push(SimNode {
-            node: None,
             ctrl: Some(Box::new(Controller::new(id(slot), std::rc::Rc::clone(&self.cfg), seed, self.now))),
-            killed: false,
             incarnation: 1,
-            host_up: true,
-            timer: None,
-            links: Vec::new(),
-            side: 0,
-            joined_once: false,
-            fds: 0,
+            ..SimNode::empty()
         });
         self.ctrl_slot = Some(slot);
         slot
