@@ -82,6 +82,11 @@ pub struct Config {
     pub launch_at_root: bool,
     /// The controller acknowledges a job's results at most this often. Default 1 s.
     pub ack_interval: Duration,
+    /// After a member was reported lost, the controller waits this long (for the repairs to
+    /// settle) and then asks the root for a census: a host it believed joined that the census
+    /// does not list (a leaf lost with its parent, which nobody reports) is invited again, and
+    /// launched again if it is gone. At most one census per this interval. Default 3 s.
+    pub recheck_delay: Duration,
 }
 
 impl Default for Config {
@@ -89,6 +94,7 @@ impl Default for Config {
         Config {
             max_children: 12,
             join_retry: Duration::from_secs(5),
+            recheck_delay: Duration::from_secs(3),
             join_backoff: Duration::from_millis(500),
             probe_interval: Duration::from_secs(10),
             ransub_epoch: Duration::from_secs(5),

@@ -13,7 +13,10 @@
 //! attached, announces `Joined` up the tree to the controller. When the root cannot reach the
 //! host it reports `InviteFailed` (or, with [`crate::Config::launch_at_root`], launches the client
 //! itself and retries). Members that lose a parent or child report `Disconnected` up the tree;
-//! the root checks reports from anyone else with `GetStatus` before passing them on.
+//! the root checks reports from anyone else with `GetStatus` before passing them on, and marks
+//! what it passes on as checked or not; the controller asks the root to check an unchecked
+//! report about a host that rejoined moments ago (it may be stale: the host was relaunched and
+//! rejoined meanwhile).
 //!
 //! **Jobs.** `Run` floods down the tree (and to every child that attaches later while the job is
 //! known). Each target spawns the process through its driver and records a result (status and
@@ -425,6 +428,13 @@ impl Control {
             // A report we were checking: the node is indeed gone.
             self.verifying.swap_remove(k);
             self.report_up(ctx, tree, ControlMsg::Disconnected { node: peer, related: true });
+            // The same link may carry an invitation to it (the controller is inviting it
+            // again): that one failed too.
+            if let Some(k) = self.invites.iter().position(|i| i.host == peer && i.sent) {
+                if failed {
+                    self.invite_unreachable(ctx, tree, k);
+                }
+            }
             return;
         }
         if let Some(k) = self.invites.iter().position(|i| i.host == peer) {
@@ -512,17 +522,24 @@ impl Control {
             ControlMsg::InviteFailed { host } => self.pass_up(ctx, tree, from, ControlMsg::InviteFailed { host }),
             ControlMsg::Disconnected { node, related } => {
                 if tree.is_root() && !related && node != self.me {
-                    // Hearsay: check before telling the controller.
+                    // Hearsay (or the controller asking): check before telling the controller.
                     if !self.verifying.iter().any(|v| v.0 == node) && self.verifying.len() < MAX_VERIFYING {
                         self.verifying.push((node, ctx.now + ctx.cfg.connect_timeout * 2));
                         self.send(ctx, node, ControlMsg::GetStatus);
                     }
+                } else if tree.is_root() && node != self.me {
+                    // A parent's or child's report, passed on unchecked (`related` false toward
+                    // the controller means "not checked by the root"): the controller asks
+                    // for a check when it may be stale.
+                    self.pass_up(ctx, tree, from, ControlMsg::Disconnected { node, related: false });
                 } else if node != self.me {
                     self.pass_up(ctx, tree, from, ControlMsg::Disconnected { node, related });
                 }
             }
             ControlMsg::GetStatus => {
-                self.send(ctx, from, ControlMsg::Status { joined: tree.state() == TreeState::Joined })
+                // A node on its way back into the tree counts as present: it was not lost.
+                let joined = matches!(tree.state(), TreeState::Joined | TreeState::Joining);
+                self.send(ctx, from, ControlMsg::Status { joined })
             }
             ControlMsg::Status { joined } => {
                 if let Some(k) = self.verifying.iter().position(|v| v.0 == from) {
@@ -547,6 +564,12 @@ impl Control {
                     return;
                 }
                 self.start_dismantle(ctx, tree);
+            }
+            ControlMsg::Census => {
+                // Only the controller asks, and only the root counts.
+                if tree.is_root() && self.ctrl == Some(from) {
+                    self.start_census(ctx, tree);
+                }
             }
             // Only the controller takes these.
             ControlMsg::SetRoot { .. } | ControlMsg::Participants { .. } => {}

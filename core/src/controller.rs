@@ -163,6 +163,8 @@ pub struct ControllerStats {
     pub launches: u64,
     /// Times the root changed.
     pub root_changes: u64,
+    /// Hosts believed joined that a complete census did not list (invited again).
+    pub unlisted: u64,
 }
 
 #[derive(Debug)]
@@ -240,6 +242,18 @@ pub struct Controller {
     /// [`Config::ack_interval`] at most, whatever the number of failures.
     forget: NodeSet,
     forget_at: Option<Instant>,
+    /// When to ask the root for a census (after a loss; see [`Config::recheck_delay`]).
+    census_at: Option<Instant>,
+    /// The last census asked for, to ask at most once per `recheck_delay`.
+    census_asked: Option<Instant>,
+    /// Members listed by the census being received (its parts so far), and since when: hosts
+    /// that joined after that are not judged by it. Cleared when the root changes.
+    census_seen: NodeSet,
+    census_from: Option<Instant>,
+    /// The census being received is one this controller asked for, with the tree settled
+    /// (no root change since): only such a census is used to find unreported losses. A new
+    /// root's own census comes while fragments are still rejoining and would miss them.
+    census_judge: bool,
     tick_at: Option<Instant>,
     heartbeat: Option<crate::wire::Frame>,
     stats: ControllerStats,
@@ -273,6 +287,11 @@ impl Controller {
             seek_at: None,
             forget: NodeSet::new(),
             forget_at: None,
+            census_at: None,
+            census_asked: None,
+            census_seen: NodeSet::new(),
+            census_from: None,
+            census_judge: false,
             tick_at: None,
             heartbeat: None,
             stats: ControllerStats::default(),
@@ -535,6 +554,18 @@ impl Controller {
                 None => self.forget_at = Some(now + self.cfg.ack_interval),
             }
         }
+        if self.census_at.is_some_and(|t| t <= now) {
+            if let Some(root) = self.root {
+                self.census_at = None;
+                self.census_asked = Some(now);
+                self.census_seen = NodeSet::new();
+                self.census_from = Some(now);
+                self.census_judge = true;
+                self.send(now, root, Message::Control(ControlMsg::Census));
+            } else {
+                self.census_at = Some(now + self.cfg.recheck_delay);
+            }
+        }
         for k in 0..self.jobs.len() {
             if self.jobs[k].ack_at.is_some_and(|t| t <= now) {
                 self.ack(now, k);
@@ -556,7 +587,7 @@ impl Controller {
         let expiry = self.invited.front().map(|&(_, at)| at + self.cfg.invitation_expiry);
         let acks = self.jobs.iter().filter_map(|j| j.ack_at);
         let barriers = self.barriers.iter().filter(|b| !b.released).map(|b| b.deadline);
-        [self.tick_at, self.refresh_at, self.seek_at, self.forget_at, expiry]
+        [self.tick_at, self.refresh_at, self.seek_at, self.forget_at, self.census_at, expiry]
             .into_iter()
             .flatten()
             .chain(acks)
@@ -577,6 +608,9 @@ impl Controller {
     /// State of a host.
     pub fn host_state(&self, id: &NodeId) -> Option<HostState> {
         self.hosts.binary_search_by(|h| h.id.cmp(id)).ok().map(|i| self.hosts[i].state)
+    }
+    fn host_since(&self, id: &NodeId) -> Option<Instant> {
+        self.hosts.binary_search_by(|h| h.id.cmp(id)).ok().map(|i| self.hosts[i].since)
     }
     /// Every host and its state.
     pub fn hosts(&self) -> impl Iterator<Item = (NodeId, HostState)> + '_ {
@@ -614,11 +648,54 @@ impl Controller {
             ControlMsg::SetRoot { root } if root == from => self.set_root(now, root),
             ControlMsg::Joined { node } => self.set_state(now, node, HostState::Joined, None),
             ControlMsg::InviteFailed { host } => self.unreachable(now, host),
-            ControlMsg::Disconnected { node, .. } => self.disconnected(now, node),
-            ControlMsg::Participants { nodes, .. } => {
+            ControlMsg::Disconnected { node, related: checked } => {
+                let recent = self.host_since(&node).is_some_and(|t| t + self.cfg.recheck_delay > now);
+                if !checked && recent && self.host_state(&node) == Some(HostState::Joined) {
+                    // It rejoined moments ago: the report may be about its previous life. The
+                    // root checks; a real loss comes back checked.
+                    self.send(now, from, Message::Control(ControlMsg::Disconnected { node, related: false }));
+                } else {
+                    self.disconnected(now, node);
+                }
+            }
+            ControlMsg::Participants { nodes, last } if Some(from) == self.root => {
+                let from_time = *self.census_from.get_or_insert(now);
                 for id in nodes.iter() {
                     if self.host_state(&id) != Some(HostState::Failed) {
                         self.set_state(now, id, HostState::Joined, None);
+                    }
+                }
+                self.census_seen.extend(&nodes);
+                if last && !core::mem::take(&mut self.census_judge) {
+                    self.census_seen = NodeSet::new();
+                    self.census_from = None;
+                } else if last {
+                    // The whole tree answered: whoever we think joined (since well before this
+                    // census: a newcomer may have attached after its part of the tree answered)
+                    // and is not in it may have been lost unreported. The root checks each
+                    // (`GetStatus`) and reports the ones really gone; a live member missing
+                    // from the census (a fragment still rejoining) is left alone.
+                    let seen = core::mem::take(&mut self.census_seen);
+                    self.census_from = None;
+                    let mut unlisted: Vec<NodeId> = self
+                        .hosts
+                        .iter()
+                        .filter(|h| {
+                            h.state == HostState::Joined
+                                && h.since + self.cfg.recheck_delay <= from_time
+                                && !seen.contains(&h.id)
+                        })
+                        .map(|h| h.id)
+                        .collect();
+                    self.stats.unlisted += unlisted.len() as u64;
+                    if unlisted.len() > crate::control::MAX_VERIFYING {
+                        // The root checks a bounded number at once: a random few now, others at
+                        // the next census.
+                        crate::tree::shuffle(&mut self.ctx(now), &mut unlisted);
+                        self.census_at.get_or_insert(now + self.cfg.recheck_delay);
+                    }
+                    for node in unlisted.into_iter().take(crate::control::MAX_VERIFYING) {
+                        self.send(now, from, Message::Control(ControlMsg::Disconnected { node, related: false }));
                     }
                 }
             }
@@ -731,6 +808,9 @@ impl Controller {
         }
         self.root = Some(root);
         self.stats.root_changes += 1;
+        self.census_seen = NodeSet::new();
+        self.census_from = None;
+        self.census_judge = false;
         let me = self.me;
         self.send(now, root, Message::Control(ControlMsg::SetCtrl { ctrl: me }));
         self.io.conns.pin(now, root, Pin::Root);
@@ -754,6 +834,7 @@ impl Controller {
         if self.root == Some(peer) {
             self.root = None;
             self.refresh_at = None;
+            self.census_judge = false;
             // The new root announces itself; if none does, ask a member.
             self.seek_at = Some(now + self.cfg.join_retry);
             return;
@@ -804,19 +885,27 @@ impl Controller {
         h.strikes += 1;
         h.launched = false;
         let wait = (base * (1u32 << (h.strikes - 1).min(4))).min(core::time::Duration::from_secs(60));
-        self.set_state(now, host, HostState::Disconnected, None);
+        // The reason goes with the state, so that a user waiting on the host sees why.
+        self.set_state(now, host, HostState::Disconnected, Some(why));
         self.later.push_back((now + wait, host));
     }
 
     fn disconnected(&mut self, now: Instant, node: NodeId) {
         let window = self.cfg.failed_window;
         let limit = self.cfg.failed_after_disconnects as usize;
+        let recheck = self.cfg.recheck_delay;
         let Some(h) = self.host(&node) else { return };
         if h.state != HostState::Joined {
             return;
         }
         h.disconnects.retain(|t| *t + window > now);
         h.disconnects.push(now);
+        // Its parent or children may have died with it, unreported: check the tree soon.
+        if self.census_at.is_none() {
+            let earliest = self.census_asked.map_or(now, |t| t + recheck);
+            self.census_at = Some((now + recheck).max(earliest));
+        }
+        let Some(h) = self.host(&node) else { return };
         if h.disconnects.len() >= limit {
             self.fail(now, node, "disconnected too often");
         } else {

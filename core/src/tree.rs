@@ -1102,7 +1102,7 @@ impl Tree {
     }
 }
 
-fn shuffle<T>(ctx: &mut Ctx<'_>, v: &mut [T]) {
+pub(crate) fn shuffle<T>(ctx: &mut Ctx<'_>, v: &mut [T]) {
     for i in (1..v.len()).rev() {
         let j = ctx.rng.random_range(0..=i);
         v.swap(i, j);

@@ -121,14 +121,17 @@ pub enum ControlMsg {
     Disconnected {
         /// The lost node.
         node: NodeId,
-        /// Whether the reporter was the lost node's parent or child (else the root verifies).
+        /// Up to the root: whether the reporter was the lost node's parent or child (else the
+        /// root verifies). From the root to the controller: whether the root checked it (its
+        /// own link failed, or `GetStatus` went unanswered). From the controller to the root:
+        /// `false`, "check this one".
         related: bool,
     },
     /// Root to a reported node: are you alive? Answered with `Status`.
     GetStatus,
     /// Answer to `GetStatus`.
     Status {
-        /// Whether the node is joined to a tree.
+        /// Whether the node is joined to a tree, or joining one.
         joined: bool,
     },
     /// Root to the controller: members of the tree, in parts; `last` ends the list.
@@ -145,6 +148,8 @@ pub enum ControlMsg {
     },
     /// Down the tree: dismantle the overlay; every client exits.
     Disconnect,
+    /// Controller to root: take a census now (answered with `Participants`).
+    Census,
 }
 
 /// What a job is.

@@ -223,6 +223,8 @@ pub struct JobReport {
     pub hosts_failed: u32,
     /// Times the controller's link moved to a new root.
     pub root_changes: u64,
+    /// Hosts the controller believed joined that a complete census did not list.
+    pub unlisted: u64,
     /// Up to 10 nodes alive at the end without a result.
     pub missing: Vec<u32>,
 }

@@ -845,7 +845,10 @@ impl Sim {
                 self.after(node);
             }
             Kind::Launched { by, host, ok } => {
-                let ok = ok && !self.nodes[host as usize].killed && self.nodes[host as usize].host_up;
+                // As on a real host, a client cannot start where one still runs: its listen
+                // address is taken (a controller relaunching a host it merely cannot see).
+                let h = &self.nodes[host as usize];
+                let ok = ok && !h.killed && h.host_up && h.node.is_none();
                 if ok {
                     self.launches += 1;
                     self.launch_idle(host);
@@ -1721,6 +1724,7 @@ pub fn job_report(sim: &Sim, n: u32) -> crate::scenario::JobReport {
     }
     r.hosts_failed = sim.host_failures;
     r.root_changes = sim.controller().map_or(0, |c| c.stats().root_changes);
+    r.unlisted = sim.controller().map_or(0, |c| c.stats().unlisted);
     r
 }
 
