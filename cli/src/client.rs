@@ -11,7 +11,8 @@ pub struct ClientArgs {
     /// Address to listen on (`ip:port`): the client's identity in the overlay.
     #[arg(long)]
     pub listen: SocketAddr,
-    /// The cluster key: a file of 64 hex digits, readable by its owner only (mode 0600).
+    /// The cluster key: a file of 64 hex digits, readable by its owner only (mode 0600); `-`
+    /// reads the key from the first line of stdin (how the ssh and command launchers pass it).
     #[arg(long)]
     pub key_file: PathBuf,
     /// Most links to hold at once; the default is the open-file limit (raised to its hard

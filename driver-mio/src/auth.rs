@@ -77,6 +77,15 @@ impl Key {
         })
     }
 
+    /// Read a key from a stream (a launcher hands it on a client's stdin): 64 hex digits and a
+    /// newline; at most 256 bytes are read, up to the first newline or the end of the stream.
+    pub fn read_from(r: impl io::Read) -> io::Result<Key> {
+        let mut line = Vec::with_capacity(KEY_LEN * 2 + 1);
+        io::BufRead::read_until(&mut io::BufReader::new(r.take(MAX_KEY_FILE)), b'\n', &mut line)?;
+        Key::parse_hex(&line)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "the key given does not hold 64 hex digits"))
+    }
+
     fn parse_hex(text: &[u8]) -> Option<Key> {
         let text = text.strip_suffix(b"\n").unwrap_or(text);
         if text.len() != KEY_LEN * 2 {
@@ -178,11 +187,16 @@ mod tests {
         k.write_new_file(&dir).unwrap();
         assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o777, 0o600);
         assert_eq!(Key::read_file(&dir).unwrap().0, k.0);
+        let hex = fs::read(&dir).unwrap();
         assert!(k.write_new_file(&dir).is_err(), "never overwrites");
         fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
         assert!(Key::read_file(&dir).is_err(), "readable by others");
         fs::remove_file(&dir).unwrap();
         assert!(Key::parse_hex(b"zz").is_none());
+        let mut piped = hex.clone();
+        piped.extend_from_slice(b"what follows the line is not read");
+        assert_eq!(Key::read_from(&piped[..]).unwrap().0, k.0);
+        assert!(Key::read_from(&hex[..10]).is_err(), "cut short");
         assert!(Key::parse_hex(&[b'a'; 65]).is_none());
     }
 }

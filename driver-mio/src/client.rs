@@ -8,6 +8,10 @@
 //! for `Config::idle_expiry`), then kills its jobs' process groups, closes its links and
 //! returns.
 //!
+//! With `--key-file -` the key is read from the first line of stdin: that is how the ssh and
+//! command launchers hand it to a remote client without writing it to the remote disk or
+//! putting it on a command line.
+//!
 //! The fd budget: `Config::max_links = min(--max-fds, soft limit - reserve)`, where the reserve
 //! is [`RESERVED_FDS`] (stdio, the poll and listener descriptors, connections still in their
 //! handshake, slack) plus two pipes per job slot (`2 × Config::max_jobs`). Running out anyway
@@ -32,7 +36,8 @@ pub const EXIT_GRACE: Duration = Duration::from_secs(1);
 pub struct ClientOptions {
     /// The address to listen on: the node's identity.
     pub listen: SocketAddr,
-    /// The cluster key file (64 hex digits, mode 0600).
+    /// The cluster key file (64 hex digits, mode 0600); `-` reads the key from stdin, as the
+    /// ssh and command launchers hand it over.
     pub key_file: PathBuf,
     /// Most links to hold (further limited by the fd limit).
     pub max_fds: Option<usize>,
@@ -60,7 +65,13 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
             1024
         }
     };
-    let key = Key::read_file(&opts.key_file).map_err(|e| format!("cannot read the key: {e}"))?;
+    // Jobs get nothing of ours but their pipes.
+    crate::sys::cloexec_inherited();
+    let key = if opts.key_file.as_os_str() == "-" {
+        Key::read_from(std::io::stdin().lock()).map_err(|e| format!("cannot read the key from stdin: {e}"))?
+    } else {
+        Key::read_file(&opts.key_file).map_err(|e| format!("cannot read the key: {e}"))?
+    };
     let listener =
         std::net::TcpListener::bind(opts.listen).map_err(|e| format!("cannot listen on {}: {e}", opts.listen))?;
     let addr = listener.local_addr().map_err(|e| format!("cannot read the listen address: {e}"))?;

@@ -27,7 +27,7 @@
 
 use crate::auth::Key;
 use crate::driver::{Driver, DriverConfig, DriverStats};
-use crate::launcher::Launcher;
+use crate::launcher::{LaunchMethod, Launcher};
 use plush_core::wire::{ExitStatus, JobKind, List, RunSpec, Target};
 use plush_core::{Config, Controller, HostState, Instant, NodeId, Report};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -54,6 +54,9 @@ pub struct ClusterConfig {
     pub client_program: PathBuf,
     /// Arguments before `--listen ADDR --key-file F`. Default `["client"]`.
     pub client_args: Vec<OsString>,
+    /// How clients are launched; `None` (the default) is the local launcher running
+    /// `client_program client_args...`.
+    pub method: Option<LaunchMethod>,
     /// Launches waiting for their client's ready line at once. Default 50.
     pub max_launches_in_flight: usize,
     /// How long a launched client may take to listen. Default 10 s.
@@ -67,6 +70,7 @@ impl Default for ClusterConfig {
             core: Config::default(),
             client_program: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("plush")),
             client_args: vec!["client".into()],
+            method: None,
             max_launches_in_flight: crate::launcher::MAX_IN_FLIGHT,
             launch_timeout: Duration::from_secs(10),
         }
@@ -170,6 +174,8 @@ impl Cluster {
     pub fn start(cfg: ClusterConfig) -> io::Result<Cluster> {
         // Many hosts mean many sockets; not being able to raise the limit is not fatal.
         let _ = crate::sys::raise_nofile_limit();
+        // The launched clients get nothing of ours but stdio.
+        crate::sys::cloexec_inherited();
         let key = Key::generate();
         let path =
             std::env::temp_dir().join(format!("plush-key-{}-{:016x}.hex", std::process::id(), rand::random::<u64>()));
@@ -180,7 +186,8 @@ impl Cluster {
         let ctrl = Controller::new(id, cfg.core.clone(), crate::client::fresh_seed(), Instant::ZERO);
         let dcfg = DriverConfig { core: cfg.core.clone(), ..DriverConfig::default() };
         let mut d = Driver::new(ctrl, id, listener, key, dcfg)?;
-        let mut launcher = Launcher::new(cfg.client_program, cfg.client_args, key_file.0.clone());
+        let method = cfg.method.unwrap_or(LaunchMethod::Local { program: cfg.client_program, args: cfg.client_args });
+        let mut launcher = Launcher::with_method(method, key_file.0.clone());
         launcher.max_in_flight = cfg.max_launches_in_flight.max(1);
         launcher.ready_timeout = cfg.launch_timeout;
         d.launcher = Some(launcher);
@@ -272,6 +279,18 @@ impl Cluster {
         self.take_reports();
     }
 
+    /// Invite hosts known by name: the ssh and command launchers use the name (the address is
+    /// where the client listens, and its identity).
+    pub fn add_named_hosts(&mut self, hosts: &[(NodeId, String)]) {
+        if let Some(l) = self.d.launcher.as_mut() {
+            for (id, name) in hosts {
+                l.set_name(*id, name.clone());
+            }
+        }
+        let ids: Vec<NodeId> = hosts.iter().map(|(id, _)| *id).collect();
+        self.add_hosts(&ids);
+    }
+
     /// Run the event loop once, waiting at most `max_wait`.
     pub fn pump(&mut self, max_wait: Duration) -> io::Result<()> {
         self.d.turn(Some(max_wait))?;
@@ -300,15 +319,17 @@ impl Cluster {
     }
 
     /// Run `argv` on every joined host (killed there after `timeout`) and gather the results:
-    /// returns once every host joined at the start has answered (or failed), the root reports
-    /// the job complete, or `timeout` plus a few seconds passed.
+    /// returns once every host joined at the start has answered (or failed), or `timeout` plus
+    /// a few seconds passed. Once the root reports the job complete, hosts still missing are
+    /// waited for at most a few more seconds, and only while the controller believes them
+    /// joined (rejoining after a repair: their results come when they attach).
     pub fn run(&mut self, argv: &[&str], timeout: Duration) -> io::Result<RunOutcome> {
         self.run_with(argv, Some(timeout), |_, _, _| {})
     }
 
     /// [`Cluster::run`] with an optional timeout and a progress hook. With `None` the command
     /// runs without a timeout and the call waits, without a deadline, until every host joined
-    /// at the start has answered or failed, or the root reports the job complete.
+    /// at the start has answered or failed, or the root reports the job complete (as above).
     /// `progress(cluster, results, expected)` is called on every loop turn (at least every
     /// 50 ms while waiting): hosts with a result so far, hosts joined when the job started.
     pub fn run_with(
@@ -346,17 +367,27 @@ impl Cluster {
         self.d.drain();
         self.take_reports();
         let end = timeout.and_then(|t| t0.checked_add(t.saturating_add(RESULT_SLACK)));
+        // When the root said the job complete while hosts joined at the start have not
+        // answered: they are rejoining (their results come once they attach), so wait for
+        // them a little, unless they are known to be gone.
+        let mut complete_at: Option<StdInstant> = None;
         loop {
             let got = self.jobs.get(&job).map_or(0, |j| j.got.len());
             progress(self, got, expected.len());
-            let done = self.jobs.get(&job).is_some_and(|j| {
-                j.complete
-                    || expected
-                        .iter()
-                        .all(|h| j.got.contains(h) || self.hosts.get(h).is_some_and(|i| i.state == HostState::Failed))
-            });
-            if done {
+            let Some(j) = self.jobs.get(&job) else { break };
+            let waiting: Vec<&NodeId> = expected
+                .iter()
+                .filter(|h| !j.got.contains(h) && self.hosts.get(h).is_none_or(|i| i.state != HostState::Failed))
+                .collect();
+            if waiting.is_empty() {
                 break;
+            }
+            if j.complete {
+                let since = *complete_at.get_or_insert_with(StdInstant::now);
+                let joined = waiting.iter().any(|h| self.hosts.get(h).is_some_and(|i| i.state == HostState::Joined));
+                if !joined || since.elapsed() >= RESULT_SLACK {
+                    break;
+                }
             }
             let now = StdInstant::now();
             let wait = match end {

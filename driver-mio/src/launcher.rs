@@ -1,29 +1,41 @@
-//! The local launcher: carries out `Output::Launch { host }` by starting a client process on
-//! this machine, listening on the host's address (a `127.x.y.z` address from
-//! `NodeId::loopback`, typically).
+//! Launchers: carry out `Output::Launch { host }` by starting a client that listens on the
+//! host's address. Three methods ([`LaunchMethod`]):
+//! - `local` (the default): a client process on this machine, listening on the host's address
+//!   (a `127.x.y.z` address from `NodeId::loopback`, typically). The command is
+//!   `<program> <args...> --listen <host addr> --key-file <file>` (by default `<current exe>
+//!   client ...`). Needs nothing.
+//! - `ssh`: the system OpenSSH client in batch mode (never a password prompt), with the user's
+//!   options passed through, runs `plush client --listen ADDR --key-file -` on the host (by its
+//!   name), with the key on ssh's stdin. The binary is kept on the host under
+//!   `~/.cache/plush/plush-<version>-<digest>`; when the host lacks it (first contact, or another
+//!   build) it is copied over the same ssh first.
+//! - `command`: a user template run by `/bin/sh -c`, with `{host}`, `{addr}`, `{ip}`, `{port}`
+//!   and `{plush}` (this machine's plush binary) replaced by shell-quoted values, and the key
+//!   on its stdin (the client reads it with `--key-file -`).
 //!
-//! The command is `<program> <args...> --listen <host addr> --key-file <file>` (by default
-//! `<current exe> client ...`). The key travels in a 0600 file, never on a command line. A
-//! launch counts as done when the client prints its ready line ([`READY_PREFIX`]) on stdout,
-//! which it does once its listener is bound: the controller's next invitation then finds it.
-//! It fails when the client exits first, or stays silent for [`Launcher::ready_timeout`] (it is
-//! then killed). The client's stderr is inherited.
+//! The key travels in a 0600 file or on a pipe, never on a command line. A launch counts as
+//! done when the client prints its ready line ([`READY_PREFIX`]) on stdout (through ssh for a
+//! remote one), which it does once its listener is bound: the controller's next invitation then
+//! finds it. It fails when the client (or ssh) exits first, or stays silent for
+//! [`Launcher::ready_timeout`] (it is then killed, with its process group for ssh and
+//! command launches). The client's stderr (and ssh's) is inherited.
 //!
 //! Bounds: at most [`Launcher::max_in_flight`] launches (default [`MAX_IN_FLIGHT`]) wait for
 //! their ready line at once; more wait in a queue, which holds at most one entry per host the
 //! controller is inviting (its invitations are bounded by `Config::max_invitations`). The table
-//! of started clients holds one entry per launch until the client exits and is reaped. Every
-//! child is killed and reaped at [`Launcher::shutdown`] or on drop: none outlives its launcher
-//! as a zombie.
+//! of started clients holds one entry per launch until the client exits and is reaped; the
+//! table of host names one entry per named host. Every child is killed and reaped at
+//! [`Launcher::shutdown`] or on drop: none outlives its launcher as a zombie.
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use plush_core::NodeId;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant as StdInstant};
 
@@ -39,9 +51,135 @@ const REAP_EVERY: Duration = Duration::from_millis(100);
 /// What a finished launch reports to the machine.
 pub type LaunchResult = Result<(), &'static str>;
 
+/// How clients are started. See the module docs.
+#[derive(Clone, Debug)]
+pub enum LaunchMethod {
+    /// `program args... --listen ADDR --key-file FILE` on this machine.
+    Local {
+        /// The client program.
+        program: PathBuf,
+        /// Its arguments before `--listen`.
+        args: Vec<OsString>,
+    },
+    /// Through the system OpenSSH client.
+    Ssh(SshLaunch),
+    /// A user template, run by `/bin/sh -c`.
+    Command {
+        /// The template: `{host}`, `{addr}`, `{ip}`, `{port}`, `{plush}` are replaced.
+        template: String,
+        /// What `{plush}` stands for: this machine's plush binary.
+        plush: PathBuf,
+    },
+}
+
+/// The ssh launch method: what to run and what to copy.
+#[derive(Clone, Debug)]
+pub struct SshLaunch {
+    /// The ssh program. Default `ssh`.
+    pub ssh: OsString,
+    /// Options given to ssh before the host name (`-F config`, `-p 2222`, `-o Name=value`...);
+    /// `-o BatchMode=yes` always comes first.
+    pub options: Vec<String>,
+    /// The plush binary copied to hosts that lack it.
+    pub binary: PathBuf,
+    /// Where the binary is kept on a host, relative to the remote home directory.
+    pub remote_path: String,
+}
+
+impl SshLaunch {
+    /// The ssh method for `binary` (this executable, typically): the remote path names the
+    /// package version and the first 8 bytes of the binary's SHA-256, so that another build
+    /// is copied again while the same one never is.
+    pub fn new(binary: PathBuf, options: Vec<String>) -> io::Result<SshLaunch> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let mut f = std::fs::File::open(&binary)?;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match f.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => h.update(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let digest: String = h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let remote_path = format!(".cache/plush/plush-{}-{digest}", env!("CARGO_PKG_VERSION"));
+        Ok(SshLaunch { ssh: "ssh".into(), options, binary, remote_path })
+    }
+
+    /// The local shell script that starts a client on `name` listening on `addr`, reading the
+    /// key from `key_file`: try to run the kept binary (the remote side exits 97 if it is
+    /// missing), else copy it (to a temporary name, renamed into place) and run it.
+    fn script(&self, name: &str, addr: &str, key_file: &Path) -> String {
+        let q = |s: &str| shlex::try_quote(s).map_or_else(|_| "''".to_string(), |c| c.into_owned());
+        let mut ssh = vec![q(&self.ssh.to_string_lossy()), "-o".into(), "BatchMode=yes".into()];
+        ssh.extend(self.options.iter().map(|o| q(o)));
+        ssh.push("--".into());
+        ssh.push(q(name));
+        let ssh = ssh.join(" ");
+        let path = q(&self.remote_path);
+        let dir = q(self.remote_path.rsplit_once('/').map_or(".", |(d, _)| d));
+        let run = format!("exec {path} client --listen {} --key-file -", q(addr));
+        let first = q(&format!("test -x {path} || exit 97; {run}"));
+        let copy = q(&format!(
+            "mkdir -p {dir} && cat > {path}.tmp.$$ && chmod 755 {path}.tmp.$$ && mv -f {path}.tmp.$$ {path}"
+        ));
+        let key = q(&key_file.to_string_lossy());
+        let bin = q(&self.binary.to_string_lossy());
+        let who = q(name);
+        format!(
+            "{ssh} {first} < {key}\nst=$?\n[ $st -eq 97 ] || exit $st\n\
+             {ssh} {copy} < {bin} || {{ echo \"plush: cannot copy the plush binary to \"{who} >&2; exit 1; }}\n\
+             exec {ssh} {} < {key}\n",
+            q(&run)
+        )
+    }
+}
+
+/// `template` with `{host}`, `{addr}`, `{ip}`, `{port}` and `{plush}` replaced by shell-quoted
+/// values (one pass: a value is never scanned for placeholders).
+pub fn fill_template(template: &str, name: &str, addr: std::net::SocketAddr, plush: &Path) -> String {
+    let q = |s: &str| shlex::try_quote(s).map_or_else(|_| "''".to_string(), |c| c.into_owned());
+    let mut out = String::with_capacity(template.len() + 64);
+    let mut rest = template;
+    while let Some(at) = rest.find('{') {
+        out.push_str(&rest[..at]);
+        let tail = &rest[at..];
+        let (value, len) = if tail.starts_with("{host}") {
+            (q(name), 6)
+        } else if tail.starts_with("{addr}") {
+            (q(&addr.to_string()), 6)
+        } else if tail.starts_with("{ip}") {
+            (q(&addr.ip().to_string()), 4)
+        } else if tail.starts_with("{port}") {
+            (addr.port().to_string(), 6)
+        } else if tail.starts_with("{plush}") {
+            (q(&plush.to_string_lossy()), 7)
+        } else {
+            ("{".to_string(), 1)
+        };
+        out.push_str(&value);
+        rest = &tail[len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Kill a started client: its whole process group when it leads one (ssh and command launches,
+/// whose shell may have children of its own), else the process.
+fn kill(child: &mut Child, group: bool) {
+    if group {
+        let _ = crate::sys::kill_group(child.id(), libc::SIGKILL);
+    }
+    let _ = child.kill();
+}
+
 struct Started {
     host: NodeId,
     child: Child,
+    /// It leads its own process group.
+    group: bool,
     /// While waiting for the ready line.
     stdout: Option<(Token, ChildStdout)>,
     line: Vec<u8>,
@@ -51,9 +189,10 @@ struct Started {
 
 /// Starts clients as local processes. See the module docs.
 pub struct Launcher {
-    program: PathBuf,
-    args: Vec<OsString>,
+    method: LaunchMethod,
     key_file: PathBuf,
+    /// Host names for the ssh and command methods; a host without one goes by its IP address.
+    names: HashMap<NodeId, String>,
     /// Launches waiting for their ready line at once.
     pub max_in_flight: usize,
     /// How long a client may take to print its ready line.
@@ -68,10 +207,15 @@ pub struct Launcher {
 impl Launcher {
     /// A launcher running `program args... --listen ADDR --key-file KEY_FILE`.
     pub fn new(program: PathBuf, args: Vec<OsString>, key_file: PathBuf) -> Launcher {
+        Launcher::with_method(LaunchMethod::Local { program, args }, key_file)
+    }
+
+    /// A launcher using `method`, handing the key in `key_file` to the clients.
+    pub fn with_method(method: LaunchMethod, key_file: PathBuf) -> Launcher {
         Launcher {
-            program,
-            args,
+            method,
             key_file,
+            names: HashMap::new(),
             max_in_flight: MAX_IN_FLIGHT,
             ready_timeout: Duration::from_secs(10),
             queue: VecDeque::new(),
@@ -84,6 +228,16 @@ impl Launcher {
     /// `<current exe> client`.
     pub fn current_exe(key_file: PathBuf) -> io::Result<Launcher> {
         Ok(Launcher::new(std::env::current_exe()?, vec!["client".into()], key_file))
+    }
+
+    /// The name the ssh and command methods use for `host` (its IP address by default).
+    pub fn set_name(&mut self, host: NodeId, name: String) {
+        self.names.insert(host, name);
+    }
+
+    /// The launch method.
+    pub fn method(&self) -> &LaunchMethod {
+        &self.method
     }
 
     fn in_flight(&self) -> usize {
@@ -108,24 +262,41 @@ impl Launcher {
     }
 
     fn start(&mut self, registry: &Registry, next_token: &mut usize, host: NodeId) -> Result<(), &'static str> {
-        let mut cmd = Command::new(&self.program);
-        cmd.args(&self.args)
-            .arg("--listen")
-            .arg(host.addr().to_string())
-            .arg("--key-file")
-            .arg(&self.key_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        let name = self.names.get(&host).cloned().unwrap_or_else(|| host.addr().ip().to_string());
+        let mut cmd = match &self.method {
+            LaunchMethod::Local { program, args } => {
+                let mut cmd = Command::new(program);
+                cmd.args(args).arg("--listen").arg(host.addr().to_string()).arg("--key-file").arg(&self.key_file);
+                cmd.stdin(Stdio::null());
+                cmd
+            }
+            LaunchMethod::Ssh(ssh) => {
+                let mut cmd = Command::new("/bin/sh");
+                cmd.arg("-c").arg(ssh.script(&name, &host.addr().to_string(), &self.key_file));
+                cmd.stdin(Stdio::null()).process_group(0);
+                cmd
+            }
+            LaunchMethod::Command { template, plush } => {
+                let Ok(key) = std::fs::File::open(&self.key_file) else {
+                    return Err("the key file could not be opened");
+                };
+                let mut cmd = Command::new("/bin/sh");
+                cmd.arg("-c").arg(fill_template(template, &name, host.addr(), plush));
+                cmd.stdin(key).process_group(0);
+                cmd
+            }
+        };
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let group = !matches!(self.method, LaunchMethod::Local { .. });
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("plush-mio launcher: cannot start {}: {e}", self.program.display());
+                eprintln!("plush launcher: cannot start the client for {name}: {e}");
                 return Err("the client program could not be started");
             }
         };
         let Some(stdout) = child.stdout.take() else {
-            let _ = child.kill();
+            kill(&mut child, group);
             let _ = child.wait();
             return Err("the client's stdout could not be read");
         };
@@ -135,13 +306,14 @@ impl Launcher {
         let ok = crate::sys::set_nonblocking(fd)
             .and_then(|()| registry.register(&mut SourceFd(&fd), token, Interest::READABLE));
         if ok.is_err() {
-            let _ = child.kill();
+            kill(&mut child, group);
             let _ = child.wait();
             return Err("the client's stdout could not be watched");
         }
         self.started.push(Started {
             host,
             child,
+            group,
             stdout: Some((token, stdout)),
             line: Vec::new(),
             deadline: StdInstant::now() + self.ready_timeout,
@@ -186,7 +358,7 @@ impl Launcher {
             s.line = Vec::new();
             if v.is_err() {
                 // Whatever state it is in, it is no client of ours.
-                let _ = s.child.kill();
+                kill(&mut s.child, s.group);
             }
             done.push((s.host, v));
         }
@@ -206,7 +378,7 @@ impl Launcher {
             if let Some((_, out)) = s.stdout.take() {
                 let _ = registry.deregister(&mut SourceFd(&out.as_raw_fd()));
             }
-            let _ = s.child.kill();
+            kill(&mut s.child, s.group);
             done.push((s.host, Err("the client did not start listening in time")));
         }
         if now >= self.next_reap {
@@ -264,7 +436,7 @@ impl Launcher {
                 s.exited = true;
                 continue;
             }
-            let _ = s.child.kill();
+            kill(&mut s.child, s.group);
             let _ = s.child.wait();
             s.exited = true;
             killed += 1;

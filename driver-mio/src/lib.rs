@@ -12,8 +12,9 @@
 //! - [`conn`]: one connection's phase, read buffer and write queue.
 //! - [`process`]: job processes for `Output::Spawn` / `Output::Signal` (process groups,
 //!   non-blocking pipes, reaping without SIGCHLD).
-//! - [`launcher`]: the local launcher for `Output::Launch` (client processes on loopback
-//!   addresses, at most 50 starting at once).
+//! - [`launcher`]: the launchers for `Output::Launch`: local (client processes on loopback
+//!   addresses), ssh (the system OpenSSH client, copying the binary where it is missing) and a
+//!   user command template; at most 50 starting at once.
 //! - [`client`]: the client process (`plush client --listen ADDR --key-file F`), its fd budget.
 //! - [`cluster`]: [`Cluster`], the controller side as a library: start, add hosts, run a
 //!   command everywhere, gather merged results, dismantle.
@@ -36,7 +37,7 @@ pub use auth::Key;
 pub use client::ClientOptions;
 pub use cluster::{Cluster, ClusterConfig, DismantleOutcome, HostInfo, ResultGroup, RunOutcome};
 pub use driver::{DriverConfig, DriverStats};
-pub use launcher::READY_PREFIX;
+pub use launcher::{LaunchMethod, SshLaunch, READY_PREFIX};
 
 /// Whether a process with this pid exists (not yet reaped counts).
 pub fn process_exists(pid: u32) -> bool {

@@ -66,3 +66,22 @@ pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
 pub fn is_fd_exhaustion(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }
+
+/// Mark every descriptor above stderr close-on-exec, so that descriptors this process inherited
+/// without the flag (from a shell, a test harness, an editor) do not leak into every client
+/// the launcher starts. Descriptors std opens have the flag already.
+pub fn cloexec_inherited() {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return };
+    let fds: Vec<RawFd> =
+        dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).filter(|&fd| fd > 2).collect();
+    for fd in fds {
+        // SAFETY: F_GETFD/F_SETFD only change a descriptor flag; a descriptor that closed since
+        // the listing (the directory's own) fails with EBADF, which is ignored.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 && flags & libc::FD_CLOEXEC == 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The ssh and command launchers, end to end.
+//!
+//! The ssh test starts a real OpenSSH server on a loopback port with host and user keys it
+//! generates, and launches every client through the system ssh client. Run as root, it logs in
+//! as a dedicated account with `/bin/sh` as its login shell (created if missing), as a cluster
+//! account would be, so the binary really has to be copied into another home; run as anyone
+//! else, sshd can only log that user in. Without `/usr/sbin/sshd` the test says so and passes,
+//! except under CI (`CI` set), where it fails: `.ci/run` installs openssh-server.
+//!
+//! Every process started is killed and reaped, also when a test fails (guards with `Drop`).
+
+mod common;
+
+use common::{client_bin, cluster_config, free_port};
+use plush_core::wire::ExitStatus;
+use plush_core::{HostState, NodeId};
+use plush_mio::{process_exists, Cluster, ClusterConfig, LaunchMethod, SshLaunch};
+use std::net::TcpStream;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SSHD: &str = "/usr/sbin/sshd";
+/// The account the ssh test logs in as when run by root.
+const TEST_USER: &str = "plush-ssh-test";
+
+fn states(c: &Cluster) -> String {
+    c.hosts().map(|(id, h)| format!("{id}: {:?} {:?}", h.state, h.why)).collect::<Vec<_>>().join(", ")
+}
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("run sh");
+    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// An sshd on 127.0.0.1, its files, and the account it lets in. Stopped and cleaned on drop.
+struct Sshd {
+    child: Child,
+    dir: PathBuf,
+    user: String,
+    home: PathBuf,
+    /// The ssh client configuration that sends every host name to this server.
+    client_config: PathBuf,
+}
+
+impl Sshd {
+    /// One at a time: each test's cleanup kills the account's processes.
+    fn start(port_from: u16) -> Option<(std::sync::MutexGuard<'static, ()>, Sshd)> {
+        static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let lock = ONE.lock().unwrap_or_else(|e| e.into_inner());
+        if !Path::new(SSHD).exists() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{SSHD} is missing under CI: .ci/run must install openssh-server"
+            );
+            eprintln!("SKIPPED: {SSHD} is not installed (apt-get install openssh-server)");
+            return None;
+        }
+        let root = sh("id -u") == "0";
+        let user = if root {
+            if !Command::new("id")
+                .arg(TEST_USER)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                sh(&format!("useradd --create-home --shell /bin/sh {TEST_USER}"));
+            }
+            // Without PAM, sshd refuses accounts whose password is locked (useradd's "!"):
+            // "*" has no password either, but is not locked.
+            sh(&format!("usermod -p '*' {TEST_USER}"));
+            // Privilege separation needs its empty directory.
+            std::fs::create_dir_all("/run/sshd").expect("make /run/sshd");
+            TEST_USER.to_string()
+        } else {
+            sh("id -un")
+        };
+        let home = PathBuf::from(sh(&format!("getent passwd {user} | cut -d: -f6")));
+        let port = free_port(1, port_from);
+        let dir = std::env::temp_dir().join(format!("plush-sshd-{}-{port}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("make the sshd directory");
+        // The logged-in user reads authorized_keys: the directory must be open to it.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let d = dir.display();
+        sh(&format!(
+            "ssh-keygen -q -t ed25519 -N '' -f {d}/host_key && ssh-keygen -q -t ed25519 -N '' -f {d}/user_key"
+        ));
+        std::fs::copy(dir.join("user_key.pub"), dir.join("authorized_keys")).expect("authorized_keys");
+        std::fs::set_permissions(dir.join("authorized_keys"), std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+             AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nPasswordAuthentication no\n\
+             KbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin no\nAllowUsers {user}\n\
+             MaxStartups 100:30:200\nMaxSessions 100\nLogLevel ERROR\n"
+        );
+        std::fs::write(dir.join("sshd_config"), config).expect("write sshd_config");
+        let client_config = dir.join("ssh_config");
+        std::fs::write(
+            &client_config,
+            format!(
+                "Host *\n  HostName 127.0.0.1\n  Port {port}\n  User {user}\n  IdentityFile {d}/user_key\n  \
+                 IdentitiesOnly yes\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  LogLevel ERROR\n"
+            ),
+        )
+        .expect("write ssh_config");
+        let child = Command::new(SSHD)
+            .args(["-D", "-e", "-f"])
+            .arg(dir.join("sshd_config"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start sshd");
+        let s = Sshd { child, dir, user, home, client_config };
+        let end = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < end, "sshd did not listen on port {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some((lock, s))
+    }
+
+    /// Processes of the logged-in account running a client.
+    fn remote_clients(&self) -> Vec<u32> {
+        let out = Command::new("pgrep").args(["-u", &self.user, "-f", "client --listen"]).output().expect("pgrep");
+        String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if self.user == TEST_USER {
+            let _ = Command::new("pkill").args(["-KILL", "-u", TEST_USER]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ssh_cluster(sshd: &Sshd) -> Cluster {
+    let ssh = SshLaunch::new(client_bin(), vec!["-F".into(), sshd.client_config.display().to_string()])
+        .expect("hash the client binary");
+    let cfg = ClusterConfig {
+        method: Some(LaunchMethod::Ssh(ssh)),
+        launch_timeout: Duration::from_secs(60),
+        ..ClusterConfig::default()
+    };
+    Cluster::start(cfg).expect("start the controller")
+}
+
+#[test]
+fn the_ssh_launcher_copies_the_binary_once_and_its_clients_run_jobs() {
+    let Some((_one, sshd)) = Sshd::start(29_000) else { return };
+    let remote = sshd.home.join(".cache/plush");
+    let _ = std::fs::remove_dir_all(&remote);
+    let n = 8;
+    let port = free_port(n, 29_100);
+    let hosts: Vec<(NodeId, String)> =
+        (0..n).map(|i| NodeId::loopback(i, port)).map(|id| (id, format!("host-{}", id.addr().ip()))).collect();
+
+    let copied = {
+        let mut c = ssh_cluster(&sshd);
+        c.add_named_hosts(&hosts);
+        let all = c.wait_until(Duration::from_secs(90), |c| c.count(HostState::Joined) == n as usize).expect("loop");
+        assert!(all, "{}", states(&c));
+        // The binary was copied into the account's home, under its version and digest.
+        let kept: Vec<PathBuf> = std::fs::read_dir(&remote).expect("the copy").flatten().map(|e| e.path()).collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert!(kept[0].file_name().is_some_and(|f| f.to_string_lossy().starts_with("plush-0.")), "{kept:?}");
+        // The jobs run as the account logged in over ssh.
+        let out = c.run(&["id", "-un"], Duration::from_secs(20)).expect("run");
+        assert_eq!(out.result_count(), n as usize, "missing {:?}", out.missing);
+        assert_eq!(out.groups.len(), 1);
+        assert_eq!(out.groups[0].status, ExitStatus::Exited(0));
+        assert_eq!(String::from_utf8_lossy(&out.groups[0].output).trim(), sshd.user);
+        let ssh_pids = c.launched_pids();
+        assert_eq!(sshd.remote_clients().len(), n as usize);
+        let d = c.dismantle(Duration::from_secs(30)).expect("dismantle");
+        assert_eq!(d.killed, 0, "every client exits by itself");
+        assert!(ssh_pids.iter().all(|&p| !process_exists(p)));
+        let end = Instant::now() + Duration::from_secs(10);
+        while !sshd.remote_clients().is_empty() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(sshd.remote_clients(), Vec::<u32>::new(), "no client left on the hosts");
+        let m = std::fs::metadata(&kept[0]).expect("stat");
+        (kept[0].clone(), m.ino(), m.mtime_nsec(), m.mtime())
+    };
+
+    // A second controller finds the same build in place and does not copy it again.
+    let mut c = ssh_cluster(&sshd);
+    c.add_named_hosts(&hosts[..3]);
+    let all = c.wait_until(Duration::from_secs(60), |c| c.count(HostState::Joined) == 3).expect("loop");
+    assert!(all, "{}", states(&c));
+    let m = std::fs::metadata(&copied.0).expect("stat");
+    assert_eq!((m.ino(), m.mtime_nsec(), m.mtime()), (copied.1, copied.2, copied.3), "copied again");
+    let d = c.dismantle(Duration::from_secs(30)).expect("dismantle");
+    assert_eq!(d.killed, 0);
+}
+
+#[test]
+fn an_ssh_host_that_refuses_is_reported_by_name() {
+    let Some((_one, sshd)) = Sshd::start(29_050) else { return };
+    let port = free_port(2, 29_200);
+    let good = (NodeId::loopback(0, port), "good".to_string());
+    let bad = (NodeId::loopback(1, port), "bad".to_string());
+    // `bad` is sent to a port where nothing listens.
+    let cfg = sshd.dir.join("ssh_config");
+    let text = std::fs::read_to_string(&cfg).expect("read ssh_config");
+    std::fs::write(&cfg, format!("Host bad\n  Port 9\n{text}")).expect("write ssh_config");
+    let mut c = ssh_cluster(&sshd);
+    c.add_named_hosts(&[good.clone(), bad.clone()]);
+    let joined = c.wait_until(Duration::from_secs(60), |c| c.count(HostState::Joined) == 1).expect("loop");
+    assert!(joined, "{}", states(&c));
+    assert_eq!(c.host(&good.0).map(|h| h.state), Some(HostState::Joined));
+    let tried =
+        c.wait_until(Duration::from_secs(30), |c| c.host(&bad.0).is_some_and(|h| h.why.is_some())).expect("loop");
+    let info = c.host(&bad.0).cloned();
+    assert!(tried, "{info:?}");
+    assert_ne!(info.as_ref().map(|h| h.state), Some(HostState::Joined));
+    assert_eq!(info.and_then(|h| h.why), Some("the client exited before listening"));
+    c.dismantle(Duration::from_secs(30)).expect("dismantle");
+}
+
+#[test]
+fn the_command_launcher_fills_its_template_and_hands_the_key_on_stdin() {
+    let n = 5;
+    let port = free_port(n, 29_300);
+    let hosts: Vec<NodeId> = (0..n).map(|i| NodeId::loopback(i, port)).collect();
+    let marker = std::env::temp_dir().join(format!("plush-command-launch-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&marker);
+    std::fs::create_dir_all(&marker).expect("mkdir");
+    // The template records each {host} it was given, then starts the client reading the key
+    // from stdin.
+    let template =
+        format!("touch {}/{{host}} && exec {{plush}} client --listen {{addr}} --key-file -", marker.display());
+    let cfg =
+        ClusterConfig { method: Some(LaunchMethod::Command { template, plush: client_bin() }), ..cluster_config() };
+    let mut c = Cluster::start(cfg).expect("start");
+    c.add_hosts(&hosts);
+    let all = c.wait_until(Duration::from_secs(30), |c| c.count(HostState::Joined) == n as usize).expect("loop");
+    assert!(all, "{}", states(&c));
+    let mut seen: Vec<String> = std::fs::read_dir(&marker)
+        .expect("read")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    seen.sort();
+    let mut want: Vec<String> = hosts.iter().map(|h| h.addr().ip().to_string()).collect();
+    want.sort();
+    assert_eq!(seen, want);
+    let out = c.run(&["echo", "ok"], Duration::from_secs(10)).expect("run");
+    assert_eq!(out.result_count(), n as usize);
+    let pids = c.launched_pids();
+    let d = c.dismantle(Duration::from_secs(20)).expect("dismantle");
+    assert_eq!(d.killed, 0);
+    assert!(pids.iter().all(|&p| !process_exists(p)));
+    let _ = std::fs::remove_dir_all(&marker);
+}
+
+#[test]
+fn templates_quote_what_they_substitute() {
+    let addr = "127.0.0.9:7000".parse().expect("addr");
+    let t = plush_mio::launcher::fill_template(
+        "ssh {host} {plush} client --listen {addr} # {ip} {port} {other}",
+        "a b;rm",
+        addr,
+        Path::new("/x y/plush"),
+    );
+    assert_eq!(t, "ssh 'a b;rm' '/x y/plush' client --listen 127.0.0.9:7000 # 127.0.0.9 7000 {other}");
+}
