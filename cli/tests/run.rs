@@ -178,3 +178,90 @@ fn usage_errors_exit_2() {
         assert!(r.stderr.contains("error"), "plush {args:?}: {}", r.stderr);
     }
 }
+
+#[test]
+fn host_sets_with_exclusions_fold_back_by_name() {
+    let r = plush(
+        &[
+            "run",
+            "-w",
+            "127.0.2.[1-4]",
+            "-w",
+            "127.0.2.9",
+            "-x",
+            "127.0.2.2",
+            "--port",
+            "47501",
+            "--launcher",
+            "local",
+            "--",
+            "hostname",
+        ],
+        LIMIT,
+    );
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert_eq!(r.code, Some(0), "stdout: {stdout}\nstderr: {}", r.stderr);
+    let mut want = format!("{RULE}\n127.0.2.[1,3-4,9] (4)\n{RULE}\n").into_bytes();
+    want.extend_from_slice(&hostname());
+    assert_eq!(stdout, String::from_utf8_lossy(&want), "stderr: {}", r.stderr);
+}
+
+#[test]
+fn a_host_file_is_read_and_a_bad_line_is_named() {
+    let dir = std::env::temp_dir().join(format!("plush-hostfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let good = dir.join("good");
+    std::fs::write(&good, "# lab hosts\n127.0.3.[1-2]\n\n127.0.3.5  # the odd one\n").expect("write");
+    let r = plush(
+        &["run", "-f", good.to_str().expect("utf-8"), "--port", "47502", "--launcher", "local", "--", "true"],
+        LIMIT,
+    );
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert_eq!(r.code, Some(0), "stdout: {stdout}\nstderr: {}", r.stderr);
+    assert!(stdout.contains("127.0.3.[1-2,5] (3)"), "{stdout}");
+    let bad = dir.join("bad");
+    std::fs::write(&bad, "127.0.3.1\nnode[1-\n").expect("write");
+    let r = plush(&["run", "-f", bad.to_str().expect("utf-8"), "--launcher", "local", "--", "true"], LIMIT);
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    assert!(r.stderr.contains(&format!("{}:2:", bad.display())), "the line is named: {}", r.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_host_that_does_not_resolve_is_named_and_exits_255() {
+    let r = plush(
+        &[
+            "run",
+            "-w",
+            "127.0.4.1,no-such-host.invalid",
+            "--port",
+            "47503",
+            "--launcher",
+            "local",
+            "--json",
+            "--",
+            "true",
+        ],
+        LIMIT,
+    );
+    assert_eq!(r.code, Some(255), "{}", r.stderr);
+    assert!(r.stderr.contains("no-such-host.invalid: unreachable"), "{}", r.stderr);
+    let last = String::from_utf8_lossy(&r.stdout).lines().last().unwrap_or_default().to_owned();
+    let v: serde_json::Value = serde_json::from_str(&last).expect("a JSON summary");
+    assert_eq!(v["summary"]["ok"], 1);
+    assert_eq!(v["summary"]["unreachable"], 1);
+}
+
+#[test]
+fn host_options_are_checked() {
+    for args in [
+        &["run", "--local", "2", "-w", "a", "--", "true"][..],
+        &["run", "-w", "a", "--launcher-command", "x", "--", "true"],
+        &["run", "-w", "node[1-", "--", "true"],
+        &["run", "-w", "a", "-x", "a", "--", "true"],
+    ] {
+        let r = plush(args, Duration::from_secs(20));
+        assert_eq!(r.code, Some(2), "plush {args:?}: {}", r.stderr);
+        assert!(r.stdout.is_empty(), "plush {args:?}: nothing on stdout");
+    }
+}
