@@ -148,13 +148,14 @@ fn transcript(key: &Key, sender_dialed: bool, sender: &Hello, receiver: &Hello) 
     m
 }
 
-/// The tag `sender` sends to `receiver` (whose nonce it answers).
-pub(crate) fn tag(key: &Key, sender_dialed: bool, sender: &Hello, receiver: &Hello) -> [u8; TAG_LEN] {
+/// The tag `sender` sends to `receiver` (whose nonce it answers). Public for harnesses that
+/// speak the handshake themselves (benchmarks, tests).
+pub fn tag(key: &Key, sender_dialed: bool, sender: &Hello, receiver: &Hello) -> [u8; TAG_LEN] {
     transcript(key, sender_dialed, sender, receiver).finalize().into_bytes().into()
 }
 
 /// Whether `tag` is the one `sender` owes `receiver`; compared in constant time.
-pub(crate) fn verify(key: &Key, sender_dialed: bool, sender: &Hello, receiver: &Hello, tag: &[u8]) -> bool {
+pub fn verify(key: &Key, sender_dialed: bool, sender: &Hello, receiver: &Hello, tag: &[u8]) -> bool {
     transcript(key, sender_dialed, sender, receiver).verify_slice(tag).is_ok()
 }
 
