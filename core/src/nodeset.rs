@@ -37,7 +37,9 @@ impl Run {
     /// Key of the first and of the last id of the run.
     fn span(&self) -> ((u16, u128), (u16, u128)) {
         let (p, a) = key(&self.first);
-        ((p, a), (p, a + u128::from(self.count) - 1))
+        // count >= 1 and first + count - 1 fits (checked when decoded, kept by construction);
+        // adding count first would overflow at the top address.
+        ((p, a), (p, a.saturating_add(u128::from(self.count.saturating_sub(1)))))
     }
 }
 
@@ -136,7 +138,8 @@ impl NodeSet {
         let mut j = 0;
         for r in &self.runs {
             let (lo, hi) = r.span();
-            let mut cur = lo.1;
+            // The first id not yet handed out or cut; `None` once past the top address.
+            let mut cur = Some(lo.1);
             // Skip cuts that end before this run.
             while j < other.runs.len() && other.runs[j].span().1 < lo {
                 j += 1;
@@ -147,16 +150,16 @@ impl NodeSet {
                 if clo > hi {
                     break;
                 }
-                if clo.0 == lo.0 && clo.1 > cur {
-                    spans.push((lo.0, cur, clo.1 - 1));
+                if let Some(c) = cur.filter(|&c| clo.0 == lo.0 && clo.1 > c) {
+                    spans.push((lo.0, c, clo.1 - 1));
                 }
                 if chi.0 == lo.0 {
-                    cur = cur.max(chi.1.saturating_add(1));
+                    cur = cur.and_then(|c| Some(c.max(chi.1.checked_add(1)?)));
                 }
                 k += 1;
             }
-            if cur <= hi.1 {
-                spans.push((lo.0, cur, hi.1));
+            if let Some(c) = cur.filter(|&c| c <= hi.1) {
+                spans.push((lo.0, c, hi.1));
             }
         }
         self.runs = Self::from_spans(spans);
@@ -307,5 +310,22 @@ mod tests {
             let bytes = postcard::to_allocvec(&bad).unwrap();
             assert!(postcard::from_bytes::<NodeSet>(&bytes).is_err(), "{bad:?}");
         }
+    }
+
+    /// Found by the `nodeset` fuzz target: a run at the very last IPv6 address overflowed while
+    /// its end was computed, when merged with another set.
+    #[test]
+    fn sets_at_the_top_address_merge_and_subtract() {
+        let top = NodeId::new(std::net::SocketAddr::from((std::net::Ipv6Addr::from(u128::MAX), 7000)));
+        let below = NodeId::new(std::net::SocketAddr::from((std::net::Ipv6Addr::from(u128::MAX - 1), 7000)));
+        let a = NodeSet::one(top);
+        let b = NodeSet::one(below);
+        let mut u = a.clone();
+        u.extend(&b);
+        assert_eq!(u.len(), 2);
+        assert_eq!(u.runs(), 1);
+        assert!(u.contains(&top) && u.contains(&below));
+        assert_eq!(u.minus(&a), b);
+        assert_eq!(u.minus(&b), a);
     }
 }
