@@ -17,10 +17,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 
 /// Most names [`expand`] produces.
-#[cfg_attr(not(test), allow(dead_code))] // Used by `-w`/`-f` host lists (issue 6).
 pub const MAX_EXPAND: usize = 1 << 20;
 /// Longest run of digits taken as a number; longer runs are part of the name.
-#[cfg_attr(not(test), allow(dead_code))] // Used by `-w`/`-f` host lists (issue 6).
 const MAX_DIGITS: usize = 18;
 
 /// A name split around its last run of digits.
@@ -31,7 +29,6 @@ struct Item {
     suffix: String,
 }
 
-#[cfg_attr(not(test), allow(dead_code))] // Used by `-w`/`-f` host lists (issue 6).
 fn split_name(name: &str) -> Item {
     let b = name.as_bytes();
     let Some(end) = b.iter().rposition(u8::is_ascii_digit).map(|i| i + 1) else {
@@ -49,7 +46,6 @@ fn split_name(name: &str) -> Item {
 
 /// Fold names into the compact syntax (see the module docs). Empty names are skipped;
 /// duplicates count once. Groups appear in the order of their first name in `names`.
-#[cfg_attr(not(test), allow(dead_code))] // Used by `-w`/`-f` host lists (issue 6).
 pub fn fold_names<S: AsRef<str>>(names: &[S]) -> String {
     fold_items(names.iter().map(|n| n.as_ref()).filter(|n| !n.is_empty()).map(split_name))
 }
@@ -179,7 +175,6 @@ fn fold_numbers(nums: &[(u64, String)]) -> Vec<String> {
 }
 
 /// Expand a node set (see the module docs) into its names, in the order written, each once.
-#[cfg_attr(not(test), allow(dead_code))] // Used by `-w`/`-f` host lists (issue 6).
 pub fn expand(set: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     let mut seen = HashSet::new();
@@ -200,7 +195,6 @@ pub fn expand(set: &str) -> Result<Vec<String>, String> {
 }
 
 /// Split at the commas outside brackets; brackets must balance and not nest.
-#[cfg_attr(not(test), allow(dead_code))] // Used by `-w`/`-f` host lists (issue 6).
 fn split_top(set: &str) -> Result<Vec<&str>, String> {
     let mut parts = Vec::new();
     let mut depth = false;
@@ -226,7 +220,6 @@ fn split_top(set: &str) -> Result<Vec<&str>, String> {
 }
 
 /// One pattern (no top-level comma): the cartesian product of its bracket groups.
-#[cfg_attr(not(test), allow(dead_code))] // Used by `-w`/`-f` host lists (issue 6).
 fn expand_one(pat: &str) -> Result<Vec<String>, String> {
     let Some(open) = pat.find('[') else { return Ok(vec![pat.to_owned()]) };
     let close = pat[open..].find(']').map(|i| open + i).ok_or_else(|| format!("unclosed '[' in {pat:?}"))?;
@@ -246,7 +239,6 @@ fn expand_one(pat: &str) -> Result<Vec<String>, String> {
 }
 
 /// The inside of one bracket group: `1-3,07,10-12`.
-#[cfg_attr(not(test), allow(dead_code))] // Used by `-w`/`-f` host lists (issue 6).
 fn expand_list(list: &str) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     for elem in list.split(',') {

@@ -9,7 +9,6 @@
 #![warn(missing_docs)]
 
 mod client;
-mod hostset;
 mod run;
 mod sim;
 

@@ -27,8 +27,8 @@
 //! or cancelled command as 255; 255 when any host was unreachable or lost, or when the
 //! controller itself could not start; 2 for a usage error (clap).
 
-use crate::hostset::{addr_label, common_port, expand, fold_addrs, fold_names};
 use clap::Args;
+use plush::hostset::{addr_label, common_port, expand, fold_addrs, fold_names};
 use plush_core::wire::ExitStatus;
 use plush_core::{Config, HostState, NodeId};
 use plush_mio::{Cluster, ClusterConfig, LaunchMethod, ResultGroup, SshLaunch};
