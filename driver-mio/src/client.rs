@@ -16,6 +16,11 @@
 //! is [`RESERVED_FDS`] (stdio, the poll and listener descriptors, connections still in their
 //! handshake, slack) plus two pipes per job slot (`2 × Config::max_jobs`). Running out anyway
 //! is not fatal (see [`crate::driver`]).
+//!
+//! Memory: once the client has been quiet for [`TRIM_AFTER`] (no connection opened or closed,
+//! no job started or ended), it hands the heap memory malloc keeps free back to the kernel
+//! (glibc only), once per quiet period. A burst leaves much of it behind: the root of a tree
+//! takes every joiner's first contact.
 
 use crate::auth::Key;
 use crate::driver::{Driver, DriverConfig};
@@ -24,12 +29,52 @@ use plush_core::{Config, Instant, Node, NodeId};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant as StdInstant};
 
 /// File descriptors kept out of the link budget, besides two per job slot.
 pub const RESERVED_FDS: usize = 16;
 /// How long an exiting client waits for its last frames to be written and its links closed.
 pub const EXIT_GRACE: Duration = Duration::from_secs(1);
+
+/// How long the client must be quiet before it trims its heap (see the module docs).
+pub const TRIM_AFTER: Duration = Duration::from_secs(1);
+
+/// When to trim the heap: [`TRIM_AFTER`] after the last change in what the loop holds, once.
+struct Trim {
+    /// Connections accepted and dialed, connections open, jobs running, when last seen.
+    seen: (u64, u64, usize, usize),
+    /// When `seen` last changed.
+    since: StdInstant,
+    /// The heap was trimmed since then.
+    done: bool,
+}
+
+impl Trim {
+    fn state(d: &Driver<Node>) -> (u64, u64, usize, usize) {
+        (d.stats.accepted, d.stats.dialed, d.connection_count(), d.jobs.len())
+    }
+
+    fn new(d: &Driver<Node>) -> Trim {
+        Trim { seen: Trim::state(d), since: StdInstant::now(), done: false }
+    }
+
+    /// The longest the loop may sleep so as not to miss the trim.
+    fn max_wait(&self) -> Option<Duration> {
+        (!self.done).then(|| (self.since + TRIM_AFTER).saturating_duration_since(StdInstant::now()))
+    }
+
+    /// After a turn: note a change, or trim once quiet long enough.
+    fn check(&mut self, d: &Driver<Node>) {
+        let now = StdInstant::now();
+        let state = Trim::state(d);
+        if state != self.seen {
+            *self = Trim { seen: state, since: now, done: false };
+        } else if !self.done && now >= self.since + TRIM_AFTER {
+            crate::sys::trim_heap();
+            self.done = true;
+        }
+    }
+}
 
 /// What `plush client` is given.
 #[derive(Clone, Debug)]
@@ -90,8 +135,10 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
         let _ = writeln!(out, "{READY_PREFIX}{id}");
         let _ = out.flush();
     }
+    let mut trim = Trim::new(&d);
     while !d.exited {
-        d.turn(None).map_err(|e| format!("event loop failed: {e}"))?;
+        d.turn(trim.max_wait()).map_err(|e| format!("event loop failed: {e}"))?;
+        trim.check(&d);
     }
     d.jobs.kill_all();
     d.close_all(EXIT_GRACE);

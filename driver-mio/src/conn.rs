@@ -4,14 +4,12 @@ use mio::net::TcpStream;
 use plush_core::wire::{Frame, Hello, PREFIX};
 use plush_core::NodeId;
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Write};
 use std::time::Instant as StdInstant;
 
-/// Bytes a read asks the kernel for at most: a buffer keeps at least this much room free.
+/// Bytes a read asks the kernel for at most: the size of the driver's one read buffer, which
+/// every connection reads into (see [`ReadBuf`]).
 pub const READ_CHUNK: usize = 16 << 10;
-/// An empty read buffer larger than this is freed (after a large frame), so that idle links
-/// cost little.
-const KEEP_READ: usize = 64 << 10;
 /// Most slices handed to one `write_vectored` call.
 const MAX_IOV: usize = 64;
 
@@ -35,55 +33,79 @@ pub enum Phase {
     Closing,
 }
 
-/// Bytes received and not yet taken as frames.
+/// Bytes received and not yet taken as frames: the start of a frame that is not whole yet.
 ///
-/// Bound: at most one frame (`PREFIX + max_frame`) plus [`READ_CHUNK`]; frames are taken after
-/// every read, and a prefix announcing more than `max_frame` closes the connection.
+/// Reads go to the driver's read buffer ([`READ_CHUNK`] bytes, one for all connections), and
+/// whole frames are taken from there; only what is left of a partial frame is copied here.
+/// The memory is freed as soon as that frame is taken, so a connection between frames (every
+/// idle link) holds none.
+///
+/// Bound: at most one frame (`PREFIX + max_frame`) plus [`READ_CHUNK`]. A prefix announcing
+/// more than `max_frame` closes the connection before anything is kept (`split_frame` checks
+/// it), room is reserved for the whole frame once its prefix is in, and a read appends with
+/// `reserve_exact`, so the buffer never grows by doubling.
 #[derive(Debug, Default)]
 pub struct ReadBuf {
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
+    kept: Vec<u8>,
+}
+
+/// The bytes the frame starting `rest` takes in all (at least `rest.len()`).
+fn frame_want(rest: &[u8]) -> usize {
+    let whole = match rest.get(..PREFIX) {
+        Some(p) => PREFIX + u32::from_be_bytes([p[0], p[1], p[2], p[3]]) as usize,
+        None => PREFIX,
+    };
+    whole.max(rest.len())
 }
 
 impl ReadBuf {
-    /// The bytes waiting.
-    pub fn data(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
+    /// Nothing is kept: frames can be cut from the next read's bytes in place.
+    pub fn is_empty(&self) -> bool {
+        self.kept.is_empty()
     }
 
-    /// Drop `n` bytes from the front.
-    pub fn consume(&mut self, n: usize) {
-        self.start = (self.start + n).min(self.end);
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-            if self.buf.len() > KEEP_READ {
-                self.buf = Vec::new();
-            }
+    /// Keep `rest`, what is left of a read after its whole frames were taken (nothing kept
+    /// before). Empty `rest` keeps nothing.
+    pub fn keep(&mut self, rest: &[u8]) {
+        if rest.is_empty() {
+            self.kept = Vec::new();
+            return;
         }
+        let mut v = Vec::with_capacity(frame_want(rest));
+        v.extend_from_slice(rest);
+        self.kept = v;
     }
 
-    /// One read from `r`. `Ok(0)` is the end of the stream.
-    pub fn read_from(&mut self, r: &mut impl Read) -> io::Result<usize> {
-        if self.buf.len() - self.end < READ_CHUNK {
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            }
-            if self.buf.len() - self.end < READ_CHUNK {
-                self.buf.resize(self.end + READ_CHUNK, 0);
-            }
+    /// Take the kept bytes out with `fresh` (a read's bytes) appended, to cut frames from;
+    /// hand the result back with [`ReadBuf::put_back`].
+    pub fn take_joined(&mut self, fresh: &[u8]) -> Vec<u8> {
+        let mut v = std::mem::take(&mut self.kept);
+        v.reserve_exact(fresh.len());
+        v.extend_from_slice(fresh);
+        v
+    }
+
+    /// Hand back what [`ReadBuf::take_joined`] returned, of which the first `used` bytes were
+    /// taken as frames. The rest is kept, in a buffer sized for its frame.
+    pub fn put_back(&mut self, mut v: Vec<u8>, used: usize) {
+        v.drain(..used.min(v.len()));
+        if v.is_empty() {
+            self.kept = Vec::new();
+            return;
         }
-        let n = r.read(&mut self.buf[self.end..])?;
-        self.end += n;
-        Ok(n)
+        let want = frame_want(&v);
+        if v.capacity() < want {
+            v.reserve_exact(want - v.len());
+        } else if v.capacity() > want + READ_CHUNK {
+            // A large frame was taken and a small one started: do not hold the large buffer.
+            v.shrink_to(want);
+        }
+        self.kept = v;
     }
 
     /// Bytes of memory held.
     pub fn capacity(&self) -> usize {
-        self.buf.capacity()
+        self.kept.capacity()
     }
 }
 
@@ -287,19 +309,44 @@ mod tests {
     }
 
     #[test]
-    fn read_buffer_compacts_and_frees() {
+    fn read_buffer_keeps_only_partial_frames() {
         let mut rb = ReadBuf::default();
-        let mut src: &[u8] = &[1, 2, 3, 4, 5];
-        assert_eq!(rb.read_from(&mut src).unwrap(), 5);
-        rb.consume(2);
-        assert_eq!(rb.data(), &[3, 4, 5]);
-        rb.consume(3);
-        assert!(rb.data().is_empty());
-        let big = vec![9u8; 200_000];
-        let mut src: &[u8] = &big;
-        while rb.read_from(&mut src).unwrap() > 0 {}
-        assert_eq!(rb.data().len(), big.len());
-        rb.consume(big.len());
-        assert_eq!(rb.capacity(), 0, "a large empty buffer is freed");
+        rb.keep(&[]);
+        assert!(rb.is_empty());
+        assert_eq!(rb.capacity(), 0);
+        // Two bytes of a prefix: room for a prefix.
+        rb.keep(&[0, 0]);
+        assert_eq!(rb.capacity(), PREFIX);
+        // The prefix completes (a 100-byte frame) with 10 payload bytes: room for the frame.
+        let mut v = rb.take_joined(&[0, 100, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+        assert!(rb.is_empty());
+        assert_eq!(v.len(), 14);
+        rb.put_back(v, 0);
+        assert_eq!(rb.capacity(), PREFIX + 100);
+        // The rest of the frame and the start of the next: the first is taken.
+        let mut fresh = vec![7u8; 90];
+        fresh.extend_from_slice(&[0, 0, 0, 3, 1]);
+        v = rb.take_joined(&fresh);
+        assert_eq!(v.capacity(), v.len(), "a read appends exactly");
+        assert_eq!(v.len(), 14 + fresh.len());
+        rb.put_back(v, PREFIX + 100);
+        assert_eq!(rb.capacity(), 14 + 95, "small enough to keep");
+        v = rb.take_joined(&[2, 3]);
+        assert_eq!(&v[..], &[0, 0, 0, 3, 1, 2, 3]);
+        rb.put_back(v, 7);
+        assert!(rb.is_empty());
+        assert_eq!(rb.capacity(), 0, "freed once the frame was taken");
+    }
+
+    #[test]
+    fn a_large_buffer_is_not_kept_for_a_small_frame() {
+        let mut rb = ReadBuf::default();
+        let mut start = (200_000u32).to_be_bytes().to_vec();
+        start.push(1);
+        rb.keep(&start);
+        let mut v = rb.take_joined(&vec![5u8; 199_999]);
+        v.extend_from_slice(&[0, 0, 0, 1]);
+        rb.put_back(v, PREFIX + 200_000);
+        assert_eq!(rb.capacity(), PREFIX + 1);
     }
 }

@@ -29,15 +29,17 @@
 //! per `writev` as fit. The queue is bounded by [`DriverConfig::write_queue_limit`] bytes: past
 //! it the connection is closed and the machine hears `Closed` (the peer is not reading).
 //!
-//! **Reads.** Frames are cut with `split_frame(buf, Config::max_frame)`; the read buffer holds
-//! at most one frame plus a read chunk. At most [`READS_PER_EVENT`] reads per connection per
+//! **Reads.** Every connection reads into the driver's one read buffer ([`READ_CHUNK`] bytes);
+//! frames are cut from it in place with `split_frame(buf, Config::max_frame)`, and only the
+//! start of a frame not yet whole is copied to the connection's [`crate::conn::ReadBuf`]
+//! (at most one frame plus a read chunk, freed once the frame is taken). At most [`READS_PER_EVENT`] reads per connection per
 //! turn, so that one fast sender cannot starve the others.
 //!
 //! **File descriptors.** Running out (EMFILE/ENFILE) is never fatal: a failed connect is a
 //! `ConnectFailed`; accepting pauses for [`ACCEPT_PAUSE`] and resumes.
 
 use crate::auth::{self, Key, TAG_LEN};
-use crate::conn::{own_frame, Chunk, Conn, Phase};
+use crate::conn::{own_frame, Chunk, Conn, Phase, READ_CHUNK};
 use crate::launcher::{LaunchResult, Launcher};
 use crate::process::Jobs;
 use mio::net::{TcpListener, TcpStream};
@@ -45,7 +47,7 @@ use mio::{Events, Interest, Poll, Token};
 use plush_core::wire::{encode_hello, split_frame, Hello, Role};
 use plush_core::{Config, Controller, Instant, LinkEvent, Node, NodeId, Output, ProcessEvent, Report};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::io;
+use std::io::{self, Read};
 use std::net::Shutdown;
 use std::time::{Duration, Instant as StdInstant};
 
@@ -240,6 +242,8 @@ pub struct Driver<M: Machine> {
     poll: Poll,
     events: Events,
     ready: Vec<(Token, bool, bool)>,
+    /// What every connection reads into: [`READ_CHUNK`] bytes once the first read happened.
+    scratch: Vec<u8>,
     listener: TcpListener,
     accept_paused_until: Option<StdInstant>,
     conns: HashMap<Token, Conn>,
@@ -287,6 +291,7 @@ impl<M: Machine> Driver<M> {
             poll,
             events: Events::with_capacity(EVENTS),
             ready: Vec::new(),
+            scratch: Vec::new(),
             listener,
             accept_paused_until: None,
             conns: HashMap::new(),
@@ -620,12 +625,20 @@ impl<M: Machine> Driver<M> {
     }
 
     fn on_readable(&mut self, tok: Token) {
+        // Taken out while reading: the frames read are handed to the machine through `self`.
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.resize(READ_CHUNK, 0);
+        self.read_conn(tok, &mut scratch);
+        self.scratch = scratch;
+    }
+
+    fn read_conn(&mut self, tok: Token, scratch: &mut [u8]) {
         for _ in 0..READS_PER_EVENT {
             let Some(c) = self.conns.get_mut(&tok) else { return };
             if matches!(c.phase, Phase::Connecting) {
                 return;
             }
-            match c.rbuf.read_from(&mut c.stream) {
+            match c.stream.read(scratch) {
                 Ok(0) => {
                     let peer = peer_name(c);
                     let why = match c.phase {
@@ -644,7 +657,19 @@ impl<M: Machine> Driver<M> {
                 }
                 Ok(n) => {
                     self.stats.bytes_in += n as u64;
-                    self.take_frames(tok);
+                    let fresh = &scratch[..n];
+                    if c.rbuf.is_empty() {
+                        let used = self.take_frames(tok, fresh);
+                        if let Some(c) = self.conns.get_mut(&tok) {
+                            c.rbuf.keep(&fresh[used..]);
+                        }
+                    } else {
+                        let data = c.rbuf.take_joined(fresh);
+                        let used = self.take_frames(tok, &data);
+                        if let Some(c) = self.conns.get_mut(&tok) {
+                            c.rbuf.put_back(data, used);
+                        }
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -663,14 +688,17 @@ impl<M: Machine> Driver<M> {
         }
     }
 
-    /// Take every whole frame in `tok`'s read buffer, in the connection's current phase.
-    fn take_frames(&mut self, tok: Token) {
+    /// Take every whole frame at the start of `data` (bytes read on `tok`), in the
+    /// connection's current phase. Returns the bytes taken; the rest is the start of a frame
+    /// (whose prefix was checked), unless the connection was dropped.
+    fn take_frames(&mut self, tok: Token, data: &[u8]) -> usize {
         let max = self.cfg.core.max_frame;
+        let mut taken = 0;
         loop {
-            let Some(c) = self.conns.get_mut(&tok) else { return };
-            let (payload, used) = match split_frame(c.rbuf.data(), max) {
+            let Some(c) = self.conns.get_mut(&tok) else { return taken };
+            let (payload, used) = match split_frame(&data[taken..], max) {
                 Ok(Some(x)) => x,
-                Ok(None) => return,
+                Ok(None) => return taken,
                 Err(e) => {
                     let peer = peer_name(c);
                     if c.in_handshake() {
@@ -679,14 +707,19 @@ impl<M: Machine> Driver<M> {
                         self.stats.bad_frames += 1;
                     }
                     self.drop_conn(tok, Some(format_args!("{peer}: {e}; closing")));
-                    return;
+                    return taken;
                 }
             };
+            if matches!(c.phase, Phase::Connecting) {
+                // Not read before it is connected (see `read_conn`).
+                return taken;
+            }
+            taken += used;
             match &c.phase {
-                Phase::Connecting => return,
+                // What a closing link reads is discarded; a connecting one returned above.
+                Phase::Connecting | Phase::Closing => {}
                 Phase::Hello => {
                     let hello = Hello::decode(payload);
-                    c.rbuf.consume(used);
                     self.on_hello(tok, hello);
                 }
                 Phase::Auth(theirs) => {
@@ -694,7 +727,6 @@ impl<M: Machine> Driver<M> {
                     let ours = Hello::new(self.me, M::ROLE, c.nonce);
                     let they_dialed = c.dialed.is_none();
                     let ok = payload.len() == TAG_LEN && auth::verify(&self.key, they_dialed, &theirs, &ours, payload);
-                    c.rbuf.consume(used);
                     if ok {
                         self.on_authenticated(tok, theirs.node_id);
                     } else {
@@ -709,7 +741,6 @@ impl<M: Machine> Driver<M> {
                 Phase::Open(peer) | Phase::Retired(peer) => {
                     let (peer, retired) = (*peer, matches!(c.phase, Phase::Retired(_)));
                     let r = self.m.handle_frame(micros_since(self.epoch), peer, payload);
-                    c.rbuf.consume(used);
                     match r {
                         Ok(()) => {}
                         // A retired link may carry frames the machine no longer has a link for.
@@ -721,7 +752,6 @@ impl<M: Machine> Driver<M> {
                     }
                     self.drain();
                 }
-                Phase::Closing => c.rbuf.consume(used),
             }
         }
     }

@@ -12,7 +12,8 @@
 //! [`Jobs::kill_all`] (and on drop) the remaining groups are killed and waited for.
 //!
 //! Bound: the node runs at most `Config::max_jobs` jobs at once, so this table holds at most
-//! that many entries plus those killed and not yet reaped.
+//! that many entries plus those killed and not yet reaped. The read buffer ([`READ_CHUNK`]
+//! bytes) and the table's memory are freed once no job is left.
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
@@ -220,6 +221,11 @@ impl Jobs {
             k += 1;
         }
         self.next_reap = if self.jobs.is_empty() { None } else { Some(now + REAP_EVERY) };
+        if self.jobs.is_empty() && self.again.is_empty() {
+            // Idle: hold no read buffer and no table sized for a burst of jobs.
+            self.buf = Vec::new();
+            self.jobs = Vec::new();
+        }
     }
 
     /// When [`Jobs::poll`] wants to run next.

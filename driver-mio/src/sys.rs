@@ -85,3 +85,19 @@ pub fn cloexec_inherited() {
         }
     }
 }
+
+/// Hand the heap memory malloc holds free back to the kernel: glibc's `malloc_trim(0)`, which
+/// releases every whole free page inside the heap, not only at its top (which is all glibc
+/// does by itself, past `M_TRIM_THRESHOLD`). Other C libraries: nothing is done.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn trim_heap() {
+    // SAFETY: malloc_trim takes malloc's own lock and only walks its free lists, returning
+    // their pages to the kernel; no memory in use is touched.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// See the glibc version: nothing to do with other C libraries.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn trim_heap() {}
