@@ -41,6 +41,10 @@ use std::time::{Duration, Instant as StdInstant};
 const TURN: Duration = Duration::from_millis(50);
 /// Time added to a job's own timeout for its results to travel up and merge.
 const RESULT_SLACK: Duration = Duration::from_secs(5);
+/// Once the root reports a job complete, how long hosts believed joined that have not answered
+/// are waited for: an orphan whose first attempt to rejoin failed tries again after
+/// `Config::join_retry` (5 s), and gets the job when it attaches.
+const REJOIN_WAIT: Duration = Duration::from_secs(15);
 
 /// How to start a [`Cluster`].
 #[derive(Clone, Debug)]
@@ -321,7 +325,7 @@ impl Cluster {
     /// Run `argv` on every joined host (killed there after `timeout`) and gather the results:
     /// returns once every host joined at the start has answered (or failed), or `timeout` plus
     /// a few seconds passed. Once the root reports the job complete, hosts still missing are
-    /// waited for at most a few more seconds, and only while the controller believes them
+    /// waited for at most 15 s more, and only while the controller believes them
     /// joined (rejoining after a repair: their results come when they attach).
     pub fn run(&mut self, argv: &[&str], timeout: Duration) -> io::Result<RunOutcome> {
         self.run_with(argv, Some(timeout), |_, _, _| {})
@@ -385,7 +389,7 @@ impl Cluster {
             if j.complete {
                 let since = *complete_at.get_or_insert_with(StdInstant::now);
                 let joined = waiting.iter().any(|h| self.hosts.get(h).is_some_and(|i| i.state == HostState::Joined));
-                if !joined || since.elapsed() >= RESULT_SLACK {
+                if !joined || since.elapsed() >= REJOIN_WAIT {
                     break;
                 }
             }
