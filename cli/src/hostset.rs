@@ -176,16 +176,22 @@ fn fold_numbers(nums: &[(u64, String)]) -> Vec<String> {
 
 /// Expand a node set (see the module docs) into its names, in the order written, each once.
 pub fn expand(set: &str) -> Result<Vec<String>, String> {
+    expand_at_most(set, MAX_EXPAND)
+}
+
+/// [`expand`], refusing sets of more than `max` names (at most [`MAX_EXPAND`]).
+pub fn expand_at_most(set: &str, max: usize) -> Result<Vec<String>, String> {
+    let max = max.min(MAX_EXPAND);
     let mut out = Vec::new();
     let mut seen = HashSet::new();
     for part in split_top(set)? {
         if part.is_empty() {
             return Err(format!("empty name in {set:?}"));
         }
-        for name in expand_one(part)? {
+        for name in expand_one(part, max)? {
             if seen.insert(name.clone()) {
-                if out.len() == MAX_EXPAND {
-                    return Err(format!("{set:?} names more than {MAX_EXPAND} nodes"));
+                if out.len() == max {
+                    return Err(format!("{set:?} names more than {max} nodes"));
                 }
                 out.push(name);
             }
@@ -220,14 +226,14 @@ fn split_top(set: &str) -> Result<Vec<&str>, String> {
 }
 
 /// One pattern (no top-level comma): the cartesian product of its bracket groups.
-fn expand_one(pat: &str) -> Result<Vec<String>, String> {
+fn expand_one(pat: &str, max: usize) -> Result<Vec<String>, String> {
     let Some(open) = pat.find('[') else { return Ok(vec![pat.to_owned()]) };
     let close = pat[open..].find(']').map(|i| open + i).ok_or_else(|| format!("unclosed '[' in {pat:?}"))?;
     let head = &pat[..open];
-    let nums = expand_list(&pat[open + 1..close])?;
-    let tails = expand_one(&pat[close + 1..])?;
-    if nums.len().saturating_mul(tails.len()) > MAX_EXPAND {
-        return Err(format!("{pat:?} names more than {MAX_EXPAND} nodes"));
+    let nums = expand_list(&pat[open + 1..close], max)?;
+    let tails = expand_one(&pat[close + 1..], max)?;
+    if nums.len().saturating_mul(tails.len()) > max {
+        return Err(format!("{pat:?} names more than {max} nodes"));
     }
     let mut out = Vec::with_capacity(nums.len() * tails.len());
     for n in &nums {
@@ -239,7 +245,7 @@ fn expand_one(pat: &str) -> Result<Vec<String>, String> {
 }
 
 /// The inside of one bracket group: `1-3,07,10-12`.
-fn expand_list(list: &str) -> Result<Vec<String>, String> {
+fn expand_list(list: &str, max: usize) -> Result<Vec<String>, String> {
     let mut out = Vec::new();
     for elem in list.split(',') {
         let (lo, hi) = elem.split_once('-').unwrap_or((elem, elem));
@@ -253,8 +259,8 @@ fn expand_list(list: &str) -> Result<Vec<String>, String> {
         if a > b {
             return Err(format!("the range {elem:?} is upside down"));
         }
-        if b - a >= (MAX_EXPAND - out.len()) as u64 {
-            return Err(format!("[{list}] names more than {MAX_EXPAND} nodes"));
+        if b - a >= max.saturating_sub(out.len()) as u64 {
+            return Err(format!("[{list}] names more than {max} nodes"));
         }
         let w = pad_of(lo);
         out.extend((a..=b).map(|n| format!("{n:0w$}")));
