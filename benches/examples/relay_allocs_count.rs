@@ -8,30 +8,8 @@
 //! Prints one human line on stderr and one JSON line on stdout:
 //! `{"allocs_per_relayed_msg": F, "allocs": A, "relayed": N, "transmits": T}`.
 
+use plush_benches::counting::{allocations, Counting};
 use plush_benches::Relay;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicU64, Ordering};
-
-struct Counting;
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the counter only observes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as ours.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as ours.
-        unsafe { System.realloc(p, l, size) }
-    }
-}
 
 #[global_allocator]
 static A: Counting = Counting;
@@ -43,12 +21,12 @@ fn main() {
     for _ in 0..100 {
         relay.relay_once();
     }
-    let before = ALLOCS.load(Ordering::Relaxed);
+    let before = allocations();
     let sent_before = relay.transmits;
     for _ in 0..n {
         relay.relay_once();
     }
-    let allocs = ALLOCS.load(Ordering::Relaxed) - before;
+    let allocs = allocations() - before;
     let transmits = relay.transmits - sent_before;
     let per_msg = allocs as f64 / n.max(1) as f64;
     eprintln!(

@@ -459,6 +459,26 @@ fn finish(c: &mut Cluster, pids: &[u32]) -> Vec<u32> {
     }
 }
 
+/// A controller inviting `n` local clients on a port free from `port_from` on; and when it
+/// started. `None` (said on stderr) when no port is free or the controller cannot start.
+fn start(o: &Opts, n: u32, port_from: u16) -> Option<(Cluster, Instant)> {
+    let Some(port) = free_port(n, port_from) else {
+        eprintln!("footprint: no free port for {n} clients");
+        return None;
+    };
+    let hosts: Vec<NodeId> = (0..n).map(|i| NodeId::loopback(i, port)).collect();
+    let t0 = Instant::now();
+    let mut c = match Cluster::start(config(o)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("footprint: cannot start the controller: {e}");
+            return None;
+        }
+    };
+    c.add_hosts(&hosts);
+    Some((c, t0))
+}
+
 #[derive(Default)]
 struct Small {
     fds: Option<usize>,
@@ -470,20 +490,7 @@ struct Small {
 fn small_phase(o: &Opts) -> Small {
     let mut r = Small::default();
     let n = o.small;
-    let Some(port) = free_port(n, 29_000) else {
-        eprintln!("footprint: no free port for {n} clients");
-        return r;
-    };
-    let hosts: Vec<NodeId> = (0..n).map(|i| NodeId::loopback(i, port)).collect();
-    let t0 = Instant::now();
-    let mut c = match Cluster::start(config(o)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("footprint: cannot start the controller: {e}");
-            return r;
-        }
-    };
-    c.add_hosts(&hosts);
+    let Some((mut c, t0)) = start(o, n, 29_000) else { return r };
     let joined = join_all(&mut c, o, n as usize, Duration::from_secs(60)).unwrap_or(false);
     if joined {
         r.join_ms = Some(ms(t0.elapsed()));
@@ -535,20 +542,7 @@ struct Chosen {
 fn large_phase(o: &Opts) -> Large {
     let mut r = Large::default();
     let n = o.large;
-    let Some(port) = free_port(n, 30_000) else {
-        eprintln!("footprint: no free port for {n} clients");
-        return r;
-    };
-    let hosts: Vec<NodeId> = (0..n).map(|i| NodeId::loopback(i, port)).collect();
-    let t0 = Instant::now();
-    let mut c = match Cluster::start(config(o)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("footprint: cannot start the controller: {e}");
-            return r;
-        }
-    };
-    c.add_hosts(&hosts);
+    let Some((mut c, t0)) = start(o, n, 30_000) else { return r };
     let timeout = Duration::from_secs(20) + Duration::from_millis(50) * n;
     let joined = join_all(&mut c, o, n as usize, timeout).unwrap_or(false);
     if joined {

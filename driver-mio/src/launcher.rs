@@ -112,7 +112,6 @@ impl SshLaunch {
     /// key from `key_file`: try to run the kept binary (the remote side exits 97 if it is
     /// missing), else copy it (to a temporary name, renamed into place) and run it.
     fn script(&self, name: &str, addr: &str, key_file: &Path) -> String {
-        let q = |s: &str| shlex::try_quote(s).map_or_else(|_| "''".to_string(), |c| c.into_owned());
         let mut ssh = vec![q(&self.ssh.to_string_lossy()), "-o".into(), "BatchMode=yes".into()];
         ssh.extend(self.options.iter().map(|o| q(o)));
         ssh.push("--".into());
@@ -137,10 +136,15 @@ impl SshLaunch {
     }
 }
 
+/// `s` quoted for a POSIX shell. A string shlex cannot quote (one with a NUL byte, which no
+/// command line can carry anyway) becomes the empty string `''`.
+fn q(s: &str) -> String {
+    shlex::try_quote(s).map_or_else(|_| "''".to_string(), |c| c.into_owned())
+}
+
 /// `template` with `{host}`, `{addr}`, `{ip}`, `{port}` and `{plush}` replaced by shell-quoted
 /// values (one pass: a value is never scanned for placeholders).
 pub fn fill_template(template: &str, name: &str, addr: std::net::SocketAddr, plush: &Path) -> String {
-    let q = |s: &str| shlex::try_quote(s).map_or_else(|_| "''".to_string(), |c| c.into_owned());
     let mut out = String::with_capacity(template.len() + 64);
     let mut rest = template;
     while let Some(at) = rest.find('{') {
