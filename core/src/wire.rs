@@ -159,6 +159,9 @@ pub enum JobKind {
     Command,
     /// No process: every member answers at once (the root's census for `Participants`).
     Census,
+    /// No process: every target answers at once with its parent's address as its output
+    /// (empty at the root), so that the controller can draw the tree. Siblings' answers merge.
+    Tree,
 }
 
 /// Which nodes a job or barrier concerns.

@@ -480,3 +480,26 @@ fn a_job_started_before_a_host_joins_reaches_it_after_it_joins() {
     }
     assert!(sim.converged());
 }
+
+#[test]
+fn a_tree_job_reports_every_nodes_parent() {
+    let n = 200;
+    let mut sim = build(&scenario(n, 57));
+    let mut s = spec(7);
+    s.kind = JobKind::Tree;
+    start(&mut sim, s);
+    let done = run_for(&mut sim, Duration::from_secs(10), Duration::from_millis(50), |s| all_reported(s, n));
+    assert!(done, "tree answers missing");
+    let root = root_of(&sim);
+    let got = results(&sim, 7);
+    assert_eq!(got.len(), n as usize);
+    for r in &got {
+        assert_eq!(r.status, ExitStatus::Exited(0));
+        let parent = sim.node(r.node).and_then(|x| x.parent());
+        let want = parent.map_or_else(String::new, |p| p.addr().to_string());
+        assert_eq!(String::from_utf8_lossy(&r.output), want, "node {}", r.node);
+        assert_eq!(parent.is_none(), r.node == root);
+    }
+    // Siblings' answers merge: fewer Results frames reach the controller than there are nodes.
+    assert!(sim.job.ctrl_messages < n as u64 / 2, "{} Results frames for {n} nodes", sim.job.ctrl_messages);
+}
