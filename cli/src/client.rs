@@ -19,11 +19,20 @@ pub struct ClientArgs {
     /// limit) less a reserve for pipes and the process itself.
     #[arg(long)]
     pub max_fds: Option<usize>,
+    /// Most children of this client in the tree (the controller's `--degree` is passed here
+    /// by the launchers).
+    #[arg(long, value_name = "D", value_parser = clap::value_parser!(u32).range(1..=i64::from(plush_core::wire::MAX_LIST as u32)))]
+    pub max_children: Option<u32>,
 }
 
 /// Run the client until the overlay is dismantled.
 pub fn run(args: &ClientArgs) -> ExitCode {
-    let opts = plush_mio::ClientOptions { listen: args.listen, key_file: args.key_file.clone(), max_fds: args.max_fds };
+    let opts = plush_mio::ClientOptions {
+        listen: args.listen,
+        key_file: args.key_file.clone(),
+        max_fds: args.max_fds,
+        max_children: args.max_children.map(|d| d as usize),
+    };
     match plush_mio::client::run(&opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

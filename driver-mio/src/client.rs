@@ -1,6 +1,6 @@
 //! The client process: a [`Node`] on real TCP that waits for invitations.
 //!
-//! `plush client --listen ADDR --key-file F [--max-fds N]` runs [`run`]: it raises the soft
+//! `plush client --listen ADDR --key-file F [--max-fds N] [--max-children D]` runs [`run`]: it raises the soft
 //! limit on open files to the hard limit, reads the cluster key, binds `ADDR` (which becomes
 //! its [`NodeId`]), prints its ready line on stdout ([`crate::launcher::READY_PREFIX`] and the
 //! address: the launcher waits for it) and from then on writes nothing more to stdout (the
@@ -14,7 +14,8 @@
 //!
 //! The fd budget: `Config::max_links = min(--max-fds, soft limit - reserve)`, where the reserve
 //! is [`RESERVED_FDS`] (stdio, the poll and listener descriptors, connections still in their
-//! handshake, slack) plus two pipes per job slot (`2 × Config::max_jobs`). Running out anyway
+//! handshake, slack) plus three descriptors per job slot (`3 × Config::max_jobs`: the output
+//! pipes and the barrier socket). Running out anyway
 //! is not fatal (see [`crate::driver`]).
 //!
 //! Memory: once the client has been quiet for [`TRIM_AFTER`] (no connection opened or closed,
@@ -31,7 +32,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant as StdInstant};
 
-/// File descriptors kept out of the link budget, besides two per job slot.
+/// File descriptors kept out of the link budget, besides three per job slot.
 pub const RESERVED_FDS: usize = 16;
 /// How long an exiting client waits for its last frames to be written and its links closed.
 pub const EXIT_GRACE: Duration = Duration::from_secs(1);
@@ -86,11 +87,13 @@ pub struct ClientOptions {
     pub key_file: PathBuf,
     /// Most links to hold (further limited by the fd limit).
     pub max_fds: Option<usize>,
+    /// Most children in the tree (`Config::max_children`); `None`: the default, 12.
+    pub max_children: Option<usize>,
 }
 
 /// The link budget for a soft fd limit of `soft` (see the module docs). At least 1.
 pub fn link_budget(soft: u64, max_fds: Option<usize>, cfg: &Config) -> usize {
-    let reserve = RESERVED_FDS + 2 * cfg.max_jobs;
+    let reserve = RESERVED_FDS + 3 * cfg.max_jobs;
     let by_limit = usize::try_from(soft).unwrap_or(usize::MAX).saturating_sub(reserve);
     by_limit.min(max_fds.unwrap_or(usize::MAX)).max(1)
 }
@@ -122,6 +125,9 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| format!("cannot read the listen address: {e}"))?;
     let id = NodeId::new(addr);
     let mut cfg = Config::default();
+    if let Some(d) = opts.max_children {
+        cfg.max_children = d.max(1);
+    }
     cfg.max_links = link_budget(soft, opts.max_fds, &cfg);
     let dcfg = DriverConfig { core: cfg.clone(), ..DriverConfig::default() };
     let node = Node::new(id, cfg.clone(), fresh_seed(), Instant::ZERO);
@@ -155,13 +161,16 @@ pub fn parse_args(args: &[String]) -> Result<ClientOptions, String> {
     if it.next().map(String::as_str) != Some("client") {
         return Err("usage: client --listen ADDR --key-file FILE [--max-fds N]".into());
     }
-    let (mut listen, mut key_file, mut max_fds) = (None, None, None);
+    let (mut listen, mut key_file, mut max_fds, mut max_children) = (None, None, None, None);
     while let Some(flag) = it.next() {
         let Some(value) = it.next() else { return Err(format!("{flag} needs a value")) };
         match flag.as_str() {
             "--listen" => listen = Some(value.parse::<SocketAddr>().map_err(|e| format!("--listen {value}: {e}"))?),
             "--key-file" => key_file = Some(PathBuf::from(value)),
             "--max-fds" => max_fds = Some(value.parse::<usize>().map_err(|e| format!("--max-fds {value}: {e}"))?),
+            "--max-children" => {
+                max_children = Some(value.parse::<usize>().map_err(|e| format!("--max-children {value}: {e}"))?)
+            }
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -169,6 +178,7 @@ pub fn parse_args(args: &[String]) -> Result<ClientOptions, String> {
         listen: listen.ok_or("--listen is required")?,
         key_file: key_file.ok_or("--key-file is required")?,
         max_fds,
+        max_children,
     })
 }
 
@@ -179,7 +189,7 @@ mod tests {
     #[test]
     fn the_budget_keeps_the_reserve() {
         let cfg = Config::default();
-        assert_eq!(link_budget(1024, None, &cfg), 1024 - 16 - 128);
+        assert_eq!(link_budget(1024, None, &cfg), 1024 - 16 - 3 * cfg.max_jobs);
         assert_eq!(link_budget(1024, Some(100), &cfg), 100);
         assert_eq!(link_budget(10, None, &cfg), 1);
     }

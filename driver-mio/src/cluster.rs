@@ -129,6 +129,21 @@ impl RunOutcome {
     }
 }
 
+/// A job to start with [`Cluster::start_job`].
+#[derive(Clone, Copy, Debug)]
+pub struct JobSpec<'a> {
+    /// The command and its arguments (run directly, not through a shell).
+    pub argv: &'a [&'a str],
+    /// The hosts to run on; `None`: every member.
+    pub target: Option<&'a [NodeId]>,
+    /// Killed after this long; `None`: never.
+    pub timeout: Option<Duration>,
+    /// Send output up as it comes ([`Cluster::take_streams`]), besides the final result.
+    pub stream: bool,
+    /// Extra environment.
+    pub env: &'a [(String, String)],
+}
+
 /// What [`Cluster::dismantle`] saw.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DismantleOutcome {
@@ -140,12 +155,68 @@ pub struct DismantleOutcome {
     pub elapsed: Duration,
 }
 
+/// Live output lines kept per job until taken ([`Cluster::take_streams`]); older ones are
+/// dropped (and counted) past it.
+pub const MAX_STREAM_CHUNKS: usize = 4096;
+/// Barrier records kept; the oldest released ones are forgotten past it.
+pub const MAX_BARRIER_RECORDS: usize = 256;
+
 #[derive(Default)]
 struct JobState {
     reports: Vec<ResultGroup>,
     got: BTreeSet<NodeId>,
     complete: bool,
+    /// Hosts joined (and targeted) when the job started.
+    expected: Vec<NodeId>,
+    started: Option<StdInstant>,
+    /// The job's own timeout, for the default wait.
+    timeout: Option<Duration>,
+    streams: VecDeque<(NodeId, Vec<u8>)>,
+    streams_dropped: u64,
 }
+
+/// What is known of a barrier opened with [`Cluster::barrier`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BarrierInfo {
+    /// It was released.
+    pub released: bool,
+    /// Released at its threshold after its timeout, not complete.
+    pub partial: bool,
+    /// Nodes that had entered at the release.
+    pub entered: u64,
+    /// Nodes expected.
+    pub expected: u64,
+    /// Nodes that entered after the release (let through at once).
+    pub late: Vec<NodeId>,
+}
+
+/// Something to tell the user about, besides job results: see [`Cluster::take_notices`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Notice {
+    /// A barrier was released.
+    BarrierReleased {
+        /// The barrier.
+        name: String,
+        /// Nodes that had entered.
+        entered: u64,
+        /// Nodes expected.
+        expected: u64,
+        /// Released at the threshold, not complete.
+        partial: bool,
+    },
+    /// Nodes entered a barrier after its release.
+    BarrierLate {
+        /// The barrier.
+        name: String,
+        /// The nodes.
+        nodes: Vec<NodeId>,
+    },
+    /// The tree has a new root.
+    RootChanged(NodeId),
+}
+
+/// Notices kept until taken; the oldest are dropped past it.
+pub const MAX_NOTICES: usize = 1024;
 
 /// A key file that is removed when dropped.
 struct KeyFile(PathBuf);
@@ -167,6 +238,8 @@ pub struct Cluster {
     next_job: u64,
     root: Option<NodeId>,
     max_jobs: usize,
+    barriers: BTreeMap<String, BarrierInfo>,
+    notices: VecDeque<Notice>,
 }
 
 fn other(e: impl std::fmt::Display) -> io::Error {
@@ -205,6 +278,8 @@ impl Cluster {
             next_job: 1,
             root: None,
             max_jobs: cfg.core.max_jobs.max(1),
+            barriers: BTreeMap::new(),
+            notices: VecDeque::new(),
         })
     }
 
@@ -342,7 +417,18 @@ impl Cluster {
         timeout: Option<Duration>,
         mut progress: impl FnMut(&Cluster, usize, usize),
     ) -> io::Result<RunOutcome> {
-        let t0 = StdInstant::now();
+        let job = self.start_job(JobSpec { argv, target: None, timeout, stream: false, env: &[] })?;
+        self.wait_job(job, |c, got, expected| progress(c, got, expected), || false)
+    }
+
+    /// Start a job without waiting for it; returns its id. Its results gather until
+    /// [`Cluster::wait_job`] or [`Cluster::job_outcome`] reads them. The oldest jobs are
+    /// forgotten (at the controller and here) beyond `Config::max_jobs`.
+    pub fn start_job(&mut self, spec: JobSpec<'_>) -> io::Result<u64> {
+        self.start_kind(JobKind::Command, spec)
+    }
+
+    fn start_kind(&mut self, kind: JobKind, spec: JobSpec<'_>) -> io::Result<u64> {
         while self.order.len() + 1 >= self.max_jobs {
             if let Some(old) = self.order.pop_front() {
                 self.d.m.forget(old);
@@ -351,39 +437,97 @@ impl Cluster {
         }
         let job = self.next_job;
         self.next_job += 1;
-        let spec = RunSpec {
+        let target = match spec.target {
+            None => Target::All,
+            Some(nodes) => Target::Nodes(nodes.iter().copied().collect()),
+        };
+        let run = RunSpec {
             job,
-            kind: JobKind::Command,
-            target: Target::All,
-            argv: List(argv.iter().map(|s| s.to_string()).collect()),
-            env: List::default(),
+            kind,
+            target: target.clone(),
+            argv: List(spec.argv.iter().map(|s| s.to_string()).collect()),
+            env: List(spec.env.to_vec()),
             cwd: None,
             // 0: no timeout (the core's convention).
-            timeout_ms: timeout.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)),
-            stream: false,
+            timeout_ms: spec.timeout.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)),
+            stream: spec.stream,
         };
-        let expected: Vec<NodeId> =
-            self.hosts.iter().filter(|(_, h)| h.state == HostState::Joined).map(|(id, _)| *id).collect();
+        let expected: Vec<NodeId> = self
+            .hosts
+            .iter()
+            .filter(|(id, h)| h.state == HostState::Joined && target.includes(id))
+            .map(|(id, _)| *id)
+            .collect();
         let now = self.d.now();
-        self.d.m.run(now, spec).map_err(other)?;
-        self.jobs.insert(job, JobState::default());
+        self.d.m.run(now, run).map_err(other)?;
+        let state =
+            JobState { expected, started: Some(StdInstant::now()), timeout: spec.timeout, ..JobState::default() };
+        self.jobs.insert(job, state);
         self.order.push_back(job);
         self.d.drain();
         self.take_reports();
+        Ok(job)
+    }
+
+    /// Results so far and hosts expected (joined and targeted when the job started).
+    pub fn job_progress(&self, job: u64) -> Option<(usize, usize)> {
+        self.jobs.get(&job).map(|j| (j.got.len(), j.expected.len()))
+    }
+
+    /// Whether nothing more is to be waited for: every expected host answered or failed, or
+    /// the root said the job complete and no host that has not answered is believed joined.
+    /// (The 15 s grace [`Cluster::wait_job`] gives rejoining hosts is not counted here.)
+    pub fn job_settled(&self, job: u64) -> bool {
+        let Some(j) = self.jobs.get(&job) else { return true };
+        let mut waiting = self.waiting_for(j);
+        if j.complete {
+            return !waiting.any(|h| self.hosts.get(h).is_some_and(|i| i.state == HostState::Joined));
+        }
+        waiting.next().is_none()
+    }
+
+    fn waiting_for<'a>(&'a self, j: &'a JobState) -> impl Iterator<Item = &'a NodeId> + 'a {
+        j.expected
+            .iter()
+            .filter(|h| !j.got.contains(h) && self.hosts.get(h).is_none_or(|i| i.state != HostState::Failed))
+    }
+
+    /// Live output that arrived for `job` (with `stream`), in order, and how many chunks were
+    /// dropped because nobody took them (beyond [`MAX_STREAM_CHUNKS`]).
+    pub fn take_streams(&mut self, job: u64) -> (Vec<(NodeId, Vec<u8>)>, u64) {
+        match self.jobs.get_mut(&job) {
+            Some(j) => (j.streams.drain(..).collect(), std::mem::take(&mut j.streams_dropped)),
+            None => (Vec::new(), 0),
+        }
+    }
+
+    /// Wait for `job`: until every host expected answered (or failed), or its timeout plus a
+    /// few seconds passed (no deadline without a timeout), or `stop()` says so. Once the root
+    /// reports the job complete, hosts still missing are waited for at most 15 s more, and
+    /// only while the controller believes them joined (rejoining after a repair: their results
+    /// come when they attach). `progress(cluster, results, expected)` is called on every loop
+    /// turn (at least every 50 ms); it may take the job's live output
+    /// ([`Cluster::take_streams`]).
+    pub fn wait_job(
+        &mut self,
+        job: u64,
+        mut progress: impl FnMut(&mut Cluster, usize, usize),
+        mut stop: impl FnMut() -> bool,
+    ) -> io::Result<RunOutcome> {
+        let (t0, timeout) = self
+            .jobs
+            .get(&job)
+            .map_or((StdInstant::now(), None), |j| (j.started.unwrap_or_else(StdInstant::now), j.timeout));
         let end = timeout.and_then(|t| t0.checked_add(t.saturating_add(RESULT_SLACK)));
         // When the root said the job complete while hosts joined at the start have not
         // answered: they are rejoining (their results come once they attach), so wait for
         // them a little, unless they are known to be gone.
         let mut complete_at: Option<StdInstant> = None;
-        loop {
-            let got = self.jobs.get(&job).map_or(0, |j| j.got.len());
-            progress(self, got, expected.len());
+        while let Some((got, expected)) = self.job_progress(job) {
+            progress(self, got, expected);
             let Some(j) = self.jobs.get(&job) else { break };
-            let waiting: Vec<&NodeId> = expected
-                .iter()
-                .filter(|h| !j.got.contains(h) && self.hosts.get(h).is_none_or(|i| i.state != HostState::Failed))
-                .collect();
-            if waiting.is_empty() {
+            let waiting: Vec<&NodeId> = self.waiting_for(j).collect();
+            if waiting.is_empty() || stop() {
                 break;
             }
             if j.complete {
@@ -401,6 +545,11 @@ impl Cluster {
             };
             self.pump(wait)?;
         }
+        Ok(self.job_outcome(job))
+    }
+
+    /// What `job` gathered so far.
+    pub fn job_outcome(&self, job: u64) -> RunOutcome {
         let j = self.jobs.get(&job);
         let mut groups: Vec<ResultGroup> = Vec::new();
         for r in j.map_or(&[][..], |j| &j.reports[..]) {
@@ -413,14 +562,91 @@ impl Cluster {
         for g in &mut groups {
             g.nodes.sort_unstable();
         }
-        Ok(RunOutcome {
+        RunOutcome {
             job,
             reports: j.map_or(0, |j| j.reports.len()),
             complete: j.is_some_and(|j| j.complete),
-            missing: expected.into_iter().filter(|h| !j.is_some_and(|j| j.got.contains(h))).collect(),
+            missing: j.map_or_else(Vec::new, |j| j.expected.iter().filter(|h| !j.got.contains(h)).copied().collect()),
             groups,
-            elapsed: t0.elapsed(),
-        })
+            elapsed: j.and_then(|j| j.started).map_or(Duration::ZERO, |t| t.elapsed()),
+        }
+    }
+
+    /// Kill `job` everywhere (its hosts report `Cancelled`).
+    pub fn cancel(&mut self, job: u64) -> io::Result<()> {
+        let now = self.d.now();
+        self.d.m.cancel(now, job).map_err(other)?;
+        self.d.drain();
+        self.take_reports();
+        Ok(())
+    }
+
+    /// Every member's parent, asked of the tree itself (a job without processes: each member
+    /// answers with its parent's address, siblings' answers merge): member -> parent, `None`
+    /// for the root. Members that did not answer within `timeout` are missing from the map.
+    pub fn topology(&mut self, timeout: Duration) -> io::Result<BTreeMap<NodeId, Option<NodeId>>> {
+        let job = self
+            .start_kind(JobKind::Tree, JobSpec { argv: &[], target: None, timeout: None, stream: false, env: &[] })?;
+        let end = StdInstant::now() + timeout;
+        let out = self.wait_job(job, |_, _, _| {}, || StdInstant::now() >= end)?;
+        let mut map = BTreeMap::new();
+        for g in &out.groups {
+            let text = String::from_utf8_lossy(&g.output);
+            let parent = text.trim().parse::<SocketAddr>().ok().map(NodeId::new);
+            for n in &g.nodes {
+                map.insert(*n, parent);
+            }
+        }
+        if let Some(pos) = self.order.iter().position(|&j| j == job) {
+            self.order.remove(pos);
+        }
+        self.jobs.remove(&job);
+        self.d.m.forget(job);
+        Ok(map)
+    }
+
+    /// Open a barrier for `target` (every joined host when `None`): released once all of them
+    /// entered, or after `timeout` once `threshold` (0 to 1) of them did. Processes enter it
+    /// with `plush barrier NAME`. Its release arrives as a [`Notice`] and in
+    /// [`Cluster::barrier_info`].
+    pub fn barrier(
+        &mut self,
+        name: &str,
+        target: Option<&[NodeId]>,
+        threshold: f64,
+        timeout: Duration,
+    ) -> io::Result<()> {
+        let target = match target {
+            None => Target::All,
+            Some(nodes) => Target::Nodes(nodes.iter().copied().collect()),
+        };
+        let now = self.d.now();
+        self.d.m.barrier(now, name, target, threshold, timeout).map_err(other)?;
+        while self.barriers.len() >= MAX_BARRIER_RECORDS {
+            let Some(old) = self.barriers.iter().find(|(_, b)| b.released).map(|(k, _)| k.clone()) else { break };
+            self.barriers.remove(&old);
+        }
+        self.barriers.insert(name.to_owned(), BarrierInfo::default());
+        self.d.drain();
+        self.take_reports();
+        Ok(())
+    }
+
+    /// What is known of barrier `name`.
+    pub fn barrier_info(&self, name: &str) -> Option<&BarrierInfo> {
+        self.barriers.get(name)
+    }
+
+    /// Notices (barrier releases, late entries, root changes) since the last call.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        self.notices.drain(..).collect()
+    }
+
+    fn notice(&mut self, n: Notice) {
+        if self.notices.len() >= MAX_NOTICES {
+            self.notices.pop_front();
+        }
+        self.notices.push_back(n);
     }
 
     /// Dismantle the overlay and wait (at most `timeout`) for every launched client to exit;
@@ -452,7 +678,10 @@ impl Cluster {
                         h.joined_at = Some(at);
                     }
                 }
-                Report::RootChanged(root) => self.root = Some(root),
+                Report::RootChanged(root) => {
+                    self.root = Some(root);
+                    self.notice(Notice::RootChanged(root));
+                }
                 Report::Result { job, status, truncated, output, nodes } => {
                     let Some(j) = self.jobs.get_mut(&job) else { continue };
                     let nodes: Vec<NodeId> = nodes.iter().collect();
@@ -464,7 +693,33 @@ impl Cluster {
                         j.complete = true;
                     }
                 }
-                Report::Stream { .. } | Report::BarrierReleased { .. } | Report::BarrierLate { .. } => {}
+                Report::Stream { job, node, bytes } => {
+                    let Some(j) = self.jobs.get_mut(&job) else { continue };
+                    if j.streams.len() >= MAX_STREAM_CHUNKS {
+                        j.streams.pop_front();
+                        j.streams_dropped += 1;
+                    }
+                    j.streams.push_back((node, bytes));
+                }
+                Report::BarrierReleased { name, entered, expected, partial } => {
+                    if let Some(b) = self.barriers.get_mut(&name) {
+                        *b = BarrierInfo {
+                            released: true,
+                            partial,
+                            entered,
+                            expected,
+                            late: std::mem::take(&mut b.late),
+                        };
+                    }
+                    self.notice(Notice::BarrierReleased { name, entered, expected, partial });
+                }
+                Report::BarrierLate { name, nodes } => {
+                    let nodes: Vec<NodeId> = nodes.iter().collect();
+                    if let Some(b) = self.barriers.get_mut(&name) {
+                        b.late.extend(nodes.iter().copied());
+                    }
+                    self.notice(Notice::BarrierLate { name, nodes });
+                }
             }
         }
     }

@@ -124,6 +124,8 @@ enum Input {
     Link(NodeId, LinkEvent),
     Process(ProcessEvent),
     Launched(NodeId, LaunchResult),
+    /// A job's process asks to enter a barrier.
+    Barrier(String),
 }
 
 /// The sans-IO machines this driver runs: [`Node`] and [`Controller`].
@@ -140,6 +142,11 @@ pub trait Machine {
     fn handle_process(&mut self, now: Instant, ev: ProcessEvent);
     /// See [`Controller::handle_launched`].
     fn handle_launched(&mut self, now: Instant, host: NodeId, r: LaunchResult);
+    /// A local process enters barrier `name` (see [`Node::handle_command`]); false when
+    /// refused. By default refused: the controller runs no processes.
+    fn handle_barrier(&mut self, _now: Instant, _name: String) -> bool {
+        false
+    }
     /// See [`Node::poll_output`].
     fn poll_output(&mut self) -> Option<Output>;
     /// See [`Node::poll_timeout`].
@@ -162,6 +169,9 @@ impl Machine for Node {
     }
     fn handle_launched(&mut self, now: Instant, host: NodeId, r: LaunchResult) {
         Node::handle_launched(self, now, host, r.is_ok())
+    }
+    fn handle_barrier(&mut self, now: Instant, name: String) -> bool {
+        Node::handle_command(self, now, plush_core::Command::BarrierEnter { name }).is_ok()
     }
     fn poll_output(&mut self) -> Option<Output> {
         Node::poll_output(self)
@@ -304,7 +314,13 @@ impl<M: Machine> Driver<M> {
             dirty: Vec::new(),
             reread: Vec::new(),
             next_deadline: None,
-            jobs: Jobs::default(),
+            jobs: Jobs::with_env(vec![
+                (
+                    crate::process::PLUSH_ENV.to_owned(),
+                    std::env::current_exe().map_or_else(|_| "plush".to_owned(), |p| p.display().to_string()),
+                ),
+                (crate::process::NODE_ENV.to_owned(), me.addr().to_string()),
+            ]),
             launcher: None,
             launched: Vec::new(),
             proc_events: VecDeque::new(),
@@ -381,6 +397,11 @@ impl<M: Machine> Driver<M> {
                 Input::Link(peer, ev) => self.m.handle_link(now, peer, ev),
                 Input::Process(ev) => self.m.handle_process(now, ev),
                 Input::Launched(host, r) => self.m.handle_launched(now, host, r),
+                Input::Barrier(name) => {
+                    if !self.m.handle_barrier(now, name.clone()) {
+                        self.jobs.answer_barrier(&name, false);
+                    }
+                }
             }
         }
     }
@@ -421,6 +442,9 @@ impl<M: Machine> Driver<M> {
             Output::Event(e) => {
                 if self.log.debug {
                     self.log.line(format_args!("event {e:?}"));
+                }
+                if let plush_core::Event::BarrierReleased(name) = e {
+                    self.jobs.answer_barrier(&name, true);
                 }
             }
             Output::Spawn { job, spec } => {
@@ -906,6 +930,7 @@ impl<M: Machine> Driver<M> {
         }
         if self.jobs.on_readable(self.poll.registry(), tok, &mut self.proc_events) {
             self.deferred.extend(self.proc_events.drain(..).map(Input::Process));
+            self.deferred.extend(self.jobs.barrier_requests.drain(..).map(Input::Barrier));
             self.drain();
             return;
         }

@@ -84,6 +84,8 @@ pub struct SshLaunch {
     pub binary: PathBuf,
     /// Where the binary is kept on a host, relative to the remote home directory.
     pub remote_path: String,
+    /// Extra arguments of the remote `plush client` (e.g. `--max-children 8`).
+    pub client_args: Vec<String>,
 }
 
 impl SshLaunch {
@@ -105,7 +107,7 @@ impl SshLaunch {
         }
         let digest: String = h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
         let remote_path = format!(".cache/plush/plush-{}-{digest}", env!("CARGO_PKG_VERSION"));
-        Ok(SshLaunch { ssh: "ssh".into(), options, binary, remote_path })
+        Ok(SshLaunch { ssh: "ssh".into(), options, binary, remote_path, client_args: Vec::new() })
     }
 
     /// The local shell script that starts a client on `name` listening on `addr`, reading the
@@ -119,7 +121,8 @@ impl SshLaunch {
         let ssh = ssh.join(" ");
         let path = q(&self.remote_path);
         let dir = q(self.remote_path.rsplit_once('/').map_or(".", |(d, _)| d));
-        let run = format!("exec {path} client --listen {} --key-file -", q(addr));
+        let extra: String = self.client_args.iter().map(|a| format!(" {}", q(a))).collect();
+        let run = format!("exec {path} client --listen {} --key-file -{extra}", q(addr));
         let first = q(&format!("test -x {path} || exit 97; {run}"));
         let copy = q(&format!(
             "mkdir -p {dir} && cat > {path}.tmp.$$ && chmod 755 {path}.tmp.$$ && mv -f {path}.tmp.$$ {path}"

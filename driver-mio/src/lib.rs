@@ -35,7 +35,9 @@ mod sys;
 
 pub use auth::Key;
 pub use client::ClientOptions;
-pub use cluster::{Cluster, ClusterConfig, DismantleOutcome, HostInfo, ResultGroup, RunOutcome};
+pub use cluster::{
+    BarrierInfo, Cluster, ClusterConfig, DismantleOutcome, HostInfo, JobSpec, Notice, ResultGroup, RunOutcome,
+};
 pub use driver::{DriverConfig, DriverStats};
 pub use launcher::{LaunchMethod, SshLaunch, READY_PREFIX};
 

@@ -11,6 +11,14 @@
 //! dropped). `Signal` kills the whole group with SIGKILL. Every child is reaped: at
 //! [`Jobs::kill_all`] (and on drop) the remaining groups are killed and waited for.
 //!
+//! **Barriers.** Each job also gets one end of a Unix socket pair, inherited as the descriptor
+//! named by the environment variable [`BARRIER_FD_ENV`] (with [`PLUSH_ENV`], the path of this
+//! plush binary, and [`NODE_ENV`], the node's address): a process enters barrier NAME by
+//! writing `NAME\n` on it (`plush barrier NAME` does) and goes on when the same line comes
+//! back; `!NAME\n` comes back when the node refused (too many barriers, a name too long). A
+//! line longer than [`MAX_BARRIER_LINE`] closes the socket. At most [`MAX_WAITING`] barriers
+//! wait per job; more are refused.
+//!
 //! Bound: the node runs at most `Config::max_jobs` jobs at once, so this table holds at most
 //! that many entries plus those killed and not yet reaped. The read buffer ([`READ_CHUNK`]
 //! bytes) and the table's memory are freed once no job is left.
@@ -20,8 +28,9 @@ use mio::{Interest, Registry, Token};
 use plush_core::wire::ExitStatus;
 use plush_core::ProcessEvent;
 use std::collections::VecDeque;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, ChildStderr, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant as StdInstant};
@@ -33,6 +42,17 @@ pub const REAP_EVERY: Duration = Duration::from_millis(20);
 /// How long after a job's process exited its pipes may stay open (held by a grandchild)
 /// before the exit is reported regardless.
 pub const EXIT_GRACE: Duration = Duration::from_millis(200);
+/// The environment variable naming a job's barrier descriptor.
+pub const BARRIER_FD_ENV: &str = "PLUSH_BARRIER_FD";
+/// The environment variable holding the path of the plush binary the client runs.
+pub const PLUSH_ENV: &str = "PLUSH";
+/// The environment variable holding the node's address (`ip:port`).
+pub const NODE_ENV: &str = "PLUSH_NODE";
+/// Longest request line on a barrier socket: a barrier name and its newline.
+pub const MAX_BARRIER_LINE: usize = plush_core::control::MAX_NAME + 1;
+/// Barriers one job may wait in at once.
+pub const MAX_WAITING: usize = 8;
+
 /// Reads per pipe per readiness event; a pipe that still has data is read again next turn.
 const READS_PER_EVENT: usize = 16;
 
@@ -56,10 +76,21 @@ impl Pipe {
     }
 }
 
+/// The client's end of a job's barrier socket.
+struct Ctl {
+    token: Token,
+    sock: UnixStream,
+    /// A request line not complete yet.
+    partial: Vec<u8>,
+    /// Barriers the process waits in.
+    waiting: Vec<String>,
+}
+
 struct Job {
     job: u64,
     child: Child,
     pipes: [Option<(Token, Pipe)>; 2],
+    ctl: Option<Ctl>,
     status: Option<ExitStatus>,
     reaped_at: Option<StdInstant>,
 }
@@ -72,6 +103,10 @@ pub struct Jobs {
     /// Pipes that may hold more data (their read loop stopped early).
     again: Vec<Token>,
     buf: Vec<u8>,
+    /// The environment every job gets besides its own: the plush binary and the node.
+    base_env: Vec<(String, String)>,
+    /// Barriers processes asked to enter, for the driver to hand to the node.
+    pub barrier_requests: Vec<String>,
 }
 
 fn status_of(s: std::process::ExitStatus) -> ExitStatus {
@@ -84,6 +119,13 @@ fn status_of(s: std::process::ExitStatus) -> ExitStatus {
 }
 
 impl Jobs {
+    /// No jobs yet; every job will get `base_env` in its environment.
+    pub fn with_env(base_env: Vec<(String, String)>) -> Jobs {
+        let mut jobs = Jobs::default();
+        jobs.base_env = base_env;
+        jobs
+    }
+
     /// Start a job. Failures are reported as an exit with `SpawnFailed` through `out`.
     #[allow(clippy::too_many_arguments)]
     pub fn spawn(
@@ -101,12 +143,23 @@ impl Jobs {
             return Err("empty command".into());
         };
         let mut cmd = Command::new(prog);
+        cmd.envs(self.base_env.iter().map(|(k, v)| (k, v)));
         cmd.args(args).envs(env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).stdout(Stdio::piped());
         cmd.stderr(Stdio::piped()).process_group(0);
         if let Some(dir) = cwd {
             cmd.current_dir(dir);
         }
-        let mut child = match cmd.spawn() {
+        // The barrier socket: the child's end is inherited (close-on-exec cleared just for this
+        // spawn; the driver is single-threaded, so no other spawn sees it); ours is watched.
+        // Without one (out of descriptors) the job still runs, without barriers.
+        let pair =
+            UnixStream::pair().ok().filter(|(_, theirs)| crate::sys::set_cloexec(theirs.as_raw_fd(), false).is_ok());
+        if let Some((_, theirs)) = &pair {
+            cmd.env(BARRIER_FD_ENV, theirs.as_raw_fd().to_string());
+        }
+        let spawned = cmd.spawn();
+        let ours = pair.map(|(ours, _theirs)| ours);
+        let mut child = match spawned {
             Ok(c) => c,
             Err(e) => {
                 out.push_back(ProcessEvent::Exit { job, status: ExitStatus::SpawnFailed });
@@ -134,7 +187,15 @@ impl Jobs {
             }
             *slot = Some((token, pipe));
         }
-        self.jobs.push(Job { job, child, pipes, status: None, reaped_at: None });
+        let ctl = ours.and_then(|sock| {
+            let token = Token(*next_token);
+            *next_token += 1;
+            let fd = sock.as_raw_fd();
+            let ok = sock.set_nonblocking(true).is_ok()
+                && registry.register(&mut SourceFd(&fd), token, Interest::READABLE).is_ok();
+            ok.then(|| Ctl { token, sock, partial: Vec::new(), waiting: Vec::new() })
+        });
+        self.jobs.push(Job { job, child, pipes, ctl, status: None, reaped_at: None });
         self.next_reap.get_or_insert(StdInstant::now() + REAP_EVERY);
         Ok(())
     }
@@ -149,11 +210,85 @@ impl Jobs {
 
     /// Whether `token` is one of our pipes; if so, read it (output goes to `out`).
     pub fn on_readable(&mut self, registry: &Registry, token: Token, out: &mut VecDeque<ProcessEvent>) -> bool {
+        if let Some(k) = self.jobs.iter().position(|j| j.ctl.as_ref().is_some_and(|c| c.token == token)) {
+            self.read_ctl(registry, k);
+            return true;
+        }
         let Some(k) = self.jobs.iter().position(|j| j.pipes.iter().flatten().any(|(t, _)| *t == token)) else {
             return false;
         };
         self.read_pipe(registry, k, token, out);
         true
+    }
+
+    /// Read barrier requests from job `k`'s socket; a bad one (too long, not UTF-8) or the end
+    /// of the stream closes it.
+    fn read_ctl(&mut self, registry: &Registry, k: usize) {
+        let Some(ctl) = self.jobs[k].ctl.as_mut() else { return };
+        let mut buf = [0u8; 256];
+        let mut close = false;
+        for _ in 0..READS_PER_EVENT {
+            match ctl.sock.read(&mut buf) {
+                Ok(0) => {
+                    close = true;
+                    break;
+                }
+                Ok(n) => {
+                    for &b in &buf[..n] {
+                        if b != b'\n' {
+                            ctl.partial.push(b);
+                            if ctl.partial.len() >= MAX_BARRIER_LINE {
+                                close = true;
+                                break;
+                            }
+                            continue;
+                        }
+                        let line = std::mem::take(&mut ctl.partial);
+                        match String::from_utf8(line) {
+                            Ok(name) if !name.is_empty() && ctl.waiting.len() < MAX_WAITING => {
+                                if !ctl.waiting.contains(&name) {
+                                    ctl.waiting.push(name.clone());
+                                }
+                                self.barrier_requests.push(name);
+                            }
+                            Ok(name) => {
+                                let _ = ctl.sock.write_all(format!("!{name}\n").as_bytes());
+                            }
+                            Err(_) => close = true,
+                        }
+                        if close {
+                            break;
+                        }
+                    }
+                    if close {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    close = true;
+                    break;
+                }
+            }
+        }
+        if close {
+            if let Some(c) = self.jobs[k].ctl.take() {
+                let _ = registry.deregister(&mut SourceFd(&c.sock.as_raw_fd()));
+            }
+        }
+    }
+
+    /// Barrier `name` was released (`ok`) or refused: answer every process waiting in it.
+    /// A process that does not read its answers loses them (the write does not block).
+    pub fn answer_barrier(&mut self, name: &str, ok: bool) {
+        let line = if ok { format!("{name}\n") } else { format!("!{name}\n") };
+        for c in self.jobs.iter_mut().filter_map(|j| j.ctl.as_mut()) {
+            if let Some(p) = c.waiting.iter().position(|w| w == name) {
+                c.waiting.swap_remove(p);
+                let _ = c.sock.write_all(line.as_bytes());
+            }
+        }
     }
 
     fn read_pipe(&mut self, registry: &Registry, k: usize, token: Token, out: &mut VecDeque<ProcessEvent>) {
@@ -214,6 +349,9 @@ impl Jobs {
                 for (_, p) in j.pipes.iter_mut().filter_map(Option::take) {
                     let _ = registry.deregister(&mut SourceFd(&p.fd()));
                 }
+                if let Some(c) = j.ctl.take() {
+                    let _ = registry.deregister(&mut SourceFd(&c.sock.as_raw_fd()));
+                }
                 out.push_back(ProcessEvent::Exit { job: j.job, status });
                 self.jobs.swap_remove(k);
                 continue;
@@ -261,5 +399,44 @@ impl Jobs {
 impl Drop for Jobs {
     fn drop(&mut self) {
         self.kill_all();
+    }
+}
+
+/// From a job's process: enter barrier `name` through the socket the client gave the job (see
+/// the module docs) and wait for its release, at most `timeout` when given. `Err` says why not
+/// (refused, the client went away, timed out, or not inside a Plush job).
+pub fn enter_barrier(name: &str, timeout: Option<Duration>) -> Result<(), String> {
+    use std::io::{BufRead, BufReader};
+    if name.is_empty() || name.len() >= MAX_BARRIER_LINE || name.contains('\n') {
+        return Err(format!("a barrier name is 1 to {} bytes, without newlines", MAX_BARRIER_LINE - 1));
+    }
+    let fd = std::env::var(BARRIER_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("{BARRIER_FD_ENV} is not set: run this from a job that Plush started"))?;
+    let mut sock = crate::sys::inherited_unix_stream(fd).map_err(|e| format!("{BARRIER_FD_ENV}={fd}: {e}"))?;
+    sock.set_read_timeout(timeout).map_err(|e| format!("cannot set the timeout: {e}"))?;
+    sock.write_all(format!("{name}\n").as_bytes()).map_err(|e| format!("cannot reach the client: {e}"))?;
+    let mut reader = BufReader::new(sock);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => return Err("the client went away before the release".into()),
+            Ok(_) => {
+                let got = line.trim_end_matches('\n');
+                if got == name {
+                    return Ok(());
+                }
+                if got.strip_prefix('!') == Some(name) {
+                    return Err("refused by the client (too many barriers at once)".into());
+                }
+                // The answer to another barrier of this job: keep waiting for ours.
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                return Err("timed out before the release".into())
+            }
+            Err(e) => return Err(format!("cannot read from the client: {e}")),
+        }
     }
 }
