@@ -8,8 +8,12 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod apply;
+mod barrier;
 mod client;
 mod run;
+mod session;
+mod shell;
 mod sim;
 
 use clap::{Parser, Subcommand};
@@ -46,6 +50,28 @@ enum Command {
     /// were lost or unreachable are named on stderr. While hosts join and results are pending, a
     /// progress line is shown on stderr when it is a terminal.
     Run(run::RunArgs),
+    /// An interactive controller: the overlay stays up between commands (`run`, `hosts`,
+    /// `tree`, `invite`, `barrier`, `status`, `cancel`, `disconnect`; `help` lists them).
+    ///
+    /// Reads from a terminal with line editing and history, or from a pipe:
+    /// `printf 'run hostname\nhosts\n' | plush shell --local 50`. Every command takes `--json`.
+    Shell(shell::ShellArgs),
+    /// Run an application file: its hosts, then its phases in order, with barriers (full or
+    /// partial) between them and a failure policy per phase (abort, ignore, restart).
+    ///
+    /// The file is TOML: a `[hosts]` table (`local = N`, or `hosts = "node[01-64]"`, or
+    /// `hostfile = "..."`; `exclude`, `launcher`, `port`, `degree`), optional `[sets]` of named
+    /// host sets, and `[[phase]]` tables with `name`, `run` (a command line or a list of
+    /// words), optional `hosts` ("all", a set's name or a host set), `timeout` (seconds),
+    /// `on_failure` ("abort", "ignore", "restart"), `restarts`, and `barrier = { threshold =
+    /// 0.8, timeout = 5 }`. Errors in the file name its line and field (exit 2).
+    Apply(apply::ApplyArgs),
+    /// Enter a barrier of the overlay from a job's process, and wait for its release.
+    ///
+    /// Only inside a job that Plush started: e.g. `plush run ... -- sh -c 'setup; "$PLUSH"
+    /// barrier ready; work'` with a barrier `ready` opened in `plush shell` or an application
+    /// file. Exits 0 once released, 1 when refused or timed out.
+    Barrier(barrier::BarrierArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,7 +79,23 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Sim(args) => sim::run(&args),
         Command::Client(args) => client::run(&args),
-        Command::Run(args) => run::run(&args),
+        Command::Run(args) => {
+            if !args.hosts.given() {
+                use clap::CommandFactory;
+                let mut cmd = Cli::command();
+                let run = cmd.find_subcommand_mut("run").map(|c| c.clone()).unwrap_or(cmd);
+                run.bin_name("plush run")
+                    .error(
+                        clap::error::ErrorKind::MissingRequiredArgument,
+                        "say where to run: one of --local N, -w HOSTS or -f FILE is required",
+                    )
+                    .exit();
+            }
+            run::run(&args)
+        }
+        Command::Barrier(args) => barrier::run(&args),
+        Command::Shell(args) => shell::run(&args),
+        Command::Apply(args) => apply::run(&args),
     }
 }
 

@@ -1,0 +1,343 @@
+//! `plush apply APP.toml`: run an application file (see [`plush::appfile`]): invite its hosts,
+//! run its phases in order with their barriers and failure policies, print each phase's
+//! results grouped, dismantle.
+//!
+//! How a phase runs: one job on the phase's hosts (those joined). Its command is wrapped in a
+//! small `/bin/sh` script on each host that restarts it on failure (`on_failure = "restart"`,
+//! at most `restarts` times; the last exit status counts) and then, when the phase has a
+//! barrier, enters it (`"$PLUSH" barrier NAME`, see [`crate::barrier`]) before exiting with
+//! the command's status. The controller opens the barrier with the phase's threshold and
+//! timeout and starts the next phase when it is released and the hosts that entered gave
+//! their results. Without a barrier, the next phase starts once every host of this one
+//! answered. With `on_failure = "abort"` (the default) a failed host stops the application:
+//! no later phase starts and jobs still running are cancelled. Hosts left behind by a partial
+//! barrier finish in the background; their results are waited for (within their timeouts)
+//! before the end.
+//!
+//! Exit status: the largest over the phases (as `plush run`'s), 255 when a host was
+//! unreachable or lost, 2 for a bad command line or application file (its line and field are
+//! named), 130 after Ctrl-C.
+
+use crate::session::{
+    code_of, ms, print_groups, status_text, HostArgs, LauncherKind, Session, INTERRUPTED, UNREACHABLE,
+};
+use clap::Args;
+use plush::appfile::{self, AppSpec, OnFailure, PhaseSpec, Where};
+use plush_core::{HostState, NodeId};
+use plush_mio::JobSpec;
+use serde_json::json;
+use std::io::Write;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long, after a barrier's release, the results of the hosts that entered it may take.
+const AFTER_RELEASE: Duration = Duration::from_secs(10);
+
+/// Flags of `plush apply`.
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The application file (TOML; see `plush apply --help` for its layout).
+    pub file: std::path::PathBuf,
+    /// Hosts given here replace the file's `[hosts]` table.
+    #[command(flatten)]
+    pub hosts: HostArgs,
+    /// Print JSON lines: per phase its groups (with a `phase` field) and barrier, then a
+    /// summary.
+    #[arg(long)]
+    pub json: bool,
+    /// Check the file and stop.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// The wrapper every phase's command runs in (see the module docs): `$1` restarts allowed,
+/// `$2` the barrier (empty: none), then the command.
+const WRAPPER: &str = r#"r=$1; b=$2; shift 2; n=0
+while :; do "$@"; s=$?
+  [ $s -eq 0 ] && break; [ $n -ge $r ] && break; n=$((n+1))
+  echo "plush: restart $n of $r after exit $s" >&2
+done
+[ -n "$b" ] && "$PLUSH" barrier "$b"
+exit $s"#;
+
+/// What one phase gave.
+struct PhaseRun {
+    job: Option<u64>,
+    targeted: Vec<NodeId>,
+    barrier: Option<String>,
+}
+
+/// Run `plush apply`.
+pub fn run(args: &ApplyArgs) -> ExitCode {
+    let text = match std::fs::read_to_string(&args.file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("plush apply: cannot read {}: {e}", args.file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let app = match appfile::parse(&text) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("plush apply: {}: {e}", args.file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let hosts = if args.hosts.given() { args.hosts.clone() } else { host_args(&app, &args.file) };
+    if args.check {
+        println!("{}: {} phases, valid", args.file.display(), app.phases.len());
+        return ExitCode::SUCCESS;
+    }
+    let mut s = match Session::start(&hosts, "apply") {
+        Ok(s) => s,
+        Err(code) => return ExitCode::from(code),
+    };
+    let code = apply(&mut s, &app, args.json);
+    s.dismantle();
+    drop(s);
+    ExitCode::from(code)
+}
+
+/// The host flags the file's `[hosts]` table stands for (a host file is relative to the file).
+fn host_args(app: &AppSpec, file: &std::path::Path) -> HostArgs {
+    let h = &app.hosts;
+    let dir = file.parent().unwrap_or(std::path::Path::new("."));
+    HostArgs {
+        local: h.local,
+        hosts: h.sets.clone(),
+        hostfile: h.hostfile.as_ref().map(|f| dir.join(f)),
+        exclude: h.exclude.clone(),
+        port: h.port.unwrap_or(crate::session::DEFAULT_PORT),
+        launcher: h.launcher.as_deref().map(|l| match l {
+            "local" => LauncherKind::Local,
+            "ssh" => LauncherKind::Ssh,
+            _ => LauncherKind::Command,
+        }),
+        ssh_options: h.ssh_options.clone(),
+        launcher_command: h.launcher_command.clone(),
+        degree: h.degree.unwrap_or(12),
+    }
+}
+
+fn say(json: bool, text: &str, v: serde_json::Value) {
+    if json {
+        println!("{v}");
+    } else {
+        eprintln!("plush apply: {text}");
+    }
+}
+
+/// Run the phases; returns the exit status.
+fn apply(s: &mut Session, app: &AppSpec, json: bool) -> u8 {
+    let build = s.join();
+    let joined = s.c.count(HostState::Joined);
+    say(
+        json,
+        &format!("{joined}/{} hosts joined in {:.2} s", s.host_count(), build.as_secs_f64()),
+        json!({"joined": joined, "hosts": s.host_count(), "build_ms": ms(build)}),
+    );
+    let stop = crate::session::interrupt_flag();
+    stop.store(false, Ordering::Relaxed);
+    let mut runs: Vec<PhaseRun> = Vec::new();
+    let mut aborted: Option<String> = None;
+    let mut code = 0u8;
+    for (k, p) in app.phases.iter().enumerate() {
+        let targeted = match &p.hosts {
+            Where::All => s.named.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
+            Where::Names(names) => match s.lookup(names) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("plush apply: phase {} (line {}): {e}", p.name, p.line);
+                    code = 2;
+                    aborted = Some(p.name.clone());
+                    break;
+                }
+            },
+        };
+        let run = start_phase(s, k, p, targeted, json);
+        let ok = wait_phase(s, p, &run, json, &stop);
+        runs.push(run);
+        if stop.load(Ordering::Relaxed) {
+            aborted = Some(p.name.clone());
+            code = INTERRUPTED;
+            break;
+        }
+        if !ok && p.on_failure == OnFailure::Abort {
+            say(
+                json,
+                &format!("phase {} failed on some host: aborting", p.name),
+                json!({"phase": p.name, "abort": true}),
+            );
+            aborted = Some(p.name.clone());
+            break;
+        }
+    }
+    if aborted.is_some() {
+        for r in &runs {
+            if let Some(job) = r.job.filter(|j| !s.c.job_settled(*j)) {
+                let _ = s.c.cancel(job);
+            }
+        }
+    }
+    // Stragglers (partial barriers, cancelled jobs): wait for them, within their timeouts.
+    for r in &runs {
+        if let Some(job) = r.job {
+            let _ = s.c.wait_job(job, |_, _, _| {}, || stop.load(Ordering::Relaxed));
+        }
+    }
+    // Results, phase by phase.
+    let mut totals = (0usize, 0usize, 0usize, 0usize);
+    for (r, p) in runs.iter().zip(&app.phases) {
+        let (c, ok, failed, lost, unreachable) = report_phase(s, p, r, json);
+        code = code.max(c);
+        totals.0 += ok;
+        totals.1 += failed;
+        totals.2 += lost;
+        totals.3 += unreachable;
+    }
+    if aborted.is_some() && code == 0 {
+        code = 1;
+    }
+    if json {
+        let v = json!({"summary": {"hosts": s.host_count(), "joined": joined, "phases": app.phases.len(),
+            "phases_run": runs.len(), "aborted": aborted, "ok": totals.0, "failed": totals.1, "lost": totals.2,
+            "unreachable": totals.3, "build_ms": ms(build), "exit": code}});
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{v}");
+        let _ = out.flush();
+    }
+    code
+}
+
+/// Open the phase's barrier and start its job.
+fn start_phase(s: &mut Session, k: usize, p: &PhaseSpec, targeted: Vec<NodeId>, json: bool) -> PhaseRun {
+    let joined: Vec<NodeId> =
+        targeted.iter().filter(|h| s.c.host(h).is_some_and(|i| i.state == HostState::Joined)).copied().collect();
+    let barrier = p.barrier.as_ref().map(|_| format!("phase-{}-{}", k + 1, p.name));
+    if let (Some(b), Some(spec)) = (&barrier, &p.barrier) {
+        let timeout = Duration::from_secs_f64(spec.timeout_s);
+        if let Err(e) = s.c.barrier(b, Some(&joined), spec.threshold, timeout) {
+            eprintln!("plush apply: phase {}: cannot open its barrier: {e}", p.name);
+        }
+    }
+    let restarts = match p.on_failure {
+        OnFailure::Restart(n) => n,
+        _ => 0,
+    };
+    let restarts = restarts.to_string();
+    let mut argv: Vec<&str> =
+        vec!["/bin/sh", "-c", WRAPPER, "plush-phase", &restarts, barrier.as_deref().unwrap_or("")];
+    argv.extend(p.argv.iter().map(String::as_str));
+    let timeout = p.timeout_s.map(Duration::from_secs_f64);
+    let mut job = None;
+    if !joined.is_empty() {
+        match s.c.start_job(JobSpec { argv: &argv, target: Some(&joined), timeout, stream: false, env: &[] }) {
+            Ok(j) => job = Some(j),
+            Err(e) => eprintln!("plush apply: phase {}: cannot start: {e}", p.name),
+        }
+    }
+    say(
+        json,
+        &format!("phase {} started on {} hosts", p.name, joined.len()),
+        json!({"phase": p.name, "started": joined.len()}),
+    );
+    PhaseRun { job, targeted, barrier }
+}
+
+/// Wait until the next phase may start (see the module docs); false when a host failed.
+fn wait_phase(s: &mut Session, p: &PhaseSpec, r: &PhaseRun, json: bool, stop: &AtomicBool) -> bool {
+    let Some(job) = r.job else { return true };
+    match &r.barrier {
+        None => {
+            if let Err(e) = s.c.wait_job(job, |_, _, _| {}, || stop.load(Ordering::Relaxed)) {
+                eprintln!("plush apply: the event loop failed: {e}");
+            }
+        }
+        Some(b) => {
+            let mut released_at: Option<Instant> = None;
+            loop {
+                if stop.load(Ordering::Relaxed) || s.c.job_settled(job) {
+                    break;
+                }
+                if let Some(info) = s.c.barrier_info(b).filter(|i| i.released) {
+                    let at = *released_at.get_or_insert_with(Instant::now);
+                    let got = s.c.job_progress(job).map_or(0, |(g, _)| g);
+                    if u64::try_from(got).unwrap_or(u64::MAX) >= info.entered || at.elapsed() >= AFTER_RELEASE {
+                        break;
+                    }
+                }
+                if let Err(e) = s.c.pump(Duration::from_millis(50)) {
+                    eprintln!("plush apply: the event loop failed: {e}");
+                    break;
+                }
+            }
+            if let Some(info) = s.c.barrier_info(b) {
+                let how = match (info.released, info.partial) {
+                    (false, _) => "not released",
+                    (true, true) => "partially released",
+                    (true, false) => "released",
+                };
+                say(
+                    json,
+                    &format!("barrier after {}: {how}, {}/{} entered", p.name, info.entered, info.expected),
+                    json!({"phase": p.name, "barrier": b, "released": info.released, "partial": info.partial,
+                           "entered": info.entered, "expected": info.expected}),
+                );
+            }
+        }
+    }
+    let outcome = s.c.job_outcome(job);
+    !outcome.groups.iter().any(|g| status_text(&g.status).is_some())
+}
+
+/// Print one phase's groups (and name its failures); returns (code, ok, failed, lost,
+/// unreachable).
+fn report_phase(s: &mut Session, p: &PhaseSpec, r: &PhaseRun, json: bool) -> (u8, usize, usize, usize, usize) {
+    let out = r.job.map(|j| s.c.job_outcome(j));
+    let mut groups = out.as_ref().map_or_else(Vec::new, |o| o.groups.clone());
+    groups.sort_by(|a, b| b.nodes.len().cmp(&a.nodes.len()).then_with(|| a.nodes.first().cmp(&b.nodes.first())));
+    if json {
+        let mut o = std::io::stdout().lock();
+        for g in &groups {
+            let status = status_text(&g.status);
+            let v = json!({"phase": p.name, "nodes": s.fold(&g.nodes), "count": g.nodes.len(), "exit": code_of(&g.status),
+                           "status": status.as_deref().unwrap_or("ok"), "truncated": g.truncated,
+                           "output": String::from_utf8_lossy(&g.output)});
+            let _ = writeln!(o, "{v}");
+        }
+    } else {
+        println!("=== phase {} ({} hosts)", p.name, r.targeted.len());
+        print_groups(&s.labels, &groups, false);
+    }
+    let (mut ok, mut failed) = (0, 0);
+    for g in &groups {
+        match status_text(&g.status) {
+            None => ok += g.nodes.len(),
+            Some(why) => {
+                failed += g.nodes.len();
+                for h in &g.nodes {
+                    eprintln!("plush: {}: phase {}: {why}", s.label(h), p.name);
+                }
+            }
+        }
+    }
+    let answered: std::collections::BTreeSet<NodeId> = groups.iter().flat_map(|g| g.nodes.iter().copied()).collect();
+    let missing = out.as_ref().map_or_else(Vec::new, |o| o.missing.clone());
+    let lost = missing.iter().filter(|h| !answered.contains(h)).count();
+    for h in missing.iter().filter(|h| !answered.contains(h)) {
+        eprintln!("plush: {}: phase {}: lost (joined, gave no result)", s.label(h), p.name);
+    }
+    let expected: std::collections::BTreeSet<NodeId> = out.as_ref().map_or_else(Default::default, |o| {
+        o.groups.iter().flat_map(|g| g.nodes.iter().copied()).chain(o.missing.iter().copied()).collect()
+    });
+    let unreachable: Vec<&NodeId> = r.targeted.iter().filter(|h| !expected.contains(h)).collect();
+    for h in &unreachable {
+        eprintln!("plush: {}: phase {}: unreachable (not joined)", s.label(h), p.name);
+    }
+    let mut code = groups.iter().map(|g| code_of(&g.status)).max().unwrap_or(0);
+    if lost > 0 || !unreachable.is_empty() {
+        code = UNREACHABLE;
+    }
+    (code, ok, failed, lost, unreachable.len())
+}

@@ -1,0 +1,786 @@
+//! What `plush run`, `plush shell` and `plush apply` share: the host flags ([`HostArgs`]),
+//! starting a controller and inviting the hosts ([`Session::start`], [`Session::join`]),
+//! naming and folding hosts in output, printing a job's results grouped as `clush -b` does or
+//! as JSON lines ([`Session::report`]), and dismantling ([`Session::dismantle`]).
+//!
+//! Hosts come from one of:
+//! - `--local N`: N clients on this machine, on the loopback addresses 127.0.0.1, 127.0.0.2, ...
+//!   (`NodeId::loopback`), all on one port free on every one of them, started by the local
+//!   launcher. Output names them by address.
+//! - `-w HOSTS` (pdsh/ClusterShell host sets, repeatable) or `-f FILE`, less `-x HOSTS`: each
+//!   name is resolved, and its client listens on `name:--port`. Clients are started where none
+//!   answers by `--launcher` (ssh by default: the system ssh in batch mode, which copies the
+//!   binary where it is missing). Output names them by the names given, folded. A name that
+//!   does not resolve is unreachable (named on stderr), not a usage error.
+//!
+//! Exit status of a job, as clush's: the largest remote exit status, where a signal `n` counts
+//! as `128 + n` (the shell's convention), a command that could not be started as 127, a
+//! timed-out or cancelled command as 255; 255 when any host was unreachable or lost.
+
+use clap::Args;
+use plush::hostset::{addr_label, common_port, expand, fold_addrs, fold_names};
+use plush_core::wire::ExitStatus;
+use plush_core::{Config, HostState, NodeId};
+use plush_mio::{Cluster, ClusterConfig, JobSpec, LaunchMethod, ResultGroup, RunOutcome, SshLaunch};
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::{IsTerminal, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Most local clients: the loopback addresses 127.0.0.1 to 127.0.255.254.
+pub const MAX_LOCAL: u32 = 65_534;
+/// Largest degree: a sibling list on the wire holds at most this many entries.
+pub const MAX_DEGREE: u32 = plush_core::wire::MAX_LIST as u32;
+/// Exit status for "some host could not be reached, or was lost" (clush's).
+pub const UNREACHABLE: u8 = 255;
+/// Exit status after Ctrl-C (the shell's 128 + SIGINT).
+pub const INTERRUPTED: u8 = 130;
+/// The port clients listen on, on hosts given with -w/-f, unless --port says otherwise.
+pub const DEFAULT_PORT: u16 = 47_470;
+/// The progress line is redrawn at most this often.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+/// Partial live-output lines kept per host (`--stream`); a longer line is printed in pieces.
+const MAX_PARTIAL_LINE: usize = 64 << 10;
+
+/// The hosts to work on and how to reach them (shared by `run`, `shell`, `apply`).
+#[derive(Clone, Debug, Default, Args)]
+#[command(group(clap::ArgGroup::new("targets").multiple(false)))]
+pub struct HostArgs {
+    /// Start N clients on this machine (1 to 65534), each on its own loopback address
+    /// (127.0.0.1, 127.0.0.2, ...): no setup needed.
+    #[arg(long, value_name = "N", group = "targets",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_LOCAL)))]
+    pub local: Option<u32>,
+
+    /// Hosts, in pdsh/ClusterShell syntax: `node[01-64,70]`, `10.0.0.[1-254]`, comma lists.
+    /// May be given more than once.
+    #[arg(short = 'w', value_name = "HOSTS", group = "targets")]
+    pub hosts: Vec<String>,
+
+    /// A file of hosts: one host or host set per line; blank lines and `#` comments skipped.
+    #[arg(short = 'f', long = "hostfile", value_name = "FILE", group = "targets")]
+    pub hostfile: Option<std::path::PathBuf>,
+
+    /// Hosts to leave out (same syntax as -w). May be given more than once.
+    #[arg(short = 'x', value_name = "HOSTS")]
+    pub exclude: Vec<String>,
+
+    /// The port every client listens on, on its host (with -w/-f).
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+
+    /// How clients are started where none answers: `local` (a process on this machine, on the
+    /// host's address: the default with --local), `ssh` (the system ssh in batch mode; copies
+    /// the plush binary where it is missing: the default with -w/-f), or `command` (see
+    /// --launcher-command).
+    #[arg(long, value_enum)]
+    pub launcher: Option<LauncherKind>,
+
+    /// An option for ssh, passed before the host name (e.g. `--ssh-option=-F/path/config`,
+    /// `--ssh-option=-oPort=2222`). May be given more than once.
+    #[arg(long = "ssh-option", value_name = "OPT", allow_hyphen_values = true)]
+    pub ssh_options: Vec<String>,
+
+    /// With `--launcher command`: a shell command that starts a client, with `{host}`,
+    /// `{addr}`, `{ip}`, `{port}` and `{plush}` (this plush binary) replaced, shell-quoted. The
+    /// cluster key is on its stdin: the client reads it with `--key-file -`. Example:
+    /// `ssh {host} plush client --listen {addr} --key-file -`.
+    #[arg(long, value_name = "TEMPLATE")]
+    pub launcher_command: Option<String>,
+
+    /// Most children of any node in the tree. Clients started by the local and ssh launchers
+    /// get it (`plush client --max-children D`); a `--launcher-command` template must pass it
+    /// itself. Clients already running keep theirs.
+    #[arg(long, value_name = "D", default_value_t = 12,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_DEGREE)))]
+    pub degree: u32,
+}
+
+impl HostArgs {
+    /// Hosts given at all (`--local`, `-w` or `-f`).
+    pub fn given(&self) -> bool {
+        self.local.is_some() || !self.hosts.is_empty() || self.hostfile.is_some()
+    }
+}
+
+/// The launchers `--launcher` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LauncherKind {
+    /// A client process on this machine.
+    Local,
+    /// The system ssh client.
+    Ssh,
+    /// A user command (--launcher-command).
+    Command,
+}
+
+/// How long the hosts may take to join: 20 s plus 10 ms per host.
+pub fn join_deadline(n: usize) -> Duration {
+    Duration::from_secs(20) + Duration::from_millis(10) * u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// How long the clients may take to exit once dismantled, before they are killed: 10 s plus
+/// 2 ms per host.
+pub fn dismantle_deadline(n: usize) -> Duration {
+    Duration::from_secs(10) + Duration::from_millis(2) * u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// The exit status one host's result stands for (see the module docs).
+pub fn code_of(status: &ExitStatus) -> u8 {
+    match *status {
+        ExitStatus::Exited(c) => u8::try_from(c).unwrap_or(UNREACHABLE),
+        ExitStatus::Signaled(n) => u8::try_from(128 + i64::from(n)).unwrap_or(UNREACHABLE),
+        ExitStatus::SpawnFailed => 127,
+        ExitStatus::TimedOut | ExitStatus::Cancelled => UNREACHABLE,
+    }
+}
+
+/// How a result is named in headers and on stderr; `None` for success.
+pub fn status_text(status: &ExitStatus) -> Option<String> {
+    match *status {
+        ExitStatus::Exited(0) => None,
+        ExitStatus::Exited(c) => Some(format!("exit {c}")),
+        ExitStatus::Signaled(n) => Some(format!("signal {n}")),
+        ExitStatus::TimedOut => Some("timed out".into()),
+        ExitStatus::Cancelled => Some("cancelled".into()),
+        ExitStatus::SpawnFailed => Some("spawn failed".into()),
+    }
+}
+
+/// A port free on every one of `n` loopback addresses (bound and released at once), searched
+/// below the ephemeral range from a start that differs between runs.
+fn free_port(n: u32) -> Option<u16> {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let start = u64::from(nanos ^ std::process::id().wrapping_mul(2_654_435_761));
+    (0..64u64)
+        .map(|k| 20_000 + ((start + k * 7_919) % 12_000) as u16)
+        .find(|&port| (0..n).all(|i| TcpListener::bind(NodeId::loopback(i, port).addr()).is_ok()))
+}
+
+/// The progress line on stderr, only when stderr is a terminal: redrawn in place with `\r`.
+pub struct Progress {
+    on: bool,
+    t0: Instant,
+    last: Option<Instant>,
+}
+
+impl Progress {
+    /// A progress line timed from `t0`; shown only when stderr is a terminal.
+    pub fn new(t0: Instant) -> Progress {
+        Progress { on: std::io::stderr().is_terminal(), t0, last: None }
+    }
+
+    /// Redraw (at most every 100 ms): hosts joined of expected, results of expected.
+    pub fn show(&mut self, joined: usize, results: Option<(usize, usize)>, expected: usize) {
+        if !self.on || self.last.is_some_and(|l| l.elapsed() < PROGRESS_EVERY) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let results = results.map_or(String::new(), |(r, e)| format!("  results {r}/{e}"));
+        let secs = self.t0.elapsed().as_secs_f64();
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\rjoined {joined}/{expected}{results}  {secs:.1}s\x1b[K");
+        let _ = err.flush();
+    }
+
+    /// Erase the line, if one is shown.
+    pub fn clear(&mut self) {
+        if self.on && self.last.take().is_some() {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[K");
+            let _ = err.flush();
+        }
+    }
+}
+
+/// Whole milliseconds, for JSON.
+pub fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The hosts to run on: (id, name) pairs, in order, and what could not be resolved (by name).
+pub type HostList = (Vec<(NodeId, String)>, Vec<(String, String)>);
+
+/// The names of host sets (`-w` syntax) and a host file, less exclusions, in order, each once.
+pub fn host_names(
+    sets: &[String],
+    hostfile: Option<&std::path::Path>,
+    exclude: &[String],
+) -> Result<Vec<String>, String> {
+    let mut sets: Vec<String> = sets.to_vec();
+    if let Some(path) = hostfile {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        for (k, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            expand(line).map_err(|e| format!("{}:{}: {e}", path.display(), k + 1))?;
+            sets.push(line.to_owned());
+        }
+    }
+    let mut names = Vec::new();
+    for set in &sets {
+        names.extend(expand(set)?);
+    }
+    let mut excluded = std::collections::HashSet::new();
+    for set in exclude {
+        excluded.extend(expand(set)?);
+    }
+    let mut seen = std::collections::HashSet::new();
+    names.retain(|n| !excluded.contains(n) && seen.insert(n.clone()));
+    if names.is_empty() {
+        return Err("no hosts left to run on".into());
+    }
+    Ok(names)
+}
+
+/// Resolve each name to the address its client listens on (`name:port`, the first address).
+/// Two names for one address are refused: a host is one client.
+pub fn resolve(names: Vec<String>, port: u16) -> Result<HostList, String> {
+    use std::net::ToSocketAddrs;
+    let (mut hosts, mut unresolved) = (Vec::new(), Vec::new());
+    let mut by_addr: HashMap<NodeId, String> = HashMap::new();
+    for name in names {
+        match (name.as_str(), port).to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(addr)) => {
+                let id = NodeId::new(addr);
+                if let Some(other) = by_addr.insert(id, name.clone()) {
+                    return Err(format!("{other} and {name} are the same address {addr}"));
+                }
+                hosts.push((id, name));
+            }
+            Ok(None) => unresolved.push((name, "the name has no address".to_owned())),
+            Err(e) => unresolved.push((name, format!("cannot resolve: {e}"))),
+        }
+    }
+    Ok((hosts, unresolved))
+}
+
+/// The launch method for `kind`; `None` is the cluster's default (local).
+fn launch_method(args: &HostArgs, kind: LauncherKind) -> Result<Option<LaunchMethod>, String> {
+    if args.launcher_command.is_some() != (kind == LauncherKind::Command) {
+        return Err("--launcher-command goes with --launcher command, and only with it".into());
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find the plush binary: {e}"))?;
+    Ok(match kind {
+        LauncherKind::Local => None,
+        LauncherKind::Ssh => {
+            let mut ssh = SshLaunch::new(exe, args.ssh_options.clone())
+                .map_err(|e| format!("cannot read the plush binary: {e}"))?;
+            ssh.client_args = vec!["--max-children".into(), args.degree.to_string()];
+            Some(LaunchMethod::Ssh(ssh))
+        }
+        LauncherKind::Command => {
+            Some(LaunchMethod::Command { template: args.launcher_command.clone().unwrap_or_default(), plush: exe })
+        }
+    })
+}
+
+/// Ctrl-C: set by SIGINT once [`interrupt_flag`] was called; jobs waiting see it and cancel.
+pub fn interrupt_flag() -> Arc<AtomicBool> {
+    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    Arc::clone(FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        // Without the handler Ctrl-C kills plush and the clients are left to expire by
+        // themselves (2 min): not fatal.
+        let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&flag));
+        flag
+    }))
+}
+
+/// How a job's results are printed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PrintOpts {
+    /// JSON lines instead of `clush -b`'s layout.
+    pub json: bool,
+    /// Live `host: line` output as it arrives (JSON: `{"node", "line"}` objects).
+    pub stream: bool,
+}
+
+/// What a job gave, counted for its summary.
+#[derive(Clone, Debug, Default)]
+pub struct JobSummary {
+    /// The exit status it stands for.
+    pub code: u8,
+    /// Hosts that succeeded.
+    pub ok: usize,
+    /// Hosts with a result other than success.
+    pub failed: usize,
+    /// Hosts joined when it started that gave no result.
+    pub lost: usize,
+    /// Hosts not joined when it started.
+    pub unreachable: usize,
+    /// Hosts that failed, by their status text: for failure policies.
+    pub failed_hosts: Vec<NodeId>,
+    /// The job's own time.
+    pub run_ms: u64,
+    /// Interrupted by Ctrl-C (and cancelled).
+    pub interrupted: bool,
+}
+
+/// How hosts are named in output.
+pub struct Labels {
+    names: HashMap<NodeId, String>,
+    label_by_name: bool,
+    common: Option<u16>,
+}
+
+impl Labels {
+    /// How a host is named in output: its name, or its address (with `--local`).
+    pub fn label(&self, h: &NodeId) -> String {
+        match self.names.get(h) {
+            Some(name) if self.label_by_name => name.clone(),
+            _ => addr_label(&h.addr(), self.common),
+        }
+    }
+
+    /// Hosts folded as a node set (`node[01-04]`, `127.0.0.[1-20]`).
+    pub fn fold(&self, nodes: &[NodeId]) -> String {
+        if self.label_by_name {
+            let v: Vec<String> = nodes.iter().map(|h| self.label(h)).collect();
+            fold_names(&v)
+        } else {
+            let addrs: Vec<SocketAddr> = nodes.iter().map(NodeId::addr).collect();
+            fold_addrs(&addrs)
+        }
+    }
+}
+
+/// Live output being printed: per host, the partial line not printed yet and the bytes seen.
+#[derive(Default)]
+struct Streamed {
+    partial: BTreeMap<NodeId, Vec<u8>>,
+    seen: BTreeMap<NodeId, usize>,
+}
+
+impl Streamed {
+    /// Print the complete lines of `chunks` (`host: line`, or JSON objects).
+    fn print(&mut self, labels: &Labels, chunks: Vec<(NodeId, Vec<u8>)>, json: bool) {
+        if chunks.is_empty() {
+            return;
+        }
+        let mut out = std::io::stdout().lock();
+        for (node, bytes) in chunks {
+            *self.seen.entry(node).or_default() += bytes.len();
+            let buf = self.partial.entry(node).or_default();
+            buf.extend_from_slice(&bytes);
+            loop {
+                let cut = match buf.iter().position(|&b| b == b'\n') {
+                    Some(k) => (k, k + 1),
+                    None if buf.len() >= MAX_PARTIAL_LINE => (buf.len(), buf.len()),
+                    None => break,
+                };
+                let line: Vec<u8> = buf.drain(..cut.1).take(cut.0).collect();
+                print_line(&mut out, labels, node, &line, json);
+            }
+        }
+        let _ = out.flush();
+    }
+
+    /// Print what is left: partial lines, and in full the output of hosts whose live output
+    /// lost bytes on the way (the core limits its rate), so nothing is missing.
+    fn finish(&mut self, labels: &Labels, groups: &[ResultGroup], json: bool) {
+        let mut out = std::io::stdout().lock();
+        for (node, rest) in std::mem::take(&mut self.partial) {
+            if !rest.is_empty() {
+                print_line(&mut out, labels, node, &rest, json);
+            }
+        }
+        for g in groups {
+            for node in &g.nodes {
+                let seen = self.seen.get(node).copied().unwrap_or(0);
+                if seen >= g.output.len() {
+                    continue;
+                }
+                if seen > 0 {
+                    eprintln!("plush: {}: some live output was dropped; its whole output follows", labels.label(node));
+                }
+                for line in g.output.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                    print_line(&mut out, labels, *node, line, json);
+                }
+            }
+        }
+        let _ = out.flush();
+    }
+}
+
+fn print_line(out: &mut impl Write, labels: &Labels, node: NodeId, line: &[u8], json: bool) {
+    if json {
+        let v = json!({"node": labels.label(&node), "line": String::from_utf8_lossy(line)});
+        let _ = writeln!(out, "{v}");
+    } else {
+        let _ = write!(out, "{}: ", labels.label(&node));
+        let _ = out.write_all(line);
+        let _ = out.write_all(b"\n");
+    }
+}
+
+/// A controller with its hosts: see the module docs.
+pub struct Session {
+    /// The controller.
+    pub c: Cluster,
+    /// Every host invited, with its name, in order.
+    pub named: Vec<(NodeId, String)>,
+    /// Names that could not be resolved, and why.
+    pub unresolved: Vec<(String, String)>,
+    /// How hosts are named.
+    pub labels: Labels,
+    /// The progress line.
+    pub progress: Progress,
+    /// When the session started.
+    pub t0: Instant,
+    cmd: &'static str,
+    port: u16,
+    /// Clients are started by the local launcher (their pids are the clients').
+    pub local_launcher: bool,
+}
+
+impl Session {
+    /// Start a controller for `args` and invite its hosts (errors are printed as `plush CMD:
+    /// ...`; the `Err` is the exit status: 2 for a usage error, 255 when the controller cannot
+    /// start). Without hosts (none given), none is invited: see [`Session::invite_sets`].
+    pub fn start(args: &HostArgs, cmd: &'static str) -> Result<Session, u8> {
+        let (hosts, unresolved, label_by_name) = if let Some(n) = args.local {
+            let Some(port) = free_port(n) else {
+                eprintln!("plush {cmd}: no port is free on all of the {n} loopback addresses");
+                return Err(UNREACHABLE);
+            };
+            let hosts: Vec<(NodeId, String)> =
+                (0..n).map(|i| NodeId::loopback(i, port)).map(|id| (id, id.addr().ip().to_string())).collect();
+            (hosts, Vec::new(), false)
+        } else if args.given() {
+            match host_names(&args.hosts, args.hostfile.as_deref(), &args.exclude).and_then(|n| resolve(n, args.port)) {
+                Ok((hosts, unresolved)) => (hosts, unresolved, true),
+                Err(e) => {
+                    eprintln!("plush {cmd}: {e}");
+                    return Err(2);
+                }
+            }
+        } else {
+            (Vec::new(), Vec::new(), true)
+        };
+        let kind = args.launcher.unwrap_or(if args.local.is_some() { LauncherKind::Local } else { LauncherKind::Ssh });
+        let method = match launch_method(args, kind) {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("plush {cmd}: {e}");
+                return Err(2);
+            }
+        };
+        let core = Config { max_children: args.degree as usize, ..Config::default() };
+        let launch_timeout =
+            if kind == LauncherKind::Local { Duration::from_secs(10) } else { Duration::from_secs(60) };
+        let client_args = vec!["client".into(), "--max-children".into(), args.degree.to_string().into()];
+        let cfg = ClusterConfig { core, method, launch_timeout, client_args, ..ClusterConfig::default() };
+        let c = match Cluster::start(cfg) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("plush {cmd}: cannot start the controller: {e}");
+                return Err(UNREACHABLE);
+            }
+        };
+        let t0 = Instant::now();
+        let mut s = Session {
+            c,
+            named: Vec::new(),
+            unresolved,
+            labels: Labels { names: HashMap::new(), label_by_name, common: None },
+            progress: Progress::new(t0),
+            t0,
+            cmd,
+            port: args.port,
+            local_launcher: kind == LauncherKind::Local,
+        };
+        s.invite(hosts);
+        Ok(s)
+    }
+
+    /// Invite more hosts (those already invited are skipped); returns how many were new.
+    pub fn invite(&mut self, hosts: Vec<(NodeId, String)>) -> usize {
+        let fresh: Vec<(NodeId, String)> =
+            hosts.into_iter().filter(|(id, _)| !self.labels.names.contains_key(id)).collect();
+        for (id, name) in &fresh {
+            self.labels.names.insert(*id, name.clone());
+        }
+        self.named.extend(fresh.iter().cloned());
+        let all: Vec<SocketAddr> = self.named.iter().map(|(id, _)| id.addr()).collect();
+        self.labels.common = common_port(&all);
+        self.c.add_named_hosts(&fresh);
+        fresh.len()
+    }
+
+    /// Resolve host sets (`-w` syntax, at `--port`) and invite them; returns how many were new.
+    /// Names that do not resolve are added to the unreachable ones.
+    pub fn invite_sets(&mut self, sets: &[String]) -> Result<usize, String> {
+        let names = host_names(sets, None, &[])?;
+        let (hosts, unresolved) = resolve(names, self.port)?;
+        self.unresolved.extend(unresolved);
+        Ok(self.invite(hosts))
+    }
+
+    /// Hosts invited, and names that did not resolve.
+    pub fn host_count(&self) -> usize {
+        self.named.len() + self.unresolved.len()
+    }
+
+    /// Wait until every host invited joined or failed, at most [`join_deadline`], with the
+    /// progress line; returns the time since the session started.
+    pub fn join(&mut self) -> Duration {
+        let n = self.host_count();
+        let want = self.named.len();
+        let progress = &mut self.progress;
+        let settled = self.c.wait_until(join_deadline(n), |c| {
+            let joined = c.count(HostState::Joined);
+            progress.show(joined, None, n);
+            joined + c.count(HostState::Failed) >= want
+        });
+        self.progress.clear();
+        if let Err(e) = settled {
+            eprintln!("plush {}: the event loop failed: {e}", self.cmd);
+        }
+        self.t0.elapsed()
+    }
+
+    /// How a host is named in output.
+    pub fn label(&self, h: &NodeId) -> String {
+        self.labels.label(h)
+    }
+
+    /// Hosts folded as a node set.
+    pub fn fold(&self, nodes: &[NodeId]) -> String {
+        self.labels.fold(nodes)
+    }
+
+    /// Hosts currently joined.
+    pub fn joined(&self) -> BTreeSet<NodeId> {
+        self.c.hosts().filter(|(_, h)| h.state == HostState::Joined).map(|(id, _)| *id).collect()
+    }
+
+    /// Resolve names (host-set syntax) among the invited hosts: by name, or by address.
+    pub fn lookup(&self, sets: &[String]) -> Result<Vec<NodeId>, String> {
+        let names = host_names(sets, None, &[])?;
+        let mut out = Vec::new();
+        for name in names {
+            let found = self
+                .named
+                .iter()
+                .find(|(id, n)| *n == name || id.addr().ip().to_string() == name || id.addr().to_string() == name);
+            match found {
+                Some((id, _)) => out.push(*id),
+                None => return Err(format!("{name} is not one of this session's hosts")),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Run a job and print its results; see [`PrintOpts`]. Ctrl-C cancels it. Hosts that did
+    /// not succeed are named on stderr with the reason.
+    pub fn run_job(&mut self, spec: JobSpec<'_>, opts: PrintOpts) -> JobSummary {
+        let joined_before: BTreeSet<NodeId> = self.joined();
+        let targeted: Vec<NodeId> = match spec.target {
+            Some(t) => t.to_vec(),
+            None => self.named.iter().map(|(id, _)| *id).collect(),
+        };
+        let joined: BTreeSet<NodeId> = targeted.iter().filter(|h| joined_before.contains(h)).copied().collect();
+        let mut summary = JobSummary::default();
+        let mut out = RunOutcome {
+            job: 0,
+            groups: Vec::new(),
+            reports: 0,
+            complete: false,
+            missing: Vec::new(),
+            elapsed: Duration::ZERO,
+        };
+        let mut streamed = Streamed::default();
+        if !joined.is_empty() {
+            let spec = JobSpec { stream: spec.stream || opts.stream, ..spec };
+            match self.c.start_job(spec) {
+                Ok(job) => {
+                    let stop = interrupt_flag();
+                    stop.store(false, Ordering::Relaxed);
+                    let n = self.host_count();
+                    let mut waited = self.wait_streaming(job, n, opts, &stop, &mut streamed);
+                    if stop.swap(false, Ordering::Relaxed) {
+                        summary.interrupted = true;
+                        eprintln!("plush {}: interrupted: cancelling the job", self.cmd);
+                        if let Err(e) = self.c.cancel(job) {
+                            eprintln!("plush {}: cannot cancel: {e}", self.cmd);
+                        }
+                        // The cancelled hosts answer quickly; a second Ctrl-C stops waiting.
+                        waited = self.wait_streaming(job, n, opts, &stop, &mut streamed);
+                    }
+                    match waited {
+                        Ok(o) => out = o,
+                        Err(e) => eprintln!("plush {}: the event loop failed: {e}", self.cmd),
+                    }
+                }
+                Err(e) => eprintln!("plush {}: the command could not be run: {e}", self.cmd),
+            }
+        }
+        self.progress.clear();
+        summary.run_ms = ms(out.elapsed);
+        let mut groups = out.groups;
+        groups.sort_by(|a, b| b.nodes.len().cmp(&a.nodes.len()).then_with(|| a.nodes.first().cmp(&b.nodes.first())));
+        if opts.stream {
+            streamed.finish(&self.labels, &groups, opts.json);
+        } else {
+            print_groups(&self.labels, &groups, opts.json);
+        }
+
+        let answered: BTreeSet<NodeId> = groups.iter().flat_map(|g| g.nodes.iter().copied()).collect();
+        let mut err = std::io::stderr().lock();
+        for g in &groups {
+            match status_text(&g.status) {
+                None => summary.ok += g.nodes.len(),
+                Some(why) => {
+                    summary.failed += g.nodes.len();
+                    summary.failed_hosts.extend(g.nodes.iter().copied());
+                    for h in &g.nodes {
+                        let _ = writeln!(err, "plush: {}: {why}", self.label(h));
+                    }
+                }
+            }
+        }
+        let lost: Vec<NodeId> = joined.iter().filter(|h| !answered.contains(h)).copied().collect();
+        for h in &lost {
+            let now = self.c.host(h).map_or(HostState::Pending, |i| i.state);
+            let _ = writeln!(err, "plush: {}: lost (joined, gave no result; now {now:?})", self.label(h));
+        }
+        let unreachable: Vec<NodeId> =
+            targeted.iter().filter(|h| !joined.contains(h) && !answered.contains(h)).copied().collect();
+        let deadline = join_deadline(self.host_count());
+        for h in &unreachable {
+            let why = match self.c.host(h) {
+                Some(i) if i.state == HostState::Failed => i.why.unwrap_or("failed").to_owned(),
+                Some(i) => match i.why {
+                    Some(why) => format!("not joined within {deadline:?}: {why}"),
+                    None => format!("not joined within {deadline:?} ({:?})", i.state),
+                },
+                None => "never invited".to_owned(),
+            };
+            let _ = writeln!(err, "plush: {}: unreachable: {why}", self.label(h));
+        }
+        let unresolved = if spec.target.is_none() { self.unresolved.len() } else { 0 };
+        if spec.target.is_none() {
+            for (name, why) in &self.unresolved {
+                let _ = writeln!(err, "plush: {name}: unreachable: {why}");
+            }
+        }
+        drop(err);
+        summary.lost = lost.len();
+        summary.unreachable = unreachable.len() + unresolved;
+        summary.code = groups.iter().map(|g| code_of(&g.status)).max().unwrap_or(0);
+        if summary.lost > 0 || summary.unreachable > 0 {
+            summary.code = UNREACHABLE;
+        }
+        summary
+    }
+
+    /// Wait for `job`, printing live output with `--stream`, until settled or Ctrl-C.
+    fn wait_streaming(
+        &mut self,
+        job: u64,
+        n: usize,
+        opts: PrintOpts,
+        stop: &AtomicBool,
+        streamed: &mut Streamed,
+    ) -> std::io::Result<RunOutcome> {
+        let Session { c, labels, progress, cmd, .. } = self;
+        let mut dropped = 0;
+        let r = c.wait_job(
+            job,
+            |c, got, expected| {
+                if opts.stream {
+                    let (chunks, d) = c.take_streams(job);
+                    dropped += d;
+                    streamed.print(labels, chunks, opts.json);
+                } else {
+                    progress.show(c.count(HostState::Joined), Some((got, expected)), n);
+                }
+            },
+            || stop.load(Ordering::Relaxed),
+        );
+        let (chunks, d) = c.take_streams(job);
+        streamed.print(labels, chunks, opts.json);
+        if dropped + d > 0 {
+            eprintln!("plush {cmd}: {} chunks of live output were dropped (too many at once)", dropped + d);
+        }
+        r
+    }
+
+    /// Dismantle the overlay: wait at most [`dismantle_deadline`] for every client to exit,
+    /// then kill and reap the rest. Returns how long it took.
+    pub fn dismantle(&mut self) -> Duration {
+        let d0 = Instant::now();
+        match self.c.dismantle(dismantle_deadline(self.host_count())) {
+            Ok(d) if d.killed > 0 => {
+                eprintln!("plush {}: {} clients did not exit when dismantled; killed", self.cmd, d.killed)
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("plush {}: dismantling failed: {e}", self.cmd),
+        }
+        let left = self.c.launched_pids();
+        if !left.is_empty() {
+            eprintln!("plush {}: {} clients still running after the dismantle; killing them", self.cmd, left.len());
+        }
+        d0.elapsed()
+    }
+}
+
+/// Print the groups on stdout: `clush -b`'s layout, or JSON lines. Write errors (a closed pipe)
+/// are ignored: the hosts must still be dismantled.
+pub fn print_groups(labels: &Labels, groups: &[ResultGroup], json: bool) {
+    let mut out = std::io::stdout().lock();
+    for g in groups {
+        let nodes = labels.fold(&g.nodes);
+        let status = status_text(&g.status);
+        if json {
+            let line = json!({
+                "nodes": nodes,
+                "count": g.nodes.len(),
+                "exit": code_of(&g.status),
+                "status": status.as_deref().unwrap_or("ok"),
+                "truncated": g.truncated,
+                "output": String::from_utf8_lossy(&g.output),
+            });
+            let _ = writeln!(out, "{line}");
+        } else {
+            let mut header = format!("{nodes} ({})", g.nodes.len());
+            if let Some(s) = status {
+                header.push(' ');
+                header.push_str(&s);
+            }
+            if g.truncated {
+                header.push_str(" [output truncated]");
+            }
+            let _ = writeln!(out, "---------------\n{header}\n---------------");
+            let _ = out.write_all(&g.output);
+            if !g.output.is_empty() && !g.output.ends_with(b"\n") {
+                let _ = out.write_all(b"\n");
+            }
+        }
+    }
+    let _ = out.flush();
+}
+
+/// A JSON summary line of a job: `{"summary": {...}}` with the counts, `joined` (hosts
+/// joined or answering) and times; `extra` fields are added.
+pub fn summary_json(s: &JobSummary, hosts: usize, extra: &[(&str, Value)]) -> Value {
+    let mut m = serde_json::Map::new();
+    m.insert("hosts".into(), json!(hosts));
+    m.insert("joined".into(), json!(s.ok + s.failed + s.lost));
+    m.insert("ok".into(), json!(s.ok));
+    m.insert("failed".into(), json!(s.failed));
+    m.insert("unreachable".into(), json!(s.unreachable));
+    m.insert("lost".into(), json!(s.lost));
+    m.insert("run_ms".into(), json!(s.run_ms));
+    m.insert("exit".into(), json!(s.code));
+    for (k, v) in extra {
+        m.insert((*k).into(), v.clone());
+    }
+    json!({ "summary": Value::Object(m) })
+}
