@@ -539,6 +539,11 @@ impl Control {
             ControlMsg::GetStatus => {
                 // A node on its way back into the tree counts as present: it was not lost.
                 let joined = matches!(tree.state(), TreeState::Joined | TreeState::Joining);
+                if joined {
+                    // A root checks on us: if it is another tree's (we were left out of its
+                    // census), knowing it lets our root's partition probe find it and merge.
+                    let _ = tree.add_peers(ctx, &[from]);
+                }
                 self.send(ctx, from, ControlMsg::Status { joined })
             }
             ControlMsg::Status { joined } => {
@@ -658,8 +663,13 @@ impl Control {
                     // Founding a tree is reported as BecameRoot, which tells the controller.
                     let _ = tree.start(ctx, boot);
                 }
-                // Already a member: say so (the controller may have thought us gone).
+                // Already a member: say so (the controller may have thought us gone), and keep
+                // the inviter as a peer: if it belongs to another tree, the partition probe
+                // merges the two.
                 TreeState::Joined | TreeState::Joining => {
+                    if from != ctrl {
+                        let _ = tree.add_peers(ctx, &[from]);
+                    }
                     self.report_up(ctx, tree, ControlMsg::Joined { node: self.me });
                 }
                 TreeState::Left => {}

@@ -921,9 +921,18 @@ impl Controller {
     }
 
     /// Send the invitation: through the root, or to the host itself when there is no tree yet.
+    ///
+    /// While a tree exists (a host is joined) but its root is unknown (the root link broke, or
+    /// the root changed and has not announced itself yet), the invitation waits: the host stays
+    /// `Invited`, and every `Invited` host is invited again through the root once one announces
+    /// itself (see `set_root`). Inviting it directly would make it found a tree of its own.
     fn invite(&mut self, now: Instant, host: NodeId) {
         let me = self.me;
-        let to = self.root.unwrap_or(host);
+        let to = match self.root {
+            Some(root) => root,
+            None if self.counts[HostState::Joined as usize] > 0 => return,
+            None => host,
+        };
         self.stats.invitations += 1;
         self.send(now, to, Message::Control(ControlMsg::SetPeer { host, ctrl: me }));
     }

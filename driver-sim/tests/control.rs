@@ -582,3 +582,50 @@ fn malformed_control_messages_are_errors_not_panics() {
     let mut lonely = Node::new(Sim::id(0), Config::default(), 1, Instant::ZERO);
     assert_eq!(lonely.handle_frame(now, peer, &payloads[0]), Err(InputError::NoLink(peer)));
 }
+
+/// Every `SetPeer` the controller sent, as (to, host), draining its outputs.
+fn set_peers_sent(c: &mut Controller) -> Vec<(NodeId, NodeId)> {
+    let mut sent = Vec::new();
+    while let Some(o) = c.poll_output() {
+        if let plush_core::Output::Transmit { to, frame } = o {
+            if let Ok(Message::Control(ControlMsg::SetPeer { host, .. })) = Message::decode(frame.payload()) {
+                sent.push((to, host));
+            }
+        }
+    }
+    sent
+}
+
+#[test]
+fn a_host_launched_while_the_root_is_unknown_waits_for_the_root_instead_of_founding_a_tree() {
+    // The bug this guards against: with slow launches (ssh on a loaded machine), the root link
+    // broke, and every host whose launch completed meanwhile was invited directly and founded
+    // a tree of its own; the old roots were left alone, "joined" but in no tree.
+    let (h1, h2) = (Sim::id(1), Sim::id(2));
+    let mut pool = FramePool::default();
+    let mut frame = |m: ControlMsg| pool.encode(&Message::Control(m), 1 << 20).expect("encodes").payload().to_vec();
+    let mut c = Controller::new(Sim::id(9), Config::default(), 1, Instant::ZERO);
+    let t = |s: u64| Instant::ZERO + Duration::from_millis(s);
+    c.add_hosts(t(0), &[h1, h2]);
+    c.handle_link(t(1), h1, LinkEvent::Connected);
+    // The first host is invited directly and founds the tree.
+    assert_eq!(set_peers_sent(&mut c), vec![(h1, h1)]);
+    c.handle_frame(t(2), h1, &frame(ControlMsg::SetRoot { root: h1 })).expect("SetRoot");
+    c.handle_frame(t(3), h1, &frame(ControlMsg::Joined { node: h1 })).expect("Joined");
+    // h2 goes through the root; the root finds no client there, so the controller launches one.
+    assert!(set_peers_sent(&mut c).contains(&(h1, h2)));
+    c.handle_frame(t(4), h1, &frame(ControlMsg::InviteFailed { host: h2 })).expect("InviteFailed");
+    while c.poll_output().is_some() {}
+    // The root link breaks; then h2's launch completes.
+    c.handle_link(t(5), h1, LinkEvent::Closed);
+    c.handle_launched(t(6), h2, Ok(()));
+    // (Had it dialed h2, the link would come up now and the invitation go out.)
+    c.handle_link(t(6), h2, LinkEvent::Connected);
+    let sent = set_peers_sent(&mut c);
+    assert!(!sent.iter().any(|&(to, _)| to == h2), "h2 was invited directly, to found a tree: {sent:?}");
+    assert_eq!(c.host_state(&h2), Some(HostState::Invited));
+    // Once a root announces itself, h2 is invited through it.
+    c.handle_link(t(7), h1, LinkEvent::Connected);
+    c.handle_frame(t(8), h1, &frame(ControlMsg::SetRoot { root: h1 })).expect("SetRoot");
+    assert!(set_peers_sent(&mut c).contains(&(h1, h2)));
+}
