@@ -117,6 +117,7 @@ fn host_args(app: &AppSpec, file: &std::path::Path) -> HostArgs {
         ssh_options: h.ssh_options.clone(),
         launcher_command: h.launcher_command.clone(),
         degree: h.degree.unwrap_or(12),
+        join_timeout: None,
     }
 }
 

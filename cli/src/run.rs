@@ -2,8 +2,9 @@
 //! grouped as `clush -b` does, dismantle, and exit with clush's status.
 //!
 //! Hosts and launchers: see [`crate::session`]. Steps and their deadlines:
-//! 1. Join: wait until every host joined or failed, at most [`join_deadline`] (20 s plus 10 ms
-//!    per host). Hosts not joined then are *unreachable*.
+//! 1. Join: wait until every host joined or failed, at most `--join-timeout`, or else until no
+//!    host joined or failed for [`JOIN_STALL`] (20 s). Hosts not joined then are
+//!    *unreachable*.
 //! 2. Run: the command on every joined host, with `--timeout` if given (else none; the wait
 //!    ends when every host joined at the start answered or failed, or the root reports the job
 //!    complete). Joined hosts without a result are *lost*. Ctrl-C cancels the command on every
@@ -18,7 +19,7 @@
 //! any host was unreachable or lost, or when the controller itself could not start; 130 after
 //! Ctrl-C; 2 for a usage error (clap).
 //!
-//! [`join_deadline`]: crate::session::join_deadline
+//! [`JOIN_STALL`]: crate::session::JOIN_STALL
 //! [`dismantle_deadline`]: crate::session::dismantle_deadline
 
 use crate::session::{ms, summary_json, HostArgs, PrintOpts, Session, INTERRUPTED};

@@ -97,6 +97,11 @@ pub struct HostArgs {
     #[arg(long, value_name = "D", default_value_t = 12,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_DEGREE)))]
     pub degree: u32,
+
+    /// Give up on hosts not joined after SECS seconds [default: once no host joined or failed
+    /// for 20 s, at most 300 s].
+    #[arg(long, value_name = "SECS", value_parser = crate::run::parse_timeout)]
+    pub join_timeout: Option<Duration>,
 }
 
 impl HostArgs {
@@ -117,10 +122,12 @@ pub enum LauncherKind {
     Command,
 }
 
-/// How long the hosts may take to join: 20 s plus 10 ms per host.
-pub fn join_deadline(n: usize) -> Duration {
-    Duration::from_secs(20) + Duration::from_millis(10) * u32::try_from(n).unwrap_or(u32::MAX)
-}
+/// How long joining may go on without a single host joining or failing before the hosts not
+/// joined are given up (unreachable): launches over ssh on many hosts take minutes, and a
+/// fixed deadline either cuts them short or makes a dead host wait for long.
+pub const JOIN_STALL: Duration = Duration::from_secs(20);
+/// The longest joining may take, progress or not (the controller's invitation expiry).
+pub const JOIN_MAX: Duration = Duration::from_secs(300);
 
 /// How long the clients may take to exit once dismantled, before they are killed: 10 s plus
 /// 2 ms per host.
@@ -435,6 +442,7 @@ pub struct Session {
     pub t0: Instant,
     cmd: &'static str,
     port: u16,
+    join_timeout: Option<Duration>,
     /// Clients are started by the local launcher (their pids are the clients').
     pub local_launcher: bool,
 }
@@ -493,6 +501,7 @@ impl Session {
             t0,
             cmd,
             port: args.port,
+            join_timeout: args.join_timeout,
             local_launcher: kind == LauncherKind::Local,
         };
         s.invite(hosts);
@@ -527,16 +536,24 @@ impl Session {
         self.named.len() + self.unresolved.len()
     }
 
-    /// Wait until every host invited joined or failed, at most [`join_deadline`], with the
-    /// progress line; returns the time since the session started.
+    /// Wait until every host invited joined or failed, with the progress line: at most
+    /// `--join-timeout`, or else until no host joined or failed for [`JOIN_STALL`] (at most
+    /// [`JOIN_MAX`]). Returns the time since the session started.
     pub fn join(&mut self) -> Duration {
         let n = self.host_count();
         let want = self.named.len();
         let progress = &mut self.progress;
-        let settled = self.c.wait_until(join_deadline(n), |c| {
+        let limit = self.join_timeout.unwrap_or(JOIN_MAX);
+        let stall = if self.join_timeout.is_some() { limit } else { JOIN_STALL };
+        let (mut last, mut moved) = (usize::MAX, Instant::now());
+        let settled = self.c.wait_until(limit, |c| {
             let joined = c.count(HostState::Joined);
+            let done = joined + c.count(HostState::Failed);
             progress.show(joined, None, n);
-            joined + c.count(HostState::Failed) >= want
+            if done != last {
+                (last, moved) = (done, Instant::now());
+            }
+            done >= want || moved.elapsed() >= stall
         });
         self.progress.clear();
         if let Err(e) = settled {
@@ -652,13 +669,13 @@ impl Session {
         }
         let unreachable: Vec<NodeId> =
             targeted.iter().filter(|h| !joined.contains(h) && !answered.contains(h)).copied().collect();
-        let deadline = join_deadline(self.host_count());
+        let deadline = self.t0.elapsed().as_secs();
         for h in &unreachable {
             let why = match self.c.host(h) {
                 Some(i) if i.state == HostState::Failed => i.why.unwrap_or("failed").to_owned(),
                 Some(i) => match i.why {
-                    Some(why) => format!("not joined within {deadline:?}: {why}"),
-                    None => format!("not joined within {deadline:?} ({:?})", i.state),
+                    Some(why) => format!("not joined after {deadline} s: {why}"),
+                    None => format!("not joined after {deadline} s ({:?})", i.state),
                 },
                 None => "never invited".to_owned(),
             };

@@ -43,7 +43,15 @@ pub struct ShellArgs {
 
 /// One shell command line, parsed with clap.
 #[derive(Debug, Parser)]
-#[command(name = "", no_binary_name = true, disable_help_flag = true, disable_version_flag = true)]
+#[command(
+    name = "",
+    no_binary_name = true,
+    disable_help_flag = true,
+    disable_version_flag = true,
+    disable_help_subcommand = true,
+    about = "plush shell: the overlay stays up between these commands; each takes --json.",
+    override_usage = "COMMAND [ARGS]   (help COMMAND for its flags)"
+)]
 enum Line {
     /// Run a command on every joined host (or on -w HOSTS) and print the results grouped.
     Run {
@@ -131,8 +139,11 @@ enum Line {
         #[arg(long)]
         json: bool,
     },
-    /// List the commands.
-    Help,
+    /// List the commands, or the flags of one.
+    Help {
+        /// The command.
+        command: Option<String>,
+    },
 }
 
 /// What the reader thread hands over.
@@ -313,10 +324,15 @@ impl Shell {
                 self.disconnect(json);
                 return true;
             }
-            Line::Help => {
+            Line::Help { command } => {
                 use clap::CommandFactory;
-                let mut c = Line::command().name("plush shell").override_usage("COMMAND [ARGS]");
-                let _ = writeln!(std::io::stdout(), "{}", c.render_long_help());
+                let mut c = Line::command();
+                let text = match command.as_deref().and_then(|name| c.find_subcommand_mut(name)) {
+                    Some(sub) => sub.render_long_help(),
+                    None => c.render_help(),
+                };
+                let _ = writeln!(std::io::stdout(), "{text}");
+                self.status = 0;
             }
         }
         false
