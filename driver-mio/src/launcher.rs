@@ -17,8 +17,10 @@
 //! done when the client prints its ready line ([`READY_PREFIX`]) on stdout (through ssh for a
 //! remote one), which it does once its listener is bound: the controller's next invitation then
 //! finds it. It fails when the client (or ssh) exits first, or stays silent for
-//! [`Launcher::ready_timeout`] (it is then killed, with its process group for ssh and
-//! command launches). The client's stderr (and ssh's) is inherited.
+//! [`Launcher::ready_timeout`] (it is then killed, with its process group). The client's stderr
+//! (and ssh's) is inherited. Every launch runs in a session of its own (`setsid`): Ctrl-C at the
+//! controller's terminal does not reach it, and each launch gets its own share of the CPU where
+//! the kernel groups CPU time by session (pdsh does the same).
 //!
 //! Bounds: at most [`Launcher::max_in_flight`] launches (default [`MAX_IN_FLIGHT`]) wait for
 //! their ready line at once; more wait in a queue, which holds at most one entry per host the
@@ -34,7 +36,6 @@ use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant as StdInstant};
@@ -173,8 +174,8 @@ pub fn fill_template(template: &str, name: &str, addr: std::net::SocketAddr, plu
     out
 }
 
-/// Kill a started client: its whole process group when it leads one (ssh and command launches,
-/// whose shell may have children of its own), else the process.
+/// Kill a started client: its whole process group when it leads one (every launch does: an ssh
+/// or command launch's shell may have children of its own), else the process.
 fn kill(child: &mut Child, group: bool) {
     if group {
         let _ = crate::sys::kill_group(child.id(), libc::SIGKILL);
@@ -280,7 +281,7 @@ impl Launcher {
             LaunchMethod::Ssh(ssh) => {
                 let mut cmd = Command::new("/bin/sh");
                 cmd.arg("-c").arg(ssh.script(&name, &host.addr().to_string(), &self.key_file));
-                cmd.stdin(Stdio::null()).process_group(0);
+                cmd.stdin(Stdio::null());
                 cmd
             }
             LaunchMethod::Command { template, plush } => {
@@ -289,12 +290,14 @@ impl Launcher {
                 };
                 let mut cmd = Command::new("/bin/sh");
                 cmd.arg("-c").arg(fill_template(template, &name, host.addr(), plush));
-                cmd.stdin(key).process_group(0);
+                cmd.stdin(key);
                 cmd
             }
         };
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
-        let group = !matches!(self.method, LaunchMethod::Local { .. });
+        crate::sys::new_session(&mut cmd);
+        // `new_session` makes every launch a group leader.
+        let group = true;
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {

@@ -134,3 +134,21 @@ pub fn inherited_unix_stream(fd: RawFd) -> io::Result<std::os::unix::net::UnixSt
     let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
     Ok(std::os::unix::net::UnixStream::from(owned))
 }
+
+/// Start `cmd`'s child in a session (and so a process group) of its own: signals from the
+/// controlling terminal (Ctrl-C) do not reach it, its group can be killed as one, and, where the
+/// scheduler groups CPU time by session (Linux autogroup), each launch gets a fair share instead
+/// of all of them sharing the controller's (pdsh does the same; measured: 40 concurrent ssh
+/// logins took 6.3 s from one session, 2.7 s with one session each).
+pub fn new_session(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec; setsid is async-signal-safe
+    // and touches no memory of the parent. Failing (already a group leader: impossible right
+    // after fork) leaves the child in our session, which only loses the benefits above.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+}
