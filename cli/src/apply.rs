@@ -118,6 +118,7 @@ fn host_args(app: &AppSpec, file: &std::path::Path) -> HostArgs {
         launcher_command: h.launcher_command.clone(),
         degree: h.degree.unwrap_or(12),
         join_timeout: None,
+        fanout: 50,
     }
 }
 

@@ -98,6 +98,12 @@ pub struct HostArgs {
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_DEGREE)))]
     pub degree: u32,
 
+    /// Clients started at once, and invitations outstanding, at most (as pdsh's -f): more
+    /// overlaps the launchers' round trips, but each launch over ssh costs both machines CPU.
+    #[arg(long, value_name = "N", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub fanout: u32,
+
     /// Give up on hosts not joined after SECS seconds [default: once no host joined or failed
     /// for 20 s, at most 300 s].
     #[arg(long, value_name = "SECS", value_parser = crate::run::parse_timeout)]
@@ -479,11 +485,19 @@ impl Session {
                 return Err(2);
             }
         };
-        let core = Config { max_children: args.degree as usize, ..Config::default() };
+        let core =
+            Config { max_children: args.degree as usize, max_invitations: args.fanout as usize, ..Config::default() };
         let launch_timeout =
             if kind == LauncherKind::Local { Duration::from_secs(10) } else { Duration::from_secs(60) };
         let client_args = vec!["client".into(), "--max-children".into(), args.degree.to_string().into()];
-        let cfg = ClusterConfig { core, method, launch_timeout, client_args, ..ClusterConfig::default() };
+        let cfg = ClusterConfig {
+            core,
+            method,
+            launch_timeout,
+            client_args,
+            max_launches_in_flight: args.fanout as usize,
+            ..ClusterConfig::default()
+        };
         let c = match Cluster::start(cfg) {
             Ok(c) => c,
             Err(e) => {
