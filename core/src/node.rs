@@ -664,12 +664,17 @@ impl Node {
 
     /// Next thing for the driver to do; call until `None` after every `handle_*`.
     pub fn poll_output(&mut self) -> Option<Output> {
-        let o = self.io.out.pop_front();
-        if o.is_none() && self.io.out.capacity() > OUT_KEPT {
-            // A burst (a RanSub epoch at a node with many children) is over: give it back.
-            self.io.out = VecDeque::new();
+        // Test for empty first, so that the popped output goes straight to the caller: holding
+        // it across the capacity check below made the compiler copy it through the stack in
+        // overlapping pieces, a store-forwarding stall on every output.
+        if self.io.out.is_empty() {
+            if self.io.out.capacity() > OUT_KEPT {
+                // A burst (a RanSub epoch at a node with many children) is over: give it back.
+                self.io.out = VecDeque::new();
+            }
+            return None;
         }
-        o
+        self.io.out.pop_front()
     }
 
     /// When to call [`Node::handle_timeout`] next.
