@@ -212,6 +212,10 @@ struct Barrier {
     deadline: Instant,
     entered: NodeSet,
     released: bool,
+    /// Its deadline passed without a release (too few entered): from then on it is checked
+    /// when nodes enter and at other timers, and no longer asks for a timer of its own (which
+    /// would stay in the past and make the driver spin).
+    expired: bool,
 }
 
 /// The controller (see the module docs). Same contract as [`crate::Node`]: `handle_*`, then
@@ -441,6 +445,7 @@ impl Controller {
             deadline: now + timeout,
             entered: NodeSet::new(),
             released: false,
+            expired: false,
         });
         Ok(())
     }
@@ -573,6 +578,8 @@ impl Controller {
         }
         for k in 0..self.barriers.len() {
             self.check_barrier(now, k);
+            let b = &mut self.barriers[k];
+            b.expired = b.expired || (!b.released && now >= b.deadline);
         }
         self.after(now);
     }
@@ -586,7 +593,7 @@ impl Controller {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let expiry = self.invited.front().map(|&(_, at)| at + self.cfg.invitation_expiry);
         let acks = self.jobs.iter().filter_map(|j| j.ack_at);
-        let barriers = self.barriers.iter().filter(|b| !b.released).map(|b| b.deadline);
+        let barriers = self.barriers.iter().filter(|b| !b.released && !b.expired).map(|b| b.deadline);
         [self.tick_at, self.refresh_at, self.seek_at, self.forget_at, self.census_at, expiry]
             .into_iter()
             .flatten()

@@ -629,3 +629,21 @@ fn a_host_launched_while_the_root_is_unknown_waits_for_the_root_instead_of_found
     c.handle_frame(t(8), h1, &frame(ControlMsg::SetRoot { root: h1 })).expect("SetRoot");
     assert!(set_peers_sent(&mut c).contains(&(h1, h2)));
 }
+
+#[test]
+fn a_barrier_past_its_deadline_without_enough_entries_asks_for_no_timer_in_the_past() {
+    // Found by the controller_inputs fuzz target: the barrier's deadline stayed the next
+    // timeout after it passed, so the driver was asked to wake up in the past, forever (a
+    // spinning event loop; a simulator whose time stopped).
+    let mut c = Controller::new(Sim::id(200), Config::default(), 1, Instant::ZERO);
+    let target = Target::Nodes(NodeSet::one(Sim::id(1)));
+    c.barrier(Instant::ZERO, "b", target, 1.0, Duration::from_secs(1)).expect("a barrier");
+    let t = c.poll_timeout().expect("the barrier's deadline");
+    assert_eq!(t, Instant::ZERO + Duration::from_secs(1));
+    c.handle_timeout(t);
+    while c.poll_output().is_some() {}
+    assert!(c.poll_timeout().is_none_or(|next| next > t), "next timeout {:?} is not after {t:?}", c.poll_timeout());
+    let later = t + Duration::from_secs(60);
+    c.handle_timeout(later);
+    assert!(c.poll_timeout().is_none_or(|next| next > later));
+}
