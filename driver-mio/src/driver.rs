@@ -44,15 +44,18 @@ use crate::launcher::{LaunchResult, Launcher};
 use crate::process::Jobs;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use plush_core::wire::{encode_hello, split_frame, Hello, Role};
+use plush_core::wire::{encode_hello, split_frame, Frame, Hello, Role};
 use plush_core::{Config, Controller, Instant, LinkEvent, Node, NodeId, Output, ProcessEvent, Report};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use rustc_hash::FxHashMap;
+use slab::Slab;
+use std::collections::VecDeque;
 use std::io::{self, Read};
 use std::net::Shutdown;
 use std::time::{Duration, Instant as StdInstant};
 
-/// The listener's token; connections, pipes and launches get fresh tokens from
-/// [`FIRST_TOKEN`] on (never reused, so a late event cannot reach the wrong source).
+/// The listener's token; pipes and launches get fresh tokens from [`FIRST_TOKEN`] on (never
+/// reused, so a late event cannot reach the wrong source); connections get tokens of their own
+/// (see [`Conns`]).
 const LISTENER: Token = Token(0);
 const FIRST_TOKEN: usize = 16;
 /// Reads per connection per turn before it waits for the next turn.
@@ -116,6 +119,87 @@ pub struct DriverStats {
     pub bytes_in: u64,
     /// Bytes written.
     pub bytes_out: u64,
+}
+
+/// Marks a connection's token (the top bit), apart from the listener's, pipes' and launches'.
+const CONN_BIT: usize = 1 << (usize::BITS - 1);
+/// A connection's token holds its slot in the low half of its bits...
+const INDEX_BITS: u32 = usize::BITS / 2;
+const INDEX_MASK: usize = (1 << INDEX_BITS) - 1;
+/// ...and a generation in the rest below [`CONN_BIT`].
+const GEN_MASK: usize = (CONN_BIT - 1) >> INDEX_BITS;
+
+/// The open connections, in a slab: a token names a connection's slot (found without
+/// hashing) and a generation, so that a late event for a closed connection does not reach the
+/// next one in its slot. Generations are counted for all connections together and wrap after
+/// `2^(usize::BITS/2 - 1)` connections (2^31 on 64-bit targets); slots stop below
+/// `2^(usize::BITS/2) - 1` (more connections at once are refused, see [`Conns::next_token`]).
+#[derive(Default)]
+struct Conns {
+    slab: Slab<(Token, Conn)>,
+    generation: usize,
+}
+
+impl Conns {
+    /// The token the next [`Conns::insert`] files under; `None` when every slot is taken.
+    fn next_token(&self) -> Option<Token> {
+        let idx = self.slab.vacant_key();
+        (idx < INDEX_MASK).then_some(Token(CONN_BIT | ((self.generation & GEN_MASK) << INDEX_BITS) | idx))
+    }
+
+    /// File `c` under `tok`, which [`Conns::next_token`] just returned.
+    fn insert(&mut self, tok: Token, c: Conn) {
+        let idx = self.slab.insert((tok, c));
+        debug_assert_eq!(idx, tok.0 & INDEX_MASK);
+        self.generation = self.generation.wrapping_add(1);
+    }
+
+    fn slot(tok: Token) -> Option<usize> {
+        (tok.0 & CONN_BIT != 0).then_some(tok.0 & INDEX_MASK)
+    }
+
+    fn get(&self, tok: &Token) -> Option<&Conn> {
+        match self.slab.get(Self::slot(*tok)?) {
+            Some((t, c)) if t == tok => Some(c),
+            _ => None,
+        }
+    }
+
+    fn get_mut(&mut self, tok: &Token) -> Option<&mut Conn> {
+        match self.slab.get_mut(Self::slot(*tok)?) {
+            Some((t, c)) if t == tok => Some(c),
+            _ => None,
+        }
+    }
+
+    fn contains_key(&self, tok: &Token) -> bool {
+        self.get(tok).is_some()
+    }
+
+    fn remove(&mut self, tok: &Token) -> Option<Conn> {
+        let idx = Self::slot(*tok)?;
+        if self.slab.get(idx).is_some_and(|(t, _)| t == tok) {
+            Some(self.slab.remove(idx).1)
+        } else {
+            None
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.slab.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (Token, &Conn)> {
+        self.slab.iter().map(|(_, (t, c))| (*t, c))
+    }
+
+    fn keys(&self) -> impl Iterator<Item = Token> + '_ {
+        self.slab.iter().map(|(_, (t, _))| *t)
+    }
 }
 
 /// Something for the machine, queued while outputs were carried out.
@@ -256,11 +340,11 @@ pub struct Driver<M: Machine> {
     scratch: Vec<u8>,
     listener: TcpListener,
     accept_paused_until: Option<StdInstant>,
-    conns: HashMap<Token, Conn>,
+    conns: Conns,
     /// The authenticated link to each peer, as the machine knows it.
-    active: BTreeMap<NodeId, Token>,
+    active: FxHashMap<NodeId, Token>,
     /// Dials the machine asked for, not yet authenticated.
-    dialing: BTreeMap<NodeId, Token>,
+    dialing: FxHashMap<NodeId, Token>,
     handshaking_in: usize,
     next_token: usize,
     epoch: StdInstant,
@@ -304,9 +388,9 @@ impl<M: Machine> Driver<M> {
             scratch: Vec::new(),
             listener,
             accept_paused_until: None,
-            conns: HashMap::new(),
-            active: BTreeMap::new(),
-            dialing: BTreeMap::new(),
+            conns: Conns::default(),
+            active: FxHashMap::default(),
+            dialing: FxHashMap::default(),
             handshaking_in: 0,
             next_token: FIRST_TOKEN,
             epoch: StdInstant::now(),
@@ -361,12 +445,6 @@ impl<M: Machine> Driver<M> {
         self.active.len()
     }
 
-    fn token(&mut self) -> Token {
-        let t = Token(self.next_token);
-        self.next_token += 1;
-        t
-    }
-
     fn set_deadline(&mut self, tok: Token, at: StdInstant) {
         if let Some(c) = self.conns.get_mut(&tok) {
             c.deadline = Some(at);
@@ -388,8 +466,15 @@ impl<M: Machine> Driver<M> {
     /// Carry out every output of the machine, then feed it what that produced, until quiet.
     pub fn drain(&mut self) {
         loop {
-            while let Some(o) = self.m.poll_output() {
-                self.carry_out(o);
+            // Matched straight from `poll_output`: binding the output first made the compiler
+            // copy it through the stack and read the frame back across that copy (a
+            // store-forwarding stall on every output).
+            loop {
+                match self.m.poll_output() {
+                    Some(Output::Transmit { to, frame }) => self.transmit(to, frame),
+                    Some(o) => self.carry_out(o),
+                    None => break,
+                }
             }
             let Some(input) = self.deferred.pop_front() else { return };
             let now = self.now();
@@ -406,23 +491,28 @@ impl<M: Machine> Driver<M> {
         }
     }
 
+    /// Queue `frame` on the link to `to` (the hot path of a relay: one call per frame and
+    /// receiver).
+    fn transmit(&mut self, to: NodeId, frame: Frame) {
+        let Some(&tok) = self.active.get(&to) else {
+            // The link is gone and its `Closed` is on the way to the machine.
+            return;
+        };
+        let limit = self.cfg.write_queue_limit;
+        let Some(c) = self.conns.get_mut(&tok) else { return };
+        c.wq.push(Chunk::Frame(frame));
+        if c.wq.bytes() > limit {
+            self.stats.write_overflows += 1;
+            self.drop_conn(tok, Some(format_args!("{to}: write queue over {limit} bytes; closing")));
+        } else if !c.dirty {
+            c.dirty = true;
+            self.dirty.push(tok);
+        }
+    }
+
     fn carry_out(&mut self, o: Output) {
         match o {
-            Output::Transmit { to, frame } => {
-                let Some(&tok) = self.active.get(&to) else {
-                    // The link is gone and its `Closed` is on the way to the machine.
-                    return;
-                };
-                let limit = self.cfg.write_queue_limit;
-                let Some(c) = self.conns.get_mut(&tok) else { return };
-                c.wq.push(Chunk::Frame(frame));
-                if c.wq.bytes() > limit {
-                    self.stats.write_overflows += 1;
-                    self.drop_conn(tok, Some(format_args!("{to}: write queue over {limit} bytes; closing")));
-                } else {
-                    self.mark_dirty(tok);
-                }
-            }
+            Output::Transmit { to, frame } => self.transmit(to, frame),
             Output::Connect(peer) => {
                 if self.active.contains_key(&peer) {
                     // Already up (the peer opened it): say so again.
@@ -487,7 +577,11 @@ impl<M: Machine> Driver<M> {
                 return;
             }
         };
-        let tok = self.token();
+        let Some(tok) = self.conns.next_token() else {
+            self.log.line(format_args!("connect to {peer}: too many connections"));
+            self.deferred.push_back(Input::Link(peer, LinkEvent::ConnectFailed));
+            return;
+        };
         let mut c = Conn::new(stream, Some(peer), Phase::Connecting, StdInstant::now());
         if let Err(e) = self.poll.registry().register(&mut c.stream, tok, Interest::READABLE | Interest::WRITABLE) {
             self.log.line(format_args!("connect to {peer}: cannot watch the socket: {e}"));
@@ -512,7 +606,10 @@ impl<M: Machine> Driver<M> {
                         self.log.line(format_args!("{from}: too many connections in handshake; closing"));
                         continue;
                     }
-                    let tok = self.token();
+                    let Some(tok) = self.conns.next_token() else {
+                        self.log.line(format_args!("{from}: too many connections; closing"));
+                        continue;
+                    };
                     if let Err(e) =
                         self.poll.registry().register(&mut stream, tok, Interest::READABLE | Interest::WRITABLE)
                     {
@@ -718,6 +815,8 @@ impl<M: Machine> Driver<M> {
     fn take_frames(&mut self, tok: Token, data: &[u8]) -> usize {
         let max = self.cfg.core.max_frame;
         let mut taken = 0;
+        // The clock is read once for all the frames of one read: they arrived together.
+        let mut now: Option<Instant> = None;
         loop {
             let Some(c) = self.conns.get_mut(&tok) else { return taken };
             let (payload, used) = match split_frame(&data[taken..], max) {
@@ -764,7 +863,9 @@ impl<M: Machine> Driver<M> {
                 }
                 Phase::Open(peer) | Phase::Retired(peer) => {
                     let (peer, retired) = (*peer, matches!(c.phase, Phase::Retired(_)));
-                    let r = self.m.handle_frame(micros_since(self.epoch), peer, payload);
+                    let epoch = self.epoch;
+                    let now = *now.get_or_insert_with(|| micros_since(epoch));
+                    let r = self.m.handle_frame(now, peer, payload);
                     match r {
                         Ok(()) => {}
                         // A retired link may carry frames the machine no longer has a link for.
@@ -857,9 +958,9 @@ impl<M: Machine> Driver<M> {
         }
         let mut next: Option<StdInstant> = None;
         let mut expired = Vec::new();
-        for (tok, c) in &self.conns {
+        for (tok, c) in self.conns.iter() {
             match c.deadline {
-                Some(d) if d <= now => expired.push(*tok),
+                Some(d) if d <= now => expired.push(tok),
                 Some(d) => next = Some(next.map_or(d, |n| n.min(d))),
                 None => {}
             }
@@ -984,7 +1085,7 @@ impl<M: Machine> Driver<M> {
     /// Close every connection gracefully (flush, shut our side, wait for the peer's end of
     /// stream) for at most `grace`.
     pub fn close_all(&mut self, grace: Duration) {
-        let toks: Vec<Token> = self.conns.keys().copied().collect();
+        let toks: Vec<Token> = self.conns.keys().collect();
         self.active.clear();
         self.dialing.clear();
         for tok in toks {
@@ -1027,7 +1128,7 @@ impl<M: Machine> Driver<M> {
                 self.on_readable(tok);
             }
         }
-        let toks: Vec<Token> = self.conns.keys().copied().collect();
+        let toks: Vec<Token> = self.conns.keys().collect();
         for tok in toks {
             self.drop_conn(tok, None);
         }
