@@ -298,7 +298,7 @@ fn wait_phase(s: &mut Session, p: &PhaseSpec, r: &PhaseRun, json: bool, stop: &A
 fn report_phase(s: &mut Session, p: &PhaseSpec, r: &PhaseRun, json: bool) -> (u8, usize, usize, usize, usize) {
     let out = r.job.map(|j| s.c.job_outcome(j));
     let mut groups = out.as_ref().map_or_else(Vec::new, |o| o.groups.clone());
-    groups.sort_by(|a, b| b.nodes.len().cmp(&a.nodes.len()).then_with(|| a.nodes.first().cmp(&b.nodes.first())));
+    crate::session::sort_groups(&mut groups);
     if json {
         let mut o = std::io::stdout().lock();
         for g in &groups {
@@ -337,7 +337,7 @@ fn report_phase(s: &mut Session, p: &PhaseSpec, r: &PhaseRun, json: bool) -> (u8
     for h in &unreachable {
         eprintln!("plush: {}: phase {}: unreachable (not joined)", s.label(h), p.name);
     }
-    let mut code = groups.iter().map(|g| code_of(&g.status)).max().unwrap_or(0);
+    let mut code = crate::session::largest_code(&groups);
     if lost > 0 || !unreachable.is_empty() {
         code = UNREACHABLE;
     }

@@ -327,8 +327,6 @@ pub struct JobSummary {
     pub lost: usize,
     /// Hosts not joined when it started.
     pub unreachable: usize,
-    /// Hosts that failed, by their status text: for failure policies.
-    pub failed_hosts: Vec<NodeId>,
     /// The job's own time.
     pub run_ms: u64,
     /// Interrupted by Ctrl-C (and cancelled).
@@ -655,7 +653,7 @@ impl Session {
         self.progress.clear();
         summary.run_ms = ms(out.elapsed);
         let mut groups = out.groups;
-        groups.sort_by(|a, b| b.nodes.len().cmp(&a.nodes.len()).then_with(|| a.nodes.first().cmp(&b.nodes.first())));
+        sort_groups(&mut groups);
         if opts.stream {
             streamed.finish(&self.labels, &groups, opts.json);
         } else {
@@ -669,7 +667,6 @@ impl Session {
                 None => summary.ok += g.nodes.len(),
                 Some(why) => {
                     summary.failed += g.nodes.len();
-                    summary.failed_hosts.extend(g.nodes.iter().copied());
                     for h in &g.nodes {
                         let _ = writeln!(err, "plush: {}: {why}", self.label(h));
                     }
@@ -704,7 +701,7 @@ impl Session {
         drop(err);
         summary.lost = lost.len();
         summary.unreachable = unreachable.len() + unresolved;
-        summary.code = groups.iter().map(|g| code_of(&g.status)).max().unwrap_or(0);
+        summary.code = largest_code(&groups);
         if summary.lost > 0 || summary.unreachable > 0 {
             summary.code = UNREACHABLE;
         }
@@ -760,6 +757,16 @@ impl Session {
         }
         d0.elapsed()
     }
+}
+
+/// Largest group first, then by first node: the order groups are printed in.
+pub fn sort_groups(groups: &mut [ResultGroup]) {
+    groups.sort_by(|a, b| b.nodes.len().cmp(&a.nodes.len()).then_with(|| a.nodes.first().cmp(&b.nodes.first())));
+}
+
+/// The largest exit status the groups stand for (0 for none), as clush's.
+pub fn largest_code(groups: &[ResultGroup]) -> u8 {
+    groups.iter().map(|g| code_of(&g.status)).max().unwrap_or(0)
 }
 
 /// Print the groups on stdout: `clush -b`'s layout, or JSON lines. Write errors (a closed pipe)

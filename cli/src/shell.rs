@@ -15,11 +15,12 @@
 //! Exit status: that of the last `run` or `wait` (as `plush run`'s), 2 when the last command
 //! was not understood, else 0.
 //!
-//! Bounds: background jobs are those of the `Cluster` (`Config::max_jobs`, oldest forgotten);
-//! the reader thread holds at most one line ahead of the loop.
+//! Bounds: at most [`MAX_BG`] background jobs are listed (the oldest is dropped from the list;
+//! the `Cluster` itself forgets jobs beyond `Config::max_jobs`); barriers are bounded by the
+//! controller's; the reader thread holds at most one line ahead of the loop.
 
 use crate::run::parse_timeout;
-use crate::session::{code_of, ms, summary_json, HostArgs, PrintOpts, Session, INTERRUPTED};
+use crate::session::{ms, summary_json, HostArgs, PrintOpts, Session, INTERRUPTED};
 use clap::{Args, Parser};
 use plush_core::{HostState, NodeId};
 use plush_mio::{JobSpec, Notice};
@@ -29,6 +30,9 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
+
+/// Background jobs listed for `wait`, `cancel` and `status` (`Config::max_jobs`' default).
+pub const MAX_BG: usize = 64;
 
 /// Flags of `plush shell`.
 #[derive(Debug, Args)]
@@ -365,6 +369,9 @@ impl Shell {
         if bg {
             match self.s.c.start_job(spec) {
                 Ok(job) => {
+                    if self.bg.len() >= MAX_BG {
+                        self.bg.remove(0);
+                    }
                     self.bg.push((job, command.join(" ")));
                     self.out(json, &format!("job {job} started"), json!({"job": job, "started": true}));
                     self.status = 0;
@@ -412,12 +419,12 @@ impl Shell {
             }
         };
         let mut groups = out.groups;
-        groups.sort_by(|a, b| b.nodes.len().cmp(&a.nodes.len()).then_with(|| a.nodes.first().cmp(&b.nodes.first())));
+        crate::session::sort_groups(&mut groups);
         crate::session::print_groups(&self.s.labels, &groups, json);
         for h in &out.missing {
             eprintln!("plush: {}: lost (joined, gave no result)", self.s.label(h));
         }
-        let mut code = groups.iter().map(|g| code_of(&g.status)).max().unwrap_or(0);
+        let mut code = crate::session::largest_code(&groups);
         if !out.missing.is_empty() {
             code = crate::session::UNREACHABLE;
         }

@@ -430,10 +430,8 @@ impl Cluster {
 
     fn start_kind(&mut self, kind: JobKind, spec: JobSpec<'_>) -> io::Result<u64> {
         while self.order.len() + 1 >= self.max_jobs {
-            if let Some(old) = self.order.pop_front() {
-                self.d.m.forget(old);
-                self.jobs.remove(&old);
-            }
+            let Some(&old) = self.order.front() else { break };
+            self.forget_job(old);
         }
         let job = self.next_job;
         self.next_job += 1;
@@ -597,12 +595,15 @@ impl Cluster {
                 map.insert(*n, parent);
             }
         }
-        if let Some(pos) = self.order.iter().position(|&j| j == job) {
-            self.order.remove(pos);
-        }
+        self.forget_job(job);
+        Ok(map)
+    }
+
+    /// Forget `job` here and at the controller (its results are no longer kept).
+    fn forget_job(&mut self, job: u64) {
+        self.order.retain(|&j| j != job);
         self.jobs.remove(&job);
         self.d.m.forget(job);
-        Ok(map)
     }
 
     /// Open a barrier for `target` (every joined host when `None`): released once all of them
