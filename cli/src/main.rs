@@ -11,6 +11,7 @@
 mod apply;
 mod barrier;
 mod client;
+mod push;
 mod run;
 mod session;
 mod shell;
@@ -66,6 +67,15 @@ enum Command {
     /// `on_failure` ("abort", "ignore", "restart"), `restarts`, and `barrier = { threshold =
     /// 0.8, timeout = 5 }`. Errors in the file name its line and field (exit 2).
     Apply(apply::ApplyArgs),
+    /// Copy a file to many hosts through the tree: the controller sends each byte once, every
+    /// host forwards it to its children as it arrives, verifies it (SHA-256) and renames it into
+    /// place.
+    ///
+    /// Example: `plush push --local 20 ./data.bin /tmp/`. A host whose copy failed (no space, no
+    /// permission, digest mismatch) is named with the error and left without the file. Exits 0
+    /// when every host has it, 1 when a copy failed, 255 when a host was unreachable or lost, 2
+    /// for a usage error.
+    Push(push::PushArgs),
     /// Enter a barrier of the overlay from a job's process, and wait for its release.
     ///
     /// Only inside a job that Plush started: e.g. `plush run ... -- sh -c 'setup; "$PLUSH"
@@ -81,22 +91,33 @@ fn main() -> ExitCode {
         Command::Client(args) => client::run(&args),
         Command::Run(args) => {
             if !args.hosts.given() {
-                use clap::CommandFactory;
-                let mut cmd = Cli::command();
-                let run = cmd.find_subcommand_mut("run").map(|c| c.clone()).unwrap_or(cmd);
-                run.bin_name("plush run")
-                    .error(
-                        clap::error::ErrorKind::MissingRequiredArgument,
-                        "say where to run: one of --local N, -w HOSTS or -f FILE is required",
-                    )
-                    .exit();
+                missing_target("run");
             }
             run::run(&args)
+        }
+        Command::Push(args) => {
+            if !args.hosts.given() {
+                missing_target("push");
+            }
+            push::run(&args)
         }
         Command::Barrier(args) => barrier::run(&args),
         Command::Shell(args) => shell::run(&args),
         Command::Apply(args) => apply::run(&args),
     }
+}
+
+/// A usage error (exit 2) for a subcommand given no hosts.
+fn missing_target(sub: &str) -> ! {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let c = cmd.find_subcommand_mut(sub).map(|c| c.clone()).unwrap_or(cmd);
+    c.bin_name(format!("plush {sub}"))
+        .error(
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "say where to run: one of --local N, -w HOSTS or -f FILE is required",
+        )
+        .exit()
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use clap::Args;
 use plush::hostset::{addr_label, common_port, expand, fold_addrs, fold_names};
 use plush_core::wire::ExitStatus;
 use plush_core::{Config, HostState, NodeId};
-use plush_mio::{Cluster, ClusterConfig, JobSpec, LaunchMethod, ResultGroup, RunOutcome, SshLaunch};
+use plush_mio::{Cluster, ClusterConfig, JobSpec, LaunchMethod, PushJob, ResultGroup, RunOutcome, SshLaunch};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{IsTerminal, Write};
@@ -173,17 +173,27 @@ fn free_port(n: u32) -> Option<u16> {
         .find(|&port| (0..n).all(|i| TcpListener::bind(NodeId::loopback(i, port).addr()).is_ok()))
 }
 
+/// What [`Session::run_start`] starts.
+enum Start<'a> {
+    Job(JobSpec<'a>),
+    Push(PushJob<'a>),
+}
+
 /// The progress line on stderr, only when stderr is a terminal: redrawn in place with `\r`.
 pub struct Progress {
     on: bool,
     t0: Instant,
     last: Option<Instant>,
+    /// During a push: (the controller's chunk bytes sent before it, the file's size).
+    pub bytes: Option<(u64, u64)>,
+    /// During a push: bytes the controller sent of it so far.
+    pub sent: u64,
 }
 
 impl Progress {
     /// A progress line timed from `t0`; shown only when stderr is a terminal.
     pub fn new(t0: Instant) -> Progress {
-        Progress { on: std::io::stderr().is_terminal(), t0, last: None }
+        Progress { on: std::io::stderr().is_terminal(), t0, last: None, bytes: None, sent: 0 }
     }
 
     /// Redraw (at most every 100 ms): hosts joined of expected, results of expected.
@@ -192,7 +202,11 @@ impl Progress {
             return;
         }
         self.last = Some(Instant::now());
-        let results = results.map_or(String::new(), |(r, e)| format!("  results {r}/{e}"));
+        let mut results = results.map_or(String::new(), |(r, e)| format!("  results {r}/{e}"));
+        if let Some((_, size)) = self.bytes {
+            let mib = |b: u64| b as f64 / f64::from(1 << 20);
+            results = format!("  sent {:.1}/{:.1} MiB{results}", mib(self.sent.min(size)), mib(size));
+        }
         let secs = self.t0.elapsed().as_secs_f64();
         let mut err = std::io::stderr().lock();
         let _ = write!(err, "\rjoined {joined}/{expected}{results}  {secs:.1}s\x1b[K");
@@ -609,8 +623,23 @@ impl Session {
     /// Run a job and print its results; see [`PrintOpts`]. Ctrl-C cancels it. Hosts that did
     /// not succeed are named on stderr with the reason.
     pub fn run_job(&mut self, spec: JobSpec<'_>, opts: PrintOpts) -> JobSummary {
+        self.run_start(Start::Job(spec), opts)
+    }
+
+    /// [`Session::run_job`] for a file pushed through the tree: the same waiting, printing and
+    /// naming of failed, lost and unreachable hosts; on a terminal the progress line also shows
+    /// the bytes the controller sent.
+    pub fn run_push(&mut self, push: PushJob<'_>, opts: PrintOpts) -> JobSummary {
+        self.run_start(Start::Push(push), opts)
+    }
+
+    fn run_start(&mut self, start: Start<'_>, opts: PrintOpts) -> JobSummary {
+        let target = match &start {
+            Start::Job(spec) => spec.target,
+            Start::Push(p) => p.target,
+        };
         let joined_before: BTreeSet<NodeId> = self.joined();
-        let targeted: Vec<NodeId> = match spec.target {
+        let targeted: Vec<NodeId> = match target {
             Some(t) => t.to_vec(),
             None => self.named.iter().map(|(id, _)| *id).collect(),
         };
@@ -626,8 +655,15 @@ impl Session {
         };
         let mut streamed = Streamed::default();
         if !joined.is_empty() {
-            let spec = JobSpec { stream: spec.stream || opts.stream, ..spec };
-            match self.c.start_job(spec) {
+            let started = match start {
+                Start::Job(spec) => self.c.start_job(JobSpec { stream: spec.stream || opts.stream, ..spec }),
+                Start::Push(p) => {
+                    let size = std::fs::metadata(p.src).map_or(0, |m| m.len());
+                    self.progress.bytes = Some((self.c.driver_stats().chunk_bytes_sent, size));
+                    self.c.start_push(p)
+                }
+            };
+            match started {
                 Ok(job) => {
                     let stop = interrupt_flag();
                     stop.store(false, Ordering::Relaxed);
@@ -692,8 +728,9 @@ impl Session {
             };
             let _ = writeln!(err, "plush: {}: unreachable: {why}", self.label(h));
         }
-        let unresolved = if spec.target.is_none() { self.unresolved.len() } else { 0 };
-        if spec.target.is_none() {
+        self.progress.bytes = None;
+        let unresolved = if target.is_none() { self.unresolved.len() } else { 0 };
+        if target.is_none() {
             for (name, why) in &self.unresolved {
                 let _ = writeln!(err, "plush: {name}: unreachable: {why}");
             }
@@ -727,6 +764,9 @@ impl Session {
                     dropped += d;
                     streamed.print(labels, chunks, opts.json);
                 } else {
+                    if let Some((base, _)) = progress.bytes {
+                        progress.sent = c.driver_stats().chunk_bytes_sent.saturating_sub(base);
+                    }
                     progress.show(c.count(HostState::Joined), Some((got, expected)), n);
                 }
             },

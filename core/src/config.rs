@@ -87,6 +87,9 @@ pub struct Config {
     /// does not list (a leaf lost with its parent, which nobody reports) is invited again, and
     /// launched again if it is gone. At most one census per this interval. Default 3 s.
     pub recheck_delay: Duration,
+    /// Chunks of a transfer in flight to one child at most (sent, not yet acknowledged). With
+    /// 128 KiB chunks, the default 8 keeps 1 MiB per child on the wire. Default 8.
+    pub push_window: u32,
 }
 
 impl Default for Config {
@@ -126,6 +129,7 @@ impl Default for Config {
             stream_rate: 64 << 10,
             launch_at_root: false,
             ack_interval: Duration::from_secs(1),
+            push_window: 8,
         }
     }
 }

@@ -51,6 +51,7 @@ use crate::id::NodeId;
 use crate::node::{Ctx, Event, Output};
 use crate::nodeset::NodeSet;
 use crate::time::Instant;
+use crate::transfer::Xfer;
 use crate::tree::{Tree, TreeState};
 use crate::wire::{ControlMsg, ExitStatus, Group, JobKind, JobMsg, List, Message, RunSpec, Target};
 use rand::RngExt;
@@ -174,6 +175,8 @@ struct Job {
     /// Stream budget: bytes left in the current second, and when it refills.
     stream_left: usize,
     stream_refill: Instant,
+    /// A push job's transfer (see [`crate::transfer`]); `None` for every other kind.
+    xfer: Option<Box<Xfer>>,
 }
 
 #[derive(Debug)]
@@ -408,6 +411,9 @@ impl Control {
     pub fn on_child_removed(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, child: NodeId) {
         for k in 0..self.jobs.len() {
             self.jobs[k].answered.retain(|c| *c != child);
+            if let Some(x) = self.jobs[k].xfer.as_mut() {
+                x.drop_feed(&child);
+            }
             self.maybe_flush(ctx, tree, k);
         }
         if self.dismantle.is_some() && tree.children().is_empty() {
@@ -494,6 +500,10 @@ impl Control {
             let j = &mut self.jobs[k];
             j.unsent = j.held.clone();
             j.told_complete = false;
+            if let Some(x) = j.xfer.as_ref().filter(|x| !x.complete()) {
+                // A new parent: it feeds us from where we are.
+                x.ask(ctx, j.spec.job, up);
+            }
             self.flush_job(ctx, tree, k);
         }
         for k in 0..self.barriers.len() {
@@ -783,6 +793,32 @@ impl Control {
                 }
                 self.release_barrier(ctx, name);
             }
+            JobMsg::Chunk { job, index, data } => {
+                if !self.command_ok(ctx, tree, from) {
+                    return;
+                }
+                let up = self.up(tree);
+                let Some(k) = self.job_index(job) else {
+                    ctx.io.stats.chunks_dropped += 1;
+                    return;
+                };
+                let j = &mut self.jobs[k];
+                let Some(x) = j.xfer.as_mut() else {
+                    ctx.io.stats.chunks_dropped += 1;
+                    return;
+                };
+                if x.on_chunk(ctx, job, index, data, raw, up) && x.complete() && matches!(j.own, Own::Running(_)) {
+                    ctx.io.out.push_back(Output::PushDone { job });
+                }
+            }
+            JobMsg::ChunkAck { job, next, resume } => {
+                if !tree.children().contains(&from) {
+                    return;
+                }
+                if let Some(x) = self.job_index(job).and_then(|k| self.jobs[k].xfer.as_mut()) {
+                    x.on_ack(ctx, job, from, next, resume);
+                }
+            }
         }
     }
 
@@ -820,7 +856,25 @@ impl Control {
                 None => return,
             },
         };
-        if !spec.target.includes(&self.me) {
+        let target = spec.target.includes(&self.me);
+        if spec.kind == JobKind::Push && self.jobs[k].xfer.is_none() {
+            match spec.push.as_ref().and_then(|p| Xfer::new(p, false)) {
+                Some(x) => {
+                    ctx.io.out.push_back(Output::PushOpen { job, spec: Rc::clone(&spec), install: target });
+                    if let Some(up) = self.up(tree) {
+                        x.ask(ctx, job, up);
+                    }
+                    self.jobs[k].xfer = Some(Box::new(x));
+                }
+                None if target => {
+                    self.jobs[k].output = b"plush: a push without a usable file description".to_vec();
+                    self.finish_own(ctx, tree, k, ExitStatus::SpawnFailed);
+                    return;
+                }
+                None => {}
+            }
+        }
+        if !target {
             self.maybe_flush(ctx, tree, k);
             return;
         }
@@ -829,6 +883,15 @@ impl Control {
             JobKind::Tree => {
                 self.jobs[k].output = tree.parent().map_or_else(Vec::new, |p| p.addr().to_string().into_bytes());
                 self.finish_own(ctx, tree, k, ExitStatus::Exited(0));
+            }
+            JobKind::Push => {
+                let deadline =
+                    (spec.timeout_ms > 0).then(|| ctx.now + core::time::Duration::from_millis(spec.timeout_ms));
+                self.jobs[k].own = Own::Running(deadline);
+                if self.jobs[k].xfer.as_ref().is_some_and(|x| x.complete()) {
+                    // An empty file: nothing to wait for.
+                    ctx.io.out.push_back(Output::PushDone { job });
+                }
             }
             JobKind::Command if self.jobs[k].over => {
                 self.jobs[k].output = TOO_MANY_JOBS.to_vec();
@@ -854,7 +917,7 @@ impl Control {
         if self.jobs.len() >= max {
             // Make room by forgetting the oldest finished job, if any.
             if let Some(k) = self.jobs.iter().position(|j| j.linger_until.is_some()) {
-                self.forget_job(k);
+                self.forget_job(ctx, k);
             }
         }
         let over = self.jobs.len() >= max;
@@ -886,6 +949,7 @@ impl Control {
             linger_until: None,
             stream_left: ctx.cfg.stream_rate,
             stream_refill: ctx.now + core::time::Duration::from_secs(1),
+            xfer: None,
         });
         Some(self.jobs.len() - 1)
     }
@@ -986,6 +1050,7 @@ impl Control {
                     cwd: None,
                     timeout_ms: 0,
                     stream: false,
+                    push: None,
                 });
                 match self.new_job(ctx, tree, stand_in, false) {
                     Some(k) => k,
@@ -1135,8 +1200,11 @@ impl Control {
         }
     }
 
-    fn forget_job(&mut self, k: usize) {
+    fn forget_job(&mut self, ctx: &mut Ctx<'_>, k: usize) {
         let j = self.jobs.swap_remove(k);
+        if j.xfer.is_some() {
+            ctx.io.out.push_back(Output::PushForget { job: j.spec.job });
+        }
         if self.done.len() == MAX_DONE {
             self.done.pop_front();
         }
@@ -1154,6 +1222,7 @@ impl Control {
             env: List::default(),
             cwd: None,
             timeout_ms: 0,
+            push: None,
             stream: false,
         };
         self.start_job(ctx, tree, spec, None);
@@ -1304,7 +1373,7 @@ impl Control {
         while k < self.jobs.len() {
             let j = &self.jobs[k];
             if j.linger_until.is_some_and(|t| t <= now) {
-                self.forget_job(k);
+                self.forget_job(ctx, k);
                 continue;
             }
             if let Own::Running(Some(d)) = j.own {

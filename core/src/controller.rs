@@ -38,7 +38,8 @@ use crate::id::NodeId;
 use crate::node::{Ctx, InputError, Io, LinkEvent, Output};
 use crate::nodeset::NodeSet;
 use crate::time::Instant;
-use crate::wire::{encode_once, ControlMsg, ExitStatus, FramePool, JobMsg, Message, RunSpec, Target, TreeMsg};
+use crate::transfer::Xfer;
+use crate::wire::{encode_once, ControlMsg, ExitStatus, FramePool, JobKind, JobMsg, Message, RunSpec, Target, TreeMsg};
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg32;
 use smallvec::SmallVec;
@@ -134,12 +135,18 @@ pub enum ControllerError {
     Duplicate,
     /// No such job.
     Unknown,
+    /// A push job without a usable [`crate::wire::PushSpec`] (none, or a chunk size of 0 or
+    /// above [`crate::wire::MAX_CHUNK`]).
+    BadPush,
 }
 
 impl core::fmt::Display for ControllerError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             ControllerError::Full => write!(f, "too many jobs or barriers at once"),
+            ControllerError::BadPush => {
+                write!(f, "a push needs a file description with a chunk size of 1 byte to 512 KiB")
+            }
             ControllerError::Duplicate => write!(f, "a job or barrier with this name exists"),
             ControllerError::Unknown => write!(f, "no such job"),
         }
@@ -202,6 +209,8 @@ struct Job {
     complete: bool,
     ack_at: Option<Instant>,
     last_ack: Option<Instant>,
+    /// A push job: the controller is its source and feeds the root.
+    xfer: Option<Xfer>,
 }
 
 #[derive(Debug)]
@@ -394,10 +403,15 @@ impl Controller {
         if self.jobs.len() >= self.cfg.max_jobs {
             return Err(ControllerError::Full);
         }
+        let xfer = match (spec.kind, &spec.push) {
+            (JobKind::Push, Some(p)) => Some(Xfer::new(p, true).ok_or(ControllerError::BadPush)?),
+            (JobKind::Push, None) => return Err(ControllerError::BadPush),
+            _ => None,
+        };
         if let Some(root) = self.root {
             self.send(now, root, Message::Job(JobMsg::Run(spec.clone())));
         }
-        self.jobs.push(Job { spec, got: NodeSet::new(), complete: false, ack_at: None, last_ack: None });
+        self.jobs.push(Job { spec, got: NodeSet::new(), complete: false, ack_at: None, last_ack: None, xfer });
         Ok(())
     }
 
@@ -476,7 +490,7 @@ impl Controller {
         }
         match msg {
             Message::Control(m) => self.on_control(now, from, m),
-            Message::Job(m) => self.on_job(now, m),
+            Message::Job(m) => self.on_job(now, from, m),
             Message::Tree(_) | Message::RanSub(_) => {}
         }
         self.after(now);
@@ -710,8 +724,20 @@ impl Controller {
         }
     }
 
-    fn on_job(&mut self, now: Instant, msg: JobMsg) {
+    fn on_job(&mut self, now: Instant, from: NodeId, msg: JobMsg) {
         match msg {
+            JobMsg::ChunkAck { job, next, resume } => {
+                // Only the root is fed; a former root's late acknowledgements are dropped.
+                if self.root != Some(from) {
+                    return;
+                }
+                let Some(k) = self.jobs.iter().position(|j| j.spec.job == job) else { return };
+                let Some(mut x) = self.jobs[k].xfer.take() else { return };
+                // One feed: the current root.
+                x.feeds.retain(|f| f.to == from);
+                x.on_ack(&mut self.ctx(now), job, from, next, resume);
+                self.jobs[k].xfer = Some(x);
+            }
             JobMsg::Results { job, groups, complete } => {
                 self.stats.result_messages += 1;
                 let Some(k) = self.jobs.iter().position(|j| j.spec.job == job) else { return };

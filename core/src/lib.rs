@@ -13,6 +13,8 @@
 //! - [`control`]: the control plane inside every client: the controller's link at the root,
 //!   invitations, membership reports, jobs whose results are merged on the way up and held until
 //!   acknowledged, barriers, dismantle. [`ProcessEvent`] is what a driver reports of a process.
+//! - [`transfer`]: files pushed down the tree in chunks: pipelined, flow-controlled per child,
+//!   resumed after a repair (the state every node and the controller keep per push job).
 //! - [`controller`]: [`Controller`], the user's side, outside the tree: the host table
 //!   ([`HostState`]), jobs, barriers, and the [`Report`]s it gives its user.
 //! - [`nodeset`]: [`NodeSet`], sets of node ids as runs of consecutive addresses.
@@ -33,6 +35,7 @@ pub mod node;
 pub mod nodeset;
 pub mod ransub;
 pub mod time;
+pub mod transfer;
 pub mod tree;
 pub mod wire;
 

@@ -60,6 +60,47 @@ pub enum Output {
     },
     /// The client is done (dismantled, or idle too long): end the process. Links are closed.
     Exit,
+    /// A transfer reaches this node: open storage for `spec.push` (see [`crate::transfer`]).
+    /// With `install`, this node is a target: the file goes to `push.path` once verified.
+    PushOpen {
+        /// The job.
+        job: u64,
+        /// The job, with its [`crate::wire::PushSpec`].
+        spec: Rc<crate::wire::RunSpec>,
+        /// This node is a target.
+        install: bool,
+    },
+    /// Store chunk `index` of the job's file. Chunks come in order, from 0, each once.
+    PushWrite {
+        /// The job.
+        job: u64,
+        /// The chunk.
+        index: u32,
+        /// Its bytes.
+        data: Vec<u8>,
+    },
+    /// Read chunk `index` from storage and transmit it to `to` as a `Chunk` frame
+    /// ([`crate::wire::chunk_frame`]). Only ever a chunk stored before.
+    PushSend {
+        /// The child (at the controller: the root).
+        to: NodeId,
+        /// The job.
+        job: u64,
+        /// The chunk.
+        index: u32,
+    },
+    /// Every chunk is stored, at a target: verify the digest, install the file, and report with
+    /// [`Node::handle_process`] (the error, if any, as `Output`, then `Exit`: code 0 for
+    /// success). Storage stays readable for children until `PushForget`.
+    PushDone {
+        /// The job.
+        job: u64,
+    },
+    /// The node forgot the transfer: release its storage (and remove an uninstalled file).
+    PushForget {
+        /// The job.
+        job: u64,
+    },
     /// At the controller: something for the user (see [`crate::controller::Report`]). Boxed:
     /// reports are rare, and every output pays for the largest variant.
     Report(Box<crate::controller::Report>),
@@ -251,6 +292,10 @@ pub struct Stats {
     pub results_unheld: u64,
     /// Live output bytes dropped by the stream rate limit.
     pub stream_bytes_dropped: u64,
+    /// Transfer chunks stored (each chunk once: a resumed transfer does not store any again).
+    pub chunks_stored: u64,
+    /// Transfer chunks dropped: out of order, a duplicate, or for an unknown transfer.
+    pub chunks_dropped: u64,
 }
 
 /// What protocol modules share: the output queue, links, buffers, stats.

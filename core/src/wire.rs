@@ -162,6 +162,49 @@ pub enum JobKind {
     /// No process: every target answers at once with its parent's address as its output
     /// (empty at the root), so that the controller can draw the tree. Siblings' answers merge.
     Tree,
+    /// A file travels down the tree in chunks ([`RunSpec::push`]); every target stores and
+    /// verifies it and answers with success or the error. See [`crate::transfer`].
+    Push,
+}
+
+/// The file of a [`JobKind::Push`] job: the issue's `Push { transfer, path, mode, size, digest }`
+/// (the transfer's id is the job's).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushSpec {
+    /// Where it goes on each target. An existing directory there means `path/name`.
+    pub path: String,
+    /// The file's own name (the source's), for a directory destination.
+    pub name: String,
+    /// Permission bits of the installed file.
+    pub mode: u32,
+    /// Length in bytes.
+    pub size: u64,
+    /// SHA-256 of the content; a copy that does not match is not installed.
+    pub digest: [u8; 32],
+    /// Bytes per chunk (the last one may be shorter); at most [`MAX_CHUNK`].
+    pub chunk: u32,
+    /// The file is a Plush client for this host: install it as such and restart on it.
+    pub upgrade: bool,
+}
+
+/// Largest chunk of a transfer: a chunk frame stays well under the default 1 MiB frame limit.
+pub const MAX_CHUNK: u32 = 512 << 10;
+
+impl PushSpec {
+    /// Number of chunks, or `None` when the chunk size is 0 or above [`MAX_CHUNK`] or there
+    /// would be more than `u32::MAX` chunks.
+    pub fn chunks(&self) -> Option<u32> {
+        if self.chunk == 0 || self.chunk > MAX_CHUNK {
+            return None;
+        }
+        u32::try_from(self.size.div_ceil(u64::from(self.chunk))).ok()
+    }
+
+    /// Length of chunk `index` (0 past the end).
+    pub fn chunk_len(&self, index: u32) -> usize {
+        let start = u64::from(index) * u64::from(self.chunk);
+        self.size.saturating_sub(start).min(u64::from(self.chunk)) as usize
+    }
 }
 
 /// Which nodes a job or barrier concerns.
@@ -202,6 +245,8 @@ pub struct RunSpec {
     pub timeout_ms: u64,
     /// Stream output lines up as they come (rate-limited), besides the final result.
     pub stream: bool,
+    /// The file, for a [`JobKind::Push`] job (`None` for every other kind).
+    pub push: Option<PushSpec>,
 }
 
 /// How a job ended on a node.
@@ -278,6 +323,27 @@ pub enum JobMsg {
     BarrierRelease {
         /// The barrier.
         name: String,
+    },
+    /// Parent to child (controller to root): chunk `index` of a push job's file.
+    Chunk {
+        /// The job.
+        job: u64,
+        /// Which chunk (chunks go in order, from 0).
+        index: u32,
+        /// Its bytes (empty in the simulator, which counts chunks, not bytes).
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// Child to parent (root to controller): "I hold every chunk before `next`". With
+    /// `resume`, the sender is new to the receiver (it just attached or started the job): send
+    /// from `next` on, whatever was sent before.
+    ChunkAck {
+        /// The job.
+        job: u64,
+        /// The first chunk the sender lacks.
+        next: u32,
+        /// Start (again) from `next`.
+        resume: bool,
     },
 }
 
@@ -685,6 +751,37 @@ pub fn encode_once(msg: &Message) -> Option<Frame> {
     encode_small(msg).map(|buf| Frame(Rc::new(buf)))
 }
 
+/// The frame of `JobMsg::Chunk { job, index, data }`, built from borrowed bytes (for a driver
+/// that reads a chunk from its storage): one allocation, the frame itself. `None` when it would
+/// pass `max` payload bytes.
+///
+/// Postcard writes a byte string as its varint length then the bytes, last field last: the
+/// message is encoded with empty data, whose length byte (0) is replaced by the real length
+/// and followed by the bytes (a test checks it against the plain encoding).
+pub fn chunk_frame(job: u64, index: u32, data: &[u8], max: usize) -> Option<Frame> {
+    let head = Message::Job(JobMsg::Chunk { job, index, data: Vec::new() });
+    let mut buf = vec![0u8; PREFIX];
+    let enc = postcard::to_allocvec(&head).ok()?;
+    buf.reserve(enc.len() + 10 + data.len());
+    buf.extend_from_slice(&enc[..enc.len() - 1]);
+    let mut len = data.len();
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            buf.push(byte);
+            break;
+        }
+        buf.push(byte | 0x80);
+    }
+    buf.extend_from_slice(data);
+    if buf.len() - PREFIX > max {
+        return None;
+    }
+    write_prefix(&mut buf);
+    Some(Frame(Rc::new(buf)))
+}
+
 /// Encode a hello frame (allocates; once per connection).
 pub fn encode_hello(hello: &Hello) -> Vec<u8> {
     // A hello is a few dozen bytes: it always fits.
@@ -720,6 +817,20 @@ mod tests {
         let (payload, used) = split_frame(&frame, 1 << 20).unwrap().unwrap();
         assert_eq!(used, frame.len());
         assert_eq!(Message::decode(payload).unwrap(), msg);
+    }
+
+    #[test]
+    fn a_chunk_frame_from_borrowed_bytes_is_the_plain_encoding() {
+        let mut pool = FramePool::default();
+        for len in [0usize, 1, 127, 128, 300, 16_383, 16_384, 200_000] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let msg = Message::Job(JobMsg::Chunk { job: 1 << 40, index: 77_777, data: data.clone() });
+            let plain = pool.encode(&msg, 1 << 20).unwrap();
+            let built = chunk_frame(1 << 40, 77_777, &data, 1 << 20).unwrap();
+            assert_eq!(&built[..], &plain[..], "{len} bytes");
+            assert_eq!(Message::decode(built.payload()).unwrap(), msg);
+        }
+        assert!(chunk_frame(1, 1, &[0; 100], 50).is_none());
     }
 
     #[test]

@@ -28,7 +28,7 @@
 use crate::auth::Key;
 use crate::driver::{Driver, DriverConfig, DriverStats};
 use crate::launcher::{LaunchMethod, Launcher};
-use plush_core::wire::{ExitStatus, JobKind, List, RunSpec, Target};
+use plush_core::wire::{ExitStatus, JobKind, List, PushSpec, RunSpec, Target};
 use plush_core::{Config, Controller, HostState, Instant, NodeId, Report};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ffi::OsString;
@@ -142,6 +142,28 @@ pub struct JobSpec<'a> {
     pub stream: bool,
     /// Extra environment.
     pub env: &'a [(String, String)],
+}
+
+/// A file to push with [`Cluster::start_push`].
+#[derive(Clone, Debug)]
+pub struct PushJob<'a> {
+    /// The file on this machine.
+    pub src: &'a Path,
+    /// Where it goes on each host (an existing directory there, or a path ending in `/`,
+    /// means `DEST/name of src`; a relative path is relative to the client's directory).
+    pub dest: &'a str,
+    /// The hosts; `None`: every member.
+    pub target: Option<&'a [NodeId]>,
+    /// Given up after this long; `None`: never.
+    pub timeout: Option<Duration>,
+    /// Bytes per chunk (at most `plush_core::wire::MAX_CHUNK`). 128 KiB is a good default.
+    pub chunk: u32,
+    /// Permission bits; `None`: those of `src`.
+    pub mode: Option<u32>,
+    /// The file is a Plush client: hosts restart on it (see `plush upgrade`).
+    pub upgrade: bool,
+    /// The SHA-256 announced; `None`: computed from `src` (tests give a wrong one on purpose).
+    pub digest: Option<[u8; 32]>,
 }
 
 /// What [`Cluster::dismantle`] saw.
@@ -425,10 +447,42 @@ impl Cluster {
     /// [`Cluster::wait_job`] or [`Cluster::job_outcome`] reads them. The oldest jobs are
     /// forgotten (at the controller and here) beyond `Config::max_jobs`.
     pub fn start_job(&mut self, spec: JobSpec<'_>) -> io::Result<u64> {
-        self.start_kind(JobKind::Command, spec)
+        self.start_kind(JobKind::Command, spec, None)
     }
 
-    fn start_kind(&mut self, kind: JobKind, spec: JobSpec<'_>) -> io::Result<u64> {
+    /// Start pushing a file down the tree without waiting; returns the job's id. Each host's
+    /// result is success (exit 0, no output) or the error (exit 1, the text as output):
+    /// wait with [`Cluster::wait_job`] like a command. The controller sends each chunk once,
+    /// to the root; every member forwards it to its children as it arrives.
+    pub fn start_push(&mut self, push: PushJob<'_>) -> io::Result<u64> {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(push.src)?;
+        if !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{}: not a regular file", push.src.display()),
+            ));
+        }
+        let digest = match push.digest {
+            Some(d) => d,
+            None => crate::transfer::file_digest(push.src)?,
+        };
+        let name = push.src.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".into());
+        let spec = PushSpec {
+            path: push.dest.to_string(),
+            name,
+            mode: push.mode.unwrap_or(meta.permissions().mode() & 0o7777),
+            size: meta.len(),
+            digest,
+            chunk: push.chunk,
+            upgrade: push.upgrade,
+        };
+        let job_spec = JobSpec { argv: &[], target: push.target, timeout: push.timeout, stream: false, env: &[] };
+        let src = push.src.to_path_buf();
+        self.start_kind(JobKind::Push, job_spec, Some((spec, src)))
+    }
+
+    fn start_kind(&mut self, kind: JobKind, spec: JobSpec<'_>, push: Option<(PushSpec, PathBuf)>) -> io::Result<u64> {
         while self.order.len() + 1 >= self.max_jobs {
             let Some(&old) = self.order.front() else { break };
             self.forget_job(old);
@@ -449,7 +503,12 @@ impl Cluster {
             // 0: no timeout (the core's convention).
             timeout_ms: spec.timeout.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)),
             stream: spec.stream,
+            push: push.as_ref().map(|p| p.0.clone()),
         };
+        if let Some((_, src)) = &push {
+            // Open the source before the job exists: a file that cannot be read fails here.
+            self.d.store.add_source(job, std::rc::Rc::new(run.clone()), src)?;
+        }
         let expected: Vec<NodeId> = self
             .hosts
             .iter()
@@ -457,7 +516,10 @@ impl Cluster {
             .map(|(id, _)| *id)
             .collect();
         let now = self.d.now();
-        self.d.m.run(now, run).map_err(other)?;
+        if let Err(e) = self.d.m.run(now, run) {
+            self.d.store.forget(job);
+            return Err(other(e));
+        }
         let state =
             JobState { expected, started: Some(StdInstant::now()), timeout: spec.timeout, ..JobState::default() };
         self.jobs.insert(job, state);
@@ -583,8 +645,11 @@ impl Cluster {
     /// answers with its parent's address, siblings' answers merge): member -> parent, `None`
     /// for the root. Members that did not answer within `timeout` are missing from the map.
     pub fn topology(&mut self, timeout: Duration) -> io::Result<BTreeMap<NodeId, Option<NodeId>>> {
-        let job = self
-            .start_kind(JobKind::Tree, JobSpec { argv: &[], target: None, timeout: None, stream: false, env: &[] })?;
+        let job = self.start_kind(
+            JobKind::Tree,
+            JobSpec { argv: &[], target: None, timeout: None, stream: false, env: &[] },
+            None,
+        )?;
         let end = StdInstant::now() + timeout;
         let out = self.wait_job(job, |_, _, _| {}, || StdInstant::now() >= end)?;
         let mut map = BTreeMap::new();
@@ -604,6 +669,7 @@ impl Cluster {
         self.order.retain(|&j| j != job);
         self.jobs.remove(&job);
         self.d.m.forget(job);
+        self.d.store.forget(job);
     }
 
     /// Open a barrier for `target` (every joined host when `None`): released once all of them

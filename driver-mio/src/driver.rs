@@ -119,6 +119,11 @@ pub struct DriverStats {
     pub bytes_in: u64,
     /// Bytes written.
     pub bytes_out: u64,
+    /// Transfer chunks read back from storage and sent (`Output::PushSend`), and their bytes
+    /// (frames included): at the controller, what it sent of pushed files.
+    pub chunks_sent: u64,
+    /// See `chunks_sent`.
+    pub chunk_bytes_sent: u64,
 }
 
 /// Marks a connection's token (the top bit), apart from the listener's, pipes' and launches'.
@@ -235,6 +240,10 @@ pub trait Machine {
     fn poll_output(&mut self) -> Option<Output>;
     /// See [`Node::poll_timeout`].
     fn poll_timeout(&self) -> Option<Instant>;
+    /// The controller (its links are not dropped for a failed chunk read: see `PushSend`).
+    fn is_controller(&self) -> bool {
+        false
+    }
 }
 
 impl Machine for Node {
@@ -266,6 +275,9 @@ impl Machine for Node {
 }
 
 impl Machine for Controller {
+    fn is_controller(&self) -> bool {
+        true
+    }
     const ROLE: Role = Role::Controller;
     fn handle_frame(&mut self, now: Instant, from: NodeId, payload: &[u8]) -> Result<(), plush_core::InputError> {
         Controller::handle_frame(self, now, from, payload)
@@ -356,6 +368,10 @@ pub struct Driver<M: Machine> {
     next_deadline: Option<StdInstant>,
     /// Job processes (a node's).
     pub jobs: Jobs,
+    /// Transfers' storage (a node's), or pushed files (a controller's).
+    pub store: crate::transfer::Store,
+    /// Files installed by pushes marked `upgrade` (for the client to restart on).
+    pub upgrades: Vec<std::path::PathBuf>,
     /// The launcher (a controller's).
     pub launcher: Option<Launcher>,
     launched: Vec<(NodeId, LaunchResult)>,
@@ -405,6 +421,8 @@ impl<M: Machine> Driver<M> {
                 ),
                 (crate::process::NODE_ENV.to_owned(), me.addr().to_string()),
             ]),
+            store: crate::transfer::Store::default(),
+            upgrades: Vec::new(),
             launcher: None,
             launched: Vec::new(),
             proc_events: VecDeque::new(),
@@ -552,14 +570,75 @@ impl<M: Machine> Driver<M> {
                 }
                 self.deferred.extend(self.proc_events.drain(..).map(Input::Process));
             }
-            Output::Signal { job } => self.jobs.signal(job),
+            Output::Signal { job } => {
+                self.jobs.signal(job);
+                self.store.cancel(job);
+            }
+            Output::PushOpen { job, spec, install } => {
+                if let Some(why) = self.store.open(job, spec, install) {
+                    self.push_failed(job, why);
+                }
+            }
+            Output::PushWrite { job, index, data } => {
+                if let Some(why) = self.store.write(job, index, &data) {
+                    self.push_failed(job, why);
+                }
+            }
+            Output::PushSend { to, job, index } => match self.store.frame(job, index, self.cfg.core.max_frame) {
+                Ok(frame) => {
+                    self.stats.chunks_sent += 1;
+                    self.stats.chunk_bytes_sent += frame.len() as u64;
+                    self.transmit(to, frame);
+                }
+                Err(e) => {
+                    // Storage failed (a relay that could not write, or a file changed under
+                    // us). A child we cannot feed would wait forever: drop its link, so that
+                    // it rejoins under another parent and resumes from there.
+                    let tok = self.active.get(&to).copied().filter(|_| !self.m.is_controller());
+                    match tok {
+                        Some(tok) => self.drop_conn(
+                            tok,
+                            Some(format_args!(
+                                "push {job}: cannot read chunk {index} for {to}: {e}; dropping the link"
+                            )),
+                        ),
+                        None => self.log.line(format_args!("push {job}: cannot read chunk {index} for {to}: {e}")),
+                    }
+                }
+            },
+            Output::PushDone { job } => match self.store.done(job) {
+                Ok(path) => {
+                    if self.store.is_upgrade(job) {
+                        self.upgrades.push(path);
+                    }
+                    self.deferred.push_back(Input::Process(ProcessEvent::Exit {
+                        job,
+                        status: plush_core::wire::ExitStatus::Exited(0),
+                    }));
+                }
+                Err(why) => self.push_failed(job, why),
+            },
+            Output::PushForget { job } => self.store.forget(job),
             Output::Launch { host } => match self.launcher.as_mut() {
                 Some(l) => l.launch(self.poll.registry(), &mut self.next_token, host),
                 None => self.deferred.push_back(Input::Launched(host, Err("this driver has no launcher"))),
             },
-            Output::Exit => self.exited = true,
+            Output::Exit => {
+                self.exited = true;
+                self.store.clear();
+            }
             Output::Report(r) => self.reports.push_back(*r),
         }
+    }
+
+    /// A push failed on this host: its result is the error text, exit code 1.
+    fn push_failed(&mut self, job: u64, why: String) {
+        self.log.line(format_args!("push {job}: {why}"));
+        let mut bytes = why.into_bytes();
+        bytes.push(b'\n');
+        self.deferred.push_back(Input::Process(ProcessEvent::Output { job, bytes }));
+        self.deferred
+            .push_back(Input::Process(ProcessEvent::Exit { job, status: plush_core::wire::ExitStatus::Exited(1) }));
     }
 
     // ----- connections ------------------------------------------------------------------------

@@ -15,6 +15,8 @@
 //! - [`launcher`]: the launchers for `Output::Launch`: local (client processes on loopback
 //!   addresses), ssh (the system OpenSSH client, copying the binary where it is missing) and a
 //!   user command template; at most 50 starting at once.
+//! - [`transfer`]: storage for files pushed through the tree (`Output::Push*`): temporary
+//!   file beside the destination, digest check, atomic rename; relays keep an unlinked spool.
 //! - [`client`]: the client process (`plush client --listen ADDR --key-file F`), its fd budget.
 //! - [`cluster`]: [`Cluster`], the controller side as a library: start, add hosts, run a
 //!   command everywhere, gather merged results, dismantle.
@@ -32,11 +34,12 @@ pub mod driver;
 pub mod launcher;
 pub mod process;
 mod sys;
+pub mod transfer;
 
 pub use auth::Key;
 pub use client::ClientOptions;
 pub use cluster::{
-    BarrierInfo, Cluster, ClusterConfig, DismantleOutcome, HostInfo, JobSpec, Notice, ResultGroup, RunOutcome,
+    BarrierInfo, Cluster, ClusterConfig, DismantleOutcome, HostInfo, JobSpec, Notice, PushJob, ResultGroup, RunOutcome,
 };
 pub use driver::{DriverConfig, DriverStats};
 pub use launcher::{LaunchMethod, SshLaunch, READY_PREFIX};

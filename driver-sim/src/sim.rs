@@ -68,6 +68,8 @@ enum Kind {
     Timer { node: u32, incarnation: u32 },
     /// A job's simulated process ends at `node` (output, then exit).
     ProcExit { node: u32, incarnation: u32, job: u64 },
+    /// A target holds every chunk of a push: it verified and installed the file.
+    PushVerified { node: u32, incarnation: u32, job: u64 },
     /// The launcher `by` asked for finished on `host`.
     Launched { by: u32, host: u32, ok: bool },
 }
@@ -830,6 +832,16 @@ impl Sim {
                 self.events += 1;
                 self.after(node);
             }
+            Kind::PushVerified { node, incarnation, job } => {
+                let sn = &mut self.nodes[node as usize];
+                if sn.incarnation != incarnation {
+                    return;
+                }
+                let Some(n) = sn.node.as_mut() else { return };
+                self.events += 1;
+                n.handle_process(now, ProcessEvent::Exit { job, status: ExitStatus::Exited(0) });
+                self.after(node);
+            }
             Kind::ProcExit { node, incarnation, job } => {
                 let k = self.job_outputs;
                 let sn = &mut self.nodes[node as usize];
@@ -991,6 +1003,19 @@ impl Sim {
                     let us = if hi > lo { self.procs.random_range(lo..=hi) } else { lo };
                     let incarnation = self.nodes[i as usize].incarnation;
                     self.push(self.now + Duration::from_micros(us), Kind::ProcExit { node: i, incarnation, job });
+                }
+                // Transfers move chunk counts, not bytes: storage is a counter (the node's
+                // `chunks_stored`), a chunk sent from storage is an empty chunk, and checking
+                // the digest takes a millisecond.
+                Output::PushOpen { .. } | Output::PushWrite { .. } | Output::PushForget { .. } => {}
+                Output::PushSend { to, job, index } => {
+                    if let Some(frame) = plush_core::wire::chunk_frame(job, index, &[], 64) {
+                        self.transmit(i, idx(to), frame);
+                    }
+                }
+                Output::PushDone { job } => {
+                    let incarnation = self.nodes[i as usize].incarnation;
+                    self.push(self.now + Duration::from_millis(1), Kind::PushVerified { node: i, incarnation, job });
                 }
                 // The simulated process ignores signals: the node has recorded its result.
                 Output::Signal { job } => self.signals.push((self.now, i, job)),
@@ -1665,6 +1690,7 @@ fn start_job(sim: &mut Sim) {
         cwd: None,
         timeout_ms: 0,
         stream: false,
+        push: None,
     };
     let _ = sim.ctrl_do(|c, now| c.run(now, spec));
 }

@@ -428,6 +428,7 @@ fn spec(job: u64) -> RunSpec {
         cwd: None,
         timeout_ms: 0,
         stream: false,
+        push: None,
     }
 }
 

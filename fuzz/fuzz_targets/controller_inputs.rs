@@ -460,6 +460,7 @@ fuzz_target!(|input: Input| {
                     cwd: None,
                     timeout_ms: 0,
                     stream: *stream,
+                    push: None,
                 };
                 let want = if *census_bit || m.jobs.contains_key(&id) {
                     Err(ControllerError::Duplicate)
