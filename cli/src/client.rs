@@ -23,6 +23,14 @@ pub struct ClientArgs {
     /// by the launchers).
     #[arg(long, value_name = "D", value_parser = clap::value_parser!(u32).range(1..=i64::from(plush_core::wire::MAX_LIST as u32)))]
     pub max_children: Option<u32>,
+    /// Refuse client upgrades pushed by the controller (they fail on this host); for hosts that
+    /// share the controller's file system and binary.
+    #[arg(long)]
+    pub no_upgrade: bool,
+    /// Listen on this inherited socket instead of binding --listen (how an upgraded client
+    /// restarts on its new binary without ever closing its address).
+    #[arg(long, hide = true, value_name = "FD")]
+    pub listen_fd: Option<i32>,
 }
 
 /// Run the client until the overlay is dismantled.
@@ -32,6 +40,8 @@ pub fn run(args: &ClientArgs) -> ExitCode {
         key_file: args.key_file.clone(),
         max_fds: args.max_fds,
         max_children: args.max_children.map(|d| d as usize),
+        listen_fd: args.listen_fd,
+        no_upgrade: args.no_upgrade,
     };
     match plush_mio::client::run(&opts) {
         Ok(()) => ExitCode::SUCCESS,

@@ -90,6 +90,9 @@ pub struct Config {
     /// Chunks of a transfer in flight to one child at most (sent, not yet acknowledged). With
     /// 128 KiB chunks, the default 8 keeps 1 MiB per child on the wire. Default 8.
     pub push_window: u32,
+    /// This node's build: a hash of its version string, announced in `Joined`, so that the
+    /// controller finds clients of another version (and upgrades them). 0: unknown. Default 0.
+    pub build: u64,
 }
 
 impl Default for Config {
@@ -130,6 +133,7 @@ impl Default for Config {
             launch_at_root: false,
             ack_interval: Duration::from_secs(1),
             push_window: 8,
+            build: 0,
         }
     }
 }

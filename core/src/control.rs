@@ -344,7 +344,7 @@ impl Control {
             self.stopped_root(ctx);
         }
         if core::mem::take(&mut self.announce) {
-            self.report_up(ctx, tree, ControlMsg::Joined { node: self.me });
+            self.report_up(ctx, tree, ControlMsg::Joined { node: self.me, build: ctx.cfg.build });
         }
         if let (Some(ctrl), Some(p)) = (self.ctrl, tree.parent()) {
             if was_root {
@@ -361,7 +361,7 @@ impl Control {
             self.send(ctx, ctrl, ControlMsg::SetRoot { root: self.me });
             if core::mem::take(&mut self.announce) {
                 // The first member of a new overlay.
-                self.send(ctx, ctrl, ControlMsg::Joined { node: self.me });
+                self.send(ctx, ctrl, ControlMsg::Joined { node: self.me, build: ctx.cfg.build });
             }
             self.link_ctrl(ctx, ctrl);
             // A new root: the controller learns the tree as it is now.
@@ -424,6 +424,12 @@ impl Control {
     /// A parent or child link failed: report the peer lost. `related`: it was our parent or
     /// child (the root believes such reports).
     pub fn on_peer_lost(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, peer: NodeId, related: bool, failed: bool) {
+        // Chunks in flight to it died with the link: if it comes back, it asks again.
+        for j in self.jobs.iter_mut() {
+            if let Some(x) = j.xfer.as_mut() {
+                x.drop_feed(&peer);
+            }
+        }
         if Some(peer) == self.ctrl {
             if tree.is_root() {
                 self.ctrl_linked = false;
@@ -500,7 +506,7 @@ impl Control {
             let j = &mut self.jobs[k];
             j.unsent = j.held.clone();
             j.told_complete = false;
-            if let Some(x) = j.xfer.as_ref().filter(|x| !x.complete()) {
+            if let Some(x) = j.xfer.as_mut().filter(|x| !x.complete() && x.asked) {
                 // A new parent: it feeds us from where we are.
                 x.ask(ctx, j.spec.job, up);
             }
@@ -522,12 +528,12 @@ impl Control {
         match msg {
             ControlMsg::SetCtrl { ctrl } => self.on_set_ctrl(ctx, tree, from, ctrl),
             ControlMsg::SetPeer { host, ctrl } => self.on_set_peer(ctx, tree, from, host, ctrl),
-            ControlMsg::Joined { node } => {
+            ControlMsg::Joined { node, build } => {
                 if tree.is_root() {
                     self.invites.retain(|i| i.host != node);
                     self.pump_invites(ctx);
                 }
-                self.pass_up(ctx, tree, from, ControlMsg::Joined { node });
+                self.pass_up(ctx, tree, from, ControlMsg::Joined { node, build });
             }
             ControlMsg::InviteFailed { host } => self.pass_up(ctx, tree, from, ControlMsg::InviteFailed { host }),
             ControlMsg::Disconnected { node, related } => {
@@ -616,6 +622,13 @@ impl Control {
     }
 
     fn on_set_ctrl(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, from: NodeId, ctrl: NodeId) {
+        if from == ctrl && tree.state() == TreeState::Idle {
+            // The controller looks for its tree through us, but we are in none (a client that
+            // restarted, after an upgrade or a crash): say so, and it invites us again.
+            // The link stays: the invitation that follows comes on it.
+            self.send(ctx, ctrl, ControlMsg::Disconnected { node: self.me, related: true });
+            return;
+        }
         let changed = self.ctrl != Some(ctrl);
         self.ctrl = Some(ctrl);
         if from == ctrl {
@@ -680,7 +693,7 @@ impl Control {
                     if from != ctrl {
                         let _ = tree.add_peers(ctx, &[from]);
                     }
-                    self.report_up(ctx, tree, ControlMsg::Joined { node: self.me });
+                    self.report_up(ctx, tree, ControlMsg::Joined { node: self.me, build: ctx.cfg.build });
                 }
                 TreeState::Left => {}
             }
@@ -695,7 +708,7 @@ impl Control {
             return;
         }
         if tree.children().contains(&host) {
-            self.send(ctx, from, ControlMsg::Joined { node: host });
+            self.send(ctx, from, ControlMsg::Joined { node: host, build: 0 });
             return;
         }
         match self.invites.iter_mut().find(|i| i.host == host) {
@@ -815,8 +828,15 @@ impl Control {
                 if !tree.children().contains(&from) {
                     return;
                 }
+                let up = self.up(tree);
                 if let Some(x) = self.job_index(job).and_then(|k| self.jobs[k].xfer.as_mut()) {
                     x.on_ack(ctx, job, from, next, resume);
+                    if !x.asked && !x.complete() {
+                        // A relay: a child needs chunks, so now we do.
+                        if let Some(up) = up {
+                            x.ask(ctx, job, up);
+                        }
+                    }
                 }
             }
         }
@@ -858,13 +878,20 @@ impl Control {
         };
         let target = spec.target.includes(&self.me);
         if spec.kind == JobKind::Push && self.jobs[k].xfer.is_none() {
+            // An upgrade to the build we run: nothing to fetch for ourselves (a client that
+            // restarted on it gets the job again from its new parent).
+            let have_it = spec.push.as_ref().is_some_and(|p| p.upgrade && p.build != 0 && p.build == ctx.cfg.build);
             match spec.push.as_ref().and_then(|p| Xfer::new(p, false)) {
-                Some(x) => {
-                    ctx.io.out.push_back(Output::PushOpen { job, spec: Rc::clone(&spec), install: target });
-                    if let Some(up) = self.up(tree) {
+                Some(mut x) => {
+                    ctx.io.out.push_back(Output::PushOpen { job, spec: Rc::clone(&spec), install: target && !have_it });
+                    if let Some(up) = self.up(tree).filter(|_| target && !have_it) {
                         x.ask(ctx, job, up);
                     }
                     self.jobs[k].xfer = Some(Box::new(x));
+                    if target && have_it {
+                        self.finish_own(ctx, tree, k, ExitStatus::Exited(0));
+                        return;
+                    }
                 }
                 None if target => {
                     self.jobs[k].output = b"plush: a push without a usable file description".to_vec();

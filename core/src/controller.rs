@@ -40,7 +40,7 @@ use crate::nodeset::NodeSet;
 use crate::time::Instant;
 use crate::transfer::Xfer;
 use crate::wire::{encode_once, ControlMsg, ExitStatus, FramePool, JobKind, JobMsg, Message, RunSpec, Target, TreeMsg};
-use rand::{RngExt, SeedableRng};
+use rand::SeedableRng;
 use rand_pcg::Pcg32;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
@@ -49,6 +49,8 @@ use std::rc::Rc;
 /// A job the tree reported complete is acknowledged again every this many
 /// [`Config::ack_interval`]s while the controller tracks it.
 pub const REACK_INTERVALS: u32 = 5;
+/// Members asked at once where the root is, while the controller has none (see `seek`).
+pub const SEEK_FANOUT: usize = 16;
 
 /// Where a host stands, as the controller sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -186,6 +188,8 @@ struct Host {
     first_try: Option<Instant>,
     /// Failed attempts in the current run, for the back-off.
     strikes: u32,
+    /// The build it announced when it last joined (0: not known).
+    build: u64,
 }
 
 impl Host {
@@ -198,6 +202,7 @@ impl Host {
             launched: false,
             first_try: None,
             strikes: 0,
+            build: 0,
         }
     }
 }
@@ -270,6 +275,10 @@ pub struct Controller {
     tick_at: Option<Instant>,
     heartbeat: Option<crate::wire::Frame>,
     stats: ControllerStats,
+    /// `dismantle` was called: hosts are not invited, looked for or launched any more.
+    dismantling: bool,
+    /// The host last invited directly (no tree yet): its invitation is the controller's own.
+    direct: Option<NodeId>,
 }
 
 impl Controller {
@@ -308,6 +317,8 @@ impl Controller {
             tick_at: None,
             heartbeat: None,
             stats: ControllerStats::default(),
+            dismantling: false,
+            direct: None,
             cfg,
         }
     }
@@ -466,6 +477,8 @@ impl Controller {
 
     /// Dismantle the overlay: every client exits.
     pub fn dismantle(&mut self, now: Instant) {
+        self.dismantling = true;
+        self.seek_at = None;
         if let Some(root) = self.root {
             self.send(now, root, Message::Control(ControlMsg::Disconnect));
         }
@@ -637,6 +650,22 @@ impl Controller {
     pub fn hosts(&self) -> impl Iterator<Item = (NodeId, HostState)> + '_ {
         self.hosts.iter().map(|h| (h.id, h.state))
     }
+    /// The build `id` announced when it last joined (0: not known; see [`Config::build`]).
+    pub fn host_build(&self, id: &NodeId) -> u64 {
+        self.hosts.binary_search_by(|h| h.id.cmp(id)).map_or(0, |i| self.hosts[i].build)
+    }
+
+    /// Joined hosts that announced a build other than this controller's (none when the
+    /// controller's own build is 0, unknown).
+    pub fn outdated(&self) -> Vec<NodeId> {
+        let mine = self.cfg.build;
+        self.hosts
+            .iter()
+            .filter(|h| mine != 0 && h.state == HostState::Joined && h.build != 0 && h.build != mine)
+            .map(|h| h.id)
+            .collect()
+    }
+
     /// Hosts in each state: pending, invited, joined, disconnected, failed.
     pub fn host_counts(&self) -> [usize; 5] {
         self.counts
@@ -667,7 +696,14 @@ impl Controller {
     fn on_control(&mut self, now: Instant, from: NodeId, msg: ControlMsg) {
         match msg {
             ControlMsg::SetRoot { root } if root == from => self.set_root(now, root),
-            ControlMsg::Joined { node } => self.set_state(now, node, HostState::Joined, None),
+            ControlMsg::Joined { node, build } => {
+                self.set_state(now, node, HostState::Joined, None);
+                if build != 0 {
+                    if let Some(h) = self.host(&node) {
+                        h.build = build;
+                    }
+                }
+            }
             ControlMsg::InviteFailed { host } => self.unreachable(now, host),
             ControlMsg::Disconnected { node, related: checked } => {
                 let recent = self.host_since(&node).is_some_and(|t| t + self.cfg.recheck_delay > now);
@@ -865,6 +901,12 @@ impl Controller {
 
     fn link_lost(&mut self, now: Instant, peer: NodeId, failed: bool) {
         if self.root == Some(peer) {
+            // Chunks in flight to it are lost with the link: it asks again when it is back.
+            for j in self.jobs.iter_mut() {
+                if let Some(x) = j.xfer.as_mut() {
+                    x.drop_feed(&peer);
+                }
+            }
             self.root = None;
             self.refresh_at = None;
             self.census_judge = false;
@@ -872,20 +914,38 @@ impl Controller {
             self.seek_at = Some(now + self.cfg.join_retry);
             return;
         }
+        // Looking for the root, a member could not be reached: it is gone.
+        let member = self.host(&peer).is_some_and(|h| h.state == HostState::Joined);
+        if failed && self.root.is_none() && member && !self.dismantling {
+            self.disconnected(now, peer);
+            return;
+        }
         // A host we invited directly (the first one) did not answer.
-        if failed && self.host(&peer).is_some_and(|h| h.state == HostState::Invited) && self.root.is_none() {
+        let invited = self.host(&peer).is_some_and(|h| h.state == HostState::Invited);
+        if failed && invited && self.root.is_none() {
             self.unreachable(now, peer);
+        } else if invited && self.root.is_none() && self.direct == Some(peer) {
+            // Its link broke before it founded the tree: the invitation may be lost with it (the
+            // client was restarting). Invite it again after the back-off.
+            self.retry_later(now, peer, "the link broke before it joined");
         }
     }
 
-    /// Ask a random member where the root is.
+    /// Ask up to [`SEEK_FANOUT`] random members where the root is. A member in a tree passes
+    /// the question to its root, which answers; a client in no tree (it restarted) says so and
+    /// is invited again; one that cannot be reached is gone. So a controller whose whole overlay
+    /// restarted at once (an upgrade, a power cut) finds out within a few rounds, and invites
+    /// the hosts again instead of waiting for a root that no longer exists.
     fn seek(&mut self, now: Instant) {
-        let members: Vec<NodeId> = self.hosts.iter().filter(|h| h.state == HostState::Joined).map(|h| h.id).collect();
-        if members.is_empty() {
+        if self.dismantling {
             return;
         }
-        let m = members[self.rng.random_range(0..members.len())];
-        self.attach(now, m);
+        let mut members: Vec<NodeId> =
+            self.hosts.iter().filter(|h| h.state == HostState::Joined).map(|h| h.id).collect();
+        crate::tree::shuffle(&mut self.ctx(now), &mut members);
+        for m in members.into_iter().take(SEEK_FANOUT) {
+            self.attach(now, m);
+        }
     }
 
     fn unreachable(&mut self, now: Instant, host: NodeId) {
@@ -953,6 +1013,23 @@ impl Controller {
         self.forget_at.get_or_insert(now + self.cfg.ack_interval);
     }
 
+    /// With no root and no member left (the whole overlay restarted, or died), invitations
+    /// that went out through a former root are lost with it; waiting for them would hold the
+    /// direct invitation that founds the tree again until they expire, and then fail hosts
+    /// that are alive. They go back to the front of the queue instead, without a strike.
+    fn drop_orphaned_invitations(&mut self, now: Instant) {
+        let direct = self.direct.filter(|d| self.host_state(d) == Some(HostState::Invited));
+        if self.outstanding <= usize::from(direct.is_some()) {
+            return;
+        }
+        let orphans: Vec<NodeId> =
+            self.hosts.iter().filter(|h| h.state == HostState::Invited && Some(h.id) != direct).map(|h| h.id).collect();
+        for host in orphans.into_iter().rev() {
+            self.set_state(now, host, HostState::Disconnected, None);
+            self.queue.push_front(host);
+        }
+    }
+
     /// Send the invitation: through the root, or to the host itself when there is no tree yet.
     ///
     /// While a tree exists (a host is joined) but its root is unknown (the root link broke, or
@@ -964,7 +1041,10 @@ impl Controller {
         let to = match self.root {
             Some(root) => root,
             None if self.counts[HostState::Joined as usize] > 0 => return,
-            None => host,
+            None => {
+                self.direct = Some(host);
+                host
+            }
         };
         self.stats.invitations += 1;
         self.send(now, to, Message::Control(ControlMsg::SetPeer { host, ctrl: me }));
@@ -979,7 +1059,13 @@ impl Controller {
                 self.queue.push_front(host);
             }
         }
+        if self.dismantling {
+            return;
+        }
         let founded = self.counts[HostState::Joined as usize] > 0;
+        if self.root.is_none() && !founded {
+            self.drop_orphaned_invitations(now);
+        }
         while self.outstanding < self.cfg.max_invitations {
             // Without a root, only the first host is invited (directly); the rest wait.
             if self.root.is_none() && (founded || self.outstanding > 0) {

@@ -51,6 +51,9 @@ pub(crate) struct Xfer {
     pub have: u32,
     /// One per child being fed. See the module docs for the bound.
     pub feeds: SmallVec<[Feed; 4]>,
+    /// We asked our parent for chunks. A target asks at once; a relay only once a child asks
+    /// it, so a push flows only along the paths to its targets.
+    pub asked: bool,
 }
 
 impl Xfer {
@@ -58,7 +61,7 @@ impl Xfer {
     /// chunk size.
     pub fn new(spec: &PushSpec, source: bool) -> Option<Xfer> {
         let n = spec.chunks()?;
-        Some(Xfer { n, have: if source { n } else { 0 }, feeds: SmallVec::new() })
+        Some(Xfer { n, have: if source { n } else { 0 }, feeds: SmallVec::new(), asked: source })
     }
 
     pub fn complete(&self) -> bool {
@@ -81,10 +84,14 @@ impl Xfer {
             }
         };
         let f = &mut self.feeds[k];
-        if resume {
+        if resume && !(f.acked..=f.sent).contains(&next) {
+            // It holds more than we sent it (fed by another parent before), or less than it
+            // acknowledged (it restarted): start from where it is.
             f.sent = next;
             f.acked = next;
         } else {
+            // An acknowledgement; a repeated `resume` on a link that never broke (a feed is
+            // dropped with its link) is one too: re-sending what is in flight would double it.
             f.acked = f.acked.max(next).min(f.sent);
         }
         self.pump(ctx, job, k);
@@ -135,7 +142,8 @@ impl Xfer {
     }
 
     /// Ask `up` for what is missing, from scratch (a new parent, or a new job).
-    pub fn ask(&self, ctx: &mut Ctx<'_>, job: u64, up: NodeId) {
+    pub fn ask(&mut self, ctx: &mut Ctx<'_>, job: u64, up: NodeId) {
+        self.asked = true;
         ctx.send_msg(up, &Message::Job(JobMsg::ChunkAck { job, next: self.have, resume: true }));
     }
 

@@ -116,6 +116,9 @@ pub enum ControlMsg {
     Joined {
         /// The member.
         node: NodeId,
+        /// The member's build ([`crate::Config::build`]); 0 when the sender does not know it
+        /// (a root answering for a child it already has).
+        build: u64,
     },
     /// Up the tree to the root and on to the controller: `node` was lost.
     Disconnected {
@@ -185,6 +188,9 @@ pub struct PushSpec {
     pub chunk: u32,
     /// The file is a Plush client for this host: install it as such and restart on it.
     pub upgrade: bool,
+    /// With `upgrade`: the build of that client ([`crate::Config::build`]). A node that runs it
+    /// already succeeds at once and fetches nothing for itself.
+    pub build: u64,
 }
 
 /// Largest chunk of a transfer: a chunk frame stays well under the default 1 MiB frame limit.

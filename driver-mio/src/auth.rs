@@ -100,6 +100,16 @@ impl Key {
         Some(Key(k))
     }
 
+    /// The key as a line of 64 hex digits (what [`Key::read_from`] reads).
+    pub(crate) fn hex_line(&self) -> String {
+        let mut hex = String::with_capacity(KEY_LEN * 2 + 1);
+        for b in self.0 {
+            hex.push_str(&format!("{b:02x}"));
+        }
+        hex.push('\n');
+        hex
+    }
+
     /// Write the key to a new file (mode 0600); fails if the file exists.
     pub fn write_new_file(&self, path: &Path) -> io::Result<()> {
         let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;

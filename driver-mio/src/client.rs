@@ -18,6 +18,14 @@
 //! pipes and the barrier socket). Running out anyway
 //! is not fatal (see [`crate::driver`]).
 //!
+//! **Upgrades.** A push marked `upgrade` installs a new client binary (verified like any
+//! push). Unless the client runs with `--no-upgrade` (which makes such pushes fail on this
+//! host), it then gives its result [`UPGRADE_GRACE`] to travel up, kills its jobs, and
+//! re-executes itself from the new binary with the same arguments: the listening socket stays
+//! open across the `exec` (`--listen-fd`), so the address never stops accepting, and the key
+//! is handed over on stdin again. The links close with the old process; the controller sees
+//! the host leave, invites it again, and the new client joins and announces its build.
+//!
 //! Memory: once the client has been quiet for [`TRIM_AFTER`] (no connection opened or closed,
 //! no job started or ended), it hands the heap memory malloc keeps free back to the kernel
 //! (glibc only), once per quiet period. A burst leaves much of it behind: the root of a tree
@@ -36,6 +44,9 @@ use std::time::{Duration, Instant as StdInstant};
 pub const RESERVED_FDS: usize = 16;
 /// How long an exiting client waits for its last frames to be written and its links closed.
 pub const EXIT_GRACE: Duration = Duration::from_secs(1);
+
+/// How long an upgraded client keeps running before it restarts (its result travels up).
+pub const UPGRADE_GRACE: Duration = Duration::from_millis(300);
 
 /// How long the client must be quiet before it trims its heap (see the module docs).
 pub const TRIM_AFTER: Duration = Duration::from_secs(1);
@@ -89,6 +100,10 @@ pub struct ClientOptions {
     pub max_fds: Option<usize>,
     /// Most children in the tree (`Config::max_children`); `None`: the default, 12.
     pub max_children: Option<usize>,
+    /// Listen on this inherited socket instead of binding `listen` (after an upgrade).
+    pub listen_fd: Option<i32>,
+    /// Refuse upgrades.
+    pub no_upgrade: bool,
 }
 
 /// The link budget for a soft fd limit of `soft` (see the module docs). At least 1.
@@ -113,6 +128,11 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
             1024
         }
     };
+    // An upgrade hands the listener over; take it before closing what else was inherited.
+    let inherited = match opts.listen_fd {
+        Some(fd) => Some(crate::sys::inherited_listener(fd).map_err(|e| format!("--listen-fd {fd}: {e}"))?),
+        None => None,
+    };
     // Jobs get nothing of ours but their pipes.
     crate::sys::cloexec_inherited();
     let key = if opts.key_file.as_os_str() == "-" {
@@ -120,18 +140,24 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
     } else {
         Key::read_file(&opts.key_file).map_err(|e| format!("cannot read the key: {e}"))?
     };
-    let listener =
-        std::net::TcpListener::bind(opts.listen).map_err(|e| format!("cannot listen on {}: {e}", opts.listen))?;
+    let listener = match inherited {
+        Some(l) => l,
+        None => {
+            std::net::TcpListener::bind(opts.listen).map_err(|e| format!("cannot listen on {}: {e}", opts.listen))?
+        }
+    };
     let addr = listener.local_addr().map_err(|e| format!("cannot read the listen address: {e}"))?;
     let id = NodeId::new(addr);
-    let mut cfg = Config::default();
+    let mut cfg = Config { build: crate::build_hash(), ..Config::default() };
     if let Some(d) = opts.max_children {
         cfg.max_children = d.max(1);
     }
     cfg.max_links = link_budget(soft, opts.max_fds, &cfg);
     let dcfg = DriverConfig { core: cfg.clone(), ..DriverConfig::default() };
     let node = Node::new(id, cfg.clone(), fresh_seed(), Instant::ZERO);
-    let mut d = Driver::new(node, id, listener, key, dcfg).map_err(|e| format!("cannot start the event loop: {e}"))?;
+    let mut d =
+        Driver::new(node, id, listener, key.clone(), dcfg).map_err(|e| format!("cannot start the event loop: {e}"))?;
+    d.no_upgrade = opts.no_upgrade;
     if d.debug() {
         eprintln!("plush client {id}: max_links {} (fd soft limit {soft})", cfg.max_links);
     }
@@ -142,9 +168,28 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
         let _ = out.flush();
     }
     let mut trim = Trim::new(&d);
+    let mut restart: Option<(StdInstant, PathBuf)> = None;
     while !d.exited {
-        d.turn(trim.max_wait()).map_err(|e| format!("event loop failed: {e}"))?;
+        let wait = match &restart {
+            Some((at, _)) => Some(at.saturating_duration_since(StdInstant::now())),
+            None => trim.max_wait(),
+        };
+        d.turn(wait).map_err(|e| format!("event loop failed: {e}"))?;
         trim.check(&d);
+        if restart.is_none() {
+            if let Some(path) = d.upgrades.pop() {
+                restart = Some((StdInstant::now() + UPGRADE_GRACE, path));
+            }
+        }
+        if let Some((at, path)) = &restart {
+            if StdInstant::now() >= *at {
+                d.jobs.kill_all();
+                let e = reexec(path, opts, id, d.listener_fd(), &key);
+                // Still here: the new binary could not be started. Keep running this one.
+                eprintln!("plush client {id}: cannot restart on {}: {e}", path.display());
+                restart = None;
+            }
+        }
     }
     d.jobs.kill_all();
     d.close_all(EXIT_GRACE);
@@ -154,6 +199,34 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
     Ok(())
 }
 
+/// Replace this process with `path`, a new client binary: same listen socket (made
+/// inheritable), same options, the key on stdin. Returns only on failure.
+fn reexec(path: &std::path::Path, opts: &ClientOptions, id: NodeId, listen_fd: i32, key: &Key) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let handover = || -> std::io::Result<()> {
+        crate::sys::set_cloexec(listen_fd, false)?;
+        let (mut ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        ours.write_all(key.hex_line().as_bytes())?;
+        drop(ours);
+        use std::os::fd::AsRawFd;
+        crate::sys::dup_onto(theirs.as_raw_fd(), 0)?;
+        Ok(())
+    };
+    if let Err(e) = handover() {
+        return e;
+    }
+    let mut cmd = std::process::Command::new(path);
+    cmd.arg("client").arg("--listen").arg(id.addr().to_string()).arg("--key-file").arg("-");
+    cmd.arg("--listen-fd").arg(listen_fd.to_string());
+    if let Some(n) = opts.max_fds {
+        cmd.arg("--max-fds").arg(n.to_string());
+    }
+    if let Some(d) = opts.max_children {
+        cmd.arg("--max-children").arg(d.to_string());
+    }
+    cmd.exec()
+}
+
 /// Parse `client --listen ADDR --key-file F [--max-fds N]` (the launcher's command line) for
 /// binaries without clap.
 pub fn parse_args(args: &[String]) -> Result<ClientOptions, String> {
@@ -161,13 +234,19 @@ pub fn parse_args(args: &[String]) -> Result<ClientOptions, String> {
     if it.next().map(String::as_str) != Some("client") {
         return Err("usage: client --listen ADDR --key-file FILE [--max-fds N]".into());
     }
-    let (mut listen, mut key_file, mut max_fds, mut max_children) = (None, None, None, None);
+    let (mut listen, mut key_file, mut max_fds, mut max_children, mut listen_fd) = (None, None, None, None, None);
+    let mut no_upgrade = false;
     while let Some(flag) = it.next() {
+        if flag == "--no-upgrade" {
+            no_upgrade = true;
+            continue;
+        }
         let Some(value) = it.next() else { return Err(format!("{flag} needs a value")) };
         match flag.as_str() {
             "--listen" => listen = Some(value.parse::<SocketAddr>().map_err(|e| format!("--listen {value}: {e}"))?),
             "--key-file" => key_file = Some(PathBuf::from(value)),
             "--max-fds" => max_fds = Some(value.parse::<usize>().map_err(|e| format!("--max-fds {value}: {e}"))?),
+            "--listen-fd" => listen_fd = Some(value.parse::<i32>().map_err(|e| format!("--listen-fd {value}: {e}"))?),
             "--max-children" => {
                 max_children = Some(value.parse::<usize>().map_err(|e| format!("--max-children {value}: {e}"))?)
             }
@@ -179,6 +258,8 @@ pub fn parse_args(args: &[String]) -> Result<ClientOptions, String> {
         key_file: key_file.ok_or("--key-file is required")?,
         max_fds,
         max_children,
+        listen_fd,
+        no_upgrade,
     })
 }
 

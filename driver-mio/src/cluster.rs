@@ -282,6 +282,10 @@ impl Cluster {
         let key_file = KeyFile(path);
         let listener = std::net::TcpListener::bind(cfg.listen)?;
         let id = NodeId::new(listener.local_addr()?);
+        let mut cfg = cfg;
+        if cfg.core.build == 0 {
+            cfg.core.build = crate::build_hash();
+        }
         let ctrl = Controller::new(id, cfg.core.clone(), crate::client::fresh_seed(), Instant::ZERO);
         let dcfg = DriverConfig { core: cfg.core.clone(), ..DriverConfig::default() };
         let mut d = Driver::new(ctrl, id, listener, key, dcfg)?;
@@ -476,10 +480,43 @@ impl Cluster {
             digest,
             chunk: push.chunk,
             upgrade: push.upgrade,
+            build: if push.upgrade { crate::build_hash() } else { 0 },
         };
         let job_spec = JobSpec { argv: &[], target: push.target, timeout: push.timeout, stream: false, env: &[] };
         let src = push.src.to_path_buf();
         self.start_kind(JobKind::Push, job_spec, Some((spec, src)))
+    }
+
+    /// Joined hosts whose client announced another build than this controller's.
+    pub fn outdated(&self) -> Vec<NodeId> {
+        self.d.m.outdated()
+    }
+
+    /// Whether `host` is joined with this controller's build.
+    pub fn current(&self, host: &NodeId) -> bool {
+        self.host(host).is_some_and(|h| h.state == HostState::Joined)
+            && self.d.m.host_build(host) == crate::build_hash()
+    }
+
+    /// Push `binary` (a Plush client of this controller's version: by default this executable)
+    /// to `hosts` as an upgrade: each installs it as `~/.cache/plush/plush-VERSION-DIGEST` and
+    /// restarts on it, rejoining with the new build (see [`crate::client`]). Returns the push's
+    /// job id; its results say which hosts installed it. [`Cluster::current`] tells which came
+    /// back.
+    pub fn start_upgrade(&mut self, hosts: &[NodeId], binary: &Path) -> io::Result<u64> {
+        let digest = crate::transfer::file_digest(binary)?;
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let dest = format!("~/.cache/plush/plush-{}-{hex}", crate::version());
+        self.start_push(PushJob {
+            src: binary,
+            dest: &dest,
+            target: Some(hosts),
+            timeout: Some(Duration::from_secs(300)),
+            chunk: 128 << 10,
+            mode: Some(0o755),
+            upgrade: true,
+            digest: Some(digest),
+        })
     }
 
     fn start_kind(&mut self, kind: JobKind, spec: JobSpec<'_>, push: Option<(PushSpec, PathBuf)>) -> io::Result<u64> {
@@ -665,7 +702,7 @@ impl Cluster {
     }
 
     /// Forget `job` here and at the controller (its results are no longer kept).
-    fn forget_job(&mut self, job: u64) {
+    pub fn forget_job(&mut self, job: u64) {
         self.order.retain(|&j| j != job);
         self.jobs.remove(&job);
         self.d.m.forget(job);
@@ -735,6 +772,12 @@ impl Cluster {
         while let Some(r) = self.d.reports.pop_front() {
             match r {
                 Report::Host { host, state, why } => {
+                    if self.d.debug() {
+                        eprintln!(
+                            "plush controller: {host} {state:?}{}",
+                            why.map_or(String::new(), |w| format!(" ({w})"))
+                        );
+                    }
                     let at = self.started.elapsed();
                     let h = self.hosts.entry(host).or_insert(HostInfo { state, why: None, joined_at: None });
                     h.state = state;

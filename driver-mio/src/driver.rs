@@ -372,6 +372,8 @@ pub struct Driver<M: Machine> {
     pub store: crate::transfer::Store,
     /// Files installed by pushes marked `upgrade` (for the client to restart on).
     pub upgrades: Vec<std::path::PathBuf>,
+    /// Refuse pushes marked `upgrade` (`plush client --no-upgrade`): they fail on this host.
+    pub no_upgrade: bool,
     /// The launcher (a controller's).
     pub launcher: Option<Launcher>,
     launched: Vec<(NodeId, LaunchResult)>,
@@ -423,6 +425,7 @@ impl<M: Machine> Driver<M> {
             ]),
             store: crate::transfer::Store::default(),
             upgrades: Vec::new(),
+            no_upgrade: false,
             launcher: None,
             launched: Vec::new(),
             proc_events: VecDeque::new(),
@@ -431,6 +434,12 @@ impl<M: Machine> Driver<M> {
             stats: DriverStats::default(),
             log: Log { prefix: format!("plush {me}"), window: StdInstant::now(), lines: 0, dropped: 0, debug },
         })
+    }
+
+    /// The listening socket's descriptor (kept open across an upgrade's re-execution).
+    pub fn listener_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.listener.as_raw_fd()
     }
 
     /// The machine's clock: microseconds since this driver started.
@@ -575,7 +584,25 @@ impl<M: Machine> Driver<M> {
                 self.store.cancel(job);
             }
             Output::PushOpen { job, spec, install } => {
-                if let Some(why) = self.store.open(job, spec, install) {
+                let upgrade = spec.push.as_ref().is_some_and(|p| p.upgrade);
+                let refused = install && upgrade && self.no_upgrade;
+                // A client restarted on the upgrade gets the job again when it rejoins (its
+                // new parent passes on the jobs it knows): it already runs that binary.
+                let running = install
+                    && upgrade
+                    && spec.push.as_ref().is_some_and(|p| {
+                        let dest = crate::transfer::destination(p);
+                        std::env::current_exe().ok().and_then(|e| e.canonicalize().ok()) == dest.canonicalize().ok()
+                    });
+                if let Some(why) = self.store.open(job, spec, install && !refused && !running) {
+                    self.push_failed(job, why);
+                } else if running {
+                    self.deferred.push_back(Input::Process(ProcessEvent::Exit {
+                        job,
+                        status: plush_core::wire::ExitStatus::Exited(0),
+                    }));
+                } else if refused {
+                    let why = "plush: upgrades are disabled on this host (--no-upgrade)".to_string();
                     self.push_failed(job, why);
                 }
             }

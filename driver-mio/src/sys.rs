@@ -168,3 +168,31 @@ pub fn reserve(f: &std::fs::File, size: u64) -> io::Result<()> {
         e => Err(io::Error::from_raw_os_error(e)),
     }
 }
+
+/// Adopt an inherited listening socket (`plush client --listen-fd N`, after an upgrade
+/// re-executed the client): `fd` must be open, above stdio, and owned by nobody else.
+pub fn inherited_listener(fd: RawFd) -> io::Result<std::net::TcpListener> {
+    use std::os::fd::FromRawFd;
+    if fd <= 2 {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    // SAFETY: F_GETFD only reads a flag; it fails with EBADF when `fd` is not open.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is open (checked above) and, by the caller's promise, owned by nobody else.
+    let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    let l = std::net::TcpListener::from(owned);
+    // A descriptor that is not a listening TCP socket fails here.
+    l.local_addr()?;
+    Ok(l)
+}
+
+/// Make `from` this process's descriptor `to` (dup2), for a program about to be executed.
+pub fn dup_onto(from: RawFd, to: RawFd) -> io::Result<()> {
+    // SAFETY: dup2 on descriptors this process owns; it touches no memory.
+    if unsafe { libc::dup2(from, to) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

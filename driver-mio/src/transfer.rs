@@ -114,6 +114,12 @@ impl Store {
         let mut error = None;
         if install {
             let dest = destination(push);
+            if push.upgrade {
+                // The client cache (`~/.cache/plush/`) may not exist yet.
+                if let Some(dir) = dest.parent() {
+                    let _ = std::fs::create_dir_all(dir);
+                }
+            }
             let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let temp = dest.with_file_name(format!(".{name}.plush-{job}-{}.tmp", std::process::id()));
             let opened = OpenOptions::new().read(true).write(true).create(true).truncate(true).mode(0o600).open(&temp);
@@ -196,14 +202,20 @@ impl Store {
                 hex8(&got)
             ));
         }
+        // Keep only a read-only handle on the installed file: a program cannot be executed while
+        // a process holds it open for writing (ETXTBSY), and an upgrade executes it.
         let installed = e
             .file
             .as_ref()
             .ok_or_else(|| io::Error::other("no file"))
             .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(push.mode & 0o7777)))
-            .and_then(|()| std::fs::rename(&temp, &dest));
+            .and_then(|()| File::open(&temp))
+            .and_then(|ro| std::fs::rename(&temp, &dest).map(|()| ro));
         match installed {
-            Ok(()) => Ok(dest),
+            Ok(ro) => {
+                e.file = Some(ro);
+                Ok(dest)
+            }
             Err(err) => {
                 let _ = std::fs::remove_file(&temp);
                 e.failed = true;

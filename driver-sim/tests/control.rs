@@ -178,6 +178,41 @@ fn a_flapping_host_becomes_failed_and_is_never_reinvited() {
     }
 }
 
+/// The whole overlay restarts (an upgrade of every host, a power cut), one host a moment before
+/// the rest: the controller invites that first one through the root, which then dies with the
+/// others. The invitation is lost with the root; the controller must not wait for it to expire
+/// (and then fail a live host) but found the tree again and invite everyone.
+#[test]
+fn an_overlay_restarted_at_once_is_rebuilt_without_waiting_for_lost_invitations() {
+    let n = 30;
+    let mut sim = build(&scenario(n, 7));
+    let root = root_of(&sim);
+    let first = (0..n).find(|&i| i != root).expect("a member");
+    let fid = Sim::id(first);
+    sim.crash(first, CrashKind::Process);
+    sim.launch_idle(first);
+    let limit = sim.now() + Duration::from_secs(30);
+    sim.run_until(limit, |s| s.controller().and_then(|c| c.host_state(&fid)) == Some(HostState::Invited));
+    assert_eq!(
+        sim.controller().and_then(|c| c.host_state(&fid)),
+        Some(HostState::Invited),
+        "the controller re-invites the first restarted host through the root"
+    );
+    for i in (0..n).filter(|&i| i != first) {
+        sim.crash(i, CrashKind::Process);
+        sim.launch_idle(i);
+    }
+    let t0 = sim.now();
+    // Well within the invitation expiry (300 s): the lost invitation is not waited for.
+    let back = run_for(&mut sim, Duration::from_secs(120), Duration::from_millis(200), |s| {
+        joined(s) == n as usize && s.converged()
+    });
+    let c = sim.controller().expect("a controller");
+    assert!(back, "not rebuilt after {:?}: host counts {:?}", sim.now().since(t0), c.host_counts());
+    assert_eq!(c.host_counts()[HostState::Failed as usize], 0, "a live host was failed");
+    assert_eq!(sim.violations, 0, "{:?}", sim.violation_texts);
+}
+
 #[test]
 fn a_root_change_moves_the_controllers_link() {
     let n = 30;
@@ -486,7 +521,7 @@ fn valid_payloads() -> Vec<Vec<u8>> {
         Message::Control(ControlMsg::SetPeer { host: Sim::id(0), ctrl: a }),
         Message::Control(ControlMsg::SetPeer { host: b, ctrl: a }),
         Message::Control(ControlMsg::InviteFailed { host: b }),
-        Message::Control(ControlMsg::Joined { node: b }),
+        Message::Control(ControlMsg::Joined { node: b, build: 0 }),
         Message::Control(ControlMsg::Disconnected { node: b, related: false }),
         Message::Control(ControlMsg::GetStatus),
         Message::Control(ControlMsg::Status { joined: true }),
@@ -612,7 +647,7 @@ fn a_host_launched_while_the_root_is_unknown_waits_for_the_root_instead_of_found
     // The first host is invited directly and founds the tree.
     assert_eq!(set_peers_sent(&mut c), vec![(h1, h1)]);
     c.handle_frame(t(2), h1, &frame(ControlMsg::SetRoot { root: h1 })).expect("SetRoot");
-    c.handle_frame(t(3), h1, &frame(ControlMsg::Joined { node: h1 })).expect("Joined");
+    c.handle_frame(t(3), h1, &frame(ControlMsg::Joined { node: h1, build: 0 })).expect("Joined");
     // h2 goes through the root; the root finds no client there, so the controller launches one.
     assert!(set_peers_sent(&mut c).contains(&(h1, h2)));
     c.handle_frame(t(4), h1, &frame(ControlMsg::InviteFailed { host: h2 })).expect("InviteFailed");

@@ -49,6 +49,7 @@ fn push_spec(job: u64, chunks: u32, target: Target) -> RunSpec {
             digest: [7; 32],
             chunk,
             upgrade: false,
+            build: 0,
         }),
     }
 }
@@ -113,6 +114,13 @@ fn a_push_to_some_hosts_installs_only_there_but_flows_through_the_rest() {
     let (ok, other) = outcomes(&sim, 2);
     assert!(other.is_empty(), "failures: {other:?}");
     assert_eq!(ok, targets, "exactly the targets report");
+    // Relays fetch only for a child that asks: a leaf that is no target stores nothing.
+    for i in 0..n {
+        let leaf = sim.node(i).is_some_and(|x| x.children().is_empty());
+        if leaf && !targets.contains(&Sim::id(i)) {
+            assert_eq!(stored(&sim, i), 0, "leaf {i} is no target but fetched the file");
+        }
+    }
 }
 
 /// The test: a client killed mid-transfer (the root included) does not make its subtree

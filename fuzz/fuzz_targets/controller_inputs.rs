@@ -14,7 +14,8 @@
 //! failed host stays failed and is reported once; the last report of each host is its state;
 //! the root, when known, holds the only root pin; results are reported once per node and job,
 //! and `results_of` is the union of what was reported; a job completes and a barrier is released
-//! at most once; the user's commands are refused exactly when they must be; and after
+//! at most once; a chunk is only ever sent for a push job started, within its file, and the
+//! controller never stores one; the user's commands are refused exactly when they must be; and after
 //! `handle_timeout(now)`, `poll_timeout` is never at or before `now` (this target found a
 //! barrier past its deadline that kept asking for a timer in the past; fixed, with a regression
 //! test in `driver-sim/tests/control.rs`).
@@ -25,7 +26,7 @@ use libfuzzer_sys::fuzz_target;
 use plush_core::control::{MAX_BARRIERS, MAX_NAME};
 use plush_core::controller::ControllerError;
 use plush_core::wire::{
-    split_frame, ControlMsg, ExitStatus, Group, JobKind, JobMsg, List, Message, RunSpec, Target, TreeMsg,
+    split_frame, ControlMsg, ExitStatus, Group, JobKind, JobMsg, List, Message, PushSpec, RunSpec, Target, TreeMsg,
 };
 use plush_core::{Config, Controller, HostState, InputError, Instant, LinkEvent, NodeId, NodeSet, Output, Report};
 use std::collections::{BTreeMap, BTreeSet};
@@ -122,6 +123,8 @@ enum Msg {
     BarrierRelease { name: u8 },
     Heartbeat,
     JoinReject,
+    ChunkAck { job: u8, next: u16, resume: bool },
+    Chunk { job: u8, index: u16 },
 }
 
 impl Msg {
@@ -130,7 +133,7 @@ impl Msg {
         let j = Message::Job;
         match self {
             Msg::SetRoot { root } => c(ControlMsg::SetRoot { root: root.map_or(from, peer) }),
-            Msg::Joined { node } => c(ControlMsg::Joined { node: peer(*node) }),
+            Msg::Joined { node } => c(ControlMsg::Joined { node: peer(*node), build: 0 }),
             Msg::InviteFailed { host } => c(ControlMsg::InviteFailed { host: peer(*host) }),
             Msg::Disconnected { node, related } => c(ControlMsg::Disconnected { node: peer(*node), related: *related }),
             Msg::Participants { nodes, last } => c(ControlMsg::Participants { nodes: nodes.build(), last: *last }),
@@ -170,6 +173,10 @@ impl Msg {
             Msg::BarrierRelease { name } => j(JobMsg::BarrierRelease { name: barrier_name(*name) }),
             Msg::Heartbeat => Message::Tree(TreeMsg::Heartbeat),
             Msg::JoinReject => Message::Tree(TreeMsg::JoinReject),
+            Msg::ChunkAck { job, next, resume } => {
+                j(JobMsg::ChunkAck { job: job_id(*job), next: u32::from(*next), resume: *resume })
+            }
+            Msg::Chunk { job, index } => j(JobMsg::Chunk { job: job_id(*job), index: u32::from(*index), data: Vec::new() }),
         }
     }
 }
@@ -199,7 +206,8 @@ enum Step {
     Advance { n: u16, secs: bool, alive: bool },
     Timeout { alive: bool },
     AddHosts(Vec<u8>),
-    Run { job: u8, census_bit: bool, census: bool, target: Option<Set>, stream: bool },
+    /// With `push` (size in bytes, chunk size): a push job of a file of that shape.
+    Run { job: u8, census_bit: bool, census: bool, target: Option<Set>, stream: bool, push: Option<(u16, u8)> },
     Cancel { job: u8 },
     Forget { job: u8 },
     Barrier { name: u8, long: bool, target: Option<Set>, threshold: u8, timeout_ms: u16 },
@@ -233,6 +241,8 @@ struct Model {
     failed: BTreeSet<NodeId>,
     /// Tracked jobs: nodes reported, complete.
     jobs: BTreeMap<u64, (NodeSet, bool)>,
+    /// Push jobs started: their chunk count.
+    pushes: BTreeMap<u64, u32>,
     /// Barriers opened: deadline, released.
     barriers: BTreeMap<String, (Instant, bool)>,
 }
@@ -301,8 +311,19 @@ fn drain(c: &mut Controller, m: &mut Model, cfg: &Config) -> usize {
                     assert!(!nodes.is_empty());
                 }
             },
+            Output::PushSend { to, job, index } => {
+                assert!(m.open.contains(&to), "chunk sent to {to} without an open link");
+                let chunks = m.pushes.get(&job).unwrap_or_else(|| panic!("chunk of a job that is no push: {job}"));
+                assert!(index < *chunks, "chunk {index} of a file of {chunks} chunks");
+            }
+            Output::PushForget { job } => {
+                assert!(m.pushes.contains_key(&job), "forgot a push never started: {job}");
+            }
             Output::Spawn { .. } | Output::Signal { .. } | Output::Exit => {
                 panic!("the controller runs no processes: {out:?}")
+            }
+            Output::PushOpen { .. } | Output::PushWrite { .. } | Output::PushDone { .. } => {
+                panic!("the controller stores no transfer: {out:?}")
             }
         }
     }
@@ -449,23 +470,40 @@ fuzz_target!(|input: Input| {
                 m.added.extend(hs);
                 drain(&mut c, &mut m, &cfg);
             }
-            Step::Run { job, census_bit, census, target, stream } => {
+            Step::Run { job, census_bit, census, target, stream, push } => {
                 let id = job_id(*job) | if *census_bit { 1 << 63 } else { 0 };
+                let push = push.map(|(size, chunk)| PushSpec {
+                    path: "f".to_string(),
+                    name: "f".to_string(),
+                    mode: 0o644,
+                    size: u64::from(size),
+                    digest: [0; 32],
+                    chunk: u32::from(chunk),
+                    upgrade: false,
+                    build: 0,
+                });
+                let chunks = push.as_ref().and_then(|p| p.chunks());
                 let spec = RunSpec {
                     job: id,
-                    kind: if *census { JobKind::Census } else { JobKind::Command },
+                    kind: match (&push, *census) {
+                        (Some(_), _) => JobKind::Push,
+                        (None, true) => JobKind::Census,
+                        (None, false) => JobKind::Command,
+                    },
                     target: target_of(target),
                     argv: List(vec!["true".to_string()]),
                     env: List(Vec::new()),
                     cwd: None,
                     timeout_ms: 0,
                     stream: *stream,
-                    push: None,
+                    push: push.clone(),
                 };
                 let want = if *census_bit || m.jobs.contains_key(&id) {
                     Err(ControllerError::Duplicate)
                 } else if m.jobs.len() >= cfg.max_jobs {
                     Err(ControllerError::Full)
+                } else if push.is_some() && chunks.is_none() {
+                    Err(ControllerError::BadPush)
                 } else {
                     Ok(())
                 };
@@ -473,6 +511,9 @@ fuzz_target!(|input: Input| {
                 assert_eq!(r, want, "run {id}");
                 if r.is_ok() {
                     m.jobs.insert(id, (NodeSet::new(), false));
+                    if let Some(n) = chunks {
+                        m.pushes.insert(id, n);
+                    }
                 }
                 drain(&mut c, &mut m, &cfg);
             }
@@ -522,7 +563,7 @@ fuzz_target!(|input: Input| {
             Step::Tree { root, members } => {
                 let root = peer(*root);
                 let mut msgs = vec![Message::Control(ControlMsg::SetRoot { root })];
-                msgs.extend(members.build().iter().map(|node| Message::Control(ControlMsg::Joined { node })));
+                msgs.extend(members.build().iter().map(|node| Message::Control(ControlMsg::Joined { node, build: 0 })));
                 for msg in msgs {
                     let payload = postcard::to_allocvec(&msg).expect("a message encodes");
                     frame(&mut c, &mut m, &cfg, now, root, true, &payload);
