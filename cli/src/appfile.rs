@@ -18,6 +18,13 @@
 //! on_failure = "abort"           # abort (the default) | ignore | restart
 //! restarts = 2                   # with restart: how many times a failed process is restarted
 //! barrier = { threshold = 0.8, timeout = 5 }   # after this phase (optional; see below)
+//!
+//! [[files]]                      # copied, in order, before the first phase
+//! src = "data.bin"               # on this machine, relative to the application file's directory
+//! dest = "/tmp/"                 # on the hosts (a directory, or ending with `/`: DEST/NAME)
+//! hosts = "first"                # as a phase's (optional; "all" by default)
+//! mode = "644"                   # octal: "644", 644 or 0o644 (optional; default: that of src)
+//! timeout = 60                   # seconds (optional)
 //! ```
 //!
 //! A phase's barrier is entered by each host's process once it ended (after its restarts); the
@@ -26,11 +33,11 @@
 //! phase starts once every host of this one answered.
 //!
 //! [`parse`] checks everything it can without the network: unknown or missing fields, types,
-//! ranges, host-set syntax, set names. Its errors name the line and the field. Files to copy
-//! (`[[files]]`) are refused for now: they need transfers through the tree.
+//! ranges, host-set syntax, set names, modes. Its errors name the line and the field. Whether a
+//! file to copy exists is the caller's business ([`FileSpec::source`] says where it is).
 //!
-//! Bounds: at most [`MAX_PHASES`] phases and [`MAX_SETS`] sets; a file of at most
-//! [`MAX_FILE`] bytes.
+//! Bounds: at most [`MAX_PHASES`] phases, [`MAX_FILES`] files and [`MAX_SETS`] sets; a file of
+//! at most [`MAX_FILE`] bytes.
 
 use crate::hostset::expand_at_most;
 use serde::Deserialize;
@@ -40,6 +47,8 @@ use toml::Spanned;
 
 /// Most phases in a file.
 pub const MAX_PHASES: usize = 256;
+/// Most files to copy in a file.
+pub const MAX_FILES: usize = 256;
 /// Most named sets in a file.
 pub const MAX_SETS: usize = 256;
 /// Largest application file.
@@ -95,6 +104,42 @@ pub struct PhaseSpec {
     pub line: usize,
 }
 
+/// A validated file to copy (`[[files]]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileSpec {
+    /// The file on this machine, as written (relative to the application file's directory:
+    /// see [`FileSpec::source`]).
+    pub src: String,
+    /// Where it goes on each host (`DEST/NAME` when a directory there, or ending with `/`).
+    pub dest: String,
+    /// The hosts it goes to.
+    pub hosts: Where,
+    /// Permission bits of the copies; `None`: those of `src`.
+    pub mode: Option<u32>,
+    /// Seconds before hosts that have not stored it are given up.
+    pub timeout_s: Option<f64>,
+    /// The line of its `[[files]]` table.
+    pub line: usize,
+    /// The line of its `src` field.
+    pub src_line: usize,
+}
+
+impl FileSpec {
+    /// Where `src` is, for an application file in directory `dir`.
+    pub fn source(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        dir.join(&self.src)
+    }
+}
+
+/// Permission bits in octal (`755`, `0755`, `0o755`), 0 to 7777.
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o7777 && !digits.starts_with(['+', '-']) => Ok(m),
+        _ => Err(format!("{s:?} is not a mode in octal (0 to 7777)")),
+    }
+}
+
 /// The `[hosts]` table, validated.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HostsSpec {
@@ -123,6 +168,8 @@ pub struct HostsSpec {
 pub struct AppSpec {
     /// The hosts.
     pub hosts: HostsSpec,
+    /// The files to copy, in order, before the first phase.
+    pub files: Vec<FileSpec>,
     /// The phases, in order.
     pub phases: Vec<PhaseSpec>,
 }
@@ -180,11 +227,23 @@ struct RawPhase {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawCopy {
+    src: Option<Spanned<String>>,
+    dest: Option<Spanned<String>>,
+    hosts: Option<Spanned<String>>,
+    /// A string or an integer, both read in octal (checked in [`file_of`]).
+    mode: Option<Spanned<toml::Value>>,
+    timeout: Option<Spanned<f64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawFile {
     hosts: Spanned<RawHosts>,
     #[serde(default)]
     sets: BTreeMap<String, Spanned<String>>,
-    files: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    files: Vec<Spanned<RawCopy>>,
     #[serde(default)]
     phase: Vec<Spanned<RawPhase>>,
 }
@@ -244,13 +303,6 @@ pub fn parse_at_most(text: &str, max_hosts: usize) -> Result<AppSpec, AppError> 
         AppError { line, field: None, message: e.message().trim().to_owned() }
     })?;
     let cx = Ctx { text };
-    if let Some(files) = &raw.files {
-        return Err(cx.err(
-            files.span(),
-            "files",
-            "files to copy need transfers through the tree, which this version does not have yet",
-        ));
-    }
     let hosts = hosts_of(&cx, raw.hosts, max_hosts)?;
     if raw.sets.len() > MAX_SETS {
         return Err(AppError { line: 1, field: Some("sets".into()), message: format!("more than {MAX_SETS} sets") });
@@ -264,6 +316,15 @@ pub fn parse_at_most(text: &str, max_hosts: usize) -> Result<AppSpec, AppError> 
             expand_at_most(set.get_ref(), max_hosts).map_err(|e| cx.err(set.span(), format!("sets.{name}"), e))?;
         sets.insert(name.clone(), names);
     }
+    if raw.files.len() > MAX_FILES {
+        return Err(AppError { line: 1, field: Some("files".into()), message: format!("more than {MAX_FILES} files") });
+    }
+    let files = raw
+        .files
+        .into_iter()
+        .enumerate()
+        .map(|(k, f)| file_of(&cx, k, f, &sets, max_hosts))
+        .collect::<Result<Vec<FileSpec>, AppError>>()?;
     if raw.phase.is_empty() {
         return Err(AppError {
             line: line_of(text, text.len()),
@@ -290,16 +351,7 @@ pub fn parse_at_most(text: &str, max_hosts: usize) -> Result<AppSpec, AppError> 
         if phases.iter().any(|q| q.name == name) {
             return Err(cx.err(p.name.span(), at("name"), format!("a second phase named {name:?}")));
         }
-        let hosts = match &p.hosts {
-            None => Where::All,
-            Some(h) if h.get_ref() == "all" => Where::All,
-            Some(h) => match sets.get(h.get_ref()) {
-                Some(names) => Where::Names(names.clone()),
-                None => Where::Names(expand_at_most(h.get_ref(), max_hosts).map_err(|e| {
-                    cx.err(h.span(), at("hosts"), format!("neither \"all\", a set's name, nor a host set: {e}"))
-                })?),
-            },
-        };
+        let hosts = where_of(&cx, p.hosts.as_ref(), &sets, at("hosts"), max_hosts)?;
         let run_span = p.run.span();
         let argv = match p.run.into_inner() {
             OneOrMany::One(s) => {
@@ -310,11 +362,7 @@ pub fn parse_at_most(text: &str, max_hosts: usize) -> Result<AppSpec, AppError> 
         if argv.is_empty() || argv[0].is_empty() {
             return Err(cx.err(run_span, at("run"), "an empty command"));
         }
-        let timeout_s = match &p.timeout {
-            None => None,
-            Some(t) if t.get_ref().is_finite() && *t.get_ref() > 0.0 && *t.get_ref() <= 1e9 => Some(*t.get_ref()),
-            Some(t) => return Err(cx.err(t.span(), at("timeout"), "seconds, more than 0")),
-        };
+        let timeout_s = timeout_of(&cx, p.timeout.as_ref(), at("timeout"))?;
         let restarts = match &p.restarts {
             None => None,
             Some(r) => Some(
@@ -365,7 +413,90 @@ pub fn parse_at_most(text: &str, max_hosts: usize) -> Result<AppSpec, AppError> 
         };
         phases.push(PhaseSpec { name, hosts, argv, timeout_s, on_failure, barrier, line });
     }
-    Ok(AppSpec { hosts, phases })
+    Ok(AppSpec { hosts, files, phases })
+}
+
+/// Where a phase or a file goes: "all" (also when not given), a set's name, or a host set.
+fn where_of(
+    cx: &Ctx<'_>,
+    hosts: Option<&Spanned<String>>,
+    sets: &BTreeMap<String, Vec<String>>,
+    field: String,
+    max_hosts: usize,
+) -> Result<Where, AppError> {
+    let Some(h) = hosts.filter(|h| h.get_ref() != "all") else { return Ok(Where::All) };
+    if let Some(names) = sets.get(h.get_ref()) {
+        return Ok(Where::Names(names.clone()));
+    }
+    expand_at_most(h.get_ref(), max_hosts)
+        .map(Where::Names)
+        .map_err(|e| cx.err(h.span(), field, format!("neither \"all\", a set's name, nor a host set: {e}")))
+}
+
+/// A timeout in seconds, more than 0.
+fn timeout_of(cx: &Ctx<'_>, t: Option<&Spanned<f64>>, field: String) -> Result<Option<f64>, AppError> {
+    match t {
+        None => Ok(None),
+        Some(t) if t.get_ref().is_finite() && *t.get_ref() > 0.0 && *t.get_ref() <= 1e9 => Ok(Some(*t.get_ref())),
+        Some(t) => Err(cx.err(t.span(), field, "seconds, more than 0")),
+    }
+}
+
+/// The `k`th (0-based) `[[files]]` table.
+fn file_of(
+    cx: &Ctx<'_>,
+    k: usize,
+    raw: Spanned<RawCopy>,
+    sets: &BTreeMap<String, Vec<String>>,
+    max_hosts: usize,
+) -> Result<FileSpec, AppError> {
+    let line = line_of(cx.text, raw.span().start);
+    let f = raw.into_inner();
+    let at = |field: &str| format!("files[{}].{field}", k + 1);
+    let path = |v: Option<Spanned<String>>, field: &str, what: &str| -> Result<(String, usize), AppError> {
+        match v {
+            None => Err(AppError { line, field: Some(at(field)), message: format!("missing: {what}") }),
+            Some(p) if p.get_ref().is_empty() || p.get_ref().contains('\0') => {
+                Err(cx.err(p.span(), at(field), "a path, not empty, without NUL"))
+            }
+            Some(p) => Ok((p.get_ref().clone(), line_of(cx.text, p.span().start))),
+        }
+    };
+    let (src, src_line) =
+        path(f.src, "src", "the file to copy, on this machine (relative to the application file's directory)")?;
+    let (dest, _) = path(f.dest, "dest", "where the file goes on the hosts")?;
+    let hosts = where_of(cx, f.hosts.as_ref(), sets, at("hosts"), max_hosts)?;
+    let mode = match &f.mode {
+        None => None,
+        Some(m) => {
+            let bad = |why: String| cx.err(m.span(), at("mode"), why);
+            let mode = match m.get_ref() {
+                toml::Value::String(t) => parse_mode(t).map_err(bad)?,
+                toml::Value::Integer(v) => {
+                    // 0o755 (or 0x1ed) is taken as written; a decimal 755 is read in octal, as chmod's.
+                    let written = cx.text.get(m.span()).unwrap_or("");
+                    if written.starts_with("0o") || written.starts_with("0x") || written.starts_with("0b") {
+                        u32::try_from(*v)
+                            .ok()
+                            .filter(|&m| m <= 0o7777)
+                            .ok_or_else(|| bad(format!("{written} is not a mode (0 to 0o7777)")))?
+                    } else {
+                        parse_mode(&v.to_string())
+                            .map_err(|_| bad(format!("{v} is not a mode in octal (0 to 7777)")))?
+                    }
+                }
+                other => {
+                    return Err(bad(format!(
+                        "a {}: a mode is a string (\"644\") or an integer (644, 0o644), in octal",
+                        other.type_str()
+                    )))
+                }
+            };
+            Some(mode)
+        }
+    };
+    let timeout_s = timeout_of(cx, f.timeout.as_ref(), at("timeout"))?;
+    Ok(FileSpec { src, dest, hosts, mode, timeout_s, line, src_line })
 }
 
 fn hosts_of(cx: &Ctx<'_>, raw: Spanned<RawHosts>, max_hosts: usize) -> Result<HostsSpec, AppError> {
@@ -509,9 +640,73 @@ timeout = 10
         assert_eq!((e.line, e.field.as_deref()), (14, Some("phase[2].name")), "{e}");
         let e = error_of("[hosts]\nlocal = 2\n[[phase]]\nname = \"x\"\nrun = \"a 'b\"\n");
         assert_eq!((e.line, e.field.as_deref()), (5, Some("phase[1].run")), "{e}");
-        let e = error_of("[hosts]\nlocal = 2\n[[files]]\nsrc = \"a\"\n");
-        assert_eq!(e.field.as_deref(), Some("files"), "{e}");
         let e = error_of("[hosts\nlocal = 2\n");
         assert_eq!(e.line, 1, "{e}");
+    }
+
+    const FILES: &str = r#"
+[hosts]
+local = 5
+
+[sets]
+first = "127.0.0.[1-2]"
+
+[[files]]
+src = "data.txt"
+dest = "/tmp/"
+
+[[files]]
+src = "/etc/hostname"
+dest = "/tmp/h"
+hosts = "first"
+mode = "640"
+timeout = 5
+
+[[phase]]
+name = "one"
+run = "true"
+"#;
+
+    #[test]
+    fn files_parse_in_order() {
+        let app = parse(FILES).unwrap();
+        assert_eq!(app.files.len(), 2);
+        let (a, b) = (&app.files[0], &app.files[1]);
+        assert_eq!((a.src.as_str(), a.dest.as_str(), &a.hosts), ("data.txt", "/tmp/", &Where::All));
+        assert_eq!((a.mode, a.timeout_s, a.line, a.src_line), (None, None, 8, 9));
+        assert_eq!(a.source(std::path::Path::new("/apps")), std::path::Path::new("/apps/data.txt"));
+        assert_eq!(b.source(std::path::Path::new("/apps")), std::path::Path::new("/etc/hostname"));
+        assert_eq!(b.hosts, Where::Names(vec!["127.0.0.1".into(), "127.0.0.2".into()]));
+        assert_eq!((b.mode, b.timeout_s, b.line), (Some(0o640), Some(5.0), 12));
+        // A mode in every spelling: a string or an integer, read in octal; 0o as written.
+        for (mode, want) in [("\"755\"", 0o755), ("\"0o755\"", 0o755), ("755", 0o755), ("0o755", 0o755), ("0", 0)] {
+            let app = parse(&FILES.replace("mode = \"640\"", &format!("mode = {mode}"))).unwrap();
+            assert_eq!(app.files[1].mode, Some(want), "mode = {mode}");
+        }
+    }
+
+    #[test]
+    fn file_errors_name_the_line_and_the_field() {
+        let e = error_of(&FILES.replace("src = \"data.txt\"\n", ""));
+        assert_eq!((e.line, e.field.as_deref()), (8, Some("files[1].src")), "{e}");
+        assert!(e.message.starts_with("missing"), "{e}");
+        let e = error_of(&FILES.replace("dest = \"/tmp/h\"\n", ""));
+        assert_eq!((e.line, e.field.as_deref()), (12, Some("files[2].dest")), "{e}");
+        let e = error_of(&FILES.replace("src = \"data.txt\"", "src = \"\""));
+        assert_eq!((e.line, e.field.as_deref()), (9, Some("files[1].src")), "{e}");
+        for bad in ["\"789\"", "\"rwx\"", "\"17777\"", "\"-7\"", "\"\"", "8", "-1", "0o17777", "true"] {
+            let e = error_of(&FILES.replace("mode = \"640\"", &format!("mode = {bad}")));
+            assert_eq!(e.line, 16, "mode = {bad}: {e}");
+            assert_eq!(e.field.as_deref(), Some("files[2].mode"), "mode = {bad}: {e}");
+        }
+        let e = error_of(&FILES.replace("timeout = 5", "timeout = -5"));
+        assert_eq!((e.line, e.field.as_deref()), (17, Some("files[2].timeout")), "{e}");
+        let e = error_of(&FILES.replace("hosts = \"first\"", "hosts = \"nosuch[\""));
+        assert_eq!((e.line, e.field.as_deref()), (15, Some("files[2].hosts")), "{e}");
+        let e = error_of(&FILES.replace("dest = \"/tmp/\"", "dest = \"/tmp/\"\nowner = \"root\""));
+        assert_eq!(e.line, 11, "{e}");
+        assert!(e.message.contains("unknown field `owner`"), "{e}");
+        let e = error_of(&FILES.replace("src = \"data.txt\"", "src = 3"));
+        assert_eq!(e.line, 9, "{e}");
     }
 }

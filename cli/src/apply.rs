@@ -14,22 +14,33 @@
 //! barrier finish in the background; their results are waited for (within their timeouts)
 //! before the end.
 //!
-//! Exit status: the largest over the phases (as `plush run`'s), 255 when a host was
+//! Files to copy (`[[files]]`) are pushed through the tree ([`Session::run_push`]), one after
+//! another in the file's order, once the hosts joined and before the first phase; each `src` is
+//! relative to the application file's directory, and checked before any host is started (also
+//! with `--check`). A copy that failed on some host (`DEST` not writable, no space) aborts the
+//! application as a failed phase with `on_failure = "abort"` does: no phase runs. Hosts
+//! unreachable or lost during a copy count as in a phase (exit 255), without aborting.
+//!
+//! Exit status: the largest over the copies and phases (as `plush run`'s), 255 when a host was
 //! unreachable or lost, 2 for a bad command line or application file (its line and field are
 //! named), 130 after Ctrl-C.
 
 use crate::session::{
-    code_of, ms, print_groups, status_text, HostArgs, LauncherKind, Session, INTERRUPTED, UNREACHABLE,
+    code_of, ms, print_groups, status_text, HostArgs, LauncherKind, PrintOpts, Session, INTERRUPTED, UNREACHABLE,
 };
 use clap::Args;
-use plush::appfile::{self, AppSpec, OnFailure, PhaseSpec, Where};
+use plush::appfile::{self, AppError, AppSpec, FileSpec, OnFailure, PhaseSpec, Where};
 use plush_core::{HostState, NodeId};
-use plush_mio::JobSpec;
+use plush_mio::{JobSpec, PushJob};
 use serde_json::json;
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+/// Chunk size of the files copied (`plush push`'s default).
+const CHUNK: u32 = 128 << 10;
 
 /// How long, after a barrier's release, the results of the hosts that entered it may take.
 const AFTER_RELEASE: Duration = Duration::from_secs(10);
@@ -84,16 +95,29 @@ pub fn run(args: &ApplyArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let dir = args.file.parent().unwrap_or(Path::new("."));
+    for (k, f) in app.files.iter().enumerate() {
+        if let Err(e) = crate::push::check_source(&f.source(dir)) {
+            let e = AppError { line: f.src_line, field: Some(format!("files[{}].src", k + 1)), message: e };
+            eprintln!("plush apply: {}: {e}", args.file.display());
+            return ExitCode::from(2);
+        }
+    }
     let hosts = if args.hosts.given() { args.hosts.clone() } else { host_args(&app, &args.file) };
     if args.check {
-        println!("{}: {} phases, valid", args.file.display(), app.phases.len());
+        let files = match app.files.len() {
+            0 => String::new(),
+            1 => "1 file to copy, ".to_owned(),
+            n => format!("{n} files to copy, "),
+        };
+        println!("{}: {files}{} phases, valid", args.file.display(), app.phases.len());
         return ExitCode::SUCCESS;
     }
     let mut s = match Session::start(&hosts, "apply") {
         Ok(s) => s,
         Err(code) => return ExitCode::from(code),
     };
-    let code = apply(&mut s, &app, args.json);
+    let code = apply(&mut s, &app, dir, args.json);
     s.dismantle();
     drop(s);
     ExitCode::from(code)
@@ -119,6 +143,7 @@ fn host_args(app: &AppSpec, file: &std::path::Path) -> HostArgs {
         degree: h.degree.unwrap_or(12),
         join_timeout: None,
         fanout: 50,
+        no_upgrade: false,
     }
 }
 
@@ -130,8 +155,80 @@ fn say(json: bool, text: &str, v: serde_json::Value) {
     }
 }
 
-/// Run the phases; returns the exit status.
-fn apply(s: &mut Session, app: &AppSpec, json: bool) -> u8 {
+/// The hosts of a phase or a file: every host, or those named (among the session's).
+fn targets(s: &Session, hosts: &Where) -> Result<Vec<NodeId>, String> {
+    match hosts {
+        Where::All => Ok(s.named.iter().map(|(id, _)| *id).collect()),
+        Where::Names(names) => s.lookup(names),
+    }
+}
+
+/// How a file copy ended.
+enum Copied {
+    /// On every host it reached, with this exit status (255: some were unreachable or lost).
+    Done(u8),
+    /// Failed on some host, with this exit status: abort.
+    Failed(u8),
+    /// Its hosts are not the session's (exit 2), or Ctrl-C (130): abort with exactly this.
+    Stopped(u8),
+}
+
+/// Copy one file (the `k`th, 0-based) through the tree, printing its results as `plush push`.
+fn copy_file(s: &mut Session, k: usize, f: &FileSpec, dir: &Path, json: bool) -> Copied {
+    let targeted = match targets(s, &f.hosts) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("plush apply: files[{}] (line {}): {e}", k + 1, f.line);
+            return Copied::Stopped(2);
+        }
+    };
+    let joined = targeted.iter().filter(|h| s.c.host(h).is_some_and(|i| i.state == HostState::Joined)).count();
+    say(
+        json,
+        &format!("file {} to {} on {joined} hosts", f.src, f.dest),
+        json!({"file": f.src, "dest": f.dest, "started": joined}),
+    );
+    if !json {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "=== file {} -> {} ({} hosts)", f.src, f.dest, targeted.len());
+        let _ = out.flush();
+    }
+    let src = f.source(dir);
+    let push = PushJob {
+        src: &src,
+        dest: &f.dest,
+        target: Some(&targeted),
+        timeout: f.timeout_s.map(Duration::from_secs_f64),
+        chunk: CHUNK,
+        mode: f.mode,
+        upgrade: false,
+        digest: None,
+    };
+    let sum = s.run_push(push, PrintOpts { json, stream: false });
+    if json {
+        say(
+            true,
+            "",
+            json!({"file": f.src, "dest": f.dest, "ok": sum.ok, "failed": sum.failed, "lost": sum.lost,
+                   "unreachable": sum.unreachable, "push_ms": sum.run_ms, "exit": sum.code}),
+        );
+    }
+    if sum.interrupted {
+        return Copied::Stopped(INTERRUPTED);
+    }
+    if sum.failed > 0 {
+        say(
+            json,
+            &format!("file {} (line {}) was not copied to {} hosts: aborting", f.src, f.line, sum.failed),
+            json!({"file": f.src, "abort": true}),
+        );
+        return Copied::Failed(sum.code.max(1));
+    }
+    Copied::Done(sum.code)
+}
+
+/// Copy the files, then run the phases; returns the exit status.
+fn apply(s: &mut Session, app: &AppSpec, dir: &Path, json: bool) -> u8 {
     let build = s.join();
     let joined = s.c.count(HostState::Joined);
     say(
@@ -144,18 +241,31 @@ fn apply(s: &mut Session, app: &AppSpec, json: bool) -> u8 {
     let mut runs: Vec<PhaseRun> = Vec::new();
     let mut aborted: Option<String> = None;
     let mut code = 0u8;
-    for (k, p) in app.phases.iter().enumerate() {
-        let targeted = match &p.hosts {
-            Where::All => s.named.iter().map(|(id, _)| *id).collect::<Vec<_>>(),
-            Where::Names(names) => match s.lookup(names) {
-                Ok(t) => t,
-                Err(e) => {
-                    eprintln!("plush apply: phase {} (line {}): {e}", p.name, p.line);
-                    code = 2;
-                    aborted = Some(p.name.clone());
-                    break;
-                }
-            },
+    let mut files_run = 0;
+    for (k, f) in app.files.iter().enumerate() {
+        files_run += 1;
+        let abort_with = match copy_file(s, k, f, dir, json) {
+            Copied::Done(c) => {
+                code = code.max(c);
+                continue;
+            }
+            Copied::Failed(c) => code.max(c),
+            Copied::Stopped(c) => c,
+        };
+        code = abort_with;
+        aborted = Some(format!("files[{}]", k + 1));
+        break;
+    }
+    let phases = if aborted.is_some() { &[][..] } else { &app.phases[..] };
+    for (k, p) in phases.iter().enumerate() {
+        let targeted = match targets(s, &p.hosts) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("plush apply: phase {} (line {}): {e}", p.name, p.line);
+                code = 2;
+                aborted = Some(p.name.clone());
+                break;
+            }
         };
         let run = start_phase(s, k, p, targeted, json);
         let ok = wait_phase(s, p, &run, json, &stop);
@@ -202,7 +312,8 @@ fn apply(s: &mut Session, app: &AppSpec, json: bool) -> u8 {
         code = 1;
     }
     if json {
-        let v = json!({"summary": {"hosts": s.host_count(), "joined": joined, "phases": app.phases.len(),
+        let v = json!({"summary": {"hosts": s.host_count(), "joined": joined, "files": app.files.len(),
+            "files_run": files_run, "phases": app.phases.len(),
             "phases_run": runs.len(), "aborted": aborted, "ok": totals.0, "failed": totals.1, "lost": totals.2,
             "unreachable": totals.3, "build_ms": ms(build), "exit": code}});
         let mut out = std::io::stdout().lock();

@@ -16,6 +16,7 @@ mod run;
 mod session;
 mod shell;
 mod sim;
+mod upgrade;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -51,8 +52,9 @@ enum Command {
     /// were lost or unreachable are named on stderr. While hosts join and results are pending, a
     /// progress line is shown on stderr when it is a terminal.
     Run(run::RunArgs),
-    /// An interactive controller: the overlay stays up between commands (`run`, `hosts`,
-    /// `tree`, `invite`, `barrier`, `status`, `cancel`, `disconnect`; `help` lists them).
+    /// An interactive controller: the overlay stays up between commands (`run`, `push`,
+    /// `hosts`, `tree`, `invite`, `barrier`, `status`, `cancel`, `disconnect`; `help` lists
+    /// them).
     ///
     /// Reads from a terminal with line editing and history, or from a pipe:
     /// `printf 'run hostname\nhosts\n' | plush shell --local 50`. Every command takes `--json`.
@@ -65,7 +67,9 @@ enum Command {
     /// host sets, and `[[phase]]` tables with `name`, `run` (a command line or a list of
     /// words), optional `hosts` ("all", a set's name or a host set), `timeout` (seconds),
     /// `on_failure` ("abort", "ignore", "restart"), `restarts`, and `barrier = { threshold =
-    /// 0.8, timeout = 5 }`. Errors in the file name its line and field (exit 2).
+    /// 0.8, timeout = 5 }`. `[[files]]` tables (`src`, relative to the file; `dest` on the hosts;
+    /// optional `hosts`, `mode`, `timeout`) are copied through the tree, in order, before the
+    /// first phase; a failed copy aborts. Errors in the file name its line and field (exit 2).
     Apply(apply::ApplyArgs),
     /// Copy a file to many hosts through the tree: the controller sends each byte once, every
     /// host forwards it to its children as it arrives, verifies it (SHA-256) and renames it into
@@ -76,6 +80,13 @@ enum Command {
     /// when every host has it, 1 when a copy failed, 255 when a host was unreachable or lost, 2
     /// for a usage error.
     Push(push::PushArgs),
+    /// Make every host run this Plush: clients of another version (all of them with --force)
+    /// receive this binary through the tree, restart on it and rejoin, at most --max-down K
+    /// at a time while the others stay joined.
+    ///
+    /// Example: `plush upgrade -w node[01-64] --max-down 8`. Exits 0 when every host runs this
+    /// version, 1 when some could not be upgraded, 255 when a host was unreachable.
+    Upgrade(upgrade::UpgradeArgs),
     /// Enter a barrier of the overlay from a job's process, and wait for its release.
     ///
     /// Only inside a job that Plush started: e.g. `plush run ... -- sh -c 'setup; "$PLUSH"
@@ -100,6 +111,12 @@ fn main() -> ExitCode {
                 missing_target("push");
             }
             push::run(&args)
+        }
+        Command::Upgrade(args) => {
+            if !args.hosts.given() {
+                missing_target("upgrade");
+            }
+            upgrade::run(&args)
         }
         Command::Barrier(args) => barrier::run(&args),
         Command::Shell(args) => shell::run(&args),

@@ -35,7 +35,7 @@ pub struct PushArgs {
     pub timeout: Option<Duration>,
 
     /// Permission bits of the copies, in octal (e.g. 755) [default: those of SRC].
-    #[arg(long, value_name = "OCTAL", value_parser = parse_mode)]
+    #[arg(long, value_name = "OCTAL", value_parser = plush::appfile::parse_mode)]
     pub mode: Option<u32>,
 
     /// Chunk size in KiB (1 to 512).
@@ -53,13 +53,6 @@ pub struct PushArgs {
     /// Where it goes on each host.
     #[arg(value_name = "DEST")]
     pub dest: String,
-}
-
-fn parse_mode(s: &str) -> Result<u32, String> {
-    match u32::from_str_radix(s.trim_start_matches("0o"), 8) {
-        Ok(m) if m <= 0o7777 => Ok(m),
-        _ => Err(format!("{s:?} is not a mode in octal (0 to 7777)")),
-    }
 }
 
 /// Check `SRC` before any host is started: a usage error (exit 2) if it is not a readable file.

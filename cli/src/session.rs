@@ -108,6 +108,13 @@ pub struct HostArgs {
     /// for 20 s, at most 300 s].
     #[arg(long, value_name = "SECS", value_parser = crate::run::parse_timeout)]
     pub join_timeout: Option<Duration>,
+
+    /// Leave clients of another Plush version as they are. By default a client whose version
+    /// differs from this one's receives this binary through the tree, restarts on it and
+    /// rejoins (a quarter of the hosts at a time at most); clusters that share this machine's
+    /// file system and binary do not need it.
+    #[arg(long)]
+    pub no_upgrade: bool,
 }
 
 impl HostArgs {
@@ -171,6 +178,22 @@ fn free_port(n: u32) -> Option<u16> {
     (0..64u64)
         .map(|k| 20_000 + ((start + k * 7_919) % 12_000) as u16)
         .find(|&port| (0..n).all(|i| TcpListener::bind(NodeId::loopback(i, port).addr()).is_ok()))
+}
+
+/// How long an upgraded batch may take to rejoin with the new version.
+pub const UPGRADE_REJOIN: Duration = Duration::from_secs(60);
+
+/// What [`Session::upgrade`] did.
+#[derive(Clone, Debug, Default)]
+pub struct UpgradeSummary {
+    /// Hosts back with this build.
+    pub upgraded: Vec<NodeId>,
+    /// Hosts not upgraded, and why.
+    pub failed: Vec<(NodeId, String)>,
+    /// At most this many at a time.
+    pub limit: usize,
+    /// The most hosts seen down at once.
+    pub max_down: usize,
 }
 
 /// What [`Session::run_start`] starts.
@@ -461,6 +484,8 @@ pub struct Session {
     cmd: &'static str,
     port: u16,
     join_timeout: Option<Duration>,
+    /// Leave clients of another version as they are.
+    pub no_upgrade: bool,
     /// Clients are started by the local launcher (their pids are the clients').
     pub local_launcher: bool,
 }
@@ -528,6 +553,7 @@ impl Session {
             cmd,
             port: args.port,
             join_timeout: args.join_timeout,
+            no_upgrade: args.no_upgrade,
             local_launcher: kind == LauncherKind::Local,
         };
         s.invite(hosts);
@@ -585,7 +611,92 @@ impl Session {
         if let Err(e) = settled {
             eprintln!("plush {}: the event loop failed: {e}", self.cmd);
         }
+        let outdated = self.c.outdated();
+        if !outdated.is_empty() && !self.no_upgrade {
+            let k = (self.host_count() / 4).max(1);
+            eprintln!(
+                "plush {}: {} hosts run another Plush version: upgrading them to {} ({k} at a time)",
+                self.cmd,
+                outdated.len(),
+                plush_mio::version()
+            );
+            let u = self.upgrade(&outdated, k);
+            for (h, why) in &u.failed {
+                eprintln!("plush {}: {}: not upgraded: {why}", self.cmd, self.label(h));
+            }
+        }
         self.t0.elapsed()
+    }
+
+    /// Upgrade `hosts` to this binary, at most `k` at a time: push it to a batch, wait for
+    /// the batch to come back with this build, then the next. The controller picks the order:
+    /// the root last (its restart moves the root), the others by address. Hosts not joined are
+    /// skipped. Returns what happened, with the most hosts seen down at once (hosts joined at
+    /// the start and not joined, sampled at every turn of the event loop).
+    pub fn upgrade(&mut self, hosts: &[NodeId], k: usize) -> UpgradeSummary {
+        let k = k.max(1);
+        let mut sum = UpgradeSummary { limit: k, ..UpgradeSummary::default() };
+        let exe = match std::env::current_exe() {
+            Ok(p) => p,
+            Err(e) => {
+                sum.failed.extend(hosts.iter().map(|h| (*h, format!("cannot find this binary: {e}"))));
+                return sum;
+            }
+        };
+        let root = self.c.root();
+        let mut order: Vec<NodeId> =
+            hosts.iter().copied().filter(|h| self.c.host(h).is_some_and(|i| i.state == HostState::Joined)).collect();
+        order.sort_by_key(|h| (Some(*h) == root, *h));
+        let watched: Vec<NodeId> = self.joined().into_iter().collect();
+        let down =
+            |c: &Cluster| watched.iter().filter(|h| c.host(h).is_none_or(|i| i.state != HostState::Joined)).count();
+        for batch in order.chunks(k) {
+            let job = match self.c.start_upgrade(batch, &exe) {
+                Ok(j) => j,
+                Err(e) => {
+                    sum.failed.extend(batch.iter().map(|h| (*h, format!("cannot push the binary: {e}"))));
+                    continue;
+                }
+            };
+            let mut max_down = sum.max_down;
+            let waited = self.c.wait_job(job, |c, _, _| max_down = max_down.max(down(c)), || false);
+            let mut installed = Vec::new();
+            match waited {
+                Ok(out) => {
+                    for g in &out.groups {
+                        for h in &g.nodes {
+                            if g.status == ExitStatus::Exited(0) {
+                                installed.push(*h);
+                            } else {
+                                let text = String::from_utf8_lossy(&g.output).trim().to_string();
+                                sum.failed.push((*h, if text.is_empty() { format!("{:?}", g.status) } else { text }));
+                            }
+                        }
+                    }
+                    for h in &out.missing {
+                        sum.failed.push((*h, "no answer to the upgrade".into()));
+                    }
+                }
+                Err(e) => sum.failed.extend(batch.iter().map(|h| (*h, format!("event loop: {e}")))),
+            }
+            let back = self.c.wait_until(UPGRADE_REJOIN, |c| {
+                max_down = max_down.max(down(c));
+                installed.iter().all(|h| c.current(h) || c.host(h).is_some_and(|i| i.state == HostState::Failed))
+            });
+            if let Err(e) = back {
+                eprintln!("plush {}: the event loop failed: {e}", self.cmd);
+            }
+            sum.max_down = max_down;
+            for h in installed {
+                if self.c.current(&h) {
+                    sum.upgraded.push(h);
+                } else {
+                    sum.failed.push((h, "installed, but did not come back with the new version".into()));
+                }
+            }
+            self.c.forget_job(job);
+        }
+        sum
     }
 
     /// How a host is named in output.

@@ -7,13 +7,15 @@
 //! --json` makes it the default: then each command prints JSON lines, one document each.
 //!
 //! Commands (`help` lists them): `run [-w HOSTS] [--timeout S] [--stream] [--bg] CMD...`,
-//! `wait [JOB]`, `cancel [JOB]`, `hosts`, `tree`, `invite HOSTS...`, `barrier NAME
+//! `push [-w HOSTS] [--timeout S] [--mode OCTAL] SRC DEST` (a file through the tree, as `plush
+//! push`), `wait [JOB]`, `cancel [JOB]`, `hosts`, `tree`, `invite HOSTS...`, `barrier NAME
 //! [--threshold F] [--timeout S]`, `status`, `disconnect` (also `quit`, `exit`, or the end of
 //! the input: dismantle and leave). Barrier releases and root changes are announced as they
 //! happen. Ctrl-C cancels the command running in the foreground.
 //!
-//! Exit status: that of the last `run` or `wait` (as `plush run`'s), 2 when the last command
-//! was not understood, else 0.
+//! Exit status: that of the last `run`, `push` or `wait` (as `plush run`'s and `plush push`'s),
+//! 2 when the last command was not understood (or `push` was given a `SRC` it cannot read),
+//! else 0.
 //!
 //! Bounds: at most [`MAX_BG`] background jobs are listed (the oldest is dropped from the list;
 //! the `Cluster` itself forgets jobs beyond `Config::max_jobs`); barriers are bounded by the
@@ -23,13 +25,17 @@ use crate::run::parse_timeout;
 use crate::session::{ms, summary_json, HostArgs, PrintOpts, Session, INTERRUPTED};
 use clap::{Args, Parser};
 use plush_core::{HostState, NodeId};
-use plush_mio::{JobSpec, Notice};
+use plush_mio::{JobSpec, Notice, PushJob};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::Duration;
+
+/// Chunk size of `push` (`plush push`'s default).
+const PUSH_CHUNK: u32 = 128 << 10;
 
 /// Background jobs listed for `wait`, `cancel` and `status` (`Config::max_jobs`' default).
 pub const MAX_BG: usize = 64;
@@ -77,6 +83,35 @@ enum Line {
         /// The command and its arguments.
         #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
+    },
+    /// Copy a file to every joined host (or to -w HOSTS) through the tree, and print the
+    /// results grouped.
+    ///
+    /// The controller sends the file once, to the root; every host stores it, forwards it to
+    /// its children, checks its SHA-256 and renames it into place: DEST, or DEST/NAME when DEST
+    /// is a directory there or ends with `/`. A host whose copy failed is named with the error
+    /// and left without the file. The status is 0 when every host has the file, 1 when a copy
+    /// failed, 255 when a host was unreachable or lost, 2 when SRC cannot be read. Example:
+    /// `push ./data.bin /tmp/`.
+    Push {
+        /// Only these hosts (host-set syntax, among the session's).
+        #[arg(short = 'w', value_name = "HOSTS")]
+        hosts: Vec<String>,
+        /// Give up on hosts that have not stored the file after SECS seconds.
+        #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+        timeout: Option<Duration>,
+        /// Permission bits of the copies, in octal (e.g. 755) [default: those of SRC].
+        #[arg(long, value_name = "OCTAL", value_parser = plush::appfile::parse_mode)]
+        mode: Option<u32>,
+        /// JSON lines.
+        #[arg(long)]
+        json: bool,
+        /// The file to copy (a regular file on this machine).
+        #[arg(value_name = "SRC")]
+        src: PathBuf,
+        /// Where it goes on each host.
+        #[arg(value_name = "DEST")]
+        dest: String,
     },
     /// Wait for a background job (the last one by default) and print its results.
     Wait {
@@ -317,6 +352,7 @@ impl Shell {
             Line::Run { hosts, timeout, stream, bg, json, command } => {
                 self.run(&hosts, timeout, stream, bg, json, &command)
             }
+            Line::Push { hosts, timeout, mode, json, src, dest } => self.push(&hosts, timeout, mode, json, &src, &dest),
             Line::Wait { job, json } => self.wait(job, json),
             Line::Cancel { job, json } => self.cancel(job, json),
             Line::Hosts { json } => self.hosts(json),
@@ -342,6 +378,70 @@ impl Shell {
         false
     }
 
+    /// The hosts `-w` names among the session's (`None`: all); an error is named, status 2.
+    fn target(&mut self, cmd: &str, hosts: &[String]) -> Result<Option<Vec<NodeId>>, ()> {
+        if hosts.is_empty() {
+            return Ok(None);
+        }
+        match self.s.lookup(hosts) {
+            Ok(t) => Ok(Some(t)),
+            Err(e) => {
+                eprintln!("plush shell: {cmd}: {e}");
+                self.status = 2;
+                Err(())
+            }
+        }
+    }
+
+    fn push(
+        &mut self,
+        hosts: &[String],
+        timeout: Option<Duration>,
+        mode: Option<u32>,
+        json: bool,
+        src: &Path,
+        dest: &str,
+    ) {
+        let size = match crate::push::check_source(src) {
+            Ok(n) => n,
+            Err(e) => {
+                eprintln!("plush shell: push: {e}");
+                self.status = 2;
+                return;
+            }
+        };
+        let Ok(target) = self.target("push", hosts) else { return };
+        let json = json || self.json;
+        let sent_before = self.s.c.driver_stats().chunk_bytes_sent;
+        let push = PushJob {
+            src,
+            dest,
+            target: target.as_deref(),
+            timeout,
+            chunk: PUSH_CHUNK,
+            mode,
+            upgrade: false,
+            digest: None,
+        };
+        let summary = self.s.run_push(push, PrintOpts { json, stream: false });
+        let sent = self.s.c.driver_stats().chunk_bytes_sent.saturating_sub(sent_before);
+        self.status = if summary.interrupted { INTERRUPTED } else { summary.code };
+        let hosts = target.as_ref().map_or(self.s.host_count(), Vec::len);
+        if json {
+            let extra = [("bytes", json!(size)), ("controller_bytes", json!(sent)), ("push_ms", json!(summary.run_ms))];
+            self.out(true, "", summary_json(&summary, hosts, &extra));
+        } else {
+            let mib = |b: u64| b as f64 / f64::from(1 << 20);
+            eprintln!(
+                "plush shell: push: {:.1} MiB to {}/{hosts} hosts in {:.2} s; the controller sent {:.1} MiB",
+                mib(size),
+                summary.ok,
+                summary.run_ms as f64 / 1000.0,
+                mib(sent)
+            );
+        }
+    }
+
     fn run(
         &mut self,
         hosts: &[String],
@@ -351,18 +451,7 @@ impl Shell {
         json: bool,
         command: &[String],
     ) {
-        let target = if hosts.is_empty() {
-            None
-        } else {
-            match self.s.lookup(hosts) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    eprintln!("plush shell: run: {e}");
-                    self.status = 2;
-                    return;
-                }
-            }
-        };
+        let Ok(target) = self.target("run", hosts) else { return };
         let argv: Vec<&str> = command.iter().map(String::as_str).collect();
         let spec = JobSpec { argv: &argv, target: target.as_deref(), timeout, stream, env: &[] };
         let json = json || self.json;

@@ -1,6 +1,7 @@
 //! `plush apply` end to end: an application file with a partial barrier runs its phases in
 //! order on local clients; a failing phase aborts what follows; restarts retry a failing
-//! process on its host; a malformed file is refused with its line.
+//! process on its host; a malformed file is refused with its line; files are copied to the
+//! hosts before the first phase, and a copy that fails aborts.
 
 use serde_json::Value;
 use std::time::Duration;
@@ -156,4 +157,101 @@ fn a_malformed_application_file_names_its_line_and_field() {
     let r = plush(&["apply", "/nonexistent/app.toml"], LIMIT);
     assert_eq!(r.code, Some(2));
     assert!(r.stderr.contains("cannot read /nonexistent/app.toml"), "{}", r.stderr);
+}
+
+#[test]
+fn files_are_copied_before_the_first_phase() {
+    // data.txt, beside the application file, goes to every host (mode 640) and, a second
+    // time, to a set of two; the phase checks the copy against the original on every host.
+    let app = write_app("files", "");
+    let dir = app.parent().unwrap().to_path_buf();
+    let out = dir.join("out");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let content = format!("data of test {}\n", std::process::id());
+    std::fs::write(dir.join("data.txt"), &content).unwrap();
+    let text = format!(
+        r#"
+[hosts]
+local = 4
+
+[sets]
+two = "127.0.0.[1-2]"
+
+[[files]]
+src = "data.txt"
+dest = "{out}/"
+mode = "640"
+
+[[files]]
+src = "data.txt"
+dest = "{out}/only-two"
+hosts = "two"
+mode = 0o600
+
+[[phase]]
+name = "check"
+run = ["sh", "-c", "cmp {dir}/data.txt {out}/data.txt && stat -c %a {out}/data.txt {out}/only-two"]
+"#,
+        out = out.display(),
+        dir = dir.display()
+    );
+    std::fs::write(&app, text).unwrap();
+    let r = plush(&["apply", app.to_str().unwrap(), "--json"], LIMIT);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
+    let docs = json_lines(&r.stdout);
+    // Each file's outcome: every host of it ok.
+    let copies: Vec<&Value> = docs.iter().filter(|d| d.get("file").is_some() && d.get("ok").is_some()).collect();
+    assert_eq!(copies.len(), 2, "{docs:?}");
+    assert_eq!((copies[0]["ok"].as_u64(), copies[0]["failed"].as_u64()), (Some(4), Some(0)), "{}", copies[0]);
+    assert_eq!((copies[1]["ok"].as_u64(), copies[1]["failed"].as_u64()), (Some(2), Some(0)), "{}", copies[1]);
+    // The phase ran after the copies, and found them on every host.
+    let copied = docs.iter().rposition(|d| d.get("file").is_some()).expect("a file line");
+    let started = docs.iter().position(|d| d["phase"] == "check" && d.get("started").is_some()).expect("started");
+    assert!(copied < started, "{docs:?}");
+    let check: Vec<&Value> = docs.iter().filter(|d| d["phase"] == "check" && d.get("nodes").is_some()).collect();
+    assert_eq!(check.len(), 1, "{check:?}");
+    assert_eq!(check[0]["count"], 4, "{}", check[0]);
+    assert_eq!(check[0]["status"], "ok", "{}", check[0]);
+    assert_eq!(check[0]["output"], "640\n600\n", "{}", check[0]);
+    let summary = &docs.last().expect("a summary")["summary"];
+    assert_eq!(summary["files_run"], 2, "{summary}");
+    assert_eq!(summary["ok"], 4, "{summary}");
+    assert_eq!(summary["exit"], 0, "{summary}");
+}
+
+#[test]
+fn a_file_that_cannot_be_copied_is_named_and_aborts_or_is_refused_with_its_line() {
+    // A src that does not exist: refused with its line before any host starts, also by --check.
+    let app = write_app(
+        "nosrc",
+        "[hosts]\nlocal = 3\n\n[[files]]\nsrc = \"nosuch.txt\"\ndest = \"/tmp/\"\n\n[[phase]]\nname = \"x\"\nrun = \"true\"\n",
+    );
+    for check in [false, true] {
+        let mut args = vec!["apply", app.to_str().unwrap()];
+        if check {
+            args.push("--check");
+        }
+        let r = plush(&args, LIMIT);
+        assert_eq!(r.code, Some(2), "--check {check}: stderr: {}", r.stderr);
+        assert!(r.stderr.contains("line 5: files[1].src: ") && r.stderr.contains("nosuch.txt"), "{}", r.stderr);
+        assert!(r.stdout.is_empty(), "{}", String::from_utf8_lossy(&r.stdout));
+    }
+    // A destination that cannot be written: the hosts are named with the error, and no phase runs.
+    let dir = app.parent().unwrap().to_path_buf();
+    std::fs::write(dir.join("data.txt"), "x\n").unwrap();
+    std::fs::write(
+        &app,
+        "[hosts]\nlocal = 3\n\n[[files]]\nsrc = \"data.txt\"\ndest = \"/nonexistent-plush-dir/data.txt\"\n\n[[phase]]\nname = \"never\"\nrun = \"echo never\"\n",
+    )
+    .unwrap();
+    let r = plush(&["apply", app.to_str().unwrap()], LIMIT);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(r.code, Some(1), "stderr: {}", r.stderr);
+    let text = String::from_utf8_lossy(&r.stdout);
+    assert!(text.contains("127.0.0.[1-3] (3) exit 1"), "{text}");
+    assert!(text.contains("/nonexistent-plush-dir/data.txt: No such file or directory"), "{text}");
+    assert!(!text.contains("never"), "the phase ran: {text}");
+    assert!(r.stderr.contains("file data.txt (line 4) was not copied to 3 hosts: aborting"), "{}", r.stderr);
 }

@@ -1,6 +1,7 @@
 //! `plush shell` end to end, commands read from a pipe: one overlay serves every command, so
 //! the clients' pids stay the same; barriers opened in the shell are entered by jobs with
-//! `plush barrier`; `--degree` shapes the tree the clients build. Also `plush run --stream`.
+//! `plush barrier`; `--degree` shapes the tree the clients build; `push` copies a file through
+//! the tree. Also `plush run --stream`.
 
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -147,4 +148,49 @@ fn run_stream_prints_host_prefixed_lines_as_they_come() {
         assert!(text.lines().any(|l| l.starts_with(&format!("{host}: two {host}:"))), "{text}");
     }
     assert_eq!(text.lines().count(), 8, "{text}");
+}
+
+#[test]
+fn push_copies_a_file_to_every_host_and_the_shell_goes_on_after_a_missing_one() {
+    let n = 10;
+    let dir = std::env::temp_dir().join(format!("plush-shell-push-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).expect("a temp dir");
+    let src = dir.join("payload.txt");
+    let content = format!("pushed by test {}\nsecond line\n", std::process::id());
+    std::fs::write(&src, &content).expect("write the source");
+    let missing = dir.join("nosuch.txt");
+    let input = format!(
+        "push {src} {out}/\nrun -- cat {out}/payload.txt\npush {missing} {out}/\nrun true\n",
+        src = src.display(),
+        out = out.display(),
+        missing = missing.display()
+    );
+    let r = plush_with_input(&["shell", "--local", &n.to_string(), "--json"], Some(&input), LIMIT);
+    let copied = std::fs::read_to_string(out.join("payload.txt"));
+    let _ = std::fs::remove_dir_all(&dir);
+    // The last command (`run true`) succeeded: the missing file did not stop the shell.
+    assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("plush shell: push: {}: No such file or directory", missing.display())),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(copied.as_deref().ok(), Some(content.as_str()));
+    let docs = json_lines(&r.stdout);
+    let groups: Vec<&Value> = docs.iter().filter(|d| d.get("nodes").is_some()).collect();
+    let summaries: Vec<&Value> = docs.iter().filter_map(|d| d.get("summary")).collect();
+    // push, run cat, run true: the missing file printed neither groups nor a summary.
+    assert_eq!(groups.len(), 3, "{docs:?}");
+    assert_eq!(summaries.len(), 3, "{docs:?}");
+    // The push: one group of every host, ok; its summary counts the file's bytes.
+    assert_eq!((groups[0]["count"].as_u64(), groups[0]["status"].as_str()), (Some(n), Some("ok")), "{}", groups[0]);
+    assert_eq!(summaries[0]["ok"], n, "{}", summaries[0]);
+    assert_eq!(summaries[0]["bytes"], content.len(), "{}", summaries[0]);
+    assert_eq!(summaries[0]["exit"], 0);
+    // Every host read the copy: one group of all of them, with the content.
+    assert_eq!(groups[1]["count"], n, "{}", groups[1]);
+    assert_eq!(groups[1]["output"], content.as_str(), "{}", groups[1]);
+    assert_eq!(summaries[1]["ok"], n, "{}", summaries[1]);
 }

@@ -43,9 +43,15 @@ pub fn plush(args: &[&str], limit: Duration) -> Ran {
 
 /// [`plush`] with `input` on its stdin (closed after it), or stdin from /dev/null.
 pub fn plush_with_input(args: &[&str], input: Option<&str>, limit: Duration) -> Ran {
+    plush_env(args, input, &[], limit)
+}
+
+/// [`plush_with_input`] with extra environment variables.
+pub fn plush_env(args: &[&str], input: Option<&str>, env: &[(&str, &str)], limit: Duration) -> Ran {
     let t0 = Instant::now();
     let mut child: Child = Command::new(env!("CARGO_BIN_EXE_plush"))
         .args(args)
+        .envs(env.iter().copied())
         .stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
