@@ -161,6 +161,9 @@ pub struct HostsSpec {
     pub ssh_options: Vec<String>,
     /// The command launcher's template.
     pub launcher_command: Option<String>,
+    /// A maintenance script file every client runs before it joins (relative to the
+    /// application file's directory is the caller's business).
+    pub maintenance: Option<String>,
 }
 
 /// A validated application file.
@@ -204,6 +207,7 @@ struct RawHosts {
     #[serde(default)]
     ssh_options: Vec<String>,
     launcher_command: Option<String>,
+    maintenance: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -573,6 +577,7 @@ fn hosts_of(cx: &Ctx<'_>, raw: Spanned<RawHosts>, max_hosts: usize) -> Result<Ho
         degree,
         ssh_options: raw.ssh_options,
         launcher_command: raw.launcher_command,
+        maintenance: raw.maintenance,
     })
 }
 
@@ -613,6 +618,9 @@ timeout = 10
         assert_eq!(app.phases[1].on_failure, OnFailure::Restart(3));
         assert_eq!(app.phases[1].timeout_s, Some(10.0));
         assert_eq!(app.phases[1].line, 13);
+        assert_eq!(app.hosts.maintenance, None);
+        let app = parse(&GOOD.replace("local = 5", "local = 5\nmaintenance = \"check.sh\"")).unwrap();
+        assert_eq!(app.hosts.maintenance.as_deref(), Some("check.sh"));
     }
 
     fn error_of(text: &str) -> AppError {

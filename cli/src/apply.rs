@@ -144,6 +144,7 @@ fn host_args(app: &AppSpec, file: &std::path::Path) -> HostArgs {
         join_timeout: None,
         fanout: 50,
         no_upgrade: false,
+        maintenance: h.maintenance.as_ref().map(|f| dir.join(f)),
     }
 }
 

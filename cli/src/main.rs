@@ -63,7 +63,8 @@ enum Command {
     /// partial) between them and a failure policy per phase (abort, ignore, restart).
     ///
     /// The file is TOML: a `[hosts]` table (`local = N`, or `hosts = "node[01-64]"`, or
-    /// `hostfile = "..."`; `exclude`, `launcher`, `port`, `degree`), optional `[sets]` of named
+    /// `hostfile = "..."`; `exclude`, `launcher`, `port`, `degree`, `maintenance` (a script file
+    /// every client runs before it joins)), optional `[sets]` of named
     /// host sets, and `[[phase]]` tables with `name`, `run` (a command line or a list of
     /// words), optional `hosts` ("all", a set's name or a host set), `timeout` (seconds),
     /// `on_failure` ("abort", "ignore", "restart"), `restarts`, and `barrier = { threshold =

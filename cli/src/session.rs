@@ -115,6 +115,12 @@ pub struct HostArgs {
     /// file system and binary do not need it.
     #[arg(long)]
     pub no_upgrade: bool,
+
+    /// A maintenance script (at most 64 KiB) that every client runs with `/bin/sh -c` before it
+    /// joins (cleanup, checks): a host whose script fails (non-zero exit, or still running after
+    /// 2 minutes) is reported with the script's status and output, and does not join.
+    #[arg(long, value_name = "FILE")]
+    pub maintenance: Option<std::path::PathBuf>,
 }
 
 impl HostArgs {
@@ -156,6 +162,20 @@ pub fn code_of(status: &ExitStatus) -> u8 {
         ExitStatus::SpawnFailed => 127,
         ExitStatus::TimedOut | ExitStatus::Cancelled => UNREACHABLE,
     }
+}
+
+/// The maintenance script in `path`: text, at most [`plush_core::wire::MAX_SCRIPT`] bytes.
+fn read_script(path: &std::path::Path) -> Result<String, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("--maintenance {}: {e}", path.display()))?;
+    if bytes.len() > plush_core::wire::MAX_SCRIPT {
+        return Err(format!(
+            "--maintenance {}: {} bytes; a maintenance script is at most {} KiB",
+            path.display(),
+            bytes.len(),
+            plush_core::wire::MAX_SCRIPT >> 10
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| format!("--maintenance {}: not UTF-8 text", path.display()))
 }
 
 /// How a result is named in headers and on stderr; `None` for success.
@@ -527,8 +547,16 @@ impl Session {
         let launch_timeout =
             if kind == LauncherKind::Local { Duration::from_secs(10) } else { Duration::from_secs(60) };
         let client_args = vec!["client".into(), "--max-children".into(), args.degree.to_string().into()];
+        let maintenance = match args.maintenance.as_deref().map(read_script).transpose() {
+            Ok(m) => m,
+            Err(e) => {
+                eprintln!("plush {cmd}: {e}");
+                return Err(2);
+            }
+        };
         let cfg = ClusterConfig {
             core,
+            maintenance,
             method,
             launch_timeout,
             client_args,
@@ -620,7 +648,7 @@ impl Session {
                 outdated.len(),
                 plush_mio::version()
             );
-            let u = self.upgrade(&outdated, k);
+            let u = self.upgrade(&outdated, k, false);
             for (h, why) in &u.failed {
                 eprintln!("plush {}: {}: not upgraded: {why}", self.cmd, self.label(h));
             }
@@ -633,7 +661,7 @@ impl Session {
     /// the root last (its restart moves the root), the others by address. Hosts not joined are
     /// skipped. Returns what happened, with the most hosts seen down at once (hosts joined at
     /// the start and not joined, sampled at every turn of the event loop).
-    pub fn upgrade(&mut self, hosts: &[NodeId], k: usize) -> UpgradeSummary {
+    pub fn upgrade(&mut self, hosts: &[NodeId], k: usize, force: bool) -> UpgradeSummary {
         let k = k.max(1);
         let mut sum = UpgradeSummary { limit: k, ..UpgradeSummary::default() };
         let exe = match std::env::current_exe() {
@@ -651,7 +679,10 @@ impl Session {
         let down =
             |c: &Cluster| watched.iter().filter(|h| c.host(h).is_none_or(|i| i.state != HostState::Joined)).count();
         for batch in order.chunks(k) {
-            let job = match self.c.start_upgrade(batch, &exe) {
+            // A host is back once it joined again after this point (and runs this build).
+            let joined_before: Vec<Option<Duration>> =
+                batch.iter().map(|h| self.c.host(h).and_then(|i| i.joined_at)).collect();
+            let job = match self.c.start_upgrade(batch, &exe, force) {
                 Ok(j) => j,
                 Err(e) => {
                     sum.failed.extend(batch.iter().map(|h| (*h, format!("cannot push the binary: {e}"))));
@@ -679,16 +710,20 @@ impl Session {
                 }
                 Err(e) => sum.failed.extend(batch.iter().map(|h| (*h, format!("event loop: {e}")))),
             }
+            let rejoined = |c: &Cluster, h: &NodeId| {
+                let before = batch.iter().position(|b| b == h).and_then(|k| joined_before[k]);
+                c.current(h) && c.host(h).is_some_and(|i| i.state == HostState::Joined && i.joined_at != before)
+            };
             let back = self.c.wait_until(UPGRADE_REJOIN, |c| {
                 max_down = max_down.max(down(c));
-                installed.iter().all(|h| c.current(h) || c.host(h).is_some_and(|i| i.state == HostState::Failed))
+                installed.iter().all(|h| rejoined(c, h) || c.host(h).is_some_and(|i| i.state == HostState::Failed))
             });
             if let Err(e) = back {
                 eprintln!("plush {}: the event loop failed: {e}", self.cmd);
             }
             sum.max_down = max_down;
             for h in installed {
-                if self.c.current(&h) {
+                if rejoined(&self.c, &h) {
                     sum.upgraded.push(h);
                 } else {
                     sum.failed.push((h, "installed, but did not come back with the new version".into()));
@@ -829,6 +864,12 @@ impl Session {
             targeted.iter().filter(|h| !joined.contains(h) && !answered.contains(h)).copied().collect();
         let deadline = self.t0.elapsed().as_secs();
         for h in &unreachable {
+            if let Some((status, output)) = self.c.host(h).and_then(|i| i.script.clone()) {
+                let how = status_text(&status).unwrap_or_else(|| "exit 0".into());
+                let _ =
+                    writeln!(err, "plush: {}: not joined: maintenance script failed ({how}): {output}", self.label(h));
+                continue;
+            }
             let why = match self.c.host(h) {
                 Some(i) if i.state == HostState::Failed => i.why.unwrap_or("failed").to_owned(),
                 Some(i) => match i.why {

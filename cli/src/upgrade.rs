@@ -51,7 +51,7 @@ pub fn run(args: &UpgradeArgs) -> ExitCode {
     let joined: Vec<_> = s.joined().into_iter().collect();
     let outdated = s.c.outdated();
     let targets = if args.force { joined.clone() } else { outdated.clone() };
-    let u = s.upgrade(&targets, args.max_down as usize);
+    let u = s.upgrade(&targets, args.max_down as usize, args.force);
     for (h, why) in &u.failed {
         eprintln!("plush upgrade: {}: {why}", s.label(h));
     }

@@ -31,6 +31,9 @@ pub struct Config {
     pub dismantle_timer: Duration,
     /// A client with no links at all exits after this long. Default 2 min (Plush-M).
     pub idle_expiry: Duration,
+    /// A maintenance script still running after this long is killed and counts as failed.
+    /// Default 2 min; it must stay below `invitation_expiry`, which the invitation waits out.
+    pub maintenance_timeout: Duration,
     /// A host that disconnects this many times ...
     pub failed_after_disconnects: u32,
     /// ... within this window becomes `Failed`. Defaults 3 in 10 min.
@@ -112,6 +115,7 @@ impl Default for Config {
             setctrl_refresh: Duration::from_secs(120),
             dismantle_timer: Duration::from_secs(120),
             idle_expiry: Duration::from_secs(120),
+            maintenance_timeout: Duration::from_secs(120),
             failed_after_disconnects: 3,
             failed_window: Duration::from_secs(600),
             max_frame: 1 << 20,

@@ -134,7 +134,7 @@ impl ConnTable {
         self.index.get(&Key(*peer)).copied()
     }
 
-    #[cfg(test)]
+    /// The link to `peer`, if any: connecting or open.
     pub fn state(&self, peer: &NodeId) -> Option<LinkState> {
         self.slot(peer).map(|s| self.slab[s as usize].state)
     }

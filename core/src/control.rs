@@ -31,6 +31,15 @@
 //! after a reconfiguration); the controller decides the release, and `BarrierRelease` floods
 //! down. A node that enters an already released barrier passes at once and is reported late.
 //!
+//! **Maintenance script.** The controller may carry a user script (at most
+//! [`crate::wire::MAX_SCRIPT`] bytes): to each root it learns (`Maintenance`), and with every
+//! invitation it or the root sends (`Maintenance` just before `SetPeer`, on the same link). An
+//! idle client invited with a script runs it first (`/bin/sh -c`, as the pseudo-job
+//! [`MAINT_JOB`], killed after [`crate::Config::maintenance_timeout`]); it joins only if the
+//! script exits 0, and otherwise tells the controller (`MaintenanceFailed`, with the status and
+//! the start of the output) and stays out of the tree; the controller answers `Disconnect`, and
+//! it exits. A member invited again runs nothing.
+//!
 //! **Dismantle.** `Disconnect` floods down; a node exits once it has no children, re-sending
 //! `Disconnect` every heartbeat to the children that remain, and after
 //! [`crate::Config::dismantle_timer`] regardless. A client without any link for
@@ -72,6 +81,9 @@ pub const MAX_REPORTS: usize = 256;
 pub const MAX_VERIFYING: usize = 64;
 /// Finished job ids remembered, so that a stale `Run` never runs a job twice.
 pub const MAX_DONE: usize = 1024;
+/// The job id of a running maintenance script (its process events carry it). The top bit is
+/// set, so no controller job ever has it.
+pub const MAINT_JOB: u64 = u64::MAX;
 /// Longest barrier name accepted.
 pub const MAX_NAME: usize = 128;
 /// The output of a node's result when it had no room for another job.
@@ -231,6 +243,22 @@ pub(crate) struct Control {
     idle_since: Option<Instant>,
     /// The node exited: it does nothing more.
     pub exited: bool,
+    /// The maintenance script to run before joining, and to send with invitations (at most
+    /// [`crate::wire::MAX_SCRIPT`] bytes).
+    script: Option<Rc<str>>,
+    /// The maintenance script is running: join through `boot` once it succeeds.
+    maint: Option<Maint>,
+}
+
+/// A maintenance script running before the node joins.
+#[derive(Debug)]
+struct Maint {
+    /// Join through this member (none: found the tree; the controller itself invited).
+    boot: Option<NodeId>,
+    /// Killed and failed at this time.
+    deadline: Instant,
+    /// The start of its output, at most [`crate::wire::MAX_SCRIPT_OUTPUT`] bytes.
+    output: Vec<u8>,
 }
 
 /// The first bit of a census job id (the controller's own jobs never set it).
@@ -254,6 +282,8 @@ impl Control {
             dismantle: None,
             idle_since: Some(now),
             exited: false,
+            script: None,
+            maint: None,
         }
     }
 
@@ -292,6 +322,9 @@ impl Control {
         if let Some((end, again)) = self.dismantle {
             at(end);
             at(again);
+        }
+        if let Some(m) = &self.maint {
+            at(m.deadline);
         }
         next
     }
@@ -488,7 +521,7 @@ impl Control {
     pub fn on_launched(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, host: NodeId, ok: bool) {
         let Some(k) = self.invites.iter().position(|i| i.host == host) else { return };
         match (ok, self.ctrl) {
-            (true, Some(ctrl)) => self.send(ctx, host, ControlMsg::SetPeer { host, ctrl }),
+            (true, Some(ctrl)) => self.send_invitation(ctx, host, ctrl),
             _ => {
                 self.invites.remove(k);
                 self.report_up(ctx, tree, ControlMsg::InviteFailed { host });
@@ -580,11 +613,22 @@ impl Control {
                 self.pump_invites(ctx);
                 self.flood(ctx, tree, &Message::Control(ControlMsg::Forget { nodes }));
             }
+            ControlMsg::Disconnect if tree.state() == TreeState::Idle && self.ctrl == Some(from) => {
+                // Not in the tree (its maintenance script failed): the controller lets it go.
+                self.exit(ctx, tree);
+            }
             ControlMsg::Disconnect => {
                 if !self.command_ok(ctx, tree, from) {
                     return;
                 }
                 self.start_dismantle(ctx, tree);
+            }
+            ControlMsg::Maintenance { script } => {
+                // From the controller (to a root, or to the host it invites directly) or from
+                // an inviter, just before its SetPeer: every link is authenticated.
+                if script.len() <= crate::wire::MAX_SCRIPT {
+                    self.script = Some(script.into());
+                }
             }
             ControlMsg::Census => {
                 // Only the controller asks, and only the root counts.
@@ -593,7 +637,7 @@ impl Control {
                 }
             }
             // Only the controller takes these.
-            ControlMsg::SetRoot { .. } | ControlMsg::Participants { .. } => {}
+            ControlMsg::SetRoot { .. } | ControlMsg::Participants { .. } | ControlMsg::MaintenanceFailed { .. } => {}
         }
     }
 
@@ -680,11 +724,16 @@ impl Control {
             // itself asks.
             self.ctrl = Some(ctrl);
             match tree.state() {
+                TreeState::Idle if self.maint.is_some() => {} // joins once its script succeeds
                 TreeState::Idle => {
                     self.announce = true;
-                    let boot: &[NodeId] = if from == ctrl { &[] } else { &[from] };
-                    // Founding a tree is reported as BecameRoot, which tells the controller.
-                    let _ = tree.start(ctx, boot);
+                    let boot = (from != ctrl).then_some(from);
+                    if let Some(script) = self.script.clone() {
+                        self.run_maintenance(ctx, &script, boot);
+                    } else {
+                        // Founding a tree is reported as BecameRoot, which tells the controller.
+                        let _ = tree.start(ctx, boot.as_slice());
+                    }
                 }
                 // Already a member: say so (the controller may have thought us gone), and keep
                 // the inviter as a peer: if it belongs to another tree, the partition probe
@@ -713,7 +762,7 @@ impl Control {
         }
         match self.invites.iter_mut().find(|i| i.host == host) {
             // Asked again (a new root, or a relaunched client): send it again.
-            Some(inv) if inv.sent => self.send(ctx, host, ControlMsg::SetPeer { host, ctrl }),
+            Some(inv) if inv.sent => self.send_invitation(ctx, host, ctrl),
             Some(_) => {}
             None => {
                 if self.invites.len() >= ctx.cfg.max_invitations {
@@ -725,6 +774,49 @@ impl Control {
             }
         }
         self.pump_invites(ctx);
+    }
+
+    /// Invite `host`: the maintenance script first, if there is one, then `SetPeer`.
+    fn send_invitation(&self, ctx: &mut Ctx<'_>, host: NodeId, ctrl: NodeId) {
+        if let Some(script) = &self.script {
+            self.send(ctx, host, ControlMsg::Maintenance { script: script.to_string() });
+        }
+        self.send(ctx, host, ControlMsg::SetPeer { host, ctrl });
+    }
+
+    /// Start the maintenance script before joining (through `boot`, or founding the tree).
+    fn run_maintenance(&mut self, ctx: &mut Ctx<'_>, script: &str, boot: Option<NodeId>) {
+        let timeout = ctx.cfg.maintenance_timeout;
+        let spec = RunSpec {
+            job: MAINT_JOB,
+            kind: JobKind::Command,
+            target: Target::All,
+            argv: List(vec!["/bin/sh".to_string(), "-c".to_string(), script.to_string()]),
+            env: List(Vec::new()),
+            cwd: None,
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            stream: false,
+            push: None,
+        };
+        self.maint = Some(Maint { boot, deadline: ctx.now + timeout, output: Vec::new() });
+        ctx.io.out.push_back(Output::Spawn { job: MAINT_JOB, spec: Rc::new(spec) });
+    }
+
+    /// The maintenance script ended: join if it succeeded, else tell the controller and stay
+    /// out of the tree.
+    fn maintenance_done(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, status: ExitStatus) {
+        let Some(m) = self.maint.take() else { return };
+        if status == ExitStatus::Exited(0) {
+            if tree.state() == TreeState::Idle {
+                let _ = tree.start(ctx, m.boot.as_slice());
+            }
+            return;
+        }
+        self.announce = false;
+        if let Some(ctrl) = self.ctrl {
+            let msg = ControlMsg::MaintenanceFailed { node: self.me, status, output: m.output };
+            self.send(ctx, ctrl, msg);
+        }
     }
 
     /// Send waiting invitations while fewer than [`invite_slots`] are in flight.
@@ -740,7 +832,7 @@ impl Control {
                 self.invites[k].sent = true;
                 active += 1;
                 let host = self.invites[k].host;
-                self.send(ctx, host, ControlMsg::SetPeer { host, ctrl });
+                self.send_invitation(ctx, host, ctrl);
             }
         }
     }
@@ -1014,6 +1106,13 @@ impl Control {
 
     pub fn on_process(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, ev: ProcessEvent) {
         match ev {
+            ProcessEvent::Output { job: MAINT_JOB, bytes } => {
+                if let Some(m) = self.maint.as_mut() {
+                    let room = crate::wire::MAX_SCRIPT_OUTPUT.saturating_sub(m.output.len());
+                    m.output.extend_from_slice(&bytes[..bytes.len().min(room)]);
+                }
+            }
+            ProcessEvent::Exit { job: MAINT_JOB, status } => self.maintenance_done(ctx, tree, status),
             ProcessEvent::Output { job, bytes } => {
                 let Some(k) = self.job_index(job) else { return };
                 let max = ctx.cfg.max_output;
@@ -1395,6 +1494,10 @@ impl Control {
         if self.idle_since.is_some_and(|t| t + ctx.cfg.idle_expiry <= now) {
             self.exit(ctx, tree);
             return;
+        }
+        if self.maint.as_ref().is_some_and(|m| m.deadline <= now) {
+            ctx.io.out.push_back(Output::Signal { job: MAINT_JOB });
+            self.maintenance_done(ctx, tree, ExitStatus::TimedOut);
         }
         let mut k = 0;
         while k < self.jobs.len() {

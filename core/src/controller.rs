@@ -17,6 +17,12 @@
 //! [`Config::failed_window`]. A failed host is never invited again, and the tree is told to
 //! `Forget` it. A disconnected host is invited again.
 //!
+//! **Maintenance script.** With [`Controller::set_maintenance`], each new root gets the script
+//! (`Maintenance`) and passes it with every invitation; the controller sends it with a direct
+//! invitation itself. A host whose script fails reports `MaintenanceFailed`: it becomes `Failed`
+//! ([`Report::MaintenanceFailed`] carries the status and the start of the output), and is told
+//! to exit (`Disconnect`).
+//!
 //! **Jobs.** [`Controller::run`] sends `Run` to the root (again to every new root until the tree
 //! reports the job complete). Results arrive merged, as groups of nodes with the same status and
 //! output; the controller keeps, per job, the set of nodes it has a result for, reports only
@@ -126,6 +132,15 @@ pub enum Report {
         /// The late nodes.
         nodes: NodeSet,
     },
+    /// A host's maintenance script failed (the host is `Failed` and does not join).
+    MaintenanceFailed {
+        /// The host.
+        host: NodeId,
+        /// How the script ended.
+        status: crate::wire::ExitStatus,
+        /// The start of its output (at most [`crate::wire::MAX_SCRIPT_OUTPUT`] bytes).
+        output: Vec<u8>,
+    },
 }
 
 /// Why a controller call was refused.
@@ -140,6 +155,8 @@ pub enum ControllerError {
     /// A push job without a usable [`crate::wire::PushSpec`] (none, or a chunk size of 0 or
     /// above [`crate::wire::MAX_CHUNK`]).
     BadPush,
+    /// A maintenance script longer than [`crate::wire::MAX_SCRIPT`].
+    ScriptTooLong,
 }
 
 impl core::fmt::Display for ControllerError {
@@ -151,6 +168,9 @@ impl core::fmt::Display for ControllerError {
             }
             ControllerError::Duplicate => write!(f, "a job or barrier with this name exists"),
             ControllerError::Unknown => write!(f, "no such job"),
+            ControllerError::ScriptTooLong => {
+                write!(f, "a maintenance script is at most {} KiB", crate::wire::MAX_SCRIPT >> 10)
+            }
         }
     }
 }
@@ -279,6 +299,8 @@ pub struct Controller {
     dismantling: bool,
     /// The host last invited directly (no tree yet): its invitation is the controller's own.
     direct: Option<NodeId>,
+    /// The maintenance script, sent to each root and with direct invitations.
+    script: Option<String>,
 }
 
 impl Controller {
@@ -319,6 +341,7 @@ impl Controller {
             stats: ControllerStats::default(),
             dismantling: false,
             direct: None,
+            script: None,
             cfg,
         }
     }
@@ -404,6 +427,20 @@ impl Controller {
         let me = self.me;
         self.send(now, member, Message::Control(ControlMsg::SetCtrl { ctrl: me }));
         self.seek_at = Some(now + self.cfg.join_retry);
+    }
+
+    /// Have every host run `script` (`/bin/sh -c`) before it joins; `None`: no script. Hosts
+    /// invited from now on get it (set it before [`Controller::add_hosts`]); at most
+    /// [`crate::wire::MAX_SCRIPT`] bytes.
+    pub fn set_maintenance(&mut self, now: Instant, script: Option<String>) -> Result<(), ControllerError> {
+        if script.as_ref().is_some_and(|s| s.len() > crate::wire::MAX_SCRIPT) {
+            return Err(ControllerError::ScriptTooLong);
+        }
+        self.script = script;
+        if let (Some(root), Some(script)) = (self.root, self.script.clone()) {
+            self.send(now, root, Message::Control(ControlMsg::Maintenance { script }));
+        }
+        Ok(())
     }
 
     /// Start a job. Its id must be new (and must not have the top bit set, which censuses use).
@@ -705,6 +742,17 @@ impl Controller {
                 }
             }
             ControlMsg::InviteFailed { host } => self.unreachable(now, host),
+            ControlMsg::MaintenanceFailed { node, status, mut output } => {
+                // Only from the host itself, about a host we invited and that has not failed.
+                let invited = self.host_state(&node).is_some_and(|s| s != HostState::Failed);
+                if node == from && invited {
+                    output.truncate(crate::wire::MAX_SCRIPT_OUTPUT);
+                    self.fail(now, node, "its maintenance script failed");
+                    self.report(Report::MaintenanceFailed { host: node, status, output });
+                    // It waits out of the tree: let it exit.
+                    self.send(now, from, Message::Control(ControlMsg::Disconnect));
+                }
+            }
             ControlMsg::Disconnected { node, related: checked } => {
                 let recent = self.host_since(&node).is_some_and(|t| t + self.cfg.recheck_delay > now);
                 if !checked && recent && self.host_state(&node) == Some(HostState::Joined) {
@@ -876,6 +924,8 @@ impl Controller {
             conns.release(&old, out);
         }
         self.root = Some(root);
+        // From now on invitations go through a root: none is the controller's own.
+        self.direct = None;
         self.stats.root_changes += 1;
         self.census_seen = NodeSet::new();
         self.census_from = None;
@@ -891,6 +941,9 @@ impl Controller {
                 let msg = Message::Job(JobMsg::Run(self.jobs[k].spec.clone()));
                 self.send(now, root, msg);
             }
+        }
+        if let Some(script) = self.script.clone() {
+            self.send(now, root, Message::Control(ControlMsg::Maintenance { script }));
         }
         let invited: Vec<NodeId> =
             self.hosts.iter().filter(|h| h.state == HostState::Invited && h.id != root).map(|h| h.id).collect();
@@ -942,6 +995,17 @@ impl Controller {
         }
         let mut members: Vec<NodeId> =
             self.hosts.iter().filter(|h| h.state == HostState::Joined).map(|h| h.id).collect();
+        if members.is_empty() {
+            // No tree: the host invited directly may have lost the invitation (it was
+            // restarting when it came). While it is up (the link is open) and has not
+            // founded the tree, invite it again; a client that already did says `Joined`.
+            let direct = self.direct.filter(|d| self.host_state(d) == Some(HostState::Invited));
+            if let Some(d) = direct.filter(|d| self.io.conns.state(d) == Some(crate::conn::LinkState::Open)) {
+                self.invite(now, d);
+                self.seek_at = Some(now + self.cfg.join_retry);
+            }
+            return;
+        }
         crate::tree::shuffle(&mut self.ctx(now), &mut members);
         for m in members.into_iter().take(SEEK_FANOUT) {
             self.attach(now, m);
@@ -1039,14 +1103,23 @@ impl Controller {
     fn invite(&mut self, now: Instant, host: NodeId) {
         let me = self.me;
         let to = match self.root {
-            Some(root) => root,
+            Some(root) => {
+                if self.direct == Some(host) {
+                    self.direct = None;
+                }
+                root
+            }
             None if self.counts[HostState::Joined as usize] > 0 => return,
             None => {
                 self.direct = Some(host);
+                self.seek_at.get_or_insert(now + self.cfg.join_retry);
                 host
             }
         };
         self.stats.invitations += 1;
+        if let (true, Some(script)) = (to == host, self.script.clone()) {
+            self.send(now, to, Message::Control(ControlMsg::Maintenance { script }));
+        }
         self.send(now, to, Message::Control(ControlMsg::SetPeer { host, ctrl: me }));
     }
 

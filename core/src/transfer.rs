@@ -2,9 +2,12 @@
 //!
 //! **The protocol.** A push is a job of kind [`JobKind::Push`](crate::wire::JobKind::Push): its
 //! `Run` carries the file's [`PushSpec`] (path, mode, size, SHA-256) and floods down the tree
-//! like any job. Every member, target or not, opens storage for it ([`Output::PushOpen`]) and
-//! answers its parent with `ChunkAck { next: have, resume: true }`: "send me chunks from
-//! `have` on". A parent (the controller, for the root) keeps one *feed* per child that asked:
+//! like any job. Every member, target or not, opens storage for it ([`Output::PushOpen`]). A
+//! target asks its parent at once with `ChunkAck { next: have, resume: true }`: "send me chunks
+//! from `have` on"; a relay (not a target) asks only once one of its children asks, so a push
+//! to a few hosts streams through their ancestors only. An upgrade push
+//! ([`PushSpec::upgrade`]) to a node that already runs its build succeeds at once there and
+//! fetches nothing for it. A parent (the controller, for the root) keeps one *feed* per child that asked:
 //! the next chunk to send and the last acknowledged one, and never has more than
 //! [`crate::Config::push_window`] chunks in flight to a child. A chunk that arrives in order is
 //! stored ([`Output::PushWrite`]), acknowledged up (`ChunkAck { resume: false }`), and its very

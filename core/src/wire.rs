@@ -153,7 +153,30 @@ pub enum ControlMsg {
     Disconnect,
     /// Controller to root: take a census now (answered with `Participants`).
     Census,
+    /// Inviter to an invited host, just before `SetPeer` (and controller to each new root,
+    /// which invites): the user's maintenance script. An idle client runs it (`/bin/sh -c`)
+    /// before it joins; at most [`MAX_SCRIPT`] bytes (longer ones are ignored).
+    Maintenance {
+        /// The script.
+        script: String,
+    },
+    /// Invited host to the controller: its maintenance script failed, so it does not join.
+    MaintenanceFailed {
+        /// The host.
+        node: NodeId,
+        /// How the script ended.
+        status: ExitStatus,
+        /// The start of its output (at most [`MAX_SCRIPT_OUTPUT`] bytes).
+        #[serde(with = "serde_bytes")]
+        output: Vec<u8>,
+    },
 }
+
+/// Largest maintenance script carried ([`ControlMsg::Maintenance`]).
+pub const MAX_SCRIPT: usize = 64 << 10;
+
+/// Most bytes of a failed maintenance script's output reported ([`ControlMsg::MaintenanceFailed`]).
+pub const MAX_SCRIPT_OUTPUT: usize = 4 << 10;
 
 /// What a job is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

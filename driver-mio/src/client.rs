@@ -184,6 +184,9 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
         if let Some((at, path)) = &restart {
             if StdInstant::now() >= *at {
                 d.jobs.kill_all();
+                // Close the links in order (peers see an end of stream, not a reset) and
+                // keep only the listener across the exec.
+                d.close_all(Duration::from_millis(200));
                 let e = reexec(path, opts, id, d.listener_fd(), &key);
                 // Still here: the new binary could not be started. Keep running this one.
                 eprintln!("plush client {id}: cannot restart on {}: {e}", path.display());

@@ -65,6 +65,10 @@ pub struct ClusterConfig {
     pub max_launches_in_flight: usize,
     /// How long a launched client may take to listen. Default 10 s.
     pub launch_timeout: Duration,
+    /// A maintenance script every host runs (`/bin/sh -c`) before it joins; a host whose
+    /// script fails becomes `Failed` (see [`HostInfo::script`]). At most
+    /// [`plush_core::wire::MAX_SCRIPT`] bytes. Default none.
+    pub maintenance: Option<String>,
 }
 
 impl Default for ClusterConfig {
@@ -77,6 +81,7 @@ impl Default for ClusterConfig {
             method: None,
             max_launches_in_flight: crate::launcher::MAX_IN_FLIGHT,
             launch_timeout: Duration::from_secs(10),
+            maintenance: None,
         }
     }
 }
@@ -90,6 +95,8 @@ pub struct HostInfo {
     pub why: Option<&'static str>,
     /// When it last became `Joined`, since the cluster started.
     pub joined_at: Option<Duration>,
+    /// For a host whose maintenance script failed: how it ended, and the start of its output.
+    pub script: Option<(ExitStatus, String)>,
 }
 
 /// Results of many hosts with the same status and output.
@@ -286,7 +293,9 @@ impl Cluster {
         if cfg.core.build == 0 {
             cfg.core.build = crate::build_hash();
         }
-        let ctrl = Controller::new(id, cfg.core.clone(), crate::client::fresh_seed(), Instant::ZERO);
+        let mut ctrl = Controller::new(id, cfg.core.clone(), crate::client::fresh_seed(), Instant::ZERO);
+        ctrl.set_maintenance(Instant::ZERO, cfg.maintenance.take())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let dcfg = DriverConfig { core: cfg.core.clone(), ..DriverConfig::default() };
         let mut d = Driver::new(ctrl, id, listener, key, dcfg)?;
         let method = cfg.method.unwrap_or(LaunchMethod::Local { program: cfg.client_program, args: cfg.client_args });
@@ -377,7 +386,12 @@ impl Cluster {
     pub fn add_hosts(&mut self, hosts: &[NodeId]) {
         let now = self.d.now();
         for h in hosts {
-            self.hosts.entry(*h).or_insert(HostInfo { state: HostState::Pending, why: None, joined_at: None });
+            self.hosts.entry(*h).or_insert(HostInfo {
+                state: HostState::Pending,
+                why: None,
+                joined_at: None,
+                script: None,
+            });
         }
         self.d.m.add_hosts(now, hosts);
         self.d.drain();
@@ -459,6 +473,13 @@ impl Cluster {
     /// wait with [`Cluster::wait_job`] like a command. The controller sends each chunk once,
     /// to the root; every member forwards it to its children as it arrives.
     pub fn start_push(&mut self, push: PushJob<'_>) -> io::Result<u64> {
+        let build = if push.upgrade { crate::build_hash() } else { 0 };
+        self.push_with_build(push, build)
+    }
+
+    /// [`Cluster::start_push`] with the build an upgrade names (0: none; every target
+    /// installs it).
+    fn push_with_build(&mut self, push: PushJob<'_>, build: u64) -> io::Result<u64> {
         use std::os::unix::fs::PermissionsExt;
         let meta = std::fs::metadata(push.src)?;
         if !meta.is_file() {
@@ -480,7 +501,7 @@ impl Cluster {
             digest,
             chunk: push.chunk,
             upgrade: push.upgrade,
-            build: if push.upgrade { crate::build_hash() } else { 0 },
+            build,
         };
         let job_spec = JobSpec { argv: &[], target: push.target, timeout: push.timeout, stream: false, env: &[] };
         let src = push.src.to_path_buf();
@@ -502,21 +523,26 @@ impl Cluster {
     /// to `hosts` as an upgrade: each installs it as `~/.cache/plush/plush-VERSION-DIGEST` and
     /// restarts on it, rejoining with the new build (see [`crate::client`]). Returns the push's
     /// job id; its results say which hosts installed it. [`Cluster::current`] tells which came
-    /// back.
-    pub fn start_upgrade(&mut self, hosts: &[NodeId], binary: &Path) -> io::Result<u64> {
+    /// back. Without `force`, a host that already runs this build succeeds at once and does
+    /// not restart; with it, every host installs the binary and restarts (unless it runs that
+    /// very file already).
+    pub fn start_upgrade(&mut self, hosts: &[NodeId], binary: &Path, force: bool) -> io::Result<u64> {
         let digest = crate::transfer::file_digest(binary)?;
         let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
         let dest = format!("~/.cache/plush/plush-{}-{hex}", crate::version());
-        self.start_push(PushJob {
-            src: binary,
-            dest: &dest,
-            target: Some(hosts),
-            timeout: Some(Duration::from_secs(300)),
-            chunk: 128 << 10,
-            mode: Some(0o755),
-            upgrade: true,
-            digest: Some(digest),
-        })
+        self.push_with_build(
+            PushJob {
+                src: binary,
+                dest: &dest,
+                target: Some(hosts),
+                timeout: Some(Duration::from_secs(300)),
+                chunk: 128 << 10,
+                mode: Some(0o755),
+                upgrade: true,
+                digest: Some(digest),
+            },
+            if force { 0 } else { crate::build_hash() },
+        )
     }
 
     fn start_kind(&mut self, kind: JobKind, spec: JobSpec<'_>, push: Option<(PushSpec, PathBuf)>) -> io::Result<u64> {
@@ -779,7 +805,8 @@ impl Cluster {
                         );
                     }
                     let at = self.started.elapsed();
-                    let h = self.hosts.entry(host).or_insert(HostInfo { state, why: None, joined_at: None });
+                    let h =
+                        self.hosts.entry(host).or_insert(HostInfo { state, why: None, joined_at: None, script: None });
                     h.state = state;
                     if why.is_some() {
                         h.why = why;
@@ -787,6 +814,19 @@ impl Cluster {
                     if state == HostState::Joined {
                         h.joined_at = Some(at);
                     }
+                }
+                Report::MaintenanceFailed { host, status, output } => {
+                    let text = String::from_utf8_lossy(&output).trim_end().to_owned();
+                    if self.d.debug() {
+                        eprintln!("plush controller: {host} maintenance script {status:?}: {text}");
+                    }
+                    let h = self.hosts.entry(host).or_insert(HostInfo {
+                        state: HostState::Failed,
+                        why: None,
+                        joined_at: None,
+                        script: None,
+                    });
+                    h.script = Some((status, text));
                 }
                 Report::RootChanged(root) => {
                     self.root = Some(root);

@@ -660,7 +660,11 @@ impl<M: Machine> Driver<M> {
 
     /// A push failed on this host: its result is the error text, exit code 1.
     fn push_failed(&mut self, job: u64, why: String) {
-        self.log.line(format_args!("push {job}: {why}"));
+        // The error is this host's result: the user sees it there. The log repeats it only
+        // when asked (PLUSH_LOG=debug), not once per host on a shared terminal.
+        if self.log.debug {
+            self.log.line(format_args!("push {job}: {why}"));
+        }
         let mut bytes = why.into_bytes();
         bytes.push(b'\n');
         self.deferred.push_back(Input::Process(ProcessEvent::Output { job, bytes }));

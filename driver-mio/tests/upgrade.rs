@@ -92,7 +92,7 @@ fn clients_of_another_version_are_upgraded_and_rejoin_with_the_controllers_build
         assert_eq!(exe_of(*pid), old.display().to_string(), "runs the old binary");
     }
 
-    let job = c.start_upgrade(&outdated, &client_bin()).expect("start the upgrade");
+    let job = c.start_upgrade(&outdated, &client_bin(), false).expect("start the upgrade");
     let out = c.wait_job(job, |_, _, _| {}, || false).expect("wait");
     let ok: usize = out.groups.iter().filter(|g| g.status == ExitStatus::Exited(0)).map(|g| g.nodes.len()).sum();
     assert_eq!(ok, hosts.len(), "every host installed the new client: {:?}", out.groups);
@@ -128,7 +128,7 @@ fn clients_with_no_upgrade_refuse_it_and_stay_as_they_are() {
     let old = patched_client(&home, "0.0.0-held");
     let (mut c, hosts) = start(4, 26_600, old.clone(), &["--no-upgrade"]);
     assert_eq!(c.outdated().len(), hosts.len());
-    let job = c.start_upgrade(&hosts, &client_bin()).expect("start the upgrade");
+    let job = c.start_upgrade(&hosts, &client_bin(), false).expect("start the upgrade");
     let out = c.wait_job(job, |_, _, _| {}, || false).expect("wait");
     assert_eq!(out.result_count(), hosts.len());
     for g in &out.groups {

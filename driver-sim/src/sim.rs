@@ -340,6 +340,9 @@ pub struct Sim {
     /// Record what [`Sim::messages`] and [`Sim::node_events`] hold. Off by default; tests turn
     /// it on to see what travelled.
     pub recording: bool,
+    /// Nodes whose maintenance script ([`plush_core::control::MAINT_JOB`]) exits 1; it exits 0
+    /// everywhere else.
+    pub maintenance_fails: Vec<u32>,
     /// While `recording`: every control-plane or job message delivered, as (time, from, to,
     /// message), to a node or the controller.
     pub messages: Vec<(Instant, u32, u32, Message)>,
@@ -417,6 +420,7 @@ impl Sim {
             exits: 0,
             launches: 0,
             recording: false,
+            maintenance_fails: Vec::new(),
             messages: Vec::new(),
             node_events: Vec::new(),
         }
@@ -853,7 +857,8 @@ impl Sim {
                 let line =
                     if k <= 1 { b"hello from plush\n".to_vec() } else { format!("output {}\n", node % k).into_bytes() };
                 n.handle_process(now, ProcessEvent::Output { job, bytes: line });
-                n.handle_process(now, ProcessEvent::Exit { job, status: ExitStatus::Exited(0) });
+                let fails = job == plush_core::control::MAINT_JOB && self.maintenance_fails.contains(&node);
+                n.handle_process(now, ProcessEvent::Exit { job, status: ExitStatus::Exited(i32::from(fails)) });
                 self.after(node);
             }
             Kind::Launched { by, host, ok } => {

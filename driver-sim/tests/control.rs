@@ -181,13 +181,20 @@ fn a_flapping_host_becomes_failed_and_is_never_reinvited() {
 /// The whole overlay restarts (an upgrade of every host, a power cut), one host a moment before
 /// the rest: the controller invites that first one through the root, which then dies with the
 /// others. The invitation is lost with the root; the controller must not wait for it to expire
-/// (and then fail a live host) but found the tree again and invite everyone.
+/// (and then fail a live host) but found the tree again and invite everyone. The first to
+/// restart is a member, or the root (the host that founded the tree on the controller's own
+/// invitation: that it was once invited directly must not make its new invitation look so).
 #[test]
 fn an_overlay_restarted_at_once_is_rebuilt_without_waiting_for_lost_invitations() {
+    restart_everything(false);
+    restart_everything(true);
+}
+
+fn restart_everything(root_first: bool) {
     let n = 30;
     let mut sim = build(&scenario(n, 7));
     let root = root_of(&sim);
-    let first = (0..n).find(|&i| i != root).expect("a member");
+    let first = if root_first { root } else { (0..n).find(|&i| i != root).expect("a member") };
     let fid = Sim::id(first);
     sim.crash(first, CrashKind::Process);
     sim.launch_idle(first);
@@ -208,8 +215,63 @@ fn an_overlay_restarted_at_once_is_rebuilt_without_waiting_for_lost_invitations(
         joined(s) == n as usize && s.converged()
     });
     let c = sim.controller().expect("a controller");
-    assert!(back, "not rebuilt after {:?}: host counts {:?}", sim.now().since(t0), c.host_counts());
+    assert!(
+        back,
+        "root first {root_first}: not rebuilt after {:?}: host counts {:?}",
+        sim.now().since(t0),
+        c.host_counts()
+    );
     assert_eq!(c.host_counts()[HostState::Failed as usize], 0, "a live host was failed");
+    assert_eq!(sim.violations, 0, "{:?}", sim.violation_texts);
+}
+
+/// With a maintenance script, every host gets it before its invitation (from the controller
+/// for the first host, from the root for the others) and runs it before joining; hosts whose
+/// script fails are failed at the controller, never join, and exit.
+#[test]
+fn hosts_run_the_maintenance_script_before_joining_and_a_failing_one_stays_out() {
+    let n = 60;
+    let sc = scenario(n, 11);
+    let mut sim = Sim::new(n, &sc);
+    sim.add_controller();
+    sim.recording = true;
+    let bad = [0u32, 17, 42];
+    sim.maintenance_fails = bad.to_vec();
+    sim.ctrl_do(|c, now| c.set_maintenance(now, Some("test -w /tmp".to_string())).expect("a short script"));
+    let hosts: Vec<NodeId> = (0..n).map(Sim::id).collect();
+    sim.ctrl_do(|c, now| c.add_hosts(now, &hosts));
+    let good = n as usize - bad.len();
+    let done =
+        run_for(&mut sim, Duration::from_secs(120), Duration::from_millis(100), |s| joined(s) == good && s.converged());
+    let c = sim.controller().expect("a controller");
+    assert!(done, "host counts {:?}", c.host_counts());
+    for &b in &bad {
+        assert_eq!(c.host_state(&Sim::id(b)), Some(HostState::Failed), "host {b}");
+        assert!(sim.node(b).is_none(), "host {b} still runs after its script failed");
+    }
+    assert_eq!(c.host_counts()[HostState::Failed as usize], bad.len());
+    let ctrl = ctrl_slot(&sim);
+    for i in 0..n {
+        let id = Sim::id(i);
+        let first_invite = sim.messages.iter().position(|(_, _, to, m)| {
+            *to == i && matches!(m, Message::Control(ControlMsg::SetPeer { host, .. }) if *host == id)
+        });
+        let script = sim.messages.iter().position(|(_, _, to, m)| {
+            *to == i && matches!(m, Message::Control(ControlMsg::Maintenance { script }) if script == "test -w /tmp")
+        });
+        let (Some(invite), Some(script)) = (first_invite, script) else {
+            panic!("host {i}: invitation {first_invite:?}, script {script:?}")
+        };
+        assert!(script < invite, "host {i} got its invitation before the script");
+        let failed_reports = sim
+            .messages
+            .iter()
+            .filter(|(_, from, to, m)| {
+                *from == i && *to == ctrl && matches!(m, Message::Control(ControlMsg::MaintenanceFailed { .. }))
+            })
+            .count();
+        assert_eq!(failed_reports, usize::from(bad.contains(&i)), "host {i}");
+    }
     assert_eq!(sim.violations, 0, "{:?}", sim.violation_texts);
 }
 

@@ -124,6 +124,8 @@ enum Msg {
     Heartbeat,
     JoinReject,
     ChunkAck { job: u8, next: u16, resume: bool },
+    MaintenanceFailed { node: Option<u8>, status: i32, output: Vec<u8> },
+    Maintenance { script: String },
     Chunk { job: u8, index: u16 },
 }
 
@@ -176,6 +178,12 @@ impl Msg {
             Msg::ChunkAck { job, next, resume } => {
                 j(JobMsg::ChunkAck { job: job_id(*job), next: u32::from(*next), resume: *resume })
             }
+            Msg::MaintenanceFailed { node, status, output } => c(ControlMsg::MaintenanceFailed {
+                node: node.map_or(from, peer),
+                status: ExitStatus::Exited(*status),
+                output: output.clone(),
+            }),
+            Msg::Maintenance { script } => c(ControlMsg::Maintenance { script: script.clone() }),
             Msg::Chunk { job, index } => j(JobMsg::Chunk { job: job_id(*job), index: u32::from(*index), data: Vec::new() }),
         }
     }
@@ -305,6 +313,10 @@ fn drain(c: &mut Controller, m: &mut Model, cfg: &Config) -> usize {
                     *released = true;
                     assert!(entered <= expected, "more entered than expected");
                     assert_eq!(partial, !(entered == expected && expected > 0), "partial iff not all");
+                }
+                Report::MaintenanceFailed { host, status: _, output } => {
+                    assert_eq!(c.host_state(&host), Some(HostState::Failed), "a failed script leaves {host} failed");
+                    assert!(output.len() <= plush_core::wire::MAX_SCRIPT_OUTPUT, "output not capped");
                 }
                 Report::BarrierLate { name, nodes } => {
                     assert!(m.barriers.get(&name).is_some_and(|b| b.1), "late entry into a barrier not released");
