@@ -21,6 +21,7 @@
 //! - [`wire`]: frames, [`wire::Hello`], the messages of every layer, the frame pool.
 //! - [`conn`]: the connection table (link states, pins, LRU eviction under a budget, heartbeat
 //!   bookkeeping, idle sweep).
+//! - [`samples`]: one real message of every kind, for seed corpora and benchmarks.
 //! - [`config`]: [`Config`] with the defaults of DESIGN.md.
 //! - [`id`], [`time`]: [`NodeId`] (a listen address) and [`Instant`] (microseconds).
 #![forbid(unsafe_code)]
@@ -34,6 +35,7 @@ pub mod id;
 pub mod node;
 pub mod nodeset;
 pub mod ransub;
+pub mod samples;
 pub mod time;
 pub mod transfer;
 pub mod tree;

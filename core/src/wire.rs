@@ -609,7 +609,107 @@ impl Message {
     pub fn decode(payload: &[u8]) -> Result<Message, DecodeError> {
         decode_exact(payload)
     }
+
+    /// The message's kind, `layer.variant` in snake case (`"tree.join_accept"`): one of
+    /// [`KINDS`]. For statistics, benchmarks and seed corpora.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Tree(m) => match m {
+                TreeMsg::Join { .. } => "tree.join",
+                TreeMsg::JoinAccept { .. } => "tree.join_accept",
+                TreeMsg::JoinReject => "tree.join_reject",
+                TreeMsg::Remove => "tree.remove",
+                TreeMsg::Siblings { .. } => "tree.siblings",
+                TreeMsg::RootInfo { .. } => "tree.root_info",
+                TreeMsg::Probe { .. } => "tree.probe",
+                TreeMsg::ProbeReply { .. } => "tree.probe_reply",
+                TreeMsg::Leave => "tree.leave",
+                TreeMsg::Broadcast { .. } => "tree.broadcast",
+                TreeMsg::BroadcastReply { .. } => "tree.broadcast_reply",
+                TreeMsg::Heartbeat => "tree.heartbeat",
+                TreeMsg::Verify { .. } => "tree.verify",
+                TreeMsg::VerifyOk { .. } => "tree.verify_ok",
+                TreeMsg::VerifyFail { .. } => "tree.verify_fail",
+            },
+            Message::RanSub(m) => match m {
+                RanSubMsg::Distribute { .. } => "ransub.distribute",
+                RanSubMsg::Collect { .. } => "ransub.collect",
+            },
+            Message::Control(m) => match m {
+                ControlMsg::SetCtrl { .. } => "control.set_ctrl",
+                ControlMsg::SetRoot { .. } => "control.set_root",
+                ControlMsg::SetPeer { .. } => "control.set_peer",
+                ControlMsg::InviteFailed { .. } => "control.invite_failed",
+                ControlMsg::Joined { .. } => "control.joined",
+                ControlMsg::Disconnected { .. } => "control.disconnected",
+                ControlMsg::GetStatus => "control.get_status",
+                ControlMsg::Status { .. } => "control.status",
+                ControlMsg::Participants { .. } => "control.participants",
+                ControlMsg::Forget { .. } => "control.forget",
+                ControlMsg::Disconnect => "control.disconnect",
+                ControlMsg::Census => "control.census",
+                ControlMsg::Maintenance { .. } => "control.maintenance",
+                ControlMsg::MaintenanceFailed { .. } => "control.maintenance_failed",
+            },
+            Message::Job(m) => match m {
+                JobMsg::Run(_) => "job.run",
+                JobMsg::Output { .. } => "job.output",
+                JobMsg::Results { .. } => "job.results",
+                JobMsg::Ack { .. } => "job.ack",
+                JobMsg::Cancel { .. } => "job.cancel",
+                JobMsg::BarrierEnter { .. } => "job.barrier_enter",
+                JobMsg::BarrierRelease { .. } => "job.barrier_release",
+                JobMsg::Chunk { .. } => "job.chunk",
+                JobMsg::ChunkAck { .. } => "job.chunk_ack",
+            },
+        }
+    }
 }
+
+/// Every message kind [`Message::kind`] names, by layer. [`crate::samples::messages`] has one
+/// message of each (a test checks that the two agree).
+pub const KINDS: [&str; 40] = [
+    "tree.join",
+    "tree.join_accept",
+    "tree.join_reject",
+    "tree.remove",
+    "tree.siblings",
+    "tree.root_info",
+    "tree.probe",
+    "tree.probe_reply",
+    "tree.leave",
+    "tree.broadcast",
+    "tree.broadcast_reply",
+    "tree.heartbeat",
+    "tree.verify",
+    "tree.verify_ok",
+    "tree.verify_fail",
+    "ransub.distribute",
+    "ransub.collect",
+    "control.set_ctrl",
+    "control.set_root",
+    "control.set_peer",
+    "control.invite_failed",
+    "control.joined",
+    "control.disconnected",
+    "control.get_status",
+    "control.status",
+    "control.participants",
+    "control.forget",
+    "control.disconnect",
+    "control.census",
+    "control.maintenance",
+    "control.maintenance_failed",
+    "job.run",
+    "job.output",
+    "job.results",
+    "job.ack",
+    "job.cancel",
+    "job.barrier_enter",
+    "job.barrier_release",
+    "job.chunk",
+    "job.chunk_ack",
+];
 
 /// Find the first complete frame at the start of `buf`.
 ///
