@@ -68,7 +68,7 @@ fn free_port(n: u32, from: u16) -> u16 {
 fn plush_upgrade_never_has_more_than_k_hosts_down() {
     let home = Home::new("k");
     let old = old_plush(&home.0, "0.0.0-old");
-    let port = free_port(9, 27_000).to_string();
+    let port = free_port(9, 19_000).to_string();
     let template = format!("{} client --listen {{addr}} --key-file -", old.display());
     let args = [
         "upgrade",

@@ -83,7 +83,7 @@ fn clients_of_another_version_are_upgraded_and_rejoin_with_the_controllers_build
     // The clients inherit it: they install the upgrade under it, not in the real home.
     std::env::set_var("HOME", &home);
     let old = patched_client(&home, "0.0.0-old");
-    let (mut c, hosts) = start(12, 26_000, old.clone(), &[]);
+    let (mut c, hosts) = start(12, 18_000, old.clone(), &[]);
     let mut outdated = c.outdated();
     outdated.sort();
     assert_eq!(outdated, hosts, "every client announced the other build");
@@ -126,7 +126,7 @@ fn clients_with_no_upgrade_refuse_it_and_stay_as_they_are() {
     let home = test_home("held");
     std::env::set_var("HOME", &home);
     let old = patched_client(&home, "0.0.0-held");
-    let (mut c, hosts) = start(4, 26_600, old.clone(), &["--no-upgrade"]);
+    let (mut c, hosts) = start(4, 18_600, old.clone(), &["--no-upgrade"]);
     assert_eq!(c.outdated().len(), hosts.len());
     let job = c.start_upgrade(&hosts, &client_bin(), false).expect("start the upgrade");
     let out = c.wait_job(job, |_, _, _| {}, || false).expect("wait");
