@@ -2,14 +2,14 @@
 //! buffer, each reported by criterion in operations per second.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use plush_core::wire::{split_frame, FramePool, Message, TreeMsg};
+use plush_core::wire::{split_frame, Filler, FramePool, Message, TreeMsg};
 use std::hint::black_box;
 
 /// The default maximum frame size (1 MiB).
 const MAX_FRAME: usize = 1 << 20;
 
 fn wire(c: &mut Criterion) {
-    let msg = Message::Tree(TreeMsg::Broadcast { id: 0x0123_4567_89ab_cdef });
+    let msg = Message::Tree(TreeMsg::Broadcast { id: 0x0123_4567_89ab_cdef, filler: Filler(0) });
     let mut pool = FramePool::default();
 
     let mut group = c.benchmark_group("wire");

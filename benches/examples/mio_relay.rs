@@ -11,10 +11,17 @@
 //! buffers, write queues and `writev`. Nothing of the relay is stubbed.
 //!
 //! **Baseline.** A minimal mio forwarder with no protocol, on the same thread layout: it reads
-//! length-prefixed frames from one TCP connection into a 64 KiB buffer (at most 16 reads per
-//! loop turn, as the driver) and writes every whole frame read to 12 TCP connections: the run
-//! of whole frames of each read goes out in one `write` per child; what a child's socket does
-//! not take waits in a per-child buffer, and reading pauses while one holds more than 1 MiB.
+//! length-prefixed frames from one TCP connection into a 64 KiB buffer (two frames' worth when
+//! that is more; at most 16 reads per loop turn, as the driver) and writes every whole frame
+//! read to 12 TCP connections: the run of whole frames of each read goes out in one `write` per
+//! child; what a child's socket does not take waits in a per-child buffer, and reading pauses
+//! while one holds more than 1 MiB.
+//!
+//! **Frame size.** By default every broadcast is the smallest frame (10 bytes, prefix included):
+//! the per-frame costs at their worst. `--frame-bytes N` pads each broadcast with a filler
+//! (`plush_core::wire::Filler`: bytes that only give the frame its size, decoded without a copy)
+//! to N bytes, the sizes that job announcements (a few hundred bytes) and a push's chunks (tens
+//! to hundreds of KiB) have. The parent's window is then also bounded to 64 MiB in flight.
 //!
 //! **Diagnosis** (`--diagnose`, a third side): the same forwarder with the driver's write
 //! strategy instead, each frame in a reference-counted buffer of its own shared by the 12
@@ -47,7 +54,10 @@
 
 use mio::net::TcpStream as MioStream;
 use mio::{Events, Interest, Poll, Token};
-use plush_core::wire::{encode_hello, encode_once, split_frame, Hello, JoinMode, List, Message, Role, TreeMsg};
+use plush_core::wire::MAX_FILLER;
+use plush_core::wire::{
+    encode_hello, encode_once, split_frame, Filler, FramePool, Hello, JoinMode, List, Message, Role, TreeMsg,
+};
 use plush_core::{Command, Config, Instant, Node, NodeId};
 use plush_mio::driver::Driver;
 use plush_mio::{DriverConfig, Key};
@@ -68,12 +78,17 @@ const KEY: [u8; 32] = [0x5a; 32];
 fn key() -> Key {
     Key::from_bytes(KEY)
 }
-/// The id carried by every broadcast (a 3-byte varint): frames of 9 bytes, prefix included.
+/// The id carried by every broadcast (a 3-byte varint): frames of 10 bytes, prefix included, with
+/// an empty filler (`--frame-bytes` makes them longer).
 const BROADCAST_ID: u64 = 1 << 20;
 /// Setup (connections, handshakes, joins) must finish within this long.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// The baseline's read buffer.
 const FORWARD_BUF: usize = 64 << 10;
+/// Largest `--frame-bytes`: the largest filler, its length prefix and the rest of the frame.
+const MAX_FRAME_BYTES: usize = MAX_FILLER + 12;
+/// Frames in flight past the slowest child are at most `--window`, and at most this many bytes.
+const WINDOW_BYTES: u64 = 64 << 20;
 /// Reads per turn of the forwarder's loop at most (the driver's `READS_PER_EVENT`).
 const FORWARD_READS: usize = 16;
 /// The baseline stops reading while a child's pending bytes exceed this.
@@ -114,24 +129,36 @@ struct Opts {
     only: Option<Mode>,
     /// Also run the `iovec` forwarder, which tells the cost of the write strategy apart.
     diagnose: bool,
+    /// Size of each broadcast frame, prefix included (`None`: the smallest, 10 bytes).
+    frame_bytes: Option<usize>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: mio_relay [--quick] [--rounds N] [--seconds S] [--warmup S] [--window FRAMES] [--no-pin]\n\
-         \x20                [--diagnose] [--only plush|baseline|iovec]\n\
+         \x20                [--diagnose] [--only plush|baseline|iovec] [--frame-bytes N]\n\
          Frames per second through one relay (1 parent -> relay -> 12 children) on loopback: the\n\
          plush-mio Driver around a real Node, against a bare mio forwarder. Defaults: 3 rounds of\n\
          3 s each (after 0.5 s of warm-up) per side; --quick: 2 rounds of 1.5 s (0.3 s warm-up);\n\
          --diagnose adds a third side, the bare forwarder with the driver's write strategy (one\n\
          buffer and one iovec per frame, 64 per writev); --only runs one side (for profiling) and\n\
-         prints no ratio."
+         prints no ratio; --frame-bytes N makes every broadcast frame N bytes long, prefix\n\
+         included (10, the smallest, by default; at most 65,548: a filler of 64 KiB)."
     );
     std::process::exit(2)
 }
 
 fn parse_opts() -> Opts {
-    let mut o = Opts { rounds: 3, seconds: 3.0, warmup: 0.5, window: 200_000, pin: true, only: None, diagnose: false };
+    let mut o = Opts {
+        rounds: 3,
+        seconds: 3.0,
+        warmup: 0.5,
+        window: 200_000,
+        pin: true,
+        only: None,
+        diagnose: false,
+        frame_bytes: None,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut value = |name: &str| -> f64 {
@@ -153,6 +180,14 @@ fn parse_opts() -> Opts {
             "--seconds" => o.seconds = value("--seconds"),
             "--warmup" => o.warmup = value("--warmup"),
             "--window" => o.window = value("--window") as u64,
+            "--frame-bytes" => {
+                let n = value("--frame-bytes") as usize;
+                if n > MAX_FRAME_BYTES {
+                    eprintln!("--frame-bytes: at most {MAX_FRAME_BYTES}");
+                    usage()
+                }
+                o.frame_bytes = Some(n);
+            }
             "--no-pin" => o.pin = false,
             "--diagnose" => o.diagnose = true,
             "--only" => {
@@ -338,9 +373,24 @@ struct RoundResult {
     relay: Option<RelayReport>,
 }
 
-fn broadcast_payload() -> Vec<u8> {
-    let f = encode_once(&Message::Tree(TreeMsg::Broadcast { id: BROADCAST_ID })).expect("a broadcast encodes");
-    f.payload().to_vec()
+/// The payload of a broadcast whose frame is `bytes` long, prefix included (the smallest
+/// frame, 10 bytes, when `bytes` is smaller or `None`).
+fn broadcast_payload(bytes: Option<usize>) -> Vec<u8> {
+    let payload = |filler: u32| {
+        let msg = Message::Tree(TreeMsg::Broadcast { id: BROADCAST_ID, filler: Filler(filler) });
+        FramePool::default().encode(&msg, 1 << 20).expect("a broadcast encodes").payload().to_vec()
+    };
+    let smallest = payload(0);
+    let Some(want) = bytes else { return smallest };
+    // The filler's length prefix grows with it: start just short and add a byte at a time.
+    let mut filler = want.saturating_sub(frame_of(&smallest).len() + 2) as u32;
+    loop {
+        let p = payload(filler);
+        if frame_of(&p).len() >= want || filler as usize >= MAX_FILLER {
+            return p;
+        }
+        filler += 1;
+    }
 }
 
 fn bind() -> TcpListener {
@@ -348,7 +398,7 @@ fn bind() -> TcpListener {
 }
 
 fn round(mode: Mode, o: &Opts, cpus: &Cpus) -> RoundResult {
-    let frame = frame_of(&broadcast_payload());
+    let frame = frame_of(&broadcast_payload(o.frame_bytes));
     let parent_l = bind();
     let parent_addr = parent_l.local_addr().expect("an address");
     let child_ls: Vec<TcpListener> = (0..CHILDREN).map(|_| bind()).collect();
@@ -365,20 +415,21 @@ fn round(mode: Mode, o: &Opts, cpus: &Cpus) -> RoundResult {
     };
     let parent = {
         let (shared, ready, cpus, frame) = (Arc::clone(&shared), ready_tx.clone(), cpus.harness.clone(), frame.clone());
-        let (window, ids) = (o.window, child_addrs.iter().map(|a| NodeId::new(*a)).collect::<Vec<_>>());
+        let window = o.window.min(WINDOW_BYTES / frame.len() as u64).max(4);
+        let (window, ids) = (window, child_addrs.iter().map(|a| NodeId::new(*a)).collect::<Vec<_>>());
         thread::spawn(move || {
             pin_to(&cpus);
             parent(mode, parent_l, ids, &shared, ready, &frame, window)
         })
     };
     let middle = {
-        let (shared, ready, cpus) = (Arc::clone(&shared), ready_tx, cpus.middle.clone());
+        let (shared, ready, cpus, flen) = (Arc::clone(&shared), ready_tx, cpus.middle.clone(), frame.len());
         thread::spawn(move || {
             pin_to(&cpus);
             match mode {
                 Mode::Plush => Some(relay(NodeId::new(parent_addr), &shared, ready)),
                 Mode::Baseline | Mode::Iovec => {
-                    forwarder(mode, parent_addr, &child_addrs, &shared, ready);
+                    forwarder(mode, parent_addr, &child_addrs, &shared, ready, flen);
                     None
                 }
             }
@@ -748,6 +799,7 @@ fn forwarder(
     children: &[SocketAddr],
     shared: &Shared,
     ready: mpsc::Sender<&'static str>,
+    flen: usize,
 ) {
     let mut poll = Poll::new().expect("a poll");
     let mut up = connect(parent);
@@ -758,7 +810,8 @@ fn forwarder(
     }
     let _ = ready.send("forwarder");
     let mut events = Events::with_capacity(64);
-    let mut buf = vec![0u8; FORWARD_BUF];
+    // Room for two whole frames, whatever their size.
+    let mut buf = vec![0u8; FORWARD_BUF.max(2 * flen)];
     let (mut start, mut end) = (0usize, 0usize);
     let mut paused = false;
     // Set when the read budget ran out with bytes still waiting: poll without sleeping.
@@ -872,7 +925,7 @@ fn main() {
         _ => Cpus { middle: Vec::new(), harness: Vec::new() },
     };
     pin_to(&cpus.harness);
-    let flen = frame_of(&broadcast_payload()).len();
+    let flen = frame_of(&broadcast_payload(o.frame_bytes)).len();
     println!(
         "mio relay: 1 parent -> relay -> {CHILDREN} children on loopback, {flen}-byte broadcast frames, \
          window {} frames, {} round(s) of {} s (+{} s warm-up) per side",

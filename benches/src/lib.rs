@@ -33,7 +33,7 @@ pub fn failure_scenario(nodes: u32) -> Scenario {
 
 use plush_core::ransub::Entry;
 use plush_core::wire::{ExitStatus, Group, JobKind, JobMsg, RanSubMsg, RunSpec, Target};
-use plush_core::wire::{FramePool, JoinMode, List, Message, TreeMsg};
+use plush_core::wire::{Filler, FramePool, JoinMode, List, Message, TreeMsg};
 use plush_core::{Command, Config, Instant, LinkEvent, Node, NodeId, NodeSet, Output};
 use std::time::Duration;
 
@@ -89,11 +89,18 @@ impl Relay {
         assert_eq!(node.parent(), Some(parent), "the relay has its parent");
         assert_eq!(node.children().len(), children as usize, "the relay has its children");
         let broadcast = pool
-            .encode(&Message::Tree(TreeMsg::Broadcast { id: 9 }), 1 << 20)
+            .encode(&Message::Tree(TreeMsg::Broadcast { id: 9, filler: Filler(0) }), 1 << 20)
             .expect("a small message encodes")
             .payload()
             .to_vec();
         Relay { node, parent, broadcast, now: Instant::ZERO, transmits: 0, recorded: None }
+    }
+
+    /// Make the relayed broadcast frames `filler` bytes longer (a [`Filler`]: bytes that only
+    /// give the frame its size).
+    pub fn set_filler(&mut self, filler: u32) {
+        let msg = Message::Tree(TreeMsg::Broadcast { id: 9, filler: Filler(filler) });
+        self.broadcast = FramePool::default().encode(&msg, 1 << 20).expect("a broadcast encodes").payload().to_vec();
     }
 
     /// The node.

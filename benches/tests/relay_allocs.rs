@@ -1,5 +1,6 @@
 //! Relaying allocates nothing in steady state: a counting global allocator watches a node relay
-//! 10,000 broadcast frames to 12 children (allocation counts are deterministic, unlike time).
+//! 10,000 broadcast frames to 12 children (allocation counts are deterministic, unlike time),
+//! of the smallest size and with 16 KiB of filler.
 
 use plush_benches::counting::{allocations, Counting};
 use plush_benches::Relay;
@@ -9,7 +10,17 @@ static A: Counting = Counting;
 
 #[test]
 fn relaying_a_broadcast_to_12_children_allocates_nothing_in_steady_state() {
+    relay_allocates_nothing(0);
+}
+
+#[test]
+fn relaying_a_16_kib_broadcast_allocates_nothing_either() {
+    relay_allocates_nothing(16 << 10);
+}
+
+fn relay_allocates_nothing(filler: u32) {
     let mut relay = Relay::new(12);
+    relay.set_filler(filler);
     // Warm up: the frame pool and the output queue reach their working sizes.
     for _ in 0..100 {
         relay.relay_once();

@@ -8,8 +8,8 @@ use crate::id::NodeId;
 use crate::nodeset::NodeSet;
 use crate::ransub::Entry;
 use crate::wire::{
-    ControlMsg, ExitStatus, Group, JobKind, JobMsg, JoinMode, List, Message, PushSpec, RanSubMsg, RunSpec, Target,
-    TreeMsg,
+    ControlMsg, ExitStatus, Filler, Group, JobKind, JobMsg, JoinMode, List, Message, PushSpec, RanSubMsg, RunSpec,
+    Target, TreeMsg,
 };
 
 /// Bytes of data in the sample chunk. Real chunks are larger (128 KiB by default); this one
@@ -74,7 +74,7 @@ pub fn messages() -> Vec<Message> {
         tree(TreeMsg::Probe { root: id(0) }),
         tree(TreeMsg::ProbeReply { root: id(5) }),
         tree(TreeMsg::Leave),
-        tree(TreeMsg::Broadcast { id: 7 }),
+        tree(TreeMsg::Broadcast { id: 7, filler: Filler(100) }),
         tree(TreeMsg::BroadcastReply { id: 7, node: id(8) }),
         tree(TreeMsg::Heartbeat),
         tree(TreeMsg::Verify { joiner: id(9), route: List(vec![id(3), id(2)]) }),

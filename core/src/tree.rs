@@ -43,7 +43,7 @@ use crate::id::NodeId;
 use crate::node::{CommandError, Ctx, Event};
 use crate::ransub::Place;
 use crate::time::Instant;
-use crate::wire::{JoinMode, List, TreeMsg};
+use crate::wire::{Filler, JoinMode, List, TreeMsg};
 use rand::RngExt;
 use smallvec::SmallVec;
 
@@ -295,7 +295,7 @@ impl Tree {
         if !self.is_root() {
             return Err(CommandError::NotRoot);
         }
-        if let Some(frame) = ctx.encode(TreeMsg::Broadcast { id }) {
+        if let Some(frame) = ctx.encode(TreeMsg::Broadcast { id, filler: Filler::default() }) {
             for &c in &self.children {
                 ctx.send_frame(c, frame.clone());
             }
@@ -340,7 +340,7 @@ impl Tree {
             TreeMsg::Probe { root } => self.on_probe(ctx, from, root),
             TreeMsg::ProbeReply { root } => self.on_probe_reply(ctx, root),
             TreeMsg::Leave => self.on_link_down(ctx, from, false),
-            TreeMsg::Broadcast { id } => {
+            TreeMsg::Broadcast { id, .. } => {
                 if self.parent != Some(from) || self.state != TreeState::Joined {
                     return;
                 }

@@ -474,6 +474,8 @@ pub enum TreeMsg {
     Broadcast {
         /// Chosen by the root's caller.
         id: u64,
+        /// Bytes that only give the frame its size (empty from [`crate::Command::Broadcast`]).
+        filler: Filler,
     },
     /// A member's answer to a broadcast, relayed up to the root.
     BroadcastReply {
@@ -552,6 +554,45 @@ impl<'de, T: Deserialize<'de>, const CAP: usize> Deserialize<'de> for List<T, CA
             }
         }
         d.deserialize_seq(V(core::marker::PhantomData))
+    }
+}
+
+/// Bytes of no meaning in a [`TreeMsg::Broadcast`], to give its frame a chosen size: the
+/// benchmarks measure a relay with frames of the sizes real traffic has, not only the smallest.
+/// Only the length is kept: decoding borrows the bytes and copies nothing, so a relayed
+/// broadcast allocates nothing whatever its size. Bound: at most [`MAX_FILLER`] bytes (a longer
+/// one is refused when decoded and cut when encoded).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Filler(pub u32);
+
+/// Most bytes of a [`Filler`].
+pub const MAX_FILLER: usize = 64 << 10;
+
+/// What a [`Filler`] is encoded from.
+static ZEROS: [u8; MAX_FILLER] = [0; MAX_FILLER];
+
+impl Serialize for Filler {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&ZEROS[..(self.0 as usize).min(MAX_FILLER)])
+    }
+}
+
+impl<'de> Deserialize<'de> for Filler {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Filler;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "at most {MAX_FILLER} bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Filler, E> {
+                if v.len() > MAX_FILLER {
+                    return Err(E::invalid_length(v.len(), &self));
+                }
+                Ok(Filler(v.len() as u32))
+            }
+        }
+        d.deserialize_bytes(V)
     }
 }
 
@@ -812,22 +853,28 @@ impl FramePool {
     /// Buffers kept for reuse.
     pub const CAPACITY: usize = 4;
     /// A buffer that grew past this many bytes (a RanSub distribute fits) is freed rather than
-    /// kept when next reused.
+    /// kept when next reused, unless that frame is as large.
     pub const MAX_KEPT: usize = 1024;
     /// Capacity of a new buffer.
     pub const FIRST_CAPACITY: usize = 128;
 
-    /// Run `fill` on an empty buffer and wrap it as a frame.
-    fn with_buffer<E>(&mut self, fill: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<Frame, E> {
+    /// Run `fill` on an empty buffer and wrap it as a frame. `need` is the frame's length when
+    /// known (a copy), else 0.
+    ///
+    /// A kept buffer that grew past [`FramePool::MAX_KEPT`] is freed when next reused for a
+    /// frame that does not need it, so large buffers stay only while large frames keep coming
+    /// (a relay forwarding a push's chunks reuses them; an idle node holds at most `CAPACITY`
+    /// buffers of `MAX_KEPT` bytes).
+    fn with_buffer<E>(&mut self, need: usize, fill: impl FnOnce(&mut Vec<u8>) -> Result<(), E>) -> Result<Frame, E> {
         let n = self.slots.len();
         for k in 0..n {
             let i = (self.next + k) % n;
             if let Some(buf) = Rc::get_mut(&mut self.slots[i]) {
-                if buf.capacity() > Self::MAX_KEPT {
-                    // Do not hold on to a large buffer for the rare large frame.
+                if buf.capacity() > Self::MAX_KEPT && need <= Self::MAX_KEPT {
                     *buf = Vec::with_capacity(Self::FIRST_CAPACITY);
                 }
                 buf.clear();
+                buf.reserve(need);
                 fill(buf)?;
                 self.next = (i + 1) % n;
                 return Ok(Frame(Rc::clone(&self.slots[i])));
@@ -835,7 +882,7 @@ impl FramePool {
         }
         // Most frames are small; a RanSub distribute is a few hundred bytes. Start with room
         // for the usual, not from nothing, so that encoding does not grow the buffer byte by byte.
-        let mut buf = Vec::with_capacity(Self::FIRST_CAPACITY);
+        let mut buf = Vec::with_capacity(need.max(Self::FIRST_CAPACITY));
         fill(&mut buf)?;
         let rc = Rc::new(buf);
         if n < Self::CAPACITY {
@@ -846,7 +893,7 @@ impl FramePool {
 
     /// Encode `msg` as a frame of at most `max` payload bytes.
     pub fn encode<T: Serialize>(&mut self, msg: &T, max: usize) -> Result<Frame, EncodeError> {
-        self.with_buffer(|buf| {
+        self.with_buffer(0, |buf| {
             buf.extend_from_slice(&[0; PREFIX]);
             postcard::serialize_with_flavor(msg, Sink { buf, max }).map_err(|_| EncodeError::TooLarge)?;
             write_prefix(buf);
@@ -856,7 +903,7 @@ impl FramePool {
 
     /// A frame carrying `payload` verbatim (for relaying bytes as they arrived).
     pub fn copy(&mut self, payload: &[u8]) -> Frame {
-        let r: Result<Frame, core::convert::Infallible> = self.with_buffer(|buf| {
+        let r: Result<Frame, core::convert::Infallible> = self.with_buffer(PREFIX + payload.len(), |buf| {
             buf.extend_from_slice(&[0; PREFIX]);
             buf.extend_from_slice(payload);
             write_prefix(buf);
@@ -931,6 +978,32 @@ mod tests {
 
     fn id(i: u32) -> NodeId {
         NodeId::loopback(i, 7000)
+    }
+
+    #[test]
+    fn a_broadcast_filler_keeps_its_length_and_a_longer_one_is_refused() {
+        let mut pool = FramePool::default();
+        for n in [0, 1, 127, 128, 1000, MAX_FILLER as u32] {
+            let msg = Message::Tree(TreeMsg::Broadcast { id: 5, filler: Filler(n) });
+            let frame = pool.encode(&msg, 1 << 20).expect("encodes");
+            assert!(frame.payload().len() > n as usize, "the frame carries the {n} bytes");
+            assert_eq!(Message::decode(frame.payload()), Ok(msg));
+        }
+        // Hand-made: the same message with one byte too many in the filler.
+        let ok = pool
+            .encode(&Message::Tree(TreeMsg::Broadcast { id: 5, filler: Filler(MAX_FILLER as u32) }), 1 << 20)
+            .expect("encodes")
+            .payload()
+            .to_vec();
+        let head = ok.len() - MAX_FILLER - 3; // tag bytes and id, before the 3-byte varint length
+        let mut long = ok[..head].to_vec();
+        let n = MAX_FILLER + 1;
+        long.extend_from_slice(&[(n & 0x7f) as u8 | 0x80, ((n >> 7) & 0x7f) as u8 | 0x80, (n >> 14) as u8]);
+        long.resize(long.len() + n, 0);
+        assert_eq!(Message::decode(&long), Err(DecodeError::Malformed));
+        // An encoder asked for more cuts it to the bound.
+        let cut = pool.encode(&Message::Tree(TreeMsg::Broadcast { id: 5, filler: Filler(u32::MAX) }), 1 << 20);
+        assert_eq!(cut.expect("encodes").payload(), &ok[..]);
     }
 
     #[test]
@@ -1023,5 +1096,24 @@ mod tests {
         let c = pool.copy(b.payload());
         assert_ne!(c.as_ptr(), b.as_ptr(), "a buffer in use is not handed out twice");
         assert_eq!(c.payload(), b.payload());
+    }
+
+    #[test]
+    fn large_buffers_stay_while_large_frames_come_and_go_after() {
+        let mut pool = FramePool::default();
+        let big = vec![7u8; 16 << 10];
+        let a = pool.copy(&big);
+        let pa = a.as_ptr();
+        drop(a);
+        let b = pool.copy(&big);
+        assert_eq!(b.as_ptr(), pa, "a large frame reuses the large buffer");
+        assert_eq!(b.payload(), &big[..]);
+        drop(b);
+        let c = pool.encode(&Message::Tree(TreeMsg::Leave), 64).unwrap();
+        drop(c);
+        assert!(
+            pool.slots.iter().all(|s| s.capacity() <= FramePool::MAX_KEPT),
+            "a small frame gives the large buffer back"
+        );
     }
 }
