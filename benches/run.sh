@@ -12,6 +12,10 @@
 #   sim_events_per_s        simulator: `plush sim --nodes 10000 --json --seed 424242`
 #                           (without --quick, 100,000 nodes too: sim_100k_events_per_s)
 #
+# mio_relay_vs_baseline is measured with the smallest broadcast frames (10 bytes), where the
+# per-frame costs weigh most. Without --quick, the ratio is also measured with 1 KiB, 16 KiB and
+# 64 KiB frames: mio_relay_vs_baseline_1024_bytes, _16384_bytes and _65548_bytes.
+#
 # --quick  shorter runs (within 5 minutes on 2 cores, build included)
 # --json   only the JSON line on stdout (progress goes to stderr)
 #
@@ -78,6 +82,16 @@ if [ "$quick" = 1 ]; then mio_args=(--quick); else mio_args=(--diagnose); fi
 say "== mio relay vs bare forwarder: $examples/mio_relay ${mio_args[*]}"
 "$examples/mio_relay" "${mio_args[@]}" | tee "$tmp" | sed 's/^/   /' >&3
 mio_ratio=$(tail -n 1 "$tmp" | json_field ratio)
+# Without --quick, the same at the sizes real traffic has: a job's announcement (1 KiB), chunks
+# of a push (16 KiB, and the largest broadcast, 64 KiB).
+sizes=""
+if [ "$quick" = 0 ]; then
+    for bytes in 1024 16384 65548; do
+        say "== mio relay vs bare forwarder, $bytes-byte frames: $examples/mio_relay --rounds 2 --seconds 2 --frame-bytes $bytes"
+        "$examples/mio_relay" --rounds 2 --seconds 2 --frame-bytes "$bytes" | tee "$tmp" | tail -n 2 | head -n 1 | sed 's/^/   /' >&3
+        sizes="$sizes, \"mio_relay_vs_baseline_${bytes}_bytes\": $(tail -n 1 "$tmp" | json_field ratio)"
+    done
+fi
 
 sim() {
     local nodes=$1 out status=0
@@ -95,7 +109,7 @@ sim_events_per_s=$(sim 10000)
 extra=""
 if [ "$quick" = 0 ]; then
     sim_100k=$(sim 100000)
-    extra=", \"sim_100k_events_per_s\": $(printf '%.0f' "$sim_100k")"
+    extra=", \"sim_100k_events_per_s\": $(printf '%.0f' "$sim_100k")$sizes"
 fi
 
 say "== done in $((SECONDS - started)) s"
