@@ -102,7 +102,7 @@ sim() {
     fi
     local eps
     eps=$(printf '%s\n' "$out" | json_field events_per_s)
-    say "   $(printf '%s\n' "$out" | json_field events) events in $(printf '%s\n' "$out" | json_field wall_ms) ms: $eps events/s"
+    say "   $(printf '%s\n' "$out" | json_field events) events in $(printf '%s\n' "$out" | json_field wall_ms) ms: $(printf '%.0f' "$eps") events/s"
     printf '%s\n' "$eps"
 }
 sim_events_per_s=$(sim 10000)
