@@ -568,12 +568,18 @@ pub struct Filler(pub u32);
 /// Most bytes of a [`Filler`].
 pub const MAX_FILLER: usize = 64 << 10;
 
-/// What a [`Filler`] is encoded from.
-static ZEROS: [u8; MAX_FILLER] = [0; MAX_FILLER];
-
 impl Serialize for Filler {
+    /// As a sequence of zero bytes: postcard writes it exactly as a byte string (its length,
+    /// then the bytes), without a buffer of zeros in the binary to borrow them from. Slow per
+    /// byte, but a filler is encoded once and relayed as it came.
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_bytes(&ZEROS[..(self.0 as usize).min(MAX_FILLER)])
+        use serde::ser::SerializeSeq;
+        let n = (self.0 as usize).min(MAX_FILLER);
+        let mut seq = s.serialize_seq(Some(n))?;
+        for _ in 0..n {
+            seq.serialize_element(&0u8)?;
+        }
+        seq.end()
     }
 }
 
@@ -983,10 +989,21 @@ mod tests {
     #[test]
     fn a_broadcast_filler_keeps_its_length_and_a_longer_one_is_refused() {
         let mut pool = FramePool::default();
+        let empty = pool.encode(&Message::Tree(TreeMsg::Broadcast { id: 5, filler: Filler(0) }), 64).unwrap();
+        let head = empty.payload()[..empty.payload().len() - 1].to_vec();
         for n in [0, 1, 127, 128, 1000, MAX_FILLER as u32] {
             let msg = Message::Tree(TreeMsg::Broadcast { id: 5, filler: Filler(n) });
             let frame = pool.encode(&msg, 1 << 20).expect("encodes");
-            assert!(frame.payload().len() > n as usize, "the frame carries the {n} bytes");
+            // A byte string: the length as a varint, then the bytes.
+            let mut want = head.clone();
+            let mut len = n;
+            while len >= 0x80 {
+                want.push((len as u8 & 0x7f) | 0x80);
+                len >>= 7;
+            }
+            want.push(len as u8);
+            want.resize(want.len() + n as usize, 0);
+            assert_eq!(frame.payload(), &want[..], "{n} bytes of filler");
             assert_eq!(Message::decode(frame.payload()), Ok(msg));
         }
         // Hand-made: the same message with one byte too many in the filler.
