@@ -21,13 +21,14 @@
 //! unpin are O(1) list operations on slab slots. Iteration in peer order (rare: diagnostics,
 //! exit) sorts a list of the links.
 
+use crate::batch::Outbox;
 use crate::id::NodeId;
 use crate::node::{Output, Stats};
 use crate::time::Instant;
 use crate::wire::Frame;
 use rustc_hash::FxBuildHasher;
 use slab::Slab;
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
 /// Why a link is kept open. A link may have several reasons at once.
@@ -206,7 +207,7 @@ impl ConnTable {
     // ----- admission ------------------------------------------------------------------------
 
     /// Make room for one more link: evict the least-recently-used unpinned idle link.
-    fn make_room(&mut self, out: &mut VecDeque<Output>, stats: &mut Stats) -> Admit {
+    fn make_room(&mut self, out: &mut Outbox, stats: &mut Stats) -> Admit {
         if self.index.len() < self.budget {
             return Admit::Ok;
         }
@@ -246,7 +247,7 @@ impl ConnTable {
         peer: NodeId,
         frame: Frame,
         max_pending: usize,
-        out: &mut VecDeque<Output>,
+        out: &mut Outbox,
         stats: &mut Stats,
     ) -> Admit {
         if let Some(s) = self.slot(&peer) {
@@ -256,7 +257,7 @@ impl ConnTable {
             if link.state == LinkState::Open {
                 link.last_tx = now;
                 stats.frames_out += 1;
-                push_transmit(out, peer, frame);
+                out.push_transmit(peer, frame);
             } else if link.pending.len() < max_pending {
                 link.pending.push(frame);
             } else {
@@ -277,7 +278,7 @@ impl ConnTable {
 
     /// The driver reports the link up (ours, or one the peer opened): flush what waited.
     /// An incoming link beyond the budget is `Refused` (the caller closes it).
-    pub fn connected(&mut self, now: Instant, peer: NodeId, out: &mut VecDeque<Output>, stats: &mut Stats) -> Admit {
+    pub fn connected(&mut self, now: Instant, peer: NodeId, out: &mut Outbox, stats: &mut Stats) -> Admit {
         let s = match self.slot(&peer) {
             Some(s) => s,
             None => {
@@ -301,6 +302,22 @@ impl ConnTable {
         }
         link.pending = Vec::new();
         Admit::Ok
+    }
+
+    /// A frame for `peer` went into a batch's run (see [`crate::batch`]): as [`ConnTable::send`]
+    /// does for an open link, mark the link written at `now`. `false` if the link is not open
+    /// (the caller sends the frame on its own instead).
+    pub fn mark_sent(&mut self, now: Instant, peer: &NodeId) -> bool {
+        let Some(s) = self.slot(peer) else { return false };
+        let link = &mut self.slab[s as usize];
+        if link.state != LinkState::Open {
+            return false;
+        }
+        link.last_tx = now;
+        if link.pins == 0 {
+            self.touch_unpinned(s);
+        }
+        true
     }
 
     /// A frame arrived on the link: `None` if there is no open link to `peer`, else whether to
@@ -356,7 +373,7 @@ impl ConnTable {
     }
 
     /// Close `peer` now if nothing keeps it: no pin and nothing waiting to be sent.
-    pub fn release(&mut self, peer: &NodeId, out: &mut VecDeque<Output>) {
+    pub fn release(&mut self, peer: &NodeId, out: &mut Outbox) {
         let Some(s) = self.slot(peer) else { return };
         let l = &self.slab[s as usize];
         if l.pins == 0 && l.pending.is_empty() {
@@ -366,7 +383,7 @@ impl ConnTable {
     }
 
     /// Close unpinned links idle for `idle`; returns when the next one would expire.
-    pub fn sweep(&mut self, now: Instant, idle: core::time::Duration, out: &mut VecDeque<Output>) -> Option<Instant> {
+    pub fn sweep(&mut self, now: Instant, idle: core::time::Duration, out: &mut Outbox) -> Option<Instant> {
         self.sweep_wanted = false;
         let mut next: Option<Instant> = None;
         let mut s = self.lru_head;
@@ -431,28 +448,6 @@ impl ConnTable {
     }
 }
 
-/// Queue `Output::Transmit { to, frame }`, the output of every relayed frame.
-///
-/// When the queue has room, the push is written so that the compiler can see it: no growth, so
-/// no panic path that would need the output whole in memory, so the output is written straight
-/// into the queue. Otherwise it is built on the stack in pieces and copied in 16-byte loads that
-/// wait for those pieces: a store-forwarding stall that cost the relay benchmark about a third
-/// of its throughput (`relay_loop`, 12 children).
-#[inline(always)]
-fn push_transmit(out: &mut VecDeque<Output>, to: NodeId, frame: Frame) {
-    if out.len() < out.capacity() {
-        out.push_back(Output::Transmit { to, frame });
-    } else {
-        push_cold(out, Output::Transmit { to, frame });
-    }
-}
-
-#[cold]
-#[inline(never)]
-fn push_cold(out: &mut VecDeque<Output>, o: Output) {
-    out.push_back(o);
-}
-
 /// Pins whose links we lead with heartbeats (the other end answers).
 const LEADS: u8 = Pin::Child as u8 | Pin::Controller as u8;
 
@@ -470,13 +465,13 @@ mod tests {
         FramePool::default().encode(&Message::Tree(TreeMsg::Remove), 64).unwrap()
     }
 
-    fn open(t: &mut ConnTable, i: u32, out: &mut VecDeque<Output>, st: &mut Stats) -> Admit {
+    fn open(t: &mut ConnTable, i: u32, out: &mut Outbox, st: &mut Stats) -> Admit {
         t.connected(Instant::ZERO, id(i), out, st)
     }
 
     #[test]
     fn at_the_budget_the_least_recently_used_unpinned_link_goes_first() {
-        let (mut out, mut st) = (VecDeque::new(), Stats::default());
+        let (mut out, mut st) = (Outbox::default(), Stats::default());
         let mut t = ConnTable::new(3);
         for i in 0..3 {
             assert_eq!(open(&mut t, i, &mut out, &mut st), Admit::Ok);
@@ -494,7 +489,7 @@ mod tests {
 
     #[test]
     fn a_pinned_link_is_never_evicted_and_a_full_table_of_pins_refuses() {
-        let (mut out, mut st) = (VecDeque::new(), Stats::default());
+        let (mut out, mut st) = (Outbox::default(), Stats::default());
         let mut t = ConnTable::new(2);
         open(&mut t, 0, &mut out, &mut st);
         open(&mut t, 1, &mut out, &mut st);
@@ -513,7 +508,7 @@ mod tests {
 
     #[test]
     fn a_connecting_link_with_queued_frames_is_not_evicted() {
-        let (mut out, mut st) = (VecDeque::new(), Stats::default());
+        let (mut out, mut st) = (Outbox::default(), Stats::default());
         let mut t = ConnTable::new(1);
         assert_eq!(t.send(Instant::ZERO, id(1), frame(), 8, &mut out, &mut st), Admit::Ok);
         assert_eq!(t.send(Instant::ZERO, id(2), frame(), 8, &mut out, &mut st), Admit::Refused);
@@ -521,7 +516,7 @@ mod tests {
 
     #[test]
     fn liveness_sends_heartbeats_on_quiet_links_and_finds_silent_ones() {
-        let (mut out, mut st) = (VecDeque::new(), Stats::default());
+        let (mut out, mut st) = (Outbox::default(), Stats::default());
         let mut t = ConnTable::new(8);
         open(&mut t, 1, &mut out, &mut st);
         open(&mut t, 2, &mut out, &mut st);
@@ -539,7 +534,7 @@ mod tests {
 
     #[test]
     fn on_a_link_to_the_parent_we_answer_instead_of_leading() {
-        let (mut out, mut st) = (VecDeque::new(), Stats::default());
+        let (mut out, mut st) = (Outbox::default(), Stats::default());
         let mut t = ConnTable::new(8);
         open(&mut t, 1, &mut out, &mut st);
         t.pin(Instant::ZERO, id(1), Pin::Parent);
@@ -556,7 +551,7 @@ mod tests {
 
     #[test]
     fn links_iterate_in_peer_order_whatever_the_hash_index() {
-        let (mut out, mut st) = (VecDeque::new(), Stats::default());
+        let (mut out, mut st) = (Outbox::default(), Stats::default());
         let mut t = ConnTable::new(64);
         for i in [7, 3, 40, 1, 12, 0, 25] {
             open(&mut t, i, &mut out, &mut st);
@@ -571,7 +566,7 @@ mod tests {
 
     #[test]
     fn sweep_closes_only_idle_unpinned_links() {
-        let (mut out, mut st) = (VecDeque::new(), Stats::default());
+        let (mut out, mut st) = (Outbox::default(), Stats::default());
         let mut t = ConnTable::new(8);
         open(&mut t, 1, &mut out, &mut st);
         open(&mut t, 2, &mut out, &mut st);

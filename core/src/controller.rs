@@ -311,7 +311,7 @@ impl Controller {
             me: id,
             rng: Pcg32::seed_from_u64(seed),
             io: Io {
-                out: VecDeque::new(),
+                out: crate::batch::Outbox::default(),
                 conns: ConnTable::new(cfg.max_links),
                 pool: FramePool::default(),
                 stats: Default::default(),

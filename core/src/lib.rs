@@ -19,6 +19,8 @@
 //!   ([`HostState`]), jobs, barriers, and the [`Report`]s it gives its user.
 //! - [`nodeset`]: [`NodeSet`], sets of node ids as runs of consecutive addresses.
 //! - [`wire`]: frames, [`wire::Hello`], the messages of every layer, the frame pool.
+//! - [`batch`]: batches: the frames of one read that a relay passes on leave as runs, one
+//!   buffer per receiver, not one output per frame and receiver.
 //! - [`conn`]: the connection table (link states, pins, LRU eviction under a budget, heartbeat
 //!   bookkeeping, idle sweep).
 //! - [`samples`]: one real message of every kind, for seed corpora and benchmarks.
@@ -27,6 +29,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod config;
 pub mod conn;
 pub mod control;

@@ -5,6 +5,7 @@
 //! only decodes frames, routes them to the protocol module of their layer, and owns what the
 //! modules share: the connection table, the frame pool, the output queue, the RNG and the stats.
 
+use crate::batch::{Check, Outbox, Way};
 use crate::config::Config;
 use crate::conn::{Admit, ConnTable, LinkState, Pin};
 use crate::control::{Control, ProcessEvent};
@@ -12,15 +13,14 @@ use crate::id::NodeId;
 use crate::ransub::{Entry, Place, RanSub, PAYLOAD};
 use crate::time::Instant;
 use crate::tree::{Tree, TreeState};
-use crate::wire::{encode_once, DecodeError, Frame, FramePool, Message, TreeMsg};
+use crate::wire::{encode_into, encode_once, push_frame, DecodeError, Frame, FramePool, Message, TreeMsg, PREFIX};
 use rand::SeedableRng;
 use rand_pcg::Pcg32;
 use smallvec::SmallVec;
-use std::collections::VecDeque;
 use std::rc::Rc;
 
-/// Output slots a node keeps between calls; a larger queue is freed once drained.
-const OUT_KEPT: usize = 16;
+/// Room a small message of the node's own (a broadcast reply) needs in a batch's run.
+const UP_NEED: usize = 64;
 
 /// What the driver must do, or may want to know.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,9 +121,9 @@ pub enum Event {
     StoppedBeingRoot,
     /// The node learnt a new root.
     RootChanged(NodeId),
-    /// A broadcast from the root reached this node.
-    Broadcast(u64),
-    /// At the root: a member answered a broadcast.
+    /// At the root: a member answered a broadcast (the root too, at once). A broadcast's
+    /// arrival at each member is known from its reply, not from an event of its own: a relay
+    /// passes thousands of them a second.
     BroadcastReply {
         /// The broadcast.
         id: u64,
@@ -301,7 +301,7 @@ pub struct Stats {
 /// What protocol modules share: the output queue, links, buffers, stats.
 #[derive(Debug)]
 pub(crate) struct Io {
-    pub out: VecDeque<Output>,
+    pub out: Outbox,
     pub conns: ConnTable,
     pub pool: FramePool,
     pub stats: Stats,
@@ -347,6 +347,71 @@ impl Ctx<'_> {
     /// Encode once, for sending the same bytes to several peers.
     pub fn encode(&mut self, msg: TreeMsg) -> Option<Frame> {
         self.io.pool.encode(&Message::Tree(msg), self.cfg.max_frame).ok()
+    }
+
+    /// Pass `payload` (a frame's, as received) on to every one of `peers`, the tree's children
+    /// of `version`: into the batch's down run during a batch, else as one frame they share.
+    pub fn relay_down(&mut self, peers: &[NodeId], version: u64, payload: &[u8]) {
+        if peers.is_empty() {
+            return;
+        }
+        if self.run(Way::Down, peers, version, PREFIX + payload.len()) {
+            if let Some(((), n)) = self.io.out.append(Way::Down, |v| push_frame(v, payload)) {
+                self.io.stats.frames_out += n as u64;
+                return;
+            }
+        }
+        let frame = self.io.pool.copy(payload);
+        for &c in peers {
+            self.send_frame(c, frame.clone());
+        }
+    }
+
+    /// Send `msg` (a small one) to `to`: into the batch's up run during a batch.
+    pub fn send_up(&mut self, to: NodeId, msg: &Message) {
+        if self.run(Way::Up, &[to], 0, UP_NEED) {
+            let max = self.cfg.max_frame;
+            if let Some((Ok(()), _)) = self.io.out.append(Way::Up, |v| encode_into(v, msg, max)) {
+                self.io.stats.frames_out += 1;
+                return;
+            }
+        }
+        self.send_msg(to, msg);
+    }
+
+    /// Pass `payload` (a frame's, as received) on to `to`: into the batch's up run during a
+    /// batch.
+    pub fn relay_up(&mut self, to: NodeId, payload: &[u8]) {
+        if self.run(Way::Up, &[to], 0, PREFIX + payload.len())
+            && self.io.out.append(Way::Up, |v| push_frame(v, payload)).is_some()
+        {
+            self.io.stats.frames_out += 1;
+            return;
+        }
+        let frame = self.io.pool.copy(payload);
+        self.send_frame(to, frame);
+    }
+
+    /// Whether the batch's run `way` to `peers` (the children of `version`, or one peer) is
+    /// open with room for `need` bytes, opening it when every link is open.
+    #[inline]
+    fn run(&mut self, way: Way, peers: &[NodeId], version: u64, need: usize) -> bool {
+        let (io, now) = (&mut *self.io, self.now);
+        if !io.out.batching() {
+            return false;
+        }
+        match io.out.check(way, peers, version, now, need) {
+            Check::Ready => true,
+            Check::Touch | Check::Start if !peers.iter().all(|p| io.conns.mark_sent(now, p)) => false,
+            Check::Touch => {
+                io.out.touched(way, now);
+                true
+            }
+            Check::Start => {
+                io.out.start(way, peers, version, now);
+                true
+            }
+        }
     }
 
     pub fn send_frame(&mut self, to: NodeId, frame: Frame) {
@@ -426,7 +491,7 @@ impl Node {
             me: id,
             rng: Pcg32::seed_from_u64(seed),
             io: Io {
-                out: VecDeque::new(),
+                out: Outbox::default(),
                 conns: ConnTable::new(cfg.max_links),
                 pool: FramePool::default(),
                 stats: Stats::default(),
@@ -473,7 +538,7 @@ impl Node {
             let news: SmallVec<[Event; 4]> = self
                 .io
                 .out
-                .range(mark.min(self.io.out.len())..)
+                .range_from(mark)
                 .filter_map(|o| match o {
                     Output::Event(
                         e @ (Event::ParentChanged(Some(_))
@@ -575,6 +640,19 @@ impl Node {
             self.with_tree(now, |tree, ctx| tree.on_link_down(ctx, peer, false));
             self.with_control(now, |c, tree, ctx| c.on_peer_lost(ctx, tree, peer, related, false));
         }
+    }
+
+    /// A batch starts: the driver read several frames at once and hands them over one by one
+    /// with [`Node::handle_frame`] (draining [`Node::poll_output`] after each as always), then
+    /// calls [`Node::end_batch`]. Meanwhile the frames a relay passes on in bulk gather into runs,
+    /// one buffer per receiver; see [`crate::batch`].
+    pub fn begin_batch(&mut self) {
+        self.io.out.begin();
+    }
+
+    /// The batch ends: its runs are queued as outputs (drain [`Node::poll_output`] next).
+    pub fn end_batch(&mut self) {
+        self.io.out.end();
     }
 
     /// One frame's payload (length prefix removed) from `from`.
@@ -709,16 +787,7 @@ impl Node {
 
     /// Next thing for the driver to do; call until `None` after every `handle_*`.
     pub fn poll_output(&mut self) -> Option<Output> {
-        // Test for empty first, so that the popped output goes straight to the caller: holding
-        // it across the capacity check below made the compiler copy it through the stack in
-        // overlapping pieces, a store-forwarding stall on every output.
-        if self.io.out.is_empty() {
-            if self.io.out.capacity() > OUT_KEPT {
-                // A burst (a RanSub epoch at a node with many children) is over: give it back.
-                self.io.out = VecDeque::new();
-            }
-            return None;
-        }
+        // A burst's queue (a RanSub epoch at a node with many children) is freed once empty.
         self.io.out.pop_front()
     }
 

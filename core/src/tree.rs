@@ -93,6 +93,8 @@ pub(crate) struct Tree {
     /// Our ancestors, root first, parent last (empty at a root). Bound: [`crate::wire::MAX_LIST`].
     path: Vec<NodeId>,
     children: Children,
+    /// Changes whenever `children` does: a batch's run to the children is for one version.
+    children_version: u64,
     /// The root's other children; meaningful while our parent is the root.
     siblings: Vec<NodeId>,
     /// Known members, for recovery and probes. At most `Config::max_peers`.
@@ -144,6 +146,7 @@ impl Tree {
             parent: None,
             path: Vec::new(),
             children: Children::new(),
+            children_version: 0,
             siblings: Vec::new(),
             peers: Vec::new(),
             suspects: Vec::new(),
@@ -255,6 +258,7 @@ impl Tree {
             ctx.release(&peer);
         }
         self.children.clear();
+        self.children_version += 1;
         self.siblings.clear();
         self.candidates.clear();
         self.parent = None;
@@ -300,7 +304,6 @@ impl Tree {
                 ctx.send_frame(c, frame.clone());
             }
         }
-        ctx.event(Event::Broadcast(id));
         ctx.event(Event::BroadcastReply { id, node: self.me });
         Ok(())
     }
@@ -344,14 +347,8 @@ impl Tree {
                 if self.parent != Some(from) || self.state != TreeState::Joined {
                     return;
                 }
-                if !self.children.is_empty() {
-                    let frame = ctx.io.pool.copy(raw);
-                    for &c in &self.children {
-                        ctx.send_frame(c, frame.clone());
-                    }
-                }
-                ctx.event(Event::Broadcast(id));
-                ctx.send(from, TreeMsg::BroadcastReply { id, node: self.me });
+                ctx.relay_down(&self.children, self.children_version, raw);
+                ctx.send_up(from, &crate::wire::Message::Tree(TreeMsg::BroadcastReply { id, node: self.me }));
             }
             TreeMsg::Heartbeat => {}
             TreeMsg::Verify { joiner, route } => self.on_verify(ctx, from, joiner, route),
@@ -362,10 +359,7 @@ impl Tree {
                     return;
                 }
                 match self.parent {
-                    Some(p) => {
-                        let frame = ctx.io.pool.copy(raw);
-                        ctx.send_frame(p, frame);
-                    }
+                    Some(p) => ctx.relay_up(p, raw),
                     None if self.state == TreeState::Joined => ctx.event(Event::BroadcastReply { id, node }),
                     None => {}
                 }
@@ -821,6 +815,7 @@ impl Tree {
         let is_root = self.is_root();
         if !self.children.contains(&joiner) {
             self.children.push(joiner);
+            self.children_version += 1;
             ctx.event(Event::ChildAdded(joiner));
         }
         let siblings = if is_root {
@@ -899,6 +894,7 @@ impl Tree {
 
     fn remove_child(&mut self, ctx: &mut Ctx<'_>, child: NodeId) {
         self.children.retain(|c| *c != child);
+        self.children_version += 1;
         ctx.unpin(&child, Pin::Child);
         ctx.event(Event::ChildRemoved(child));
         if self.is_root() {

@@ -238,6 +238,10 @@ pub trait Machine {
     }
     /// See [`Node::poll_output`].
     fn poll_output(&mut self) -> Option<Output>;
+    /// See [`Node::begin_batch`]; a controller relays nothing and has no batches.
+    fn begin_batch(&mut self) {}
+    /// See [`Node::end_batch`].
+    fn end_batch(&mut self) {}
     /// See [`Node::poll_timeout`].
     fn poll_timeout(&self) -> Option<Instant>;
     /// The controller (its links are not dropped for a failed chunk read: see `PushSend`).
@@ -268,6 +272,12 @@ impl Machine for Node {
     }
     fn poll_output(&mut self) -> Option<Output> {
         Node::poll_output(self)
+    }
+    fn begin_batch(&mut self) {
+        Node::begin_batch(self)
+    }
+    fn end_batch(&mut self) {
+        Node::end_batch(self)
     }
     fn poll_timeout(&self) -> Option<Instant> {
         Node::poll_timeout(self)
@@ -859,7 +869,12 @@ impl<M: Machine> Driver<M> {
         // Taken out while reading: the frames read are handed to the machine through `self`.
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.resize(READ_CHUNK, 0);
+        // The frames of this turn's reads are one batch: what a relay passes on of them leaves
+        // as a few large buffers, not one small frame per receiver.
+        self.m.begin_batch();
         self.read_conn(tok, &mut scratch);
+        self.m.end_batch();
+        self.drain();
         self.scratch = scratch;
     }
 

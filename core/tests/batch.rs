@@ -1,0 +1,229 @@
+//! Batches (`Node::begin_batch` / `end_batch`): a relay fed the same frames with and without a
+//! batch puts the same bytes, in the same order, on every link, and reports the same events;
+//! with a batch, it does so in far fewer outputs.
+
+use plush_core::wire::{split_frame, Filler, FramePool, JoinMode, List, Message, RanSubMsg, TreeMsg, MAX_FILLER};
+use plush_core::{Command, Config, Event, Instant, LinkEvent, Node, NodeId, Output};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+const CHILDREN: u32 = 12;
+
+fn id(i: u32) -> NodeId {
+    NodeId::loopback(i, 7000)
+}
+
+fn payload(pool: &mut FramePool, msg: &Message) -> Vec<u8> {
+    pool.encode(msg, 1 << 20).expect("a message of the test encodes").payload().to_vec()
+}
+
+/// A relay (id 1) below its parent (id 0), with 12 children (ids 2..).
+fn relay() -> Node {
+    let (me, parent) = (id(1), id(0));
+    let cfg = Config { max_children: CHILDREN as usize, ..Config::default() };
+    let mut node = Node::new(me, cfg, 1, Instant::ZERO);
+    let mut pool = FramePool::default();
+    node.handle_command(Instant::ZERO, Command::Join { bootstrap: vec![parent] }).expect("a fresh node joins");
+    node.handle_link(Instant::ZERO, parent, LinkEvent::Connected);
+    let accept =
+        TreeMsg::JoinAccept { path: List(vec![parent]), top: List(vec![me]), siblings: List(vec![]), direct: false };
+    let p = payload(&mut pool, &Message::Tree(accept));
+    node.handle_frame(Instant::ZERO, parent, &p).expect("the accept is taken");
+    for c in 0..CHILDREN {
+        let child = id(2 + c);
+        node.handle_link(Instant::ZERO, child, LinkEvent::Connected);
+        let join = TreeMsg::Join { joiner: child, mode: JoinMode::Redirect, hops: 1 };
+        let p = payload(&mut pool, &Message::Tree(join));
+        node.handle_frame(Instant::ZERO, parent, &p).expect("the redirect is taken");
+    }
+    while node.poll_output().is_some() {}
+    assert_eq!(node.children().len(), CHILDREN as usize);
+    node
+}
+
+/// What a node said: the bytes written to each peer, its events, and how many transmits.
+#[derive(Default, Debug, PartialEq)]
+struct Seen {
+    bytes: BTreeMap<NodeId, Vec<u8>>,
+    events: Vec<Event>,
+    closed: Vec<NodeId>,
+    transmits: usize,
+}
+
+impl Seen {
+    fn drain(&mut self, node: &mut Node) {
+        while let Some(o) = node.poll_output() {
+            match o {
+                Output::Transmit { to, frame } => {
+                    self.transmits += 1;
+                    self.bytes.entry(to).or_default().extend_from_slice(&frame);
+                }
+                Output::Event(e) => self.events.push(e),
+                Output::Close(p) => self.closed.push(p),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// One input of the test.
+enum Step {
+    Frame(NodeId, Vec<u8>),
+    /// The driver reports a child's link closed (as it does between two frames of a read).
+    Closed(NodeId),
+    /// The next read of the same batch: time moves.
+    Read(Duration),
+    /// The batch ends; time moves, the relay's timers run.
+    Later(Duration),
+}
+
+/// A RanSub distribute of `epoch`, which a relay passes on to each child as a frame of its own.
+fn distribute(epoch: u32) -> Message {
+    let sample = plush_core::samples::messages().into_iter().find_map(|m| match m {
+        Message::RanSub(RanSubMsg::Distribute { population, all, nondesc, .. }) => Some((population, all, nondesc)),
+        _ => None,
+    });
+    let (population, all, nondesc) = sample.expect("the samples hold a distribute");
+    Message::RanSub(RanSubMsg::Distribute { epoch, population, all, nondesc })
+}
+
+/// A relay's traffic: reads of broadcasts of every size from the parent, mixed with heartbeats,
+/// RanSub distributes (frames of their own for the children, between the runs), replies from
+/// the children, a child lost in the middle of a read, and time passing, also between two reads
+/// of one batch (so that heartbeats fall due and runs must mark their links written again).
+fn steps() -> Vec<Vec<Step>> {
+    let mut pool = FramePool::default();
+    let parent = id(0);
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut reads = Vec::new();
+    let mut bid = 100;
+    let heartbeat = payload(&mut pool, &Message::Tree(TreeMsg::Heartbeat));
+    for read in 0..40 {
+        // The children keep their links alive (the one lost at read 17 is gone).
+        let live = |c: u32| read <= 17 || c != 5;
+        let mut r: Vec<Step> =
+            (2..2 + CHILDREN).filter(|&c| live(c)).map(|c| Step::Frame(id(c), heartbeat.clone())).collect();
+        for _ in 0..1 + next(300) {
+            let msg = match next(20) {
+                0 => Message::Tree(TreeMsg::Heartbeat),
+                1 | 2 => {
+                    let c = 2 + next(CHILDREN as u64) as u32;
+                    if !live(c) {
+                        continue;
+                    }
+                    let child = id(c);
+                    let reply = Message::Tree(TreeMsg::BroadcastReply { id: bid, node: child });
+                    r.push(Step::Frame(child, payload(&mut pool, &reply)));
+                    continue;
+                }
+                3 => distribute(bid as u32),
+                4 => {
+                    if next(4) == 0 {
+                        // Another read of the batch, later: the children spoke meanwhile.
+                        r.push(Step::Read(Duration::from_millis(next(900))));
+                        r.extend((2..2 + CHILDREN).filter(|&c| live(c)).map(|c| Step::Frame(id(c), heartbeat.clone())));
+                    }
+                    continue;
+                }
+                5 => {
+                    // Now and then a broadcast larger than a run.
+                    let filler = if next(10) == 0 { MAX_FILLER as u32 } else { next(2000) as u32 };
+                    Message::Tree(TreeMsg::Broadcast { id: bid, filler: Filler(filler) })
+                }
+                _ => Message::Tree(TreeMsg::Broadcast { id: bid, filler: Filler(0) }),
+            };
+            bid += 1;
+            r.push(Step::Frame(parent, payload(&mut pool, &msg)));
+        }
+        if read == 17 {
+            // Lost in the middle of a read: what it sent before still counts.
+            let at = r.len() / 2;
+            r.insert(at, Step::Closed(id(5)));
+            r.retain({
+                let mut k = 0;
+                move |s| {
+                    k += 1;
+                    k <= at + 1 || !matches!(s, Step::Frame(p, _) if *p == id(5))
+                }
+            });
+        }
+        r.push(Step::Later(Duration::from_millis(100 * next(12))));
+        reads.push(r);
+    }
+    reads
+}
+
+/// Feed `reads` to a fresh relay, each read as one batch or frame by frame.
+fn run(reads: &[Vec<Step>], batch: bool) -> Seen {
+    let mut node = relay();
+    let mut seen = Seen::default();
+    let mut now = Instant(1);
+    for read in reads {
+        if batch {
+            node.begin_batch();
+        }
+        for step in read {
+            match step {
+                Step::Frame(from, p) => node.handle_frame(now, *from, p).expect("a valid frame"),
+                Step::Closed(peer) => node.handle_link(now, *peer, LinkEvent::Closed),
+                Step::Read(by) => now = now + *by,
+                Step::Later(by) => {
+                    if batch {
+                        node.end_batch();
+                    }
+                    seen.drain(&mut node);
+                    now = now + *by;
+                    if node.poll_timeout().is_some_and(|t| t <= now) {
+                        node.handle_timeout(now);
+                    }
+                    if batch {
+                        node.begin_batch();
+                    }
+                }
+            }
+            // The driver drains after every input, batch or not.
+            seen.drain(&mut node);
+        }
+        if batch {
+            node.end_batch();
+        }
+        seen.drain(&mut node);
+    }
+    seen
+}
+
+#[test]
+fn a_batch_puts_the_same_bytes_on_every_link_in_fewer_outputs() {
+    let reads = steps();
+    let plain = run(&reads, false);
+    let batched = run(&reads, true);
+    assert_eq!(plain.bytes.len(), CHILDREN as usize + 1, "every child and the parent got frames");
+    for (peer, bytes) in &plain.bytes {
+        let got = batched.bytes.get(peer).map_or(&[][..], |b| &b[..]);
+        assert!(got == &bytes[..], "{peer}: {} bytes one by one, {} in batches, not the same", bytes.len(), got.len());
+    }
+    assert_eq!(plain.bytes.keys().collect::<Vec<_>>(), batched.bytes.keys().collect::<Vec<_>>());
+    assert_eq!(plain.events, batched.events, "the same events");
+    assert_eq!(plain.closed, batched.closed, "the same links closed");
+    // Every byte stream is whole frames.
+    for bytes in plain.bytes.values() {
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let (p, used) = split_frame(rest, 1 << 20).expect("a good frame").expect("a whole frame");
+            Message::decode(p).expect("a message");
+            rest = &rest[used..];
+        }
+    }
+    assert!(
+        batched.transmits * 5 < plain.transmits,
+        "batches leave in runs: {} transmits in batches, {} one by one",
+        batched.transmits,
+        plain.transmits
+    );
+}
