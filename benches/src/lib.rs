@@ -213,7 +213,7 @@ impl JobRound {
             stream: false,
             push: None,
         };
-        let run = encode(&mut self.pool, &Message::Job(JobMsg::Run(run)));
+        let run = encode(&mut self.pool, &Message::Job(JobMsg::Run(Box::new(run))));
         self.relay.feed(parent, &run);
         for &c in &self.children {
             let groups = List(vec![Group {

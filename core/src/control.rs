@@ -434,7 +434,7 @@ impl Control {
         }
         for j in self.jobs.iter_mut().filter(|j| j.known) {
             j.answered.retain(|c| *c != child);
-            ctx.send_msg(child, &Message::Job(JobMsg::Run((*j.spec).clone())));
+            ctx.send_msg(child, &Message::Job(JobMsg::Run(Box::new((*j.spec).clone()))));
         }
         if let Some((_, _)) = self.dismantle {
             self.send(ctx, child, ControlMsg::Disconnect);
@@ -845,7 +845,7 @@ impl Control {
                 if !self.command_ok(ctx, tree, from) {
                     return;
                 }
-                self.start_job(ctx, tree, spec, Some(raw));
+                self.start_job(ctx, tree, *spec, Some(raw));
             }
             JobMsg::Cancel { job } => {
                 if !self.command_ok(ctx, tree, from) {
@@ -948,7 +948,7 @@ impl Control {
         // Forward first: the subtree starts as early as possible.
         let frame = match raw {
             Some(raw) => Some(ctx.io.pool.copy(raw)),
-            None => ctx.io.pool.encode(&Message::Job(JobMsg::Run(spec.clone())), ctx.cfg.max_frame).ok(),
+            None => ctx.io.pool.encode(&Message::Job(JobMsg::Run(Box::new(spec.clone()))), ctx.cfg.max_frame).ok(),
         };
         if let Some(frame) = frame {
             for &c in tree.children() {

@@ -457,7 +457,7 @@ impl Controller {
             _ => None,
         };
         if let Some(root) = self.root {
-            self.send(now, root, Message::Job(JobMsg::Run(spec.clone())));
+            self.send(now, root, Message::Job(JobMsg::Run(Box::new(spec.clone()))));
         }
         self.jobs.push(Job { spec, got: NodeSet::new(), complete: false, ack_at: None, last_ack: None, xfer });
         Ok(())
@@ -938,7 +938,7 @@ impl Controller {
         // A new root may never have seen what the old one was asked.
         for k in 0..self.jobs.len() {
             if !self.jobs[k].complete {
-                let msg = Message::Job(JobMsg::Run(self.jobs[k].spec.clone()));
+                let msg = Message::Job(JobMsg::Run(Box::new(self.jobs[k].spec.clone())));
                 self.send(now, root, msg);
             }
         }

@@ -105,14 +105,14 @@ pub fn messages() -> Vec<Message> {
             status: ExitStatus::Exited(1),
             output: b"scratch disk not mounted\n".to_vec(),
         }),
-        job(JobMsg::Run(spec.clone())),
-        job(JobMsg::Run(RunSpec {
+        job(JobMsg::Run(Box::new(spec.clone()))),
+        job(JobMsg::Run(Box::new(RunSpec {
             job: 43,
             kind: JobKind::Push,
             argv: List(vec![]),
             push: Some(push),
             ..spec.clone()
-        })),
+        }))),
         job(JobMsg::Output { job: 42, node: id(3), bytes: b"6.1.0-18-amd64\n".to_vec() }),
         job(JobMsg::Results {
             job: 42,

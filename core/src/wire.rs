@@ -309,8 +309,9 @@ pub struct Group {
 /// Job and barrier messages. See [`crate::control`] for the protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JobMsg {
-    /// Down the tree: run this job.
-    Run(RunSpec),
+    /// Down the tree: run this job. (Boxed: the spec is by far the largest message, and every
+    /// decoded message, a relay's broadcasts too, would otherwise be moved at its size.)
+    Run(Box<RunSpec>),
     /// Up the tree: live output of one node (when the job streams).
     Output {
         /// The job.

@@ -553,7 +553,7 @@ fn a_run_from_a_non_parent_is_rejected() {
     for (to, from) in [(y, x), (root, r)] {
         let before = sim.node(to).expect("target").stats().commands_rejected;
         let jobs_before = jobs(&sim);
-        assert!(sim.inject(from, to, &Message::Job(JobMsg::Run(spec(77)))), "no link {from} -> {to}");
+        assert!(sim.inject(from, to, &Message::Job(JobMsg::Run(Box::new(spec(77))))), "no link {from} -> {to}");
         let t = sim.now() + Duration::from_millis(500);
         sim.run_until(t, |_| false);
         let node = sim.node(to).expect("target");
@@ -563,7 +563,7 @@ fn a_run_from_a_non_parent_is_rejected() {
     }
     // The same Run from Y's parent is obeyed: the injection itself works.
     let (y_jobs, x_jobs) = (sim.node(y).expect("y").job_count(), sim.node(x).expect("x").job_count());
-    assert!(sim.inject(p, y, &Message::Job(JobMsg::Run(spec(78)))));
+    assert!(sim.inject(p, y, &Message::Job(JobMsg::Run(Box::new(spec(78))))));
     let t = sim.now() + Duration::from_millis(500);
     sim.run_until(t, |_| false);
     assert_eq!(sim.node(y).expect("y").job_count(), y_jobs + 1, "node {y} ignored a Run from its parent");
@@ -590,7 +590,7 @@ fn valid_payloads() -> Vec<Vec<u8>> {
         Message::Control(ControlMsg::Participants { nodes: two.clone(), last: true }),
         Message::Control(ControlMsg::Forget { nodes: two.clone() }),
         Message::Control(ControlMsg::Disconnect),
-        Message::Job(JobMsg::Run(spec(5))),
+        Message::Job(JobMsg::Run(Box::new(spec(5)))),
         Message::Job(JobMsg::Ack { job: 5, nodes: two.clone() }),
         Message::Job(JobMsg::BarrierEnter { name: "b".into(), nodes: two }),
         Message::Job(JobMsg::BarrierRelease { name: "b".into() }),

@@ -363,7 +363,10 @@ fn too_many_jobs_fail_cleanly() {
     for i in live(&sim, n) {
         assert_eq!(sim.node(i).expect("live").job_count(), 2, "node {i} does not run both jobs");
     }
-    assert!(sim.inject(ctrl, root, &Message::Job(JobMsg::Run(spec(13)))), "no link from the controller to the root");
+    assert!(
+        sim.inject(ctrl, root, &Message::Job(JobMsg::Run(Box::new(spec(13))))),
+        "no link from the controller to the root"
+    );
     let all: NodeSet = live(&sim, n).into_iter().map(Sim::id).collect();
     let covered = |s: &Sim| {
         delivered(s, 13).iter().fold(NodeSet::new(), |mut acc, g| {
