@@ -28,6 +28,7 @@ use crate::time::Instant;
 use crate::wire::Frame;
 use rustc_hash::FxBuildHasher;
 use slab::Slab;
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 
@@ -102,6 +103,8 @@ pub(crate) struct ConnTable {
     slab: Slab<Link>,
     /// Peer to slot. Bound: as many entries as links, at most `budget`.
     index: HashMap<Key, u32, FxBuildHasher>,
+    /// The slot last looked up (see `slot`).
+    hint: Cell<u32>,
     lru_head: u32,
     lru_tail: u32,
     budget: usize,
@@ -118,6 +121,7 @@ impl ConnTable {
         ConnTable {
             slab: Slab::new(),
             index: HashMap::default(),
+            hint: Cell::new(NIL),
             lru_head: NIL,
             lru_tail: NIL,
             budget: budget.max(1),
@@ -132,7 +136,16 @@ impl ConnTable {
     }
 
     fn slot(&self, peer: &NodeId) -> Option<u32> {
-        self.index.get(&Key(*peer)).copied()
+        // Frames come in runs from one peer (a read's worth from the parent), and a relay sends
+        // runs of frames to one: the last slot found is tried first. A hint only, never wrong:
+        // the slot is used only if it holds `peer` now.
+        let hint = self.hint.get();
+        if self.slab.get(hint as usize).is_some_and(|l| l.peer == *peer) {
+            return Some(hint);
+        }
+        let s = self.index.get(&Key(*peer)).copied()?;
+        self.hint.set(s);
+        Some(s)
     }
 
     /// The link to `peer`, if any: connecting or open.
