@@ -9,6 +9,13 @@
 //! - the **up run**: broadcast replies to one peer (the node's own reply, and its children's,
 //!   relayed verbatim).
 //!
+//! The node's own replies are *coalesced*: a reply covers every broadcast that came before it
+//! over the same link (a tree link is one ordered stream from the parent), so within a batch the
+//! node's reply to a broadcast stays pending, unencoded, and a reply to a later broadcast
+//! replaces it, as long as nothing else went into the up run meanwhile. A read of 1,000
+//! broadcasts is answered by one reply, to the last of them, instead of 1,000. Every other frame
+//! goes out exactly as without a batch.
+//!
 //! A run is one buffer of whole frames, length prefixes included, back to back. It leaves as one
 //! `Transmit` per receiver, all sharing the buffer, when the batch ends, when it is full, or
 //! just before any output other than an event. So each link carries exactly the bytes, in
@@ -23,12 +30,15 @@
 use crate::id::NodeId;
 use crate::node::Output;
 use crate::time::Instant;
-use crate::wire::Frame;
+use crate::wire::{encode_into, Frame, Message, TreeMsg};
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-/// Bytes a run holds before it leaves (a single larger frame makes a run of its own).
+/// Bytes a run holds before it leaves (a single larger frame makes a run of its own, and a
+/// pending reply may add [`REPLY_BYTES`]).
 pub const RUN_BYTES: usize = 64 << 10;
+/// Room a pending reply needs in the up run.
+pub const REPLY_BYTES: usize = 64;
 /// Run buffers kept for reuse at most.
 pub const SPARE_RUNS: usize = 16;
 /// Capacity of the output queue kept once it is empty again; a burst's larger queue is freed.
@@ -77,6 +87,9 @@ pub(crate) struct Outbox {
     runs: [Run; 2],
     /// Run buffers for reuse; one is free once the driver dropped every clone of it.
     spare: Vec<Rc<Vec<u8>>>,
+    /// The node's reply to the last broadcast, pending at the end of the up run: (broadcast,
+    /// the node).
+    reply: Option<(u64, NodeId)>,
 }
 
 impl Outbox {
@@ -135,7 +148,6 @@ impl Outbox {
         self.q.len()
     }
 
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.q.is_empty()
     }
@@ -172,7 +184,8 @@ impl Outbox {
             Way::Down => r.version == version,
             Way::Up => r.peers.first() == peers.first(),
         };
-        if !same || buf.len() + need > RUN_BYTES {
+        let pending = if way == Way::Up && self.reply.is_some() { REPLY_BYTES } else { 0 };
+        if !same || buf.len() + need + pending > RUN_BYTES {
             return Check::Start;
         }
         if r.touched == now {
@@ -223,8 +236,23 @@ impl Outbox {
     pub fn append<R>(&mut self, way: Way, fill: impl FnOnce(&mut Vec<u8>) -> R) -> Option<(R, usize)> {
         let r = &mut self.runs[way as usize];
         let v = Rc::get_mut(r.buf.as_mut()?)?;
+        if way == Way::Up {
+            put_reply(v, self.reply.take());
+        }
         let out = fill(v);
         Some((out, r.peers.len()))
+    }
+
+    /// Answer broadcast `id` for `node` at the end of the open up run (after
+    /// [`Outbox::check`] or [`Outbox::start`] with [`REPLY_BYTES`]): it replaces the pending
+    /// reply, if any, which it covers. Returns whether there was one.
+    #[inline]
+    pub fn reply(&mut self, id: u64, node: NodeId) -> bool {
+        if self.runs[Way::Up as usize].buf.is_none() {
+            debug_assert!(false, "a reply without an up run");
+            return false;
+        }
+        self.reply.replace((id, node)).is_some()
     }
 
     /// Send the open runs: one `Transmit` per receiver, sharing the buffer.
@@ -236,7 +264,12 @@ impl Outbox {
     /// Send run `way`, if open.
     fn flush_run(&mut self, way: Way) {
         let r = &mut self.runs[way as usize];
-        let Some(buf) = r.buf.take() else { return };
+        let Some(mut buf) = r.buf.take() else { return };
+        if way == Way::Up {
+            if let Some(v) = Rc::get_mut(&mut buf) {
+                put_reply(v, self.reply.take());
+            }
+        }
         if !buf.is_empty() {
             for &to in &r.peers {
                 self.q.push_back(Output::Transmit { to, frame: Frame::shared(&buf) });
@@ -247,6 +280,15 @@ impl Outbox {
         }
         self.open = self.runs.iter().any(|r| r.buf.is_some());
     }
+}
+
+/// Encode the pending reply, if any, at the end of `buf`.
+fn put_reply(buf: &mut Vec<u8>, reply: Option<(u64, NodeId)>) {
+    let Some((id, node)) = reply else { return };
+    let msg = Message::Tree(TreeMsg::BroadcastReply { id, node });
+    // A reply is a few dozen bytes: it always fits.
+    let r = encode_into(buf, &msg, REPLY_BYTES - crate::wire::PREFIX);
+    debug_assert!(r.is_ok(), "a broadcast reply fits in {REPLY_BYTES} bytes");
 }
 
 #[cold]

@@ -5,7 +5,7 @@
 //! only decodes frames, routes them to the protocol module of their layer, and owns what the
 //! modules share: the connection table, the frame pool, the output queue, the RNG and the stats.
 
-use crate::batch::{Check, Outbox, Way};
+use crate::batch::{Check, Outbox, Way, REPLY_BYTES};
 use crate::config::Config;
 use crate::conn::{Admit, ConnTable, LinkState, Pin};
 use crate::control::{Control, ProcessEvent};
@@ -13,14 +13,11 @@ use crate::id::NodeId;
 use crate::ransub::{Entry, Place, RanSub, PAYLOAD};
 use crate::time::Instant;
 use crate::tree::{Tree, TreeState};
-use crate::wire::{encode_into, encode_once, push_frame, DecodeError, Frame, FramePool, Message, TreeMsg, PREFIX};
+use crate::wire::{encode_once, push_frame, split_frame, DecodeError, Frame, FramePool, Message, TreeMsg, PREFIX};
 use rand::SeedableRng;
 use rand_pcg::Pcg32;
 use smallvec::SmallVec;
 use std::rc::Rc;
-
-/// Room a small message of the node's own (a broadcast reply) needs in a batch's run.
-const UP_NEED: usize = 64;
 
 /// What the driver must do, or may want to know.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -367,16 +364,16 @@ impl Ctx<'_> {
         }
     }
 
-    /// Send `msg` (a small one) to `to`: into the batch's up run during a batch.
-    pub fn send_up(&mut self, to: NodeId, msg: &Message) {
-        if self.run(Way::Up, &[to], 0, UP_NEED) {
-            let max = self.cfg.max_frame;
-            if let Some((Ok(()), _)) = self.io.out.append(Way::Up, |v| encode_into(v, msg, max)) {
+    /// Answer broadcast `id` to `to` (the parent). During a batch the answer waits at the end of
+    /// the up run, and the answer to a later broadcast replaces it (see [`crate::batch`]).
+    pub fn reply_up(&mut self, to: NodeId, id: u64) {
+        if self.run(Way::Up, &[to], 0, REPLY_BYTES) {
+            if !self.io.out.reply(id, self.me) {
                 self.io.stats.frames_out += 1;
-                return;
             }
+            return;
         }
-        self.send_msg(to, msg);
+        self.send(to, TreeMsg::BroadcastReply { id, node: self.me });
     }
 
     /// Pass `payload` (a frame's, as received) on to `to`: into the batch's up run during a
@@ -692,6 +689,34 @@ impl Node {
         }
         self.after(now, mark);
         Ok(())
+    }
+
+    /// The whole frames at the start of `data` (bytes read from `from`'s link, length prefixes
+    /// included), taken one by one as [`Node::handle_frame`] takes them, until one leaves an
+    /// output for the driver: drain [`Node::poll_output`], then call again with the rest. A
+    /// relay in a batch (see [`crate::batch`]) leaves none, so a whole read is one call.
+    ///
+    /// Returns the bytes taken (whole frames only; the rest is the start of a frame whose
+    /// prefix is valid) and the first error. A frame refused by [`Node::handle_frame`] counts as
+    /// taken; a prefix announcing more than [`Config::max_frame`] does not (the driver closes the
+    /// link: the stream cannot be cut after it).
+    pub fn handle_frames(&mut self, now: Instant, from: NodeId, data: &[u8]) -> (usize, Result<(), InputError>) {
+        let mut taken = 0;
+        while let Some(rest) = data.get(taken..) {
+            let (payload, used) = match split_frame(rest, self.cfg.max_frame) {
+                Ok(Some(x)) => x,
+                Ok(None) => break,
+                Err(e) => return (taken, Err(InputError::Decode(e))),
+            };
+            taken += used;
+            if let Err(e) = self.handle_frame(now, from, payload) {
+                return (taken, Err(e));
+            }
+            if !self.io.out.is_empty() {
+                break;
+            }
+        }
+        (taken, Ok(()))
     }
 
     /// A link came up, failed to open, or broke.

@@ -348,7 +348,7 @@ impl Tree {
                     return;
                 }
                 ctx.relay_down(&self.children, self.children_version, raw);
-                ctx.send_up(from, &crate::wire::Message::Tree(TreeMsg::BroadcastReply { id, node: self.me }));
+                ctx.reply_up(from, id);
             }
             TreeMsg::Heartbeat => {}
             TreeMsg::Verify { joiner, route } => self.on_verify(ctx, from, joiner, route),

@@ -1,6 +1,7 @@
 //! Batches (`Node::begin_batch` / `end_batch`): a relay fed the same frames with and without a
 //! batch puts the same bytes, in the same order, on every link, and reports the same events;
-//! with a batch, it does so in far fewer outputs.
+//! with a batch, it does so in far fewer outputs, and its own broadcast replies are coalesced
+//! (one reply covers the broadcasts before it).
 
 use plush_core::wire::{split_frame, Filler, FramePool, JoinMode, List, Message, RanSubMsg, TreeMsg, MAX_FILLER};
 use plush_core::{Command, Config, Event, Instant, LinkEvent, Node, NodeId, Output};
@@ -198,32 +199,85 @@ fn run(reads: &[Vec<Step>], batch: bool) -> Seen {
     seen
 }
 
+/// The frames of a byte stream, decoded.
+fn messages(bytes: &[u8]) -> Vec<Message> {
+    let mut rest = bytes;
+    let mut v = Vec::new();
+    while !rest.is_empty() {
+        let (p, used) = split_frame(rest, 1 << 20).expect("a good frame").expect("a whole frame");
+        v.push(Message::decode(p).expect("a message"));
+        rest = &rest[used..];
+    }
+    v
+}
+
+/// The relay's own broadcast replies in `msgs` (their ids, each with the number of other
+/// messages before it), and every other message.
+fn own_replies(msgs: Vec<Message>) -> (Vec<(u64, usize)>, Vec<Message>) {
+    let (mut ids, mut rest) = (Vec::new(), Vec::new());
+    for m in msgs {
+        match m {
+            Message::Tree(TreeMsg::BroadcastReply { id: b, node }) if node == id(1) => ids.push((b, rest.len())),
+            m => rest.push(m),
+        }
+    }
+    (ids, rest)
+}
+
 #[test]
-fn a_batch_puts_the_same_bytes_on_every_link_in_fewer_outputs() {
+fn a_batch_puts_the_same_frames_on_every_link_in_fewer_outputs() {
     let reads = steps();
     let plain = run(&reads, false);
     let batched = run(&reads, true);
     assert_eq!(plain.bytes.len(), CHILDREN as usize + 1, "every child and the parent got frames");
+    assert_eq!(plain.bytes.keys().collect::<Vec<_>>(), batched.bytes.keys().collect::<Vec<_>>());
     for (peer, bytes) in &plain.bytes {
         let got = batched.bytes.get(peer).map_or(&[][..], |b| &b[..]);
+        if *peer == id(0) {
+            continue;
+        }
         assert!(got == &bytes[..], "{peer}: {} bytes one by one, {} in batches, not the same", bytes.len(), got.len());
+        // Every byte stream is whole frames.
+        messages(bytes);
     }
-    assert_eq!(plain.bytes.keys().collect::<Vec<_>>(), batched.bytes.keys().collect::<Vec<_>>());
+    // Up to the parent: the same frames, but for the relay's own replies.
+    let (_, plain_rest) = own_replies(messages(&plain.bytes[&id(0)]));
+    let (_, batch_rest) = own_replies(messages(&batched.bytes[&id(0)]));
+    assert!(plain_rest == batch_rest, "the same frames up, replies of the relay aside");
     assert_eq!(plain.events, batched.events, "the same events");
     assert_eq!(plain.closed, batched.closed, "the same links closed");
-    // Every byte stream is whole frames.
-    for bytes in plain.bytes.values() {
-        let mut rest = &bytes[..];
-        while !rest.is_empty() {
-            let (p, used) = split_frame(rest, 1 << 20).expect("a good frame").expect("a whole frame");
-            Message::decode(p).expect("a message");
-            rest = &rest[used..];
-        }
-    }
     assert!(
         batched.transmits * 5 < plain.transmits,
         "batches leave in runs: {} transmits in batches, {} one by one",
         batched.transmits,
         plain.transmits
+    );
+}
+
+#[test]
+fn a_batch_answers_the_last_broadcast_of_a_run_for_all_of_them() {
+    let reads = steps();
+    let plain = run(&reads, false);
+    let batched = run(&reads, true);
+    let (plain_at, _) = own_replies(messages(&plain.bytes[&id(0)]));
+    let (batch_at, _) = own_replies(messages(&batched.bytes[&id(0)]));
+    // A pending reply leaves before anything sent up after it: where the same reply is in both
+    // streams, the same frames precede it.
+    for (b, at) in &batch_at {
+        assert!(plain_at.contains(&(*b, *at)), "reply to {b} after {at} other frames, not where it was");
+    }
+    let plain_ids: Vec<u64> = plain_at.iter().map(|x| x.0).collect();
+    let batch_ids: Vec<u64> = batch_at.iter().map(|x| x.0).collect();
+    assert!(plain_ids.windows(2).all(|w| w[0] < w[1]), "one by one: a reply to every broadcast, in order");
+    assert!(batch_ids.windows(2).all(|w| w[0] < w[1]), "in batches: replies in order");
+    assert!(batch_ids.iter().all(|b| plain_ids.contains(b)), "every reply answers a broadcast the relay got");
+    assert_eq!(plain_ids.last(), batch_ids.last(), "the last broadcast is answered");
+    // Each broadcast is covered by a reply to it or to a later one.
+    assert!(plain_ids.iter().all(|p| batch_ids.iter().any(|b| b >= p)));
+    assert!(
+        batch_ids.len() * 5 < plain_ids.len(),
+        "replies coalesced: {} in batches, {} one by one",
+        batch_ids.len(),
+        plain_ids.len()
     );
 }

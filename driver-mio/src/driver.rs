@@ -44,8 +44,8 @@ use crate::launcher::{LaunchResult, Launcher};
 use crate::process::Jobs;
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use plush_core::wire::{encode_hello, split_frame, Frame, Hello, Role};
-use plush_core::{Config, Controller, Instant, LinkEvent, Node, NodeId, Output, ProcessEvent, Report};
+use plush_core::wire::{encode_hello, split_frame, DecodeError, Frame, Hello, Role};
+use plush_core::{Config, Controller, InputError, Instant, LinkEvent, Node, NodeId, Output, ProcessEvent, Report};
 use rustc_hash::FxHashMap;
 use slab::Slab;
 use std::collections::VecDeque;
@@ -223,6 +223,20 @@ pub trait Machine {
     const ROLE: Role;
     /// See [`Node::handle_frame`].
     fn handle_frame(&mut self, now: Instant, from: NodeId, payload: &[u8]) -> Result<(), plush_core::InputError>;
+    /// See [`Node::handle_frames`]; by default one frame a call (frames of at most `max` bytes).
+    fn handle_frames(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        data: &[u8],
+        max: usize,
+    ) -> (usize, Result<(), InputError>) {
+        match split_frame(data, max) {
+            Ok(None) => (0, Ok(())),
+            Err(e) => (0, Err(InputError::Decode(e))),
+            Ok(Some((payload, used))) => (used, self.handle_frame(now, from, payload)),
+        }
+    }
     /// See [`Node::handle_link`].
     fn handle_link(&mut self, now: Instant, peer: NodeId, ev: LinkEvent);
     /// See [`Node::handle_timeout`].
@@ -254,6 +268,16 @@ impl Machine for Node {
     const ROLE: Role = Role::Client;
     fn handle_frame(&mut self, now: Instant, from: NodeId, payload: &[u8]) -> Result<(), plush_core::InputError> {
         Node::handle_frame(self, now, from, payload)
+    }
+    fn handle_frames(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        data: &[u8],
+        _max: usize,
+    ) -> (usize, Result<(), InputError>) {
+        // The node's own `Config::max_frame`, which is the driver's (`DriverConfig::core`).
+        Node::handle_frames(self, now, from, data)
     }
     fn handle_link(&mut self, now: Instant, peer: NodeId, ev: LinkEvent) {
         Node::handle_link(self, now, peer, ev)
@@ -944,6 +968,34 @@ impl<M: Machine> Driver<M> {
         let mut now: Option<Instant> = None;
         loop {
             let Some(c) = self.conns.get_mut(&tok) else { return taken };
+            if let Phase::Open(peer) | Phase::Retired(peer) = c.phase {
+                // An open link: the machine cuts the frames itself, as many as it can take
+                // before the driver must carry something out.
+                let retired = matches!(c.phase, Phase::Retired(_));
+                let epoch = self.epoch;
+                let now = *now.get_or_insert_with(|| micros_since(epoch));
+                let (used, r) = self.m.handle_frames(now, peer, &data[taken..], max);
+                taken += used;
+                match r {
+                    Ok(()) => {}
+                    // The stream cannot be cut after a bad prefix: the link closes.
+                    Err(e @ InputError::Decode(DecodeError::TooLarge { .. })) => {
+                        self.stats.bad_frames += 1;
+                        self.drop_conn(tok, Some(format_args!("{peer}: {e}; closing")));
+                    }
+                    // A retired link may carry frames the machine no longer has a link for.
+                    Err(_) if retired => {}
+                    Err(e) => {
+                        self.stats.bad_frames += 1;
+                        self.drop_conn(tok, Some(format_args!("{peer}: {e}; closing")));
+                    }
+                }
+                self.drain();
+                if used == 0 {
+                    return taken;
+                }
+                continue;
+            }
             let (payload, used) = match split_frame(&data[taken..], max) {
                 Ok(Some(x)) => x,
                 Ok(None) => return taken,
@@ -964,8 +1016,9 @@ impl<M: Machine> Driver<M> {
             }
             taken += used;
             match &c.phase {
-                // What a closing link reads is discarded; a connecting one returned above.
-                Phase::Connecting | Phase::Closing => {}
+                // What a closing link reads is discarded; a connecting one returned above; an
+                // open one was handed over above.
+                Phase::Connecting | Phase::Closing | Phase::Open(_) | Phase::Retired(_) => {}
                 Phase::Hello => {
                     let hello = Hello::decode(payload);
                     self.on_hello(tok, hello);
@@ -985,22 +1038,6 @@ impl<M: Machine> Driver<M> {
                             Some(format_args!("{peer}: authentication failed (not our cluster key?); closing")),
                         );
                     }
-                }
-                Phase::Open(peer) | Phase::Retired(peer) => {
-                    let (peer, retired) = (*peer, matches!(c.phase, Phase::Retired(_)));
-                    let epoch = self.epoch;
-                    let now = *now.get_or_insert_with(|| micros_since(epoch));
-                    let r = self.m.handle_frame(now, peer, payload);
-                    match r {
-                        Ok(()) => {}
-                        // A retired link may carry frames the machine no longer has a link for.
-                        Err(_) if retired => {}
-                        Err(e) => {
-                            self.stats.bad_frames += 1;
-                            self.drop_conn(tok, Some(format_args!("{peer}: {e}; closing")));
-                        }
-                    }
-                    self.drain();
                 }
             }
         }
