@@ -48,6 +48,8 @@ pub struct Relay {
     pub transmits: u64,
     /// While recording (the scenarios' self-checks): what the node transmitted, decoded.
     recorded: Option<Vec<(NodeId, Message)>>,
+    /// A read's worth of broadcast frames, prefixes included ([`Relay::relay_read`]).
+    read: Vec<u8>,
 }
 
 fn id(i: u32) -> NodeId {
@@ -93,7 +95,7 @@ impl Relay {
             .expect("a small message encodes")
             .payload()
             .to_vec();
-        Relay { node, parent, broadcast, now: Instant::ZERO, transmits: 0, recorded: None }
+        Relay { node, parent, broadcast, now: Instant::ZERO, transmits: 0, recorded: None, read: Vec::new() }
     }
 
     /// Make the relayed broadcast frames `filler` bytes longer (a [`Filler`]: bytes that only
@@ -101,6 +103,36 @@ impl Relay {
     pub fn set_filler(&mut self, filler: u32) {
         let msg = Message::Tree(TreeMsg::Broadcast { id: 9, filler: Filler(filler) });
         self.broadcast = FramePool::default().encode(&msg, 1 << 20).expect("a broadcast encodes").payload().to_vec();
+        self.read.clear();
+    }
+
+    /// The relay as the mio driver runs it: one read of `frames` broadcast frames from the
+    /// parent (the frames of a 16 KiB read are 1,638 of the smallest), handled as one batch
+    /// ([`Node::begin_batch`], [`Node::handle_frames`]): the frames for the children leave as
+    /// one buffer shared by the 12, and the relay's replies are coalesced into one. The
+    /// transmitted buffers are dropped, as a driver does once written.
+    pub fn relay_read(&mut self, frames: usize) {
+        let frame_len = 4 + self.broadcast.len();
+        if self.read.len() != frames * frame_len {
+            self.read.clear();
+            for _ in 0..frames {
+                self.read.extend_from_slice(&(self.broadcast.len() as u32).to_be_bytes());
+                self.read.extend_from_slice(&self.broadcast);
+            }
+        }
+        self.now = Instant(self.now.0 + 1);
+        self.node.begin_batch();
+        let mut taken = 0;
+        while taken < self.read.len() {
+            let (used, r) = self.node.handle_frames(self.now, self.parent, &self.read[taken..]);
+            if r.is_err() || used == 0 {
+                panic!("the relay refused a valid read");
+            }
+            taken += used;
+            self.drain();
+        }
+        self.node.end_batch();
+        self.drain();
     }
 
     /// The node.

@@ -30,7 +30,7 @@
 use crate::id::NodeId;
 use crate::node::Output;
 use crate::time::Instant;
-use crate::wire::{encode_into, Frame, Message, TreeMsg};
+use crate::wire::{encode_into, push_frame, Frame, Message, TreeMsg, PREFIX};
 use std::collections::VecDeque;
 use std::rc::Rc;
 
@@ -241,6 +241,35 @@ impl Outbox {
         }
         let out = fill(v);
         Some((out, r.peers.len()))
+    }
+
+    /// A relay's common case in one step: the down run is open for children `version`, its
+    /// links marked written at `now`, with room: append a frame carrying `payload`. Returns the
+    /// receivers; `None` sends the caller the long way ([`Outbox::check`]).
+    #[inline]
+    pub fn append_down(&mut self, version: u64, now: Instant, payload: &[u8]) -> Option<usize> {
+        let r = &mut self.runs[Way::Down as usize];
+        if r.version != version || r.touched != now {
+            return None;
+        }
+        let v = Rc::get_mut(r.buf.as_mut()?)?;
+        if v.len() + PREFIX + payload.len() > RUN_BYTES {
+            return None;
+        }
+        push_frame(v, payload);
+        Some(r.peers.len())
+    }
+
+    /// Likewise for the node's reply to broadcast `id`: the up run is open to `to`, marked
+    /// written at `now`, with room. Returns whether a pending reply was replaced.
+    #[inline]
+    pub fn reply_now(&mut self, to: &NodeId, now: Instant, id: u64, node: NodeId) -> Option<bool> {
+        let r = &self.runs[Way::Up as usize];
+        let buf = r.buf.as_ref()?;
+        if r.touched != now || r.peers.first() != Some(to) || buf.len() + REPLY_BYTES > RUN_BYTES {
+            return None;
+        }
+        Some(self.reply.replace((id, node)).is_some())
     }
 
     /// Answer broadcast `id` for `node` at the end of the open up run (after

@@ -13,7 +13,9 @@ use crate::id::NodeId;
 use crate::ransub::{Entry, Place, RanSub, PAYLOAD};
 use crate::time::Instant;
 use crate::tree::{Tree, TreeState};
-use crate::wire::{encode_once, push_frame, split_frame, DecodeError, Frame, FramePool, Message, TreeMsg, PREFIX};
+use crate::wire::{
+    encode_once, push_frame, split_frame, DecodeError, Frame, FramePool, InPlace, Message, TreeMsg, PREFIX,
+};
 use rand::SeedableRng;
 use rand_pcg::Pcg32;
 use smallvec::SmallVec;
@@ -352,6 +354,10 @@ impl Ctx<'_> {
         if peers.is_empty() {
             return;
         }
+        if let Some(n) = self.io.out.append_down(version, self.now, payload) {
+            self.io.stats.frames_out += n as u64;
+            return;
+        }
         if self.run(Way::Down, peers, version, PREFIX + payload.len()) {
             if let Some(((), n)) = self.io.out.append(Way::Down, |v| push_frame(v, payload)) {
                 self.io.stats.frames_out += n as u64;
@@ -367,6 +373,10 @@ impl Ctx<'_> {
     /// Answer broadcast `id` to `to` (the parent). During a batch the answer waits at the end of
     /// the up run, and the answer to a later broadcast replaces it (see [`crate::batch`]).
     pub fn reply_up(&mut self, to: NodeId, id: u64) {
+        if let Some(replaced) = self.io.out.reply_now(&to, self.now, id, self.me) {
+            self.io.stats.frames_out += u64::from(!replaced);
+            return;
+        }
         if self.run(Way::Up, &[to], 0, REPLY_BYTES) {
             if !self.io.out.reply(id, self.me) {
                 self.io.stats.frames_out += 1;
@@ -656,13 +666,14 @@ impl Node {
     ///
     /// Errors leave the node as it was; the driver closes the link to `from`.
     pub fn handle_frame(&mut self, now: Instant, from: NodeId, payload: &[u8]) -> Result<(), InputError> {
-        let msg = match Message::decode(payload) {
-            Ok(m) => m,
-            Err(e) => {
-                self.io.stats.decode_errors += 1;
-                return Err(InputError::Decode(e));
-            }
-        };
+        // Matched where it was decoded, not moved out first: the copy read the message back
+        // across the decoder's narrower stores, a store-forwarding stall on every frame.
+        let mut input = InPlace::new(payload);
+        let decoded = input.message();
+        if let Some(e) = input.check(decoded.is_ok()) {
+            self.io.stats.decode_errors += 1;
+            return Err(InputError::Decode(e));
+        }
         if self.control.exited {
             return Ok(());
         }
@@ -679,13 +690,18 @@ impl Node {
             }
         }
         let mark = self.io.out.len();
-        match msg {
+        match decoded {
+            Err(_) => return Ok(()),
             // A heartbeat only refreshes the link, done above: nothing else can have changed.
-            Message::Tree(TreeMsg::Heartbeat) => return Ok(()),
-            Message::Tree(m) => self.with_tree(now, |tree, ctx| tree.on_message(ctx, from, m, payload)),
-            Message::RanSub(m) => self.with_ransub(now, |r, ctx, place| r.on_message(ctx, place, from, m)),
-            Message::Control(m) => self.with_control(now, |c, tree, ctx| c.on_control(ctx, tree, from, m)),
-            Message::Job(m) => self.with_control(now, |c, tree, ctx| c.on_job(ctx, tree, from, m, payload)),
+            Ok(Message::Tree(TreeMsg::Heartbeat)) => return Ok(()),
+            // A relay's most frequent message, handed on without its `TreeMsg`.
+            Ok(Message::Tree(TreeMsg::Broadcast { id, .. })) => {
+                self.with_tree(now, |tree, ctx| tree.on_broadcast(ctx, from, id, payload))
+            }
+            Ok(Message::Tree(m)) => self.with_tree(now, |tree, ctx| tree.on_message(ctx, from, m, payload)),
+            Ok(Message::RanSub(m)) => self.with_ransub(now, |r, ctx, place| r.on_message(ctx, place, from, m)),
+            Ok(Message::Control(m)) => self.with_control(now, |c, tree, ctx| c.on_control(ctx, tree, from, m)),
+            Ok(Message::Job(m)) => self.with_control(now, |c, tree, ctx| c.on_job(ctx, tree, from, m, payload)),
         }
         self.after(now, mark);
         Ok(())

@@ -645,11 +645,53 @@ impl fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 fn decode_exact<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> Result<T, DecodeError> {
-    let (v, rest) = postcard::take_from_bytes(payload).map_err(|_| DecodeError::Malformed)?;
-    if !rest.is_empty() {
-        return Err(DecodeError::TrailingBytes(rest.len()));
+    let (v, rest) = decode_parts(payload);
+    match v {
+        Ok(_) if rest > 0 => Err(DecodeError::TrailingBytes(rest)),
+        Ok(v) => Ok(v),
+        Err(_) => Err(DecodeError::Malformed),
     }
-    Ok(v)
+}
+
+/// [`Message::decode`] in two steps, for a caller that matches the message where the decoder
+/// left it: every way of returning it with the check folded in (a `Result` of another error
+/// type, a tuple) moved the whole message once more, a store-forwarding stall on every frame
+/// of a relay.
+pub(crate) struct InPlace<'a>(postcard::Deserializer<'a, postcard::de_flavors::Slice<'a>>);
+
+impl<'a> InPlace<'a> {
+    #[inline]
+    pub fn new(payload: &'a [u8]) -> Self {
+        InPlace(postcard::Deserializer::from_bytes(payload))
+    }
+
+    /// The message (`Err`: the bytes are malformed).
+    #[inline]
+    pub fn message(&mut self) -> postcard::Result<Message> {
+        Message::deserialize(&mut self.0)
+    }
+
+    /// What [`Message::decode`] would have refused, given what [`InPlace::message`] returned.
+    #[inline]
+    pub fn check(self, ok: bool) -> Option<DecodeError> {
+        let rest = self.0.finalize().map_or(0, |r| r.len());
+        match ok {
+            false => Some(DecodeError::Malformed),
+            true if rest > 0 => Some(DecodeError::TrailingBytes(rest)),
+            true => None,
+        }
+    }
+}
+
+/// `payload` decoded as postcard left it, and the bytes left over: what [`decode_exact`] checks,
+/// for a caller that matches the value where it lies (converting the result moved the whole
+/// message, a copy on every frame of a relay).
+#[inline]
+fn decode_parts<'a, T: Deserialize<'a>>(payload: &'a [u8]) -> (postcard::Result<T>, usize) {
+    let mut de = postcard::Deserializer::from_bytes(payload);
+    let v = T::deserialize(&mut de);
+    let rest = de.finalize().map_or(0, |r| r.len());
+    (v, rest)
 }
 
 impl Message {
@@ -1085,6 +1127,28 @@ mod tests {
             assert_eq!(Message::decode(built.payload()).unwrap(), msg);
         }
         assert!(chunk_frame(1, 1, &[0; 100], 50).is_none());
+    }
+
+    #[test]
+    fn decoding_in_place_refuses_and_accepts_what_decode_does() {
+        let mut inputs: Vec<Vec<u8>> = Vec::new();
+        for m in crate::samples::messages() {
+            let p = FramePool::default().encode(&m, 1 << 20).expect("a sample encodes").payload().to_vec();
+            let mut trailing = p.clone();
+            trailing.extend_from_slice(&[0, 0]);
+            inputs.extend([p.clone(), p[..p.len() / 2].to_vec(), trailing]);
+        }
+        inputs.extend([vec![], vec![0xff; 9], vec![9, 1, 2]]);
+        for p in &inputs {
+            let mut d = InPlace::new(p);
+            let m = d.message();
+            let bad = d.check(m.is_ok());
+            match (Message::decode(p), bad) {
+                (Ok(want), None) => assert_eq!(m.ok(), Some(want)),
+                (Err(want), Some(got)) => assert_eq!(got, want, "{p:?}"),
+                (want, got) => panic!("{p:?}: decode says {want:?}, in place {got:?}"),
+            }
+        }
     }
 
     #[test]
