@@ -1467,6 +1467,11 @@ impl Control {
     }
 
     /// After every input: idle expiry bookkeeping.
+    /// Whether [`Control::after`] would change nothing with `links` links.
+    pub fn idle_settled(&self, links: usize) -> bool {
+        (links == 0) == self.idle_since.is_some()
+    }
+
     pub fn after(&mut self, now: Instant, links: usize) {
         if links == 0 {
             self.idle_since.get_or_insert(now);

@@ -592,7 +592,23 @@ impl Node {
 
     /// After every input: refused links reach the tree, the control plane hears what the tree
     /// did (outputs from `mark` on), timers are re-armed.
+    #[inline]
     fn after(&mut self, now: Instant, mark: usize) {
+        // Most inputs (every frame a relay passes on) leave all of it as it was.
+        let quiet = self.io.refused.is_empty()
+            && !self.io.news
+            && !self.tree.parent_changed()
+            && self.control.idle_settled(self.io.conns.len())
+            && (!self.io.conns.sweep_wanted || self.sweep_at.is_some())
+            && !self.io.conns.pinned_since_tick
+            && self.tick_at.is_some();
+        if !quiet {
+            self.after_all(now, mark);
+        }
+    }
+
+    #[inline(never)]
+    fn after_all(&mut self, now: Instant, mark: usize) {
         while let Some(peer) = self.io.refused.pop() {
             self.with_tree(now, |tree, ctx| tree.on_link_down(ctx, peer, true));
         }

@@ -220,6 +220,11 @@ impl Tree {
     }
 
     /// Whether the parent changed since the last call.
+    /// Whether [`Tree::take_parent_changed`] would say so.
+    pub fn parent_changed(&self) -> bool {
+        self.parent_changed
+    }
+
     pub fn take_parent_changed(&mut self) -> bool {
         core::mem::take(&mut self.parent_changed)
     }
