@@ -7,15 +7,23 @@
 //! (hello, HMAC authentication), sends `Join`, is accepted, and is handed 12 joiners by
 //! `Join(Redirect)` from its parent, which it dials and accepts as children. The parent then
 //! streams `Broadcast` frames; the relay decodes each one, hands the same bytes to its 12
-//! children and answers its parent with a `BroadcastReply`, all through the driver's read
-//! buffers, write queues and `writev`. Nothing of the relay is stubbed.
+//! children and answers its parent with a `BroadcastReply` (one for a run of broadcasts: see
+//! below), all through the driver's read buffers, write queues and `writev`. Nothing of the
+//! relay is stubbed.
 //!
 //! **Baseline.** A minimal mio forwarder with no protocol, on the same thread layout: it reads
 //! length-prefixed frames from one TCP connection into a 64 KiB buffer (two frames' worth when
 //! that is more; at most 16 reads per loop turn, as the driver) and writes every whole frame
 //! read to 12 TCP connections: the run of whole frames of each read goes out in one `write` per
 //! child; what a child's socket does not take waits in a per-child buffer, and reading pauses
-//! while one holds more than 1 MiB.
+//! while one holds more than 1 MiB. `--baseline-read N` gives it an N-byte buffer instead: the
+//! kernel's cost per frame falls as reads and writes grow (256 KiB: about a fifth more frames
+//! per second than 64 KiB on the machine of `benches/README.md`).
+//!
+//! **The relay's batches.** The driver hands the node a turn's reads from the parent (up to 16
+//! of 16 KiB) as one batch (`plush_core::batch`): the broadcasts for the children leave as one
+//! buffer the 12 share, written once per child per turn, and the relay's replies to a run of
+//! broadcasts are coalesced into one.
 //!
 //! **Frame size.** By default every broadcast is the smallest frame (10 bytes, prefix included):
 //! the per-frame costs at their worst. `--frame-bytes N` pads each broadcast with a filler
@@ -50,7 +58,7 @@
 //!
 //! `cargo run --release -p plush-benches --example mio_relay -- [--quick] [--rounds N]
 //! [--seconds S] [--warmup S] [--window FRAMES] [--no-pin] [--diagnose]
-//! [--only plush|baseline|iovec]`
+//! [--only plush|baseline|iovec] [--frame-bytes N] [--baseline-read N]`
 
 use mio::net::TcpStream as MioStream;
 use mio::{Events, Interest, Poll, Token};
@@ -131,19 +139,23 @@ struct Opts {
     diagnose: bool,
     /// Size of each broadcast frame, prefix included (`None`: the smallest, 10 bytes).
     frame_bytes: Option<usize>,
+    /// The baseline's read buffer: the most it reads, and so forwards, per `read` and `write`.
+    baseline_read: usize,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: mio_relay [--quick] [--rounds N] [--seconds S] [--warmup S] [--window FRAMES] [--no-pin]\n\
-         \x20                [--diagnose] [--only plush|baseline|iovec] [--frame-bytes N]\n\
+         \x20                [--diagnose] [--only plush|baseline|iovec] [--frame-bytes N] [--baseline-read N]\n\
          Frames per second through one relay (1 parent -> relay -> 12 children) on loopback: the\n\
          plush-mio Driver around a real Node, against a bare mio forwarder. Defaults: 3 rounds of\n\
          3 s each (after 0.5 s of warm-up) per side; --quick: 2 rounds of 1.5 s (0.3 s warm-up);\n\
          --diagnose adds a third side, the bare forwarder with the driver's write strategy (one\n\
          buffer and one iovec per frame, 64 per writev); --only runs one side (for profiling) and\n\
          prints no ratio; --frame-bytes N makes every broadcast frame N bytes long, prefix\n\
-         included (10, the smallest, by default; at most 65,548: a filler of 64 KiB)."
+         included (10, the smallest, by default; at most 65,548: a filler of 64 KiB);\n\
+         --baseline-read N gives the baseline an N-byte read buffer (64 KiB by default): it reads\n\
+         and writes up to N bytes a call."
     );
     std::process::exit(2)
 }
@@ -158,6 +170,7 @@ fn parse_opts() -> Opts {
         only: None,
         diagnose: false,
         frame_bytes: None,
+        baseline_read: FORWARD_BUF,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -188,6 +201,7 @@ fn parse_opts() -> Opts {
                 }
                 o.frame_bytes = Some(n);
             }
+            "--baseline-read" => o.baseline_read = value("--baseline-read") as usize,
             "--no-pin" => o.pin = false,
             "--diagnose" => o.diagnose = true,
             "--only" => {
@@ -424,12 +438,13 @@ fn round(mode: Mode, o: &Opts, cpus: &Cpus) -> RoundResult {
     };
     let middle = {
         let (shared, ready, cpus, flen) = (Arc::clone(&shared), ready_tx, cpus.middle.clone(), frame.len());
+        let bufsize = o.baseline_read;
         thread::spawn(move || {
             pin_to(&cpus);
             match mode {
                 Mode::Plush => Some(relay(NodeId::new(parent_addr), &shared, ready)),
                 Mode::Baseline | Mode::Iovec => {
-                    forwarder(mode, parent_addr, &child_addrs, &shared, ready, flen);
+                    forwarder(mode, parent_addr, &child_addrs, &shared, ready, flen, bufsize);
                     None
                 }
             }
@@ -800,6 +815,7 @@ fn forwarder(
     shared: &Shared,
     ready: mpsc::Sender<&'static str>,
     flen: usize,
+    bufsize: usize,
 ) {
     let mut poll = Poll::new().expect("a poll");
     let mut up = connect(parent);
@@ -811,7 +827,7 @@ fn forwarder(
     let _ = ready.send("forwarder");
     let mut events = Events::with_capacity(64);
     // Room for two whole frames, whatever their size.
-    let mut buf = vec![0u8; FORWARD_BUF.max(2 * flen)];
+    let mut buf = vec![0u8; bufsize.max(2 * flen)];
     let (mut start, mut end) = (0usize, 0usize);
     let mut paused = false;
     // Set when the read budget ran out with bytes still waiting: poll without sleeping.
@@ -994,7 +1010,7 @@ fn main() {
     println!("median: baseline {b:.0} frames/s, plush {p:.0} frames/s: ratio {ratio} (target <= 2.0)");
     println!(
         "{{\"plush_frames_per_s\": {p:.0}, \"baseline_frames_per_s\": {b:.0}, \"ratio\": {ratio}, \
-         \"children\": {CHILDREN}, \"frame_bytes\": {flen}, \"rounds\": {}, \"seconds\": {}}}",
-        o.rounds, o.seconds
+         \"children\": {CHILDREN}, \"frame_bytes\": {flen}, \"baseline_read\": {}, \"rounds\": {}, \"seconds\": {}}}",
+        o.baseline_read, o.rounds, o.seconds
     );
 }

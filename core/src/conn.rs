@@ -105,6 +105,8 @@ pub(crate) struct ConnTable {
     index: HashMap<Key, u32, FxBuildHasher>,
     /// The slot last looked up (see `slot`).
     hint: Cell<u32>,
+    /// Counts changes to links and their pins (see [`ConnTable::received_again`]).
+    changes: u64,
     lru_head: u32,
     lru_tail: u32,
     budget: usize,
@@ -122,6 +124,7 @@ impl ConnTable {
             slab: Slab::new(),
             index: HashMap::default(),
             hint: Cell::new(NIL),
+            changes: 0,
             lru_head: NIL,
             lru_tail: NIL,
             budget: budget.max(1),
@@ -248,6 +251,7 @@ impl ConnTable {
         self.index.insert(Key(peer), s);
         self.lru_push_tail(s);
         self.sweep_wanted = true;
+        self.changes += 1;
         self.max_open = self.max_open.max(self.index.len());
         s
     }
@@ -307,6 +311,7 @@ impl ConnTable {
             self.pinned_since_tick = true;
         }
         link.state = LinkState::Open;
+        self.changes += 1;
         link.last_rx = now;
         link.last_tx = now;
         for frame in link.pending.drain(..) {
@@ -352,6 +357,33 @@ impl ConnTable {
         Some(answer)
     }
 
+    /// [`ConnTable::received`] for the frames of one read, all from `peer` at `now`: once a frame
+    /// was received on a pinned link (no place in the LRU to keep), another one changes nothing
+    /// while no link or pin changed, and is answered from `memo` without a lookup. Returns what
+    /// `received` returns.
+    #[inline]
+    pub fn received_again(
+        &mut self,
+        now: Instant,
+        peer: &NodeId,
+        heartbeat: core::time::Duration,
+        memo: &mut Option<(NodeId, Instant, u64)>,
+    ) -> Option<bool> {
+        if let Some((p, t, c)) = *memo {
+            if t == now && c == self.changes && p == *peer {
+                // `received` again at the same time would answer no (it answered once, or found
+                // no reason to) and change nothing: `last_rx` is `now`, and a pinned link keeps
+                // no LRU place.
+                return Some(false);
+            }
+        }
+        let answer = self.received(now, peer, heartbeat)?;
+        let s = self.hint.get();
+        let pinned = self.slab.get(s as usize).is_some_and(|l| l.peer == *peer && l.pins != 0);
+        *memo = (pinned && !heartbeat.is_zero()).then_some((*peer, now, self.changes));
+        Some(answer)
+    }
+
     /// The link is gone (closed by the peer, failed, or closed by us).
     pub fn remove(&mut self, peer: &NodeId) -> bool {
         let Some(s) = self.index.remove(&Key(*peer)) else { return false };
@@ -359,6 +391,7 @@ impl ConnTable {
             self.lru_unlink(s);
         }
         self.slab.remove(s as usize);
+        self.changes += 1;
         true
     }
 
@@ -368,6 +401,7 @@ impl ConnTable {
             self.lru_unlink(s);
         }
         self.pinned_since_tick = true;
+        self.changes += 1;
         let l = &mut self.slab[s as usize];
         l.pins |= pin as u8;
         // A relation starts now: silence is measured from here.
@@ -378,6 +412,7 @@ impl ConnTable {
         let Some(s) = self.slot(peer) else { return };
         let was = self.slab[s as usize].pins;
         let now_pins = was & !(pin as u8);
+        self.changes += 1;
         self.slab[s as usize].pins = now_pins;
         if was != 0 && now_pins == 0 {
             self.lru_push_tail(s);
@@ -480,6 +515,35 @@ mod tests {
 
     fn open(t: &mut ConnTable, i: u32, out: &mut Outbox, st: &mut Stats) -> Admit {
         t.connected(Instant::ZERO, id(i), out, st)
+    }
+
+    #[test]
+    fn frames_of_one_read_skip_the_lookup_only_on_a_pinned_unchanged_link() {
+        let (mut out, mut st) = (Outbox::default(), Stats::default());
+        let hb = Duration::from_secs(1);
+        let mut t = ConnTable::new(2);
+        for i in 0..2 {
+            assert_eq!(open(&mut t, i, &mut out, &mut st), Admit::Ok);
+        }
+        let now = Instant::from_millis(5);
+        // Unpinned: every frame touches the link, so the LRU order follows the frames.
+        let mut memo = None;
+        assert_eq!(t.received_again(now, &id(0), hb, &mut memo), Some(false));
+        assert_eq!(memo, None, "no memo for an unpinned link");
+        assert!(t.received(now, &id(1), hb).is_some());
+        assert_eq!(t.received_again(now, &id(0), hb, &mut memo), Some(false));
+        out.clear();
+        assert_eq!(open(&mut t, 2, &mut out, &mut st), Admit::Ok);
+        assert_eq!(out.pop_front(), Some(Output::Close(id(1))), "link 0 was used last, link 1 goes");
+        // Pinned: the memo answers while nothing changes, and is dropped when a pin changes.
+        t.pin(now, id(0), Pin::Parent);
+        let mut memo = None;
+        assert_eq!(t.received_again(now, &id(0), hb, &mut memo), Some(false));
+        assert!(memo.is_some());
+        assert_eq!(t.received_again(now, &id(0), hb, &mut memo), Some(false));
+        t.unpin(&id(0), Pin::Parent);
+        t.remove(&id(0));
+        assert_eq!(t.received_again(now, &id(0), hb, &mut memo), None, "the link is gone: the memo is not used");
     }
 
     #[test]

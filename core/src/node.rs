@@ -682,6 +682,19 @@ impl Node {
     ///
     /// Errors leave the node as it was; the driver closes the link to `from`.
     pub fn handle_frame(&mut self, now: Instant, from: NodeId, payload: &[u8]) -> Result<(), InputError> {
+        self.frame_in(now, from, payload, &mut None)
+    }
+
+    /// [`Node::handle_frame`], with what the frames of one read share (see
+    /// [`ConnTable::received_again`]).
+    #[inline]
+    fn frame_in(
+        &mut self,
+        now: Instant,
+        from: NodeId,
+        payload: &[u8],
+        memo: &mut Option<(NodeId, Instant, u64)>,
+    ) -> Result<(), InputError> {
         // Matched where it was decoded, not moved out first: the copy read the message back
         // across the decoder's narrower stores, a store-forwarding stall on every frame.
         let mut input = InPlace::new(payload);
@@ -693,7 +706,7 @@ impl Node {
         if self.control.exited {
             return Ok(());
         }
-        let Some(answer) = self.io.conns.received(now, &from, self.cfg.heartbeat) else {
+        let Some(answer) = self.io.conns.received_again(now, &from, self.cfg.heartbeat, memo) else {
             return Err(InputError::NoLink(from));
         };
         self.io.stats.frames_in += 1;
@@ -734,6 +747,7 @@ impl Node {
     /// link: the stream cannot be cut after it).
     pub fn handle_frames(&mut self, now: Instant, from: NodeId, data: &[u8]) -> (usize, Result<(), InputError>) {
         let mut taken = 0;
+        let mut memo = None;
         while let Some(rest) = data.get(taken..) {
             let (payload, used) = match split_frame(rest, self.cfg.max_frame) {
                 Ok(Some(x)) => x,
@@ -741,7 +755,7 @@ impl Node {
                 Err(e) => return (taken, Err(InputError::Decode(e))),
             };
             taken += used;
-            if let Err(e) = self.handle_frame(now, from, payload) {
+            if let Err(e) = self.frame_in(now, from, payload, &mut memo) {
                 return (taken, Err(e));
             }
             if !self.io.out.is_empty() {

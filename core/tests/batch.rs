@@ -160,16 +160,46 @@ fn steps() -> Vec<Vec<Step>> {
     reads
 }
 
-/// Feed `reads` to a fresh relay, each read as one batch or frame by frame.
+/// Feed `reads` to a fresh relay: frame by frame, or as the mio driver does, each read one batch
+/// and the frames from one peer handed over together (`Node::handle_frames`, drained whenever it
+/// stops).
 fn run(reads: &[Vec<Step>], batch: bool) -> Seen {
     let mut node = relay();
     let mut seen = Seen::default();
     let mut now = Instant(1);
+    // Frames from one peer not yet handed over (batches only), prefixes included.
+    let mut pending: Option<(NodeId, Vec<u8>)> = None;
+    let flush = |node: &mut Node, seen: &mut Seen, pending: &mut Option<(NodeId, Vec<u8>)>, now: Instant| {
+        let Some((from, data)) = pending.take() else { return };
+        let mut taken = 0;
+        while taken < data.len() {
+            let (used, r) = node.handle_frames(now, from, &data[taken..]);
+            r.expect("valid frames");
+            assert!(used > 0, "whole frames are taken");
+            taken += used;
+            seen.drain(node);
+        }
+    };
     for read in reads {
         if batch {
             node.begin_batch();
         }
         for step in read {
+            if let (true, Step::Frame(from, p)) = (batch, step) {
+                match &mut pending {
+                    Some((f, data)) if f == from => {}
+                    _ => {
+                        flush(&mut node, &mut seen, &mut pending, now);
+                        pending = Some((*from, Vec::new()));
+                    }
+                }
+                if let Some((_, data)) = &mut pending {
+                    data.extend_from_slice(&(p.len() as u32).to_be_bytes());
+                    data.extend_from_slice(p);
+                }
+                continue;
+            }
+            flush(&mut node, &mut seen, &mut pending, now);
             match step {
                 Step::Frame(from, p) => node.handle_frame(now, *from, p).expect("a valid frame"),
                 Step::Closed(peer) => node.handle_link(now, *peer, LinkEvent::Closed),
@@ -191,6 +221,7 @@ fn run(reads: &[Vec<Step>], batch: bool) -> Seen {
             // The driver drains after every input, batch or not.
             seen.drain(&mut node);
         }
+        flush(&mut node, &mut seen, &mut pending, now);
         if batch {
             node.end_batch();
         }
