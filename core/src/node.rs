@@ -372,18 +372,18 @@ impl Ctx<'_> {
 
     /// Answer broadcast `id` to `to` (the parent). During a batch the answer waits at the end of
     /// the up run, and the answer to a later broadcast replaces it (see [`crate::batch`]).
-    pub fn reply_up(&mut self, to: NodeId, id: u64) {
-        if let Some(replaced) = self.io.out.reply_now(&to, self.now, id, self.me) {
+    pub fn reply_up(&mut self, to: &NodeId, id: u64) {
+        if let Some(replaced) = self.io.out.reply_now(to, self.now, id, self.me) {
             self.io.stats.frames_out += u64::from(!replaced);
             return;
         }
-        if self.run(Way::Up, &[to], 0, REPLY_BYTES) {
+        if self.run(Way::Up, core::slice::from_ref(to), 0, REPLY_BYTES) {
             if !self.io.out.reply(id, self.me) {
                 self.io.stats.frames_out += 1;
             }
             return;
         }
-        self.send(to, TreeMsg::BroadcastReply { id, node: self.me });
+        self.send(*to, TreeMsg::BroadcastReply { id, node: self.me });
     }
 
     /// Pass `payload` (a frame's, as received) on to `to`: into the batch's up run during a
@@ -725,7 +725,7 @@ impl Node {
             Ok(Message::Tree(TreeMsg::Heartbeat)) => return Ok(()),
             // A relay's most frequent message, handed on without its `TreeMsg`.
             Ok(Message::Tree(TreeMsg::Broadcast { id, .. })) => {
-                self.with_tree(now, |tree, ctx| tree.on_broadcast(ctx, from, id, payload))
+                self.with_tree(now, |tree, ctx| tree.on_broadcast(ctx, &from, id, payload))
             }
             Ok(Message::Tree(m)) => self.with_tree(now, |tree, ctx| tree.on_message(ctx, from, m, payload)),
             Ok(Message::RanSub(m)) => self.with_ransub(now, |r, ctx, place| r.on_message(ctx, place, from, m)),

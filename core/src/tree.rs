@@ -348,7 +348,7 @@ impl Tree {
             TreeMsg::Probe { root } => self.on_probe(ctx, from, root),
             TreeMsg::ProbeReply { root } => self.on_probe_reply(ctx, root),
             TreeMsg::Leave => self.on_link_down(ctx, from, false),
-            TreeMsg::Broadcast { id, .. } => self.on_broadcast(ctx, from, id, raw),
+            TreeMsg::Broadcast { id, .. } => self.on_broadcast(ctx, &from, id, raw),
             TreeMsg::Heartbeat => {}
             TreeMsg::Verify { joiner, route } => self.on_verify(ctx, from, joiner, route),
             TreeMsg::VerifyOk { joiner, route } => self.on_verified(ctx, from, joiner, route, true),
@@ -369,8 +369,10 @@ impl Tree {
     /// A broadcast (`raw` as received): passed on to the children, answered up. Called
     /// straight from the node's dispatch (a relay's most frequent message: no `TreeMsg` moved).
     #[inline]
-    pub fn on_broadcast(&mut self, ctx: &mut Ctx<'_>, from: NodeId, id: u64, raw: &[u8]) {
-        if self.parent != Some(from) || self.state != TreeState::Joined {
+    pub fn on_broadcast(&mut self, ctx: &mut Ctx<'_>, from: &NodeId, id: u64, raw: &[u8]) {
+        // `from` by reference: a copy of the 18 bytes per call was read back in other widths
+        // than written, a store-forwarding stall on every broadcast.
+        if self.parent.as_ref() != Some(from) || self.state != TreeState::Joined {
             return;
         }
         ctx.relay_down(&self.children, self.children_version, raw);
