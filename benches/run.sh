@@ -4,7 +4,9 @@
 #   benches/run.sh [--quick] [--json]
 #
 #   relay_msgs_per_s        core relay: broadcasts relayed per second by a Node with 12 children,
-#                           in process, one core (examples/relay_loop.rs)
+#                           in process, one core, one frame per call (examples/relay_loop.rs)
+#   relay_batch_msgs_per_s  the same, as the mio driver feeds a relay: reads of 1,638 frames,
+#                           each one batch (relay_loop --batch)
 #   allocs_per_relayed_msg  allocations per relayed broadcast in the core, steady state
 #                           (examples/relay_allocs_count.rs, counting global allocator)
 #   mio_relay_vs_baseline   frames/s of a bare mio forwarder / frames/s of the plush-mio relay,
@@ -14,7 +16,9 @@
 #
 # mio_relay_vs_baseline is measured with the smallest broadcast frames (10 bytes), where the
 # per-frame costs weigh most. Without --quick, the ratio is also measured with 1 KiB, 16 KiB and
-# 64 KiB frames: mio_relay_vs_baseline_1024_bytes, _16384_bytes and _65548_bytes.
+# 64 KiB frames: mio_relay_vs_baseline_1024_bytes, _16384_bytes and _65548_bytes; and against a
+# stronger baseline that reads (and writes) 256 KiB at a time instead of 64 KiB:
+# mio_relay_vs_baseline_256k_read.
 #
 # --quick  shorter runs (within 5 minutes on 2 cores, build included)
 # --json   only the JSON line on stdout (progress goes to stderr)
@@ -72,6 +76,9 @@ if [ "$quick" = 1 ]; then relay_n=2000000; else relay_n=5000000; fi
 say "== core relay: $examples/relay_loop $relay_n"
 relay_msgs_per_s=$("$examples/relay_loop" "$relay_n" | tail -n 1)
 say "   $relay_msgs_per_s broadcasts relayed per second (12 children, one core)"
+say "== core relay in batches: $examples/relay_loop $((relay_n * 4)) --batch"
+relay_batch_msgs_per_s=$("$examples/relay_loop" "$((relay_n * 4))" --batch | tail -n 1)
+say "   $relay_batch_msgs_per_s broadcasts relayed per second (reads of 1,638 frames)"
 
 say "== core allocations: $examples/relay_allocs_count 100000"
 allocs_line=$("$examples/relay_allocs_count" 100000 2>/dev/null | tail -n 1)
@@ -91,6 +98,9 @@ if [ "$quick" = 0 ]; then
         "$examples/mio_relay" --rounds 2 --seconds 2 --frame-bytes "$bytes" | tee "$tmp" | tail -n 2 | head -n 1 | sed 's/^/   /' >&3
         sizes="$sizes, \"mio_relay_vs_baseline_${bytes}_bytes\": $(tail -n 1 "$tmp" | json_field ratio)"
     done
+    say "== mio relay vs a baseline reading 256 KiB at a time: $examples/mio_relay --rounds 3 --seconds 2 --baseline-read 262144"
+    "$examples/mio_relay" --rounds 3 --seconds 2 --baseline-read 262144 | tee "$tmp" | tail -n 2 | head -n 1 | sed 's/^/   /' >&3
+    sizes="$sizes, \"mio_relay_vs_baseline_256k_read\": $(tail -n 1 "$tmp" | json_field ratio)"
 fi
 
 sim() {
@@ -113,5 +123,5 @@ if [ "$quick" = 0 ]; then
 fi
 
 say "== done in $((SECONDS - started)) s"
-printf '{"relay_msgs_per_s": %.0f, "allocs_per_relayed_msg": %s, "mio_relay_vs_baseline": %s, "sim_events_per_s": %.0f%s}\n' \
-    "$relay_msgs_per_s" "$allocs_per_relayed_msg" "$mio_ratio" "$sim_events_per_s" "$extra"
+printf '{"relay_msgs_per_s": %.0f, "allocs_per_relayed_msg": %s, "mio_relay_vs_baseline": %s, "sim_events_per_s": %.0f, "relay_batch_msgs_per_s": %.0f%s}\n' \
+    "$relay_msgs_per_s" "$allocs_per_relayed_msg" "$mio_ratio" "$sim_events_per_s" "$relay_batch_msgs_per_s" "$extra"

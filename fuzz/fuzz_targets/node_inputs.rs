@@ -6,6 +6,11 @@
 //! by the same script. Checked: nothing panics; each call produces a bounded number of outputs
 //! (the core's queues have bounds); and a frame that does not decode is refused with an error
 //! and changes nothing the driver can see (no output).
+//!
+//! A step may also start or end a batch of the node (`Node::begin_batch` / `end_batch`, as the
+//! mio driver does around a turn's reads); within one, frames reach the node with their length
+//! prefix through `Node::handle_frames` (sometimes with the script's own bytes as the prefix),
+//! which must take whole frames only and never more than it was given.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -48,11 +53,12 @@ fuzz_target!(|data: &[u8]| {
     drain_node(&mut node);
     drain_ctrl(&mut ctrl);
     let mut at = 0;
+    let mut batching = false;
     while at < data.len() {
         let op = data[at];
         let peer = data.get(at + 1).copied().unwrap_or(0);
         at += 2;
-        match op % 8 {
+        match op % 9 {
             0 | 1 | 2 => {
                 // A frame from `peer`.
                 let len = usize::from(data.get(at).copied().unwrap_or(0));
@@ -62,9 +68,31 @@ fuzz_target!(|data: &[u8]| {
                 let decodes = Message::decode(payload).is_ok();
                 let before = drain_node(&mut node);
                 assert_eq!(before, 0);
-                let r = node.handle_frame(now, id(peer), payload);
+                let r = if batching {
+                    // As read from a socket: prefixed, or (peer's bit 6) the script's raw bytes.
+                    let framed = if peer & 0x40 == 0 {
+                        let mut f = (payload.len() as u32).to_be_bytes().to_vec();
+                        f.extend_from_slice(payload);
+                        f
+                    } else {
+                        payload.to_vec()
+                    };
+                    let (used, r) = node.handle_frames(now, id(peer), &framed);
+                    assert!(used <= framed.len(), "took more than it was given");
+                    if peer & 0x40 == 0 && r.is_ok() {
+                        assert_eq!(used, framed.len(), "one whole frame is taken");
+                    }
+                    // Only the prefixed single frame says what `decodes` says.
+                    if peer & 0x40 == 0 {
+                        r
+                    } else {
+                        Ok(())
+                    }
+                } else {
+                    node.handle_frame(now, id(peer), payload)
+                };
                 let outs = drain_node(&mut node);
-                if !decodes {
+                if !decodes && (!batching || peer & 0x40 == 0) {
                     assert!(r.is_err(), "a frame that does not decode is an error");
                     assert_eq!(outs, 0, "a refused frame changes nothing");
                 }
@@ -99,6 +127,14 @@ fuzz_target!(|data: &[u8]| {
                 node.handle_launched(now, id(peer), peer & 1 == 0);
                 ctrl.handle_launched(now, id(peer), if peer & 1 == 0 { Ok(()) } else { Err("down") });
             }
+            8 => {
+                if batching {
+                    node.end_batch();
+                } else {
+                    node.begin_batch();
+                }
+                batching = !batching;
+            }
             _ => {
                 if let Some(t) = node.poll_timeout() {
                     now = now.max(t);
@@ -112,5 +148,9 @@ fuzz_target!(|data: &[u8]| {
         }
         drain_node(&mut node);
         drain_ctrl(&mut ctrl);
+    }
+    if batching {
+        node.end_batch();
+        drain_node(&mut node);
     }
 });
