@@ -29,7 +29,11 @@
 //! the per-frame costs at their worst. `--frame-bytes N` pads each broadcast with a filler
 //! (`plush_core::wire::Filler`: bytes that only give the frame its size, decoded without a copy)
 //! to N bytes, the sizes that job announcements (a few hundred bytes) and a push's chunks (tens
-//! to hundreds of KiB) have. The parent's window is then also bounded to 64 MiB in flight.
+//! to hundreds of KiB) have. The parent's window is also bounded to 2 MiB in flight: half the
+//! relay's write-queue limit (`DriverConfig::write_queue_limit`, 4 MiB), which a stream of
+//! broadcasts, having no flow control of its own, must not overrun. (With 64 MiB, once the relay
+//! had become faster than the children could read 16 KiB frames, its queues passed the limit and
+//! it closed the children: the round measured nothing.)
 //!
 //! **Diagnosis** (`--diagnose`, a third side): the same forwarder with the driver's write
 //! strategy instead, each frame in a reference-counted buffer of its own shared by the 12
@@ -95,8 +99,9 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 const FORWARD_BUF: usize = 64 << 10;
 /// Largest `--frame-bytes`: the largest filler, its length prefix and the rest of the frame.
 const MAX_FRAME_BYTES: usize = MAX_FILLER + 12;
-/// Frames in flight past the slowest child are at most `--window`, and at most this many bytes.
-const WINDOW_BYTES: u64 = 64 << 20;
+/// Frames in flight past the slowest child are at most `--window`, and at most this many bytes
+/// (half the relay's write-queue limit: see the top of the file).
+const WINDOW_BYTES: u64 = 2 << 20;
 /// Reads per turn of the forwarder's loop at most (the driver's `READS_PER_EVENT`).
 const FORWARD_READS: usize = 16;
 /// The baseline stops reading while a child's pending bytes exceed this.
@@ -986,6 +991,16 @@ fn main() {
                 ));
             }
             println!("{line}");
+            if let Some(rr) = res.relay.as_ref().filter(|rr| rr.write_overflows > 0 || rr.children != CHILDREN) {
+                // The relay closed children whose queues overran: the round measured a broken
+                // tree, not the relay.
+                eprintln!(
+                    "mio_relay: round {} is void: the relay closed {} children's links (write queues over the limit)",
+                    r + 1,
+                    rr.write_overflows.max((CHILDREN - rr.children.min(CHILDREN)) as u64)
+                );
+                std::process::exit(1);
+            }
             match mode {
                 Mode::Baseline => base.push(res.frames_per_s),
                 Mode::Iovec => iovec.push(res.frames_per_s),
