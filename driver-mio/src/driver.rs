@@ -33,7 +33,11 @@
 //! frames are cut from it in place with `split_frame(buf, Config::max_frame)`, and only the
 //! start of a frame not yet whole is copied to the connection's [`crate::conn::ReadBuf`]
 //! (at most one frame plus a read chunk, freed once the frame is taken). At most [`READS_PER_EVENT`] reads per connection per
-//! turn, so that one fast sender cannot starve the others.
+//! turn, so that one fast sender cannot starve the others. Once a link is open the machine cuts
+//! its frames itself (`Node::handle_frames`, as many as it can take before the driver has to
+//! carry something out), and a turn's reads from one connection are one batch of the machine
+//! (`Node::begin_batch` / `end_batch`): what a relay passes on of them leaves as a few large
+//! buffers shared by the receivers (see `plush_core::batch`).
 //!
 //! **File descriptors.** Running out (EMFILE/ENFILE) is never fatal: a failed connect is a
 //! `ConnectFailed`; accepting pauses for [`ACCEPT_PAUSE`] and resumes.
