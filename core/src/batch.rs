@@ -55,7 +55,8 @@ pub(crate) enum Way {
 
 #[derive(Debug, Default)]
 struct Run {
-    /// The receivers, in order: the children when the run started, or the one peer.
+    /// The receivers, in order: the children when the run started, or the one peer. Bound: at
+    /// most [`crate::Config::max_children`] (its capacity is kept for the next run).
     peers: Vec<NodeId>,
     /// The version of the tree's children that `peers` holds (down runs).
     version: u64,

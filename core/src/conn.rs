@@ -342,19 +342,26 @@ impl ConnTable {
     /// answer with a heartbeat (a link we follow on which we wrote nothing for `heartbeat`; its
     /// `last_tx` is then advanced).
     pub fn received(&mut self, now: Instant, peer: &NodeId, heartbeat: core::time::Duration) -> Option<bool> {
+        self.receive(now, peer, heartbeat).map(|(answer, _)| answer)
+    }
+
+    /// [`ConnTable::received`], and whether the link is pinned.
+    #[inline]
+    fn receive(&mut self, now: Instant, peer: &NodeId, heartbeat: core::time::Duration) -> Option<(bool, bool)> {
         let s = self.slot(peer)?;
         let l = &mut self.slab[s as usize];
         if l.state != LinkState::Open {
             return None;
         }
         l.last_rx = now;
-        let follows = l.pins != 0 && l.pins & LEADS == 0;
+        let pinned = l.pins != 0;
+        let follows = pinned && l.pins & LEADS == 0;
         let answer = follows && l.last_tx + heartbeat <= now;
         if answer {
             l.last_tx = now;
         }
         self.touch_slot(s);
-        Some(answer)
+        Some((answer, pinned))
     }
 
     /// [`ConnTable::received`] for the frames of one read, all from `peer` at `now`: once a frame
@@ -367,20 +374,18 @@ impl ConnTable {
         now: Instant,
         peer: &NodeId,
         heartbeat: core::time::Duration,
-        memo: &mut Option<(NodeId, Instant, u64)>,
+        memo: &mut Option<Received>,
     ) -> Option<bool> {
-        if let Some((p, t, c)) = *memo {
-            if t == now && c == self.changes && p == *peer {
+        if let Some(m) = memo {
+            if m.at == now && m.changes == self.changes && m.peer == *peer {
                 // `received` again at the same time would answer no (it answered once, or found
                 // no reason to) and change nothing: `last_rx` is `now`, and a pinned link keeps
                 // no LRU place.
                 return Some(false);
             }
         }
-        let answer = self.received(now, peer, heartbeat)?;
-        let s = self.hint.get();
-        let pinned = self.slab.get(s as usize).is_some_and(|l| l.peer == *peer && l.pins != 0);
-        *memo = (pinned && !heartbeat.is_zero()).then_some((*peer, now, self.changes));
+        let (answer, pinned) = self.receive(now, peer, heartbeat)?;
+        *memo = (pinned && !heartbeat.is_zero()).then_some(Received { peer: *peer, at: now, changes: self.changes });
         Some(answer)
     }
 
@@ -494,6 +499,15 @@ impl ConnTable {
         quiet.sort_unstable();
         next
     }
+}
+
+/// A frame received on a pinned link, for [`ConnTable::received_again`]: from whom, when, and
+/// at which count of the table's changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Received {
+    peer: NodeId,
+    at: Instant,
+    changes: u64,
 }
 
 /// Pins whose links we lead with heartbeats (the other end answers).

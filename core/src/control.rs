@@ -1466,12 +1466,12 @@ impl Control {
         ctx.io.out.push_back(Output::Exit);
     }
 
-    /// After every input: idle expiry bookkeeping.
     /// Whether [`Control::after`] would change nothing with `links` links.
     pub fn idle_settled(&self, links: usize) -> bool {
         (links == 0) == self.idle_since.is_some()
     }
 
+    /// After every input: idle expiry bookkeeping.
     pub fn after(&mut self, now: Instant, links: usize) {
         if links == 0 {
             self.idle_since.get_or_insert(now);

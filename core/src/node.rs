@@ -7,7 +7,7 @@
 
 use crate::batch::{Check, Outbox, Way, REPLY_BYTES};
 use crate::config::Config;
-use crate::conn::{Admit, ConnTable, LinkState, Pin};
+use crate::conn::{Admit, ConnTable, LinkState, Pin, Received};
 use crate::control::{Control, ProcessEvent};
 use crate::id::NodeId;
 use crate::ransub::{Entry, Place, RanSub, PAYLOAD};
@@ -693,13 +693,13 @@ impl Node {
         now: Instant,
         from: NodeId,
         payload: &[u8],
-        memo: &mut Option<(NodeId, Instant, u64)>,
+        memo: &mut Option<Received>,
     ) -> Result<(), InputError> {
         // Matched where it was decoded, not moved out first: the copy read the message back
         // across the decoder's narrower stores, a store-forwarding stall on every frame.
         let mut input = InPlace::new(payload);
-        let decoded = input.message();
-        if let Some(e) = input.check(decoded.is_ok()) {
+        let decoded = input.value::<Message>();
+        if let Some(e) = input.check(decoded.is_err()) {
             self.io.stats.decode_errors += 1;
             return Err(InputError::Decode(e));
         }

@@ -219,12 +219,12 @@ impl Tree {
         self.parent.is_some() || !self.children.is_empty()
     }
 
-    /// Whether the parent changed since the last call.
     /// Whether [`Tree::take_parent_changed`] would say so.
     pub fn parent_changed(&self) -> bool {
         self.parent_changed
     }
 
+    /// Whether the parent changed since the last call.
     pub fn take_parent_changed(&mut self) -> bool {
         core::mem::take(&mut self.parent_changed)
     }

@@ -1,7 +1,7 @@
 //! One TCP connection: its handshake phase, read buffer and bounded write queue.
 
 use mio::net::TcpStream;
-use plush_core::wire::{Frame, Hello, PREFIX};
+use plush_core::wire::{extend_small, Frame, Hello, PREFIX};
 use plush_core::NodeId;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Write};
@@ -132,25 +132,6 @@ impl Chunk {
     }
 }
 
-/// `v.extend_from_slice(b)`, without a call to `memcpy` when `b` has at most 16 bytes (for
-/// frames of a few bytes, that call was several percent of a relay's time).
-#[inline]
-fn append_small(v: &mut Vec<u8>, b: &[u8]) {
-    if b.len() <= 16 {
-        v.reserve(b.len());
-        // Fixed-size pieces: a loop over the bytes would be turned back into `memcpy`.
-        let mut words = b.chunks_exact(8);
-        for w in &mut words {
-            v.extend_from_slice(&<[u8; 8]>::try_from(w).unwrap_or_default());
-        }
-        for &x in words.remainder() {
-            v.push(x);
-        }
-    } else {
-        v.extend_from_slice(b);
-    }
-}
-
 /// Frames waiting to be written, oldest first. The driver bounds it in bytes
 /// ([`crate::DriverConfig::write_queue_limit`]).
 #[derive(Debug, Default)]
@@ -173,7 +154,7 @@ impl WriteQueue {
         if b.len() <= COPY_BELOW {
             if let Some(Chunk::Bytes(last)) = self.q.back_mut() {
                 if last.len() + b.len() <= BATCH {
-                    append_small(last, b);
+                    extend_small(last, b);
                     return;
                 }
             }
