@@ -35,6 +35,13 @@ pub struct ClientArgs {
 
 /// Run the client until the overlay is dismantled.
 pub fn run(args: &ClientArgs) -> ExitCode {
+    if args.listen_fd.is_none() {
+        if let Err(e) = plush_mio::client::check_listen(args.listen) {
+            // A bad command line, not a failure of the client.
+            eprintln!("plush client: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let opts = plush_mio::ClientOptions {
         listen: args.listen,
         key_file: args.key_file.clone(),

@@ -355,6 +355,8 @@ pub fn interrupt_flag() -> Arc<AtomicBool> {
     static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
     Arc::clone(FLAG.get_or_init(|| {
         let flag = Arc::new(AtomicBool::new(false));
+        // From now on Ctrl-C cancels and exits the ordinary way, which removes the key file.
+        plush_mio::release_sigint();
         // Without the handler Ctrl-C kills plush and the clients are left to expire by
         // themselves (2 min): not fatal.
         let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&flag));

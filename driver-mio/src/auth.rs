@@ -1,30 +1,19 @@
-//! The pre-shared cluster key and the authentication step after the hellos.
-//!
-//! Each side of a connection sends its [`Hello`] (with a fresh random nonce), then, once it has
-//! the peer's hello, a 32-byte tag: HMAC-SHA256 under the cluster key over a direction label
-//! (dialer or acceptor), both node ids, both roles and both nonces, the sender's first. The
-//! receiver recomputes the tag it expects and compares in constant time. A tag covers the
-//! receiver's fresh nonce, so it cannot be replayed on another connection; the direction label
-//! stops a tag from being reflected back to the side that asked.
+//! The pre-shared cluster key: generated, written to and read from key files, handed to
+//! remote clients. The key is what the secure channel ([`crate::secure`]) authenticates with.
 //!
 //! Key files hold the key as 64 hex digits (a trailing newline is allowed), are created with
 //! mode 0600, and are refused when group or others may read them, as ssh does with its keys.
+//! A key that is one byte repeated (all zeros included) is refused wherever a key is read: it
+//! is a placeholder, not a secret. Every error about a key file names the file.
 
-use hmac::{Hmac, KeyInit, Mac};
-use plush_core::wire::{Hello, Role};
-use plush_core::NodeId;
-use sha2::Sha256;
 use std::fmt;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
-use std::net::IpAddr;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 /// Bytes in a cluster key.
 pub const KEY_LEN: usize = 32;
-/// Bytes in an authentication tag.
-pub const TAG_LEN: usize = 32;
 /// Largest key file read; anything longer is refused before reading.
 const MAX_KEY_FILE: u64 = 256;
 
@@ -46,15 +35,17 @@ impl Key {
         Key(k)
     }
 
-    /// A key from raw bytes (tests, or keys kept elsewhere).
+    /// A key from raw bytes (tests, or keys kept elsewhere). Unlike the readers, this does not
+    /// refuse weak keys: the caller chose the bytes.
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Key {
         Key(bytes)
     }
 
     /// Read a key file: 64 hex digits, optionally followed by a newline; the file must not be
-    /// readable or writable by group or others.
+    /// readable or writable by group or others. Every error names the file.
     pub fn read_file(path: &Path) -> io::Result<Key> {
-        let meta = fs::metadata(path)?;
+        let named = |e: io::Error| io::Error::new(e.kind(), format!("key file {}: {e}", path.display()));
+        let meta = fs::metadata(path).map_err(named)?;
         if meta.mode() & 0o077 != 0 {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
@@ -68,13 +59,15 @@ impl Key {
         if meta.len() > MAX_KEY_FILE {
             return Err(io::Error::new(io::ErrorKind::InvalidData, format!("key file {} is too long", path.display())));
         }
-        let text = fs::read(path)?;
-        Key::parse_hex(&text).ok_or_else(|| {
+        let text = fs::read(path).map_err(named)?;
+        let key = Key::parse_hex(&text).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("key file {} does not hold 64 hex digits", path.display()),
             )
-        })
+        })?;
+        key.check()
+            .map_err(|why| io::Error::new(io::ErrorKind::InvalidData, format!("key file {}: {why}", path.display())))
     }
 
     /// Read a key from a stream (a launcher hands it on a client's stdin): 64 hex digits and a
@@ -82,8 +75,23 @@ impl Key {
     pub fn read_from(r: impl io::Read) -> io::Result<Key> {
         let mut line = Vec::with_capacity(KEY_LEN * 2 + 1);
         io::BufRead::read_until(&mut io::BufReader::new(r.take(MAX_KEY_FILE)), b'\n', &mut line)?;
-        Key::parse_hex(&line)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "the key given does not hold 64 hex digits"))
+        let key = Key::parse_hex(&line)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "the key given does not hold 64 hex digits"))?;
+        key.check().map_err(|why| io::Error::new(io::ErrorKind::InvalidData, format!("the key given: {why}")))
+    }
+
+    /// Refuse a key that is one byte repeated (all zeros included): a placeholder somebody
+    /// forgot to replace, or a file that was zeroed.
+    fn check(self) -> Result<Key, &'static str> {
+        if self.0.iter().all(|&b| b == self.0[0]) {
+            return Err("the key is one byte repeated, which is no secret; generate a real one");
+        }
+        Ok(self)
+    }
+
+    /// The key's bytes (the secure channel's pre-shared key).
+    pub(crate) fn bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
     }
 
     fn parse_hex(text: &[u8]) -> Option<Key> {
@@ -113,82 +121,14 @@ impl Key {
     /// Write the key to a new file (mode 0600); fails if the file exists.
     pub fn write_new_file(&self, path: &Path) -> io::Result<()> {
         let mut f = OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
-        let mut hex = String::with_capacity(KEY_LEN * 2 + 1);
-        for b in self.0 {
-            hex.push_str(&format!("{b:02x}"));
-        }
-        hex.push('\n');
-        f.write_all(hex.as_bytes())?;
+        f.write_all(self.hex_line().as_bytes())?;
         f.sync_all()
     }
-
-    fn mac(&self) -> Hmac<Sha256> {
-        // HMAC takes keys of any length: this cannot fail.
-        match <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0) {
-            Ok(m) => m,
-            Err(_) => unreachable!("HMAC accepts keys of any length"),
-        }
-    }
-}
-
-fn put_id(m: &mut Hmac<Sha256>, id: &NodeId) {
-    let a = id.addr();
-    let ip = match a.ip() {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
-        IpAddr::V6(v6) => v6.octets(),
-    };
-    m.update(&ip);
-    m.update(&a.port().to_be_bytes());
-}
-
-fn put_hello(m: &mut Hmac<Sha256>, h: &Hello) {
-    put_id(m, &h.node_id);
-    m.update(&[match h.role {
-        Role::Client => 1,
-        Role::Controller => 2,
-    }]);
-    m.update(&h.nonce.to_be_bytes());
-}
-
-fn transcript(key: &Key, sender_dialed: bool, sender: &Hello, receiver: &Hello) -> Hmac<Sha256> {
-    let mut m = key.mac();
-    m.update(if sender_dialed { b"plush-auth-v1 dialer  " } else { b"plush-auth-v1 acceptor" });
-    put_hello(&mut m, sender);
-    put_hello(&mut m, receiver);
-    m
-}
-
-/// The tag `sender` sends to `receiver` (whose nonce it answers). Public for harnesses that
-/// speak the handshake themselves (benchmarks, tests).
-pub fn tag(key: &Key, sender_dialed: bool, sender: &Hello, receiver: &Hello) -> [u8; TAG_LEN] {
-    transcript(key, sender_dialed, sender, receiver).finalize().into_bytes().into()
-}
-
-/// Whether `tag` is the one `sender` owes `receiver`; compared in constant time.
-pub fn verify(key: &Key, sender_dialed: bool, sender: &Hello, receiver: &Hello, tag: &[u8]) -> bool {
-    transcript(key, sender_dialed, sender, receiver).verify_slice(tag).is_ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hello(i: u32, nonce: u64) -> Hello {
-        Hello::new(NodeId::loopback(i, 7000), Role::Client, nonce)
-    }
-
-    #[test]
-    fn a_tag_verifies_only_with_the_same_key_direction_and_nonces() {
-        let k = Key::from_bytes([7; KEY_LEN]);
-        let (a, b) = (hello(1, 11), hello(2, 22));
-        let t = tag(&k, true, &a, &b);
-        assert!(verify(&k, true, &a, &b, &t));
-        assert!(!verify(&Key::from_bytes([8; KEY_LEN]), true, &a, &b, &t), "other key");
-        assert!(!verify(&k, false, &a, &b, &t), "reflected");
-        assert!(!verify(&k, true, &a, &hello(2, 23), &t), "other nonce");
-        assert!(!verify(&k, true, &hello(3, 11), &b, &t), "other id");
-        assert!(!verify(&k, true, &a, &b, &t[..31]), "short");
-    }
 
     #[test]
     fn key_files_round_trip_and_are_private() {
@@ -209,5 +149,21 @@ mod tests {
         assert_eq!(Key::read_from(&piped[..]).unwrap().0, k.0);
         assert!(Key::read_from(&hex[..10]).is_err(), "cut short");
         assert!(Key::parse_hex(&[b'a'; 65]).is_none());
+    }
+
+    #[test]
+    fn weak_keys_and_missing_files_are_refused_by_name() {
+        let dir = std::env::temp_dir().join(format!("plush-auth-weak-{}", std::process::id()));
+        let _ = fs::remove_file(&dir);
+        Key::from_bytes([0; KEY_LEN]).write_new_file(&dir).unwrap();
+        let e = Key::read_file(&dir).unwrap_err().to_string();
+        assert!(e.contains(&dir.display().to_string()) && e.contains("one byte repeated"), "{e}");
+        fs::remove_file(&dir).unwrap();
+        Key::from_bytes([0xa7; KEY_LEN]).write_new_file(&dir).unwrap();
+        assert!(Key::read_file(&dir).is_err(), "any byte repeated");
+        assert!(Key::read_from(&b"a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7a7\n"[..]).is_err());
+        fs::remove_file(&dir).unwrap();
+        let e = Key::read_file(&dir).unwrap_err().to_string();
+        assert!(e.contains(&dir.display().to_string()), "a missing file is named: {e}");
     }
 }

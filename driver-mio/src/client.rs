@@ -12,11 +12,16 @@
 //! command launchers hand it to a remote client without writing it to the remote disk or
 //! putting it on a command line.
 //!
-//! The fd budget: `Config::max_links = min(--max-fds, soft limit - reserve)`, where the reserve
-//! is [`RESERVED_FDS`] (stdio, the poll and listener descriptors, connections still in their
-//! handshake, slack) plus three descriptors per job slot (`3 × Config::max_jobs`: the output
-//! pipes and the barrier socket). Running out anyway
+//! The fd budget: `budget = min(--max-fds, soft limit - reserve)`, where the reserve is
+//! [`RESERVED_FDS`] (stdio, the poll and listener descriptors, slack) plus three descriptors per
+//! job slot (`3 × Config::max_jobs`: the output pipes and the barrier socket), so that no flood
+//! of connections can take a job's descriptors. The budget is shared by connections in their
+//! handshake (a quarter, at least 2 and at most 256: `DriverConfig::max_handshakes`) and
+//! authenticated links (the rest: `Config::max_links`), see [`budgets`]. Running out anyway
 //! is not fatal (see [`crate::driver`]).
+//!
+//! The listen address is the node's identity, so it must be one that peers can dial: an
+//! unspecified address (`0.0.0.0`, `[::]`) or port 0 is refused.
 //!
 //! **Upgrades.** A push marked `upgrade` installs a new client binary (verified like any
 //! push). Unless the client runs with `--no-upgrade` (which makes such pushes fail on this
@@ -113,6 +118,30 @@ pub fn link_budget(soft: u64, max_fds: Option<usize>, cfg: &Config) -> usize {
     by_limit.min(max_fds.unwrap_or(usize::MAX)).max(1)
 }
 
+/// Most connections in handshake from one address, whatever the budget.
+pub const HANDSHAKES_PER_SOURCE: usize = 16;
+
+/// How a link budget (from [`link_budget`]) is shared: `(handshakes, links)`, the first a
+/// quarter of it (at least 2, at most 256), the links the rest (at least 1). Their sum exceeds
+/// the budget only for budgets under 3.
+pub fn budgets(budget: usize) -> (usize, usize) {
+    let handshakes = (budget / 4).clamp(2, 256);
+    (handshakes, budget.saturating_sub(handshakes).max(1))
+}
+
+/// Refuse a listen address that is no identity: unspecified (`0.0.0.0`, `[::]`) or port 0.
+pub fn check_listen(addr: SocketAddr) -> Result<(), String> {
+    if addr.ip().is_unspecified() {
+        return Err(format!(
+            "--listen {addr}: an unspecified address is no identity; give the address peers reach this host at"
+        ));
+    }
+    if addr.port() == 0 {
+        return Err(format!("--listen {addr}: give a port (0 would pick one peers cannot know)"));
+    }
+    Ok(())
+}
+
 /// A seed that differs between processes and runs: the clock and the pid.
 pub(crate) fn fresh_seed() -> u64 {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
@@ -121,6 +150,9 @@ pub(crate) fn fresh_seed() -> u64 {
 
 /// Run a client until its node exits. Errors are for the caller to print (exit status 1).
 pub fn run(opts: &ClientOptions) -> Result<(), String> {
+    if opts.listen_fd.is_none() {
+        check_listen(opts.listen)?;
+    }
     let soft = match crate::sys::raise_nofile_limit() {
         Ok(s) => s,
         Err(e) => {
@@ -138,6 +170,7 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
     let key = if opts.key_file.as_os_str() == "-" {
         Key::read_from(std::io::stdin().lock()).map_err(|e| format!("cannot read the key from stdin: {e}"))?
     } else {
+        // The error names the file.
         Key::read_file(&opts.key_file).map_err(|e| format!("cannot read the key: {e}"))?
     };
     let listener = match inherited {
@@ -152,14 +185,20 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
     if let Some(d) = opts.max_children {
         cfg.max_children = d.max(1);
     }
-    cfg.max_links = link_budget(soft, opts.max_fds, &cfg);
-    let dcfg = DriverConfig { core: cfg.clone(), ..DriverConfig::default() };
+    let (handshakes, links) = budgets(link_budget(soft, opts.max_fds, &cfg));
+    cfg.max_links = links;
+    let dcfg = DriverConfig {
+        core: cfg.clone(),
+        max_handshakes: handshakes,
+        max_handshakes_per_source: HANDSHAKES_PER_SOURCE.min(handshakes),
+        ..DriverConfig::default()
+    };
     let node = Node::new(id, cfg.clone(), fresh_seed(), Instant::ZERO);
     let mut d =
         Driver::new(node, id, listener, key.clone(), dcfg).map_err(|e| format!("cannot start the event loop: {e}"))?;
     d.no_upgrade = opts.no_upgrade;
     if d.debug() {
-        eprintln!("plush client {id}: max_links {} (fd soft limit {soft})", cfg.max_links);
+        eprintln!("plush client {id}: max_links {links}, handshakes {handshakes} (fd soft limit {soft})");
     }
     {
         let mut out = std::io::stdout().lock();
@@ -276,6 +315,23 @@ mod tests {
         assert_eq!(link_budget(1024, None, &cfg), 1024 - 16 - 3 * cfg.max_jobs);
         assert_eq!(link_budget(1024, Some(100), &cfg), 100);
         assert_eq!(link_budget(10, None, &cfg), 1);
+    }
+
+    #[test]
+    fn handshakes_come_out_of_the_budget() {
+        assert_eq!(budgets(10), (2, 8));
+        assert_eq!(budgets(1000), (250, 750));
+        assert_eq!(budgets(100_000).0, 256);
+        assert_eq!(budgets(1), (2, 1));
+    }
+
+    #[test]
+    fn an_unspecified_listen_address_is_refused() {
+        for bad in ["0.0.0.0:7000", "[::]:7000", "127.0.0.1:0"] {
+            let e = check_listen(bad.parse().unwrap()).unwrap_err();
+            assert!(e.contains(bad), "{e}");
+        }
+        assert!(check_listen("127.0.0.9:7000".parse().unwrap()).is_ok());
     }
 
     #[test]

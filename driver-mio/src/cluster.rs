@@ -247,13 +247,56 @@ pub enum Notice {
 /// Notices kept until taken; the oldest are dropped past it.
 pub const MAX_NOTICES: usize = 1024;
 
-/// A key file that is removed when dropped.
+/// A key file that is removed when dropped, and on a fatal signal (see [`KeyFile::create`]).
 struct KeyFile(PathBuf);
+
+/// Key files are `plush-key-PID-RANDOM.hex` in the temporary directory.
+const KEY_FILE_PREFIX: &str = "plush-key-";
+
+impl KeyFile {
+    /// Write `key` to a fresh key file of this process, after removing the key files that
+    /// controllers no longer running left behind (a SIGKILL gives no chance to clean up). The
+    /// file is removed when the `KeyFile` is dropped, and also when SIGHUP, SIGTERM, SIGQUIT or
+    /// (until the CLI takes it over, see [`crate::release_sigint`]) SIGINT kills the process.
+    fn create(key: &Key) -> io::Result<KeyFile> {
+        let dir = std::env::temp_dir();
+        remove_stale_key_files(&dir);
+        let path = dir.join(format!("{KEY_FILE_PREFIX}{}-{:016x}.hex", std::process::id(), rand::random::<u64>()));
+        key.write_new_file(&path)?;
+        crate::sys::remove_on_fatal_signals(&path, true);
+        Ok(KeyFile(path))
+    }
+}
 
 impl Drop for KeyFile {
     fn drop(&mut self) {
+        crate::sys::forget_doomed_file();
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+/// Remove the key files in `dir` whose controller (the pid in the name) is no longer running
+/// and which belong to this user. Returns how many were removed.
+fn remove_stale_key_files(dir: &Path) -> usize {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    // Our user: the owner of our own /proc entry.
+    let me = std::fs::metadata("/proc/self").map(|m| m.uid()).ok();
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(rest) = name.strip_prefix(KEY_FILE_PREFIX).and_then(|r| r.strip_suffix(".hex")) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid == std::process::id() || crate::sys::pid_exists(pid) {
+            continue;
+        }
+        let ours = e.metadata().ok().map(|m| m.uid());
+        if ours.is_some() && ours == me && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
 }
 
 /// The controller side of a Plush cluster. See the module docs.
@@ -283,10 +326,7 @@ impl Cluster {
         // The launched clients get nothing of ours but stdio.
         crate::sys::cloexec_inherited();
         let key = Key::generate();
-        let path =
-            std::env::temp_dir().join(format!("plush-key-{}-{:016x}.hex", std::process::id(), rand::random::<u64>()));
-        key.write_new_file(&path)?;
-        let key_file = KeyFile(path);
+        let key_file = KeyFile::create(&key)?;
         let listener = std::net::TcpListener::bind(cfg.listen)?;
         let id = NodeId::new(listener.local_addr()?);
         let mut cfg = cfg;

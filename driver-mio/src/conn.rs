@@ -1,10 +1,18 @@
-//! One TCP connection: its handshake phase, read buffer and bounded write queue.
+//! One TCP connection: its handshake phase, read buffers and bounded write queue.
+//!
+//! Layers, from the socket up: raw bytes; handshake frames (hellos and the two Noise messages,
+//! each at most [`crate::secure::MAX_HANDSHAKE_FRAME`] bytes) until the handshake is done, then sealed records
+//! ([`crate::secure`]); inside the records, the machine's frames. Outgoing, the machine's frames
+//! wait in the [`WriteQueue`] in the clear and are sealed only when the socket can take them
+//! ([`Conn::flush`]), at most [`SEAL_AHEAD`] bytes ahead of the socket, as a few large records.
 
+use crate::secure::{Channel, Handshake, SecureError, MAX_PLAIN};
 use mio::net::TcpStream;
-use plush_core::wire::{extend_small, Frame, Hello, PREFIX};
+use plush_core::wire::{extend_small, Frame, PREFIX};
 use plush_core::NodeId;
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, Write};
+use std::io::{self, Write};
+use std::net::IpAddr;
 use std::time::Instant as StdInstant;
 
 /// Bytes a read asks the kernel for at most: the size of the driver's one read buffer, which
@@ -15,8 +23,12 @@ pub const READ_CHUNK: usize = 16 << 10;
 pub const COPY_BELOW: usize = 512;
 /// Largest buffer small frames are copied into.
 pub const BATCH: usize = 16 << 10;
-/// Most slices handed to one `write_vectored` call.
-const MAX_IOV: usize = 64;
+/// Sealed bytes prepared ahead of the socket at most (plus one record): plaintext stays in the
+/// queue, shared with the frame's other receivers, until the socket can take it.
+pub const SEAL_AHEAD: usize = 128 << 10;
+/// A drained output buffer larger than this is freed rather than kept for the next write: an
+/// idle link holds no sealing buffer.
+const KEEP_OUT: usize = 4 << 10;
 
 /// Where a connection stands.
 #[derive(Debug)]
@@ -25,8 +37,8 @@ pub enum Phase {
     Connecting,
     /// Our hello is queued; the peer's is awaited.
     Hello,
-    /// The peer's hello was checked and our tag queued; the peer's tag is awaited.
-    Auth(Hello),
+    /// Hellos exchanged: the Noise handshake with `peer` (the id its hello announced) runs.
+    Noise(Box<Handshake>, NodeId),
     /// Authenticated: the link to this peer.
     Open(NodeId),
     /// Lost the tie-break against another link to the same peer: nothing new is written; what
@@ -178,44 +190,26 @@ impl WriteQueue {
         self.q.is_empty()
     }
 
-    /// Write as much as the socket takes, many frames per call. `Ok(true)` once empty,
-    /// `Ok(false)` when the socket is full. Returns the bytes written through `written`.
-    pub fn write_to(&mut self, w: &mut impl Write, written: &mut u64) -> io::Result<bool> {
-        while !self.q.is_empty() {
-            let mut slices: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
-            let mut n_slices = 0;
-            for (i, c) in self.q.iter().take(MAX_IOV).enumerate() {
-                let b = c.bytes();
-                slices[i] = IoSlice::new(if i == 0 { &b[self.off.min(b.len())..] } else { b });
-                n_slices += 1;
-            }
-            let n = match w.write_vectored(&slices[..n_slices]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            *written += n as u64;
+    /// Move up to `max` bytes from the front of the queue to the end of `out`, in order.
+    pub fn take_into(&mut self, out: &mut Vec<u8>, max: usize) {
+        let mut left = max;
+        while left > 0 {
+            let Some(front) = self.q.front() else { break };
+            let b = &front.bytes()[self.off..];
+            let n = b.len().min(left);
+            out.extend_from_slice(&b[..n]);
+            left -= n;
             self.bytes -= n;
-            let mut left = n;
-            while left > 0 {
-                let Some(front) = self.q.front() else { break };
-                let rest = front.bytes().len() - self.off;
-                if left >= rest {
-                    left -= rest;
-                    self.off = 0;
-                    self.q.pop_front();
-                } else {
-                    self.off += left;
-                    left = 0;
-                }
+            if n == b.len() {
+                self.off = 0;
+                self.q.pop_front();
+            } else {
+                self.off += n;
             }
         }
-        if self.q.capacity() > 64 {
+        if self.q.is_empty() && self.q.capacity() > 64 {
             self.q = VecDeque::new();
         }
-        Ok(true)
     }
 }
 
@@ -232,10 +226,22 @@ pub struct Conn {
     pub nonce: u64,
     /// When the current phase must be over (connect, handshake, linger); `None` while open.
     pub deadline: Option<StdInstant>,
-    /// Incoming bytes.
+    /// Incoming bytes of a handshake frame or record not yet whole.
     pub rbuf: ReadBuf,
-    /// Outgoing bytes.
+    /// Opened plaintext of a machine frame not yet whole.
+    pub plain: ReadBuf,
+    /// The machine's frames, in the clear, not yet sealed.
     pub wq: WriteQueue,
+    /// Bytes ready for the socket (handshake frames, sealed records), from `out_off` on.
+    pub out: Vec<u8>,
+    /// Bytes of `out` already written.
+    pub out_off: usize,
+    /// The secure channel, once the handshake is done.
+    pub chan: Option<Box<Channel>>,
+    /// For an accepted connection: the peer's address, whose handshakes are counted together.
+    pub source: Option<IpAddr>,
+    /// When the connection was made (the oldest handshake of a source is evicted first).
+    pub since: StdInstant,
     /// Our side was shut down (after the last queued byte of a retired or closing link).
     pub shut: bool,
     /// Queued for a flush at the end of the turn.
@@ -254,7 +260,13 @@ impl Conn {
             nonce: rand::random(),
             deadline: Some(deadline),
             rbuf: ReadBuf::default(),
+            plain: ReadBuf::default(),
             wq: WriteQueue::default(),
+            out: Vec::new(),
+            out_off: 0,
+            chan: None,
+            source: None,
+            since: StdInstant::now(),
             shut: false,
             dirty: false,
             counted: false,
@@ -263,55 +275,75 @@ impl Conn {
 
     /// Whether the handshake is still going on.
     pub fn in_handshake(&self) -> bool {
-        matches!(self.phase, Phase::Connecting | Phase::Hello | Phase::Auth(_))
+        matches!(self.phase, Phase::Connecting | Phase::Hello | Phase::Noise(..))
     }
-}
 
-/// A frame of our own: length prefix, then `payload`.
-pub fn own_frame(payload: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(PREFIX + payload.len());
-    v.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    v.extend_from_slice(payload);
-    v
+    /// Bytes waiting to be written: sealed or not.
+    pub fn pending(&self) -> usize {
+        self.wq.bytes() + self.out.len() - self.out_off
+    }
+
+    /// Queue bytes of the driver's own (handshake frames) for the socket as they are.
+    pub fn push_raw(&mut self, b: &[u8]) {
+        self.out.extend_from_slice(b);
+    }
+
+    /// Write what is ready, sealing more of the queue as the socket takes it: `Ok(true)` once
+    /// everything is written, `Ok(false)` when the socket is full. `scratch` gathers a record's
+    /// plaintext. Bytes written are added to `written`. Frames queued before the channel is up
+    /// (which the driver never does) are an error rather than sent in the clear.
+    pub fn flush(&mut self, scratch: &mut Vec<u8>, written: &mut u64) -> io::Result<bool> {
+        loop {
+            while self.out_off < self.out.len() {
+                match self.stream.write(&self.out[self.out_off..]) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        self.out_off += n;
+                        *written += n as u64;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            self.out_off = 0;
+            if self.out.capacity() > KEEP_OUT {
+                self.out = Vec::new();
+            } else {
+                self.out.clear();
+            }
+            if self.wq.is_empty() {
+                return Ok(true);
+            }
+            let Some(chan) = self.chan.as_mut() else {
+                return Err(io::Error::other("frames queued before the secure channel was up"));
+            };
+            while self.out.len() < SEAL_AHEAD && !self.wq.is_empty() {
+                scratch.clear();
+                self.wq.take_into(scratch, MAX_PLAIN);
+                chan.seal(scratch, &mut self.out).map_err(|e: SecureError| io::Error::other(e.to_string()))?;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A writer that takes at most `cap` bytes per call and then blocks once.
-    struct Trickle {
-        out: Vec<u8>,
-        cap: usize,
-        calls: usize,
-    }
-    impl Write for Trickle {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.write_vectored(&[IoSlice::new(b)])
+    /// Drain `q` in pieces of `step` bytes, as sealing does.
+    fn drain(q: &mut WriteQueue, step: usize, out: &mut Vec<u8>) {
+        let mut rounds = 0;
+        while !q.is_empty() {
+            q.take_into(out, step);
+            rounds += 1;
+            assert!(rounds < 1_000_000);
         }
-        fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-            self.calls += 1;
-            if self.calls % 3 == 0 {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            let mut n = 0;
-            for b in bufs {
-                let take = b.len().min(self.cap - n);
-                self.out.extend_from_slice(&b[..take]);
-                n += take;
-                if n == self.cap {
-                    break;
-                }
-            }
-            Ok(n)
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
+        assert_eq!(q.bytes(), 0);
     }
 
     #[test]
-    fn partial_vectored_writes_keep_the_byte_order() {
+    fn pieces_taken_keep_the_byte_order() {
         let mut q = WriteQueue::default();
         let mut want = Vec::new();
         for i in 0..100u8 {
@@ -319,16 +351,10 @@ mod tests {
             want.extend_from_slice(&b);
             q.push(Chunk::Bytes(b));
         }
-        let mut w = Trickle { out: Vec::new(), cap: 5, calls: 0 };
-        let mut written = 0;
-        let mut rounds = 0;
-        while !q.write_to(&mut w, &mut written).unwrap() {
-            rounds += 1;
-            assert!(rounds < 1000);
-        }
-        assert_eq!(w.out, want);
-        assert_eq!(written as usize, want.len());
-        assert_eq!(q.bytes(), 0);
+        assert_eq!(q.bytes(), want.len());
+        let mut out = Vec::new();
+        drain(&mut q, 5, &mut out);
+        assert_eq!(out, want);
     }
 
     #[test]
@@ -337,8 +363,7 @@ mod tests {
         let small = encode_once(&Message::Tree(TreeMsg::Heartbeat)).unwrap();
         let mut q = WriteQueue::default();
         let mut want = Vec::new();
-        let mut w = Trickle { out: Vec::new(), cap: 7, calls: 0 };
-        let mut written = 0;
+        let mut out = Vec::new();
         for i in 0..3000u32 {
             if i % 1000 == 999 {
                 // A large chunk between runs of small ones, queued as it is.
@@ -350,19 +375,14 @@ mod tests {
                 q.push(Chunk::Frame(small.clone()));
             }
             if i % 10 == 0 {
-                // Partial writes while frames are still being appended.
-                let _ = q.write_to(&mut w, &mut written).unwrap();
+                // Pieces taken while frames are still being appended.
+                q.take_into(&mut out, 7);
             }
         }
         assert!(q.q.len() < 3000 / 100, "{} chunks queued", q.q.len());
         assert!(q.q.iter().all(|c| c.bytes().len() <= BATCH + 4 * COPY_BELOW));
-        let mut rounds = 0;
-        while !q.write_to(&mut w, &mut written).unwrap() {
-            rounds += 1;
-            assert!(rounds < 100_000);
-        }
-        assert_eq!(w.out, want);
-        assert_eq!(written as usize, want.len());
+        drain(&mut q, MAX_PLAIN, &mut out);
+        assert_eq!(out, want);
     }
 
     #[test]

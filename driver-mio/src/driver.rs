@@ -9,12 +9,23 @@
 //!
 //! **Connections.** A listener on the machine's address; outgoing connects are non-blocking and
 //! fail after `Config::connect_timeout`. Every connection starts with the hello exchange and the
-//! authentication step of [`crate::auth`] (within [`DriverConfig::handshake_timeout`]); only
-//! then does the machine hear of it, as `LinkEvent::Connected` with the peer's announced id.
-//! An outgoing connection whose peer announces another id than the one dialed is closed. A bad
-//! hello, a wrong key, malformed bytes, an oversized length prefix or any frame out of turn
-//! closes that one connection, with one line on stderr, and nothing else; a dial that fails so
-//! is reported as `ConnectFailed`, an open link whose frame the machine refuses as `Closed`.
+//! Noise handshake of [`crate::secure`] (within [`DriverConfig::handshake_timeout`]); only
+//! then does the machine hear of it, as `LinkEvent::Connected` with the peer's announced id,
+//! and from then on every byte of the link is a sealed record. An outgoing connection whose
+//! peer announces another id than the one dialed is closed. A bad hello, a wrong key, malformed
+//! bytes, an oversized length prefix (more than [`MAX_HANDSHAKE_FRAME`] before the handshake is
+//! done), a record that does not open (forged, replayed, reordered, cut) or any frame out of
+//! turn closes that one connection, with one line on stderr naming the peer and the reason,
+//! and nothing else; a dial that fails so is reported as `ConnectFailed`, an open link whose
+//! record or frame is refused as `Closed`.
+//!
+//! **Handshakes are bounded.** Accepted connections in their handshake are at most
+//! [`DriverConfig::max_handshakes`] (the client takes them out of its fd budget) and at most
+//! [`DriverConfig::max_handshakes_per_source`] from one address. A source at its limit makes
+//! room by losing its own oldest handshake; a full table makes room by closing the oldest
+//! handshake of the address holding the most, when that is more than the newcomer's address
+//! holds. So a flood from a few addresses holds only their share, and cannot lock out another
+//! address. Before the handshake is done nothing larger than a handshake message is buffered.
 //!
 //! **One link per peer.** The machine sees at most one link per peer. When a second
 //! authenticated connection to the same peer appears:
@@ -25,14 +36,17 @@
 //!   written, frames still arriving on it are delivered, and it is closed once the peer closes
 //!   it too (or after [`DriverConfig::handshake_timeout`]).
 //!
-//! **Writes.** Frames queue per connection and are written at the end of each turn, as many
-//! per `writev` as fit. The queue is bounded by [`DriverConfig::write_queue_limit`] bytes: past
-//! it the connection is closed and the machine hears `Closed` (the peer is not reading).
+//! **Writes.** Frames queue per connection, in the clear, and are sealed into records of up to
+//! 64 KiB as the socket takes them, at the end of each turn ([`Conn::flush`]): a relay's run
+//! of broadcasts is sealed once per child as a few large records, not frame by frame. The queue
+//! (sealed and not) is bounded by [`DriverConfig::write_queue_limit`] bytes: past it the
+//! connection is closed and the machine hears `Closed` (the peer is not reading).
 //!
-//! **Reads.** Every connection reads into the driver's one read buffer ([`READ_CHUNK`] bytes);
-//! frames are cut from it in place with `split_frame(buf, Config::max_frame)`, and only the
-//! start of a frame not yet whole is copied to the connection's [`crate::conn::ReadBuf`]
-//! (at most one frame plus a read chunk, freed once the frame is taken). At most [`READS_PER_EVENT`] reads per connection per
+//! **Reads.** Every connection reads into the driver's one read buffer ([`READ_CHUNK`] bytes).
+//! Whole records are cut from it in place and opened into the driver's one plaintext buffer,
+//! from which the machine's frames are cut; only the start of a record (at most
+//! [`MAX_RECORD`]) or of a frame (at most `Config::max_frame`) not yet whole is copied to the
+//! connection's [`crate::conn::ReadBuf`]s, and freed once taken. At most [`READS_PER_EVENT`] reads per connection per
 //! turn, so that one fast sender cannot starve the others. Once a link is open the machine cuts
 //! its frames itself (`Node::handle_frames`, as many as it can take before the driver has to
 //! carry something out), and a turn's reads from one connection are one batch of the machine
@@ -42,19 +56,20 @@
 //! **File descriptors.** Running out (EMFILE/ENFILE) is never fatal: a failed connect is a
 //! `ConnectFailed`; accepting pauses for [`ACCEPT_PAUSE`] and resumes.
 
-use crate::auth::{self, Key, TAG_LEN};
-use crate::conn::{own_frame, Chunk, Conn, Phase, READ_CHUNK};
+use crate::auth::Key;
+use crate::conn::{Chunk, Conn, Phase, READ_CHUNK};
 use crate::launcher::{LaunchResult, Launcher};
 use crate::process::Jobs;
+use crate::secure::{Handshake, MAX_HANDSHAKE_FRAME, MAX_PLAIN, MAX_RECORD};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use plush_core::wire::{encode_hello, split_frame, DecodeError, Frame, Hello, Role};
+use plush_core::wire::{encode_hello, split_frame, DecodeError, Frame, Hello, Role, PREFIX};
 use plush_core::{Config, Controller, InputError, Instant, LinkEvent, Node, NodeId, Output, ProcessEvent, Report};
 use rustc_hash::FxHashMap;
 use slab::Slab;
 use std::collections::VecDeque;
 use std::io::{self, Read};
-use std::net::Shutdown;
+use std::net::{IpAddr, Shutdown};
 use std::time::{Duration, Instant as StdInstant};
 
 /// The listener's token; pipes and launches get fresh tokens from [`FIRST_TOKEN`] on (never
@@ -84,9 +99,12 @@ pub struct DriverConfig {
     /// Bytes queued for writing on one connection; past it the connection is closed and the
     /// machine hears `Closed`. Default 4 MiB (four maximum-size frames).
     pub write_queue_limit: usize,
-    /// Incoming connections in their handshake at once; more are closed as soon as accepted.
-    /// Default 256.
+    /// Incoming connections in their handshake at once (see the module docs for who makes
+    /// room when it is reached). Default 256; the client takes them out of its fd budget.
     pub max_handshakes: usize,
+    /// Incoming connections in their handshake from one address at once; a newer one from
+    /// that address closes its oldest. Default 16.
+    pub max_handshakes_per_source: usize,
 }
 
 impl Default for DriverConfig {
@@ -96,6 +114,7 @@ impl Default for DriverConfig {
             handshake_timeout: Duration::from_secs(5),
             write_queue_limit: 4 << 20,
             max_handshakes: 256,
+            max_handshakes_per_source: 16,
         }
     }
 }
@@ -113,6 +132,10 @@ pub struct DriverStats {
     pub handshake_failures: u64,
     /// Connections closed because a frame was refused (oversized, malformed).
     pub bad_frames: u64,
+    /// Links closed because a record did not open (forged, replayed, reordered, cut).
+    pub bad_records: u64,
+    /// Handshakes closed to make room for a newer one (see the module docs).
+    pub handshakes_evicted: u64,
     /// Second links to a peer resolved by the tie-break or replacement.
     pub duplicate_links: u64,
     /// Connections closed because their write queue passed its limit.
@@ -396,6 +419,12 @@ pub struct Driver<M: Machine> {
     /// Dials the machine asked for, not yet authenticated.
     dialing: FxHashMap<NodeId, Token>,
     handshaking_in: usize,
+    /// Accepted connections in their handshake, by source address (entries at 0 are removed).
+    sources: FxHashMap<IpAddr, usize>,
+    /// Where a record's plaintext is gathered before it is sealed (at most [`MAX_PLAIN`]).
+    seal_scratch: Vec<u8>,
+    /// Where a read's records are opened (at most a read's records and a frame begun earlier).
+    plain_scratch: Vec<u8>,
     next_token: usize,
     epoch: StdInstant,
     deferred: VecDeque<Input>,
@@ -448,6 +477,9 @@ impl<M: Machine> Driver<M> {
             active: FxHashMap::default(),
             dialing: FxHashMap::default(),
             handshaking_in: 0,
+            sources: FxHashMap::default(),
+            seal_scratch: Vec::with_capacity(MAX_PLAIN),
+            plain_scratch: Vec::new(),
             next_token: FIRST_TOKEN,
             epoch: StdInstant::now(),
             deferred: VecDeque::new(),
@@ -566,7 +598,7 @@ impl<M: Machine> Driver<M> {
         let limit = self.cfg.write_queue_limit;
         let Some(c) = self.conns.get_mut(&tok) else { return };
         c.wq.push(Chunk::Frame(frame));
-        if c.wq.bytes() > limit {
+        if c.pending() > limit {
             self.stats.write_overflows += 1;
             self.drop_conn(tok, Some(format_args!("{to}: write queue over {limit} bytes; closing")));
         } else if !c.dirty {
@@ -750,7 +782,8 @@ impl<M: Machine> Driver<M> {
             match self.listener.accept() {
                 Ok((mut stream, from)) => {
                     self.stats.accepted += 1;
-                    if self.handshaking_in >= self.cfg.max_handshakes {
+                    let source = from.ip();
+                    if !self.make_room(source) {
                         self.log.line(format_args!("{from}: too many connections in handshake; closing"));
                         continue;
                     }
@@ -766,9 +799,11 @@ impl<M: Machine> Driver<M> {
                     }
                     let mut c = Conn::new(stream, None, Phase::Hello, StdInstant::now());
                     c.counted = true;
+                    c.source = Some(source);
                     self.handshaking_in += 1;
+                    *self.sources.entry(source).or_insert(0) += 1;
                     let _ = c.stream.set_nodelay(true);
-                    c.wq.push(Chunk::Bytes(encode_hello(&Hello::new(self.me, M::ROLE, c.nonce))));
+                    c.push_raw(&encode_hello(&Hello::new(self.me, M::ROLE, c.nonce)));
                     self.conns.insert(tok, c);
                     self.mark_dirty(tok);
                     self.set_deadline(tok, StdInstant::now() + self.cfg.handshake_timeout);
@@ -794,6 +829,55 @@ impl<M: Machine> Driver<M> {
         self.accept_paused_until = Some(StdInstant::now());
     }
 
+    /// Whether a connection just accepted from `source` may start its handshake, after closing
+    /// an older handshake to make room where the rules of the module docs say so.
+    fn make_room(&mut self, source: IpAddr) -> bool {
+        let theirs = self.sources.get(&source).copied().unwrap_or(0);
+        if theirs >= self.cfg.max_handshakes_per_source.max(1) {
+            return self.evict_oldest_handshake(source);
+        }
+        if self.handshaking_in < self.cfg.max_handshakes.max(1) {
+            return true;
+        }
+        // Full: the address holding the most gives up its oldest, if it holds more than this one.
+        // Ties go to the highest address, so the choice does not depend on the map's order.
+        let top = self.sources.iter().max_by_key(|&(ip, n)| (*n, *ip)).map(|(ip, n)| (*ip, *n));
+        match top {
+            Some((ip, n)) if n > theirs => self.evict_oldest_handshake(ip),
+            _ => false,
+        }
+    }
+
+    /// Close the oldest connection from `source` still in its handshake; false if none.
+    fn evict_oldest_handshake(&mut self, source: IpAddr) -> bool {
+        let oldest = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.counted && c.source == Some(source))
+            .min_by_key(|(_, c)| c.since)
+            .map(|(tok, _)| tok);
+        let Some(tok) = oldest else { return false };
+        self.stats.handshakes_evicted += 1;
+        if self.log.debug {
+            self.log.line(format_args!("connection from {source}: handshake closed to make room for a newer one"));
+        }
+        self.drop_conn(tok, None);
+        true
+    }
+
+    /// A connection of `source` is no longer counted among those in handshake.
+    fn uncount(&mut self, source: Option<IpAddr>) {
+        self.handshaking_in -= 1;
+        if let Some(ip) = source {
+            if let Some(n) = self.sources.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.sources.remove(&ip);
+                }
+            }
+        }
+    }
+
     /// Remove a connection, telling the machine what it must know: a failed dial it asked
     /// for, or the loss of its link. `why`, if any, is logged.
     fn drop_conn(&mut self, tok: Token, why: Option<std::fmt::Arguments<'_>>) {
@@ -803,10 +887,10 @@ impl<M: Machine> Driver<M> {
         let Some(mut c) = self.conns.remove(&tok) else { return };
         let _ = self.poll.registry().deregister(&mut c.stream);
         if c.counted {
-            self.handshaking_in -= 1;
+            self.uncount(c.source);
         }
         match c.phase {
-            Phase::Connecting | Phase::Hello | Phase::Auth(_) => {
+            Phase::Connecting | Phase::Hello | Phase::Noise(..) => {
                 if let Some(peer) = c.dialed {
                     if self.dialing.get(&peer) == Some(&tok) {
                         self.dialing.remove(&peer);
@@ -859,7 +943,7 @@ impl<M: Machine> Driver<M> {
             let _ = c.stream.set_nodelay(true);
             c.phase = Phase::Hello;
             let hello = encode_hello(&Hello::new(self.me, M::ROLE, c.nonce));
-            c.wq.push(Chunk::Bytes(hello));
+            c.push_raw(&hello);
             self.set_deadline(tok, StdInstant::now() + self.cfg.handshake_timeout);
         }
         self.write(tok);
@@ -872,7 +956,7 @@ impl<M: Machine> Driver<M> {
         if matches!(c.phase, Phase::Connecting) {
             return;
         }
-        match c.wq.write_to(&mut c.stream, &mut self.stats.bytes_out) {
+        match c.flush(&mut self.seal_scratch, &mut self.stats.bytes_out) {
             Ok(true) => {
                 if matches!(c.phase, Phase::Retired(_) | Phase::Closing) && !c.shut {
                     c.shut = true;
@@ -916,7 +1000,7 @@ impl<M: Machine> Driver<M> {
                 Ok(0) => {
                     let peer = peer_name(c);
                     let why = match c.phase {
-                        Phase::Hello | Phase::Auth(_) => Some(format!("{peer}: closed during the handshake")),
+                        Phase::Hello | Phase::Noise(..) => Some(format!("{peer}: closed during the handshake")),
                         Phase::Open(_) if self.log.debug => Some(format!("{peer}: closed by the peer")),
                         _ => None,
                     };
@@ -962,95 +1046,148 @@ impl<M: Machine> Driver<M> {
         }
     }
 
-    /// Take every whole frame at the start of `data` (bytes read on `tok`), in the
-    /// connection's current phase. Returns the bytes taken; the rest is the start of a frame
-    /// (whose prefix was checked), unless the connection was dropped.
+    /// Take what is whole at the start of `data` (bytes read on `tok`), in the connection's
+    /// current phase: handshake frames, then records. Returns the bytes taken; the rest is the
+    /// start of a frame or record (whose prefix was checked), unless the connection was dropped.
     fn take_frames(&mut self, tok: Token, data: &[u8]) -> usize {
-        let max = self.cfg.core.max_frame;
         let mut taken = 0;
-        // The clock is read once for all the frames of one read: they arrived together.
-        let mut now: Option<Instant> = None;
         loop {
             let Some(c) = self.conns.get_mut(&tok) else { return taken };
-            if let Phase::Open(peer) | Phase::Retired(peer) = c.phase {
-                // An open link: the machine cuts the frames itself, as many as it can take
-                // before the driver must carry something out.
-                let retired = matches!(c.phase, Phase::Retired(_));
-                let epoch = self.epoch;
-                let now = *now.get_or_insert_with(|| micros_since(epoch));
-                let (used, r) = self.m.handle_frames(now, peer, &data[taken..], max);
-                taken += used;
-                match r {
-                    Ok(()) => {}
-                    // The stream cannot be cut after a bad prefix: the link closes.
-                    Err(e @ InputError::Decode(DecodeError::TooLarge { .. })) => {
-                        self.stats.bad_frames += 1;
-                        self.drop_conn(tok, Some(format_args!("{peer}: {e}; closing")));
-                    }
-                    // A retired link may carry frames the machine no longer has a link for.
-                    Err(_) if retired => {}
-                    Err(e) => {
-                        self.stats.bad_frames += 1;
-                        self.drop_conn(tok, Some(format_args!("{peer}: {e}; closing")));
-                    }
+            match c.phase {
+                // Not read before it is connected (see `read_conn`).
+                Phase::Connecting => return taken,
+                Phase::Open(_) | Phase::Retired(_) | Phase::Closing => {
+                    return taken + self.take_records(tok, &data[taken..]);
                 }
-                self.drain();
-                if used == 0 {
-                    return taken;
-                }
-                continue;
+                Phase::Hello | Phase::Noise(..) => {}
             }
-            let (payload, used) = match split_frame(&data[taken..], max) {
+            let (payload, used) = match split_frame(&data[taken..], MAX_HANDSHAKE_FRAME) {
                 Ok(Some(x)) => x,
                 Ok(None) => return taken,
                 Err(e) => {
                     let peer = peer_name(c);
-                    if c.in_handshake() {
-                        self.stats.handshake_failures += 1;
-                    } else {
-                        self.stats.bad_frames += 1;
-                    }
-                    self.drop_conn(tok, Some(format_args!("{peer}: {e}; closing")));
+                    self.stats.handshake_failures += 1;
+                    self.drop_conn(tok, Some(format_args!("{peer}: {e} during the handshake; closing")));
                     return taken;
                 }
             };
-            if matches!(c.phase, Phase::Connecting) {
-                // Not read before it is connected (see `read_conn`).
-                return taken;
-            }
             taken += used;
-            match &c.phase {
-                // What a closing link reads is discarded; a connecting one returned above; an
-                // open one was handed over above.
-                Phase::Connecting | Phase::Closing | Phase::Open(_) | Phase::Retired(_) => {}
-                Phase::Hello => {
-                    let hello = Hello::decode(payload);
-                    self.on_hello(tok, hello);
-                }
-                Phase::Auth(theirs) => {
-                    let theirs = *theirs;
-                    let ours = Hello::new(self.me, M::ROLE, c.nonce);
-                    let they_dialed = c.dialed.is_none();
-                    let ok = payload.len() == TAG_LEN && auth::verify(&self.key, they_dialed, &theirs, &ours, payload);
-                    if ok {
-                        self.on_authenticated(tok, theirs.node_id);
-                    } else {
-                        self.stats.handshake_failures += 1;
-                        let peer = theirs.node_id;
-                        self.drop_conn(
-                            tok,
-                            Some(format_args!("{peer}: authentication failed (not our cluster key?); closing")),
-                        );
-                    }
-                }
+            if matches!(c.phase, Phase::Hello) {
+                self.on_hello(tok, payload);
+            } else {
+                self.on_handshake_message(tok, payload);
             }
         }
     }
 
-    fn on_hello(&mut self, tok: Token, hello: Result<Hello, plush_core::wire::DecodeError>) {
+    /// Open the whole records at the start of `data` and hand their frames to the machine (a
+    /// closing link's are discarded unopened). Returns the bytes taken. A record that does not
+    /// open closes the link, after what opened before it was delivered.
+    fn take_records(&mut self, tok: Token, data: &[u8]) -> usize {
+        let mut plain = std::mem::take(&mut self.plain_scratch);
+        plain.clear();
+        let mut taken = 0;
+        let mut failed: Option<String> = None;
+        let Some(c) = self.conns.get_mut(&tok) else { return 0 };
+        let peer = match c.phase {
+            Phase::Open(p) | Phase::Retired(p) => Some(p),
+            _ => None,
+        };
+        loop {
+            match split_frame(&data[taken..], MAX_RECORD) {
+                Ok(None) => break,
+                Err(e) => {
+                    failed = Some(e.to_string());
+                    break;
+                }
+                Ok(Some((record, used))) => {
+                    taken += used;
+                    if peer.is_none() {
+                        continue;
+                    }
+                    let Some(chan) = c.chan.as_mut() else {
+                        failed = Some("no secure channel".into());
+                        break;
+                    };
+                    if let Err(e) = chan.open(record, &mut plain) {
+                        failed = Some(e.to_string());
+                        break;
+                    }
+                }
+            }
+        }
+        if let (Some(peer), false) = (peer, plain.is_empty()) {
+            if c.plain.is_empty() {
+                let used = self.deliver(tok, peer, &plain);
+                if let Some(c) = self.conns.get_mut(&tok) {
+                    c.plain.keep(&plain[used..]);
+                }
+            } else {
+                let joined = c.plain.take_joined(&plain);
+                let used = self.deliver(tok, peer, &joined);
+                if let Some(c) = self.conns.get_mut(&tok) {
+                    c.plain.put_back(joined, used);
+                }
+            }
+        }
+        // The buffer is kept for the next read, unless a large frame made it large.
+        if plain.capacity() <= 2 * MAX_RECORD + READ_CHUNK {
+            self.plain_scratch = plain;
+        }
+        if let Some(why) = failed {
+            if let Some(c) = self.conns.get(&tok) {
+                let name = peer_name(c);
+                let from = c.stream.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
+                self.stats.bad_records += 1;
+                self.drop_conn(tok, Some(format_args!("{name} (from {from}): {why}; closing the link")));
+            }
+        }
+        taken
+    }
+
+    /// Hand the whole frames at the start of `data` (plaintext of `tok`'s link to `peer`) to
+    /// the machine. Returns the bytes taken; all of them once the link is closing (discarded).
+    fn deliver(&mut self, tok: Token, peer: NodeId, data: &[u8]) -> usize {
+        let max = self.cfg.core.max_frame;
+        let mut taken = 0;
+        // The clock is read once for all the frames of one read: they arrived together.
+        let now = micros_since(self.epoch);
+        loop {
+            let Some(c) = self.conns.get(&tok) else { return taken };
+            let retired = match c.phase {
+                Phase::Open(_) => false,
+                Phase::Retired(_) => true,
+                _ => return data.len(),
+            };
+            // The machine cuts the frames itself, as many as it can take before the driver must
+            // carry something out.
+            let (used, r) = self.m.handle_frames(now, peer, &data[taken..], max);
+            taken += used;
+            match r {
+                Ok(()) => {}
+                // The stream cannot be cut after a bad prefix: the link closes.
+                Err(e @ InputError::Decode(DecodeError::TooLarge { .. })) => {
+                    self.stats.bad_frames += 1;
+                    self.drop_conn(tok, Some(format_args!("{peer}: {e}; closing")));
+                }
+                // A retired link may carry frames the machine no longer has a link for.
+                Err(_) if retired => {}
+                Err(e) => {
+                    self.stats.bad_frames += 1;
+                    self.drop_conn(tok, Some(format_args!("{peer}: {e}; closing")));
+                }
+            }
+            self.drain();
+            if used == 0 {
+                return taken;
+            }
+        }
+    }
+
+    fn on_hello(&mut self, tok: Token, payload: &[u8]) {
         let Some(c) = self.conns.get_mut(&tok) else { return };
         let peer = peer_name(c);
-        let hello = match hello {
+        let hello = match Hello::decode(payload) {
             Ok(h) => h,
             Err(e) => {
                 self.stats.handshake_failures += 1;
@@ -1069,12 +1206,64 @@ impl<M: Machine> Driver<M> {
             self.drop_conn(tok, Some(format_args!("{peer}: announces our own id; closing")));
             return;
         }
-        let ours = Hello::new(self.me, M::ROLE, c.nonce);
+        // The prologue is both hellos as sent, the dialer's first: ours is encoded again (the
+        // encoding is deterministic), theirs taken as it came.
+        let ours = encode_hello(&Hello::new(self.me, M::ROLE, c.nonce));
+        let ours = ours.get(PREFIX..).unwrap_or(&[]);
         let we_dialed = c.dialed.is_some();
-        let tag = auth::tag(&self.key, we_dialed, &ours, &hello);
-        c.wq.push(Chunk::Bytes(own_frame(&tag)));
-        c.phase = Phase::Auth(hello);
-        self.mark_dirty(tok);
+        let (dialer, acceptor) = if we_dialed { (ours, payload) } else { (payload, ours) };
+        let started = Handshake::start(&self.key, we_dialed, dialer, acceptor)
+            .and_then(|mut hs| hs.next_frame().map(|first| (hs, first)));
+        match started {
+            Ok((hs, first)) => {
+                if let Some(f) = first {
+                    c.push_raw(&f);
+                }
+                c.phase = Phase::Noise(Box::new(hs), hello.node_id);
+                self.mark_dirty(tok);
+            }
+            Err(e) => {
+                self.stats.handshake_failures += 1;
+                self.drop_conn(tok, Some(format_args!("{peer}: {e}; closing")));
+            }
+        }
+    }
+
+    /// A Noise handshake message from the peer: answer it if it is our turn, and open the link
+    /// once the handshake is done.
+    fn on_handshake_message(&mut self, tok: Token, payload: &[u8]) {
+        let Some(c) = self.conns.get_mut(&tok) else { return };
+        let Phase::Noise(hs, peer) = &mut c.phase else { return };
+        let peer = *peer;
+        let step = hs.read(payload).and_then(|()| hs.next_frame());
+        let reply = match step {
+            Ok(reply) => reply,
+            Err(e) => {
+                self.stats.handshake_failures += 1;
+                self.drop_conn(tok, Some(format_args!("{peer}: {e}; closing")));
+                return;
+            }
+        };
+        if let Some(f) = reply {
+            c.push_raw(&f);
+            self.mark_dirty(tok);
+        }
+        let Some(c) = self.conns.get_mut(&tok) else { return };
+        let Phase::Noise(hs, _) = &c.phase else { return };
+        if !hs.is_finished() {
+            return;
+        }
+        let Phase::Noise(hs, _) = std::mem::replace(&mut c.phase, Phase::Hello) else { return };
+        match hs.into_channel() {
+            Ok(chan) => {
+                c.chan = Some(Box::new(chan));
+                self.on_authenticated(tok, peer);
+            }
+            Err(e) => {
+                self.stats.handshake_failures += 1;
+                self.drop_conn(tok, Some(format_args!("{peer}: {e}; closing")));
+            }
+        }
     }
 
     fn on_authenticated(&mut self, tok: Token, peer: NodeId) {
@@ -1082,10 +1271,11 @@ impl<M: Machine> Driver<M> {
         let Some(c) = self.conns.get_mut(&tok) else { return };
         c.phase = Phase::Open(peer);
         c.deadline = None;
-        if std::mem::take(&mut c.counted) {
-            self.handshaking_in -= 1;
-        }
+        let counted = std::mem::take(&mut c.counted).then_some(c.source);
         let new_dialed_by_us = c.dialed.is_some();
+        if let Some(source) = counted {
+            self.uncount(source);
+        }
         if self.dialing.get(&peer) == Some(&tok) {
             self.dialing.remove(&peer);
         }
@@ -1137,7 +1327,7 @@ impl<M: Machine> Driver<M> {
             let peer = peer_name(c);
             let what = match c.phase {
                 Phase::Connecting => "connect timed out",
-                Phase::Hello | Phase::Auth(_) => "handshake timed out",
+                Phase::Hello | Phase::Noise(..) => "handshake timed out",
                 // Lingering is over: nothing to log.
                 _ => "",
             };
@@ -1308,7 +1498,7 @@ fn micros_since(epoch: StdInstant) -> Instant {
 fn peer_name(c: &Conn) -> String {
     match (&c.phase, c.dialed) {
         (Phase::Open(p) | Phase::Retired(p), _) => p.to_string(),
-        (Phase::Auth(h), _) => h.node_id.to_string(),
+        (Phase::Noise(_, p), _) => p.to_string(),
         (_, Some(p)) => p.to_string(),
         _ => c.stream.peer_addr().map_or_else(|_| "a peer".to_string(), |a| format!("connection from {a}")),
     }

@@ -5,11 +5,13 @@
 //!
 //! Map of the crate:
 //! - [`driver`]: the event loop ([`driver::Driver`]): listener, non-blocking connects with a
-//!   timeout, the hello and authentication handshake, length-prefixed framing, bounded write
-//!   queues, one link per peer, timers, and the dispatch of every core `Output`.
-//! - [`auth`]: the pre-shared cluster [`Key`] (0600 key files) and the HMAC-SHA256
-//!   challenge/response that follows the hellos.
-//! - [`conn`]: one connection's phase, read buffer and write queue.
+//!   timeout, the hellos and the secure handshake (bounded per source and in total),
+//!   length-prefixed framing inside sealed records, bounded write queues, one link per peer,
+//!   timers, and the dispatch of every core `Output`.
+//! - [`secure`]: the secure channel: a Noise `NNpsk0` handshake (the `snow` crate) with the
+//!   cluster key as PSK, then AES-256-GCM records with counter nonces.
+//! - [`auth`]: the pre-shared cluster [`Key`] (0600 key files; weak keys refused).
+//! - [`conn`]: one connection's phase, read buffers, write queue and sealing.
 //! - [`process`]: job processes for `Output::Spawn` / `Output::Signal` (process groups,
 //!   non-blocking pipes, reaping without SIGCHLD).
 //! - [`launcher`]: the launchers for `Output::Launch`: local (client processes on loopback
@@ -33,6 +35,7 @@ pub mod conn;
 pub mod driver;
 pub mod launcher;
 pub mod process;
+pub mod secure;
 mod sys;
 pub mod transfer;
 
@@ -47,6 +50,13 @@ pub use launcher::{LaunchMethod, SshLaunch, READY_PREFIX};
 /// Whether a process with this pid exists (not yet reaped counts).
 pub fn process_exists(pid: u32) -> bool {
     sys::pid_exists(pid)
+}
+
+/// Give SIGINT back to whoever handles it next: the controller's key file is then removed by
+/// the ordinary exit that follows Ctrl-C (see `cluster`), not by the signal handler that removes
+/// it when a signal kills the process.
+pub fn release_sigint() {
+    sys::release_sigint()
 }
 
 /// Raise the soft limit on open files to the hard limit; returns the soft limit in force.

@@ -196,3 +196,65 @@ pub fn dup_onto(from: RawFd, to: RawFd) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// The file the fatal-signal handler removes: a leaked, NUL-terminated path, or null.
+static DOOMED_FILE: std::sync::atomic::AtomicPtr<libc::c_char> =
+    std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
+
+/// The handler of [`remove_on_fatal_signals`]: remove the file, then die of the signal as the
+/// default disposition would.
+extern "C" fn remove_file_and_die(sig: libc::c_int) {
+    let p = DOOMED_FILE.load(std::sync::atomic::Ordering::Acquire);
+    // SAFETY: unlink, signal and raise are async-signal-safe; `p` is null or a NUL-terminated
+    // string that is never freed.
+    unsafe {
+        if !p.is_null() {
+            libc::unlink(p);
+        }
+        libc::signal(sig, libc::SIG_DFL);
+        libc::raise(sig);
+    }
+}
+
+/// Remove `path` when a signal that would kill the process arrives: SIGHUP (the terminal was
+/// lost), SIGTERM, SIGQUIT and, with `sigint`, SIGINT; then die of that signal as before. A
+/// signal that already has a handler keeps it. One file per process: a later call replaces it
+/// (the previous path's few bytes are kept, since a handler may be reading them).
+pub fn remove_on_fatal_signals(path: &std::path::Path, sigint: bool) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return };
+    DOOMED_FILE.store(c.into_raw(), std::sync::atomic::Ordering::Release);
+    let mut sigs = vec![libc::SIGHUP, libc::SIGTERM, libc::SIGQUIT];
+    if sigint {
+        sigs.push(libc::SIGINT);
+    }
+    for sig in sigs {
+        let handler = remove_file_and_die as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        // SAFETY: installs an async-signal-safe handler; the previous disposition is put back
+        // at once when it was not the default (somebody else handles that signal).
+        unsafe {
+            let old = libc::signal(sig, handler);
+            if old != libc::SIG_DFL && old != handler {
+                libc::signal(sig, old);
+            }
+        }
+    }
+}
+
+/// No file is to be removed on a signal any more (it was removed the ordinary way).
+pub fn forget_doomed_file() {
+    DOOMED_FILE.store(std::ptr::null_mut(), std::sync::atomic::Ordering::Release);
+}
+
+/// Give SIGINT back its default disposition if [`remove_on_fatal_signals`] took it, so that a
+/// handler installed next (the CLI's Ctrl-C flag) does not chain into ours.
+pub fn release_sigint() {
+    let handler = remove_file_and_die as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    // SAFETY: only resets SIGINT to its default when our handler holds it.
+    unsafe {
+        let old = libc::signal(libc::SIGINT, libc::SIG_DFL);
+        if old != handler {
+            libc::signal(libc::SIGINT, old);
+        }
+    }
+}
