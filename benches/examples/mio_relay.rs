@@ -4,7 +4,7 @@
 //!
 //! **Plush.** The relay is a real [`plush_core::Node`] in a real `plush-mio` [`Driver`] on a
 //! thread of its own. It joins a tree through the ordinary protocol: it dials its parent
-//! (hello, HMAC authentication), sends `Join`, is accepted, and is handed 12 joiners by
+//! (hello, then the Noise handshake of the secure channel), sends `Join`, is accepted, and is handed 12 joiners by
 //! `Join(Redirect)` from its parent, which it dials and accepts as children. The parent then
 //! streams `Broadcast` frames; the relay decodes each one, hands the same bytes to its 12
 //! children and answers its parent with a `BroadcastReply` (one for a run of broadcasts: see
@@ -43,10 +43,19 @@
 //! **Harness.** Identical for both: a parent thread writes the same broadcast frame over and over
 //! (64 KiB `write`s), keeping at most `--window` frames in flight beyond what the slowest child
 //! has received; one thread reads the 12 children with mio and counts bytes. For Plush the
-//! harness speaks the protocol only as far as the relay needs: hellos, the HMAC tags (the
-//! transcript of `driver-mio/src/auth.rs`), `JoinAccept` and `Join(Redirect)` from the parent,
-//! and a heartbeat from each child every 500 ms (the relay declares silent links dead); it
-//! reads and discards the relay's replies.
+//! harness speaks the protocol only as far as the relay needs: hellos, the Noise handshake
+//! (`plush_mio::secure`, the same code as the driver's), `JoinAccept` and `Join(Redirect)` from
+//! the parent, and a heartbeat from each child every 500 ms (the relay declares silent links
+//! dead); it reads and discards the relay's replies.
+//!
+//! **Sealed links.** Every link of the Plush relay is a secure channel: the parent seals its
+//! broadcasts into records of up to 64 KiB, and the relay opens them and seals each child's copy
+//! on its own (per-link keys). The baseline forwards plaintext: the ratio is the whole price of
+//! the protocol *and* of the encryption. The harness's children do not open what they receive
+//! (that would put twelve streams of decryption on the harness's one CPU): they count the
+//! plaintext bytes of each record from its length prefix (ciphertext minus the 16-byte tag).
+//! That the relay's records really open is checked during the setup, where every frame the
+//! children and the parent wait for is opened.
 //!
 //! The relay (or forwarder) is pinned to a CPU of its own and the harness to the other CPUs,
 //! when there are at least two (`--no-pin` to let the scheduler place threads).
@@ -68,10 +77,11 @@ use mio::net::TcpStream as MioStream;
 use mio::{Events, Interest, Poll, Token};
 use plush_core::wire::MAX_FILLER;
 use plush_core::wire::{
-    encode_hello, encode_once, split_frame, Filler, FramePool, Hello, JoinMode, List, Message, Role, TreeMsg,
+    encode_hello, encode_once, split_frame, Filler, FramePool, Hello, JoinMode, List, Message, Role, TreeMsg, PREFIX,
 };
 use plush_core::{Command, Config, Instant, Node, NodeId};
 use plush_mio::driver::Driver;
+use plush_mio::secure::{Channel, Handshake, MAX_RECORD, TAG_LEN};
 use plush_mio::{DriverConfig, Key};
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
@@ -85,7 +95,7 @@ use std::time::{Duration, Instant as StdInstant};
 /// Children of the relay.
 const CHILDREN: usize = 12;
 /// The cluster key of the run.
-const KEY: [u8; 32] = [0x5a; 32];
+const KEY: [u8; 32] = *b"plush mio_relay benchmark key 32";
 
 fn key() -> Key {
     Key::from_bytes(KEY)
@@ -266,23 +276,34 @@ struct Cpus {
 
 // ----- the harness's side of the protocol ---------------------------------------------------------
 
-/// Frames read from a blocking stream during the setup.
+/// Frames read from a blocking stream during the setup: handshake frames, then (once
+/// `chan` is set) frames inside sealed records.
 #[derive(Default)]
 struct FrameReader {
     buf: Vec<u8>,
+    chan: Option<Channel>,
+    plain: Vec<u8>,
 }
 
 impl FrameReader {
     fn next(&mut self, s: &mut TcpStream) -> io::Result<Vec<u8>> {
+        let bad = |e: String| io::Error::new(io::ErrorKind::InvalidData, e);
         loop {
-            match split_frame(&self.buf, 1 << 20) {
-                Ok(Some((payload, used))) => {
-                    let p = payload.to_vec();
+            if let Some(chan) = self.chan.as_mut() {
+                // Open every whole record; frames are cut from the plaintext.
+                while let Some((record, used)) = split_frame(&self.buf, MAX_RECORD).map_err(|e| bad(e.to_string()))? {
+                    chan.open(record, &mut self.plain).map_err(|e| bad(e.to_string()))?;
                     self.buf.drain(..used);
+                }
+                if let Some((payload, used)) = split_frame(&self.plain, 1 << 20).map_err(|e| bad(e.to_string()))? {
+                    let p = payload.to_vec();
+                    self.plain.drain(..used);
                     return Ok(p);
                 }
-                Ok(None) => {}
-                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{e}"))),
+            } else if let Some((payload, used)) = split_frame(&self.buf, 1 << 20).map_err(|e| bad(e.to_string()))? {
+                let p = payload.to_vec();
+                self.buf.drain(..used);
+                return Ok(p);
             }
             let mut tmp = [0u8; 4096];
             let n = s.read(&mut tmp)?;
@@ -316,17 +337,20 @@ fn encoded(msg: &Message) -> Vec<u8> {
     encode_once(msg).expect("a small message encodes").to_vec()
 }
 
-/// The accepting side of the hello exchange and authentication, on a connection the relay
-/// dialed. Returns the relay's hello.
-fn handshake_accept(s: &mut TcpStream, rd: &mut FrameReader, me: NodeId, nonce: u64) -> Hello {
-    let ours = Hello::new(me, Role::Client, nonce);
-    s.write_all(&encode_hello(&ours)).expect("hello written");
-    let theirs = Hello::decode(&rd.next(s).expect("the relay's hello")).expect("a valid hello");
-    let tag = plush_mio::auth::tag(&key(), false, &ours, &theirs);
-    s.write_all(&frame_of(&tag)).expect("tag written");
-    let their_tag = rd.next(s).expect("the relay's tag");
-    assert!(plush_mio::auth::verify(&key(), true, &theirs, &ours, &their_tag), "the relay's tag verifies");
-    theirs
+/// The accepting side of the hellos and the Noise handshake, on a connection the relay
+/// dialed. Returns the relay's hello and the channel (`rd` opens what comes next with its own
+/// copy of the receiving side: see [`split_channel`]).
+fn handshake_accept(s: &mut TcpStream, rd: &mut FrameReader, me: NodeId, nonce: u64) -> (Hello, Channel) {
+    let ours = encode_hello(&Hello::new(me, Role::Client, nonce));
+    s.write_all(&ours).expect("hello written");
+    let theirs_raw = rd.next(s).expect("the relay's hello");
+    let theirs = Hello::decode(&theirs_raw).expect("a valid hello");
+    let mut hs = Handshake::start(&key(), false, &theirs_raw, &ours[PREFIX..]).expect("a handshake starts");
+    hs.read(&rd.next(s).expect("the relay's first handshake message")).expect("the relay holds the key");
+    let reply = hs.next_frame().expect("our handshake message").expect("our turn");
+    s.write_all(&reply).expect("handshake message written");
+    assert!(hs.is_finished());
+    (theirs, hs.into_channel().expect("a channel"))
 }
 
 fn accept_by(l: &TcpListener, deadline: StdInstant) -> TcpStream {
@@ -525,9 +549,14 @@ fn parent(
 ) {
     let me = NodeId::new(listener.local_addr().expect("an address"));
     let mut s = accept_by(&listener, StdInstant::now() + SETUP_TIMEOUT);
+    // Plush: our channel to the relay. Setup frames are read through `rd`, which opens records
+    // with the channel; from the data phase on, only our sending side is used (what comes up is
+    // read and dropped).
+    let mut rd = FrameReader::default();
     if mode == Mode::Plush {
-        let mut rd = FrameReader::default();
-        let relay = handshake_accept(&mut s, &mut rd, me, 1).node_id;
+        let (hello, chan) = handshake_accept(&mut s, &mut rd, me, 1);
+        rd.chan = Some(chan);
+        let relay = hello.node_id;
         rd.wait_for(
             &mut s,
             "the relay's join",
@@ -543,7 +572,9 @@ fn parent(
         for joiner in children {
             out.extend(encoded(&Message::Tree(TreeMsg::Join { joiner, mode: JoinMode::Redirect, hops: 1 })));
         }
-        s.write_all(&out).expect("accept and joins written");
+        let mut sealed = Vec::new();
+        rd.chan.as_mut().expect("a channel").seal(&out, &mut sealed).expect("sealed");
+        s.write_all(&sealed).expect("accept and joins written");
     }
     let _ = ready.send("parent");
     while !shared.go.load(Ordering::Acquire) {
@@ -555,6 +586,9 @@ fn parent(
 
     let flen = frame.len() as u64;
     let block: Vec<u8> = frame.repeat((PARENT_BLOCK / frame.len()).max(1));
+    // Plush: plaintext taken from `block` is sealed into `sealed` and written from `sealed_off`.
+    let mut chan = rd.chan.take();
+    let (mut sealed, mut sealed_off) = (Vec::<u8>::new(), 0usize);
     let mut s = into_mio(s);
     let mut poll = Poll::new().expect("a poll");
     poll.registry().register(&mut s, Token(0), Interest::READABLE | Interest::WRITABLE).expect("registered");
@@ -593,6 +627,32 @@ fn parent(
             let room = ((window - in_flight) * flen) as usize;
             let off = (sent % block.len() as u64) as usize;
             let end = block.len().min(off + room);
+            if let Some(chan) = chan.as_mut() {
+                // Sealed: one record per piece of the block; `sent` counts plaintext once its
+                // record is written whole.
+                if sealed_off == sealed.len() {
+                    sealed.clear();
+                    sealed_off = 0;
+                    chan.seal(&block[off..end], &mut sealed).expect("sealed");
+                }
+                match s.write(&sealed[sealed_off..]) {
+                    Ok(n) => {
+                        sealed_off += n;
+                        if sealed_off == sealed.len() {
+                            sent += (end - off) as u64;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        if !shared.stop.load(Ordering::Acquire) {
+                            eprintln!("{}: parent write: {e}", mode.name());
+                        }
+                        break 'run;
+                    }
+                }
+                continue;
+            }
             match s.write(&block[off..end]) {
                 Ok(n) => sent += n as u64,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -622,19 +682,32 @@ fn parent(
 fn children(mode: Mode, listeners: Vec<TcpListener>, shared: &Shared, ready: mpsc::Sender<&'static str>, flen: usize) {
     let deadline = StdInstant::now() + SETUP_TIMEOUT;
     let mut streams = Vec::with_capacity(CHILDREN);
+    // Plush: each child's channel (for its heartbeats) and what is left over of the setup's
+    // reads (the start of the data phase's records, counted below).
+    let mut chans: Vec<Option<Channel>> = Vec::with_capacity(CHILDREN);
+    let mut counters: Vec<RecordCounter> = Vec::with_capacity(CHILDREN);
     for (i, l) in listeners.iter().enumerate() {
         let mut s = accept_by(l, deadline);
+        let mut counter = RecordCounter::default();
         if mode == Mode::Plush {
             let me = NodeId::new(l.local_addr().expect("an address"));
             let mut rd = FrameReader::default();
-            handshake_accept(&mut s, &mut rd, me, 100 + i as u64);
+            let (_, chan) = handshake_accept(&mut s, &mut rd, me, 100 + i as u64);
+            rd.chan = Some(chan);
             rd.wait_for(&mut s, "the relay's accept", |m| matches!(m, Message::Tree(TreeMsg::JoinAccept { .. })));
+            // Bytes read past the accept belong to later records: counted as they come.
+            counter.plain_leftover = rd.plain.len() as u64;
+            counter.feed(&std::mem::take(&mut rd.buf));
+            chans.push(rd.chan.take());
+        } else {
+            chans.push(None);
         }
+        counters.push(counter);
         streams.push(into_mio(s));
     }
     let _ = ready.send("children");
 
-    let heartbeat = encoded(&Message::Tree(TreeMsg::Heartbeat));
+    let heartbeat_plain = encoded(&Message::Tree(TreeMsg::Heartbeat));
     let mut poll = Poll::new().expect("a poll");
     for (i, s) in streams.iter_mut().enumerate() {
         poll.registry().register(s, Token(i), Interest::READABLE).expect("registered");
@@ -656,8 +729,10 @@ fn children(mode: Mode, listeners: Vec<TcpListener>, shared: &Shared, ready: mps
                 match streams[i].read(&mut buf) {
                     Ok(0) => open[i] = false,
                     Ok(n) => {
+                        // Plaintext bytes: as read, or those of the records read (Plush).
+                        let n = if mode == Mode::Plush { counters[i].feed(&buf[..n]) } else { n as u64 };
                         if shared.go.load(Ordering::Relaxed) {
-                            bytes[i] += n as u64;
+                            bytes[i] += n;
                         }
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -674,11 +749,58 @@ fn children(mode: Mode, listeners: Vec<TcpListener>, shared: &Shared, ready: mps
         if mode == Mode::Plush && last_beat.elapsed() >= CHILD_HEARTBEAT {
             last_beat = StdInstant::now();
             for (i, s) in streams.iter_mut().enumerate() {
+                let mut heartbeat = Vec::new();
+                if let Some(chan) = chans[i].as_mut() {
+                    chan.seal(&heartbeat_plain, &mut heartbeat).expect("sealed");
+                }
                 if open[i] && !matches!(s.write(&heartbeat), Ok(n) if n == heartbeat.len()) {
                     eprintln!("plush: child {i}: heartbeat not written whole");
                 }
             }
         }
+    }
+}
+
+/// Counts the plaintext bytes of a stream of sealed records from their length prefixes,
+/// without opening them (see the top of the file).
+#[derive(Default)]
+struct RecordCounter {
+    /// Bytes of the current record's prefix seen so far.
+    head: Vec<u8>,
+    /// Bytes of the current record still to come.
+    left: usize,
+    /// Plaintext bytes of the current record (counted once it is whole).
+    current: usize,
+    /// Plaintext the setup had opened but not used (counted once, with the first data).
+    plain_leftover: u64,
+}
+
+impl RecordCounter {
+    /// Take `data`; return the plaintext bytes of the records it completes.
+    fn feed(&mut self, mut data: &[u8]) -> u64 {
+        let mut plain = std::mem::take(&mut self.plain_leftover);
+        while !data.is_empty() {
+            if self.left > 0 {
+                let n = self.left.min(data.len());
+                self.left -= n;
+                data = &data[n..];
+                if self.left == 0 {
+                    plain += std::mem::take(&mut self.current) as u64;
+                }
+                continue;
+            }
+            let need = PREFIX - self.head.len();
+            let n = need.min(data.len());
+            self.head.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.head.len() == PREFIX {
+                let len = u32::from_be_bytes([self.head[0], self.head[1], self.head[2], self.head[3]]) as usize;
+                self.head.clear();
+                self.left = len;
+                self.current = len.saturating_sub(TAG_LEN);
+            }
+        }
+        plain
     }
 }
 

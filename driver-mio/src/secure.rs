@@ -3,9 +3,9 @@
 //!
 //! **Handshake.** Both sides first send their [`Hello`] in the clear (identity, role, a fresh
 //! nonce): the dialer must learn that the node it dialed answered. Then the dialer (Noise's
-//! initiator) and the acceptor run `Noise_NNpsk0_25519_AESGCM_SHA256` from the `snow` crate: two
-//! messages, each side's fresh X25519 ephemeral key, and the cluster key mixed in as the
-//! pre-shared key before anything else. The prologue is both hellos as they were sent, the
+//! initiator) and the acceptor run `Noise_NNpsk0_25519_AESGCM_SHA256` from the `snow` crate
+//! (AES-GCM from `ring`): two messages, each side's fresh X25519 ephemeral key, and the cluster
+//! key mixed in as the pre-shared key before anything else. The prologue is both hellos as they were sent, the
 //! dialer's first, so a hello changed on the way (another id, another nonce) makes the handshake
 //! fail. The acceptor knows the dialer holds the key once the first message opens (it is
 //! encrypted under a key derived from the PSK and bound to the acceptor's fresh nonce, so it
