@@ -40,6 +40,14 @@
 //! the start of the output) and stays out of the tree; the controller answers `Disconnect`, and
 //! it exits. A member invited again runs nothing.
 //!
+//! **Only the controller starts work.** A member takes a script only from the controller's link
+//! (the one it will send with the invitations it forwards as root); an idle client takes one
+//! from anybody but runs it only if the `SetPeer` that follows comes on the same link (the
+//! inviter's own script). The root forwards invitations only from the controller or, passed up,
+//! from a child. An idle client obeys an invitation from any authenticated peer: before it joins
+//! it knows no tree, and every link is sealed under the cluster key (any member holds the key:
+//! see the README on what the secure channel does not protect against).
+//!
 //! **Dismantle.** `Disconnect` floods down; a node exits once it has no children, re-sending
 //! `Disconnect` every heartbeat to the children that remain, and after
 //! [`crate::Config::dismantle_timer`] regardless. A client without any link for
@@ -244,8 +252,8 @@ pub(crate) struct Control {
     /// The node exited: it does nothing more.
     pub exited: bool,
     /// The maintenance script to run before joining, and to send with invitations (at most
-    /// [`crate::wire::MAX_SCRIPT`] bytes).
-    script: Option<Rc<str>>,
+    /// [`crate::wire::MAX_SCRIPT`] bytes), and who sent it.
+    script: Option<(Rc<str>, NodeId)>,
     /// The maintenance script is running: join through `boot` once it succeeds.
     maint: Option<Maint>,
 }
@@ -559,6 +567,12 @@ impl Control {
 
     pub fn on_control(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, from: NodeId, msg: ControlMsg) {
         match msg {
+            // A member is never the controller: naming one so is bad input, and obeying it
+            // would make the node send to itself.
+            ControlMsg::SetCtrl { ctrl } | ControlMsg::SetPeer { ctrl, .. } if ctrl == self.me => {
+                ctx.io.stats.commands_rejected += 1;
+                ctx.event(Event::CommandRejected(from));
+            }
             ControlMsg::SetCtrl { ctrl } => self.on_set_ctrl(ctx, tree, from, ctrl),
             ControlMsg::SetPeer { host, ctrl } => self.on_set_peer(ctx, tree, from, host, ctrl),
             ControlMsg::Joined { node, build } => {
@@ -624,10 +638,14 @@ impl Control {
                 self.start_dismantle(ctx, tree);
             }
             ControlMsg::Maintenance { script } => {
-                // From the controller (to a root, or to the host it invites directly) or from
-                // an inviter, just before its SetPeer: every link is authenticated.
-                if script.len() <= crate::wire::MAX_SCRIPT {
-                    self.script = Some(script.into());
+                // From the controller (to a root, or to the host it invites directly), or, to an
+                // idle client, from an inviter just before its SetPeer (checked there).
+                let idle = tree.state() == TreeState::Idle && self.maint.is_none();
+                if script.len() <= crate::wire::MAX_SCRIPT && (idle || self.ctrl == Some(from)) {
+                    self.script = Some((script.into(), from));
+                } else {
+                    ctx.io.stats.commands_rejected += 1;
+                    ctx.event(Event::CommandRejected(from));
                 }
             }
             ControlMsg::Census => {
@@ -728,7 +746,11 @@ impl Control {
                 TreeState::Idle => {
                     self.announce = true;
                     let boot = (from != ctrl).then_some(from);
-                    if let Some(script) = self.script.clone() {
+                    // Only the inviter's own script runs: one sent on another link is dropped.
+                    if self.script.as_ref().is_some_and(|(_, by)| *by != from) {
+                        self.script = None;
+                    }
+                    if let Some((script, _)) = self.script.clone() {
                         self.run_maintenance(ctx, &script, boot);
                     } else {
                         // Founding a tree is reported as BecameRoot, which tells the controller.
@@ -756,6 +778,14 @@ impl Control {
             }
             return;
         }
+        // The root forwards the controller's invitations (a root that does not know its
+        // controller yet takes the sender's word that it is), or those a child passes up.
+        let from_ctrl = self.ctrl.map_or(from == ctrl, |c| c == from);
+        if !from_ctrl && !tree.children().contains(&from) {
+            ctx.io.stats.commands_rejected += 1;
+            ctx.event(Event::CommandRejected(from));
+            return;
+        }
         if tree.children().contains(&host) {
             self.send(ctx, from, ControlMsg::Joined { node: host, build: 0 });
             return;
@@ -778,7 +808,7 @@ impl Control {
 
     /// Invite `host`: the maintenance script first, if there is one, then `SetPeer`.
     fn send_invitation(&self, ctx: &mut Ctx<'_>, host: NodeId, ctrl: NodeId) {
-        if let Some(script) = &self.script {
+        if let Some((script, _)) = &self.script {
             self.send(ctx, host, ControlMsg::Maintenance { script: script.to_string() });
         }
         self.send(ctx, host, ControlMsg::SetPeer { host, ctrl });
