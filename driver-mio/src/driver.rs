@@ -746,8 +746,9 @@ impl<M: Machine> Driver<M> {
 
     fn dial(&mut self, peer: NodeId) {
         self.stats.dialed += 1;
-        let stream = match TcpStream::connect(peer.addr()) {
-            Ok(s) => s,
+        // From our own address: peers count handshakes per source address.
+        let stream = match crate::sys::connect_from(self.me.addr().ip(), peer.addr()) {
+            Ok(s) => TcpStream::from_std(s),
             Err(e) => {
                 if crate::sys::is_fd_exhaustion(&e) {
                     self.stats.fd_exhausted += 1;

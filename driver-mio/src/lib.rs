@@ -59,6 +59,34 @@ pub fn release_sigint() {
     sys::release_sigint()
 }
 
+/// A blocking TCP connection to `to` from the address `source` (any port), within `timeout`:
+/// what a test or harness needs to speak to a client from an address of its choosing (the
+/// driver dials so, from its own address).
+pub fn connect_from(
+    source: std::net::IpAddr,
+    to: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> std::io::Result<std::net::TcpStream> {
+    let s = sys::connect_from(source, to)?;
+    let end = std::time::Instant::now() + timeout;
+    // Connected once the peer address is known (or an error is pending).
+    loop {
+        if let Some(e) = s.take_error()? {
+            return Err(e);
+        }
+        match s.peer_addr() {
+            Ok(_) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::NotConnected && std::time::Instant::now() < end => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotConnected => return Err(std::io::ErrorKind::TimedOut.into()),
+            Err(e) => return Err(e),
+        }
+    }
+    s.set_nonblocking(false)?;
+    Ok(s)
+}
+
 /// Raise the soft limit on open files to the hard limit; returns the soft limit in force.
 pub fn raise_fd_limit() -> std::io::Result<u64> {
     sys::raise_nofile_limit()

@@ -258,3 +258,69 @@ pub fn release_sigint() {
         }
     }
 }
+
+/// Start a non-blocking TCP connect to `to` from `source` (any port): the connection carries
+/// the node's own address, as its id says, not whichever address the route would pick (on
+/// loopback, every local client would otherwise connect from 127.0.0.1). The connect completes
+/// in the background, as `mio`'s does.
+pub fn connect_from(source: std::net::IpAddr, to: std::net::SocketAddr) -> io::Result<std::net::TcpStream> {
+    use std::os::fd::FromRawFd;
+    let (family, local, remote) = match (source, to) {
+        (std::net::IpAddr::V4(s), std::net::SocketAddr::V4(t)) => {
+            (libc::AF_INET, sockaddr_v4(s, 0), sockaddr_v4(*t.ip(), t.port()))
+        }
+        (std::net::IpAddr::V6(s), std::net::SocketAddr::V6(t)) => {
+            (libc::AF_INET6, sockaddr_v6(s, 0), sockaddr_v6(*t.ip(), t.port()))
+        }
+        // Families differ: let the kernel choose the source.
+        _ => return std::net::TcpStream::connect(to).and_then(|s| s.set_nonblocking(true).map(|()| s)),
+    };
+    // SAFETY: a fresh socket; on every error path it is closed before returning.
+    let fd = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is ours and open; from here on the std stream owns (and closes) it.
+    let stream = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    // SAFETY: the addresses are valid sockaddr structures of the lengths given.
+    if unsafe { libc::bind(fd, local.0.as_ptr().cast(), local.1) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::connect(fd, remote.0.as_ptr().cast(), remote.1) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+    }
+    Ok(stream)
+}
+
+/// A sockaddr_in as bytes, with its length.
+fn sockaddr_v4(ip: std::net::Ipv4Addr, port: u16) -> (Vec<u8>, libc::socklen_t) {
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(ip.octets()) },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>();
+    // SAFETY: reading the bytes of a plain C struct.
+    let bytes = unsafe { std::slice::from_raw_parts((&sa as *const libc::sockaddr_in).cast::<u8>(), len) }.to_vec();
+    (bytes, len as libc::socklen_t)
+}
+
+/// A sockaddr_in6 as bytes, with its length.
+fn sockaddr_v6(ip: std::net::Ipv6Addr, port: u16) -> (Vec<u8>, libc::socklen_t) {
+    let sa = libc::sockaddr_in6 {
+        sin6_family: libc::AF_INET6 as libc::sa_family_t,
+        sin6_port: port.to_be(),
+        sin6_flowinfo: 0,
+        sin6_addr: libc::in6_addr { s6_addr: ip.octets() },
+        sin6_scope_id: 0,
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in6>();
+    // SAFETY: reading the bytes of a plain C struct.
+    let bytes = unsafe { std::slice::from_raw_parts((&sa as *const libc::sockaddr_in6).cast::<u8>(), len) }.to_vec();
+    (bytes, len as libc::socklen_t)
+}
