@@ -10,7 +10,15 @@
 #   allocs_per_relayed_msg  allocations per relayed broadcast in the core, steady state
 #                           (examples/relay_allocs_count.rs, counting global allocator)
 #   mio_relay_vs_baseline   frames/s of a bare mio forwarder / frames/s of the plush-mio relay,
-#                           1 parent -> relay -> 12 children on loopback (examples/mio_relay.rs)
+#                           1 parent -> relay -> 12 children on loopback (examples/mio_relay.rs);
+#                           every link of the relay is sealed (the secure channel), the forwarder's
+#                           are plaintext
+#   mio_relay_secure_vs_baseline_1024_bytes
+#                           the same with 1 KiB frames (a job's announcement), target <= 3.0
+#   secure_relay_msgs_per_s 1 KiB broadcasts per second through the sealed relay (each opened once
+#                           and sealed again for each of 12 children)
+#   handshake_us            median time from TCP connect to a sealed link, on loopback, against a
+#                           real client (examples/handshake.rs; also handshake_p90_us, crypto_us)
 #   sim_events_per_s        simulator: `plush sim --nodes 10000 --json --seed 424242`
 #                           (without --quick, 100,000 nodes too: sim_100k_events_per_s)
 #
@@ -69,7 +77,7 @@ json_field() {
 say "== build: cargo build --release (target dir: $target)"
 cargo build --release --quiet -p plush --bin plush >&2
 cargo build --release --quiet -p plush-benches --example relay_loop --example relay_allocs_count \
-    --example mio_relay >&2
+    --example mio_relay --example handshake >&2
 examples="$target/release/examples"
 
 if [ "$quick" = 1 ]; then relay_n=2000000; else relay_n=5000000; fi
@@ -89,11 +97,22 @@ if [ "$quick" = 1 ]; then mio_args=(--quick); else mio_args=(--diagnose); fi
 say "== mio relay vs bare forwarder: $examples/mio_relay ${mio_args[*]}"
 "$examples/mio_relay" "${mio_args[@]}" | tee "$tmp" | sed 's/^/   /' >&3
 mio_ratio=$(tail -n 1 "$tmp" | json_field ratio)
-# Without --quick, the same at the sizes real traffic has: a job's announcement (1 KiB), chunks
-# of a push (16 KiB, and the largest broadcast, 64 KiB).
+# 1 KiB frames (a job's announcement): the price of sealing, where it weighs most per byte.
+if [ "$quick" = 1 ]; then k_args=(--quick); else k_args=(--rounds 3 --seconds 2); fi
+say "== sealed mio relay vs bare plaintext forwarder, 1024-byte frames: $examples/mio_relay ${k_args[*]} --frame-bytes 1024"
+"$examples/mio_relay" "${k_args[@]}" --frame-bytes 1024 | tee "$tmp" | tail -n 2 | head -n 1 | sed 's/^/   /' >&3
+secure_1k=$(tail -n 1 "$tmp" | json_field ratio)
+secure_relay_msgs_per_s=$(tail -n 1 "$tmp" | json_field plush_frames_per_s)
+say "== handshake: $examples/handshake"
+"$examples/handshake" | tee "$tmp" | tail -n 2 | head -n 1 | sed 's/^/   /' >&3
+handshake_us=$(tail -n 1 "$tmp" | json_field handshake_us)
+handshake_p90_us=$(tail -n 1 "$tmp" | json_field handshake_p90_us)
+crypto_us=$(tail -n 1 "$tmp" | json_field crypto_us)
+# Without --quick, the same at the other sizes real traffic has: chunks of a push (16 KiB, and
+# the largest broadcast, 64 KiB).
 sizes=""
 if [ "$quick" = 0 ]; then
-    for bytes in 1024 16384 65548; do
+    for bytes in 16384 65548; do
         say "== mio relay vs bare forwarder, $bytes-byte frames: $examples/mio_relay --rounds 2 --seconds 2 --frame-bytes $bytes"
         "$examples/mio_relay" --rounds 2 --seconds 2 --frame-bytes "$bytes" | tee "$tmp" | tail -n 2 | head -n 1 | sed 's/^/   /' >&3
         sizes="$sizes, \"mio_relay_vs_baseline_${bytes}_bytes\": $(tail -n 1 "$tmp" | json_field ratio)"
@@ -123,5 +142,6 @@ if [ "$quick" = 0 ]; then
 fi
 
 say "== done in $((SECONDS - started)) s"
-printf '{"relay_msgs_per_s": %.0f, "allocs_per_relayed_msg": %s, "mio_relay_vs_baseline": %s, "sim_events_per_s": %.0f, "relay_batch_msgs_per_s": %.0f%s}\n' \
-    "$relay_msgs_per_s" "$allocs_per_relayed_msg" "$mio_ratio" "$sim_events_per_s" "$relay_batch_msgs_per_s" "$extra"
+printf '{"relay_msgs_per_s": %.0f, "allocs_per_relayed_msg": %s, "mio_relay_vs_baseline": %s, "sim_events_per_s": %.0f, "relay_batch_msgs_per_s": %.0f, "mio_relay_secure_vs_baseline_1024_bytes": %s, "secure_relay_msgs_per_s": %.0f, "handshake_us": %s, "handshake_p90_us": %s, "handshake_crypto_us": %s%s}\n' \
+    "$relay_msgs_per_s" "$allocs_per_relayed_msg" "$mio_ratio" "$sim_events_per_s" "$relay_batch_msgs_per_s" \
+    "$secure_1k" "$secure_relay_msgs_per_s" "$handshake_us" "$handshake_p90_us" "$crypto_us" "$extra"
