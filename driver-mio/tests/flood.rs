@@ -1,7 +1,8 @@
 //! Nothing costly before authentication: a flood from one address (idle connections held and
 //! reopened as they are closed, and connections announcing 1 MiB frames) at the root of a
-//! 30-client cluster, while the controller runs jobs. Every job gets every result, and the
-//! flooded client's memory stays within twice what it held idle.
+//! 30-client cluster, while the controller runs jobs. Every job gets every result, the
+//! flooded client's memory stays within twice what it held idle, and the flood holds no more of
+//! its descriptors than one address's share of the handshake slots.
 
 mod common;
 
@@ -65,6 +66,11 @@ fn flood(to: SocketAddr, stop: Arc<AtomicBool>, made: Arc<AtomicU64>) {
     }
 }
 
+/// Open descriptors of a process.
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
 #[test]
 fn a_flood_from_one_address_locks_nobody_out_and_costs_no_memory() {
     let _ = plush_mio::raise_fd_limit();
@@ -79,6 +85,7 @@ fn a_flood_from_one_address_locks_nobody_out_and_costs_no_memory() {
     // Idle: let the client trim its heap once quiet (see `client`), then read its memory.
     c.wait_until(Duration::from_secs(3), |_| false).expect("loop");
     let idle = rss_kib(pid).expect("the root's memory");
+    let idle_fds = fds(pid);
 
     let stop = Arc::new(AtomicBool::new(false));
     let made = Arc::new(AtomicU64::new(0));
@@ -88,10 +95,11 @@ fn a_flood_from_one_address_locks_nobody_out_and_costs_no_memory() {
     };
     // The flood builds up; then jobs run through it.
     let started = Instant::now();
-    let mut peak = idle;
+    let (mut peak, mut peak_fds) = (idle, idle_fds);
     while started.elapsed() < Duration::from_secs(2) {
         c.wait_until(Duration::from_millis(100), |_| false).expect("loop");
         peak = peak.max(rss_kib(pid).unwrap_or(0));
+        peak_fds = peak_fds.max(fds(pid));
     }
     let mut results = Vec::new();
     for k in 0..3 {
@@ -103,11 +111,19 @@ fn a_flood_from_one_address_locks_nobody_out_and_costs_no_memory() {
     while started.elapsed() < Duration::from_secs(6) {
         c.wait_until(Duration::from_millis(100), |_| false).expect("loop");
         peak = peak.max(rss_kib(pid).unwrap_or(0));
+        peak_fds = peak_fds.max(fds(pid));
     }
     stop.store(true, Ordering::Release);
     flooder.join().expect("the flooder");
     let made = made.load(Ordering::Relaxed);
-    eprintln!("flood: {made} connections; root client RSS idle {idle} KiB, peak {peak} KiB; results {results:?}");
+    eprintln!(
+        "flood: {made} connections; root client RSS idle {idle} KiB, peak {peak} KiB; fds idle {idle_fds}, \
+         peak {peak_fds}; results {results:?}"
+    );
+    // One source holds at most its share of the handshake slots (and one just accepted), besides
+    // what a running job holds (its two pipes and barrier socket).
+    let share = plush_mio::client::HANDSHAKES_PER_SOURCE + 2 + 3;
+    assert!(peak_fds <= idle_fds + share, "the flood held {peak_fds} fds (idle {idle_fds})");
     assert!(made > HELD as u64, "the flood reopened connections the client closed ({made} made)");
     assert!(peak <= 2 * idle, "the flooded client grew from {idle} KiB to {peak} KiB");
     c.dismantle(Duration::from_secs(20)).expect("dismantle");
