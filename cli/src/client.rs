@@ -35,25 +35,34 @@ pub struct ClientArgs {
 
 /// Run the client until the overlay is dismantled.
 pub fn run(args: &ClientArgs) -> ExitCode {
-    if args.listen_fd.is_none() {
-        if let Err(e) = plush_mio::client::check_listen(args.listen) {
-            // A bad command line, not a failure of the client.
-            eprintln!("plush client: {e}");
-            return ExitCode::from(2);
-        }
-    }
-    let opts = plush_mio::ClientOptions {
+    run_options(plush_mio::ClientOptions {
         listen: args.listen,
         key_file: args.key_file.clone(),
         max_fds: args.max_fds,
         max_children: args.max_children.map(|d| d as usize),
         listen_fd: args.listen_fd,
         no_upgrade: args.no_upgrade,
-    };
+    })
+}
+
+/// The same, from options parsed without clap (`plush_mio::client::parse_args`).
+pub fn run_options(opts: plush_mio::ClientOptions) -> ExitCode {
+    if opts.listen_fd.is_none() {
+        if let Err(e) = plush_mio::client::check_listen(opts.listen) {
+            // A bad command line, not a failure of the client.
+            eprintln!("plush client: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    if opts.max_children.is_some_and(|d| d == 0 || d > plush_core::wire::MAX_LIST) {
+        eprintln!("plush client: --max-children: from 1 to {}", plush_core::wire::MAX_LIST);
+        return ExitCode::from(2);
+    }
+    let listen = opts.listen;
     match plush_mio::client::run(&opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("plush client {}: {e}", args.listen);
+            eprintln!("plush client {listen}: {e}");
             ExitCode::FAILURE
         }
     }

@@ -97,6 +97,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The client is started by launchers with a fixed command line: parsed without building
+    // the whole command-line interface, so an idle client never touches (and keeps resident)
+    // the code of every other subcommand. Anything else, `--help` or a mistake included, goes
+    // to clap below.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if args.first().is_some_and(|a| a == "client") {
+        let strings: Option<Vec<String>> = args.iter().map(|a| a.to_str().map(str::to_owned)).collect();
+        if let Some(Ok(opts)) = strings.map(|s| plush_mio::client::parse_args(&s)) {
+            return client::run_options(opts);
+        }
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Sim(args) => sim::run(&args),
