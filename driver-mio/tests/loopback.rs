@@ -152,18 +152,20 @@ fn garbage_closes_only_that_connection() {
     assert!(Hello::decode(&hello[PREFIX..]).is_ok(), "the client greets first");
     // Random bytes whose first four announce a huge frame.
     expect_closed(host, &[0xc3, 0x9a, 0x11, 0x07, 1, 2, 3, 4, 5, 6, 7, 8], quick);
-    // An oversized length prefix, exactly one past the maximum.
+    // An oversized length prefix, exactly one past the maximum frame; and one past the largest
+    // handshake message, which is all a connection may send before its handshake is done.
     expect_closed(host, &((1u32 << 20) + 1).to_be_bytes(), quick);
+    expect_closed(host, &((plush_mio::secure::MAX_HANDSHAKE_FRAME as u32) + 1).to_be_bytes(), quick);
     // A valid message before any hello: an invitation from a stranger.
     let setpeer = Message::Control(ControlMsg::SetPeer { host, ctrl: NodeId::loopback(200, 9) });
     expect_closed(host, &encode_once(&setpeer).expect("encode"), quick);
     expect_closed(host, &encode_once(&Message::Tree(TreeMsg::Heartbeat)).expect("encode"), quick);
-    // A proper hello, then a message where the authentication tag belongs.
+    // A proper hello, then a message where the Noise handshake message belongs.
     let me = NodeId::loopback(201, 9);
     let mut bytes = encode_hello(&Hello::new(me, Role::Controller, 7));
     bytes.extend_from_slice(&encode_once(&setpeer).expect("encode"));
     expect_closed(host, &bytes, quick);
-    // A proper hello and a wrong tag (no key).
+    // A proper hello and a handshake message made without the key.
     let mut bytes = encode_hello(&Hello::new(me, Role::Controller, 8));
     bytes.extend_from_slice(&frame(&[0x5a; 32]));
     expect_closed(host, &bytes, quick);
