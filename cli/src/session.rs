@@ -350,16 +350,23 @@ fn launch_method(args: &HostArgs, kind: LauncherKind) -> Result<Option<LaunchMet
     })
 }
 
-/// Ctrl-C: set by SIGINT once [`interrupt_flag`] was called; jobs waiting see it and cancel.
+/// Ctrl-C: set by SIGINT (and by SIGTERM and SIGHUP: a lost terminal) once [`interrupt_flag`]
+/// was called; jobs waiting see it, cancel, and the cluster is dismantled as usual. A second
+/// such signal while the first is being handled ends the process at once (exit 128 + signal).
 pub fn interrupt_flag() -> Arc<AtomicBool> {
     static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
     Arc::clone(FLAG.get_or_init(|| {
         let flag = Arc::new(AtomicBool::new(false));
-        // From now on Ctrl-C cancels and exits the ordinary way, which removes the key file.
-        plush_mio::release_sigint();
-        // Without the handler Ctrl-C kills plush and the clients are left to expire by
-        // themselves (2 min): not fatal.
-        let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, Arc::clone(&flag));
+        // From now on these signals cancel and exit the ordinary way, which removes the key
+        // file and dismantles the clients; until now they removed the key file and killed us.
+        plush_mio::release_exit_signals();
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        // Without the handlers a signal kills plush and the clients are left to expire by
+        // themselves: not fatal.
+        for sig in [SIGINT, SIGTERM, SIGHUP] {
+            let _ = signal_hook::flag::register_conditional_shutdown(sig, 128 + sig, Arc::clone(&flag));
+            let _ = signal_hook::flag::register(sig, Arc::clone(&flag));
+        }
         flag
     }))
 }

@@ -257,7 +257,8 @@ impl KeyFile {
     /// Write `key` to a fresh key file of this process, after removing the key files that
     /// controllers no longer running left behind (a SIGKILL gives no chance to clean up). The
     /// file is removed when the `KeyFile` is dropped, and also when SIGHUP, SIGTERM, SIGQUIT or
-    /// (until the CLI takes it over, see [`crate::release_sigint`]) SIGINT kills the process.
+    /// SIGINT kills the process (until the CLI takes the signals over, see
+    /// [`crate::release_exit_signals`]).
     fn create(key: &Key) -> io::Result<KeyFile> {
         let dir = std::env::temp_dir();
         remove_stale_key_files(&dir);

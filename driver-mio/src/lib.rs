@@ -52,11 +52,13 @@ pub fn process_exists(pid: u32) -> bool {
     sys::pid_exists(pid)
 }
 
-/// Give SIGINT back to whoever handles it next: the controller's key file is then removed by
-/// the ordinary exit that follows Ctrl-C (see `cluster`), not by the signal handler that removes
-/// it when a signal kills the process.
-pub fn release_sigint() {
-    sys::release_sigint()
+/// Give SIGINT, SIGTERM and SIGHUP back to whoever handles them next (the CLI, which cancels
+/// and dismantles on them): the controller's key file is then removed by the ordinary exit
+/// that follows, not by the handler that removes it when a signal kills the process.
+pub fn release_exit_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        sys::release_signal(sig);
+    }
 }
 
 /// A blocking TCP connection to `to` from the address `source` (any port), within `timeout`:

@@ -246,15 +246,15 @@ pub fn forget_doomed_file() {
     DOOMED_FILE.store(std::ptr::null_mut(), std::sync::atomic::Ordering::Release);
 }
 
-/// Give SIGINT back its default disposition if [`remove_on_fatal_signals`] took it, so that a
-/// handler installed next (the CLI's Ctrl-C flag) does not chain into ours.
-pub fn release_sigint() {
+/// Give `sig` back its default disposition if [`remove_on_fatal_signals`] took it, so that a
+/// handler installed next (the CLI's cancel-and-dismantle flag) does not chain into ours.
+pub fn release_signal(sig: i32) {
     let handler = remove_file_and_die as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: only resets SIGINT to its default when our handler holds it.
+    // SAFETY: only resets `sig` to its default when our handler holds it.
     unsafe {
-        let old = libc::signal(libc::SIGINT, libc::SIG_DFL);
+        let old = libc::signal(sig, libc::SIG_DFL);
         if old != handler {
-            libc::signal(libc::SIGINT, old);
+            libc::signal(sig, old);
         }
     }
 }
