@@ -344,9 +344,12 @@ fn start_phase(s: &mut Session, k: usize, p: &PhaseSpec, targeted: Vec<NodeId>, 
         vec!["/bin/sh", "-c", WRAPPER, "plush-phase", &restarts, barrier.as_deref().unwrap_or("")];
     argv.extend(p.argv.iter().map(String::as_str));
     let timeout = p.timeout_s.map(Duration::from_secs_f64);
+    // A phase that restarts its process on failure may also run again on a host whose client
+    // restarted during it; the others run at most once per host.
+    let env = if restarts != "0" { plush_mio::retry_lost_env() } else { Vec::new() };
     let mut job = None;
     if !joined.is_empty() {
-        match s.c.start_job(JobSpec { argv: &argv, target: Some(&joined), timeout, stream: false, env: &[] }) {
+        match s.c.start_job(JobSpec { argv: &argv, target: Some(&joined), timeout, stream: false, env: &env }) {
             Ok(j) => job = Some(j),
             Err(e) => eprintln!("plush apply: phase {}: cannot start: {e}", p.name),
         }
