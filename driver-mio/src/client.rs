@@ -195,6 +195,7 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
         let _ = out.flush();
     }
     let mut trim = Trim::new(&d);
+    let mut seen = (d.jobs.generation(), None);
     let mut restart: Option<(StdInstant, PathBuf)> = None;
     while !d.exited {
         let wait = match &restart {
@@ -202,7 +203,12 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
             None => trim.max_wait(),
         };
         d.turn(wait).map_err(|e| format!("event loop failed: {e}"))?;
-        record.update(&d.jobs.groups(), d.m.controller());
+        // The record follows the jobs (read again only when they changed).
+        let now_seen = (d.jobs.generation(), d.m.controller());
+        if now_seen != seen {
+            seen = now_seen;
+            record.update(&d.jobs.groups(), seen.1);
+        }
         trim.check(&d);
         if restart.is_none() {
             if let Some(path) = d.upgrades.pop() {

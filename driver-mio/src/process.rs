@@ -114,6 +114,8 @@ pub struct Jobs {
     base_env: Vec<(String, String)>,
     /// Barriers processes asked to enter, for the driver to hand to the node.
     pub barrier_requests: Vec<String>,
+    /// Changes whenever a job is added or removed (see [`Jobs::generation`]).
+    generation: u64,
 }
 
 fn status_of(s: std::process::ExitStatus) -> ExitStatus {
@@ -207,6 +209,7 @@ impl Jobs {
         // The leader's start time tells its group from a later one under a reused pid.
         let start = crate::record::proc_stat(child.id()).map_or(0, |(_, _, start)| start);
         self.jobs.push(Job { job, child, pipes, ctl, status: None, reaped_at: None, start });
+        self.generation += 1;
         self.next_reap.get_or_insert(StdInstant::now() + REAP_EVERY);
         Ok(())
     }
@@ -365,6 +368,7 @@ impl Jobs {
                 }
                 out.push_back(ProcessEvent::Exit { job: j.job, status });
                 self.jobs.swap_remove(k);
+                self.generation += 1;
                 continue;
             }
             k += 1;
@@ -400,6 +404,12 @@ impl Jobs {
             .collect()
     }
 
+    /// A number that changes whenever a job starts or is removed: [`Jobs::groups`] need only be
+    /// read again when it did.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Whether no job runs.
     pub fn is_empty(&self) -> bool {
         self.jobs.is_empty()
@@ -414,6 +424,7 @@ impl Jobs {
             }
         }
         self.jobs.clear();
+        self.generation += 1;
     }
 }
 

@@ -92,19 +92,27 @@ fn depth_one(c: &mut Cluster) -> (NodeId, u32) {
 /// Start `script` (through `sh -c`) everywhere and wait until every host's process wrote its
 /// line: it runs everywhere.
 fn start_everywhere(c: &mut Cluster, dir: &Dir, script: &str) -> u64 {
-    let env = vec![("RUNDIR".to_owned(), dir.0.display().to_string())];
+    start_on(c, N, dir, script, false)
+}
+
+/// [`start_everywhere`] on a cluster of `n`, with `--retry-lost` when `retry`.
+fn start_on(c: &mut Cluster, n: usize, dir: &Dir, script: &str, retry: bool) -> u64 {
+    let mut env = vec![("RUNDIR".to_owned(), dir.0.display().to_string())];
+    if retry {
+        env.extend(plush_mio::retry_lost_env());
+    }
     let argv = ["sh", "-c", script];
     let job =
         c.start_job(JobSpec { argv: &argv, target: None, timeout: None, stream: true, env: &env }).expect("start");
     // Until every host wrote its line and its first output line arrived here.
     let end = Instant::now() + Duration::from_secs(30);
     let mut heard = std::collections::BTreeSet::new();
-    while Instant::now() < end && (runs(&dir.0).len() < N || heard.len() < N) {
+    while Instant::now() < end && (runs(&dir.0).len() < n || heard.len() < n) {
         c.pump(Duration::from_millis(50)).expect("event loop");
         heard.extend(c.take_streams(job).0.into_iter().map(|(h, _)| h));
     }
-    assert_eq!(runs(&dir.0).len(), N, "hosts that started the job");
-    assert_eq!(heard.len(), N, "hosts whose output arrived");
+    assert_eq!(runs(&dir.0).len(), n, "hosts that started the job");
+    assert_eq!(heard.len(), n, "hosts whose output arrived");
     job
 }
 
@@ -259,5 +267,33 @@ fn dismantling_during_a_job_leaves_no_job_process() {
     assert_eq!(d.killed, 0, "every client exits by itself");
     assert!(launched.iter().all(|&p| !plush_mio::process_exists(p)));
     let left: Vec<u32> = pids.into_iter().flat_map(group_members).collect();
+    assert!(left.is_empty(), "job processes left after the dismantle: {left:?}");
+}
+
+/// The opt-in: with `--retry-lost` (`PLUSH_RETRY_LOST=1` in the job's environment), the client
+/// relaunched on a killed host runs the job again, and its result is that of the second run.
+#[test]
+fn with_retry_lost_a_relaunched_client_runs_the_job_again() {
+    let n = 8;
+    let dir = Dir::new("retry");
+    let mut c = cluster(n, 30_800);
+    let (victim, pid) = depth_one(&mut c);
+    let script = "echo $$ >> \"$RUNDIR/$PLUSH_NODE\"; echo started; sleep 4; echo done";
+    let job = start_on(&mut c, n, &dir, script, true);
+    signal(pid, "KILL");
+    let out = wait_bounded(&mut c, job, Duration::from_secs(90));
+    let lines = runs(&dir.0);
+    for (host, l) in &lines {
+        let want = if *host == victim.addr().to_string() { 2 } else { 1 };
+        assert_eq!(l.len(), want, "runs on {host}");
+    }
+    assert_eq!(out.result_count(), n, "missing {:?}", out.missing);
+    assert!(out.lost.is_empty(), "lost {:?}", out.lost);
+    assert!(out.groups.iter().all(|g| g.status == ExitStatus::Exited(0) && g.output == b"started\ndone\n"));
+    let launched = c.launched_pids();
+    let d = c.dismantle(Duration::from_secs(60)).expect("dismantle");
+    assert_eq!(d.killed, 0, "every client exits by itself");
+    assert!(launched.iter().all(|&p| !plush_mio::process_exists(p)));
+    let left: Vec<u32> = job_pids(&dir).into_iter().flat_map(group_members).collect();
     assert!(left.is_empty(), "job processes left after the dismantle: {left:?}");
 }
