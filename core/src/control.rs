@@ -696,6 +696,10 @@ impl Control {
     }
 
     fn on_set_ctrl(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, from: NodeId, ctrl: NodeId) {
+        if ctrl == self.me {
+            // Naming this node its own controller is malformed: it would send to itself.
+            return;
+        }
         if from == ctrl && tree.state() == TreeState::Idle {
             // The controller looks for its tree through us, but we are in none (a client that
             // restarted, after an upgrade or a crash): say so, and it invites us again.
@@ -749,6 +753,10 @@ impl Control {
     }
 
     fn on_set_peer(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, from: NodeId, host: NodeId, ctrl: NodeId) {
+        if ctrl == self.me {
+            // Malformed (see `on_set_ctrl`).
+            return;
+        }
         if host == self.me {
             // An invitation for us: join through the sender, or found the tree if the controller
             // itself asks.
