@@ -30,6 +30,7 @@ use crate::session::{
 };
 use clap::Args;
 use plush::appfile::{self, AppError, AppSpec, FileSpec, OnFailure, PhaseSpec, Where};
+use plush_core::wire::ExitStatus;
 use plush_core::{HostState, NodeId};
 use plush_mio::{JobSpec, PushJob};
 use serde_json::json;
@@ -428,7 +429,11 @@ fn report_phase(s: &mut Session, p: &PhaseSpec, r: &PhaseRun, json: bool) -> (u8
         print_groups(&s.labels, &groups, false);
     }
     let (mut ok, mut failed) = (0, 0);
-    for g in &groups {
+    // Hosts whose client restarted during the phase (it was not run again there) count as lost.
+    let restarted = out
+        .as_ref()
+        .map_or(0, |o| crate::session::name_restarted(&mut std::io::stderr().lock(), &s.labels, &o.lost, &groups));
+    for g in groups.iter().filter(|g| g.status != ExitStatus::Lost) {
         match status_text(&g.status) {
             None => ok += g.nodes.len(),
             Some(why) => {
@@ -441,7 +446,7 @@ fn report_phase(s: &mut Session, p: &PhaseSpec, r: &PhaseRun, json: bool) -> (u8
     }
     let answered: std::collections::BTreeSet<NodeId> = groups.iter().flat_map(|g| g.nodes.iter().copied()).collect();
     let missing = out.as_ref().map_or_else(Vec::new, |o| o.missing.clone());
-    let lost = missing.iter().filter(|h| !answered.contains(h)).count();
+    let lost = missing.iter().filter(|h| !answered.contains(h)).count() + restarted;
     for h in missing.iter().filter(|h| !answered.contains(h)) {
         eprintln!("plush: {}: phase {}: lost (joined, gave no result)", s.label(h), p.name);
     }

@@ -27,8 +27,11 @@ fn send(n: &mut Node, now: Instant, from: NodeId, msg: Message) {
     n.handle_frame(now, from, frame.payload()).expect("accepted");
 }
 
+/// A result sent up: (job, status, output).
+type Sent = (u64, ExitStatus, Vec<u8>);
+
 /// The node's outputs, drained: (jobs spawned, results sent to the controller).
-fn drain(n: &mut Node) -> (Vec<u64>, Vec<(u64, ExitStatus, Vec<u8>)>) {
+fn drain(n: &mut Node) -> (Vec<u64>, Vec<Sent>) {
     let (mut spawned, mut results) = (Vec::new(), Vec::new());
     while let Some(o) = n.poll_output() {
         match o {
