@@ -861,7 +861,11 @@ impl Session {
         let lost: Vec<NodeId> = joined.iter().filter(|h| !answered.contains(h)).copied().collect();
         for h in &lost {
             let now = self.c.host(h).map_or(HostState::Pending, |i| i.state);
-            let _ = writeln!(err, "plush: {}: lost (joined, gave no result; now {now:?})", self.label(h));
+            let arrived =
+                out.lost.iter().find(|(x, o)| x == h && !o.is_empty()).map_or(String::new(), |(_, o)| {
+                    format!("; output that had arrived: {:?}", String::from_utf8_lossy(o))
+                });
+            let _ = writeln!(err, "plush: {}: lost (joined, gave no result; now {now:?}{arrived})", self.label(h));
         }
         let unreachable: Vec<NodeId> =
             targeted.iter().filter(|h| !joined.contains(h) && !answered.contains(h)).copied().collect();
