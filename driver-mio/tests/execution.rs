@@ -85,8 +85,10 @@ fn depth_one(c: &mut Cluster) -> (NodeId, u32) {
     let root = c.root().expect("a root");
     let clients = c.launched_clients();
     let (h, _) = topo.iter().find(|(h, p)| **p == Some(root) && **h != root).expect("a child of the root");
-    let pid = clients.iter().find(|(x, _)| x == h).map(|(_, p)| *p).expect("its client's pid");
-    (*h, pid)
+    let pids: Vec<u32> = clients.iter().filter(|(x, _)| x == h).map(|(_, p)| *p).collect();
+    assert_eq!(pids.len(), 1, "one client runs for {h}: {clients:?}");
+    assert!(plush_mio::process_exists(pids[0]));
+    (*h, pids[0])
 }
 
 /// Start `script` (through `sh -c`) everywhere and wait until every host's process wrote its
@@ -161,7 +163,18 @@ fn a_client_killed_during_a_job_does_not_run_it_again_and_leaves_no_process() {
         .collect();
     assert_eq!(ok.len(), N - 1, "groups {:?}, missing {:?}", out.groups, out.missing);
     assert!(!ok.contains(&victim));
-    let lost = out.groups.iter().find(|g| g.status == ExitStatus::Lost).expect("a lost group");
+    let lost = out.groups.iter().find(|g| g.status == ExitStatus::Lost);
+    let lost = lost.unwrap_or_else(|| {
+        panic!(
+            "no lost group: {:?}; missing {:?}; victim {:?}; pid {pid} alive {}; clients {:?}; took {:?}",
+            out.groups,
+            out.missing,
+            c.host(&victim),
+            plush_mio::process_exists(pid),
+            c.launched_clients(),
+            out.elapsed
+        )
+    });
     assert_eq!(lost.nodes, vec![victim]);
     // Named with what had arrived from it (the job streams).
     assert_eq!(out.lost, vec![(victim, b"started\n".to_vec())], "lost {:?}", out.lost);
