@@ -67,7 +67,9 @@ fn group_members(pgid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Start `n` local clients and wait for all of them to join.
+/// Start `n` local clients and wait for all of them to join. Each test searches its port from
+/// its own start, below the range `plush --local` draws from at random (20000-32000) and below
+/// the ephemeral ports, so that no other test's clients land on these addresses meanwhile.
 fn cluster(n: usize, port_from: u16) -> Cluster {
     let _ = plush_mio::raise_fd_limit();
     let port = free_port(n as u32, port_from);
@@ -140,7 +142,7 @@ fn job_pids(dir: &Dir) -> Vec<u32> {
 #[test]
 fn a_client_killed_during_a_job_does_not_run_it_again_and_leaves_no_process() {
     let dir = Dir::new("kill");
-    let mut c = cluster(N, 29_000);
+    let mut c = cluster(N, 15_000);
     let (victim, pid) = depth_one(&mut c);
     let job = start_everywhere(&mut c, &dir, "echo $$ >> \"$RUNDIR/$PLUSH_NODE\"; echo started; sleep 6; echo done");
     let victim_file = dir.0.join(victim.addr().to_string());
@@ -196,7 +198,7 @@ fn a_client_killed_during_a_job_does_not_run_it_again_and_leaves_no_process() {
 #[test]
 fn a_paused_client_delivers_its_result_once() {
     let dir = Dir::new("stop");
-    let mut c = cluster(N, 29_600);
+    let mut c = cluster(N, 15_600);
     let (victim, pid) = depth_one(&mut c);
     let job = start_everywhere(
         &mut c,
@@ -270,7 +272,7 @@ fn a_paused_client_delivers_its_result_once() {
 #[test]
 fn dismantling_during_a_job_leaves_no_job_process() {
     let dir = Dir::new("dismantle");
-    let mut c = cluster(N, 30_200);
+    let mut c = cluster(N, 16_200);
     let _job = start_everywhere(&mut c, &dir, "echo $$ >> \"$RUNDIR/$PLUSH_NODE\"; echo started; sleep 60 & sleep 60");
     let pids = job_pids(&dir);
     assert_eq!(pids.len(), N);
@@ -289,7 +291,7 @@ fn dismantling_during_a_job_leaves_no_job_process() {
 fn with_retry_lost_a_relaunched_client_runs_the_job_again() {
     let n = 8;
     let dir = Dir::new("retry");
-    let mut c = cluster(n, 30_800);
+    let mut c = cluster(n, 16_800);
     let (victim, pid) = depth_one(&mut c);
     let script = "echo $$ >> \"$RUNDIR/$PLUSH_NODE\"; echo started; sleep 4; echo done";
     let job = start_on(&mut c, n, &dir, script, true);
