@@ -63,3 +63,30 @@ fn a_shell_job_whose_client_was_killed_runs_once_and_names_the_host_lost() {
     assert!(left.is_empty(), "job processes left: {left:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Reproduction 5 in the shell: the client on 127.0.0.3 is stopped (SIGSTOP) half a second into
+/// the job and continued 10 s later (both by the job itself, the second from a background
+/// subshell). `wait --json` counts its result: three hosts ok, none lost, each ran once.
+#[test]
+fn a_shell_job_whose_client_was_paused_counts_its_result() {
+    let dir = std::env::temp_dir().join(format!("plush-faults-stop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a test directory");
+    let d = dir.display().to_string();
+    let script = r#"echo $$ >> "$RUNDIR/$PLUSH_NODE"; case $PLUSH_NODE in 127.0.0.3:*) c=$PPID; (sleep 10; kill -CONT $c) </dev/null >/dev/null 2>&1 & sleep 0.5; kill -STOP $c;; esac; sleep 4; echo out-$PLUSH_NODE"#;
+    let input = format!("run --bg sh -c '{script}'\nwait --json\n");
+    let r = plush_env(&["shell", "--local", "3"], Some(&input), &[("RUNDIR", &d)], LIMIT);
+    let stdout = String::from_utf8_lossy(&r.stdout).into_owned();
+    let docs: Vec<Value> = stdout.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    let summary = docs.iter().find_map(|d| d.get("summary")).unwrap_or_else(|| panic!("{stdout}\n{}", r.stderr));
+    assert_eq!(summary["ok"], 3, "{summary}\n{}", r.stderr);
+    assert_eq!(summary["lost"], 0, "{summary}");
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    let paused = docs.iter().find(|d| d["nodes"] == "127.0.0.3").expect("the paused host's result");
+    assert!(paused["output"].as_str().is_some_and(|o| o.starts_with("out-127.0.0.3:")), "{paused}");
+    for e in std::fs::read_dir(&dir).expect("the test directory").flatten() {
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        assert_eq!(text.lines().count(), 1, "{:?} ran {} times", e.file_name(), text.lines().count());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
