@@ -172,8 +172,7 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
     }
     cfg.max_links = link_budget(soft, opts.max_fds, &cfg);
     let dcfg = DriverConfig { core: cfg.clone(), ..DriverConfig::default() };
-    let node = Node::new(id, cfg.clone(), fresh_seed(), Instant::ZERO);
-    let mut node = node;
+    let mut node = Node::new(id, cfg.clone(), fresh_seed(), Instant::ZERO);
     node.set_prior_jobs(&left.started);
     let mut d =
         Driver::new(node, id, listener, key.clone(), dcfg).map_err(|e| format!("cannot start the event loop: {e}"))?;
