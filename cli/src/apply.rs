@@ -30,6 +30,7 @@ use crate::session::{
 };
 use clap::Args;
 use plush::appfile::{self, AppError, AppSpec, FileSpec, OnFailure, PhaseSpec, Where};
+use plush_core::wire::ExitStatus;
 use plush_core::{HostState, NodeId};
 use plush_mio::{JobSpec, PushJob};
 use serde_json::json;
@@ -344,9 +345,12 @@ fn start_phase(s: &mut Session, k: usize, p: &PhaseSpec, targeted: Vec<NodeId>, 
         vec!["/bin/sh", "-c", WRAPPER, "plush-phase", &restarts, barrier.as_deref().unwrap_or("")];
     argv.extend(p.argv.iter().map(String::as_str));
     let timeout = p.timeout_s.map(Duration::from_secs_f64);
+    // A phase that restarts its process on failure may also run again on a host whose client
+    // restarted during it; the others run at most once per host.
+    let env = if restarts != "0" { plush_mio::retry_lost_env() } else { Vec::new() };
     let mut job = None;
     if !joined.is_empty() {
-        match s.c.start_job(JobSpec { argv: &argv, target: Some(&joined), timeout, stream: false, env: &[] }) {
+        match s.c.start_job(JobSpec { argv: &argv, target: Some(&joined), timeout, stream: false, env: &env }) {
             Ok(j) => job = Some(j),
             Err(e) => eprintln!("plush apply: phase {}: cannot start: {e}", p.name),
         }
@@ -425,7 +429,11 @@ fn report_phase(s: &mut Session, p: &PhaseSpec, r: &PhaseRun, json: bool) -> (u8
         print_groups(&s.labels, &groups, false);
     }
     let (mut ok, mut failed) = (0, 0);
-    for g in &groups {
+    // Hosts whose client restarted during the phase (it was not run again there) count as lost.
+    let restarted = out
+        .as_ref()
+        .map_or(0, |o| crate::session::name_restarted(&mut std::io::stderr().lock(), &s.labels, &o.lost, &groups));
+    for g in groups.iter().filter(|g| g.status != ExitStatus::Lost) {
         match status_text(&g.status) {
             None => ok += g.nodes.len(),
             Some(why) => {
@@ -438,7 +446,7 @@ fn report_phase(s: &mut Session, p: &PhaseSpec, r: &PhaseRun, json: bool) -> (u8
     }
     let answered: std::collections::BTreeSet<NodeId> = groups.iter().flat_map(|g| g.nodes.iter().copied()).collect();
     let missing = out.as_ref().map_or_else(Vec::new, |o| o.missing.clone());
-    let lost = missing.iter().filter(|h| !answered.contains(h)).count();
+    let lost = missing.iter().filter(|h| !answered.contains(h)).count() + restarted;
     for h in missing.iter().filter(|h| !answered.contains(h)) {
         eprintln!("plush: {}: phase {}: lost (joined, gave no result)", s.label(h), p.name);
     }

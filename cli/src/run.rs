@@ -52,6 +52,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub stream: bool,
 
+    /// Run the command again on a host whose client was relaunched while it ran there. By
+    /// default a job runs at most once per host: such a host is reported lost during the job,
+    /// with the output that had arrived from it. (The process sees `PLUSH_RETRY_LOST=1`.)
+    #[arg(long)]
+    pub retry_lost: bool,
+
     /// The command and its arguments, after `--` (run directly, not through a shell).
     #[arg(last = true, required = true, num_args = 1.., value_name = "CMD")]
     pub command: Vec<String>,
@@ -74,7 +80,8 @@ pub fn run(args: &RunArgs) -> ExitCode {
     };
     let build = s.join();
     let argv: Vec<&str> = args.command.iter().map(String::as_str).collect();
-    let spec = JobSpec { argv: &argv, target: None, timeout: args.timeout, stream: args.stream, env: &[] };
+    let env = if args.retry_lost { plush_mio::retry_lost_env() } else { Vec::new() };
+    let spec = JobSpec { argv: &argv, target: None, timeout: args.timeout, stream: args.stream, env: &env };
     let summary = s.run_job(spec, PrintOpts { json: args.json, stream: args.stream });
     let dismantle = s.dismantle();
     let code = if summary.interrupted { INTERRUPTED } else { summary.code };

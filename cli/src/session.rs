@@ -160,7 +160,7 @@ pub fn code_of(status: &ExitStatus) -> u8 {
         ExitStatus::Exited(c) => u8::try_from(c).unwrap_or(UNREACHABLE),
         ExitStatus::Signaled(n) => u8::try_from(128 + i64::from(n)).unwrap_or(UNREACHABLE),
         ExitStatus::SpawnFailed => 127,
-        ExitStatus::TimedOut | ExitStatus::Cancelled => UNREACHABLE,
+        ExitStatus::TimedOut | ExitStatus::Cancelled | ExitStatus::Lost => UNREACHABLE,
     }
 }
 
@@ -187,6 +187,7 @@ pub fn status_text(status: &ExitStatus) -> Option<String> {
         ExitStatus::TimedOut => Some("timed out".into()),
         ExitStatus::Cancelled => Some("cancelled".into()),
         ExitStatus::SpawnFailed => Some("spawn failed".into()),
+        ExitStatus::Lost => Some("lost during the job (its client restarted; not run again)".into()),
     }
 }
 
@@ -806,6 +807,7 @@ impl Session {
             reports: 0,
             complete: false,
             missing: Vec::new(),
+            lost: Vec::new(),
             elapsed: Duration::ZERO,
         };
         let mut streamed = Streamed::default();
@@ -853,7 +855,8 @@ impl Session {
 
         let answered: BTreeSet<NodeId> = groups.iter().flat_map(|g| g.nodes.iter().copied()).collect();
         let mut err = std::io::stderr().lock();
-        for g in &groups {
+        let restarted = name_restarted(&mut err, &self.labels, &out.lost, &groups);
+        for g in groups.iter().filter(|g| g.status != ExitStatus::Lost) {
             match status_text(&g.status) {
                 None => summary.ok += g.nodes.len(),
                 Some(why) => {
@@ -867,7 +870,11 @@ impl Session {
         let lost: Vec<NodeId> = joined.iter().filter(|h| !answered.contains(h)).copied().collect();
         for h in &lost {
             let now = self.c.host(h).map_or(HostState::Pending, |i| i.state);
-            let _ = writeln!(err, "plush: {}: lost (joined, gave no result; now {now:?})", self.label(h));
+            let arrived =
+                out.lost.iter().find(|(x, o)| x == h && !o.is_empty()).map_or(String::new(), |(_, o)| {
+                    format!("; output that had arrived: {:?}", String::from_utf8_lossy(o))
+                });
+            let _ = writeln!(err, "plush: {}: lost (joined, gave no result; now {now:?}{arrived})", self.label(h));
         }
         let unreachable: Vec<NodeId> =
             targeted.iter().filter(|h| !joined.contains(h) && !answered.contains(h)).copied().collect();
@@ -897,7 +904,7 @@ impl Session {
             }
         }
         drop(err);
-        summary.lost = lost.len();
+        summary.lost = lost.len() + restarted;
         summary.unreachable = unreachable.len() + unresolved;
         summary.code = largest_code(&groups);
         if summary.lost > 0 || summary.unreachable > 0 {
@@ -958,6 +965,33 @@ impl Session {
         }
         d0.elapsed()
     }
+}
+
+/// Name on `err` every host whose client restarted during the job (it answered
+/// [`ExitStatus::Lost`]: the job was not run again there), with the live output that had
+/// arrived from it (`lost`, from [`RunOutcome::lost`]); returns how many.
+pub fn name_restarted(
+    err: &mut impl Write,
+    labels: &Labels,
+    lost: &[(NodeId, Vec<u8>)],
+    groups: &[ResultGroup],
+) -> usize {
+    let mut n = 0;
+    for h in groups.iter().filter(|g| g.status == ExitStatus::Lost).flat_map(|g| g.nodes.iter()) {
+        n += 1;
+        let arrived = lost.iter().find(|(x, _)| x == h).map_or(&[][..], |(_, o)| &o[..]);
+        let what = if arrived.is_empty() {
+            "no output had arrived".to_owned()
+        } else {
+            format!("output that had arrived: {:?}", String::from_utf8_lossy(arrived))
+        };
+        let _ = writeln!(
+            err,
+            "plush: {}: lost during the job: its client restarted, not run again ({what})",
+            labels.label(h)
+        );
+    }
+    n
 }
 
 /// Largest group first, then by first node: the order groups are printed in.

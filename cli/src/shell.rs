@@ -77,6 +77,10 @@ enum Line {
         /// Start it and return at once; `wait` prints its results, `cancel` kills it.
         #[arg(long)]
         bg: bool,
+        /// Run it again on a host whose client was relaunched while it ran there (by default
+        /// such a host is reported lost during the job).
+        #[arg(long)]
+        retry_lost: bool,
         /// JSON lines.
         #[arg(long)]
         json: bool,
@@ -349,8 +353,8 @@ impl Shell {
             }
         };
         match cmd {
-            Line::Run { hosts, timeout, stream, bg, json, command } => {
-                self.run(&hosts, timeout, stream, bg, json, &command)
+            Line::Run { hosts, timeout, stream, bg, retry_lost, json, command } => {
+                self.run(&hosts, timeout, stream, bg, retry_lost, json, &command)
             }
             Line::Push { hosts, timeout, mode, json, src, dest } => self.push(&hosts, timeout, mode, json, &src, &dest),
             Line::Wait { job, json } => self.wait(job, json),
@@ -442,18 +446,21 @@ impl Shell {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &mut self,
         hosts: &[String],
         timeout: Option<Duration>,
         stream: bool,
         bg: bool,
+        retry_lost: bool,
         json: bool,
         command: &[String],
     ) {
         let Ok(target) = self.target("run", hosts) else { return };
         let argv: Vec<&str> = command.iter().map(String::as_str).collect();
-        let spec = JobSpec { argv: &argv, target: target.as_deref(), timeout, stream, env: &[] };
+        let env = if retry_lost { plush_mio::retry_lost_env() } else { Vec::new() };
+        let spec = JobSpec { argv: &argv, target: target.as_deref(), timeout, stream, env: &env };
         let json = json || self.json;
         if bg {
             match self.s.c.start_job(spec) {
@@ -513,6 +520,8 @@ impl Shell {
         for h in &out.missing {
             eprintln!("plush: {}: lost (joined, gave no result)", self.s.label(h));
         }
+        let restarted =
+            crate::session::name_restarted(&mut std::io::stderr().lock(), &self.s.labels, &out.lost, &groups);
         let mut code = crate::session::largest_code(&groups);
         if !out.missing.is_empty() {
             code = crate::session::UNREACHABLE;
@@ -522,7 +531,8 @@ impl Shell {
             let ok: usize =
                 groups.iter().filter(|g| crate::session::status_text(&g.status).is_none()).map(|g| g.nodes.len()).sum();
             let n: usize = groups.iter().map(|g| g.nodes.len()).sum();
-            let v = json!({"summary": {"job": job, "ok": ok, "failed": n - ok, "lost": out.missing.len(), "run_ms": ms(out.elapsed), "exit": code}});
+            let lost = out.missing.len() + restarted;
+            let v = json!({"summary": {"job": job, "ok": ok, "failed": n - ok - restarted, "lost": lost, "run_ms": ms(out.elapsed), "exit": code}});
             self.out(true, "", v);
         }
     }

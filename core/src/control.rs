@@ -94,6 +94,18 @@ pub const MAX_DONE: usize = 1024;
 pub const MAINT_JOB: u64 = u64::MAX;
 /// Longest barrier name accepted.
 pub const MAX_NAME: usize = 128;
+/// A job whose environment sets this variable to `1` may run again on a host whose client
+/// restarted while it ran there (`plush run --retry-lost`, an application file's `restart`
+/// policy). Without it, such a host answers [`ExitStatus::Lost`] instead of running the job a
+/// second time. It travels in the environment, not as a field of the `Run`, so clients of
+/// earlier builds decode the `Run` unchanged; the process sees it too, and may take it as a
+/// hint that it can be a second run.
+pub const RETRY_LOST_ENV: &str = "PLUSH_RETRY_LOST";
+/// Jobs a restarted client remembers its predecessor started (see `Control::set_prior`).
+pub const MAX_PRIOR: usize = 64;
+/// The output of a node's result for a job its predecessor had started (see [`RETRY_LOST_ENV`]).
+pub const LOST_OUTPUT: &[u8] =
+    b"plush: the client restarted while this job ran here; not run again (--retry-lost runs it again)";
 /// The output of a node's result when it had no room for another job.
 const TOO_MANY_JOBS: &[u8] = b"plush: too many jobs on this node";
 /// A results message is split once its groups' outputs pass this many bytes.
@@ -256,6 +268,10 @@ pub(crate) struct Control {
     script: Option<(Rc<str>, NodeId)>,
     /// The maintenance script is running: join through `boot` once it succeeds.
     maint: Option<Maint>,
+    /// Jobs (controller, job) that a previous client on this address started: asked to run one
+    /// of them, the node answers [`ExitStatus::Lost`] (unless the job asks for retries). Set
+    /// once by the driver at start, from the host's job record; at most [`MAX_PRIOR`].
+    prior: Vec<(NodeId, u64)>,
 }
 
 /// A maintenance script running before the node joins.
@@ -292,7 +308,21 @@ impl Control {
             exited: false,
             script: None,
             maint: None,
+            prior: Vec::new(),
         }
+    }
+
+    /// Jobs a previous client on this address started (see `prior`); the last [`MAX_PRIOR`].
+    pub fn set_prior(&mut self, jobs: &[(NodeId, u64)]) {
+        self.prior = jobs[jobs.len().saturating_sub(MAX_PRIOR)..].to_vec();
+    }
+
+    /// Whether `spec` is a job this host's previous client started and that does not ask to
+    /// run again.
+    fn ran_before(&self, spec: &RunSpec) -> bool {
+        let Some(ctrl) = self.ctrl else { return false };
+        let retry = spec.env.0.iter().any(|(k, v)| k == RETRY_LOST_ENV && v == "1");
+        !retry && self.prior.contains(&(ctrl, spec.job))
     }
 
     pub fn controller(&self) -> Option<NodeId> {
@@ -1041,6 +1071,11 @@ impl Control {
                     // An empty file: nothing to wait for.
                     ctx.io.out.push_back(Output::PushDone { job });
                 }
+            }
+            JobKind::Command if self.ran_before(&spec) => {
+                // Its predecessor died with it: at most once, unless asked.
+                self.jobs[k].output = LOST_OUTPUT.to_vec();
+                self.finish_own(ctx, tree, k, ExitStatus::Lost);
             }
             JobKind::Command if self.jobs[k].over => {
                 self.jobs[k].output = TOO_MANY_JOBS.to_vec();

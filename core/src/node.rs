@@ -880,6 +880,14 @@ impl Node {
         .min()
     }
 
+    /// Jobs (controller, job id) that the previous client on this address started, read back
+    /// from the host by the driver at start: asked to run one of them again, this node answers
+    /// `ExitStatus::Lost` instead, unless the job asks for retries
+    /// ([`crate::control::RETRY_LOST_ENV`]). At most [`crate::control::MAX_PRIOR`] are kept.
+    pub fn set_prior_jobs(&mut self, jobs: &[(NodeId, u64)]) {
+        self.control.set_prior(jobs);
+    }
+
     /// The controller, once known.
     pub fn controller(&self) -> Option<NodeId> {
         self.control.controller()

@@ -291,6 +291,10 @@ pub enum ExitStatus {
     Cancelled,
     /// It could not be started.
     SpawnFailed,
+    /// Not run: the node's client restarted while the job ran there (its predecessor started
+    /// it, and died with it), and the job does not ask to be run again
+    /// ([`crate::control::RETRY_LOST_ENV`]). The output says so.
+    Lost,
 }
 
 /// Results of many nodes with the same status and output.

@@ -31,6 +31,14 @@
 //! is handed over on stdin again. The links close with the old process; the controller sees
 //! the host leave, invites it again, and the new client joins and announces its build.
 //!
+//! **Jobs die with the client.** Each job's process gets a parent-death signal, and the
+//! client keeps a job record on its host ([`crate::record`]): the process groups of its running
+//! jobs, and the jobs it started. A client that binds its address reads its predecessor's
+//! record first: it kills the groups left running and answers a job its predecessor started
+//! as lost instead of running it again (unless the job asks for retries). A client that cannot
+//! bind because the address is in use (a client stopped there, not dead) prints
+//! [`ADDR_IN_USE_PREFIX`] and the address on stdout, so that the launcher reports exactly that.
+//!
 //! Memory: once the client has been quiet for [`TRIM_AFTER`] (no connection opened or closed,
 //! no job started or ended), it hands the heap memory malloc keeps free back to the kernel
 //! (glibc only), once per quiet period. A burst leaves much of it behind: the root of a tree
@@ -38,7 +46,8 @@
 
 use crate::auth::Key;
 use crate::driver::{Driver, DriverConfig};
-use crate::launcher::READY_PREFIX;
+use crate::launcher::{ADDR_IN_USE_PREFIX, READY_PREFIX};
+use crate::record::Record;
 use plush_core::{Config, Instant, Node, NodeId};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -175,11 +184,20 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
     };
     let listener = match inherited {
         Some(l) => l,
-        None => {
-            std::net::TcpListener::bind(opts.listen).map_err(|e| format!("cannot listen on {}: {e}", opts.listen))?
-        }
+        None => std::net::TcpListener::bind(opts.listen).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AddrInUse {
+                // Tell the launcher why (its line): a client may be stopped there, not dead.
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{ADDR_IN_USE_PREFIX}{}", opts.listen);
+                let _ = out.flush();
+            }
+            format!("cannot listen on {}: {e}", opts.listen)
+        })?,
     };
     let addr = listener.local_addr().map_err(|e| format!("cannot read the listen address: {e}"))?;
+    // The address is ours now: clean up after a predecessor that died on it, and learn what
+    // jobs it started (see `crate::record`).
+    let (mut record, left) = Record::open(addr);
     let id = NodeId::new(addr);
     let mut cfg = Config { build: crate::build_hash(), ..Config::default() };
     if let Some(d) = opts.max_children {
@@ -193,12 +211,20 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
         max_handshakes_per_source: HANDSHAKES_PER_SOURCE.min(handshakes),
         ..DriverConfig::default()
     };
-    let node = Node::new(id, cfg.clone(), fresh_seed(), Instant::ZERO);
+    let mut node = Node::new(id, cfg.clone(), fresh_seed(), Instant::ZERO);
+    node.set_prior_jobs(&left.started);
     let mut d =
         Driver::new(node, id, listener, key.clone(), dcfg).map_err(|e| format!("cannot start the event loop: {e}"))?;
     d.no_upgrade = opts.no_upgrade;
     if d.debug() {
         eprintln!("plush client {id}: max_links {links}, handshakes {handshakes} (fd soft limit {soft})");
+    }
+    if !left.killed.is_empty() {
+        eprintln!(
+            "plush client {id}: killed {} process group(s) a previous client left running here: {:?}",
+            left.killed.len(),
+            left.killed
+        );
     }
     {
         let mut out = std::io::stdout().lock();
@@ -207,6 +233,7 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
         let _ = out.flush();
     }
     let mut trim = Trim::new(&d);
+    let mut seen = (d.jobs.generation(), None);
     let mut restart: Option<(StdInstant, PathBuf)> = None;
     while !d.exited {
         let wait = match &restart {
@@ -214,6 +241,12 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
             None => trim.max_wait(),
         };
         d.turn(wait).map_err(|e| format!("event loop failed: {e}"))?;
+        // The record follows the jobs (read again only when they changed).
+        let now_seen = (d.jobs.generation(), d.m.controller());
+        if now_seen != seen {
+            seen = now_seen;
+            record.update(&d.jobs.groups(), seen.1);
+        }
         trim.check(&d);
         if restart.is_none() {
             if let Some(path) = d.upgrades.pop() {
@@ -234,6 +267,8 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
         }
     }
     d.jobs.kill_all();
+    // A normal end: every job ended here, under the controller's eyes.
+    record.remove();
     d.close_all(EXIT_GRACE);
     if d.debug() {
         eprintln!("plush client {id}: exiting ({:?})", d.stats);

@@ -23,7 +23,16 @@
 //!
 //! Bounds: one [`HostInfo`] per host added; per job, the result groups the controller reported
 //! (the controller itself bounds jobs at `Config::max_jobs`; [`Cluster::run`] forgets the
-//! oldest job beyond that).
+//! oldest job beyond that), one loss time per expected host, and the last
+//! [`LOST_OUTPUT_TAIL`] bytes of live output per expected host.
+//!
+//! **Lost hosts.** A host whose link fails while a job runs is not given up at once: it may be
+//! paused (SIGSTOP, a debugger, a VM migrating) and still hold its result. The job waits for
+//! it until the result comes, the host fails, or [`ClusterConfig::lost_grace`] (30 s) passed
+//! since the loss. A host whose client was relaunched during the job answers
+//! [`ExitStatus::Lost`] (the job runs at most once per host unless it asks for retries); such
+//! hosts, and those that never answered, are named in [`RunOutcome::lost`] with the live
+//! output that had arrived from them.
 
 use crate::auth::Key;
 use crate::driver::{Driver, DriverConfig, DriverStats};
@@ -45,6 +54,11 @@ const RESULT_SLACK: Duration = Duration::from_secs(5);
 /// are waited for: an orphan whose first attempt to rejoin failed tries again after
 /// `Config::join_retry` (5 s), and gets the job when it attaches.
 const REJOIN_WAIT: Duration = Duration::from_secs(15);
+/// How long a host whose link failed while a job ran is waited for, by default (see
+/// [`ClusterConfig::lost_grace`]).
+pub const LOST_GRACE: Duration = Duration::from_secs(30);
+/// Live output kept per host and job for [`RunOutcome::lost`]: the last this many bytes.
+pub const LOST_OUTPUT_TAIL: usize = 4 << 10;
 
 /// How to start a [`Cluster`].
 #[derive(Clone, Debug)]
@@ -69,6 +83,11 @@ pub struct ClusterConfig {
     /// script fails becomes `Failed` (see [`HostInfo::script`]). At most
     /// [`plush_core::wire::MAX_SCRIPT`] bytes. Default none.
     pub maintenance: Option<String>,
+    /// How long a job waits for a host whose link failed while it ran (it may be paused, or cut
+    /// off for a while, and still deliver the result it holds): until its result arrives, it
+    /// is relaunched (the new client answers that the job was lost with the old one), it
+    /// fails, or this long after the loss. Default [`LOST_GRACE`], 30 s.
+    pub lost_grace: Duration,
 }
 
 impl Default for ClusterConfig {
@@ -82,6 +101,7 @@ impl Default for ClusterConfig {
             max_launches_in_flight: crate::launcher::MAX_IN_FLIGHT,
             launch_timeout: Duration::from_secs(10),
             maintenance: None,
+            lost_grace: LOST_GRACE,
         }
     }
 }
@@ -125,6 +145,11 @@ pub struct RunOutcome {
     pub complete: bool,
     /// Hosts joined when the job started that gave no result before the deadline.
     pub missing: Vec<NodeId>,
+    /// Hosts lost during the job: those whose client restarted while it ran (they answered
+    /// [`ExitStatus::Lost`]; the job did not run again there) and the missing ones, each with
+    /// the live output that had arrived from it (with `stream`; the last
+    /// [`LOST_OUTPUT_TAIL`] bytes), in host order.
+    pub lost: Vec<(NodeId, Vec<u8>)>,
     /// From the call to its return.
     pub elapsed: Duration,
 }
@@ -202,6 +227,11 @@ struct JobState {
     timeout: Option<Duration>,
     streams: VecDeque<(NodeId, Vec<u8>)>,
     streams_dropped: u64,
+    /// Expected hosts without a result that left `Joined` during the job, and when they first
+    /// did (for [`ClusterConfig::lost_grace`]).
+    lost_at: BTreeMap<NodeId, StdInstant>,
+    /// The last [`LOST_OUTPUT_TAIL`] bytes of live output per host.
+    tails: BTreeMap<NodeId, Vec<u8>>,
 }
 
 /// What is known of a barrier opened with [`Cluster::barrier`].
@@ -313,6 +343,7 @@ pub struct Cluster {
     max_jobs: usize,
     barriers: BTreeMap<String, BarrierInfo>,
     notices: VecDeque<Notice>,
+    lost_grace: Duration,
 }
 
 fn other(e: impl std::fmt::Display) -> io::Error {
@@ -356,6 +387,7 @@ impl Cluster {
             max_jobs: cfg.core.max_jobs.max(1),
             barriers: BTreeMap::new(),
             notices: VecDeque::new(),
+            lost_grace: cfg.lost_grace,
         })
     }
 
@@ -639,15 +671,23 @@ impl Cluster {
     }
 
     /// Whether nothing more is to be waited for: every expected host answered or failed, or
-    /// the root said the job complete and no host that has not answered is believed joined.
-    /// (The 15 s grace [`Cluster::wait_job`] gives rejoining hosts is not counted here.)
+    /// the root said the job complete, no host that has not answered is believed joined, and
+    /// none was lost during the job less than [`ClusterConfig::lost_grace`] ago. (The 15 s
+    /// grace [`Cluster::wait_job`] gives rejoining hosts is not counted here.)
     pub fn job_settled(&self, job: u64) -> bool {
         let Some(j) = self.jobs.get(&job) else { return true };
         let mut waiting = self.waiting_for(j);
         if j.complete {
-            return !waiting.any(|h| self.hosts.get(h).is_some_and(|i| i.state == HostState::Joined));
+            return !waiting
+                .any(|h| self.hosts.get(h).is_some_and(|i| i.state == HostState::Joined) || self.in_grace(j, h));
         }
         waiting.next().is_none()
+    }
+
+    /// Whether `h`, expected by `j` and without a result, was lost during the job less than
+    /// the grace ago (and has not failed: `waiting_for` leaves failed hosts out).
+    fn in_grace(&self, j: &JobState, h: &NodeId) -> bool {
+        j.lost_at.get(h).is_some_and(|t| t.elapsed() < self.lost_grace)
     }
 
     fn waiting_for<'a>(&'a self, j: &'a JobState) -> impl Iterator<Item = &'a NodeId> + 'a {
@@ -669,7 +709,11 @@ impl Cluster {
     /// few seconds passed (no deadline without a timeout), or `stop()` says so. Once the root
     /// reports the job complete, hosts still missing are waited for at most 15 s more, and
     /// only while the controller believes them joined (rejoining after a repair: their results
-    /// come when they attach). `progress(cluster, results, expected)` is called on every loop
+    /// come when they attach). A host whose link failed while the job ran (lost: paused, cut
+    /// off, or dead) is waited for until its result arrives (a paused client that resumes
+    /// delivers the one it holds; a relaunched one answers that the job was lost with its
+    /// predecessor), it fails, or [`ClusterConfig::lost_grace`] after the loss, whichever
+    /// comes first. `progress(cluster, results, expected)` is called on every loop
     /// turn (at least every 50 ms); it may take the job's live output
     /// ([`Cluster::take_streams`]).
     pub fn wait_job(
@@ -697,7 +741,8 @@ impl Cluster {
             if j.complete {
                 let since = *complete_at.get_or_insert_with(StdInstant::now);
                 let joined = waiting.iter().any(|h| self.hosts.get(h).is_some_and(|i| i.state == HostState::Joined));
-                if !joined || since.elapsed() >= REJOIN_WAIT {
+                let lost = waiting.iter().any(|h| self.in_grace(j, h));
+                if (!joined || since.elapsed() >= REJOIN_WAIT) && !lost {
                     break;
                 }
             }
@@ -726,11 +771,23 @@ impl Cluster {
         for g in &mut groups {
             g.nodes.sort_unstable();
         }
+        let missing: Vec<NodeId> =
+            j.map_or_else(Vec::new, |j| j.expected.iter().filter(|h| !j.got.contains(h)).copied().collect());
+        let mut lost: Vec<NodeId> = groups
+            .iter()
+            .filter(|g| g.status == ExitStatus::Lost)
+            .flat_map(|g| g.nodes.iter().copied())
+            .chain(missing.iter().copied())
+            .collect();
+        lost.sort_unstable();
+        lost.dedup();
+        let tail = |h: &NodeId| j.and_then(|j| j.tails.get(h)).cloned().unwrap_or_default();
         RunOutcome {
             job,
             reports: j.map_or(0, |j| j.reports.len()),
             complete: j.is_some_and(|j| j.complete),
-            missing: j.map_or_else(Vec::new, |j| j.expected.iter().filter(|h| !j.got.contains(h)).copied().collect()),
+            missing,
+            lost: lost.into_iter().map(|h| (h, tail(&h))).collect(),
             groups,
             elapsed: j.and_then(|j| j.started).map_or(Duration::ZERO, |t| t.elapsed()),
         }
@@ -855,6 +912,15 @@ impl Cluster {
                     if state == HostState::Joined {
                         h.joined_at = Some(at);
                     }
+                    if !matches!(state, HostState::Joined | HostState::Failed) {
+                        // Lost while jobs it has not answered ran: they wait for it a while.
+                        let now = StdInstant::now();
+                        for j in self.jobs.values_mut() {
+                            if !j.got.contains(&host) && j.expected.binary_search(&host).is_ok() {
+                                j.lost_at.entry(host).or_insert(now);
+                            }
+                        }
+                    }
                 }
                 Report::MaintenanceFailed { host, status, output } => {
                     let text = String::from_utf8_lossy(&output).trim_end().to_owned();
@@ -886,6 +952,12 @@ impl Cluster {
                 }
                 Report::Stream { job, node, bytes } => {
                     let Some(j) = self.jobs.get_mut(&job) else { continue };
+                    if j.expected.binary_search(&node).is_ok() {
+                        let t = j.tails.entry(node).or_default();
+                        t.extend_from_slice(&bytes);
+                        let cut = t.len().saturating_sub(LOST_OUTPUT_TAIL);
+                        t.drain(..cut);
+                    }
                     if j.streams.len() >= MAX_STREAM_CHUNKS {
                         j.streams.pop_front();
                         j.streams_dropped += 1;

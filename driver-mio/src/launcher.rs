@@ -17,7 +17,9 @@
 //! done when the client prints its ready line ([`READY_PREFIX`]) on stdout (through ssh for a
 //! remote one), which it does once its listener is bound: the controller's next invitation then
 //! finds it. It fails when the client (or ssh) exits first, or stays silent for
-//! [`Launcher::ready_timeout`] (it is then killed, with its process group). The client's stderr
+//! [`Launcher::ready_timeout`] (it is then killed, with its process group). A client whose
+//! address is held by another process (a client that is stopped, not dead) says so on stdout
+//! ([`ADDR_IN_USE_PREFIX`]), and the launch fails with exactly that reason ([`ADDR_IN_USE`]). The client's stderr
 //! (and ssh's) is inherited. Every launch runs in a session of its own (`setsid`): Ctrl-C at the
 //! controller's terminal does not reach it, and each launch gets its own share of the CPU where
 //! the kernel groups CPU time by session (pdsh does the same).
@@ -44,6 +46,12 @@ use std::time::{Duration, Instant as StdInstant};
 pub const MAX_IN_FLIGHT: usize = 50;
 /// What a client prints on stdout once it listens: this prefix, then its address.
 pub const READY_PREFIX: &str = "plush-client listening ";
+/// What a client prints on stdout instead of its ready line when its address is in use (then
+/// the address). The launch fails with [`ADDR_IN_USE`].
+pub const ADDR_IN_USE_PREFIX: &str = "plush-client address in use ";
+/// Why a launch failed when the address was in use: a client may be there, only stopped
+/// (SIGSTOP, a debugger), and may resume; it is not a failure of the launcher.
+pub const ADDR_IN_USE: &str = "address in use: a client may be stopped there";
 /// Longest ready line read; a longer line is a failed launch.
 const MAX_LINE: usize = 256;
 /// How often started clients are checked for an exit.
@@ -348,6 +356,8 @@ impl Launcher {
                         let line = &s.line[..end];
                         break Some(if line.starts_with(READY_PREFIX.as_bytes()) {
                             Ok(())
+                        } else if line.starts_with(ADDR_IN_USE_PREFIX.as_bytes()) {
+                            Err(ADDR_IN_USE)
                         } else {
                             Err("the client printed something other than its ready line")
                         });

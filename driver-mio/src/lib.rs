@@ -19,6 +19,8 @@
 //!   user command template; at most 50 starting at once.
 //! - [`transfer`]: storage for files pushed through the tree (`Output::Push*`): temporary
 //!   file beside the destination, digest check, atomic rename; relays keep an unlinked spool.
+//! - [`record`]: the job record a client keeps on its host (its jobs' process groups, the
+//!   jobs it started), read back by the next client on the same address.
 //! - [`client`]: the client process (`plush client --listen ADDR --key-file F`), its fd budget.
 //! - [`cluster`]: [`Cluster`], the controller side as a library: start, add hosts, run a
 //!   command everywhere, gather merged results, dismantle.
@@ -35,6 +37,7 @@ pub mod conn;
 pub mod driver;
 pub mod launcher;
 pub mod process;
+pub mod record;
 pub mod secure;
 mod sys;
 pub mod transfer;
@@ -46,6 +49,13 @@ pub use cluster::{
 };
 pub use driver::{DriverConfig, DriverStats};
 pub use launcher::{LaunchMethod, SshLaunch, READY_PREFIX};
+
+/// The environment that lets a job run again on a host whose client was relaunched while it
+/// ran there (`PLUSH_RETRY_LOST=1`; see `plush_core::control::RETRY_LOST_ENV`): add it to a
+/// [`JobSpec`]'s `env`. Without it a job runs at most once per host.
+pub fn retry_lost_env() -> Vec<(String, String)> {
+    vec![(plush_core::control::RETRY_LOST_ENV.to_owned(), "1".to_owned())]
+}
 
 /// Whether a process with this pid exists (not yet reaped counts).
 pub fn process_exists(pid: u32) -> bool {

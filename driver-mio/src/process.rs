@@ -11,6 +11,11 @@
 //! dropped). `Signal` kills the whole group with SIGKILL. Every child is reaped: at
 //! [`Jobs::kill_all`] (and on drop) the remaining groups are killed and waited for.
 //!
+//! **A job dies with its client.** Each job's process gets a parent-death signal (SIGKILL when
+//! the client dies, however it dies); the processes it started are killed by the next client on
+//! the address, which finds their group in the job record ([`crate::record`], fed from
+//! [`Jobs::groups`]).
+//!
 //! **Barriers.** Each job also gets one end of a Unix socket pair, inherited as the descriptor
 //! named by the environment variable [`BARRIER_FD_ENV`] (with [`PLUSH_ENV`], the path of this
 //! plush binary, and [`NODE_ENV`], the node's address): a process enters barrier NAME by
@@ -93,6 +98,8 @@ struct Job {
     ctl: Option<Ctl>,
     status: Option<ExitStatus>,
     reaped_at: Option<StdInstant>,
+    /// The process's start time in clock ticks since boot (0: unknown), for the job record.
+    start: u64,
 }
 
 /// The running jobs of one node.
@@ -107,6 +114,8 @@ pub struct Jobs {
     base_env: Vec<(String, String)>,
     /// Barriers processes asked to enter, for the driver to hand to the node.
     pub barrier_requests: Vec<String>,
+    /// Changes whenever a job is added or removed (see [`Jobs::generation`]).
+    generation: u64,
 }
 
 fn status_of(s: std::process::ExitStatus) -> ExitStatus {
@@ -146,6 +155,8 @@ impl Jobs {
         cmd.envs(self.base_env.iter().map(|(k, v)| (k, v)));
         cmd.args(args).envs(env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).stdout(Stdio::piped());
         cmd.stderr(Stdio::piped()).process_group(0);
+        // The process dies with this client; what it starts is left to the job record.
+        crate::sys::die_with_parent(&mut cmd);
         if let Some(dir) = cwd {
             cmd.current_dir(dir);
         }
@@ -195,7 +206,10 @@ impl Jobs {
                 && registry.register(&mut SourceFd(&fd), token, Interest::READABLE).is_ok();
             ok.then(|| Ctl { token, sock, partial: Vec::new(), waiting: Vec::new() })
         });
-        self.jobs.push(Job { job, child, pipes, ctl, status: None, reaped_at: None });
+        // The leader's start time tells its group from a later one under a reused pid.
+        let start = crate::record::proc_stat(child.id()).map_or(0, |(_, _, start)| start);
+        self.jobs.push(Job { job, child, pipes, ctl, status: None, reaped_at: None, start });
+        self.generation += 1;
         self.next_reap.get_or_insert(StdInstant::now() + REAP_EVERY);
         Ok(())
     }
@@ -354,6 +368,7 @@ impl Jobs {
                 }
                 out.push_back(ProcessEvent::Exit { job: j.job, status });
                 self.jobs.swap_remove(k);
+                self.generation += 1;
                 continue;
             }
             k += 1;
@@ -379,6 +394,22 @@ impl Jobs {
         self.jobs.len()
     }
 
+    /// The process groups of the jobs whose process has not been reaped, for the job record
+    /// (see [`crate::record`]).
+    pub fn groups(&self) -> Vec<crate::record::Group> {
+        self.jobs
+            .iter()
+            .filter(|j| j.status.is_none())
+            .map(|j| crate::record::Group { job: j.job, pgid: j.child.id(), start: j.start })
+            .collect()
+    }
+
+    /// A number that changes whenever a job starts or is removed: [`Jobs::groups`] need only be
+    /// read again when it did.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Whether no job runs.
     pub fn is_empty(&self) -> bool {
         self.jobs.is_empty()
@@ -393,6 +424,7 @@ impl Jobs {
             }
         }
         self.jobs.clear();
+        self.generation += 1;
     }
 }
 

@@ -153,6 +153,41 @@ pub fn new_session(cmd: &mut std::process::Command) {
     }
 }
 
+/// Make `cmd`'s child die with this process: the kernel sends it SIGKILL when the thread that
+/// started it exits (`PR_SET_PDEATHSIG`; the client's event loop is its only thread). If this
+/// process died between the fork and the `prctl`, the child sees another parent and does not
+/// start. Only the child itself is covered: its own children (a shell's commands) are killed
+/// by the next client on the address, from the job record (see `crate::record`).
+#[cfg(target_os = "linux")]
+pub fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = libc::pid_t::try_from(std::process::id()).unwrap_or(0);
+    // SAFETY: the closure runs in the child between fork and exec; prctl and getppid are
+    // async-signal-safe system calls and touch no memory of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Elsewhere there is no parent-death signal: the job record alone cleans up.
+#[cfg(not(target_os = "linux"))]
+pub fn die_with_parent(_cmd: &mut std::process::Command) {}
+
+/// The session id of this process (0 if it cannot be read).
+pub fn session_id() -> u32 {
+    // SAFETY: getsid(0) only reads this process's session id.
+    let sid = unsafe { libc::getsid(0) };
+    u32::try_from(sid).unwrap_or(0)
+}
+
 /// Reserve `size` bytes for `f` with `posix_fallocate`, so that a full disk shows now rather
 /// than mid-way. File systems that cannot reserve space are left to report it on write.
 pub fn reserve(f: &std::fs::File, size: u64) -> io::Result<()> {

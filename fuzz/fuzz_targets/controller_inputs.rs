@@ -76,6 +76,7 @@ enum Status {
     TimedOut,
     Cancelled,
     SpawnFailed,
+    Lost,
 }
 
 impl Status {
@@ -86,6 +87,7 @@ impl Status {
             Status::TimedOut => ExitStatus::TimedOut,
             Status::Cancelled => ExitStatus::Cancelled,
             Status::SpawnFailed => ExitStatus::SpawnFailed,
+            Status::Lost => ExitStatus::Lost,
         }
     }
 }

@@ -1,0 +1,327 @@
+//! The job record: what a client's jobs left on its host, kept in a small file so that the next
+//! client on the same address can clean up after a predecessor that died without doing so.
+//!
+//! A job's process dies with its client (`PR_SET_PDEATHSIG`, see [`crate::sys::die_with_parent`]),
+//! but what that process started (a shell's commands) does not: it is re-parented to init and
+//! runs on. So the client writes down, after every loop turn in which its jobs changed:
+//! - the process group of every running job (its leader's pid, the leader's start time in
+//!   clock ticks since boot, from `/proc/PID/stat`), and the client's session;
+//! - the jobs it started, as (controller, job id, when), at most [`MAX_STARTED`], each for
+//!   [`STARTED_FOR`].
+//!
+//! The next client started on the address reads the record back once its port is bound (a
+//! client that cannot bind it, because the old one is only stopped, reads nothing and kills
+//! nothing), kills with SIGKILL every recorded group that still has a member in the recorded
+//! session started no earlier than the recorded leader (a pid reused by another group does not
+//! match), and hands the started jobs to its node: a job it is asked to run again is answered
+//! as lost instead of run a second time (see `plush_core::control`), unless the job asks for
+//! retries. A client that exits normally (dismantled, idle) removes its record: what it
+//! started was finished or cancelled under its controller's eyes.
+//!
+//! The file is `$XDG_RUNTIME_DIR/plush/jobs-IP-PORT`, or `~/.cache/plush/jobs-IP-PORT` without
+//! a runtime directory; without either (no home) there is no record, and a killed client's
+//! grandchildren run on. It is rewritten whole (a temporary file renamed over it), read at most
+//! [`MAX_RECORD`] bytes; lines it does not understand are skipped.
+//!
+//! Bounds: one group per running job (`Config::max_jobs`), [`MAX_STARTED`] started jobs.
+
+use plush_core::NodeId;
+use std::collections::VecDeque;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Started jobs remembered; the oldest is dropped past it.
+pub const MAX_STARTED: usize = 64;
+/// How long a started job is remembered: the linger time of a job a tree lost its controller
+/// for (`Config::linger`'s default); past it nobody asks for the job again.
+pub const STARTED_FOR: Duration = Duration::from_secs(600);
+/// Largest record read.
+pub const MAX_RECORD: u64 = 64 << 10;
+/// First line of a record.
+const MAGIC: &str = "plush-job-record 1";
+
+/// A running job's process group, as recorded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Group {
+    /// The job.
+    pub job: u64,
+    /// The group (its leader's pid).
+    pub pgid: u32,
+    /// The leader's start time, in clock ticks since boot (0: unknown).
+    pub start: u64,
+}
+
+/// What a predecessor left, as read back by [`Record::open`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Leftover {
+    /// Groups that still had processes, killed.
+    pub killed: Vec<u32>,
+    /// Jobs the predecessor started (controller, job), recent enough to be asked for again.
+    pub started: Vec<(NodeId, u64)>,
+}
+
+/// The record of one client (see the module docs).
+#[derive(Debug)]
+pub struct Record {
+    path: Option<PathBuf>,
+    sid: u32,
+    groups: Vec<Group>,
+    /// (controller, job, unix seconds), oldest first.
+    started: VecDeque<(NodeId, u64, u64)>,
+    /// What the file holds now.
+    written: String,
+}
+
+/// Where the record of a client listening on `addr` lives (`None`: nowhere to keep it).
+pub fn path_for(addr: SocketAddr) -> Option<PathBuf> {
+    let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(d) => PathBuf::from(d).join("plush"),
+        None => PathBuf::from(std::env::var_os("HOME").filter(|d| !d.is_empty())?).join(".cache").join("plush"),
+    };
+    let name = format!("jobs-{}-{}", addr.ip(), addr.port()).replace(':', "_");
+    Some(dir.join(name))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// (process group, session, start time) of `pid`, from `/proc/PID/stat`.
+pub fn proc_stat(pid: u32) -> Option<(u32, u32, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may hold anything: fields resume after the last ')'.
+    let rest = &s[s.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state(3) ppid(4) pgrp(5) session(6) ... starttime(22).
+    let pgrp = f.get(2)?.parse().ok()?;
+    let session = f.get(3)?.parse().ok()?;
+    let start = f.get(19)?.parse().ok()?;
+    Some((pgrp, session, start))
+}
+
+/// Processes of group `g` still running in session `sid`: the group is ours if its leader, when
+/// still there, is the one recorded, and some member started no earlier than it.
+fn group_alive(g: &Group, sid: u32) -> bool {
+    if let Some((_, _, start)) = proc_stat(g.pgid) {
+        if g.start != 0 && start != g.start {
+            // The pid is another process's now.
+            return false;
+        }
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else { return false };
+    dir.flatten().filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok()).any(|pid| {
+        proc_stat(pid).is_some_and(|(pgrp, session, start)| pgrp == g.pgid && session == sid && start >= g.start)
+    })
+}
+
+impl Record {
+    /// A record kept at `path` (none: kept nowhere); nothing is read or written yet.
+    fn at(path: Option<PathBuf>) -> Record {
+        Record {
+            path,
+            sid: crate::sys::session_id(),
+            groups: Vec::new(),
+            started: VecDeque::new(),
+            written: String::new(),
+        }
+    }
+
+    /// Read back what the previous client on `addr` left, kill its leftover groups, and start
+    /// this client's record (keeping the predecessor's started jobs). Call once the address is
+    /// bound.
+    pub fn open(addr: SocketAddr) -> (Record, Leftover) {
+        Record::open_at(path_for(addr))
+    }
+
+    /// [`Record::open`] with the file given.
+    pub fn open_at(path: Option<PathBuf>) -> (Record, Leftover) {
+        let mut rec = Record::at(path);
+        let mut left = Leftover::default();
+        let Some(path) = rec.path.clone() else { return (rec, left) };
+        if let Some(dir) = path.parent() {
+            use std::os::unix::fs::DirBuilderExt;
+            let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir);
+        }
+        let text = read_limited(&path).unwrap_or_default();
+        let mut lines = text.lines();
+        if lines.next() == Some(MAGIC) {
+            let (mut sid, mut groups) = (0u32, Vec::new());
+            let now = unix_now();
+            for line in lines {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                match f.as_slice() {
+                    ["sid", s] => sid = s.parse().unwrap_or(0),
+                    ["group", job, pgid, start] => {
+                        if let (Ok(job), Ok(pgid), Ok(start)) = (job.parse(), pgid.parse(), start.parse()) {
+                            groups.push(Group { job, pgid, start });
+                        }
+                    }
+                    ["started", ctrl, job, at] => {
+                        let parsed = (ctrl.parse::<SocketAddr>(), job.parse::<u64>(), at.parse::<u64>());
+                        if let (Ok(ctrl), Ok(job), Ok(at)) = parsed {
+                            if at + STARTED_FOR.as_secs() > now && rec.started.len() < MAX_STARTED {
+                                rec.started.push_back((NodeId::new(ctrl), job, at));
+                                left.started.push((NodeId::new(ctrl), job));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            for g in groups {
+                // pgid 0 or 1 would name no group or every process: never.
+                if g.pgid > 1
+                    && sid != 0
+                    && group_alive(&g, sid)
+                    && crate::sys::kill_group(g.pgid, libc::SIGKILL).is_ok()
+                {
+                    left.killed.push(g.pgid);
+                }
+            }
+        }
+        rec.write();
+        (rec, left)
+    }
+
+    /// The jobs running now (`groups`) and the controller they run for: rewrite the file if
+    /// anything changed. A job seen for the first time is remembered as started.
+    pub fn update(&mut self, groups: &[Group], ctrl: Option<NodeId>) {
+        if self.path.is_none() {
+            return;
+        }
+        let now = unix_now();
+        if let Some(ctrl) = ctrl {
+            for g in groups {
+                if !self.started.iter().any(|&(c, j, _)| c == ctrl && j == g.job) {
+                    if self.started.len() >= MAX_STARTED {
+                        self.started.pop_front();
+                    }
+                    self.started.push_back((ctrl, g.job, now));
+                }
+            }
+        }
+        self.groups = groups.to_vec();
+        self.write();
+    }
+
+    /// The client ends normally: its record goes with it.
+    pub fn remove(&mut self) {
+        if let Some(p) = self.path.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+
+    /// The file's path, if there is one.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    fn write(&mut self) {
+        let Some(path) = &self.path else { return };
+        let mut text = format!("{MAGIC}\nsid {}\n", self.sid);
+        for g in &self.groups {
+            text.push_str(&format!("group {} {} {}\n", g.job, g.pgid, g.start));
+        }
+        for (c, j, at) in &self.started {
+            text.push_str(&format!("started {} {j} {at}\n", c.addr()));
+        }
+        if text == self.written {
+            return;
+        }
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let ok = std::fs::File::create(&tmp)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .and_then(|()| std::fs::rename(&tmp, path));
+        if ok.is_err() {
+            // No record (a read-only or full disk): the parent-death signal still holds.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        self.written = text;
+    }
+}
+
+fn read_limited(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).ok()?;
+    let mut s = String::new();
+    f.take(MAX_RECORD).read_to_string(&mut s).ok()?;
+    Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(tag: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("plush-record-test-{tag}-{}", std::process::id())).join("jobs-127.0.0.1-1")
+    }
+
+    #[test]
+    fn a_successor_kills_the_groups_left_and_learns_the_jobs_started() {
+        use std::os::unix::process::CommandExt;
+        let path = temp("kill");
+        let _ = std::fs::remove_file(&path);
+        // A job's group whose leader already died, with a member left: `sh` backgrounds a sleep
+        // and exits.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 >/dev/null & echo $!"])
+            .process_group(0)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pgid = child.id();
+        let (_, _, start) = proc_stat(pgid).unwrap();
+        let ctrl = NodeId::new("127.0.0.9:9".parse().unwrap());
+        let (mut rec, left) = Record::open_at(Some(path.clone()));
+        assert_eq!(left, Leftover::default());
+        rec.update(&[Group { job: 7, pgid, start }], Some(ctrl));
+        let mut out = String::new();
+        use std::io::Read;
+        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        let sleeper: u32 = out.trim().parse().unwrap();
+        let _ = child.wait();
+        assert!(crate::sys::pid_exists(sleeper));
+        // The client dies without a word; the next one reads the record.
+        let (rec2, left) = Record::open_at(Some(path.clone()));
+        assert_eq!(left.killed, vec![pgid]);
+        assert_eq!(left.started, vec![(ctrl, 7)]);
+        // Killed (a zombie until init reaps it: wait for it to go).
+        let gone = (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            proc_stat(sleeper).is_none_or(|_| {
+                std::fs::read_to_string(format!("/proc/{sleeper}/stat")).is_ok_and(|s| s.contains(") Z"))
+            })
+        });
+        assert!(gone, "the left-over sleep still runs");
+        // A third client: nothing left to kill; the started job is still remembered.
+        drop(rec2);
+        let (mut rec3, left) = Record::open_at(Some(path.clone()));
+        assert!(left.killed.is_empty());
+        assert_eq!(left.started, vec![(ctrl, 7)]);
+        rec3.remove();
+        assert!(!path.exists());
+        let _ = std::fs::remove_dir(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_killed() {
+        // A group recorded with another start time than its leader's: not ours.
+        let path = temp("reuse");
+        let _ = std::fs::remove_file(&path);
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        let (_, _, start) = proc_stat(pid).unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, format!("{MAGIC}\nsid {}\ngroup 1 {pid} {}\n", crate::sys::session_id(), start + 1))
+            .unwrap();
+        let (mut rec, left) = Record::open_at(Some(path.clone()));
+        assert!(left.killed.is_empty());
+        assert!(matches!(child.try_wait(), Ok(None)), "an unrelated process was killed");
+        let _ = child.kill();
+        let _ = child.wait();
+        rec.remove();
+        let _ = std::fs::remove_dir(path.parent().unwrap());
+    }
+}
