@@ -90,3 +90,16 @@ fn a_shell_job_whose_client_was_paused_counts_its_result() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `plush run --retry-lost` marks the job (the process sees `PLUSH_RETRY_LOST=1`); without it the
+/// variable is not set.
+#[test]
+fn retry_lost_reaches_the_job() {
+    let with =
+        common::plush(&["run", "--local", "2", "--retry-lost", "--", "sh", "-c", "echo r=$PLUSH_RETRY_LOST"], LIMIT);
+    assert_eq!(with.code, Some(0), "{}", with.stderr);
+    assert!(String::from_utf8_lossy(&with.stdout).contains("r=1"), "{}", String::from_utf8_lossy(&with.stdout));
+    let without = common::plush(&["run", "--local", "2", "--", "sh", "-c", "echo r=$PLUSH_RETRY_LOST"], LIMIT);
+    assert_eq!(without.code, Some(0), "{}", without.stderr);
+    assert!(String::from_utf8_lossy(&without.stdout).contains("r=\n"));
+}

@@ -218,6 +218,9 @@ pub struct Launcher {
     next_reap: StdInstant,
     /// Launches that could not even be started, reported at the next poll.
     failed: Vec<(NodeId, &'static str)>,
+    /// Hosts a local client was started on (one entry per host): at shutdown, what their
+    /// clients' jobs left is cleaned up (see [`Launcher::shutdown`]).
+    local_hosts: std::collections::BTreeSet<NodeId>,
 }
 
 impl Launcher {
@@ -238,6 +241,7 @@ impl Launcher {
             started: Vec::new(),
             next_reap: StdInstant::now(),
             failed: Vec::new(),
+            local_hosts: std::collections::BTreeSet::new(),
         }
     }
 
@@ -327,6 +331,9 @@ impl Launcher {
             kill(&mut child, group);
             let _ = child.wait();
             return Err("the client's stdout could not be watched");
+        }
+        if matches!(self.method, LaunchMethod::Local { .. }) {
+            self.local_hosts.insert(host);
         }
         self.started.push(Started {
             host,
@@ -449,6 +456,12 @@ impl Launcher {
     }
 
     /// Kill every client still running and reap them all. Returns how many had to be killed.
+    ///
+    /// A client killed here (or that died earlier, SIGKILLed, and was never replaced) leaves its
+    /// jobs' children running: the kill reaches its own process group, and the parent-death
+    /// signal only its jobs' first processes. For local clients the launcher then does what the
+    /// next client on the address would do: kill the groups in its job record
+    /// ([`crate::record::clean_up`]).
     pub fn shutdown(&mut self) -> usize {
         let mut killed = 0;
         for s in self.started.iter_mut().filter(|s| !s.exited) {
@@ -463,6 +476,12 @@ impl Launcher {
         }
         self.queue.clear();
         self.started.clear();
+        for host in std::mem::take(&mut self.local_hosts) {
+            let left = crate::record::clean_up(host.addr());
+            if !left.is_empty() {
+                eprintln!("plush launcher: killed {} process group(s) left by the client on {host}", left.len());
+            }
+        }
         killed
     }
 }

@@ -21,7 +21,8 @@
 //! The file is `$XDG_RUNTIME_DIR/plush/jobs-IP-PORT`, or `~/.cache/plush/jobs-IP-PORT` without
 //! a runtime directory; without either (no home) there is no record, and a killed client's
 //! grandchildren run on. It is rewritten whole (a temporary file renamed over it), read at most
-//! [`MAX_RECORD`] bytes; lines it does not understand are skipped.
+//! [`MAX_RECORD`] bytes; lines it does not understand are skipped. A client with nothing to
+//! record (no job started) keeps no file.
 //!
 //! Bounds: one group per running job (`Config::max_jobs`), [`MAX_STARTED`] started jobs.
 
@@ -220,6 +221,14 @@ impl Record {
 
     fn write(&mut self) {
         let Some(path) = &self.path else { return };
+        if self.groups.is_empty() && self.started.is_empty() {
+            // Nothing worth keeping: no file (a client that never ran a job leaves none).
+            if !self.written.is_empty() || path.exists() {
+                let _ = std::fs::remove_file(path);
+            }
+            self.written = String::new();
+            return;
+        }
         let mut text = format!("{MAGIC}\nsid {}\n", self.sid);
         for g in &self.groups {
             text.push_str(&format!("group {} {} {}\n", g.job, g.pgid, g.start));
@@ -230,7 +239,8 @@ impl Record {
         if text == self.written {
             return;
         }
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let name = path.file_name().map_or_else(Default::default, |n| n.to_string_lossy().into_owned());
+        let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
         let ok = std::fs::File::create(&tmp)
             .and_then(|mut f| f.write_all(text.as_bytes()))
             .and_then(|()| std::fs::rename(&tmp, path));
@@ -240,6 +250,19 @@ impl Record {
         }
         self.written = text;
     }
+}
+
+/// Do for a local client that was killed what the next client on its address would do, without
+/// starting one: if the address is free (it stays bound here for the time of the clean-up, so no
+/// client can take it meanwhile), kill the groups its record lists and remove the record.
+/// Returns the groups killed. For a launcher that killed, or saw die, clients on this machine.
+pub fn clean_up(addr: SocketAddr) -> Vec<u32> {
+    let Some(path) = path_for(addr).filter(|p| p.exists()) else { return Vec::new() };
+    // Held: proof that no client owns the record now.
+    let Ok(_held) = std::net::TcpListener::bind(addr) else { return Vec::new() };
+    let (mut rec, left) = Record::open_at(Some(path));
+    rec.remove();
+    left.killed
 }
 
 fn read_limited(path: &Path) -> Option<String> {
@@ -303,6 +326,36 @@ mod tests {
         rec3.remove();
         assert!(!path.exists());
         let _ = std::fs::remove_dir(path.parent().unwrap());
+    }
+
+    #[test]
+    fn a_launcher_cleans_up_after_a_killed_local_client_only_on_a_free_address() {
+        use std::os::unix::process::CommandExt;
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let Some(path) = path_for(addr) else { return }; // no home: nothing is ever recorded
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "sleep 30 >/dev/null & echo $!"])
+            .process_group(0)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pgid = child.id();
+        let (_, _, start) = proc_stat(pgid).unwrap();
+        let (mut rec, _) = Record::open_at(Some(path.clone()));
+        rec.update(&[Group { job: 1, pgid, start }], None);
+        drop(rec); // the client dies without a word
+        let mut out = String::new();
+        use std::io::Read;
+        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        let _ = child.wait();
+        // While someone holds the address (a stopped client), nothing is touched.
+        let held = std::net::TcpListener::bind(addr).unwrap();
+        assert!(clean_up(addr).is_empty());
+        assert!(path.exists());
+        drop(held);
+        assert_eq!(clean_up(addr), vec![pgid]);
+        assert!(!path.exists());
+        assert!(clean_up(addr).is_empty(), "nothing left the second time");
     }
 
     #[test]
