@@ -22,7 +22,7 @@
 //! [`JOIN_STALL`]: crate::session::JOIN_STALL
 //! [`dismantle_deadline`]: crate::session::dismantle_deadline
 
-use crate::session::{ms, summary_json, HostArgs, PrintOpts, Session, INTERRUPTED};
+use crate::session::{ms, summary_json, HostArgs, OutputArgs, PrintOpts, Session, INTERRUPTED};
 use clap::Args;
 use plush_mio::JobSpec;
 use serde_json::json;
@@ -43,14 +43,20 @@ pub struct RunArgs {
     pub timeout: Option<Duration>,
 
     /// Print JSON lines: one object per group of identical results (`nodes`, `count`, `exit`,
-    /// `status`, `truncated`, `output`), then `{"summary": {...}}`.
+    /// `status`, `truncated`, `stdout`, `stderr`), then `{"summary": {...}}`.
     #[arg(long)]
     pub json: bool,
 
-    /// Print output as it arrives, each line as `host: line` (with --json: `{"node", "line"}`
-    /// objects), instead of grouping it at the end.
+    /// Print every byte of output as it arrives, each line as `host: line` on the matching fd
+    /// (with --json: `{"node", "line"}` objects, `"stderr": true` for stderr lines), instead of
+    /// grouping it at the end. A host that writes faster than the terminal reads is slowed
+    /// down, not cut.
     #[arg(long)]
     pub stream: bool,
+
+    /// Output cap and per-host files.
+    #[command(flatten)]
+    pub out: OutputArgs,
 
     /// The command and its arguments, after `--` (run directly, not through a shell).
     #[arg(last = true, required = true, num_args = 1.., value_name = "CMD")]
@@ -74,8 +80,9 @@ pub fn run(args: &RunArgs) -> ExitCode {
     };
     let build = s.join();
     let argv: Vec<&str> = args.command.iter().map(String::as_str).collect();
-    let spec = JobSpec { argv: &argv, target: None, timeout: args.timeout, stream: args.stream, env: &[] };
-    let summary = s.run_job(spec, PrintOpts { json: args.json, stream: args.stream });
+    let spec =
+        JobSpec { argv: &argv, target: None, timeout: args.timeout, stream: args.stream, env: &[], max_output: None };
+    let summary = s.run_job(spec, PrintOpts { json: args.json, stream: args.stream, out: args.out.clone() });
     let dismantle = s.dismantle();
     let code = if summary.interrupted { INTERRUPTED } else { summary.code };
     if args.json {

@@ -363,12 +363,114 @@ pub fn interrupt_flag() -> Arc<AtomicBool> {
 }
 
 /// How a job's results are printed.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct PrintOpts {
     /// JSON lines instead of `clush -b`'s layout.
     pub json: bool,
-    /// Live `host: line` output as it arrives (JSON: `{"node", "line"}` objects).
+    /// Live `host: line` output as it arrives, on the matching fd (JSON: `{"node", "line"}`
+    /// objects, with `"stderr": true` for stderr lines, all on stdout).
     pub stream: bool,
+    /// Where output goes besides the terminal, and its cap.
+    pub out: OutputArgs,
+}
+
+/// Output flags of `run`, the shell's `run` and `apply`.
+#[derive(Clone, Debug, Default, Args)]
+pub struct OutputArgs {
+    /// Cut each host's output (stdout and stderr together) after SIZE bytes (suffixes K, M, G:
+    /// KiB, MiB, GiB). A cut output says so beside its group (`output cut at SIZE`) and with
+    /// `truncated` in JSON [default: no cap: every byte arrives].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_output: Option<u64>,
+    /// Write each host's stdout to DIR/HOST (created; with --stream as it arrives, else when
+    /// the host's result arrives), as clush's --outdir.
+    #[arg(long, value_name = "DIR")]
+    pub outdir: Option<std::path::PathBuf>,
+    /// Write each host's stderr to DIR/HOST, as clush's --errdir.
+    #[arg(long, value_name = "DIR")]
+    pub errdir: Option<std::path::PathBuf>,
+}
+
+/// A size: bytes, or a number with K, M or G (binary multiples), more than 0.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mul) = match t.char_indices().last() {
+        Some((k, c)) if c.is_ascii_alphabetic() => {
+            let mul: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("{s:?}: the suffix is K, M or G")),
+            };
+            (&t[..k], mul)
+        }
+        _ => (t, 1),
+    };
+    let v: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size"))?;
+    match v.checked_mul(mul) {
+        Some(0) => Err("a size is more than 0".into()),
+        Some(n) => Ok(n),
+        None => Err(format!("{s:?} is too large")),
+    }
+}
+
+/// A size as the user would write it: `1 MiB`, `64 KiB`, `100 bytes`.
+pub fn size_text(n: u64) -> String {
+    for (unit, name) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
+        if n >= unit && n % unit == 0 {
+            return format!("{} {name}", n / unit);
+        }
+    }
+    format!("{n} bytes")
+}
+
+/// Per-host output files (`--outdir`, `--errdir`), appended to as output arrives.
+#[derive(Default)]
+pub struct HostFiles {
+    dirs: [Option<std::path::PathBuf>; 2],
+    /// Files already started this job (truncated on first write).
+    started: BTreeSet<(NodeId, bool)>,
+    /// The first error, reported once.
+    failed: bool,
+}
+
+impl HostFiles {
+    /// Files under `out.outdir` and `out.errdir` (created).
+    pub fn new(out: &OutputArgs) -> HostFiles {
+        let mut f = HostFiles { dirs: [out.outdir.clone(), out.errdir.clone()], ..HostFiles::default() };
+        for d in f.dirs.iter().flatten() {
+            if let Err(e) = std::fs::create_dir_all(d) {
+                eprintln!("plush: cannot create {}: {e}", d.display());
+            }
+        }
+        f.started.clear();
+        f
+    }
+
+    /// Whether any directory was given.
+    pub fn any(&self) -> bool {
+        self.dirs.iter().any(Option::is_some)
+    }
+
+    /// Append `bytes` of `node`'s stdout (or stderr) to its file.
+    pub fn write(&mut self, labels: &Labels, node: NodeId, err: bool, bytes: &[u8]) {
+        let Some(dir) = &self.dirs[usize::from(err)] else { return };
+        let name = labels.label(&node).replace(['/', '\\'], "_");
+        let first = self.started.insert((node, err));
+        let path = dir.join(name);
+        let r = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(!first)
+            .truncate(first)
+            .open(&path)
+            .and_then(|mut f| f.write_all(bytes));
+        if let Err(e) = r {
+            if !std::mem::replace(&mut self.failed, true) {
+                eprintln!("plush: cannot write {}: {e}", path.display());
+            }
+        }
+    }
 }
 
 /// What a job gave, counted for its summary.
@@ -418,70 +520,78 @@ impl Labels {
     }
 }
 
-/// Live output being printed: per host, the partial line not printed yet and the bytes seen.
+/// Live output being printed: per host and stream, the partial line not printed yet; per
+/// host, its label (computed once: millions of lines may be printed).
 #[derive(Default)]
 struct Streamed {
-    partial: BTreeMap<NodeId, Vec<u8>>,
-    seen: BTreeMap<NodeId, usize>,
+    partial: BTreeMap<(NodeId, bool), Vec<u8>>,
+    label: HashMap<NodeId, Vec<u8>>,
+    files: HostFiles,
 }
 
 impl Streamed {
-    /// Print the complete lines of `chunks` (`host: line`, or JSON objects).
-    fn print(&mut self, labels: &Labels, chunks: Vec<(NodeId, Vec<u8>)>, json: bool) {
+    /// Print the complete lines of `chunks` (`host: line` on stdout or stderr, or JSON objects
+    /// on stdout) and write them to the host files.
+    fn print(&mut self, labels: &Labels, chunks: Vec<plush_mio::Streamed>, json: bool) {
         if chunks.is_empty() {
             return;
         }
-        let mut out = std::io::stdout().lock();
-        for (node, bytes) in chunks {
-            *self.seen.entry(node).or_default() += bytes.len();
-            let buf = self.partial.entry(node).or_default();
-            buf.extend_from_slice(&bytes);
-            loop {
-                let cut = match buf.iter().position(|&b| b == b'\n') {
-                    Some(k) => (k, k + 1),
-                    None if buf.len() >= MAX_PARTIAL_LINE => (buf.len(), buf.len()),
-                    None => break,
-                };
-                let line: Vec<u8> = buf.drain(..cut.1).take(cut.0).collect();
-                print_line(&mut out, labels, node, &line, json);
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+        let mut err = std::io::BufWriter::with_capacity(1 << 14, std::io::stderr().lock());
+        for c in chunks {
+            self.files.write(labels, c.node, c.err, &c.bytes);
+            let label = self.label.entry(c.node).or_insert_with(|| labels.label(&c.node).into_bytes());
+            let buf = self.partial.entry((c.node, c.err)).or_default();
+            let w: &mut dyn Write = if c.err && !json { &mut err } else { &mut out };
+            // Lines of the chunk, the first one completing what was left of the last chunk.
+            let mut rest = &c.bytes[..];
+            while let Some(k) = rest.iter().position(|&b| b == b'\n') {
+                if buf.is_empty() {
+                    print_line(w, label, &rest[..k], json, c.err);
+                } else {
+                    buf.extend_from_slice(&rest[..k]);
+                    print_line(w, label, buf, json, c.err);
+                    buf.clear();
+                }
+                rest = &rest[k + 1..];
+            }
+            buf.extend_from_slice(rest);
+            if buf.len() >= MAX_PARTIAL_LINE {
+                print_line(w, label, buf, json, c.err);
+                buf.clear();
             }
         }
         let _ = out.flush();
+        let _ = err.flush();
     }
 
-    /// Print what is left: partial lines, and in full the output of hosts whose live output
-    /// lost bytes on the way (the core limits its rate), so nothing is missing.
-    fn finish(&mut self, labels: &Labels, groups: &[ResultGroup], json: bool) {
+    /// Print what is left: partial lines (without their newline).
+    fn finish(&mut self, json: bool) {
         let mut out = std::io::stdout().lock();
-        for (node, rest) in std::mem::take(&mut self.partial) {
-            if !rest.is_empty() {
-                print_line(&mut out, labels, node, &rest, json);
+        let mut err = std::io::stderr().lock();
+        for ((node, is_err), rest) in std::mem::take(&mut self.partial) {
+            if rest.is_empty() {
+                continue;
             }
-        }
-        for g in groups {
-            for node in &g.nodes {
-                let seen = self.seen.get(node).copied().unwrap_or(0);
-                if seen >= g.output.len() {
-                    continue;
-                }
-                if seen > 0 {
-                    eprintln!("plush: {}: some live output was dropped; its whole output follows", labels.label(node));
-                }
-                for line in g.output.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                    print_line(&mut out, labels, *node, line, json);
-                }
-            }
+            let label = self.label.get(&node).cloned().unwrap_or_default();
+            let w: &mut dyn Write = if is_err && !json { &mut err } else { &mut out };
+            print_line(w, &label, &rest, json, is_err);
         }
         let _ = out.flush();
     }
 }
 
-fn print_line(out: &mut impl Write, labels: &Labels, node: NodeId, line: &[u8], json: bool) {
+fn print_line(out: &mut dyn Write, label: &[u8], line: &[u8], json: bool, err: bool) {
     if json {
-        let v = json!({"node": labels.label(&node), "line": String::from_utf8_lossy(line)});
+        let v = if err {
+            json!({"node": String::from_utf8_lossy(label), "line": String::from_utf8_lossy(line), "stderr": true})
+        } else {
+            json!({"node": String::from_utf8_lossy(label), "line": String::from_utf8_lossy(line)})
+        };
         let _ = writeln!(out, "{v}");
     } else {
-        let _ = write!(out, "{}: ", labels.label(&node));
+        let _ = out.write_all(label);
+        let _ = out.write_all(b": ");
         let _ = out.write_all(line);
         let _ = out.write_all(b"\n");
     }
@@ -508,6 +618,8 @@ pub struct Session {
     pub no_upgrade: bool,
     /// Clients are started by the local launcher (their pids are the clients').
     pub local_launcher: bool,
+    /// Output cap and files of `apply`'s phases.
+    pub output: OutputArgs,
 }
 
 impl Session {
@@ -583,6 +695,7 @@ impl Session {
             join_timeout: args.join_timeout,
             no_upgrade: args.no_upgrade,
             local_launcher: kind == LauncherKind::Local,
+            output: OutputArgs::default(),
         };
         s.invite(hosts);
         Ok(s)
@@ -769,6 +882,7 @@ impl Session {
     /// Run a job and print its results; see [`PrintOpts`]. Ctrl-C cancels it. Hosts that did
     /// not succeed are named on stderr with the reason.
     pub fn run_job(&mut self, spec: JobSpec<'_>, opts: PrintOpts) -> JobSummary {
+        let spec = JobSpec { max_output: opts.out.max_output.or(spec.max_output), ..spec };
         self.run_start(Start::Job(spec), opts)
     }
 
@@ -799,7 +913,7 @@ impl Session {
             missing: Vec::new(),
             elapsed: Duration::ZERO,
         };
-        let mut streamed = Streamed::default();
+        let mut streamed = Streamed { files: HostFiles::new(&opts.out), ..Streamed::default() };
         if !joined.is_empty() {
             let started = match start {
                 Start::Job(spec) => self.c.start_job(JobSpec { stream: spec.stream || opts.stream, ..spec }),
@@ -814,7 +928,7 @@ impl Session {
                     let stop = interrupt_flag();
                     stop.store(false, Ordering::Relaxed);
                     let n = self.host_count();
-                    let mut waited = self.wait_streaming(job, n, opts, &stop, &mut streamed);
+                    let mut waited = self.wait_streaming(job, n, &opts, &stop, &mut streamed);
                     if stop.swap(false, Ordering::Relaxed) {
                         summary.interrupted = true;
                         eprintln!("plush {}: interrupted: cancelling the job", self.cmd);
@@ -822,7 +936,7 @@ impl Session {
                             eprintln!("plush {}: cannot cancel: {e}", self.cmd);
                         }
                         // The cancelled hosts answer quickly; a second Ctrl-C stops waiting.
-                        waited = self.wait_streaming(job, n, opts, &stop, &mut streamed);
+                        waited = self.wait_streaming(job, n, &opts, &stop, &mut streamed);
                     }
                     match waited {
                         Ok(o) => out = o,
@@ -837,9 +951,21 @@ impl Session {
         let mut groups = out.groups;
         sort_groups(&mut groups);
         if opts.stream {
-            streamed.finish(&self.labels, &groups, opts.json);
+            streamed.finish(opts.json);
+            let cap = opts.out.max_output.map_or_else(String::new, |c| format!(" at {}", size_text(c)));
+            for g in groups.iter().filter(|g| g.truncated) {
+                eprintln!("plush: {}: output cut{cap}", self.labels.fold(&g.nodes));
+            }
         } else {
-            print_groups(&self.labels, &groups, opts.json);
+            if streamed.files.any() {
+                for g in &groups {
+                    for &node in &g.nodes {
+                        streamed.files.write(&self.labels, node, false, &g.output);
+                        streamed.files.write(&self.labels, node, true, &g.stderr);
+                    }
+                }
+            }
+            print_groups(&self.labels, &groups, opts.json, opts.out.max_output);
         }
 
         let answered: BTreeSet<NodeId> = groups.iter().flat_map(|g| g.nodes.iter().copied()).collect();
@@ -902,7 +1028,7 @@ impl Session {
         &mut self,
         job: u64,
         n: usize,
-        opts: PrintOpts,
+        opts: &PrintOpts,
         stop: &AtomicBool,
         streamed: &mut Streamed,
     ) -> std::io::Result<RunOutcome> {
@@ -961,40 +1087,73 @@ pub fn largest_code(groups: &[ResultGroup]) -> u8 {
     groups.iter().map(|g| code_of(&g.status)).max().unwrap_or(0)
 }
 
-/// Print the groups on stdout: `clush -b`'s layout, or JSON lines. Write errors (a closed pipe)
-/// are ignored: the hosts must still be dismantled.
-pub fn print_groups(labels: &Labels, groups: &[ResultGroup], json: bool) {
+/// Print the groups: `clush -b`'s layout, stdout gathered on stdout and stderr gathered apart
+/// on stderr (each grouped by its own content and the status), or JSON lines with `stdout`
+/// and `stderr`. `cap`: the user's `--max-output`, named beside a cut group. Write errors (a
+/// closed pipe) are ignored: the hosts must still be dismantled.
+pub fn print_groups(labels: &Labels, groups: &[ResultGroup], json: bool, cap: Option<u64>) {
     let mut out = std::io::stdout().lock();
-    for g in groups {
-        let nodes = labels.fold(&g.nodes);
-        let status = status_text(&g.status);
-        if json {
+    if json {
+        for g in groups {
+            let status = status_text(&g.status);
             let line = json!({
-                "nodes": nodes,
+                "nodes": labels.fold(&g.nodes),
                 "count": g.nodes.len(),
                 "exit": code_of(&g.status),
                 "status": status.as_deref().unwrap_or("ok"),
                 "truncated": g.truncated,
-                "output": String::from_utf8_lossy(&g.output),
+                "stdout": String::from_utf8_lossy(&g.output),
+                "stderr": String::from_utf8_lossy(&g.stderr),
             });
             let _ = writeln!(out, "{line}");
-        } else {
-            let mut header = format!("{nodes} ({})", g.nodes.len());
-            if let Some(s) = status {
+        }
+        let _ = out.flush();
+        return;
+    }
+    let cut = match cap {
+        Some(c) => format!(" [output cut at {}]", size_text(c)),
+        None => " [output cut]".to_string(),
+    };
+    // Regroup by one stream's content: hosts that differ only in stderr share their stdout group.
+    let gather = |err: bool| {
+        let mut v: Vec<(ExitStatus, bool, &[u8], Vec<NodeId>)> = Vec::new();
+        for g in groups {
+            let bytes: &[u8] = if err { &g.stderr } else { &g.output };
+            if err && bytes.is_empty() {
+                continue;
+            }
+            match v.iter_mut().find(|x| x.0 == g.status && x.1 == g.truncated && x.2 == bytes) {
+                Some(x) => x.3.extend_from_slice(&g.nodes),
+                None => v.push((g.status, g.truncated, bytes, g.nodes.clone())),
+            }
+        }
+        for x in &mut v {
+            x.3.sort_unstable();
+        }
+        v.sort_by(|a, b| b.3.len().cmp(&a.3.len()).then_with(|| a.3.first().cmp(&b.3.first())));
+        v
+    };
+    let print = |w: &mut dyn Write, v: Vec<(ExitStatus, bool, &[u8], Vec<NodeId>)>| {
+        for (status, truncated, bytes, nodes) in v {
+            let mut header = format!("{} ({})", labels.fold(&nodes), nodes.len());
+            if let Some(s) = status_text(&status) {
                 header.push(' ');
                 header.push_str(&s);
             }
-            if g.truncated {
-                header.push_str(" [output truncated]");
+            if truncated {
+                header.push_str(&cut);
             }
-            let _ = writeln!(out, "---------------\n{header}\n---------------");
-            let _ = out.write_all(&g.output);
-            if !g.output.is_empty() && !g.output.ends_with(b"\n") {
-                let _ = out.write_all(b"\n");
+            let _ = writeln!(w, "---------------\n{header}\n---------------");
+            let _ = w.write_all(bytes);
+            if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+                let _ = w.write_all(b"\n");
             }
         }
-    }
-    let _ = out.flush();
+        let _ = w.flush();
+    };
+    print(&mut out, gather(false));
+    drop(out);
+    print(&mut std::io::stderr().lock(), gather(true));
 }
 
 /// A JSON summary line of a job: `{"summary": {...}}` with the counts, `joined` (hosts
