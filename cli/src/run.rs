@@ -86,7 +86,13 @@ pub fn run(args: &RunArgs) -> ExitCode {
     let dismantle = s.dismantle();
     let code = if summary.interrupted { INTERRUPTED } else { summary.code };
     if args.json {
-        let extra = [("build_ms", json!(ms(build))), ("dismantle_ms", json!(ms(dismantle))), ("exit", json!(code))];
+        let extra = [
+            ("build_ms", json!(ms(build))),
+            ("dismantle_ms", json!(ms(dismantle))),
+            ("exit", json!(code)),
+            // Output bytes the controller received (live output, blobs, inline results).
+            ("output_bytes", json!(s.c.controller_stats().output_bytes)),
+        ];
         let line = summary_json(&summary, s.host_count(), &extra);
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
