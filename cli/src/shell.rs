@@ -445,6 +445,7 @@ impl Shell {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &mut self,
         hosts: &[String],
@@ -461,7 +462,9 @@ impl Shell {
             JobSpec { argv: &argv, target: target.as_deref(), timeout, stream, env: &[], max_output: out.max_output };
         let json = json || self.json;
         if bg {
-            match self.s.c.start_job(spec) {
+            // Gathered, not streamed: nobody reads live output until `wait`, and unread live
+            // output would hold the hosts' processes in `write`.
+            match self.s.c.start_job(JobSpec { stream: false, ..spec }) {
                 Ok(job) => {
                     if self.bg.len() >= MAX_BG {
                         self.bg.remove(0);

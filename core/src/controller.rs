@@ -515,7 +515,8 @@ impl Controller {
         for (peer, n) in owed {
             let m = n.min(bytes);
             bytes -= m;
-            if m > 0 {
+            // A former root's link is gone, and its window with it.
+            if m > 0 && self.root == Some(peer) {
                 self.send(now, peer, Message::Job(JobMsg::OutputAck { job, bytes: m }));
             }
             if n > m {
