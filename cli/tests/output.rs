@@ -99,3 +99,73 @@ fn outdir_and_errdir_hold_a_file_per_host() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Resident memory of a process in KiB, from /proc.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn a_reader_at_one_mib_per_second_loses_nothing_and_memory_stays_bounded() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+    let (hosts, bytes) = (10u32, 512u64 << 10);
+    // Lines of 64 bytes: the host's address padded to 63.
+    let script = format!("yes \"$(printf '%-63s' \"$PLUSH_NODE\")\" | head -c {bytes}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_plush"))
+        .args(["run", "--local", &hosts.to_string(), "--stream", "--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the plush binary starts");
+    let pid = child.id();
+    let marker = format!("plush-key-{pid}-");
+    let err = common::reader(child.stderr.take().expect("stderr"));
+    let mut stdout = child.stdout.take().expect("stdout");
+    // Read at 1 MiB/s, sampling memory as we go: plush's own, and its clients'.
+    let t0 = Instant::now();
+    let (mut got, mut buf) = (Vec::new(), vec![0u8; 16 << 10]);
+    let (mut ctl_rss, mut client_rss) = (0u64, 0u64);
+    loop {
+        let n = stdout.read(&mut buf).expect("read plush's stdout");
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        ctl_rss = ctl_rss.max(rss_kib(pid).unwrap_or(0));
+        for c in common::processes_with(&marker) {
+            client_rss = client_rss.max(rss_kib(c).unwrap_or(0));
+        }
+        let due = Duration::from_secs_f64(got.len() as f64 / f64::from(1 << 20));
+        std::thread::sleep(due.saturating_sub(t0.elapsed()));
+        assert!(t0.elapsed() < LIMIT, "still reading after {LIMIT:?}");
+    }
+    let status = child.wait().expect("reap plush");
+    let left = common::processes_with(&marker);
+    for p in &left {
+        let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+    }
+    let stderr = String::from_utf8_lossy(&err.join().expect("stderr reader")).into_owned();
+    assert!(left.is_empty(), "clients left: {left:?}");
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    let text = String::from_utf8_lossy(&got);
+    let mut per: std::collections::BTreeMap<&str, u64> = Default::default();
+    for line in text.lines() {
+        let (host, payload) = line.split_once(": ").expect("host: line");
+        assert_eq!(payload.len(), 63, "{line:?}");
+        assert_eq!(payload.split(':').next(), Some(host), "{line:?}");
+        *per.entry(host).or_default() += 1;
+    }
+    assert_eq!(per.len(), hosts as usize, "hosts that printed");
+    assert!(per.values().all(|&n| n == bytes / 64), "lines per host: {per:?}");
+    eprintln!(
+        "1 MiB/s reader: {} bytes in {:?}; plush RSS {ctl_rss} KiB, client RSS {client_rss} KiB",
+        got.len(),
+        t0.elapsed()
+    );
+    assert!(ctl_rss <= 64 << 10, "the controller reached {ctl_rss} KiB");
+    assert!(client_rss <= 16 << 10, "a client reached {client_rss} KiB");
+}
