@@ -14,9 +14,15 @@
 #   2. grouped: every host prints the same M MiB; identical_controller_bytes is the output
 #      bytes the controller received (`output_bytes` of the run's JSON summary).
 #
+#   3. beside them, when pdsh is installed: the same output as 1 through
+#      `pdsh -R exec -f N -w 127.0.0.[1-N]` (pdsh runs each host's command locally, no ssh: an
+#      upper bound of pdsh over ssh), read by `wc -l`: pdsh_exec_mib_per_s and
+#      pdsh_exec_lost_bytes (null without pdsh).
+#
 # The last line on stdout is one JSON object:
 #   {hosts, bytes_per_host, stream_s, stream_mib_per_s, stream_lost_bytes,
-#    identical_controller_bytes, controller_rss_kib, client_rss_kib}
+#    identical_controller_bytes, controller_rss_kib, client_rss_kib, pdsh_exec_mib_per_s,
+#    pdsh_exec_lost_bytes}
 #
 # --json  only the JSON line on stdout (progress goes to stderr)
 # Builds with `cargo build --release -p plush` unless PLUSH names a binary.
@@ -196,5 +202,18 @@ count=$(head -n 1 "$work/same.out" | sed -n 's/.*"count":\([0-9][0-9]*\).*/\1/p'
 [ "$count" = "$hosts" ] || fail "identical outputs in one group of $hosts, got ${count:-none}"
 say "output.sh: identical: the controller received $ident output bytes ($(awk -v a="$ident" -v b="$bytes" 'BEGIN { printf "%.3f", a / b }') x one output)"
 
-printf '{"hosts":%d,"bytes_per_host":%d,"stream_s":%s,"stream_mib_per_s":%s,"stream_lost_bytes":%d,"identical_controller_bytes":%d,"controller_rss_kib":%d,"client_rss_kib":%d}\n' \
-    "$hosts" "$bytes" "$stream_s" "$mibs" "$lost" "$ident" "$ctl_rss" "$cl_rss"
+# 3. pdsh, the same streamed output, each host's command run locally.
+pdsh_mibs=null
+pdsh_lost=null
+if command -v pdsh > /dev/null; then
+    pcmd="yes \"\$(printf '%-63s' %h)\" | head -c $bytes"
+    t0=$(now_ns)
+    plines=$(pdsh -R exec -f "$hosts" -w "127.0.0.[1-$hosts]" sh -c "$pcmd" 2> "$work/pdsh.err" | wc -l)
+    t1=$(now_ns)
+    pdsh_lost=$(((hosts * lines_per_host - plines) * 64))
+    pdsh_mibs=$(awk -v h="$hosts" -v m="$mib" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", h * m / ((b - a) / 1e9) }')
+    say "output.sh: pdsh -R exec: $((hosts * mib)) MiB at $pdsh_mibs MiB/s, lost $pdsh_lost bytes"
+fi
+
+printf '{"hosts":%d,"bytes_per_host":%d,"stream_s":%s,"stream_mib_per_s":%s,"stream_lost_bytes":%d,"identical_controller_bytes":%d,"controller_rss_kib":%d,"client_rss_kib":%d,"pdsh_exec_mib_per_s":%s,"pdsh_exec_lost_bytes":%s}\n' \
+    "$hosts" "$bytes" "$stream_s" "$mibs" "$lost" "$ident" "$ctl_rss" "$cl_rss" "$pdsh_mibs" "$pdsh_lost"
