@@ -565,6 +565,16 @@ impl Streamed {
         let _ = err.flush();
     }
 
+    /// Write the outputs of result groups to the host files (grouped mode, as they arrive).
+    fn write_results(&mut self, labels: &Labels, groups: &[ResultGroup]) {
+        for g in groups {
+            for &node in &g.nodes {
+                self.files.write(labels, node, false, &g.output);
+                self.files.write(labels, node, true, &g.stderr);
+            }
+        }
+    }
+
     /// Print what is left: partial lines (without their newline).
     fn finish(&mut self, json: bool) {
         let mut out = std::io::stdout().lock();
@@ -958,12 +968,9 @@ impl Session {
             }
         } else {
             if streamed.files.any() {
-                for g in &groups {
-                    for &node in &g.nodes {
-                        streamed.files.write(&self.labels, node, false, &g.output);
-                        streamed.files.write(&self.labels, node, true, &g.stderr);
-                    }
-                }
+                // What came after the last turn of the wait.
+                let new = self.c.take_results(out.job);
+                streamed.write_results(&self.labels, &new);
             }
             print_groups(&self.labels, &groups, opts.json, opts.out.max_output);
         }
@@ -1042,6 +1049,10 @@ impl Session {
                     dropped += d;
                     streamed.print(labels, chunks, opts.json);
                 } else {
+                    if streamed.files.any() {
+                        let new = c.take_results(job);
+                        streamed.write_results(labels, &new);
+                    }
                     if let Some((base, _)) = progress.bytes {
                         progress.sent = c.driver_stats().chunk_bytes_sent.saturating_sub(base);
                     }

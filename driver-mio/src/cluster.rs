@@ -210,6 +210,8 @@ struct JobState {
     timeout: Option<Duration>,
     streams: VecDeque<Streamed>,
     streams_dropped: u64,
+    /// Reports already handed out by [`Cluster::take_results`].
+    results_taken: usize,
 }
 
 /// Live output of one host ([`Cluster::take_streams`]).
@@ -659,6 +661,15 @@ impl Cluster {
             self.d.drain();
         }
         (taken, dropped)
+    }
+
+    /// Result groups of `job` that arrived since the last call (each as it came through the
+    /// tree, not merged with the others), for a caller that writes them out as they come.
+    pub fn take_results(&mut self, job: u64) -> Vec<ResultGroup> {
+        let Some(j) = self.jobs.get_mut(&job) else { return Vec::new() };
+        let new = j.reports[j.results_taken.min(j.reports.len())..].to_vec();
+        j.results_taken = j.reports.len();
+        new
     }
 
     /// Wait for `job`: until every host expected answered (or failed), or its timeout plus a
