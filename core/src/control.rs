@@ -1032,8 +1032,14 @@ impl Control {
                     return;
                 }
                 let n = data.len() as u64;
-                if let Some(k) = self.job_index(job) {
-                    self.jobs[k].up.blobs.store(from, digest, offset, total, &data);
+                match self.job_index(job) {
+                    Some(k) => self.jobs[k].up.blobs.store(from, digest, offset, total, &data),
+                    None => {
+                        // A job we forgot: pass it on as it is, like the results that follow.
+                        if let Some(up) = self.up(tree) {
+                            ctx.send_msg(up, &Message::Job(JobMsg::Blob { job, digest, offset, total, data }));
+                        }
+                    }
                 }
                 // Stored (grouped output is held whole anyway): the window reopens at once.
                 ctx.send_msg(from, &Message::Job(JobMsg::OutputAck { job, bytes: n }));
@@ -1532,6 +1538,9 @@ impl Control {
                 keep.push((peer, rest));
             }
         }
+        // Forgotten only once the whole subtree answered: until then, children may still send
+        // live output and blobs, which pass through the job's window up.
+        let complete = self.complete(tree, k);
         let j = &mut self.jobs[k];
         j.from = keep;
         remove_acked(&mut j.held, acked);
@@ -1540,7 +1549,7 @@ impl Control {
             // What the controller does not have was lost on the way: send it again.
             j.unsent = j.held.clone();
             self.flush_job(ctx, tree, k);
-        } else if !matches!(j.own, Own::Running(_)) {
+        } else if complete {
             j.linger_until = Some(ctx.now + ctx.cfg.job_linger);
         }
     }
