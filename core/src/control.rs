@@ -237,6 +237,9 @@ pub(crate) struct Blobs {
     partial: Vec<(NodeId, [u8; 32], Vec<u8>, u64)>,
     /// Received whole.
     whole: Vec<([u8; 32], Rc<Vec<u8>>)>,
+    /// At the controller: blobs already split into stdout and stderr for its reports (then no
+    /// longer in `whole`), so that each is held once however many groups name it.
+    split: Vec<([u8; 32], Rc<Vec<u8>>, Rc<Vec<u8>>)>,
 }
 
 /// Merge `g` into `groups`; false if it would be a new group and the list is full.
@@ -1814,7 +1817,7 @@ impl Blobs {
     /// arrive. An out-of-order or inconsistent chunk drops the blob (its sender starts again
     /// from 0 after a reconfiguration).
     pub fn store(&mut self, from: NodeId, digest: [u8; 32], offset: u64, total: u64, data: &[u8]) {
-        if self.whole.iter().any(|b| b.0 == digest) {
+        if self.whole.iter().any(|b| b.0 == digest) || self.split.iter().any(|b| b.0 == digest) {
             return;
         }
         let k = match self.partial.iter().position(|p| p.0 == from && p.1 == digest) {
@@ -1841,6 +1844,19 @@ impl Blobs {
             self.partial.retain(|p| p.1 != d);
             self.whole.push((d, Rc::new(content)));
         }
+    }
+
+    /// At the controller: `b`'s stdout and stderr, shared by every report of it.
+    pub fn split(&mut self, b: &BlobRef) -> Option<(Rc<Vec<u8>>, Rc<Vec<u8>>)> {
+        if let Some(x) = self.split.iter().find(|x| x.0 == b.digest) {
+            return Some((Rc::clone(&x.1), Rc::clone(&x.2)));
+        }
+        let (content, at) = self.get(b)?;
+        self.whole.retain(|x| x.0 != b.digest);
+        let out = Rc::new(content[..at].to_vec());
+        let err = Rc::new(content[at..].to_vec());
+        self.split.push((b.digest, Rc::clone(&out), Rc::clone(&err)));
+        Some((out, err))
     }
 
     /// The content `b` names and where its stderr starts, if it arrived whole and matches.

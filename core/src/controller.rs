@@ -881,10 +881,8 @@ impl Controller {
                     self.stats.output_bytes += (g.output.len() + g.stderr.len()) as u64;
                     let (output, stderr) = match &g.blob {
                         None => (Rc::new(g.output), Rc::new(g.stderr)),
-                        Some(b) => match self.jobs[k].blobs.get(b) {
-                            Some((content, split)) => {
-                                (Rc::new(content[..split].to_vec()), Rc::new(content[split..].to_vec()))
-                            }
+                        Some(b) => match self.jobs[k].blobs.split(b) {
+                            Some(parts) => parts,
                             None => {
                                 // Lost on the way: the holders send it again after an `Ack`.
                                 self.stats.blobs_missing += 1;

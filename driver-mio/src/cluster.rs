@@ -35,6 +35,7 @@ use std::ffi::OsString;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::{Duration, Instant as StdInstant};
 
 /// Longest a single loop turn waits inside the `Cluster`'s waits, so that deadlines are kept.
@@ -200,7 +201,9 @@ pub const MAX_BARRIER_RECORDS: usize = 256;
 
 #[derive(Default)]
 struct JobState {
-    reports: Vec<ResultGroup>,
+    /// Result groups as they arrived; the bytes are shared with the controller's (one copy
+    /// per distinct output however many reports name it).
+    reports: Vec<Arrived>,
     got: BTreeSet<NodeId>,
     complete: bool,
     /// Hosts joined (and targeted) when the job started.
@@ -212,6 +215,27 @@ struct JobState {
     streams_dropped: u64,
     /// Reports already handed out by [`Cluster::take_results`].
     results_taken: usize,
+}
+
+/// A result group as it arrived.
+struct Arrived {
+    status: ExitStatus,
+    truncated: bool,
+    output: Rc<Vec<u8>>,
+    stderr: Rc<Vec<u8>>,
+    nodes: Vec<NodeId>,
+}
+
+impl Arrived {
+    fn group(&self) -> ResultGroup {
+        ResultGroup {
+            status: self.status,
+            truncated: self.truncated,
+            output: self.output.to_vec(),
+            nodes: self.nodes.clone(),
+            stderr: self.stderr.to_vec(),
+        }
+    }
 }
 
 /// Live output of one host ([`Cluster::take_streams`]).
@@ -667,7 +691,7 @@ impl Cluster {
     /// tree, not merged with the others), for a caller that writes them out as they come.
     pub fn take_results(&mut self, job: u64) -> Vec<ResultGroup> {
         let Some(j) = self.jobs.get_mut(&job) else { return Vec::new() };
-        let new = j.reports[j.results_taken.min(j.reports.len())..].to_vec();
+        let new = j.reports[j.results_taken.min(j.reports.len())..].iter().map(Arrived::group).collect();
         j.results_taken = j.reports.len();
         new
     }
@@ -722,19 +746,35 @@ impl Cluster {
     /// What `job` gathered so far.
     pub fn job_outcome(&self, job: u64) -> RunOutcome {
         let j = self.jobs.get(&job);
-        let mut groups: Vec<ResultGroup> = Vec::new();
-        for r in j.map_or(&[][..], |j| &j.reports[..]) {
-            let same = |g: &&mut ResultGroup| {
-                g.status == r.status && g.truncated == r.truncated && g.output == r.output && g.stderr == r.stderr
+        let reports = j.map_or(&[][..], |j| &j.reports[..]);
+        // (the first report of the group, every node): the bytes are copied once per group.
+        let mut merged: Vec<(&Arrived, Vec<NodeId>)> = Vec::new();
+        let same_bytes = |a: &Rc<Vec<u8>>, b: &Rc<Vec<u8>>| Rc::ptr_eq(a, b) || a == b;
+        for r in reports {
+            let same = |g: &&mut (&Arrived, Vec<NodeId>)| {
+                g.0.status == r.status
+                    && g.0.truncated == r.truncated
+                    && same_bytes(&g.0.output, &r.output)
+                    && same_bytes(&g.0.stderr, &r.stderr)
             };
-            match groups.iter_mut().find(same) {
-                Some(g) => g.nodes.extend_from_slice(&r.nodes),
-                None => groups.push(r.clone()),
+            match merged.iter_mut().find(same) {
+                Some(g) => g.1.extend_from_slice(&r.nodes),
+                None => merged.push((r, r.nodes.clone())),
             }
         }
-        for g in &mut groups {
-            g.nodes.sort_unstable();
-        }
+        let groups: Vec<ResultGroup> = merged
+            .into_iter()
+            .map(|(r, mut nodes)| {
+                nodes.sort_unstable();
+                ResultGroup {
+                    status: r.status,
+                    truncated: r.truncated,
+                    output: r.output.to_vec(),
+                    nodes,
+                    stderr: r.stderr.to_vec(),
+                }
+            })
+            .collect();
         RunOutcome {
             job,
             reports: j.map_or(0, |j| j.reports.len()),
@@ -886,8 +926,7 @@ impl Cluster {
                     let Some(j) = self.jobs.get_mut(&job) else { continue };
                     let nodes: Vec<NodeId> = nodes.iter().collect();
                     j.got.extend(nodes.iter().copied());
-                    let (output, stderr) = (output.to_vec(), stderr.to_vec());
-                    j.reports.push(ResultGroup { status, truncated, output, nodes, stderr });
+                    j.reports.push(Arrived { status, truncated, output, nodes, stderr });
                 }
                 Report::JobComplete { job } => {
                     if let Some(j) = self.jobs.get_mut(&job) {
