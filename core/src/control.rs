@@ -239,8 +239,11 @@ pub(crate) struct Blobs {
     whole: Vec<([u8; 32], Rc<Vec<u8>>)>,
     /// At the controller: blobs already split into stdout and stderr for its reports (then no
     /// longer in `whole`), so that each is held once however many groups name it.
-    split: Vec<([u8; 32], Rc<Vec<u8>>, Rc<Vec<u8>>)>,
+    split: Vec<([u8; 32], Streams)>,
 }
+
+/// stdout and stderr of an output, shared.
+pub type Streams = (Rc<Vec<u8>>, Rc<Vec<u8>>);
 
 /// Merge `g` into `groups`; false if it would be a new group and the list is full.
 fn merge(groups: &mut Vec<Held>, g: &Held) -> bool {
@@ -1847,15 +1850,15 @@ impl Blobs {
     }
 
     /// At the controller: `b`'s stdout and stderr, shared by every report of it.
-    pub fn split(&mut self, b: &BlobRef) -> Option<(Rc<Vec<u8>>, Rc<Vec<u8>>)> {
+    pub fn split(&mut self, b: &BlobRef) -> Option<Streams> {
         if let Some(x) = self.split.iter().find(|x| x.0 == b.digest) {
-            return Some((Rc::clone(&x.1), Rc::clone(&x.2)));
+            return Some((Rc::clone(&x.1 .0), Rc::clone(&x.1 .1)));
         }
         let (content, at) = self.get(b)?;
         self.whole.retain(|x| x.0 != b.digest);
         let out = Rc::new(content[..at].to_vec());
         let err = Rc::new(content[at..].to_vec());
-        self.split.push((b.digest, Rc::clone(&out), Rc::clone(&err)));
+        self.split.push((b.digest, (Rc::clone(&out), Rc::clone(&err))));
         Some((out, err))
     }
 
