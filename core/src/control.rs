@@ -1869,3 +1869,71 @@ impl Blobs {
         (content.len() as u64 == b.len && split <= content.len()).then_some((content, split))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(content: &[u8], size: usize) -> Vec<(u64, &[u8])> {
+        content.chunks(size).enumerate().map(|(i, c)| ((i * size) as u64, c)).collect()
+    }
+
+    #[test]
+    fn blobs_from_two_senders_at_once_assemble_apart() {
+        let a = NodeId::loopback(1, 7000);
+        let b = NodeId::loopback(2, 7000);
+        let (out, err): (Vec<u8>, Vec<u8>) = ((0..300u32).map(|i| i as u8).collect(), b"oops\n".to_vec());
+        let content = [out.clone(), err.clone()].concat();
+        let d = digest_of(&out, &err);
+        let r = BlobRef { digest: d, stdout_len: out.len() as u64, len: content.len() as u64 };
+        let mut blobs = Blobs::default();
+        let total = content.len() as u64;
+        // Interleaved, the same output from both: each sender's chunks are in order.
+        for ((oa, ca), (ob, cb)) in chunks(&content, 64).into_iter().zip(chunks(&content, 64)) {
+            assert!(blobs.get(&r).is_none(), "whole too early");
+            blobs.store(a, d, oa, total, ca);
+            blobs.store(b, d, ob, total, cb);
+        }
+        let (got, at) = blobs.get(&r).expect("whole");
+        assert_eq!((&got[..at], &got[at..]), (&out[..], &err[..]));
+        assert!(blobs.partial.is_empty(), "the other sender's copy is dropped once one is whole");
+        // At the controller: split once, shared.
+        let (o1, e1) = blobs.split(&r).expect("split");
+        let (o2, _) = blobs.split(&r).expect("split again");
+        assert!(Rc::ptr_eq(&o1, &o2));
+        assert_eq!((&o1[..], &e1[..]), (&out[..], &err[..]));
+        // A reference that does not match what arrived is not served.
+        let wrong = BlobRef { len: r.len + 1, ..r };
+        assert!(Blobs::default().get(&wrong).is_none());
+    }
+
+    #[test]
+    fn a_chunk_out_of_order_drops_the_blob_and_offset_zero_starts_again() {
+        let a = NodeId::loopback(1, 7000);
+        let content = vec![7u8; 200];
+        let d = digest_of(&content, &[]);
+        let r = BlobRef { digest: d, stdout_len: 200, len: 200 };
+        let mut blobs = Blobs::default();
+        blobs.store(a, d, 0, 200, &content[..100]);
+        blobs.store(a, d, 150, 200, &content[150..]);
+        assert!(blobs.partial.is_empty() && blobs.get(&r).is_none(), "a gap is not filled in");
+        // A later chunk without its start is not stored either.
+        blobs.store(a, d, 100, 200, &content[100..]);
+        assert!(blobs.partial.is_empty());
+        // From 0 again (the sender's new parent link): whole.
+        blobs.store(a, d, 0, 200, &content[..100]);
+        blobs.store(a, d, 100, 200, &content[100..]);
+        assert!(blobs.get(&r).is_some());
+        // More than the announced total is refused.
+        let mut blobs = Blobs::default();
+        blobs.store(a, d, 0, 10, &content[..20]);
+        assert!(blobs.partial.is_empty() && blobs.whole.is_empty());
+    }
+
+    #[test]
+    fn equal_outputs_have_equal_digests_and_the_split_counts() {
+        assert_eq!(digest_of(b"ab", b"c"), digest_of(b"ab", b"c"));
+        assert_ne!(digest_of(b"ab", b"c"), digest_of(b"a", b"bc"), "where stderr starts is part of the output");
+        assert_ne!(digest_of(b"ab", b""), digest_of(b"", b"ab"));
+    }
+}
