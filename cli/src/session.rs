@@ -527,17 +527,85 @@ struct Streamed {
     partial: BTreeMap<(NodeId, bool), Vec<u8>>,
     label: HashMap<NodeId, Vec<u8>>,
     files: HostFiles,
+    writer: Option<Writer>,
+}
+
+/// Formatted lines waiting for the terminal: (stderr, bytes).
+type Lines = (bool, Vec<u8>);
+
+/// A thread that writes live output to stdout and stderr, so that a reader that stops (a
+/// paused pager) stalls only it, never the controller's event loop (whose links would time
+/// out). Bound: [`WRITER_QUEUE`] batches queued, each one take of live output (the root's
+/// window at most, formatted), plus one held back while the queue is full; while one is held
+/// back no more live output is taken, so the hosts wait.
+struct Writer {
+    tx: std::sync::mpsc::SyncSender<Lines>,
+    held: Vec<Lines>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Batches of formatted live output queued for the writer thread.
+const WRITER_QUEUE: usize = 8;
+
+impl Writer {
+    fn start() -> Writer {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Lines>(WRITER_QUEUE);
+        let thread = std::thread::spawn(move || {
+            // Write errors (a closed pipe) drop the output; the hosts must still finish.
+            for (err, bytes) in rx {
+                if err {
+                    let mut e = std::io::stderr().lock();
+                    let _ = e.write_all(&bytes);
+                    let _ = e.flush();
+                } else {
+                    let mut o = std::io::stdout().lock();
+                    let _ = o.write_all(&bytes);
+                    let _ = o.flush();
+                }
+            }
+        });
+        Writer { tx, held: Vec::new(), thread }
+    }
+
+    /// Queue what is held back, as far as the queue has room; whether nothing is held.
+    fn flush_held(&mut self) -> bool {
+        while !self.held.is_empty() {
+            let first = self.held.remove(0);
+            match self.tx.try_send(first) {
+                Ok(()) => {}
+                Err(std::sync::mpsc::TrySendError::Full(back)) => {
+                    self.held.insert(0, back);
+                    return false;
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => self.held.clear(),
+            }
+        }
+        true
+    }
+
+    /// Write everything and stop the thread.
+    fn finish(self) {
+        for x in self.held {
+            let _ = self.tx.send(x);
+        }
+        drop(self.tx);
+        let _ = self.thread.join();
+    }
 }
 
 impl Streamed {
+    /// Whether more live output may be taken: the writer holds nothing back.
+    fn room(&mut self) -> bool {
+        self.writer.as_mut().is_none_or(Writer::flush_held)
+    }
+
     /// Print the complete lines of `chunks` (`host: line` on stdout or stderr, or JSON objects
-    /// on stdout) and write them to the host files.
+    /// on stdout; through the writer thread) and write them to the host files.
     fn print(&mut self, labels: &Labels, chunks: Vec<plush_mio::Streamed>, json: bool) {
         if chunks.is_empty() {
             return;
         }
-        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-        let mut err = std::io::BufWriter::with_capacity(1 << 14, std::io::stderr().lock());
+        let (mut out, mut err) = (Vec::with_capacity(1 << 16), Vec::new());
         for c in chunks {
             self.files.write(labels, c.node, c.err, &c.bytes);
             let label = self.label.entry(c.node).or_insert_with(|| labels.label(&c.node).into_bytes());
@@ -561,8 +629,13 @@ impl Streamed {
                 buf.clear();
             }
         }
-        let _ = out.flush();
-        let _ = err.flush();
+        let w = self.writer.get_or_insert_with(Writer::start);
+        for x in [(false, out), (true, err)] {
+            if !x.1.is_empty() {
+                w.held.push(x);
+            }
+        }
+        w.flush_held();
     }
 
     /// Write the outputs of result groups to the host files (grouped mode, as they arrive).
@@ -575,8 +648,12 @@ impl Streamed {
         }
     }
 
-    /// Print what is left: partial lines (without their newline).
+    /// Print what is left: what the writer thread has queued, then partial lines (without
+    /// their newline).
     fn finish(&mut self, json: bool) {
+        if let Some(w) = self.writer.take() {
+            w.finish();
+        }
         let mut out = std::io::stdout().lock();
         let mut err = std::io::stderr().lock();
         for ((node, is_err), rest) in std::mem::take(&mut self.partial) {
@@ -1045,9 +1122,12 @@ impl Session {
             job,
             |c, got, expected| {
                 if opts.stream {
-                    let (chunks, d) = c.take_streams(job);
-                    dropped += d;
-                    streamed.print(labels, chunks, opts.json);
+                    // A reader behind: take nothing, so the hosts wait (their windows fill).
+                    if streamed.room() {
+                        let (chunks, d) = c.take_streams(job);
+                        dropped += d;
+                        streamed.print(labels, chunks, opts.json);
+                    }
                 } else {
                     if streamed.files.any() {
                         let new = c.take_results(job);

@@ -169,3 +169,38 @@ fn a_reader_at_one_mib_per_second_loses_nothing_and_memory_stays_bounded() {
     assert!(ctl_rss <= 64 << 10, "the controller reached {ctl_rss} KiB");
     assert!(client_rss <= 16 << 10, "a client reached {client_rss} KiB");
 }
+
+#[test]
+fn a_reader_that_pauses_longer_than_a_link_timeout_loses_nothing() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let (hosts, bytes) = (5u32, 1u64 << 20);
+    let script = format!("yes \"$(printf '%-63s' \"$PLUSH_NODE\")\" | head -c {bytes}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_plush"))
+        .args(["run", "--local", &hosts.to_string(), "--stream", "--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the plush binary starts");
+    let marker = format!("plush-key-{}-", child.id());
+    let err = common::reader(child.stderr.take().expect("stderr"));
+    let mut stdout = child.stdout.take().expect("stdout");
+    // The first bytes, then nothing read for 5 s: longer than a link's 3 s of silence, had the
+    // controller's event loop waited in `write`.
+    let mut got = vec![0u8; 4096];
+    stdout.read_exact(&mut got).expect("first bytes");
+    std::thread::sleep(Duration::from_secs(5));
+    stdout.read_to_end(&mut got).expect("the rest");
+    let status = child.wait().expect("reap plush");
+    let left = common::processes_with(&marker);
+    for p in &left {
+        let _ = Command::new("kill").args(["-9", &p.to_string()]).status();
+    }
+    let stderr = String::from_utf8_lossy(&err.join().expect("stderr reader")).into_owned();
+    assert!(left.is_empty(), "clients left: {left:?}");
+    assert_eq!(status.code(), Some(0), "stderr: {stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+    let lines = String::from_utf8_lossy(&got).lines().filter(|l| l.len() == 63 + ": 127.0.0.1".len()).count();
+    assert_eq!(lines as u64, u64::from(hosts) * bytes / 64, "every line arrived");
+}
