@@ -1549,8 +1549,13 @@ impl Control {
         let complete = self.complete(tree, k);
         let j = &mut self.jobs[k];
         j.from = keep;
+        let before: SmallVec<[[u8; 32]; 4]> = j.held.iter().map(|h| h.digest).collect();
         remove_acked(&mut j.held, acked);
         remove_acked(&mut j.unsent, acked);
+        // The blobs of results now acknowledged are not needed any more (one on its way up is
+        // shared with the queue). A blob no result named yet stays: its group may be on its way.
+        let Job { held, up, .. } = j;
+        up.blobs.whole.retain(|b| !before.contains(&b.0) || held.iter().any(|h| h.digest == b.0));
         if !j.held.is_empty() {
             // What the controller does not have was lost on the way: send it again.
             j.unsent = j.held.clone();

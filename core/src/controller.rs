@@ -877,6 +877,8 @@ impl Controller {
             JobMsg::Results { job, groups, complete } => {
                 self.stats.result_messages += 1;
                 let Some(k) = self.jobs.iter().position(|j| j.spec.job == job) else { return };
+                // Large outputs are held at every hop until acknowledged: acknowledge them soon.
+                let large = groups.0.iter().any(|g| g.blob.is_some());
                 for g in groups.0 {
                     self.stats.output_bytes += (g.output.len() + g.stderr.len()) as u64;
                     let (output, stderr) = match &g.blob {
@@ -911,7 +913,7 @@ impl Controller {
                     self.report(Report::JobComplete { job });
                 }
                 let j = &mut self.jobs[k];
-                if j.complete {
+                if j.complete || large {
                     // News: acknowledge soon (at most once an interval).
                     let at = j.last_ack.map_or(now, |t| (t + self.cfg.ack_interval).max(now));
                     j.ack_at = Some(j.ack_at.map_or(at, |a| a.min(at)));
