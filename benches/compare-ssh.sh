@@ -297,7 +297,7 @@ plush_json() {
 # Hostname lines in plush --json output (groups of exit 0 whose output is the hostname).
 plush_count() {
     plush_json "$1" | jq -rs --arg out "$hn"$'\n' \
-        '[.[] | select(.summary == null and .exit == 0 and .output == $out) | .count] | add // 0'
+        '[.[] | select(.summary == null and .exit == 0 and .stdout == $out) | .count] | add // 0'
 }
 plush_summary() {
     plush_json "$1" | jq -r 'select(.summary) | .summary

@@ -244,6 +244,7 @@ impl JobRound {
             timeout_ms: 0,
             stream: false,
             push: None,
+            max_output: 0,
         };
         let run = encode(&mut self.pool, &Message::Job(JobMsg::Run(Box::new(run))));
         self.relay.feed(parent, &run);
@@ -253,6 +254,8 @@ impl JobRound {
                 truncated: false,
                 output: b"6.1.0-18-amd64\n".to_vec(),
                 nodes: NodeSet::one(c),
+                stderr: Vec::new(),
+                blob: None,
             }]);
             let results = encode(&mut self.pool, &Message::Job(JobMsg::Results { job, groups, complete: true }));
             self.relay.feed(c, &results);

@@ -61,6 +61,9 @@ pub struct ApplyArgs {
     /// Check the file and stop.
     #[arg(long)]
     pub check: bool,
+    /// Output cap, and per-host files (with a directory per phase: DIR/PHASE/HOST).
+    #[command(flatten)]
+    pub out: crate::session::OutputArgs,
 }
 
 /// The wrapper every phase's command runs in (see the module docs): `$1` restarts allowed,
@@ -118,6 +121,7 @@ pub fn run(args: &ApplyArgs) -> ExitCode {
         Ok(s) => s,
         Err(code) => return ExitCode::from(code),
     };
+    s.output = args.out.clone();
     let code = apply(&mut s, &app, dir, args.json);
     s.dismantle();
     drop(s);
@@ -206,7 +210,7 @@ fn copy_file(s: &mut Session, k: usize, f: &FileSpec, dir: &Path, json: bool) ->
         upgrade: false,
         digest: None,
     };
-    let sum = s.run_push(push, PrintOpts { json, stream: false });
+    let sum = s.run_push(push, PrintOpts { json, stream: false, out: Default::default() });
     if json {
         say(
             true,
@@ -350,7 +354,14 @@ fn start_phase(s: &mut Session, k: usize, p: &PhaseSpec, targeted: Vec<NodeId>, 
     let env = if restarts != "0" { plush_mio::retry_lost_env() } else { Vec::new() };
     let mut job = None;
     if !joined.is_empty() {
-        match s.c.start_job(JobSpec { argv: &argv, target: Some(&joined), timeout, stream: false, env: &env }) {
+        match s.c.start_job(JobSpec {
+            argv: &argv,
+            target: Some(&joined),
+            timeout,
+            stream: false,
+            env: &env,
+            max_output: s.output.max_output,
+        }) {
             Ok(j) => job = Some(j),
             Err(e) => eprintln!("plush apply: phase {}: cannot start: {e}", p.name),
         }
@@ -421,12 +432,28 @@ fn report_phase(s: &mut Session, p: &PhaseSpec, r: &PhaseRun, json: bool) -> (u8
             let status = status_text(&g.status);
             let v = json!({"phase": p.name, "nodes": s.fold(&g.nodes), "count": g.nodes.len(), "exit": code_of(&g.status),
                            "status": status.as_deref().unwrap_or("ok"), "truncated": g.truncated,
-                           "output": String::from_utf8_lossy(&g.output)});
+                           "stdout": String::from_utf8_lossy(&g.output),
+                           "stderr": String::from_utf8_lossy(&g.stderr)});
             let _ = writeln!(o, "{v}");
         }
     } else {
         println!("=== phase {} ({} hosts)", p.name, r.targeted.len());
-        print_groups(&s.labels, &groups, false);
+        print_groups(&s.labels, &groups, false, s.output.max_output);
+    }
+    let phase_dir = |d: &Option<std::path::PathBuf>| d.as_ref().map(|d| d.join(p.name.replace(['/', '\\'], "_")));
+    let dirs = crate::session::OutputArgs {
+        max_output: None,
+        outdir: phase_dir(&s.output.outdir),
+        errdir: phase_dir(&s.output.errdir),
+    };
+    let mut files = crate::session::HostFiles::new(&dirs);
+    if files.any() {
+        for g in &groups {
+            for &node in &g.nodes {
+                files.write(&s.labels, node, false, &g.output);
+                files.write(&s.labels, node, true, &g.stderr);
+            }
+        }
     }
     let (mut ok, mut failed) = (0, 0);
     // Hosts whose client restarted during the phase (it was not run again there) count as lost.

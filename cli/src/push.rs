@@ -90,7 +90,7 @@ pub fn run(args: &PushArgs) -> ExitCode {
         upgrade: false,
         digest: None,
     };
-    let summary = s.run_push(push, PrintOpts { json: args.json, stream: false });
+    let summary = s.run_push(push, PrintOpts { json: args.json, stream: false, out: Default::default() });
     let sent = s.c.driver_stats().chunk_bytes_sent - sent_before;
     let dismantle = s.dismantle();
     let code = if summary.interrupted { INTERRUPTED } else { summary.code };

@@ -22,7 +22,7 @@
 //! [`JOIN_STALL`]: crate::session::JOIN_STALL
 //! [`dismantle_deadline`]: crate::session::dismantle_deadline
 
-use crate::session::{ms, summary_json, HostArgs, PrintOpts, Session, INTERRUPTED};
+use crate::session::{ms, summary_json, HostArgs, OutputArgs, PrintOpts, Session, INTERRUPTED};
 use clap::Args;
 use plush_mio::JobSpec;
 use serde_json::json;
@@ -43,12 +43,14 @@ pub struct RunArgs {
     pub timeout: Option<Duration>,
 
     /// Print JSON lines: one object per group of identical results (`nodes`, `count`, `exit`,
-    /// `status`, `truncated`, `output`), then `{"summary": {...}}`.
+    /// `status`, `truncated`, `stdout`, `stderr`), then `{"summary": {...}}`.
     #[arg(long)]
     pub json: bool,
 
-    /// Print output as it arrives, each line as `host: line` (with --json: `{"node", "line"}`
-    /// objects), instead of grouping it at the end.
+    /// Print every byte of output as it arrives, each line as `host: line` on the matching fd
+    /// (with --json: `{"node", "line"}` objects, `"stderr": true` for stderr lines), instead of
+    /// grouping it at the end. A host that writes faster than the terminal reads is slowed
+    /// down, not cut.
     #[arg(long)]
     pub stream: bool,
 
@@ -57,6 +59,9 @@ pub struct RunArgs {
     /// with the output that had arrived from it. (The process sees `PLUSH_RETRY_LOST=1`.)
     #[arg(long)]
     pub retry_lost: bool,
+    /// Output cap and per-host files.
+    #[command(flatten)]
+    pub out: OutputArgs,
 
     /// The command and its arguments, after `--` (run directly, not through a shell).
     #[arg(last = true, required = true, num_args = 1.., value_name = "CMD")]
@@ -81,12 +86,19 @@ pub fn run(args: &RunArgs) -> ExitCode {
     let build = s.join();
     let argv: Vec<&str> = args.command.iter().map(String::as_str).collect();
     let env = if args.retry_lost { plush_mio::retry_lost_env() } else { Vec::new() };
-    let spec = JobSpec { argv: &argv, target: None, timeout: args.timeout, stream: args.stream, env: &env };
-    let summary = s.run_job(spec, PrintOpts { json: args.json, stream: args.stream });
+    let spec =
+        JobSpec { argv: &argv, target: None, timeout: args.timeout, stream: args.stream, env: &env, max_output: None };
+    let summary = s.run_job(spec, PrintOpts { json: args.json, stream: args.stream, out: args.out.clone() });
     let dismantle = s.dismantle();
     let code = if summary.interrupted { INTERRUPTED } else { summary.code };
     if args.json {
-        let extra = [("build_ms", json!(ms(build))), ("dismantle_ms", json!(ms(dismantle))), ("exit", json!(code))];
+        let extra = [
+            ("build_ms", json!(ms(build))),
+            ("dismantle_ms", json!(ms(dismantle))),
+            ("exit", json!(code)),
+            // Output bytes the controller received (live output, blobs, inline results).
+            ("output_bytes", json!(s.c.controller_stats().output_bytes)),
+        ];
         let line = summary_json(&summary, s.host_count(), &extra);
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");

@@ -373,12 +373,114 @@ pub fn interrupt_flag() -> Arc<AtomicBool> {
 }
 
 /// How a job's results are printed.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct PrintOpts {
     /// JSON lines instead of `clush -b`'s layout.
     pub json: bool,
-    /// Live `host: line` output as it arrives (JSON: `{"node", "line"}` objects).
+    /// Live `host: line` output as it arrives, on the matching fd (JSON: `{"node", "line"}`
+    /// objects, with `"stderr": true` for stderr lines, all on stdout).
     pub stream: bool,
+    /// Where output goes besides the terminal, and its cap.
+    pub out: OutputArgs,
+}
+
+/// Output flags of `run`, the shell's `run` and `apply`.
+#[derive(Clone, Debug, Default, Args)]
+pub struct OutputArgs {
+    /// Cut each host's output (stdout and stderr together) after SIZE bytes (suffixes K, M, G:
+    /// KiB, MiB, GiB). A cut output says so beside its group (`output cut at SIZE`) and with
+    /// `truncated` in JSON [default: no cap: every byte arrives].
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_output: Option<u64>,
+    /// Write each host's stdout to DIR/HOST (created; with --stream as it arrives, else when
+    /// the host's result arrives), as clush's --outdir.
+    #[arg(long, value_name = "DIR")]
+    pub outdir: Option<std::path::PathBuf>,
+    /// Write each host's stderr to DIR/HOST, as clush's --errdir.
+    #[arg(long, value_name = "DIR")]
+    pub errdir: Option<std::path::PathBuf>,
+}
+
+/// A size: bytes, or a number with K, M or G (binary multiples), more than 0.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mul) = match t.char_indices().last() {
+        Some((k, c)) if c.is_ascii_alphabetic() => {
+            let mul: u64 = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("{s:?}: the suffix is K, M or G")),
+            };
+            (&t[..k], mul)
+        }
+        _ => (t, 1),
+    };
+    let v: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size"))?;
+    match v.checked_mul(mul) {
+        Some(0) => Err("a size is more than 0".into()),
+        Some(n) => Ok(n),
+        None => Err(format!("{s:?} is too large")),
+    }
+}
+
+/// A size as the user would write it: `1 MiB`, `64 KiB`, `100 bytes`.
+pub fn size_text(n: u64) -> String {
+    for (unit, name) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
+        if n >= unit && n % unit == 0 {
+            return format!("{} {name}", n / unit);
+        }
+    }
+    format!("{n} bytes")
+}
+
+/// Per-host output files (`--outdir`, `--errdir`), appended to as output arrives.
+#[derive(Default)]
+pub struct HostFiles {
+    dirs: [Option<std::path::PathBuf>; 2],
+    /// Files already started this job (truncated on first write).
+    started: BTreeSet<(NodeId, bool)>,
+    /// The first error, reported once.
+    failed: bool,
+}
+
+impl HostFiles {
+    /// Files under `out.outdir` and `out.errdir` (created).
+    pub fn new(out: &OutputArgs) -> HostFiles {
+        let mut f = HostFiles { dirs: [out.outdir.clone(), out.errdir.clone()], ..HostFiles::default() };
+        for d in f.dirs.iter().flatten() {
+            if let Err(e) = std::fs::create_dir_all(d) {
+                eprintln!("plush: cannot create {}: {e}", d.display());
+            }
+        }
+        f.started.clear();
+        f
+    }
+
+    /// Whether any directory was given.
+    pub fn any(&self) -> bool {
+        self.dirs.iter().any(Option::is_some)
+    }
+
+    /// Append `bytes` of `node`'s stdout (or stderr) to its file.
+    pub fn write(&mut self, labels: &Labels, node: NodeId, err: bool, bytes: &[u8]) {
+        let Some(dir) = &self.dirs[usize::from(err)] else { return };
+        let name = labels.label(&node).replace(['/', '\\'], "_");
+        let first = self.started.insert((node, err));
+        let path = dir.join(name);
+        let r = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(!first)
+            .truncate(first)
+            .open(&path)
+            .and_then(|mut f| f.write_all(bytes));
+        if let Err(e) = r {
+            if !std::mem::replace(&mut self.failed, true) {
+                eprintln!("plush: cannot write {}: {e}", path.display());
+            }
+        }
+    }
 }
 
 /// What a job gave, counted for its summary.
@@ -428,70 +530,165 @@ impl Labels {
     }
 }
 
-/// Live output being printed: per host, the partial line not printed yet and the bytes seen.
+/// Live output being printed: per host and stream, the partial line not printed yet; per
+/// host, its label (computed once: millions of lines may be printed).
 #[derive(Default)]
 struct Streamed {
-    partial: BTreeMap<NodeId, Vec<u8>>,
-    seen: BTreeMap<NodeId, usize>,
+    partial: BTreeMap<(NodeId, bool), Vec<u8>>,
+    label: HashMap<NodeId, Vec<u8>>,
+    files: HostFiles,
+    writer: Option<Writer>,
+}
+
+/// Formatted lines waiting for the terminal: (stderr, bytes).
+type Lines = (bool, Vec<u8>);
+
+/// A thread that writes live output to stdout and stderr, so that a reader that stops (a
+/// paused pager) stalls only it, never the controller's event loop (whose links would time
+/// out). Bound: [`WRITER_QUEUE`] batches queued, each one take of live output (the root's
+/// window at most, formatted), plus one held back while the queue is full; while one is held
+/// back no more live output is taken, so the hosts wait.
+struct Writer {
+    tx: std::sync::mpsc::SyncSender<Lines>,
+    held: Vec<Lines>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Batches of formatted live output queued for the writer thread.
+const WRITER_QUEUE: usize = 8;
+
+impl Writer {
+    fn start() -> Writer {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Lines>(WRITER_QUEUE);
+        let thread = std::thread::spawn(move || {
+            // Write errors (a closed pipe) drop the output; the hosts must still finish.
+            for (err, bytes) in rx {
+                if err {
+                    let mut e = std::io::stderr().lock();
+                    let _ = e.write_all(&bytes);
+                    let _ = e.flush();
+                } else {
+                    let mut o = std::io::stdout().lock();
+                    let _ = o.write_all(&bytes);
+                    let _ = o.flush();
+                }
+            }
+        });
+        Writer { tx, held: Vec::new(), thread }
+    }
+
+    /// Queue what is held back, as far as the queue has room; whether nothing is held.
+    fn flush_held(&mut self) -> bool {
+        while !self.held.is_empty() {
+            let first = self.held.remove(0);
+            match self.tx.try_send(first) {
+                Ok(()) => {}
+                Err(std::sync::mpsc::TrySendError::Full(back)) => {
+                    self.held.insert(0, back);
+                    return false;
+                }
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => self.held.clear(),
+            }
+        }
+        true
+    }
+
+    /// Write everything and stop the thread.
+    fn finish(self) {
+        for x in self.held {
+            let _ = self.tx.send(x);
+        }
+        drop(self.tx);
+        let _ = self.thread.join();
+    }
 }
 
 impl Streamed {
-    /// Print the complete lines of `chunks` (`host: line`, or JSON objects).
-    fn print(&mut self, labels: &Labels, chunks: Vec<(NodeId, Vec<u8>)>, json: bool) {
+    /// Whether more live output may be taken: the writer holds nothing back.
+    fn room(&mut self) -> bool {
+        self.writer.as_mut().is_none_or(Writer::flush_held)
+    }
+
+    /// Print the complete lines of `chunks` (`host: line` on stdout or stderr, or JSON objects
+    /// on stdout; through the writer thread) and write them to the host files.
+    fn print(&mut self, labels: &Labels, chunks: Vec<plush_mio::Streamed>, json: bool) {
         if chunks.is_empty() {
             return;
         }
-        let mut out = std::io::stdout().lock();
-        for (node, bytes) in chunks {
-            *self.seen.entry(node).or_default() += bytes.len();
-            let buf = self.partial.entry(node).or_default();
-            buf.extend_from_slice(&bytes);
-            loop {
-                let cut = match buf.iter().position(|&b| b == b'\n') {
-                    Some(k) => (k, k + 1),
-                    None if buf.len() >= MAX_PARTIAL_LINE => (buf.len(), buf.len()),
-                    None => break,
-                };
-                let line: Vec<u8> = buf.drain(..cut.1).take(cut.0).collect();
-                print_line(&mut out, labels, node, &line, json);
+        let (mut out, mut err) = (Vec::with_capacity(1 << 16), Vec::new());
+        for c in chunks {
+            self.files.write(labels, c.node, c.err, &c.bytes);
+            let label = self.label.entry(c.node).or_insert_with(|| labels.label(&c.node).into_bytes());
+            let buf = self.partial.entry((c.node, c.err)).or_default();
+            let w: &mut dyn Write = if c.err && !json { &mut err } else { &mut out };
+            // Lines of the chunk, the first one completing what was left of the last chunk.
+            let mut rest = &c.bytes[..];
+            while let Some(k) = rest.iter().position(|&b| b == b'\n') {
+                if buf.is_empty() {
+                    print_line(w, label, &rest[..k], json, c.err);
+                } else {
+                    buf.extend_from_slice(&rest[..k]);
+                    print_line(w, label, buf, json, c.err);
+                    buf.clear();
+                }
+                rest = &rest[k + 1..];
+            }
+            buf.extend_from_slice(rest);
+            if buf.len() >= MAX_PARTIAL_LINE {
+                print_line(w, label, buf, json, c.err);
+                buf.clear();
             }
         }
-        let _ = out.flush();
+        let w = self.writer.get_or_insert_with(Writer::start);
+        for x in [(false, out), (true, err)] {
+            if !x.1.is_empty() {
+                w.held.push(x);
+            }
+        }
+        w.flush_held();
     }
 
-    /// Print what is left: partial lines, and in full the output of hosts whose live output
-    /// lost bytes on the way (the core limits its rate), so nothing is missing.
-    fn finish(&mut self, labels: &Labels, groups: &[ResultGroup], json: bool) {
-        let mut out = std::io::stdout().lock();
-        for (node, rest) in std::mem::take(&mut self.partial) {
-            if !rest.is_empty() {
-                print_line(&mut out, labels, node, &rest, json);
+    /// Write the outputs of result groups to the host files (grouped mode, as they arrive).
+    fn write_results(&mut self, labels: &Labels, groups: &[ResultGroup]) {
+        for g in groups {
+            for &node in &g.nodes {
+                self.files.write(labels, node, false, &g.output);
+                self.files.write(labels, node, true, &g.stderr);
             }
         }
-        for g in groups {
-            for node in &g.nodes {
-                let seen = self.seen.get(node).copied().unwrap_or(0);
-                if seen >= g.output.len() {
-                    continue;
-                }
-                if seen > 0 {
-                    eprintln!("plush: {}: some live output was dropped; its whole output follows", labels.label(node));
-                }
-                for line in g.output.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                    print_line(&mut out, labels, *node, line, json);
-                }
+    }
+
+    /// Print what is left: what the writer thread has queued, then partial lines (without
+    /// their newline).
+    fn finish(&mut self, json: bool) {
+        if let Some(w) = self.writer.take() {
+            w.finish();
+        }
+        let mut out = std::io::stdout().lock();
+        let mut err = std::io::stderr().lock();
+        for ((node, is_err), rest) in std::mem::take(&mut self.partial) {
+            if rest.is_empty() {
+                continue;
             }
+            let label = self.label.get(&node).cloned().unwrap_or_default();
+            let w: &mut dyn Write = if is_err && !json { &mut err } else { &mut out };
+            print_line(w, &label, &rest, json, is_err);
         }
         let _ = out.flush();
     }
 }
 
-fn print_line(out: &mut impl Write, labels: &Labels, node: NodeId, line: &[u8], json: bool) {
+fn print_line(out: &mut dyn Write, label: &[u8], line: &[u8], json: bool, err: bool) {
     if json {
-        let v = json!({"node": labels.label(&node), "line": String::from_utf8_lossy(line)});
+        let v = if err {
+            json!({"node": String::from_utf8_lossy(label), "line": String::from_utf8_lossy(line), "stderr": true})
+        } else {
+            json!({"node": String::from_utf8_lossy(label), "line": String::from_utf8_lossy(line)})
+        };
         let _ = writeln!(out, "{v}");
     } else {
-        let _ = write!(out, "{}: ", labels.label(&node));
+        let _ = out.write_all(label);
+        let _ = out.write_all(b": ");
         let _ = out.write_all(line);
         let _ = out.write_all(b"\n");
     }
@@ -518,6 +715,8 @@ pub struct Session {
     pub no_upgrade: bool,
     /// Clients are started by the local launcher (their pids are the clients').
     pub local_launcher: bool,
+    /// Output cap and files of `apply`'s phases.
+    pub output: OutputArgs,
 }
 
 impl Session {
@@ -593,6 +792,7 @@ impl Session {
             join_timeout: args.join_timeout,
             no_upgrade: args.no_upgrade,
             local_launcher: kind == LauncherKind::Local,
+            output: OutputArgs::default(),
         };
         s.invite(hosts);
         Ok(s)
@@ -779,6 +979,7 @@ impl Session {
     /// Run a job and print its results; see [`PrintOpts`]. Ctrl-C cancels it. Hosts that did
     /// not succeed are named on stderr with the reason.
     pub fn run_job(&mut self, spec: JobSpec<'_>, opts: PrintOpts) -> JobSummary {
+        let spec = JobSpec { max_output: opts.out.max_output.or(spec.max_output), ..spec };
         self.run_start(Start::Job(spec), opts)
     }
 
@@ -810,7 +1011,7 @@ impl Session {
             lost: Vec::new(),
             elapsed: Duration::ZERO,
         };
-        let mut streamed = Streamed::default();
+        let mut streamed = Streamed { files: HostFiles::new(&opts.out), ..Streamed::default() };
         if !joined.is_empty() {
             let started = match start {
                 Start::Job(spec) => self.c.start_job(JobSpec { stream: spec.stream || opts.stream, ..spec }),
@@ -825,7 +1026,7 @@ impl Session {
                     let stop = interrupt_flag();
                     stop.store(false, Ordering::Relaxed);
                     let n = self.host_count();
-                    let mut waited = self.wait_streaming(job, n, opts, &stop, &mut streamed);
+                    let mut waited = self.wait_streaming(job, n, &opts, &stop, &mut streamed);
                     if stop.swap(false, Ordering::Relaxed) {
                         summary.interrupted = true;
                         eprintln!("plush {}: interrupted: cancelling the job", self.cmd);
@@ -833,7 +1034,7 @@ impl Session {
                             eprintln!("plush {}: cannot cancel: {e}", self.cmd);
                         }
                         // The cancelled hosts answer quickly; a second Ctrl-C stops waiting.
-                        waited = self.wait_streaming(job, n, opts, &stop, &mut streamed);
+                        waited = self.wait_streaming(job, n, &opts, &stop, &mut streamed);
                     }
                     match waited {
                         Ok(o) => out = o,
@@ -848,9 +1049,18 @@ impl Session {
         let mut groups = out.groups;
         sort_groups(&mut groups);
         if opts.stream {
-            streamed.finish(&self.labels, &groups, opts.json);
+            streamed.finish(opts.json);
+            let cap = opts.out.max_output.map_or_else(String::new, |c| format!(" at {}", size_text(c)));
+            for g in groups.iter().filter(|g| g.truncated) {
+                eprintln!("plush: {}: output cut{cap}", self.labels.fold(&g.nodes));
+            }
         } else {
-            print_groups(&self.labels, &groups, opts.json);
+            if streamed.files.any() {
+                // What came after the last turn of the wait.
+                let new = self.c.take_results(out.job);
+                streamed.write_results(&self.labels, &new);
+            }
+            print_groups(&self.labels, &groups, opts.json, opts.out.max_output);
         }
 
         let answered: BTreeSet<NodeId> = groups.iter().flat_map(|g| g.nodes.iter().copied()).collect();
@@ -918,7 +1128,7 @@ impl Session {
         &mut self,
         job: u64,
         n: usize,
-        opts: PrintOpts,
+        opts: &PrintOpts,
         stop: &AtomicBool,
         streamed: &mut Streamed,
     ) -> std::io::Result<RunOutcome> {
@@ -928,10 +1138,17 @@ impl Session {
             job,
             |c, got, expected| {
                 if opts.stream {
-                    let (chunks, d) = c.take_streams(job);
-                    dropped += d;
-                    streamed.print(labels, chunks, opts.json);
+                    // A reader behind: take nothing, so the hosts wait (their windows fill).
+                    if streamed.room() {
+                        let (chunks, d) = c.take_streams(job);
+                        dropped += d;
+                        streamed.print(labels, chunks, opts.json);
+                    }
                 } else {
+                    if streamed.files.any() {
+                        let new = c.take_results(job);
+                        streamed.write_results(labels, &new);
+                    }
                     if let Some((base, _)) = progress.bytes {
                         progress.sent = c.driver_stats().chunk_bytes_sent.saturating_sub(base);
                     }
@@ -1004,40 +1221,73 @@ pub fn largest_code(groups: &[ResultGroup]) -> u8 {
     groups.iter().map(|g| code_of(&g.status)).max().unwrap_or(0)
 }
 
-/// Print the groups on stdout: `clush -b`'s layout, or JSON lines. Write errors (a closed pipe)
-/// are ignored: the hosts must still be dismantled.
-pub fn print_groups(labels: &Labels, groups: &[ResultGroup], json: bool) {
+/// Print the groups: `clush -b`'s layout, stdout gathered on stdout and stderr gathered apart
+/// on stderr (each grouped by its own content and the status), or JSON lines with `stdout`
+/// and `stderr`. `cap`: the user's `--max-output`, named beside a cut group. Write errors (a
+/// closed pipe) are ignored: the hosts must still be dismantled.
+pub fn print_groups(labels: &Labels, groups: &[ResultGroup], json: bool, cap: Option<u64>) {
     let mut out = std::io::stdout().lock();
-    for g in groups {
-        let nodes = labels.fold(&g.nodes);
-        let status = status_text(&g.status);
-        if json {
+    if json {
+        for g in groups {
+            let status = status_text(&g.status);
             let line = json!({
-                "nodes": nodes,
+                "nodes": labels.fold(&g.nodes),
                 "count": g.nodes.len(),
                 "exit": code_of(&g.status),
                 "status": status.as_deref().unwrap_or("ok"),
                 "truncated": g.truncated,
-                "output": String::from_utf8_lossy(&g.output),
+                "stdout": String::from_utf8_lossy(&g.output),
+                "stderr": String::from_utf8_lossy(&g.stderr),
             });
             let _ = writeln!(out, "{line}");
-        } else {
-            let mut header = format!("{nodes} ({})", g.nodes.len());
-            if let Some(s) = status {
+        }
+        let _ = out.flush();
+        return;
+    }
+    let cut = match cap {
+        Some(c) => format!(" [output cut at {}]", size_text(c)),
+        None => " [output cut]".to_string(),
+    };
+    // Regroup by one stream's content: hosts that differ only in stderr share their stdout group.
+    let gather = |err: bool| {
+        let mut v: Vec<(ExitStatus, bool, &[u8], Vec<NodeId>)> = Vec::new();
+        for g in groups {
+            let bytes: &[u8] = if err { &g.stderr } else { &g.output };
+            if err && bytes.is_empty() {
+                continue;
+            }
+            match v.iter_mut().find(|x| x.0 == g.status && x.1 == g.truncated && x.2 == bytes) {
+                Some(x) => x.3.extend_from_slice(&g.nodes),
+                None => v.push((g.status, g.truncated, bytes, g.nodes.clone())),
+            }
+        }
+        for x in &mut v {
+            x.3.sort_unstable();
+        }
+        v.sort_by(|a, b| b.3.len().cmp(&a.3.len()).then_with(|| a.3.first().cmp(&b.3.first())));
+        v
+    };
+    let print = |w: &mut dyn Write, v: Vec<(ExitStatus, bool, &[u8], Vec<NodeId>)>| {
+        for (status, truncated, bytes, nodes) in v {
+            let mut header = format!("{} ({})", labels.fold(&nodes), nodes.len());
+            if let Some(s) = status_text(&status) {
                 header.push(' ');
                 header.push_str(&s);
             }
-            if g.truncated {
-                header.push_str(" [output truncated]");
+            if truncated {
+                header.push_str(&cut);
             }
-            let _ = writeln!(out, "---------------\n{header}\n---------------");
-            let _ = out.write_all(&g.output);
-            if !g.output.is_empty() && !g.output.ends_with(b"\n") {
-                let _ = out.write_all(b"\n");
+            let _ = writeln!(w, "---------------\n{header}\n---------------");
+            let _ = w.write_all(bytes);
+            if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+                let _ = w.write_all(b"\n");
             }
         }
-    }
-    let _ = out.flush();
+        let _ = w.flush();
+    };
+    print(&mut out, gather(false));
+    drop(out);
+    print(&mut std::io::stderr().lock(), gather(true));
 }
 
 /// A JSON summary line of a job: `{"summary": {...}}` with the counts, `joined` (hosts

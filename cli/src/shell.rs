@@ -22,7 +22,7 @@
 //! controller's; the reader thread holds at most one line ahead of the loop.
 
 use crate::run::parse_timeout;
-use crate::session::{ms, summary_json, HostArgs, PrintOpts, Session, INTERRUPTED};
+use crate::session::{ms, summary_json, HostArgs, OutputArgs, PrintOpts, Session, INTERRUPTED};
 use clap::{Args, Parser};
 use plush_core::{HostState, NodeId};
 use plush_mio::{JobSpec, Notice, PushJob};
@@ -71,7 +71,7 @@ enum Line {
         /// Kill it after SECS seconds.
         #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
         timeout: Option<Duration>,
-        /// Print output as it arrives, `host: line`.
+        /// Print every byte of output as it arrives, `host: line` on the matching fd.
         #[arg(long)]
         stream: bool,
         /// Start it and return at once; `wait` prints its results, `cancel` kills it.
@@ -84,6 +84,9 @@ enum Line {
         /// JSON lines.
         #[arg(long)]
         json: bool,
+        /// Output cap and per-host files.
+        #[command(flatten)]
+        out: OutputArgs,
         /// The command and its arguments.
         #[arg(required = true, num_args = 1.., trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<String>,
@@ -353,8 +356,8 @@ impl Shell {
             }
         };
         match cmd {
-            Line::Run { hosts, timeout, stream, bg, retry_lost, json, command } => {
-                self.run(&hosts, timeout, stream, bg, retry_lost, json, &command)
+            Line::Run { hosts, timeout, stream, bg, retry_lost, json, out, command } => {
+                self.run(&hosts, timeout, stream, bg, retry_lost, json, out, &command)
             }
             Line::Push { hosts, timeout, mode, json, src, dest } => self.push(&hosts, timeout, mode, json, &src, &dest),
             Line::Wait { job, json } => self.wait(job, json),
@@ -427,7 +430,7 @@ impl Shell {
             upgrade: false,
             digest: None,
         };
-        let summary = self.s.run_push(push, PrintOpts { json, stream: false });
+        let summary = self.s.run_push(push, PrintOpts { json, stream: false, out: OutputArgs::default() });
         let sent = self.s.c.driver_stats().chunk_bytes_sent.saturating_sub(sent_before);
         self.status = if summary.interrupted { INTERRUPTED } else { summary.code };
         let hosts = target.as_ref().map_or(self.s.host_count(), Vec::len);
@@ -455,15 +458,19 @@ impl Shell {
         bg: bool,
         retry_lost: bool,
         json: bool,
+        out: OutputArgs,
         command: &[String],
     ) {
         let Ok(target) = self.target("run", hosts) else { return };
         let argv: Vec<&str> = command.iter().map(String::as_str).collect();
         let env = if retry_lost { plush_mio::retry_lost_env() } else { Vec::new() };
-        let spec = JobSpec { argv: &argv, target: target.as_deref(), timeout, stream, env: &env };
+        let spec =
+            JobSpec { argv: &argv, target: target.as_deref(), timeout, stream, env: &env, max_output: out.max_output };
         let json = json || self.json;
         if bg {
-            match self.s.c.start_job(spec) {
+            // Gathered, not streamed: nobody reads live output until `wait`, and unread live
+            // output would hold the hosts' processes in `write`.
+            match self.s.c.start_job(JobSpec { stream: false, ..spec }) {
                 Ok(job) => {
                     if self.bg.len() >= MAX_BG {
                         self.bg.remove(0);
@@ -479,7 +486,7 @@ impl Shell {
             }
             return;
         }
-        let summary = self.s.run_job(spec, PrintOpts { json, stream });
+        let summary = self.s.run_job(spec, PrintOpts { json, stream, out });
         self.status = if summary.interrupted { INTERRUPTED } else { summary.code };
         if json {
             let line = summary_json(&summary, target.as_ref().map_or(self.s.host_count(), Vec::len), &[]);
@@ -516,7 +523,7 @@ impl Shell {
         };
         let mut groups = out.groups;
         crate::session::sort_groups(&mut groups);
-        crate::session::print_groups(&self.s.labels, &groups, json);
+        crate::session::print_groups(&self.s.labels, &groups, json, None);
         for h in &out.missing {
             eprintln!("plush: {}: lost (joined, gave no result)", self.s.label(h));
         }

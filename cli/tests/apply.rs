@@ -86,7 +86,7 @@ run = ["sh", "-c", "date +%s.%N > {m}/two-$PLUSH_NODE; echo two"]
     let one = groups("one");
     assert_eq!(one.len(), 1, "{one:?}");
     assert_eq!(one[0]["count"], 5);
-    assert_eq!(one[0]["output"], "one\n");
+    assert_eq!(one[0]["stdout"], "one\n");
     let two = groups("two");
     assert_eq!(two.len(), 1, "{two:?}");
     assert_eq!(two[0]["count"], 5);
@@ -133,7 +133,7 @@ run = "echo never"
     assert_eq!(flaky.len(), 1, "{flaky:?}");
     assert_eq!(flaky[0]["count"], 3);
     assert_eq!(flaky[0]["exit"], 0);
-    assert!(flaky[0]["output"].as_str().unwrap().contains("plush: restart 1 of 1 after exit 7"), "{}", flaky[0]);
+    assert!(flaky[0]["stderr"].as_str().unwrap().contains("plush: restart 1 of 1 after exit 7"), "{}", flaky[0]);
     assert!(docs.iter().all(|d| d["phase"] != "never"), "phase three ran: {docs:?}");
     assert!(r.stderr.contains("127.0.0.2: phase breaks: exit 5"), "{}", r.stderr);
     let summary = &docs.last().unwrap()["summary"];
@@ -214,7 +214,7 @@ run = ["sh", "-c", "cmp {dir}/data.txt {out}/data.txt && stat -c %a {out}/data.t
     assert_eq!(check.len(), 1, "{check:?}");
     assert_eq!(check[0]["count"], 4, "{}", check[0]);
     assert_eq!(check[0]["status"], "ok", "{}", check[0]);
-    assert_eq!(check[0]["output"], "640\n600\n", "{}", check[0]);
+    assert_eq!(check[0]["stdout"], "640\n600\n", "{}", check[0]);
     let summary = &docs.last().expect("a summary")["summary"];
     assert_eq!(summary["files_run"], 2, "{summary}");
     assert_eq!(summary["ok"], 4, "{summary}");

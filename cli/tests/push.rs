@@ -156,7 +156,7 @@ fn json_summary_counts_controller_bytes_and_hosts() {
     assert_eq!(g["count"], 10, "{g}");
     assert_eq!(g["exit"], 0, "{g}");
     assert_eq!(g["nodes"], "127.0.0.[1-10]", "{g}");
-    assert_eq!(g["output"], "", "{g}");
+    assert_eq!(g["stdout"], "", "{g}");
     let sm = &lines[1]["summary"];
     assert_eq!(sm["hosts"], 10, "{sm}");
     assert_eq!(sm["ok"], sm["hosts"], "ok equals the host count: {sm}");

@@ -43,7 +43,7 @@ fn json_lines_give_the_groups_and_a_summary() {
     assert_eq!(g["count"], 20, "{g}");
     assert_eq!(g["exit"], 0, "{g}");
     assert_eq!(g["nodes"], "127.0.0.[1-20]", "{g}");
-    assert_eq!(g["output"].as_str().map(str::as_bytes), Some(&hostname()[..]), "{g}");
+    assert_eq!(g["stdout"].as_str().map(str::as_bytes), Some(&hostname()[..]), "{g}");
     let s = &lines[1]["summary"];
     assert_eq!(s["joined"], 20, "{s}");
     assert_eq!(s["ok"], 20, "{s}");

@@ -191,6 +191,6 @@ fn push_copies_a_file_to_every_host_and_the_shell_goes_on_after_a_missing_one() 
     assert_eq!(summaries[0]["exit"], 0);
     // Every host read the copy: one group of all of them, with the content.
     assert_eq!(groups[1]["count"], n, "{}", groups[1]);
-    assert_eq!(groups[1]["output"], content.as_str(), "{}", groups[1]);
+    assert_eq!(groups[1]["stdout"], content.as_str(), "{}", groups[1]);
     assert_eq!(summaries[1]["ok"], n, "{}", summaries[1]);
 }

@@ -129,7 +129,7 @@ fn plush_run_upgrades_outdated_clients_unless_told_not_to() {
             hosts += group["count"].as_u64().expect("count");
             // Local clients share one file: a later copy renamed over it leaves the running
             // one "(deleted)".
-            let exe = group["output"].as_str().expect("output").trim().trim_end_matches(" (deleted)").to_string();
+            let exe = group["stdout"].as_str().expect("stdout").trim().trim_end_matches(" (deleted)").to_string();
             if no_upgrade {
                 assert_eq!(exe, old.display().to_string(), "{out}");
             } else {

@@ -63,8 +63,10 @@ pub struct Config {
     /// Known peers remembered for recovery and partition probes; when full, a random entry is
     /// replaced. Default 16.
     pub max_peers: usize,
-    /// Output a job keeps per node; more is cut and the result marked truncated. Default 64 KiB.
-    pub max_output: usize,
+    /// Output bytes a node may have sent up a link per job and not had acknowledged (live
+    /// output and large results' blobs): the per-link window that carries backpressure from
+    /// the controller's reader down to each job's process. Default 256 KiB.
+    pub output_window: usize,
     /// An interior node sends merged results up once every child answered, or this long after
     /// the first unsent result arrived. Default 20 ms.
     pub merge_delay: Duration,
@@ -77,9 +79,6 @@ pub struct Config {
     /// A finished job is remembered this long, so that children that attach late still get its
     /// `Run`. Default 60 s.
     pub job_linger: Duration,
-    /// Live output streamed per node and job, in bytes per second (bursts of one second); more is
-    /// dropped from the stream (the final result still has it). Default 64 KiB/s.
-    pub stream_rate: usize,
     /// Where a client is launched when an invitation finds none: at the root (as in Plush-M) or,
     /// by default, at the controller, where ssh keys usually live.
     pub launch_at_root: bool,
@@ -128,12 +127,11 @@ impl Default for Config {
             repair_waves: 3,
             connect_timeout: Duration::from_secs(1),
             repair_timeout: Duration::from_millis(500),
-            max_output: 64 << 10,
+            output_window: 256 << 10,
             merge_delay: Duration::from_millis(20),
             ctrl_merge_delay: Duration::from_millis(100),
             max_jobs: 64,
             job_linger: Duration::from_secs(60),
-            stream_rate: 64 << 10,
             launch_at_root: false,
             ack_interval: Duration::from_secs(1),
             push_window: 8,

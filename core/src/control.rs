@@ -70,7 +70,7 @@ use crate::nodeset::NodeSet;
 use crate::time::Instant;
 use crate::transfer::Xfer;
 use crate::tree::{Tree, TreeState};
-use crate::wire::{ControlMsg, ExitStatus, Group, JobKind, JobMsg, List, Message, RunSpec, Target};
+use crate::wire::{BlobRef, ControlMsg, ExitStatus, Group, JobKind, JobMsg, List, Message, RunSpec, Target};
 use rand::RngExt;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
@@ -110,16 +110,26 @@ pub const LOST_OUTPUT: &[u8] =
 const TOO_MANY_JOBS: &[u8] = b"plush: too many jobs on this node";
 /// A results message is split once its groups' outputs pass this many bytes.
 const SPLIT_BYTES: usize = 256 << 10;
+/// Output (stdout and stderr) carried inline in a result group; a larger one travels as a
+/// blob ([`JobMsg::Blob`]), once per link and digest.
+pub const INLINE_OUTPUT: usize = 32 << 10;
+/// Bytes per [`JobMsg::Blob`] chunk.
+pub const BLOB_CHUNK: usize = 64 << 10;
+/// Blobs being received at once per job (from different children); a chunk of one more is
+/// dropped (and acknowledged, so the sender's window does not close for good).
+pub const MAX_PARTIAL_BLOBS: usize = 64;
 
 /// What the driver reports about a process it spawned for a job.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProcessEvent {
-    /// The process wrote these bytes (stdout or stderr).
+    /// The process wrote these bytes on stdout, or on stderr (`err`).
     Output {
         /// The job.
         job: u64,
         /// The bytes.
         bytes: Vec<u8>,
+        /// From stderr.
+        err: bool,
     },
     /// The process ended (or could not start).
     Exit {
@@ -135,18 +145,125 @@ pub enum ProcessEvent {
 struct Held {
     status: ExitStatus,
     truncated: bool,
-    output: Rc<Vec<u8>>,
+    /// stdout, then stderr.
+    content: Rc<Vec<u8>>,
+    /// Where stderr starts in `content`.
+    split: usize,
+    /// [`digest_of`] the content: equal digests, equal outputs.
+    digest: [u8; 32],
     nodes: NodeSet,
 }
 
+/// SHA-256 of stdout's length (8 bytes, little-endian), stdout and stderr: the name of an
+/// output ([`BlobRef::digest`]).
+pub fn digest_of(stdout: &[u8], stderr: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update((stdout.len() as u64).to_le_bytes());
+    h.update(stdout);
+    h.update(stderr);
+    h.finalize().into()
+}
+
 impl Held {
-    /// Same status, truncation and output (the same buffer, or equal bytes).
+    fn new(status: ExitStatus, truncated: bool, stdout: &[u8], stderr: &[u8], nodes: NodeSet) -> Held {
+        let mut content = Vec::with_capacity(stdout.len() + stderr.len());
+        content.extend_from_slice(stdout);
+        content.extend_from_slice(stderr);
+        Held::of_content(status, truncated, Rc::new(content), stdout.len(), nodes)
+    }
+
+    fn of_content(status: ExitStatus, truncated: bool, content: Rc<Vec<u8>>, split: usize, nodes: NodeSet) -> Held {
+        let split = split.min(content.len());
+        let digest = digest_of(&content[..split], &content[split..]);
+        Held { status, truncated, content, split, digest, nodes }
+    }
+
+    /// Same status, truncation and output (by digest).
     fn same(&self, other: &Held) -> bool {
-        self.status == other.status
-            && self.truncated == other.truncated
-            && (Rc::ptr_eq(&self.output, &other.output) || self.output == other.output)
+        self.status == other.status && self.truncated == other.truncated && self.digest == other.digest
+    }
+
+    fn blob_ref(&self) -> BlobRef {
+        BlobRef { digest: self.digest, stdout_len: self.split as u64, len: self.content.len() as u64 }
+    }
+
+    /// The group as it travels: inline, or naming its blob.
+    fn group(&self) -> Group {
+        if self.content.len() <= INLINE_OUTPUT {
+            Group {
+                status: self.status,
+                truncated: self.truncated,
+                output: self.content[..self.split].to_vec(),
+                nodes: self.nodes.clone(),
+                stderr: self.content[self.split..].to_vec(),
+                blob: None,
+            }
+        } else {
+            Group {
+                status: self.status,
+                truncated: self.truncated,
+                output: Vec::new(),
+                nodes: self.nodes.clone(),
+                stderr: Vec::new(),
+                blob: Some(self.blob_ref()),
+            }
+        }
     }
 }
+
+/// Something a node sends up for a job, in order. `Output` and `Blob` count against the
+/// link's output window ([`crate::Config::output_window`]); `Results` do not, but wait their
+/// turn behind them (so the blobs they name, and the live output before them, arrive first).
+#[derive(Debug)]
+enum UpItem {
+    /// Live output of `node`; `from`: the child it came from (acknowledged once this is sent
+    /// up), `None` for our own.
+    Output { node: NodeId, err: bool, bytes: Vec<u8>, from: Option<NodeId> },
+    /// A large output, sent in [`BLOB_CHUNK`] chunks from `offset` on.
+    Blob { digest: [u8; 32], content: Rc<Vec<u8>>, offset: usize },
+    /// Result groups.
+    Results { groups: Vec<Group>, complete: bool },
+}
+
+/// A job's output on its way up, and the blobs received from below.
+///
+/// Bounds: `queue` holds at most our own unsent output (the driver stops reading our pipes
+/// once any waits, so at most what it read before it heard: see the driver) plus each child's
+/// window (a child's output is acknowledged only once passed on), plus result groups, which
+/// are bounded by [`MAX_GROUPS`]; `partial` at most [`MAX_PARTIAL_BLOBS`].
+#[derive(Debug, Default)]
+struct Upward {
+    queue: VecDeque<UpItem>,
+    /// Windowed bytes sent up and not acknowledged yet.
+    inflight: u64,
+    /// Bytes of our own live output waiting in `queue`.
+    own_queued: u64,
+    /// The driver was told to stop reading our process's output.
+    paused: bool,
+    /// Blobs sent to the current way up.
+    sent_blobs: Vec<[u8; 32]>,
+    /// Blobs received from below.
+    blobs: Blobs,
+}
+
+/// Blobs received for one job ([`JobMsg::Blob`]). Bounds: at most [`MAX_PARTIAL_BLOBS`] being
+/// received; whole ones at most one per distinct output of the job (as many as the result
+/// groups they belong to), dropped with the job.
+#[derive(Debug, Default)]
+pub(crate) struct Blobs {
+    /// Being received: (sender, digest, content so far, total). Several children may send
+    /// the same output at once; each sends its chunks in order.
+    partial: Vec<(NodeId, [u8; 32], Vec<u8>, u64)>,
+    /// Received whole.
+    whole: Vec<([u8; 32], Rc<Vec<u8>>)>,
+    /// At the controller: blobs already split into stdout and stderr for its reports (then no
+    /// longer in `whole`), so that each is held once however many groups name it.
+    split: Vec<([u8; 32], Streams)>,
+}
+
+/// stdout and stderr of an output, shared.
+pub type Streams = (Rc<Vec<u8>>, Rc<Vec<u8>>);
 
 /// Merge `g` into `groups`; false if it would be a new group and the list is full.
 fn merge(groups: &mut Vec<Held>, g: &Held) -> bool {
@@ -187,7 +304,11 @@ struct Job {
     /// Admitted past [`crate::Config::max_jobs`]: no process runs for it here.
     over: bool,
     own: Own,
-    output: Vec<u8>,
+    /// Our own process's stdout and stderr (gathered when the job does not stream).
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    /// Output bytes our process wrote so far (kept or streamed), for the job's cap.
+    out_bytes: u64,
     truncated: bool,
     /// Every unacknowledged result this node produced or received. At most [`MAX_GROUPS`].
     held: Vec<Held>,
@@ -204,9 +325,8 @@ struct Job {
     flush_at: Option<Instant>,
     /// Once nothing is held and the process is done: forget the job at this time.
     linger_until: Option<Instant>,
-    /// Stream budget: bytes left in the current second, and when it refills.
-    stream_left: usize,
-    stream_refill: Instant,
+    /// Output on its way up. See [`Upward`].
+    up: Upward,
     /// A push job's transfer (see [`crate::transfer`]); `None` for every other kind.
     xfer: Option<Box<Xfer>>,
 }
@@ -577,6 +697,11 @@ impl Control {
             let j = &mut self.jobs[k];
             j.unsent = j.held.clone();
             j.told_complete = false;
+            // A new way up: what was in flight on the old one is gone; results and blobs go
+            // again from what is held, live output goes on.
+            j.up.inflight = 0;
+            j.up.sent_blobs.clear();
+            j.up.queue.retain(|i| matches!(i, UpItem::Output { .. }));
             if let Some(x) = j.xfer.as_mut().filter(|x| !x.complete() && x.asked) {
                 // A new parent: it feeds us from where we are.
                 x.ask(ctx, j.spec.job, up);
@@ -767,6 +892,10 @@ impl Control {
     }
 
     fn on_set_peer(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, from: NodeId, host: NodeId, ctrl: NodeId) {
+        if ctrl == self.me {
+            // Nonsense (we are no controller): taking it would make us report to ourselves.
+            return;
+        }
         if host == self.me {
             // An invitation for us: join through the sender, or found the tree if the controller
             // itself asks.
@@ -857,6 +986,7 @@ impl Control {
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             stream: false,
             push: None,
+            max_output: 0,
         };
         self.maint = Some(Maint { boot, deadline: ctx.now + timeout, output: Vec::new() });
         ctx.io.out.push_back(Output::Spawn { job: MAINT_JOB, spec: Rc::new(spec) });
@@ -934,13 +1064,51 @@ impl Control {
                 }
                 self.on_results(ctx, tree, from, job, groups.0, complete);
             }
-            JobMsg::Output { job, node, bytes } => {
+            JobMsg::Output { job, node, bytes, err } => {
                 if self.is_above(tree, from) {
                     return;
                 }
-                if let Some(up) = self.up(tree) {
-                    ctx.send_msg(up, &Message::Job(JobMsg::Output { job, node, bytes }));
+                match self.job_index(job) {
+                    Some(k) => {
+                        // Passed on (and acknowledged to the child) as our window up allows.
+                        self.jobs[k].up.queue.push_back(UpItem::Output { node, err, bytes, from: Some(from) });
+                        self.pump_up(ctx, tree, k);
+                    }
+                    None => {
+                        let n = bytes.len() as u64;
+                        if let Some(up) = self.up(tree) {
+                            ctx.send_msg(up, &Message::Job(JobMsg::Output { job, node, bytes, err }));
+                        }
+                        ctx.send_msg(from, &Message::Job(JobMsg::OutputAck { job, bytes: n }));
+                    }
                 }
+            }
+            JobMsg::OutputAck { job, bytes } => {
+                if self.up(tree) != Some(from) {
+                    return;
+                }
+                if let Some(k) = self.job_index(job) {
+                    let u = &mut self.jobs[k].up;
+                    u.inflight = u.inflight.saturating_sub(bytes);
+                    self.pump_up(ctx, tree, k);
+                }
+            }
+            JobMsg::Blob { job, digest, offset, total, data } => {
+                if self.is_above(tree, from) {
+                    return;
+                }
+                let n = data.len() as u64;
+                match self.job_index(job) {
+                    Some(k) => self.jobs[k].up.blobs.store(from, digest, offset, total, &data),
+                    None => {
+                        // A job we forgot: pass it on as it is, like the results that follow.
+                        if let Some(up) = self.up(tree) {
+                            ctx.send_msg(up, &Message::Job(JobMsg::Blob { job, digest, offset, total, data }));
+                        }
+                    }
+                }
+                // Stored (grouped output is held whole anyway): the window reopens at once.
+                ctx.send_msg(from, &Message::Job(JobMsg::OutputAck { job, bytes: n }));
             }
             JobMsg::BarrierEnter { name, nodes } => {
                 if self.is_above(tree, from) || name.len() > MAX_NAME {
@@ -1046,7 +1214,7 @@ impl Control {
                     }
                 }
                 None if target => {
-                    self.jobs[k].output = b"plush: a push without a usable file description".to_vec();
+                    self.jobs[k].stdout = b"plush: a push without a usable file description".to_vec();
                     self.finish_own(ctx, tree, k, ExitStatus::SpawnFailed);
                     return;
                 }
@@ -1060,7 +1228,7 @@ impl Control {
         match spec.kind {
             JobKind::Census => self.finish_own(ctx, tree, k, ExitStatus::Exited(0)),
             JobKind::Tree => {
-                self.jobs[k].output = tree.parent().map_or_else(Vec::new, |p| p.addr().to_string().into_bytes());
+                self.jobs[k].stdout = tree.parent().map_or_else(Vec::new, |p| p.addr().to_string().into_bytes());
                 self.finish_own(ctx, tree, k, ExitStatus::Exited(0));
             }
             JobKind::Push => {
@@ -1074,11 +1242,11 @@ impl Control {
             }
             JobKind::Command if self.ran_before(&spec) => {
                 // Its predecessor died with it: at most once, unless asked.
-                self.jobs[k].output = LOST_OUTPUT.to_vec();
+                self.jobs[k].stderr = LOST_OUTPUT.to_vec();
                 self.finish_own(ctx, tree, k, ExitStatus::Lost);
             }
             JobKind::Command if self.jobs[k].over => {
-                self.jobs[k].output = TOO_MANY_JOBS.to_vec();
+                self.jobs[k].stdout = TOO_MANY_JOBS.to_vec();
                 self.finish_own(ctx, tree, k, ExitStatus::SpawnFailed);
             }
             JobKind::Command => {
@@ -1107,13 +1275,8 @@ impl Control {
         let over = self.jobs.len() >= max;
         if self.jobs.len() >= 2 * max {
             if let Some(up) = self.up(tree).filter(|_| known && spec.target.includes(&self.me)) {
-                let g = Held {
-                    status: ExitStatus::SpawnFailed,
-                    truncated: false,
-                    output: Rc::new(TOO_MANY_JOBS.to_vec()),
-                    nodes: NodeSet::one(self.me),
-                };
-                self.send_groups(ctx, up, spec.job, &[g], false);
+                let g = Held::new(ExitStatus::SpawnFailed, false, TOO_MANY_JOBS, &[], NodeSet::one(self.me));
+                send_groups(ctx, up, spec.job, vec![g.group()], false);
             }
             return None;
         }
@@ -1122,7 +1285,9 @@ impl Control {
             known,
             over,
             own: Own::NotTarget,
-            output: Vec::new(),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            out_bytes: 0,
             truncated: false,
             held: Vec::new(),
             unsent: Vec::new(),
@@ -1131,8 +1296,7 @@ impl Control {
             told_complete: false,
             flush_at: None,
             linger_until: None,
-            stream_left: ctx.cfg.stream_rate,
-            stream_refill: ctx.now + core::time::Duration::from_secs(1),
+            up: Upward::default(),
             xfer: None,
         });
         Some(self.jobs.len() - 1)
@@ -1145,12 +1309,9 @@ impl Control {
             return;
         }
         j.own = Own::Done;
-        let g = Held {
-            status,
-            truncated: j.truncated,
-            output: Rc::new(core::mem::take(&mut j.output)),
-            nodes: NodeSet::one(self.me),
-        };
+        let stdout = core::mem::take(&mut j.stdout);
+        let stderr = core::mem::take(&mut j.stderr);
+        let g = Held::new(status, j.truncated, &stdout, &stderr, NodeSet::one(self.me));
         self.add_result(ctx, tree, k, &g);
         self.maybe_flush(ctx, tree, k);
     }
@@ -1171,41 +1332,44 @@ impl Control {
 
     pub fn on_process(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, ev: ProcessEvent) {
         match ev {
-            ProcessEvent::Output { job: MAINT_JOB, bytes } => {
+            ProcessEvent::Output { job: MAINT_JOB, bytes, .. } => {
                 if let Some(m) = self.maint.as_mut() {
                     let room = crate::wire::MAX_SCRIPT_OUTPUT.saturating_sub(m.output.len());
                     m.output.extend_from_slice(&bytes[..bytes.len().min(room)]);
                 }
             }
             ProcessEvent::Exit { job: MAINT_JOB, status } => self.maintenance_done(ctx, tree, status),
-            ProcessEvent::Output { job, bytes } => {
+            ProcessEvent::Output { job, mut bytes, err } => {
                 let Some(k) = self.job_index(job) else { return };
-                let max = ctx.cfg.max_output;
                 let j = &mut self.jobs[k];
                 if !matches!(j.own, Own::Running(_)) {
                     return;
                 }
-                let room = max.saturating_sub(j.output.len());
-                j.output.extend_from_slice(&bytes[..bytes.len().min(room)]);
-                if bytes.len() > room {
-                    j.truncated = true;
+                let cap = j.spec.max_output;
+                if cap > 0 {
+                    let room = cap.saturating_sub(j.out_bytes);
+                    if bytes.len() as u64 > room {
+                        ctx.io.stats.output_bytes_cut += bytes.len() as u64 - room;
+                        bytes.truncate(room as usize);
+                        j.truncated = true;
+                    }
                 }
-                if j.spec.stream {
-                    if ctx.now >= j.stream_refill {
-                        j.stream_left = ctx.cfg.stream_rate;
-                        j.stream_refill = ctx.now + core::time::Duration::from_secs(1);
-                    }
-                    let n = bytes.len().min(j.stream_left);
-                    j.stream_left -= n;
-                    if n < bytes.len() {
-                        ctx.io.stats.stream_bytes_dropped += (bytes.len() - n) as u64;
-                    }
-                    if n > 0 {
-                        if let Some(up) = self.up(tree) {
-                            let msg = JobMsg::Output { job, node: self.me, bytes: bytes[..n].to_vec() };
-                            ctx.send_msg(up, &Message::Job(msg));
-                        }
-                    }
+                j.out_bytes += bytes.len() as u64;
+                if bytes.is_empty() {
+                    return;
+                }
+                if !j.spec.stream {
+                    if err { &mut j.stderr } else { &mut j.stdout }.extend_from_slice(&bytes);
+                    return;
+                }
+                j.up.own_queued += bytes.len() as u64;
+                j.up.queue.push_back(UpItem::Output { node: self.me, err, bytes, from: None });
+                self.pump_up(ctx, tree, k);
+                let u = &mut self.jobs[k].up;
+                if u.own_queued > 0 && !u.paused {
+                    // The window up is full: the process waits until it reopens.
+                    u.paused = true;
+                    ctx.io.out.push_back(Output::ReadOutput { job, on: false });
                 }
             }
             ProcessEvent::Exit { job, status } => {
@@ -1242,14 +1406,15 @@ impl Control {
                     timeout_ms: 0,
                     stream: false,
                     push: None,
+                    max_output: 0,
                 });
                 match self.new_job(ctx, tree, stand_in, false) {
                     Some(k) => k,
                     None => {
-                        // No room to hold them: relay them as they are.
+                        // No room to hold them: relay them as they are (a blob they name is
+                        // not passed on; the holders send it again after the next `Ack`).
                         if let Some(up) = self.up(tree) {
-                            let held: Vec<Held> = groups.into_iter().map(held_of).collect();
-                            self.send_groups(ctx, up, job, &held, false);
+                            send_groups(ctx, up, job, groups, false);
                         }
                         return;
                     }
@@ -1258,16 +1423,20 @@ impl Control {
             None => {
                 // A job we finished and forgot: relay late results as they are.
                 if let Some(up) = self.up(tree) {
-                    let held: Vec<Held> = groups.into_iter().map(held_of).collect();
-                    self.send_groups(ctx, up, job, &held, false);
+                    send_groups(ctx, up, job, groups, false);
                 }
                 return;
             }
         };
         let mut got = NodeSet::new();
         for g in groups {
-            got.extend(&g.nodes);
-            let h = held_of(g);
+            let Some(h) = held_of(&self.jobs[k].up, g) else {
+                // Its blob did not arrive (a link broke on the way): the sender holds it and
+                // sends it again after the controller's next `Ack`.
+                ctx.io.stats.blobs_missing += 1;
+                continue;
+            };
+            got.extend(&h.nodes);
             self.add_result(ctx, tree, k, &h);
         }
         let j = &mut self.jobs[k];
@@ -1332,34 +1501,96 @@ impl Control {
             }
             return;
         }
-        self.send_groups(ctx, up, job, &unsent, complete);
+        self.queue_groups(ctx, tree, k, &unsent, complete);
     }
 
     fn send_participants(&self, ctx: &mut Ctx<'_>, to: NodeId, nodes: NodeSet, last: bool) {
         self.send(ctx, to, ControlMsg::Participants { nodes, last });
     }
 
-    /// Send `groups` as one or more `Results` messages, each under the frame limit.
-    fn send_groups(&self, ctx: &mut Ctx<'_>, to: NodeId, job: u64, groups: &[Held], complete: bool) {
+    /// Queue job `k`'s `groups` for the way up, behind what waits there: a large output's blob
+    /// first (once per digest and way up), then the groups as `Results` messages each under
+    /// the frame limit.
+    fn queue_groups(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, k: usize, groups: &[Held], complete: bool) {
+        let u = &mut self.jobs[k].up;
         let mut batch: Vec<Group> = Vec::new();
         let mut bytes = 0;
         for g in groups {
-            let size = g.output.len() + g.nodes.runs() * 24;
+            let group = g.group();
+            if group.blob.is_some() && !u.sent_blobs.contains(&g.digest) {
+                u.sent_blobs.push(g.digest);
+                u.queue.push_back(UpItem::Blob { digest: g.digest, content: Rc::clone(&g.content), offset: 0 });
+            }
+            let size = group.output.len() + group.stderr.len() + g.nodes.runs() * 24;
             if !batch.is_empty() && (bytes + size > SPLIT_BYTES || batch.len() == crate::wire::MAX_LIST) {
-                let msg = JobMsg::Results { job, groups: List(core::mem::take(&mut batch)), complete: false };
-                ctx.send_msg(to, &Message::Job(msg));
+                u.queue.push_back(UpItem::Results { groups: core::mem::take(&mut batch), complete: false });
                 bytes = 0;
             }
             bytes += size;
-            batch.push(Group {
-                status: g.status,
-                truncated: g.truncated,
-                output: g.output.as_ref().clone(),
-                nodes: g.nodes.clone(),
-            });
+            batch.push(group);
         }
-        let msg = JobMsg::Results { job, groups: List(batch), complete };
-        ctx.send_msg(to, &Message::Job(msg));
+        u.queue.push_back(UpItem::Results { groups: batch, complete });
+        self.pump_up(ctx, tree, k);
+    }
+
+    /// Send up what job `k`'s window allows (see [`UpItem`]), acknowledging to each child
+    /// what of its output went on; let our process write again once none of its output waits.
+    fn pump_up(&mut self, ctx: &mut Ctx<'_>, tree: &Tree, k: usize) {
+        let Some(up) = self.up(tree) else { return };
+        let window = ctx.cfg.output_window.max(1) as u64;
+        let j = &mut self.jobs[k];
+        let job = j.spec.job;
+        let u = &mut j.up;
+        loop {
+            let room = |n: u64| u.inflight == 0 || u.inflight + n <= window;
+            match u.queue.front_mut() {
+                None => break,
+                Some(UpItem::Results { .. }) => {
+                    let Some(UpItem::Results { groups, complete }) = u.queue.pop_front() else { break };
+                    ctx.send_msg(up, &Message::Job(JobMsg::Results { job, groups: List(groups), complete }));
+                }
+                Some(UpItem::Output { bytes, .. }) => {
+                    let n = bytes.len() as u64;
+                    if !room(n) {
+                        break;
+                    }
+                    let Some(UpItem::Output { node, err, bytes, from }) = u.queue.pop_front() else { break };
+                    u.inflight += n;
+                    ctx.send_msg(up, &Message::Job(JobMsg::Output { job, node, bytes, err }));
+                    match from {
+                        None => u.own_queued -= n,
+                        Some(c) if tree.children().contains(&c) => {
+                            ctx.send_msg(c, &Message::Job(JobMsg::OutputAck { job, bytes: n }));
+                        }
+                        Some(_) => {}
+                    }
+                }
+                Some(UpItem::Blob { digest, content, offset }) => {
+                    let end = (*offset + BLOB_CHUNK).min(content.len());
+                    let n = (end - *offset) as u64;
+                    if !room(n) {
+                        break;
+                    }
+                    u.inflight += n;
+                    let msg = JobMsg::Blob {
+                        job,
+                        digest: *digest,
+                        offset: *offset as u64,
+                        total: content.len() as u64,
+                        data: content[*offset..end].to_vec(),
+                    };
+                    ctx.send_msg(up, &Message::Job(msg));
+                    *offset = end;
+                    if end >= content.len() {
+                        u.queue.pop_front();
+                    }
+                }
+            }
+        }
+        if u.paused && u.own_queued == 0 {
+            u.paused = false;
+            ctx.io.out.push_back(Output::ReadOutput { job, on: true });
+        }
     }
 
     fn on_ack(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, job: u64, acked: &NodeSet) {
@@ -1378,15 +1609,23 @@ impl Control {
                 keep.push((peer, rest));
             }
         }
+        // Forgotten only once the whole subtree answered: until then, children may still send
+        // live output and blobs, which pass through the job's window up.
+        let complete = self.complete(tree, k);
         let j = &mut self.jobs[k];
         j.from = keep;
+        let before: SmallVec<[[u8; 32]; 4]> = j.held.iter().map(|h| h.digest).collect();
         remove_acked(&mut j.held, acked);
         remove_acked(&mut j.unsent, acked);
+        // The blobs of results now acknowledged are not needed any more (one on its way up is
+        // shared with the queue). A blob no result named yet stays: its group may be on its way.
+        let Job { held, up, .. } = j;
+        up.blobs.whole.retain(|b| !before.contains(&b.0) || held.iter().any(|h| h.digest == b.0));
         if !j.held.is_empty() {
             // What the controller does not have was lost on the way: send it again.
             j.unsent = j.held.clone();
             self.flush_job(ctx, tree, k);
-        } else if !matches!(j.own, Own::Running(_)) {
+        } else if complete {
             j.linger_until = Some(ctx.now + ctx.cfg.job_linger);
         }
     }
@@ -1415,6 +1654,7 @@ impl Control {
             timeout_ms: 0,
             push: None,
             stream: false,
+            max_output: 0,
         };
         self.start_job(ctx, tree, spec, None);
     }
@@ -1613,6 +1853,157 @@ impl Control {
     }
 }
 
-fn held_of(g: Group) -> Held {
-    Held { status: g.status, truncated: g.truncated, output: Rc::new(g.output), nodes: g.nodes }
+/// Send `groups` as they are (a relay that holds nothing for the job), as one or more
+/// `Results` messages each under the frame limit.
+fn send_groups(ctx: &mut Ctx<'_>, to: NodeId, job: u64, groups: Vec<Group>, complete: bool) {
+    let mut batch: Vec<Group> = Vec::new();
+    let mut bytes = 0;
+    for g in groups {
+        let size = g.output.len() + g.stderr.len() + g.nodes.runs() * 24;
+        if !batch.is_empty() && (bytes + size > SPLIT_BYTES || batch.len() == crate::wire::MAX_LIST) {
+            let msg = JobMsg::Results { job, groups: List(core::mem::take(&mut batch)), complete: false };
+            ctx.send_msg(to, &Message::Job(msg));
+            bytes = 0;
+        }
+        bytes += size;
+        batch.push(g);
+    }
+    let msg = JobMsg::Results { job, groups: List(batch), complete };
+    ctx.send_msg(to, &Message::Job(msg));
+}
+
+/// A received group as held: inline, or its blob's content (`None` when the blob is not here).
+fn held_of(u: &Upward, g: Group) -> Option<Held> {
+    match g.blob {
+        None => Some(Held::new(g.status, g.truncated, &g.output, &g.stderr, g.nodes)),
+        Some(b) => {
+            let (content, split) = u.blobs.get(&b)?;
+            Some(Held { status: g.status, truncated: g.truncated, content, split, digest: b.digest, nodes: g.nodes })
+        }
+    }
+}
+
+impl Blobs {
+    /// A [`JobMsg::Blob`] chunk arrived: append it to its blob (chunks come in order on one
+    /// link; a chunk at offset 0 starts the blob again). A blob already whole here is not
+    /// stored twice. Nothing is reserved from the announced total: a blob grows as its bytes
+    /// arrive. An out-of-order or inconsistent chunk drops the blob (its sender starts again
+    /// from 0 after a reconfiguration).
+    pub fn store(&mut self, from: NodeId, digest: [u8; 32], offset: u64, total: u64, data: &[u8]) {
+        if self.whole.iter().any(|b| b.0 == digest) || self.split.iter().any(|b| b.0 == digest) {
+            return;
+        }
+        let k = match self.partial.iter().position(|p| p.0 == from && p.1 == digest) {
+            Some(k) => k,
+            None if offset == 0 && self.partial.len() < MAX_PARTIAL_BLOBS => {
+                self.partial.push((from, digest, Vec::new(), total));
+                self.partial.len() - 1
+            }
+            None => return,
+        };
+        let p = &mut self.partial[k];
+        if offset == 0 {
+            p.2.clear();
+            p.3 = total;
+        }
+        if p.2.len() as u64 != offset || p.3 != total || offset + data.len() as u64 > total {
+            self.partial.swap_remove(k);
+            return;
+        }
+        p.2.extend_from_slice(data);
+        if p.2.len() as u64 == total {
+            let (_, d, content, _) = self.partial.swap_remove(k);
+            // Copies on their way from other senders are not needed any more.
+            self.partial.retain(|p| p.1 != d);
+            self.whole.push((d, Rc::new(content)));
+        }
+    }
+
+    /// At the controller: `b`'s stdout and stderr, shared by every report of it.
+    pub fn split(&mut self, b: &BlobRef) -> Option<Streams> {
+        if let Some(x) = self.split.iter().find(|x| x.0 == b.digest) {
+            return Some((Rc::clone(&x.1 .0), Rc::clone(&x.1 .1)));
+        }
+        let (content, at) = self.get(b)?;
+        self.whole.retain(|x| x.0 != b.digest);
+        let out = Rc::new(content[..at].to_vec());
+        let err = Rc::new(content[at..].to_vec());
+        self.split.push((b.digest, (Rc::clone(&out), Rc::clone(&err))));
+        Some((out, err))
+    }
+
+    /// The content `b` names and where its stderr starts, if it arrived whole and matches.
+    pub fn get(&self, b: &BlobRef) -> Option<(Rc<Vec<u8>>, usize)> {
+        let content = self.whole.iter().find(|x| x.0 == b.digest).map(|x| Rc::clone(&x.1))?;
+        let split = usize::try_from(b.stdout_len).ok()?;
+        (content.len() as u64 == b.len && split <= content.len()).then_some((content, split))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunks(content: &[u8], size: usize) -> Vec<(u64, &[u8])> {
+        content.chunks(size).enumerate().map(|(i, c)| ((i * size) as u64, c)).collect()
+    }
+
+    #[test]
+    fn blobs_from_two_senders_at_once_assemble_apart() {
+        let a = NodeId::loopback(1, 7000);
+        let b = NodeId::loopback(2, 7000);
+        let (out, err): (Vec<u8>, Vec<u8>) = ((0..300u32).map(|i| i as u8).collect(), b"oops\n".to_vec());
+        let content = [out.clone(), err.clone()].concat();
+        let d = digest_of(&out, &err);
+        let r = BlobRef { digest: d, stdout_len: out.len() as u64, len: content.len() as u64 };
+        let mut blobs = Blobs::default();
+        let total = content.len() as u64;
+        // Interleaved, the same output from both: each sender's chunks are in order.
+        for ((oa, ca), (ob, cb)) in chunks(&content, 64).into_iter().zip(chunks(&content, 64)) {
+            assert!(blobs.get(&r).is_none(), "whole too early");
+            blobs.store(a, d, oa, total, ca);
+            blobs.store(b, d, ob, total, cb);
+        }
+        let (got, at) = blobs.get(&r).expect("whole");
+        assert_eq!((&got[..at], &got[at..]), (&out[..], &err[..]));
+        assert!(blobs.partial.is_empty(), "the other sender's copy is dropped once one is whole");
+        // At the controller: split once, shared.
+        let (o1, e1) = blobs.split(&r).expect("split");
+        let (o2, _) = blobs.split(&r).expect("split again");
+        assert!(Rc::ptr_eq(&o1, &o2));
+        assert_eq!((&o1[..], &e1[..]), (&out[..], &err[..]));
+        // A reference that does not match what arrived is not served.
+        let wrong = BlobRef { len: r.len + 1, ..r };
+        assert!(Blobs::default().get(&wrong).is_none());
+    }
+
+    #[test]
+    fn a_chunk_out_of_order_drops_the_blob_and_offset_zero_starts_again() {
+        let a = NodeId::loopback(1, 7000);
+        let content = vec![7u8; 200];
+        let d = digest_of(&content, &[]);
+        let r = BlobRef { digest: d, stdout_len: 200, len: 200 };
+        let mut blobs = Blobs::default();
+        blobs.store(a, d, 0, 200, &content[..100]);
+        blobs.store(a, d, 150, 200, &content[150..]);
+        assert!(blobs.partial.is_empty() && blobs.get(&r).is_none(), "a gap is not filled in");
+        // A later chunk without its start is not stored either.
+        blobs.store(a, d, 100, 200, &content[100..]);
+        assert!(blobs.partial.is_empty());
+        // From 0 again (the sender's new parent link): whole.
+        blobs.store(a, d, 0, 200, &content[..100]);
+        blobs.store(a, d, 100, 200, &content[100..]);
+        assert!(blobs.get(&r).is_some());
+        // More than the announced total is refused.
+        let mut blobs = Blobs::default();
+        blobs.store(a, d, 0, 10, &content[..20]);
+        assert!(blobs.partial.is_empty() && blobs.whole.is_empty());
+    }
+
+    #[test]
+    fn equal_outputs_have_equal_digests_and_the_split_counts() {
+        assert_eq!(digest_of(b"ab", b"c"), digest_of(b"ab", b"c"));
+        assert_ne!(digest_of(b"ab", b"c"), digest_of(b"a", b"bc"), "where stderr starts is part of the output");
+        assert_ne!(digest_of(b"ab", b""), digest_of(b"", b"ab"));
+    }
 }

@@ -95,10 +95,12 @@ pub enum Report {
         status: ExitStatus,
         /// The output was cut.
         truncated: bool,
-        /// The output.
+        /// stdout.
         output: Rc<Vec<u8>>,
         /// The nodes.
         nodes: NodeSet,
+        /// stderr.
+        stderr: Rc<Vec<u8>>,
     },
     /// Live output of one node.
     Stream {
@@ -108,6 +110,8 @@ pub enum Report {
         node: NodeId,
         /// The bytes.
         bytes: Vec<u8>,
+        /// From its stderr.
+        err: bool,
     },
     /// The root says every member of the tree answered the job.
     JobComplete {
@@ -194,6 +198,10 @@ pub struct ControllerStats {
     pub root_changes: u64,
     /// Hosts believed joined that a complete census did not list (invited again).
     pub unlisted: u64,
+    /// Output bytes received: live output, blob chunks and inline result output.
+    pub output_bytes: u64,
+    /// Result groups dropped because the blob they name had not arrived.
+    pub blobs_missing: u64,
 }
 
 #[derive(Debug)]
@@ -236,6 +244,11 @@ struct Job {
     last_ack: Option<Instant>,
     /// A push job: the controller is its source and feeds the root.
     xfer: Option<Xfer>,
+    /// Large outputs received ([`JobMsg::Blob`]).
+    blobs: crate::control::Blobs,
+    /// Live output bytes reported and not yet acknowledged, per sender (with
+    /// [`Controller::set_manual_output_ack`]). At most one entry per root the job had.
+    owed: Vec<(NodeId, u64)>,
 }
 
 #[derive(Debug)]
@@ -301,6 +314,8 @@ pub struct Controller {
     direct: Option<NodeId>,
     /// The maintenance script, sent to each root and with direct invitations.
     script: Option<String>,
+    /// See [`Controller::set_manual_output_ack`].
+    manual_output_ack: bool,
 }
 
 impl Controller {
@@ -342,6 +357,7 @@ impl Controller {
             dismantling: false,
             direct: None,
             script: None,
+            manual_output_ack: false,
             cfg,
         }
     }
@@ -459,7 +475,16 @@ impl Controller {
         if let Some(root) = self.root {
             self.send(now, root, Message::Job(JobMsg::Run(Box::new(spec.clone()))));
         }
-        self.jobs.push(Job { spec, got: NodeSet::new(), complete: false, ack_at: None, last_ack: None, xfer });
+        self.jobs.push(Job {
+            spec,
+            got: NodeSet::new(),
+            complete: false,
+            ack_at: None,
+            last_ack: None,
+            xfer,
+            blobs: Default::default(),
+            owed: Vec::new(),
+        });
         Ok(())
     }
 
@@ -472,6 +497,33 @@ impl Controller {
             self.send(now, root, Message::Job(JobMsg::Cancel { job }));
         }
         Ok(())
+    }
+
+    /// Acknowledge live output only when told ([`Controller::output_taken`]) rather than as it
+    /// arrives, so that a reader that falls behind slows the hosts down instead of gathering
+    /// their output in memory (the root's window bounds what waits).
+    pub fn set_manual_output_ack(&mut self, manual: bool) {
+        self.manual_output_ack = manual;
+    }
+
+    /// With [`Controller::set_manual_output_ack`]: `bytes` of `job`'s live output
+    /// ([`Report::Stream`]) were consumed; the senders may send as much more.
+    pub fn output_taken(&mut self, now: Instant, job: u64, mut bytes: u64) {
+        let Some(k) = self.jobs.iter().position(|j| j.spec.job == job) else { return };
+        let owed = core::mem::take(&mut self.jobs[k].owed);
+        let mut keep = Vec::with_capacity(owed.len());
+        for (peer, n) in owed {
+            let m = n.min(bytes);
+            bytes -= m;
+            // A former root's link is gone, and its window with it.
+            if m > 0 && self.root == Some(peer) {
+                self.send(now, peer, Message::Job(JobMsg::OutputAck { job, bytes: m }));
+            }
+            if n > m {
+                keep.push((peer, n - m));
+            }
+        }
+        self.jobs[k].owed = keep;
     }
 
     /// Stop tracking a job (the caller has what it wanted).
@@ -825,7 +877,21 @@ impl Controller {
             JobMsg::Results { job, groups, complete } => {
                 self.stats.result_messages += 1;
                 let Some(k) = self.jobs.iter().position(|j| j.spec.job == job) else { return };
+                // Large outputs are held at every hop until acknowledged: acknowledge them soon.
+                let large = groups.0.iter().any(|g| g.blob.is_some());
                 for g in groups.0 {
+                    self.stats.output_bytes += (g.output.len() + g.stderr.len()) as u64;
+                    let (output, stderr) = match &g.blob {
+                        None => (Rc::new(g.output), Rc::new(g.stderr)),
+                        Some(b) => match self.jobs[k].blobs.split(b) {
+                            Some(parts) => parts,
+                            None => {
+                                // Lost on the way: the holders send it again after an `Ack`.
+                                self.stats.blobs_missing += 1;
+                                continue;
+                            }
+                        },
+                    };
                     let new = g.nodes.minus(&self.jobs[k].got);
                     self.stats.duplicate_results += g.nodes.len() - new.len();
                     if new.is_empty() {
@@ -836,8 +902,9 @@ impl Controller {
                         job,
                         status: g.status,
                         truncated: g.truncated,
-                        output: Rc::new(g.output),
+                        output,
                         nodes: new,
+                        stderr,
                     });
                 }
                 let j = &mut self.jobs[k];
@@ -846,13 +913,38 @@ impl Controller {
                     self.report(Report::JobComplete { job });
                 }
                 let j = &mut self.jobs[k];
-                if j.complete {
+                if j.complete || large {
                     // News: acknowledge soon (at most once an interval).
                     let at = j.last_ack.map_or(now, |t| (t + self.cfg.ack_interval).max(now));
                     j.ack_at = Some(j.ack_at.map_or(at, |a| a.min(at)));
                 }
             }
-            JobMsg::Output { job, node, bytes } => self.report(Report::Stream { job, node, bytes }),
+            JobMsg::Output { job, node, bytes, err } => {
+                let n = bytes.len() as u64;
+                self.stats.output_bytes += n;
+                let Some(k) = self.jobs.iter().position(|j| j.spec.job == job) else {
+                    self.send(now, from, Message::Job(JobMsg::OutputAck { job, bytes: n }));
+                    return;
+                };
+                if self.manual_output_ack {
+                    let owed = &mut self.jobs[k].owed;
+                    match owed.iter_mut().find(|o| o.0 == from) {
+                        Some(o) => o.1 += n,
+                        None => owed.push((from, n)),
+                    }
+                } else {
+                    self.send(now, from, Message::Job(JobMsg::OutputAck { job, bytes: n }));
+                }
+                self.report(Report::Stream { job, node, bytes, err });
+            }
+            JobMsg::Blob { job, digest, offset, total, data } => {
+                let n = data.len() as u64;
+                self.stats.output_bytes += n;
+                if let Some(k) = self.jobs.iter().position(|j| j.spec.job == job) {
+                    self.jobs[k].blobs.store(from, digest, offset, total, &data);
+                }
+                self.send(now, from, Message::Job(JobMsg::OutputAck { job, bytes: n }));
+            }
             JobMsg::BarrierEnter { name, nodes } => {
                 let Some(k) = self.barriers.iter().position(|b| b.name == name) else { return };
                 let b = &mut self.barriers[k];

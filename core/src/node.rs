@@ -51,6 +51,14 @@ pub enum Output {
         /// The job.
         job: u64,
     },
+    /// Stop (`on: false`) or resume reading the job's process's stdout and stderr: its output
+    /// waits for room in the window up, so the process blocks in `write` meanwhile.
+    ReadOutput {
+        /// The job.
+        job: u64,
+        /// Read again.
+        on: bool,
+    },
     /// Start a Plush client on `host` (ssh, or a local process); report with
     /// `handle_launched`.
     Launch {
@@ -289,8 +297,11 @@ pub struct Stats {
     pub commands_rejected: u64,
     /// Results forwarded but not held (too many distinct results in one job).
     pub results_unheld: u64,
-    /// Live output bytes dropped by the stream rate limit.
-    pub stream_bytes_dropped: u64,
+    /// Output bytes dropped by a job's cap ([`crate::wire::RunSpec::max_output`]).
+    pub output_bytes_cut: u64,
+    /// Result groups dropped because the blob they name had not arrived (sent again after the
+    /// controller's next `Ack`).
+    pub blobs_missing: u64,
     /// Transfer chunks stored (each chunk once: a resumed transfer does not store any again).
     pub chunks_stored: u64,
     /// Transfer chunks dropped: out of order, a duplicate, or for an unknown transfer.

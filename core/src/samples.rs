@@ -8,8 +8,8 @@ use crate::id::NodeId;
 use crate::nodeset::NodeSet;
 use crate::ransub::Entry;
 use crate::wire::{
-    ControlMsg, ExitStatus, Filler, Group, JobKind, JobMsg, JoinMode, List, Message, PushSpec, RanSubMsg, RunSpec,
-    Target, TreeMsg,
+    BlobRef, ControlMsg, ExitStatus, Filler, Group, JobKind, JobMsg, JoinMode, List, Message, PushSpec, RanSubMsg,
+    RunSpec, Target, TreeMsg,
 };
 
 /// Bytes of data in the sample chunk. Real chunks are larger (128 KiB by default); this one
@@ -47,6 +47,7 @@ pub fn messages() -> Vec<Message> {
         timeout_ms: 60_000,
         stream: false,
         push: None,
+        max_output: 0,
     };
     let push = PushSpec {
         path: "/srv/data/".into(),
@@ -63,6 +64,8 @@ pub fn messages() -> Vec<Message> {
         truncated: false,
         output: text.as_bytes().to_vec(),
         nodes,
+        stderr: Vec::new(),
+        blob: None,
     };
     vec![
         tree(TreeMsg::Join { joiner: id(1), mode: JoinMode::Forward, hops: 0 }),
@@ -113,12 +116,16 @@ pub fn messages() -> Vec<Message> {
             push: Some(push),
             ..spec.clone()
         }))),
-        job(JobMsg::Output { job: 42, node: id(3), bytes: b"6.1.0-18-amd64\n".to_vec() }),
+        job(JobMsg::Output { job: 42, node: id(3), bytes: b"6.1.0-18-amd64\n".to_vec(), err: false }),
         job(JobMsg::Results {
             job: 42,
             groups: List(vec![
                 group(0, "6.1.0-18-amd64\n/dev/sda1  40G  12G  26G  32% /\n", set(1, 180)),
-                group(1, "df: /: Input/output error\n", set(180, 181)),
+                Group { stderr: b"df: /: Input/output error\n".to_vec(), ..group(1, "", set(180, 181)) },
+                Group {
+                    blob: Some(BlobRef { digest: [9; 32], stdout_len: 3 << 20, len: (3 << 20) + 100 }),
+                    ..group(0, "", set(181, 190))
+                },
             ]),
             complete: true,
         }),
@@ -128,6 +135,14 @@ pub fn messages() -> Vec<Message> {
         job(JobMsg::BarrierRelease { name: "data-loaded".into() }),
         job(JobMsg::Chunk { job: 43, index: 17, data: (0..CHUNK_BYTES).map(|i| i as u8).collect() }),
         job(JobMsg::ChunkAck { job: 43, next: 18, resume: false }),
+        job(JobMsg::OutputAck { job: 42, bytes: 65_536 }),
+        job(JobMsg::Blob {
+            job: 42,
+            digest: [9; 32],
+            offset: 1 << 20,
+            total: (3 << 20) + 100,
+            data: (0..CHUNK_BYTES).map(|i| (i * 7) as u8).collect(),
+        }),
     ]
 }
 

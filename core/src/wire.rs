@@ -24,7 +24,7 @@ use std::rc::Rc;
 /// First field of every `Hello`: the bytes `PLSH`.
 pub const MAGIC: u32 = 0x504c_5348;
 /// Version of this protocol; a peer with another version is refused with a clear error.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Length of the frame prefix.
 pub const PREFIX: usize = 4;
 /// Most entries in any list carried by a message; a longer list is a decode error.
@@ -272,10 +272,14 @@ pub struct RunSpec {
     pub cwd: Option<String>,
     /// Kill the process after this many milliseconds (0: never).
     pub timeout_ms: u64,
-    /// Stream output lines up as they come (rate-limited), besides the final result.
+    /// Stream every byte of output up as it comes, under per-link windows (see
+    /// [`crate::control`]), instead of gathering it into the result.
     pub stream: bool,
     /// The file, for a [`JobKind::Push`] job (`None` for every other kind).
     pub push: Option<PushSpec>,
+    /// The user's cap on each node's output, stdout and stderr together, in bytes (0: none).
+    /// Output past it is read and dropped, and the result is marked `truncated`.
+    pub max_output: u64,
 }
 
 /// How a job ended on a node.
@@ -297,17 +301,35 @@ pub enum ExitStatus {
     Lost,
 }
 
-/// Results of many nodes with the same status and output.
+/// Results of many nodes with the same status, stdout and stderr.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Group {
     /// How it ended.
     pub status: ExitStatus,
-    /// The output was cut at [`crate::Config::max_output`].
+    /// The output was cut at the job's [`RunSpec::max_output`].
     pub truncated: bool,
-    /// Output (stdout and stderr interleaved), at most [`crate::Config::max_output`] bytes.
+    /// stdout, inline (empty when `blob` is set).
+    #[serde(with = "serde_bytes")]
     pub output: Vec<u8>,
     /// The nodes that produced it.
     pub nodes: NodeSet,
+    /// stderr, inline (empty when `blob` is set).
+    #[serde(with = "serde_bytes")]
+    pub stderr: Vec<u8>,
+    /// A large output travels apart, once per link, as [`JobMsg::Blob`] chunks sent before
+    /// this group: stdout and stderr are then the blob's content, split at `stdout_len`.
+    pub blob: Option<BlobRef>,
+}
+
+/// An output sent as [`JobMsg::Blob`] chunks, named by its digest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BlobRef {
+    /// SHA-256 of stdout's length (8 bytes, little-endian), stdout and stderr.
+    pub digest: [u8; 32],
+    /// Bytes of stdout at the start of the content.
+    pub stdout_len: u64,
+    /// Bytes of content (stdout and stderr).
+    pub len: u64,
 }
 
 /// Job and barrier messages. See [`crate::control`] for the protocol.
@@ -316,14 +338,18 @@ pub enum JobMsg {
     /// Down the tree: run this job. (Boxed: the spec is by far the largest message, and every
     /// decoded message, a relay's broadcasts too, would otherwise be moved at its size.)
     Run(Box<RunSpec>),
-    /// Up the tree: live output of one node (when the job streams).
+    /// Up the tree: live output of one node (when the job streams). Counts against the
+    /// link's output window ([`JobMsg::OutputAck`]).
     Output {
         /// The job.
         job: u64,
         /// The node.
         node: NodeId,
         /// The bytes.
+        #[serde(with = "serde_bytes")]
         bytes: Vec<u8>,
+        /// From stderr (else stdout).
+        err: bool,
     },
     /// Up the tree: results, merged; `complete` says the sender's whole subtree has answered.
     Results {
@@ -378,6 +404,29 @@ pub enum JobMsg {
         next: u32,
         /// Start (again) from `next`.
         resume: bool,
+    },
+    /// Parent to child (controller to root): "I passed on (or consumed) `bytes` more bytes of
+    /// your `Output` and `Blob` messages of `job`": the sender's window reopens by as much.
+    OutputAck {
+        /// The job.
+        job: u64,
+        /// Bytes taken.
+        bytes: u64,
+    },
+    /// Child to parent: part of a large output ([`BlobRef`]), in order from offset 0. Counts
+    /// against the link's output window.
+    Blob {
+        /// The job.
+        job: u64,
+        /// The content's digest.
+        digest: [u8; 32],
+        /// Where `data` starts in the content.
+        offset: u64,
+        /// The content's length.
+        total: u64,
+        /// The bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
     },
 }
 
@@ -744,6 +793,8 @@ impl Message {
                 JobMsg::BarrierRelease { .. } => "job.barrier_release",
                 JobMsg::Chunk { .. } => "job.chunk",
                 JobMsg::ChunkAck { .. } => "job.chunk_ack",
+                JobMsg::OutputAck { .. } => "job.output_ack",
+                JobMsg::Blob { .. } => "job.blob",
             },
         }
     }
@@ -751,7 +802,7 @@ impl Message {
 
 /// Every message kind [`Message::kind`] names, by layer. [`crate::samples::messages`] has one
 /// message of each (a test checks that the two agree).
-pub const KINDS: [&str; 40] = [
+pub const KINDS: [&str; 42] = [
     "tree.join",
     "tree.join_accept",
     "tree.join_reject",
@@ -792,6 +843,8 @@ pub const KINDS: [&str; 40] = [
     "job.barrier_release",
     "job.chunk",
     "job.chunk_ack",
+    "job.output_ack",
+    "job.blob",
 ];
 
 /// Find the first complete frame at the start of `buf`.
@@ -1199,7 +1252,7 @@ mod tests {
         let mut bad = h;
         bad.protocol_version = 9;
         let f = encode_hello(&bad);
-        assert_eq!(Hello::decode(&f[PREFIX..]), Err(DecodeError::Version { ours: 1, theirs: 9 }));
+        assert_eq!(Hello::decode(&f[PREFIX..]), Err(DecodeError::Version { ours: PROTOCOL_VERSION, theirs: 9 }));
     }
 
     #[test]

@@ -17,8 +17,9 @@ fn spec(job: u64, env: Vec<(String, String)>) -> RunSpec {
         env: List(env),
         cwd: None,
         timeout_ms: 0,
-        stream: false,
+        stream: true,
         push: None,
+        max_output: 0,
     }
 }
 
@@ -38,7 +39,7 @@ fn drain(n: &mut Node) -> (Vec<u64>, Vec<Sent>) {
             Output::Spawn { job, .. } => spawned.push(job),
             Output::Transmit { frame, .. } => {
                 if let Ok(Message::Job(JobMsg::Results { job, groups, .. })) = Message::decode(frame.payload()) {
-                    results.extend(groups.0.into_iter().map(|g| (job, g.status, g.output)));
+                    results.extend(groups.0.into_iter().map(|g| (job, g.status, g.stderr)));
                 }
             }
             _ => {}

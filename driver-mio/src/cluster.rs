@@ -44,6 +44,7 @@ use std::ffi::OsString;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::{Duration, Instant as StdInstant};
 
 /// Longest a single loop turn waits inside the `Cluster`'s waits, so that deadlines are kept.
@@ -119,17 +120,19 @@ pub struct HostInfo {
     pub script: Option<(ExitStatus, String)>,
 }
 
-/// Results of many hosts with the same status and output.
+/// Results of many hosts with the same status, stdout and stderr.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResultGroup {
     /// How the job ended there.
     pub status: ExitStatus,
-    /// The output was cut at `Config::max_output`.
+    /// The output was cut at the job's [`JobSpec::max_output`].
     pub truncated: bool,
-    /// The output (stdout and stderr interleaved).
+    /// stdout (empty for a job that streamed: its output came as it was written).
     pub output: Vec<u8>,
     /// The hosts, in order.
     pub nodes: Vec<NodeId>,
+    /// stderr (empty for a job that streamed).
+    pub stderr: Vec<u8>,
 }
 
 /// What [`Cluster::run`] gathered.
@@ -170,10 +173,14 @@ pub struct JobSpec<'a> {
     pub target: Option<&'a [NodeId]>,
     /// Killed after this long; `None`: never.
     pub timeout: Option<Duration>,
-    /// Send output up as it comes ([`Cluster::take_streams`]), besides the final result.
+    /// Send every byte of output up as it comes ([`Cluster::take_streams`]) instead of in
+    /// the final result.
     pub stream: bool,
     /// Extra environment.
     pub env: &'a [(String, String)],
+    /// Cut each host's output (stdout and stderr together) after this many bytes; `None`: no
+    /// cap. A cut result is marked `truncated`.
+    pub max_output: Option<u64>,
 }
 
 /// A file to push with [`Cluster::start_push`].
@@ -209,15 +216,19 @@ pub struct DismantleOutcome {
     pub elapsed: Duration,
 }
 
-/// Live output lines kept per job until taken ([`Cluster::take_streams`]); older ones are
-/// dropped (and counted) past it.
+/// Live output chunks kept per job until taken ([`Cluster::take_streams`]); older ones are
+/// dropped (and counted) past it. The controller acknowledges live output only once taken, so
+/// the root's output window (`Config::output_window`, in chunks of at most 64 KiB) bounds
+/// what waits here far below this.
 pub const MAX_STREAM_CHUNKS: usize = 4096;
 /// Barrier records kept; the oldest released ones are forgotten past it.
 pub const MAX_BARRIER_RECORDS: usize = 256;
 
 #[derive(Default)]
 struct JobState {
-    reports: Vec<ResultGroup>,
+    /// Result groups as they arrived; the bytes are shared with the controller's (one copy
+    /// per distinct output however many reports name it).
+    reports: Vec<Arrived>,
     got: BTreeSet<NodeId>,
     complete: bool,
     /// Hosts joined (and targeted) when the job started.
@@ -225,13 +236,47 @@ struct JobState {
     started: Option<StdInstant>,
     /// The job's own timeout, for the default wait.
     timeout: Option<Duration>,
-    streams: VecDeque<(NodeId, Vec<u8>)>,
+    streams: VecDeque<Streamed>,
     streams_dropped: u64,
     /// Expected hosts without a result that left `Joined` during the job, and when they first
     /// did (for [`ClusterConfig::lost_grace`]).
     lost_at: BTreeMap<NodeId, StdInstant>,
     /// The last [`LOST_OUTPUT_TAIL`] bytes of live output per host.
     tails: BTreeMap<NodeId, Vec<u8>>,
+    /// Reports already handed out by [`Cluster::take_results`].
+    results_taken: usize,
+}
+
+/// A result group as it arrived.
+struct Arrived {
+    status: ExitStatus,
+    truncated: bool,
+    output: Rc<Vec<u8>>,
+    stderr: Rc<Vec<u8>>,
+    nodes: Vec<NodeId>,
+}
+
+impl Arrived {
+    fn group(&self) -> ResultGroup {
+        ResultGroup {
+            status: self.status,
+            truncated: self.truncated,
+            output: self.output.to_vec(),
+            nodes: self.nodes.clone(),
+            stderr: self.stderr.to_vec(),
+        }
+    }
+}
+
+/// Live output of one host ([`Cluster::take_streams`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Streamed {
+    /// The host.
+    pub node: NodeId,
+    /// From its stderr (else stdout).
+    pub err: bool,
+    /// The bytes, in order per host and stream.
+    pub bytes: Vec<u8>,
 }
 
 /// What is known of a barrier opened with [`Cluster::barrier`].
@@ -366,6 +411,8 @@ impl Cluster {
             cfg.core.build = crate::build_hash();
         }
         let mut ctrl = Controller::new(id, cfg.core.clone(), crate::client::fresh_seed(), Instant::ZERO);
+        // Live output is acknowledged once taken ([`Cluster::take_streams`]).
+        ctrl.set_manual_output_ack(true);
         ctrl.set_maintenance(Instant::ZERO, cfg.maintenance.take())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let dcfg = DriverConfig { core: cfg.core.clone(), ..DriverConfig::default() };
@@ -530,7 +577,7 @@ impl Cluster {
         timeout: Option<Duration>,
         mut progress: impl FnMut(&Cluster, usize, usize),
     ) -> io::Result<RunOutcome> {
-        let job = self.start_job(JobSpec { argv, target: None, timeout, stream: false, env: &[] })?;
+        let job = self.start_job(JobSpec { argv, target: None, timeout, stream: false, env: &[], max_output: None })?;
         self.wait_job(job, |c, got, expected| progress(c, got, expected), || false)
     }
 
@@ -576,7 +623,14 @@ impl Cluster {
             upgrade: push.upgrade,
             build,
         };
-        let job_spec = JobSpec { argv: &[], target: push.target, timeout: push.timeout, stream: false, env: &[] };
+        let job_spec = JobSpec {
+            argv: &[],
+            target: push.target,
+            timeout: push.timeout,
+            stream: false,
+            env: &[],
+            max_output: None,
+        };
         let src = push.src.to_path_buf();
         self.start_kind(JobKind::Push, job_spec, Some((spec, src)))
     }
@@ -640,6 +694,7 @@ impl Cluster {
             timeout_ms: spec.timeout.map_or(0, |t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1)),
             stream: spec.stream,
             push: push.as_ref().map(|p| p.0.clone()),
+            max_output: spec.max_output.unwrap_or(0),
         };
         if let Some((_, src)) = &push {
             // Open the source before the job exists: a file that cannot be read fails here.
@@ -698,11 +753,28 @@ impl Cluster {
 
     /// Live output that arrived for `job` (with `stream`), in order, and how many chunks were
     /// dropped because nobody took them (beyond [`MAX_STREAM_CHUNKS`]).
-    pub fn take_streams(&mut self, job: u64) -> (Vec<(NodeId, Vec<u8>)>, u64) {
-        match self.jobs.get_mut(&job) {
-            Some(j) => (j.streams.drain(..).collect(), std::mem::take(&mut j.streams_dropped)),
+    pub fn take_streams(&mut self, job: u64) -> (Vec<Streamed>, u64) {
+        let (taken, dropped) = match self.jobs.get_mut(&job) {
+            Some(j) => (j.streams.drain(..).collect::<Vec<_>>(), std::mem::take(&mut j.streams_dropped)),
             None => (Vec::new(), 0),
+        };
+        let n: u64 = taken.iter().map(|s| s.bytes.len() as u64).sum();
+        if n > 0 {
+            // Taken: the hosts may send as much more.
+            let now = self.d.now();
+            self.d.m.output_taken(now, job, n);
+            self.d.drain();
         }
+        (taken, dropped)
+    }
+
+    /// Result groups of `job` that arrived since the last call (each as it came through the
+    /// tree, not merged with the others), for a caller that writes them out as they come.
+    pub fn take_results(&mut self, job: u64) -> Vec<ResultGroup> {
+        let Some(j) = self.jobs.get_mut(&job) else { return Vec::new() };
+        let new = j.reports[j.results_taken.min(j.reports.len())..].iter().map(Arrived::group).collect();
+        j.results_taken = j.reports.len();
+        new
     }
 
     /// Wait for `job`: until every host expected answered (or failed), or its timeout plus a
@@ -760,17 +832,35 @@ impl Cluster {
     /// What `job` gathered so far.
     pub fn job_outcome(&self, job: u64) -> RunOutcome {
         let j = self.jobs.get(&job);
-        let mut groups: Vec<ResultGroup> = Vec::new();
-        for r in j.map_or(&[][..], |j| &j.reports[..]) {
-            match groups.iter_mut().find(|g| g.status == r.status && g.truncated == r.truncated && g.output == r.output)
-            {
-                Some(g) => g.nodes.extend_from_slice(&r.nodes),
-                None => groups.push(r.clone()),
+        let reports = j.map_or(&[][..], |j| &j.reports[..]);
+        // (the first report of the group, every node): the bytes are copied once per group.
+        let mut merged: Vec<(&Arrived, Vec<NodeId>)> = Vec::new();
+        let same_bytes = |a: &Rc<Vec<u8>>, b: &Rc<Vec<u8>>| Rc::ptr_eq(a, b) || a == b;
+        for r in reports {
+            let same = |g: &&mut (&Arrived, Vec<NodeId>)| {
+                g.0.status == r.status
+                    && g.0.truncated == r.truncated
+                    && same_bytes(&g.0.output, &r.output)
+                    && same_bytes(&g.0.stderr, &r.stderr)
+            };
+            match merged.iter_mut().find(same) {
+                Some(g) => g.1.extend_from_slice(&r.nodes),
+                None => merged.push((r, r.nodes.clone())),
             }
         }
-        for g in &mut groups {
-            g.nodes.sort_unstable();
-        }
+        let groups: Vec<ResultGroup> = merged
+            .into_iter()
+            .map(|(r, mut nodes)| {
+                nodes.sort_unstable();
+                ResultGroup {
+                    status: r.status,
+                    truncated: r.truncated,
+                    output: r.output.to_vec(),
+                    nodes,
+                    stderr: r.stderr.to_vec(),
+                }
+            })
+            .collect();
         let missing: Vec<NodeId> =
             j.map_or_else(Vec::new, |j| j.expected.iter().filter(|h| !j.got.contains(h)).copied().collect());
         let mut lost: Vec<NodeId> = groups
@@ -808,7 +898,7 @@ impl Cluster {
     pub fn topology(&mut self, timeout: Duration) -> io::Result<BTreeMap<NodeId, Option<NodeId>>> {
         let job = self.start_kind(
             JobKind::Tree,
-            JobSpec { argv: &[], target: None, timeout: None, stream: false, env: &[] },
+            JobSpec { argv: &[], target: None, timeout: None, stream: false, env: &[], max_output: None },
             None,
         )?;
         let end = StdInstant::now() + timeout;
@@ -939,18 +1029,18 @@ impl Cluster {
                     self.root = Some(root);
                     self.notice(Notice::RootChanged(root));
                 }
-                Report::Result { job, status, truncated, output, nodes } => {
+                Report::Result { job, status, truncated, output, nodes, stderr } => {
                     let Some(j) = self.jobs.get_mut(&job) else { continue };
                     let nodes: Vec<NodeId> = nodes.iter().collect();
                     j.got.extend(nodes.iter().copied());
-                    j.reports.push(ResultGroup { status, truncated, output: output.to_vec(), nodes });
+                    j.reports.push(Arrived { status, truncated, output, nodes, stderr });
                 }
                 Report::JobComplete { job } => {
                     if let Some(j) = self.jobs.get_mut(&job) {
                         j.complete = true;
                     }
                 }
-                Report::Stream { job, node, bytes } => {
+                Report::Stream { job, node, bytes, err } => {
                     let Some(j) = self.jobs.get_mut(&job) else { continue };
                     if j.expected.binary_search(&node).is_ok() {
                         let t = j.tails.entry(node).or_default();
@@ -959,10 +1049,14 @@ impl Cluster {
                         t.drain(..cut);
                     }
                     if j.streams.len() >= MAX_STREAM_CHUNKS {
-                        j.streams.pop_front();
+                        if let Some(old) = j.streams.pop_front() {
+                            // Dropped counts as taken: the window must not stay shut.
+                            let now = self.d.now();
+                            self.d.m.output_taken(now, job, old.bytes.len() as u64);
+                        }
                         j.streams_dropped += 1;
                     }
-                    j.streams.push_back((node, bytes));
+                    j.streams.push_back(Streamed { node, err, bytes });
                 }
                 Report::BarrierReleased { name, entered, expected, partial } => {
                     if let Some(b) = self.barriers.get_mut(&name) {

@@ -653,6 +653,7 @@ impl<M: Machine> Driver<M> {
                 self.jobs.signal(job);
                 self.store.cancel(job);
             }
+            Output::ReadOutput { job, on } => self.jobs.set_reading(job, on),
             Output::PushOpen { job, spec, install } => {
                 let upgrade = spec.push.as_ref().is_some_and(|p| p.upgrade);
                 let refused = install && upgrade && self.no_upgrade;
@@ -737,7 +738,7 @@ impl<M: Machine> Driver<M> {
         }
         let mut bytes = why.into_bytes();
         bytes.push(b'\n');
-        self.deferred.push_back(Input::Process(ProcessEvent::Output { job, bytes }));
+        self.deferred.push_back(Input::Process(ProcessEvent::Output { job, bytes, err: false }));
         self.deferred
             .push_back(Input::Process(ProcessEvent::Exit { job, status: plush_core::wire::ExitStatus::Exited(1) }));
     }

@@ -46,6 +46,7 @@ pub use auth::Key;
 pub use client::ClientOptions;
 pub use cluster::{
     BarrierInfo, Cluster, ClusterConfig, DismantleOutcome, HostInfo, JobSpec, Notice, PushJob, ResultGroup, RunOutcome,
+    Streamed,
 };
 pub use driver::{DriverConfig, DriverStats};
 pub use launcher::{LaunchMethod, SshLaunch, READY_PREFIX};

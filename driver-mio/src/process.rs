@@ -2,9 +2,11 @@
 //!
 //! Each job runs in a process group of its own (`process_group(0)`), with stdin from
 //! `/dev/null` and stdout and stderr on non-blocking pipes registered with the event loop. What
-//! the pipes carry goes to the node as `ProcessEvent::Output` chunks (at most
-//! [`READ_CHUNK`] bytes each; the node caps what it keeps at `Config::max_output`, the rest is
-//! read and discarded so the process never blocks on a full pipe). Exits are collected without
+//! the pipes carry goes to the node as `ProcessEvent::Output` chunks, stdout and stderr apart
+//! (at most [`READ_CHUNK`] bytes each). When the node's window up is full it asks for a pause
+//! ([`Jobs::set_reading`]): the pipes are not read until it asks again, so the process blocks
+//! in `write` (at most [`READ_CHUNK`] × 16 bytes per pipe were read after the last pause the
+//! node could ask for: one turn's reads). Exits are collected without
 //! SIGCHLD: while jobs run, [`Jobs::poll`] calls `try_wait` every [`REAP_EVERY`]. The exit is
 //! reported once the process was reaped and both pipes reached their end, or [`EXIT_GRACE`]
 //! after the reap if a background grandchild still holds a pipe open (the pipes are then
@@ -100,6 +102,8 @@ struct Job {
     reaped_at: Option<StdInstant>,
     /// The process's start time in clock ticks since boot (0: unknown), for the job record.
     start: u64,
+    /// The node asked not to read the pipes for now.
+    paused: bool,
 }
 
 /// The running jobs of one node.
@@ -208,7 +212,7 @@ impl Jobs {
         });
         // The leader's start time tells its group from a later one under a reused pid.
         let start = crate::record::proc_stat(child.id()).map_or(0, |(_, _, start)| start);
-        self.jobs.push(Job { job, child, pipes, ctl, status: None, reaped_at: None, start });
+        self.jobs.push(Job { job, child, pipes, ctl, status: None, reaped_at: None, start, paused: false });
         self.generation += 1;
         self.next_reap.get_or_insert(StdInstant::now() + REAP_EVERY);
         Ok(())
@@ -219,6 +223,17 @@ impl Jobs {
     pub fn signal(&mut self, job: u64) {
         for j in self.jobs.iter_mut().filter(|j| j.job == job && j.status.is_none()) {
             let _ = crate::sys::kill_group(j.child.id(), libc::SIGKILL);
+        }
+    }
+
+    /// Stop (`on: false`) or resume reading `job`'s pipes (`Output::ReadOutput`). Resuming
+    /// reads them again next turn (readiness is edge-triggered: it would not tell again).
+    pub fn set_reading(&mut self, job: u64, on: bool) {
+        for j in self.jobs.iter_mut().filter(|j| j.job == job) {
+            j.paused = !on;
+            if on {
+                self.again.extend(j.pipes.iter().flatten().map(|(t, _)| *t));
+            }
         }
     }
 
@@ -310,9 +325,14 @@ impl Jobs {
             self.buf.resize(READ_CHUNK, 0);
         }
         let j = &mut self.jobs[k];
+        if j.paused {
+            // Read again when resumed.
+            return;
+        }
         let Some(slot) = j.pipes.iter_mut().find(|p| p.as_ref().is_some_and(|(t, _)| *t == token)) else { return };
         for _ in 0..READS_PER_EVENT {
             let Some((_, pipe)) = slot.as_mut() else { return };
+            let err = matches!(pipe, Pipe::Err(_));
             match pipe.read(&mut self.buf) {
                 Ok(0) => {
                     // End of stream: stop watching the pipe.
@@ -321,7 +341,7 @@ impl Jobs {
                     }
                     return;
                 }
-                Ok(n) => out.push_back(ProcessEvent::Output { job: j.job, bytes: self.buf[..n].to_vec() }),
+                Ok(n) => out.push_back(ProcessEvent::Output { job: j.job, bytes: self.buf[..n].to_vec(), err }),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
@@ -358,6 +378,10 @@ impl Jobs {
                 }
             }
             let pipes_open = j.pipes.iter().any(Option::is_some);
+            if j.paused && pipes_open && j.reaped_at.is_some() {
+                // Output waits in the pipes for the window: the grace starts once read again.
+                j.reaped_at = Some(now);
+            }
             let grace_over = j.reaped_at.is_some_and(|t| now >= t + EXIT_GRACE);
             if let Some(status) = j.status.filter(|_| !pipes_open || grace_over) {
                 for (_, p) in j.pipes.iter_mut().filter_map(Option::take) {

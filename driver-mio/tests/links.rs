@@ -146,7 +146,7 @@ fn a_peer_that_does_not_read_is_cut_off_at_the_write_queue_bound() {
     assert!(spin(&mut a, &mut b, Duration::from_secs(5), |a, b| !a.m.links.is_empty() && !b.m.links.is_empty()));
     // From now on b is never turned: it reads nothing.
     let mut pool = FramePool::default();
-    let big = Message::Job(JobMsg::Output { job: 1, node: ib, bytes: vec![7; (1 << 20) - 64] });
+    let big = Message::Job(JobMsg::Output { job: 1, node: ib, bytes: vec![7; (1 << 20) - 64], err: false });
     let mut sent = 0;
     while !a.m.links.contains(&(ib, LinkEvent::Closed)) {
         assert!(sent < 200, "200 MiB queued without the bound closing the link");

@@ -325,6 +325,7 @@ fn mitm_inner() {
         timeout_ms: 10_000,
         stream: false,
         push: None,
+        max_output: 0,
     };
     st.lock().expect("state").inject =
         encode_once(&Message::Job(JobMsg::Run(Box::new(spec)))).expect("encodes").to_vec();

@@ -216,6 +216,7 @@ fn the_client_closes_what_breaks_the_secure_channel() {
         timeout_ms: 0,
         stream: false,
         push: None,
+        max_output: 0,
     };
     let run = encode_once(&Message::Job(JobMsg::Run(Box::new(spec)))).expect("encode the Run frame");
     s.write_all(&run).expect("send the plaintext Run");

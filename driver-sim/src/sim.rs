@@ -856,7 +856,7 @@ impl Sim {
                 self.events += 1;
                 let line =
                     if k <= 1 { b"hello from plush\n".to_vec() } else { format!("output {}\n", node % k).into_bytes() };
-                n.handle_process(now, ProcessEvent::Output { job, bytes: line });
+                n.handle_process(now, ProcessEvent::Output { job, bytes: line, err: false });
                 let fails = job == plush_core::control::MAINT_JOB && self.maintenance_fails.contains(&node);
                 n.handle_process(now, ProcessEvent::Exit { job, status: ExitStatus::Exited(i32::from(fails)) });
                 self.after(node);
@@ -1024,6 +1024,8 @@ impl Sim {
                 }
                 // The simulated process ignores signals: the node has recorded its result.
                 Output::Signal { job } => self.signals.push((self.now, i, job)),
+                // Simulated processes write all at once: nothing to pause.
+                Output::ReadOutput { .. } => {}
                 Output::Launch { host } => {
                     let h = idx(host);
                     let ok = (h as usize) < self.nodes.len() && self.nodes[h as usize].ctrl.is_none();
@@ -1696,6 +1698,7 @@ fn start_job(sim: &mut Sim) {
         timeout_ms: 0,
         stream: false,
         push: None,
+        max_output: 0,
     };
     let _ = sim.ctrl_do(|c, now| c.run(now, spec));
 }

@@ -526,6 +526,7 @@ fn spec(job: u64) -> RunSpec {
         timeout_ms: 0,
         stream: false,
         push: None,
+        max_output: 0,
     }
 }
 

@@ -89,6 +89,7 @@ fn spec(job: u64) -> RunSpec {
         timeout_ms: 0,
         stream: false,
         push: None,
+        max_output: 0,
     }
 }
 
@@ -113,7 +114,7 @@ struct NodeResult {
 fn results(sim: &Sim, job: u64) -> Vec<NodeResult> {
     let mut out = Vec::new();
     for (at, r) in &sim.results {
-        if let CtrlReport::Result { job: j, status, truncated, output, nodes } = r {
+        if let CtrlReport::Result { job: j, status, truncated, output, nodes, .. } = r {
             if *j == job {
                 out.extend(nodes.iter().map(|y| NodeResult {
                     at: *at,
@@ -219,10 +220,9 @@ fn cancel_kills_the_job_everywhere() {
 #[test]
 fn output_is_capped_and_marked_truncated() {
     let n = 30;
-    let mut sc = scenario(n, 53);
-    sc.config.max_output = 5;
+    let sc = scenario(n, 53);
     let mut sim = build(&sc);
-    start(&mut sim, spec(3));
+    start(&mut sim, RunSpec { max_output: 5, ..spec(3) });
     let done = run_for(&mut sim, Duration::from_secs(5), Duration::from_millis(50), |s| all_reported(s, n));
     assert!(done, "results missing: {:?}", sim.job.reported);
     assert_each_once(&sim, n);
@@ -242,7 +242,7 @@ fn output_is_capped_and_marked_truncated() {
 fn streams(sim: &Sim, job: u64, n: u32) -> Vec<(usize, Vec<u8>)> {
     let mut per = vec![(0, Vec::new()); n as usize];
     for (_, r) in &sim.ctrl_log {
-        if let CtrlReport::Stream { job: j, node, bytes } = r {
+        if let CtrlReport::Stream { job: j, node, bytes, err: false } = r {
             if *j == job {
                 let i = index(*node) as usize;
                 assert!(i < n as usize, "a stream from {node}");
@@ -257,7 +257,7 @@ fn streams(sim: &Sim, job: u64, n: u32) -> Vec<(usize, Vec<u8>)> {
 #[test]
 fn streamed_output_reaches_the_controller() {
     let n = 30;
-    // Unlimited (the default rate): every node's line comes up once, whole.
+    // Every node's line comes up once, whole, and the results carry no second copy.
     let mut sim = build(&scenario(n, 54));
     start(&mut sim, RunSpec { stream: true, ..spec(4) });
     let done = run_for(&mut sim, Duration::from_secs(5), Duration::from_millis(50), |s| all_reported(s, n));
@@ -267,32 +267,21 @@ fn streamed_output_reaches_the_controller() {
         assert_eq!(per[i as usize].0, 1, "node {i}: {} stream reports", per[i as usize].0);
         assert_eq!(per[i as usize].1, LINE, "node {i}'s stream");
     }
-    assert_eq!(sim.total(|s| s.stream_bytes_dropped), 0);
-    // The final results have it too.
-    assert!(results(&sim, 4).iter().all(|r| r.output == LINE && r.status == ExitStatus::Exited(0)));
-
-    // 3 bytes a second: the stream is cut, the result is not.
-    let mut sc = scenario(n, 55);
-    sc.config.stream_rate = 3;
-    let mut sim = build(&sc);
-    start(&mut sim, RunSpec { stream: true, ..spec(5) });
+    assert!(results(&sim, 4).iter().all(|r| r.output.is_empty() && r.status == ExitStatus::Exited(0)));
+    // Capped at 3 bytes: each stream is its output's start, and the results say it was cut.
+    let mut sim = build(&scenario(n, 55));
+    start(&mut sim, RunSpec { stream: true, max_output: 3, ..spec(5) });
     let done = run_for(&mut sim, Duration::from_secs(5), Duration::from_millis(50), |s| all_reported(s, n));
     assert!(done, "results missing: {:?}", sim.job.reported);
     let per = streams(&sim, 5, n);
-    let mut streamed = 0;
     for i in live(&sim, n) {
-        let bytes = &per[i as usize].1;
-        assert!(bytes.len() <= 3, "node {i} streamed {} bytes at 3 bytes/s", bytes.len());
-        assert_eq!(bytes.as_slice(), &LINE[..bytes.len()], "node {i}'s stream is not its output's start");
-        streamed += bytes.len();
+        assert_eq!(per[i as usize].1.as_slice(), &LINE[..3], "node {i}'s stream");
     }
-    assert!(streamed > 0, "nothing streamed at all");
-    let dropped = sim.total(|s| s.stream_bytes_dropped);
-    assert!(dropped > 0, "no stream byte dropped");
-    assert_eq!(dropped as usize + streamed, n as usize * LINE.len(), "streamed + dropped != printed");
+    let cut = sim.total(|s| s.output_bytes_cut);
+    assert_eq!(cut as usize, n as usize * (LINE.len() - 3), "bytes cut");
     let rs = results(&sim, 5);
     assert_eq!(rs.len(), n as usize);
-    assert!(rs.iter().all(|r| r.output == LINE && !r.truncated), "the rate limit cut a result");
+    assert!(rs.iter().all(|r| r.truncated), "a cut result not marked truncated");
 }
 
 #[test]

@@ -51,6 +51,7 @@ fn push_spec(job: u64, chunks: u32, target: Target) -> RunSpec {
             upgrade: false,
             build: 0,
         }),
+        max_output: 0,
     }
 }
 

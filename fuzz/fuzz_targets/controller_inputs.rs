@@ -111,7 +111,7 @@ enum Msg {
     Disconnected { node: u8, related: bool },
     Participants { nodes: Set, last: bool },
     Results { job: u8, groups: Vec<GroupIn>, complete: bool },
-    Output { job: u8, node: u8, bytes: Vec<u8> },
+    Output { job: u8, node: u8, bytes: Vec<u8>, err: bool },
     BarrierEnter { name: u8, nodes: Set },
     SetCtrl { ctrl: u8 },
     SetPeer { host: u8 },
@@ -152,15 +152,18 @@ impl Msg {
                             truncated: g.truncated,
                             output: g.output.iter().copied().take(64).collect(),
                             nodes: g.nodes.build(),
+                            stderr: Vec::new(),
+                            blob: None,
                         })
                         .collect(),
                 ),
                 complete: *complete,
             }),
-            Msg::Output { job, node, bytes } => j(JobMsg::Output {
+            Msg::Output { job, node, bytes, err } => j(JobMsg::Output {
                 job: job_id(*job),
                 node: peer(*node),
                 bytes: bytes.iter().copied().take(64).collect(),
+                err: *err,
             }),
             Msg::BarrierEnter { name, nodes } => {
                 j(JobMsg::BarrierEnter { name: barrier_name(*name), nodes: nodes.build() })
@@ -333,7 +336,7 @@ fn drain(c: &mut Controller, m: &mut Model, cfg: &Config) -> usize {
             Output::PushForget { job } => {
                 assert!(m.pushes.contains_key(&job), "forgot a push never started: {job}");
             }
-            Output::Spawn { .. } | Output::Signal { .. } | Output::Exit => {
+            Output::Spawn { .. } | Output::Signal { .. } | Output::ReadOutput { .. } | Output::Exit => {
                 panic!("the controller runs no processes: {out:?}")
             }
             Output::PushOpen { .. } | Output::PushWrite { .. } | Output::PushDone { .. } => {
@@ -511,6 +514,7 @@ fuzz_target!(|input: Input| {
                     timeout_ms: 0,
                     stream: *stream,
                     push: push.clone(),
+                    max_output: 0,
                 };
                 let want = if *census_bit || m.jobs.contains_key(&id) {
                     Err(ControllerError::Duplicate)

@@ -116,7 +116,7 @@ fuzz_target!(|data: &[u8]| {
             5 => {
                 let job = u64::from(peer % 4);
                 let ev = if peer & 0x80 == 0 {
-                    ProcessEvent::Output { job, bytes: vec![b'x'; usize::from(peer)] }
+                    ProcessEvent::Output { job, bytes: vec![b'x'; usize::from(peer)], err: peer & 1 == 1 }
                 } else {
                     ProcessEvent::Exit { job, status: ExitStatus::Exited(i32::from(peer)) }
                 };
