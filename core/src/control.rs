@@ -104,6 +104,8 @@ pub const MAX_PARTIAL_BLOBS: usize = 64;
 /// that its group can follow it and drain in turn). Beyond this bound a node holds at most
 /// one large output more.
 pub const BLOB_BACKLOG: u64 = 32 << 20;
+/// Most bytes reserved at once for a blob from its announced size.
+pub const BLOB_RESERVE: u64 = 16 << 20;
 
 /// What the driver reports about a process it spawned for a job.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1894,7 +1896,10 @@ impl Blobs {
         let k = match self.partial.iter().position(|p| p.0 == from && p.1 == digest) {
             Some(k) => k,
             None if offset == 0 && self.partial.len() < MAX_PARTIAL_BLOBS => {
-                self.partial.push((from, digest, Vec::new(), total));
+                // Sized from the announced total up to a bound (doubling would hold up to twice
+                // a large output); past it, it grows as the bytes come.
+                let size = usize::try_from(total.min(BLOB_RESERVE)).unwrap_or(0);
+                self.partial.push((from, digest, Vec::with_capacity(size), total));
                 self.partial.len() - 1
             }
             None => return false,
@@ -1910,7 +1915,8 @@ impl Blobs {
         }
         p.2.extend_from_slice(data);
         if p.2.len() as u64 == total {
-            let (_, d, content, _) = self.partial.remove(k);
+            let (_, d, mut content, _) = self.partial.remove(k);
+            content.shrink_to_fit();
             // Copies on their way from other senders are not needed any more.
             self.partial.retain(|p| p.1 != d);
             self.whole.push((d, Rc::new(content)));
