@@ -503,6 +503,7 @@ pub struct JobSummary {
 }
 
 /// How hosts are named in output.
+#[derive(Clone)]
 pub struct Labels {
     names: HashMap<NodeId, String>,
     label_by_name: bool,
@@ -1060,7 +1061,7 @@ impl Session {
                 let new = self.c.take_results(out.job);
                 streamed.write_results(&self.labels, &new);
             }
-            print_groups(&self.labels, &groups, opts.json, opts.out.max_output);
+            groups = self.print_pumping(groups, opts.json, opts.out.max_output);
         }
 
         let answered: BTreeSet<NodeId> = groups.iter().flat_map(|g| g.nodes.iter().copied()).collect();
@@ -1121,6 +1122,24 @@ impl Session {
             summary.code = UNREACHABLE;
         }
         summary
+    }
+
+    /// [`print_groups`] on a thread while the event loop goes on: printing large outputs takes
+    /// seconds, and a controller silent that long loses its link to the root. Returns the
+    /// groups.
+    fn print_pumping(&mut self, groups: Vec<ResultGroup>, json: bool, cap: Option<u64>) -> Vec<ResultGroup> {
+        let labels = self.labels.clone();
+        let printer = std::thread::spawn(move || {
+            print_groups(&labels, &groups, json, cap);
+            groups
+        });
+        while !printer.is_finished() {
+            if let Err(e) = self.c.pump(Duration::from_millis(20)) {
+                eprintln!("plush {}: the event loop failed: {e}", self.cmd);
+                break;
+            }
+        }
+        printer.join().unwrap_or_default()
     }
 
     /// Wait for `job`, printing live output with `--stream`, until settled or Ctrl-C.

@@ -118,6 +118,14 @@ pub const BLOB_CHUNK: usize = 64 << 10;
 /// Blobs being received at once per job (from different children); a chunk of one more is
 /// dropped (and acknowledged, so the sender's window does not close for good).
 pub const MAX_PARTIAL_BLOBS: usize = 64;
+/// Bytes of large outputs a node may hold per job that have not gone up yet (arriving, or
+/// waiting in its queue up); past it, children's blob chunks are acknowledged only as the
+/// backlog drains, except those of the oldest blob being received, which always goes on (so
+/// that its group can follow it and drain in turn). Beyond this bound a node holds at most
+/// one large output more.
+pub const BLOB_BACKLOG: u64 = 32 << 20;
+/// Most bytes reserved at once for a blob from its announced size.
+pub const BLOB_RESERVE: u64 = 16 << 20;
 
 /// What the driver reports about a process it spawned for a job.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -245,6 +253,44 @@ struct Upward {
     sent_blobs: Vec<[u8; 32]>,
     /// Blobs received from below.
     blobs: Blobs,
+    /// Blob bytes received from children and not acknowledged yet ([`BLOB_BACKLOG`]). At most
+    /// one entry per child.
+    deferred: Vec<(NodeId, u64)>,
+}
+
+impl Upward {
+    /// Large-output bytes here that have not gone up: arriving, or waiting in the queue.
+    fn backlog(&self) -> u64 {
+        let arriving: u64 = self.blobs.partial.iter().map(|p| p.2.len() as u64).sum();
+        let queued: u64 = self
+            .queue
+            .iter()
+            .map(|i| match i {
+                UpItem::Blob { content, offset, .. } => (content.len() - offset) as u64,
+                _ => 0,
+            })
+            .sum();
+        arriving + queued
+    }
+
+    /// Acknowledge what the backlog allows: everything under [`BLOB_BACKLOG`], else what the
+    /// sender of the oldest blob being received is owed.
+    fn release(&mut self, ctx: &mut Ctx<'_>, tree: &Tree, job: u64) {
+        if self.deferred.is_empty() {
+            return;
+        }
+        let first = self.blobs.partial.first().map(|p| p.0);
+        let all = self.backlog() <= BLOB_BACKLOG;
+        self.deferred.retain(|&(c, n)| {
+            if !all && Some(c) != first {
+                return true;
+            }
+            if tree.children().contains(&c) {
+                ctx.send_msg(c, &Message::Job(JobMsg::OutputAck { job, bytes: n }));
+            }
+            false
+        });
+    }
 }
 
 /// Blobs received for one job ([`JobMsg::Blob`]). Bounds: at most [`MAX_PARTIAL_BLOBS`] being
@@ -252,8 +298,8 @@ struct Upward {
 /// groups they belong to), dropped with the job.
 #[derive(Debug, Default)]
 pub(crate) struct Blobs {
-    /// Being received: (sender, digest, content so far, total). Several children may send
-    /// the same output at once; each sends its chunks in order.
+    /// Being received: (sender, digest, content so far, total), oldest first. Several children
+    /// may send the same output at once; each sends its chunks in order.
     partial: Vec<(NodeId, [u8; 32], Vec<u8>, u64)>,
     /// Received whole.
     whole: Vec<([u8; 32], Rc<Vec<u8>>)>,
@@ -605,6 +651,11 @@ impl Control {
             if let Some(x) = self.jobs[k].xfer.as_mut() {
                 x.drop_feed(&child);
             }
+            let job = self.jobs[k].spec.job;
+            let u = &mut self.jobs[k].up;
+            u.blobs.drop_from(&child);
+            u.deferred.retain(|d| d.0 != child);
+            u.release(ctx, tree, job);
             self.maybe_flush(ctx, tree, k);
         }
         if self.dismantle.is_some() && tree.children().is_empty() {
@@ -1099,16 +1150,27 @@ impl Control {
                 }
                 let n = data.len() as u64;
                 match self.job_index(job) {
-                    Some(k) => self.jobs[k].up.blobs.store(from, digest, offset, total, &data),
+                    Some(k) => {
+                        let u = &mut self.jobs[k].up;
+                        if u.blobs.store(from, digest, offset, total, &data) {
+                            // Kept: acknowledged as the backlog allows (see [`BLOB_BACKLOG`]).
+                            match u.deferred.iter_mut().find(|d| d.0 == from) {
+                                Some(d) => d.1 += n,
+                                None => u.deferred.push((from, n)),
+                            }
+                            u.release(ctx, tree, job);
+                        } else {
+                            ctx.send_msg(from, &Message::Job(JobMsg::OutputAck { job, bytes: n }));
+                        }
+                    }
                     None => {
                         // A job we forgot: pass it on as it is, like the results that follow.
                         if let Some(up) = self.up(tree) {
                             ctx.send_msg(up, &Message::Job(JobMsg::Blob { job, digest, offset, total, data }));
                         }
+                        ctx.send_msg(from, &Message::Job(JobMsg::OutputAck { job, bytes: n }));
                     }
                 }
-                // Stored (grouped output is held whole anyway): the window reopens at once.
-                ctx.send_msg(from, &Message::Job(JobMsg::OutputAck { job, bytes: n }));
             }
             JobMsg::BarrierEnter { name, nodes } => {
                 if self.is_above(tree, from) || name.len() > MAX_NAME {
@@ -1591,6 +1653,7 @@ impl Control {
             u.paused = false;
             ctx.io.out.push_back(Output::ReadOutput { job, on: true });
         }
+        u.release(ctx, tree, job);
     }
 
     fn on_ack(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, job: u64, acked: &NodeSet) {
@@ -1889,17 +1952,22 @@ impl Blobs {
     /// stored twice. Nothing is reserved from the announced total: a blob grows as its bytes
     /// arrive. An out-of-order or inconsistent chunk drops the blob (its sender starts again
     /// from 0 after a reconfiguration).
-    pub fn store(&mut self, from: NodeId, digest: [u8; 32], offset: u64, total: u64, data: &[u8]) {
+    ///
+    /// Returns whether the bytes were kept (false: a copy of a blob here already, or dropped).
+    pub fn store(&mut self, from: NodeId, digest: [u8; 32], offset: u64, total: u64, data: &[u8]) -> bool {
         if self.whole.iter().any(|b| b.0 == digest) || self.split.iter().any(|b| b.0 == digest) {
-            return;
+            return false;
         }
         let k = match self.partial.iter().position(|p| p.0 == from && p.1 == digest) {
             Some(k) => k,
             None if offset == 0 && self.partial.len() < MAX_PARTIAL_BLOBS => {
-                self.partial.push((from, digest, Vec::new(), total));
+                // Sized from the announced total up to a bound (doubling would hold up to twice
+                // a large output); past it, it grows as the bytes come.
+                let size = usize::try_from(total.min(BLOB_RESERVE)).unwrap_or(0);
+                self.partial.push((from, digest, Vec::with_capacity(size), total));
                 self.partial.len() - 1
             }
-            None => return,
+            None => return false,
         };
         let p = &mut self.partial[k];
         if offset == 0 {
@@ -1907,16 +1975,23 @@ impl Blobs {
             p.3 = total;
         }
         if p.2.len() as u64 != offset || p.3 != total || offset + data.len() as u64 > total {
-            self.partial.swap_remove(k);
-            return;
+            self.partial.remove(k);
+            return false;
         }
         p.2.extend_from_slice(data);
         if p.2.len() as u64 == total {
-            let (_, d, content, _) = self.partial.swap_remove(k);
+            let (_, d, mut content, _) = self.partial.remove(k);
+            content.shrink_to_fit();
             // Copies on their way from other senders are not needed any more.
             self.partial.retain(|p| p.1 != d);
             self.whole.push((d, Rc::new(content)));
         }
+        true
+    }
+
+    /// Forget what `peer` was sending (it is gone).
+    fn drop_from(&mut self, peer: &NodeId) {
+        self.partial.retain(|p| p.0 != *peer);
     }
 
     /// At the controller: `b`'s stdout and stderr, shared by every report of it.
