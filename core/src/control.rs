@@ -943,10 +943,6 @@ impl Control {
     }
 
     fn on_set_peer(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, from: NodeId, host: NodeId, ctrl: NodeId) {
-        if ctrl == self.me {
-            // Nonsense (we are no controller): taking it would make us report to ourselves.
-            return;
-        }
         if host == self.me {
             // An invitation for us: join through the sender, or found the tree if the controller
             // itself asks.
