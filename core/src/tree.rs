@@ -21,6 +21,17 @@
 //! its root. When two roots meet, the higher one joins the lower one with its whole subtree. An
 //! ordinary join never displaces a live root.
 //!
+//! A root alone may know nobody outside its own tree: after a partition heals, each side's root
+//! has met only its own side, while its members still remember peers (bootstrap nodes, old
+//! parents, suspects) on the other side. So members probe too, sparsely: each member's probe
+//! timer fires every `probe_interval` to `3 * probe_interval` and probes with probability
+//! `MEMBER_PROBES / population` (RanSub's count), so a whole tree sends about
+//! [`MEMBER_PROBES`] probes every two intervals whatever its size. A member whose probe meets
+//! another root tells whichever of the two roots is higher about the lower one (a `Probe`
+//! naming it). A root merges only into a root that says so itself (a `Probe` or `ProbeReply`
+//! from that very root); a report about a root from anyone else is first checked by probing
+//! that root, so a stale report never takes a root out of its tree.
+//!
 //! **Repair through RanSub.** A node that lost its parent first asks, in waves of
 //! `repair_fanout` at once, RanSub candidates (non-descendants first) with free slots to take it
 //! directly (`Join(Direct)`). The candidate sends `Verify` up its own parent chain; the top of the
@@ -67,6 +78,9 @@ pub const FIRST_PROBE: core::time::Duration = core::time::Duration::from_secs(1)
 pub const MAX_TOP: usize = 8;
 /// Recently unreachable peers remembered (tried last when joining).
 pub const MAX_SUSPECTS: usize = 8;
+/// Probes the members of one tree send together, about, every two `probe_interval`s (see the
+/// module docs): each member probes with probability `MEMBER_PROBES / population`.
+pub const MEMBER_PROBES: u32 = 32;
 
 /// Where a node stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -135,6 +149,8 @@ pub(crate) struct Tree {
     probe_at: Option<Instant>,
     /// Current gap between probes (see `arm_probe`).
     probe_gap: core::time::Duration,
+    /// A member: the peer its last probe went to; only that peer's answer is acted on.
+    probing: Option<NodeId>,
 }
 
 impl Tree {
@@ -167,6 +183,7 @@ impl Tree {
             direct_at: None,
             probe_at: None,
             probe_gap: core::time::Duration::ZERO,
+            probing: None,
         }
     }
 
@@ -346,7 +363,7 @@ impl Tree {
                 self.set_path(ctx, &path);
             }
             TreeMsg::Probe { root } => self.on_probe(ctx, from, root),
-            TreeMsg::ProbeReply { root } => self.on_probe_reply(ctx, root),
+            TreeMsg::ProbeReply { root } => self.on_probe_reply(ctx, from, root),
             TreeMsg::Leave => self.on_link_down(ctx, from, false),
             TreeMsg::Broadcast { id, .. } => self.on_broadcast(ctx, &from, id, raw),
             TreeMsg::Heartbeat => {}
@@ -426,6 +443,8 @@ impl Tree {
             self.probe_at = None;
             if self.is_root() {
                 self.probe(ctx);
+            } else if self.state == TreeState::Joined {
+                self.member_probe(ctx);
             }
         }
         while let Some(i) = self.verifying.iter().position(|v| v.1 <= ctx.now) {
@@ -653,7 +672,7 @@ impl Tree {
         self.candidates = Vec::new();
         self.target = None;
         self.join_at = None;
-        self.probe_at = None;
+        self.arm_member_probe(ctx);
         for peer in core::mem::take(&mut self.contacted) {
             if peer != from {
                 ctx.release(&peer);
@@ -689,6 +708,13 @@ impl Tree {
 
     fn on_join(&mut self, ctx: &mut Ctx<'_>, from: NodeId, joiner: NodeId, mode: JoinMode, hops: u8) {
         if joiner == self.me {
+            // Our own join, forwarded up to us: the candidate is inside our own subtree (a stale
+            // report of another tree, say). Like a silent candidate, but known at once: try the
+            // next, so that a round of such candidates ends quickly (and a detached top with
+            // nobody else to join roots its fragment again).
+            if self.state == TreeState::Joining && self.target.is_some() {
+                self.try_next(ctx);
+            }
             return;
         }
         if hops >= MAX_JOIN_HOPS {
@@ -1001,21 +1027,91 @@ impl Tree {
         }
         let Some(root) = self.root else { return };
         ctx.send(from, TreeMsg::ProbeReply { root });
-        if self.is_root() && their_root < self.me {
-            self.merge_into(ctx, their_root);
+        if their_root == root {
+            return;
+        }
+        if self.is_root() {
+            if their_root < self.me {
+                self.lower_root(ctx, from, their_root);
+            }
+        } else if their_root < root {
+            // A member of another tree with a lower root probed us: tell our root, which checks.
+            ctx.send(root, TreeMsg::Probe { root: their_root });
         }
     }
 
-    fn on_probe_reply(&mut self, ctx: &mut Ctx<'_>, their_root: NodeId) {
-        if !self.is_root() || their_root == self.me {
+    fn on_probe_reply(&mut self, ctx: &mut Ctx<'_>, from: NodeId, their_root: NodeId) {
+        if self.state != TreeState::Joined {
             return;
         }
-        if their_root < self.me {
-            self.merge_into(ctx, their_root);
-        } else {
-            // Tell the higher root about us: it will join us.
-            ctx.send(their_root, TreeMsg::Probe { root: self.me });
+        let Some(root) = self.root else { return };
+        if their_root == root {
+            return;
         }
+        if self.is_root() {
+            if their_root < self.me {
+                self.lower_root(ctx, from, their_root);
+            } else {
+                // Tell the higher root about us: it will check, then join us.
+                ctx.send(their_root, TreeMsg::Probe { root: self.me });
+            }
+            return;
+        }
+        // A member: act only on the answer to our own probe (one report per probe).
+        if self.probing != Some(from) {
+            return;
+        }
+        self.probing = None;
+        // Tell the higher of the two roots about the lower one.
+        let (higher, lower) = if their_root < root { (root, their_root) } else { (their_root, root) };
+        ctx.send(higher, TreeMsg::Probe { root: lower });
+    }
+
+    /// We are a root and `from` says `lower` is the root of its tree: merge when `lower` says so
+    /// itself, else ask `lower` first (it answers with its root, and we come back here).
+    fn lower_root(&mut self, ctx: &mut Ctx<'_>, from: NodeId, lower: NodeId) {
+        if from == lower {
+            self.merge_into(ctx, lower);
+        } else {
+            self.add_peer(ctx, lower);
+            ctx.send(lower, TreeMsg::Probe { root: self.me });
+        }
+    }
+
+    /// A member's probe timer: every `probe_interval` to `3 * probe_interval`.
+    fn arm_member_probe(&mut self, ctx: &mut Ctx<'_>) {
+        let gap = ctx.cfg.probe_interval.mul_f64(ctx.rng.random_range(1.0..3.0));
+        self.probe_at = Some(ctx.now + gap);
+    }
+
+    /// A member probes a random contact with probability `MEMBER_PROBES / population`, always
+    /// while it does not know the population yet.
+    fn member_probe(&mut self, ctx: &mut Ctx<'_>) {
+        self.arm_member_probe(ctx);
+        let population = ctx.population;
+        if population > MEMBER_PROBES && ctx.rng.random_range(0..population) >= MEMBER_PROBES {
+            return;
+        }
+        let Some(root) = self.root else { return };
+        let me = self.me;
+        let (parent, children) = (self.parent, &self.children);
+        let usable = |p: &NodeId| *p != me && *p != root && Some(*p) != parent && !children.contains(p);
+        let candidates: SmallVec<[NodeId; 48]> = self
+            .peers
+            .iter()
+            .chain(self.suspects.iter())
+            .chain(self.top.iter())
+            .copied()
+            .chain(ctx.all.iter().map(|e| e.id))
+            .filter(usable)
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let peer = candidates[ctx.rng.random_range(0..candidates.len())];
+        self.probing = Some(peer);
+        ctx.io.stats.member_probes += 1;
+        ctx.send(peer, TreeMsg::Probe { root });
     }
 
     /// Join the tree of the lower root `other`, subtree and all.
