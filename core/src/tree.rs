@@ -78,6 +78,12 @@ pub const FIRST_PROBE: core::time::Duration = core::time::Duration::from_secs(1)
 pub const MAX_TOP: usize = 8;
 /// Recently unreachable peers remembered (tried last when joining).
 pub const MAX_SUSPECTS: usize = 8;
+/// Rounds of joining, every candidate refusing, after which a detached top (a node with a
+/// subtree) roots its fragment anyway. Refusals come from nodes that are not placing joins:
+/// members of a fragment whose own top is detached, restarted nodes still joining. Two detached
+/// tops waiting for each other's fragment would otherwise wait forever; as roots, their probes
+/// merge them.
+pub const REFUSED_ROUNDS: u8 = 4;
 /// Probes the members of one tree send together, about, every two `probe_interval`s (see the
 /// module docs): each member probes with probability `MEMBER_PROBES / population`.
 pub const MEMBER_PROBES: u32 = 32;
@@ -128,6 +134,8 @@ pub(crate) struct Tree {
     contacted: Vec<NodeId>,
     /// Whether anyone answered (even with a refusal) in the current round.
     answered: bool,
+    /// Rounds in a row that ended with refusals only (see [`REFUSED_ROUNDS`]).
+    refused_rounds: u8,
     /// Set from losing a parent until re-attached: the attempt is a repair.
     repairing: bool,
     /// While true, direct joins to RanSub candidates are outstanding and the ordinary rounds wait.
@@ -172,6 +180,7 @@ impl Tree {
             target: None,
             contacted: Vec::new(),
             answered: false,
+            refused_rounds: 0,
             repairing: false,
             in_direct: false,
             direct: Vec::new(),
@@ -615,7 +624,15 @@ impl Tree {
                 self.become_root(ctx)
             }
             None if !self.answered && self.peers.is_empty() => self.become_root(ctx),
-            None => self.join_at = Some(ctx.now + ctx.cfg.join_backoff),
+            None => {
+                self.refused_rounds = self.refused_rounds.saturating_add(1);
+                if self.refused_rounds >= REFUSED_ROUNDS && !self.children.is_empty() {
+                    // Only refusals, round after round: nobody we know places joins.
+                    self.become_root(ctx);
+                } else {
+                    self.join_at = Some(ctx.now + ctx.cfg.join_backoff);
+                }
+            }
         }
     }
 
@@ -685,6 +702,7 @@ impl Tree {
 
     /// A join attempt ended (attached, or became root).
     fn end_attempt(&mut self) {
+        self.refused_rounds = 0;
         self.repairing = false;
         self.in_direct = false;
         self.waves_left = 0;

@@ -758,7 +758,10 @@ impl Sim {
             if self.links[l as usize].ends[other].open {
                 let gen = self.links[l as usize].gen;
                 let to = self.links[l as usize].ends[other].node;
-                let at = self.now + self.delay();
+                // In FIFO order on the old link, whose clocks a new link between the same two
+                // inherits: the reset reaches the peer before anything the new incarnation
+                // sends, or the peer would drop its new link on hearing the old one reset.
+                let at = self.fifo(l, i, other);
                 self.push(at, Kind::Down { link: l, gen, to });
             }
         }
@@ -912,6 +915,17 @@ impl Sim {
                 if self.nodes[to as usize].incarnation != incarnation || !self.present(to) {
                     return;
                 }
+                if (peer as usize) < self.nodes.len()
+                    && self.find_link(to, peer).is_some_and(|l| {
+                        let link = &self.links[l as usize];
+                        link.ends[link.side(to)].up
+                    })
+                {
+                    // The peer connected to us while our attempt was failing (it was restarted
+                    // meanwhile): the node holds one link per peer, that one is up, and a driver
+                    // does not report the failed attempt over it.
+                    return;
+                }
                 self.events += 1;
                 self.m_link(to, peer, LinkEvent::ConnectFailed);
                 self.after(to);
@@ -927,6 +941,13 @@ impl Sim {
                 self.close_end(link, side);
                 self.maybe_free(link);
                 if !self.present(to) {
+                    return;
+                }
+                if self.find_link(to, peer).is_some() {
+                    // A newer connection to the same peer is open at this end (the peer was
+                    // restarted and connected again before its old connection's reset came):
+                    // the node holds one link per peer, the newer one, and a driver ignores the
+                    // close of a connection it has replaced.
                     return;
                 }
                 self.events += 1;
