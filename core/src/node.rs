@@ -599,7 +599,7 @@ impl Node {
             all: &[],
             population: 0,
         };
-        let place = self.tree.place_info(self.cfg.max_children);
+        let place = self.tree.place_info(self.cfg.degree());
         f(&mut self.ransub, &mut ctx, &place);
     }
 

@@ -1,7 +1,7 @@
 //! RandTree: a self-repairing random tree of bounded degree.
 //!
 //! **Join.** A joiner sends `Join(Forward)` to a member; members forward it up, parent by parent,
-//! to the root. The root accepts while it has fewer than `max_children` children, else it passes
+//! to the root. The root accepts while it has fewer than `degree` children, else it passes
 //! the join to a random child as `Join(Redirect)`. A redirected join only ever goes down: a node
 //! accepts one only from its current parent, and answers a redirect from anyone else with
 //! `Remove` (the sender holds a stale child pointer to it). The acceptor answers `JoinAccept(path,
@@ -770,7 +770,7 @@ impl Tree {
         if self.children.contains(&joiner) && self.state == TreeState::Joined {
             return self.accept_child(ctx, joiner, true);
         }
-        let room = self.children.len() + self.verifying.len() < ctx.cfg.max_children;
+        let room = self.children.len() + self.verifying.len() < ctx.cfg.degree();
         let passed_down = from != joiner;
         if passed_down && self.parent != Some(from) {
             return self.reject(ctx, joiner);
@@ -857,7 +857,7 @@ impl Tree {
         self.verifying.swap_remove(i);
         if ok
             && self.state == TreeState::Joined
-            && self.children.len() < ctx.cfg.max_children
+            && self.children.len() < ctx.cfg.degree()
             && !self.path.contains(&joiner)
         {
             self.accept_child(ctx, joiner, true);
@@ -923,7 +923,7 @@ impl Tree {
         if Some(joiner) == self.parent {
             return self.reject(ctx, joiner);
         }
-        if self.children.contains(&joiner) || self.children.len() + self.verifying.len() < ctx.cfg.max_children {
+        if self.children.contains(&joiner) || self.children.len() + self.verifying.len() < ctx.cfg.degree() {
             return self.accept_child(ctx, joiner, false);
         }
         // Full: pass it down to a random child, marked so it never comes back up.
