@@ -680,6 +680,9 @@ impl Control {
     }
 
     fn on_set_ctrl(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, from: NodeId, ctrl: NodeId) {
+        if ctrl == self.me {
+            return;
+        }
         if from == ctrl && tree.state() == TreeState::Idle {
             // The controller looks for its tree through us, but we are in none (a client that
             // restarted, after an upgrade or a crash): say so, and it invites us again.
@@ -733,6 +736,11 @@ impl Control {
     }
 
     fn on_set_peer(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, from: NodeId, host: NodeId, ctrl: NodeId) {
+        if ctrl == self.me {
+            // We are nobody's controller: a frame naming us so is bad input (we would report
+            // to ourselves).
+            return;
+        }
         if host == self.me {
             // An invitation for us: join through the sender, or found the tree if the controller
             // itself asks.

@@ -217,10 +217,10 @@ pub struct RanSubReport {
     pub nondesc_chi2_p: f64,
     /// Live nodes after the repair.
     pub live: u32,
-    /// The root's first count of an epoch it started after the repair (0: none within two
-    /// epochs of the repair). A count only covers the nodes attached when its epoch's
-    /// distribution passed, so counts of epochs begun during the repair miss the subtrees
-    /// still re-attaching; this one must be `live`.
+    /// The root's count of the repaired tree: among its counts of epochs started after the
+    /// repair and ended within two epochs of it, the first that is `live`, else the last (0:
+    /// none). A count only covers the nodes attached when its epoch's distribution passed, so
+    /// counts of epochs begun during the repair miss the subtrees still re-attaching.
     pub population_repaired: u32,
     /// Simulated time from the repair to that count.
     pub population_repaired_ms: f64,

@@ -1640,16 +1640,28 @@ pub fn play_sim(sc: &Scenario) -> (Report, Sim) {
 
     // Broadcast after.
     report.broadcast_after = broadcast(&mut sim, 2, limit);
-    // The root's count of the repaired tree: its first count of an epoch started after the
-    // repair, which comes within two epochs of it.
-    report.ransub.live = sim.live_count();
+    // The root's count of the repaired tree: a count of an epoch started after the repair
+    // (distributed over the repaired tree), within two epochs of the repair. The first such
+    // count that is every live node, else the last one in the window.
+    let live = sim.live_count();
+    report.ransub.live = live;
     if let Some((at, root, epoch)) = repaired {
-        let first = |s: &Sim| s.counts.iter().find(|c| c.0 >= at && c.1 == root && c.2 > epoch).copied();
         let until = at + sc.config.ransub_epoch * 2;
-        if sim.now() < until && first(&sim).is_none() {
-            sim.run_until(until, |s| first(s).is_some());
+        let counted = |s: &Sim| {
+            let mut window = s.counts.iter().filter(|c| c.0 >= at && c.0 <= until && c.1 == root && c.2 > epoch);
+            let mut last = None;
+            for c in &mut window {
+                if c.3 == live {
+                    return (Some(*c), true);
+                }
+                last = Some(*c);
+            }
+            (last, false)
+        };
+        if sim.now() < until && !counted(&sim).1 {
+            sim.run_until(until, |s| counted(s).1);
         }
-        if let Some((t, _, _, population)) = first(&sim) {
+        if let (Some((t, _, _, population)), _) = counted(&sim) {
             report.ransub.population_repaired = population;
             report.ransub.population_repaired_ms = t.since(at).as_micros() as f64 / 1000.0;
         }

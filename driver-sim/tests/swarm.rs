@@ -6,7 +6,7 @@
 //! root's RanSub count of the repaired tree is exactly the live nodes, no link over budget, no
 //! tree link evicted, every survivor's job result at the controller exactly once.
 //!
-//! 300 scenarios of 20 to 250 nodes (small, so that the test stays short, while every knob is
+//! 300 scenarios of 20 to 600 nodes (small, so that the test stays short, while every knob is
 //! drawn). `PLUSH_SWARM_SEEDS=N` changes the number, `PLUSH_SWARM_FIRST=S` the first seed. A
 //! failing seed prints the `plush sim` command that reproduces it; `plush sim --swarm N` runs
 //! the same swarm at larger sizes.
@@ -43,7 +43,7 @@ fn swarm_of_scenarios_drawn_from_every_knob_passes_the_oracle() {
     let (mut killed, mut host_killed, mut partitioned, mut one_way, mut restarted) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let (mut clogged, mut refusing, mut budget_bit, mut degree2, mut degree12, mut wide) = (0u64, 0, 0, 0, 0, 0);
     let (mut jobs_faulted, mut max_outputs, mut root_killed) = (0u64, 0u32, 0u64);
-    let summary = swarm::run(count, first, jobs, Sizes { min: 20, max: 250 }, |o| {
+    let summary = swarm::run(count, first, jobs, Sizes { min: 20, max: 600 }, |o| {
         let (sc, r) = (&o.scenario, &o.report);
         if !o.verdict.ok() {
             failures.push(format!("seed {}: {}\n  reproduce: {}", o.seed, o.verdict.problems.join("; "), o.command));
