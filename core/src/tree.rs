@@ -74,12 +74,14 @@ pub const MAX_VERIFYING: usize = 12;
 pub const MAX_ROUTE: usize = 64;
 /// A new root's first probe comes this soon; the gap then doubles up to `probe_interval`.
 pub const FIRST_PROBE: core::time::Duration = core::time::Duration::from_secs(1);
+/// Members of its RanSub views a joining node adds to each round's candidates.
+pub const VIEW_CANDIDATES: usize = 4;
 /// Most backbone contacts (the root's children) a node remembers.
 pub const MAX_TOP: usize = 8;
 /// Recently unreachable peers remembered (tried last when joining).
 pub const MAX_SUSPECTS: usize = 8;
 /// Rounds of joining, every candidate refusing, after which a detached top (a node with a
-/// subtree) roots its fragment anyway. Refusals come from nodes that are not placing joins:
+/// subtree that lost its parent; not a fresh joiner) roots its fragment anyway. Refusals come from nodes that are not placing joins:
 /// members of a fragment whose own top is detached, restarted nodes still joining. Two detached
 /// tops waiting for each other's fragment would otherwise wait forever; as roots, their probes
 /// merge them.
@@ -504,6 +506,19 @@ impl Tree {
         for id in top {
             push(&mut list, id, JoinMode::Forward);
         }
+        // A few members of our last RanSub views, non-descendants first: a uniform sample of
+        // the tree, mostly alive even when every ancestor, the backbone and our few peers died
+        // together (a node deep in a tree of degree 2 knows little else).
+        let mut view: SmallVec<[NodeId; 24]> = SmallVec::new();
+        for e in ctx.nondesc.iter().chain(ctx.all.iter()) {
+            if Some(e.id) != self.failover && !self.suspects.contains(&e.id) && !view.contains(&e.id) {
+                view.push(e.id);
+            }
+        }
+        shuffle(ctx, &mut view);
+        for id in view.into_iter().take(VIEW_CANDIDATES) {
+            push(&mut list, id, JoinMode::Forward);
+        }
         let mut peers: SmallVec<[NodeId; 32]> =
             self.peers.iter().copied().filter(|p| Some(*p) != self.failover && !self.suspects.contains(p)).collect();
         shuffle(ctx, &mut peers);
@@ -626,7 +641,7 @@ impl Tree {
             None if !self.answered && self.peers.is_empty() => self.become_root(ctx),
             None => {
                 self.refused_rounds = self.refused_rounds.saturating_add(1);
-                if self.refused_rounds >= REFUSED_ROUNDS && !self.children.is_empty() {
+                if self.refused_rounds >= REFUSED_ROUNDS && self.repairing && !self.children.is_empty() {
                     // Only refusals, round after round: nobody we know places joins.
                     self.become_root(ctx);
                 } else {
