@@ -141,6 +141,49 @@ pub struct SimArgs {
     /// Print the report as one JSON object on standard output instead of a summary.
     #[arg(long)]
     pub json: bool,
+
+    /// Run N scenarios drawn from every knob at once (see `plush_sim::swarm`) instead of one,
+    /// in parallel, and check each against the swarm's oracle. Each failure prints the `plush
+    /// sim` line that repeats it; the last line is the summary (JSON with --json). The other
+    /// scenario flags are ignored.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub swarm: Option<u64>,
+
+    /// With --swarm: run i draws its scenario from seed S + i.
+    #[arg(long, value_name = "S", default_value_t = 1, requires = "swarm")]
+    pub seed_base: u64,
+
+    /// With --swarm: scenarios run at once [default: the machine's cores].
+    #[arg(long, value_name = "J", requires = "swarm",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub jobs: Option<u32>,
+
+    /// With --swarm: the range of node counts drawn.
+    #[arg(long, value_name = "MIN..MAX", default_value = "50..2000", requires = "swarm")]
+    pub swarm_nodes: NodeRange,
+}
+
+/// A range of node counts `MIN..MAX`, both included (`--swarm-nodes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeRange {
+    /// Fewest nodes (at least 2).
+    pub min: u32,
+    /// Most nodes (at most 16,777,214).
+    pub max: u32,
+}
+
+impl FromStr for NodeRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, b) = s.split_once("..").ok_or_else(|| format!("expected MIN..MAX, such as 50..2000, not {s:?}"))?;
+        let num = |x: &str| x.trim().parse::<u32>().map_err(|_| format!("{x:?} is not a node count"));
+        let (min, max) = (num(a)?, num(b)?);
+        if min < 2 || max > MAX_NODES || min > max {
+            return Err(format!("need 2 <= MIN <= MAX <= {MAX_NODES}, not {min}..{max}"));
+        }
+        Ok(NodeRange { min, max })
+    }
 }
 
 /// How killed nodes die (`--crash`).
@@ -349,6 +392,9 @@ impl SimArgs {
 
 /// Run `plush sim`: 0 when every phase converged without an invariant violation, else 1.
 pub fn run(args: &SimArgs) -> ExitCode {
+    if let Some(n) = args.swarm {
+        return swarm(args, n);
+    }
     let seed = match args.seed {
         Some(seed) => seed,
         None => {
@@ -378,6 +424,70 @@ pub fn run(args: &SimArgs) -> ExitCode {
     }
 
     if report.converged && report.invariant_violations == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// `plush sim --swarm N`: 0 when no run failed, else 1.
+fn swarm(args: &SimArgs, runs: u64) -> ExitCode {
+    let jobs = args.jobs.map_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()), |j| j as usize);
+    let sizes = plush_sim::swarm::Sizes { min: args.swarm_nodes.min, max: args.swarm_nodes.max };
+    let started = std::time::Instant::now();
+    let json = args.json;
+    let mut write_failed = false;
+    let mut done = 0u64;
+    let summary = plush_sim::swarm::run(runs, args.seed_base, jobs, sizes, |o| {
+        done += 1;
+        if !o.verdict.ok() {
+            let line = if json {
+                serde_json::json!({
+                    "failure": o.seed,
+                    "problems": o.verdict.problems,
+                    "reproduce": o.command,
+                })
+                .to_string()
+            } else {
+                format!("failure: seed {}: {}\n  reproduce: {}", o.seed, o.verdict.problems.join("; "), o.command)
+            };
+            let mut out = std::io::stdout().lock();
+            write_failed |= writeln!(out, "{line}").and_then(|()| out.flush()).is_err();
+        }
+        if done % 100 == 0 {
+            eprintln!("plush sim: {done}/{runs} runs, {:.0} s", started.elapsed().as_secs_f64());
+        }
+    });
+    let line = if json {
+        match serde_json::to_string(&summary) {
+            Ok(j) => j,
+            Err(e) => {
+                eprintln!("plush sim: cannot encode the summary as JSON: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        format!(
+            "swarm: {} runs (seeds {}..{}), {} failures: {} not converged, {} RanSub miscounts, {} lost, {} \
+             duplicates, {} invariant violations; {:.0} s on {jobs} threads",
+            summary.runs,
+            args.seed_base,
+            args.seed_base.wrapping_add(runs),
+            summary.failures,
+            summary.not_converged,
+            summary.ransub_miscounts,
+            summary.lost,
+            summary.duplicates,
+            summary.invariant_violations,
+            started.elapsed().as_secs_f64()
+        )
+    };
+    let mut out = std::io::stdout().lock();
+    if write_failed || writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+        eprintln!("plush sim: cannot write the report");
+        return ExitCode::FAILURE;
+    }
+    if summary.failures == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -596,5 +706,57 @@ mod tests {
         assert_eq!(s.config.max_children, 4);
         assert_eq!(s.crash, CrashKind::Host);
         assert_eq!(s.partition, Some(0.5));
+    }
+
+    #[test]
+    fn a_swarm_failure_line_repeats_its_scenario() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            sim: SimArgs,
+        }
+        for seed in 1..300 {
+            let sc = plush_sim::swarm::draw(seed, plush_sim::swarm::Sizes::default());
+            let line = plush_sim::swarm::command(&sc);
+            let t = T::parse_from(line.split(' ').skip(1));
+            let again = t.sim.scenario(t.sim.seed.unwrap());
+            assert_eq!(plush_sim::swarm::command(&again), line);
+            assert_eq!(
+                (again.nodes, again.seed, again.kill, again.kill_root, again.crash, again.partition, again.one_way),
+                (sc.nodes, sc.seed, sc.kill, sc.kill_root, sc.crash, sc.partition, sc.one_way)
+            );
+            assert_eq!((again.latency_min_ms, again.latency_max_ms), (sc.latency_min_ms, sc.latency_max_ms));
+            assert_eq!(
+                (again.heal_after_s, again.clogs, again.refuse, again.restart_after_s),
+                (sc.heal_after_s, sc.clogs, sc.refuse, sc.restart_after_s)
+            );
+            assert_eq!(
+                (again.job, again.fault_during_job, again.job_outputs),
+                (sc.job, sc.fault_during_job, sc.job_outputs)
+            );
+            assert_eq!(
+                (again.config.max_children, again.config.max_links),
+                (sc.config.max_children, sc.config.max_links)
+            );
+            assert_eq!((again.steady_epochs, again.phase_limit_s), (sc.steady_epochs, sc.phase_limit_s));
+        }
+    }
+
+    #[test]
+    fn swarm_flags_parse() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            sim: SimArgs,
+        }
+        let t = T::parse_from(["t", "--swarm", "20", "--seed-base", "5", "--jobs", "2", "--swarm-nodes", "10..40"]);
+        assert_eq!((t.sim.swarm, t.sim.seed_base, t.sim.jobs), (Some(20), 5, Some(2)));
+        assert_eq!(t.sim.swarm_nodes, NodeRange { min: 10, max: 40 });
+        assert!(T::try_parse_from(["t", "--seed-base", "5"]).is_err(), "--seed-base needs --swarm");
+        for bad in ["1..5", "9..3", "x..4", "10"] {
+            assert!(bad.parse::<NodeRange>().is_err(), "{bad:?} accepted");
+        }
     }
 }

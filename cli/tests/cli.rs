@@ -185,3 +185,19 @@ fn job_flags_need_job() {
     refused(&["sim", "--fault-during-job"], "--job");
     refused(&["sim", "--job", "--job-outputs", "0"], "--job-outputs");
 }
+
+#[test]
+fn a_swarm_ends_with_its_summary_as_json() {
+    let out = plush(&["sim", "--swarm", "8", "--seed-base", "3", "--jobs", "2", "--swarm-nodes", "20..80", "--json"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let last = stdout.trim().lines().last().expect("a summary line");
+    let s: Value = serde_json::from_str(last).expect("the last line is JSON");
+    assert_eq!(int(&s, "/runs"), 8, "{s}");
+    for field in ["failures", "not_converged", "ransub_miscounts", "lost", "duplicates", "invariant_violations"] {
+        assert_eq!(int(&s, &format!("/{field}")), 0, "{s}");
+    }
+    assert_eq!(stdout.trim().lines().count(), 1, "no failure lines: {stdout}");
+    // Swarm flags need --swarm.
+    refused(&["sim", "--seed-base", "3"], "--swarm");
+}

@@ -395,10 +395,17 @@ struct Invite {
     expires: Instant,
     /// The `SetPeer` went out (at most [`invite_slots`] at once; the others wait their turn).
     sent: bool,
+    /// The link to the host opened, so the `SetPeer` reached it: the invitation no longer
+    /// takes a slot (the link is an ordinary idle one from then on, which the budget may
+    /// close), but is remembered until the host joins or it expires.
+    connected: bool,
 }
 
-/// Invitations a root has in flight at once: each holds a link for a while, so at most a
-/// quarter of the link budget, and at most [`crate::Config::max_invitations`].
+/// Invitations a root has connecting at once: each holds a link that is still opening, so at
+/// most a quarter of the link budget, and at most [`crate::Config::max_invitations`]. A slot is
+/// held from the `SetPeer` until its link opens (or fails), not until the host has joined:
+/// under wide-area latency a join and its report up the tree take many round trips, and a
+/// budget-limited root holding its few slots for all of them invited a dozen hosts a second.
 fn invite_slots(cfg: &crate::Config) -> usize {
     cfg.max_invitations.min(cfg.max_links / 4).max(1)
 }
@@ -726,6 +733,13 @@ impl Control {
         }
     }
 
+    /// A link to `peer` opened: an invitation to it was delivered and frees its slot.
+    pub fn on_link_up(&mut self, ctx: &mut Ctx<'_>, peer: NodeId) {
+        let Some(inv) = self.invites.iter_mut().find(|i| i.host == peer && i.sent && !i.connected) else { return };
+        inv.connected = true;
+        self.pump_invites(ctx);
+    }
+
     /// The driver launched a client on `host` (at the root), or failed to.
     pub fn on_launched(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, host: NodeId, ok: bool) {
         let Some(k) = self.invites.iter().position(|i| i.host == host) else { return };
@@ -1006,7 +1020,7 @@ impl Control {
                     return;
                 }
                 let expires = ctx.now + ctx.cfg.invitation_expiry;
-                self.invites.push(Invite { host, launched: false, expires, sent: false });
+                self.invites.push(Invite { host, launched: false, expires, sent: false, connected: false });
             }
         }
         self.pump_invites(ctx);
@@ -1059,7 +1073,7 @@ impl Control {
     /// Send waiting invitations while fewer than [`invite_slots`] are in flight.
     fn pump_invites(&mut self, ctx: &mut Ctx<'_>) {
         let Some(ctrl) = self.ctrl else { return };
-        let mut active = self.invites.iter().filter(|i| i.sent).count();
+        let mut active = self.invites.iter().filter(|i| i.sent && !i.connected).count();
         let slots = invite_slots(ctx.cfg);
         for k in 0..self.invites.len() {
             if active >= slots {

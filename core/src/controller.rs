@@ -363,7 +363,16 @@ impl Controller {
     }
 
     fn ctx(&mut self, now: Instant) -> Ctx<'_> {
-        Ctx { now, me: self.me, cfg: &self.cfg, rng: &mut self.rng, io: &mut self.io, nondesc: &[], all: &[] }
+        Ctx {
+            now,
+            me: self.me,
+            cfg: &self.cfg,
+            rng: &mut self.rng,
+            io: &mut self.io,
+            nondesc: &[],
+            all: &[],
+            population: 0,
+        }
     }
 
     fn send(&mut self, now: Instant, to: NodeId, msg: Message) {

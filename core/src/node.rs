@@ -291,6 +291,8 @@ pub struct Stats {
     pub repairs_via_root: u64,
     /// Direct-repair waves that found no RanSub candidate with free slots.
     pub repair_no_candidates: u64,
+    /// Probes this node sent as a member (not a root), looking for other trees.
+    pub member_probes: u64,
     /// Direct-repair waves that ended on their timeout.
     pub repair_waves_timed_out: u64,
     /// Commands dropped because they did not come from above.
@@ -333,6 +335,8 @@ pub(crate) struct Ctx<'a> {
     /// The latest RanSub views (empty inside RanSub itself).
     pub nondesc: &'a [Entry],
     pub all: &'a [Entry],
+    /// The tree's population as RanSub last told it (0: not known yet, or inside RanSub itself).
+    pub population: u32,
 }
 
 impl Ctx<'_> {
@@ -543,6 +547,7 @@ impl Node {
             io: &mut self.io,
             nondesc: self.ransub.nondesc(),
             all: self.ransub.all(),
+            population: self.ransub.population(),
         };
         (ctx, &mut self.tree, &mut self.control)
     }
@@ -595,9 +600,17 @@ impl Node {
 
     /// Run `f` on RanSub with the tree's current place.
     fn with_ransub(&mut self, now: Instant, f: impl FnOnce(&mut RanSub, &mut Ctx<'_>, &Place<'_>)) {
-        let mut ctx =
-            Ctx { now, me: self.me, cfg: &self.cfg, rng: &mut self.rng, io: &mut self.io, nondesc: &[], all: &[] };
-        let place = self.tree.place_info(self.cfg.max_children);
+        let mut ctx = Ctx {
+            now,
+            me: self.me,
+            cfg: &self.cfg,
+            rng: &mut self.rng,
+            io: &mut self.io,
+            nondesc: &[],
+            all: &[],
+            population: 0,
+        };
+        let place = self.tree.place_info(self.cfg.degree());
         f(&mut self.ransub, &mut ctx, &place);
     }
 
@@ -788,6 +801,8 @@ impl Node {
                 if conns.connected(now, peer, out, stats) == Admit::Refused {
                     out.push_back(Output::Close(peer));
                     out.push_back(Output::Event(Event::LinkRefused(peer)));
+                } else {
+                    self.with_control(now, |c, _, ctx| c.on_link_up(ctx, peer));
                 }
             }
             LinkEvent::ConnectFailed | LinkEvent::Closed => {

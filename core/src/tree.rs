@@ -1,7 +1,7 @@
 //! RandTree: a self-repairing random tree of bounded degree.
 //!
 //! **Join.** A joiner sends `Join(Forward)` to a member; members forward it up, parent by parent,
-//! to the root. The root accepts while it has fewer than `max_children` children, else it passes
+//! to the root. The root accepts while it has fewer than `degree` children, else it passes
 //! the join to a random child as `Join(Redirect)`. A redirected join only ever goes down: a node
 //! accepts one only from its current parent, and answers a redirect from anyone else with
 //! `Remove` (the sender holds a stale child pointer to it). The acceptor answers `JoinAccept(path,
@@ -20,6 +20,17 @@
 //! **Merging.** A root probes a random known peer every `probe_interval`; the peer answers with
 //! its root. When two roots meet, the higher one joins the lower one with its whole subtree. An
 //! ordinary join never displaces a live root.
+//!
+//! A root alone may know nobody outside its own tree: after a partition heals, each side's root
+//! has met only its own side, while its members still remember peers (bootstrap nodes, old
+//! parents, suspects) on the other side. So members probe too, sparsely: each member's probe
+//! timer fires every `probe_interval` to `3 * probe_interval` and probes with probability
+//! `MEMBER_PROBES / population` (RanSub's count), so a whole tree sends about
+//! [`MEMBER_PROBES`] probes every two intervals whatever its size. A member whose probe meets
+//! another root tells whichever of the two roots is higher about the lower one (a `Probe`
+//! naming it). A root merges only into a root that says so itself (a `Probe` or `ProbeReply`
+//! from that very root); a report about a root from anyone else is first checked by probing
+//! that root, so a stale report never takes a root out of its tree.
 //!
 //! **Repair through RanSub.** A node that lost its parent first asks, in waves of
 //! `repair_fanout` at once, RanSub candidates (non-descendants first) with free slots to take it
@@ -63,10 +74,21 @@ pub const MAX_VERIFYING: usize = 12;
 pub const MAX_ROUTE: usize = 64;
 /// A new root's first probe comes this soon; the gap then doubles up to `probe_interval`.
 pub const FIRST_PROBE: core::time::Duration = core::time::Duration::from_secs(1);
+/// Members of its RanSub views a joining node adds to each round's candidates.
+pub const VIEW_CANDIDATES: usize = 4;
 /// Most backbone contacts (the root's children) a node remembers.
 pub const MAX_TOP: usize = 8;
 /// Recently unreachable peers remembered (tried last when joining).
 pub const MAX_SUSPECTS: usize = 8;
+/// Rounds of joining, every candidate refusing, after which a detached top (a node with a
+/// subtree that lost its parent; not a fresh joiner) roots its fragment anyway. Refusals come from nodes that are not placing joins:
+/// members of a fragment whose own top is detached, restarted nodes still joining. Two detached
+/// tops waiting for each other's fragment would otherwise wait forever; as roots, their probes
+/// merge them.
+pub const REFUSED_ROUNDS: u8 = 4;
+/// Probes the members of one tree send together, about, every two `probe_interval`s (see the
+/// module docs): each member probes with probability `MEMBER_PROBES / population`.
+pub const MEMBER_PROBES: u32 = 32;
 
 /// Where a node stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,6 +136,8 @@ pub(crate) struct Tree {
     contacted: Vec<NodeId>,
     /// Whether anyone answered (even with a refusal) in the current round.
     answered: bool,
+    /// Rounds in a row that ended with refusals only (see [`REFUSED_ROUNDS`]).
+    refused_rounds: u8,
     /// Set from losing a parent until re-attached: the attempt is a repair.
     repairing: bool,
     /// While true, direct joins to RanSub candidates are outstanding and the ordinary rounds wait.
@@ -135,6 +159,8 @@ pub(crate) struct Tree {
     probe_at: Option<Instant>,
     /// Current gap between probes (see `arm_probe`).
     probe_gap: core::time::Duration,
+    /// A member: the peer its last probe went to; only that peer's answer is acted on.
+    probing: Option<NodeId>,
 }
 
 impl Tree {
@@ -156,6 +182,7 @@ impl Tree {
             target: None,
             contacted: Vec::new(),
             answered: false,
+            refused_rounds: 0,
             repairing: false,
             in_direct: false,
             direct: Vec::new(),
@@ -167,6 +194,7 @@ impl Tree {
             direct_at: None,
             probe_at: None,
             probe_gap: core::time::Duration::ZERO,
+            probing: None,
         }
     }
 
@@ -346,7 +374,7 @@ impl Tree {
                 self.set_path(ctx, &path);
             }
             TreeMsg::Probe { root } => self.on_probe(ctx, from, root),
-            TreeMsg::ProbeReply { root } => self.on_probe_reply(ctx, root),
+            TreeMsg::ProbeReply { root } => self.on_probe_reply(ctx, from, root),
             TreeMsg::Leave => self.on_link_down(ctx, from, false),
             TreeMsg::Broadcast { id, .. } => self.on_broadcast(ctx, &from, id, raw),
             TreeMsg::Heartbeat => {}
@@ -426,6 +454,8 @@ impl Tree {
             self.probe_at = None;
             if self.is_root() {
                 self.probe(ctx);
+            } else if self.state == TreeState::Joined {
+                self.member_probe(ctx);
             }
         }
         while let Some(i) = self.verifying.iter().position(|v| v.1 <= ctx.now) {
@@ -474,6 +504,19 @@ impl Tree {
             self.top.iter().copied().filter(|p| Some(*p) != self.failover && !self.suspects.contains(p)).collect();
         shuffle(ctx, &mut top);
         for id in top {
+            push(&mut list, id, JoinMode::Forward);
+        }
+        // A few members of our last RanSub views, non-descendants first: a uniform sample of
+        // the tree, mostly alive even when every ancestor, the backbone and our few peers died
+        // together (a node deep in a tree of degree 2 knows little else).
+        let mut view: SmallVec<[NodeId; 24]> = SmallVec::new();
+        for e in ctx.nondesc.iter().chain(ctx.all.iter()) {
+            if Some(e.id) != self.failover && !self.suspects.contains(&e.id) && !view.contains(&e.id) {
+                view.push(e.id);
+            }
+        }
+        shuffle(ctx, &mut view);
+        for id in view.into_iter().take(VIEW_CANDIDATES) {
             push(&mut list, id, JoinMode::Forward);
         }
         let mut peers: SmallVec<[NodeId; 32]> =
@@ -596,7 +639,15 @@ impl Tree {
                 self.become_root(ctx)
             }
             None if !self.answered && self.peers.is_empty() => self.become_root(ctx),
-            None => self.join_at = Some(ctx.now + ctx.cfg.join_backoff),
+            None => {
+                self.refused_rounds = self.refused_rounds.saturating_add(1);
+                if self.refused_rounds >= REFUSED_ROUNDS && self.repairing && !self.children.is_empty() {
+                    // Only refusals, round after round: nobody we know places joins.
+                    self.become_root(ctx);
+                } else {
+                    self.join_at = Some(ctx.now + ctx.cfg.join_backoff);
+                }
+            }
         }
     }
 
@@ -653,7 +704,7 @@ impl Tree {
         self.candidates = Vec::new();
         self.target = None;
         self.join_at = None;
-        self.probe_at = None;
+        self.arm_member_probe(ctx);
         for peer in core::mem::take(&mut self.contacted) {
             if peer != from {
                 ctx.release(&peer);
@@ -666,6 +717,7 @@ impl Tree {
 
     /// A join attempt ended (attached, or became root).
     fn end_attempt(&mut self) {
+        self.refused_rounds = 0;
         self.repairing = false;
         self.in_direct = false;
         self.waves_left = 0;
@@ -689,6 +741,13 @@ impl Tree {
 
     fn on_join(&mut self, ctx: &mut Ctx<'_>, from: NodeId, joiner: NodeId, mode: JoinMode, hops: u8) {
         if joiner == self.me {
+            // Our own join, forwarded up to us: the candidate is inside our own subtree (a stale
+            // report of another tree, say). Like a silent candidate, but known at once: try the
+            // next, so that a round of such candidates ends quickly (and a detached top with
+            // nobody else to join roots its fragment again).
+            if self.state == TreeState::Joining && self.target.is_some() {
+                self.try_next(ctx);
+            }
             return;
         }
         if hops >= MAX_JOIN_HOPS {
@@ -726,7 +785,7 @@ impl Tree {
         if self.children.contains(&joiner) && self.state == TreeState::Joined {
             return self.accept_child(ctx, joiner, true);
         }
-        let room = self.children.len() + self.verifying.len() < ctx.cfg.max_children;
+        let room = self.children.len() + self.verifying.len() < ctx.cfg.degree();
         let passed_down = from != joiner;
         if passed_down && self.parent != Some(from) {
             return self.reject(ctx, joiner);
@@ -813,7 +872,7 @@ impl Tree {
         self.verifying.swap_remove(i);
         if ok
             && self.state == TreeState::Joined
-            && self.children.len() < ctx.cfg.max_children
+            && self.children.len() < ctx.cfg.degree()
             && !self.path.contains(&joiner)
         {
             self.accept_child(ctx, joiner, true);
@@ -879,7 +938,7 @@ impl Tree {
         if Some(joiner) == self.parent {
             return self.reject(ctx, joiner);
         }
-        if self.children.contains(&joiner) || self.children.len() + self.verifying.len() < ctx.cfg.max_children {
+        if self.children.contains(&joiner) || self.children.len() + self.verifying.len() < ctx.cfg.degree() {
             return self.accept_child(ctx, joiner, false);
         }
         // Full: pass it down to a random child, marked so it never comes back up.
@@ -1001,21 +1060,91 @@ impl Tree {
         }
         let Some(root) = self.root else { return };
         ctx.send(from, TreeMsg::ProbeReply { root });
-        if self.is_root() && their_root < self.me {
-            self.merge_into(ctx, their_root);
+        if their_root == root {
+            return;
+        }
+        if self.is_root() {
+            if their_root < self.me {
+                self.lower_root(ctx, from, their_root);
+            }
+        } else if their_root < root {
+            // A member of another tree with a lower root probed us: tell our root, which checks.
+            ctx.send(root, TreeMsg::Probe { root: their_root });
         }
     }
 
-    fn on_probe_reply(&mut self, ctx: &mut Ctx<'_>, their_root: NodeId) {
-        if !self.is_root() || their_root == self.me {
+    fn on_probe_reply(&mut self, ctx: &mut Ctx<'_>, from: NodeId, their_root: NodeId) {
+        if self.state != TreeState::Joined {
             return;
         }
-        if their_root < self.me {
-            self.merge_into(ctx, their_root);
-        } else {
-            // Tell the higher root about us: it will join us.
-            ctx.send(their_root, TreeMsg::Probe { root: self.me });
+        let Some(root) = self.root else { return };
+        if their_root == root {
+            return;
         }
+        if self.is_root() {
+            if their_root < self.me {
+                self.lower_root(ctx, from, their_root);
+            } else {
+                // Tell the higher root about us: it will check, then join us.
+                ctx.send(their_root, TreeMsg::Probe { root: self.me });
+            }
+            return;
+        }
+        // A member: act only on the answer to our own probe (one report per probe).
+        if self.probing != Some(from) {
+            return;
+        }
+        self.probing = None;
+        // Tell the higher of the two roots about the lower one.
+        let (higher, lower) = if their_root < root { (root, their_root) } else { (their_root, root) };
+        ctx.send(higher, TreeMsg::Probe { root: lower });
+    }
+
+    /// We are a root and `from` says `lower` is the root of its tree: merge when `lower` says so
+    /// itself, else ask `lower` first (it answers with its root, and we come back here).
+    fn lower_root(&mut self, ctx: &mut Ctx<'_>, from: NodeId, lower: NodeId) {
+        if from == lower {
+            self.merge_into(ctx, lower);
+        } else {
+            self.add_peer(ctx, lower);
+            ctx.send(lower, TreeMsg::Probe { root: self.me });
+        }
+    }
+
+    /// A member's probe timer: every `probe_interval` to `3 * probe_interval`.
+    fn arm_member_probe(&mut self, ctx: &mut Ctx<'_>) {
+        let gap = ctx.cfg.probe_interval.mul_f64(ctx.rng.random_range(1.0..3.0));
+        self.probe_at = Some(ctx.now + gap);
+    }
+
+    /// A member probes a random contact with probability `MEMBER_PROBES / population`, always
+    /// while it does not know the population yet.
+    fn member_probe(&mut self, ctx: &mut Ctx<'_>) {
+        self.arm_member_probe(ctx);
+        let population = ctx.population;
+        if population > MEMBER_PROBES && ctx.rng.random_range(0..population) >= MEMBER_PROBES {
+            return;
+        }
+        let Some(root) = self.root else { return };
+        let me = self.me;
+        let (parent, children) = (self.parent, &self.children);
+        let usable = |p: &NodeId| *p != me && *p != root && Some(*p) != parent && !children.contains(p);
+        let candidates: SmallVec<[NodeId; 48]> = self
+            .peers
+            .iter()
+            .chain(self.suspects.iter())
+            .chain(self.top.iter())
+            .copied()
+            .chain(ctx.all.iter().map(|e| e.id))
+            .filter(usable)
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let peer = candidates[ctx.rng.random_range(0..candidates.len())];
+        self.probing = Some(peer);
+        ctx.io.stats.member_probes += 1;
+        ctx.send(peer, TreeMsg::Probe { root });
     }
 
     /// Join the tree of the lower root `other`, subtree and all.

@@ -10,10 +10,13 @@
 //!   `min + exponential` delay, process and host crashes, partitions, clogs, connect failures,
 //!   the trace hash, and the safety and liveness checks.
 //! - [`uniformity`]: the chi-square test of RanSub's views.
+//! - [`swarm`]: scenarios drawn from every knob at once, run in parallel and checked by one
+//!   oracle (`plush sim --swarm`).
 //! - [`run`]: builds a [`Sim`] for a [`Scenario`] and plays it phase by phase.
 
 pub mod scenario;
 pub mod sim;
+pub mod swarm;
 pub mod uniformity;
 
 pub use scenario::*;

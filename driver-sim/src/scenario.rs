@@ -2,6 +2,16 @@
 
 use plush_core::Config;
 use serde::Serialize;
+use std::time::Duration;
+
+/// One-way delays a join or an invitation takes at most, end to end: up the tree to the root
+/// and down again, the failed first invitation and the launch's round trips, the `Joined`
+/// report back up. The unit of the build's bound ([`Scenario::build_limit`]).
+pub const BUILD_DELAYS: f64 = 40.0;
+/// A launch's process start in the simulator, in milliseconds (on top of its round trip).
+pub const LAUNCH_MS: f64 = 100.0;
+/// The least build time allowed per node, in milliseconds.
+pub const BUILD_MS_PER_NODE: f64 = 10.0;
 
 /// How a killed node dies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -65,6 +75,27 @@ pub struct Scenario {
     pub job_max_s: f64,
     /// The core's configuration (the degree is `config.max_children`).
     pub config: Config,
+}
+
+impl Scenario {
+    /// The longest the build may take, stated once for every scenario (not tuned per seed):
+    /// the phase limit, plus each node's share of the time joins take when
+    /// `max_outstanding_joins` of them (through a controller: `config.max_invitations`
+    /// invitations) are in flight at once, each taking [`BUILD_DELAYS`] one-way delays at the
+    /// latency's maximum plus a launch; at least [`BUILD_MS_PER_NODE`] per node.
+    pub fn build_limit(&self) -> Duration {
+        let (in_flight, launch) =
+            if self.job { (self.config.max_invitations, LAUNCH_MS) } else { (self.max_outstanding_joins, 0.0) };
+        let one = BUILD_DELAYS * self.latency_max_ms.max(0.0) + launch;
+        let per_node = (one / in_flight.max(1) as f64).max(BUILD_MS_PER_NODE);
+        Duration::from_secs_f64(self.phase_limit_s.max(0.0) + per_node * f64::from(self.nodes) / 1e3)
+    }
+
+    /// The longest the repair may take, counted from the last fault event (the partition's
+    /// heal, the clogs' and refusals' end, the restarts): the phase limit.
+    pub fn repair_limit(&self) -> Duration {
+        Duration::from_secs_f64(self.phase_limit_s.max(0.0))
+    }
 }
 
 impl Default for Scenario {
@@ -184,6 +215,15 @@ pub struct RanSubReport {
     pub uniformity_chi2_p: f64,
     /// The same for non-descendant views (expected counts from the tree's shape).
     pub nondesc_chi2_p: f64,
+    /// Live nodes after the repair.
+    pub live: u32,
+    /// The root's count of the repaired tree: among its counts of epochs started after the
+    /// repair and ended within two epochs of it, the first that is `live`, else the last (0:
+    /// none). A count only covers the nodes attached when its epoch's distribution passed, so
+    /// counts of epochs begun during the repair miss the subtrees still re-attaching.
+    pub population_repaired: u32,
+    /// Simulated time from the repair to that count.
+    pub population_repaired_ms: f64,
 }
 
 /// Connection tables.

@@ -37,6 +37,10 @@ const PORT: u16 = 7000;
 /// Most safety violations kept as text in the report (all are counted).
 const MAX_VIOLATION_TEXTS: usize = 20;
 
+/// Root counts the simulator remembers (see [`Sim::counts`]): a run of 300 s at 5 s epochs has
+/// 60 per root.
+pub const MAX_COUNTS: usize = 1 << 16;
+
 fn id(i: u32) -> NodeId {
     NodeId::loopback(i, PORT)
 }
@@ -300,6 +304,9 @@ pub struct Sim {
     pub repairs: (u64, u64),
     /// RanSub epochs completed at roots (Event::Population), and the last population counted.
     pub populations: (u64, u32),
+    /// Every count of a root (time, root, epoch, population), oldest first; at most
+    /// [`MAX_COUNTS`], later ones are dropped.
+    pub counts: Vec<(Instant, u32, u32, u32)>,
     /// Most links any node held at once.
     pub max_open: u32,
     /// When each repair completed.
@@ -400,6 +407,7 @@ impl Sim {
             joined_once: 0,
             repairs: (0, 0),
             populations: (0, 0),
+            counts: Vec::new(),
             max_open: 0,
             repair_times: Vec::new(),
             pinned_closes: 0,
@@ -750,7 +758,10 @@ impl Sim {
             if self.links[l as usize].ends[other].open {
                 let gen = self.links[l as usize].gen;
                 let to = self.links[l as usize].ends[other].node;
-                let at = self.now + self.delay();
+                // In FIFO order on the old link, whose clocks a new link between the same two
+                // inherits: the reset reaches the peer before anything the new incarnation
+                // sends, or the peer would drop its new link on hearing the old one reset.
+                let at = self.fifo(l, i, other);
                 self.push(at, Kind::Down { link: l, gen, to });
             }
         }
@@ -904,6 +915,17 @@ impl Sim {
                 if self.nodes[to as usize].incarnation != incarnation || !self.present(to) {
                     return;
                 }
+                if (peer as usize) < self.nodes.len()
+                    && self.find_link(to, peer).is_some_and(|l| {
+                        let link = &self.links[l as usize];
+                        link.ends[link.side(to)].up
+                    })
+                {
+                    // The peer connected to us while our attempt was failing (it was restarted
+                    // meanwhile): the node holds one link per peer, that one is up, and a driver
+                    // does not report the failed attempt over it.
+                    return;
+                }
                 self.events += 1;
                 self.m_link(to, peer, LinkEvent::ConnectFailed);
                 self.after(to);
@@ -919,6 +941,13 @@ impl Sim {
                 self.close_end(link, side);
                 self.maybe_free(link);
                 if !self.present(to) {
+                    return;
+                }
+                if self.find_link(to, peer).is_some() {
+                    // A newer connection to the same peer is open at this end (the peer was
+                    // restarted and connected again before its old connection's reset came):
+                    // the node holds one link per peer, the newer one, and a driver ignores the
+                    // close of a connection it has replaced.
                     return;
                 }
                 self.events += 1;
@@ -1214,9 +1243,12 @@ impl Sim {
                     self.repairs.1 += 1;
                 }
             }
-            Event::Population { population, .. } => {
+            Event::Population { population, epoch } => {
                 self.populations.0 += 1;
                 self.populations.1 = population;
+                if self.counts.len() < MAX_COUNTS {
+                    self.counts.push((self.now, i, epoch, population));
+                }
             }
             _ => {}
         }
@@ -1475,8 +1507,11 @@ pub fn play_sim(sc: &Scenario) -> (Report, Sim) {
     let limit = Duration::from_micros((sc.phase_limit_s * 1e6) as u64);
     let mut report = Report { nodes: n, seed: sc.seed, degree: sc.config.max_children as u32, ..Report::default() };
 
-    let built =
-        if sc.job { build_invited(&mut sim, n, limit, tick) } else { build_paced(&mut sim, sc, &mut rng, limit, tick) };
+    let built = if sc.job {
+        build_invited(&mut sim, n, sc.build_limit(), tick)
+    } else {
+        build_paced(&mut sim, sc, &mut rng, tick)
+    };
     report.build.sim_ms = sim.now().0 as f64 / 1000.0;
     report.tree = sim.shape();
     report.memory.bytes_per_node = rss_bytes().saturating_sub(rss0) / u64::from(n);
@@ -1562,7 +1597,7 @@ pub fn play_sim(sc: &Scenario) -> (Report, Sim) {
             heal_at = heal_at.max(at);
         }
     }
-    let deadline = heal_at.max(fault_at) + limit;
+    let deadline = heal_at.max(fault_at) + sc.repair_limit();
     let mut recovered = false;
     while sim.now() < deadline {
         let target = sim.now() + tick;
@@ -1583,6 +1618,10 @@ pub fn play_sim(sc: &Scenario) -> (Report, Sim) {
         }
     }
     report.recovery.sim_ms = sim.now().since(fault_at).as_micros() as f64 / 1000.0;
+    // Where RanSub stood at the repair: the root's epoch, so that its first count of a later
+    // epoch (one distributed over the repaired tree) can be found.
+    let repaired =
+        if recovered { sim.main_root().and_then(|r| Some((sim.now(), r, sim.node(r)?.ransub_epoch()))) } else { None };
     let shape = sim.shape();
     report.recovery.roots = shape.roots;
     report.recovery.orphans = shape.orphans;
@@ -1603,10 +1642,38 @@ pub fn play_sim(sc: &Scenario) -> (Report, Sim) {
 
     // Broadcast after.
     report.broadcast_after = broadcast(&mut sim, 2, limit);
-    // Let the root count the repaired tree once (at most two epochs).
-    let counted = sim.populations.0;
-    let until = sim.now() + sc.config.ransub_epoch * 2;
-    sim.run_until(until, |s| s.populations.0 > counted);
+    // The root's count of the repaired tree: a count of an epoch started after the repair
+    // (distributed over the repaired tree), within two epochs of the repair. The first such
+    // count that is every live node, else the last one in the window.
+    let live = sim.live_count();
+    report.ransub.live = live;
+    if let Some((at, root, epoch)) = repaired {
+        let until = at + sc.config.ransub_epoch * 2;
+        let counted = |s: &Sim| {
+            let mut window = s.counts.iter().filter(|c| c.0 >= at && c.0 <= until && c.1 == root && c.2 > epoch);
+            let mut last = None;
+            for c in &mut window {
+                if c.3 == live {
+                    return (Some(*c), true);
+                }
+                last = Some(*c);
+            }
+            (last, false)
+        };
+        if sim.now() < until && !counted(&sim).1 {
+            sim.run_until(until, |s| counted(s).1);
+        }
+        if let (Some((t, _, _, population)), _) = counted(&sim) {
+            report.ransub.population_repaired = population;
+            report.ransub.population_repaired_ms = t.since(at).as_micros() as f64 / 1000.0;
+        }
+    }
+    // Then let the root count the tree as it ends: an epoch started from now on (at most two).
+    if let Some(root) = sim.main_root() {
+        let (at, epoch) = (sim.now(), sim.node(root).map_or(0, |n| n.ransub_epoch()));
+        let until = at + sc.config.ransub_epoch * 2;
+        sim.run_until(until, |s| s.counts.last().is_some_and(|c| c.0 >= at && c.1 == root && c.2 > epoch));
+    }
 
     report.ransub.epochs = sim.populations.0;
     report.ransub.population_last = sim.populations.1;
@@ -1634,12 +1701,11 @@ pub fn play_sim(sc: &Scenario) -> (Report, Sim) {
 
 /// Build: node 0 founds the tree; the others join paced like invitations. Returns whether every
 /// node joined one tree.
-fn build_paced(sim: &mut Sim, sc: &Scenario, rng: &mut Pcg64, limit: Duration, tick: Duration) -> bool {
+fn build_paced(sim: &mut Sim, sc: &Scenario, rng: &mut Pcg64, tick: Duration) -> bool {
     let n = sc.nodes.max(1);
     sim.start(0, Vec::new());
     let mut next = 1u32;
-    // Paced joins take time: allow 10 ms of simulated time per node on top of the phase limit.
-    let deadline = sim.now() + limit + Duration::from_millis(10 * u64::from(n));
+    let deadline = sim.now() + sc.build_limit();
     loop {
         while next < n && (next - sim.joined_once) < sc.max_outstanding_joins as u32 {
             let mut boot = vec![id(0)];
@@ -1666,11 +1732,11 @@ fn build_paced(sim: &mut Sim, sc: &Scenario, rng: &mut Pcg64, limit: Duration, t
 
 /// Build through the control plane: a controller (its own slot) is given every host; no client
 /// runs yet, so each invitation ends in a launch, then the client joins through the root.
-fn build_invited(sim: &mut Sim, n: u32, limit: Duration, tick: Duration) -> bool {
+fn build_invited(sim: &mut Sim, n: u32, build_limit: Duration, tick: Duration) -> bool {
     sim.add_controller();
     let hosts: Vec<NodeId> = (0..n).map(id).collect();
     sim.ctrl_do(|c, now| c.add_hosts(now, &hosts));
-    let deadline = sim.now() + limit + Duration::from_millis(10 * u64::from(n));
+    let deadline = sim.now() + build_limit;
     while sim.now() < deadline {
         let target = sim.now() + tick;
         sim.run_until(target, |_| false);

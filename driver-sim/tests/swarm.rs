@@ -1,131 +1,21 @@
-//! Determinism and the swarm: hundreds of seeds with random fault mixes (process and silent host
-//! crashes, partitions, clogs, refused connects, restarts, small fd budgets), every one required
-//! to converge with no safety violation, no node over its link budget, no tree link evicted, and
-//! every survivor answering the broadcast after repair. Half the seeds build the tree through a
-//! controller (invitations and launches) and run a job, most through the faults: every survivor's
-//! result must reach the controller exactly once.
+//! Determinism and the swarm: scenarios drawn from every knob of `plush sim` at once (see
+//! `plush_sim::swarm`: kills up to 45 %, the root or not, process and silent host crashes,
+//! one-way and two-way partitions, clogs, refusals, restarts, link budgets from 14, latency up
+//! to 5..100 ms, degrees 2 to 12, jobs with 1 to 9 outputs), each checked by the swarm's oracle:
+//! converged within its bounds, no safety violation, both broadcasts reach every live node, the
+//! root's RanSub count of the repaired tree is exactly the live nodes, no link over budget, no
+//! tree link evicted, every survivor's job result at the controller exactly once.
 //!
-//! `PLUSH_SWARM_SEEDS=N` changes the number of seeds (default 200); `PLUSH_SWARM_FIRST=S` the
-//! first one. A failing seed prints the `plush sim` command that reproduces it.
+//! 300 scenarios of 20 to 600 nodes (small, so that the test stays short, while every knob is
+//! drawn). `PLUSH_SWARM_SEEDS=N` changes the number, `PLUSH_SWARM_FIRST=S` the first seed. A
+//! failing seed prints the `plush sim` command that reproduces it; `plush sim --swarm N` runs
+//! the same swarm at larger sizes.
 
-use plush_sim::{run, CrashKind, Report, Scenario};
-use rand::{RngExt, SeedableRng};
-use rand_pcg::Pcg64;
+use plush_sim::swarm::{self, Sizes};
+use plush_sim::{run, CrashKind, Scenario};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// The scenario of swarm seed `seed`, and the command line that reproduces it.
-fn swarm_scenario(seed: u64) -> (Scenario, String) {
-    let mut r = Pcg64::seed_from_u64(seed ^ 0x5eed_5eed);
-    let mut sc = Scenario { nodes: r.random_range(200..=2000), seed, ..Scenario::default() };
-    let lat_min = r.random_range(1..=20) as f64;
-    sc.latency_min_ms = lat_min;
-    sc.latency_max_ms = lat_min + r.random_range(10..=200) as f64;
-    sc.kill = [0.0, 0.05, 0.1, 0.25, 0.4][r.random_range(0..5usize)];
-    sc.kill_root = r.random_bool(0.5);
-    sc.crash = CrashKind::Process;
-    if r.random_bool(0.3) {
-        sc.partition = Some(r.random_range(1..=5) as f64 / 10.0);
-        sc.one_way = r.random_bool(0.3);
-    }
-    sc.heal_after_s = r.random_range(5..=40) as f64;
-    if r.random_bool(0.3) {
-        sc.clogs = r.random_range(1..=20);
-    }
-    if r.random_bool(0.2) {
-        sc.refuse = r.random_range(1..=10);
-    }
-    if (sc.kill > 0.0 || sc.kill_root) && r.random_bool(0.3) {
-        sc.restart_after_s = Some(r.random_range(2..=20) as f64);
-    }
-    // Drawn after the rest, so that every earlier seed keeps its other parameters.
-    if r.random_bool(0.3) {
-        sc.crash = CrashKind::Host;
-    }
-    if r.random_bool(0.3) {
-        sc.config.max_links = r.random_range(20..=64);
-    }
-    // Half the seeds build through the controller and run a job, most of them through the
-    // faults, with a few distinct outputs.
-    if r.random_bool(0.5) {
-        sc.job = true;
-        sc.fault_during_job = r.random_bool(0.7);
-        sc.job_outputs = [1, 1, 3, 50][r.random_range(0..4usize)];
-    }
-    let mut cmd = format!(
-        "plush sim --nodes {} --seed {} --latency {}..{} --kill {}",
-        sc.nodes, sc.seed, sc.latency_min_ms, sc.latency_max_ms, sc.kill
-    );
-    if sc.kill_root {
-        cmd += " --kill-root";
-    }
-    if sc.crash == CrashKind::Host {
-        cmd += " --crash host";
-    }
-    if let Some(p) = sc.partition {
-        cmd += &format!(" --partition {p}");
-        if sc.one_way {
-            cmd += " --one-way";
-        }
-    }
-    cmd += &format!(" --heal-after {}", sc.heal_after_s);
-    if sc.clogs > 0 {
-        cmd += &format!(" --clogs {}", sc.clogs);
-    }
-    if sc.refuse > 0 {
-        cmd += &format!(" --refuse {}", sc.refuse);
-    }
-    if let Some(t) = sc.restart_after_s {
-        cmd += &format!(" --restart-after {t}");
-    }
-    if sc.config.max_links != Scenario::default().config.max_links {
-        cmd += &format!(" --fd-budget {}", sc.config.max_links);
-    }
-    if sc.job {
-        cmd += " --job";
-        if sc.fault_during_job {
-            cmd += " --fault-during-job";
-        }
-        if sc.job_outputs != 1 {
-            cmd += &format!(" --job-outputs {}", sc.job_outputs);
-        }
-    }
-    (sc, cmd)
-}
-
-fn problems(r: &Report) -> Vec<String> {
-    let mut p = Vec::new();
-    if !r.converged {
-        p.push(format!(
-            "did not converge: build {:?} recovery roots {} orphans {} loops {}",
-            r.tree, r.recovery.roots, r.recovery.orphans, r.recovery.loops
-        ));
-    }
-    if r.invariant_violations > 0 {
-        p.push(format!("{} violations: {:?}", r.invariant_violations, r.violations));
-    }
-    if r.broadcast.replies != r.broadcast.expected {
-        p.push(format!("broadcast before: {}/{}", r.broadcast.replies, r.broadcast.expected));
-    }
-    if r.broadcast_after.replies != r.broadcast_after.expected {
-        p.push(format!("broadcast after: {}/{}", r.broadcast_after.replies, r.broadcast_after.expected));
-    }
-    if r.conns.max_open > r.conns.budget {
-        p.push(format!("a node held {} links, over its budget of {}", r.conns.max_open, r.conns.budget));
-    }
-    if r.conns.pinned_evictions > 0 {
-        p.push(format!("{} tree links closed while pinned", r.conns.pinned_evictions));
-    }
-    if let Some(j) = &r.job {
-        // Exactly once: every survivor's result reached the controller, none twice, and no
-        // result that reached a survivor was dropped.
-        if j.lost > 0 || j.duplicates > 0 {
-            p.push(format!("job: {} lost, {} duplicates (missing {:?})", j.lost, j.duplicates, j.missing));
-        }
-    }
-    p
 }
 
 #[test]
@@ -141,68 +31,92 @@ fn the_same_seed_gives_the_same_trace_and_another_seed_another() {
 }
 
 #[test]
-fn swarm_of_random_fault_mixes_all_converge() {
+fn swarm_of_scenarios_drawn_from_every_knob_passes_the_oracle() {
     let first = env("PLUSH_SWARM_FIRST", 1);
-    let count = env("PLUSH_SWARM_SEEDS", 200);
-    let mut failures = Vec::new();
-    let (mut killed, mut partitioned, mut restarted, mut nodes) = (0u64, 0u64, 0u64, 0u64);
-    // Nodes killed by silent host crashes; seeds with a small fd budget, and those among them
-    // where the budget bit (links evicted or refused).
-    let (mut host_killed, mut budgeted, mut budget_bit) = (0u64, 0u64, 0u64);
-    // Seeds that ran a job, those that ran it through the faults, and node results delivered.
-    let (mut jobs, mut jobs_faulted, mut job_results) = (0u64, 0u64, 0u64);
+    let count = env("PLUSH_SWARM_SEEDS", 300);
+    let jobs = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
     let started = std::time::Instant::now();
-    for seed in first..first + count {
-        let (sc, cmd) = swarm_scenario(seed);
-        let r = run(&sc);
-        let mut p = problems(&r);
-        if sc.kill > 0.0 && r.recovery.killed == 0 {
-            p.push("no node was killed".into());
-        }
-        if sc.partition.is_some() && r.recovery.partitioned == 0 {
-            p.push("no node was partitioned".into());
-        }
-        if r.conns.budget as usize != sc.config.max_links {
-            p.push(format!("the report's budget {} is not the scenario's {}", r.conns.budget, sc.config.max_links));
+    let mut failures = Vec::new();
+    // What the swarm exercised: nodes killed (silently by host crashes), partitioned (one way),
+    // restarted, clogged and refused runs, runs where a small budget bit, low and high degrees,
+    // wide-area runs, jobs through faults and their distinct outputs.
+    let (mut killed, mut host_killed, mut partitioned, mut one_way, mut restarted) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let (mut clogged, mut refusing, mut budget_bit, mut degree2, mut degree12, mut wide) = (0u64, 0, 0, 0, 0, 0);
+    let (mut jobs_faulted, mut max_outputs, mut root_killed) = (0u64, 0u32, 0u64);
+    let summary = swarm::run(count, first, jobs, Sizes { min: 20, max: 600 }, |o| {
+        let (sc, r) = (&o.scenario, &o.report);
+        if !o.verdict.ok() {
+            failures.push(format!("seed {}: {}\n  reproduce: {}", o.seed, o.verdict.problems.join("; "), o.command));
         }
         killed += u64::from(r.recovery.killed);
-        partitioned += u64::from(r.recovery.partitioned);
-        restarted += u64::from(r.recovery.restarted);
-        nodes += u64::from(r.nodes);
         if sc.crash == CrashKind::Host {
             host_killed += u64::from(r.recovery.killed);
         }
-        if sc.config.max_links < Scenario::default().config.max_links {
-            budgeted += 1;
-            if r.conns.evictions + r.conns.refused > 0 {
-                budget_bit += 1;
-            }
-        }
+        root_killed += u64::from(sc.kill_root);
+        partitioned += u64::from(r.recovery.partitioned);
+        one_way += u64::from(sc.one_way && r.recovery.partitioned > 0);
+        restarted += u64::from(r.recovery.restarted);
+        clogged += u64::from(sc.clogs > 0);
+        refusing += u64::from(sc.refuse > 0);
+        budget_bit += u64::from(sc.config.max_links < 64 && r.conns.evictions + r.conns.refused > 0);
+        degree2 += u64::from(sc.config.max_children == 2);
+        degree12 += u64::from(sc.config.max_children == 12);
+        wide += u64::from(sc.latency_max_ms >= 100.0);
         if let Some(j) = &r.job {
-            jobs += 1;
             jobs_faulted += u64::from(sc.fault_during_job && r.recovery.killed + r.recovery.partitioned > 0);
-            job_results += u64::from(j.results);
-            if j.expected == 0 || j.results == 0 {
-                p.push(format!("the job ran nowhere: {j:?}"));
-            }
-        } else if sc.job {
-            p.push("the job report is missing".into());
+            max_outputs = max_outputs.max(j.distinct_outputs);
         }
-        if !p.is_empty() {
-            failures.push(format!("seed {seed}: {}\n  reproduce: {cmd}", p.join("; ")));
-        }
-    }
-    assert!(failures.is_empty(), "{} of {count} seeds failed:\n{}", failures.len(), failures.join("\n"));
+    });
+    assert!(failures.is_empty(), "{} of {count} scenarios failed:\n{}", failures.len(), failures.join("\n"));
+    assert_eq!(summary.runs, count);
+    assert_eq!(summary.failures, 0, "{summary:?}");
     eprintln!(
-        "swarm: {count} seeds, {nodes} nodes, {killed} killed ({host_killed} by host crashes), {partitioned} \
-         partitioned, {restarted} restarted, {budgeted} seeds with an fd budget ({budget_bit} where it bit), \
-         {jobs} jobs ({jobs_faulted} through faults, {job_results} node results), {:.1} s",
+        "swarm: {count} scenarios, {killed} killed ({host_killed} silently), {partitioned} partitioned, {restarted} \
+         restarted; {clogged} clogged, {refusing} refusing, {budget_bit} where the budget bit, {degree2} of degree 2, \
+         {wide} wide-area, {jobs_faulted} jobs through faults; {:.1} s on {jobs} threads",
         started.elapsed().as_secs_f64()
     );
-    if count >= 50 {
-        assert!(killed > 0 && partitioned > 0 && restarted > 0, "the swarm exercised every fault");
-        assert!(host_killed > 0, "the swarm crashed hosts silently");
-        assert!(budget_bit > 0, "the swarm ran nodes into their fd budget ({budgeted} seeds had one)");
-        assert!(jobs_faulted > 0, "the swarm ran jobs through faults ({jobs} jobs)");
+    if count >= 100 {
+        assert!(killed > 0 && host_killed > 0 && root_killed > 0, "the swarm killed nodes, silently too, and roots");
+        assert!(partitioned > 0 && one_way > 0, "the swarm partitioned, one way too");
+        assert!(restarted > 0 && clogged > 0 && refusing > 0, "the swarm restarted, clogged and refused");
+        assert!(budget_bit > 0, "the swarm ran nodes into small link budgets");
+        assert!(degree2 > 0 && degree12 > 0 && wide > 0, "the swarm drew degrees 2 and 12 and wide-area latency");
+        assert!(jobs_faulted > 0 && max_outputs > 1, "the swarm ran jobs through faults, with several outputs");
     }
+}
+
+/// The swarm's draw covers its whole space, and its command lines name every knob drawn.
+#[test]
+fn the_swarm_draws_every_knob_in_its_range() {
+    let mut seen_kill = (f64::MAX, 0.0f64);
+    let (mut degrees, mut budgets, mut outputs) = ([false; 13], (usize::MAX, 0usize), [false; 10]);
+    let mut partitions = [false; 9];
+    for seed in 0..2000 {
+        let sc = swarm::draw(seed, Sizes::default());
+        assert!((50..=2000).contains(&sc.nodes));
+        assert_eq!(sc.seed, seed);
+        assert!((0.0..=0.45).contains(&sc.kill));
+        if sc.kill > 0.0 {
+            seen_kill = (seen_kill.0.min(sc.kill), seen_kill.1.max(sc.kill));
+        }
+        degrees[sc.config.max_children] = true;
+        if sc.config.max_links != Scenario::default().config.max_links {
+            budgets = (budgets.0.min(sc.config.max_links), budgets.1.max(sc.config.max_links));
+        }
+        if let Some(p) = sc.partition {
+            partitions[(p * 10.0).round() as usize] = true;
+        }
+        if sc.job {
+            outputs[sc.job_outputs as usize] = true;
+        }
+        assert!(sc.latency_max_ms <= 100.0 && sc.latency_min_ms <= sc.latency_max_ms);
+        let cmd = swarm::command(&sc);
+        assert!(cmd.starts_with(&format!("plush sim --nodes {} --seed {seed}", sc.nodes)), "{cmd}");
+    }
+    assert_eq!(seen_kill, (0.02, 0.45));
+    assert!(degrees[2..=12].iter().all(|&d| d), "degrees 2 to 12: {degrees:?}");
+    assert_eq!(budgets, (14, 64));
+    assert!(partitions[1..=8].iter().all(|&p| p), "partitions 0.1 to 0.8: {partitions:?}");
+    assert!(outputs[1..=9].iter().all(|&o| o), "1 to 9 outputs: {outputs:?}");
 }
