@@ -588,7 +588,7 @@ fn parent(
     let block: Vec<u8> = frame.repeat((PARENT_BLOCK / frame.len()).max(1));
     // Plush: plaintext taken from `block` is sealed into `sealed` and written from `sealed_off`.
     let mut chan = rd.chan.take();
-    let (mut sealed, mut sealed_off) = (Vec::<u8>::new(), 0usize);
+    let (mut sealed, mut sealed_off, mut sealed_plain) = (Vec::<u8>::new(), 0usize, 0u64);
     let mut s = into_mio(s);
     let mut poll = Poll::new().expect("a poll");
     poll.registry().register(&mut s, Token(0), Interest::READABLE | Interest::WRITABLE).expect("registered");
@@ -627,33 +627,27 @@ fn parent(
             let room = ((window - in_flight) * flen) as usize;
             let off = (sent % block.len() as u64) as usize;
             let end = block.len().min(off + room);
-            if let Some(chan) = chan.as_mut() {
-                // Sealed: one record per piece of the block; `sent` counts plaintext once its
-                // record is written whole.
-                if sealed_off == sealed.len() {
-                    sealed.clear();
-                    sealed_off = 0;
-                    chan.seal(&block[off..end], &mut sealed).expect("sealed");
-                }
-                match s.write(&sealed[sealed_off..]) {
-                    Ok(n) => {
-                        sealed_off += n;
-                        if sealed_off == sealed.len() {
-                            sent += (end - off) as u64;
-                        }
+            // Sealed: one record per piece of the block, and `sent` counts its plaintext once the
+            // record is written whole. Plaintext (the baseline): the block as it is.
+            let bytes = match chan.as_mut() {
+                Some(chan) => {
+                    if sealed_off == sealed.len() {
+                        sealed.clear();
+                        sealed_off = 0;
+                        sealed_plain = (end - off) as u64;
+                        chan.seal(&block[off..end], &mut sealed).expect("sealed");
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => {
-                        if !shared.stop.load(Ordering::Acquire) {
-                            eprintln!("{}: parent write: {e}", mode.name());
-                        }
-                        break 'run;
+                    &sealed[sealed_off..]
+                }
+                None => &block[off..end],
+            };
+            match s.write(bytes) {
+                Ok(n) if chan.is_some() => {
+                    sealed_off += n;
+                    if sealed_off == sealed.len() {
+                        sent += sealed_plain;
                     }
                 }
-                continue;
-            }
-            match s.write(&block[off..end]) {
                 Ok(n) => sent += n as u64,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
