@@ -192,19 +192,24 @@ fn a_client_killed_during_a_job_does_not_run_it_again_and_leaves_no_process() {
         .collect();
     assert_eq!(ok.len(), N - 1, "groups {:?}, missing {:?}", out.groups, out.missing);
     assert!(!ok.contains(&victim));
-    let lost = out.groups.iter().find(|g| g.status == ExitStatus::Lost);
-    let lost = lost.unwrap_or_else(|| {
-        panic!(
-            "no lost group: {:?}; missing {:?}; victim {:?}; pid {pid} alive {}; clients {:?}; took {:?}",
-            out.groups,
+    // The relaunched client answers `Lost` when the job reaches it; when every other host had
+    // finished and the tree had forgotten the job before it rejoined (a slow relaunch), nothing
+    // reaches it, and the controller names it lost once the grace is over. Either way it is
+    // named lost, never run again.
+    let lost_group = out.groups.iter().find(|g| g.status == ExitStatus::Lost);
+    match lost_group {
+        Some(g) => assert_eq!(g.nodes, vec![victim]),
+        None => assert_eq!(
             out.missing,
+            vec![victim],
+            "no lost group and not missing: {:?}; victim {:?}; pid {pid} alive {}; clients {:?}; took {:?}",
+            out.groups,
             c.host(&victim),
             plush_mio::process_exists(pid),
             c.launched_clients(),
             out.elapsed
-        )
-    });
-    assert_eq!(lost.nodes, vec![victim]);
+        ),
+    }
     // Named with what had arrived from it (the job streams).
     assert_eq!(out.lost, vec![(victim, b"started\n".to_vec())], "lost {:?}", out.lost);
     // Nothing of its job is left.
