@@ -40,8 +40,8 @@
 //! [`ADDR_IN_USE_PREFIX`] and the address on stdout, so that the launcher reports exactly that.
 //!
 //! Memory: once the client has been quiet for [`TRIM_AFTER`] (no connection opened or closed,
-//! no job started or ended), it hands the heap memory malloc keeps free back to the kernel
-//! (glibc only), once per quiet period. A burst leaves much of it behind: the root of a tree
+//! no job started or ended), it frees its links' idle sealing buffers and hands the heap memory
+//! malloc keeps free back to the kernel (glibc only), once per quiet period. A burst leaves much of it behind: the root of a tree
 //! takes every joiner's first contact.
 
 use crate::auth::Key;
@@ -90,12 +90,13 @@ impl Trim {
     }
 
     /// After a turn: note a change, or trim once quiet long enough.
-    fn check(&mut self, d: &Driver<Node>) {
+    fn check(&mut self, d: &mut Driver<Node>) {
         let now = StdInstant::now();
         let state = Trim::state(d);
         if state != self.seen {
             *self = Trim { seen: state, since: now, done: false };
         } else if !self.done && now >= self.since + TRIM_AFTER {
+            d.release_buffers();
             crate::sys::trim_heap();
             self.done = true;
         }
@@ -247,7 +248,7 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
             seen = now_seen;
             record.update(&d.jobs.groups(), seen.1);
         }
-        trim.check(&d);
+        trim.check(&mut d);
         if restart.is_none() {
             if let Some(path) = d.upgrades.pop() {
                 restart = Some((StdInstant::now() + UPGRADE_GRACE, path));

@@ -26,9 +26,6 @@ pub const BATCH: usize = 16 << 10;
 /// Sealed bytes prepared ahead of the socket at most (plus one record): plaintext stays in the
 /// queue, shared with the frame's other receivers, until the socket can take it.
 pub const SEAL_AHEAD: usize = 128 << 10;
-/// A drained output buffer larger than this is freed rather than kept for the next write: an
-/// idle link holds no sealing buffer.
-const KEEP_OUT: usize = 4 << 10;
 
 /// Where a connection stands.
 #[derive(Debug)]
@@ -283,6 +280,14 @@ impl Conn {
         self.wq.bytes() + self.out.len() - self.out_off
     }
 
+    /// Free the sealing buffer if nothing waits in it (the driver calls this once quiet).
+    pub fn release_buffers(&mut self) {
+        if self.out_off == self.out.len() {
+            self.out = Vec::new();
+            self.out_off = 0;
+        }
+    }
+
     /// Queue bytes of the driver's own (handshake frames) for the socket as they are.
     pub fn push_raw(&mut self, b: &[u8]) {
         self.out.extend_from_slice(b);
@@ -306,12 +311,10 @@ impl Conn {
                     Err(e) => return Err(e),
                 }
             }
+            // Kept for the next write (a busy relay seals every turn): at most SEAL_AHEAD and one
+            // record. An idle link gives it back (`release_buffers`).
             self.out_off = 0;
-            if self.out.capacity() > KEEP_OUT {
-                self.out = Vec::new();
-            } else {
-                self.out.clear();
-            }
+            self.out.clear();
             if self.wq.is_empty() {
                 return Ok(true);
             }

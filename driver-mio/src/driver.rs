@@ -532,6 +532,14 @@ impl<M: Machine> Driver<M> {
         self.log.debug
     }
 
+    /// Give back the connections' sealing buffers that hold nothing (kept while links are busy,
+    /// so that a relay does not allocate one per child per turn); the client calls it once quiet.
+    pub fn release_buffers(&mut self) {
+        for (_, (_, c)) in self.conns.slab.iter_mut() {
+            c.release_buffers();
+        }
+    }
+
     /// Connections open (any phase).
     pub fn connection_count(&self) -> usize {
         self.conns.len()
