@@ -148,12 +148,15 @@ impl Record {
         let text = read_limited(&path).unwrap_or_default();
         let mut lines = text.lines();
         if lines.next() == Some(MAGIC) {
-            let (mut sid, mut groups) = (0u32, Vec::new());
+            // `sid` may be 0: the session's leader is outside this pid namespace (a container
+            // started in a session of the host's). Processes show that session as 0 too, so it
+            // still matches; the leader's start time tells a reused pid apart.
+            let (mut sid, mut groups) = (None::<u32>, Vec::new());
             let now = unix_now();
             for line in lines {
                 let f: Vec<&str> = line.split_whitespace().collect();
                 match f.as_slice() {
-                    ["sid", s] => sid = s.parse().unwrap_or(0),
+                    ["sid", s] => sid = s.parse().ok(),
                     ["group", job, pgid, start] => {
                         if let (Ok(job), Ok(pgid), Ok(start)) = (job.parse(), pgid.parse(), start.parse()) {
                             groups.push(Group { job, pgid, start });
@@ -174,8 +177,7 @@ impl Record {
             for g in groups {
                 // pgid 0 or 1 would name no group or every process: never.
                 if g.pgid > 1
-                    && sid != 0
-                    && group_alive(&g, sid)
+                    && sid.is_some_and(|sid| group_alive(&g, sid))
                     && crate::sys::kill_group(g.pgid, libc::SIGKILL).is_ok()
                 {
                     left.killed.push(g.pgid);
