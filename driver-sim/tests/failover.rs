@@ -8,8 +8,7 @@ use std::time::Duration;
 
 /// A tree of `n` nodes (root fan-out `degree`), converged.
 fn build(n: u32, degree: usize, seed: u64) -> Sim {
-    let mut config = Config::default();
-    config.max_children = degree;
+    let config = Config { max_children: degree, ..Config::default() };
     let sc = Scenario { nodes: n, seed, config, ..Scenario::default() };
     let mut sim = Sim::new(n, &sc);
     sim.start(0, Vec::new());
