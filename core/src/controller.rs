@@ -316,6 +316,8 @@ pub struct Controller {
     script: Option<String>,
     /// See [`Controller::set_manual_output_ack`].
     manual_output_ack: bool,
+    /// See [`Controller::set_linger`].
+    linger: Option<core::time::Duration>,
 }
 
 impl Controller {
@@ -358,6 +360,7 @@ impl Controller {
             direct: None,
             script: None,
             manual_output_ack: false,
+            linger: None,
             cfg,
         }
     }
@@ -466,6 +469,25 @@ impl Controller {
             self.send(now, root, Message::Control(ControlMsg::Maintenance { script }));
         }
         Ok(())
+    }
+
+    /// How long the tree outlives this controller: a tree whose root has had no link to it for
+    /// `linger` dismantles itself (see [`crate::control`]). Sent to the root with every
+    /// `SetCtrl` (attach, root change, refresh), and passed down the tree. `None` (the default):
+    /// nothing is sent, and the clients keep their own [`Config::linger`] (10 min by default);
+    /// clients of builds before this message only understand that.
+    pub fn set_linger(&mut self, now: Instant, linger: Option<core::time::Duration>) {
+        self.linger = linger;
+        if let Some(root) = self.root {
+            self.send_linger(now, root);
+        }
+    }
+
+    fn send_linger(&mut self, now: Instant, root: NodeId) {
+        if let Some(l) = self.linger {
+            let ms = u64::try_from(l.as_millis()).unwrap_or(u64::MAX);
+            self.send(now, root, Message::Control(ControlMsg::Linger { ms }));
+        }
     }
 
     /// Start a job. Its id must be new (and must not have the top bit set, which censuses use).
@@ -654,6 +676,7 @@ impl Controller {
             if let Some(root) = self.root {
                 let me = self.me;
                 self.send(now, root, Message::Control(ControlMsg::SetCtrl { ctrl: me }));
+                self.send_linger(now, root);
                 self.refresh_at = Some(now + self.cfg.setctrl_refresh);
             }
         }
@@ -1033,6 +1056,7 @@ impl Controller {
         self.census_judge = false;
         let me = self.me;
         self.send(now, root, Message::Control(ControlMsg::SetCtrl { ctrl: me }));
+        self.send_linger(now, root);
         self.io.conns.pin(now, root, Pin::Root);
         self.refresh_at = Some(now + self.cfg.setctrl_refresh);
         self.report(Report::RootChanged(root));

@@ -731,7 +731,13 @@ impl Sim {
         if kind == CrashKind::Host {
             sn.host_up = false;
         }
-        let links: Vec<u32> = sn.links.iter().map(|x| x.1).collect();
+        self.cut_links(i, kind);
+    }
+
+    /// Close every link of slot `i`, whose process died: a process crash resets them (the peer
+    /// hears at once), a host crash is silence.
+    fn cut_links(&mut self, i: u32, kind: CrashKind) {
+        let links: Vec<u32> = self.nodes[i as usize].links.iter().map(|x| x.1).collect();
         for l in links {
             let side = self.links[l as usize].side(i);
             self.close_end(l, side);
@@ -745,6 +751,35 @@ impl Sim {
             }
             self.maybe_free(l);
         }
+    }
+
+    /// Kill the controller's process: its links reset at once, and its memory is lost (the
+    /// controller as it was is returned, for inspection). Nothing happens without one.
+    pub fn crash_controller(&mut self) -> Option<Box<Controller>> {
+        let c = self.ctrl_slot?;
+        let sn = &mut self.nodes[c as usize];
+        let dead = sn.ctrl.take()?;
+        sn.timer = None;
+        sn.incarnation += 1;
+        self.cut_links(c, CrashKind::Process);
+        Some(dead)
+    }
+
+    /// Start a new controller process in the controller's slot (same address) after
+    /// [`Sim::crash_controller`]; `setup` runs on it before anything else (resume a journal,
+    /// attach to a member). Returns false when the slot is missing or a controller runs there.
+    pub fn restart_controller(&mut self, setup: impl FnOnce(&mut Controller, Instant)) -> bool {
+        let Some(c) = self.ctrl_slot else { return false };
+        if self.nodes[c as usize].ctrl.is_some() {
+            return false;
+        }
+        let incarnation = self.nodes[c as usize].incarnation;
+        let seed = mix(self.master_seed, 999 + (u64::from(incarnation) << 32));
+        let mut ctrl = Box::new(Controller::new(id(c), std::rc::Rc::clone(&self.cfg), seed, self.now));
+        setup(&mut ctrl, self.now);
+        self.nodes[c as usize].ctrl = Some(ctrl);
+        self.after(c);
+        true
     }
 
     /// Restart node `i`'s process (and host) and rejoin through `bootstrap`. Peers that still
