@@ -492,6 +492,11 @@ impl Controller {
 
     /// Start a job. Its id must be new (and must not have the top bit set, which censuses use).
     pub fn run(&mut self, now: Instant, spec: RunSpec) -> Result<(), ControllerError> {
+        self.add_job(now, spec, NodeSet::new(), false)
+    }
+
+    /// A new job: `got` reported already, `complete` said so by the root (no `Run` then).
+    fn add_job(&mut self, now: Instant, spec: RunSpec, got: NodeSet, complete: bool) -> Result<(), ControllerError> {
         if self.jobs.iter().any(|j| j.spec.job == spec.job) || spec.job & crate::control::CENSUS_BIT != 0 {
             return Err(ControllerError::Duplicate);
         }
@@ -503,13 +508,13 @@ impl Controller {
             (JobKind::Push, None) => return Err(ControllerError::BadPush),
             _ => None,
         };
-        if let Some(root) = self.root {
+        if let Some(root) = self.root.filter(|_| !complete) {
             self.send(now, root, Message::Job(JobMsg::Run(Box::new(spec.clone()))));
         }
         self.jobs.push(Job {
             spec,
-            got: NodeSet::new(),
-            complete: false,
+            got,
+            complete,
             ack_at: None,
             last_ack: None,
             xfer,
@@ -603,6 +608,74 @@ impl Controller {
             self.send(now, root, Message::Control(ControlMsg::Disconnect));
         }
     }
+
+    // ===== Resuming a session (issue 19) ========================================================
+    //
+    // A controller that takes over from one that died (a new process: `plush attach`, or the
+    // simulator's `--controller-back-after`) knows only what its predecessor's journal holds.
+    // It is seeded with these two calls, then attaches ([`Controller::attach`] to the journal's
+    // root, and to members after `join_retry` by itself) and runs as any controller:
+    //
+    // 1. `adopt_hosts(now, &[(host, state)])`, the hosts as last journaled;
+    // 2. `adopt_job(now, spec, shown, complete)` for each job, with the nodes whose results the
+    //    user has already been shown.
+    //
+    // Exactly once across the crash: every node holds its results until an `Ack` covers them,
+    // and an `Ack` only ever names results the controller had received, so what the tree still
+    // holds is a superset of what was received and not shown; the root sends all it holds once
+    // the new controller's link is up. The new controller reports only nodes outside `shown`
+    // (those count as duplicates in [`ControllerStats::duplicate_results`]), and acknowledges
+    // `shown` with the rest. A journal must therefore record a result before showing it, and
+    // `shown` must be exactly what was shown: a node shown and not recorded is shown again, a
+    // node recorded and not shown is never shown.
+
+    /// Take over hosts from a journal (hosts known already are left as they are). `Joined`
+    /// hosts are believed members, as their census after attaching checks (one lost meanwhile
+    /// is found and invited again); `Failed` ones stay failed; every other state is invited
+    /// again like a new host. Nothing is reported for them: the user saw their states before.
+    pub fn adopt_hosts(&mut self, now: Instant, hosts: &[(NodeId, HostState)]) {
+        let mut queue = Vec::new();
+        for &(id, state) in hosts {
+            if self.hosts.iter().any(|h| h.id == id) || queue.contains(&id) {
+                continue;
+            }
+            let state = match state {
+                HostState::Joined | HostState::Failed => state,
+                HostState::Pending | HostState::Invited | HostState::Disconnected => HostState::Pending,
+            };
+            if state == HostState::Pending {
+                queue.push(id);
+            }
+            self.counts[state as usize] += 1;
+            self.hosts.push(Host { state, ..Host::pending(id, now) });
+        }
+        self.hosts.sort_unstable_by_key(|h| h.id);
+        self.queue.extend(queue);
+        self.pump(now);
+    }
+
+    /// Take over a job from a journal: `spec` as it was started, `shown` the nodes whose
+    /// results the user was shown already (never reported again), `complete` whether the root
+    /// had said that every member answered (then `Run` is not sent again). Refused as
+    /// [`Controller::run`] refuses (a duplicate id, too many jobs, a push without a usable
+    /// file description).
+    pub fn adopt_job(
+        &mut self,
+        now: Instant,
+        spec: RunSpec,
+        shown: NodeSet,
+        complete: bool,
+    ) -> Result<(), ControllerError> {
+        self.add_job(now, spec, shown, complete)
+    }
+
+    /// Every job tracked: its spec, the nodes whose results were reported, and whether the
+    /// root said it complete (what a journal records, and what [`Controller::adopt_job`] takes).
+    pub fn jobs(&self) -> impl Iterator<Item = (&RunSpec, &NodeSet, bool)> + '_ {
+        self.jobs.iter().map(|j| (&j.spec, &j.got, j.complete))
+    }
+
+    // ===== end of resuming a session ================================================================
 
     // ----- the contract -------------------------------------------------------------------------
 
