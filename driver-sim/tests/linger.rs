@@ -154,3 +154,131 @@ fn a_new_root_counts_the_linger_from_its_becoming_root() {
     assert_eq!(sim.live_count(), 0, "{} clients outlived the new root's linger", sim.live_count());
     assert_eq!(sim.violations, 0, "{:?}", sim.violation_texts);
 }
+
+// ----- item 4: a new controller resumes from a journal -------------------------------------
+
+use plush_core::wire::{ExitStatus, FramePool, Group, JobKind, JobMsg, List, Message, RunSpec, Target};
+use plush_core::{Config, Controller, Instant, LinkEvent, NodeSet, Output, Report as CtrlReport};
+
+fn spec(job: u64) -> RunSpec {
+    RunSpec {
+        job,
+        kind: JobKind::Command,
+        target: Target::All,
+        argv: List(vec!["true".into()]),
+        env: List::default(),
+        cwd: None,
+        timeout_ms: 0,
+        stream: false,
+        push: None,
+        max_output: 0,
+    }
+}
+
+/// `adopt_job`: results of nodes already shown are not reported again (they count as
+/// duplicates), the others are, and the acknowledgement covers both.
+#[test]
+fn an_adopted_job_reports_only_what_was_not_shown() {
+    let root = Sim::id(1);
+    let (a, b, c) = (Sim::id(2), Sim::id(3), Sim::id(4));
+    let t = Instant::ZERO;
+    let mut ctrl = Controller::new(Sim::id(9), Config::default(), 1, t);
+    ctrl.adopt_hosts(t, &[(root, HostState::Joined), (a, HostState::Joined), (b, HostState::Failed)]);
+    assert_eq!(ctrl.host_counts(), [0, 0, 2, 0, 1], "adopted hosts are not invited again");
+    let shown: NodeSet = [a, b].into_iter().collect();
+    ctrl.adopt_job(t, spec(7), shown.clone(), false).expect("adopted");
+    assert_eq!(ctrl.adopt_job(t, spec(7), NodeSet::new(), false), Err(plush_core::controller::ControllerError::Duplicate));
+    assert_eq!(ctrl.results_of(7), Some(&shown));
+    ctrl.attach(t, root);
+    ctrl.handle_link(t, root, LinkEvent::Connected);
+    let frame = |m: &Message| FramePool::default().encode(m, 1 << 20).expect("encodes").payload().to_vec();
+    let set_root = frame(&Message::Control(plush_core::wire::ControlMsg::SetRoot { root }));
+    ctrl.handle_frame(t, root, &set_root).expect("SetRoot");
+    // The Run goes to the root again (the job was not complete).
+    let mut runs = 0;
+    while let Some(o) = ctrl.poll_output() {
+        if let Output::Transmit { frame, .. } = o {
+            runs += usize::from(matches!(Message::decode(frame.payload()), Ok(Message::Job(JobMsg::Run(_)))));
+        }
+    }
+    assert_eq!(runs, 1);
+    let group = Group {
+        status: ExitStatus::Exited(0),
+        truncated: false,
+        output: b"ok\n".to_vec(),
+        nodes: [a, b, c].into_iter().collect(),
+        stderr: Vec::new(),
+        blob: None,
+    };
+    let results = frame(&Message::Job(JobMsg::Results { job: 7, groups: List(vec![group]), complete: true }));
+    ctrl.handle_frame(t, root, &results).expect("Results");
+    let mut reported = Vec::new();
+    while let Some(o) = ctrl.poll_output() {
+        if let Output::Report(r) = o {
+            if let CtrlReport::Result { nodes, .. } = *r {
+                reported.push(nodes);
+            }
+        }
+    }
+    assert_eq!(reported, vec![NodeSet::one(c)], "only the node not shown before is reported");
+    assert_eq!(ctrl.stats().duplicate_results, 2);
+    assert_eq!(ctrl.results_of(7).map(|s| s.len()), Some(3));
+    // A job adopted as complete is not sent again.
+    ctrl.adopt_job(t, spec(8), NodeSet::new(), true).expect("adopted");
+    while let Some(o) = ctrl.poll_output() {
+        if let Output::Transmit { frame, .. } = o {
+            assert!(!matches!(Message::decode(frame.payload()), Ok(Message::Job(JobMsg::Run(_)))), "Run of a complete job");
+        }
+    }
+}
+
+/// The simulator's controller crash: the job is half shown when the controller dies with a
+/// quarter of the nodes (the root among them); a new controller process comes back 10 s later
+/// with the journal and shows every survivor's result, none twice.
+#[test]
+fn a_controller_back_with_its_journal_shows_every_result_once() {
+    let sc = Scenario {
+        nodes: 600,
+        seed: 65,
+        job: true,
+        fault_during_job: true,
+        kill: 0.25,
+        kill_root: true,
+        controller_crash_at_s: Some(1.0),
+        controller_back_after_s: Some(10.0),
+        ..Scenario::default()
+    };
+    let r = plush_sim::run(&sc);
+    let c = r.controller.expect("a controller report");
+    let j = r.job.expect("a job report");
+    assert!(r.converged && r.invariant_violations == 0, "{:?}", r.violations);
+    assert!(c.crashed_at_ms > 0.0 && c.attached_at_ms.is_some_and(|a| a >= c.crashed_at_ms + 10_000.0), "{c:?}");
+    assert!(c.results_before > 0 && c.results_after > 0, "both controllers showed results: {c:?}");
+    assert_eq!((c.shown_twice, c.missing), (0, 0), "{c:?}");
+    assert_eq!((j.lost, j.duplicates), (0, 0), "{j:?}");
+    assert_eq!(j.results, c.results_before + c.results_after);
+}
+
+/// Never back: the tree ends within the linger and one epoch of the crash, although the root
+/// died with the controller (its successor counts from its own start).
+#[test]
+fn a_tree_whose_controller_never_comes_back_is_gone_within_the_linger_and_an_epoch() {
+    let mut sc = Scenario {
+        nodes: 600,
+        seed: 66,
+        job: true,
+        fault_during_job: true,
+        kill: 0.2,
+        kill_root: true,
+        crash: CrashKind::Host,
+        controller_crash_at_s: Some(1.0),
+        ..Scenario::default()
+    };
+    sc.config.linger = Duration::from_secs(30);
+    let r = plush_sim::run(&sc);
+    let c = r.controller.expect("a controller report");
+    assert!(c.never_back);
+    assert_eq!(c.left, 0, "{c:?}");
+    let bound = (sc.config.linger + sc.config.ransub_epoch).as_secs_f64() * 1000.0;
+    assert!(c.gone_after_ms.is_some_and(|g| g <= bound && g >= 30_000.0), "{c:?}");
+}
