@@ -811,10 +811,8 @@ impl Sim {
                 _ => None,
             });
             let Some(dead) = self.crash_controller() else { return };
-            let shown: plush_core::NodeSet = (0..self.job.reported.len() as u32)
-                .filter(|&i| self.job.reported[i as usize] > 0)
-                .map(id)
-                .collect();
+            let shown: plush_core::NodeSet =
+                (0..self.job.reported.len() as u32).filter(|&i| self.job.reported[i as usize] > 0).map(id).collect();
             let jobs = dead
                 .jobs()
                 .map(|(spec, got, complete)| {

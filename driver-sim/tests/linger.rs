@@ -187,7 +187,10 @@ fn an_adopted_job_reports_only_what_was_not_shown() {
     assert_eq!(ctrl.host_counts(), [0, 0, 2, 0, 1], "adopted hosts are not invited again");
     let shown: NodeSet = [a, b].into_iter().collect();
     ctrl.adopt_job(t, spec(7), shown.clone(), false).expect("adopted");
-    assert_eq!(ctrl.adopt_job(t, spec(7), NodeSet::new(), false), Err(plush_core::controller::ControllerError::Duplicate));
+    assert_eq!(
+        ctrl.adopt_job(t, spec(7), NodeSet::new(), false),
+        Err(plush_core::controller::ControllerError::Duplicate)
+    );
     assert_eq!(ctrl.results_of(7), Some(&shown));
     ctrl.attach(t, root);
     ctrl.handle_link(t, root, LinkEvent::Connected);
@@ -227,7 +230,10 @@ fn an_adopted_job_reports_only_what_was_not_shown() {
     ctrl.adopt_job(t, spec(8), NodeSet::new(), true).expect("adopted");
     while let Some(o) = ctrl.poll_output() {
         if let Output::Transmit { frame, .. } = o {
-            assert!(!matches!(Message::decode(frame.payload()), Ok(Message::Job(JobMsg::Run(_)))), "Run of a complete job");
+            assert!(
+                !matches!(Message::decode(frame.payload()), Ok(Message::Job(JobMsg::Run(_)))),
+                "Run of a complete job"
+            );
         }
     }
 }

@@ -89,7 +89,10 @@ fn swarm_of_scenarios_drawn_from_every_knob_passes_the_oracle() {
         assert!(budget_bit > 0, "the swarm ran nodes into small link budgets");
         assert!(degree2 > 0 && degree12 > 0 && wide > 0, "the swarm drew degrees 2 and 12 and wide-area latency");
         assert!(jobs_faulted > 0 && max_outputs > 1, "the swarm ran jobs through faults, with several outputs");
-        assert!(ctrl_resumed > 0 && ctrl_never > 0, "the swarm killed controllers: {ctrl_resumed} resumed, {ctrl_never} never back");
+        assert!(
+            ctrl_resumed > 0 && ctrl_never > 0,
+            "the swarm killed controllers: {ctrl_resumed} resumed, {ctrl_never} never back"
+        );
     }
 }
 
