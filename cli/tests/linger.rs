@@ -38,13 +38,13 @@ fn job_groups(dir: &std::path::Path) -> Vec<u32> {
         .collect()
 }
 
-/// Kill whatever is left: clients (by their key file's name) and job groups.
+/// Kill whatever is left: clients (by their key file's name) and the members of the job groups,
+/// one pid at a time. Never `kill -9 -PGID`: procps-ng 4.0's kill(1) turns a negative pid into
+/// `kill(-1, SIGKILL)`, every process of the user (it happened here: see the notes of issue 19).
 fn reap(marker: &str, groups: &[u32]) {
-    for pid in processes_with(marker) {
+    let pids = processes_with(marker).into_iter().chain(groups.iter().flat_map(|&g| group_members(g)));
+    for pid in pids.filter(|&p| p > 1 && p != std::process::id()) {
         let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-    }
-    for g in groups {
-        let _ = Command::new("kill").args(["-9", &format!("-{g}")]).status();
     }
 }
 
@@ -116,4 +116,16 @@ fn clients_whose_controller_was_killed_end_after_the_linger() {
     let _ = std::fs::remove_dir_all(&dir);
     assert!(left_clients.is_empty(), "clients {left_clients:?} still ran {bound:?} after the controller died");
     assert!(left_jobs.is_empty(), "job processes {left_jobs:?} still ran {bound:?} after the controller died");
+}
+
+/// `--linger` takes `30s`, `10m`, `2h` or seconds, from 1 s to 30 days; anything else is a usage
+/// error naming the flag, before any client starts.
+#[test]
+fn bad_lingers_are_usage_errors() {
+    for bad in ["0", "0.5s", "5x", "ten", "31d", "-3", "999h"] {
+        let flag = format!("--linger={bad}");
+        let r = common::plush(&["run", "--local", "1", &flag, "--", "true"], Duration::from_secs(20));
+        assert_eq!(r.code, Some(2), "--linger {bad}: {}", r.stderr);
+        assert!(r.stderr.contains("--linger"), "--linger {bad}: {}", r.stderr);
+    }
 }

@@ -33,7 +33,10 @@ pub struct Config {
     pub idle_expiry: Duration,
     /// A tree whose root has had no controller link this long dismantles itself: its jobs run
     /// on and their results are held meanwhile. The controller may tell the tree another
-    /// ([`crate::wire::ControlMsg::Linger`]). Default 10 min.
+    /// ([`crate::wire::ControlMsg::Linger`]). It should stay well above the time a root change
+    /// takes (`dead_after`, a failover, and `join_retry` for a controller that missed the new
+    /// root's `SetRoot`): a root counts from its own start, so a shorter linger may end a tree
+    /// whose controller is alive but between roots. Default 10 min.
     pub linger: Duration,
     /// A maintenance script still running after this long is killed and counts as failed.
     /// Default 2 min; it must stay below `invitation_expiry`, which the invitation waits out.
