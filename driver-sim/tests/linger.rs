@@ -288,3 +288,31 @@ fn a_tree_whose_controller_never_comes_back_is_gone_within_the_linger_and_an_epo
     let bound = (sc.config.linger + sc.config.ransub_epoch).as_secs_f64() * 1000.0;
     assert!(c.gone_after_ms.is_some_and(|g| g <= bound && g >= 30_000.0), "{c:?}");
 }
+
+/// Only the controller and a node's parent may set its linger: a child (or any other member)
+/// that sends `Linger` is refused and changes nothing.
+#[test]
+fn a_linger_from_below_is_refused() {
+    let n = 20;
+    let sc = scenario(n, 67, 600);
+    let mut sim = build(&sc);
+    let root = root_of(&sim);
+    let child = sim.node(root).and_then(|r| r.children().first().copied()).expect("a child of the root");
+    let c = child.loopback_index().expect("a simulated id");
+    let before = sim.node(root).map(|r| r.stats().commands_rejected).unwrap_or_default();
+    let msg = Message::Control(plush_core::wire::ControlMsg::Linger { ms: 1000 });
+    assert!(sim.inject(c, root, &msg));
+    sim.run_until(sim.now() + Duration::from_secs(1), |_| false);
+    let r = sim.node(root).expect("the root");
+    assert_eq!(r.stats().commands_rejected, before + 1);
+    assert_eq!(r.linger(), Duration::from_secs(600));
+    // From the parent it is taken, and passed on down.
+    assert!(sim.inject(root, c, &msg));
+    sim.run_until(sim.now() + Duration::from_secs(1), |_| false);
+    assert_eq!(sim.node(c).map(|x| x.linger()), Some(Duration::from_secs(1)));
+    let grandchildren: Vec<NodeId> = sim.node(c).map(|x| x.children().to_vec()).unwrap_or_default();
+    for g in grandchildren {
+        let g = g.loopback_index().expect("a simulated id");
+        assert_eq!(sim.node(g).map(|x| x.linger()), Some(Duration::from_secs(1)), "node {g}");
+    }
+}
