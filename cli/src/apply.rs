@@ -107,7 +107,12 @@ pub fn run(args: &ApplyArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let hosts = if args.hosts.given() { args.hosts.clone() } else { host_args(&app, &args.file) };
+    let hosts = if args.hosts.given() {
+        args.hosts.clone()
+    } else {
+        // The file names the hosts; --linger given here still holds.
+        HostArgs { linger: args.hosts.linger, ..host_args(&app, &args.file) }
+    };
     if args.check {
         let files = match app.files.len() {
             0 => String::new(),
@@ -150,6 +155,7 @@ fn host_args(app: &AppSpec, file: &std::path::Path) -> HostArgs {
         fanout: 50,
         no_upgrade: false,
         maintenance: h.maintenance.as_ref().map(|f| dir.join(f)),
+        linger: None,
     }
 }
 

@@ -121,6 +121,38 @@ pub struct HostArgs {
     /// 2 minutes) is reported with the script's status and output, and does not join.
     #[arg(long, value_name = "FILE")]
     pub maintenance: Option<std::path::PathBuf>,
+
+    /// How long the clients outlive this controller if it dies (a crash, a lost terminal):
+    /// their jobs run on and their results are held meanwhile; a controller that attaches
+    /// within it finds the overlay, and after it the overlay dismantles itself and every client
+    /// kills its jobs and exits. `5s`, `90s`, `10m`, `2h` (a bare number is seconds; 1 s to 30
+    /// days). Keep it well above the time a root change takes (about 10 s at worst), or an
+    /// overlay whose controller is alive but between roots may end [default: 10m, the clients'
+    /// own]
+    #[arg(long, value_name = "DURATION", value_parser = parse_linger)]
+    pub linger: Option<Duration>,
+}
+
+/// A `--linger` value: a number with an optional unit (`s`, `m`, `h`; seconds without one), from
+/// 1 s to 30 days.
+pub fn parse_linger(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, unit) = match t.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let scale = match unit.trim() {
+        "s" | "sec" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        u => return Err(format!("{s:?}: unknown unit {u:?} (s, m or h)")),
+    };
+    let v: f64 = num.trim().parse().map_err(|_| format!("{s:?} is not a duration such as 30s, 10m or 2h"))?;
+    let secs = v * scale;
+    if !secs.is_finite() || !(1.0..=30.0 * 86_400.0).contains(&secs) {
+        return Err(format!("{s:?}: a linger is 1 s to 30 days"));
+    }
+    Ok(Duration::from_secs_f64(secs))
 }
 
 impl HostArgs {
@@ -767,6 +799,7 @@ impl Session {
         let cfg = ClusterConfig {
             core,
             maintenance,
+            linger: args.linger,
             method,
             launch_timeout,
             client_args,

@@ -38,6 +38,7 @@ const MAX_DEGREE: u32 = plush_core::wire::MAX_LIST as u32;
 
 /// Flags of `plush sim`.
 #[derive(Debug, Clone, Args)]
+#[command(group(clap::ArgGroup::new("controller_return").args(["controller_back_after", "controller_never_back"])))]
 pub struct SimArgs {
     /// Number of simulated nodes (at most 16,777,214).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_NODES,
@@ -137,6 +138,28 @@ pub struct SimArgs {
     #[arg(long, value_name = "K", default_value_t = 1, requires = "job",
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub job_outputs: u32,
+
+    /// With --job: kill the controller this many seconds after the job starts (with
+    /// --controller-back-after or --controller-never-back). The JSON gains `controller`.
+    #[arg(long, value_name = "SECS", requires = "job", requires = "controller_return",
+          value_parser = parse_non_negative_secs, allow_negative_numbers = true)]
+    pub controller_crash_at: Option<f64>,
+
+    /// A new controller process comes back this many seconds after the crash: it resumes from
+    /// what its journal holds (hosts, jobs, results shown) and must show every result once.
+    #[arg(long, value_name = "SECS", requires = "controller_crash_at",
+          value_parser = parse_non_negative_secs, allow_negative_numbers = true)]
+    pub controller_back_after: Option<f64>,
+
+    /// No controller comes back: the run checks that every node is gone within the linger
+    /// and one RanSub epoch of the crash.
+    #[arg(long, requires = "controller_crash_at")]
+    pub controller_never_back: bool,
+
+    /// How long the tree outlives its controller, in seconds [default: 600, the clients'
+    /// default].
+    #[arg(long, value_name = "SECS", value_parser = parse_non_negative_secs, allow_negative_numbers = true)]
+    pub linger: Option<f64>,
 
     /// Print the report as one JSON object on standard output instead of a summary.
     #[arg(long)]
@@ -314,8 +337,13 @@ impl SimArgs {
             job: self.job,
             fault_during_job: self.fault_during_job,
             job_outputs: self.job_outputs,
+            controller_crash_at_s: self.controller_crash_at,
+            controller_back_after_s: self.controller_back_after.filter(|_| !self.controller_never_back),
             ..Scenario::default()
         };
+        if let Some(l) = self.linger {
+            scenario.config.linger = std::time::Duration::from_secs_f64(l);
+        }
         // The range checks keep these conversions lossless.
         scenario.config.max_children = self.degree as usize;
         scenario.config.max_links = self.fd_budget as usize;
@@ -386,6 +414,18 @@ impl SimArgs {
         if self.job_outputs != 1 {
             let _ = write!(cmd, " --job-outputs {}", self.job_outputs);
         }
+        if let Some(t) = self.controller_crash_at {
+            let _ = write!(cmd, " --controller-crash-at {t}");
+        }
+        if let Some(t) = self.controller_back_after {
+            let _ = write!(cmd, " --controller-back-after {t}");
+        }
+        if self.controller_never_back {
+            cmd.push_str(" --controller-never-back");
+        }
+        if let Some(t) = self.linger {
+            let _ = write!(cmd, " --linger {t}");
+        }
         cmd
     }
 }
@@ -423,7 +463,7 @@ pub fn run(args: &SimArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
 
-    if report.converged && report.invariant_violations == 0 {
+    if report.converged && report.invariant_violations == 0 && report.controller.as_ref().is_none_or(|c| c.ok()) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
@@ -582,6 +622,25 @@ fn summary(args: &SimArgs, r: &Report) -> String {
             j.distinct_outputs,
             j.merged_messages_at_controller,
             j.hosts_failed
+        );
+    }
+    if let Some(c) = &r.controller {
+        let back = match (c.never_back, c.attached_at_ms) {
+            (true, _) => match c.gone_after_ms {
+                Some(g) => format!("never back; every node gone {:.1} s after the crash", g / 1e3),
+                None => format!("never back; {} node(s) still ran at the linger and one epoch", c.left),
+            },
+            (false, Some(a)) => format!("a new one attached at {:.1} s", a / 1e3),
+            (false, None) => "the new one never attached".to_owned(),
+        };
+        let _ = writeln!(
+            s,
+            "controller crashed at {:.1} s, {back}; {} result(s) shown before, {} after; {} shown twice, {} missing",
+            c.crashed_at_ms / 1e3,
+            c.results_before,
+            c.results_after,
+            c.shown_twice,
+            c.missing
         );
     }
     let _ = writeln!(

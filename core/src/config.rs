@@ -31,6 +31,13 @@ pub struct Config {
     pub dismantle_timer: Duration,
     /// A client with no links at all exits after this long. Default 2 min (Plush-M).
     pub idle_expiry: Duration,
+    /// A tree whose root has had no controller link this long dismantles itself: its jobs run
+    /// on and their results are held meanwhile. The controller may tell the tree another
+    /// ([`crate::wire::ControlMsg::Linger`]). It should stay well above the time a root change
+    /// takes (`dead_after`, a failover, and `join_retry` for a controller that missed the new
+    /// root's `SetRoot`): a root counts from its own start, so a shorter linger may end a tree
+    /// whose controller is alive but between roots. Default 10 min.
+    pub linger: Duration,
     /// A maintenance script still running after this long is killed and counts as failed.
     /// Default 2 min; it must stay below `invitation_expiry`, which the invitation waits out.
     pub maintenance_timeout: Duration,
@@ -128,6 +135,7 @@ impl Default for Config {
             setctrl_refresh: Duration::from_secs(120),
             dismantle_timer: Duration::from_secs(120),
             idle_expiry: Duration::from_secs(120),
+            linger: Duration::from_secs(600),
             maintenance_timeout: Duration::from_secs(120),
             failed_after_disconnects: 3,
             failed_window: Duration::from_secs(600),

@@ -53,6 +53,19 @@
 //! [`crate::Config::dismantle_timer`] regardless. A client without any link for
 //! [`crate::Config::idle_expiry`] exits by itself.
 //!
+//! **Lingering.** A tree outlives its controller for a while: jobs run on and every node holds
+//! its results, so that a controller that comes back (the same one, or a new process resuming
+//! the session) collects them. The root counts: from the moment its controller link breaks, or
+//! from its own becoming root (a new root does not know how long its predecessor had been
+//! alone, and starts counting afresh), until the controller's own `SetCtrl` reaches it (sent by
+//! the controller on every attach and root change, and every two minutes). After the linger
+//! ([`crate::Config::linger`], or what the controller told the tree with `Linger`) without one,
+//! the root dismantles the tree as the controller's `Disconnect` would: one decision, flooded
+//! down. So a tree whose controller died is gone within the linger, plus the time the last root
+//! change took (failover: `dead_after` and a rejoin), plus the dismantle's flood; every root
+//! change while the controller is away starts the count again. A node that misses the flood
+//! (repairing at that moment) finds no tree, becomes a root of its own, and counts in turn.
+//!
 //! **Commands only come down.** `Run`, `Cancel`, `Ack`, `BarrierRelease`, `Forget` and
 //! `Disconnect` are accepted only from the parent (at the root: from the controller); from
 //! anyone else they are counted in [`crate::Stats::commands_rejected`] and reported with
@@ -441,6 +454,12 @@ pub(crate) struct Control {
     script: Option<(Rc<str>, NodeId)>,
     /// The maintenance script is running: join through `boot` once it succeeds.
     maint: Option<Maint>,
+    /// The linger the controller told the tree ([`ControlMsg::Linger`]); `None`:
+    /// [`crate::Config::linger`].
+    linger: Option<core::time::Duration>,
+    /// At the root: since when it has been without its controller (see the module docs on
+    /// lingering); `None` elsewhere, and while the controller is there.
+    orphaned: Option<Instant>,
     /// Jobs (controller, job) that a previous client on this address started: asked to run one
     /// of them, the node answers [`ExitStatus::Lost`] (unless the job asks for retries). Set
     /// once by the driver at start, from the host's job record; at most [`MAX_PRIOR`].
@@ -482,6 +501,8 @@ impl Control {
             script: None,
             maint: None,
             prior: Vec::new(),
+            linger: None,
+            orphaned: None,
         }
     }
 
@@ -518,9 +539,25 @@ impl Control {
         self.jobs.len()
     }
 
-    pub fn next_timeout(&self) -> Option<Instant> {
+    /// The linger in force: the controller's, else `default` ([`crate::Config::linger`]).
+    pub fn linger(&self, default: core::time::Duration) -> core::time::Duration {
+        self.linger.unwrap_or(default)
+    }
+
+    /// At the root: since when it has been without its controller.
+    pub fn orphaned_since(&self) -> Option<Instant> {
+        self.orphaned
+    }
+
+    /// The earliest timer; `default_linger`: [`crate::Config::linger`].
+    pub fn next_timeout(&self, default_linger: core::time::Duration) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut at = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        if self.dismantle.is_none() {
+            if let Some(t) = self.orphaned {
+                at(t + self.linger(default_linger));
+            }
+        }
         for j in &self.jobs {
             j.flush_at.into_iter().chain(j.linger_until).for_each(&mut at);
             if let Own::Running(Some(d)) = j.own {
@@ -602,6 +639,8 @@ impl Control {
     /// We became a root (failover, or a fragment that found no tree).
     pub fn on_became_root(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree) {
         if let Some(ctrl) = self.ctrl {
+            // Alone until the controller's `SetCtrl` says otherwise: the linger counts from now.
+            self.orphaned = Some(ctx.now);
             self.send(ctx, ctrl, ControlMsg::SetRoot { root: self.me });
             if core::mem::take(&mut self.announce) {
                 // The first member of a new overlay.
@@ -627,6 +666,7 @@ impl Control {
             }
         }
         self.ctrl_linked = false;
+        self.orphaned = None;
         // Invitations in progress die with our root-ness; the controller retries them.
         self.invites.clear();
         self.verifying.clear();
@@ -642,6 +682,10 @@ impl Control {
     pub fn on_child_added(&mut self, ctx: &mut Ctx<'_>, child: NodeId) {
         if let Some(ctrl) = self.ctrl {
             self.send(ctx, child, ControlMsg::SetCtrl { ctrl });
+        }
+        if let Some(l) = self.linger {
+            let ms = u64::try_from(l.as_millis()).unwrap_or(u64::MAX);
+            self.send(ctx, child, ControlMsg::Linger { ms });
         }
         for j in self.jobs.iter_mut().filter(|j| j.known) {
             j.answered.retain(|c| *c != child);
@@ -682,6 +726,8 @@ impl Control {
         if Some(peer) == self.ctrl {
             if tree.is_root() {
                 self.ctrl_linked = false;
+                // The linger counts from the first loss (a failed reconnect does not restart it).
+                self.orphaned.get_or_insert(ctx.now);
             }
             return;
         }
@@ -874,6 +920,19 @@ impl Control {
                     self.start_census(ctx, tree);
                 }
             }
+            ControlMsg::Linger { ms } => {
+                // From the controller, or from our parent passing it down.
+                if self.ctrl != Some(from) && tree.parent() != Some(from) {
+                    ctx.io.stats.commands_rejected += 1;
+                    ctx.event(Event::CommandRejected(from));
+                    return;
+                }
+                let linger = core::time::Duration::from_millis(ms);
+                if self.linger != Some(linger) {
+                    self.linger = Some(linger);
+                    self.flood(ctx, tree, &Message::Control(ControlMsg::Linger { ms }));
+                }
+            }
             // Only the controller takes these.
             ControlMsg::SetRoot { .. } | ControlMsg::Participants { .. } | ControlMsg::MaintenanceFailed { .. } => {}
         }
@@ -916,6 +975,8 @@ impl Control {
         if from == ctrl {
             // The controller itself.
             if tree.is_root() {
+                // It is there: no lingering.
+                self.orphaned = None;
                 let reconnect = !self.ctrl_linked || changed;
                 self.link_ctrl(ctx, ctrl);
                 self.send(ctx, ctrl, ControlMsg::SetRoot { root: self.me });
@@ -1864,6 +1925,14 @@ impl Control {
 
     pub fn on_timeout(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree) {
         let now = ctx.now;
+        let linger = self.linger(ctx.cfg.linger);
+        if self.dismantle.is_none() && tree.is_root() && self.orphaned.is_some_and(|t| t + linger <= now) {
+            // The controller did not come back within the linger: the tree ends.
+            self.start_dismantle(ctx, tree);
+            if self.exited {
+                return;
+            }
+        }
         if let Some((end, again)) = self.dismantle {
             if end <= now {
                 self.exit(ctx, tree);

@@ -316,6 +316,8 @@ pub struct Controller {
     script: Option<String>,
     /// See [`Controller::set_manual_output_ack`].
     manual_output_ack: bool,
+    /// See [`Controller::set_linger`].
+    linger: Option<core::time::Duration>,
 }
 
 impl Controller {
@@ -358,6 +360,7 @@ impl Controller {
             direct: None,
             script: None,
             manual_output_ack: false,
+            linger: None,
             cfg,
         }
     }
@@ -468,8 +471,32 @@ impl Controller {
         Ok(())
     }
 
+    /// How long the tree outlives this controller: a tree whose root has had no link to it for
+    /// `linger` dismantles itself (see [`crate::control`]). Sent to the root with every
+    /// `SetCtrl` (attach, root change, refresh), and passed down the tree. `None` (the default):
+    /// nothing is sent, and the clients keep their own [`Config::linger`] (10 min by default);
+    /// clients of builds before this message only understand that.
+    pub fn set_linger(&mut self, now: Instant, linger: Option<core::time::Duration>) {
+        self.linger = linger;
+        if let Some(root) = self.root {
+            self.send_linger(now, root);
+        }
+    }
+
+    fn send_linger(&mut self, now: Instant, root: NodeId) {
+        if let Some(l) = self.linger {
+            let ms = u64::try_from(l.as_millis()).unwrap_or(u64::MAX);
+            self.send(now, root, Message::Control(ControlMsg::Linger { ms }));
+        }
+    }
+
     /// Start a job. Its id must be new (and must not have the top bit set, which censuses use).
     pub fn run(&mut self, now: Instant, spec: RunSpec) -> Result<(), ControllerError> {
+        self.add_job(now, spec, NodeSet::new(), false)
+    }
+
+    /// A new job: `got` reported already, `complete` said so by the root (no `Run` then).
+    fn add_job(&mut self, now: Instant, spec: RunSpec, got: NodeSet, complete: bool) -> Result<(), ControllerError> {
         if self.jobs.iter().any(|j| j.spec.job == spec.job) || spec.job & crate::control::CENSUS_BIT != 0 {
             return Err(ControllerError::Duplicate);
         }
@@ -481,13 +508,13 @@ impl Controller {
             (JobKind::Push, None) => return Err(ControllerError::BadPush),
             _ => None,
         };
-        if let Some(root) = self.root {
+        if let Some(root) = self.root.filter(|_| !complete) {
             self.send(now, root, Message::Job(JobMsg::Run(Box::new(spec.clone()))));
         }
         self.jobs.push(Job {
             spec,
-            got: NodeSet::new(),
-            complete: false,
+            got,
+            complete,
             ack_at: None,
             last_ack: None,
             xfer,
@@ -582,6 +609,74 @@ impl Controller {
         }
     }
 
+    // ===== Resuming a session (issue 19) ========================================================
+    //
+    // A controller that takes over from one that died (a new process: `plush attach`, or the
+    // simulator's `--controller-back-after`) knows only what its predecessor's journal holds.
+    // It is seeded with these two calls, then attaches ([`Controller::attach`] to the journal's
+    // root, and to members after `join_retry` by itself) and runs as any controller:
+    //
+    // 1. `adopt_hosts(now, &[(host, state)])`, the hosts as last journaled;
+    // 2. `adopt_job(now, spec, shown, complete)` for each job, with the nodes whose results the
+    //    user has already been shown.
+    //
+    // Exactly once across the crash: every node holds its results until an `Ack` covers them,
+    // and an `Ack` only ever names results the controller had received, so what the tree still
+    // holds is a superset of what was received and not shown; the root sends all it holds once
+    // the new controller's link is up. The new controller reports only nodes outside `shown`
+    // (those count as duplicates in [`ControllerStats::duplicate_results`]), and acknowledges
+    // `shown` with the rest. A journal must therefore record a result before showing it, and
+    // `shown` must be exactly what was shown: a node shown and not recorded is shown again, a
+    // node recorded and not shown is never shown.
+
+    /// Take over hosts from a journal (hosts known already are left as they are). `Joined`
+    /// hosts are believed members, as their census after attaching checks (one lost meanwhile
+    /// is found and invited again); `Failed` ones stay failed; every other state is invited
+    /// again like a new host. Nothing is reported for them: the user saw their states before.
+    pub fn adopt_hosts(&mut self, now: Instant, hosts: &[(NodeId, HostState)]) {
+        let mut queue = Vec::new();
+        for &(id, state) in hosts {
+            if self.hosts.iter().any(|h| h.id == id) || queue.contains(&id) {
+                continue;
+            }
+            let state = match state {
+                HostState::Joined | HostState::Failed => state,
+                HostState::Pending | HostState::Invited | HostState::Disconnected => HostState::Pending,
+            };
+            if state == HostState::Pending {
+                queue.push(id);
+            }
+            self.counts[state as usize] += 1;
+            self.hosts.push(Host { state, ..Host::pending(id, now) });
+        }
+        self.hosts.sort_unstable_by_key(|h| h.id);
+        self.queue.extend(queue);
+        self.pump(now);
+    }
+
+    /// Take over a job from a journal: `spec` as it was started, `shown` the nodes whose
+    /// results the user was shown already (never reported again), `complete` whether the root
+    /// had said that every member answered (then `Run` is not sent again). Refused as
+    /// [`Controller::run`] refuses (a duplicate id, too many jobs, a push without a usable
+    /// file description).
+    pub fn adopt_job(
+        &mut self,
+        now: Instant,
+        spec: RunSpec,
+        shown: NodeSet,
+        complete: bool,
+    ) -> Result<(), ControllerError> {
+        self.add_job(now, spec, shown, complete)
+    }
+
+    /// Every job tracked: its spec, the nodes whose results were reported, and whether the
+    /// root said it complete (what a journal records, and what [`Controller::adopt_job`] takes).
+    pub fn jobs(&self) -> impl Iterator<Item = (&RunSpec, &NodeSet, bool)> + '_ {
+        self.jobs.iter().map(|j| (&j.spec, &j.got, j.complete))
+    }
+
+    // ===== end of resuming a session ================================================================
+
     // ----- the contract -------------------------------------------------------------------------
 
     /// One frame's payload from `from`. Errors leave the controller as it was.
@@ -654,6 +749,7 @@ impl Controller {
             if let Some(root) = self.root {
                 let me = self.me;
                 self.send(now, root, Message::Control(ControlMsg::SetCtrl { ctrl: me }));
+                self.send_linger(now, root);
                 self.refresh_at = Some(now + self.cfg.setctrl_refresh);
             }
         }
@@ -1033,6 +1129,7 @@ impl Controller {
         self.census_judge = false;
         let me = self.me;
         self.send(now, root, Message::Control(ControlMsg::SetCtrl { ctrl: me }));
+        self.send_linger(now, root);
         self.io.conns.pin(now, root, Pin::Root);
         self.refresh_at = Some(now + self.cfg.setctrl_refresh);
         self.report(Report::RootChanged(root));

@@ -898,7 +898,7 @@ impl Node {
             self.ransub.next_timeout(),
             self.sweep_at,
             self.tick_at,
-            self.control.next_timeout(),
+            self.control.next_timeout(self.cfg.linger),
             self.control.idle_deadline(self.cfg.idle_expiry),
         ]
         .into_iter()
@@ -917,6 +917,16 @@ impl Node {
     /// The controller, once known.
     pub fn controller(&self) -> Option<NodeId> {
         self.control.controller()
+    }
+    /// The linger in force: the controller's ([`crate::wire::ControlMsg::Linger`]), else
+    /// [`Config::linger`].
+    pub fn linger(&self) -> core::time::Duration {
+        self.control.linger(self.cfg.linger)
+    }
+    /// At the root: since when it has been without its controller (it dismantles the tree
+    /// [`Node::linger`] after); `None` elsewhere.
+    pub fn orphaned_since(&self) -> Option<Instant> {
+        self.control.orphaned_since()
     }
     /// Whether the node exited ([`Output::Exit`]); it ignores every input from then on.
     pub fn exited(&self) -> bool {

@@ -108,6 +108,7 @@ pub fn messages() -> Vec<Message> {
             status: ExitStatus::Exited(1),
             output: b"scratch disk not mounted\n".to_vec(),
         }),
+        control(ControlMsg::Linger { ms: 5_000 }),
         job(JobMsg::Run(Box::new(spec.clone()))),
         job(JobMsg::Run(Box::new(RunSpec {
             job: 43,

@@ -170,6 +170,16 @@ pub enum ControlMsg {
         #[serde(with = "serde_bytes")]
         output: Vec<u8>,
     },
+    /// Controller to the root, then parent to child (and to every child that attaches later):
+    /// a tree that has had no controller link for this long dismantles itself (the root decides;
+    /// see [`crate::control`]). Until told, a node takes [`crate::Config::linger`]. The
+    /// controller sends it only when it was given a linger of its own, so that a controller with
+    /// the default speaks to clients of earlier builds, which do not know this message, as
+    /// before.
+    Linger {
+        /// The linger, in milliseconds.
+        ms: u64,
+    },
 }
 
 /// Largest maintenance script carried ([`ControlMsg::Maintenance`]).
@@ -782,6 +792,7 @@ impl Message {
                 ControlMsg::Census => "control.census",
                 ControlMsg::Maintenance { .. } => "control.maintenance",
                 ControlMsg::MaintenanceFailed { .. } => "control.maintenance_failed",
+                ControlMsg::Linger { .. } => "control.linger",
             },
             Message::Job(m) => match m {
                 JobMsg::Run(_) => "job.run",
@@ -802,7 +813,7 @@ impl Message {
 
 /// Every message kind [`Message::kind`] names, by layer. [`crate::samples::messages`] has one
 /// message of each (a test checks that the two agree).
-pub const KINDS: [&str; 42] = [
+pub const KINDS: [&str; 43] = [
     "tree.join",
     "tree.join_accept",
     "tree.join_reject",
@@ -834,6 +845,7 @@ pub const KINDS: [&str; 42] = [
     "control.census",
     "control.maintenance",
     "control.maintenance_failed",
+    "control.linger",
     "job.run",
     "job.output",
     "job.results",

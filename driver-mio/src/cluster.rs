@@ -89,6 +89,9 @@ pub struct ClusterConfig {
     /// is relaunched (the new client answers that the job was lost with the old one), it
     /// fails, or this long after the loss. Default [`LOST_GRACE`], 30 s.
     pub lost_grace: Duration,
+    /// How long the clients outlive this controller (see `Controller::set_linger`); `None`
+    /// (the default): the clients' own `Config::linger`, 10 min.
+    pub linger: Option<Duration>,
 }
 
 impl Default for ClusterConfig {
@@ -103,6 +106,7 @@ impl Default for ClusterConfig {
             launch_timeout: Duration::from_secs(10),
             maintenance: None,
             lost_grace: LOST_GRACE,
+            linger: None,
         }
     }
 }
@@ -415,6 +419,7 @@ impl Cluster {
         ctrl.set_manual_output_ack(true);
         ctrl.set_maintenance(Instant::ZERO, cfg.maintenance.take())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        ctrl.set_linger(Instant::ZERO, cfg.linger);
         let dcfg = DriverConfig { core: cfg.core.clone(), ..DriverConfig::default() };
         let mut d = Driver::new(ctrl, id, listener, key, dcfg)?;
         let method = cfg.method.unwrap_or(LaunchMethod::Local { program: cfg.client_program, args: cfg.client_args });

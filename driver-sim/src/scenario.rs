@@ -73,6 +73,12 @@ pub struct Scenario {
     pub job_min_s: f64,
     /// See `job_min_s`.
     pub job_max_s: f64,
+    /// With `job`: kill the controller this many seconds after the job starts (issue 19).
+    pub controller_crash_at_s: Option<f64>,
+    /// A new controller process comes back this many seconds after the crash, resuming from
+    /// what a journal holds (see `Sim::plan_controller_crash`); `None`: it never comes back, and
+    /// the run checks that the tree ends within `config.linger` and one RanSub epoch.
+    pub controller_back_after_s: Option<f64>,
     /// The core's configuration (the degree is `config.max_children`).
     pub config: Config,
 }
@@ -122,6 +128,8 @@ impl Default for Scenario {
             job_outputs: 1,
             job_min_s: 0.5,
             job_max_s: 1.5,
+            controller_crash_at_s: None,
+            controller_back_after_s: None,
             config: Config::default(),
         }
     }
@@ -269,6 +277,44 @@ pub struct JobReport {
     pub missing: Vec<u32>,
 }
 
+/// The controller's crash and return (`--controller-crash-at`), from the simulator's record of
+/// what each controller showed its user.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ControllerReport {
+    /// Simulated time of the crash, since the start.
+    pub crashed_at_ms: f64,
+    /// When the new controller learnt the root, since the start (`null`: it never did, or
+    /// never came back).
+    pub attached_at_ms: Option<f64>,
+    /// Nodes whose result the first controller showed.
+    pub results_before: u32,
+    /// Nodes whose result its successor showed.
+    pub results_after: u32,
+    /// Node results shown more than once, by either (a node shown before the crash and again
+    /// after it counts once).
+    pub shown_twice: u32,
+    /// Nodes whose result was never shown although it exists: nodes alive at the end, and
+    /// nodes whose result reached a node alive at the end.
+    pub missing: u32,
+    /// The linger of the tree, in milliseconds.
+    pub linger_ms: f64,
+    /// No controller came back.
+    pub never_back: bool,
+    /// Never back: when the last node was gone, since the crash (`null`: some still ran at
+    /// the bound, `linger` plus one RanSub epoch after the crash).
+    pub gone_after_ms: Option<f64>,
+    /// Never back: nodes still running at that bound (must be 0).
+    pub left: u32,
+}
+
+impl ControllerReport {
+    /// Nothing shown twice, nothing missing, and, when no controller came back, every node
+    /// gone in time.
+    pub fn ok(&self) -> bool {
+        self.shown_twice == 0 && self.missing == 0 && self.left == 0
+    }
+}
+
 /// Simulator memory.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct MemoryReport {
@@ -322,4 +368,7 @@ pub struct Report {
     /// The job, with `--job`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job: Option<JobReport>,
+    /// The controller's crash and return, with `--controller-crash-at`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub controller: Option<ControllerReport>,
 }

@@ -355,6 +355,42 @@ pub struct Sim {
     pub messages: Vec<(Instant, u32, u32, Message)>,
     /// While `recording`: every event a node emitted, as (time, node, event).
     pub node_events: Vec<(Instant, u32, Event)>,
+    /// The controller's crash and return ([`Sim::plan_controller_crash`]), and what was seen.
+    pub ctrl_crash: CtrlCrash,
+}
+
+/// A planned crash of the controller and the return of a new controller process that resumes
+/// from what a journal would hold (issue 19), and what the simulator saw of it.
+#[derive(Debug, Default)]
+pub struct CtrlCrash {
+    /// When the controller is killed (`None`: not planned, or done).
+    pub crash_at: Option<Instant>,
+    /// How long after the crash a new one comes back (`None`: never).
+    pub back_after: Option<Duration>,
+    /// When it was killed.
+    pub crashed_at: Option<Instant>,
+    /// When the new one is due (`None`: not planned, or started).
+    pub back_at: Option<Instant>,
+    /// When the new one started (`None`: not yet, or never).
+    pub returned_at: Option<Instant>,
+    /// When the new one learnt the root (its first `Report::RootChanged`).
+    pub attached_at: Option<Instant>,
+    /// Per node, for the watched job: bit 0, its result was shown by the first controller;
+    /// bit 1, by its successor.
+    pub shown_by: Vec<u8>,
+    /// What the journal held at the crash.
+    journal: Option<Journal>,
+    /// Controllers killed so far.
+    gen: u32,
+}
+
+/// What a journal holds when its controller dies: every host state reported, the last root,
+/// and each job's spec, the nodes whose results were shown, and whether it was said complete.
+#[derive(Debug)]
+struct Journal {
+    hosts: Vec<(NodeId, HostState)>,
+    root: Option<NodeId>,
+    jobs: Vec<(plush_core::wire::RunSpec, plush_core::NodeSet, bool)>,
 }
 
 /// What the simulator saw of one job, from its own record of deliveries (not the controller's
@@ -431,6 +467,7 @@ impl Sim {
             maintenance_fails: Vec::new(),
             messages: Vec::new(),
             node_events: Vec::new(),
+            ctrl_crash: CtrlCrash::default(),
         }
     }
 
@@ -731,7 +768,13 @@ impl Sim {
         if kind == CrashKind::Host {
             sn.host_up = false;
         }
-        let links: Vec<u32> = sn.links.iter().map(|x| x.1).collect();
+        self.cut_links(i, kind);
+    }
+
+    /// Close every link of slot `i`, whose process died: a process crash resets them (the peer
+    /// hears at once), a host crash is silence.
+    fn cut_links(&mut self, i: u32, kind: CrashKind) {
+        let links: Vec<u32> = self.nodes[i as usize].links.iter().map(|x| x.1).collect();
         for l in links {
             let side = self.links[l as usize].side(i);
             self.close_end(l, side);
@@ -745,6 +788,91 @@ impl Sim {
             }
             self.maybe_free(l);
         }
+    }
+
+    /// Kill the controller at `at`, and start a new controller process `back_after` later
+    /// (`None`: never) that resumes from what a journal holds at the crash: the hosts and their
+    /// states, the last root, and each job with the nodes whose results were shown (the
+    /// simulator's own record of the controller's reports) and whether it was said complete.
+    /// It adopts them (`Controller::adopt_hosts`, `Controller::adopt_job`) and attaches through
+    /// the journal's root. Done inside [`Sim::run_until`], at the planned times.
+    pub fn plan_controller_crash(&mut self, at: Instant, back_after: Option<Duration>) {
+        self.ctrl_crash.crash_at = Some(at);
+        self.ctrl_crash.back_after = back_after;
+    }
+
+    /// Carry out what is due of the plan.
+    fn controller_plan(&mut self) {
+        let now = self.now;
+        if self.ctrl_crash.crash_at.is_some_and(|t| t <= now) {
+            self.ctrl_crash.crash_at = None;
+            let root = self.ctrl_log.iter().rev().find_map(|(_, r)| match r {
+                CtrlReport::RootChanged(root) => Some(*root),
+                _ => None,
+            });
+            let Some(dead) = self.crash_controller() else { return };
+            let shown: plush_core::NodeSet =
+                (0..self.job.reported.len() as u32).filter(|&i| self.job.reported[i as usize] > 0).map(id).collect();
+            let jobs = dead
+                .jobs()
+                .map(|(spec, got, complete)| {
+                    let seen = if spec.job == self.job.id { shown.clone() } else { got.clone() };
+                    (spec.clone(), seen, complete)
+                })
+                .collect();
+            self.ctrl_crash.journal = Some(Journal { hosts: dead.hosts().collect(), root: dead.root().or(root), jobs });
+            self.ctrl_crash.crashed_at = Some(now);
+            self.ctrl_crash.gen += 1;
+            self.ctrl_crash.back_at = self.ctrl_crash.back_after.map(|d| now + d);
+        }
+        if self.ctrl_crash.back_at.is_some_and(|t| t <= now) && self.controller().is_none() {
+            let Some(j) = self.ctrl_crash.journal.take() else { return };
+            // Through the journal's root, else any member it names.
+            let via = j.root.or_else(|| j.hosts.iter().find(|h| h.1 == HostState::Joined).map(|h| h.0));
+            self.restart_controller(|c, now| {
+                c.adopt_hosts(now, &j.hosts);
+                for (spec, shown, complete) in j.jobs {
+                    let _ = c.adopt_job(now, spec, shown, complete);
+                }
+                if let Some(m) = via {
+                    c.attach(now, m);
+                }
+            });
+        }
+    }
+
+    /// Kill the controller's process: its links reset at once, and its memory is lost (the
+    /// controller as it was is returned, for inspection). Nothing happens without one.
+    pub fn crash_controller(&mut self) -> Option<Box<Controller>> {
+        let c = self.ctrl_slot?;
+        let sn = &mut self.nodes[c as usize];
+        let dead = sn.ctrl.take()?;
+        sn.timer = None;
+        sn.incarnation += 1;
+        self.cut_links(c, CrashKind::Process);
+        Some(dead)
+    }
+
+    /// Start a new controller process in the controller's slot (same address) after
+    /// [`Sim::crash_controller`]; `setup` runs on it before anything else (resume a journal,
+    /// attach to a member). Returns false when the slot is missing or a controller runs there.
+    pub fn restart_controller(&mut self, setup: impl FnOnce(&mut Controller, Instant)) -> bool {
+        let Some(c) = self.ctrl_slot else { return false };
+        if self.nodes[c as usize].ctrl.is_some() {
+            return false;
+        }
+        let incarnation = self.nodes[c as usize].incarnation;
+        let seed = mix(self.master_seed, 999 + (u64::from(incarnation) << 32));
+        let mut ctrl = Box::new(Controller::new(id(c), std::rc::Rc::clone(&self.cfg), seed, self.now));
+        setup(&mut ctrl, self.now);
+        if self.ctrl_crash.gen > 0 {
+            self.ctrl_crash.back_at = None;
+            self.ctrl_crash.returned_at = Some(self.now);
+            self.ctrl_crash.attached_at = None;
+        }
+        self.nodes[c as usize].ctrl = Some(ctrl);
+        self.after(c);
+        true
     }
 
     /// Restart node `i`'s process (and host) and rejoin through `bootstrap`. Peers that still
@@ -814,7 +942,22 @@ impl Sim {
 
     /// Process events up to and including time `until`; returns false if the heap ran dry.
     pub fn run_until(&mut self, until: Instant, mut stop: impl FnMut(&Sim) -> bool) -> bool {
-        while let Some(at) = self.heap.peek_at() {
+        loop {
+            let next = self.heap.peek_at();
+            let plan = [self.ctrl_crash.crash_at, self.ctrl_crash.back_at.filter(|_| self.controller().is_none())]
+                .into_iter()
+                .flatten()
+                .min()
+                .filter(|&t| t <= until && next.is_none_or(|a| t <= a));
+            if let Some(t) = plan {
+                self.now = self.now.max(t);
+                self.controller_plan();
+                if stop(self) {
+                    return true;
+                }
+                continue;
+            }
+            let Some(at) = next else { break };
             if at > until {
                 self.now = until;
                 return true;
@@ -876,7 +1019,9 @@ impl Sim {
                 // As on a real host, a client cannot start where one still runs: its listen
                 // address is taken (a controller relaunching a host it merely cannot see).
                 let h = &self.nodes[host as usize];
-                let ok = ok && !h.killed && h.host_up && h.node.is_none();
+                // A launcher dies with its controller: nothing starts for one that crashed.
+                let orphan = Some(by) == self.ctrl_slot && self.nodes[by as usize].ctrl.is_none();
+                let ok = ok && !h.killed && h.host_up && h.node.is_none() && !orphan;
                 if ok {
                     self.launches += 1;
                     self.launch_idle(host);
@@ -1198,10 +1343,19 @@ impl Sim {
         }
         match r {
             CtrlReport::Result { job, nodes, output, .. } if job == self.job.id => {
+                let bit = if self.ctrl_crash.gen == 0 { 1 } else { 2 };
                 for y in nodes.iter() {
                     let y = idx(y) as usize;
                     if y < self.job.reported.len() {
                         self.job.reported[y] = self.job.reported[y].saturating_add(1);
+                    }
+                    if self.ctrl_crash.crashed_at.is_some() || self.ctrl_crash.crash_at.is_some() {
+                        if self.ctrl_crash.shown_by.len() < self.job.reported.len() {
+                            self.ctrl_crash.shown_by.resize(self.job.reported.len(), 0);
+                        }
+                        if let Some(b) = self.ctrl_crash.shown_by.get_mut(y) {
+                            *b |= bit;
+                        }
                     }
                 }
                 if !self.job.outputs.iter().any(|o| o.as_slice() == output.as_slice()) {
@@ -1215,7 +1369,12 @@ impl Sim {
                     self.host_failures += 1;
                 }
             }
-            other => self.ctrl_log.push((self.now, other)),
+            other => {
+                if matches!(other, CtrlReport::RootChanged(_)) && self.ctrl_crash.gen > 0 {
+                    self.ctrl_crash.attached_at.get_or_insert(self.now);
+                }
+                self.ctrl_log.push((self.now, other))
+            }
         }
     }
 
@@ -1530,7 +1689,7 @@ pub fn play_sim(sc: &Scenario) -> (Report, Sim) {
     report.ransub.samples = uni.samples;
 
     if sc.job && sc.fault_during_job {
-        start_job(&mut sim);
+        start_job(&mut sim, sc);
         // Strike when about half the processes have finished and results are on their way.
         let mid = sim.now() + Duration::from_micros(((sc.job_min_s + sc.job_max_s) / 2.0 * 1e6) as u64);
         sim.run_until(mid, |_| false);
@@ -1635,9 +1794,16 @@ pub fn play_sim(sc: &Scenario) -> (Report, Sim) {
 
     if sc.job {
         if !sc.fault_during_job {
-            start_job(&mut sim);
+            start_job(&mut sim, sc);
         }
-        report.job = Some(wait_job(&mut sim, n, limit));
+        if sc.controller_crash_at_s.is_some() && sc.controller_back_after_s.is_none() {
+            // Nobody collects the results: the tree must end by itself.
+            report.controller = Some(wait_gone(&mut sim, sc));
+            report.job = Some(job_report(&sim, n));
+        } else {
+            report.job = Some(wait_job(&mut sim, n, limit));
+            report.controller = sc.controller_crash_at_s.map(|_| controller_report(&sim, sc, n));
+        }
     }
 
     // Broadcast after.
@@ -1751,7 +1917,7 @@ fn build_invited(sim: &mut Sim, n: u32, build_limit: Duration, tick: Duration) -
 /// The job every node runs in `--job`.
 pub const SIM_JOB: u64 = 1;
 
-fn start_job(sim: &mut Sim) {
+fn start_job(sim: &mut Sim, sc: &Scenario) {
     use plush_core::wire::{JobKind, List, RunSpec, Target};
     sim.watch_job(SIM_JOB);
     let spec = RunSpec {
@@ -1767,13 +1933,68 @@ fn start_job(sim: &mut Sim) {
         max_output: 0,
     };
     let _ = sim.ctrl_do(|c, now| c.run(now, spec));
+    if let Some(at) = sc.controller_crash_at_s {
+        let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
+        sim.plan_controller_crash(sim.now() + secs(at), sc.controller_back_after_s.map(secs));
+    }
+}
+
+/// Never back: run until every node is gone, or `linger` plus one RanSub epoch after the crash.
+fn wait_gone(sim: &mut Sim, sc: &Scenario) -> crate::scenario::ControllerReport {
+    if let Some(at) = sim.ctrl_crash.crash_at {
+        sim.run_until(at, |_| false);
+    }
+    let crashed = sim.ctrl_crash.crashed_at.unwrap_or(sim.now());
+    let bound = crashed + sc.config.linger + sc.config.ransub_epoch;
+    let mut gone_at = None;
+    while sim.now() < bound && gone_at.is_none() {
+        let target = (sim.now() + Duration::from_millis(250)).min(bound);
+        sim.run_until(target, |s| s.live_count() == 0);
+        if sim.live_count() == 0 {
+            gone_at = Some(sim.now());
+        }
+    }
+    let mut r = controller_report(sim, sc, sc.nodes.max(1));
+    r.gone_after_ms = gone_at.map(|t| t.since(crashed).as_micros() as f64 / 1000.0);
+    r.left = sim.live_count();
+    r
+}
+
+/// The controller's crash and return, from the simulator's record.
+fn controller_report(sim: &Sim, sc: &Scenario, n: u32) -> crate::scenario::ControllerReport {
+    let c = &sim.ctrl_crash;
+    let ms = |t: Instant| t.0 as f64 / 1000.0;
+    let j = job_report(sim, n);
+    crate::scenario::ControllerReport {
+        crashed_at_ms: c.crashed_at.map_or(0.0, ms),
+        attached_at_ms: c.attached_at.map(ms),
+        results_before: c.shown_by.iter().filter(|&&b| b & 1 != 0).count() as u32,
+        results_after: c.shown_by.iter().filter(|&&b| b & 2 != 0).count() as u32,
+        shown_twice: j.duplicates,
+        missing: j.lost,
+        linger_ms: sc.config.linger.as_micros() as f64 / 1000.0,
+        never_back: sc.controller_back_after_s.is_none(),
+        gone_after_ms: None,
+        left: 0,
+    }
 }
 
 /// Wait until every live node's result reached the controller (or `limit`), and account.
 fn wait_job(sim: &mut Sim, n: u32, limit: Duration) -> crate::scenario::JobReport {
     let deadline = sim.now() + limit;
     let all_in = |s: &Sim| (0..n).all(|i| !s.alive(i) || s.job.reported.get(i as usize).is_some_and(|&r| r > 0));
-    while sim.now() < deadline && !all_in(sim) {
+    // A controller crash planned or under way (issue 19): wait for the new controller too, and
+    // until it has been attached for a few seconds, so that what the tree re-sends it arrives
+    // (and would be counted if shown twice).
+    let c = &sim.ctrl_crash;
+    let resumed = |s: &Sim| {
+        let c = &s.ctrl_crash;
+        c.crash_at.is_none()
+            && c.back_at.is_none()
+            && (c.crashed_at.is_none() || c.attached_at.is_some_and(|t| s.now() >= t + Duration::from_secs(3)))
+    };
+    let planned = c.crash_at.is_some() || c.crashed_at.is_some();
+    while sim.now() < deadline && !(all_in(sim) && (!planned || resumed(sim))) {
         let target = (sim.now() + Duration::from_millis(50)).min(deadline);
         sim.run_until(target, |_| false);
     }

@@ -4,7 +4,10 @@
 //! **The space.** Every knob takes part, in combination: kill fractions 0 to 0.45, the root or
 //! not; process and silent host crashes; one-way and two-way partitions of 0.1 to 0.8; clogs,
 //! refusals, restarts; link budgets from 14; latency up to `5..100` ms; degrees 2 to 12; jobs
-//! through a controller with 1 to 9 distinct outputs, most of them struck by the faults. Run `i`
+//! through a controller with 1 to 9 distinct outputs, most of them struck by the faults, and a
+//! third of those with their controller killed (issue 19): a new one resumes 0 to 30 s later from
+//! what its journal holds, or, in a quarter of them (without partitions or restarts), none ever
+//! comes back and the tree must end by itself. Run `i`
 //! of a swarm with seed base `S` draws its scenario from seed `S + i`, which is also the
 //! scenario's master seed, so a run is named by its seed and repeated by its command line
 //! ([`command`]).
@@ -14,7 +17,10 @@
 //! node; no node held more links than its budget, and no tree link was closed to make room; the
 //! root's RanSub count of the repaired tree (its first epoch started after the repair, within
 //! two epochs of it) is exactly the live nodes; the job's results reached the controller
-//! exactly once for every survivor; and the faults asked for happened.
+//! exactly once for every survivor, across a controller crash too (nothing shown twice, nothing
+//! missing); a tree whose controller never came back was gone within its linger and one RanSub
+//! epoch of the crash (then the repaired tree's RanSub count and the job's survivors are not
+//! checked: there are none); and the faults asked for happened.
 
 use crate::scenario::{CrashKind, Report, Scenario};
 use rand::{RngExt, SeedableRng};
@@ -77,6 +83,19 @@ pub fn draw(seed: u64, sizes: Sizes) -> Scenario {
         sc.job = true;
         sc.fault_during_job = r.random_bool(0.7);
         sc.job_outputs = r.random_range(1..=9);
+        // Drawn last, so that every scenario drawn before this knob existed keeps its others.
+        if r.random_bool(0.3) {
+            sc.controller_crash_at_s = Some(f64::from(r.random_range(0..=30u32)) / 10.0);
+            let never = r.random_bool(0.25) && sc.partition.is_none() && sc.restart_after_s.is_none();
+            if never {
+                sc.config.linger = core::time::Duration::from_secs(r.random_range(20..=60u64));
+            } else {
+                let back = r.random_range(0..=30u32);
+                sc.controller_back_after_s = Some(f64::from(back));
+                // Long enough for the new controller to find the tree after any repair.
+                sc.config.linger = core::time::Duration::from_secs(u64::from(back) + r.random_range(60..=180u64));
+            }
+        }
     }
     sc
 }
@@ -131,6 +150,18 @@ pub fn command(sc: &Scenario) -> String {
         if sc.job_outputs != 1 {
             let _ = write!(cmd, " --job-outputs {}", sc.job_outputs);
         }
+        if let Some(t) = sc.controller_crash_at_s {
+            let _ = write!(cmd, " --controller-crash-at {t}");
+            match sc.controller_back_after_s {
+                Some(b) => {
+                    let _ = write!(cmd, " --controller-back-after {b}");
+                }
+                None => cmd.push_str(" --controller-never-back"),
+            }
+        }
+    }
+    if sc.config.linger != d.config.linger {
+        let _ = write!(cmd, " --linger {}", sc.config.linger.as_secs_f64());
     }
     cmd
 }
@@ -148,6 +179,9 @@ pub struct Verdict {
     pub duplicates: u32,
     /// Safety violations.
     pub invariant_violations: u64,
+    /// The controller crashed and a result was shown twice or went missing, or, none coming
+    /// back, the tree outlived its linger and one epoch.
+    pub controller_failed: bool,
     /// Every problem, in words.
     pub problems: Vec<String>,
 }
@@ -188,7 +222,8 @@ pub fn check(sc: &Scenario, r: &Report) -> Verdict {
         v.not_converged = true;
         p.push(format!("broadcast after: {}/{}", r.broadcast_after.replies, r.broadcast_after.expected));
     }
-    if r.converged && r.ransub.population_repaired != r.ransub.live {
+    let never_back = r.controller.as_ref().is_some_and(|c| c.never_back);
+    if r.converged && r.ransub.population_repaired != r.ransub.live && !never_back {
         v.ransub_miscount = true;
         p.push(format!(
             "RanSub counted {} of {} live nodes after the repair ({:.0} ms after it)",
@@ -214,12 +249,24 @@ pub fn check(sc: &Scenario, r: &Report) -> Verdict {
             if j.lost > 0 || j.duplicates > 0 {
                 p.push(format!("job: {} lost, {} duplicates (missing {:?})", j.lost, j.duplicates, j.missing));
             }
-            if j.expected == 0 || j.results == 0 {
+            if (j.expected == 0 || j.results == 0) && !never_back {
                 p.push(format!("the job ran nowhere: {j:?}"));
             }
         }
         (None, true) => p.push("the job report is missing".into()),
         (None, false) => {}
+    }
+    match (&r.controller, sc.controller_crash_at_s.filter(|_| sc.job)) {
+        (Some(c), _) if !c.ok() => {
+            v.controller_failed = true;
+            p.push(format!(
+                "controller crash: {} shown twice, {} missing, {} nodes left after the linger and an epoch",
+                c.shown_twice, c.missing, c.left
+            ));
+        }
+        (Some(c), _) if c.crashed_at_ms == 0.0 => p.push("the controller was not killed".into()),
+        (None, Some(_)) => p.push("the controller report is missing".into()),
+        _ => {}
     }
     v
 }
@@ -241,6 +288,10 @@ pub struct Summary {
     pub duplicates: u64,
     /// Safety violations, over all runs.
     pub invariant_violations: u64,
+    /// Runs whose controller was killed (drawn in about 15% of them).
+    pub controller_crashes: u64,
+    /// Of those, runs that showed a result twice, missed one, or whose tree outlived its linger.
+    pub controller_failures: u64,
 }
 
 impl Summary {
@@ -252,6 +303,7 @@ impl Summary {
         self.lost += u64::from(v.lost);
         self.duplicates += u64::from(v.duplicates);
         self.invariant_violations += v.invariant_violations;
+        self.controller_failures += u64::from(v.controller_failed);
     }
 }
 
@@ -291,6 +343,7 @@ pub fn run(runs: u64, seed_base: u64, jobs: usize, sizes: Sizes, each: impl FnMu
                 // A panic in `each` on another thread poisons the lock; the summary is still whole.
                 let mut g = shared.lock().unwrap_or_else(|e| e.into_inner());
                 g.0.add(&outcome.verdict);
+                g.0.controller_crashes += u64::from(outcome.report.controller.is_some());
                 (g.1)(&outcome);
             });
         }

@@ -43,6 +43,8 @@ fn swarm_of_scenarios_drawn_from_every_knob_passes_the_oracle() {
     let (mut killed, mut host_killed, mut partitioned, mut one_way, mut restarted) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let (mut clogged, mut refusing, mut budget_bit, mut degree2, mut degree12, mut wide) = (0u64, 0, 0, 0, 0, 0);
     let (mut jobs_faulted, mut max_outputs, mut root_killed) = (0u64, 0u32, 0u64);
+    // Controllers killed (issue 19): a new one resumed and showed results, or none came back.
+    let (mut ctrl_resumed, mut ctrl_never) = (0u64, 0u64);
     let summary = swarm::run(count, first, jobs, Sizes { min: 20, max: 600 }, |o| {
         let (sc, r) = (&o.scenario, &o.report);
         if !o.verdict.ok() {
@@ -66,6 +68,10 @@ fn swarm_of_scenarios_drawn_from_every_knob_passes_the_oracle() {
             jobs_faulted += u64::from(sc.fault_during_job && r.recovery.killed + r.recovery.partitioned > 0);
             max_outputs = max_outputs.max(j.distinct_outputs);
         }
+        if let Some(c) = &r.controller {
+            ctrl_resumed += u64::from(!c.never_back && c.attached_at_ms.is_some());
+            ctrl_never += u64::from(c.never_back && c.gone_after_ms.is_some());
+        }
     });
     assert!(failures.is_empty(), "{} of {count} scenarios failed:\n{}", failures.len(), failures.join("\n"));
     assert_eq!(summary.runs, count);
@@ -83,6 +89,10 @@ fn swarm_of_scenarios_drawn_from_every_knob_passes_the_oracle() {
         assert!(budget_bit > 0, "the swarm ran nodes into small link budgets");
         assert!(degree2 > 0 && degree12 > 0 && wide > 0, "the swarm drew degrees 2 and 12 and wide-area latency");
         assert!(jobs_faulted > 0 && max_outputs > 1, "the swarm ran jobs through faults, with several outputs");
+        assert!(
+            ctrl_resumed > 0 && ctrl_never > 0,
+            "the swarm killed controllers: {ctrl_resumed} resumed, {ctrl_never} never back"
+        );
     }
 }
 
@@ -92,6 +102,7 @@ fn the_swarm_draws_every_knob_in_its_range() {
     let mut seen_kill = (f64::MAX, 0.0f64);
     let (mut degrees, mut budgets, mut outputs) = ([false; 13], (usize::MAX, 0usize), [false; 10]);
     let mut partitions = [false; 9];
+    let (mut crashes, mut never) = (0u32, 0u32);
     for seed in 0..2000 {
         let sc = swarm::draw(seed, Sizes::default());
         assert!((50..=2000).contains(&sc.nodes));
@@ -112,6 +123,18 @@ fn the_swarm_draws_every_knob_in_its_range() {
         }
         assert!(sc.latency_max_ms <= 100.0 && sc.latency_min_ms <= sc.latency_max_ms);
         let cmd = swarm::command(&sc);
+        if let Some(at) = sc.controller_crash_at_s {
+            assert!(sc.job && (0.0..=3.0).contains(&at));
+            crashes += 1;
+            match sc.controller_back_after_s {
+                // The tree waits for the new controller.
+                Some(b) => assert!(sc.config.linger.as_secs_f64() >= b + 60.0, "{cmd}"),
+                None => {
+                    never += 1;
+                    assert!(cmd.contains("--controller-never-back") && cmd.contains("--linger"), "{cmd}");
+                }
+            }
+        }
         assert!(cmd.starts_with(&format!("plush sim --nodes {} --seed {seed}", sc.nodes)), "{cmd}");
     }
     assert_eq!(seen_kill, (0.02, 0.45));
@@ -119,4 +142,5 @@ fn the_swarm_draws_every_knob_in_its_range() {
     assert_eq!(budgets, (14, 64));
     assert!(partitions[1..=8].iter().all(|&p| p), "partitions 0.1 to 0.8: {partitions:?}");
     assert!(outputs[1..=9].iter().all(|&o| o), "1 to 9 outputs: {outputs:?}");
+    assert!(crashes > 100 && never > 10 && never < crashes, "controller crashes drawn: {crashes}, never back {never}");
 }
