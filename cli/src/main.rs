@@ -11,6 +11,7 @@
 mod apply;
 mod barrier;
 mod client;
+mod journal;
 mod push;
 mod run;
 mod session;
