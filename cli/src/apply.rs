@@ -107,7 +107,8 @@ pub fn run(args: &ApplyArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let hosts = if args.hosts.given() { args.hosts.clone() } else { host_args(&app, &args.file) };
+    let mut hosts = if args.hosts.given() { args.hosts.clone() } else { host_args(&app, &args.file) };
+    hosts.session = args.hosts.session.clone();
     if args.check {
         let files = match app.files.len() {
             0 => String::new(),
@@ -150,6 +151,7 @@ fn host_args(app: &AppSpec, file: &std::path::Path) -> HostArgs {
         fanout: 50,
         no_upgrade: false,
         maintenance: h.maintenance.as_ref().map(|f| dir.join(f)),
+        session: crate::session::SessionArgs::default(),
     }
 }
 

@@ -211,7 +211,9 @@ impl Journal {
         let dir = sessions.join(id);
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
         key.write_new_file(&dir.join(KEY))?;
-        let mut file = OpenOptions::new().create_new(true).append(true).open(dir.join(JOURNAL))?;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Results may hold secrets: readable by the user alone, as the key.
+        let mut file = OpenOptions::new().create_new(true).append(true).mode(0o600).open(dir.join(JOURNAL))?;
         file.write_all(MAGIC)?;
         file.sync_data()?;
         // The directory entries themselves.

@@ -264,6 +264,21 @@ pub fn run(args: &ShellArgs) -> ExitCode {
         let took = sh.s.join();
         sh.announce_join(took);
     }
+    prompt_loop(sh)
+}
+
+/// Go on with a shell session whose controller died, through `s`, attached to its overlay
+/// (`plush attach`): the prompt comes back.
+pub fn resume(s: Session, json: bool) -> ExitCode {
+    let joined = s.c.count(HostState::Joined);
+    let sh = Shell { s, json, bg: Vec::new(), barriers: Vec::new(), status: 0 };
+    let text = format!("attached: {joined} hosts joined");
+    sh.out(false, &text, json!({"attached": true, "joined": joined}));
+    prompt_loop(sh)
+}
+
+/// Read and run commands until the input ends or `disconnect`.
+fn prompt_loop(mut sh: Shell) -> ExitCode {
     let (ready_tx, ready_rx) = mpsc::channel();
     let (tx, rx) = mpsc::sync_channel(1);
     // The reader may block in a read when the shell leaves: it is not joined.

@@ -497,6 +497,21 @@ impl Controller {
         Ok(())
     }
 
+    /// Take over a job an earlier controller started (`plush attach`): like
+    /// [`Controller::run`], but the nodes in `shown` count as already reported, so that the
+    /// results the tree still holds for them (re-sent when this controller's link comes up) are
+    /// dropped as duplicates and only the others are reported. The spec goes to the root when
+    /// one is known (and to every new root until the job is complete), as for a new job; nodes
+    /// that run or ran it already do not run it again. Same errors as [`Controller::run`].
+    pub fn resume(&mut self, now: Instant, spec: RunSpec, shown: NodeSet) -> Result<(), ControllerError> {
+        let job = spec.job;
+        self.run(now, spec)?;
+        if let Some(j) = self.jobs.iter_mut().find(|j| j.spec.job == job) {
+            j.got = shown;
+        }
+        Ok(())
+    }
+
     /// Kill a job everywhere.
     pub fn cancel(&mut self, now: Instant, job: u64) -> Result<(), ControllerError> {
         if !self.jobs.iter().any(|j| j.spec.job == job) {

@@ -447,6 +447,11 @@ pub struct Driver<M: Machine> {
     proc_events: VecDeque<ProcessEvent>,
     /// Reports of a controller, for its user to take.
     pub reports: VecDeque<Report>,
+    /// Called with each report of a controller as the machine emits it, before anything the
+    /// machine does next (the controller acknowledges results only in a later step): a
+    /// session journal records results here, so that none is acknowledged to the tree before
+    /// it is on disk.
+    pub report_hook: Option<Box<dyn FnMut(&Report)>>,
     /// The machine emitted `Output::Exit`.
     pub exited: bool,
     /// Counters.
@@ -500,6 +505,7 @@ impl<M: Machine> Driver<M> {
             launched: Vec::new(),
             proc_events: VecDeque::new(),
             reports: VecDeque::new(),
+            report_hook: None,
             exited: false,
             stats: DriverStats::default(),
             log: Log { prefix: format!("plush {me}"), window: StdInstant::now(), lines: 0, dropped: 0, debug },
@@ -733,7 +739,12 @@ impl<M: Machine> Driver<M> {
                 self.exited = true;
                 self.store.clear();
             }
-            Output::Report(r) => self.reports.push_back(*r),
+            Output::Report(r) => {
+                if let Some(hook) = self.report_hook.as_mut() {
+                    hook(&r);
+                }
+                self.reports.push_back(*r);
+            }
         }
     }
 
