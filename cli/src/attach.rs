@@ -155,7 +155,18 @@ pub fn run(args: &AttachArgs) -> ExitCode {
         }
     };
     // Jobs not printed yet: taken over before the root is reached, so that it gets them again.
-    let pending: Vec<&JobRec> = rep.jobs.iter().filter(|j| !j.shown).collect();
+    let (pending, copies): (Vec<&JobRec>, Vec<&JobRec>) =
+        rep.jobs.iter().filter(|j| !j.shown).partition(|j| j.spec.kind == plush_core::wire::JobKind::Command);
+    for j in copies {
+        // The controller was the source of the file: its transfer state died with it.
+        eprintln!(
+            "plush attach: job {} (a file copy) cannot be taken over: {}/{} hosts had answered; \
+             copy the file again",
+            j.spec.job,
+            j.got.len(),
+            j.expected.len()
+        );
+    }
     for j in &pending {
         let shown: Vec<ResultGroup> = j.groups.iter().map(group).collect();
         if let Err(e) = s.c.resume_job(j.spec.clone(), j.expected.clone(), shown) {
@@ -174,12 +185,8 @@ pub fn run(args: &AttachArgs) -> ExitCode {
     }
     let code = match rep.cmd.as_str() {
         "shell" if reached => {
-            let code = finish_jobs(&mut s, &pending, reached);
-            if code == INTERRUPTED {
-                let _ = s.dismantle();
-                return ExitCode::from(code);
-            }
-            return crate::shell::resume(s, args.json);
+            let jobs = pending.iter().map(|j| (j.spec.job, j.spec.argv.0.join(" "))).collect();
+            return crate::shell::resume(s, args.json, jobs);
         }
         "run" | "shell" | "apply" => {
             let code = finish_jobs(&mut s, &pending, reached);

@@ -956,6 +956,15 @@ impl Session {
         }
     }
 
+    /// Record a job just started (synced: a controller attaching later takes it over):
+    /// `targeted`, the hosts it was started for.
+    pub fn log_job(&self, job: u64, targeted: Vec<NodeId>, print: PrintRec) {
+        if let Some(spec) = self.c.job_spec(job).cloned() {
+            let expected = self.c.job_expected(job).unwrap_or(&[]).to_vec();
+            self.log(&Record::Job { spec, expected, targeted, print }, true);
+        }
+    }
+
     /// Record the clients the local launcher started (their process ids), for a later
     /// controller to dismantle.
     pub fn log_clients(&self) {
@@ -1205,11 +1214,8 @@ impl Session {
                 Start::Resume(job, _) => Ok(job),
             };
             if let (Ok(job), false) = (&started, resumed) {
-                if let Some(spec) = self.c.job_spec(*job).cloned() {
-                    let expected = self.c.job_expected(*job).unwrap_or(&[]).to_vec();
-                    let print = PrintRec { json: opts.json, stream: opts.stream, max_output: opts.out.max_output };
-                    self.log(&Record::Job { spec, expected, targeted: targeted.clone(), print }, true);
-                }
+                let print = PrintRec { json: opts.json, stream: opts.stream, max_output: opts.out.max_output };
+                self.log_job(*job, targeted.clone(), print);
             }
             match started {
                 Ok(job) => {

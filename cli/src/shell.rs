@@ -269,11 +269,18 @@ pub fn run(args: &ShellArgs) -> ExitCode {
 
 /// Go on with a shell session whose controller died, through `s`, attached to its overlay
 /// (`plush attach`): the prompt comes back.
-pub fn resume(s: Session, json: bool) -> ExitCode {
+/// `jobs`: the session's jobs whose results were not printed (taken over by the attaching
+/// controller), with their command lines: they become background jobs (`wait` prints them).
+pub fn resume(s: Session, json: bool, jobs: Vec<(u64, String)>) -> ExitCode {
     let joined = s.c.count(HostState::Joined);
-    let sh = Shell { s, json, bg: Vec::new(), barriers: Vec::new(), status: 0 };
+    let mut sh = Shell { s, json, bg: Vec::new(), barriers: Vec::new(), status: 0 };
     let text = format!("attached: {joined} hosts joined");
     sh.out(false, &text, json!({"attached": true, "joined": joined}));
+    for (job, command) in jobs.into_iter().rev().take(MAX_BG).rev() {
+        let text = format!("job {job} taken over, in the background (`wait {job}` prints it): {command}");
+        sh.out(false, &text, json!({"job": job, "resumed": true}));
+        sh.bg.push((job, command));
+    }
     prompt_loop(sh)
 }
 
@@ -487,6 +494,9 @@ impl Shell {
             // output would hold the hosts' processes in `write`.
             match self.s.c.start_job(JobSpec { stream: false, ..spec }) {
                 Ok(job) => {
+                    let targeted = target.clone().unwrap_or_else(|| self.s.named.iter().map(|(h, _)| *h).collect());
+                    let print = crate::journal::PrintRec { json, stream: false, max_output: out.max_output };
+                    self.s.log_job(job, targeted, print);
                     if self.bg.len() >= MAX_BG {
                         self.bg.remove(0);
                     }
@@ -539,6 +549,7 @@ impl Shell {
         let mut groups = out.groups;
         crate::session::sort_groups(&mut groups);
         crate::session::print_groups(&self.s.labels, &groups, json, None);
+        self.s.log(&crate::journal::Record::Shown(job), true);
         for h in &out.missing {
             eprintln!("plush: {}: lost (joined, gave no result)", self.s.label(h));
         }

@@ -179,6 +179,7 @@ fn an_attach_after_the_controller_and_a_quarter_of_the_hosts_died_prints_every_s
     assert!(run.clients().is_empty(), "clients left after the dismantle: {:?}", run.clients());
     assert!(sessions(state.arg()).is_empty(), "the finished session's journal is removed");
     eprintln!("attach took {:.1} s", took.as_secs_f64());
+
 }
 
 /// The start of each record of a journal file (after its 8-byte magic), with its payload's first
