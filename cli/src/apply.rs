@@ -364,7 +364,12 @@ fn start_phase(s: &mut Session, k: usize, p: &PhaseSpec, targeted: Vec<NodeId>, 
             env: &env,
             max_output: s.output.max_output,
         }) {
-            Ok(j) => job = Some(j),
+            Ok(j) => {
+                job = Some(j);
+                let title = Some(format!("phase {}", p.name));
+                let print = crate::journal::PrintRec { json, stream: false, max_output: s.output.max_output, title };
+                s.log_job(j, targeted.clone(), print);
+            }
             Err(e) => eprintln!("plush apply: phase {}: cannot start: {e}", p.name),
         }
     }
@@ -441,6 +446,9 @@ fn report_phase(s: &mut Session, p: &PhaseSpec, r: &PhaseRun, json: bool) -> (u8
     } else {
         println!("=== phase {} ({} hosts)", p.name, r.targeted.len());
         print_groups(&s.labels, &groups, false, s.output.max_output);
+    }
+    if let Some(job) = r.job {
+        s.log(&crate::journal::Record::Shown(job), true);
     }
     let phase_dir = |d: &Option<std::path::PathBuf>| d.as_ref().map(|d| d.join(p.name.replace(['/', '\\'], "_")));
     let dirs = crate::session::OutputArgs {

@@ -191,12 +191,16 @@ pub fn run(args: &AttachArgs) -> ExitCode {
         "run" | "shell" | "apply" => {
             let code = finish_jobs(&mut s, &pending, reached);
             if rep.cmd == "apply" {
+                // The journal does not say whether phases were left: the application is not
+                // known to have completed.
                 eprintln!(
-                    "plush attach: the application's later phases are not run by attach: \
+                    "plush attach: the application's later phases, if any, are not run by attach: \
                      run `plush apply` again for them"
                 );
+                code.max(1)
+            } else {
+                code
             }
-            code
         }
         other => {
             eprintln!("plush attach: a `{other}` session is not resumed (its transfer cannot be): dismantling");
@@ -219,6 +223,9 @@ fn finish_jobs(s: &mut Session, pending: &[&JobRec], reached: bool) -> u8 {
             out: OutputArgs { max_output: j.print.max_output, ..OutputArgs::default() },
         };
         s.give_up_resumed = !reached;
+        if let (Some(title), false) = (&j.print.title, j.print.json) {
+            println!("=== {title} ({} hosts)", j.targeted.len());
+        }
         let summary = s.resume_job(j.spec.job, j.targeted.clone(), opts.clone());
         code = if summary.interrupted { INTERRUPTED } else { summary.code };
         if opts.json {

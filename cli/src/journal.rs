@@ -61,6 +61,8 @@ pub struct PrintRec {
     pub stream: bool,
     /// The user's output cap.
     pub max_output: Option<u64>,
+    /// A title printed above its results (`apply`'s phase: `phase NAME`).
+    pub title: Option<String>,
 }
 
 /// One journal record.

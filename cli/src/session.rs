@@ -1214,7 +1214,8 @@ impl Session {
                 Start::Resume(job, _) => Ok(job),
             };
             if let (Ok(job), false) = (&started, resumed) {
-                let print = PrintRec { json: opts.json, stream: opts.stream, max_output: opts.out.max_output };
+                let print =
+                    PrintRec { json: opts.json, stream: opts.stream, max_output: opts.out.max_output, title: None };
                 self.log_job(*job, targeted.clone(), print);
             }
             match started {

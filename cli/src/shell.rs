@@ -495,7 +495,8 @@ impl Shell {
             match self.s.c.start_job(JobSpec { stream: false, ..spec }) {
                 Ok(job) => {
                     let targeted = target.clone().unwrap_or_else(|| self.s.named.iter().map(|(h, _)| *h).collect());
-                    let print = crate::journal::PrintRec { json, stream: false, max_output: out.max_output };
+                    let print =
+                        crate::journal::PrintRec { json, stream: false, max_output: out.max_output, title: None };
                     self.s.log_job(job, targeted, print);
                     if self.bg.len() >= MAX_BG {
                         self.bg.remove(0);
