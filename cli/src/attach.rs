@@ -21,7 +21,7 @@
 //! an authenticated handshake under the session's key with the root, then with up to
 //! [`PROBE_MEMBERS`] members, each within [`PROBE_TIMEOUT`].
 
-use crate::journal::{self, GroupRec, Journal, JobRec, Record, Replayed};
+use crate::journal::{self, GroupRec, JobRec, Journal, Record, Replayed};
 use crate::session::{summary_json, Labels, OutputArgs, PrintOpts, Session, INTERRUPTED, UNREACHABLE};
 use clap::Args;
 use plush_core::{HostState, NodeId};
@@ -31,7 +31,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
-
 
 /// Members sent `SetCtrl` at once while the root is not found.
 pub const ATTACH_BATCH: usize = 16;
@@ -82,10 +81,9 @@ fn find(state_dir: Option<&Path>, id: Option<&str>) -> Result<(String, PathBuf),
     let sessions = journal::sessions_dir(state_dir).ok_or("no state directory (neither $XDG_STATE_HOME nor $HOME)")?;
     let all = journal::list(&sessions);
     match id {
-        Some(id) => all
-            .into_iter()
-            .find(|(x, _)| x == id)
-            .ok_or_else(|| format!("no session {id} in {}", sessions.display())),
+        Some(id) => {
+            all.into_iter().find(|(x, _)| x == id).ok_or_else(|| format!("no session {id} in {}", sessions.display()))
+        }
         None => all.into_iter().last().ok_or_else(|| format!("no session in {}", sessions.display())),
     }
 }
@@ -350,7 +348,8 @@ pub fn sessions(args: &SessionsArgs) -> ExitCode {
         }
         let age = journal::now_ms().saturating_sub(rep.created_ms) / 1000;
         let states: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
-        let _ = writeln!(out, "{id}  plush {}  started {} ago", if rep.cmd.is_empty() { "?" } else { &rep.cmd }, ago(age));
+        let _ =
+            writeln!(out, "{id}  plush {}  started {} ago", if rep.cmd.is_empty() { "?" } else { &rep.cmd }, ago(age));
         let all: Vec<NodeId> = rep.hosts.iter().map(|(h, _)| *h).collect();
         let _ = writeln!(out, "  hosts: {} ({}): {}", all.len(), states.join(", "), labels.fold(&all));
         for j in &rep.jobs {

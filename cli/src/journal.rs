@@ -102,7 +102,7 @@ pub enum Record {
     /// A job started.
     Job {
         /// What was sent to the tree.
-        spec: RunSpec,
+        spec: Box<RunSpec>,
         /// Hosts joined and targeted when it started (the ones that owe a result).
         expected: Vec<NodeId>,
         /// Hosts targeted (joined or not).
@@ -167,8 +167,7 @@ pub fn decode_all(bytes: &[u8]) -> Read {
         return r;
     }
     let mut at = MAGIC.len();
-    loop {
-        let Some(head) = bytes.get(at..at + HEADER) else { break };
+    while let Some(head) = bytes.get(at..at + HEADER) {
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
         let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
         if len > MAX_RECORD {
@@ -253,7 +252,10 @@ impl Journal {
         });
         if let Err(e) = r {
             self.failed = true;
-            eprintln!("plush: session journal {}: {e}; the session cannot be attached to after a crash", self.dir.display());
+            eprintln!(
+                "plush: session journal {}: {e}; the session cannot be attached to after a crash",
+                self.dir.display()
+            );
             return false;
         }
         true
@@ -408,7 +410,7 @@ pub fn replay(records: &[Record]) -> Replayed {
             Record::Job { spec, expected, targeted, print } => {
                 if !s.jobs.iter().any(|j| j.spec.job == spec.job) {
                     s.jobs.push(JobRec {
-                        spec: spec.clone(),
+                        spec: (**spec).clone(),
                         expected: expected.clone(),
                         targeted: targeted.clone(),
                         print: print.clone(),
@@ -480,7 +482,12 @@ mod tests {
             },
             Record::Hosts(hosts),
             Record::Root(node(0)),
-            Record::Job { spec: spec(1), expected: (0..6).map(node).collect(), targeted: (0..6).map(node).collect(), print: PrintRec::default() },
+            Record::Job {
+                spec: Box::new(spec(1)),
+                expected: (0..6).map(node).collect(),
+                targeted: (0..6).map(node).collect(),
+                print: PrintRec::default(),
+            },
         ];
         for i in 0..6 {
             v.push(Record::State(node(i), 2));

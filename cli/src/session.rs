@@ -24,10 +24,10 @@ use plush_core::wire::ExitStatus;
 use plush_core::{Config, HostState, NodeId};
 use plush_mio::{Cluster, ClusterConfig, JobSpec, LaunchMethod, PushJob, ResultGroup, RunOutcome, SshLaunch};
 use serde_json::{json, Value};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{IsTerminal, Write};
 use std::net::{SocketAddr, TcpListener};
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -961,7 +961,7 @@ impl Session {
     pub fn log_job(&self, job: u64, targeted: Vec<NodeId>, print: PrintRec) {
         if let Some(spec) = self.c.job_spec(job).cloned() {
             let expected = self.c.job_expected(job).unwrap_or(&[]).to_vec();
-            self.log(&Record::Job { spec, expected, targeted, print }, true);
+            self.log(&Record::Job { spec: Box::new(spec), expected, targeted, print }, true);
         }
     }
 

@@ -179,7 +179,6 @@ fn an_attach_after_the_controller_and_a_quarter_of_the_hosts_died_prints_every_s
     assert!(run.clients().is_empty(), "clients left after the dismantle: {:?}", run.clients());
     assert!(sessions(state.arg()).is_empty(), "the finished session's journal is removed");
     eprintln!("attach took {:.1} s", took.as_secs_f64());
-
 }
 
 /// The start of each record of a journal file (after its 8-byte magic), with its payload's first
@@ -205,7 +204,8 @@ fn records(bytes: &[u8]) -> Vec<(usize, usize, u8)> {
 #[test]
 fn a_torn_journal_reads_at_every_offset_and_attach_shows_each_result_once() {
     let state = State::new("torn");
-    let script = "case $PLUSH_NODE in 127.0.0.[123]:*) echo fast-$PLUSH_NODE;; *) sleep 5; echo slow-$PLUSH_NODE;; esac";
+    let script =
+        "case $PLUSH_NODE in 127.0.0.[123]:*) echo fast-$PLUSH_NODE;; *) sleep 5; echo slow-$PLUSH_NODE;; esac";
     let mut run = Run::start(&state.0, &["--local", "6", "--", "sh", "-c", script]);
     let s = wait_session(state.arg(), LIMIT, |s| s["jobs"][0]["results"].as_u64().is_some_and(|n| n >= 3));
     let printed = run.kill_controller();

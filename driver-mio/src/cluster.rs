@@ -471,7 +471,7 @@ impl Cluster {
     /// Call `hook` with every report of the controller as it is emitted, before the
     /// controller acts on anything else (in particular before it acknowledges a result to the
     /// tree): a session journal writes results here. See `Driver::report_hook`.
-    pub fn set_report_hook(&mut self, hook: Box<dyn FnMut(&Report)>) {
+    pub fn set_report_hook(&mut self, hook: crate::driver::ReportHook) {
         self.d.report_hook = Some(hook);
     }
 

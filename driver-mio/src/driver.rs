@@ -88,6 +88,9 @@ const EVENTS: usize = 1024;
 /// Log lines per second at most; more are counted and summed up in the next line.
 const LOG_PER_SEC: u32 = 50;
 
+/// A function called with each report of a controller (see `Driver::report_hook`).
+pub type ReportHook = Box<dyn FnMut(&Report)>;
+
 /// What the driver adds to the core's [`Config`].
 #[derive(Clone, Debug)]
 pub struct DriverConfig {
@@ -451,7 +454,7 @@ pub struct Driver<M: Machine> {
     /// machine does next (the controller acknowledges results only in a later step): a
     /// session journal records results here, so that none is acknowledged to the tree before
     /// it is on disk.
-    pub report_hook: Option<Box<dyn FnMut(&Report)>>,
+    pub report_hook: Option<ReportHook>,
     /// The machine emitted `Output::Exit`.
     pub exited: bool,
     /// Counters.

@@ -44,11 +44,11 @@ pub mod transfer;
 
 pub use auth::Key;
 pub use client::ClientOptions;
+pub use cluster::probe;
 pub use cluster::{
     BarrierInfo, Cluster, ClusterConfig, DismantleOutcome, HostInfo, JobSpec, Notice, PushJob, ResultGroup, RunOutcome,
     Streamed,
 };
-pub use cluster::probe;
 pub use driver::{DriverConfig, DriverStats};
 pub use launcher::{LaunchMethod, SshLaunch, READY_PREFIX};
 
