@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{plush, processes_with, reader};
+use common::{plush, plush_with_input, processes_with, reader};
 
 const LIMIT: Duration = Duration::from_secs(90);
 
@@ -26,12 +26,17 @@ struct Run {
 
 impl Run {
     fn start(state: &Path, args: &[&str]) -> Run {
+        Run::start_cmd("run", state, args)
+    }
+
+    /// `plush CMD --state-dir STATE ARGS...`, its stdin a pipe kept open (a shell waits on it).
+    fn start_cmd(cmd: &str, state: &Path, args: &[&str]) -> Run {
         let mut child = Command::new(env!("CARGO_BIN_EXE_plush"))
-            .arg("run")
+            .arg(cmd)
             .arg("--state-dir")
             .arg(state)
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -247,4 +252,30 @@ fn a_torn_journal_reads_at_every_offset_and_attach_shows_each_result_once() {
     }
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(run.clients().is_empty(), "clients left: {:?}", run.clients());
+}
+
+/// A `plush shell` killed while a background job runs: `plush attach` gives the prompt back
+/// with the job as a background job, and `wait` prints each host's result once.
+#[test]
+fn an_attached_shell_gives_the_prompt_back_and_waits_for_its_background_job() {
+    let state = State::new("shell");
+    let mut sh = Run::start_cmd("shell", &state.0, &["--local", "4"]);
+    let mut stdin = sh.child.stdin.take().expect("piped stdin");
+    use std::io::Write;
+    stdin.write_all(b"run --bg sh -c 'sleep 3; echo bg-$PLUSH_NODE'\n").expect("the shell reads");
+    stdin.flush().expect("flushed");
+    wait_session(state.arg(), LIMIT, |s| s["jobs"].as_array().is_some_and(|j| !j.is_empty()));
+    sh.kill_controller();
+    drop(stdin);
+    let r = plush_with_input(&["attach", "--state-dir", state.arg()], Some("wait\n"), LIMIT);
+    let stdout = String::from_utf8_lossy(&r.stdout).into_owned();
+    assert!(stdout.contains("job 1 taken over"), "{stdout}\n{}", r.stderr);
+    for i in 1..=4 {
+        let prefix = format!("bg-127.0.0.{i}:");
+        let n = stdout.lines().filter(|l| l.starts_with(&prefix)).count();
+        assert_eq!(n, 1, "127.0.0.{i}'s result once: {stdout}\n{}", r.stderr);
+    }
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(sh.clients().is_empty(), "clients left: {:?}", sh.clients());
+    assert!(sessions(state.arg()).is_empty(), "the session ended");
 }
