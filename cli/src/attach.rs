@@ -60,6 +60,9 @@ pub struct AttachArgs {
     /// For a `shell` session: print JSON lines, as `plush shell --json`.
     #[arg(long)]
     pub json: bool,
+    /// Attach even though the session's controller process still runs (it loses the overlay).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Flags of `plush sessions`.
@@ -124,6 +127,15 @@ pub fn run(args: &AttachArgs) -> ExitCode {
     let rep = journal::replay(&read.records);
     if rep.cmd.is_empty() || rep.controllers.is_empty() {
         eprintln!("plush attach: session {id}: its journal holds no session");
+        return ExitCode::from(1);
+    }
+    let pid = rep.pid.or_else(|| journal::id_pid(&id));
+    if journal::controller_alive(pid) && !args.force {
+        eprintln!(
+            "plush attach: session {id}: its controller (pid {}) still runs; attaching would take \
+             its overlay away from it (--force to do it anyway)",
+            pid.unwrap_or(0)
+        );
         return ExitCode::from(1);
     }
     if rep.done {
@@ -254,7 +266,7 @@ fn attach_session(rep: &Replayed, key: plush_mio::Key, j: Journal, keep: bool) -
     };
     let me = s.c.id();
     s.set_journal(j);
-    s.log(&Record::Attached(me), true);
+    s.log(&Record::Attached(me, std::process::id()), true);
     Ok(s)
 }
 
@@ -342,6 +354,7 @@ pub fn sessions(args: &SessionsArgs) -> ExitCode {
                 "key_file": rep.clients.as_ref().map(|(k, _)| k.clone()),
                 "answers": answers.map(|a| a.addr().to_string()),
                 "ended": rep.done, "torn_bytes": read.torn,
+                "controller_alive": journal::controller_alive(rep.pid.or_else(|| journal::id_pid(&id))),
             });
             let _ = writeln!(out, "{v}");
             continue;
@@ -363,8 +376,11 @@ pub fn sessions(args: &SessionsArgs) -> ExitCode {
                 j.expected.len()
             );
         }
+        let pid = rep.pid.or_else(|| journal::id_pid(&id));
         let status = if rep.done {
             "ended".to_owned()
+        } else if journal::controller_alive(pid) {
+            format!("its controller still runs (pid {})", pid.unwrap_or(0))
         } else if args.no_probe {
             "not checked".to_owned()
         } else {

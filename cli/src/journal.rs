@@ -129,8 +129,9 @@ pub enum Record {
     },
     /// The job's summary was printed: nothing of it is to be shown again.
     Shown(u64),
-    /// A controller attached to the session's overlay (after a crash of the previous one).
-    Attached(NodeId),
+    /// A controller attached to the session's overlay (after a crash of the previous one):
+    /// its id and process id.
+    Attached(NodeId, u32),
     /// The session ended (the overlay was dismantled).
     Done,
 }
@@ -349,6 +350,9 @@ pub struct Replayed {
     pub created_ms: u64,
     /// The controllers, the first one first, then every one that attached.
     pub controllers: Vec<NodeId>,
+    /// The process id of the session's last controller (from the session id, or the last
+    /// `Attached` record).
+    pub pid: Option<u32>,
     /// Hosts named by name.
     pub label_by_name: bool,
     /// Clients started by the local launcher.
@@ -367,6 +371,20 @@ pub struct Replayed {
     pub jobs: Vec<JobRec>,
     /// The session ended.
     pub done: bool,
+}
+
+/// The process id a session id names (`MS-PID`).
+pub fn id_pid(id: &str) -> Option<u32> {
+    id.rsplit_once('-').and_then(|(_, p)| p.parse().ok())
+}
+
+/// Whether the session's last controller (`pid`) still runs: the process exists, is not a
+/// zombie, and runs plush (its command line's first word ends in `plush`).
+pub fn controller_alive(pid: Option<u32>) -> bool {
+    let Some(pid) = pid.filter(|p| *p != std::process::id()) else { return false };
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let exe = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+    exe.ends_with(b"plush")
 }
 
 /// The controller's `HostState` as journaled.
@@ -438,7 +456,10 @@ pub fn replay(records: &[Record]) -> Replayed {
                     j.shown = true;
                 }
             }
-            Record::Attached(c) => s.controllers.push(*c),
+            Record::Attached(c, pid) => {
+                s.controllers.push(*c);
+                s.pid = Some(*pid);
+            }
             Record::Done => s.done = true,
         }
     }
