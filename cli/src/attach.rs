@@ -11,8 +11,9 @@
 //! arrived before the crash or after. Then the session goes on in its mode: `run` waits for
 //! the rest, prints the grouped summary (the journal's results and the new ones) and exits with
 //! `plush run`'s status, naming hosts that owed a result and are gone as lost; `shell` gives
-//! the prompt back; `apply` finishes the phase that was running (its remaining phases are not
-//! run: a message says so); `push` and `upgrade` dismantle (their transfers cannot be resumed
+//! the prompt back (unprinted jobs become background jobs); `apply` opens its barriers again,
+//! prints the phases that ran and runs the later ones from its file; `push` and `upgrade`
+//! dismantle (their transfers cannot be resumed
 //! without their source's state). The journal's local clients are waited for at the dismantle,
 //! and killed if they linger.
 //!
@@ -183,6 +184,13 @@ pub fn run(args: &AttachArgs) -> ExitCode {
             eprintln!("plush attach: job {}: cannot take it over: {e}", j.spec.job);
         }
     }
+    // An application's barriers: the tree re-sends the entries it holds once linked, and the
+    // controller decides the release.
+    for (name, target, threshold, timeout_ms) in &rep.barriers {
+        if let Err(e) = s.c.barrier(name, Some(target), *threshold, Duration::from_millis(*timeout_ms)) {
+            eprintln!("plush attach: barrier {name}: cannot open it again: {e}");
+        }
+    }
     let reached = reach(&mut s, &rep);
     if !reached {
         eprintln!(
@@ -201,13 +209,7 @@ pub fn run(args: &AttachArgs) -> ExitCode {
         "run" | "shell" | "apply" => {
             let code = finish_jobs(&mut s, &pending, reached);
             if rep.cmd == "apply" {
-                // The journal does not say whether phases were left: the application is not
-                // known to have completed.
-                eprintln!(
-                    "plush attach: the application's later phases, if any, are not run by attach: \
-                     run `plush apply` again for them"
-                );
-                code.max(1)
+                go_on_applying(&mut s, &rep, &pending, reached, code)
             } else {
                 code
             }
@@ -252,6 +254,46 @@ fn finish_jobs(s: &mut Session, pending: &[&JobRec], reached: bool) -> u8 {
         eprintln!("plush attach: every result of the session was printed before the crash");
     }
     code
+}
+
+/// After the phases that ran were printed: run the application's later phases, unless one
+/// that ran aborts it, the file cannot be read again, or the overlay is gone. The status.
+fn go_on_applying(s: &mut Session, rep: &Replayed, pending: &[&JobRec], reached: bool, code: u8) -> u8 {
+    let Some((file, json)) = rep.app.clone() else {
+        eprintln!("plush attach: the journal does not name the application file: its later phases are not run");
+        return code.max(1);
+    };
+    let app = match crate::apply::load(Path::new(&file)) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("plush attach: {e}: the application's later phases are not run");
+            return code.max(1);
+        }
+    };
+    let phase_of = |j: &JobRec| {
+        let name = j.print.title.as_deref()?.strip_prefix("phase ")?;
+        app.phases.iter().position(|p| p.name == name)
+    };
+    let Some(last) = rep.jobs.iter().filter_map(phase_of).max() else {
+        eprintln!("plush attach: no phase of {file} had started: run `plush apply` again");
+        return code.max(1);
+    };
+    for j in pending {
+        let Some(k) = phase_of(j) else { continue };
+        if crate::apply::aborts(&app.phases[k], &s.c.job_outcome(j.spec.job).groups) {
+            eprintln!("plush attach: phase {} failed on some host: aborting", app.phases[k].name);
+            return code.max(1);
+        }
+    }
+    if last + 1 >= app.phases.len() {
+        return code;
+    }
+    if !reached {
+        eprintln!("plush attach: the overlay is gone: the application's later phases are not run");
+        return UNREACHABLE;
+    }
+    eprintln!("plush attach: going on with {file} from phase {}", app.phases[last + 1].name);
+    crate::apply::resume(s, &app, json, last + 1, code)
 }
 
 /// A session for the journal's overlay, under its key, writing to `j`.

@@ -66,7 +66,7 @@ pub struct PrintRec {
 }
 
 /// One journal record.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Record {
     /// The session began (always the first record).
     Session {
@@ -132,6 +132,24 @@ pub enum Record {
     /// A controller attached to the session's overlay (after a crash of the previous one):
     /// its id and process id.
     Attached(NodeId, u32),
+    /// An application file (`plush apply`): its absolute path, and `--json`.
+    App {
+        /// The file.
+        file: String,
+        /// JSON lines.
+        json: bool,
+    },
+    /// A barrier was opened (apply's phases).
+    Barrier {
+        /// Its name.
+        name: String,
+        /// The hosts expected.
+        target: Vec<NodeId>,
+        /// The fraction enough after the timeout.
+        threshold: f64,
+        /// The timeout.
+        timeout_ms: u64,
+    },
     /// The session ended (the overlay was dismantled).
     Done,
 }
@@ -369,6 +387,10 @@ pub struct Replayed {
     pub clients: Option<(String, Vec<(NodeId, u32)>)>,
     /// The jobs, in order.
     pub jobs: Vec<JobRec>,
+    /// The application file and `--json` (`apply`).
+    pub app: Option<(String, bool)>,
+    /// Barriers opened: name, hosts, threshold, timeout (ms).
+    pub barriers: Vec<(String, Vec<NodeId>, f64, u64)>,
     /// The session ended.
     pub done: bool,
 }
@@ -459,6 +481,11 @@ pub fn replay(records: &[Record]) -> Replayed {
             Record::Attached(c, pid) => {
                 s.controllers.push(*c);
                 s.pid = Some(*pid);
+            }
+            Record::App { file, json } => s.app = Some((file.clone(), *json)),
+            Record::Barrier { name, target, threshold, timeout_ms } => {
+                s.barriers.retain(|b| b.0 != *name);
+                s.barriers.push((name.clone(), target.clone(), *threshold, *timeout_ms));
             }
             Record::Done => s.done = true,
         }

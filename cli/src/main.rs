@@ -99,7 +99,7 @@ enum Command {
     /// Take over a session whose controller died (a crash, a lost terminal, a reboot): reach
     /// its overlay again, collect the results its hosts held, and go on as the session would
     /// have: `run` prints the grouped results with its exit status, `shell` gives the prompt
-    /// back, `apply` finishes its running phase.
+    /// back, `apply` finishes its running phase and goes on with the next.
     ///
     /// Every result is shown once across the crash: those printed before are not printed
     /// again. Hosts that died meanwhile are named lost. Without ID: the most recent session.

@@ -279,3 +279,42 @@ fn an_attached_shell_gives_the_prompt_back_and_waits_for_its_background_job() {
     assert!(sh.clients().is_empty(), "clients left: {:?}", sh.clients());
     assert!(sessions(state.arg()).is_empty(), "the session ended");
 }
+
+/// A `plush apply` killed during its second phase (which ends in a barrier): `plush attach`
+/// opens the barrier again, prints the phases that ran, runs the third, and exits 0.
+#[test]
+fn an_attached_application_goes_on_with_its_later_phases() {
+    let state = State::new("apply");
+    let file = state.0.join("app.toml");
+    let app = r#"[hosts]
+local = 4
+[[phase]]
+name = "one"
+run = ["sh", "-c", "echo one-$PLUSH_NODE"]
+[[phase]]
+name = "two"
+run = ["sh", "-c", "sleep 3; echo two-$PLUSH_NODE"]
+barrier = { threshold = 1.0, timeout = 30 }
+[[phase]]
+name = "three"
+run = ["sh", "-c", "echo three-$PLUSH_NODE"]
+"#;
+    std::fs::write(&file, app).expect("the application file");
+    let file = file.to_str().expect("a UTF-8 path").to_owned();
+    let mut ap = Run::start_cmd("apply", &state.0, &[&file]);
+    wait_session(state.arg(), LIMIT, |s| s["jobs"].as_array().is_some_and(|j| j.len() >= 2));
+    ap.kill_controller();
+    let r = plush(&["attach", "--state-dir", state.arg()], LIMIT);
+    let stdout = String::from_utf8_lossy(&r.stdout).into_owned();
+    for phase in ["one", "two", "three"] {
+        assert_eq!(stdout.lines().filter(|l| *l == format!("=== phase {phase} (4 hosts)")).count(), 1, "{stdout}");
+        for i in 1..=4 {
+            let prefix = format!("{phase}-127.0.0.{i}:");
+            let n = stdout.lines().filter(|l| l.starts_with(&prefix)).count();
+            assert_eq!(n, 1, "phase {phase} on 127.0.0.{i} once: {stdout}\n{}", r.stderr);
+        }
+    }
+    assert!(r.stderr.contains("going on with"), "{}", r.stderr);
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(ap.clients().is_empty(), "clients left: {:?}", ap.clients());
+}
