@@ -16,12 +16,14 @@
 //! leaves a readable journal whose torn tail is dropped (and truncated away before the journal
 //! is appended to again). Nothing is ever rewritten in place.
 //!
-//! **Durability.** Result records are written and `fdatasync`ed by the controller's event loop
-//! as the results arrive, before the controller acknowledges them to the tree (the hook runs
-//! before the acknowledgement is even built) and so long before they are shown: a result is
-//! either in the journal or still held by the tree. Other records are written without a sync
-//! (a crash of the controller process keeps them in the page cache; only a machine crash can
-//! lose them, and none of them loses a result).
+//! **Durability.** Result records are written by the controller's event loop as the results
+//! arrive, and `fdatasync`ed before the next frame leaves for any peer (the results'
+//! acknowledgement among them) and at the end of the loop's turn, before the caller sees them:
+//! one sync per turn, however many results came in it. So a result is either in the journal
+//! or still held by the tree, and on disk before it is shown. Job and `Shown` records are
+//! synced as they are written. Other records are written without a sync (a crash of the
+//! controller process keeps them in the page cache; only a machine crash can lose them, and
+//! none of them loses a result).
 //!
 //! **Why a log and not SQLite or redb.** The journal is written in one order, read whole once
 //! (at attach, or by `plush sessions`), and never queried or updated: an append-only log does
@@ -270,6 +272,22 @@ impl Journal {
             }
         });
         if let Err(e) = r {
+            self.failed = true;
+            eprintln!(
+                "plush: session journal {}: {e}; the session cannot be attached to after a crash",
+                self.dir.display()
+            );
+            return false;
+        }
+        true
+    }
+
+    /// Wait until everything appended is on disk (`fdatasync`).
+    pub fn sync(&mut self) -> bool {
+        if self.failed {
+            return false;
+        }
+        if let Err(e) = self.file.sync_data() {
             self.failed = true;
             eprintln!(
                 "plush: session journal {}: {e}; the session cannot be attached to after a crash",

@@ -928,7 +928,16 @@ impl Session {
     pub fn set_journal(&mut self, j: Journal) {
         let j = Rc::new(RefCell::new(j));
         let hook = Rc::clone(&j);
+        let mut unsynced = false;
         self.c.set_report_hook(Box::new(move |r| {
+            let Some(r) = r else {
+                // Frames are about to leave (the results' `Ack` among them), or the turn ends
+                // and the results go to the user: they are on disk first.
+                if std::mem::take(&mut unsynced) {
+                    hook.borrow_mut().sync();
+                }
+                return;
+            };
             let rec = match r {
                 plush_core::Report::Result { job, status, truncated, output, nodes, stderr } => Record::Result {
                     job: *job,
@@ -942,9 +951,9 @@ impl Session {
                 plush_core::Report::RootChanged(root) => Record::Root(*root),
                 _ => return,
             };
-            // A result is on disk before the controller acknowledges it to the tree.
-            let sync = matches!(rec, Record::Result { .. });
-            hook.borrow_mut().append(&rec, sync);
+            // A result is synced (on `None`) before the controller's acknowledgement of it leaves.
+            unsynced |= matches!(rec, Record::Result { .. });
+            hook.borrow_mut().append(&rec, false);
         }));
         self.journal = Some(j);
     }

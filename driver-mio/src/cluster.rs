@@ -468,9 +468,10 @@ impl Cluster {
         &self.key_file.0
     }
 
-    /// Call `hook` with every report of the controller as it is emitted, before the
-    /// controller acts on anything else (in particular before it acknowledges a result to the
-    /// tree): a session journal writes results here. See `Driver::report_hook`.
+    /// Call `hook` with every report of the controller as it is emitted (`Some`), and with
+    /// `None` before the next frame leaves (in particular the `Ack` of those results) and at
+    /// the end of each event-loop turn, before the caller sees the reports: a session journal
+    /// appends results on `Some` and syncs on `None`. See `Driver::report_hook`.
     pub fn set_report_hook(&mut self, hook: crate::driver::ReportHook) {
         self.d.report_hook = Some(hook);
     }
