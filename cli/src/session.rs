@@ -1418,19 +1418,28 @@ impl Session {
     /// then kill and reap the rest. Returns how long it took.
     pub fn dismantle(&mut self) -> Duration {
         let d0 = Instant::now();
+        let mut failed = false;
         match self.c.dismantle(dismantle_deadline(self.host_count())) {
             Ok(d) if d.killed > 0 => {
                 eprintln!("plush {}: {} clients did not exit when dismantled; killed", self.cmd, d.killed)
             }
             Ok(_) => {}
-            Err(e) => eprintln!("plush {}: dismantling failed: {e}", self.cmd),
+            Err(e) => {
+                eprintln!("plush {}: dismantling failed: {e}", self.cmd);
+                failed = true;
+            }
         }
         let left = self.c.launched_pids();
         if !left.is_empty() {
             eprintln!("plush {}: {} clients still running after the dismantle; killing them", self.cmd, left.len());
         }
         self.reap_orphans(dismantle_deadline(self.host_count()).saturating_sub(d0.elapsed()));
-        self.end_journal();
+        if failed {
+            // Remote clients may still run: the journal stays, for `plush attach` to end them.
+            self.journal = None;
+        } else {
+            self.end_journal();
+        }
         d0.elapsed()
     }
 
