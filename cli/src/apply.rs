@@ -107,12 +107,13 @@ pub fn run(args: &ApplyArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let hosts = if args.hosts.given() {
+    let mut hosts = if args.hosts.given() {
         args.hosts.clone()
     } else {
         // The file names the hosts; --linger given here still holds.
         HostArgs { linger: args.hosts.linger, ..host_args(&app, &args.file) }
     };
+    hosts.session = args.hosts.session.clone();
     if args.check {
         let files = match app.files.len() {
             0 => String::new(),
@@ -127,6 +128,8 @@ pub fn run(args: &ApplyArgs) -> ExitCode {
         Err(code) => return ExitCode::from(code),
     };
     s.output = args.out.clone();
+    let file = std::fs::canonicalize(&args.file).unwrap_or_else(|_| args.file.clone());
+    s.log(&crate::journal::Record::App { file: file.display().to_string(), json: args.json }, false);
     let code = apply(&mut s, &app, dir, args.json);
     s.dismantle();
     drop(s);
@@ -156,6 +159,7 @@ fn host_args(app: &AppSpec, file: &std::path::Path) -> HostArgs {
         no_upgrade: false,
         maintenance: h.maintenance.as_ref().map(|f| dir.join(f)),
         linger: None,
+        session: crate::session::SessionArgs::default(),
     }
 }
 
@@ -250,7 +254,6 @@ fn apply(s: &mut Session, app: &AppSpec, dir: &Path, json: bool) -> u8 {
     );
     let stop = crate::session::interrupt_flag();
     stop.store(false, Ordering::Relaxed);
-    let mut runs: Vec<PhaseRun> = Vec::new();
     let mut aborted: Option<String> = None;
     let mut code = 0u8;
     let mut files_run = 0;
@@ -268,8 +271,50 @@ fn apply(s: &mut Session, app: &AppSpec, dir: &Path, json: bool) -> u8 {
         aborted = Some(format!("files[{}]", k + 1));
         break;
     }
-    let phases = if aborted.is_some() { &[][..] } else { &app.phases[..] };
-    for (k, p) in phases.iter().enumerate() {
+    if aborted.is_some() {
+        return finish(s, app, json, Ran { runs: Vec::new(), from: 0, aborted, code, files_run, joined, build });
+    }
+    let ran = run_phases(s, app, json, 0, code, files_run, joined, build);
+    finish(s, app, json, ran)
+}
+
+/// What running the phases gave, for [`finish`].
+pub struct Ran {
+    runs: Vec<PhaseRun>,
+    /// The index of `runs[0]`'s phase.
+    from: usize,
+    aborted: Option<String>,
+    code: u8,
+    files_run: usize,
+    joined: usize,
+    build: Duration,
+}
+
+/// Go on with an application whose controller died (`plush attach`), through `s`: its phases
+/// from `from` on, then print them. `code`: the status so far.
+pub fn resume(s: &mut Session, app: &AppSpec, json: bool, from: usize, code: u8) -> u8 {
+    let joined = s.c.count(HostState::Joined);
+    let ran = run_phases(s, app, json, from, code, app.files.len(), joined, Duration::ZERO);
+    finish(s, app, json, ran)
+}
+
+/// Run the phases from `from` on, in order (see the module docs).
+#[allow(clippy::too_many_arguments)]
+fn run_phases(
+    s: &mut Session,
+    app: &AppSpec,
+    json: bool,
+    from: usize,
+    mut code: u8,
+    files_run: usize,
+    joined: usize,
+    build: Duration,
+) -> Ran {
+    let stop = crate::session::interrupt_flag();
+    stop.store(false, Ordering::Relaxed);
+    let mut runs: Vec<PhaseRun> = Vec::new();
+    let mut aborted: Option<String> = None;
+    for (k, p) in app.phases.iter().enumerate().skip(from) {
         let targeted = match targets(s, &p.hosts) {
             Ok(t) => t,
             Err(e) => {
@@ -297,6 +342,13 @@ fn apply(s: &mut Session, app: &AppSpec, dir: &Path, json: bool) -> u8 {
             break;
         }
     }
+    Ran { runs, from, aborted, code, files_run, joined, build }
+}
+
+/// Wait for the stragglers, print every phase that ran, and the JSON summary; the exit status.
+fn finish(s: &mut Session, app: &AppSpec, json: bool, ran: Ran) -> u8 {
+    let Ran { runs, from, aborted, mut code, files_run, joined, build } = ran;
+    let stop = crate::session::interrupt_flag();
     if aborted.is_some() {
         for r in &runs {
             if let Some(job) = r.job.filter(|j| !s.c.job_settled(*j)) {
@@ -312,7 +364,7 @@ fn apply(s: &mut Session, app: &AppSpec, dir: &Path, json: bool) -> u8 {
     }
     // Results, phase by phase.
     let mut totals = (0usize, 0usize, 0usize, 0usize);
-    for (r, p) in runs.iter().zip(&app.phases) {
+    for (r, p) in runs.iter().zip(app.phases.iter().skip(from)) {
         let (c, ok, failed, lost, unreachable) = report_phase(s, p, r, json);
         code = code.max(c);
         totals.0 += ok;
@@ -335,6 +387,18 @@ fn apply(s: &mut Session, app: &AppSpec, dir: &Path, json: bool) -> u8 {
     code
 }
 
+/// Read and parse an application file (errors as `plush apply` prints them).
+pub fn load(file: &Path) -> Result<AppSpec, String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    appfile::parse(&text).map_err(|e| format!("{}: {e}", file.display()))
+}
+
+/// Whether a phase whose results were `groups` stops the application (it failed somewhere,
+/// and aborts on failure).
+pub fn aborts(p: &PhaseSpec, groups: &[plush_mio::ResultGroup]) -> bool {
+    p.on_failure == OnFailure::Abort && groups.iter().any(|g| status_text(&g.status).is_some())
+}
+
 /// Open the phase's barrier and start its job.
 fn start_phase(s: &mut Session, k: usize, p: &PhaseSpec, targeted: Vec<NodeId>, json: bool) -> PhaseRun {
     let joined: Vec<NodeId> =
@@ -345,6 +409,15 @@ fn start_phase(s: &mut Session, k: usize, p: &PhaseSpec, targeted: Vec<NodeId>, 
         if let Err(e) = s.c.barrier(b, Some(&joined), spec.threshold, timeout) {
             eprintln!("plush apply: phase {}: cannot open its barrier: {e}", p.name);
         }
+        s.log(
+            &crate::journal::Record::Barrier {
+                name: b.clone(),
+                target: joined.clone(),
+                threshold: spec.threshold,
+                timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            },
+            false,
+        );
     }
     let restarts = match p.on_failure {
         OnFailure::Restart(n) => n,
@@ -368,7 +441,12 @@ fn start_phase(s: &mut Session, k: usize, p: &PhaseSpec, targeted: Vec<NodeId>, 
             env: &env,
             max_output: s.output.max_output,
         }) {
-            Ok(j) => job = Some(j),
+            Ok(j) => {
+                job = Some(j);
+                let title = Some(format!("phase {}", p.name));
+                let print = crate::journal::PrintRec { json, stream: false, max_output: s.output.max_output, title };
+                s.log_job(j, targeted.clone(), print);
+            }
             Err(e) => eprintln!("plush apply: phase {}: cannot start: {e}", p.name),
         }
     }
@@ -445,6 +523,9 @@ fn report_phase(s: &mut Session, p: &PhaseSpec, r: &PhaseRun, json: bool) -> (u8
     } else {
         println!("=== phase {} ({} hosts)", p.name, r.targeted.len());
         print_groups(&s.labels, &groups, false, s.output.max_output);
+    }
+    if let Some(job) = r.job {
+        s.log(&crate::journal::Record::Shown(job), true);
     }
     let phase_dir = |d: &Option<std::path::PathBuf>| d.as_ref().map(|d| d.join(p.name.replace(['/', '\\'], "_")));
     let dirs = crate::session::OutputArgs {

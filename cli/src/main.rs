@@ -9,8 +9,10 @@
 #![warn(missing_docs)]
 
 mod apply;
+mod attach;
 mod barrier;
 mod client;
+mod journal;
 mod push;
 mod run;
 mod session;
@@ -94,6 +96,17 @@ enum Command {
     /// barrier ready; work'` with a barrier `ready` opened in `plush shell` or an application
     /// file. Exits 0 once released, 1 when refused or timed out.
     Barrier(barrier::BarrierArgs),
+    /// Take over a session whose controller died (a crash, a lost terminal, a reboot): reach
+    /// its overlay again, collect the results its hosts held, and go on as the session would
+    /// have: `run` prints the grouped results with its exit status, `shell` gives the prompt
+    /// back, `apply` finishes its running phase and goes on with the next.
+    ///
+    /// Every result is shown once across the crash: those printed before are not printed
+    /// again. Hosts that died meanwhile are named lost. Without ID: the most recent session.
+    Attach(attach::AttachArgs),
+    /// List the sessions left behind in the state directory (their controller died, or they
+    /// were kept with --keep-session): hosts, jobs, and whether the overlay still answers.
+    Sessions(attach::SessionsArgs),
 }
 
 fn main() -> ExitCode {
@@ -133,6 +146,8 @@ fn main() -> ExitCode {
         Command::Barrier(args) => barrier::run(&args),
         Command::Shell(args) => shell::run(&args),
         Command::Apply(args) => apply::run(&args),
+        Command::Attach(args) => attach::run(&args),
+        Command::Sessions(args) => attach::sessions(&args),
     }
 }
 

@@ -17,15 +17,18 @@
 //! as `128 + n` (the shell's convention), a command that could not be started as 127, a
 //! timed-out or cancelled command as 255; 255 when any host was unreachable or lost.
 
+use crate::journal::{self, Journal, PrintRec, Record};
 use clap::Args;
 use plush::hostset::{addr_label, common_port, expand, fold_addrs, fold_names};
 use plush_core::wire::ExitStatus;
 use plush_core::{Config, HostState, NodeId};
 use plush_mio::{Cluster, ClusterConfig, JobSpec, LaunchMethod, PushJob, ResultGroup, RunOutcome, SshLaunch};
 use serde_json::{json, Value};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{IsTerminal, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -131,6 +134,9 @@ pub struct HostArgs {
     /// own]
     #[arg(long, value_name = "DURATION", value_parser = parse_linger)]
     pub linger: Option<Duration>,
+    /// Where the session journal is kept.
+    #[command(flatten)]
+    pub session: SessionArgs,
 }
 
 /// A `--linger` value: a number with an optional unit (`s`, `m`, `h`; seconds without one), from
@@ -153,6 +159,19 @@ pub fn parse_linger(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?}: a linger is 1 s to 30 days"));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// Where the session journal goes (see [`crate::journal`]), and whether it outlives the session.
+#[derive(Clone, Debug, Default, Args)]
+pub struct SessionArgs {
+    /// Keep this session's journal under DIR/plush/sessions/ID/ [default: $XDG_STATE_HOME, else
+    /// ~/.local/state]: after a crash of this controller, `plush attach` takes the session over
+    /// from there, and `plush sessions` lists it.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
+    /// Keep the session's journal directory when the session ends (it is removed by default).
+    #[arg(long)]
+    pub keep_session: bool,
 }
 
 impl HostArgs {
@@ -253,6 +272,9 @@ pub struct UpgradeSummary {
 enum Start<'a> {
     Job(JobSpec<'a>),
     Push(PushJob<'a>),
+    /// A job an earlier controller of the session started (`plush attach`), already resumed in
+    /// the cluster: its id and the hosts it targeted.
+    Resume(u64, Vec<NodeId>),
 }
 
 /// The progress line on stderr, only when stderr is a terminal: redrawn in place with `\r`.
@@ -543,6 +565,12 @@ pub struct Labels {
 }
 
 impl Labels {
+    /// Labels for `hosts`: by name, or by address.
+    pub fn new(hosts: &[(NodeId, String)], label_by_name: bool) -> Labels {
+        let all: Vec<SocketAddr> = hosts.iter().map(|(id, _)| id.addr()).collect();
+        Labels { names: hosts.iter().cloned().collect(), label_by_name, common: common_port(&all) }
+    }
+
     /// How a host is named in output: its name, or its address (with `--local`).
     pub fn label(&self, h: &NodeId) -> String {
         match self.names.get(h) {
@@ -750,6 +778,18 @@ pub struct Session {
     pub local_launcher: bool,
     /// Output cap and files of `apply`'s phases.
     pub output: OutputArgs,
+    /// The session journal (none if it could not be created).
+    pub journal: Option<Rc<RefCell<Journal>>>,
+    /// Keep the journal's directory at the end.
+    pub keep_session: bool,
+    /// A resumed job (`plush attach`) whose overlay could not be reached: do not wait for it.
+    pub give_up_resumed: bool,
+    /// Jobs taken over from an earlier controller (`plush attach`).
+    resumed_jobs: Vec<u64>,
+    /// Clients an earlier controller of this session started on this machine (after `plush
+    /// attach`): waited for, and killed if need be, at the dismantle. (pid, key file in their
+    /// command line.)
+    pub orphans: Vec<(u32, String)>,
 }
 
 impl Session {
@@ -827,9 +867,154 @@ impl Session {
             no_upgrade: args.no_upgrade,
             local_launcher: kind == LauncherKind::Local,
             output: OutputArgs::default(),
+            journal: None,
+            keep_session: args.session.keep_session,
+            orphans: Vec::new(),
+            give_up_resumed: false,
+            resumed_jobs: Vec::new(),
         };
+        s.open_journal(args.session.state_dir.as_deref(), label_by_name);
+        if !s.unresolved.is_empty() {
+            let u = s.unresolved.clone();
+            s.log(&Record::Unresolved(u), false);
+        }
         s.invite(hosts);
         Ok(s)
+    }
+
+    /// A session around `c`, a controller attached to the overlay of an earlier one (`plush
+    /// attach`), with that session's hosts: nothing is invited or launched.
+    pub fn adopt(
+        c: Cluster,
+        cmd: &'static str,
+        named: Vec<(NodeId, String)>,
+        unresolved: Vec<(String, String)>,
+        label_by_name: bool,
+        keep_session: bool,
+    ) -> Session {
+        let t0 = Instant::now();
+        let port = named.first().map_or(DEFAULT_PORT, |(h, _)| h.addr().port());
+        Session {
+            c,
+            labels: Labels::new(&named, label_by_name),
+            named,
+            unresolved,
+            progress: Progress::new(t0),
+            t0,
+            cmd,
+            port,
+            join_timeout: None,
+            no_upgrade: true,
+            local_launcher: false,
+            output: OutputArgs::default(),
+            journal: None,
+            keep_session,
+            orphans: Vec::new(),
+            give_up_resumed: false,
+            resumed_jobs: Vec::new(),
+        }
+    }
+
+    /// Wait for `job`, a job an earlier controller of the session started and that
+    /// [`Cluster::resume_job`] took over, and print its results as [`Session::run_job`] does
+    /// (the ones the journal holds with the new ones). `targeted`: the hosts it was started
+    /// for. Hosts that owed a result and are gone are named lost.
+    pub fn resume_job(&mut self, job: u64, targeted: Vec<NodeId>, opts: PrintOpts) -> JobSummary {
+        self.resumed_jobs.push(job);
+        self.run_start(Start::Resume(job, targeted), opts)
+    }
+
+    /// Create this session's journal and have the controller write its reports to it. Without
+    /// a state directory, or when it cannot be written, the session goes on without one (said
+    /// on stderr).
+    fn open_journal(&mut self, state_dir: Option<&std::path::Path>, label_by_name: bool) {
+        let Some(sessions) = journal::sessions_dir(state_dir) else {
+            eprintln!("plush {}: no state directory (neither $XDG_STATE_HOME nor $HOME): no session journal", self.cmd);
+            return;
+        };
+        let created = plush_mio::Key::read_file(self.c.key_file())
+            .and_then(|key| Journal::create(&sessions, &journal::new_id(), &key));
+        let mut j = match created {
+            Ok(j) => j,
+            Err(e) => {
+                eprintln!("plush {}: cannot create a session journal in {}: {e}", self.cmd, sessions.display());
+                return;
+            }
+        };
+        j.append(
+            &Record::Session {
+                cmd: self.cmd.to_owned(),
+                version: plush_mio::version(),
+                created_ms: journal::now_ms(),
+                controller: self.c.id(),
+                label_by_name,
+                local: self.local_launcher,
+            },
+            false,
+        );
+        self.set_journal(j);
+    }
+
+    /// Use `j` as the journal: the controller's results (synced), host states and root
+    /// changes go to it as they come.
+    pub fn set_journal(&mut self, j: Journal) {
+        let j = Rc::new(RefCell::new(j));
+        let hook = Rc::clone(&j);
+        let mut unsynced = false;
+        self.c.set_report_hook(Box::new(move |r| {
+            let Some(r) = r else {
+                // Frames are about to leave (the results' `Ack` among them), or the turn ends
+                // and the results go to the user: they are on disk first.
+                if std::mem::take(&mut unsynced) {
+                    hook.borrow_mut().sync();
+                }
+                return;
+            };
+            let rec = match r {
+                plush_core::Report::Result { job, status, truncated, output, nodes, stderr } => Record::Result {
+                    job: *job,
+                    status: *status,
+                    truncated: *truncated,
+                    output: output.to_vec(),
+                    stderr: stderr.to_vec(),
+                    nodes: nodes.iter().collect(),
+                },
+                plush_core::Report::Host { host, state, .. } => Record::State(*host, journal::state_code(*state)),
+                plush_core::Report::RootChanged(root) => Record::Root(*root),
+                _ => return,
+            };
+            // A result is synced (on `None`) before the controller's acknowledgement of it leaves.
+            unsynced |= matches!(rec, Record::Result { .. });
+            hook.borrow_mut().append(&rec, false);
+        }));
+        self.journal = Some(j);
+    }
+
+    /// Append `rec` to the journal, if there is one (`sync`: wait until it is on disk).
+    pub fn log(&self, rec: &Record, sync: bool) {
+        if let Some(j) = &self.journal {
+            j.borrow_mut().append(rec, sync);
+        }
+    }
+
+    /// Record a job just started (synced: a controller attaching later takes it over):
+    /// `targeted`, the hosts it was started for.
+    pub fn log_job(&self, job: u64, targeted: Vec<NodeId>, print: PrintRec) {
+        if let Some(spec) = self.c.job_spec(job).cloned() {
+            let expected = self.c.job_expected(job).unwrap_or(&[]).to_vec();
+            self.log(&Record::Job { spec: Box::new(spec), expected, targeted, print }, true);
+        }
+    }
+
+    /// Record the clients the local launcher started (their process ids), for a later
+    /// controller to dismantle.
+    pub fn log_clients(&self) {
+        if !self.local_launcher || self.journal.is_none() {
+            return;
+        }
+        let clients = self.c.launched_clients();
+        let key_file = self.c.key_file().display().to_string();
+        self.log(&Record::Clients { key_file, clients }, false);
     }
 
     /// Invite more hosts (those already invited are skipped); returns how many were new.
@@ -840,6 +1025,9 @@ impl Session {
             self.labels.names.insert(*id, name.clone());
         }
         self.named.extend(fresh.iter().cloned());
+        if !fresh.is_empty() {
+            self.log(&Record::Hosts(fresh.clone()), false);
+        }
         let all: Vec<SocketAddr> = self.named.iter().map(|(id, _)| id.addr()).collect();
         self.labels.common = common_port(&all);
         self.c.add_named_hosts(&fresh);
@@ -897,6 +1085,7 @@ impl Session {
                 eprintln!("plush {}: {}: not upgraded: {why}", self.cmd, self.label(h));
             }
         }
+        self.log_clients();
         self.t0.elapsed()
     }
 
@@ -1028,13 +1217,21 @@ impl Session {
         let target = match &start {
             Start::Job(spec) => spec.target,
             Start::Push(p) => p.target,
+            Start::Resume(..) => None,
         };
         let joined_before: BTreeSet<NodeId> = self.joined();
-        let targeted: Vec<NodeId> = match target {
+        let mut targeted: Vec<NodeId> = match target {
             Some(t) => t.to_vec(),
             None => self.named.iter().map(|(id, _)| *id).collect(),
         };
-        let joined: BTreeSet<NodeId> = targeted.iter().filter(|h| joined_before.contains(h)).copied().collect();
+        let mut joined: BTreeSet<NodeId> = targeted.iter().filter(|h| joined_before.contains(h)).copied().collect();
+        if let Start::Resume(job, t) = &start {
+            // Whom it was started for, and who owed a result then: as the journal says.
+            targeted.clone_from(t);
+            joined = self.c.job_expected(*job).unwrap_or(&[]).iter().copied().collect();
+        }
+        // Only a whole session's job names the unresolved names (not a targeted one).
+        let whole = target.is_none() && !matches!(&start, Start::Resume(..)) || self.resumed_whole(&start);
         let mut summary = JobSummary::default();
         let mut out = RunOutcome {
             job: 0,
@@ -1047,6 +1244,7 @@ impl Session {
         };
         let mut streamed = Streamed { files: HostFiles::new(&opts.out), ..Streamed::default() };
         if !joined.is_empty() {
+            let resumed = matches!(start, Start::Resume(..));
             let started = match start {
                 Start::Job(spec) => self.c.start_job(JobSpec { stream: spec.stream || opts.stream, ..spec }),
                 Start::Push(p) => {
@@ -1054,7 +1252,13 @@ impl Session {
                     self.progress.bytes = Some((self.c.driver_stats().chunk_bytes_sent, size));
                     self.c.start_push(p)
                 }
+                Start::Resume(job, _) => Ok(job),
             };
+            if let (Ok(job), false) = (&started, resumed) {
+                let print =
+                    PrintRec { json: opts.json, stream: opts.stream, max_output: opts.out.max_output, title: None };
+                self.log_job(*job, targeted.clone(), print);
+            }
             match started {
                 Ok(job) => {
                     let stop = interrupt_flag();
@@ -1113,12 +1317,13 @@ impl Session {
         }
         let lost: Vec<NodeId> = joined.iter().filter(|h| !answered.contains(h)).copied().collect();
         for h in &lost {
-            let now = self.c.host(h).map_or(HostState::Pending, |i| i.state);
+            // A host an attached controller never heard of died while no controller watched.
+            let now = self.c.host(h).map_or_else(|| "not in the tree".to_owned(), |i| format!("{:?}", i.state));
             let arrived =
                 out.lost.iter().find(|(x, o)| x == h && !o.is_empty()).map_or(String::new(), |(_, o)| {
                     format!("; output that had arrived: {:?}", String::from_utf8_lossy(o))
                 });
-            let _ = writeln!(err, "plush: {}: lost (joined, gave no result; now {now:?}{arrived})", self.label(h));
+            let _ = writeln!(err, "plush: {}: lost (joined, gave no result; now {now}{arrived})", self.label(h));
         }
         let unreachable: Vec<NodeId> =
             targeted.iter().filter(|h| !joined.contains(h) && !answered.contains(h)).copied().collect();
@@ -1141,8 +1346,12 @@ impl Session {
             let _ = writeln!(err, "plush: {}: unreachable: {why}", self.label(h));
         }
         self.progress.bytes = None;
-        let unresolved = if target.is_none() { self.unresolved.len() } else { 0 };
-        if target.is_none() {
+        if out.job != 0 {
+            // Shown: a controller attaching later prints none of it again.
+            self.log(&Record::Shown(out.job), true);
+        }
+        let unresolved = if whole { self.unresolved.len() } else { 0 };
+        if whole {
             for (name, why) in &self.unresolved {
                 let _ = writeln!(err, "plush: {name}: unreachable: {why}");
             }
@@ -1155,6 +1364,12 @@ impl Session {
             summary.code = UNREACHABLE;
         }
         summary
+    }
+
+    /// Whether a resumed job targeted every host of the session.
+    fn resumed_whole(&self, start: &Start<'_>) -> bool {
+        matches!(start, Start::Resume(job, _)
+            if self.c.job_spec(*job).is_some_and(|s| s.target == plush_core::wire::Target::All))
     }
 
     /// [`print_groups`] on a thread while the event loop goes on: printing large outputs takes
@@ -1184,11 +1399,25 @@ impl Session {
         stop: &AtomicBool,
         streamed: &mut Streamed,
     ) -> std::io::Result<RunOutcome> {
-        let Session { c, labels, progress, cmd, .. } = self;
+        let Session { c, labels, progress, cmd, give_up_resumed, resumed_jobs, .. } = self;
         let mut dropped = 0;
+        // A job taken over after a crash: once none of the hosts it waits for is joined (they
+        // died while no controller watched) and no result came for a while, it is over (the
+        // root may have forgotten it, and then never reports it complete).
+        let resumed = resumed_jobs.contains(&job);
+        let give_up = *give_up_resumed;
+        let settle = std::cell::Cell::new(false);
+        let (mut last_got, mut quiet_since) = (usize::MAX, Instant::now());
         let r = c.wait_job(
             job,
             |c, got, expected| {
+                if resumed {
+                    if got != last_got {
+                        (last_got, quiet_since) = (got, Instant::now());
+                    }
+                    let idle = c.root().is_some() && !c.job_waiting_joined(job);
+                    settle.set(give_up || (idle && quiet_since.elapsed() >= crate::attach::RESUME_SETTLE));
+                }
                 if opts.stream {
                     // A reader behind: take nothing, so the hosts wait (their windows fill).
                     if streamed.room() {
@@ -1207,7 +1436,7 @@ impl Session {
                     progress.show(c.count(HostState::Joined), Some((got, expected)), n);
                 }
             },
-            || stop.load(Ordering::Relaxed),
+            || stop.load(Ordering::Relaxed) || settle.get(),
         );
         let (chunks, d) = c.take_streams(job);
         streamed.print(labels, chunks, opts.json);
@@ -1221,19 +1450,84 @@ impl Session {
     /// then kill and reap the rest. Returns how long it took.
     pub fn dismantle(&mut self) -> Duration {
         let d0 = Instant::now();
+        let mut failed = false;
         match self.c.dismantle(dismantle_deadline(self.host_count())) {
             Ok(d) if d.killed > 0 => {
                 eprintln!("plush {}: {} clients did not exit when dismantled; killed", self.cmd, d.killed)
             }
             Ok(_) => {}
-            Err(e) => eprintln!("plush {}: dismantling failed: {e}", self.cmd),
+            Err(e) => {
+                eprintln!("plush {}: dismantling failed: {e}", self.cmd);
+                failed = true;
+            }
         }
         let left = self.c.launched_pids();
         if !left.is_empty() {
             eprintln!("plush {}: {} clients still running after the dismantle; killing them", self.cmd, left.len());
         }
+        self.reap_orphans(dismantle_deadline(self.host_count()).saturating_sub(d0.elapsed()));
+        if failed {
+            // Remote clients may still run: the journal stays, for `plush attach` to end them.
+            self.journal = None;
+        } else {
+            self.end_journal();
+        }
         d0.elapsed()
     }
+
+    /// The session ended: say so in the journal, and remove its directory unless
+    /// `--keep-session`.
+    pub fn end_journal(&mut self) {
+        if let Some(j) = self.journal.take() {
+            let mut j = j.borrow_mut();
+            j.append(&Record::Done, true);
+            if self.keep_session {
+                eprintln!("plush {}: session {} kept in {}", self.cmd, j.id, j.dir.display());
+            } else {
+                j.remove();
+            }
+        }
+    }
+
+    /// Wait at most `wait` for the clients an earlier controller of this session started on
+    /// this machine to exit (they were told to by the dismantle), then kill the rest
+    /// (SIGKILL). A process counts as such a client only while its command line still names
+    /// the session's key file (a reused pid is left alone); zombies count as gone.
+    fn reap_orphans(&mut self, wait: Duration) {
+        if self.orphans.is_empty() {
+            return;
+        }
+        let end = Instant::now() + wait.max(Duration::from_secs(2));
+        let alive = |o: &(u32, String)| client_alive(o.0, &o.1);
+        loop {
+            self.orphans.retain(alive);
+            if self.orphans.is_empty() || Instant::now() >= end {
+                break;
+            }
+            if let Err(e) = self.c.pump(Duration::from_millis(50)) {
+                eprintln!("plush {}: the event loop failed: {e}", self.cmd);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        if !self.orphans.is_empty() {
+            eprintln!("plush {}: {} clients did not exit when dismantled; killed", self.cmd, self.orphans.len());
+            for (pid, _) in std::mem::take(&mut self.orphans) {
+                let _ = plush_mio::kill_process(pid);
+            }
+        }
+    }
+}
+
+/// Whether process `pid` runs and is a client given `key_file` (its command line names it);
+/// a zombie is not running.
+pub fn client_alive(pid: u32, key_file: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return false };
+    let named = cmdline.split(|&b| b == 0).any(|a| a == key_file.as_bytes());
+    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|st| st.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
+        .unwrap_or(false);
+    named && !zombie
 }
 
 /// Name on `err` every host whose client restarted during the job (it answered

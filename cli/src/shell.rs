@@ -264,6 +264,28 @@ pub fn run(args: &ShellArgs) -> ExitCode {
         let took = sh.s.join();
         sh.announce_join(took);
     }
+    prompt_loop(sh)
+}
+
+/// Go on with a shell session whose controller died, through `s`, attached to its overlay
+/// (`plush attach`): the prompt comes back.
+/// `jobs`: the session's jobs whose results were not printed (taken over by the attaching
+/// controller), with their command lines: they become background jobs (`wait` prints them).
+pub fn resume(s: Session, json: bool, jobs: Vec<(u64, String)>) -> ExitCode {
+    let joined = s.c.count(HostState::Joined);
+    let mut sh = Shell { s, json, bg: Vec::new(), barriers: Vec::new(), status: 0 };
+    let text = format!("attached: {joined} hosts joined");
+    sh.out(false, &text, json!({"attached": true, "joined": joined}));
+    for (job, command) in jobs.into_iter().rev().take(MAX_BG).rev() {
+        let text = format!("job {job} taken over, in the background (`wait {job}` prints it): {command}");
+        sh.out(false, &text, json!({"job": job, "resumed": true}));
+        sh.bg.push((job, command));
+    }
+    prompt_loop(sh)
+}
+
+/// Read and run commands until the input ends or `disconnect`.
+fn prompt_loop(mut sh: Shell) -> ExitCode {
     let (ready_tx, ready_rx) = mpsc::channel();
     let (tx, rx) = mpsc::sync_channel(1);
     // The reader may block in a read when the shell leaves: it is not joined.
@@ -472,6 +494,10 @@ impl Shell {
             // output would hold the hosts' processes in `write`.
             match self.s.c.start_job(JobSpec { stream: false, ..spec }) {
                 Ok(job) => {
+                    let targeted = target.clone().unwrap_or_else(|| self.s.named.iter().map(|(h, _)| *h).collect());
+                    let print =
+                        crate::journal::PrintRec { json, stream: false, max_output: out.max_output, title: None };
+                    self.s.log_job(job, targeted, print);
                     if self.bg.len() >= MAX_BG {
                         self.bg.remove(0);
                     }
@@ -524,6 +550,7 @@ impl Shell {
         let mut groups = out.groups;
         crate::session::sort_groups(&mut groups);
         crate::session::print_groups(&self.s.labels, &groups, json, None);
+        self.s.log(&crate::journal::Record::Shown(job), true);
         for h in &out.missing {
             eprintln!("plush: {}: lost (joined, gave no result)", self.s.label(h));
         }

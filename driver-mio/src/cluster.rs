@@ -230,6 +230,8 @@ pub const MAX_BARRIER_RECORDS: usize = 256;
 
 #[derive(Default)]
 struct JobState {
+    /// What was sent to the tree.
+    spec: Option<RunSpec>,
     /// Result groups as they arrived; the bytes are shared with the controller's (one copy
     /// per distinct output however many reports name it).
     reports: Vec<Arrived>,
@@ -402,11 +404,22 @@ fn other(e: impl std::fmt::Display) -> io::Error {
 impl Cluster {
     /// Start a controller: generate the key, listen, get the launcher ready.
     pub fn start(cfg: ClusterConfig) -> io::Result<Cluster> {
+        Cluster::start_with(cfg, Key::generate(), true)
+    }
+
+    /// A controller for an overlay that is already running, under its cluster `key` (`plush
+    /// attach`, after the previous controller died): no launcher (a host lost from now on is
+    /// not started again, and fails once its invitation expires). Reach the overlay with
+    /// [`Cluster::attach_to`]; take over its jobs with [`Cluster::resume_job`].
+    pub fn attach(cfg: ClusterConfig, key: Key) -> io::Result<Cluster> {
+        Cluster::start_with(cfg, key, false)
+    }
+
+    fn start_with(cfg: ClusterConfig, key: Key, launch: bool) -> io::Result<Cluster> {
         // Many hosts mean many sockets; not being able to raise the limit is not fatal.
         let _ = crate::sys::raise_nofile_limit();
         // The launched clients get nothing of ours but stdio.
         crate::sys::cloexec_inherited();
-        let key = Key::generate();
         let key_file = KeyFile::create(&key)?;
         let listener = std::net::TcpListener::bind(cfg.listen)?;
         let id = NodeId::new(listener.local_addr()?);
@@ -426,7 +439,9 @@ impl Cluster {
         let mut launcher = Launcher::with_method(method, key_file.0.clone());
         launcher.max_in_flight = cfg.max_launches_in_flight.max(1);
         launcher.ready_timeout = cfg.launch_timeout;
-        d.launcher = Some(launcher);
+        if launch {
+            d.launcher = Some(launcher);
+        }
         Ok(Cluster {
             d,
             key_file,
@@ -456,6 +471,85 @@ impl Cluster {
     /// The key file the clients must be given.
     pub fn key_file(&self) -> &Path {
         &self.key_file.0
+    }
+
+    /// Call `hook` with every report of the controller as it is emitted (`Some`), and with
+    /// `None` before the next frame leaves (in particular the `Ack` of those results) and at
+    /// the end of each event-loop turn, before the caller sees the reports: a session journal
+    /// appends results on `Some` and syncs on `None`. See `Driver::report_hook`.
+    pub fn set_report_hook(&mut self, hook: crate::driver::ReportHook) {
+        self.d.report_hook = Some(hook);
+    }
+
+    /// Send `SetCtrl` to each of `members` (the journal's root and members, after the previous
+    /// controller died): any member passes it up to its root, which links to this controller,
+    /// answers `SetRoot`, takes a census and re-sends the results it holds. Members that cannot
+    /// be reached are ignored; call again with others while [`Cluster::root`] is `None`.
+    pub fn attach_to(&mut self, members: &[NodeId]) {
+        let now = self.d.now();
+        for m in members {
+            self.d.m.attach(now, *m);
+        }
+        self.d.drain();
+        self.take_reports();
+    }
+
+    /// Take over `spec`, a job an earlier controller started (`plush attach`): `expected` are
+    /// the hosts that owe a result, `shown` the result groups that controller received (they
+    /// count as gathered: the tree's copies of them are dropped as duplicates). The job is
+    /// then waited for like any other ([`Cluster::wait_job`]); [`Cluster::take_results`]
+    /// hands out only what arrives from now on.
+    pub fn resume_job(&mut self, spec: RunSpec, expected: Vec<NodeId>, shown: Vec<ResultGroup>) -> io::Result<()> {
+        let job = spec.job;
+        let got: BTreeSet<NodeId> = shown.iter().flat_map(|g| g.nodes.iter().copied()).collect();
+        let now = self.d.now();
+        let timeout = (spec.timeout_ms > 0).then(|| Duration::from_millis(spec.timeout_ms));
+        self.d.m.adopt_job(now, spec.clone(), got.iter().copied().collect(), false).map_err(other)?;
+        let reports: Vec<Arrived> = shown
+            .into_iter()
+            .map(|g| Arrived {
+                status: g.status,
+                truncated: g.truncated,
+                output: Rc::new(g.output),
+                stderr: Rc::new(g.stderr),
+                nodes: g.nodes,
+            })
+            .collect();
+        let mut expected = expected;
+        expected.sort_unstable();
+        let state = JobState {
+            spec: Some(spec),
+            expected,
+            got,
+            results_taken: reports.len(),
+            reports,
+            started: Some(StdInstant::now()),
+            timeout,
+            ..JobState::default()
+        };
+        self.jobs.insert(job, state);
+        self.order.push_back(job);
+        self.next_job = self.next_job.max(job + 1);
+        self.d.drain();
+        self.take_reports();
+        Ok(())
+    }
+
+    /// Whether a host that owes `job` a result is joined (so its result may still come).
+    pub fn job_waiting_joined(&self, job: u64) -> bool {
+        self.jobs.get(&job).is_some_and(|j| {
+            self.waiting_for(j).any(|h| self.hosts.get(h).is_some_and(|i| i.state == HostState::Joined))
+        })
+    }
+
+    /// What was sent to the tree for `job`.
+    pub fn job_spec(&self, job: u64) -> Option<&RunSpec> {
+        self.jobs.get(&job).and_then(|j| j.spec.as_ref())
+    }
+
+    /// Hosts joined and targeted when `job` started (those that owe a result), in order.
+    pub fn job_expected(&self, job: u64) -> Option<&[NodeId]> {
+        self.jobs.get(&job).map(|j| &j.expected[..])
     }
 
     /// The root of the tree, as last reported.
@@ -712,12 +806,18 @@ impl Cluster {
             .map(|(id, _)| *id)
             .collect();
         let now = self.d.now();
+        let run_copy = run.clone();
         if let Err(e) = self.d.m.run(now, run) {
             self.d.store.forget(job);
             return Err(other(e));
         }
-        let state =
-            JobState { expected, started: Some(StdInstant::now()), timeout: spec.timeout, ..JobState::default() };
+        let state = JobState {
+            spec: Some(run_copy),
+            expected,
+            started: Some(StdInstant::now()),
+            timeout: spec.timeout,
+            ..JobState::default()
+        };
         self.jobs.insert(job, state);
         self.order.push_back(job);
         self.d.drain();
@@ -1085,4 +1185,53 @@ impl Cluster {
             }
         }
     }
+}
+
+/// Whether a Plush client that holds `key` answers at `to` within `timeout`: a TCP connection,
+/// the hello exchange (the client must announce `to` as its id) and the authenticated
+/// handshake under `key`, then the connection is closed (the client sees a link open and
+/// close, nothing more). Blocking; for `plush sessions`.
+pub fn probe(to: NodeId, key: &Key, timeout: Duration) -> io::Result<()> {
+    use crate::secure::{Handshake, MAX_HANDSHAKE_FRAME};
+    use plush_core::wire::{encode_hello, split_frame, Hello, Role, PREFIX};
+    use std::io::{Read, Write};
+    let end = StdInstant::now() + timeout;
+    let left = || end.checked_duration_since(StdInstant::now()).filter(|d| !d.is_zero()).ok_or(io::ErrorKind::TimedOut);
+    let mut s = std::net::TcpStream::connect_timeout(&to.addr(), left()?)?;
+    let me = NodeId::new(s.local_addr()?);
+    let ours = encode_hello(&Hello::new(me, Role::Controller, rand::random::<u64>()));
+    s.write_all(&ours)?;
+    let mut buf: Vec<u8> = Vec::new();
+    // The next frame's payload from the peer, within the deadline.
+    let next = |s: &mut std::net::TcpStream, buf: &mut Vec<u8>| -> io::Result<Vec<u8>> {
+        loop {
+            if let Some((payload, used)) = split_frame(buf, MAX_HANDSHAKE_FRAME).map_err(other)? {
+                let p = payload.to_vec();
+                buf.drain(..used);
+                return Ok(p);
+            }
+            s.set_read_timeout(Some(left()?))?;
+            let mut chunk = [0u8; 512];
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    let theirs = next(&mut s, &mut buf)?;
+    let hello = Hello::decode(&theirs).map_err(other)?;
+    if hello.node_id != to {
+        return Err(other(format!("{} answered at {to}", hello.node_id)));
+    }
+    let mut hs = Handshake::start(key, true, ours.get(PREFIX..).unwrap_or(&[]), &theirs).map_err(other)?;
+    while !hs.is_finished() {
+        if let Some(f) = hs.next_frame().map_err(other)? {
+            s.write_all(&f)?;
+            continue;
+        }
+        let msg = next(&mut s, &mut buf)?;
+        hs.read(&msg).map_err(other)?;
+    }
+    Ok(())
 }

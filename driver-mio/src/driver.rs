@@ -88,6 +88,10 @@ const EVENTS: usize = 1024;
 /// Log lines per second at most; more are counted and summed up in the next line.
 const LOG_PER_SEC: u32 = 50;
 
+/// A function called with each report of a controller (`Some`), and with `None` before any
+/// frame leaves after reports were given to it (see `Driver::report_hook`).
+pub type ReportHook = Box<dyn FnMut(Option<&Report>)>;
+
 /// What the driver adds to the core's [`Config`].
 #[derive(Clone, Debug)]
 pub struct DriverConfig {
@@ -447,6 +451,14 @@ pub struct Driver<M: Machine> {
     proc_events: VecDeque<ProcessEvent>,
     /// Reports of a controller, for its user to take.
     pub reports: VecDeque<Report>,
+    /// Called with each report of a controller as the machine emits it (`Some`), and with
+    /// `None` once reports were given to it, before the next frame is written to any socket
+    /// and at the end of the turn: a session journal appends results on `Some` and syncs on
+    /// `None`, so that no result is acknowledged to the tree (or handed to the user) before it
+    /// is on disk, with one sync per turn however many results came.
+    pub report_hook: Option<ReportHook>,
+    /// Reports went to the hook since its last `None`.
+    hook_pending: bool,
     /// The machine emitted `Output::Exit`.
     pub exited: bool,
     /// Counters.
@@ -500,6 +512,8 @@ impl<M: Machine> Driver<M> {
             launched: Vec::new(),
             proc_events: VecDeque::new(),
             reports: VecDeque::new(),
+            report_hook: None,
+            hook_pending: false,
             exited: false,
             stats: DriverStats::default(),
             log: Log { prefix: format!("plush {me}"), window: StdInstant::now(), lines: 0, dropped: 0, debug },
@@ -733,7 +747,13 @@ impl<M: Machine> Driver<M> {
                 self.exited = true;
                 self.store.clear();
             }
-            Output::Report(r) => self.reports.push_back(*r),
+            Output::Report(r) => {
+                if let Some(hook) = self.report_hook.as_mut() {
+                    hook(Some(&r));
+                    self.hook_pending = true;
+                }
+                self.reports.push_back(*r);
+            }
         }
     }
 
@@ -960,7 +980,18 @@ impl<M: Machine> Driver<M> {
     }
 
     /// Write what is queued on `tok`.
+    /// Tell the report hook that frames are about to leave (or the turn ends), if it was given
+    /// reports since it was last told.
+    fn reports_synced(&mut self) {
+        if std::mem::take(&mut self.hook_pending) {
+            if let Some(hook) = self.report_hook.as_mut() {
+                hook(None);
+            }
+        }
+    }
+
     fn write(&mut self, tok: Token) {
+        self.reports_synced();
         let Some(c) = self.conns.get_mut(&tok) else { return };
         c.dirty = false;
         if matches!(c.phase, Phase::Connecting) {
@@ -1378,6 +1409,7 @@ impl<M: Machine> Driver<M> {
         }
         self.housekeeping();
         self.flush_dirty();
+        self.reports_synced();
         Ok(())
     }
 

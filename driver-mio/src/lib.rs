@@ -44,6 +44,7 @@ pub mod transfer;
 
 pub use auth::Key;
 pub use client::ClientOptions;
+pub use cluster::probe;
 pub use cluster::{
     BarrierInfo, Cluster, ClusterConfig, DismantleOutcome, HostInfo, JobSpec, Notice, PushJob, ResultGroup, RunOutcome,
     Streamed,
@@ -61,6 +62,12 @@ pub fn retry_lost_env() -> Vec<(String, String)> {
 /// Whether a process with this pid exists (not yet reaped counts).
 pub fn process_exists(pid: u32) -> bool {
     sys::pid_exists(pid)
+}
+
+/// Kill process `pid` (SIGKILL): a client an earlier controller started, which this one did
+/// not (and cannot reap).
+pub fn kill_process(pid: u32) -> std::io::Result<()> {
+    sys::kill_pid(pid, libc::SIGKILL)
 }
 
 /// Give SIGINT, SIGTERM and SIGHUP back to whoever handles them next (the CLI, which cancels

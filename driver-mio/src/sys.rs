@@ -22,6 +22,19 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur as u64)
 }
 
+/// Send `sig` to the process `pid` (never to a group: pid 0, 1 and negative ones are refused).
+pub fn kill_pid(pid: u32, sig: i32) -> io::Result<()> {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return Err(io::ErrorKind::InvalidInput.into()) };
+    if pid <= 1 {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    // SAFETY: kill has no memory effects.
+    if unsafe { libc::kill(pid, sig) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Send `sig` to every process of the group `pgid`.
 pub fn kill_group(pgid: u32, sig: i32) -> io::Result<()> {
     let Ok(pgid) = libc::pid_t::try_from(pgid) else { return Err(io::ErrorKind::InvalidInput.into()) };
