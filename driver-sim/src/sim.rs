@@ -1758,6 +1758,7 @@ pub fn play_sim(sc: &Scenario) -> (Report, Sim) {
     }
     let deadline = heal_at.max(fault_at) + sc.repair_limit();
     let mut recovered = false;
+    let never_back = sc.job && sc.controller_crash_at_s.is_some() && sc.controller_back_after_s.is_none();
     while sim.now() < deadline {
         let target = sim.now() + tick;
         sim.run_until(target, |_| false);
@@ -1772,6 +1773,12 @@ pub fn play_sim(sc: &Scenario) -> (Report, Sim) {
             report.recovery.restarted = victims.len() as u32;
         }
         if sim.now() >= heal_at && restart_at.is_none() && sim.converged() {
+            recovered = true;
+            break;
+        }
+        if never_back && sim.live_count() == 0 {
+            // The controller is gone for good and its linger ran out during the repair: the
+            // tree ended itself, as it must (`wait_gone` checks that it did so in time).
             recovered = true;
             break;
         }
