@@ -376,7 +376,7 @@ impl Env<'_> {
     fn cluster(&self, degree: usize) -> Res<Cluster> {
         let template = format!(
             "cd {RUN_DIR}/{{ip}} && HOME={RUN_DIR}/{{ip}} exec ip netns exec {PREFIX}{{ip}} {{plush}} client \
-             --max-children {degree} --listen {{addr}} --key-file -"
+             --max-children {degree} --listen {{addr}} --key-file - 2>> {RUN_DIR}/{{ip}}/client.log"
         );
         let cfg = ClusterConfig {
             listen: SocketAddr::from((self.net.ctl, CTL_PORT)),
