@@ -256,7 +256,8 @@ impl Net {
         sh(&format!("tc -n {BRIDGE_NS} qdisc add dev {veth} {tbf}"))?;
         // Loss in parts per million of received packets; fault rules go in fin/fout.
         let ppm = (o.loss * 10_000.0).round() as u64;
-        let loss = if ppm > 0 { format!("iifname \"eth0\" numgen random mod 1000000 < {ppm} drop;") } else { String::new() };
+        let loss =
+            if ppm > 0 { format!("iifname \"eth0\" numgen random mod 1000000 < {ppm} drop;") } else { String::new() };
         nft(
             ns,
             &format!(
@@ -395,7 +396,8 @@ impl Env<'_> {
         let t0 = Instant::now();
         c.add_hosts(&self.ids);
         let n = self.ids.len();
-        let ok = c.wait_until(Duration::from_secs(120), |c| c.count(HostState::Joined) == n || stop_now()).map_err(e)?;
+        let ok =
+            c.wait_until(Duration::from_secs(120), |c| c.count(HostState::Joined) == n || stop_now()).map_err(e)?;
         stopped()?;
         if !ok {
             return Err(format!("only {} of {n} joined: {:?}", c.count(HostState::Joined), c.failures()));
@@ -559,8 +561,8 @@ fn scenario_partition(env: &mut Env, one_way: bool) -> Res<u128> {
         c.pump(Duration::from_millis(50)).map_err(e)?;
     }
     heal(&cut.iter().map(ip_of).collect::<Vec<_>>())?;
-    let healed = wait_one_tree(&mut c, &env.ids, Duration::from_secs(120))?
-        .ok_or("not one tree within 120 s of the heal")?;
+    let healed =
+        wait_one_tree(&mut c, &env.ids, Duration::from_secs(120))?.ok_or("not one tree within 120 s of the heal")?;
     println!(
         "{{\"scenario\": \"partition\", \"one_way\": {one_way}, \"hosts\": {}, \"cut\": {}, \"heal_after_s\": {}, \
          \"heal_ms\": {}}}",
@@ -598,7 +600,14 @@ fn job_through(env: &mut Env, fault: &str) -> Res<(usize, usize)> {
     let env_vars = vec![("RUNDIR".to_owned(), dir.display().to_string())];
     let argv = ["sh", "-c", script];
     let job = c
-        .start_job(JobSpec { argv: &argv, target: None, timeout: None, stream: false, env: &env_vars, max_output: None })
+        .start_job(JobSpec {
+            argv: &argv,
+            target: None,
+            timeout: None,
+            stream: false,
+            env: &env_vars,
+            max_output: None,
+        })
         .map_err(e)?;
     let n = env.ids.len();
     // Hosts that have not started it within 60 s are reported (`not_started_before_fault`) and
@@ -775,7 +784,8 @@ fn sim_recovery(o: &Opts, lat: &str, host_crash: bool) -> Res<f64> {
     let at = text.find("\"recovery\"").ok_or_else(|| format!("plush sim: no recovery in {text}"))?;
     let rest = &text[at..];
     let k = rest.find("\"sim_ms\":").ok_or("plush sim: no sim_ms")? + "\"sim_ms\":".len();
-    let num: String = rest[k..].chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '-').collect();
+    let num: String =
+        rest[k..].chars().take_while(|c| c.is_ascii_digit() || *c == '.' || *c == 'e' || *c == '-').collect();
     num.parse().map_err(|x| format!("plush sim: sim_ms {num:?}: {x}"))
 }
 
