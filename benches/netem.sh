@@ -5,7 +5,8 @@
 # Runs the `netem` harness (benches/netem/main.rs): N network namespaces on one bridge, with
 # addresses from 198.18.0.0/15, a tbf rate limit per host (default 1gbit) and nftables random
 # loss (default 0.1 %), the controller in a namespace of its own; the scenarios build, recovery
-# (25 % SIGKILL with the root; silent death), partition (two-way, one-way), job (through a
+# (25 % SIGKILL with the root; silent death), partition (two-way, one-way), link_cut (one tree
+# link cut both ways, healed), job (through a
 # SIGKILL, a partition, a silent death), push (M MiB, default 100, tree against star) and sim
 # (`plush sim` with the same N, kill fraction and the measured round trip). Each scenario prints
 # one JSON line; everything is torn down at the end, on failure and on Ctrl-C (checked).

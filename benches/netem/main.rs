@@ -18,7 +18,8 @@
 //! (25 % SIGKILL with the root: time until every survivor is in one tree and until the relaunched
 //! hosts rejoined; the same with silent death, SIGSTOP plus all of the host's traffic dropped),
 //! `partition` (two-way and one-way, healed after `--heal-after` s: time from the heal to one
-//! tree), `job` (a job through a SIGKILL, a partition and a silent death: lost and duplicated
+//! tree), `link_cut` (one tree link cut both ways for `--heal-after` s: time from the heal to
+//! one tree), `job` (a job through a SIGKILL, a partition and a silent death: lost and duplicated
 //! results from the controller's report, checked against the file the job appends to on each
 //! host), `push` (`--push-mib` MiB to every host through the tree and through a star where the
 //! root serves every host; every copy checked by SHA-256), `sim` (`plush sim` with the same N,
@@ -102,7 +103,10 @@ fn parse_opts() -> Res<Opts> {
         rate: "1gbit".into(),
         push_mib: 100,
         heal_after: 5.0,
-        scenarios: ["build", "recovery", "partition", "job", "push", "sim"].iter().map(|s| s.to_string()).collect(),
+        scenarios: ["build", "recovery", "partition", "link_cut", "job", "push", "sim"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
         seed: 1,
     };
     let mut args = std::env::args().skip(1);
@@ -120,7 +124,7 @@ fn parse_opts() -> Res<Opts> {
             "-h" | "--help" => {
                 println!(
                     "netem --plush PATH [--hosts N] [--loss PCT] [--rate RATE] [--push-mib M] \
-                     [--heal-after S] [--seed S] [--scenarios build,recovery,partition,job,push,sim]"
+                     [--heal-after S] [--seed S] [--scenarios build,recovery,partition,link_cut,job,push,sim]"
                 );
                 std::process::exit(0);
             }
@@ -575,6 +579,33 @@ fn scenario_partition(env: &mut Env, one_way: bool) -> Res<u128> {
     Ok(ms(healed))
 }
 
+/// One tree link (a member below the root and its parent) cut both ways for `heal_after` s;
+/// the time from the heal to all in one tree.
+fn scenario_link_cut(env: &mut Env) -> Res<u128> {
+    let (mut c, _) = env.built(Config::default().max_children)?;
+    let topo = c.topology(Duration::from_secs(5)).map_err(e)?;
+    let (child, parent) = topo.iter().find_map(|(h, p)| p.map(|p| (*h, p))).ok_or("no tree link in the topology")?;
+    let pip = ip_of(&parent);
+    fault_rules(ip_of(&child), &format!("ip saddr {pip}"), &format!("ip daddr {pip}"))?;
+    let until = Instant::now() + Duration::from_secs_f64(env.o.heal_after);
+    while Instant::now() < until {
+        stopped()?;
+        c.pump(Duration::from_millis(50)).map_err(e)?;
+    }
+    heal(&[ip_of(&child)])?;
+    let healed =
+        wait_one_tree(&mut c, &env.ids, Duration::from_secs(120))?.ok_or("not one tree within 120 s of the heal")?;
+    println!(
+        "{{\"scenario\": \"link_cut\", \"hosts\": {}, \"child\": \"{child}\", \"parent\": \"{parent}\", \
+         \"cut_s\": {}, \"heal_ms\": {}}}",
+        env.ids.len(),
+        env.o.heal_after,
+        ms(healed)
+    );
+    c.dismantle(Duration::from_secs(20)).map_err(e)?;
+    Ok(ms(healed))
+}
+
 /// The lines each host's job wrote, by file name (the host's address).
 fn job_files(dir: &Path) -> BTreeMap<String, usize> {
     std::fs::read_dir(dir)
@@ -888,6 +919,9 @@ fn main_inner(o: &Opts) -> Res<()> {
         let two = scenario_partition(&mut env, false)?;
         let one = scenario_partition(&mut env, true)?;
         heal_ms = Some(two.max(one));
+    }
+    if sc("link_cut") {
+        scenario_link_cut(&mut env)?;
     }
     if sc("job") {
         let (mut l, mut d) = (0, 0);
