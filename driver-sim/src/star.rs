@@ -15,8 +15,9 @@
 //!   leaves the controller over `N × FRAME_US`, and the N replies queue behind each other. The
 //!   clients' heartbeats (one per client per `config.heartbeat`) take their share of that
 //!   time: the controller's other work runs at `1 - load` of its speed, where
-//!   `load = joined × FRAME_US / heartbeat`; at a load of [`MAX_LOAD`] or more the controller
-//!   cannot keep up with its clients, and the run says so (not converged). Tree nodes in the
+//!   `load = joined × FRAME_US / heartbeat`. A client whose heartbeats would bring the load to
+//!   [`MAX_LOAD`] (90,000 clients at the defaults) is never read in time: the controller times
+//!   it out and drops it, so it never joins and the run does not converge. Tree nodes in the
 //!   simulator are charged nothing for their frames; each handles at most `degree + 1` per
 //!   broadcast, so at [`FRAME_US`] the tree's curves would move by under a millisecond per
 //!   level.
@@ -245,9 +246,6 @@ impl Star {
     /// The controller handles one frame arriving now: when it is done with it.
     fn work(&mut self) -> Instant {
         let load = f64::from(self.joined) * FRAME_US as f64 / self.heartbeat_us;
-        if load >= MAX_LOAD {
-            self.saturated = true;
-        }
         let cost = (FRAME_US as f64 / (1.0 - load.min(MAX_LOAD))) as u64;
         self.busy = self.busy.max(self.now) + Duration::from_micros(cost);
         self.frames += 1;
@@ -355,8 +353,17 @@ impl Star {
             }
             Kind::Welcome(c) => {
                 if alive && self.clients[c as usize].state == State::Joining {
-                    self.clients[c as usize].state = State::Joined;
-                    self.joined += 1;
+                    if f64::from(self.joined + 1) * FRAME_US as f64 / self.heartbeat_us >= MAX_LOAD {
+                        // One more client's heartbeats would saturate the controller: its
+                        // heartbeats go unread, the controller times it out and drops it.
+                        self.saturated = true;
+                        self.clients[c as usize].state = State::GaveUp;
+                        self.clients[c as usize].held = false;
+                        self.open -= 1;
+                    } else {
+                        self.clients[c as usize].state = State::Joined;
+                        self.joined += 1;
+                    }
                     self.finished += 1;
                 }
             }

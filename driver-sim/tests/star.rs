@@ -72,3 +72,16 @@ fn star_runs_repeat_exactly_and_refuse_what_they_do_not_model() {
     assert_eq!(star::unsupported(&Scenario { job: true, ..star(10, 10, 1) }), Some("--job"));
     assert_eq!(star::unsupported(&star(10, 10, 1)), None);
 }
+
+#[test]
+fn a_star_past_what_its_controller_can_read_drops_the_rest() {
+    // 10 µs per heartbeat, one per second: 90 % of the controller at 90,000 clients. With a
+    // heartbeat of 10 ms the limit is 900 clients.
+    let mut sc = star(1000, 1 << 20, 9);
+    sc.kill = 0.0;
+    sc.config.heartbeat = std::time::Duration::from_millis(10);
+    let r = plush_sim::run(&sc);
+    assert!(!r.converged);
+    assert_eq!(r.tree.orphans, 1000 - 899, "{:?}", r.tree);
+    assert_eq!(r.broadcast.replies, 899);
+}
