@@ -257,6 +257,10 @@ fn main() -> std::process::ExitCode {
                 )
             })
             .collect();
+        if !samples.iter().any(|s| s.plot == plot.name && s.y.is_some()) {
+            eprintln!("figures: no run gave {} a point", plot.name);
+            failed = true;
+        }
         match write_plot(&out, &plot, &samples, &commands) {
             Ok(p) => eprintln!("figures: wrote {}", p.display()),
             Err(e) => {
