@@ -240,11 +240,17 @@ fn main() -> std::process::ExitCode {
         if quick {
             whole = Sizes::quick();
         }
-        let ran: Vec<f64> = samples.iter().filter(|s| s.plot == plot.name).map(|s| s.x).collect();
+        // Each command with the values it was run with for this plot.
+        let ran: std::collections::HashSet<&str> =
+            samples.iter().filter(|s| s.plot == plot.name).map(|s| s.command.as_str()).collect();
+        let seeds = whole.seeds.clone();
         let commands: Vec<String> = plush_benches::figures::jobs(&whole)
             .into_iter()
             .map(|mut j| {
-                j.xs.retain(|x| ran.contains(x));
+                let job = j.clone();
+                j.xs.retain(|&x| {
+                    seeds.iter().any(|&sd| ran.contains(format!("plush {}", job.args(x, sd).join(" ")).as_str()))
+                });
                 j
             })
             .filter(|j| !j.xs.is_empty())
