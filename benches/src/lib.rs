@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod counting;
+pub mod figures;
 
 use plush_sim::Scenario;
 

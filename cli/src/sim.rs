@@ -6,7 +6,7 @@
 //! summary ends with the exact command line that does so.
 
 use clap::{Args, ValueEnum};
-use plush_sim::{CrashKind, Report, Scenario};
+use plush_sim::{CrashKind, Layout, Report, Scenario};
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -32,6 +32,8 @@ const DEFAULT_FD_BUDGET: u32 = 1024;
 const DEFAULT_RANSUB_SIZE: u32 = 10;
 /// Default RanSub epochs observed before the faults.
 const DEFAULT_STEADY_EPOCHS: u32 = 4;
+/// Default fd limit of the star's controller (`--controller-fds`).
+const DEFAULT_CONTROLLER_FDS: u32 = 1024;
 /// Largest degree: the root sends its children their sibling list in one message, and a list on
 /// the wire holds at most this many entries.
 const MAX_DEGREE: u32 = plush_core::wire::MAX_LIST as u32;
@@ -165,6 +167,17 @@ pub struct SimArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// `tree`: Plush-M. `star`: Plush before it, the controller linked to every client (no
+    /// tree, no RanSub; see `plush_sim::star`).
+    #[arg(long, value_enum, default_value_t = LayoutArg::Tree)]
+    pub layout: LayoutArg,
+
+    /// With --layout star: client links the controller can hold at once (its fd limit); past
+    /// it, connections are refused.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_CONTROLLER_FDS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub controller_fds: u32,
+
     /// Run N scenarios drawn from every knob at once (see `plush_sim::swarm`) instead of one,
     /// in parallel, and check each against the swarm's oracle. Each failure prints the `plush
     /// sim` line that repeats it; the last line is the summary (JSON with --json). The other
@@ -207,6 +220,15 @@ impl FromStr for NodeRange {
         }
         Ok(NodeRange { min, max })
     }
+}
+
+/// How the nodes are connected (`--layout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LayoutArg {
+    /// Plush-M's tree.
+    Tree,
+    /// Plush's star: the controller linked to every client.
+    Star,
 }
 
 /// How killed nodes die (`--crash`).
@@ -349,6 +371,8 @@ impl SimArgs {
         scenario.config.max_links = self.fd_budget as usize;
         scenario.config.ransub_size = self.ransub_size as usize;
         scenario.config.ransub_repair = !self.no_ransub_repair;
+        scenario.layout = if self.layout == LayoutArg::Star { Layout::Star } else { Layout::Tree };
+        scenario.controller_fds = self.controller_fds;
         scenario
     }
 
@@ -414,6 +438,7 @@ impl SimArgs {
         if self.job_outputs != 1 {
             let _ = write!(cmd, " --job-outputs {}", self.job_outputs);
         }
+<<<<<<< HEAD
         if let Some(t) = self.controller_crash_at {
             let _ = write!(cmd, " --controller-crash-at {t}");
         }
@@ -425,6 +450,13 @@ impl SimArgs {
         }
         if let Some(t) = self.linger {
             let _ = write!(cmd, " --linger {t}");
+=======
+        if self.layout == LayoutArg::Star {
+            cmd.push_str(" --layout star");
+        }
+        if self.controller_fds != DEFAULT_CONTROLLER_FDS {
+            let _ = write!(cmd, " --controller-fds {}", self.controller_fds);
+>>>>>>> figs22
         }
         cmd
     }
@@ -444,7 +476,12 @@ pub fn run(args: &SimArgs) -> ExitCode {
             seed
         }
     };
-    let report = plush_sim::run(&args.scenario(seed));
+    let scenario = args.scenario(seed);
+    if let Some(flag) = (scenario.layout == Layout::Star).then(|| plush_sim::star::unsupported(&scenario)).flatten() {
+        eprintln!("plush sim: {flag} is not modelled with --layout star");
+        return ExitCode::from(2);
+    }
+    let report = plush_sim::run(&scenario);
 
     let text = if args.json {
         match serde_json::to_string(&report) {

@@ -12,10 +12,12 @@
 //! - [`uniformity`]: the chi-square test of RanSub's views.
 //! - [`swarm`]: scenarios drawn from every knob at once, run in parallel and checked by one
 //!   oracle (`plush sim --swarm`).
+//! - [`star`]: the star layout (Plush before Plush-M), modelled in the simulator.
 //! - [`run`]: builds a [`Sim`] for a [`Scenario`] and plays it phase by phase.
 
 pub mod scenario;
 pub mod sim;
+pub mod star;
 pub mod swarm;
 pub mod uniformity;
 
@@ -24,5 +26,8 @@ pub use sim::Sim;
 
 /// Run `scenario` to the end and report.
 pub fn run(scenario: &Scenario) -> Report {
-    sim::play(scenario)
+    match scenario.layout {
+        Layout::Tree => sim::play(scenario),
+        Layout::Star => star::play(scenario),
+    }
 }

@@ -23,6 +23,17 @@ pub enum CrashKind {
     Host,
 }
 
+/// How the nodes are connected (`--layout`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    /// Plush-M: a tree of nodes, repaired through RanSub (the core).
+    #[default]
+    Tree,
+    /// Plush before Plush-M: the controller holds a link to every client (see [`crate::star`]).
+    Star,
+}
+
 /// The scenario: build a tree of `nodes`, broadcast, strike the faults, wait for repair, broadcast
 /// again.
 #[derive(Clone, Debug)]
@@ -81,6 +92,10 @@ pub struct Scenario {
     pub controller_back_after_s: Option<f64>,
     /// The core's configuration (the degree is `config.max_children`).
     pub config: Config,
+    /// Tree or star.
+    pub layout: Layout,
+    /// With the star: client links the controller can hold at once (its fd limit).
+    pub controller_fds: u32,
 }
 
 impl Scenario {
@@ -131,6 +146,8 @@ impl Default for Scenario {
             controller_crash_at_s: None,
             controller_back_after_s: None,
             config: Config::default(),
+            layout: Layout::Tree,
+            controller_fds: 1024,
         }
     }
 }
