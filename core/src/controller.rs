@@ -57,6 +57,12 @@ use std::rc::Rc;
 /// A job the tree reported complete is acknowledged again every this many
 /// [`Config::ack_interval`]s while the controller tracks it.
 pub const REACK_INTERVALS: u32 = 5;
+/// Results naming large outputs ([`crate::wire::BlobRef`]) are acknowledged at most this often
+/// (others at most every [`Config::ack_interval`]): every node holds such an output until the
+/// controller's `Ack` covers it, and takes no more from its children past
+/// [`crate::control::BLOB_BACKLOG`], so the pace of these acknowledgements bounds the throughput
+/// of large grouped outputs (8 MiB per 25 ms and hop).
+pub const LARGE_ACK_PACE: core::time::Duration = core::time::Duration::from_millis(25);
 /// Members asked at once where the root is, while the controller has none (see `seek`).
 pub const SEEK_FANOUT: usize = 16;
 
@@ -1017,8 +1023,9 @@ impl Controller {
                 }
                 let j = &mut self.jobs[k];
                 if j.complete || large {
-                    // News: acknowledge soon (at most once an interval).
-                    let at = j.last_ack.map_or(now, |t| (t + self.cfg.ack_interval).max(now));
+                    // News: acknowledge soon (at most once an interval; large outputs sooner).
+                    let pace = if large { LARGE_ACK_PACE.min(self.cfg.ack_interval) } else { self.cfg.ack_interval };
+                    let at = j.last_ack.map_or(now, |t| (t + pace).max(now));
                     j.ack_at = Some(j.ack_at.map_or(at, |a| a.min(at)));
                 }
             }

@@ -443,6 +443,7 @@ impl Cluster {
         let _ = crate::sys::raise_nofile_limit();
         // The launched clients get nothing of ours but stdio.
         crate::sys::cloexec_inherited();
+        crate::sys::map_large_allocations();
         let key = Key::generate();
         let key_file = KeyFile::create(&key)?;
         let listener = std::net::TcpListener::bind(cfg.listen)?;
