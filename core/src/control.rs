@@ -131,6 +131,8 @@ pub const MAX_PARTIAL_BLOBS: usize = 64;
 /// (Held outputs drain by themselves: the controller acknowledges large results within
 /// `controller::LARGE_ACK_PACE`.)
 pub const BLOB_BACKLOG: u64 = 8 << 20;
+/// Blobs a node keeps for groups still to come, per job (see `Upward::awaiting`).
+pub const MAX_AWAITING: usize = 1024;
 /// Most bytes reserved at once for a blob from its announced size.
 pub const BLOB_RESERVE: u64 = 16 << 20;
 
@@ -274,6 +276,10 @@ struct Upward {
     /// Blob bytes received from children and not acknowledged yet ([`BLOB_BACKLOG`]). At most
     /// one entry per child.
     deferred: Vec<(NodeId, u64)>,
+    /// (child, digest): the child sent chunks of this blob (kept, or dropped as a copy of one
+    /// here) and its group naming it has not come yet, so the blob is kept for it even once
+    /// other results naming it are acknowledged. At most [`MAX_AWAITING`], oldest dropped.
+    awaiting: VecDeque<(NodeId, [u8; 32])>,
 }
 
 impl Upward {
@@ -698,6 +704,7 @@ impl Control {
             let job = self.jobs[k].spec.job;
             let Job { up: u, held, .. } = &mut self.jobs[k];
             u.blobs.drop_from(&child);
+            u.awaiting.retain(|a| a.0 != child);
             u.deferred.retain(|d| d.0 != child);
             u.release(ctx, tree, job, held);
             self.maybe_flush(ctx, tree, k);
@@ -1227,6 +1234,12 @@ impl Control {
                 match self.job_index(job) {
                     Some(k) => {
                         let Job { up: u, held, .. } = &mut self.jobs[k];
+                        if offset == 0 && !u.awaiting.contains(&(from, digest)) {
+                            if u.awaiting.len() >= MAX_AWAITING {
+                                u.awaiting.pop_front();
+                            }
+                            u.awaiting.push_back((from, digest));
+                        }
                         if u.blobs.store(from, digest, offset, total, &data) {
                             // Kept: acknowledged as the backlog allows (see [`BLOB_BACKLOG`]).
                             match u.deferred.iter_mut().find(|d| d.0 == from) {
@@ -1567,6 +1580,10 @@ impl Control {
         };
         let mut got = NodeSet::new();
         for g in groups {
+            if let Some(b) = &g.blob {
+                // Its group came: that sender's blob no longer needs keeping for it.
+                self.jobs[k].up.awaiting.retain(|a| *a != (from, b.digest));
+            }
             let Some(h) = held_of(&self.jobs[k].up, g) else {
                 // Its blob did not arrive (a link broke on the way): the sender holds it and
                 // sends it again after the controller's next `Ack`.
@@ -1754,12 +1771,21 @@ impl Control {
         let j = &mut self.jobs[k];
         j.from = keep;
         let before: SmallVec<[[u8; 32]; 4]> = j.held.iter().map(|h| h.digest).collect();
+        // A parent drops a blob once the results it holds naming it are acknowledged: a group
+        // naming it that we send from now on must bring it again. (The controller keeps them.)
+        for h in j.held.iter().filter(|h| h.content.len() > INLINE_OUTPUT && !tree.is_root()) {
+            if h.nodes.minus(acked).len() != h.nodes.len() {
+                j.up.sent_blobs.retain(|d| *d != h.digest);
+            }
+        }
         remove_acked(&mut j.held, acked);
         remove_acked(&mut j.unsent, acked);
         // The blobs of results now acknowledged are not needed any more (one on its way up is
         // shared with the queue). A blob no result named yet stays: its group may be on its way.
         let Job { held, up, .. } = j;
-        up.blobs.whole.retain(|b| !before.contains(&b.0) || held.iter().any(|h| h.digest == b.0));
+        up.blobs.whole.retain(|b| {
+            !before.contains(&b.0) || held.iter().any(|h| h.digest == b.0) || up.awaiting.iter().any(|a| a.1 == b.0)
+        });
         // Held outputs acknowledged: the backlog may take children's blobs again.
         up.release(ctx, tree, job, held);
         if !j.held.is_empty() {
