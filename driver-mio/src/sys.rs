@@ -119,7 +119,7 @@ pub fn trim_heap() {
 pub fn trim_heap() {}
 
 /// Allocations of this many bytes or more get pages of their own (see [`map_large_allocations`]).
-pub const MMAP_THRESHOLD: i32 = 256 << 10;
+pub const MMAP_THRESHOLD: i32 = 1 << 20;
 
 /// Make glibc give every allocation of [`MMAP_THRESHOLD`] bytes or more pages of its own, returned
 /// to the kernel when freed. By default glibc raises that threshold up to 32 MiB as large blocks
