@@ -13,6 +13,11 @@
 #      0.2 s) while the output flows.
 #   2. grouped: every host prints the same M MiB; identical_controller_bytes is the output
 #      bytes the controller received (`output_bytes` of the run's JSON summary).
+#   2b. grouped, distinct: every host prints M MiB of its own lines (as in 1), grouped; the
+#      printout is read by a checker (every body line its host's, all there):
+#      distinct_s, distinct_lost_bytes, and the largest resident sizes sampled while it runs,
+#      distinct_controller_rss_kib (outputs past 16 MiB wait in a temporary file) and
+#      distinct_client_rss_kib.
 #
 #   3. beside them, when pdsh is installed: the same output as 1 through
 #      `pdsh -R exec -f N -w 127.0.0.[1-N]` (pdsh runs each host's command locally, no ssh: an
@@ -21,8 +26,9 @@
 #
 # The last line on stdout is one JSON object:
 #   {hosts, bytes_per_host, stream_s, stream_mib_per_s, stream_lost_bytes,
-#    identical_controller_bytes, controller_rss_kib, client_rss_kib, pdsh_exec_mib_per_s,
-#    pdsh_exec_lost_bytes}
+#    identical_controller_bytes, controller_rss_kib, client_rss_kib, distinct_s,
+#    distinct_lost_bytes, distinct_controller_rss_kib, distinct_client_rss_kib,
+#    pdsh_exec_mib_per_s, pdsh_exec_lost_bytes}
 #
 # --json  only the JSON line on stdout (progress goes to stderr)
 # Builds with `cargo build --release -p plush` unless PLUSH names a binary.
@@ -202,6 +208,47 @@ count=$(head -n 1 "$work/same.out" | sed -n 's/.*"count":\([0-9][0-9]*\).*/\1/p'
 [ "$count" = "$hosts" ] || fail "identical outputs in one group of $hosts, got ${count:-none}"
 say "output.sh: identical: the controller received $ident output bytes ($(awk -v a="$ident" -v b="$bytes" 'BEGIN { printf "%.3f", a / b }') x one output)"
 
+# 2b. Grouped, distinct per host: the grouped printout is checked as it is read (a group's
+# header names its hosts; with distinct outputs, one host each: every body line is that host's
+# padded address).
+mkfifo "$work/dpipe"
+LC_ALL=C awk '
+    /^-+$/ { rule++; next }
+    rule % 2 == 1 { host = $1; next }
+    { split($0, b, ":"); if (b[1] != host || length($0) != 63) bad++; else n++ }
+    END { if (bad) print "bad " bad; else print n + 0 }' < "$work/dpipe" > "$work/distinct.count" &
+checker=$!
+t0=$(now_ns)
+"$plush" run --local "$hosts" -- sh -c "$cmd" > "$work/dpipe" 2> "$work/distinct.err" &
+plush_pid=$!
+d_ctl_rss=0
+d_cl_rss=0
+while kill -0 "$plush_pid" 2> /dev/null; do
+    r=$(rss "$plush_pid")
+    [ -n "$r" ] && [ "$r" -gt "$d_ctl_rss" ] && d_ctl_rss=$r
+    for d in /proc/[0-9]*; do
+        p=${d#/proc/}
+        if ours "$p"; then
+            r=$(rss "$p")
+            [ -n "$r" ] && [ "$r" -gt "$d_cl_rss" ] && d_cl_rss=$r
+        fi
+    done
+    sleep 0.2
+done
+rc=0
+wait "$plush_pid" || rc=$?
+plush_pid=
+wait "$checker" || true
+t1=$(now_ns)
+[ "$rc" = 0 ] || { tail -n 20 "$work/distinct.err" >&2; fail "plush run (distinct, grouped) exited $rc"; }
+d_lines=$(cat "$work/distinct.count")
+case "$d_lines" in
+    "" | bad*) tail -n 20 "$work/distinct.err" >&2; fail "grouped distinct: lines not of their host: ${d_lines:-none}" ;;
+esac
+d_lost=$(((hosts * lines_per_host - d_lines) * 64))
+d_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", (b - a) / 1e9 }')
+say "output.sh: grouped distinct: $((hosts * mib)) MiB printed in $d_s s, lost $d_lost bytes; RSS controller $d_ctl_rss KiB, client $d_cl_rss KiB"
+
 # 3. pdsh, the same streamed output, each host's command run locally.
 pdsh_mibs=null
 pdsh_lost=null
@@ -215,5 +262,5 @@ if command -v pdsh > /dev/null; then
     say "output.sh: pdsh -R exec: $((hosts * mib)) MiB at $pdsh_mibs MiB/s, lost $pdsh_lost bytes"
 fi
 
-printf '{"hosts":%d,"bytes_per_host":%d,"stream_s":%s,"stream_mib_per_s":%s,"stream_lost_bytes":%d,"identical_controller_bytes":%d,"controller_rss_kib":%d,"client_rss_kib":%d,"pdsh_exec_mib_per_s":%s,"pdsh_exec_lost_bytes":%s}\n' \
-    "$hosts" "$bytes" "$stream_s" "$mibs" "$lost" "$ident" "$ctl_rss" "$cl_rss" "$pdsh_mibs" "$pdsh_lost"
+printf '{"hosts":%d,"bytes_per_host":%d,"stream_s":%s,"stream_mib_per_s":%s,"stream_lost_bytes":%d,"identical_controller_bytes":%d,"controller_rss_kib":%d,"client_rss_kib":%d,"distinct_s":%s,"distinct_lost_bytes":%d,"distinct_controller_rss_kib":%d,"distinct_client_rss_kib":%d,"pdsh_exec_mib_per_s":%s,"pdsh_exec_lost_bytes":%s}\n' \
+    "$hosts" "$bytes" "$stream_s" "$mibs" "$lost" "$ident" "$ctl_rss" "$cl_rss" "$d_s" "$d_lost" "$d_ctl_rss" "$d_cl_rss" "$pdsh_mibs" "$pdsh_lost"

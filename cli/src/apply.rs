@@ -26,7 +26,7 @@
 //! named), 130 after Ctrl-C.
 
 use crate::session::{
-    code_of, ms, print_groups, status_text, HostArgs, LauncherKind, PrintOpts, Session, INTERRUPTED, UNREACHABLE,
+    ms, print_groups, status_text, HostArgs, LauncherKind, PrintOpts, Session, INTERRUPTED, UNREACHABLE,
 };
 use clap::Args;
 use plush::appfile::{self, AppError, AppSpec, FileSpec, OnFailure, PhaseSpec, Where};
@@ -513,12 +513,7 @@ fn report_phase(s: &mut Session, p: &PhaseSpec, r: &PhaseRun, json: bool) -> (u8
     if json {
         let mut o = std::io::stdout().lock();
         for g in &groups {
-            let status = status_text(&g.status);
-            let v = json!({"phase": p.name, "nodes": s.fold(&g.nodes), "count": g.nodes.len(), "exit": code_of(&g.status),
-                           "status": status.as_deref().unwrap_or("ok"), "truncated": g.truncated,
-                           "stdout": String::from_utf8_lossy(&g.output),
-                           "stderr": String::from_utf8_lossy(&g.stderr)});
-            let _ = writeln!(o, "{v}");
+            let _ = crate::session::write_group_json(&mut o, &s.labels, g, &[("phase", json!(p.name))]);
         }
     } else {
         println!("=== phase {} ({} hosts)", p.name, r.targeted.len());
@@ -537,8 +532,8 @@ fn report_phase(s: &mut Session, p: &PhaseSpec, r: &PhaseRun, json: bool) -> (u8
     if files.any() {
         for g in &groups {
             for &node in &g.nodes {
-                files.write(&s.labels, node, false, &g.output);
-                files.write(&s.labels, node, true, &g.stderr);
+                files.write_body(&s.labels, node, false, g.stdout_body());
+                files.write_body(&s.labels, node, true, g.stderr_body());
             }
         }
     }

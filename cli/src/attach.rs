@@ -100,6 +100,7 @@ fn group(g: &GroupRec) -> ResultGroup {
         output: g.output.clone(),
         nodes: g.nodes.clone(),
         stderr: g.stderr.clone(),
+        spilled: None,
     }
 }
 

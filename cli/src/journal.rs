@@ -33,7 +33,8 @@
 //! buy transactions and indexes the journal does not need.
 //!
 //! Bounds: a record is at most [`MAX_RECORD`] bytes (a larger result is written with its
-//! output cut to fit, and marked truncated); reading holds the whole file in memory.
+//! output cut to fit, and marked truncated); reading holds the whole file in memory, large
+//! outputs (recorded chunk by chunk as [`Record::Blob`]s) put together included.
 
 use plush_core::wire::{ExitStatus, RunSpec};
 use plush_core::NodeId;
@@ -154,6 +155,38 @@ pub enum Record {
     },
     /// The session ended (the overlay was dismantled).
     Done,
+    /// Bytes of a large output as they arrived (the controller hands them out before the
+    /// result groups that name the output, see `plush_core::Report::Blob`): in order per
+    /// output, a chunk at offset 0 starting it again.
+    Blob {
+        /// The job.
+        job: u64,
+        /// The output's name (SHA-256 of stdout's length, stdout and stderr).
+        digest: [u8; 32],
+        /// Where `data` starts in the output.
+        offset: u64,
+        /// The bytes.
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    /// A result group whose output is a large output recorded before as [`Record::Blob`]s
+    /// (synced, as [`Record::Result`] is).
+    BlobResult {
+        /// The job.
+        job: u64,
+        /// How it ended.
+        status: ExitStatus,
+        /// The output was cut.
+        truncated: bool,
+        /// The output's name.
+        digest: [u8; 32],
+        /// Bytes of stdout at the start of the output (stderr follows).
+        stdout_len: u64,
+        /// Bytes of the output.
+        len: u64,
+        /// The hosts.
+        nodes: Vec<NodeId>,
+    },
 }
 
 /// Encode a record with its header.
@@ -442,6 +475,8 @@ pub fn state_name(code: u8) -> &'static str {
 /// the log does not hold is ignored.
 pub fn replay(records: &[Record]) -> Replayed {
     let mut s = Replayed::default();
+    // Large outputs being put together from their chunks, by name.
+    let mut blobs: std::collections::HashMap<[u8; 32], Vec<u8>> = std::collections::HashMap::new();
     for rec in records {
         match rec {
             Record::Session { cmd, version, created_ms, controller, label_by_name, local } => {
@@ -506,6 +541,34 @@ pub fn replay(records: &[Record]) -> Replayed {
                 s.barriers.push((name.clone(), target.clone(), *threshold, *timeout_ms));
             }
             Record::Done => s.done = true,
+            Record::Blob { digest, offset, data, .. } => {
+                let b = blobs.entry(*digest).or_default();
+                if *offset == 0 {
+                    b.clear();
+                }
+                if *offset == b.len() as u64 {
+                    b.extend_from_slice(data);
+                }
+            }
+            Record::BlobResult { job, status, truncated, digest, stdout_len, len, nodes } => {
+                let Some(j) = s.jobs.iter_mut().find(|j| j.spec.job == *job) else { continue };
+                // The controller only names an output it has whole, and its chunks were
+                // recorded before: a result whose bytes are not all here was never shown.
+                let Some(b) = blobs.get(digest).filter(|b| b.len() as u64 == *len && *stdout_len <= *len) else {
+                    continue;
+                };
+                let fresh: Vec<NodeId> = nodes.iter().copied().filter(|n| j.got.insert(*n)).collect();
+                if !fresh.is_empty() {
+                    let (out, err) = b.split_at(*stdout_len as usize);
+                    j.groups.push(GroupRec {
+                        status: *status,
+                        truncated: *truncated,
+                        output: out.to_vec(),
+                        stderr: err.to_vec(),
+                        nodes: fresh,
+                    });
+                }
+            }
         }
     }
     s
@@ -592,6 +655,51 @@ mod tests {
         assert_eq!(s.jobs.len(), 1);
         assert_eq!(s.jobs[0].got.len(), 6);
         assert_eq!(s.root, Some(node(0)));
+    }
+
+    /// A large output journaled chunk by chunk, then named by two result groups: replay puts
+    /// it together, splits stdout from stderr, and yields each host once; cut anywhere before
+    /// the result, the result is not there, and a chunk lost in the middle loses the result.
+    #[test]
+    fn a_large_output_is_put_together_from_its_chunks() {
+        let mut recs = sample();
+        recs.truncate(4);
+        let content: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        let digest = [7u8; 32];
+        let chunk = |offset: usize, len: usize| Record::Blob {
+            job: 1,
+            digest,
+            offset: offset as u64,
+            data: content[offset..offset + len].to_vec(),
+        };
+        let result = |nodes: Vec<NodeId>| Record::BlobResult {
+            job: 1,
+            status: ExitStatus::Exited(0),
+            truncated: false,
+            digest,
+            stdout_len: 6_000,
+            len: content.len() as u64,
+            nodes,
+        };
+        // A first copy started and begun again (offset 0), then whole.
+        recs.extend([chunk(0, 3_000), chunk(0, 4_000), chunk(4_000, 6_000)]);
+        recs.push(result(vec![node(0), node(1)]));
+        recs.push(result(vec![node(1), node(2)]));
+        let (bytes, ends) = file_of(&recs);
+        let s = replay(&decode_all(&bytes).records);
+        let groups = &s.jobs[0].groups;
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].output, content[..6_000].to_vec());
+        assert_eq!(groups[0].stderr, content[6_000..].to_vec());
+        assert_eq!(groups[0].nodes, vec![node(0), node(1)]);
+        assert_eq!(groups[1].nodes, vec![node(2)], "node 1 is yielded once");
+        // Cut before the first result's end: no result of the blob.
+        let cut = &bytes[..ends[recs.len() - 2] - 1];
+        assert!(replay(&decode_all(cut).records).jobs[0].groups.is_empty());
+        // The middle chunk missing: the output is not whole, nothing is yielded.
+        let mut holed = recs.clone();
+        holed.remove(5);
+        assert!(replay(&holed).jobs[0].groups.is_empty());
     }
 
     /// Cut the journal at every byte offset: the records read are exactly those that ended at

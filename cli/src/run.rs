@@ -98,6 +98,8 @@ pub fn run(args: &RunArgs) -> ExitCode {
             ("exit", json!(code)),
             // Output bytes the controller received (live output, blobs, inline results).
             ("output_bytes", json!(s.c.controller_stats().output_bytes)),
+            // Of them, bytes kept in a temporary file until printed (past the memory bound).
+            ("spilled_bytes", json!(s.c.spill_state().1)),
         ];
         let line = summary_json(&summary, s.host_count(), &extra);
         let mut out = std::io::stdout().lock();

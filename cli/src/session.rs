@@ -22,7 +22,7 @@ use clap::Args;
 use plush::hostset::{addr_label, common_port, expand, fold_addrs, fold_names};
 use plush_core::wire::ExitStatus;
 use plush_core::{Config, HostState, NodeId};
-use plush_mio::{Cluster, ClusterConfig, JobSpec, LaunchMethod, PushJob, ResultGroup, RunOutcome, SshLaunch};
+use plush_mio::{Body, Cluster, ClusterConfig, JobSpec, LaunchMethod, PushJob, ResultGroup, RunOutcome, SshLaunch};
 use serde_json::{json, Value};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -518,6 +518,11 @@ impl HostFiles {
 
     /// Append `bytes` of `node`'s stdout (or stderr) to its file.
     pub fn write(&mut self, labels: &Labels, node: NodeId, err: bool, bytes: &[u8]) {
+        self.write_body(labels, node, err, Body::Mem(bytes));
+    }
+
+    /// Append `body` (in memory or in the spill file) to `node`'s stdout (or stderr) file.
+    pub fn write_body(&mut self, labels: &Labels, node: NodeId, err: bool, body: Body<'_>) {
         let Some(dir) = &self.dirs[usize::from(err)] else { return };
         let name = labels.label(&node).replace(['/', '\\'], "_");
         let first = self.started.insert((node, err));
@@ -528,7 +533,7 @@ impl HostFiles {
             .append(!first)
             .truncate(first)
             .open(&path)
-            .and_then(|mut f| f.write_all(bytes));
+            .and_then(|f| body.write_to(&mut std::io::BufWriter::with_capacity(64 << 10, f)));
         if let Err(e) = r {
             if !std::mem::replace(&mut self.failed, true) {
                 eprintln!("plush: cannot write {}: {e}", path.display());
@@ -713,8 +718,8 @@ impl Streamed {
     fn write_results(&mut self, labels: &Labels, groups: &[ResultGroup]) {
         for g in groups {
             for &node in &g.nodes {
-                self.files.write(labels, node, false, &g.output);
-                self.files.write(labels, node, true, &g.stderr);
+                self.files.write_body(labels, node, false, g.stdout_body());
+                self.files.write_body(labels, node, true, g.stderr_body());
             }
         }
     }
@@ -844,6 +849,7 @@ impl Session {
             launch_timeout,
             client_args,
             max_launches_in_flight: args.fanout as usize,
+            spill_memory: Some(spill_memory()),
             ..ClusterConfig::default()
         };
         let c = match Cluster::start(cfg) {
@@ -971,20 +977,35 @@ impl Session {
                 return;
             };
             let rec = match r {
-                plush_core::Report::Result { job, status, truncated, output, nodes, stderr } => Record::Result {
+                plush_core::Report::Result { job, status, truncated, output, nodes, stderr, blob: None } => {
+                    Record::Result {
+                        job: *job,
+                        status: *status,
+                        truncated: *truncated,
+                        output: output.to_vec(),
+                        stderr: stderr.to_vec(),
+                        nodes: nodes.iter().collect(),
+                    }
+                }
+                plush_core::Report::Result { job, status, truncated, nodes, blob: Some(b), .. } => Record::BlobResult {
                     job: *job,
                     status: *status,
                     truncated: *truncated,
-                    output: output.to_vec(),
-                    stderr: stderr.to_vec(),
+                    digest: b.digest,
+                    stdout_len: b.stdout_len,
+                    len: b.len,
                     nodes: nodes.iter().collect(),
                 },
+                // A large output's bytes: on disk before the result naming them (synced with it).
+                plush_core::Report::Blob { job, digest, offset, data, .. } => {
+                    Record::Blob { job: *job, digest: *digest, offset: *offset, data: data.clone() }
+                }
                 plush_core::Report::Host { host, state, .. } => Record::State(*host, journal::state_code(*state)),
                 plush_core::Report::RootChanged(root) => Record::Root(*root),
                 _ => return,
             };
             // A result is synced (on `None`) before the controller's acknowledgement of it leaves.
-            unsynced |= matches!(rec, Record::Result { .. });
+            unsynced |= matches!(rec, Record::Result { .. } | Record::BlobResult { .. });
             hook.borrow_mut().append(&rec, false);
         }));
         self.journal = Some(j);
@@ -1132,7 +1153,8 @@ impl Session {
                             if g.status == ExitStatus::Exited(0) {
                                 installed.push(*h);
                             } else {
-                                let text = String::from_utf8_lossy(&g.output).trim().to_string();
+                                let text = g.stdout_body().to_vec().unwrap_or_default();
+                                let text = String::from_utf8_lossy(&text).trim().to_string();
                                 sum.failed.push((*h, if text.is_empty() { format!("{:?}", g.status) } else { text }));
                             }
                         }
@@ -1572,20 +1594,10 @@ pub fn largest_code(groups: &[ResultGroup]) -> u8 {
 /// and `stderr`. `cap`: the user's `--max-output`, named beside a cut group. Write errors (a
 /// closed pipe) are ignored: the hosts must still be dismantled.
 pub fn print_groups(labels: &Labels, groups: &[ResultGroup], json: bool, cap: Option<u64>) {
-    let mut out = std::io::stdout().lock();
+    let mut out = std::io::BufWriter::with_capacity(64 << 10, std::io::stdout().lock());
     if json {
         for g in groups {
-            let status = status_text(&g.status);
-            let line = json!({
-                "nodes": labels.fold(&g.nodes),
-                "count": g.nodes.len(),
-                "exit": code_of(&g.status),
-                "status": status.as_deref().unwrap_or("ok"),
-                "truncated": g.truncated,
-                "stdout": String::from_utf8_lossy(&g.output),
-                "stderr": String::from_utf8_lossy(&g.stderr),
-            });
-            let _ = writeln!(out, "{line}");
+            let _ = write_group_json(&mut out, labels, g, &[]);
         }
         let _ = out.flush();
         return;
@@ -1596,15 +1608,15 @@ pub fn print_groups(labels: &Labels, groups: &[ResultGroup], json: bool, cap: Op
     };
     // Regroup by one stream's content: hosts that differ only in stderr share their stdout group.
     let gather = |err: bool| {
-        let mut v: Vec<(ExitStatus, bool, &[u8], Vec<NodeId>)> = Vec::new();
+        let mut v: Vec<(ExitStatus, bool, Body<'_>, Vec<NodeId>)> = Vec::new();
         for g in groups {
-            let bytes: &[u8] = if err { &g.stderr } else { &g.output };
-            if err && bytes.is_empty() {
+            let body = if err { g.stderr_body() } else { g.stdout_body() };
+            if err && body.is_empty() {
                 continue;
             }
-            match v.iter_mut().find(|x| x.0 == g.status && x.1 == g.truncated && x.2 == bytes) {
+            match v.iter_mut().find(|x| x.0 == g.status && x.1 == g.truncated && x.2.same(&body)) {
                 Some(x) => x.3.extend_from_slice(&g.nodes),
-                None => v.push((g.status, g.truncated, bytes, g.nodes.clone())),
+                None => v.push((g.status, g.truncated, body, g.nodes.clone())),
             }
         }
         for x in &mut v {
@@ -1613,8 +1625,8 @@ pub fn print_groups(labels: &Labels, groups: &[ResultGroup], json: bool, cap: Op
         v.sort_by(|a, b| b.3.len().cmp(&a.3.len()).then_with(|| a.3.first().cmp(&b.3.first())));
         v
     };
-    let print = |w: &mut dyn Write, v: Vec<(ExitStatus, bool, &[u8], Vec<NodeId>)>| {
-        for (status, truncated, bytes, nodes) in v {
+    let print = |w: &mut dyn Write, v: Vec<(ExitStatus, bool, Body<'_>, Vec<NodeId>)>| {
+        for (status, truncated, body, nodes) in v {
             let mut header = format!("{} ({})", labels.fold(&nodes), nodes.len());
             if let Some(s) = status_text(&status) {
                 header.push(' ');
@@ -1624,8 +1636,10 @@ pub fn print_groups(labels: &Labels, groups: &[ResultGroup], json: bool, cap: Op
                 header.push_str(&cut);
             }
             let _ = writeln!(w, "---------------\n{header}\n---------------");
-            let _ = w.write_all(bytes);
-            if !bytes.is_empty() && !bytes.ends_with(b"\n") {
+            if let Err(e) = body.write_to(w) {
+                let _ = writeln!(w, "[plush: cannot read this output back from its temporary file: {e}]");
+            }
+            if !body.is_empty() && !matches!(body.last(), Ok(Some(b'\n'))) {
                 let _ = w.write_all(b"\n");
             }
         }
@@ -1633,7 +1647,96 @@ pub fn print_groups(labels: &Labels, groups: &[ResultGroup], json: bool, cap: Op
     };
     print(&mut out, gather(false));
     drop(out);
-    print(&mut std::io::stderr().lock(), gather(true));
+    print(&mut std::io::BufWriter::with_capacity(64 << 10, std::io::stderr().lock()), gather(true));
+}
+
+/// Bytes of result outputs the controller keeps in memory ([`plush_mio::SPILL_MEMORY`], 16 MiB);
+/// past it, grouped outputs wait for printing in an anonymous temporary file. The environment
+/// variable `PLUSH_SPILL_MEMORY` (a size: `64K`, `1M`, ...) sets another bound (tests use a
+/// small one).
+pub fn spill_memory() -> u64 {
+    std::env::var("PLUSH_SPILL_MEMORY").ok().and_then(|v| parse_size(&v).ok()).unwrap_or(plush_mio::SPILL_MEMORY)
+}
+
+/// One group as a JSON line: `extra` fields (e.g. `phase`), then `count`, `exit`, `nodes`,
+/// `status`, `stderr`, `stdout` and `truncated`, as `serde_json` orders them. stdout and stderr
+/// are written piece by piece (from the spill file, if there), invalid UTF-8 replaced as
+/// `String::from_utf8_lossy` does.
+pub fn write_group_json(
+    w: &mut dyn Write,
+    labels: &Labels,
+    g: &ResultGroup,
+    extra: &[(&str, Value)],
+) -> std::io::Result<()> {
+    let status = status_text(&g.status);
+    w.write_all(b"{")?;
+    for (k, v) in extra {
+        write!(w, "{}:{v},", json!(k))?;
+    }
+    write!(
+        w,
+        "\"count\":{},\"exit\":{},\"nodes\":{},\"status\":{},\"stderr\":",
+        g.nodes.len(),
+        code_of(&g.status),
+        json!(labels.fold(&g.nodes)),
+        json!(status.as_deref().unwrap_or("ok")),
+    )?;
+    write_json_body(w, g.stderr_body())?;
+    w.write_all(b",\"stdout\":")?;
+    write_json_body(w, g.stdout_body())?;
+    writeln!(w, ",\"truncated\":{}}}", g.truncated)
+}
+
+/// `body` as a JSON string, lossy (see [`write_group_json`]).
+fn write_json_body(w: &mut dyn Write, body: Body<'_>) -> std::io::Result<()> {
+    fn escaped(w: &mut dyn Write, s: &str) -> std::io::Result<()> {
+        let q = serde_json::to_string(s).map_err(std::io::Error::other)?;
+        w.write_all(&q.as_bytes()[1..q.len() - 1])
+    }
+    // Decode what can be, keep an incomplete sequence at the end for the next piece.
+    fn decode(w: &mut dyn Write, mut rest: &[u8], end: bool) -> std::io::Result<usize> {
+        let len = rest.len();
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(s) => {
+                    escaped(w, s)?;
+                    return Ok(len);
+                }
+                Err(e) => {
+                    let (ok, bad) = rest.split_at(e.valid_up_to());
+                    escaped(w, std::str::from_utf8(ok).unwrap_or_default())?;
+                    match e.error_len() {
+                        Some(n) => {
+                            w.write_all("\u{FFFD}".as_bytes())?;
+                            rest = &bad[n..];
+                        }
+                        None if end => {
+                            w.write_all("\u{FFFD}".as_bytes())?;
+                            return Ok(len);
+                        }
+                        None => return Ok(len - bad.len()),
+                    }
+                }
+            }
+        }
+    }
+    w.write_all(b"\"")?;
+    let mut carry: Vec<u8> = Vec::new();
+    body.for_each_chunk(|c| {
+        if carry.is_empty() {
+            let used = decode(w, c, false)?;
+            carry.extend_from_slice(&c[used..]);
+        } else {
+            carry.extend_from_slice(c);
+            let used = decode(w, &carry, false)?;
+            carry.drain(..used);
+        }
+        Ok(())
+    })?;
+    if !carry.is_empty() {
+        decode(w, &carry, true)?;
+    }
+    w.write_all(b"\"")
 }
 
 /// A JSON summary line of a job: `{"summary": {...}}` with the counts, `joined` (hosts

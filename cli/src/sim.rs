@@ -438,7 +438,6 @@ impl SimArgs {
         if self.job_outputs != 1 {
             let _ = write!(cmd, " --job-outputs {}", self.job_outputs);
         }
-<<<<<<< HEAD
         if let Some(t) = self.controller_crash_at {
             let _ = write!(cmd, " --controller-crash-at {t}");
         }
@@ -450,13 +449,12 @@ impl SimArgs {
         }
         if let Some(t) = self.linger {
             let _ = write!(cmd, " --linger {t}");
-=======
+        }
         if self.layout == LayoutArg::Star {
             cmd.push_str(" --layout star");
         }
         if self.controller_fds != DEFAULT_CONTROLLER_FDS {
             let _ = write!(cmd, " --controller-fds {}", self.controller_fds);
->>>>>>> figs22
         }
         cmd
     }

@@ -204,3 +204,101 @@ fn a_reader_that_pauses_longer_than_a_link_timeout_loses_nothing() {
     let lines = String::from_utf8_lossy(&got).lines().filter(|l| l.len() == 63 + ": 127.0.0.1".len()).count();
     assert_eq!(lines as u64, u64::from(hosts) * bytes / 64, "every line arrived");
 }
+
+/// Each of 8 hosts prints 200,000 bytes on stdout, the same as two or three others (by its
+/// address's last number mod 3), and 150,000 bytes of its own on stderr: every output is a
+/// distinct blob far above the 64 KiB memory bound the test sets, so all of them wait for
+/// printing in the spill file.
+const SPILLED: &str = "a=${PLUSH_NODE%%:*}; n=${a##*.}; yes \"stdout of group $((n % 3))\" | head -c 200000; \
+                       yes \"stderr of $a\" | head -c 150000 >&2";
+
+fn spilled_stdout(n: u32) -> Vec<u8> {
+    format!("stdout of group {}\n", n % 3).bytes().cycle().take(200_000).collect()
+}
+
+fn spilled_stderr(n: u32) -> Vec<u8> {
+    format!("stderr of 127.0.0.{n}\n").bytes().cycle().take(150_000).collect()
+}
+
+/// The groups of a grouped print: (header, body without the newline added after it).
+fn print_groups_of(text: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let rule = format!("{RULE}\n");
+    let mut groups = Vec::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        assert!(rest.starts_with(rule.as_bytes()), "a group starts with a rule");
+        rest = &rest[rule.len()..];
+        let k = rest.iter().position(|&b| b == b'\n').expect("a header line");
+        let header = String::from_utf8_lossy(&rest[..k]).into_owned();
+        rest = &rest[k + 1..];
+        assert!(rest.starts_with(rule.as_bytes()), "the header is followed by a rule");
+        rest = &rest[rule.len()..];
+        // The body runs to the next rule at the start of a line (the bodies hold none).
+        let end = rest.windows(rule.len() + 1).position(|w| w[0] == b'\n' && &w[1..] == rule.as_bytes());
+        let (body, next) = match end {
+            Some(e) => (&rest[..=e], &rest[e + 1..]),
+            None => (rest, &rest[rest.len()..]),
+        };
+        groups.push((header, body.to_vec()));
+        rest = next;
+    }
+    groups
+}
+
+/// The body as printed: a newline is added after one that does not end with one.
+fn printed(mut body: Vec<u8>) -> Vec<u8> {
+    if !body.ends_with(b"\n") {
+        body.push(b'\n');
+    }
+    body
+}
+
+#[test]
+fn grouped_outputs_above_the_memory_bound_are_printed_whole_from_the_spill_file() {
+    let dir = std::env::temp_dir().join(format!("plush-spill-test-{}", std::process::id()));
+    let (outdir, errdir) = (dir.join("out"), dir.join("err"));
+    let env = [("PLUSH_SPILL_MEMORY", "64K")];
+    let (o, e) = (outdir.to_string_lossy().into_owned(), errdir.to_string_lossy().into_owned());
+    let args = ["run", "--local", "8", "--outdir", &o, "--errdir", &e, "--", "sh", "-c", SPILLED];
+    let r = common::plush_env(&args, None, &env, LIMIT);
+    assert_eq!(r.code, Some(0), "stderr: {}", &r.stderr[..r.stderr.len().min(2000)]);
+    // stdout: three groups, regrouped by stdout alone (each host's whole output is distinct).
+    let want_out = vec![
+        ("127.0.0.[1,4,7] (3)".to_string(), printed(spilled_stdout(1))),
+        ("127.0.0.[2,5,8] (3)".to_string(), printed(spilled_stdout(2))),
+        ("127.0.0.[3,6] (2)".to_string(), printed(spilled_stdout(3))),
+    ];
+    let got_out = print_groups_of(&r.stdout);
+    let sizes = |g: &[(String, Vec<u8>)]| g.iter().map(|(h, b)| (h.clone(), b.len())).collect::<Vec<_>>();
+    assert_eq!(sizes(&got_out), sizes(&want_out));
+    assert!(got_out == want_out, "stdout groups differ in content");
+    // stderr: one group per host, every byte.
+    let want_err: Vec<(String, Vec<u8>)> =
+        (1..=8).map(|n| (format!("127.0.0.{n} (1)"), printed(spilled_stderr(n)))).collect();
+    let got_err = print_groups_of(r.stderr.as_bytes());
+    assert_eq!(sizes(&got_err), sizes(&want_err));
+    assert!(got_err == want_err, "stderr groups differ in content");
+    // The host files, written from the spill file as each result arrived.
+    for n in 1..=8 {
+        let out = std::fs::read(outdir.join(format!("127.0.0.{n}"))).expect("stdout file");
+        let err = std::fs::read(errdir.join(format!("127.0.0.{n}"))).expect("stderr file");
+        assert!(out == spilled_stdout(n) && err == spilled_stderr(n), "host {n}'s files differ");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // JSON: every group whole, and the summary says the outputs went through the spill file.
+    let args = ["run", "--local", "8", "--json", "--", "sh", "-c", SPILLED];
+    let r = common::plush_env(&args, None, &env, LIMIT);
+    assert_eq!(r.code, Some(0), "stderr: {}", &r.stderr[..r.stderr.len().min(2000)]);
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&r.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON")).collect();
+    assert_eq!(lines.len(), 9, "8 groups and the summary");
+    for g in &lines[..8] {
+        let node = g["nodes"].as_str().expect("nodes");
+        let n: u32 = node.rsplit('.').next().and_then(|x| x.parse().ok()).expect("one host per group");
+        assert!(g["stdout"].as_str().is_some_and(|s| s.as_bytes() == spilled_stdout(n)), "{node}: stdout differs");
+        assert!(g["stderr"].as_str().is_some_and(|s| s.as_bytes() == spilled_stderr(n)), "{node}: stderr differs");
+    }
+    let spilled = lines[8]["summary"]["spilled_bytes"].as_u64().expect("spilled_bytes");
+    assert!(spilled >= 8 * 350_000, "every output went to the spill file: {spilled} bytes");
+}

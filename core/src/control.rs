@@ -126,17 +126,26 @@ const SPLIT_BYTES: usize = 256 << 10;
 /// Output (stdout and stderr) carried inline in a result group; a larger one travels as a
 /// blob ([`JobMsg::Blob`]), once per link and digest.
 pub const INLINE_OUTPUT: usize = 32 << 10;
+/// How a node's live output (on stderr) says that bytes of it that were in flight when a link
+/// of the tree broke may be missing there: this, the count, and the rest of the line.
+pub const OUTPUT_CUT_PREFIX: &str = "plush: up to ";
 /// Bytes per [`JobMsg::Blob`] chunk.
 pub const BLOB_CHUNK: usize = 64 << 10;
 /// Blobs being received at once per job (from different children); a chunk of one more is
 /// dropped (and acknowledged, so the sender's window does not close for good).
 pub const MAX_PARTIAL_BLOBS: usize = 64;
-/// Bytes of large outputs a node may hold per job that have not gone up yet (arriving, or
-/// waiting in its queue up); past it, children's blob chunks are acknowledged only as the
-/// backlog drains, except those of the oldest blob being received, which always goes on (so
-/// that its group can follow it and drain in turn). Beyond this bound a node holds at most
-/// one large output more.
-pub const BLOB_BACKLOG: u64 = 32 << 20;
+/// Bytes of large outputs a node may hold per job: arriving, waiting in its queue up, or held
+/// for results already sent up until the controller's `Ack` covers them. Past it, children's
+/// blob chunks are acknowledged only as the backlog drains (so a child's window closes and it
+/// sends no more), except, when all of the backlog is arriving (the rest drains by itself),
+/// those of the oldest blob being received, which always goes on (so that its group can
+/// follow it and drain in turn). Beyond this bound a node holds at most one large output
+/// more, its own, and a window per child.
+/// (Held outputs drain by themselves: the controller acknowledges large results within
+/// `controller::LARGE_ACK_PACE`.)
+pub const BLOB_BACKLOG: u64 = 8 << 20;
+/// Blobs a node keeps for groups still to come, per job (see `Upward::awaiting`).
+pub const MAX_AWAITING: usize = 1024;
 /// Most bytes reserved at once for a blob from its announced size.
 pub const BLOB_RESERVE: u64 = 16 << 20;
 
@@ -192,6 +201,14 @@ impl Held {
         content.extend_from_slice(stdout);
         content.extend_from_slice(stderr);
         Held::of_content(status, truncated, Rc::new(content), stdout.len(), nodes)
+    }
+
+    /// [`Held::new`] taking stdout's buffer: a large output is not copied (nor held twice).
+    fn owned(status: ExitStatus, truncated: bool, mut stdout: Vec<u8>, stderr: &[u8], nodes: NodeSet) -> Held {
+        let split = stdout.len();
+        stdout.extend_from_slice(stderr);
+        stdout.shrink_to_fit();
+        Held::of_content(status, truncated, Rc::new(stdout), split, nodes)
     }
 
     fn of_content(status: ExitStatus, truncated: bool, content: Rc<Vec<u8>>, split: usize, nodes: NodeSet) -> Held {
@@ -258,6 +275,9 @@ struct Upward {
     queue: VecDeque<UpItem>,
     /// Windowed bytes sent up and not acknowledged yet.
     inflight: u64,
+    /// The same, item by item, oldest first: (whose live output, `None` for a blob chunk;
+    /// bytes not acknowledged). At most a window's worth of items.
+    sent: VecDeque<(Option<NodeId>, u64)>,
     /// Bytes of our own live output waiting in `queue`.
     own_queued: u64,
     /// The driver was told to stop reading our process's output.
@@ -269,11 +289,15 @@ struct Upward {
     /// Blob bytes received from children and not acknowledged yet ([`BLOB_BACKLOG`]). At most
     /// one entry per child.
     deferred: Vec<(NodeId, u64)>,
+    /// (child, digest): the child sent chunks of this blob (kept, or dropped as a copy of one
+    /// here) and its group naming it has not come yet, so the blob is kept for it even once
+    /// other results naming it are acknowledged. At most [`MAX_AWAITING`], oldest dropped.
+    awaiting: VecDeque<(NodeId, [u8; 32])>,
 }
 
 impl Upward {
-    /// Large-output bytes here that have not gone up: arriving, or waiting in the queue.
-    fn backlog(&self) -> u64 {
+    /// Large-output bytes here that have not gone up: (arriving, waiting in the queue).
+    fn backlog(&self) -> (u64, u64) {
         let arriving: u64 = self.blobs.partial.iter().map(|p| p.2.len() as u64).sum();
         let queued: u64 = self
             .queue
@@ -283,17 +307,36 @@ impl Upward {
                 _ => 0,
             })
             .sum();
-        arriving + queued
+        (arriving, queued)
     }
 
-    /// Acknowledge what the backlog allows: everything under [`BLOB_BACKLOG`], else what the
-    /// sender of the oldest blob being received is owed.
-    fn release(&mut self, ctx: &mut Ctx<'_>, tree: &Tree, job: u64) {
+    /// Large outputs of `held` results that are not in the queue up: sent (or about to be),
+    /// waiting for the controller's `Ack`.
+    fn held_only(&self, held: &[Held]) -> u64 {
+        let mut seen: SmallVec<[[u8; 32]; 8]> = SmallVec::new();
+        let mut n = 0;
+        for h in held.iter().filter(|h| h.content.len() > INLINE_OUTPUT) {
+            let queued = self.queue.iter().any(|i| matches!(i, UpItem::Blob { digest, .. } if *digest == h.digest));
+            if !queued && !seen.contains(&h.digest) {
+                seen.push(h.digest);
+                n += h.content.len() as u64;
+            }
+        }
+        n
+    }
+
+    /// Acknowledge what the backlog allows (see [`BLOB_BACKLOG`]): everything while under it,
+    /// else, if all of it is arriving (none waits in the queue up, which drains as the parent
+    /// acknowledges, nor only for an `Ack`, which comes by itself), what the sender of the
+    /// oldest blob being received is owed.
+    fn release(&mut self, ctx: &mut Ctx<'_>, tree: &Tree, job: u64, held: &[Held]) {
         if self.deferred.is_empty() {
             return;
         }
-        let first = self.blobs.partial.first().map(|p| p.0);
-        let all = self.backlog() <= BLOB_BACKLOG;
+        let held = self.held_only(held);
+        let (arriving, queued) = self.backlog();
+        let first = self.blobs.partial.first().map(|p| p.0).filter(|_| held == 0 && queued == 0);
+        let all = arriving + queued + held <= BLOB_BACKLOG;
         self.deferred.retain(|&(c, n)| {
             if !all && Some(c) != first {
                 return true;
@@ -703,10 +746,11 @@ impl Control {
                 x.drop_feed(&child);
             }
             let job = self.jobs[k].spec.job;
-            let u = &mut self.jobs[k].up;
+            let Job { up: u, held, .. } = &mut self.jobs[k];
             u.blobs.drop_from(&child);
+            u.awaiting.retain(|a| a.0 != child);
             u.deferred.retain(|d| d.0 != child);
-            u.release(ctx, tree, job);
+            u.release(ctx, tree, job, held);
             self.maybe_flush(ctx, tree, k);
         }
         if self.dismantle.is_some() && tree.children().is_empty() {
@@ -809,7 +853,21 @@ impl Control {
             j.unsent = j.held.clone();
             j.told_complete = false;
             // A new way up: what was in flight on the old one is gone; results and blobs go
-            // again from what is held, live output goes on.
+            // again from what is held, live output goes on. Live output that was in flight may
+            // not have got through: its stream says so where it stands (never silently).
+            let mut cut: SmallVec<[(NodeId, u64); 4]> = SmallVec::new();
+            for (node, n) in j.up.sent.drain(..) {
+                match (node, cut.iter_mut().find(|c| Some(c.0) == node)) {
+                    (Some(_), Some(c)) => c.1 += n,
+                    (Some(node), None) => cut.push((node, n)),
+                    (None, _) => {}
+                }
+            }
+            for (node, n) in cut.into_iter().rev() {
+                let bytes = format!("{OUTPUT_CUT_PREFIX}{n} bytes of output may be missing here (a link broke)\n");
+                j.up.own_queued += bytes.len() as u64;
+                j.up.queue.push_front(UpItem::Output { node, err: true, bytes: bytes.into_bytes(), from: None });
+            }
             j.up.inflight = 0;
             j.up.sent_blobs.clear();
             j.up.queue.retain(|i| matches!(i, UpItem::Output { .. }));
@@ -1212,6 +1270,20 @@ impl Control {
                 if let Some(k) = self.job_index(job) {
                     let u = &mut self.jobs[k].up;
                     u.inflight = u.inflight.saturating_sub(bytes);
+                    let mut n = bytes;
+                    while n > 0 {
+                        match u.sent.front_mut() {
+                            Some(f) if f.1 <= n => {
+                                n -= f.1;
+                                u.sent.pop_front();
+                            }
+                            Some(f) => {
+                                f.1 -= n;
+                                n = 0;
+                            }
+                            None => break,
+                        }
+                    }
                     self.pump_up(ctx, tree, k);
                 }
             }
@@ -1222,14 +1294,20 @@ impl Control {
                 let n = data.len() as u64;
                 match self.job_index(job) {
                     Some(k) => {
-                        let u = &mut self.jobs[k].up;
+                        let Job { up: u, held, .. } = &mut self.jobs[k];
+                        if offset == 0 && !u.awaiting.contains(&(from, digest)) {
+                            if u.awaiting.len() >= MAX_AWAITING {
+                                u.awaiting.pop_front();
+                            }
+                            u.awaiting.push_back((from, digest));
+                        }
                         if u.blobs.store(from, digest, offset, total, &data) {
                             // Kept: acknowledged as the backlog allows (see [`BLOB_BACKLOG`]).
                             match u.deferred.iter_mut().find(|d| d.0 == from) {
                                 Some(d) => d.1 += n,
                                 None => u.deferred.push((from, n)),
                             }
-                            u.release(ctx, tree, job);
+                            u.release(ctx, tree, job, held);
                         } else {
                             ctx.send_msg(from, &Message::Job(JobMsg::OutputAck { job, bytes: n }));
                         }
@@ -1444,7 +1522,7 @@ impl Control {
         j.own = Own::Done;
         let stdout = core::mem::take(&mut j.stdout);
         let stderr = core::mem::take(&mut j.stderr);
-        let g = Held::new(status, j.truncated, &stdout, &stderr, NodeSet::one(self.me));
+        let g = Held::owned(status, j.truncated, stdout, &stderr, NodeSet::one(self.me));
         self.add_result(ctx, tree, k, &g);
         self.maybe_flush(ctx, tree, k);
     }
@@ -1563,6 +1641,10 @@ impl Control {
         };
         let mut got = NodeSet::new();
         for g in groups {
+            if let Some(b) = &g.blob {
+                // Its group came: that sender's blob no longer needs keeping for it.
+                self.jobs[k].up.awaiting.retain(|a| *a != (from, b.digest));
+            }
             let Some(h) = held_of(&self.jobs[k].up, g) else {
                 // Its blob did not arrive (a link broke on the way): the sender holds it and
                 // sends it again after the controller's next `Ack`.
@@ -1671,9 +1753,8 @@ impl Control {
     fn pump_up(&mut self, ctx: &mut Ctx<'_>, tree: &Tree, k: usize) {
         let Some(up) = self.up(tree) else { return };
         let window = ctx.cfg.output_window.max(1) as u64;
-        let j = &mut self.jobs[k];
-        let job = j.spec.job;
-        let u = &mut j.up;
+        let Job { spec, up: u, held, .. } = &mut self.jobs[k];
+        let job = spec.job;
         loop {
             let room = |n: u64| u.inflight == 0 || u.inflight + n <= window;
             match u.queue.front_mut() {
@@ -1689,6 +1770,7 @@ impl Control {
                     }
                     let Some(UpItem::Output { node, err, bytes, from }) = u.queue.pop_front() else { break };
                     u.inflight += n;
+                    u.sent.push_back((Some(node), n));
                     ctx.send_msg(up, &Message::Job(JobMsg::Output { job, node, bytes, err }));
                     match from {
                         None => u.own_queued -= n,
@@ -1705,6 +1787,7 @@ impl Control {
                         break;
                     }
                     u.inflight += n;
+                    u.sent.push_back((None, n));
                     let msg = JobMsg::Blob {
                         job,
                         digest: *digest,
@@ -1724,7 +1807,7 @@ impl Control {
             u.paused = false;
             ctx.io.out.push_back(Output::ReadOutput { job, on: true });
         }
-        u.release(ctx, tree, job);
+        u.release(ctx, tree, job, held);
     }
 
     fn on_ack(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, job: u64, acked: &NodeSet) {
@@ -1749,12 +1832,23 @@ impl Control {
         let j = &mut self.jobs[k];
         j.from = keep;
         let before: SmallVec<[[u8; 32]; 4]> = j.held.iter().map(|h| h.digest).collect();
+        // A parent drops a blob once the results it holds naming it are acknowledged: a group
+        // naming it that we send from now on must bring it again. (The controller keeps them.)
+        for h in j.held.iter().filter(|h| h.content.len() > INLINE_OUTPUT && !tree.is_root()) {
+            if h.nodes.minus(acked).len() != h.nodes.len() {
+                j.up.sent_blobs.retain(|d| *d != h.digest);
+            }
+        }
         remove_acked(&mut j.held, acked);
         remove_acked(&mut j.unsent, acked);
         // The blobs of results now acknowledged are not needed any more (one on its way up is
         // shared with the queue). A blob no result named yet stays: its group may be on its way.
         let Job { held, up, .. } = j;
-        up.blobs.whole.retain(|b| !before.contains(&b.0) || held.iter().any(|h| h.digest == b.0));
+        up.blobs.whole.retain(|b| {
+            !before.contains(&b.0) || held.iter().any(|h| h.digest == b.0) || up.awaiting.iter().any(|a| a.1 == b.0)
+        });
+        // Held outputs acknowledged: the backlog may take children's blobs again.
+        up.release(ctx, tree, job, held);
         if !j.held.is_empty() {
             // What the controller does not have was lost on the way: send it again.
             j.unsent = j.held.clone();

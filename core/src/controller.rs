@@ -45,7 +45,9 @@ use crate::node::{Ctx, InputError, Io, LinkEvent, Output};
 use crate::nodeset::NodeSet;
 use crate::time::Instant;
 use crate::transfer::Xfer;
-use crate::wire::{encode_once, ControlMsg, ExitStatus, FramePool, JobKind, JobMsg, Message, RunSpec, Target, TreeMsg};
+use crate::wire::{
+    encode_once, BlobRef, ControlMsg, ExitStatus, FramePool, JobKind, JobMsg, Message, RunSpec, Target, TreeMsg,
+};
 use rand::SeedableRng;
 use rand_pcg::Pcg32;
 use smallvec::SmallVec;
@@ -55,6 +57,12 @@ use std::rc::Rc;
 /// A job the tree reported complete is acknowledged again every this many
 /// [`Config::ack_interval`]s while the controller tracks it.
 pub const REACK_INTERVALS: u32 = 5;
+/// Results naming large outputs ([`crate::wire::BlobRef`]) are acknowledged at most this often
+/// (others at most every [`Config::ack_interval`]): every node holds such an output until the
+/// controller's `Ack` covers it, and takes no more from its children past
+/// [`crate::control::BLOB_BACKLOG`], so the pace of these acknowledgements bounds the throughput
+/// of large grouped outputs (8 MiB per 25 ms and hop).
+pub const LARGE_ACK_PACE: core::time::Duration = core::time::Duration::from_millis(25);
 /// Members asked at once where the root is, while the controller has none (see `seek`).
 pub const SEEK_FANOUT: usize = 16;
 
@@ -101,6 +109,27 @@ pub enum Report {
         nodes: NodeSet,
         /// stderr.
         stderr: Rc<Vec<u8>>,
+        /// With [`Controller::set_blob_reports`]: the output is this blob, whose bytes came
+        /// before as [`Report::Blob`] (`output` and `stderr` are then empty).
+        blob: Option<BlobRef>,
+    },
+    /// With [`Controller::set_blob_reports`]: bytes of a large output, in order per `from` and
+    /// `digest` (a chunk at offset 0 starts that sender's copy again). Only chunks the
+    /// controller accepted are reported, and none of a blob it already has whole: once
+    /// `offset + data.len() == total`, the blob is whole, and [`Report::Result`]s name it.
+    Blob {
+        /// The job.
+        job: u64,
+        /// The link it came on (the root, or a former root).
+        from: NodeId,
+        /// The output's name ([`BlobRef::digest`]).
+        digest: [u8; 32],
+        /// Where `data` starts in the output.
+        offset: u64,
+        /// The output's size.
+        total: u64,
+        /// The bytes.
+        data: Vec<u8>,
     },
     /// Live output of one node.
     Stream {
@@ -246,9 +275,59 @@ struct Job {
     xfer: Option<Xfer>,
     /// Large outputs received ([`JobMsg::Blob`]).
     blobs: crate::control::Blobs,
+    /// With [`Controller::set_blob_reports`], where each large output stands instead.
+    track: BlobTrack,
     /// Live output bytes reported and not yet acknowledged, per sender (with
     /// [`Controller::set_manual_output_ack`]). At most one entry per root the job had.
     owed: Vec<(NodeId, u64)>,
+}
+
+/// Where large outputs stand at a controller that hands their bytes out as they arrive
+/// ([`Controller::set_blob_reports`]): the same rules as [`crate::control::Blobs::store`], but
+/// no bytes. Bounds: at most [`crate::control::MAX_PARTIAL_BLOBS`] being received; one entry
+/// per distinct output received whole.
+#[derive(Debug, Default)]
+struct BlobTrack {
+    /// (sender, digest, bytes so far, total), oldest first.
+    partial: Vec<(NodeId, [u8; 32], u64, u64)>,
+    /// (digest, size) of outputs received whole.
+    whole: Vec<([u8; 32], u64)>,
+}
+
+impl BlobTrack {
+    /// A chunk of `n` bytes arrived: whether it is taken (in order, not a copy of a blob
+    /// already whole).
+    fn store(&mut self, from: NodeId, digest: [u8; 32], offset: u64, total: u64, n: u64) -> bool {
+        if self.whole.iter().any(|w| w.0 == digest) {
+            return false;
+        }
+        let k = match self.partial.iter().position(|p| p.0 == from && p.1 == digest) {
+            Some(k) => k,
+            None if offset == 0 && self.partial.len() < crate::control::MAX_PARTIAL_BLOBS => {
+                self.partial.push((from, digest, 0, total));
+                self.partial.len() - 1
+            }
+            None => return false,
+        };
+        let p = &mut self.partial[k];
+        if offset == 0 {
+            *p = (from, digest, 0, total);
+        }
+        if p.2 != offset || p.3 != total || offset.saturating_add(n) > total {
+            self.partial.remove(k);
+            return false;
+        }
+        p.2 += n;
+        if p.2 == total {
+            self.partial.retain(|p| p.1 != digest);
+            self.whole.push((digest, total));
+        }
+        true
+    }
+
+    fn has(&self, b: &BlobRef) -> bool {
+        b.stdout_len <= b.len && self.whole.iter().any(|w| w.0 == b.digest && w.1 == b.len)
+    }
 }
 
 #[derive(Debug)]
@@ -318,6 +397,8 @@ pub struct Controller {
     manual_output_ack: bool,
     /// See [`Controller::set_linger`].
     linger: Option<core::time::Duration>,
+    /// See [`Controller::set_blob_reports`].
+    blob_reports: bool,
 }
 
 impl Controller {
@@ -361,6 +442,7 @@ impl Controller {
             script: None,
             manual_output_ack: false,
             linger: None,
+            blob_reports: false,
             cfg,
         }
     }
@@ -519,6 +601,7 @@ impl Controller {
             last_ack: None,
             xfer,
             blobs: Default::default(),
+            track: BlobTrack::default(),
             owed: Vec::new(),
         });
         Ok(())
@@ -540,6 +623,14 @@ impl Controller {
     /// their output in memory (the root's window bounds what waits).
     pub fn set_manual_output_ack(&mut self, manual: bool) {
         self.manual_output_ack = manual;
+    }
+
+    /// Hand the bytes of large outputs out as they arrive ([`Report::Blob`]) instead of
+    /// assembling them here, so that the user keeps them where it likes (the CLI: in memory up
+    /// to a bound, else in a temporary file); [`Report::Result`]s then name them by
+    /// [`BlobRef`]. Off by default.
+    pub fn set_blob_reports(&mut self, on: bool) {
+        self.blob_reports = on;
     }
 
     /// With [`Controller::set_manual_output_ack`]: `bytes` of `job`'s live output
@@ -988,6 +1079,13 @@ impl Controller {
                     self.stats.output_bytes += (g.output.len() + g.stderr.len()) as u64;
                     let (output, stderr) = match &g.blob {
                         None => (Rc::new(g.output), Rc::new(g.stderr)),
+                        Some(b) if self.blob_reports => {
+                            if !self.jobs[k].track.has(b) {
+                                self.stats.blobs_missing += 1;
+                                continue;
+                            }
+                            (Rc::new(Vec::new()), Rc::new(Vec::new()))
+                        }
                         Some(b) => match self.jobs[k].blobs.split(b) {
                             Some(parts) => parts,
                             None => {
@@ -1003,6 +1101,7 @@ impl Controller {
                         continue;
                     }
                     self.jobs[k].got.extend(&new);
+                    let blob = g.blob.filter(|_| self.blob_reports);
                     self.report(Report::Result {
                         job,
                         status: g.status,
@@ -1010,6 +1109,7 @@ impl Controller {
                         output,
                         nodes: new,
                         stderr,
+                        blob,
                     });
                 }
                 let j = &mut self.jobs[k];
@@ -1019,8 +1119,9 @@ impl Controller {
                 }
                 let j = &mut self.jobs[k];
                 if j.complete || large {
-                    // News: acknowledge soon (at most once an interval).
-                    let at = j.last_ack.map_or(now, |t| (t + self.cfg.ack_interval).max(now));
+                    // News: acknowledge soon (at most once an interval; large outputs sooner).
+                    let pace = if large { LARGE_ACK_PACE.min(self.cfg.ack_interval) } else { self.cfg.ack_interval };
+                    let at = j.last_ack.map_or(now, |t| (t + pace).max(now));
                     j.ack_at = Some(j.ack_at.map_or(at, |a| a.min(at)));
                 }
             }
@@ -1046,7 +1147,11 @@ impl Controller {
                 let n = data.len() as u64;
                 self.stats.output_bytes += n;
                 if let Some(k) = self.jobs.iter().position(|j| j.spec.job == job) {
-                    self.jobs[k].blobs.store(from, digest, offset, total, &data);
+                    if !self.blob_reports {
+                        self.jobs[k].blobs.store(from, digest, offset, total, &data);
+                    } else if self.jobs[k].track.store(from, digest, offset, total, n) {
+                        self.report(Report::Blob { job, from, digest, offset, total, data });
+                    }
                 }
                 self.send(now, from, Message::Job(JobMsg::OutputAck { job, bytes: n }));
             }

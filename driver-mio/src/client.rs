@@ -177,6 +177,7 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
     };
     // Jobs get nothing of ours but their pipes.
     crate::sys::cloexec_inherited();
+    crate::sys::map_large_allocations();
     let key = if opts.key_file.as_os_str() == "-" {
         Key::read_from(std::io::stdin().lock()).map_err(|e| format!("cannot read the key from stdin: {e}"))?
     } else {

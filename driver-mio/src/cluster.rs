@@ -37,6 +37,7 @@
 use crate::auth::Key;
 use crate::driver::{Driver, DriverConfig, DriverStats};
 use crate::launcher::{LaunchMethod, Launcher};
+use crate::spool::{JobSpool, SpilledOutput, Spool, Stored};
 use plush_core::wire::{ExitStatus, JobKind, List, PushSpec, RunSpec, Target};
 use plush_core::{Config, Controller, HostState, Instant, NodeId, Report};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -45,6 +46,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::{Duration, Instant as StdInstant};
 
 /// Longest a single loop turn waits inside the `Cluster`'s waits, so that deadlines are kept.
@@ -92,6 +94,12 @@ pub struct ClusterConfig {
     /// How long the clients outlive this controller (see `Controller::set_linger`); `None`
     /// (the default): the clients' own `Config::linger`, 10 min.
     pub linger: Option<Duration>,
+    /// Keep result outputs in memory up to this many bytes (all jobs together), and those past
+    /// it in an anonymous temporary file ([`crate::spool`]): result groups then name the file
+    /// ([`ResultGroup::spilled`]). `None` (the default): every output is kept in memory, in
+    /// [`ResultGroup::output`] and [`ResultGroup::stderr`]. The CLI uses
+    /// [`crate::spool::SPILL_MEMORY`] (16 MiB).
+    pub spill_memory: Option<u64>,
 }
 
 impl Default for ClusterConfig {
@@ -107,6 +115,7 @@ impl Default for ClusterConfig {
             maintenance: None,
             lost_grace: LOST_GRACE,
             linger: None,
+            spill_memory: None,
         }
     }
 }
@@ -137,6 +146,10 @@ pub struct ResultGroup {
     pub nodes: Vec<NodeId>,
     /// stderr (empty for a job that streamed).
     pub stderr: Vec<u8>,
+    /// With [`ClusterConfig::spill_memory`]: the output is in a temporary file, not in
+    /// `output` and `stderr` (both empty then). [`ResultGroup::stdout_body`] and
+    /// [`ResultGroup::stderr_body`] read either.
+    pub spilled: Option<Arc<SpilledOutput>>,
 }
 
 /// What [`Cluster::run`] gathered.
@@ -251,26 +264,50 @@ struct JobState {
     tails: BTreeMap<NodeId, Vec<u8>>,
     /// Reports already handed out by [`Cluster::take_results`].
     results_taken: usize,
+    /// With [`ClusterConfig::spill_memory`]: the outputs, in memory or in the job's file.
+    spool: JobSpool,
 }
 
 /// A result group as it arrived.
 struct Arrived {
     status: ExitStatus,
     truncated: bool,
-    output: Rc<Vec<u8>>,
-    stderr: Rc<Vec<u8>>,
+    output: Out,
     nodes: Vec<NodeId>,
+}
+
+/// Where an arrived group's output is: shared with the controller core's copy (without
+/// spilling), or in the job's spool.
+#[derive(Clone)]
+enum Out {
+    Shared(Rc<Vec<u8>>, Rc<Vec<u8>>),
+    Stored(Stored),
+}
+
+impl Out {
+    fn same(&self, other: &Out) -> bool {
+        let same_bytes = |a: &Rc<Vec<u8>>, b: &Rc<Vec<u8>>| Rc::ptr_eq(a, b) || a == b;
+        match (self, other) {
+            (Out::Shared(a, b), Out::Shared(c, d)) => same_bytes(a, c) && same_bytes(b, d),
+            (Out::Stored(a), Out::Stored(b)) => a.same(b),
+            _ => false,
+        }
+    }
 }
 
 impl Arrived {
     fn group(&self) -> ResultGroup {
-        ResultGroup {
-            status: self.status,
-            truncated: self.truncated,
-            output: self.output.to_vec(),
-            nodes: self.nodes.clone(),
-            stderr: self.stderr.to_vec(),
-        }
+        self.group_of(self.nodes.clone())
+    }
+
+    /// The group, for `nodes`: the bytes are copied unless they are in the file.
+    fn group_of(&self, nodes: Vec<NodeId>) -> ResultGroup {
+        let (output, stderr, spilled) = match &self.output {
+            Out::Shared(o, e) => (o.to_vec(), e.to_vec(), None),
+            Out::Stored(Stored::Mem(o, e)) => (o.to_vec(), e.to_vec(), None),
+            Out::Stored(Stored::File(f)) => (Vec::new(), Vec::new(), Some(Arc::clone(f))),
+        };
+        ResultGroup { status: self.status, truncated: self.truncated, output, nodes, stderr, spilled }
     }
 }
 
@@ -395,6 +432,10 @@ pub struct Cluster {
     barriers: BTreeMap<String, BarrierInfo>,
     notices: VecDeque<Notice>,
     lost_grace: Duration,
+    /// [`ClusterConfig::spill_memory`] was given.
+    spilling: bool,
+    /// Outputs in memory, the bound, and temporary-file failures (see [`crate::spool`]).
+    spool: Spool,
 }
 
 fn other(e: impl std::fmt::Display) -> io::Error {
@@ -420,6 +461,7 @@ impl Cluster {
         let _ = crate::sys::raise_nofile_limit();
         // The launched clients get nothing of ours but stdio.
         crate::sys::cloexec_inherited();
+        crate::sys::map_large_allocations();
         let key_file = KeyFile::create(&key)?;
         let listener = std::net::TcpListener::bind(cfg.listen)?;
         let id = NodeId::new(listener.local_addr()?);
@@ -430,6 +472,8 @@ impl Cluster {
         let mut ctrl = Controller::new(id, cfg.core.clone(), crate::client::fresh_seed(), Instant::ZERO);
         // Live output is acknowledged once taken ([`Cluster::take_streams`]).
         ctrl.set_manual_output_ack(true);
+        // With spilling, large outputs come out of the core as they arrive, into the spool.
+        ctrl.set_blob_reports(cfg.spill_memory.is_some());
         ctrl.set_maintenance(Instant::ZERO, cfg.maintenance.take())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         ctrl.set_linger(Instant::ZERO, cfg.linger);
@@ -455,6 +499,8 @@ impl Cluster {
             barriers: BTreeMap::new(),
             notices: VecDeque::new(),
             lost_grace: cfg.lost_grace,
+            spilling: cfg.spill_memory.is_some(),
+            spool: Spool { limit: cfg.spill_memory.unwrap_or(0), ..Spool::default() },
         })
     }
 
@@ -510,8 +556,7 @@ impl Cluster {
             .map(|g| Arrived {
                 status: g.status,
                 truncated: g.truncated,
-                output: Rc::new(g.output),
-                stderr: Rc::new(g.stderr),
+                output: Out::Shared(Rc::new(g.output), Rc::new(g.stderr)),
                 nodes: g.nodes,
             })
             .collect();
@@ -560,6 +605,13 @@ impl Cluster {
     /// The driver's counters.
     pub fn driver_stats(&self) -> DriverStats {
         self.d.stats
+    }
+
+    /// With [`ClusterConfig::spill_memory`]: bytes of outputs in memory now, output bytes
+    /// written to temporary files so far, and outputs kept in memory past the bound because the
+    /// temporary file could not be created or written.
+    pub fn spill_state(&self) -> (u64, u64, u64) {
+        (self.spool.in_memory, self.spool.spilled, self.spool.errors)
     }
 
     /// The controller's counters.
@@ -940,13 +992,9 @@ impl Cluster {
         let reports = j.map_or(&[][..], |j| &j.reports[..]);
         // (the first report of the group, every node): the bytes are copied once per group.
         let mut merged: Vec<(&Arrived, Vec<NodeId>)> = Vec::new();
-        let same_bytes = |a: &Rc<Vec<u8>>, b: &Rc<Vec<u8>>| Rc::ptr_eq(a, b) || a == b;
         for r in reports {
             let same = |g: &&mut (&Arrived, Vec<NodeId>)| {
-                g.0.status == r.status
-                    && g.0.truncated == r.truncated
-                    && same_bytes(&g.0.output, &r.output)
-                    && same_bytes(&g.0.stderr, &r.stderr)
+                g.0.status == r.status && g.0.truncated == r.truncated && g.0.output.same(&r.output)
             };
             match merged.iter_mut().find(same) {
                 Some(g) => g.1.extend_from_slice(&r.nodes),
@@ -957,13 +1005,7 @@ impl Cluster {
             .into_iter()
             .map(|(r, mut nodes)| {
                 nodes.sort_unstable();
-                ResultGroup {
-                    status: r.status,
-                    truncated: r.truncated,
-                    output: r.output.to_vec(),
-                    nodes,
-                    stderr: r.stderr.to_vec(),
-                }
+                r.group_of(nodes)
             })
             .collect();
         let missing: Vec<NodeId> =
@@ -1023,7 +1065,9 @@ impl Cluster {
     /// Forget `job` here and at the controller (its results are no longer kept).
     pub fn forget_job(&mut self, job: u64) {
         self.order.retain(|&j| j != job);
-        self.jobs.remove(&job);
+        if let Some(j) = self.jobs.remove(&job) {
+            self.spool.forget(&j.spool);
+        }
         self.d.m.forget(job);
         self.d.store.forget(job);
     }
@@ -1134,11 +1178,28 @@ impl Cluster {
                     self.root = Some(root);
                     self.notice(Notice::RootChanged(root));
                 }
-                Report::Result { job, status, truncated, output, nodes, stderr } => {
+                Report::Result { job, status, truncated, output, nodes, stderr, blob } => {
                     let Some(j) = self.jobs.get_mut(&job) else { continue };
                     let nodes: Vec<NodeId> = nodes.iter().collect();
                     j.got.extend(nodes.iter().copied());
-                    j.reports.push(Arrived { status, truncated, output, nodes, stderr });
+                    let output = match blob {
+                        _ if !self.spilling => Out::Shared(output, stderr),
+                        Some(b) => match self.spool.named(&mut j.spool, &b) {
+                            Some(s) => Out::Stored(s),
+                            None => {
+                                // The core reports a group only once its blob is whole here.
+                                self.spool.errors += 1;
+                                Out::Shared(output, stderr)
+                            }
+                        },
+                        None => Out::Stored(self.spool.inline(&mut j.spool, &output, &stderr)),
+                    };
+                    j.reports.push(Arrived { status, truncated, output, nodes });
+                }
+                Report::Blob { job, from, digest, offset, total, data } => {
+                    if let Some(j) = self.jobs.get_mut(&job) {
+                        self.spool.blob(&mut j.spool, from, digest, offset, total, &data);
+                    }
                 }
                 Report::JobComplete { job } => {
                     if let Some(j) = self.jobs.get_mut(&job) {

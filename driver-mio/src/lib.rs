@@ -39,6 +39,7 @@ pub mod launcher;
 pub mod process;
 pub mod record;
 pub mod secure;
+pub mod spool;
 mod sys;
 pub mod transfer;
 
@@ -51,6 +52,7 @@ pub use cluster::{
 };
 pub use driver::{DriverConfig, DriverStats};
 pub use launcher::{LaunchMethod, SshLaunch, READY_PREFIX};
+pub use spool::{Body, SpilledOutput, SPILL_MEMORY};
 
 /// The environment that lets a job run again on a host whose client was relaunched while it
 /// ran there (`PLUSH_RETRY_LOST=1`; see `plush_core::control::RETRY_LOST_ENV`): add it to a

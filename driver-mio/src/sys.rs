@@ -131,6 +131,27 @@ pub fn trim_heap() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn trim_heap() {}
 
+/// Allocations of this many bytes or more get pages of their own (see [`map_large_allocations`]).
+pub const MMAP_THRESHOLD: i32 = 1 << 20;
+
+/// Make glibc give every allocation of [`MMAP_THRESHOLD`] bytes or more pages of its own, returned
+/// to the kernel when freed. By default glibc raises that threshold up to 32 MiB as large blocks
+/// are freed, after which multi-MiB buffers (large outputs passing through a relay, 10 MiB each)
+/// come from the heap, whose freed middle stays resident: a root relaying 100 outputs of 10 MiB
+/// grew to 140 MB while holding under 30 MB. Setting the threshold fixes it (and stops the
+/// raising). Other C libraries: nothing is done.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn map_large_allocations() {
+    // SAFETY: mallopt only sets a parameter of malloc, under malloc's own lock.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    }
+}
+
+/// See the glibc version: nothing to do with other C libraries.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn map_large_allocations() {}
+
 /// Take ownership of an inherited descriptor as a Unix stream: `fd` must be open (checked) and
 /// used by nothing else in this process (the caller's promise: it came from the environment
 /// for this purpose).

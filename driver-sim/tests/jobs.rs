@@ -496,3 +496,40 @@ fn a_tree_job_reports_every_nodes_parent() {
     // Siblings' answers merge: fewer Results frames reach the controller than there are nodes.
     assert!(sim.job.ctrl_messages < n as u64 / 2, "{} Results frames for {n} nodes", sim.job.ctrl_messages);
 }
+
+/// Live output on its way up when links break is never lost silently: every surviving node's
+/// line arrives, or its stderr stream says bytes may be missing (`OUTPUT_CUT_PREFIX`). The relays
+/// below the root are killed at each of several moments after the job starts; at some of them
+/// lines are on their way up, and those are said missing.
+#[test]
+fn live_output_cut_by_a_broken_link_is_said() {
+    let n = 40;
+    let marker = plush_core::control::OUTPUT_CUT_PREFIX.as_bytes();
+    let said = |s: &Sim, i: u32| {
+        s.ctrl_log.iter().any(|(_, r)| {
+            matches!(r, CtrlReport::Stream { job: 6, node, bytes, err: true }
+                if index(*node) == i && bytes.starts_with(marker))
+        })
+    };
+    let whole = |s: &Sim, i: u32| streams(s, 6, n)[i as usize].1 == LINE;
+    let mut cut = 0;
+    for ms in (0..30).map(|k| 2 + k * 53) {
+        let mut sim = build(&scenario(n, 56));
+        start(&mut sim, RunSpec { stream: true, ..spec(6) });
+        let t = sim.now() + Duration::from_millis(ms);
+        sim.run_until(t, |_| false);
+        let root = root_of(&sim);
+        let relays: Vec<u32> =
+            (0..n).filter(|&i| i != root && sim.node(i).is_some_and(|x| !x.children().is_empty())).collect();
+        for &i in &relays {
+            sim.crash(i, plush_sim::CrashKind::Process);
+        }
+        let settled = |s: &Sim| live(s, n).into_iter().all(|i| whole(s, i) || said(s, i));
+        let done = run_for(&mut sim, Duration::from_secs(60), Duration::from_millis(100), settled);
+        let silent: Vec<u32> = live(&sim, n).into_iter().filter(|&i| !whole(&sim, i) && !said(&sim, i)).collect();
+        assert!(done, "killed at {ms} ms: lines neither arrived nor said missing: {silent:?}");
+        cut += live(&sim, n).into_iter().filter(|&i| said(&sim, i)).count();
+    }
+    eprintln!("streams that said bytes may be missing, over 30 kills: {cut}");
+    assert!(cut > 0, "the kills were meant to catch lines on their way: none was said missing");
+}

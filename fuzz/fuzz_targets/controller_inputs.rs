@@ -305,7 +305,7 @@ fn drain(c: &mut Controller, m: &mut Model, cfg: &Config) -> usize {
                     assert_eq!(nodes.minus(got), nodes, "a node's result reported twice");
                     got.extend(&nodes);
                 }
-                Report::Stream { .. } => {}
+                Report::Stream { .. } | Report::Blob { .. } => {}
                 Report::JobComplete { job } => {
                     let (_, complete) =
                         m.jobs.get_mut(&job).unwrap_or_else(|| panic!("completion of an untracked job {job}"));
