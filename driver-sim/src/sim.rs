@@ -1989,7 +1989,15 @@ fn controller_report(sim: &Sim, sc: &Scenario, n: u32) -> crate::scenario::Contr
 /// Wait until every live node's result reached the controller (or `limit`), and account.
 fn wait_job(sim: &mut Sim, n: u32, limit: Duration) -> crate::scenario::JobReport {
     let deadline = sim.now() + limit;
-    let all_in = |s: &Sim| (0..n).all(|i| !s.alive(i) || s.job.reported.get(i as usize).is_some_and(|&r| r > 0));
+    // Every live node's result, and every dead node's result that a live node received (it
+    // is in the tree, on its way up: a repair may hold it a while, and it counts as lost in
+    // `job_report` only if it never arrives).
+    let all_in = |s: &Sim| {
+        (0..n).all(|i| {
+            let held_alive = || s.job.receivers.get(i as usize).is_some_and(|v| v.iter().any(|&x| x < n && s.alive(x)));
+            s.job.reported.get(i as usize).is_some_and(|&r| r > 0) || (!s.alive(i) && !held_alive())
+        })
+    };
     // A controller crash planned or under way (issue 19): wait for the new controller too, and
     // until it has been attached for a few seconds, so that what the tree re-sends it arrives
     // (and would be counted if shown twice).
