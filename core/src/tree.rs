@@ -777,13 +777,19 @@ impl Tree {
                 }
             }
             JoinMode::Failover { dead_root } => {
-                if self.state == TreeState::Joined && self.parent == Some(dead_root) && !heard_lately(ctx, &dead_root) {
+                if self.state == TreeState::Joined && self.parent == Some(dead_root) {
+                    if heard_lately(ctx, &dead_root) {
+                        // The root still leads our link: the sibling was paused, or only its
+                        // own link broke, or the root is leaving and its word has not reached
+                        // us yet. Keep it, and refuse at once: the sibling goes on with its
+                        // other candidates (members that route it to the root, if it lives;
+                        // us again once we saw the root go).
+                        return self.reject(ctx, joiner);
+                    }
                     // A sibling saw the root fail before we did.
                     ctx.close(&dead_root);
                     self.parent_lost(ctx, false);
                 }
-                // Else the root still leads our link: the sibling was paused, or only its own
-                // link broke. Its join goes up to the root like any other.
                 self.route(ctx, joiner, hops);
             }
             JoinMode::Forward => self.route(ctx, joiner, hops),

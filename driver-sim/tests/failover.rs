@@ -39,8 +39,9 @@ fn index(id: NodeId) -> u32 {
 
 /// The root's highest child stops hearing from the root for 6 s (the root drops it, it takes the
 /// root for dead and sends `Join(Failover)` to its lowest sibling). That sibling still hears the
-/// root: it keeps it and passes the join up. At no moment is there a second root, and the tree
-/// is whole again after the stall.
+/// root: it keeps it and refuses the join. No other child of the root ever leaves it (the
+/// stalled child may root its own fragment for a while), and the tree is whole again after the
+/// stall, under the same root.
 #[test]
 fn a_false_failover_does_not_take_a_live_sibling_out_of_the_tree() {
     for seed in [1, 2, 3, 4, 5] {
@@ -53,17 +54,21 @@ fn a_false_failover_does_not_take_a_live_sibling_out_of_the_tree() {
         let stalled = *children.last().expect("a child");
         let start = sim.now();
         sim.clog(stalled, root, start + Duration::from_secs(6));
-        let mut most = 1;
+        let others: Vec<u32> = children.iter().copied().filter(|&c| c != stalled).collect();
         let mut left_root = false;
+        let mut deserted: Vec<u32> = Vec::new();
         while sim.now() < start + Duration::from_secs(30) {
             let t = sim.now() + Duration::from_millis(50);
             sim.run_until(t, |_| false);
-            let r = roots(&sim);
-            most = most.max(r.len());
             left_root |= sim.node(stalled).is_some_and(|n| n.parent() != Some(Sim::id(root)));
+            for &c in &others {
+                if sim.node(c).is_some_and(|n| n.parent() != Some(Sim::id(root))) && !deserted.contains(&c) {
+                    deserted.push(c);
+                }
+            }
         }
         assert!(left_root, "seed {seed}: the stalled child never took its root for dead (the test tests nothing)");
-        assert_eq!(most, 1, "seed {seed}: a second root appeared");
+        assert!(deserted.is_empty(), "seed {seed}: healthy children {deserted:?} left their live root");
         assert_eq!(roots(&sim), vec![root], "seed {seed}: the live root stayed the root");
         assert!(sim.converged(), "seed {seed}: the tree is whole after the stall");
         assert_eq!(sim.violations, 0, "seed {seed}: {:?}", sim.violation_texts);
