@@ -389,12 +389,6 @@ impl ConnTable {
         Some(answer)
     }
 
-    /// When a frame last arrived on the open link to `peer` (`None`: no open link).
-    pub fn last_rx(&self, peer: &NodeId) -> Option<Instant> {
-        let l = &self.slab[self.slot(peer)? as usize];
-        (l.state == LinkState::Open).then_some(l.last_rx)
-    }
-
     /// The link is gone (closed by the peer, failed, or closed by us).
     pub fn remove(&mut self, peer: &NodeId) -> bool {
         let Some(s) = self.index.remove(&Key(*peer)) else { return false };

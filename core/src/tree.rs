@@ -78,8 +78,6 @@ pub const FIRST_PROBE: core::time::Duration = core::time::Duration::from_secs(1)
 pub const VIEW_CANDIDATES: usize = 4;
 /// Most backbone contacts (the root's children) a node remembers.
 pub const MAX_TOP: usize = 8;
-/// Former siblings a node that became root by failover probes at once (see `begin_round`).
-pub const MAX_FAILOVER_PROBES: usize = 12;
 /// Recently unreachable peers remembered (tried last when joining).
 pub const MAX_SUSPECTS: usize = 8;
 /// Rounds of joining, every candidate refusing, after which a detached top (a node with a
@@ -489,15 +487,7 @@ impl Tree {
                 self.siblings.iter().copied().filter(|s| *s < me && *s != dead_root).collect();
             lower.sort_unstable();
             if lower.is_empty() {
-                // Our siblings are higher: they join us. Probe them at once too: if the old
-                // root is alive for them (we were paused, or only our link to it broke), the
-                // probe replies bring the two trees together in a round trip instead of a
-                // probe interval.
-                let siblings = core::mem::take(&mut self.siblings);
                 self.become_root(ctx);
-                for s in siblings.iter().copied().filter(|s| *s != dead_root && *s != me).take(MAX_FAILOVER_PROBES) {
-                    ctx.send(s, TreeMsg::Probe { root: me });
-                }
                 return;
             }
             for id in lower {
@@ -778,14 +768,6 @@ impl Tree {
             }
             JoinMode::Failover { dead_root } => {
                 if self.state == TreeState::Joined && self.parent == Some(dead_root) {
-                    if heard_lately(ctx, &dead_root) {
-                        // The root still leads our link: the sibling was paused, or only its
-                        // own link broke, or the root is leaving and its word has not reached
-                        // us yet. Keep it, and refuse at once: the sibling goes on with its
-                        // other candidates (members that route it to the root, if it lives;
-                        // us again once we saw the root go).
-                        return self.reject(ctx, joiner);
-                    }
                     // A sibling saw the root fail before we did.
                     ctx.close(&dead_root);
                     self.parent_lost(ctx, false);
@@ -1255,15 +1237,6 @@ impl Tree {
             self.peers[i] = p;
         }
     }
-}
-
-/// Whether `peer` (our parent) still leads our link: a frame from it arrived within
-/// `dead_after - heartbeat`. A parent that died went silent at about the same moment for all
-/// its children, so a sibling that already declared it dead heard from it last at least
-/// `dead_after` ago, as we did; a live parent heartbeats every `heartbeat`.
-fn heard_lately(ctx: &Ctx<'_>, peer: &NodeId) -> bool {
-    let window = ctx.cfg.dead_after.saturating_sub(ctx.cfg.heartbeat);
-    ctx.io.conns.last_rx(peer).is_some_and(|t| t + window > ctx.now)
 }
 
 pub(crate) fn shuffle<T>(ctx: &mut Ctx<'_>, v: &mut [T]) {
