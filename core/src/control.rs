@@ -64,7 +64,9 @@
 //! down. So a tree whose controller died is gone within the linger, plus the time the last root
 //! change took (failover: `dead_after` and a rejoin), plus the dismantle's flood; every root
 //! change while the controller is away starts the count again. A node that misses the flood
-//! (repairing at that moment) finds no tree, becomes a root of its own, and counts in turn.
+//! (repairing at that moment) counts too: a node that once had a controller and has been
+//! without a tree (no parent, not a root) for the linger ends its subtree and exits, whether
+//! or not it became a root meanwhile (then it counts as a root).
 //!
 //! **Commands only come down.** `Run`, `Cancel`, `Ack`, `BarrierRelease`, `Forget` and
 //! `Disconnect` are accepted only from the parent (at the root: from the controller); from
@@ -503,6 +505,11 @@ pub(crate) struct Control {
     /// At the root: since when it has been without its controller (see the module docs on
     /// lingering); `None` elsewhere, and while the controller is there.
     orphaned: Option<Instant>,
+    /// Since when this node, once under a controller, has had no tree: detached from its
+    /// parent, repairing, and not a root. Past the linger it ends its subtree and exits (a
+    /// node still repairing when its tree's dismantle passed would otherwise try to join
+    /// forever). `None` while attached or root.
+    detached: Option<Instant>,
     /// Jobs (controller, job) that a previous client on this address started: asked to run one
     /// of them, the node answers [`ExitStatus::Lost`] (unless the job asks for retries). Set
     /// once by the driver at start, from the host's job record; at most [`MAX_PRIOR`].
@@ -546,6 +553,7 @@ impl Control {
             prior: Vec::new(),
             linger: None,
             orphaned: None,
+            detached: None,
         }
     }
 
@@ -598,6 +606,9 @@ impl Control {
         let mut at = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         if self.dismantle.is_none() {
             if let Some(t) = self.orphaned {
+                at(t + self.linger(default_linger));
+            }
+            if let Some(t) = self.detached {
                 at(t + self.linger(default_linger));
             }
         }
@@ -2004,6 +2015,16 @@ impl Control {
         (links == 0) == self.idle_since.is_some()
     }
 
+    /// The tree changed our parent or root-ness: `detached` is whether we are now without a
+    /// tree (no parent, not a root). Starts or stops the detached countdown (see `detached`).
+    pub fn note_detached(&mut self, now: Instant, detached: bool) {
+        if detached && self.ctrl.is_some() {
+            self.detached.get_or_insert(now);
+        } else {
+            self.detached = None;
+        }
+    }
+
     /// After every input: idle expiry bookkeeping.
     pub fn after(&mut self, now: Instant, links: usize) {
         if links == 0 {
@@ -2022,6 +2043,18 @@ impl Control {
         let linger = self.linger(ctx.cfg.linger);
         if self.dismantle.is_none() && tree.is_root() && self.orphaned.is_some_and(|t| t + linger <= now) {
             // The controller did not come back within the linger: the tree ends.
+            self.start_dismantle(ctx, tree);
+            if self.exited {
+                return;
+            }
+        }
+        if self.dismantle.is_none()
+            && !tree.is_root()
+            && tree.parent().is_none()
+            && self.detached.is_some_and(|t| t + linger <= now)
+        {
+            // No tree took us back within the linger (it may have ended meanwhile): our
+            // subtree ends with us.
             self.start_dismantle(ctx, tree);
             if self.exited {
                 return;

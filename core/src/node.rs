@@ -639,6 +639,8 @@ impl Node {
         self.tree_news(now, mark);
         self.control.after(now, self.io.conns.len());
         if self.tree.take_parent_changed() {
+            let detached = self.tree.parent().is_none() && !self.tree.is_root();
+            self.control.note_detached(now, detached);
             // Joined, re-attached or became root: RanSub's collect restarts and the root's epoch
             // timer follows root-ness.
             self.ransub.reset();

@@ -289,6 +289,37 @@ fn a_tree_whose_controller_never_comes_back_is_gone_within_the_linger_and_an_epo
     assert!(c.gone_after_ms.is_some_and(|g| g <= bound && g >= 30_000.0), "{c:?}");
 }
 
+/// Swarm seed 50295: the linger ran out while a node was still repairing (silent crashes of 37 %
+/// with the root, connections refused until 35 s). The tree's dismantle never reached it, and it
+/// went on trying to join dead contacts for ever. A node without a tree counts the linger too.
+#[test]
+fn a_node_still_repairing_when_its_tree_ends_is_gone_within_the_linger() {
+    let mut sc = Scenario {
+        nodes: 1569,
+        seed: 50295,
+        latency_min_ms: 1.0,
+        latency_max_ms: 82.0,
+        kill: 0.37,
+        kill_root: true,
+        crash: CrashKind::Host,
+        refuse: 9,
+        heal_after_s: 35.0,
+        job: true,
+        fault_during_job: true,
+        job_outputs: 6,
+        controller_crash_at_s: Some(0.2),
+        ..Scenario::default()
+    };
+    sc.config.max_children = 9;
+    sc.config.linger = Duration::from_secs(24);
+    let r = plush_sim::run(&sc);
+    let c = r.controller.expect("a controller report");
+    assert!(c.never_back);
+    assert_eq!(c.left, 0, "a node outlived its tree: {c:?}");
+    let bound = (sc.config.linger + sc.config.ransub_epoch).as_secs_f64() * 1000.0;
+    assert!(c.gone_after_ms.is_some_and(|g| g <= bound), "{c:?}");
+}
+
 /// Only the controller and a node's parent may set its linger: a child (or any other member)
 /// that sends `Linger` is refused and changes nothing.
 #[test]
