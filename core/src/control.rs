@@ -835,7 +835,14 @@ impl Control {
     }
 
     /// A link to `peer` opened: an invitation to it was delivered and frees its slot.
-    pub fn on_link_up(&mut self, ctx: &mut Ctx<'_>, peer: NodeId) {
+    pub fn on_link_up(&mut self, ctx: &mut Ctx<'_>, peer: NodeId, replaced: bool) {
+        if replaced && Some(peer) == self.ctrl && self.ctrl_linked {
+            // A new connection from the controller replaced the one we had (a controller
+            // process that came back at the same address before its old connection's reset
+            // reached us): what was in flight on the old one is gone. Its `SetCtrl` then counts
+            // as a reconnect, and everything held is sent again.
+            self.ctrl_linked = false;
+        }
         let Some(inv) = self.invites.iter_mut().find(|i| i.host == peer && i.sent && !i.connected) else { return };
         inv.connected = true;
         self.pump_invites(ctx);

@@ -800,11 +800,13 @@ impl Node {
         match ev {
             LinkEvent::Connected => {
                 let Io { conns, out, stats, .. } = &mut self.io;
+                // Already open: the driver replaced the connection (see `LinkEvent::Connected`).
+                let replaced = conns.state(&peer) == Some(LinkState::Open);
                 if conns.connected(now, peer, out, stats) == Admit::Refused {
                     out.push_back(Output::Close(peer));
                     out.push_back(Output::Event(Event::LinkRefused(peer)));
                 } else {
-                    self.with_control(now, |c, _, ctx| c.on_link_up(ctx, peer));
+                    self.with_control(now, |c, _, ctx| c.on_link_up(ctx, peer, replaced));
                 }
             }
             LinkEvent::ConnectFailed | LinkEvent::Closed => {

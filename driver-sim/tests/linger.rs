@@ -320,6 +320,38 @@ fn a_node_still_repairing_when_its_tree_ends_is_gone_within_the_linger() {
     assert!(c.gone_after_ms.is_some_and(|g| g <= bound), "{c:?}");
 }
 
+/// Swarm seed 50153: the controller dies and a new one comes back at once at the same address.
+/// Its connection reaches the root before the old connection's reset, so the root saw no
+/// reconnect and never sent again the results that had been in flight to the dead one (10 of
+/// 725 missing until the next `SetCtrl` refresh). A replaced connection now counts as one.
+#[test]
+fn a_controller_back_at_once_at_the_same_address_gets_every_result() {
+    let mut sc = Scenario {
+        nodes: 725,
+        seed: 50153,
+        latency_min_ms: 2.0,
+        latency_max_ms: 92.0,
+        kill: 0.19,
+        crash: CrashKind::Host,
+        refuse: 3,
+        heal_after_s: 10.0,
+        job: true,
+        job_outputs: 9,
+        controller_crash_at_s: Some(1.9),
+        controller_back_after_s: Some(0.0),
+        ..Scenario::default()
+    };
+    sc.config.max_children = 7;
+    sc.config.max_links = 31;
+    sc.config.linger = Duration::from_secs(178);
+    let r = plush_sim::run(&sc);
+    let c = r.controller.expect("a controller report");
+    assert!(c.results_after > 0, "{c:?}");
+    assert_eq!((c.shown_twice, c.missing), (0, 0), "{c:?}");
+    let j = r.job.expect("a job report");
+    assert_eq!((j.lost, j.duplicates), (0, 0), "{j:?}");
+}
+
 /// Only the controller and a node's parent may set its linger: a child (or any other member)
 /// that sends `Linger` is refused and changes nothing.
 #[test]
