@@ -172,10 +172,12 @@ pub enum Event {
 /// Link events the driver reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LinkEvent {
-    /// A link is up (after the hello exchange): one we asked for, or one the peer opened. A
-    /// driver that replaces an open connection to the peer by a new one (the peer restarted and
-    /// connected again before the old connection's close reached us) reports `Connected` again
-    /// and never the old one's close: what was in flight on the old one is lost.
+    /// A link is up (after the hello exchange): one we asked for, or one the peer opened. When
+    /// a new connection replaces an open one to the same peer (the peer restarted and connected
+    /// again before the old connection's close reached us), a driver reports either `Closed`
+    /// then `Connected` (the mio driver) or `Connected` alone (the simulator, which drops the
+    /// old connection's late close); the node takes both alike: what was in flight on the old
+    /// connection is lost.
     Connected,
     /// A link we asked for could not be opened.
     ConnectFailed,
