@@ -1046,6 +1046,26 @@ impl Sim {
                 self.links[link as usize].ends[side].up = true;
                 self.nodes[to as usize].fds += 1;
                 let peer = self.links[link as usize].ends[1 - side].node;
+                // The peer restarted and connected again before the reset of its old connection
+                // reached us: like a driver, drop the old connection now (its reset then finds
+                // it closed), so that the node holds one connection per peer and its budget
+                // counts it once.
+                let stale: Vec<u32> = self.nodes[to as usize]
+                    .links
+                    .iter()
+                    .filter(|&&(p, l)| p == peer && l != link)
+                    .map(|&(_, l)| l)
+                    .filter(|&l| {
+                        let o = &self.links[l as usize];
+                        let s = o.side(to);
+                        o.live && o.ends[s].open && o.ends[s].up && !o.ends[1 - s].open
+                    })
+                    .collect();
+                for l in stale {
+                    let s = self.links[l as usize].side(to);
+                    self.close_end(l, s);
+                    self.maybe_free(l);
+                }
                 self.events += 1;
                 self.m_link(to, peer, LinkEvent::Connected);
                 self.after(to);
