@@ -67,6 +67,9 @@ netem=${NETEM:-$target_dir/release/examples/netem}
     echo "netem.sh: FAILED: $plush or $netem is not an executable" >&2
     exit 1
 }
+# Absolute: the launcher starts each client from its own host directory.
+plush=$(realpath "$plush")
+netem=$(realpath "$netem")
 
 out=$(mktemp "${TMPDIR:-/tmp}/plush-netem.XXXXXX")
 trap 'rm -f "$out"' EXIT
