@@ -73,6 +73,12 @@ pub struct SimArgs {
     #[arg(long)]
     pub kill_root: bool,
 
+    /// Kill the victims one after another, evenly over this many seconds: the root first, then
+    /// by id, the order in which failover picks new roots (default: all at once).
+    #[arg(long, value_name = "SECS", default_value_t = 0.0,
+          value_parser = parse_non_negative_secs, allow_negative_numbers = true)]
+    pub kill_spread: f64,
+
     /// How killed nodes die.
     #[arg(long, value_enum, default_value_t = Crash::Process)]
     pub crash: Crash,
@@ -347,6 +353,7 @@ impl SimArgs {
             latency_max_ms: self.latency.max_ms,
             kill: self.kill,
             kill_root: self.kill_root,
+            kill_spread_s: self.kill_spread,
             crash: self.crash.into(),
             partition: self.partition,
             heal_after_s: self.heal_after,
@@ -392,6 +399,9 @@ impl SimArgs {
         }
         if self.kill_root {
             cmd.push_str(" --kill-root");
+        }
+        if self.kill_spread != 0.0 {
+            let _ = write!(cmd, " --kill-spread {}", self.kill_spread);
         }
         if self.crash != Crash::Process {
             let _ = write!(cmd, " --crash {}", self.crash);

@@ -51,6 +51,10 @@ pub struct Scenario {
     pub kill: f64,
     /// Kill the root as well.
     pub kill_root: bool,
+    /// Kill the victims one after another, evenly over this many seconds, the root first and
+    /// the others by id, the order in which failover picks new roots (0: all at once). Hosts SIGKILLed by hand, or a rack losing power node by node, die in
+    /// a sequence, and each repair then meets the next failure. The tree layout only.
+    pub kill_spread_s: f64,
     /// How killed nodes die.
     pub crash: CrashKind,
     /// Cut this fraction of the nodes off from the rest (symmetric partition)...
@@ -128,6 +132,7 @@ impl Default for Scenario {
             latency_max_ms: 10.0,
             kill: 0.0,
             kill_root: false,
+            kill_spread_s: 0.0,
             crash: CrashKind::Process,
             partition: None,
             heal_after_s: 30.0,

@@ -1730,7 +1730,18 @@ pub fn play_sim(sc: &Scenario) -> (Report, Sim) {
     }
     let joins_before = (sim.total(|s| s.root_joins), sim.total(|s| s.root_verifies));
     let repairs_before = sim.repairs;
-    for &v in &victims {
+    let spread = Duration::from_micros((sc.kill_spread_s.max(0.0) * 1e6) as u64);
+    if spread > Duration::ZERO {
+        // The root first, then by id: the order in which failover picks new roots, so that
+        // each new root is among the next to die (the worst order for the repair).
+        let first = usize::from(sc.kill_root && root.is_some());
+        victims[first..].sort_unstable();
+    }
+    let last = victims.len().saturating_sub(1).max(1) as u32;
+    for (i, &v) in victims.iter().enumerate() {
+        if i > 0 && spread > Duration::ZERO {
+            sim.run_until(fault_at + spread * i as u32 / last, |_| false);
+        }
         sim.crash(v, sc.crash);
     }
     report.recovery.killed = victims.len() as u32;

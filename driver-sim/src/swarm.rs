@@ -97,6 +97,12 @@ pub fn draw(seed: u64, sizes: Sizes) -> Scenario {
             }
         }
     }
+    // Knobs added later draw from their own stream, so that every scenario drawn before them
+    // keeps all its others.
+    let mut later = Pcg64::seed_from_u64(seed ^ 0x5eed_5eed_0026);
+    if (sc.kill > 0.0 || sc.kill_root) && later.random_bool(0.3) {
+        sc.kill_spread_s = f64::from(later.random_range(1..=40u32)) / 10.0;
+    }
     sc
 }
 
@@ -117,6 +123,9 @@ pub fn command(sc: &Scenario) -> String {
     }
     if sc.kill_root {
         cmd.push_str(" --kill-root");
+    }
+    if sc.kill_spread_s != 0.0 {
+        let _ = write!(cmd, " --kill-spread {}", sc.kill_spread_s);
     }
     if sc.crash == CrashKind::Host {
         cmd.push_str(" --crash host");
