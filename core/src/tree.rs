@@ -17,9 +17,13 @@
 //! that gets such a join while still attached to the dead root drops it at once. A detached node
 //! whose candidates all stay silent becomes the root of its own fragment.
 //!
-//! **Merging.** A root probes a random known peer every `probe_interval`; the peer answers with
-//! its root. When two roots meet, the higher one joins the lower one with its whole subtree. An
-//! ordinary join never displaces a live root.
+//! **Merging.** A root probes every `probe_interval`: a round of up to [`PROBE_TRIES`] known
+//! peers (the backbone first or the other contacts first, at random; peers that failed lately
+//! last), one after another; the peer answers with its root. A peer found dead, or answering
+//! from our own tree, moves the round on at once, so that a fragment left by a wave of failures,
+//! whose contacts are mostly dead or its own members, still meets the rest within one round.
+//! When two roots meet, the higher one joins the lower one with its whole subtree. An ordinary
+//! join never displaces a live root.
 //!
 //! A root alone may know nobody outside its own tree: after a partition heals, each side's root
 //! has met only its own side, while its members still remember peers (bootstrap nodes, old
@@ -86,6 +90,8 @@ pub const MAX_SUSPECTS: usize = 8;
 /// tops waiting for each other's fragment would otherwise wait forever; as roots, their probes
 /// merge them.
 pub const REFUSED_ROUNDS: u8 = 4;
+/// Peers a root probes one after another in one round (see the module docs).
+pub const PROBE_TRIES: usize = 8;
 /// Probes the members of one tree send together, about, every two `probe_interval`s (see the
 /// module docs): each member probes with probability `MEMBER_PROBES / population`.
 pub const MEMBER_PROBES: u32 = 32;
@@ -159,8 +165,11 @@ pub(crate) struct Tree {
     probe_at: Option<Instant>,
     /// Current gap between probes (see `arm_probe`).
     probe_gap: core::time::Duration,
-    /// A member: the peer its last probe went to; only that peer's answer is acted on.
+    /// The peer our last probe went to; only that peer's answer is acted on.
     probing: Option<NodeId>,
+    /// A root: the rest of this round's probe candidates, tried from the back. At most
+    /// [`PROBE_TRIES`].
+    probe_round: Vec<NodeId>,
 }
 
 impl Tree {
@@ -195,6 +204,7 @@ impl Tree {
             probe_at: None,
             probe_gap: core::time::Duration::ZERO,
             probing: None,
+            probe_round: Vec::new(),
         }
     }
 
@@ -417,6 +427,10 @@ impl Tree {
         }
         if self.children.contains(&peer) {
             self.remove_child(ctx, peer);
+        }
+        if self.is_root() && self.probing == Some(peer) {
+            // The probed peer is gone: the round goes on.
+            self.probe_next(ctx);
         }
         if self.parent == Some(peer) {
             self.parent_lost(ctx, false);
@@ -1016,6 +1030,8 @@ impl Tree {
         }
         self.adopt_path(ctx, &[], true);
         self.send_siblings(ctx, None);
+        self.probe_round.clear();
+        self.probing = None;
         self.probe_gap = FIRST_PROBE;
         self.arm_probe(ctx);
     }
@@ -1032,25 +1048,43 @@ impl Tree {
     }
 
     fn probe(&mut self, ctx: &mut Ctx<'_>) {
-        // Half the probes go to the backbone we remember (the most likely bridge to another
-        // tree after a failover), half to a peer: one learnt from RanSub or from the bootstrap
-        // set and joins.
-        let from_top = !self.top.is_empty() && ctx.rng.random_bool(0.5);
-        let candidates: SmallVec<[NodeId; 32]> = if from_top {
-            self.top.iter().copied().filter(|p| !self.children.contains(p)).collect()
-        } else {
-            self.peers
-                .iter()
-                .copied()
-                .chain(ctx.all.iter().map(|e| e.id))
-                .filter(|p| *p != self.me && !self.children.contains(p))
-                .collect()
-        };
-        if !candidates.is_empty() {
-            let peer = candidates[ctx.rng.random_range(0..candidates.len())];
-            ctx.send(peer, TreeMsg::Probe { root: self.me });
+        // The backbone we remember (the most likely bridge to another tree after a failover)
+        // and the peers learnt from RanSub, the bootstrap set and joins: one of the two first,
+        // at random; peers that failed lately last.
+        let (me, children) = (self.me, &self.children);
+        let usable = |p: &NodeId| *p != me && !children.contains(p);
+        let mut top: SmallVec<[NodeId; 8]> = self.top.iter().copied().filter(usable).collect();
+        let mut others: SmallVec<[NodeId; 48]> =
+            self.peers.iter().copied().chain(ctx.all.iter().map(|e| e.id)).filter(usable).collect();
+        shuffle(ctx, &mut top);
+        shuffle(ctx, &mut others);
+        let top_first = ctx.rng.random_bool(0.5);
+        let mut round: SmallVec<[NodeId; 64]> = SmallVec::new();
+        let (a, b) = if top_first { (&top[..], &others[..]) } else { (&others[..], &top[..]) };
+        for &p in a.iter().chain(b) {
+            if !round.contains(&p) {
+                round.push(p);
+            }
         }
+        round.sort_by_key(|p| self.suspects.contains(p));
+        round.truncate(PROBE_TRIES);
+        self.probe_round.clear();
+        self.probe_round.extend(round.iter().rev());
+        self.probe_next(ctx);
         self.arm_probe(ctx);
+    }
+
+    /// A root: probe the next peer of this round, if any is left.
+    fn probe_next(&mut self, ctx: &mut Ctx<'_>) {
+        self.probing = None;
+        while let Some(peer) = self.probe_round.pop() {
+            if peer == self.me || self.children.contains(&peer) {
+                continue;
+            }
+            self.probing = Some(peer);
+            ctx.send(peer, TreeMsg::Probe { root: self.me });
+            return;
+        }
     }
 
     fn on_probe(&mut self, ctx: &mut Ctx<'_>, from: NodeId, their_root: NodeId) {
@@ -1078,6 +1112,14 @@ impl Tree {
             return;
         }
         let Some(root) = self.root else { return };
+        if self.is_root() && self.probing == Some(from) {
+            self.probing = None;
+            if their_root == root {
+                // One of our own: the round goes on.
+                self.probe_next(ctx);
+                return;
+            }
+        }
         if their_root == root {
             return;
         }
@@ -1147,11 +1189,24 @@ impl Tree {
         ctx.send(peer, TreeMsg::Probe { root });
     }
 
+    /// Probe `peer` now, out of turn: it is believed to belong to another tree (it invited us,
+    /// and only a root invites). A root probes it as its own probes do; a member as its member
+    /// probes do, and acts on the answer.
+    pub fn probe_peer(&mut self, ctx: &mut Ctx<'_>, peer: NodeId) {
+        let Some(root) = self.root.filter(|_| self.state == TreeState::Joined) else { return };
+        if peer == self.me || peer == root || self.parent == Some(peer) || self.children.contains(&peer) {
+            return;
+        }
+        self.probing = Some(peer);
+        ctx.send(peer, TreeMsg::Probe { root });
+    }
+
     /// Join the tree of the lower root `other`, subtree and all.
     fn merge_into(&mut self, ctx: &mut Ctx<'_>, other: NodeId) {
         self.add_peer(ctx, other);
         self.state = TreeState::Joining;
         self.probe_at = None;
+        self.probe_round.clear();
         self.begin_round(ctx, &[other]);
     }
 

@@ -121,6 +121,31 @@ fn the_lower_root_absorbs_the_higher_one_with_its_subtree() {
 }
 
 #[test]
+fn a_root_probe_round_moves_past_dead_peers_to_the_other_tree() {
+    // A fragment's root whose contacts are mostly dead (a wave of failures took them) and one
+    // member of another tree: one round of probes goes through the dead ones at once and meets
+    // the other tree; one random probe per round would find it once in eight rounds.
+    let mut net = Net::new(3);
+    net.add(2, &[]);
+    net.add(20, &[2]);
+    net.add(21, &[2]);
+    net.add(1, &[]);
+    net.add(10, &[1]);
+    let mut peers: Vec<NodeId> = (90..97).map(id).collect();
+    peers.push(id(10));
+    net.command(2, Command::AddPeers { peers });
+    let t0 = net.now;
+    // A new root's first probe round comes within 1.1 s.
+    net.advance(Duration::from_millis(1500));
+    assert_eq!(net.node(2).root(), Some(id(1)), "merged within the first round");
+    let probes = net.log.iter().filter(|(f, _, m)| *f == id(2) && matches!(m, TreeMsg::Probe { .. })).count();
+    assert!(probes >= 1, "the merge came from node 2's own probes");
+    assert!(net.events_of(2, t0).iter().any(|(_, e)| *e == plush_core::Event::StoppedBeingRoot));
+    assert_eq!(net.node(20).root(), Some(id(1)));
+    net.assert_one_tree();
+}
+
+#[test]
 fn an_ordinary_join_never_displaces_a_live_root() {
     let mut net = Net::new(3);
     net.add(50, &[]);
