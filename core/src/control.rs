@@ -5,7 +5,8 @@
 //! when it attaches). The root keeps a pinned link to the controller and answers its `SetCtrl`
 //! (sent on connect and every two minutes) with `SetRoot`. A node that becomes root tells the
 //! controller with `SetRoot`; a root that merges into another tree sends `SetCtrl` up toward the
-//! new root, which then does the same. When the controller (re)connects, the root runs a census
+//! new root, which then does the same, unless it was orphaned (its controller gone and not
+//! back: a dead controller named up the tree would take the tree away from a live one). When the controller (re)connects, the root runs a census
 //! down the tree and sends the members up as `Participants`.
 //!
 //! **Invitations.** The controller sends `SetPeer { host }` to the root; the root opens a link
@@ -675,6 +676,9 @@ impl Control {
 
     /// We attached to a parent (first join or repair).
     pub fn on_attached(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, was_root: bool) {
+        // Our controller is with us only if it said so itself since we became root: one that
+        // left us orphaned may be dead, or replaced by a new one the tree we join follows.
+        let with_ctrl = was_root && self.orphaned.is_none();
         if was_root {
             self.stopped_root(ctx);
         }
@@ -682,8 +686,9 @@ impl Control {
             self.report_up(ctx, tree, ControlMsg::Joined { node: self.me, build: ctx.cfg.build });
         }
         if let (Some(ctrl), Some(p)) = (self.ctrl, tree.parent()) {
-            if was_root {
-                // The new root must learn the controller, and tell it.
+            if with_ctrl {
+                // The new root must learn the controller, and tell it. An orphaned root keeps
+                // quiet: naming a dead controller would take the tree away from a live one.
                 self.send(ctx, p, ControlMsg::SetCtrl { ctrl });
             }
         }
@@ -946,8 +951,9 @@ impl Control {
                 let joined = matches!(tree.state(), TreeState::Joined | TreeState::Joining);
                 if joined {
                     // A root checks on us: if it is another tree's (we were left out of its
-                    // census), knowing it lets our root's partition probe find it and merge.
+                    // census), probe it, and the two trees merge (see `crate::tree`).
                     let _ = tree.add_peers(ctx, &[from]);
+                    tree.probe_peer(ctx, from);
                 }
                 self.send(ctx, from, ControlMsg::Status { joined })
             }
@@ -1115,11 +1121,14 @@ impl Control {
                     }
                 }
                 // Already a member: say so (the controller may have thought us gone), and keep
-                // the inviter as a peer: if it belongs to another tree, the partition probe
-                // merges the two.
+                // the inviter as a peer. Only a root forwards invitations, so an inviter that is
+                // not our root is the root of another tree, which the controller sees and we do
+                // not (a fragment left by failures, that none of its probes met): probe it now,
+                // and the two trees merge (see `crate::tree`).
                 TreeState::Joined | TreeState::Joining => {
                     if from != ctrl {
                         let _ = tree.add_peers(ctx, &[from]);
+                        tree.probe_peer(ctx, from);
                     }
                     self.report_up(ctx, tree, ControlMsg::Joined { node: self.me, build: ctx.cfg.build });
                 }

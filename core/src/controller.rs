@@ -225,6 +225,9 @@ pub struct ControllerStats {
     pub launches: u64,
     /// Times the root changed.
     pub root_changes: u64,
+    /// Times a second root announced itself while the followed one was linked (two trees,
+    /// introduced to each other; see `SetRoot`).
+    pub two_roots: u64,
     /// Hosts believed joined that a complete census did not list (invited again).
     pub unlisted: u64,
     /// Output bytes received: live output, blob chunks and inline result output.
@@ -384,6 +387,9 @@ pub struct Controller {
     /// (no root change since): only such a census is used to find unreported losses. A new
     /// root's own census comes while fragments are still rejoining and would miss them.
     census_judge: bool,
+    /// A second root that announced itself while the one followed still had an open link:
+    /// followed at once if that link breaks (it was a failover, not a second tree).
+    spare_root: Option<NodeId>,
     tick_at: Option<Instant>,
     heartbeat: Option<crate::wire::Frame>,
     stats: ControllerStats,
@@ -434,6 +440,7 @@ impl Controller {
             census_seen: NodeSet::new(),
             census_from: None,
             census_judge: false,
+            spare_root: None,
             tick_at: None,
             heartbeat: None,
             stats: ControllerStats::default(),
@@ -642,8 +649,10 @@ impl Controller {
         for (peer, n) in owed {
             let m = n.min(bytes);
             bytes -= m;
-            // A former root's link is gone, and its window with it.
-            if m > 0 && self.root == Some(peer) {
+            // A former root's link is gone, and its window with it. A root the controller does
+            // not follow (a second tree, being merged) still has its link: its output was
+            // shown, so it must hear so, or it would count the bytes as lost when it re-attaches.
+            if m > 0 && self.io.conns.state(&peer) == Some(crate::conn::LinkState::Open) {
                 self.send(now, peer, Message::Job(JobMsg::OutputAck { job, bytes: m }));
             }
             if n > m {
@@ -724,8 +733,13 @@ impl Controller {
     /// hosts are believed members, as their census after attaching checks (one lost meanwhile
     /// is found and invited again); `Failed` ones stay failed; every other state is invited
     /// again like a new host. Nothing is reported for them: the user saw their states before.
+    ///
+    /// That census comes [`Config::recheck_delay`] after adopting: the root checks each joined
+    /// host it does not list, and a live one in another tree (a fragment left by failures while
+    /// no controller watched) learns of this root from the check and merges into it.
     pub fn adopt_hosts(&mut self, now: Instant, hosts: &[(NodeId, HostState)]) {
         let mut queue = Vec::new();
+        let mut joined = false;
         for &(id, state) in hosts {
             if self.hosts.iter().any(|h| h.id == id) || queue.contains(&id) {
                 continue;
@@ -737,11 +751,15 @@ impl Controller {
             if state == HostState::Pending {
                 queue.push(id);
             }
+            joined |= state == HostState::Joined;
             self.counts[state as usize] += 1;
             self.hosts.push(Host { state, ..Host::pending(id, now) });
         }
         self.hosts.sort_unstable_by_key(|h| h.id);
         self.queue.extend(queue);
+        if joined {
+            self.census_at.get_or_insert(now + self.cfg.recheck_delay);
+        }
         self.pump(now);
     }
 
@@ -980,7 +998,7 @@ impl Controller {
 
     fn on_control(&mut self, now: Instant, from: NodeId, msg: ControlMsg) {
         match msg {
-            ControlMsg::SetRoot { root } if root == from => self.set_root(now, root),
+            ControlMsg::SetRoot { root } if root == from => self.on_set_root(now, root),
             ControlMsg::Joined { node, build } => {
                 self.set_state(now, node, HostState::Joined, None);
                 if build != 0 {
@@ -1215,10 +1233,37 @@ impl Controller {
         self.report(Report::BarrierReleased { name, entered, expected: expected.len(), partial });
     }
 
+    /// `root` says it is the root. While the root followed so far still has an open link, two
+    /// roots mean two trees (a fragment left by failures that no probe has met yet): the
+    /// controller, which hears from both, introduces them. It follows the lower (merges go
+    /// from the higher root to the lower) and asks it to check on the other: the check reaches
+    /// the other root, which probes the checker, and the two merge (see `crate::tree` and
+    /// `GetStatus` in `crate::control`). Without an open link to the old root, `root` is its
+    /// successor (a failover).
+    fn on_set_root(&mut self, now: Instant, root: NodeId) {
+        let cur = self.root.filter(|c| *c != root && self.io.conns.state(c) == Some(crate::conn::LinkState::Open));
+        let Some(cur) = cur else {
+            self.set_root(now, root);
+            return;
+        };
+        let (keep, other) = if root < cur { (root, cur) } else { (cur, root) };
+        self.stats.two_roots += 1;
+        self.set_root(now, keep);
+        self.spare_root = Some(other);
+        self.send(now, keep, Message::Control(ControlMsg::Disconnected { node: other, related: false }));
+    }
+
     fn set_root(&mut self, now: Instant, root: NodeId) {
         self.seek_at = None;
         if self.root == Some(root) {
             return;
+        }
+        if self.spare_root == Some(root) {
+            self.spare_root = None;
+        }
+        if core::mem::take(&mut self.census_judge) {
+            // The census asked for is lost with the old root: ask the new one.
+            self.census_at.get_or_insert(now + self.cfg.recheck_delay);
         }
         if let Some(old) = self.root.take() {
             self.io.conns.unpin(&old, Pin::Root);
@@ -1231,7 +1276,6 @@ impl Controller {
         self.stats.root_changes += 1;
         self.census_seen = NodeSet::new();
         self.census_from = None;
-        self.census_judge = false;
         let me = self.me;
         self.send(now, root, Message::Control(ControlMsg::SetCtrl { ctrl: me }));
         self.send_linger(now, root);
@@ -1265,7 +1309,15 @@ impl Controller {
             }
             self.root = None;
             self.refresh_at = None;
-            self.census_judge = false;
+            if core::mem::take(&mut self.census_judge) {
+                self.census_at.get_or_insert(now + self.cfg.recheck_delay);
+            }
+            if let Some(spare) = self.spare_root.take() {
+                // Another root announced itself meanwhile: the old root's successor, or
+                // another tree's root; either way a root to follow now.
+                self.set_root(now, spare);
+                return;
+            }
             // The new root announces itself; if none does, ask a member.
             self.seek_at = Some(now + self.cfg.join_retry);
             return;
