@@ -307,6 +307,12 @@ fn attach_session(rep: &Replayed, key: plush_mio::Key, j: Journal, keep: bool) -
         Some((key_file, clients)) => clients.iter().map(|(_, pid)| (*pid, key_file.clone())).collect(),
         None => Vec::new(),
     };
+    let states: Vec<(NodeId, HostState)> = rep
+        .hosts
+        .iter()
+        .filter_map(|(h, _)| rep.states.get(h).and_then(|c| journal::state_of(*c)).map(|s| (*h, s)))
+        .collect();
+    s.c.adopt_hosts(&states);
     let me = s.c.id();
     s.set_journal(j);
     s.log(&Record::Attached(me, std::process::id()), true);

@@ -465,6 +465,12 @@ pub fn state_code(s: plush_core::HostState) -> u8 {
     s as u8
 }
 
+/// The state a journaled code stands for (`None` for a code this build does not know).
+pub fn state_of(code: u8) -> Option<plush_core::HostState> {
+    use plush_core::HostState::*;
+    [Pending, Invited, Joined, Disconnected, Failed].into_iter().find(|s| state_code(*s) == code)
+}
+
 /// A journaled state's name.
 pub fn state_name(code: u8) -> &'static str {
     ["pending", "invited", "joined", "disconnected", "failed"].get(usize::from(code)).copied().unwrap_or("?")

@@ -527,6 +527,22 @@ impl Cluster {
         self.d.report_hook = Some(hook);
     }
 
+    /// Take over hosts as the previous controller last knew them (`plush attach`; see
+    /// `Controller::adopt_hosts`): joined hosts are believed members until a census after
+    /// attaching finds one missing (then the root checks on it: a dead one is reported and
+    /// invited again, a live one in another tree merges its tree into ours); failed ones stay
+    /// failed; the others are invited again. Hosts known already are left as they are.
+    pub fn adopt_hosts(&mut self, hosts: &[(NodeId, HostState)]) {
+        let now = self.d.now();
+        self.d.m.adopt_hosts(now, hosts);
+        for &(host, state) in hosts {
+            let state = if matches!(state, HostState::Joined | HostState::Failed) { state } else { HostState::Pending };
+            self.hosts.entry(host).or_insert(HostInfo { state, why: None, joined_at: None, script: None });
+        }
+        self.d.drain();
+        self.take_reports();
+    }
+
     /// Send `SetCtrl` to each of `members` (the journal's root and members, after the previous
     /// controller died): any member passes it up to its root, which links to this controller,
     /// answers `SetRoot`, takes a census and re-sends the results it holds. Members that cannot
