@@ -513,6 +513,11 @@ impl Sim {
         };
     }
 
+    /// Whether node `i`'s process was started more than once (restarted or relaunched).
+    pub fn restarted(&self, i: u32) -> bool {
+        self.nodes.get(i as usize).is_some_and(|n| n.incarnation > 1)
+    }
+
     /// A new incarnation of node `i`'s process (its host up), or `None` if one runs already.
     fn fresh_node(&mut self, i: u32) -> Option<Node> {
         let sn = &mut self.nodes[i as usize];
@@ -2062,7 +2067,11 @@ pub fn job_report(sim: &Sim, n: u32) -> crate::scenario::JobReport {
         r.duplicates += u32::from(reported.saturating_sub(1));
         if reported == 0 {
             let held_alive = j.receivers.get(i as usize).is_some_and(|v| v.iter().any(|&x| x < n && sim.alive(x)));
-            if sim.alive(i) || held_alive {
+            // A host whose process restarted owes nothing unless its result survived it: its
+            // job died with the process, and it never runs a job twice; when it rejoins after
+            // the tree forgot the job, nothing reaches it, and the real controller names it
+            // lost (`plush_mio::Cluster`'s lost grace).
+            if (sim.alive(i) && !sim.restarted(i)) || held_alive {
                 r.lost += 1;
                 if sim.alive(i) && r.missing.len() < 10 {
                     r.missing.push(i);
