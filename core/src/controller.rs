@@ -388,7 +388,8 @@ pub struct Controller {
     /// root's own census comes while fragments are still rejoining and would miss them.
     census_judge: bool,
     /// A second root that announced itself while the one followed still had an open link:
-    /// followed at once if that link breaks (it was a failover, not a second tree).
+    /// asked at once where the root is if that link breaks (it was a failover, not a second
+    /// tree).
     spare_root: Option<NodeId>,
     tick_at: Option<Instant>,
     heartbeat: Option<crate::wire::Frame>,
@@ -1238,7 +1239,8 @@ impl Controller {
     /// controller, which hears from both, introduces them. It follows the lower (merges go
     /// from the higher root to the lower) and asks it to check on the other: the check reaches
     /// the other root, which probes the checker, and the two merge (see `crate::tree` and
-    /// `GetStatus` in `crate::control`). Without an open link to the old root, `root` is its
+    /// `GetStatus` in `crate::control`); if the kept root's link breaks, the other is asked
+    /// at once where the root is. Without an open link to the old root, `root` is its
     /// successor (a failover).
     fn on_set_root(&mut self, now: Instant, root: NodeId) {
         let cur = self.root.filter(|c| *c != root && self.io.conns.state(c) == Some(crate::conn::LinkState::Open));
@@ -1314,8 +1316,10 @@ impl Controller {
             }
             if let Some(spare) = self.spare_root.take() {
                 // Another root announced itself meanwhile: the old root's successor, or
-                // another tree's root; either way a root to follow now.
-                self.set_root(now, spare);
+                // another tree's root. Ask it at once (a root answers `SetRoot` on a link it
+                // opens, a member passes the question up); the search goes on as usual if
+                // nobody answers.
+                self.attach(now, spare);
                 return;
             }
             // The new root announces itself; if none does, ask a member.

@@ -75,17 +75,20 @@ fn a_lower_second_root_is_followed_and_checks_the_old_one() {
 }
 
 #[test]
-fn the_spare_root_is_followed_when_the_kept_ones_link_breaks() {
+fn the_spare_root_is_asked_at_once_when_the_kept_ones_link_breaks() {
     let (low, high) = (id(3), id(9));
     let mut c = following(low);
     c.handle_link(at(3), high, LinkEvent::Connected);
     frame(&mut c, 4, high, Message::Control(ControlMsg::SetRoot { root: high }));
     assert_eq!(c.root(), Some(low));
-    // The kept root dies: the other was its successor after all.
+    // The kept root dies: the other was its successor after all. It is asked at once, without
+    // waiting to look for a root, and followed once it answers on its own link.
     c.handle_link(at(5), low, LinkEvent::Closed);
     let out: Vec<Output> = std::iter::from_fn(|| c.poll_output()).collect();
-    assert_eq!(c.root(), Some(high), "followed at once, without waiting to look for a root");
     assert!(sent_to(&out, high).iter().any(|m| matches!(m, ControlMsg::SetCtrl { .. })), "{out:?}");
+    assert_eq!(c.root(), None, "no root is followed before it answers");
+    frame(&mut c, 6, high, Message::Control(ControlMsg::SetRoot { root: high }));
+    assert_eq!(c.root(), Some(high));
 }
 
 #[test]
