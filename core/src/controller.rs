@@ -225,9 +225,6 @@ pub struct ControllerStats {
     pub launches: u64,
     /// Times the root changed.
     pub root_changes: u64,
-    /// Times a second root announced itself while the followed one was linked (two trees,
-    /// introduced to each other; see `SetRoot`).
-    pub two_roots: u64,
     /// Hosts believed joined that a complete census did not list (invited again).
     pub unlisted: u64,
     /// Output bytes received: live output, blob chunks and inline result output.
@@ -387,10 +384,6 @@ pub struct Controller {
     /// (no root change since): only such a census is used to find unreported losses. A new
     /// root's own census comes while fragments are still rejoining and would miss them.
     census_judge: bool,
-    /// A second root that announced itself while the one followed still had an open link:
-    /// asked at once where the root is if that link breaks (it was a failover, not a second
-    /// tree).
-    spare_root: Option<NodeId>,
     tick_at: Option<Instant>,
     heartbeat: Option<crate::wire::Frame>,
     stats: ControllerStats,
@@ -441,7 +434,6 @@ impl Controller {
             census_seen: NodeSet::new(),
             census_from: None,
             census_judge: false,
-            spare_root: None,
             tick_at: None,
             heartbeat: None,
             stats: ControllerStats::default(),
@@ -999,7 +991,7 @@ impl Controller {
 
     fn on_control(&mut self, now: Instant, from: NodeId, msg: ControlMsg) {
         match msg {
-            ControlMsg::SetRoot { root } if root == from => self.on_set_root(now, root),
+            ControlMsg::SetRoot { root } if root == from => self.set_root(now, root),
             ControlMsg::Joined { node, build } => {
                 self.set_state(now, node, HostState::Joined, None);
                 if build != 0 {
@@ -1234,34 +1226,10 @@ impl Controller {
         self.report(Report::BarrierReleased { name, entered, expected: expected.len(), partial });
     }
 
-    /// `root` says it is the root. While the root followed so far still has an open link, two
-    /// roots mean two trees (a fragment left by failures that no probe has met yet): the
-    /// controller, which hears from both, introduces them. It follows the lower (merges go
-    /// from the higher root to the lower) and asks it to check on the other: the check reaches
-    /// the other root, which probes the checker, and the two merge (see `crate::tree` and
-    /// `GetStatus` in `crate::control`); if the kept root's link breaks, the other is asked
-    /// at once where the root is. Without an open link to the old root, `root` is its
-    /// successor (a failover).
-    fn on_set_root(&mut self, now: Instant, root: NodeId) {
-        let cur = self.root.filter(|c| *c != root && self.io.conns.state(c) == Some(crate::conn::LinkState::Open));
-        let Some(cur) = cur else {
-            self.set_root(now, root);
-            return;
-        };
-        let (keep, other) = if root < cur { (root, cur) } else { (cur, root) };
-        self.stats.two_roots += 1;
-        self.set_root(now, keep);
-        self.spare_root = Some(other);
-        self.send(now, keep, Message::Control(ControlMsg::Disconnected { node: other, related: false }));
-    }
-
     fn set_root(&mut self, now: Instant, root: NodeId) {
         self.seek_at = None;
         if self.root == Some(root) {
             return;
-        }
-        if self.spare_root == Some(root) {
-            self.spare_root = None;
         }
         if core::mem::take(&mut self.census_judge) {
             // The census asked for is lost with the old root: ask the new one.
@@ -1313,14 +1281,6 @@ impl Controller {
             self.refresh_at = None;
             if core::mem::take(&mut self.census_judge) {
                 self.census_at.get_or_insert(now + self.cfg.recheck_delay);
-            }
-            if let Some(spare) = self.spare_root.take() {
-                // Another root announced itself meanwhile: the old root's successor, or
-                // another tree's root. Ask it at once (a root answers `SetRoot` on a link it
-                // opens, a member passes the question up); the search goes on as usual if
-                // nobody answers.
-                self.attach(now, spare);
-                return;
             }
             // The new root announces itself; if none does, ask a member.
             self.seek_at = Some(now + self.cfg.join_retry);
