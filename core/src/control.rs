@@ -6,8 +6,9 @@
 //! (sent on connect and every two minutes) with `SetRoot`. A node that becomes root tells the
 //! controller with `SetRoot`; a root that merges into another tree sends `SetCtrl` up toward the
 //! new root, which then does the same, unless it was orphaned (its controller gone and not
-//! back: a dead controller named up the tree would take the tree away from a live one). When the controller (re)connects, the root runs a census
-//! down the tree and sends the members up as `Participants`.
+//! back: a dead controller named up the tree would take the tree away from a live one). When
+//! the controller (re)connects, the root runs a census down the tree and sends the members up
+//! as `Participants`.
 //!
 //! **Invitations.** The controller sends `SetPeer { host }` to the root; the root opens a link
 //! to the host and forwards it. An idle client that gets it joins through the root and, once

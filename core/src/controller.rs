@@ -81,6 +81,17 @@ pub enum HostState {
     Failed,
 }
 
+impl HostState {
+    /// The state a host journaled in this state is taken over in (`Controller::adopt_hosts`):
+    /// joined and failed hosts keep theirs, every other is invited again.
+    pub fn adopted(self) -> HostState {
+        match self {
+            HostState::Joined | HostState::Failed => self,
+            HostState::Pending | HostState::Invited | HostState::Disconnected => HostState::Pending,
+        }
+    }
+}
+
 /// What the controller tells its user.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Report {
@@ -642,9 +653,9 @@ impl Controller {
         for (peer, n) in owed {
             let m = n.min(bytes);
             bytes -= m;
-            // A former root's link is gone, and its window with it. A root the controller does
-            // not follow (a second tree, being merged) still has its link: its output was
-            // shown, so it must hear so, or it would count the bytes as lost when it re-attaches.
+            // A former root whose link is gone lost its window with it. One whose link is still
+            // open (it merged into the tree the controller now follows) must hear that its
+            // output was shown, or it counts the bytes as lost when it re-attaches.
             if m > 0 && self.io.conns.state(&peer) == Some(crate::conn::LinkState::Open) {
                 self.send(now, peer, Message::Job(JobMsg::OutputAck { job, bytes: m }));
             }
@@ -737,10 +748,7 @@ impl Controller {
             if self.hosts.iter().any(|h| h.id == id) || queue.contains(&id) {
                 continue;
             }
-            let state = match state {
-                HostState::Joined | HostState::Failed => state,
-                HostState::Pending | HostState::Invited | HostState::Disconnected => HostState::Pending,
-            };
+            let state = state.adopted();
             if state == HostState::Pending {
                 queue.push(id);
             }
@@ -1226,15 +1234,19 @@ impl Controller {
         self.report(Report::BarrierReleased { name, entered, expected: expected.len(), partial });
     }
 
+    /// The root that was to answer the census asked for is gone: ask the next one.
+    fn census_lost(&mut self, now: Instant) {
+        if core::mem::take(&mut self.census_judge) {
+            self.census_at.get_or_insert(now + self.cfg.recheck_delay);
+        }
+    }
+
     fn set_root(&mut self, now: Instant, root: NodeId) {
         self.seek_at = None;
         if self.root == Some(root) {
             return;
         }
-        if core::mem::take(&mut self.census_judge) {
-            // The census asked for is lost with the old root: ask the new one.
-            self.census_at.get_or_insert(now + self.cfg.recheck_delay);
-        }
+        self.census_lost(now);
         if let Some(old) = self.root.take() {
             self.io.conns.unpin(&old, Pin::Root);
             let Io { conns, out, .. } = &mut self.io;
@@ -1279,9 +1291,7 @@ impl Controller {
             }
             self.root = None;
             self.refresh_at = None;
-            if core::mem::take(&mut self.census_judge) {
-                self.census_at.get_or_insert(now + self.cfg.recheck_delay);
-            }
+            self.census_lost(now);
             // The new root announces itself; if none does, ask a member.
             self.seek_at = Some(now + self.cfg.join_retry);
             return;

@@ -100,15 +100,23 @@ fn when_the_root_dies_the_lowest_sibling_takes_over_and_the_others_join_it() {
     net.assert_one_tree();
 }
 
-#[test]
-fn the_lower_root_absorbs_the_higher_one_with_its_subtree() {
+/// Two trees that know nothing of each other: root 2 over 20 and 21, root 1 over 10 (and 11).
+fn two_trees(with_11: bool) -> Net {
     let mut net = Net::new(3);
     net.add(2, &[]);
     net.add(20, &[2]);
     net.add(21, &[2]);
     net.add(1, &[]);
     net.add(10, &[1]);
-    net.add(11, &[1]);
+    if with_11 {
+        net.add(11, &[1]);
+    }
+    net
+}
+
+#[test]
+fn the_lower_root_absorbs_the_higher_one_with_its_subtree() {
+    let mut net = two_trees(true);
     assert!(net.node(1).is_root() && net.node(2).is_root());
     // The higher root learns of a member of the other tree; its next probe finds the lower root.
     net.command(2, Command::AddPeers { peers: vec![id(10)] });
@@ -125,12 +133,7 @@ fn a_root_probe_round_moves_past_dead_peers_to_the_other_tree() {
     // A fragment's root whose contacts are mostly dead (a wave of failures took them) and one
     // member of another tree: one round of probes goes through the dead ones at once and meets
     // the other tree; one random probe per round would find it once in eight rounds.
-    let mut net = Net::new(3);
-    net.add(2, &[]);
-    net.add(20, &[2]);
-    net.add(21, &[2]);
-    net.add(1, &[]);
-    net.add(10, &[1]);
+    let mut net = two_trees(false);
     let mut peers: Vec<NodeId> = (90..97).map(id).collect();
     peers.push(id(10));
     net.command(2, Command::AddPeers { peers });

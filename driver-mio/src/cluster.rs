@@ -536,7 +536,7 @@ impl Cluster {
         let now = self.d.now();
         self.d.m.adopt_hosts(now, hosts);
         for &(host, state) in hosts {
-            let state = if matches!(state, HostState::Joined | HostState::Failed) { state } else { HostState::Pending };
+            let state = state.adopted();
             self.hosts.entry(host).or_insert(HostInfo { state, why: None, joined_at: None, script: None });
         }
         self.d.drain();
