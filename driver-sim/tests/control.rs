@@ -7,68 +7,13 @@ use plush_core::{
     Command, Config, Controller, Event, HostState, InputError, Instant, LinkEvent, Node, NodeId, NodeSet,
     Report as CtrlReport, TreeState,
 };
-use plush_sim::{CrashKind, Scenario, Sim};
+use plush_sim::{CrashKind, Sim};
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64;
 use std::time::Duration;
 
-fn scenario(n: u32, seed: u64) -> Scenario {
-    Scenario { nodes: n, seed, ..Scenario::default() }
-}
-
-fn joined(sim: &Sim) -> usize {
-    sim.controller().map_or(0, |c| c.host_counts()[HostState::Joined as usize])
-}
-
-fn ctrl_slot(sim: &Sim) -> u32 {
-    sim.controller().and_then(|c| c.id().loopback_index()).expect("a controller")
-}
-
-/// A simulator of `sc.nodes` hosts and a controller that invited them all; returns once every
-/// host is joined (as the controller sees it) and the tree converged.
-fn build(sc: &Scenario) -> Sim {
-    let n = sc.nodes;
-    let mut sim = Sim::new(n, sc);
-    sim.add_controller();
-    let hosts: Vec<NodeId> = (0..n).map(Sim::id).collect();
-    sim.ctrl_do(|c, now| c.add_hosts(now, &hosts));
-    let deadline = sim.now() + Duration::from_secs(120);
-    while sim.now() < deadline {
-        let t = sim.now() + Duration::from_millis(100);
-        sim.run_until(t, |_| false);
-        if joined(&sim) == n as usize && sim.converged() {
-            assert_eq!(sim.violations, 0, "{:?}", sim.violation_texts);
-            return sim;
-        }
-    }
-    panic!(
-        "seed {}: the controller did not build the tree: host counts {:?}, converged {}",
-        sc.seed,
-        sim.controller().map(|c| c.host_counts()),
-        sim.converged()
-    );
-}
-
-/// Run in steps of `step` until `done` holds (true) or `limit` of simulated time passed (false).
-fn run_for(sim: &mut Sim, limit: Duration, step: Duration, mut done: impl FnMut(&Sim) -> bool) -> bool {
-    let deadline = sim.now() + limit;
-    while sim.now() < deadline {
-        let t = (sim.now() + step).min(deadline);
-        sim.run_until(t, |_| false);
-        if done(sim) {
-            return true;
-        }
-    }
-    done(sim)
-}
-
-fn root_of(sim: &Sim) -> u32 {
-    sim.main_root().expect("a root")
-}
-
-fn index(id: NodeId) -> u32 {
-    id.loopback_index().expect("a simulated id")
-}
+mod common;
+use common::{build, ctrl_slot, index, joined, root_of, run_for, scenario};
 
 #[test]
 fn invitation_limit_is_never_exceeded() {

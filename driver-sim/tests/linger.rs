@@ -12,33 +12,6 @@ fn scenario(n: u32, seed: u64, linger_s: u64) -> Scenario {
     sc
 }
 
-fn joined(sim: &Sim) -> usize {
-    sim.controller().map_or(0, |c| c.host_counts()[HostState::Joined as usize])
-}
-
-/// A simulator of `sc.nodes` hosts that a controller invited; returns once all joined.
-fn build(sc: &Scenario) -> Sim {
-    let n = sc.nodes;
-    let mut sim = Sim::new(n, sc);
-    sim.add_controller();
-    let hosts: Vec<NodeId> = (0..n).map(Sim::id).collect();
-    sim.ctrl_do(|c, now| c.add_hosts(now, &hosts));
-    let deadline = sim.now() + Duration::from_secs(120);
-    while sim.now() < deadline {
-        let t = sim.now() + Duration::from_millis(100);
-        sim.run_until(t, |_| false);
-        if joined(&sim) == n as usize && sim.converged() {
-            assert_eq!(sim.violations, 0, "{:?}", sim.violation_texts);
-            return sim;
-        }
-    }
-    panic!("seed {}: the controller did not build the tree", sc.seed);
-}
-
-fn root_of(sim: &Sim) -> u32 {
-    sim.main_root().expect("a root")
-}
-
 #[test]
 fn an_orphaned_tree_dismantles_after_the_linger_and_not_before() {
     let (n, linger) = (40, 20);
@@ -159,6 +132,9 @@ fn a_new_root_counts_the_linger_from_its_becoming_root() {
 
 use plush_core::wire::{ExitStatus, FramePool, Group, JobKind, JobMsg, List, Message, RunSpec, Target};
 use plush_core::{Config, Controller, Instant, LinkEvent, NodeSet, Output, Report as CtrlReport};
+
+mod common;
+use common::{build, joined, root_of};
 
 fn spec(job: u64) -> RunSpec {
     RunSpec {

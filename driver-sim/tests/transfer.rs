@@ -4,31 +4,12 @@
 //! nodes mid-transfer, the root included, does not make their subtrees start over.
 
 use plush_core::wire::{ExitStatus, JobKind, List, PushSpec, RunSpec, Target};
-use plush_core::{HostState, NodeId, NodeSet, Report as CtrlReport};
-use plush_sim::{CrashKind, Scenario, Sim};
+use plush_core::{NodeSet, Report as CtrlReport};
+use plush_sim::{CrashKind, Sim};
 use std::time::Duration;
 
-fn joined(sim: &Sim) -> usize {
-    sim.controller().map_or(0, |c| c.host_counts()[HostState::Joined as usize])
-}
-
-/// `n` hosts invited by a controller; returns once all joined and the tree converged.
-fn build(n: u32, seed: u64) -> Sim {
-    let sc = Scenario { nodes: n, seed, ..Scenario::default() };
-    let mut sim = Sim::new(n, &sc);
-    sim.add_controller();
-    let hosts: Vec<NodeId> = (0..n).map(Sim::id).collect();
-    sim.ctrl_do(|c, now| c.add_hosts(now, &hosts));
-    let deadline = sim.now() + Duration::from_secs(120);
-    while sim.now() < deadline {
-        let t = sim.now() + Duration::from_millis(100);
-        sim.run_until(t, |_| false);
-        if joined(&sim) == n as usize && sim.converged() {
-            return sim;
-        }
-    }
-    panic!("seed {seed}: the tree was not built");
-}
+mod common;
+use common::{build, scenario};
 
 fn push_spec(job: u64, chunks: u32, target: Target) -> RunSpec {
     let chunk = 64 << 10;
@@ -81,7 +62,7 @@ fn stored(sim: &Sim, i: u32) -> u64 {
 fn a_push_reaches_every_host_with_each_chunk_stored_once() {
     let n = 200;
     let chunks = 300;
-    let mut sim = build(n, 11);
+    let mut sim = build(&scenario(n, 11));
     sim.watch_job(1);
     let r = sim.ctrl_do(|c, now| c.run(now, push_spec(1, chunks, Target::All)));
     assert_eq!(r, Some(Ok(())));
@@ -103,7 +84,7 @@ fn a_push_reaches_every_host_with_each_chunk_stored_once() {
 #[test]
 fn a_push_to_some_hosts_installs_only_there_but_flows_through_the_rest() {
     let n = 60;
-    let mut sim = build(n, 12);
+    let mut sim = build(&scenario(n, 12));
     let targets: NodeSet = (0..n).filter(|i| i % 3 == 0).map(Sim::id).collect();
     sim.watch_job(2);
     sim.ctrl_do(|c, now| c.run(now, push_spec(2, 40, Target::Nodes(targets.clone()))));
@@ -133,7 +114,7 @@ fn killing_the_root_and_interior_nodes_mid_transfer_does_not_restart_their_subtr
     for seed in [21, 22, 23] {
         let n = 300;
         let chunks = 400;
-        let mut sim = build(n, seed);
+        let mut sim = build(&scenario(n, seed));
         sim.watch_job(3);
         sim.ctrl_do(|c, now| c.run(now, push_spec(3, chunks, Target::All)));
         let root = sim.main_root().expect("a root");
