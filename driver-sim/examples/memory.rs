@@ -30,7 +30,7 @@ static A: Counting = Counting;
 fn main() {
     let n: u32 = std::env::args().nth(1).and_then(|x| x.parse().ok()).unwrap_or(10_000);
     let sc = plush_sim::Scenario { nodes: n, seed: 1, steady_epochs: 1, ..Default::default() };
-    let (_report, sim) = plush_sim::sim::play_sim(&sc);
+    let (_report, sim) = plush_sim::play::play_sim(&sc);
     let live = LIVE.load(Ordering::Relaxed);
     println!("nodes {n}: {} bytes allocated, {} B/node", live, live / n as usize);
     println!("  Node (inline): {} B", std::mem::size_of::<plush_core::Node>());

@@ -8,8 +8,8 @@
 //! - **Clock and network.** Virtual time in microseconds ([`Instant`]); one-way delays drawn
 //!   exactly as [`crate::Sim`] draws them, `min + Exp(mean)` capped at `max` with
 //!   `mean = (max - min) / 5`, from the same network stream (the master seed mixed with stream
-//!   1); each direction of a link is FIFO. Events sit in one heap ordered by (time, sequence),
-//!   the order of the tree runs' calendar.
+//!   1); each direction of a link is FIFO. Events sit in one heap of [`crate::calendar::Ev`]s,
+//!   ordered by (time, sequence) as the tree runs' calendar orders them.
 //! - **The controller is one event loop.** Every frame it sends or receives costs it
 //!   [`FRAME_US`] of its time, one after the other (a busy clock). So a broadcast to N clients
 //!   leaves the controller over `N × FRAME_US`, and the N replies queue behind each other. The
@@ -43,12 +43,14 @@
 //! Partitions, clogs, refusals, restarts and jobs are not modelled for the star:
 //! [`unsupported`] names them, and `plush sim` refuses such a run.
 
+use crate::calendar::Ev;
+use crate::net::Latency;
+use crate::play::rss_bytes;
 use crate::scenario::{BroadcastReport, CrashKind, Report, Scenario, Shape};
 use crate::sim::mix;
 use plush_core::Instant;
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64;
-use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
@@ -102,30 +104,6 @@ enum Kind {
     Dead(u32),
 }
 
-struct Ev {
-    at: Instant,
-    seq: u64,
-    kind: Kind,
-}
-
-impl PartialEq for Ev {
-    fn eq(&self, o: &Self) -> bool {
-        (self.at, self.seq) == (o.at, o.seq)
-    }
-}
-impl Eq for Ev {}
-impl PartialOrd for Ev {
-    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Ev {
-    // Reversed: the earliest (time, sequence) first out of the max-heap.
-    fn cmp(&self, o: &Self) -> Ordering {
-        (o.at, o.seq).cmp(&(self.at, self.seq))
-    }
-}
-
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 enum State {
     /// Not started yet.
@@ -155,12 +133,10 @@ struct Client {
 pub struct Star {
     now: Instant,
     seq: u64,
-    heap: BinaryHeap<Ev>,
+    heap: BinaryHeap<Ev<Kind>>,
     clients: Vec<Client>,
     net: Pcg64,
-    lat_min_us: f64,
-    lat_mean_us: f64,
-    lat_max_us: f64,
+    lat: Latency,
     /// The controller is busy until then.
     busy: Instant,
     fds: u32,
@@ -187,16 +163,13 @@ pub struct Star {
 impl Star {
     /// A star of `sc.nodes` clients, none started, with `sc`'s network model.
     pub fn new(sc: &Scenario) -> Self {
-        let mean = ((sc.latency_max_ms - sc.latency_min_ms) / 5.0).max(0.0);
         Star {
             now: Instant::ZERO,
             seq: 0,
             heap: BinaryHeap::new(),
             clients: vec![Client { alive: true, ..Client::default() }; sc.nodes as usize],
             net: Pcg64::seed_from_u64(mix(sc.seed, 1)),
-            lat_min_us: sc.latency_min_ms * 1000.0,
-            lat_mean_us: mean * 1000.0,
-            lat_max_us: sc.latency_max_ms.max(sc.latency_min_ms) * 1000.0,
+            lat: Latency::new(sc),
             busy: Instant::ZERO,
             fds: sc.controller_fds,
             open: 0,
@@ -224,9 +197,7 @@ impl Star {
 
     /// One one-way delay, drawn as the tree runs draw theirs.
     fn delay(&mut self) -> Duration {
-        let u: f64 = self.net.random::<f64>();
-        let exp = -(1.0 - u).ln() * self.lat_mean_us;
-        Duration::from_micros((self.lat_min_us + exp).min(self.lat_max_us) as u64)
+        self.lat.draw(&mut self.net)
     }
 
     /// Delivery time of a frame sent now to client `c` (FIFO on its link).
@@ -469,7 +440,7 @@ fn shape(st: &Star) -> Shape {
 /// degree is the controller's fan-out, `nodes`.
 pub fn play(sc: &Scenario) -> Report {
     let wall = std::time::Instant::now();
-    let rss0 = crate::sim::rss_bytes();
+    let rss0 = rss_bytes();
     let n = sc.nodes.max(1);
     let mut st = Star::new(&Scenario { nodes: n, ..sc.clone() });
     let mut rng = Pcg64::seed_from_u64(mix(sc.seed, 2));
@@ -492,7 +463,7 @@ pub fn play(sc: &Scenario) -> Report {
     st.now = ticked(Instant::ZERO, st.now);
     report.build.sim_ms = ms(st.now.since(Instant::ZERO));
     report.tree = shape(&st);
-    report.memory.bytes_per_node = crate::sim::rss_bytes().saturating_sub(rss0) / u64::from(n);
+    report.memory.bytes_per_node = rss_bytes().saturating_sub(rss0) / u64::from(n);
 
     report.broadcast = broadcast(&mut st, 1, limit);
     // The tree runs' steady phase: time passes (no RanSub here).

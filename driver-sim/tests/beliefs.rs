@@ -3,7 +3,8 @@
 //! which repairs use to ask the nearest ancestor first and to refuse joins that would close a
 //! loop). The simulator's convergence check looks only at parent pointers; this looks at beliefs.
 
-use plush_sim::sim::{play_sim, Sim};
+use plush_sim::play::play_sim;
+use plush_sim::Sim;
 use plush_sim::{CrashKind, Scenario};
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! RanSub at scale: views that are uniform samples of the membership, and a root that counts the
 //! population every epoch, before and after nodes die.
 
-use plush_sim::sim::play_sim;
+use plush_sim::play::play_sim;
 use plush_sim::{run, CrashKind, Scenario};
 use std::time::Duration;
 

@@ -1,0 +1,387 @@
+//! Dispatch: the events of the calendar and the machines they are for.
+//!
+//! An event ([`Kind`]) is a frame, a link going up or down, a failed connect, a timer, a
+//! simulated process ending, a transfer verified, or a launch done. [`Sim::run_until`] takes
+//! them from the calendar in (time, sequence) order and hands each to the machine in its slot
+//! ([`Proc`]: a client's `Node` or the `Controller`, both driven through one set of calls); then
+//! [`Sim::after`] drains that machine's outputs and carries them out: frames go to the network
+//! ([`crate::net`]), timers and simulated processes back into the calendar, reports and events
+//! into the simulator's records, and the machine is checked ([`crate::checks`]).
+
+use crate::calendar::Ev;
+use crate::scenario::CrashKind;
+use crate::sim::{id, idx, Sim, MAX_COUNTS};
+use plush_core::wire::{ExitStatus, Frame, JobMsg, Message};
+use plush_core::{
+    Controller, Event, HostState, InputError, Instant, LinkEvent, Node, NodeId, Output, ProcessEvent,
+    Report as CtrlReport,
+};
+use rand::RngExt;
+use std::time::Duration;
+
+#[derive(Debug)]
+pub(crate) enum Kind {
+    /// A frame from the link's other end arrives at `to`.
+    Deliver { link: u32, gen: u32, to: u32, frame: Frame },
+    /// The hello from the other end arrives: report the link up to `to`.
+    Up { link: u32, gen: u32, to: u32 },
+    /// `to`'s attempt to reach `peer` failed.
+    ConnectFailed { to: u32, peer: u32, incarnation: u32 },
+    /// The other end closed or reset the link.
+    Down { link: u32, gen: u32, to: u32 },
+    /// `node`'s timer.
+    Timer { node: u32, incarnation: u32 },
+    /// A job's simulated process ends at `node` (output, then exit).
+    ProcExit { node: u32, incarnation: u32, job: u64 },
+    /// A target holds every chunk of a push: it verified and installed the file.
+    PushVerified { node: u32, incarnation: u32, job: u64 },
+    /// The launcher `by` asked for finished on `host`.
+    Launched { by: u32, host: u32, ok: bool },
+}
+
+/// What runs in a slot: a client or the controller. The one place where the simulator tells
+/// the two apart to hand them inputs; everything else drives a `Proc`.
+// Nodes are the many: they stay inline in their slots, as before the split (no pointer to
+// follow per event); the one controller is boxed.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Proc {
+    /// A client.
+    Node(Node),
+    /// The controller.
+    Controller(Box<Controller>),
+}
+
+impl Proc {
+    /// A frame's payload from `from`.
+    pub(crate) fn handle_frame(&mut self, now: Instant, from: NodeId, payload: &[u8]) -> Result<(), InputError> {
+        match self {
+            Proc::Node(n) => n.handle_frame(now, from, payload),
+            Proc::Controller(c) => c.handle_frame(now, from, payload),
+        }
+    }
+
+    /// The link to `peer` changed.
+    pub(crate) fn handle_link(&mut self, now: Instant, peer: NodeId, ev: LinkEvent) {
+        match self {
+            Proc::Node(n) => n.handle_link(now, peer, ev),
+            Proc::Controller(c) => c.handle_link(now, peer, ev),
+        }
+    }
+
+    /// The timer fired.
+    pub(crate) fn handle_timeout(&mut self, now: Instant) {
+        match self {
+            Proc::Node(n) => n.handle_timeout(now),
+            Proc::Controller(c) => c.handle_timeout(now),
+        }
+    }
+
+    /// The launch of a client on `host` it asked for is done (`ok`) or failed.
+    pub(crate) fn handle_launched(&mut self, now: Instant, host: NodeId, ok: bool) {
+        match self {
+            Proc::Node(n) => n.handle_launched(now, host, ok),
+            Proc::Controller(c) => c.handle_launched(now, host, if ok { Ok(()) } else { Err("the host is down") }),
+        }
+    }
+
+    /// The next output to carry out.
+    pub(crate) fn poll_output(&mut self) -> Option<Output> {
+        match self {
+            Proc::Node(n) => n.poll_output(),
+            Proc::Controller(c) => c.poll_output(),
+        }
+    }
+
+    /// When the timer is due.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        match self {
+            Proc::Node(n) => n.poll_timeout(),
+            Proc::Controller(c) => c.poll_timeout(),
+        }
+    }
+}
+
+impl Sim {
+    /// Hand slot `i` a frame's payload from `from` (nothing runs there: dropped).
+    pub(crate) fn frame_event(&mut self, i: u32, from: u32, payload: &[u8]) -> Result<(), InputError> {
+        let now = self.now;
+        match self.nodes[i as usize].proc.as_mut() {
+            Some(p) => p.handle_frame(now, id(from), payload),
+            None => Ok(()),
+        }
+    }
+
+    /// Tell slot `i` that its link to `peer` changed (nothing runs there: nobody to tell).
+    pub(crate) fn link_event(&mut self, i: u32, peer: u32, ev: LinkEvent) {
+        let now = self.now;
+        if let Some(p) = self.nodes[i as usize].proc.as_mut() {
+            p.handle_link(now, id(peer), ev);
+        }
+    }
+
+    /// Schedule `kind` at `at`, after everything already scheduled for then.
+    pub(crate) fn push(&mut self, at: Instant, kind: Kind) {
+        self.seq += 1;
+        self.heap.push(Ev { at, seq: self.seq, kind });
+    }
+
+    /// Process events up to and including time `until`; returns false if the heap ran dry.
+    pub fn run_until(&mut self, until: Instant, mut stop: impl FnMut(&Sim) -> bool) -> bool {
+        loop {
+            let next = self.heap.peek_at();
+            let plan = [self.ctrl_crash.crash_at, self.ctrl_crash.back_at.filter(|_| self.controller().is_none())]
+                .into_iter()
+                .flatten()
+                .min()
+                .filter(|&t| t <= until && next.is_none_or(|a| t <= a));
+            if let Some(t) = plan {
+                self.now = self.now.max(t);
+                self.controller_plan();
+                if stop(self) {
+                    return true;
+                }
+                continue;
+            }
+            let Some(at) = next else { break };
+            if at > until {
+                self.now = until;
+                return true;
+            }
+            let Some(ev) = self.heap.pop() else { break };
+            self.now = ev.at;
+            self.dispatch(ev.kind);
+            if stop(self) {
+                return true;
+            }
+        }
+        self.now = self.now.max(until);
+        false
+    }
+
+    /// Carry out one due event.
+    fn dispatch(&mut self, kind: Kind) {
+        let now = self.now;
+        match kind {
+            Kind::Timer { node, incarnation } => {
+                let sn = &mut self.nodes[node as usize];
+                if sn.incarnation != incarnation || sn.timer != Some(now) {
+                    return; // stale
+                }
+                sn.timer = None;
+                let Some(p) = sn.proc.as_mut() else { return };
+                p.handle_timeout(now);
+                self.events += 1;
+                self.after(node);
+            }
+            Kind::PushVerified { node, incarnation, job } => {
+                let sn = &mut self.nodes[node as usize];
+                if sn.incarnation != incarnation {
+                    return;
+                }
+                let Some(n) = sn.node_mut() else { return };
+                self.events += 1;
+                n.handle_process(now, ProcessEvent::Exit { job, status: ExitStatus::Exited(0) });
+                self.after(node);
+            }
+            Kind::ProcExit { node, incarnation, job } => {
+                let k = self.job_outputs;
+                let sn = &mut self.nodes[node as usize];
+                if sn.incarnation != incarnation {
+                    return;
+                }
+                let Some(n) = sn.node_mut() else { return };
+                self.events += 1;
+                let line =
+                    if k <= 1 { b"hello from plush\n".to_vec() } else { format!("output {}\n", node % k).into_bytes() };
+                n.handle_process(now, ProcessEvent::Output { job, bytes: line, err: false });
+                let fails = job == plush_core::control::MAINT_JOB && self.maintenance_fails.contains(&node);
+                n.handle_process(now, ProcessEvent::Exit { job, status: ExitStatus::Exited(i32::from(fails)) });
+                self.after(node);
+            }
+            Kind::Launched { by, host, ok } => {
+                // As on a real host, a client cannot start where one still runs: its listen
+                // address is taken (a controller relaunching a host it merely cannot see).
+                let h = &self.nodes[host as usize];
+                // A launcher dies with its controller: nothing starts for one that crashed.
+                let orphan = Some(by) == self.ctrl_slot && self.nodes[by as usize].ctrl().is_none();
+                let ok = ok && !h.killed && h.host_up && h.node().is_none() && !orphan;
+                if ok {
+                    self.launches += 1;
+                    self.launch_idle(host);
+                }
+                self.events += 1;
+                let Some(p) = self.nodes[by as usize].proc.as_mut() else { return };
+                p.handle_launched(now, id(host), ok);
+                self.after(by);
+            }
+            Kind::Up { link, gen, to } => self.on_up(link, gen, to),
+            Kind::ConnectFailed { to, peer, incarnation } => self.on_connect_failed(to, peer, incarnation),
+            Kind::Down { link, gen, to } => self.on_down(link, gen, to),
+            Kind::Deliver { link, gen, to, frame } => self.on_deliver(link, gen, to, frame),
+        }
+    }
+
+    /// Drain node `i`'s outputs, carry them out, check its safety, re-arm its timer.
+    pub(crate) fn after(&mut self, i: u32) {
+        while let Some(o) = self.nodes[i as usize].proc.as_mut().and_then(Proc::poll_output) {
+            match o {
+                Output::Transmit { to, frame } => self.transmit(i, idx(to), frame),
+                Output::Connect(peer) => self.connect(i, idx(peer)),
+                Output::Close(peer) => {
+                    if self.node(i).is_some_and(|n| n.parent() == Some(peer) || n.children().contains(&peer)) {
+                        self.pinned_closes += 1;
+                        self.violation(format!("node {i} closed its link to {peer}, its parent or child"));
+                    }
+                    self.close(i, idx(peer))
+                }
+                Output::Event(e) => self.on_event(i, e),
+                Output::Spawn { job, .. } => {
+                    let (lo, hi) = self.job_us;
+                    let us = if hi > lo { self.procs.random_range(lo..=hi) } else { lo };
+                    let incarnation = self.nodes[i as usize].incarnation;
+                    self.push(self.now + Duration::from_micros(us), Kind::ProcExit { node: i, incarnation, job });
+                }
+                // Transfers move chunk counts, not bytes: storage is a counter (the node's
+                // `chunks_stored`), a chunk sent from storage is an empty chunk, and checking
+                // the digest takes a millisecond.
+                Output::PushOpen { .. } | Output::PushWrite { .. } | Output::PushForget { .. } => {}
+                Output::PushSend { to, job, index } => {
+                    if let Some(frame) = plush_core::wire::chunk_frame(job, index, &[], 64) {
+                        self.transmit(i, idx(to), frame);
+                    }
+                }
+                Output::PushDone { job } => {
+                    let incarnation = self.nodes[i as usize].incarnation;
+                    self.push(self.now + Duration::from_millis(1), Kind::PushVerified { node: i, incarnation, job });
+                }
+                // The simulated process ignores signals: the node has recorded its result.
+                Output::Signal { job } => self.signals.push((self.now, i, job)),
+                // Simulated processes write all at once: nothing to pause.
+                Output::ReadOutput { .. } => {}
+                Output::Launch { host } => {
+                    let h = idx(host);
+                    let ok = (h as usize) < self.nodes.len() && self.nodes[h as usize].ctrl().is_none();
+                    // A launcher (ssh) takes a while: a round trip and a process start.
+                    let at = self.now + self.delay() + self.delay() + Duration::from_millis(100);
+                    self.push(at, Kind::Launched { by: i, host: h.min(self.nodes.len() as u32 - 1), ok });
+                }
+                Output::Exit => {
+                    self.exits += 1;
+                    self.crash(i, CrashKind::Process);
+                    self.nodes[i as usize].killed = false;
+                    return;
+                }
+                Output::Report(r) => self.on_report(*r),
+            }
+        }
+        self.check_node(i);
+        let t = self.nodes[i as usize].proc.as_ref().and_then(Proc::poll_timeout);
+        let sn = &mut self.nodes[i as usize];
+        if let Some(t) = t {
+            if sn.timer.is_none_or(|cur| t < cur) {
+                let t = t.max(self.now);
+                sn.timer = Some(t);
+                let incarnation = sn.incarnation;
+                self.push(t, Kind::Timer { node: i, incarnation });
+            }
+        }
+    }
+
+    /// Record a `Results` frame of the watched job: who received whose result.
+    pub(crate) fn note_results(&mut self, _from: u32, to: u32, payload: &[u8]) {
+        let Ok(Message::Job(JobMsg::Results { job, groups, .. })) = Message::decode(payload) else { return };
+        if job != self.job.id {
+            return;
+        }
+        if Some(to) == self.ctrl_slot {
+            self.job.ctrl_messages += 1;
+            return;
+        }
+        for g in groups.iter() {
+            for y in g.nodes.iter() {
+                let y = idx(y) as usize;
+                if y < self.job.receivers.len() && y != to as usize && !self.job.receivers[y].contains(&to) {
+                    self.job.receivers[y].push(to);
+                }
+            }
+        }
+    }
+
+    /// Record what the controller reported.
+    fn on_report(&mut self, r: CtrlReport) {
+        if matches!(r, CtrlReport::Result { .. }) {
+            self.results.push((self.now, r.clone()));
+        }
+        match r {
+            CtrlReport::Result { job, nodes, output, .. } if job == self.job.id => {
+                let bit = if self.ctrl_crash.gen == 0 { 1 } else { 2 };
+                for y in nodes.iter() {
+                    let y = idx(y) as usize;
+                    if y < self.job.reported.len() {
+                        self.job.reported[y] = self.job.reported[y].saturating_add(1);
+                    }
+                    if self.ctrl_crash.crashed_at.is_some() || self.ctrl_crash.crash_at.is_some() {
+                        if self.ctrl_crash.shown_by.len() < self.job.reported.len() {
+                            self.ctrl_crash.shown_by.resize(self.job.reported.len(), 0);
+                        }
+                        if let Some(b) = self.ctrl_crash.shown_by.get_mut(y) {
+                            *b |= bit;
+                        }
+                    }
+                }
+                if !self.job.outputs.iter().any(|o| o.as_slice() == output.as_slice()) {
+                    self.job.outputs.push(output.as_ref().clone());
+                }
+                self.job.last_result = Some(self.now);
+            }
+            CtrlReport::Result { .. } => {}
+            CtrlReport::Host { state, .. } => {
+                if state == HostState::Failed {
+                    self.host_failures += 1;
+                }
+            }
+            other => {
+                if matches!(other, CtrlReport::RootChanged(_)) && self.ctrl_crash.gen > 0 {
+                    self.ctrl_crash.attached_at.get_or_insert(self.now);
+                }
+                self.ctrl_log.push((self.now, other))
+            }
+        }
+    }
+
+    /// Record what node `i` reported, and check its new parent for a loop.
+    fn on_event(&mut self, i: u32, e: Event) {
+        if self.recording {
+            self.node_events.push((self.now, i, e.clone()));
+        }
+        match e {
+            Event::ParentChanged(Some(_)) | Event::BecameRoot => {
+                let sn = &mut self.nodes[i as usize];
+                if !sn.joined_once {
+                    sn.joined_once = true;
+                    self.joined_once += 1;
+                }
+                if matches!(e, Event::ParentChanged(Some(_))) {
+                    self.check_loop(i);
+                }
+            }
+            Event::BroadcastReply { id, node } => self.replies.push((id, idx(node), self.now)),
+            Event::Repaired { via_ransub } => {
+                self.repair_times.push(self.now);
+                if via_ransub {
+                    self.repairs.0 += 1;
+                } else {
+                    self.repairs.1 += 1;
+                }
+            }
+            Event::Population { population, epoch } => {
+                self.populations.0 += 1;
+                self.populations.1 = population;
+                if self.counts.len() < MAX_COUNTS {
+                    self.counts.push((self.now, i, epoch, population));
+                }
+            }
+            _ => {}
+        }
+    }
+}
