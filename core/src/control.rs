@@ -81,8 +81,9 @@
 //! root, [`MAX_DONE`] finished job ids remembered.
 
 use crate::conn::Pin;
+use crate::contract::{Event, Output, ProcessEvent};
+use crate::ctx::Ctx;
 use crate::id::NodeId;
-use crate::node::{Ctx, Event, Output};
 use crate::nodeset::NodeSet;
 use crate::time::Instant;
 use crate::transfer::Xfer;
@@ -152,27 +153,6 @@ pub const BLOB_BACKLOG: u64 = 8 << 20;
 pub const MAX_AWAITING: usize = 1024;
 /// Most bytes reserved at once for a blob from its announced size.
 pub const BLOB_RESERVE: u64 = 16 << 20;
-
-/// What the driver reports about a process it spawned for a job.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ProcessEvent {
-    /// The process wrote these bytes on stdout, or on stderr (`err`).
-    Output {
-        /// The job.
-        job: u64,
-        /// The bytes.
-        bytes: Vec<u8>,
-        /// From stderr.
-        err: bool,
-    },
-    /// The process ended (or could not start).
-    Exit {
-        /// The job.
-        job: u64,
-        /// How.
-        status: ExitStatus,
-    },
-}
 
 /// A result group held by a node: the output is shared between the held and unsent copies.
 #[derive(Clone, Debug)]

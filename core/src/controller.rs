@@ -39,15 +39,15 @@
 
 use crate::config::Config;
 use crate::conn::{ConnTable, Pin};
+use crate::contract::{HostState, InputError, LaunchResult, LinkEvent, Machine, Output, Report};
 use crate::control::MAX_BARRIERS;
+use crate::ctx::{Ctx, Io};
+use crate::frame::{encode_once, FramePool};
 use crate::id::NodeId;
-use crate::node::{Ctx, InputError, Io, LinkEvent, Output};
 use crate::nodeset::NodeSet;
 use crate::time::Instant;
 use crate::transfer::Xfer;
-use crate::wire::{
-    encode_once, BlobRef, ControlMsg, ExitStatus, FramePool, JobKind, JobMsg, Message, RunSpec, Target, TreeMsg,
-};
+use crate::wire::{BlobRef, ControlMsg, JobKind, JobMsg, Message, Role, RunSpec, Target, TreeMsg};
 use rand::SeedableRng;
 use rand_pcg::Pcg32;
 use smallvec::SmallVec;
@@ -65,127 +65,6 @@ pub const REACK_INTERVALS: u32 = 5;
 pub const LARGE_ACK_PACE: core::time::Duration = core::time::Duration::from_millis(25);
 /// Members asked at once where the root is, while the controller has none (see `seek`).
 pub const SEEK_FANOUT: usize = 16;
-
-/// Where a host stands, as the controller sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum HostState {
-    /// Added, not invited yet.
-    Pending,
-    /// Invitation sent; waiting for it to join.
-    Invited,
-    /// A member of the tree.
-    Joined,
-    /// Lost; it will be invited again.
-    Disconnected,
-    /// Given up on: never invited again.
-    Failed,
-}
-
-impl HostState {
-    /// The state a host journaled in this state is taken over in (`Controller::adopt_hosts`):
-    /// joined and failed hosts keep theirs, every other is invited again.
-    pub fn adopted(self) -> HostState {
-        match self {
-            HostState::Joined | HostState::Failed => self,
-            HostState::Pending | HostState::Invited | HostState::Disconnected => HostState::Pending,
-        }
-    }
-}
-
-/// What the controller tells its user.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Report {
-    /// A host changed state; `why` says why it failed.
-    Host {
-        /// The host.
-        host: NodeId,
-        /// Its new state.
-        state: HostState,
-        /// For `Failed`: the reason.
-        why: Option<&'static str>,
-    },
-    /// The tree has a new root, and the controller's link moved to it.
-    RootChanged(NodeId),
-    /// Results of nodes not reported before, all with this status and output.
-    Result {
-        /// The job.
-        job: u64,
-        /// How it ended.
-        status: ExitStatus,
-        /// The output was cut.
-        truncated: bool,
-        /// stdout.
-        output: Rc<Vec<u8>>,
-        /// The nodes.
-        nodes: NodeSet,
-        /// stderr.
-        stderr: Rc<Vec<u8>>,
-        /// With [`Controller::set_blob_reports`]: the output is this blob, whose bytes came
-        /// before as [`Report::Blob`] (`output` and `stderr` are then empty).
-        blob: Option<BlobRef>,
-    },
-    /// With [`Controller::set_blob_reports`]: bytes of a large output, in order per `from` and
-    /// `digest` (a chunk at offset 0 starts that sender's copy again). Only chunks the
-    /// controller accepted are reported, and none of a blob it already has whole: once
-    /// `offset + data.len() == total`, the blob is whole, and [`Report::Result`]s name it.
-    Blob {
-        /// The job.
-        job: u64,
-        /// The link it came on (the root, or a former root).
-        from: NodeId,
-        /// The output's name ([`BlobRef::digest`]).
-        digest: [u8; 32],
-        /// Where `data` starts in the output.
-        offset: u64,
-        /// The output's size.
-        total: u64,
-        /// The bytes.
-        data: Vec<u8>,
-    },
-    /// Live output of one node.
-    Stream {
-        /// The job.
-        job: u64,
-        /// The node.
-        node: NodeId,
-        /// The bytes.
-        bytes: Vec<u8>,
-        /// From its stderr.
-        err: bool,
-    },
-    /// The root says every member of the tree answered the job.
-    JobComplete {
-        /// The job.
-        job: u64,
-    },
-    /// A barrier was released.
-    BarrierReleased {
-        /// The barrier.
-        name: String,
-        /// Nodes that had entered.
-        entered: u64,
-        /// Nodes expected.
-        expected: u64,
-        /// Released at the threshold after the timeout, not complete.
-        partial: bool,
-    },
-    /// Nodes entered a barrier after its release (they were let through).
-    BarrierLate {
-        /// The barrier.
-        name: String,
-        /// The late nodes.
-        nodes: NodeSet,
-    },
-    /// A host's maintenance script failed (the host is `Failed` and does not join).
-    MaintenanceFailed {
-        /// The host.
-        host: NodeId,
-        /// How the script ended.
-        status: crate::wire::ExitStatus,
-        /// The start of its output (at most [`crate::wire::MAX_SCRIPT_OUTPUT`] bytes).
-        output: Vec<u8>,
-    },
-}
 
 /// Why a controller call was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -396,7 +275,7 @@ pub struct Controller {
     /// root's own census comes while fragments are still rejoining and would miss them.
     census_judge: bool,
     tick_at: Option<Instant>,
-    heartbeat: Option<crate::wire::Frame>,
+    heartbeat: Option<crate::frame::Frame>,
     stats: ControllerStats,
     /// `dismantle` was called: hosts are not invited, looked for or launched any more.
     dismantling: bool,
@@ -425,7 +304,7 @@ impl Controller {
                 pool: FramePool::default(),
                 stats: Default::default(),
                 refused: SmallVec::new(),
-                news: false,
+                news: SmallVec::new(),
             },
             root: None,
             hosts: Vec::new(),
@@ -831,7 +710,7 @@ impl Controller {
     }
 
     /// The driver launched a client on `host` (`Ok`), or could not (`Err`, with the reason).
-    pub fn handle_launched(&mut self, now: Instant, host: NodeId, result: Result<(), &'static str>) {
+    pub fn handle_launched(&mut self, now: Instant, host: NodeId, result: LaunchResult) {
         let Some(h) = self.host(&host) else { return };
         if h.state != HostState::Invited {
             return;
@@ -990,6 +869,7 @@ impl Controller {
     // ----- inside ----------------------------------------------------------------------------
 
     fn after(&mut self, now: Instant) {
+        debug_assert!(self.io.news.is_empty(), "the controller runs no tree: {:?}", self.io.news);
         if (core::mem::take(&mut self.io.conns.pinned_since_tick) || self.tick_at.is_none()) && self.root.is_some() {
             let due = now + self.cfg.heartbeat;
             self.tick_at = Some(self.tick_at.map_or(due, |t| t.min(due)));
@@ -1481,5 +1361,27 @@ impl Controller {
             self.invited.push_back((host, now));
             self.invite(now, host);
         }
+    }
+}
+
+impl Machine for Controller {
+    const ROLE: Role = Role::Controller;
+    fn handle_frame(&mut self, now: Instant, from: NodeId, payload: &[u8]) -> Result<(), InputError> {
+        Controller::handle_frame(self, now, from, payload)
+    }
+    fn handle_link(&mut self, now: Instant, peer: NodeId, ev: LinkEvent) {
+        Controller::handle_link(self, now, peer, ev)
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        Controller::handle_timeout(self, now)
+    }
+    fn handle_launched(&mut self, now: Instant, host: NodeId, result: LaunchResult) {
+        Controller::handle_launched(self, now, host, result)
+    }
+    fn poll_output(&mut self) -> Option<Output> {
+        Controller::poll_output(self)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Controller::poll_timeout(self)
     }
 }

@@ -30,10 +30,14 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod bounded;
 pub mod config;
 pub mod conn;
+pub mod contract;
 pub mod control;
 pub mod controller;
+pub(crate) mod ctx;
+pub mod frame;
 pub mod id;
 pub mod node;
 pub mod nodeset;
@@ -45,10 +49,13 @@ pub mod tree;
 pub mod wire;
 
 pub use config::Config;
-pub use control::ProcessEvent;
-pub use controller::{Controller, HostState, Report};
+pub use contract::{
+    Command, CommandError, Event, HostState, InputError, LaunchResult, LinkEvent, Machine, Output, ProcessEvent,
+    Report, Stats,
+};
+pub use controller::Controller;
 pub use id::NodeId;
-pub use node::{Command, CommandError, Event, InputError, LinkEvent, Node, Output, Stats};
+pub use node::Node;
 pub use nodeset::NodeSet;
 pub use time::Instant;
 pub use tree::TreeState;

@@ -150,7 +150,8 @@ pub fn messages() -> Vec<Message> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{FramePool, KINDS};
+    use crate::frame::FramePool;
+    use crate::wire::KINDS;
 
     #[test]
     fn there_is_a_sample_of_every_kind_and_each_round_trips() {

@@ -54,8 +54,9 @@
 //! **Leave.** A leaving node tells its parent and its children; they treat it as failed.
 
 use crate::conn::Pin;
+use crate::contract::{CommandError, Event};
+use crate::ctx::Ctx;
 use crate::id::NodeId;
-use crate::node::{CommandError, Ctx, Event};
 use crate::ransub::Place;
 use crate::time::Instant;
 use crate::wire::{Filler, JoinMode, List, TreeMsg};

@@ -3,7 +3,7 @@
 //! An event ([`Kind`]) is a frame, a link going up or down, a failed connect, a timer, a
 //! simulated process ending, a transfer verified, or a launch done. [`Sim::run_until`] takes
 //! them from the calendar in (time, sequence) order and hands each to the machine in its slot
-//! ([`Proc`]: a client's `Node` or the `Controller`, both driven through one set of calls); then
+//! ([`Proc`]: a client's `Node` or the `Controller`, both driven as a [`Machine`]); then
 //! [`Sim::after`] drains that machine's outputs and carries them out: frames go to the network
 //! ([`crate::net`]), timers and simulated processes back into the calendar, reports and events
 //! into the simulator's records, and the machine is checked ([`crate::checks`]).
@@ -11,9 +11,10 @@
 use crate::calendar::Ev;
 use crate::scenario::CrashKind;
 use crate::sim::{id, idx, Sim, MAX_COUNTS};
-use plush_core::wire::{ExitStatus, Frame, JobMsg, Message};
+use plush_core::frame::Frame;
+use plush_core::wire::{ExitStatus, JobMsg, Message};
 use plush_core::{
-    Controller, Event, HostState, InputError, Instant, LinkEvent, Node, NodeId, Output, ProcessEvent,
+    Controller, Event, HostState, InputError, Instant, LaunchResult, LinkEvent, Machine, Node, Output, ProcessEvent,
     Report as CtrlReport,
 };
 use rand::RngExt;
@@ -39,8 +40,8 @@ pub(crate) enum Kind {
     Launched { by: u32, host: u32, ok: bool },
 }
 
-/// What runs in a slot: a client or the controller. The one place where the simulator tells
-/// the two apart to hand them inputs; everything else drives a `Proc`.
+/// What runs in a slot: a client or the controller. Both are a [`Machine`], and the simulator
+/// drives them through it alone ([`machine!`]).
 // Nodes are the many: they stay inline in their slots, as before the split (no pointer to
 // follow per event); the one controller is boxed.
 #[allow(clippy::large_enum_variant)]
@@ -51,54 +52,21 @@ pub(crate) enum Proc {
     Controller(Box<Controller>),
 }
 
-impl Proc {
-    /// A frame's payload from `from`.
-    pub(crate) fn handle_frame(&mut self, now: Instant, from: NodeId, payload: &[u8]) -> Result<(), InputError> {
-        match self {
-            Proc::Node(n) => n.handle_frame(now, from, payload),
-            Proc::Controller(c) => c.handle_frame(now, from, payload),
+/// `machine!(proc, |m| body)`: `body` with `m` bound to the machine in `proc` (a `&mut Proc`),
+/// whichever kind it is, as a `&mut impl Machine`. The one place the simulator tells a client
+/// from the controller to hand them inputs; `body` calls them through [`Machine`] alone. (An
+/// enum, not a `dyn Machine`: the trait has an associated constant, and a match on two variants
+/// costs nothing next to a call the compiler cannot inline.)
+macro_rules! machine {
+    ($proc:expr, |$m:ident| $body:expr) => {
+        match $proc {
+            Proc::Node($m) => $body,
+            Proc::Controller(boxed) => {
+                let $m: &mut Controller = boxed;
+                $body
+            }
         }
-    }
-
-    /// The link to `peer` changed.
-    pub(crate) fn handle_link(&mut self, now: Instant, peer: NodeId, ev: LinkEvent) {
-        match self {
-            Proc::Node(n) => n.handle_link(now, peer, ev),
-            Proc::Controller(c) => c.handle_link(now, peer, ev),
-        }
-    }
-
-    /// The timer fired.
-    pub(crate) fn handle_timeout(&mut self, now: Instant) {
-        match self {
-            Proc::Node(n) => n.handle_timeout(now),
-            Proc::Controller(c) => c.handle_timeout(now),
-        }
-    }
-
-    /// The launch of a client on `host` it asked for is done (`ok`) or failed.
-    pub(crate) fn handle_launched(&mut self, now: Instant, host: NodeId, ok: bool) {
-        match self {
-            Proc::Node(n) => n.handle_launched(now, host, ok),
-            Proc::Controller(c) => c.handle_launched(now, host, if ok { Ok(()) } else { Err("the host is down") }),
-        }
-    }
-
-    /// The next output to carry out.
-    pub(crate) fn poll_output(&mut self) -> Option<Output> {
-        match self {
-            Proc::Node(n) => n.poll_output(),
-            Proc::Controller(c) => c.poll_output(),
-        }
-    }
-
-    /// When the timer is due.
-    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        match self {
-            Proc::Node(n) => n.poll_timeout(),
-            Proc::Controller(c) => c.poll_timeout(),
-        }
-    }
+    };
 }
 
 impl Sim {
@@ -106,7 +74,7 @@ impl Sim {
     pub(crate) fn frame_event(&mut self, i: u32, from: u32, payload: &[u8]) -> Result<(), InputError> {
         let now = self.now;
         match self.nodes[i as usize].proc.as_mut() {
-            Some(p) => p.handle_frame(now, id(from), payload),
+            Some(p) => machine!(p, |m| Machine::handle_frame(m, now, id(from), payload)),
             None => Ok(()),
         }
     }
@@ -115,7 +83,7 @@ impl Sim {
     pub(crate) fn link_event(&mut self, i: u32, peer: u32, ev: LinkEvent) {
         let now = self.now;
         if let Some(p) = self.nodes[i as usize].proc.as_mut() {
-            p.handle_link(now, id(peer), ev);
+            machine!(p, |m| Machine::handle_link(m, now, id(peer), ev));
         }
     }
 
@@ -169,7 +137,7 @@ impl Sim {
                 }
                 sn.timer = None;
                 let Some(p) = sn.proc.as_mut() else { return };
-                p.handle_timeout(now);
+                machine!(p, |m| Machine::handle_timeout(m, now));
                 self.events += 1;
                 self.after(node);
             }
@@ -180,7 +148,7 @@ impl Sim {
                 }
                 let Some(n) = sn.node_mut() else { return };
                 self.events += 1;
-                n.handle_process(now, ProcessEvent::Exit { job, status: ExitStatus::Exited(0) });
+                Machine::handle_process(n, now, ProcessEvent::Exit { job, status: ExitStatus::Exited(0) });
                 self.after(node);
             }
             Kind::ProcExit { node, incarnation, job } => {
@@ -193,9 +161,13 @@ impl Sim {
                 self.events += 1;
                 let line =
                     if k <= 1 { b"hello from plush\n".to_vec() } else { format!("output {}\n", node % k).into_bytes() };
-                n.handle_process(now, ProcessEvent::Output { job, bytes: line, err: false });
+                Machine::handle_process(n, now, ProcessEvent::Output { job, bytes: line, err: false });
                 let fails = job == plush_core::control::MAINT_JOB && self.maintenance_fails.contains(&node);
-                n.handle_process(now, ProcessEvent::Exit { job, status: ExitStatus::Exited(i32::from(fails)) });
+                Machine::handle_process(
+                    n,
+                    now,
+                    ProcessEvent::Exit { job, status: ExitStatus::Exited(i32::from(fails)) },
+                );
                 self.after(node);
             }
             Kind::Launched { by, host, ok } => {
@@ -211,7 +183,8 @@ impl Sim {
                 }
                 self.events += 1;
                 let Some(p) = self.nodes[by as usize].proc.as_mut() else { return };
-                p.handle_launched(now, id(host), ok);
+                let r: LaunchResult = if ok { Ok(()) } else { Err("the host is down") };
+                machine!(p, |m| Machine::handle_launched(m, now, id(host), r));
                 self.after(by);
             }
             Kind::Up { link, gen, to } => self.on_up(link, gen, to),
@@ -223,7 +196,8 @@ impl Sim {
 
     /// Drain node `i`'s outputs, carry them out, check its safety, re-arm its timer.
     pub(crate) fn after(&mut self, i: u32) {
-        while let Some(o) = self.nodes[i as usize].proc.as_mut().and_then(Proc::poll_output) {
+        while let Some(o) = self.nodes[i as usize].proc.as_mut().and_then(|p| machine!(p, |m| Machine::poll_output(m)))
+        {
             match o {
                 Output::Transmit { to, frame } => self.transmit(i, idx(to), frame),
                 Output::Connect(peer) => self.connect(i, idx(peer)),
@@ -246,7 +220,7 @@ impl Sim {
                 // the digest takes a millisecond.
                 Output::PushOpen { .. } | Output::PushWrite { .. } | Output::PushForget { .. } => {}
                 Output::PushSend { to, job, index } => {
-                    if let Some(frame) = plush_core::wire::chunk_frame(job, index, &[], 64) {
+                    if let Some(frame) = plush_core::frame::chunk_frame(job, index, &[], 64) {
                         self.transmit(i, idx(to), frame);
                     }
                 }
@@ -275,7 +249,7 @@ impl Sim {
             }
         }
         self.check_node(i);
-        let t = self.nodes[i as usize].proc.as_ref().and_then(Proc::poll_timeout);
+        let t = self.nodes[i as usize].proc.as_mut().and_then(|p| machine!(p, |m| Machine::poll_timeout(&*m)));
         let sn = &mut self.nodes[i as usize];
         if let Some(t) = t {
             if sn.timer.is_none_or(|cur| t < cur) {

@@ -15,7 +15,8 @@
 use crate::dispatch::Kind;
 use crate::scenario::{CrashKind, Scenario};
 use crate::sim::{id, mix, Sim};
-use plush_core::wire::{encode_hello, Frame, Hello, Message, Role, PREFIX};
+use plush_core::frame::{encode_hello, Frame, PREFIX};
+use plush_core::wire::{Hello, Message, Role};
 use plush_core::{Instant, LinkEvent};
 use rand::RngExt;
 use rand_pcg::Pcg64;
@@ -232,7 +233,7 @@ impl Sim {
         if !link.ends[1 - to_end].up || !link.ends[to_end].open || !link.ends[to_end].up {
             return false;
         }
-        let Ok(frame) = plush_core::wire::FramePool::default().encode(msg, self.cfg.max_frame) else { return false };
+        let Ok(frame) = plush_core::frame::FramePool::default().encode(msg, self.cfg.max_frame) else { return false };
         let gen = link.gen;
         let at = self.fifo(l, from, to_end);
         self.push(at, Kind::Deliver { link: l, gen, to, frame });
