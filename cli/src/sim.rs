@@ -6,7 +6,7 @@
 //! summary ends with the exact command line that does so.
 
 use clap::{Args, ValueEnum};
-use plush_sim::{CrashKind, Layout, Report, Scenario};
+use plush_sim::{CrashKind, Layout, Scenario, SimReport};
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
 use std::process::ExitCode;
@@ -611,7 +611,7 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 /// The human summary of a run: a handful of lines, ending with the command that repeats it.
-fn summary(args: &SimArgs, r: &Report) -> String {
+fn summary(args: &SimArgs, r: &SimReport) -> String {
     let mut s = String::new();
     // Writing to a String cannot fail: the results of `writeln!` below are ignored.
     let _ = writeln!(s, "nodes {}  seed {}  degree {}  latency {} ms", r.nodes, r.seed, r.degree, args.latency);

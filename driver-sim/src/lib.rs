@@ -4,7 +4,7 @@
 //! one process, on virtual time, with seeded faults and invariant checks.
 //!
 //! Map of the crate, from what you run to what runs it:
-//! - [`scenario`]: [`Scenario`] (what to run) and [`Report`] (what came out), the contract of
+//! - [`scenario`]: [`Scenario`] (what to run) and [`SimReport`] (what came out), the contract of
 //!   `plush sim`.
 //! - [`run`] (below): plays a [`Scenario`] in its layout.
 //! - [`play`]: scenario playback for the tree layout: builds a [`Sim`] and plays it phase by
@@ -37,7 +37,7 @@ pub use scenario::*;
 pub use sim::Sim;
 
 /// Run `scenario` to the end and report.
-pub fn run(scenario: &Scenario) -> Report {
+pub fn run(scenario: &Scenario) -> SimReport {
     match scenario.layout {
         Layout::Tree => play::play(scenario),
         Layout::Star => star::play(scenario),

@@ -2,12 +2,12 @@
 //! strike the faults, wait for the repair, run the job, broadcast again, and report.
 //!
 //! [`play_sim`] drives a [`Sim`] through a [`Scenario`]'s phases by its public handles and reads
-//! the figures of the [`Report`] from the simulator's records. The build is paced like
+//! the figures of the [`SimReport`] from the simulator's records. The build is paced like
 //! invitations ([`Scenario::max_outstanding_joins`]), or, with `job`, done by a controller's
 //! invitations and launches. The victims, the partition's side, the clogged pairs and the
 //! restarts' bootstrap nodes are drawn from one stream of the master seed.
 
-use crate::scenario::{BroadcastReport, Report, Scenario};
+use crate::scenario::{BroadcastReport, Scenario, SimReport};
 use crate::sim::{id, idx, mix, Sim};
 use crate::uniformity::Uniformity;
 use plush_core::{Command, HostState, Instant, NodeId};
@@ -23,12 +23,12 @@ pub(crate) fn rss_bytes() -> u64 {
 }
 
 /// Play `sc`: build, broadcast, faults, repair, broadcast. See [`Scenario`].
-pub fn play(sc: &Scenario) -> Report {
+pub fn play(sc: &Scenario) -> SimReport {
     play_sim(sc).0
 }
 
 /// [`play`], also returning the simulator as it ended, for inspection.
-pub fn play_sim(sc: &Scenario) -> (Report, Sim) {
+pub fn play_sim(sc: &Scenario) -> (SimReport, Sim) {
     let wall = std::time::Instant::now();
     let rss0 = rss_bytes();
     let n = sc.nodes.max(1);
@@ -36,7 +36,8 @@ pub fn play_sim(sc: &Scenario) -> (Report, Sim) {
     let mut rng = Pcg64::seed_from_u64(mix(sc.seed, 2));
     let tick = Duration::from_millis(250);
     let limit = Duration::from_micros((sc.phase_limit_s * 1e6) as u64);
-    let mut report = Report { nodes: n, seed: sc.seed, degree: sc.config.max_children as u32, ..Report::default() };
+    let mut report =
+        SimReport { nodes: n, seed: sc.seed, degree: sc.config.max_children as u32, ..SimReport::default() };
 
     let built = if sc.job {
         build_invited(&mut sim, n, sc.build_limit(), tick)

@@ -344,9 +344,10 @@ pub struct MemoryReport {
     pub bytes_per_node: u64,
 }
 
-/// Everything `plush sim --json` prints.
+/// Everything `plush sim --json` prints (what a run of the simulator found; the controller's
+/// reports to its user are `plush_core::Report`).
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct Report {
+pub struct SimReport {
     /// Number of nodes.
     pub nodes: u32,
     /// The master seed.

@@ -46,7 +46,7 @@
 use crate::calendar::Ev;
 use crate::net::Latency;
 use crate::play::rss_bytes;
-use crate::scenario::{BroadcastReport, CrashKind, Report, Scenario, Shape};
+use crate::scenario::{BroadcastReport, CrashKind, Scenario, Shape, SimReport};
 use crate::sim::mix;
 use plush_core::Instant;
 use rand::{RngExt, SeedableRng};
@@ -438,14 +438,14 @@ fn shape(st: &Star) -> Shape {
 /// Play `sc` as a star: build, broadcast, faults, recovery, broadcast (see the module's text).
 /// The report has the tree runs' fields; RanSub's are zero (its p-values `null`), and the
 /// degree is the controller's fan-out, `nodes`.
-pub fn play(sc: &Scenario) -> Report {
+pub fn play(sc: &Scenario) -> SimReport {
     let wall = std::time::Instant::now();
     let rss0 = rss_bytes();
     let n = sc.nodes.max(1);
     let mut st = Star::new(&Scenario { nodes: n, ..sc.clone() });
     let mut rng = Pcg64::seed_from_u64(mix(sc.seed, 2));
     let limit = Duration::from_micros((sc.phase_limit_s * 1e6) as u64);
-    let mut report = Report { nodes: n, seed: sc.seed, degree: n, ..Report::default() };
+    let mut report = SimReport { nodes: n, seed: sc.seed, degree: n, ..SimReport::default() };
 
     // Build: clients paced like the tree runs' joins.
     let max_out = sc.max_outstanding_joins.max(1) as u32;

@@ -22,7 +22,7 @@
 //! epoch of the crash (then the repaired tree's RanSub count and the job's survivors are not
 //! checked: there are none); and the faults asked for happened.
 
-use crate::scenario::{CrashKind, Report, Scenario};
+use crate::scenario::{CrashKind, Scenario, SimReport};
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64;
 use serde::Serialize;
@@ -203,7 +203,7 @@ impl Verdict {
 }
 
 /// Check one run of `sc` against the oracle (see the module docs).
-pub fn check(sc: &Scenario, r: &Report) -> Verdict {
+pub fn check(sc: &Scenario, r: &SimReport) -> Verdict {
     let mut v = Verdict::default();
     let p = &mut v.problems;
     if !r.converged {
@@ -328,7 +328,7 @@ pub struct Outcome {
     /// What the oracle found.
     pub verdict: Verdict,
     /// The full report.
-    pub report: Report,
+    pub report: SimReport,
 }
 
 /// Run `runs` scenarios, seeds `seed_base..seed_base + runs`, on `jobs` threads (at least one),

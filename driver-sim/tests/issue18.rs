@@ -1,9 +1,9 @@
 //! The reproductions of issue 18 ("Correct under faults nobody tuned for"), each a regression
 //! test under its own name, run exactly as the issue's `plush sim` lines.
 
-use plush_sim::{run, CrashKind, Report, Scenario};
+use plush_sim::{run, CrashKind, Scenario, SimReport};
 
-fn assert_whole(r: &Report) {
+fn assert_whole(r: &SimReport) {
     assert!(r.converged, "did not converge: {r:?}");
     assert_eq!(r.invariant_violations, 0, "{:?}", r.violations);
     assert_eq!(r.recovery.roots, 1, "one root after the repair");
