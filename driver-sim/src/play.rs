@@ -10,6 +10,7 @@
 use crate::scenario::{BroadcastReport, Scenario, SimReport};
 use crate::sim::{id, idx, mix, Sim};
 use crate::uniformity::Uniformity;
+use plush_core::wire::{JobKind, List, RunSpec, Target};
 use plush_core::{Command, HostState, Instant, NodeId};
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64;
@@ -308,21 +309,26 @@ fn build_invited(sim: &mut Sim, n: u32, build_limit: Duration, tick: Duration) -
 /// The job every node runs in `--job`.
 pub const SIM_JOB: u64 = 1;
 
-fn start_job(sim: &mut Sim, sc: &Scenario) {
-    use plush_core::wire::{JobKind, List, RunSpec, Target};
-    sim.watch_job(SIM_JOB);
-    let spec = RunSpec {
-        job: SIM_JOB,
+/// A command run on every host (`Target::All`) with `argv`, and nothing else asked: no
+/// environment, directory, timeout, streaming, transfer or output cap. The `--job` job is one.
+pub fn command_spec(job: u64, argv: &[&str]) -> RunSpec {
+    RunSpec {
+        job,
         kind: JobKind::Command,
         target: Target::All,
-        argv: List(vec!["echo".into(), "hello from plush".into()]),
+        argv: List(argv.iter().map(|a| (*a).to_owned()).collect()),
         env: List::default(),
         cwd: None,
         timeout_ms: 0,
         stream: false,
         push: None,
         max_output: 0,
-    };
+    }
+}
+
+fn start_job(sim: &mut Sim, sc: &Scenario) {
+    sim.watch_job(SIM_JOB);
+    let spec = command_spec(SIM_JOB, &["echo", "hello from plush"]);
     let _ = sim.ctrl_do(|c, now| c.run(now, spec));
     if let Some(at) = sc.controller_crash_at_s {
         let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));

@@ -3,7 +3,7 @@
 //! what the module docs of `plush_core::control` and `plush_core::controller` promise.
 
 use plush_core::frame::FramePool;
-use plush_core::wire::{ControlMsg, JobKind, JobMsg, List, Message, RunSpec, Target};
+use plush_core::wire::{ControlMsg, JobMsg, Message, RunSpec, Target};
 use plush_core::{
     Command, Config, Controller, Event, HostState, InputError, Instant, LinkEvent, Node, NodeId, NodeSet,
     Report as CtrlReport, TreeState,
@@ -15,6 +15,7 @@ use std::time::Duration;
 
 mod common;
 use common::{build, ctrl_slot, index, joined, root_of, run_for, scenario};
+use plush_sim::play::command_spec;
 
 #[test]
 fn invitation_limit_is_never_exceeded() {
@@ -462,18 +463,7 @@ fn an_idle_client_exits_after_idle_expiry() {
 }
 
 fn spec(job: u64) -> RunSpec {
-    RunSpec {
-        job,
-        kind: JobKind::Command,
-        target: Target::All,
-        argv: List(vec!["echo".into(), "not from above".into()]),
-        env: List::default(),
-        cwd: None,
-        timeout_ms: 0,
-        stream: false,
-        push: None,
-        max_output: 0,
-    }
+    command_spec(job, &["echo", "not from above"])
 }
 
 #[test]

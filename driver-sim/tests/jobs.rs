@@ -6,30 +6,20 @@
 //! and hosts that join while a job runs.
 
 use plush_core::controller::ControllerError;
-use plush_core::wire::{ExitStatus, JobKind, JobMsg, List, Message, RunSpec, Target};
+use plush_core::wire::{ExitStatus, JobKind, JobMsg, Message, RunSpec};
 use plush_core::{HostState, Instant, NodeId, NodeSet, Report as CtrlReport};
 use plush_sim::Sim;
 use std::time::Duration;
 
 mod common;
 use common::{build, ctrl_slot, index, root_of, run_for, scenario, wait_built};
+use plush_sim::play::command_spec;
 
 /// The line every simulated process prints (with one distinct output).
 const LINE: &[u8] = b"hello from plush\n";
 
 fn spec(job: u64) -> RunSpec {
-    RunSpec {
-        job,
-        kind: JobKind::Command,
-        target: Target::All,
-        argv: List(vec!["echo".into(), "hello from plush".into()]),
-        env: List::default(),
-        cwd: None,
-        timeout_ms: 0,
-        stream: false,
-        push: None,
-        max_output: 0,
-    }
+    command_spec(job, &["echo", "hello from plush"])
 }
 
 /// Watch `spec.job` and start it through the controller.

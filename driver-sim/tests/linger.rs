@@ -6,6 +6,10 @@ use plush_core::{HostState, NodeId};
 use plush_sim::{CrashKind, Scenario, Sim};
 use std::time::Duration;
 
+mod common;
+use common::{build, joined, root_of};
+use plush_sim::play::command_spec;
+
 fn scenario(n: u32, seed: u64, linger_s: u64) -> Scenario {
     let mut sc = Scenario { nodes: n, seed, ..Scenario::default() };
     sc.config.linger = Duration::from_secs(linger_s);
@@ -131,25 +135,11 @@ fn a_new_root_counts_the_linger_from_its_becoming_root() {
 // ----- item 4: a new controller resumes from a journal -------------------------------------
 
 use plush_core::frame::FramePool;
-use plush_core::wire::{ExitStatus, Group, JobKind, JobMsg, List, Message, RunSpec, Target};
+use plush_core::wire::{ExitStatus, Group, JobMsg, List, Message, RunSpec};
 use plush_core::{Config, Controller, Instant, LinkEvent, NodeSet, Output, Report as CtrlReport};
 
-mod common;
-use common::{build, joined, root_of};
-
 fn spec(job: u64) -> RunSpec {
-    RunSpec {
-        job,
-        kind: JobKind::Command,
-        target: Target::All,
-        argv: List(vec!["true".into()]),
-        env: List::default(),
-        cwd: None,
-        timeout_ms: 0,
-        stream: false,
-        push: None,
-        max_output: 0,
-    }
+    command_spec(job, &["true"])
 }
 
 /// `adopt_job`: results of nodes already shown are not reported again (they count as
