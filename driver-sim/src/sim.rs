@@ -2,12 +2,12 @@
 //!
 //! One process, a `Vec` of host slots indexed by number (slot `i` has the id
 //! [`NodeId::loopback`]`(i)`), each running a client, the controller or nothing; a calendar of
-//! events ([`crate::calendar`]); and the network between the slots ([`crate::net`]). Virtual
-//! time jumps from one event to the next ([`Sim::run_until`], in [`crate::dispatch`]). Here:
+//! events (`calendar`); and the network between the slots (`net`). Virtual
+//! time jumps from one event to the next ([`Sim::run_until`], in `dispatch`). Here:
 //! [`Sim`]'s fields and records, starting, commanding, crashing and restarting nodes, and the
-//! controller's planned crash and return (issue 19). The checks are in [`crate::checks`].
+//! controller's planned crash and return (issue 19). The checks are in `checks`.
 //!
-//! **Determinism.** Every random stream derives from the master seed ([`mix`]); every delivered
+//! **Determinism.** Every random stream derives from the master seed (`mix`); every delivered
 //! frame is folded into [`Sim::trace_hash`] with its time and endpoints.
 
 use crate::calendar::Calendar;

@@ -8,7 +8,7 @@
 //! - **Clock and network.** Virtual time in microseconds ([`Instant`]); one-way delays drawn
 //!   exactly as [`crate::Sim`] draws them, `min + Exp(mean)` capped at `max` with
 //!   `mean = (max - min) / 5`, from the same network stream (the master seed mixed with stream
-//!   1); each direction of a link is FIFO. Events sit in one heap of [`crate::calendar::Ev`]s,
+//!   1); each direction of a link is FIFO. Events sit in one heap of `calendar::Ev`s,
 //!   ordered by (time, sequence) as the tree runs' calendar orders them.
 //! - **The controller is one event loop.** Every frame it sends or receives costs it
 //!   [`FRAME_US`] of its time, one after the other (a busy clock). So a broadcast to N clients
