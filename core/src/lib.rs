@@ -35,7 +35,6 @@ pub mod config;
 pub mod conn;
 pub mod contract;
 pub mod control;
-pub mod controller;
 pub(crate) mod ctx;
 pub mod frame;
 pub mod id;
@@ -44,7 +43,6 @@ pub mod nodeset;
 pub mod ransub;
 pub mod samples;
 pub mod time;
-pub mod transfer;
 pub mod tree;
 pub mod wire;
 
@@ -53,6 +51,7 @@ pub use contract::{
     Command, CommandError, Event, HostState, InputError, LaunchResult, LinkEvent, Machine, Output, ProcessEvent,
     Report, Stats,
 };
+pub use control::{controller, transfer};
 pub use controller::Controller;
 pub use id::NodeId;
 pub use node::Node;

@@ -11,8 +11,8 @@
 //! allocating, and the frame size caps it further); a decoded set that is not canonical (unsorted,
 //! overlapping, touching or empty runs) is a decode error.
 
+use crate::bounded::List;
 use crate::id::NodeId;
-use crate::wire::List;
 use serde::{Deserialize, Serialize};
 
 /// A run as numbers: (port, first address, last address).

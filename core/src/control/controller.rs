@@ -37,22 +37,27 @@
 //! Bounds: one entry per host added (the caller's list); at most [`Config::max_jobs`] jobs and
 //! [`crate::control::MAX_BARRIERS`] barriers; per job one node set.
 
+use super::transfer::Xfer;
+use super::MAX_BARRIERS;
 use crate::config::Config;
 use crate::conn::{ConnTable, Pin};
 use crate::contract::{HostState, InputError, LaunchResult, LinkEvent, Machine, Output, Report};
-use crate::control::MAX_BARRIERS;
 use crate::ctx::{Ctx, Io};
 use crate::frame::{encode_once, FramePool};
 use crate::id::NodeId;
 use crate::nodeset::NodeSet;
 use crate::time::Instant;
-use crate::transfer::Xfer;
-use crate::wire::{BlobRef, ControlMsg, JobKind, JobMsg, Message, Role, RunSpec, Target, TreeMsg};
+use crate::wire::{ControlMsg, JobKind, JobMsg, Message, Role, RunSpec, Target, TreeMsg};
 use rand::SeedableRng;
 use rand_pcg::Pcg32;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::rc::Rc;
+
+mod hosts;
+mod jobs;
+
+use jobs::BlobTrack;
 
 /// A job the tree reported complete is acknowledged again every this many
 /// [`Config::ack_interval`]s while the controller tracks it.
@@ -170,54 +175,6 @@ struct Job {
     /// Live output bytes reported and not yet acknowledged, per sender (with
     /// [`Controller::set_manual_output_ack`]). At most one entry per root the job had.
     owed: Vec<(NodeId, u64)>,
-}
-
-/// Where large outputs stand at a controller that hands their bytes out as they arrive
-/// ([`Controller::set_blob_reports`]): the same rules as [`crate::control::Blobs::store`], but
-/// no bytes. Bounds: at most [`crate::control::MAX_PARTIAL_BLOBS`] being received; one entry
-/// per distinct output received whole.
-#[derive(Debug, Default)]
-struct BlobTrack {
-    /// (sender, digest, bytes so far, total), oldest first.
-    partial: Vec<(NodeId, [u8; 32], u64, u64)>,
-    /// (digest, size) of outputs received whole.
-    whole: Vec<([u8; 32], u64)>,
-}
-
-impl BlobTrack {
-    /// A chunk of `n` bytes arrived: whether it is taken (in order, not a copy of a blob
-    /// already whole).
-    fn store(&mut self, from: NodeId, digest: [u8; 32], offset: u64, total: u64, n: u64) -> bool {
-        if self.whole.iter().any(|w| w.0 == digest) {
-            return false;
-        }
-        let k = match self.partial.iter().position(|p| p.0 == from && p.1 == digest) {
-            Some(k) => k,
-            None if offset == 0 && self.partial.len() < crate::control::MAX_PARTIAL_BLOBS => {
-                self.partial.push((from, digest, 0, total));
-                self.partial.len() - 1
-            }
-            None => return false,
-        };
-        let p = &mut self.partial[k];
-        if offset == 0 {
-            *p = (from, digest, 0, total);
-        }
-        if p.2 != offset || p.3 != total || offset.saturating_add(n) > total {
-            self.partial.remove(k);
-            return false;
-        }
-        p.2 += n;
-        if p.2 == total {
-            self.partial.retain(|p| p.1 != digest);
-            self.whole.push((digest, total));
-        }
-        true
-    }
-
-    fn has(&self, b: &BlobRef) -> bool {
-        b.stdout_len <= b.len && self.whole.iter().any(|w| w.0 == b.digest && w.1 == b.len)
-    }
 }
 
 #[derive(Debug)]
@@ -955,165 +912,6 @@ impl Controller {
         }
     }
 
-    fn on_job(&mut self, now: Instant, from: NodeId, msg: JobMsg) {
-        match msg {
-            JobMsg::ChunkAck { job, next, resume } => {
-                // Only the root is fed; a former root's late acknowledgements are dropped.
-                if self.root != Some(from) {
-                    return;
-                }
-                let Some(k) = self.jobs.iter().position(|j| j.spec.job == job) else { return };
-                let Some(mut x) = self.jobs[k].xfer.take() else { return };
-                // One feed: the current root.
-                x.feeds.retain(|f| f.to == from);
-                x.on_ack(&mut self.ctx(now), job, from, next, resume);
-                self.jobs[k].xfer = Some(x);
-            }
-            JobMsg::Results { job, groups, complete } => {
-                self.stats.result_messages += 1;
-                let Some(k) = self.jobs.iter().position(|j| j.spec.job == job) else { return };
-                // Large outputs are held at every hop until acknowledged: acknowledge them soon.
-                let large = groups.0.iter().any(|g| g.blob.is_some());
-                for g in groups.0 {
-                    self.stats.output_bytes += (g.output.len() + g.stderr.len()) as u64;
-                    let (output, stderr) = match &g.blob {
-                        None => (Rc::new(g.output), Rc::new(g.stderr)),
-                        Some(b) if self.blob_reports => {
-                            if !self.jobs[k].track.has(b) {
-                                self.stats.blobs_missing += 1;
-                                continue;
-                            }
-                            (Rc::new(Vec::new()), Rc::new(Vec::new()))
-                        }
-                        Some(b) => match self.jobs[k].blobs.split(b) {
-                            Some(parts) => parts,
-                            None => {
-                                // Lost on the way: the holders send it again after an `Ack`.
-                                self.stats.blobs_missing += 1;
-                                continue;
-                            }
-                        },
-                    };
-                    let new = g.nodes.minus(&self.jobs[k].got);
-                    self.stats.duplicate_results += g.nodes.len() - new.len();
-                    if new.is_empty() {
-                        continue;
-                    }
-                    self.jobs[k].got.extend(&new);
-                    let blob = g.blob.filter(|_| self.blob_reports);
-                    self.report(Report::Result {
-                        job,
-                        status: g.status,
-                        truncated: g.truncated,
-                        output,
-                        nodes: new,
-                        stderr,
-                        blob,
-                    });
-                }
-                let j = &mut self.jobs[k];
-                if complete && !j.complete {
-                    j.complete = true;
-                    self.report(Report::JobComplete { job });
-                }
-                let j = &mut self.jobs[k];
-                if j.complete || large {
-                    // News: acknowledge soon (at most once an interval; large outputs sooner).
-                    let pace = if large { LARGE_ACK_PACE.min(self.cfg.ack_interval) } else { self.cfg.ack_interval };
-                    let at = j.last_ack.map_or(now, |t| (t + pace).max(now));
-                    j.ack_at = Some(j.ack_at.map_or(at, |a| a.min(at)));
-                }
-            }
-            JobMsg::Output { job, node, bytes, err } => {
-                let n = bytes.len() as u64;
-                self.stats.output_bytes += n;
-                let Some(k) = self.jobs.iter().position(|j| j.spec.job == job) else {
-                    self.send(now, from, Message::Job(JobMsg::OutputAck { job, bytes: n }));
-                    return;
-                };
-                if self.manual_output_ack {
-                    let owed = &mut self.jobs[k].owed;
-                    match owed.iter_mut().find(|o| o.0 == from) {
-                        Some(o) => o.1 += n,
-                        None => owed.push((from, n)),
-                    }
-                } else {
-                    self.send(now, from, Message::Job(JobMsg::OutputAck { job, bytes: n }));
-                }
-                self.report(Report::Stream { job, node, bytes, err });
-            }
-            JobMsg::Blob { job, digest, offset, total, data } => {
-                let n = data.len() as u64;
-                self.stats.output_bytes += n;
-                if let Some(k) = self.jobs.iter().position(|j| j.spec.job == job) {
-                    if !self.blob_reports {
-                        self.jobs[k].blobs.store(from, digest, offset, total, &data);
-                    } else if self.jobs[k].track.store(from, digest, offset, total, n) {
-                        self.report(Report::Blob { job, from, digest, offset, total, data });
-                    }
-                }
-                self.send(now, from, Message::Job(JobMsg::OutputAck { job, bytes: n }));
-            }
-            JobMsg::BarrierEnter { name, nodes } => {
-                let Some(k) = self.barriers.iter().position(|b| b.name == name) else { return };
-                let b = &mut self.barriers[k];
-                let new = nodes.minus(&b.entered);
-                b.entered.extend(&new);
-                if b.released {
-                    if !new.is_empty() {
-                        self.report(Report::BarrierLate { name: name.clone(), nodes: new });
-                    }
-                    // Whoever entered late may not have seen the release.
-                    if let Some(root) = self.root {
-                        self.send(now, root, Message::Job(JobMsg::BarrierRelease { name }));
-                    }
-                } else {
-                    self.check_barrier(now, k);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn ack(&mut self, now: Instant, k: usize) {
-        let j = &mut self.jobs[k];
-        // Acknowledge again later even without news: a node that holds results the controller
-        // lacks (lost in transit) sends them again when an acknowledgement does not cover them.
-        j.ack_at = Some(now + self.cfg.ack_interval * REACK_INTERVALS);
-        j.last_ack = Some(now);
-        let msg = Message::Job(JobMsg::Ack { job: j.spec.job, nodes: j.got.clone() });
-        if let Some(root) = self.root {
-            self.send(now, root, msg);
-        }
-    }
-
-    fn expected(&self, target: &Target) -> NodeSet {
-        match target {
-            Target::Nodes(s) => s.clone(),
-            Target::All => self.hosts.iter().filter(|h| h.state == HostState::Joined).map(|h| h.id).collect(),
-        }
-    }
-
-    fn check_barrier(&mut self, now: Instant, k: usize) {
-        if self.barriers[k].released {
-            return;
-        }
-        let expected = self.expected(&self.barriers[k].target);
-        let b = &self.barriers[k];
-        let entered = b.entered.len() - b.entered.minus(&expected).len();
-        let all = expected.minus(&b.entered).is_empty() && !expected.is_empty();
-        let partial = !all && now >= b.deadline && entered as f64 >= b.threshold * expected.len() as f64;
-        if !(all || partial) {
-            return;
-        }
-        let name = b.name.clone();
-        self.barriers[k].released = true;
-        if let Some(root) = self.root {
-            self.send(now, root, Message::Job(JobMsg::BarrierRelease { name: name.clone() }));
-        }
-        self.report(Report::BarrierReleased { name, entered, expected: expected.len(), partial });
-    }
-
     /// The root that was to answer the census asked for is gone: ask the next one.
     fn census_lost(&mut self, now: Instant) {
         if core::mem::take(&mut self.census_judge) {
@@ -1218,148 +1016,6 @@ impl Controller {
         crate::tree::shuffle(&mut self.ctx(now), &mut members);
         for m in members.into_iter().take(SEEK_FANOUT) {
             self.attach(now, m);
-        }
-    }
-
-    fn unreachable(&mut self, now: Instant, host: NodeId) {
-        // Without a root (the first host, invited directly) nobody else can launch it.
-        let launch_here = !self.cfg.launch_at_root || self.root.is_none();
-        let Some(h) = self.host(&host) else { return };
-        if h.state != HostState::Invited {
-            return;
-        }
-        if launch_here && !h.launched {
-            h.launched = true;
-            self.stats.launches += 1;
-            self.io.out.push_back(Output::Launch { host });
-        } else {
-            self.retry_later(now, host, "no Plush client answers there");
-        }
-    }
-
-    /// The host could not be reached or launched: try again after a back-off (5 s, doubling, at
-    /// most a minute), until it has been tried for [`Config::invitation_expiry`]; then it fails.
-    /// A host cut off by a partition thus comes back when the partition heals.
-    fn retry_later(&mut self, now: Instant, host: NodeId, why: &'static str) {
-        let expiry = self.cfg.invitation_expiry;
-        let base = self.cfg.join_retry;
-        let Some(h) = self.host(&host) else { return };
-        if h.first_try.is_some_and(|t| t + expiry <= now) {
-            self.fail(now, host, why);
-            return;
-        }
-        h.strikes += 1;
-        h.launched = false;
-        let wait = (base * (1u32 << (h.strikes - 1).min(4))).min(core::time::Duration::from_secs(60));
-        // The reason goes with the state, so that a user waiting on the host sees why.
-        self.set_state(now, host, HostState::Disconnected, Some(why));
-        self.later.push_back((now + wait, host));
-    }
-
-    fn disconnected(&mut self, now: Instant, node: NodeId) {
-        let window = self.cfg.failed_window;
-        let limit = self.cfg.failed_after_disconnects as usize;
-        let recheck = self.cfg.recheck_delay;
-        let Some(h) = self.host(&node) else { return };
-        if h.state != HostState::Joined {
-            return;
-        }
-        h.disconnects.retain(|t| *t + window > now);
-        h.disconnects.push(now);
-        // Its parent or children may have died with it, unreported: check the tree soon.
-        if self.census_at.is_none() {
-            let earliest = self.census_asked.map_or(now, |t| t + recheck);
-            self.census_at = Some((now + recheck).max(earliest));
-        }
-        let Some(h) = self.host(&node) else { return };
-        if h.disconnects.len() >= limit {
-            self.fail(now, node, "disconnected too often");
-        } else {
-            self.set_state(now, node, HostState::Disconnected, None);
-            self.queue.push_back(node);
-        }
-    }
-
-    fn fail(&mut self, now: Instant, host: NodeId, why: &'static str) {
-        self.set_state(now, host, HostState::Failed, Some(why));
-        self.forget.insert(host);
-        self.forget_at.get_or_insert(now + self.cfg.ack_interval);
-    }
-
-    /// With no root and no member left (the whole overlay restarted, or died), invitations
-    /// that went out through a former root are lost with it; waiting for them would hold the
-    /// direct invitation that founds the tree again until they expire, and then fail hosts
-    /// that are alive. They go back to the front of the queue instead, without a strike.
-    fn drop_orphaned_invitations(&mut self, now: Instant) {
-        let direct = self.direct.filter(|d| self.host_state(d) == Some(HostState::Invited));
-        if self.outstanding <= usize::from(direct.is_some()) {
-            return;
-        }
-        let orphans: Vec<NodeId> =
-            self.hosts.iter().filter(|h| h.state == HostState::Invited && Some(h.id) != direct).map(|h| h.id).collect();
-        for host in orphans.into_iter().rev() {
-            self.set_state(now, host, HostState::Disconnected, None);
-            self.queue.push_front(host);
-        }
-    }
-
-    /// Send the invitation: through the root, or to the host itself when there is no tree yet.
-    ///
-    /// While a tree exists (a host is joined) but its root is unknown (the root link broke, or
-    /// the root changed and has not announced itself yet), the invitation waits: the host stays
-    /// `Invited`, and every `Invited` host is invited again through the root once one announces
-    /// itself (see `set_root`). Inviting it directly would make it found a tree of its own.
-    fn invite(&mut self, now: Instant, host: NodeId) {
-        let me = self.me;
-        let to = match self.root {
-            Some(root) => {
-                if self.direct == Some(host) {
-                    self.direct = None;
-                }
-                root
-            }
-            None if self.counts[HostState::Joined as usize] > 0 => return,
-            None => {
-                self.direct = Some(host);
-                self.seek_at.get_or_insert(now + self.cfg.join_retry);
-                host
-            }
-        };
-        self.stats.invitations += 1;
-        if let (true, Some(script)) = (to == host, self.script.clone()) {
-            self.send(now, to, Message::Control(ControlMsg::Maintenance { script }));
-        }
-        self.send(now, to, Message::Control(ControlMsg::SetPeer { host, ctrl: me }));
-    }
-
-    /// Invite pending hosts while fewer than `max_invitations` are outstanding.
-    fn pump(&mut self, now: Instant) {
-        if self.later.iter().any(|(t, _)| *t <= now) {
-            let (due, wait): (VecDeque<_>, VecDeque<_>) = self.later.drain(..).partition(|(t, _)| *t <= now);
-            self.later = wait;
-            for (_, host) in due {
-                self.queue.push_front(host);
-            }
-        }
-        if self.dismantling {
-            return;
-        }
-        let founded = self.counts[HostState::Joined as usize] > 0;
-        if self.root.is_none() && !founded {
-            self.drop_orphaned_invitations(now);
-        }
-        while self.outstanding < self.cfg.max_invitations {
-            // Without a root, only the first host is invited (directly); the rest wait.
-            if self.root.is_none() && (founded || self.outstanding > 0) {
-                return;
-            }
-            let Some(host) = self.queue.pop_front() else { return };
-            if !matches!(self.host_state(&host), Some(HostState::Pending | HostState::Disconnected)) {
-                continue;
-            }
-            self.set_state(now, host, HostState::Invited, None);
-            self.invited.push_back((host, now));
-            self.invite(now, host);
         }
     }
 }
