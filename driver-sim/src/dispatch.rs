@@ -20,6 +20,8 @@ use plush_core::{
 use rand::RngExt;
 use std::time::Duration;
 
+/// What happens when an event on the calendar is due. `incarnation` and `gen` let a stale event
+/// (for a process that has since restarted, or a link slot since reused) be dropped.
 #[derive(Debug)]
 pub(crate) enum Kind {
     /// A frame from the link's other end arrives at `to`.
@@ -55,8 +57,8 @@ pub(crate) enum Proc {
 /// `machine!(proc, |m| body)`: `body` with `m` bound to the machine in `proc` (a `&mut Proc`),
 /// whichever kind it is, as a `&mut impl Machine`. The one place the simulator tells a client
 /// from the controller to hand them inputs; `body` calls them through [`Machine`] alone. (An
-/// enum, not a `dyn Machine`: the trait has an associated constant, and a match on two variants
-/// costs nothing next to a call the compiler cannot inline.)
+/// enum, not a `dyn Machine`: the trait has an associated constant, so it makes no trait
+/// object, and the calls stay static, as fast as before the split.)
 macro_rules! machine {
     ($proc:expr, |$m:ident| $body:expr) => {
         match $proc {
