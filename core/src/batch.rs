@@ -37,11 +37,11 @@ use std::rc::Rc;
 
 /// Bytes a run holds before it leaves (a single larger frame makes a run of its own, and a
 /// pending reply may add [`REPLY_BYTES`]).
-pub const RUN_BYTES: usize = 64 << 10;
+const RUN_BYTES: usize = 64 << 10;
 /// Room a pending reply needs in the up run.
 pub const REPLY_BYTES: usize = 64;
 /// Run buffers kept for reuse at most.
-pub const SPARE_RUNS: usize = 16;
+const SPARE_RUNS: usize = 16;
 /// Capacity of the output queue kept once it is empty again; a burst's larger queue is freed.
 const OUT_KEPT: usize = 16;
 

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 type Span = (u16, u128, u128);
 
 /// Most runs in a set read from the network.
-pub const MAX_RUNS: usize = 1 << 16;
+const MAX_RUNS: usize = 1 << 16;
 
 /// The order runs are kept in: port, then address.
 fn key(id: &NodeId) -> (u16, u128) {

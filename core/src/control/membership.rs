@@ -103,7 +103,7 @@ impl Control {
                 x.drop_feed(&child);
             }
             let job = self.jobs[k].spec.job;
-            let Job { up: u, held, .. } = &mut self.jobs[k];
+            let NodeJob { up: u, held, .. } = &mut self.jobs[k];
             u.blobs.drop_from(&child);
             u.awaiting.retain(|a| a.0 != child);
             u.deferred.retain(|d| d.0 != child);
@@ -272,7 +272,7 @@ impl Control {
             ControlMsg::Disconnected { node, related } => {
                 if tree.is_root() && !related && node != self.me {
                     // Hearsay (or the controller asking): check before telling the controller.
-                    if !self.verifying.iter().any(|v| v.0 == node) && self.verifying.len() < MAX_VERIFYING {
+                    if !self.verifying.iter().any(|v| v.0 == node) && self.verifying.len() < MAX_STATUS_CHECKS {
                         self.verifying.push((node, ctx.now + ctx.cfg.connect_timeout * 2));
                         self.send(ctx, node, ControlMsg::GetStatus);
                     }
