@@ -23,8 +23,8 @@
 //! differs. Without a batch (the simulator) there are no runs and every `Transmit` holds one
 //! frame.
 //!
-//! Bounds: a run holds at most [`RUN_BYTES`] bytes, or a single frame that is larger; at most
-//! two runs are open; at most [`SPARE_RUNS`] buffers of at most `2 * RUN_BYTES` capacity are
+//! Bounds: a run holds at most `RUN_BYTES` bytes, or a single frame that is larger; at most
+//! two runs are open; at most `SPARE_RUNS` buffers of at most `2 * RUN_BYTES` capacity are
 //! kept for reuse, so a relay in steady state allocates nothing per frame.
 
 use crate::contract::Output;

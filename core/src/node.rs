@@ -489,7 +489,7 @@ impl Node {
     pub fn max_links_open(&self) -> usize {
         self.io.conns.max_open
     }
-    /// The pin reasons (bits of [`Pin`]) of the link to `peer`; 0 when unpinned or absent.
+    /// The pin reasons (bits of [`crate::conn::Pin`]) of the link to `peer`; 0 when unpinned or absent.
     pub fn link_pins(&self, peer: &NodeId) -> u8 {
         self.io.conns.pins(peer)
     }

@@ -502,7 +502,7 @@ pub enum TreeMsg {
         joiner: NodeId,
         /// How the request travels.
         mode: JoinMode,
-        /// Hops so far; a join that travelled [`crate::tree::MAX_JOIN_HOPS`] is refused.
+        /// Hops so far; a join that travelled `MAX_JOIN_HOPS` (64, in [`crate::tree`]) is refused.
         hops: u8,
     },
     /// The sender is now the receiver's parent.

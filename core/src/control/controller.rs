@@ -464,7 +464,7 @@ impl Controller {
     /// Hand the bytes of large outputs out as they arrive ([`Report::Blob`]) instead of
     /// assembling them here, so that the user keeps them where it likes (the CLI: in memory up
     /// to a bound, else in a temporary file); [`Report::Result`]s then name them by
-    /// [`BlobRef`]. Off by default.
+    /// [`crate::wire::BlobRef`]. Off by default.
     pub fn set_blob_reports(&mut self, on: bool) {
         self.blob_reports = on;
     }

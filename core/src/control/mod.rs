@@ -75,10 +75,10 @@
 //! anyone else they are counted in [`crate::Stats::commands_rejected`] and reported with
 //! [`crate::Event::CommandRejected`].
 //!
-//! Bounds: at most [`crate::Config::max_jobs`] jobs, [`MAX_GROUPS`] distinct results held per
-//! job, [`MAX_BARRIERS`] barriers, [`MAX_REPORTS`] reports waiting for a way up,
-//! [`crate::Config::max_invitations`] invitations and [`MAX_STATUS_CHECKS`] status checks at the
-//! root, [`MAX_DONE`] finished job ids remembered.
+//! Bounds: at most [`crate::Config::max_jobs`] jobs, `MAX_GROUPS` distinct results held per
+//! job, [`MAX_BARRIERS`] barriers, `MAX_REPORTS` reports waiting for a way up,
+//! [`crate::Config::max_invitations`] invitations and `MAX_STATUS_CHECKS` status checks at the
+//! root, `MAX_DONE` finished job ids remembered.
 
 use super::transfer::Xfer;
 use crate::ctx::Ctx;
@@ -123,7 +123,7 @@ pub const MAINT_JOB: u64 = u64::MAX;
 pub const MAX_NAME: usize = 128;
 /// A job whose environment sets this variable to `1` may run again on a host whose client
 /// restarted while it ran there (`plush run --retry-lost`, an application file's `restart`
-/// policy). Without it, such a host answers [`ExitStatus::Lost`] instead of running the job a
+/// policy). Without it, such a host answers [`crate::wire::ExitStatus::Lost`] instead of running the job a
 /// second time. It travels in the environment, not as a field of the `Run`, so clients of
 /// earlier builds decode the `Run` unchanged; the process sees it too, and may take it as a
 /// hint that it can be a second run.
@@ -188,9 +188,9 @@ struct NodeJob {
     /// Output bytes our process wrote so far (kept or streamed), for the job's cap.
     out_bytes: u64,
     truncated: bool,
-    /// Every unacknowledged result this node produced or received. At most [`MAX_GROUPS`].
+    /// Every unacknowledged result this node produced or received. At most `MAX_GROUPS`.
     held: Vec<Held>,
-    /// What is still to be sent up. At most [`MAX_GROUPS`].
+    /// What is still to be sent up. At most `MAX_GROUPS`.
     unsent: Vec<Held>,
     /// Children that said their whole subtree answered.
     answered: SmallVec<[NodeId; 4]>,
@@ -255,7 +255,7 @@ pub(crate) struct Control {
     invites: Vec<Invite>,
     /// (node, deadline) of `Disconnected` reports the root is checking with `GetStatus`.
     verifying: Vec<(NodeId, Instant)>,
-    /// Reports waiting for a way up. At most [`MAX_REPORTS`].
+    /// Reports waiting for a way up. At most `MAX_REPORTS`.
     reports: VecDeque<ControlMsg>,
     jobs: Vec<NodeJob>,
     done: VecDeque<u64>,
@@ -285,7 +285,7 @@ pub(crate) struct Control {
     /// forever). `None` while attached or root.
     detached: Option<Instant>,
     /// Jobs (controller, job) that a previous client on this address started: asked to run one
-    /// of them, the node answers [`ExitStatus::Lost`] (unless the job asks for retries). Set
+    /// of them, the node answers [`crate::wire::ExitStatus::Lost`] (unless the job asks for retries). Set
     /// once by the driver at start, from the host's job record; at most [`MAX_PRIOR`].
     prior: Vec<(NodeId, u64)>,
 }
