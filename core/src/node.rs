@@ -125,16 +125,7 @@ impl Node {
 
     /// Run `f` on RanSub with the tree's current place.
     fn with_ransub(&mut self, now: Instant, f: impl FnOnce(&mut RanSub, &mut Ctx<'_>, &Place<'_>)) {
-        let mut ctx = Ctx {
-            now,
-            me: self.me,
-            cfg: &self.cfg,
-            rng: &mut self.rng,
-            io: &mut self.io,
-            nondesc: &[],
-            all: &[],
-            population: 0,
-        };
+        let mut ctx = Ctx::bare(now, self.me, &self.cfg, &mut self.rng, &mut self.io);
         let place = self.tree.place_info(self.cfg.degree());
         f(&mut self.ransub, &mut ctx, &place);
     }

@@ -283,16 +283,7 @@ impl Controller {
     }
 
     fn ctx(&mut self, now: Instant) -> Ctx<'_> {
-        Ctx {
-            now,
-            me: self.me,
-            cfg: &self.cfg,
-            rng: &mut self.rng,
-            io: &mut self.io,
-            nondesc: &[],
-            all: &[],
-            population: 0,
-        }
+        Ctx::bare(now, self.me, &self.cfg, &mut self.rng, &mut self.io)
     }
 
     fn send(&mut self, now: Instant, to: NodeId, msg: Message) {

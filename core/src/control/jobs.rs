@@ -422,18 +422,7 @@ impl Control {
             None if !self.done.contains(&job) => {
                 // Results of a job whose `Run` has not reached us (a subtree that moved under us
                 // during the job): hold them all the same.
-                let stand_in = Rc::new(RunSpec {
-                    job,
-                    kind: JobKind::Command,
-                    target: Target::Nodes(NodeSet::new()),
-                    argv: List::default(),
-                    env: List::default(),
-                    cwd: None,
-                    timeout_ms: 0,
-                    stream: false,
-                    push: None,
-                    max_output: 0,
-                });
+                let stand_in = Rc::new(RunSpec::new(job, JobKind::Command, Target::Nodes(NodeSet::new()), Vec::new()));
                 match self.new_job(ctx, tree, stand_in, false) {
                     Some(k) => k,
                     None => {
