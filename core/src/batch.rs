@@ -23,8 +23,8 @@
 //! differs. Without a batch (the simulator) there are no runs and every `Transmit` holds one
 //! frame.
 //!
-//! Bounds: a run holds at most [`RUN_BYTES`] bytes, or a single frame that is larger; at most
-//! two runs are open; at most [`SPARE_RUNS`] buffers of at most `2 * RUN_BYTES` capacity are
+//! Bounds: a run holds at most `RUN_BYTES` bytes, or a single frame that is larger; at most
+//! two runs are open; at most `SPARE_RUNS` buffers of at most `2 * RUN_BYTES` capacity are
 //! kept for reuse, so a relay in steady state allocates nothing per frame.
 
 use crate::contract::Output;
@@ -37,11 +37,11 @@ use std::rc::Rc;
 
 /// Bytes a run holds before it leaves (a single larger frame makes a run of its own, and a
 /// pending reply may add [`REPLY_BYTES`]).
-pub const RUN_BYTES: usize = 64 << 10;
+const RUN_BYTES: usize = 64 << 10;
 /// Room a pending reply needs in the up run.
 pub const REPLY_BYTES: usize = 64;
 /// Run buffers kept for reuse at most.
-pub const SPARE_RUNS: usize = 16;
+const SPARE_RUNS: usize = 16;
 /// Capacity of the output queue kept once it is empty again; a burst's larger queue is freed.
 const OUT_KEPT: usize = 16;
 

@@ -56,7 +56,7 @@ impl<'de, T: Deserialize<'de>, const CAP: usize> Deserialize<'de> for List<T, CA
     }
 }
 
-/// Bytes of no meaning in a [`TreeMsg::Broadcast`], to give its frame a chosen size: the
+/// Bytes of no meaning in a [`crate::wire::TreeMsg::Broadcast`], to give its frame a chosen size: the
 /// benchmarks measure a relay with frames of the sizes real traffic has, not only the smallest.
 /// Only the length is kept: decoding borrows the bytes and copies nothing, so a relayed
 /// broadcast allocates nothing whatever its size. Bound: at most [`MAX_FILLER`] bytes (a longer

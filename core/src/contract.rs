@@ -36,7 +36,7 @@ pub enum Output {
     /// Something happened; drivers log it, the simulator records it.
     Event(Event),
     /// Start the job's process (`spec.argv`, with `spec.env` added, in `spec.cwd`); report its
-    /// output and exit with [`Node::handle_process`].
+    /// output and exit with [`crate::Node::handle_process`].
     Spawn {
         /// The job.
         job: u64,
@@ -94,7 +94,7 @@ pub enum Output {
         index: u32,
     },
     /// Every chunk is stored, at a target: verify the digest, install the file, and report with
-    /// [`Node::handle_process`] (the error, if any, as `Output`, then `Exit`: code 0 for
+    /// [`crate::Node::handle_process`] (the error, if any, as `Output`, then `Exit`: code 0 for
     /// success). Storage stays readable for children until `PushForget`.
     PushDone {
         /// The job.
@@ -147,7 +147,7 @@ pub enum Event {
         /// Nodes counted in the tree.
         population: u32,
     },
-    /// New RanSub views arrived (see [`Node::ransub_all`], [`Node::ransub_nondesc`]).
+    /// New RanSub views arrived (see [`crate::Node::ransub_all`], [`crate::Node::ransub_nondesc`]).
     RanSubView {
         /// The epoch.
         epoch: u32,
@@ -387,11 +387,11 @@ pub enum Report {
         nodes: NodeSet,
         /// stderr.
         stderr: Rc<Vec<u8>>,
-        /// With [`Controller::set_blob_reports`]: the output is this blob, whose bytes came
+        /// With [`crate::Controller::set_blob_reports`]: the output is this blob, whose bytes came
         /// before as [`Report::Blob`] (`output` and `stderr` are then empty).
         blob: Option<BlobRef>,
     },
-    /// With [`Controller::set_blob_reports`]: bytes of a large output, in order per `from` and
+    /// With [`crate::Controller::set_blob_reports`]: bytes of a large output, in order per `from` and
     /// `digest` (a chunk at offset 0 starts that sender's copy again). Only chunks the
     /// controller accepted are reported, and none of a blob it already has whole: once
     /// `offset + data.len() == total`, the blob is whole, and [`Report::Result`]s name it.

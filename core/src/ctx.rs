@@ -49,7 +49,12 @@ pub(crate) struct Ctx<'a> {
     pub population: u32,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// A context without RanSub views (the controller's, and RanSub's own).
+    pub fn bare(now: Instant, me: NodeId, cfg: &'a Config, rng: &'a mut Pcg32, io: &'a mut Io) -> Ctx<'a> {
+        Ctx { now, me, cfg, rng, io, nondesc: &[], all: &[], population: 0 }
+    }
+
     /// Encode and send one tree message.
     pub fn send(&mut self, to: NodeId, msg: TreeMsg) {
         self.send_msg(to, &Message::Tree(msg));

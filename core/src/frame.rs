@@ -1,7 +1,7 @@
 //! Frames: how messages travel on a byte stream, and the buffers they are built in.
 //!
 //! A frame is a 4-byte big-endian length ([`PREFIX`]) followed by one postcard-encoded
-//! [`Message`](crate::wire::Message). [`split_frame`] is the one place where a stream is cut
+//! [`crate::wire::Message`]. [`split_frame`] is the one place where a stream is cut
 //! into frames; both drivers and both machines use it. [`FramePool`] encodes our own messages
 //! into shared, reference-counted [`Frame`]s, so that a frame sent to many peers is built once.
 

@@ -125,16 +125,7 @@ impl Node {
 
     /// Run `f` on RanSub with the tree's current place.
     fn with_ransub(&mut self, now: Instant, f: impl FnOnce(&mut RanSub, &mut Ctx<'_>, &Place<'_>)) {
-        let mut ctx = Ctx {
-            now,
-            me: self.me,
-            cfg: &self.cfg,
-            rng: &mut self.rng,
-            io: &mut self.io,
-            nondesc: &[],
-            all: &[],
-            population: 0,
-        };
+        let mut ctx = Ctx::bare(now, self.me, &self.cfg, &mut self.rng, &mut self.io);
         let place = self.tree.place_info(self.cfg.degree());
         f(&mut self.ransub, &mut ctx, &place);
     }
@@ -489,7 +480,7 @@ impl Node {
     pub fn max_links_open(&self) -> usize {
         self.io.conns.max_open
     }
-    /// The pin reasons (bits of [`Pin`]) of the link to `peer`; 0 when unpinned or absent.
+    /// The pin reasons (bits of [`crate::conn::Pin`]) of the link to `peer`; 0 when unpinned or absent.
     pub fn link_pins(&self, peer: &NodeId) -> u8 {
         self.io.conns.pins(peer)
     }

@@ -287,6 +287,25 @@ pub struct RunSpec {
     pub max_output: u64,
 }
 
+impl RunSpec {
+    /// Job `job` of `kind` for `target`, running `argv`: no extra environment, the client's
+    /// own directory, no timeout, output gathered (not streamed) and not capped.
+    pub fn new(job: u64, kind: JobKind, target: Target, argv: Vec<String>) -> RunSpec {
+        RunSpec {
+            job,
+            kind,
+            target,
+            argv: List(argv),
+            env: List::default(),
+            cwd: None,
+            timeout_ms: 0,
+            stream: false,
+            push: None,
+            max_output: 0,
+        }
+    }
+}
+
 /// How a job ended on a node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ExitStatus {
@@ -502,7 +521,7 @@ pub enum TreeMsg {
         joiner: NodeId,
         /// How the request travels.
         mode: JoinMode,
-        /// Hops so far; a join that travelled [`crate::tree::MAX_JOIN_HOPS`] is refused.
+        /// Hops so far; a join that travelled `MAX_JOIN_HOPS` (64, in [`crate::tree`]) is refused.
         hops: u8,
     },
     /// The sender is now the receiver's parent.

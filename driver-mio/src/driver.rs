@@ -1,4 +1,4 @@
-//! The event loop: one thread, one `mio::Poll`, one machine (a [`Node`] or a [`Controller`]).
+//! The event loop: one thread, one `mio::Poll`, one machine (a [`plush_core::Node`] or a [`plush_core::Controller`]).
 //!
 //! Every input reaches the machine through one `handle_*` call, after which the driver drains
 //! `poll_output` and carries each output out; events the driver itself produces while carrying

@@ -47,7 +47,7 @@ impl Control {
                 if self.barriers.len() >= MAX_BARRIERS {
                     return false;
                 }
-                self.barriers.push(Barrier {
+                self.barriers.push(NodeBarrier {
                     name,
                     waiting: false,
                     held: NodeSet::new(),

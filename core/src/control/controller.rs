@@ -38,7 +38,7 @@
 //! [`crate::control::MAX_BARRIERS`] barriers; per job one node set.
 
 use super::transfer::Xfer;
-use super::MAX_BARRIERS;
+use super::{CENSUS_BIT, MAX_BARRIERS, MAX_STATUS_CHECKS};
 use crate::config::Config;
 use crate::conn::{ConnTable, Pin};
 use crate::contract::{HostState, InputError, LaunchResult, LinkEvent, Machine, Output, Report};
@@ -58,18 +58,6 @@ mod hosts;
 mod jobs;
 
 use jobs::BlobTrack;
-
-/// A job the tree reported complete is acknowledged again every this many
-/// [`Config::ack_interval`]s while the controller tracks it.
-pub const REACK_INTERVALS: u32 = 5;
-/// Results naming large outputs ([`crate::wire::BlobRef`]) are acknowledged at most this often
-/// (others at most every [`Config::ack_interval`]): every node holds such an output until the
-/// controller's `Ack` covers it, and takes no more from its children past
-/// [`crate::control::BLOB_BACKLOG`], so the pace of these acknowledgements bounds the throughput
-/// of large grouped outputs (8 MiB per 25 ms and hop).
-pub const LARGE_ACK_PACE: core::time::Duration = core::time::Duration::from_millis(25);
-/// Members asked at once where the root is, while the controller has none (see `seek`).
-pub const SEEK_FANOUT: usize = 16;
 
 /// Why a controller call was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,7 +148,7 @@ impl Host {
 }
 
 #[derive(Debug)]
-struct Job {
+struct CtrlJob {
     spec: RunSpec,
     got: NodeSet,
     complete: bool,
@@ -169,7 +157,7 @@ struct Job {
     /// A push job: the controller is its source and feeds the root.
     xfer: Option<Xfer>,
     /// Large outputs received ([`JobMsg::Blob`]).
-    blobs: crate::control::Blobs,
+    blobs: super::Blobs,
     /// With [`Controller::set_blob_reports`], where each large output stands instead.
     track: BlobTrack,
     /// Live output bytes reported and not yet acknowledged, per sender (with
@@ -178,7 +166,7 @@ struct Job {
 }
 
 #[derive(Debug)]
-struct Barrier {
+struct CtrlBarrier {
     name: String,
     target: Target,
     threshold: f64,
@@ -211,8 +199,8 @@ pub struct Controller {
     outstanding: usize,
     /// Hosts in each state.
     counts: [usize; 5],
-    jobs: Vec<Job>,
-    barriers: Vec<Barrier>,
+    jobs: Vec<CtrlJob>,
+    barriers: Vec<CtrlBarrier>,
     refresh_at: Option<Instant>,
     seek_at: Option<Instant>,
     /// Failed hosts the tree has not been told to forget yet: one `Forget` floods the tree per
@@ -295,16 +283,7 @@ impl Controller {
     }
 
     fn ctx(&mut self, now: Instant) -> Ctx<'_> {
-        Ctx {
-            now,
-            me: self.me,
-            cfg: &self.cfg,
-            rng: &mut self.rng,
-            io: &mut self.io,
-            nondesc: &[],
-            all: &[],
-            population: 0,
-        }
+        Ctx::bare(now, self.me, &self.cfg, &mut self.rng, &mut self.io)
     }
 
     fn send(&mut self, now: Instant, to: NodeId, msg: Message) {
@@ -355,6 +334,7 @@ impl Controller {
         if state == HostState::Invited {
             h.first_try.get_or_insert(now);
         }
+        debug_assert_eq!(self.counts.iter().sum::<usize>(), self.hosts.len(), "every host counted once");
         self.report(Report::Host { host: id, state, why });
     }
 
@@ -426,7 +406,7 @@ impl Controller {
 
     /// A new job: `got` reported already, `complete` said so by the root (no `Run` then).
     fn add_job(&mut self, now: Instant, spec: RunSpec, got: NodeSet, complete: bool) -> Result<(), ControllerError> {
-        if self.jobs.iter().any(|j| j.spec.job == spec.job) || spec.job & crate::control::CENSUS_BIT != 0 {
+        if self.jobs.iter().any(|j| j.spec.job == spec.job) || spec.job & CENSUS_BIT != 0 {
             return Err(ControllerError::Duplicate);
         }
         if self.jobs.len() >= self.cfg.max_jobs {
@@ -440,7 +420,7 @@ impl Controller {
         if let Some(root) = self.root.filter(|_| !complete) {
             self.send(now, root, Message::Job(JobMsg::Run(Box::new(spec.clone()))));
         }
-        self.jobs.push(Job {
+        self.jobs.push(CtrlJob {
             spec,
             got,
             complete,
@@ -475,7 +455,7 @@ impl Controller {
     /// Hand the bytes of large outputs out as they arrive ([`Report::Blob`]) instead of
     /// assembling them here, so that the user keeps them where it likes (the CLI: in memory up
     /// to a bound, else in a temporary file); [`Report::Result`]s then name them by
-    /// [`BlobRef`]. Off by default.
+    /// [`crate::wire::BlobRef`]. Off by default.
     pub fn set_blob_reports(&mut self, on: bool) {
         self.blob_reports = on;
     }
@@ -522,13 +502,13 @@ impl Controller {
         threshold: f64,
         timeout: core::time::Duration,
     ) -> Result<(), ControllerError> {
-        if self.barriers.iter().any(|b| b.name == name) || name.len() > crate::control::MAX_NAME {
+        if self.barriers.iter().any(|b| b.name == name) || name.len() > super::MAX_NAME {
             return Err(ControllerError::Duplicate);
         }
         if self.barriers.len() >= MAX_BARRIERS {
             return Err(ControllerError::Full);
         }
-        self.barriers.push(Barrier {
+        self.barriers.push(CtrlBarrier {
             name: name.to_string(),
             target,
             threshold: threshold.clamp(0.0, 1.0),
@@ -897,13 +877,13 @@ impl Controller {
                         .map(|h| h.id)
                         .collect();
                     self.stats.unlisted += unlisted.len() as u64;
-                    if unlisted.len() > crate::control::MAX_VERIFYING {
+                    if unlisted.len() > MAX_STATUS_CHECKS {
                         // The root checks a bounded number at once: a random few now, others at
                         // the next census.
                         crate::tree::shuffle(&mut self.ctx(now), &mut unlisted);
                         self.census_at.get_or_insert(now + self.cfg.recheck_delay);
                     }
-                    for node in unlisted.into_iter().take(crate::control::MAX_VERIFYING) {
+                    for node in unlisted.into_iter().take(MAX_STATUS_CHECKS) {
                         self.send(now, from, Message::Control(ControlMsg::Disconnected { node, related: false }));
                     }
                 }
@@ -991,7 +971,7 @@ impl Controller {
         }
     }
 
-    /// Ask up to [`SEEK_FANOUT`] random members where the root is. A member in a tree passes
+    /// Ask up to `Config::seek_fanout` random members where the root is. A member in a tree passes
     /// the question to its root, which answers; a client in no tree (it restarted) says so and
     /// is invited again; one that cannot be reached is gone. So a controller whose whole overlay
     /// restarted at once (an upgrade, a power cut) finds out within a few rounds, and invites
@@ -1014,7 +994,7 @@ impl Controller {
             return;
         }
         crate::tree::shuffle(&mut self.ctx(now), &mut members);
-        for m in members.into_iter().take(SEEK_FANOUT) {
+        for m in members.into_iter().take(self.cfg.seek_fanout) {
             self.attach(now, m);
         }
     }

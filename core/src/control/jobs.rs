@@ -102,7 +102,7 @@ impl Control {
                 let n = data.len() as u64;
                 match self.job_index(job) {
                     Some(k) => {
-                        let Job { up: u, held, .. } = &mut self.jobs[k];
+                        let NodeJob { up: u, held, .. } = &mut self.jobs[k];
                         if offset == 0 && !u.awaiting.contains(&(from, digest)) {
                             if u.awaiting.len() >= MAX_AWAITING {
                                 u.awaiting.pop_front();
@@ -305,7 +305,7 @@ impl Control {
             }
             return None;
         }
-        self.jobs.push(Job {
+        self.jobs.push(NodeJob {
             spec,
             known,
             over,
@@ -351,7 +351,8 @@ impl Control {
             // Too many distinct results waiting: send what waits, then queue this one.
             self.flush_job(ctx, tree, k);
             let j = &mut self.jobs[k];
-            merge(&mut j.unsent, g);
+            let queued = merge(&mut j.unsent, g);
+            debug_assert!(queued, "a job whose unsent groups were flushed has room for one");
         }
     }
 
@@ -421,18 +422,7 @@ impl Control {
             None if !self.done.contains(&job) => {
                 // Results of a job whose `Run` has not reached us (a subtree that moved under us
                 // during the job): hold them all the same.
-                let stand_in = Rc::new(RunSpec {
-                    job,
-                    kind: JobKind::Command,
-                    target: Target::Nodes(NodeSet::new()),
-                    argv: List::default(),
-                    env: List::default(),
-                    cwd: None,
-                    timeout_ms: 0,
-                    stream: false,
-                    push: None,
-                    max_output: 0,
-                });
+                let stand_in = Rc::new(RunSpec::new(job, JobKind::Command, Target::Nodes(NodeSet::new()), Vec::new()));
                 match self.new_job(ctx, tree, stand_in, false) {
                     Some(k) => k,
                     None => {
@@ -574,7 +564,7 @@ impl Control {
     pub(super) fn pump_up(&mut self, ctx: &mut Ctx<'_>, tree: &Tree, k: usize) {
         let Some(up) = self.up(tree) else { return };
         let window = ctx.cfg.output_window.max(1) as u64;
-        let Job { spec, up: u, held, .. } = &mut self.jobs[k];
+        let NodeJob { spec, up: u, held, .. } = &mut self.jobs[k];
         let job = spec.job;
         loop {
             let room = |n: u64| u.inflight == 0 || u.inflight + n <= window;
@@ -664,7 +654,7 @@ impl Control {
         remove_acked(&mut j.unsent, acked);
         // The blobs of results now acknowledged are not needed any more (one on its way up is
         // shared with the queue). A blob no result named yet stays: its group may be on its way.
-        let Job { held, up, .. } = j;
+        let NodeJob { held, up, .. } = j;
         up.blobs.whole.retain(|b| {
             !before.contains(&b.0) || held.iter().any(|h| h.digest == b.0) || up.awaiting.iter().any(|a| a.1 == b.0)
         });

@@ -9,25 +9,15 @@ use crate::ctx::Ctx;
 use crate::id::NodeId;
 use crate::time::Instant;
 use crate::tree::Tree;
-use crate::wire::{ControlMsg, ExitStatus, JobKind, List, Message, RunSpec, Target};
+use crate::wire::{ControlMsg, ExitStatus, JobKind, Message, RunSpec, Target};
 use rand::RngExt;
 
 impl Control {
     /// At the root: count the members for the controller (a job without processes).
     pub(super) fn start_census(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree) {
         self.census_seq += 1;
-        let spec = RunSpec {
-            job: CENSUS_BIT | (u64::from(ctx.rng.random::<u32>()) << 24) | (self.census_seq & 0xff_ffff),
-            kind: JobKind::Census,
-            target: Target::All,
-            argv: List::default(),
-            env: List::default(),
-            cwd: None,
-            timeout_ms: 0,
-            push: None,
-            stream: false,
-            max_output: 0,
-        };
+        let job = CENSUS_BIT | (u64::from(ctx.rng.random::<u32>()) << 24) | (self.census_seq & 0xff_ffff);
+        let spec = RunSpec::new(job, JobKind::Census, Target::All, Vec::new());
         self.start_job(ctx, tree, spec, None);
     }
 

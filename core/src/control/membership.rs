@@ -10,7 +10,7 @@ use crate::contract::{Event, Output};
 use crate::ctx::Ctx;
 use crate::id::NodeId;
 use crate::tree::{Tree, TreeState};
-use crate::wire::{ControlMsg, ExitStatus, JobKind, JobMsg, List, Message, RunSpec, Target};
+use crate::wire::{ControlMsg, ExitStatus, JobKind, JobMsg, Message, RunSpec, Target};
 use smallvec::SmallVec;
 use std::rc::Rc;
 
@@ -103,7 +103,7 @@ impl Control {
                 x.drop_feed(&child);
             }
             let job = self.jobs[k].spec.job;
-            let Job { up: u, held, .. } = &mut self.jobs[k];
+            let NodeJob { up: u, held, .. } = &mut self.jobs[k];
             u.blobs.drop_from(&child);
             u.awaiting.retain(|a| a.0 != child);
             u.deferred.retain(|d| d.0 != child);
@@ -272,7 +272,7 @@ impl Control {
             ControlMsg::Disconnected { node, related } => {
                 if tree.is_root() && !related && node != self.me {
                     // Hearsay (or the controller asking): check before telling the controller.
-                    if !self.verifying.iter().any(|v| v.0 == node) && self.verifying.len() < MAX_VERIFYING {
+                    if !self.verifying.iter().any(|v| v.0 == node) && self.verifying.len() < MAX_STATUS_CHECKS {
                         self.verifying.push((node, ctx.now + ctx.cfg.connect_timeout * 2));
                         self.send(ctx, node, ControlMsg::GetStatus);
                     }
@@ -522,17 +522,10 @@ impl Control {
     /// Start the maintenance script before joining (through `boot`, or founding the tree).
     pub(super) fn run_maintenance(&mut self, ctx: &mut Ctx<'_>, script: &str, boot: Option<NodeId>) {
         let timeout = ctx.cfg.maintenance_timeout;
+        let argv = vec!["/bin/sh".to_string(), "-c".to_string(), script.to_string()];
         let spec = RunSpec {
-            job: MAINT_JOB,
-            kind: JobKind::Command,
-            target: Target::All,
-            argv: List(vec!["/bin/sh".to_string(), "-c".to_string(), script.to_string()]),
-            env: List(Vec::new()),
-            cwd: None,
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-            stream: false,
-            push: None,
-            max_output: 0,
+            ..RunSpec::new(MAINT_JOB, JobKind::Command, Target::All, argv)
         };
         self.maint = Some(Maint { boot, deadline: ctx.now + timeout, output: Vec::new() });
         ctx.io.out.push_back(Output::Spawn { job: MAINT_JOB, spec: Rc::new(spec) });

@@ -75,10 +75,10 @@
 //! anyone else they are counted in [`crate::Stats::commands_rejected`] and reported with
 //! [`crate::Event::CommandRejected`].
 //!
-//! Bounds: at most [`crate::Config::max_jobs`] jobs, [`MAX_GROUPS`] distinct results held per
-//! job, [`MAX_BARRIERS`] barriers, [`MAX_REPORTS`] reports waiting for a way up,
-//! [`crate::Config::max_invitations`] invitations and [`MAX_VERIFYING`] verifications at the
-//! root, [`MAX_DONE`] finished job ids remembered.
+//! Bounds: at most [`crate::Config::max_jobs`] jobs, `MAX_GROUPS` distinct results held per
+//! job, [`MAX_BARRIERS`] barriers, `MAX_REPORTS` reports waiting for a way up,
+//! [`crate::Config::max_invitations`] invitations and `MAX_STATUS_CHECKS` status checks at the
+//! root, `MAX_DONE` finished job ids remembered.
 
 use super::transfer::Xfer;
 use crate::ctx::Ctx;
@@ -105,17 +105,17 @@ use held::{Held, Upward};
 
 /// Distinct (status, output) groups a node holds per job; a result beyond is forwarded but not
 /// held (counted in [`crate::Stats::results_unheld`]).
-pub const MAX_GROUPS: usize = 1024;
+const MAX_GROUPS: usize = 1024;
 /// Barriers a node tracks at once; entering one more is refused.
 pub const MAX_BARRIERS: usize = 64;
 /// Released barrier names remembered (a late entrant passes at once).
-pub const MAX_RELEASED: usize = 64;
+const MAX_RELEASED: usize = 64;
 /// Reports (`Joined`, `Disconnected`) waiting while the node has no way up; the oldest is dropped.
-pub const MAX_REPORTS: usize = 256;
-/// Reports the root verifies at once; more from non-neighbours are dropped.
-pub const MAX_VERIFYING: usize = 64;
+const MAX_REPORTS: usize = 256;
+/// Reports the root checks at once (`GetStatus`); more from non-neighbours are dropped.
+const MAX_STATUS_CHECKS: usize = 64;
 /// Finished job ids remembered, so that a stale `Run` never runs a job twice.
-pub const MAX_DONE: usize = 1024;
+const MAX_DONE: usize = 1024;
 /// The job id of a running maintenance script (its process events carry it). The top bit is
 /// set, so no controller job ever has it.
 pub const MAINT_JOB: u64 = u64::MAX;
@@ -123,7 +123,7 @@ pub const MAINT_JOB: u64 = u64::MAX;
 pub const MAX_NAME: usize = 128;
 /// A job whose environment sets this variable to `1` may run again on a host whose client
 /// restarted while it ran there (`plush run --retry-lost`, an application file's `restart`
-/// policy). Without it, such a host answers [`ExitStatus::Lost`] instead of running the job a
+/// policy). Without it, such a host answers [`crate::wire::ExitStatus::Lost`] instead of running the job a
 /// second time. It travels in the environment, not as a field of the `Run`, so clients of
 /// earlier builds decode the `Run` unchanged; the process sees it too, and may take it as a
 /// hint that it can be a second run.
@@ -139,12 +139,12 @@ const TOO_MANY_JOBS: &[u8] = b"plush: too many jobs on this node";
 const SPLIT_BYTES: usize = 256 << 10;
 /// Output (stdout and stderr) carried inline in a result group; a larger one travels as a
 /// blob ([`JobMsg::Blob`]), once per link and digest.
-pub const INLINE_OUTPUT: usize = 32 << 10;
+const INLINE_OUTPUT: usize = 32 << 10;
 /// How a node's live output (on stderr) says that bytes of it that were in flight when a link
 /// of the tree broke may be missing there: this, the count, and the rest of the line.
 pub const OUTPUT_CUT_PREFIX: &str = "plush: up to ";
 /// Bytes per [`JobMsg::Blob`] chunk.
-pub const BLOB_CHUNK: usize = 64 << 10;
+const BLOB_CHUNK: usize = 64 << 10;
 /// Blobs being received at once per job (from different children); a chunk of one more is
 /// dropped (and acknowledged, so the sender's window does not close for good).
 pub const MAX_PARTIAL_BLOBS: usize = 64;
@@ -156,12 +156,12 @@ pub const MAX_PARTIAL_BLOBS: usize = 64;
 /// follow it and drain in turn). Beyond this bound a node holds at most one large output
 /// more, its own, and a window per child.
 /// (Held outputs drain by themselves: the controller acknowledges large results within
-/// `controller::LARGE_ACK_PACE`.)
-pub const BLOB_BACKLOG: u64 = 8 << 20;
+/// `Config::large_ack_pace`.)
+const BLOB_BACKLOG: u64 = 8 << 20;
 /// Blobs a node keeps for groups still to come, per job (see `Upward::awaiting`).
-pub const MAX_AWAITING: usize = 1024;
+const MAX_AWAITING: usize = 1024;
 /// Most bytes reserved at once for a blob from its announced size.
-pub const BLOB_RESERVE: u64 = 16 << 20;
+const BLOB_RESERVE: u64 = 16 << 20;
 
 /// Where this node's own part of a job stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -175,7 +175,7 @@ enum Own {
 }
 
 #[derive(Debug)]
-struct Job {
+struct NodeJob {
     spec: Rc<RunSpec>,
     /// The `Run` arrived (else only results did, and `spec` is a stand-in never forwarded).
     known: bool,
@@ -188,9 +188,9 @@ struct Job {
     /// Output bytes our process wrote so far (kept or streamed), for the job's cap.
     out_bytes: u64,
     truncated: bool,
-    /// Every unacknowledged result this node produced or received. At most [`MAX_GROUPS`].
+    /// Every unacknowledged result this node produced or received. At most `MAX_GROUPS`.
     held: Vec<Held>,
-    /// What is still to be sent up. At most [`MAX_GROUPS`].
+    /// What is still to be sent up. At most `MAX_GROUPS`.
     unsent: Vec<Held>,
     /// Children that said their whole subtree answered.
     answered: SmallVec<[NodeId; 4]>,
@@ -210,7 +210,7 @@ struct Job {
 }
 
 #[derive(Debug)]
-struct Barrier {
+struct NodeBarrier {
     name: String,
     /// This node's own process waits in it.
     waiting: bool,
@@ -255,11 +255,11 @@ pub(crate) struct Control {
     invites: Vec<Invite>,
     /// (node, deadline) of `Disconnected` reports the root is checking with `GetStatus`.
     verifying: Vec<(NodeId, Instant)>,
-    /// Reports waiting for a way up. At most [`MAX_REPORTS`].
+    /// Reports waiting for a way up. At most `MAX_REPORTS`.
     reports: VecDeque<ControlMsg>,
-    jobs: Vec<Job>,
+    jobs: Vec<NodeJob>,
     done: VecDeque<u64>,
-    barriers: Vec<Barrier>,
+    barriers: Vec<NodeBarrier>,
     released: VecDeque<String>,
     census_seq: u64,
     /// Dismantling: exit at this time regardless; re-send `Disconnect` at the second.
@@ -285,7 +285,7 @@ pub(crate) struct Control {
     /// forever). `None` while attached or root.
     detached: Option<Instant>,
     /// Jobs (controller, job) that a previous client on this address started: asked to run one
-    /// of them, the node answers [`ExitStatus::Lost`] (unless the job asks for retries). Set
+    /// of them, the node answers [`crate::wire::ExitStatus::Lost`] (unless the job asks for retries). Set
     /// once by the driver at start, from the host's job record; at most [`MAX_PRIOR`].
     prior: Vec<(NodeId, u64)>,
 }
@@ -302,7 +302,7 @@ struct Maint {
 }
 
 /// The first bit of a census job id (the controller's own jobs never set it).
-pub const CENSUS_BIT: u64 = 1 << 63;
+const CENSUS_BIT: u64 = 1 << 63;
 
 impl Control {
     pub fn new(me: NodeId, now: Instant) -> Self {

@@ -225,6 +225,7 @@ impl Tree {
         }
         let was_root = self.root == Some(self.me);
         self.state = TreeState::Joined;
+        debug_assert!(from != self.me, "{} is its own parent", self.me);
         self.parent = Some(from);
         self.parent_changed = true;
         ctx.pin(from, Pin::Parent);
@@ -438,6 +439,10 @@ impl Tree {
     pub(super) fn accept_child(&mut self, ctx: &mut Ctx<'_>, joiner: NodeId, direct: bool) {
         let is_root = self.is_root();
         if !self.children.contains(&joiner) {
+            // Every caller checked the room left and who the joiner is.
+            debug_assert!(self.children.len() < ctx.cfg.degree(), "{}: a child past the degree", self.me);
+            debug_assert!(joiner != self.me && Some(joiner) != self.parent, "{}: {joiner} as a child", self.me);
+            debug_assert!(!self.path.contains(&joiner), "{}: an ancestor {joiner} as a child", self.me);
             self.children.push(joiner);
             self.children_version += 1;
             ctx.event(Event::ChildAdded(joiner));

@@ -38,7 +38,7 @@ impl Tree {
             }
         }
         round.sort_by_key(|p| self.suspects.contains(p));
-        round.truncate(PROBE_TRIES);
+        round.truncate(ctx.cfg.probe_tries);
         self.probe_round.clear();
         self.probe_round.extend(round.iter().rev());
         self.probe_next(ctx);
@@ -130,12 +130,12 @@ impl Tree {
         self.probe_at = Some(ctx.now + gap);
     }
 
-    /// A member probes a random contact with probability `MEMBER_PROBES / population`, always
+    /// A member probes a random contact with probability `member_probes / population`, always
     /// while it does not know the population yet.
     pub(super) fn member_probe(&mut self, ctx: &mut Ctx<'_>) {
         self.arm_member_probe(ctx);
         let population = ctx.population;
-        if population > MEMBER_PROBES && ctx.rng.random_range(0..population) >= MEMBER_PROBES {
+        if population > ctx.cfg.member_probes && ctx.rng.random_range(0..population) >= ctx.cfg.member_probes {
             return;
         }
         let Some(root) = self.root else { return };

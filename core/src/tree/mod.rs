@@ -17,7 +17,7 @@
 //! that gets such a join while still attached to the dead root drops it at once. A detached node
 //! whose candidates all stay silent becomes the root of its own fragment.
 //!
-//! **Merging.** A root probes every `probe_interval`: a round of up to [`PROBE_TRIES`] known
+//! **Merging.** A root probes every `probe_interval`: a round of up to `probe_tries` (8) known
 //! peers (the backbone first or the other contacts first, at random; peers that failed lately
 //! last), one after another; the peer answers with its root. A peer found dead, or answering
 //! from our own tree, moves the round on at once, so that a fragment left by a wave of failures,
@@ -29,8 +29,8 @@
 //! has met only its own side, while its members still remember peers (bootstrap nodes, old
 //! parents, suspects) on the other side. So members probe too, sparsely: each member's probe
 //! timer fires every `probe_interval` to `3 * probe_interval` and probes with probability
-//! `MEMBER_PROBES / population` (RanSub's count), so a whole tree sends about
-//! [`MEMBER_PROBES`] probes every two intervals whatever its size. A member whose probe meets
+//! `member_probes / population` (RanSub's count), so a whole tree sends about
+//! `member_probes` (32) probes every two intervals whatever its size. A member whose probe meets
 //! another root tells whichever of the two roots is higher about the lower one (a `Probe`
 //! naming it). A root merges only into a root that says so itself (a `Probe` or `ProbeReply`
 //! from that very root); a report about a root from anyone else is first checked by probing
@@ -66,38 +66,31 @@ mod join;
 mod merge;
 
 /// A join that has travelled this many hops is refused (bounds forwarding even on a broken tree).
-pub const MAX_JOIN_HOPS: u8 = 64;
+const MAX_JOIN_HOPS: u8 = 64;
 /// Candidates tried per round of joining: failover siblings, the root, then random peers.
-pub const MAX_CANDIDATES: usize = 16;
+const MAX_CANDIDATES: usize = 16;
 /// Nearest ancestors asked directly at the start of a repair.
-pub const ANCESTORS_ASKED: usize = 1;
+const ANCESTORS_ASKED: usize = 1;
 /// Most RanSub candidates asked at once in a repair.
-pub const MAX_FANOUT: usize = 8;
+const MAX_FANOUT: usize = 8;
 /// Most RanSub candidates asked over one repair.
-pub const MAX_DIRECT: usize = 16;
+const MAX_DIRECT: usize = 16;
 /// Direct joins a node verifies at once; more are refused.
-pub const MAX_VERIFYING: usize = 12;
+const MAX_VERIFYING: usize = 12;
 /// Longest verification walk (hops up a parent chain) before it is refused.
-pub const MAX_ROUTE: usize = 64;
-/// A new root's first probe comes this soon; the gap then doubles up to `probe_interval`.
-pub const FIRST_PROBE: core::time::Duration = core::time::Duration::from_secs(1);
+const MAX_ROUTE: usize = 64;
 /// Members of its RanSub views a joining node adds to each round's candidates.
-pub const VIEW_CANDIDATES: usize = 4;
+const VIEW_CANDIDATES: usize = 4;
 /// Most backbone contacts (the root's children) a node remembers.
-pub const MAX_TOP: usize = 8;
+const MAX_TOP: usize = 8;
 /// Recently unreachable peers remembered (tried last when joining).
-pub const MAX_SUSPECTS: usize = 8;
+const MAX_SUSPECTS: usize = 8;
 /// Rounds of joining, every candidate refusing, after which a detached top (a node with a
 /// subtree that lost its parent; not a fresh joiner) roots its fragment anyway. Refusals come from nodes that are not placing joins:
 /// members of a fragment whose own top is detached, restarted nodes still joining. Two detached
 /// tops waiting for each other's fragment would otherwise wait forever; as roots, their probes
 /// merge them.
-pub const REFUSED_ROUNDS: u8 = 4;
-/// Peers a root probes one after another in one round (see the module docs).
-pub const PROBE_TRIES: usize = 8;
-/// Probes the members of one tree send together, about, every two `probe_interval`s (see the
-/// module docs): each member probes with probability `MEMBER_PROBES / population`.
-pub const MEMBER_PROBES: u32 = 32;
+const REFUSED_ROUNDS: u8 = 4;
 
 /// Where a node stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -171,7 +164,7 @@ pub(crate) struct Tree {
     /// The peer our last probe went to; only that peer's answer is acted on.
     probing: Option<NodeId>,
     /// A root: the rest of this round's probe candidates, tried from the back. At most
-    /// [`PROBE_TRIES`].
+    /// `Config::probe_tries`.
     probe_round: Vec<NodeId>,
 }
 
@@ -548,7 +541,7 @@ impl Tree {
         self.send_siblings(ctx, None);
         self.probe_round.clear();
         self.probing = None;
-        self.probe_gap = FIRST_PROBE;
+        self.probe_gap = ctx.cfg.first_probe;
         self.arm_probe(ctx);
     }
 
@@ -581,6 +574,10 @@ impl Tree {
     /// [`Tree::set_path`], telling the children even when nothing seems to have changed: after a
     /// re-attachment, children taken while we were detached hold a path we never had.
     fn adopt_path(&mut self, ctx: &mut Ctx<'_>, path: &[NodeId], force: bool) {
+        // Callers checked what came from the network: a node is never its own ancestor, and the
+        // path ends at its parent (a root's is empty).
+        debug_assert!(!path.contains(&self.me), "{} in its own path {path:?}", self.me);
+        debug_assert_eq!(path.last(), self.parent.as_ref(), "{}: a path that does not end at the parent", self.me);
         let root = path.first().copied().unwrap_or(self.me);
         let root_changed = self.root != Some(root);
         if root_changed {

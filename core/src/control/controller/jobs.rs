@@ -124,7 +124,8 @@ impl Controller {
                 let j = &mut self.jobs[k];
                 if j.complete || large {
                     // News: acknowledge soon (at most once an interval; large outputs sooner).
-                    let pace = if large { LARGE_ACK_PACE.min(self.cfg.ack_interval) } else { self.cfg.ack_interval };
+                    let pace =
+                        if large { self.cfg.large_ack_pace.min(self.cfg.ack_interval) } else { self.cfg.ack_interval };
                     let at = j.last_ack.map_or(now, |t| (t + pace).max(now));
                     j.ack_at = Some(j.ack_at.map_or(at, |a| a.min(at)));
                 }
@@ -184,7 +185,7 @@ impl Controller {
         let j = &mut self.jobs[k];
         // Acknowledge again later even without news: a node that holds results the controller
         // lacks (lost in transit) sends them again when an acknowledgement does not cover them.
-        j.ack_at = Some(now + self.cfg.ack_interval * REACK_INTERVALS);
+        j.ack_at = Some(now + self.cfg.ack_interval * self.cfg.reack_intervals);
         j.last_ack = Some(now);
         let msg = Message::Job(JobMsg::Ack { job: j.spec.job, nodes: j.got.clone() });
         if let Some(root) = self.root {
