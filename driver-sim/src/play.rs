@@ -10,7 +10,7 @@
 use crate::scenario::{BroadcastReport, Scenario, SimReport};
 use crate::sim::{id, idx, mix, Sim};
 use crate::uniformity::Uniformity;
-use plush_core::wire::{JobKind, List, RunSpec, Target};
+use plush_core::wire::{JobKind, RunSpec, Target};
 use plush_core::{Command, HostState, Instant, NodeId};
 use rand::{RngExt, SeedableRng};
 use rand_pcg::Pcg64;
@@ -309,21 +309,10 @@ fn build_invited(sim: &mut Sim, n: u32, build_limit: Duration, tick: Duration) -
 /// The job every node runs in `--job`.
 pub const SIM_JOB: u64 = 1;
 
-/// A command run on every host (`Target::All`) with `argv`, and nothing else asked: no
-/// environment, directory, timeout, streaming, transfer or output cap. The `--job` job is one.
+/// A command run on every host (`Target::All`) with `argv`, and nothing else asked (see
+/// [`RunSpec::new`]). The `--job` job is one.
 pub fn command_spec(job: u64, argv: &[&str]) -> RunSpec {
-    RunSpec {
-        job,
-        kind: JobKind::Command,
-        target: Target::All,
-        argv: List(argv.iter().map(|a| (*a).to_owned()).collect()),
-        env: List::default(),
-        cwd: None,
-        timeout_ms: 0,
-        stream: false,
-        push: None,
-        max_output: 0,
-    }
+    RunSpec::new(job, JobKind::Command, Target::All, argv.iter().map(|a| (*a).to_owned()).collect())
 }
 
 fn start_job(sim: &mut Sim, sc: &Scenario) {
