@@ -85,7 +85,7 @@ fn a_wrong_key_cannot_join() {
     let failed = c
         .wait_until(Duration::from_secs(30), |c| c.host(&hosts[2]).is_some_and(|h| h.state == HostState::Failed))
         .expect("event loop");
-    let h = c.host(&hosts[2]).cloned();
+    let h = c.host(&hosts[2]);
     assert!(failed, "the wrong-key host should end failed: {}", states(&c));
     let h = h.expect("known");
     assert!(h.joined_at.is_none(), "never joined");
