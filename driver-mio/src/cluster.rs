@@ -44,6 +44,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -247,9 +248,15 @@ pub const MAX_BARRIER_RECORDS: usize = 256;
 /// controller ([`Controller::job_expected`], [`Controller::results_of`],
 /// [`Controller::job_complete`]), which forgets the job when the cluster does.
 struct JobState {
-    /// Result groups as they arrived; the bytes are shared with the controller's (one copy
-    /// per distinct output however many reports name it).
-    reports: Vec<Arrived>,
+    /// Results merged by (status, truncated, output), in the order each output first came:
+    /// the tree merges the results of one message, and a group arriving in another message
+    /// with an output already here joins that group, once, as it arrives. The bytes are
+    /// shared with the controller's, or in the spool (one copy per distinct output).
+    groups: Vec<Group>,
+    /// Each `Report::Result` as it arrived: its group, and where its nodes are in that
+    /// group's (for [`Cluster::take_results`]). Shown groups of a resumed job count as one
+    /// each.
+    arrivals: Vec<(usize, Range<usize>)>,
     /// When the job was started (or taken over) here, on the wall clock the waits use.
     started: StdInstant,
     streams: VecDeque<Streamed>,
@@ -261,7 +268,7 @@ struct JobState {
     lost_at: BTreeMap<NodeId, StdInstant>,
     /// The last [`LOST_OUTPUT_TAIL`] bytes of live output per host.
     tails: BTreeMap<NodeId, Vec<u8>>,
-    /// Reports already handed out by [`Cluster::take_results`].
+    /// Arrivals already handed out by [`Cluster::take_results`].
     results_taken: usize,
     /// With [`ClusterConfig::spill_memory`]: the outputs, in memory or in the job's file.
     spool: JobSpool,
@@ -270,7 +277,8 @@ struct JobState {
 impl JobState {
     fn new(started: StdInstant) -> JobState {
         JobState {
-            reports: Vec::new(),
+            groups: Vec::new(),
+            arrivals: Vec::new(),
             started,
             streams: VecDeque::new(),
             streams_dropped: 0,
@@ -279,6 +287,25 @@ impl JobState {
             results_taken: 0,
             spool: JobSpool::default(),
         }
+    }
+
+    /// A result arrived: merge it into the group with its output, or start one.
+    fn arrived(&mut self, status: ExitStatus, truncated: bool, output: Out, nodes: impl IntoIterator<Item = NodeId>) {
+        let k = match self
+            .groups
+            .iter()
+            .position(|g| g.status == status && g.truncated == truncated && g.output.same(&output))
+        {
+            Some(k) => k,
+            None => {
+                self.groups.push(Group { status, truncated, output, nodes: Vec::new() });
+                self.groups.len() - 1
+            }
+        };
+        let g = &mut self.groups[k];
+        let start = g.nodes.len();
+        g.nodes.extend(nodes);
+        self.arrivals.push((k, start..g.nodes.len()));
     }
 }
 
@@ -292,11 +319,12 @@ struct HostNotes {
     script: Option<(ExitStatus, String)>,
 }
 
-/// A result group as it arrived.
-struct Arrived {
+/// The results of one job with the same status and output.
+struct Group {
     status: ExitStatus,
     truncated: bool,
     output: Out,
+    /// In the order they arrived.
     nodes: Vec<NodeId>,
 }
 
@@ -319,11 +347,7 @@ impl Out {
     }
 }
 
-impl Arrived {
-    fn group(&self) -> ResultGroup {
-        self.group_of(self.nodes.clone())
-    }
-
+impl Group {
     /// The group, for `nodes`: the bytes are copied unless they are in the file.
     fn group_of(&self, nodes: Vec<NodeId>) -> ResultGroup {
         let (output, stderr, spilled) = match &self.output {
@@ -621,16 +645,11 @@ impl Cluster {
         let now = self.d.now();
         self.d.m.adopt_job(now, spec, got, false).map_err(other)?;
         self.d.m.set_job_expected(job, expected.into_iter().collect()).map_err(other)?;
-        let reports: Vec<Arrived> = shown
-            .into_iter()
-            .map(|g| Arrived {
-                status: g.status,
-                truncated: g.truncated,
-                output: Out::Shared(Rc::new(g.output), Rc::new(g.stderr)),
-                nodes: g.nodes,
-            })
-            .collect();
-        let state = JobState { results_taken: reports.len(), reports, ..JobState::new(StdInstant::now()) };
+        let mut state = JobState::new(StdInstant::now());
+        for g in shown {
+            state.arrived(g.status, g.truncated, Out::Shared(Rc::new(g.output), Rc::new(g.stderr)), g.nodes);
+        }
+        state.results_taken = state.arrivals.len();
         self.jobs.insert(job, state);
         self.order.push_back(job);
         self.next_job = self.next_job.max(job + 1);
@@ -984,8 +1003,14 @@ impl Cluster {
     /// tree, not merged with the others), for a caller that writes them out as they come.
     pub fn take_results(&mut self, job: u64) -> Vec<ResultGroup> {
         let Some(j) = self.jobs.get_mut(&job) else { return Vec::new() };
-        let new = j.reports[j.results_taken.min(j.reports.len())..].iter().map(Arrived::group).collect();
-        j.results_taken = j.reports.len();
+        let new = j.arrivals[j.results_taken.min(j.arrivals.len())..]
+            .iter()
+            .map(|(k, r)| {
+                let g = &j.groups[*k];
+                g.group_of(g.nodes[r.clone()].to_vec())
+            })
+            .collect();
+        j.results_taken = j.arrivals.len();
         new
     }
 
@@ -1043,23 +1068,14 @@ impl Cluster {
     /// What `job` gathered so far.
     pub fn job_outcome(&self, job: u64) -> RunOutcome {
         let j = self.jobs.get(&job);
-        let reports = j.map_or(&[][..], |j| &j.reports[..]);
-        // (the first report of the group, every node): the bytes are copied once per group.
-        let mut merged: Vec<(&Arrived, Vec<NodeId>)> = Vec::new();
-        for r in reports {
-            let same = |g: &&mut (&Arrived, Vec<NodeId>)| {
-                g.0.status == r.status && g.0.truncated == r.truncated && g.0.output.same(&r.output)
-            };
-            match merged.iter_mut().find(same) {
-                Some(g) => g.1.extend_from_slice(&r.nodes),
-                None => merged.push((r, r.nodes.clone())),
-            }
-        }
-        let groups: Vec<ResultGroup> = merged
-            .into_iter()
-            .map(|(r, mut nodes)| {
+        // Merged as they arrived: the bytes are copied once per group.
+        let groups: Vec<ResultGroup> = j
+            .map_or(&[][..], |j| &j.groups[..])
+            .iter()
+            .map(|g| {
+                let mut nodes = g.nodes.clone();
                 nodes.sort_unstable();
-                r.group_of(nodes)
+                g.group_of(nodes)
             })
             .collect();
         let got = self.d.m.results_of(job);
@@ -1080,7 +1096,7 @@ impl Cluster {
         let tail = |h: &NodeId| j.and_then(|j| j.tails.get(h)).cloned().unwrap_or_default();
         RunOutcome {
             job,
-            reports: j.map_or(0, |j| j.reports.len()),
+            reports: j.map_or(0, |j| j.arrivals.len()),
             complete: self.d.m.job_complete(job) == Some(true),
             missing,
             lost: lost.into_iter().map(|h| (h, tail(&h))).collect(),
@@ -1231,7 +1247,6 @@ impl Cluster {
                 }
                 Report::Result { job, status, truncated, output, nodes, stderr, blob } => {
                     let Some(j) = self.jobs.get_mut(&job) else { continue };
-                    let nodes: Vec<NodeId> = nodes.iter().collect();
                     let output = match blob {
                         _ if !self.spilling => Out::Shared(output, stderr),
                         Some(b) => match self.spool.named(&mut j.spool, &b) {
@@ -1244,7 +1259,7 @@ impl Cluster {
                         },
                         None => Out::Stored(self.spool.inline(&mut j.spool, &output, &stderr)),
                     };
-                    j.reports.push(Arrived { status, truncated, output, nodes });
+                    j.arrived(status, truncated, output, nodes.iter());
                 }
                 Report::Blob { job, from, digest, offset, total, data } => {
                     if let Some(j) = self.jobs.get_mut(&job) {
@@ -1342,4 +1357,30 @@ pub fn probe(to: NodeId, key: &Key, timeout: Duration) -> io::Result<()> {
         hs.read(&msg).map_err(other)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(s: &str) -> Out {
+        Out::Shared(Rc::new(s.as_bytes().to_vec()), Rc::new(Vec::new()))
+    }
+
+    /// A group arriving in a later message with an output already here joins that group as it
+    /// arrives; each arrival is still handed out as it came.
+    #[test]
+    fn results_merge_once_as_they_arrive() {
+        let n = |i| NodeId::loopback(i, 9000);
+        let mut j = JobState::new(StdInstant::now());
+        j.arrived(ExitStatus::Exited(0), false, shared("a"), [n(3), n(1)]);
+        j.arrived(ExitStatus::Exited(0), false, shared("b"), [n(2)]);
+        j.arrived(ExitStatus::Exited(0), false, shared("a"), [n(0)]);
+        j.arrived(ExitStatus::Exited(1), false, shared("a"), [n(4)]);
+        assert_eq!(j.groups.len(), 3, "same status and output merge; another status does not");
+        assert_eq!(j.groups[0].nodes, vec![n(3), n(1), n(0)]);
+        assert_eq!(j.arrivals, vec![(0, 0..2), (1, 0..1), (0, 2..3), (2, 0..1)]);
+        let third = &j.groups[0];
+        assert_eq!(third.group_of(third.nodes[2..3].to_vec()).output, b"a".to_vec());
+    }
 }
