@@ -482,8 +482,6 @@ pub struct Cluster {
     /// Only hosts with something to note; a host's state is the controller's.
     notes: BTreeMap<NodeId, HostNotes>,
     jobs: BTreeMap<u64, JobState>,
-    /// Jobs in the order they were started, to forget the oldest past `max_jobs`.
-    order: VecDeque<u64>,
     next_job: u64,
     /// The root last reported: the controller forgets its root while the link to it is down
     /// (until the new root announces itself), and callers want the tree's root meanwhile.
@@ -574,7 +572,6 @@ impl Cluster {
             started: StdInstant::now(),
             notes: BTreeMap::new(),
             jobs: BTreeMap::new(),
-            order: VecDeque::new(),
             next_job: 1,
             root: None,
             max_jobs: cfg.core.max_jobs.max(1),
@@ -651,7 +648,6 @@ impl Cluster {
         }
         state.results_taken = state.arrivals.len();
         self.jobs.insert(job, state);
-        self.order.push_back(job);
         self.next_job = self.next_job.max(job + 1);
         self.d.drain();
         self.take_reports();
@@ -909,8 +905,10 @@ impl Cluster {
     }
 
     fn start_kind(&mut self, kind: JobKind, spec: JobSpec<'_>, push: Option<(PushSpec, PathBuf)>) -> io::Result<u64> {
-        while self.order.len() + 1 >= self.max_jobs {
-            let Some(&old) = self.order.front() else { break };
+        // The controller keeps its jobs in the order they were started (the cluster's are the
+        // same jobs).
+        while self.d.m.jobs().count() + 1 >= self.max_jobs {
+            let Some(old) = self.d.m.jobs().next().map(|(spec, _, _)| spec.job) else { break };
             self.forget_job(old);
         }
         let job = self.next_job;
@@ -940,7 +938,6 @@ impl Cluster {
             return Err(other(e));
         }
         self.jobs.insert(job, JobState::new(StdInstant::now()));
-        self.order.push_back(job);
         self.d.drain();
         self.take_reports();
         Ok(job)
@@ -1139,7 +1136,6 @@ impl Cluster {
 
     /// Forget `job` here and at the controller (its results are no longer kept).
     pub fn forget_job(&mut self, job: u64) {
-        self.order.retain(|&j| j != job);
         if let Some(j) = self.jobs.remove(&job) {
             self.spool.forget(&j.spool);
         }
