@@ -21,9 +21,10 @@
 //! directory, which the launched clients read; the file is removed when the `Cluster` drops.
 //! Dropping a `Cluster` also kills and reaps every client it launched.
 //!
-//! Bounds: one [`HostInfo`] per host added; per job, the result groups the controller reported
-//! (the controller itself bounds jobs at `Config::max_jobs`; [`Cluster::run`] forgets the
-//! oldest job beyond that), one loss time per expected host, and the last
+//! Bounds: at most one note (why it failed, when it joined, its script's failure) per host the
+//! controller knows; per job, the result groups merged by output and one entry per result
+//! report (the controller itself bounds jobs at `Config::max_jobs`; [`Cluster::run`] forgets
+//! the oldest job beyond that), one loss time per expected host, and the last
 //! [`LOST_OUTPUT_TAIL`] bytes of live output per expected host.
 //!
 //! **Lost hosts.** A host whose link fails while a job runs is not given up at once: it may be
@@ -124,7 +125,7 @@ impl Default for ClusterConfig {
 /// What the cluster knows of a host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostInfo {
-    /// Its state as the controller last reported it.
+    /// Its state, as the controller has it now.
     pub state: HostState,
     /// For a failed host: why.
     pub why: Option<&'static str>,
@@ -474,7 +475,8 @@ fn remove_stale_key_files(dir: &Path) -> usize {
 /// keeps is what the controller does not: the launcher and its processes, the key file, the
 /// outputs (in memory or spilled to disk), live output not yet taken and the tails of lost
 /// hosts', the wall-clock grace for lost hosts, the notices, and what reports said that the
-/// controller does not remember (see [`HostNotes`], `root` and `barriers`).
+/// controller does not remember (why a host failed, when it last joined, how its script
+/// failed; the last root reported; barrier releases).
 pub struct Cluster {
     d: Driver<Controller>,
     key_file: KeyFile,
