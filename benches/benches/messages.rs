@@ -12,8 +12,9 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use plush_benches::{JobRound, LinkChurn, RanSubRound, Relay};
+use plush_core::frame::FramePool;
 use plush_core::samples;
-use plush_core::wire::{FramePool, JobMsg, Message, TreeMsg};
+use plush_core::wire::{JobMsg, Message, TreeMsg};
 use std::hint::black_box;
 use std::time::Duration;
 

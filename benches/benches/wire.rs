@@ -2,7 +2,8 @@
 //! buffer, each reported by criterion in operations per second.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use plush_core::wire::{split_frame, Filler, FramePool, Message, TreeMsg};
+use plush_core::frame::{split_frame, FramePool};
+use plush_core::wire::{Filler, Message, TreeMsg};
 use std::hint::black_box;
 
 /// The default maximum frame size (1 MiB).

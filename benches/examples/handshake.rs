@@ -10,7 +10,8 @@
 //! `cargo run --release -p plush-benches --example handshake -- [N]` (default 300 handshakes).
 //! The last line is JSON: `{"handshake_us": median, "handshake_p90_us": .., "crypto_us": ..}`.
 
-use plush_core::wire::{encode_hello, split_frame, Hello, Role, PREFIX};
+use plush_core::frame::{encode_hello, split_frame, PREFIX};
+use plush_core::wire::{Hello, Role};
 use plush_core::{Config, Instant, Node, NodeId};
 use plush_mio::driver::Driver;
 use plush_mio::secure::{self, Handshake, MAX_HANDSHAKE_FRAME};

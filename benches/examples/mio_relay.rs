@@ -75,10 +75,9 @@
 
 use mio::net::TcpStream as MioStream;
 use mio::{Events, Interest, Poll, Token};
+use plush_core::frame::{encode_hello, encode_once, split_frame, FramePool, PREFIX};
 use plush_core::wire::MAX_FILLER;
-use plush_core::wire::{
-    encode_hello, encode_once, split_frame, Filler, FramePool, Hello, JoinMode, List, Message, Role, TreeMsg, PREFIX,
-};
+use plush_core::wire::{Filler, Hello, JoinMode, List, Message, Role, TreeMsg};
 use plush_core::{Command, Config, Instant, Node, NodeId};
 use plush_mio::driver::Driver;
 use plush_mio::secure::{Channel, Handshake, MAX_RECORD, TAG_LEN};

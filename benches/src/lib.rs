@@ -32,9 +32,10 @@ pub fn failure_scenario(nodes: u32) -> Scenario {
     Scenario { nodes, seed: SEED, kill: 0.25, kill_root: true, ..Scenario::default() }
 }
 
+use plush_core::frame::FramePool;
 use plush_core::ransub::Entry;
 use plush_core::wire::{ExitStatus, Group, JobKind, JobMsg, RanSubMsg, RunSpec, Target};
-use plush_core::wire::{Filler, FramePool, JoinMode, List, Message, TreeMsg};
+use plush_core::wire::{Filler, JoinMode, List, Message, TreeMsg};
 use plush_core::{Command, Config, Instant, LinkEvent, Node, NodeId, NodeSet, Output};
 use std::time::Duration;
 

@@ -4,8 +4,9 @@
 //!
 //! `cargo run -p plush-core --example fuzz_seeds -- DIR`
 
+use plush_core::frame::{encode_hello, FramePool};
 use plush_core::samples;
-use plush_core::wire::{encode_hello, FramePool, Hello, JoinMode, List, Message, Role, TreeMsg};
+use plush_core::wire::{Hello, JoinMode, List, Message, Role, TreeMsg};
 use plush_core::NodeId;
 use std::path::PathBuf;
 

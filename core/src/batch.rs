@@ -23,24 +23,25 @@
 //! differs. Without a batch (the simulator) there are no runs and every `Transmit` holds one
 //! frame.
 //!
-//! Bounds: a run holds at most [`RUN_BYTES`] bytes, or a single frame that is larger; at most
-//! two runs are open; at most [`SPARE_RUNS`] buffers of at most `2 * RUN_BYTES` capacity are
+//! Bounds: a run holds at most `RUN_BYTES` bytes, or a single frame that is larger; at most
+//! two runs are open; at most `SPARE_RUNS` buffers of at most `2 * RUN_BYTES` capacity are
 //! kept for reuse, so a relay in steady state allocates nothing per frame.
 
+use crate::contract::Output;
+use crate::frame::{encode_into, push_frame, Frame, PREFIX};
 use crate::id::NodeId;
-use crate::node::Output;
 use crate::time::Instant;
-use crate::wire::{encode_into, push_frame, Frame, Message, TreeMsg, PREFIX};
+use crate::wire::{Message, TreeMsg};
 use std::collections::VecDeque;
 use std::rc::Rc;
 
 /// Bytes a run holds before it leaves (a single larger frame makes a run of its own, and a
 /// pending reply may add [`REPLY_BYTES`]).
-pub const RUN_BYTES: usize = 64 << 10;
+const RUN_BYTES: usize = 64 << 10;
 /// Room a pending reply needs in the up run.
 pub const REPLY_BYTES: usize = 64;
 /// Run buffers kept for reuse at most.
-pub const SPARE_RUNS: usize = 16;
+const SPARE_RUNS: usize = 16;
 /// Capacity of the output queue kept once it is empty again; a burst's larger queue is freed.
 const OUT_KEPT: usize = 16;
 
@@ -145,17 +146,8 @@ impl Outbox {
         self.q.clear();
     }
 
-    pub fn len(&self) -> usize {
-        self.q.len()
-    }
-
     pub fn is_empty(&self) -> bool {
         self.q.is_empty()
-    }
-
-    /// The outputs queued from `from` on.
-    pub fn range_from(&self, from: usize) -> impl Iterator<Item = &Output> {
-        self.q.range(from.min(self.q.len())..)
     }
 
     /// A batch starts: runs may open.
@@ -317,7 +309,7 @@ fn put_reply(buf: &mut Vec<u8>, reply: Option<(u64, NodeId)>) {
     let Some((id, node)) = reply else { return };
     let msg = Message::Tree(TreeMsg::BroadcastReply { id, node });
     // A reply is a few dozen bytes: it always fits.
-    let r = encode_into(buf, &msg, REPLY_BYTES - crate::wire::PREFIX);
+    let r = encode_into(buf, &msg, REPLY_BYTES - crate::frame::PREFIX);
     debug_assert!(r.is_ok(), "a broadcast reply fits in {REPLY_BYTES} bytes");
 }
 
@@ -330,7 +322,7 @@ fn push_cold(out: &mut VecDeque<Output>, o: Output) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::Event;
+    use crate::contract::Event;
 
     fn id(n: u16) -> NodeId {
         NodeId::from(std::net::SocketAddr::from(([127, 0, 0, 1], n)))

@@ -11,8 +11,18 @@ pub struct Config {
     pub join_retry: Duration,
     /// Pause before a new round of join attempts once every candidate refused. Default 500 ms.
     pub join_backoff: Duration,
-    /// A root probes one known peer this often to find and merge other trees. Default 10 s.
+    /// A root probes a round of known peers this often to find and merge other trees (see
+    /// [`crate::tree`]). Default 10 s.
     pub probe_interval: Duration,
+    /// A new root's first probe comes this soon; the gap then doubles up to `probe_interval`.
+    /// Default 1 s.
+    pub first_probe: Duration,
+    /// Peers a root probes one after another in one round, moving on past dead ones and its
+    /// own tree's members. Default 8.
+    pub probe_tries: usize,
+    /// Probes the members of one tree send together, about, every two `probe_interval`s: each
+    /// member probes with probability `member_probes / population`. Default 32.
+    pub member_probes: u32,
     /// RanSub epoch. Default 5 s (Mace RanSub).
     pub ransub_epoch: Duration,
     /// RanSub subset size. Default 10 (Mace RanSub).
@@ -102,11 +112,23 @@ pub struct Config {
     /// This node's build: a hash of its version string, announced in `Joined`, so that the
     /// controller finds clients of another version (and upgrades them). 0: unknown. Default 0.
     pub build: u64,
+    /// At the controller: members asked at once where the root is, while it knows none.
+    /// Default 16.
+    pub seek_fanout: usize,
+    /// At the controller: a job the tree reported complete is acknowledged again every this
+    /// many `ack_interval`s while the controller tracks it. Default 5.
+    pub reack_intervals: u32,
+    /// At the controller: results naming large outputs ([`crate::wire::BlobRef`]) are
+    /// acknowledged at most this often (others at most every `ack_interval`). Every node holds
+    /// such an output until the controller's `Ack` covers it, and takes no more from its
+    /// children past 8 MiB of them, so this pace bounds the throughput of large grouped outputs
+    /// (8 MiB per 25 ms and hop). Default 25 ms.
+    pub large_ack_pace: Duration,
 }
 
 /// Links a node keeps free of children: its parent, the controller, and the work of joins,
 /// invitations, repairs and probes (see [`Config::degree`]).
-pub const LINK_RESERVE: usize = 6;
+const LINK_RESERVE: usize = 6;
 
 impl Config {
     /// The fan-out a node uses: `max_children`, but at most `max_links - LINK_RESERVE` (and at
@@ -126,6 +148,9 @@ impl Default for Config {
             recheck_delay: Duration::from_secs(3),
             join_backoff: Duration::from_millis(500),
             probe_interval: Duration::from_secs(10),
+            first_probe: Duration::from_secs(1),
+            probe_tries: 8,
+            member_probes: 32,
             ransub_epoch: Duration::from_secs(5),
             ransub_size: 10,
             heartbeat: Duration::from_secs(1),
@@ -158,6 +183,9 @@ impl Default for Config {
             ack_interval: Duration::from_secs(1),
             push_window: 8,
             build: 0,
+            seek_fanout: 16,
+            reack_intervals: 5,
+            large_ack_pace: Duration::from_millis(25),
         }
     }
 }

@@ -22,10 +22,10 @@
 //! exit) sorts a list of the links.
 
 use crate::batch::Outbox;
+use crate::contract::{Output, Stats};
+use crate::frame::Frame;
 use crate::id::NodeId;
-use crate::node::{Output, Stats};
 use crate::time::Instant;
-use crate::wire::Frame;
 use rustc_hash::FxBuildHasher;
 use slab::Slab;
 use std::cell::Cell;
@@ -516,7 +516,8 @@ const LEADS: u8 = Pin::Child as u8 | Pin::Controller as u8;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{FramePool, Message, TreeMsg};
+    use crate::frame::FramePool;
+    use crate::wire::{Message, TreeMsg};
     use core::time::Duration;
 
     fn id(i: u32) -> NodeId {

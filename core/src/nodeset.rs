@@ -7,19 +7,19 @@
 //! touching, so that every set has exactly one representation and union or difference is one
 //! merge pass.
 //!
-//! Bound: a set read from the network holds at most [`MAX_RUNS`] runs (checked before
+//! Bound: a set read from the network holds at most `MAX_RUNS` runs (checked before
 //! allocating, and the frame size caps it further); a decoded set that is not canonical (unsorted,
 //! overlapping, touching or empty runs) is a decode error.
 
+use crate::bounded::List;
 use crate::id::NodeId;
-use crate::wire::List;
 use serde::{Deserialize, Serialize};
 
 /// A run as numbers: (port, first address, last address).
 type Span = (u16, u128, u128);
 
 /// Most runs in a set read from the network.
-pub const MAX_RUNS: usize = 1 << 16;
+const MAX_RUNS: usize = 1 << 16;
 
 /// The order runs are kept in: port, then address.
 fn key(id: &NodeId) -> (u16, u128) {

@@ -19,29 +19,16 @@
 //! Bounds: every set holds at most [`crate::Config::ransub_size`] entries (longer sets from the
 //! network are truncated); one stored set per child.
 
+use crate::contract::Event;
+use crate::ctx::Ctx;
 use crate::id::NodeId;
-use crate::node::{Ctx, Event};
 use crate::time::Instant;
 use crate::wire::RanSubMsg;
 use rand::RngExt;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use smallvec::SmallVec;
 
-/// Bytes of payload a node publishes in its entries.
-pub const PAYLOAD: usize = 8;
-
-/// One member in a RanSub set.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
-    /// The member.
-    pub id: NodeId,
-    /// Child slots it had free.
-    pub free: u8,
-    /// Its depth in the tree.
-    pub depth: u16,
-    /// What it published.
-    pub payload: [u8; PAYLOAD],
-}
+pub use crate::wire::{Entry, PAYLOAD};
 
 /// What RanSub needs to know of the tree, handed in by the node.
 #[derive(Clone, Copy, Debug)]
@@ -346,7 +333,8 @@ impl RanSub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{FramePool, List, Message};
+    use crate::frame::FramePool;
+    use crate::wire::{List, Message};
 
     #[test]
     fn the_borrowed_wire_form_is_the_message_encoding() {

@@ -14,7 +14,7 @@ use crate::wire::{
 
 /// Bytes of data in the sample chunk. Real chunks are larger (128 KiB by default); this one
 /// stays small so that the fuzzer's seeds stay under its input size limit.
-pub const CHUNK_BYTES: usize = 1024;
+const CHUNK_BYTES: usize = 1024;
 
 fn id(i: u32) -> NodeId {
     NodeId::loopback(i, 7000)
@@ -150,7 +150,8 @@ pub fn messages() -> Vec<Message> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::{FramePool, KINDS};
+    use crate::frame::FramePool;
+    use crate::wire::KINDS;
 
     #[test]
     fn there_is_a_sample_of_every_kind_and_each_round_trips() {

@@ -3,7 +3,8 @@
 //! with a batch, it does so in far fewer outputs, and its own broadcast replies are coalesced
 //! (one reply covers the broadcasts before it).
 
-use plush_core::wire::{split_frame, Filler, FramePool, JoinMode, List, Message, RanSubMsg, TreeMsg, MAX_FILLER};
+use plush_core::frame::{split_frame, FramePool};
+use plush_core::wire::{Filler, JoinMode, List, Message, RanSubMsg, TreeMsg, MAX_FILLER};
 use plush_core::{Command, Config, Event, Instant, LinkEvent, Node, NodeId, Output};
 use std::collections::BTreeMap;
 use std::time::Duration;

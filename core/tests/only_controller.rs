@@ -2,7 +2,8 @@
 //! an idle client runs only its inviter's script, and the root forwards invitations only from
 //! the controller or a child. (Jobs already come only from above: see `control`'s docs.)
 
-use plush_core::wire::{encode_once, ControlMsg, Message};
+use plush_core::frame::encode_once;
+use plush_core::wire::{ControlMsg, Message};
 use plush_core::{Config, Instant, LinkEvent, Node, NodeId, Output, TreeState};
 
 fn id(i: u32) -> NodeId {

@@ -4,7 +4,8 @@
 //! (`RETRY_LOST_ENV`). Jobs of another controller, and other jobs, run as usual.
 
 use plush_core::control::{LOST_OUTPUT, RETRY_LOST_ENV};
-use plush_core::wire::{encode_once, ControlMsg, ExitStatus, JobKind, JobMsg, List, Message, RunSpec, Target};
+use plush_core::frame::encode_once;
+use plush_core::wire::{ControlMsg, ExitStatus, JobKind, JobMsg, List, Message, RunSpec, Target};
 use plush_core::{Config, Instant, LinkEvent, Node, NodeId, Output};
 use std::time::Duration;
 

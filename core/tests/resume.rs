@@ -2,7 +2,8 @@
 //! earlier controller started reports only the results it was not given as already shown, and
 //! its acknowledgement covers both.
 
-use plush_core::wire::{encode_once, ControlMsg, ExitStatus, Group, JobKind, JobMsg, List, Message, RunSpec, Target};
+use plush_core::frame::encode_once;
+use plush_core::wire::{ControlMsg, ExitStatus, Group, JobKind, JobMsg, List, Message, RunSpec, Target};
 use plush_core::{Config, Controller, Instant, LinkEvent, NodeId, NodeSet, Output, Report};
 
 fn id(i: u32) -> NodeId {

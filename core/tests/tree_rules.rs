@@ -5,7 +5,8 @@
 mod common;
 
 use common::{id, Net};
-use plush_core::wire::{FramePool, List, Message, TreeMsg};
+use plush_core::frame::FramePool;
+use plush_core::wire::{List, Message, TreeMsg};
 use plush_core::{Command, Instant, NodeId, TreeState};
 use std::time::Duration;
 

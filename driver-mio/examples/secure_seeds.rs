@@ -5,7 +5,8 @@
 //!
 //! `cargo run -p plush-mio --example secure_seeds -- DIR`
 
-use plush_core::wire::{encode_hello, Hello, Role, PREFIX};
+use plush_core::frame::{encode_hello, PREFIX};
+use plush_core::wire::{Hello, Role};
 use plush_core::NodeId;
 use plush_mio::secure::{MAX_HANDSHAKE_FRAME, TAG_LEN};
 use std::path::PathBuf;

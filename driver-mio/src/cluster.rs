@@ -1314,7 +1314,8 @@ impl Cluster {
 /// close, nothing more). Blocking; for `plush sessions`.
 pub fn probe(to: NodeId, key: &Key, timeout: Duration) -> io::Result<()> {
     use crate::secure::{Handshake, MAX_HANDSHAKE_FRAME};
-    use plush_core::wire::{encode_hello, split_frame, Hello, Role, PREFIX};
+    use plush_core::frame::{encode_hello, split_frame, PREFIX};
+    use plush_core::wire::{Hello, Role};
     use std::io::{Read, Write};
     let end = StdInstant::now() + timeout;
     let left = || end.checked_duration_since(StdInstant::now()).filter(|d| !d.is_zero()).ok_or(io::ErrorKind::TimedOut);

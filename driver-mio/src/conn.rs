@@ -8,7 +8,7 @@
 
 use crate::secure::{Channel, Handshake, SecureError, MAX_PLAIN};
 use mio::net::TcpStream;
-use plush_core::wire::{extend_small, Frame, PREFIX};
+use plush_core::frame::{extend_small, Frame, PREFIX};
 use plush_core::NodeId;
 use std::collections::VecDeque;
 use std::io::{self, Write};
@@ -362,7 +362,8 @@ mod tests {
 
     #[test]
     fn small_frames_are_copied_into_few_buffers_in_order() {
-        use plush_core::wire::{encode_once, Message, TreeMsg};
+        use plush_core::frame::encode_once;
+        use plush_core::wire::{Message, TreeMsg};
         let small = encode_once(&Message::Tree(TreeMsg::Heartbeat)).unwrap();
         let mut q = WriteQueue::default();
         let mut want = Vec::new();

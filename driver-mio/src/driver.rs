@@ -1,4 +1,4 @@
-//! The event loop: one thread, one `mio::Poll`, one machine (a [`Node`] or a [`Controller`]).
+//! The event loop: one thread, one `mio::Poll`, one machine (a [`plush_core::Node`] or a [`plush_core::Controller`]).
 //!
 //! Every input reaches the machine through one `handle_*` call, after which the driver drains
 //! `poll_output` and carries each output out; events the driver itself produces while carrying
@@ -58,13 +58,14 @@
 
 use crate::auth::Key;
 use crate::conn::{Chunk, Conn, Phase, READ_CHUNK};
-use crate::launcher::{LaunchResult, Launcher};
+use crate::launcher::Launcher;
 use crate::process::Jobs;
 use crate::secure::{Handshake, MAX_HANDSHAKE_FRAME, MAX_PLAIN, MAX_RECORD};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
-use plush_core::wire::{encode_hello, split_frame, DecodeError, Frame, Hello, Role, PREFIX};
-use plush_core::{Config, Controller, InputError, Instant, LinkEvent, Node, NodeId, Output, ProcessEvent, Report};
+use plush_core::frame::{encode_hello, split_frame, Frame, PREFIX};
+use plush_core::wire::{DecodeError, Hello, Role};
+use plush_core::{Config, InputError, Instant, LaunchResult, LinkEvent, Machine, NodeId, Output, ProcessEvent, Report};
 use rustc_hash::FxHashMap;
 use slab::Slab;
 use std::collections::VecDeque;
@@ -246,123 +247,6 @@ enum Input {
     Launched(NodeId, LaunchResult),
     /// A job's process asks to enter a barrier.
     Barrier(String),
-}
-
-/// The sans-IO machines this driver runs: [`Node`] and [`Controller`].
-pub trait Machine {
-    /// What this machine announces in its hellos.
-    const ROLE: Role;
-    /// See [`Node::handle_frame`].
-    fn handle_frame(&mut self, now: Instant, from: NodeId, payload: &[u8]) -> Result<(), plush_core::InputError>;
-    /// See [`Node::handle_frames`]; by default one frame a call (frames of at most `max` bytes).
-    fn handle_frames(
-        &mut self,
-        now: Instant,
-        from: NodeId,
-        data: &[u8],
-        max: usize,
-    ) -> (usize, Result<(), InputError>) {
-        match split_frame(data, max) {
-            Ok(None) => (0, Ok(())),
-            Err(e) => (0, Err(InputError::Decode(e))),
-            Ok(Some((payload, used))) => (used, self.handle_frame(now, from, payload)),
-        }
-    }
-    /// See [`Node::handle_link`].
-    fn handle_link(&mut self, now: Instant, peer: NodeId, ev: LinkEvent);
-    /// See [`Node::handle_timeout`].
-    fn handle_timeout(&mut self, now: Instant);
-    /// See [`Node::handle_process`]; the controller runs no processes.
-    fn handle_process(&mut self, now: Instant, ev: ProcessEvent);
-    /// See [`Controller::handle_launched`].
-    fn handle_launched(&mut self, now: Instant, host: NodeId, r: LaunchResult);
-    /// A local process enters barrier `name` (see [`Node::handle_command`]); false when
-    /// refused. By default refused: the controller runs no processes.
-    fn handle_barrier(&mut self, _now: Instant, _name: String) -> bool {
-        false
-    }
-    /// See [`Node::poll_output`].
-    fn poll_output(&mut self) -> Option<Output>;
-    /// See [`Node::begin_batch`]; a controller relays nothing and has no batches.
-    fn begin_batch(&mut self) {}
-    /// See [`Node::end_batch`].
-    fn end_batch(&mut self) {}
-    /// See [`Node::poll_timeout`].
-    fn poll_timeout(&self) -> Option<Instant>;
-    /// The controller (its links are not dropped for a failed chunk read: see `PushSend`).
-    fn is_controller(&self) -> bool {
-        false
-    }
-}
-
-impl Machine for Node {
-    const ROLE: Role = Role::Client;
-    fn handle_frame(&mut self, now: Instant, from: NodeId, payload: &[u8]) -> Result<(), plush_core::InputError> {
-        Node::handle_frame(self, now, from, payload)
-    }
-    fn handle_frames(
-        &mut self,
-        now: Instant,
-        from: NodeId,
-        data: &[u8],
-        _max: usize,
-    ) -> (usize, Result<(), InputError>) {
-        // The node's own `Config::max_frame`, which is the driver's (`DriverConfig::core`).
-        Node::handle_frames(self, now, from, data)
-    }
-    fn handle_link(&mut self, now: Instant, peer: NodeId, ev: LinkEvent) {
-        Node::handle_link(self, now, peer, ev)
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        Node::handle_timeout(self, now)
-    }
-    fn handle_process(&mut self, now: Instant, ev: ProcessEvent) {
-        Node::handle_process(self, now, ev)
-    }
-    fn handle_launched(&mut self, now: Instant, host: NodeId, r: LaunchResult) {
-        Node::handle_launched(self, now, host, r.is_ok())
-    }
-    fn handle_barrier(&mut self, now: Instant, name: String) -> bool {
-        Node::handle_command(self, now, plush_core::Command::BarrierEnter { name }).is_ok()
-    }
-    fn poll_output(&mut self) -> Option<Output> {
-        Node::poll_output(self)
-    }
-    fn begin_batch(&mut self) {
-        Node::begin_batch(self)
-    }
-    fn end_batch(&mut self) {
-        Node::end_batch(self)
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        Node::poll_timeout(self)
-    }
-}
-
-impl Machine for Controller {
-    fn is_controller(&self) -> bool {
-        true
-    }
-    const ROLE: Role = Role::Controller;
-    fn handle_frame(&mut self, now: Instant, from: NodeId, payload: &[u8]) -> Result<(), plush_core::InputError> {
-        Controller::handle_frame(self, now, from, payload)
-    }
-    fn handle_link(&mut self, now: Instant, peer: NodeId, ev: LinkEvent) {
-        Controller::handle_link(self, now, peer, ev)
-    }
-    fn handle_timeout(&mut self, now: Instant) {
-        Controller::handle_timeout(self, now)
-    }
-    fn handle_process(&mut self, _now: Instant, _ev: ProcessEvent) {}
-    fn handle_launched(&mut self, now: Instant, host: NodeId, r: LaunchResult) {
-        Controller::handle_launched(self, now, host, r)
-    }
-    fn poll_output(&mut self) -> Option<Output> {
-        Controller::poll_output(self)
-    }
-    fn poll_timeout(&self) -> Option<Instant> {
-        Controller::poll_timeout(self)
-    }
 }
 
 /// Rate-limited lines on stderr.
@@ -714,7 +598,7 @@ impl<M: Machine> Driver<M> {
                     // Storage failed (a relay that could not write, or a file changed under
                     // us). A child we cannot feed would wait forever: drop its link, so that
                     // it rejoins under another parent and resumes from there.
-                    let tok = self.active.get(&to).copied().filter(|_| !self.m.is_controller());
+                    let tok = self.active.get(&to).copied().filter(|_| M::ROLE != Role::Controller);
                     match tok {
                         Some(tok) => self.drop_conn(
                             tok,

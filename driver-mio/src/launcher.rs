@@ -33,7 +33,7 @@
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
-use plush_core::NodeId;
+use plush_core::{LaunchResult, NodeId};
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io::{self, Read};
@@ -56,9 +56,6 @@ pub const ADDR_IN_USE: &str = "address in use: a client may be stopped there";
 const MAX_LINE: usize = 256;
 /// How often started clients are checked for an exit.
 const REAP_EVERY: Duration = Duration::from_millis(100);
-
-/// What a finished launch reports to the machine.
-pub type LaunchResult = Result<(), &'static str>;
 
 /// How clients are started. See the module docs.
 #[derive(Clone, Debug)]

@@ -93,7 +93,7 @@ struct Ctl {
     waiting: Vec<String>,
 }
 
-struct Job {
+struct ProcessJob {
     job: u64,
     child: Child,
     pipes: [Option<(Token, Pipe)>; 2],
@@ -109,7 +109,7 @@ struct Job {
 /// The running jobs of one node.
 #[derive(Default)]
 pub struct Jobs {
-    jobs: Vec<Job>,
+    jobs: Vec<ProcessJob>,
     next_reap: Option<StdInstant>,
     /// Pipes that may hold more data (their read loop stopped early).
     again: Vec<Token>,
@@ -212,7 +212,7 @@ impl Jobs {
         });
         // The leader's start time tells its group from a later one under a reused pid.
         let start = crate::record::proc_stat(child.id()).map_or(0, |(_, _, start)| start);
-        self.jobs.push(Job { job, child, pipes, ctl, status: None, reaped_at: None, start, paused: false });
+        self.jobs.push(ProcessJob { job, child, pipes, ctl, status: None, reaped_at: None, start, paused: false });
         self.generation += 1;
         self.next_reap.get_or_insert(StdInstant::now() + REAP_EVERY);
         Ok(())

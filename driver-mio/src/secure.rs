@@ -24,7 +24,7 @@
 //! What it protects against, and what not: see the README ("Security").
 
 use crate::auth::Key;
-use plush_core::wire::PREFIX;
+use plush_core::frame::PREFIX;
 use std::fmt;
 
 /// The Noise protocol name: pattern NN with the PSK at position 0, X25519, AES-256-GCM, SHA-256.
@@ -226,7 +226,7 @@ pub fn pair(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plush_core::wire::split_frame;
+    use plush_core::frame::split_frame;
 
     fn key(b: u8) -> Key {
         let mut k = [0u8; 32];

@@ -2,7 +2,7 @@
 //! in an anonymous temporary file ([`crate::ClusterConfig::spill_memory`]).
 //!
 //! With spilling on, the controller core hands the bytes of large outputs out as they arrive
-//! (`Controller::set_blob_reports`, [`plush_core::controller::Report::Blob`]) and the cluster
+//! (`Controller::set_blob_reports`, [`plush_core::Report::Blob`]) and the cluster
 //! stores them here: an output goes to memory if it fits in what is left of the bound, else to
 //! the job's temporary file, written at its place as the chunks come. Result groups then name
 //! it ([`ResultGroup::spilled`]) and are printed from there ([`Body`]), so grouped mode holds

@@ -18,7 +18,8 @@
 //! Bounds: one open file per transfer this node takes part in (at most `Config::max_jobs`);
 //! no chunk is held in memory beyond the one being read or written.
 
-use plush_core::wire::{chunk_frame, Frame, PushSpec, RunSpec};
+use plush_core::frame::{chunk_frame, Frame};
+use plush_core::wire::{PushSpec, RunSpec};
 use rustc_hash::FxHashMap;
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};

@@ -8,7 +8,8 @@
 mod common;
 
 use common::{cluster_config, free_port, rss_kib};
-use plush_core::wire::{encode_hello, split_frame, Hello, Role, PREFIX};
+use plush_core::frame::{encode_hello, split_frame, PREFIX};
+use plush_core::wire::{Hello, Role};
 use plush_core::{HostState, NodeId};
 use plush_mio::secure::{Handshake, MAX_HANDSHAKE_FRAME};
 use plush_mio::{Cluster, Key};

@@ -2,9 +2,11 @@
 //! opens, replacement, a peer announcing the wrong id, write-queue overflow. Two drivers run in
 //! this thread, turned in alternation; every loop is bounded.
 
-use plush_core::wire::{encode_once, FramePool, JobMsg, Message, Role, TreeMsg};
+use plush_core::frame::{encode_once, FramePool};
+use plush_core::wire::{JobMsg, Message, Role, TreeMsg};
+use plush_core::Machine;
 use plush_core::{InputError, Instant, LinkEvent, NodeId, Output, ProcessEvent};
-use plush_mio::driver::{Driver, DriverConfig, Machine};
+use plush_mio::driver::{Driver, DriverConfig};
 use plush_mio::Key;
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -70,7 +72,7 @@ fn spin(
     done(a, b)
 }
 
-fn heartbeat() -> plush_core::wire::Frame {
+fn heartbeat() -> plush_core::frame::Frame {
     encode_once(&Message::Tree(TreeMsg::Heartbeat)).expect("encode")
 }
 

@@ -6,7 +6,8 @@
 mod common;
 
 use common::{client_bin, cluster_config, free_port, rss_kib, ClientGuard, TempKey};
-use plush_core::wire::{encode_hello, encode_once, ControlMsg, ExitStatus, Hello, Message, Role, TreeMsg, PREFIX};
+use plush_core::frame::{encode_hello, encode_once, PREFIX};
+use plush_core::wire::{ControlMsg, ExitStatus, Hello, Message, Role, TreeMsg};
 use plush_core::{HostState, NodeId};
 use plush_mio::{process_exists, Cluster};
 use std::io::{Read, Write};

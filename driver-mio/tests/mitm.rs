@@ -19,7 +19,8 @@
 mod common;
 
 use common::client_bin;
-use plush_core::wire::{encode_once, ExitStatus, JobKind, JobMsg, List, Message, RunSpec, Target};
+use plush_core::frame::encode_once;
+use plush_core::wire::{ExitStatus, JobKind, JobMsg, List, Message, RunSpec, Target};
 use plush_core::{HostState, NodeId};
 use plush_mio::{Cluster, ClusterConfig};
 use std::io::{Read, Write};

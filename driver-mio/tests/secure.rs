@@ -13,9 +13,8 @@
 mod common;
 
 use common::{client_bin, free_port, TempKey};
-use plush_core::wire::{
-    encode_hello, encode_once, split_frame, Hello, JobKind, JobMsg, List, Message, Role, RunSpec, Target, PREFIX,
-};
+use plush_core::frame::{encode_hello, encode_once, split_frame, PREFIX};
+use plush_core::wire::{Hello, JobKind, JobMsg, List, Message, Role, RunSpec, Target};
 use plush_core::NodeId;
 use plush_mio::secure::{Handshake, MAX_HANDSHAKE_FRAME};
 use plush_mio::Key;

@@ -22,7 +22,8 @@
 
 use crate::scenario::{BroadcastReport, CrashKind, Report, Scenario, Shape};
 use crate::uniformity::Uniformity;
-use plush_core::wire::{encode_hello, ExitStatus, Frame, Hello, JobMsg, Message, Role, PREFIX};
+use plush_core::frame::{encode_hello, Frame, PREFIX};
+use plush_core::wire::{ExitStatus, Hello, JobMsg, Message, Role};
 use plush_core::{
     Command, Config, Controller, Event, HostState, InputError, Instant, LinkEvent, Node, NodeId, Output, ProcessEvent,
     Report as CtrlReport, TreeState,
@@ -926,7 +927,7 @@ impl Sim {
         if !link.ends[1 - to_end].up || !link.ends[to_end].open || !link.ends[to_end].up {
             return false;
         }
-        let Ok(frame) = plush_core::wire::FramePool::default().encode(msg, self.cfg.max_frame) else { return false };
+        let Ok(frame) = plush_core::frame::FramePool::default().encode(msg, self.cfg.max_frame) else { return false };
         let gen = link.gen;
         let at = self.fifo(l, from, to_end);
         self.push(at, Kind::Deliver { link: l, gen, to, frame });
@@ -1034,7 +1035,7 @@ impl Sim {
                 self.events += 1;
                 let sn = &mut self.nodes[by as usize];
                 match (sn.node.as_mut(), sn.ctrl.as_deref_mut()) {
-                    (Some(n), _) => n.handle_launched(now, id(host), ok),
+                    (Some(n), _) => n.handle_launched(now, id(host), if ok { Ok(()) } else { Err("the host is down") }),
                     (None, Some(c)) => {
                         c.handle_launched(now, id(host), if ok { Ok(()) } else { Err("the host is down") })
                     }
@@ -1213,7 +1214,7 @@ impl Sim {
                 // the digest takes a millisecond.
                 Output::PushOpen { .. } | Output::PushWrite { .. } | Output::PushForget { .. } => {}
                 Output::PushSend { to, job, index } => {
-                    if let Some(frame) = plush_core::wire::chunk_frame(job, index, &[], 64) {
+                    if let Some(frame) = plush_core::frame::chunk_frame(job, index, &[], 64) {
                         self.transmit(i, idx(to), frame);
                     }
                 }

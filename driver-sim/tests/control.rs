@@ -2,7 +2,8 @@
 //! invitations (each host's client launched on request), then the tests strike at it and check
 //! what the module docs of `plush_core::control` and `plush_core::controller` promise.
 
-use plush_core::wire::{ControlMsg, FramePool, JobKind, JobMsg, List, Message, RunSpec, Target};
+use plush_core::frame::FramePool;
+use plush_core::wire::{ControlMsg, JobKind, JobMsg, List, Message, RunSpec, Target};
 use plush_core::{
     Command, Config, Controller, Event, HostState, InputError, Instant, LinkEvent, Node, NodeId, NodeSet,
     Report as CtrlReport, TreeState,

@@ -157,7 +157,8 @@ fn a_new_root_counts_the_linger_from_its_becoming_root() {
 
 // ----- item 4: a new controller resumes from a journal -------------------------------------
 
-use plush_core::wire::{ExitStatus, FramePool, Group, JobKind, JobMsg, List, Message, RunSpec, Target};
+use plush_core::frame::FramePool;
+use plush_core::wire::{ExitStatus, Group, JobKind, JobMsg, List, Message, RunSpec, Target};
 use plush_core::{Config, Controller, Instant, LinkEvent, NodeSet, Output, Report as CtrlReport};
 
 fn spec(job: u64) -> RunSpec {

@@ -25,9 +25,8 @@ use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use plush_core::control::{MAX_BARRIERS, MAX_NAME};
 use plush_core::controller::ControllerError;
-use plush_core::wire::{
-    split_frame, ControlMsg, ExitStatus, Group, JobKind, JobMsg, List, Message, PushSpec, RunSpec, Target, TreeMsg,
-};
+use plush_core::wire::{ControlMsg, ExitStatus, Group, JobKind, JobMsg, List, Message, PushSpec, RunSpec, Target, TreeMsg};
+use plush_core::frame::split_frame;
 use plush_core::{Config, Controller, HostState, InputError, Instant, LinkEvent, NodeId, NodeSet, Output, Report};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

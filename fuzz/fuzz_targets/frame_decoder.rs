@@ -11,7 +11,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use plush_core::wire::{split_frame, FramePool, Hello, Message, PREFIX};
+use plush_core::wire::{Hello, Message};
+use plush_core::frame::{split_frame, FramePool, PREFIX};
 
 /// The default maximum frame size (1 MiB).
 const MAX_FRAME: usize = 1 << 20;

@@ -124,7 +124,7 @@ fuzz_target!(|data: &[u8]| {
             }
             6 => {
                 let _ = node.handle_command(now, Command::BarrierEnter { name: format!("b{}", peer % 3) });
-                node.handle_launched(now, id(peer), peer & 1 == 0);
+                node.handle_launched(now, id(peer), if peer & 1 == 0 { Ok(()) } else { Err("down") });
                 ctrl.handle_launched(now, id(peer), if peer & 1 == 0 { Ok(()) } else { Err("down") });
             }
             8 => {

@@ -29,7 +29,8 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use plush_core::wire::{encode_hello, split_frame, Hello, Role, PREFIX};
+use plush_core::wire::{Hello, Role};
+use plush_core::frame::{encode_hello, split_frame, PREFIX};
 use plush_core::NodeId;
 use plush_mio::secure::{self, Channel, Handshake, MAX_HANDSHAKE_FRAME, MAX_PLAIN, MAX_RECORD, TAG_LEN};
 use plush_mio::Key;

@@ -9,7 +9,8 @@
 // Each test file uses a different part of the harness.
 #![allow(dead_code)]
 
-use plush_core::wire::{FramePool, Message, TreeMsg};
+use plush_core::frame::FramePool;
+use plush_core::wire::{Message, TreeMsg};
 use plush_core::{Command, Config, Event, Instant, LinkEvent, Node, NodeId, Output, TreeState};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;

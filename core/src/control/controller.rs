@@ -37,155 +37,27 @@
 //! Bounds: one entry per host added (the caller's list); at most [`Config::max_jobs`] jobs and
 //! [`crate::control::MAX_BARRIERS`] barriers; per job one node set.
 
+use super::transfer::Xfer;
+use super::{CENSUS_BIT, MAX_BARRIERS, MAX_STATUS_CHECKS};
 use crate::config::Config;
 use crate::conn::{ConnTable, Pin};
-use crate::control::MAX_BARRIERS;
+use crate::contract::{HostState, InputError, LaunchResult, LinkEvent, Machine, Output, Report};
+use crate::ctx::{Ctx, Io};
+use crate::frame::{encode_once, FramePool};
 use crate::id::NodeId;
-use crate::node::{Ctx, InputError, Io, LinkEvent, Output};
 use crate::nodeset::NodeSet;
 use crate::time::Instant;
-use crate::transfer::Xfer;
-use crate::wire::{
-    encode_once, BlobRef, ControlMsg, ExitStatus, FramePool, JobKind, JobMsg, Message, RunSpec, Target, TreeMsg,
-};
+use crate::wire::{ControlMsg, JobKind, JobMsg, Message, Role, RunSpec, Target, TreeMsg};
 use rand::SeedableRng;
 use rand_pcg::Pcg32;
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-/// A job the tree reported complete is acknowledged again every this many
-/// [`Config::ack_interval`]s while the controller tracks it.
-pub const REACK_INTERVALS: u32 = 5;
-/// Results naming large outputs ([`crate::wire::BlobRef`]) are acknowledged at most this often
-/// (others at most every [`Config::ack_interval`]): every node holds such an output until the
-/// controller's `Ack` covers it, and takes no more from its children past
-/// [`crate::control::BLOB_BACKLOG`], so the pace of these acknowledgements bounds the throughput
-/// of large grouped outputs (8 MiB per 25 ms and hop).
-pub const LARGE_ACK_PACE: core::time::Duration = core::time::Duration::from_millis(25);
-/// Members asked at once where the root is, while the controller has none (see `seek`).
-pub const SEEK_FANOUT: usize = 16;
+mod hosts;
+mod jobs;
 
-/// Where a host stands, as the controller sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum HostState {
-    /// Added, not invited yet.
-    Pending,
-    /// Invitation sent; waiting for it to join.
-    Invited,
-    /// A member of the tree.
-    Joined,
-    /// Lost; it will be invited again.
-    Disconnected,
-    /// Given up on: never invited again.
-    Failed,
-}
-
-impl HostState {
-    /// The state a host journaled in this state is taken over in (`Controller::adopt_hosts`):
-    /// joined and failed hosts keep theirs, every other is invited again.
-    pub fn adopted(self) -> HostState {
-        match self {
-            HostState::Joined | HostState::Failed => self,
-            HostState::Pending | HostState::Invited | HostState::Disconnected => HostState::Pending,
-        }
-    }
-}
-
-/// What the controller tells its user.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Report {
-    /// A host changed state; `why` says why it failed.
-    Host {
-        /// The host.
-        host: NodeId,
-        /// Its new state.
-        state: HostState,
-        /// For `Failed`: the reason.
-        why: Option<&'static str>,
-    },
-    /// The tree has a new root, and the controller's link moved to it.
-    RootChanged(NodeId),
-    /// Results of nodes not reported before, all with this status and output.
-    Result {
-        /// The job.
-        job: u64,
-        /// How it ended.
-        status: ExitStatus,
-        /// The output was cut.
-        truncated: bool,
-        /// stdout.
-        output: Rc<Vec<u8>>,
-        /// The nodes.
-        nodes: NodeSet,
-        /// stderr.
-        stderr: Rc<Vec<u8>>,
-        /// With [`Controller::set_blob_reports`]: the output is this blob, whose bytes came
-        /// before as [`Report::Blob`] (`output` and `stderr` are then empty).
-        blob: Option<BlobRef>,
-    },
-    /// With [`Controller::set_blob_reports`]: bytes of a large output, in order per `from` and
-    /// `digest` (a chunk at offset 0 starts that sender's copy again). Only chunks the
-    /// controller accepted are reported, and none of a blob it already has whole: once
-    /// `offset + data.len() == total`, the blob is whole, and [`Report::Result`]s name it.
-    Blob {
-        /// The job.
-        job: u64,
-        /// The link it came on (the root, or a former root).
-        from: NodeId,
-        /// The output's name ([`BlobRef::digest`]).
-        digest: [u8; 32],
-        /// Where `data` starts in the output.
-        offset: u64,
-        /// The output's size.
-        total: u64,
-        /// The bytes.
-        data: Vec<u8>,
-    },
-    /// Live output of one node.
-    Stream {
-        /// The job.
-        job: u64,
-        /// The node.
-        node: NodeId,
-        /// The bytes.
-        bytes: Vec<u8>,
-        /// From its stderr.
-        err: bool,
-    },
-    /// The root says every member of the tree answered the job.
-    JobComplete {
-        /// The job.
-        job: u64,
-    },
-    /// A barrier was released.
-    BarrierReleased {
-        /// The barrier.
-        name: String,
-        /// Nodes that had entered.
-        entered: u64,
-        /// Nodes expected.
-        expected: u64,
-        /// Released at the threshold after the timeout, not complete.
-        partial: bool,
-    },
-    /// Nodes entered a barrier after its release (they were let through).
-    BarrierLate {
-        /// The barrier.
-        name: String,
-        /// The late nodes.
-        nodes: NodeSet,
-    },
-    /// A host's maintenance script failed (the host is `Failed` and does not join).
-    MaintenanceFailed {
-        /// The host.
-        host: NodeId,
-        /// How the script ended.
-        status: crate::wire::ExitStatus,
-        /// The start of its output (at most [`crate::wire::MAX_SCRIPT_OUTPUT`] bytes).
-        output: Vec<u8>,
-    },
-}
+use jobs::BlobTrack;
 
 /// Why a controller call was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -276,7 +148,7 @@ impl Host {
 }
 
 #[derive(Debug)]
-struct Job {
+struct CtrlJob {
     spec: RunSpec,
     /// The hosts that owe a result: joined and targeted when the job was added (see
     /// [`Controller::joined_in`]), or as [`Controller::set_job_expected`] said.
@@ -288,7 +160,7 @@ struct Job {
     /// A push job: the controller is its source and feeds the root.
     xfer: Option<Xfer>,
     /// Large outputs received ([`JobMsg::Blob`]).
-    blobs: crate::control::Blobs,
+    blobs: super::Blobs,
     /// With [`Controller::set_blob_reports`], where each large output stands instead.
     track: BlobTrack,
     /// Live output bytes reported and not yet acknowledged, per sender (with
@@ -296,56 +168,8 @@ struct Job {
     owed: Vec<(NodeId, u64)>,
 }
 
-/// Where large outputs stand at a controller that hands their bytes out as they arrive
-/// ([`Controller::set_blob_reports`]): the same rules as [`crate::control::Blobs::store`], but
-/// no bytes. Bounds: at most [`crate::control::MAX_PARTIAL_BLOBS`] being received; one entry
-/// per distinct output received whole.
-#[derive(Debug, Default)]
-struct BlobTrack {
-    /// (sender, digest, bytes so far, total), oldest first.
-    partial: Vec<(NodeId, [u8; 32], u64, u64)>,
-    /// (digest, size) of outputs received whole.
-    whole: Vec<([u8; 32], u64)>,
-}
-
-impl BlobTrack {
-    /// A chunk of `n` bytes arrived: whether it is taken (in order, not a copy of a blob
-    /// already whole).
-    fn store(&mut self, from: NodeId, digest: [u8; 32], offset: u64, total: u64, n: u64) -> bool {
-        if self.whole.iter().any(|w| w.0 == digest) {
-            return false;
-        }
-        let k = match self.partial.iter().position(|p| p.0 == from && p.1 == digest) {
-            Some(k) => k,
-            None if offset == 0 && self.partial.len() < crate::control::MAX_PARTIAL_BLOBS => {
-                self.partial.push((from, digest, 0, total));
-                self.partial.len() - 1
-            }
-            None => return false,
-        };
-        let p = &mut self.partial[k];
-        if offset == 0 {
-            *p = (from, digest, 0, total);
-        }
-        if p.2 != offset || p.3 != total || offset.saturating_add(n) > total {
-            self.partial.remove(k);
-            return false;
-        }
-        p.2 += n;
-        if p.2 == total {
-            self.partial.retain(|p| p.1 != digest);
-            self.whole.push((digest, total));
-        }
-        true
-    }
-
-    fn has(&self, b: &BlobRef) -> bool {
-        b.stdout_len <= b.len && self.whole.iter().any(|w| w.0 == b.digest && w.1 == b.len)
-    }
-}
-
 #[derive(Debug)]
-struct Barrier {
+struct CtrlBarrier {
     name: String,
     target: Target,
     threshold: f64,
@@ -378,8 +202,8 @@ pub struct Controller {
     outstanding: usize,
     /// Hosts in each state.
     counts: [usize; 5],
-    jobs: Vec<Job>,
-    barriers: Vec<Barrier>,
+    jobs: Vec<CtrlJob>,
+    barriers: Vec<CtrlBarrier>,
     refresh_at: Option<Instant>,
     seek_at: Option<Instant>,
     /// Failed hosts the tree has not been told to forget yet: one `Forget` floods the tree per
@@ -399,7 +223,7 @@ pub struct Controller {
     /// root's own census comes while fragments are still rejoining and would miss them.
     census_judge: bool,
     tick_at: Option<Instant>,
-    heartbeat: Option<crate::wire::Frame>,
+    heartbeat: Option<crate::frame::Frame>,
     stats: ControllerStats,
     /// `dismantle` was called: hosts are not invited, looked for or launched any more.
     dismantling: bool,
@@ -428,7 +252,7 @@ impl Controller {
                 pool: FramePool::default(),
                 stats: Default::default(),
                 refused: SmallVec::new(),
-                news: false,
+                news: SmallVec::new(),
             },
             root: None,
             hosts: Vec::new(),
@@ -462,16 +286,7 @@ impl Controller {
     }
 
     fn ctx(&mut self, now: Instant) -> Ctx<'_> {
-        Ctx {
-            now,
-            me: self.me,
-            cfg: &self.cfg,
-            rng: &mut self.rng,
-            io: &mut self.io,
-            nondesc: &[],
-            all: &[],
-            population: 0,
-        }
+        Ctx::bare(now, self.me, &self.cfg, &mut self.rng, &mut self.io)
     }
 
     fn send(&mut self, now: Instant, to: NodeId, msg: Message) {
@@ -522,6 +337,7 @@ impl Controller {
         if state == HostState::Invited {
             h.first_try.get_or_insert(now);
         }
+        debug_assert_eq!(self.counts.iter().sum::<usize>(), self.hosts.len(), "every host counted once");
         self.report(Report::Host { host: id, state, why });
     }
 
@@ -593,7 +409,7 @@ impl Controller {
 
     /// A new job: `got` reported already, `complete` said so by the root (no `Run` then).
     fn add_job(&mut self, now: Instant, spec: RunSpec, got: NodeSet, complete: bool) -> Result<(), ControllerError> {
-        if self.jobs.iter().any(|j| j.spec.job == spec.job) || spec.job & crate::control::CENSUS_BIT != 0 {
+        if self.jobs.iter().any(|j| j.spec.job == spec.job) || spec.job & CENSUS_BIT != 0 {
             return Err(ControllerError::Duplicate);
         }
         if self.jobs.len() >= self.cfg.max_jobs {
@@ -608,7 +424,7 @@ impl Controller {
             self.send(now, root, Message::Job(JobMsg::Run(Box::new(spec.clone()))));
         }
         let expected = self.joined_in(&spec.target);
-        self.jobs.push(Job {
+        self.jobs.push(CtrlJob {
             spec,
             expected,
             got,
@@ -644,7 +460,7 @@ impl Controller {
     /// Hand the bytes of large outputs out as they arrive ([`Report::Blob`]) instead of
     /// assembling them here, so that the user keeps them where it likes (the CLI: in memory up
     /// to a bound, else in a temporary file); [`Report::Result`]s then name them by
-    /// [`BlobRef`]. Off by default.
+    /// [`crate::wire::BlobRef`]. Off by default.
     pub fn set_blob_reports(&mut self, on: bool) {
         self.blob_reports = on;
     }
@@ -729,13 +545,13 @@ impl Controller {
         threshold: f64,
         timeout: core::time::Duration,
     ) -> Result<(), ControllerError> {
-        if self.barriers.iter().any(|b| b.name == name) || name.len() > crate::control::MAX_NAME {
+        if self.barriers.iter().any(|b| b.name == name) || name.len() > super::MAX_NAME {
             return Err(ControllerError::Duplicate);
         }
         if self.barriers.len() >= MAX_BARRIERS {
             return Err(ControllerError::Full);
         }
-        self.barriers.push(Barrier {
+        self.barriers.push(CtrlBarrier {
             name: name.to_string(),
             target,
             threshold: threshold.clamp(0.0, 1.0),
@@ -874,7 +690,7 @@ impl Controller {
     }
 
     /// The driver launched a client on `host` (`Ok`), or could not (`Err`, with the reason).
-    pub fn handle_launched(&mut self, now: Instant, host: NodeId, result: Result<(), &'static str>) {
+    pub fn handle_launched(&mut self, now: Instant, host: NodeId, result: LaunchResult) {
         let Some(h) = self.host(&host) else { return };
         if h.state != HostState::Invited {
             return;
@@ -1033,6 +849,7 @@ impl Controller {
     // ----- inside ----------------------------------------------------------------------------
 
     fn after(&mut self, now: Instant) {
+        debug_assert!(self.io.news.is_empty(), "the controller runs no tree: {:?}", self.io.news);
         if (core::mem::take(&mut self.io.conns.pinned_since_tick) || self.tick_at.is_none()) && self.root.is_some() {
             let due = now + self.cfg.heartbeat;
             self.tick_at = Some(self.tick_at.map_or(due, |t| t.min(due)));
@@ -1103,178 +920,19 @@ impl Controller {
                         .map(|h| h.id)
                         .collect();
                     self.stats.unlisted += unlisted.len() as u64;
-                    if unlisted.len() > crate::control::MAX_VERIFYING {
+                    if unlisted.len() > MAX_STATUS_CHECKS {
                         // The root checks a bounded number at once: a random few now, others at
                         // the next census.
                         crate::tree::shuffle(&mut self.ctx(now), &mut unlisted);
                         self.census_at.get_or_insert(now + self.cfg.recheck_delay);
                     }
-                    for node in unlisted.into_iter().take(crate::control::MAX_VERIFYING) {
+                    for node in unlisted.into_iter().take(MAX_STATUS_CHECKS) {
                         self.send(now, from, Message::Control(ControlMsg::Disconnected { node, related: false }));
                     }
                 }
             }
             _ => {}
         }
-    }
-
-    fn on_job(&mut self, now: Instant, from: NodeId, msg: JobMsg) {
-        match msg {
-            JobMsg::ChunkAck { job, next, resume } => {
-                // Only the root is fed; a former root's late acknowledgements are dropped.
-                if self.root != Some(from) {
-                    return;
-                }
-                let Some(k) = self.jobs.iter().position(|j| j.spec.job == job) else { return };
-                let Some(mut x) = self.jobs[k].xfer.take() else { return };
-                // One feed: the current root.
-                x.feeds.retain(|f| f.to == from);
-                x.on_ack(&mut self.ctx(now), job, from, next, resume);
-                self.jobs[k].xfer = Some(x);
-            }
-            JobMsg::Results { job, groups, complete } => {
-                self.stats.result_messages += 1;
-                let Some(k) = self.jobs.iter().position(|j| j.spec.job == job) else { return };
-                // Large outputs are held at every hop until acknowledged: acknowledge them soon.
-                let large = groups.0.iter().any(|g| g.blob.is_some());
-                for g in groups.0 {
-                    self.stats.output_bytes += (g.output.len() + g.stderr.len()) as u64;
-                    let (output, stderr) = match &g.blob {
-                        None => (Rc::new(g.output), Rc::new(g.stderr)),
-                        Some(b) if self.blob_reports => {
-                            if !self.jobs[k].track.has(b) {
-                                self.stats.blobs_missing += 1;
-                                continue;
-                            }
-                            (Rc::new(Vec::new()), Rc::new(Vec::new()))
-                        }
-                        Some(b) => match self.jobs[k].blobs.split(b) {
-                            Some(parts) => parts,
-                            None => {
-                                // Lost on the way: the holders send it again after an `Ack`.
-                                self.stats.blobs_missing += 1;
-                                continue;
-                            }
-                        },
-                    };
-                    let new = g.nodes.minus(&self.jobs[k].got);
-                    self.stats.duplicate_results += g.nodes.len() - new.len();
-                    if new.is_empty() {
-                        continue;
-                    }
-                    self.jobs[k].got.extend(&new);
-                    let blob = g.blob.filter(|_| self.blob_reports);
-                    self.report(Report::Result {
-                        job,
-                        status: g.status,
-                        truncated: g.truncated,
-                        output,
-                        nodes: new,
-                        stderr,
-                        blob,
-                    });
-                }
-                let j = &mut self.jobs[k];
-                if complete && !j.complete {
-                    j.complete = true;
-                    self.report(Report::JobComplete { job });
-                }
-                let j = &mut self.jobs[k];
-                if j.complete || large {
-                    // News: acknowledge soon (at most once an interval; large outputs sooner).
-                    let pace = if large { LARGE_ACK_PACE.min(self.cfg.ack_interval) } else { self.cfg.ack_interval };
-                    let at = j.last_ack.map_or(now, |t| (t + pace).max(now));
-                    j.ack_at = Some(j.ack_at.map_or(at, |a| a.min(at)));
-                }
-            }
-            JobMsg::Output { job, node, bytes, err } => {
-                let n = bytes.len() as u64;
-                self.stats.output_bytes += n;
-                let Some(k) = self.jobs.iter().position(|j| j.spec.job == job) else {
-                    self.send(now, from, Message::Job(JobMsg::OutputAck { job, bytes: n }));
-                    return;
-                };
-                if self.manual_output_ack {
-                    let owed = &mut self.jobs[k].owed;
-                    match owed.iter_mut().find(|o| o.0 == from) {
-                        Some(o) => o.1 += n,
-                        None => owed.push((from, n)),
-                    }
-                } else {
-                    self.send(now, from, Message::Job(JobMsg::OutputAck { job, bytes: n }));
-                }
-                self.report(Report::Stream { job, node, bytes, err });
-            }
-            JobMsg::Blob { job, digest, offset, total, data } => {
-                let n = data.len() as u64;
-                self.stats.output_bytes += n;
-                if let Some(k) = self.jobs.iter().position(|j| j.spec.job == job) {
-                    if !self.blob_reports {
-                        self.jobs[k].blobs.store(from, digest, offset, total, &data);
-                    } else if self.jobs[k].track.store(from, digest, offset, total, n) {
-                        self.report(Report::Blob { job, from, digest, offset, total, data });
-                    }
-                }
-                self.send(now, from, Message::Job(JobMsg::OutputAck { job, bytes: n }));
-            }
-            JobMsg::BarrierEnter { name, nodes } => {
-                let Some(k) = self.barriers.iter().position(|b| b.name == name) else { return };
-                let b = &mut self.barriers[k];
-                let new = nodes.minus(&b.entered);
-                b.entered.extend(&new);
-                if b.released {
-                    if !new.is_empty() {
-                        self.report(Report::BarrierLate { name: name.clone(), nodes: new });
-                    }
-                    // Whoever entered late may not have seen the release.
-                    if let Some(root) = self.root {
-                        self.send(now, root, Message::Job(JobMsg::BarrierRelease { name }));
-                    }
-                } else {
-                    self.check_barrier(now, k);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    fn ack(&mut self, now: Instant, k: usize) {
-        let j = &mut self.jobs[k];
-        // Acknowledge again later even without news: a node that holds results the controller
-        // lacks (lost in transit) sends them again when an acknowledgement does not cover them.
-        j.ack_at = Some(now + self.cfg.ack_interval * REACK_INTERVALS);
-        j.last_ack = Some(now);
-        let msg = Message::Job(JobMsg::Ack { job: j.spec.job, nodes: j.got.clone() });
-        if let Some(root) = self.root {
-            self.send(now, root, msg);
-        }
-    }
-
-    fn expected(&self, target: &Target) -> NodeSet {
-        match target {
-            Target::Nodes(s) => s.clone(),
-            Target::All => self.hosts.iter().filter(|h| h.state == HostState::Joined).map(|h| h.id).collect(),
-        }
-    }
-
-    fn check_barrier(&mut self, now: Instant, k: usize) {
-        if self.barriers[k].released {
-            return;
-        }
-        let expected = self.expected(&self.barriers[k].target);
-        let b = &self.barriers[k];
-        let entered = b.entered.len() - b.entered.minus(&expected).len();
-        let all = expected.minus(&b.entered).is_empty() && !expected.is_empty();
-        let partial = !all && now >= b.deadline && entered as f64 >= b.threshold * expected.len() as f64;
-        if !(all || partial) {
-            return;
-        }
-        let name = b.name.clone();
-        self.barriers[k].released = true;
-        if let Some(root) = self.root {
-            self.send(now, root, Message::Job(JobMsg::BarrierRelease { name: name.clone() }));
-        }
-        self.report(Report::BarrierReleased { name, entered, expected: expected.len(), partial });
     }
 
     /// The root that was to answer the census asked for is gone: ask the next one.
@@ -1356,7 +1014,7 @@ impl Controller {
         }
     }
 
-    /// Ask up to [`SEEK_FANOUT`] random members where the root is. A member in a tree passes
+    /// Ask up to `Config::seek_fanout` random members where the root is. A member in a tree passes
     /// the question to its root, which answers; a client in no tree (it restarted) says so and
     /// is invited again; one that cannot be reached is gone. So a controller whose whole overlay
     /// restarted at once (an upgrade, a power cut) finds out within a few rounds, and invites
@@ -1379,150 +1037,30 @@ impl Controller {
             return;
         }
         crate::tree::shuffle(&mut self.ctx(now), &mut members);
-        for m in members.into_iter().take(SEEK_FANOUT) {
+        for m in members.into_iter().take(self.cfg.seek_fanout) {
             self.attach(now, m);
         }
     }
+}
 
-    fn unreachable(&mut self, now: Instant, host: NodeId) {
-        // Without a root (the first host, invited directly) nobody else can launch it.
-        let launch_here = !self.cfg.launch_at_root || self.root.is_none();
-        let Some(h) = self.host(&host) else { return };
-        if h.state != HostState::Invited {
-            return;
-        }
-        if launch_here && !h.launched {
-            h.launched = true;
-            self.stats.launches += 1;
-            self.io.out.push_back(Output::Launch { host });
-        } else {
-            self.retry_later(now, host, "no Plush client answers there");
-        }
+impl Machine for Controller {
+    const ROLE: Role = Role::Controller;
+    fn handle_frame(&mut self, now: Instant, from: NodeId, payload: &[u8]) -> Result<(), InputError> {
+        Controller::handle_frame(self, now, from, payload)
     }
-
-    /// The host could not be reached or launched: try again after a back-off (5 s, doubling, at
-    /// most a minute), until it has been tried for [`Config::invitation_expiry`]; then it fails.
-    /// A host cut off by a partition thus comes back when the partition heals.
-    fn retry_later(&mut self, now: Instant, host: NodeId, why: &'static str) {
-        let expiry = self.cfg.invitation_expiry;
-        let base = self.cfg.join_retry;
-        let Some(h) = self.host(&host) else { return };
-        if h.first_try.is_some_and(|t| t + expiry <= now) {
-            self.fail(now, host, why);
-            return;
-        }
-        h.strikes += 1;
-        h.launched = false;
-        let wait = (base * (1u32 << (h.strikes - 1).min(4))).min(core::time::Duration::from_secs(60));
-        // The reason goes with the state, so that a user waiting on the host sees why.
-        self.set_state(now, host, HostState::Disconnected, Some(why));
-        self.later.push_back((now + wait, host));
+    fn handle_link(&mut self, now: Instant, peer: NodeId, ev: LinkEvent) {
+        Controller::handle_link(self, now, peer, ev)
     }
-
-    fn disconnected(&mut self, now: Instant, node: NodeId) {
-        let window = self.cfg.failed_window;
-        let limit = self.cfg.failed_after_disconnects as usize;
-        let recheck = self.cfg.recheck_delay;
-        let Some(h) = self.host(&node) else { return };
-        if h.state != HostState::Joined {
-            return;
-        }
-        h.disconnects.retain(|t| *t + window > now);
-        h.disconnects.push(now);
-        // Its parent or children may have died with it, unreported: check the tree soon.
-        if self.census_at.is_none() {
-            let earliest = self.census_asked.map_or(now, |t| t + recheck);
-            self.census_at = Some((now + recheck).max(earliest));
-        }
-        let Some(h) = self.host(&node) else { return };
-        if h.disconnects.len() >= limit {
-            self.fail(now, node, "disconnected too often");
-        } else {
-            self.set_state(now, node, HostState::Disconnected, None);
-            self.queue.push_back(node);
-        }
+    fn handle_timeout(&mut self, now: Instant) {
+        Controller::handle_timeout(self, now)
     }
-
-    fn fail(&mut self, now: Instant, host: NodeId, why: &'static str) {
-        self.set_state(now, host, HostState::Failed, Some(why));
-        self.forget.insert(host);
-        self.forget_at.get_or_insert(now + self.cfg.ack_interval);
+    fn handle_launched(&mut self, now: Instant, host: NodeId, result: LaunchResult) {
+        Controller::handle_launched(self, now, host, result)
     }
-
-    /// With no root and no member left (the whole overlay restarted, or died), invitations
-    /// that went out through a former root are lost with it; waiting for them would hold the
-    /// direct invitation that founds the tree again until they expire, and then fail hosts
-    /// that are alive. They go back to the front of the queue instead, without a strike.
-    fn drop_orphaned_invitations(&mut self, now: Instant) {
-        let direct = self.direct.filter(|d| self.host_state(d) == Some(HostState::Invited));
-        if self.outstanding <= usize::from(direct.is_some()) {
-            return;
-        }
-        let orphans: Vec<NodeId> =
-            self.hosts.iter().filter(|h| h.state == HostState::Invited && Some(h.id) != direct).map(|h| h.id).collect();
-        for host in orphans.into_iter().rev() {
-            self.set_state(now, host, HostState::Disconnected, None);
-            self.queue.push_front(host);
-        }
+    fn poll_output(&mut self) -> Option<Output> {
+        Controller::poll_output(self)
     }
-
-    /// Send the invitation: through the root, or to the host itself when there is no tree yet.
-    ///
-    /// While a tree exists (a host is joined) but its root is unknown (the root link broke, or
-    /// the root changed and has not announced itself yet), the invitation waits: the host stays
-    /// `Invited`, and every `Invited` host is invited again through the root once one announces
-    /// itself (see `set_root`). Inviting it directly would make it found a tree of its own.
-    fn invite(&mut self, now: Instant, host: NodeId) {
-        let me = self.me;
-        let to = match self.root {
-            Some(root) => {
-                if self.direct == Some(host) {
-                    self.direct = None;
-                }
-                root
-            }
-            None if self.counts[HostState::Joined as usize] > 0 => return,
-            None => {
-                self.direct = Some(host);
-                self.seek_at.get_or_insert(now + self.cfg.join_retry);
-                host
-            }
-        };
-        self.stats.invitations += 1;
-        if let (true, Some(script)) = (to == host, self.script.clone()) {
-            self.send(now, to, Message::Control(ControlMsg::Maintenance { script }));
-        }
-        self.send(now, to, Message::Control(ControlMsg::SetPeer { host, ctrl: me }));
-    }
-
-    /// Invite pending hosts while fewer than `max_invitations` are outstanding.
-    fn pump(&mut self, now: Instant) {
-        if self.later.iter().any(|(t, _)| *t <= now) {
-            let (due, wait): (VecDeque<_>, VecDeque<_>) = self.later.drain(..).partition(|(t, _)| *t <= now);
-            self.later = wait;
-            for (_, host) in due {
-                self.queue.push_front(host);
-            }
-        }
-        if self.dismantling {
-            return;
-        }
-        let founded = self.counts[HostState::Joined as usize] > 0;
-        if self.root.is_none() && !founded {
-            self.drop_orphaned_invitations(now);
-        }
-        while self.outstanding < self.cfg.max_invitations {
-            // Without a root, only the first host is invited (directly); the rest wait.
-            if self.root.is_none() && (founded || self.outstanding > 0) {
-                return;
-            }
-            let Some(host) = self.queue.pop_front() else { return };
-            if !matches!(self.host_state(&host), Some(HostState::Pending | HostState::Disconnected)) {
-                continue;
-            }
-            self.set_state(now, host, HostState::Invited, None);
-            self.invited.push_back((host, now));
-            self.invite(now, host);
-        }
+    fn poll_timeout(&self) -> Option<Instant> {
+        Controller::poll_timeout(self)
     }
 }

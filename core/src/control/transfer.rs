@@ -30,8 +30,9 @@
 //! children are dropped); at most `push_window` chunks in flight per feed; a chunk out of order
 //! is dropped and counted in [`crate::Stats::chunks_dropped`].
 
+use crate::contract::Output;
+use crate::ctx::Ctx;
 use crate::id::NodeId;
-use crate::node::{Ctx, Output};
 use crate::wire::{JobMsg, Message, PushSpec};
 use smallvec::SmallVec;
 

@@ -1,0 +1,154 @@
+//! The controller's side of membership: invitations sent and paced, hosts that cannot be
+//! reached retried or launched, hosts that failed or disconnected. See the protocol in
+//! [`crate::control`].
+
+use super::*;
+use crate::contract::{HostState, Output};
+use crate::id::NodeId;
+use crate::time::Instant;
+use crate::wire::{ControlMsg, Message};
+use std::collections::VecDeque;
+
+impl Controller {
+    pub(super) fn unreachable(&mut self, now: Instant, host: NodeId) {
+        // Without a root (the first host, invited directly) nobody else can launch it.
+        let launch_here = !self.cfg.launch_at_root || self.root.is_none();
+        let Some(h) = self.host(&host) else { return };
+        if h.state != HostState::Invited {
+            return;
+        }
+        if launch_here && !h.launched {
+            h.launched = true;
+            self.stats.launches += 1;
+            self.io.out.push_back(Output::Launch { host });
+        } else {
+            self.retry_later(now, host, "no Plush client answers there");
+        }
+    }
+
+    /// The host could not be reached or launched: try again after a back-off (5 s, doubling, at
+    /// most a minute), until it has been tried for [`Config::invitation_expiry`]; then it fails.
+    /// A host cut off by a partition thus comes back when the partition heals.
+    pub(super) fn retry_later(&mut self, now: Instant, host: NodeId, why: &'static str) {
+        let expiry = self.cfg.invitation_expiry;
+        let base = self.cfg.join_retry;
+        let Some(h) = self.host(&host) else { return };
+        if h.first_try.is_some_and(|t| t + expiry <= now) {
+            self.fail(now, host, why);
+            return;
+        }
+        h.strikes += 1;
+        h.launched = false;
+        let wait = (base * (1u32 << (h.strikes - 1).min(4))).min(core::time::Duration::from_secs(60));
+        // The reason goes with the state, so that a user waiting on the host sees why.
+        self.set_state(now, host, HostState::Disconnected, Some(why));
+        self.later.push_back((now + wait, host));
+    }
+
+    pub(super) fn disconnected(&mut self, now: Instant, node: NodeId) {
+        let window = self.cfg.failed_window;
+        let limit = self.cfg.failed_after_disconnects as usize;
+        let recheck = self.cfg.recheck_delay;
+        let Some(h) = self.host(&node) else { return };
+        if h.state != HostState::Joined {
+            return;
+        }
+        h.disconnects.retain(|t| *t + window > now);
+        h.disconnects.push(now);
+        // Its parent or children may have died with it, unreported: check the tree soon.
+        if self.census_at.is_none() {
+            let earliest = self.census_asked.map_or(now, |t| t + recheck);
+            self.census_at = Some((now + recheck).max(earliest));
+        }
+        let Some(h) = self.host(&node) else { return };
+        if h.disconnects.len() >= limit {
+            self.fail(now, node, "disconnected too often");
+        } else {
+            self.set_state(now, node, HostState::Disconnected, None);
+            self.queue.push_back(node);
+        }
+    }
+
+    pub(super) fn fail(&mut self, now: Instant, host: NodeId, why: &'static str) {
+        self.set_state(now, host, HostState::Failed, Some(why));
+        self.forget.insert(host);
+        self.forget_at.get_or_insert(now + self.cfg.ack_interval);
+    }
+
+    /// With no root and no member left (the whole overlay restarted, or died), invitations
+    /// that went out through a former root are lost with it; waiting for them would hold the
+    /// direct invitation that founds the tree again until they expire, and then fail hosts
+    /// that are alive. They go back to the front of the queue instead, without a strike.
+    pub(super) fn drop_orphaned_invitations(&mut self, now: Instant) {
+        let direct = self.direct.filter(|d| self.host_state(d) == Some(HostState::Invited));
+        if self.outstanding <= usize::from(direct.is_some()) {
+            return;
+        }
+        let orphans: Vec<NodeId> =
+            self.hosts.iter().filter(|h| h.state == HostState::Invited && Some(h.id) != direct).map(|h| h.id).collect();
+        for host in orphans.into_iter().rev() {
+            self.set_state(now, host, HostState::Disconnected, None);
+            self.queue.push_front(host);
+        }
+    }
+
+    /// Send the invitation: through the root, or to the host itself when there is no tree yet.
+    ///
+    /// While a tree exists (a host is joined) but its root is unknown (the root link broke, or
+    /// the root changed and has not announced itself yet), the invitation waits: the host stays
+    /// `Invited`, and every `Invited` host is invited again through the root once one announces
+    /// itself (see `set_root`). Inviting it directly would make it found a tree of its own.
+    pub(super) fn invite(&mut self, now: Instant, host: NodeId) {
+        let me = self.me;
+        let to = match self.root {
+            Some(root) => {
+                if self.direct == Some(host) {
+                    self.direct = None;
+                }
+                root
+            }
+            None if self.counts[HostState::Joined as usize] > 0 => return,
+            None => {
+                self.direct = Some(host);
+                self.seek_at.get_or_insert(now + self.cfg.join_retry);
+                host
+            }
+        };
+        self.stats.invitations += 1;
+        if let (true, Some(script)) = (to == host, self.script.clone()) {
+            self.send(now, to, Message::Control(ControlMsg::Maintenance { script }));
+        }
+        self.send(now, to, Message::Control(ControlMsg::SetPeer { host, ctrl: me }));
+    }
+
+    /// Invite pending hosts while fewer than `max_invitations` are outstanding.
+    pub(super) fn pump(&mut self, now: Instant) {
+        if self.later.iter().any(|(t, _)| *t <= now) {
+            let (due, wait): (VecDeque<_>, VecDeque<_>) = self.later.drain(..).partition(|(t, _)| *t <= now);
+            self.later = wait;
+            for (_, host) in due {
+                self.queue.push_front(host);
+            }
+        }
+        if self.dismantling {
+            return;
+        }
+        let founded = self.counts[HostState::Joined as usize] > 0;
+        if self.root.is_none() && !founded {
+            self.drop_orphaned_invitations(now);
+        }
+        while self.outstanding < self.cfg.max_invitations {
+            // Without a root, only the first host is invited (directly); the rest wait.
+            if self.root.is_none() && (founded || self.outstanding > 0) {
+                return;
+            }
+            let Some(host) = self.queue.pop_front() else { return };
+            if !matches!(self.host_state(&host), Some(HostState::Pending | HostState::Disconnected)) {
+                continue;
+            }
+            self.set_state(now, host, HostState::Invited, None);
+            self.invited.push_back((host, now));
+            self.invite(now, host);
+        }
+    }
+}

@@ -1,0 +1,511 @@
+//! Joining: rounds of join attempts over the candidates (failover siblings, ancestors, the
+//! root, RanSub candidates in waves, peers), the acceptor's side (accept, redirect down, verify
+//! a direct join up the chain), and the answers. See the protocol in [`super`].
+
+use super::*;
+use crate::conn::Pin;
+use crate::contract::Event;
+use crate::ctx::Ctx;
+use crate::id::NodeId;
+use crate::wire::{JoinMode, List, TreeMsg};
+use rand::RngExt;
+use smallvec::SmallVec;
+
+impl Tree {
+    /// Start a round of join attempts: `first`, then failover siblings, the root, random peers.
+    pub(super) fn begin_round(&mut self, ctx: &mut Ctx<'_>, first: &[NodeId]) {
+        debug_assert_eq!(self.state, TreeState::Joining);
+        let mut list: Vec<(NodeId, JoinMode)> = Vec::with_capacity(MAX_CANDIDATES);
+        let me = self.me;
+        let children = &self.children;
+        let push = |list: &mut Vec<(NodeId, JoinMode)>, id: NodeId, mode: JoinMode| {
+            if id != me && !children.contains(&id) && list.len() < MAX_CANDIDATES && !list.iter().any(|(c, _)| *c == id)
+            {
+                list.push((id, mode));
+            }
+        };
+        for &id in first {
+            push(&mut list, id, JoinMode::Forward);
+        }
+        if let Some(dead_root) = self.failover {
+            // Siblings below us, lowest first: one of them is the new root.
+            let mut lower: SmallVec<[NodeId; 12]> =
+                self.siblings.iter().copied().filter(|s| *s < me && *s != dead_root).collect();
+            lower.sort_unstable();
+            if lower.is_empty() {
+                self.become_root(ctx);
+                return;
+            }
+            for id in lower {
+                push(&mut list, id, JoinMode::Failover { dead_root });
+            }
+        } else {
+            // Nearest ancestor first: it forwards our join up to the root.
+            for &a in self.path.iter().rev() {
+                push(&mut list, a, JoinMode::Forward);
+            }
+        }
+        // Then the backbone, then everyone else we know.
+        let mut top: SmallVec<[NodeId; MAX_TOP]> =
+            self.top.iter().copied().filter(|p| Some(*p) != self.failover && !self.suspects.contains(p)).collect();
+        shuffle(ctx, &mut top);
+        for id in top {
+            push(&mut list, id, JoinMode::Forward);
+        }
+        // A few members of our last RanSub views, non-descendants first: a uniform sample of
+        // the tree, mostly alive even when every ancestor, the backbone and our few peers died
+        // together (a node deep in a tree of degree 2 knows little else).
+        let mut view: SmallVec<[NodeId; 24]> = SmallVec::new();
+        for e in ctx.nondesc.iter().chain(ctx.all.iter()) {
+            if Some(e.id) != self.failover && !self.suspects.contains(&e.id) && !view.contains(&e.id) {
+                view.push(e.id);
+            }
+        }
+        shuffle(ctx, &mut view);
+        for id in view.into_iter().take(VIEW_CANDIDATES) {
+            push(&mut list, id, JoinMode::Forward);
+        }
+        let mut peers: SmallVec<[NodeId; 32]> =
+            self.peers.iter().copied().filter(|p| Some(*p) != self.failover && !self.suspects.contains(p)).collect();
+        shuffle(ctx, &mut peers);
+        peers.extend(self.suspects.iter().copied());
+        for id in peers {
+            push(&mut list, id, JoinMode::Forward);
+        }
+        list.reverse(); // tried from the back
+        self.candidates = list;
+        self.answered = false;
+        if self.repairing && first.is_empty() && self.failover.is_none() && ctx.cfg.ransub_repair {
+            self.waves_left = ctx.cfg.repair_waves;
+            self.start_direct(ctx);
+            if self.in_direct {
+                return;
+            }
+        }
+        self.try_next(ctx);
+    }
+
+    /// Ask up to `repair_fanout` RanSub candidates with free slots, at once, to take us directly.
+    pub(super) fn start_direct(&mut self, ctx: &mut Ctx<'_>) {
+        self.waves_left = self.waves_left.saturating_sub(1);
+        let mut cands: SmallVec<[NodeId; 24]> = SmallVec::new();
+        let usable = |id: &NodeId, cands: &SmallVec<[NodeId; 24]>| {
+            *id != self.me
+                && !self.children.contains(id)
+                && !self.suspects.contains(id)
+                && !cands.contains(id)
+                && !self.direct_sent.contains(id)
+        };
+        // Our nearest ancestors first: the grandparent has just lost a child, so it has room,
+        // and passes us down its other branches when it has not.
+        for a in self.path.iter().rev().take(ANCESTORS_ASKED) {
+            if usable(a, &cands) {
+                cands.push(*a);
+            }
+        }
+        let first = cands.len();
+        for e in ctx.nondesc.iter().chain(ctx.all.iter()) {
+            if e.free > 0 && usable(&e.id, &cands) {
+                cands.push(e.id);
+            }
+        }
+        // Then RanSub's non-descendants (they cannot be below us), then its all-nodes view; in
+        // each group the shallowest first (the repaired tree stays shallow), ties in random order.
+        let nd = first + cands[first..].iter().filter(|c| ctx.nondesc.iter().any(|e| e.id == **c)).count();
+        let depth =
+            |id: &NodeId| ctx.nondesc.iter().chain(ctx.all.iter()).find(|e| e.id == *id).map_or(u16::MAX, |e| e.depth);
+        let (a, b) = cands.split_at_mut(nd);
+        let a = &mut a[first..];
+        shuffle(ctx, a);
+        shuffle(ctx, b);
+        a.sort_by_key(depth);
+        b.sort_by_key(depth);
+        self.direct.clear();
+        for &c in cands.iter().take(ctx.cfg.repair_fanout.min(MAX_FANOUT)) {
+            self.direct.push(c);
+            if !self.direct_sent.contains(&c) && self.direct_sent.len() < MAX_DIRECT {
+                self.direct_sent.push(c);
+            }
+            if !self.contacted.contains(&c) && self.contacted.len() < MAX_CANDIDATES {
+                self.contacted.push(c);
+            }
+            ctx.send(c, TreeMsg::Join { joiner: self.me, mode: JoinMode::Direct, hops: 0 });
+        }
+        if !self.direct.is_empty() {
+            self.in_direct = true;
+            self.direct_at = Some(ctx.now + ctx.cfg.repair_timeout);
+        } else {
+            ctx.io.stats.repair_no_candidates += 1;
+        }
+    }
+
+    /// A RanSub candidate refused or could not be reached.
+    pub(super) fn direct_answered(&mut self, ctx: &mut Ctx<'_>, from: NodeId) {
+        self.direct.retain(|d| *d != from);
+        if self.direct.is_empty() {
+            self.end_direct_wave(ctx);
+        }
+    }
+
+    /// A wave of direct attempts ended without an accept: the ordinary round starts alongside
+    /// the next wave (a bound on the repair time when RanSub's candidates are poor), or alone.
+    pub(super) fn end_direct_wave(&mut self, ctx: &mut Ctx<'_>) {
+        self.in_direct = false;
+        self.direct.clear();
+        self.direct_at = None;
+        let waves_done = ctx.cfg.repair_waves.saturating_sub(self.waves_left);
+        if self.waves_left > 0 {
+            self.start_direct(ctx);
+        }
+        if (waves_done >= 2 || !self.in_direct) && self.target.is_none() && self.join_at.is_none() {
+            self.try_next(ctx);
+        }
+    }
+
+    /// Send our join to the next candidate, or end the round.
+    pub(super) fn try_next(&mut self, ctx: &mut Ctx<'_>) {
+        self.target = None;
+        let siblings_exhausted = matches!(self.candidates.last(), Some((_, JoinMode::Forward)) | None);
+        if self.failover.is_some() && siblings_exhausted && !self.answered {
+            // Every lower sibling is unreachable: we are the lowest survivor.
+            self.become_root(ctx);
+            return;
+        }
+        match self.candidates.pop() {
+            Some((next, mode)) => {
+                self.target = Some(next);
+                if !self.contacted.contains(&next) && self.contacted.len() < MAX_CANDIDATES {
+                    self.contacted.push(next);
+                }
+                ctx.send(next, TreeMsg::Join { joiner: self.me, mode, hops: 0 });
+                self.join_at = Some(ctx.now + ctx.cfg.join_retry);
+            }
+            None if !self.answered && (!self.children.is_empty() || self.root == Some(self.me)) => {
+                // Nobody we know is reachable: root our own fragment; probes merge it later.
+                self.become_root(ctx)
+            }
+            None if !self.answered && self.peers.is_empty() => self.become_root(ctx),
+            None => {
+                self.refused_rounds = self.refused_rounds.saturating_add(1);
+                if self.refused_rounds >= REFUSED_ROUNDS && self.repairing && !self.children.is_empty() {
+                    // Only refusals, round after round: nobody we know places joins.
+                    self.become_root(ctx);
+                } else {
+                    self.join_at = Some(ctx.now + ctx.cfg.join_backoff);
+                }
+            }
+        }
+    }
+
+    pub(super) fn on_accept(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: NodeId,
+        path: List<NodeId>,
+        top: &[NodeId],
+        siblings: List<NodeId>,
+        direct: bool,
+    ) {
+        let sane = path.last() == Some(&from) && !path.contains(&self.me);
+        let Some(&root) = path.first() else { return ctx.send(from, TreeMsg::Remove) };
+        if self.parent == Some(from) && sane {
+            // A repeated accept from our parent: refresh what it says.
+            if from == root {
+                self.set_siblings(&siblings);
+            }
+            self.set_top(top);
+            self.set_path(ctx, &path);
+            return;
+        }
+        let acceptable =
+            sane && self.state == TreeState::Joining && self.parent.is_none() && !self.children.contains(&from);
+        if !acceptable {
+            ctx.send(from, TreeMsg::Remove);
+            return;
+        }
+        let was_root = self.root == Some(self.me);
+        self.state = TreeState::Joined;
+        debug_assert!(from != self.me, "{} is its own parent", self.me);
+        self.parent = Some(from);
+        self.parent_changed = true;
+        ctx.pin(from, Pin::Parent);
+        ctx.event(Event::ParentChanged(Some(from)));
+        if self.repairing {
+            let via_ransub = direct && self.failover.is_none();
+            if via_ransub {
+                ctx.io.stats.repairs_via_ransub += 1;
+            } else {
+                ctx.io.stats.repairs_via_root += 1;
+            }
+            ctx.event(Event::Repaired { via_ransub });
+        }
+        self.end_attempt();
+        if was_root {
+            ctx.event(Event::StoppedBeingRoot);
+        }
+        self.siblings.clear();
+        if from == root {
+            self.set_siblings(&siblings);
+        }
+        self.failover = None;
+        self.candidates = Vec::new();
+        self.target = None;
+        self.join_at = None;
+        self.arm_member_probe(ctx);
+        for peer in core::mem::take(&mut self.contacted) {
+            if peer != from {
+                ctx.release(&peer);
+            }
+        }
+        self.add_peer(ctx, root);
+        self.set_top(top);
+        self.adopt_path(ctx, &path, true);
+    }
+
+    /// A join attempt ended (attached, or became root).
+    pub(super) fn end_attempt(&mut self) {
+        self.refused_rounds = 0;
+        self.repairing = false;
+        self.in_direct = false;
+        self.waves_left = 0;
+        self.direct_at = None;
+        // Free what a repair used: most nodes are rarely repairing.
+        self.direct = Vec::new();
+        self.direct_sent = Vec::new();
+    }
+
+    pub(super) fn on_reject(&mut self, ctx: &mut Ctx<'_>, from: NodeId) {
+        if self.state != TreeState::Joining {
+            return;
+        }
+        self.answered = true;
+        if self.in_direct && self.direct.contains(&from) {
+            self.direct_answered(ctx, from);
+        } else if self.target.is_some() {
+            self.try_next(ctx);
+        }
+    }
+
+    pub(super) fn on_join(&mut self, ctx: &mut Ctx<'_>, from: NodeId, joiner: NodeId, mode: JoinMode, hops: u8) {
+        if joiner == self.me {
+            // Our own join, forwarded up to us: the candidate is inside our own subtree (a stale
+            // report of another tree, say). Like a silent candidate, but known at once: try the
+            // next, so that a round of such candidates ends quickly (and a detached top with
+            // nobody else to join roots its fragment again).
+            if self.state == TreeState::Joining && self.target.is_some() {
+                self.try_next(ctx);
+            }
+            return;
+        }
+        if hops >= MAX_JOIN_HOPS {
+            self.reject(ctx, joiner);
+            return;
+        }
+        match mode {
+            JoinMode::Redirect => {
+                if self.state == TreeState::Joined && self.parent == Some(from) {
+                    self.place(ctx, joiner, hops);
+                } else {
+                    if self.state == TreeState::Joined && !self.children.contains(&from) {
+                        // `from` holds a stale child pointer to us.
+                        ctx.send(from, TreeMsg::Remove);
+                    }
+                    self.reject(ctx, joiner);
+                }
+            }
+            JoinMode::Failover { dead_root } => {
+                if self.state == TreeState::Joined && self.parent == Some(dead_root) {
+                    // A sibling saw the root fail before we did.
+                    ctx.close(&dead_root);
+                    self.parent_lost(ctx, false);
+                }
+                self.route(ctx, joiner, hops);
+            }
+            JoinMode::Forward => self.route(ctx, joiner, hops),
+            JoinMode::Direct => self.on_direct(ctx, from, joiner, hops),
+        }
+    }
+
+    /// A repairing node asks us to take it. Accept only once our chain up to a joined root is
+    /// verified not to pass through it: that is what keeps two repairs from closing a loop.
+    pub(super) fn on_direct(&mut self, ctx: &mut Ctx<'_>, from: NodeId, joiner: NodeId, hops: u8) {
+        if self.children.contains(&joiner) && self.state == TreeState::Joined {
+            return self.accept_child(ctx, joiner, true);
+        }
+        let room = self.children.len() + self.verifying.len() < ctx.cfg.degree();
+        let passed_down = from != joiner;
+        if passed_down && self.parent != Some(from) {
+            return self.reject(ctx, joiner);
+        }
+        let placed = self.state == TreeState::Joined || (self.state == TreeState::Joining && self.parent.is_none());
+        if !room && placed && !self.children.is_empty() && !self.path.contains(&joiner) {
+            // Full (many repairs picked us): pass the request down to a random child, which
+            // verifies its own chain, so that a popular candidate spreads the load.
+            let c = self.children[ctx.rng.random_range(0..self.children.len())];
+            if c != joiner {
+                return ctx.send(c, TreeMsg::Join { joiner, mode: JoinMode::Direct, hops: hops + 1 });
+            }
+        }
+        if self.state == TreeState::Joining && self.parent.is_none() && room && joiner < self.me {
+            // We are a detached top: we vouch for lower joiners ourselves (see the module docs).
+            if !self.path.contains(&joiner) && !self.children.contains(&joiner) {
+                return self.accept_child(ctx, joiner, true);
+            }
+        }
+        if self.state != TreeState::Joined
+            || !room
+            || self.path.contains(&joiner)
+            || Some(joiner) == self.parent
+            || self.verifying.len() == MAX_VERIFYING
+            || self.verifying.iter().any(|v| v.0 == joiner)
+        {
+            return self.reject(ctx, joiner);
+        }
+        match self.parent {
+            None => self.accept_child(ctx, joiner, true),
+            Some(p) => {
+                // The joiner stops waiting after `repair_timeout`; so do we.
+                self.verifying.push((joiner, ctx.now + ctx.cfg.repair_timeout));
+                ctx.send(p, TreeMsg::Verify { joiner, route: List(vec![self.me]) });
+            }
+        }
+    }
+
+    /// A verification walking up from a child of ours.
+    pub(super) fn on_verify(&mut self, ctx: &mut Ctx<'_>, from: NodeId, joiner: NodeId, mut route: List<NodeId>) {
+        if !self.children.contains(&from) || route.last() != Some(&from) {
+            return;
+        }
+        // A joined root anchors the chain. A detached top (joining, its subtree kept) vouches only
+        // for joiners with a lower id: fragments then only ever attach into fragments with
+        // higher tops (or into a rooted tree), so no set of fragments can attach into each other
+        // in a circle, and a repair need not wait for the fragment above it to be repaired first.
+        let anchored = match (self.state, self.parent) {
+            (TreeState::Joined, _) => true,
+            (TreeState::Joining, None) => joiner < self.me,
+            _ => false,
+        };
+        let ok = anchored && joiner != self.me && route.len() < MAX_ROUTE;
+        match (ok, self.parent) {
+            (false, _) => ctx.send(from, TreeMsg::VerifyFail { joiner, route }),
+            (true, None) => {
+                if self.state == TreeState::Joined {
+                    ctx.io.stats.root_verifies += 1;
+                }
+                ctx.send(from, TreeMsg::VerifyOk { joiner, route });
+            }
+            (true, Some(p)) => {
+                route.0.push(self.me);
+                ctx.send(p, TreeMsg::Verify { joiner, route });
+            }
+        }
+    }
+
+    /// A verification's answer coming back down from our parent.
+    pub(super) fn on_verified(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: NodeId,
+        joiner: NodeId,
+        mut route: List<NodeId>,
+        ok: bool,
+    ) {
+        if self.parent != Some(from) || route.last() != Some(&self.me) {
+            return;
+        }
+        route.0.pop();
+        if let Some(&next) = route.last() {
+            if self.children.contains(&next) {
+                let msg = if ok { TreeMsg::VerifyOk { joiner, route } } else { TreeMsg::VerifyFail { joiner, route } };
+                ctx.send(next, msg);
+            }
+            return;
+        }
+        // We asked: the chain from us to a joined root did (or did not) hold.
+        let Some(i) = self.verifying.iter().position(|v| v.0 == joiner) else { return };
+        self.verifying.swap_remove(i);
+        if ok
+            && self.state == TreeState::Joined
+            && self.children.len() < ctx.cfg.degree()
+            && !self.path.contains(&joiner)
+        {
+            self.accept_child(ctx, joiner, true);
+        } else {
+            self.reject(ctx, joiner);
+        }
+    }
+
+    /// Take `joiner` as a child (or confirm it again).
+    pub(super) fn accept_child(&mut self, ctx: &mut Ctx<'_>, joiner: NodeId, direct: bool) {
+        let is_root = self.is_root();
+        if !self.children.contains(&joiner) {
+            // Every caller checked the room left and who the joiner is.
+            debug_assert!(self.children.len() < ctx.cfg.degree(), "{}: a child past the degree", self.me);
+            debug_assert!(joiner != self.me && Some(joiner) != self.parent, "{}: {joiner} as a child", self.me);
+            debug_assert!(!self.path.contains(&joiner), "{}: an ancestor {joiner} as a child", self.me);
+            self.children.push(joiner);
+            self.children_version += 1;
+            ctx.event(Event::ChildAdded(joiner));
+        }
+        let siblings = if is_root {
+            List(self.children.iter().copied().filter(|c| *c != joiner).collect())
+        } else {
+            List(Vec::new())
+        };
+        let mut path = Vec::with_capacity(self.path.len() + 1);
+        if self.state == TreeState::Joined {
+            path.extend_from_slice(&self.path);
+        }
+        // A detached top names itself as the top of the joiner's path until it re-attaches.
+        path.push(self.me);
+        let top = List(self.top_view());
+        ctx.send(joiner, TreeMsg::JoinAccept { path: List(path), top, siblings, direct });
+        ctx.pin(joiner, Pin::Child);
+        if is_root {
+            self.send_siblings(ctx, Some(joiner));
+        }
+    }
+
+    /// A join that may still need to go up: place it at the root, forward it otherwise.
+    pub(super) fn route(&mut self, ctx: &mut Ctx<'_>, joiner: NodeId, hops: u8) {
+        match (self.state, self.parent) {
+            (TreeState::Joined, None) => self.place(ctx, joiner, hops),
+            (TreeState::Joined, Some(p)) if p != joiner => {
+                self.add_peer(ctx, joiner);
+                ctx.send(p, TreeMsg::Join { joiner, mode: JoinMode::Forward, hops: hops + 1 })
+            }
+            _ => self.reject(ctx, joiner),
+        }
+    }
+
+    pub(super) fn reject(&mut self, ctx: &mut Ctx<'_>, joiner: NodeId) {
+        ctx.io.stats.join_rejects += 1;
+        ctx.send(joiner, TreeMsg::JoinReject);
+    }
+
+    /// We are a joined root, or reached by a redirect from our parent: accept or pass down.
+    pub(super) fn place(&mut self, ctx: &mut Ctx<'_>, joiner: NodeId, hops: u8) {
+        let is_root = self.parent.is_none();
+        if is_root {
+            ctx.io.stats.root_joins += 1;
+            self.add_peer(ctx, joiner);
+        }
+        if self.root.is_none() {
+            return self.reject(ctx, joiner);
+        }
+        if Some(joiner) == self.parent {
+            return self.reject(ctx, joiner);
+        }
+        if self.children.contains(&joiner) || self.children.len() + self.verifying.len() < ctx.cfg.degree() {
+            return self.accept_child(ctx, joiner, false);
+        }
+        // Full: pass it down to a random child, marked so it never comes back up.
+        let eligible: Children = self.children.iter().copied().filter(|c| *c != joiner).collect();
+        if eligible.is_empty() {
+            return self.reject(ctx, joiner);
+        }
+        let c = eligible[ctx.rng.random_range(0..eligible.len())];
+        ctx.io.stats.redirects += 1;
+        ctx.send(c, TreeMsg::Join { joiner, mode: JoinMode::Redirect, hops: hops + 1 });
+    }
+}

@@ -1,0 +1,641 @@
+//! RandTree: a self-repairing random tree of bounded degree.
+//!
+//! **Join.** A joiner sends `Join(Forward)` to a member; members forward it up, parent by parent,
+//! to the root. The root accepts while it has fewer than `degree` children, else it passes
+//! the join to a random child as `Join(Redirect)`. A redirected join only ever goes down: a node
+//! accepts one only from its current parent, and answers a redirect from anyone else with
+//! `Remove` (the sender holds a stale child pointer to it). The acceptor answers `JoinAccept(path,
+//! siblings)`, `path` being the joiner's new ancestors from the root down; a joiner takes the first accept as its parent and answers any other
+//! acceptor with `Remove` (the MaceMC "kids match" fix). A node that is not joined refuses joins
+//! (`JoinReject`) and the joiner tries its next candidate.
+//!
+//! **Failures.** A failed child is dropped; a root then tells its children their new siblings. A
+//! node whose parent fails keeps its subtree and rejoins through its nearest live ancestor (every
+//! node knows its path to the root: `RootInfo(path)` flows down whenever it changes), then through
+//! its peers. If the failed parent was the root, its children already know each other: the lowest
+//! `NodeId` among the survivors becomes root and the others send it `Join(Failover)`; a sibling
+//! that gets such a join while still attached to the dead root drops it at once. A detached node
+//! whose candidates all stay silent becomes the root of its own fragment.
+//!
+//! **Merging.** A root probes every `probe_interval`: a round of up to `probe_tries` (8) known
+//! peers (the backbone first or the other contacts first, at random; peers that failed lately
+//! last), one after another; the peer answers with its root. A peer found dead, or answering
+//! from our own tree, moves the round on at once, so that a fragment left by a wave of failures,
+//! whose contacts are mostly dead or its own members, still meets the rest within one round.
+//! When two roots meet, the higher one joins the lower one with its whole subtree. An ordinary
+//! join never displaces a live root.
+//!
+//! A root alone may know nobody outside its own tree: after a partition heals, each side's root
+//! has met only its own side, while its members still remember peers (bootstrap nodes, old
+//! parents, suspects) on the other side. So members probe too, sparsely: each member's probe
+//! timer fires every `probe_interval` to `3 * probe_interval` and probes with probability
+//! `member_probes / population` (RanSub's count), so a whole tree sends about
+//! `member_probes` (32) probes every two intervals whatever its size. A member whose probe meets
+//! another root tells whichever of the two roots is higher about the lower one (a `Probe`
+//! naming it). A root merges only into a root that says so itself (a `Probe` or `ProbeReply`
+//! from that very root); a report about a root from anyone else is first checked by probing
+//! that root, so a stale report never takes a root out of its tree.
+//!
+//! **Repair through RanSub.** A node that lost its parent first asks, in waves of
+//! `repair_fanout` at once, RanSub candidates (non-descendants first) with free slots to take it
+//! directly (`Join(Direct)`). The candidate sends `Verify` up its own parent chain; the top of the
+//! chain answers back down (`VerifyOk`/`VerifyFail`) and only then does the candidate accept.
+//! Only then, or after `repair_timeout` per wave, does the node fall back to the root.
+//!
+//! **Why no loop can form.** Only a joined root starts placing a join, and every hop down is
+//! checked by the receiver against its own parent pointer, so a placement follows real parent
+//! links down from a root. A detached node is not joined (it accepts nothing and originates no
+//! redirect), so no join can be placed inside its subtree until it has re-attached. A direct
+//! join is accepted only once the candidate's chain has been walked up to its top: a joined root
+//! vouches for anyone; a detached top (a node repairing with its subtree) vouches only for
+//! joiners with a lower id and never for itself. A fragment therefore only attaches below a
+//! rooted tree or below a fragment whose top is higher, and ids cannot increase around a cycle.
+//!
+//! **Leave.** A leaving node tells its parent and its children; they treat it as failed.
+
+use crate::conn::Pin;
+use crate::contract::{CommandError, Event};
+use crate::ctx::Ctx;
+use crate::id::NodeId;
+use crate::ransub::Place;
+use crate::time::Instant;
+use crate::wire::{Filler, JoinMode, List, TreeMsg};
+use rand::RngExt;
+
+mod join;
+mod merge;
+
+/// A join that has travelled this many hops is refused (bounds forwarding even on a broken tree).
+const MAX_JOIN_HOPS: u8 = 64;
+/// Candidates tried per round of joining: failover siblings, the root, then random peers.
+const MAX_CANDIDATES: usize = 16;
+/// Nearest ancestors asked directly at the start of a repair.
+const ANCESTORS_ASKED: usize = 1;
+/// Most RanSub candidates asked at once in a repair.
+const MAX_FANOUT: usize = 8;
+/// Most RanSub candidates asked over one repair.
+const MAX_DIRECT: usize = 16;
+/// Direct joins a node verifies at once; more are refused.
+const MAX_VERIFYING: usize = 12;
+/// Longest verification walk (hops up a parent chain) before it is refused.
+const MAX_ROUTE: usize = 64;
+/// Members of its RanSub views a joining node adds to each round's candidates.
+const VIEW_CANDIDATES: usize = 4;
+/// Most backbone contacts (the root's children) a node remembers.
+const MAX_TOP: usize = 8;
+/// Recently unreachable peers remembered (tried last when joining).
+const MAX_SUSPECTS: usize = 8;
+/// Rounds of joining, every candidate refusing, after which a detached top (a node with a
+/// subtree that lost its parent; not a fresh joiner) roots its fragment anyway. Refusals come from nodes that are not placing joins:
+/// members of a fragment whose own top is detached, restarted nodes still joining. Two detached
+/// tops waiting for each other's fragment would otherwise wait forever; as roots, their probes
+/// merge them.
+const REFUSED_ROUNDS: u8 = 4;
+
+/// Where a node stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TreeState {
+    /// Created; no `Join` command yet.
+    Idle,
+    /// Looking for a parent (first join, or after losing its parent). Refuses joins.
+    Joining,
+    /// In a tree: has a parent, or is a root.
+    Joined,
+    /// Left the overlay.
+    Left,
+}
+
+/// Children: a plain vector, so that leaves (most nodes) carry no inline array.
+type Children = Vec<NodeId>;
+
+#[derive(Debug)]
+pub(crate) struct Tree {
+    me: NodeId,
+    state: TreeState,
+    root: Option<NodeId>,
+    parent: Option<NodeId>,
+    /// Our ancestors, root first, parent last (empty at a root). Bound: [`crate::wire::MAX_LIST`].
+    path: Vec<NodeId>,
+    children: Children,
+    /// Changes whenever `children` does: a batch's run to the children is for one version.
+    children_version: u64,
+    /// The root's other children; meaningful while our parent is the root.
+    siblings: Vec<NodeId>,
+    /// Known members, for recovery and probes. At most `Config::max_peers`.
+    peers: Vec<NodeId>,
+    /// The root's children as last heard: the tree's backbone, contacts for recovery and probes.
+    /// At most [`MAX_TOP`].
+    top: Vec<NodeId>,
+    /// Peers that recently failed to connect, tried last. At most [`MAX_SUSPECTS`], oldest dropped.
+    suspects: Vec<NodeId>,
+    /// Set while re-electing a root after our parent, the root, failed.
+    failover: Option<NodeId>,
+    /// The current round's remaining candidates, tried from the back.
+    candidates: Vec<(NodeId, JoinMode)>,
+    /// The candidate our last `Join` went to.
+    target: Option<NodeId>,
+    /// Every candidate that answered or was contacted in this attempt; released once joined.
+    contacted: Vec<NodeId>,
+    /// Whether anyone answered (even with a refusal) in the current round.
+    answered: bool,
+    /// Rounds in a row that ended with refusals only (see [`REFUSED_ROUNDS`]).
+    refused_rounds: u8,
+    /// Set from losing a parent until re-attached: the attempt is a repair.
+    repairing: bool,
+    /// While true, direct joins to RanSub candidates are outstanding and the ordinary rounds wait.
+    in_direct: bool,
+    /// RanSub candidates asked directly and not yet answered. At most [`MAX_FANOUT`].
+    direct: Vec<NodeId>,
+    /// Every RanSub candidate asked in this repair (to tell how it ended). At most [`MAX_DIRECT`].
+    direct_sent: Vec<NodeId>,
+    /// Waves of direct attempts still allowed in this repair.
+    waves_left: usize,
+    /// Direct joins we are verifying up our parent chain, with their deadlines.
+    /// At most [`MAX_VERIFYING`]; more are refused.
+    verifying: Vec<(NodeId, Instant)>,
+    /// Set when the parent changes; the node resets RanSub's collect on it.
+    parent_changed: bool,
+    join_at: Option<Instant>,
+    /// Deadline of the current wave of direct attempts.
+    direct_at: Option<Instant>,
+    probe_at: Option<Instant>,
+    /// Current gap between probes (see `arm_probe`).
+    probe_gap: core::time::Duration,
+    /// The peer our last probe went to; only that peer's answer is acted on.
+    probing: Option<NodeId>,
+    /// A root: the rest of this round's probe candidates, tried from the back. At most
+    /// `Config::probe_tries`.
+    probe_round: Vec<NodeId>,
+}
+
+impl Tree {
+    pub fn new(me: NodeId) -> Self {
+        Tree {
+            me,
+            state: TreeState::Idle,
+            root: None,
+            parent: None,
+            path: Vec::new(),
+            children: Children::new(),
+            children_version: 0,
+            siblings: Vec::new(),
+            peers: Vec::new(),
+            suspects: Vec::new(),
+            top: Vec::new(),
+            failover: None,
+            candidates: Vec::new(),
+            target: None,
+            contacted: Vec::new(),
+            answered: false,
+            refused_rounds: 0,
+            repairing: false,
+            in_direct: false,
+            direct: Vec::new(),
+            direct_sent: Vec::new(),
+            waves_left: 0,
+            verifying: Vec::new(),
+            parent_changed: false,
+            join_at: None,
+            direct_at: None,
+            probe_at: None,
+            probe_gap: core::time::Duration::ZERO,
+            probing: None,
+            probe_round: Vec::new(),
+        }
+    }
+
+    pub fn state(&self) -> TreeState {
+        self.state
+    }
+    pub fn parent(&self) -> Option<NodeId> {
+        self.parent
+    }
+    pub fn root(&self) -> Option<NodeId> {
+        self.root
+    }
+    pub fn is_root(&self) -> bool {
+        self.state == TreeState::Joined && self.parent.is_none()
+    }
+    pub fn children(&self) -> &[NodeId] {
+        &self.children
+    }
+    pub fn siblings(&self) -> &[NodeId] {
+        &self.siblings
+    }
+    pub fn peers(&self) -> &[NodeId] {
+        &self.peers
+    }
+    pub fn depth(&self) -> u16 {
+        self.path.len().min(u16::MAX as usize) as u16
+    }
+
+    pub fn next_timeout(&self) -> Option<Instant> {
+        let mut next = self.join_at;
+        for t in [self.direct_at, self.probe_at].into_iter().flatten().chain(self.verifying.iter().map(|v| v.1)) {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
+        next
+    }
+
+    /// What RanSub needs to know of our place.
+    pub fn place_info(&self, max_children: usize) -> Place<'_> {
+        Place {
+            joined: self.state == TreeState::Joined,
+            parent: self.parent,
+            children: &self.children,
+            depth: self.depth(),
+            free: max_children.saturating_sub(self.children.len()).min(255) as u8,
+        }
+    }
+
+    /// Whether we have tree links to keep alive with heartbeats.
+    pub fn has_relations(&self) -> bool {
+        self.parent.is_some() || !self.children.is_empty()
+    }
+
+    /// Whether [`Tree::take_parent_changed`] would say so.
+    pub fn parent_changed(&self) -> bool {
+        self.parent_changed
+    }
+
+    /// Whether the parent changed since the last call.
+    pub fn take_parent_changed(&mut self) -> bool {
+        core::mem::take(&mut self.parent_changed)
+    }
+
+    // ----- commands -------------------------------------------------------------------------
+
+    pub fn start(&mut self, ctx: &mut Ctx<'_>, bootstrap: &[NodeId]) -> Result<(), CommandError> {
+        match self.state {
+            TreeState::Idle => {}
+            TreeState::Left => return Err(CommandError::Left),
+            _ => return Err(CommandError::AlreadyStarted),
+        }
+        for &p in bootstrap {
+            self.add_peer(ctx, p);
+        }
+        if self.peers.is_empty() {
+            self.become_root(ctx);
+        } else {
+            self.state = TreeState::Joining;
+            self.begin_round(ctx, bootstrap);
+        }
+        Ok(())
+    }
+
+    pub fn leave(&mut self, ctx: &mut Ctx<'_>) -> Result<(), CommandError> {
+        if self.state == TreeState::Left {
+            return Err(CommandError::Left);
+        }
+        let was_root = self.is_root();
+        let related: Children = self.parent.iter().chain(self.children.iter()).copied().collect();
+        for peer in related {
+            ctx.send(peer, TreeMsg::Leave);
+            ctx.close(&peer);
+        }
+        for peer in core::mem::take(&mut self.contacted) {
+            ctx.release(&peer);
+        }
+        self.children.clear();
+        self.children_version += 1;
+        self.siblings.clear();
+        self.candidates.clear();
+        self.parent = None;
+        self.root = None;
+        self.target = None;
+        self.failover = None;
+        self.join_at = None;
+        self.probe_at = None;
+        self.state = TreeState::Left;
+        if was_root {
+            ctx.event(Event::StoppedBeingRoot);
+        }
+        ctx.event(Event::Left);
+        Ok(())
+    }
+
+    pub fn add_peers(&mut self, ctx: &mut Ctx<'_>, peers: &[NodeId]) -> Result<(), CommandError> {
+        if self.state == TreeState::Left {
+            return Err(CommandError::Left);
+        }
+        for &p in peers {
+            self.add_peer(ctx, p);
+        }
+        Ok(())
+    }
+
+    /// Stop retrying these hosts (the controller declared them failed): drop them from every
+    /// list of contacts.
+    /// The backbone and siblings are left alone: they are refreshed from the tree itself, and a
+    /// host failed by the controller may still be a live member cut off for a while.
+    pub fn forget(&mut self, gone: &crate::NodeSet) {
+        self.peers.retain(|p| !gone.contains(p));
+        self.suspects.retain(|p| !gone.contains(p));
+        self.candidates.retain(|(p, _)| !gone.contains(p));
+    }
+
+    pub fn broadcast(&mut self, ctx: &mut Ctx<'_>, id: u64) -> Result<(), CommandError> {
+        if !self.is_root() {
+            return Err(CommandError::NotRoot);
+        }
+        if let Some(frame) = ctx.encode(TreeMsg::Broadcast { id, filler: Filler::default() }) {
+            for &c in &self.children {
+                ctx.send_frame(c, frame.clone());
+            }
+        }
+        ctx.event(Event::BroadcastReply { id, node: self.me });
+        Ok(())
+    }
+
+    // ----- input ----------------------------------------------------------------------------
+
+    /// One decoded tree message; `raw` is its payload as received, for verbatim relaying.
+    pub fn on_message(&mut self, ctx: &mut Ctx<'_>, from: NodeId, msg: TreeMsg, raw: &[u8]) {
+        if self.state == TreeState::Left {
+            return;
+        }
+        match msg {
+            TreeMsg::Join { joiner, mode, hops } => self.on_join(ctx, from, joiner, mode, hops),
+            TreeMsg::JoinAccept { path, top, siblings, direct } => {
+                self.on_accept(ctx, from, path, &top, siblings, direct)
+            }
+            TreeMsg::JoinReject => self.on_reject(ctx, from),
+            TreeMsg::Remove => self.on_remove(ctx, from),
+            TreeMsg::Siblings { list } => {
+                if self.parent == Some(from) && self.root == Some(from) {
+                    self.set_siblings(&list);
+                }
+            }
+            TreeMsg::RootInfo { path, top } => {
+                if self.parent != Some(from) {
+                    return;
+                }
+                if path.last() != Some(&from) || path.contains(&self.me) {
+                    // A path through ourselves: our parent is below us. Drop it and rejoin.
+                    ctx.send(from, TreeMsg::Remove);
+                    self.parent_lost(ctx, true);
+                    return;
+                }
+                self.set_top(&top);
+                self.set_path(ctx, &path);
+            }
+            TreeMsg::Probe { root } => self.on_probe(ctx, from, root),
+            TreeMsg::ProbeReply { root } => self.on_probe_reply(ctx, from, root),
+            TreeMsg::Leave => self.on_link_down(ctx, from, false),
+            TreeMsg::Broadcast { id, .. } => self.on_broadcast(ctx, &from, id, raw),
+            TreeMsg::Heartbeat => {}
+            TreeMsg::Verify { joiner, route } => self.on_verify(ctx, from, joiner, route),
+            TreeMsg::VerifyOk { joiner, route } => self.on_verified(ctx, from, joiner, route, true),
+            TreeMsg::VerifyFail { joiner, route } => self.on_verified(ctx, from, joiner, route, false),
+            TreeMsg::BroadcastReply { id, node } => {
+                if !self.children.contains(&from) {
+                    return;
+                }
+                match self.parent {
+                    Some(p) => ctx.relay_up(p, raw),
+                    None if self.state == TreeState::Joined => ctx.event(Event::BroadcastReply { id, node }),
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// A broadcast (`raw` as received): passed on to the children, answered up. Called
+    /// straight from the node's dispatch (a relay's most frequent message: no `TreeMsg` moved).
+    #[inline]
+    pub fn on_broadcast(&mut self, ctx: &mut Ctx<'_>, from: &NodeId, id: u64, raw: &[u8]) {
+        // `from` by reference: a copy of the 18 bytes per call was read back in other widths
+        // than written, a store-forwarding stall on every broadcast.
+        if self.parent.as_ref() != Some(from) || self.state != TreeState::Joined {
+            return;
+        }
+        ctx.relay_down(&self.children, self.children_version, raw);
+        ctx.reply_up(from, id);
+    }
+
+    /// The link to `peer` is gone: `failed` if it never opened.
+    pub fn on_link_down(&mut self, ctx: &mut Ctx<'_>, peer: NodeId, failed: bool) {
+        if failed && !self.suspects.contains(&peer) {
+            if self.suspects.len() == MAX_SUSPECTS {
+                self.suspects.remove(0);
+            }
+            self.suspects.push(peer);
+        }
+        if self.children.contains(&peer) {
+            self.remove_child(ctx, peer);
+        }
+        if self.is_root() && self.probing == Some(peer) {
+            // The probed peer is gone: the round goes on.
+            self.probe_next(ctx);
+        }
+        if self.parent == Some(peer) {
+            self.parent_lost(ctx, false);
+        } else if self.state == TreeState::Joining {
+            if self.in_direct && self.direct.contains(&peer) {
+                self.direct_answered(ctx, peer);
+            }
+            if self.target == Some(peer) {
+                self.try_next(ctx);
+            }
+        }
+    }
+
+    pub fn on_timeout(&mut self, ctx: &mut Ctx<'_>) {
+        if self.direct_at.is_some_and(|t| t <= ctx.now) {
+            self.direct_at = None;
+            if self.state == TreeState::Joining && self.in_direct {
+                // The RanSub candidates were too slow: next wave, or the ordinary round.
+                ctx.io.stats.repair_waves_timed_out += 1;
+                self.end_direct_wave(ctx);
+            }
+        }
+        if self.join_at.is_some_and(|t| t <= ctx.now) {
+            self.join_at = None;
+            if self.state == TreeState::Joining {
+                if self.target.is_some() {
+                    // The target stayed silent: next candidate.
+                    self.try_next(ctx);
+                } else {
+                    self.begin_round(ctx, &[]);
+                }
+            }
+        }
+        if self.probe_at.is_some_and(|t| t <= ctx.now) {
+            self.probe_at = None;
+            if self.is_root() {
+                self.probe(ctx);
+            } else if self.state == TreeState::Joined {
+                self.member_probe(ctx);
+            }
+        }
+        while let Some(i) = self.verifying.iter().position(|v| v.1 <= ctx.now) {
+            let (joiner, _) = self.verifying.swap_remove(i);
+            self.reject(ctx, joiner);
+        }
+    }
+
+    // ----- failures -------------------------------------------------------------------------
+
+    fn on_remove(&mut self, ctx: &mut Ctx<'_>, from: NodeId) {
+        if self.children.contains(&from) {
+            self.remove_child(ctx, from);
+        }
+        if self.parent == Some(from) {
+            // Our parent is alive but does not count us as its child.
+            self.parent_lost(ctx, true);
+        }
+    }
+
+    fn remove_child(&mut self, ctx: &mut Ctx<'_>, child: NodeId) {
+        self.children.retain(|c| *c != child);
+        self.children_version += 1;
+        ctx.unpin(&child, Pin::Child);
+        ctx.event(Event::ChildRemoved(child));
+        if self.is_root() {
+            self.send_siblings(ctx, None);
+        }
+    }
+
+    /// Our parent failed or left (`alive == false`), or disowned us: keep the subtree and rejoin.
+    /// Only the failure of a root starts a failover among its children.
+    fn parent_lost(&mut self, ctx: &mut Ctx<'_>, alive: bool) {
+        let Some(old) = self.parent.take() else { return };
+        if self.path.last() == Some(&old) {
+            self.path.pop();
+        }
+        ctx.unpin(&old, Pin::Parent);
+        ctx.event(Event::ParentChanged(None));
+        self.parent_changed = true;
+        self.repairing = true;
+        self.direct_sent.clear();
+        self.state = TreeState::Joining;
+        self.probe_at = None;
+        if self.root == Some(old) && !alive {
+            self.failover = Some(old);
+            self.root = None;
+        }
+        self.begin_round(ctx, &[]);
+    }
+
+    fn become_root(&mut self, ctx: &mut Ctx<'_>) {
+        let was_root = self.is_root();
+        self.state = TreeState::Joined;
+        if let Some(p) = self.parent.take() {
+            ctx.unpin(&p, Pin::Parent);
+            ctx.event(Event::ParentChanged(None));
+        }
+        self.parent_changed = true;
+        self.end_attempt();
+        self.failover = None;
+        self.candidates = Vec::new();
+        self.target = None;
+        self.join_at = None;
+        self.siblings.clear();
+        for peer in core::mem::take(&mut self.contacted) {
+            ctx.release(&peer);
+        }
+        if !was_root {
+            ctx.event(Event::BecameRoot);
+        }
+        self.adopt_path(ctx, &[], true);
+        self.send_siblings(ctx, None);
+        self.probe_round.clear();
+        self.probing = None;
+        self.probe_gap = ctx.cfg.first_probe;
+        self.arm_probe(ctx);
+    }
+
+    // ----- shared bookkeeping ---------------------------------------------------------------
+
+    fn set_siblings(&mut self, list: &[NodeId]) {
+        self.siblings.clear();
+        self.siblings.extend(list.iter().copied().filter(|s| *s != self.me).take(crate::wire::MAX_LIST));
+        // Our siblings are the backbone; remember them beyond a failover, for probes.
+        self.set_top(list);
+    }
+
+    /// Tell the children (if we are a root) who their siblings are.
+    fn send_siblings(&mut self, ctx: &mut Ctx<'_>, except: Option<NodeId>) {
+        if !self.is_root() || self.children.is_empty() {
+            return;
+        }
+        if let Some(frame) = ctx.encode(TreeMsg::Siblings { list: List(self.children.to_vec()) }) {
+            for &c in self.children.iter().filter(|c| Some(**c) != except) {
+                ctx.send_frame(c, frame.clone());
+            }
+        }
+    }
+
+    /// Adopt `path` (root first, parent last; empty at a root) and tell the children if it changed.
+    fn set_path(&mut self, ctx: &mut Ctx<'_>, path: &[NodeId]) {
+        self.adopt_path(ctx, path, false);
+    }
+
+    /// [`Tree::set_path`], telling the children even when nothing seems to have changed: after a
+    /// re-attachment, children taken while we were detached hold a path we never had.
+    fn adopt_path(&mut self, ctx: &mut Ctx<'_>, path: &[NodeId], force: bool) {
+        // Callers checked what came from the network: a node is never its own ancestor, and the
+        // path ends at its parent (a root's is empty).
+        debug_assert!(!path.contains(&self.me), "{} in its own path {path:?}", self.me);
+        debug_assert_eq!(path.last(), self.parent.as_ref(), "{}: a path that does not end at the parent", self.me);
+        let root = path.first().copied().unwrap_or(self.me);
+        let root_changed = self.root != Some(root);
+        if root_changed {
+            ctx.event(Event::RootChanged(root));
+        }
+        self.root = Some(root);
+        if self.path == path && !root_changed && !force {
+            return;
+        }
+        self.path.clear();
+        self.path.extend_from_slice(path);
+        if !self.children.is_empty() {
+            let mut down = Vec::with_capacity(path.len() + 1);
+            down.extend_from_slice(path);
+            down.push(self.me);
+            let top = List(self.top_view());
+            if let Some(frame) = ctx.encode(TreeMsg::RootInfo { path: List(down), top }) {
+                for &c in &self.children {
+                    ctx.send_frame(c, frame.clone());
+                }
+            }
+        }
+    }
+
+    /// The root's children as we know them, for our children.
+    fn top_view(&self) -> Vec<NodeId> {
+        let mut v: Vec<NodeId> = if self.is_root() {
+            self.children.to_vec()
+        } else if self.parent.is_some() && self.parent == self.root {
+            self.siblings.iter().copied().chain(core::iter::once(self.me)).collect()
+        } else {
+            self.top.clone()
+        };
+        v.truncate(MAX_TOP);
+        v
+    }
+
+    fn set_top(&mut self, top: &[NodeId]) {
+        self.top.clear();
+        self.top.extend(top.iter().copied().filter(|p| *p != self.me).take(MAX_TOP));
+    }
+
+    fn add_peer(&mut self, ctx: &mut Ctx<'_>, p: NodeId) {
+        if p == self.me || self.peers.contains(&p) || ctx.cfg.max_peers == 0 {
+            return;
+        }
+        if self.peers.len() < ctx.cfg.max_peers {
+            self.peers.push(p);
+        } else {
+            let i = ctx.rng.random_range(0..self.peers.len());
+            self.peers[i] = p;
+        }
+    }
+}
+
+pub(crate) fn shuffle<T>(ctx: &mut Ctx<'_>, v: &mut [T]) {
+    for i in (1..v.len()).rev() {
+        let j = ctx.rng.random_range(0..=i);
+        v.swap(i, j);
+    }
+}
