@@ -497,7 +497,7 @@ impl Controller {
         self.jobs.iter().find(|j| j.spec.job == job).map(|j| &j.got)
     }
 
-    // ===== Jobs, as the user asks about them (issue 23) ==========================================
+    // ----- jobs, as the user asks about them --------------------------------------------------
     //
     // The driver keeps no copy of what the controller knows of a job: which hosts owe it a
     // result, whose results arrived, whether the root said it complete. It asks here.
@@ -532,8 +532,6 @@ impl Controller {
         j.expected = expected;
         Ok(())
     }
-
-    // ===== end of jobs, as the user asks about them ==============================================
 
     /// Open a barrier: released when every node of `target` (every joined host, for `All`)
     /// entered, or after `timeout` once `threshold` (0..=1) of them did.
