@@ -1022,7 +1022,7 @@ impl Session {
     /// `targeted`, the hosts it was started for.
     pub fn log_job(&self, job: u64, targeted: Vec<NodeId>, print: PrintRec) {
         if let Some(spec) = self.c.job_spec(job).cloned() {
-            let expected = self.c.job_expected(job).unwrap_or(&[]).to_vec();
+            let expected = self.c.job_expected(job).unwrap_or_default();
             self.log(&Record::Job { spec: Box::new(spec), expected, targeted, print }, true);
         }
     }
@@ -1201,7 +1201,7 @@ impl Session {
 
     /// Hosts currently joined.
     pub fn joined(&self) -> BTreeSet<NodeId> {
-        self.c.hosts().filter(|(_, h)| h.state == HostState::Joined).map(|(id, _)| *id).collect()
+        self.c.hosts().filter(|(_, h)| h.state == HostState::Joined).map(|(id, _)| id).collect()
     }
 
     /// Resolve names (host-set syntax) among the invited hosts: by name, or by address.
@@ -1241,16 +1241,16 @@ impl Session {
             Start::Push(p) => p.target,
             Start::Resume(..) => None,
         };
-        let joined_before: BTreeSet<NodeId> = self.joined();
         let mut targeted: Vec<NodeId> = match target {
             Some(t) => t.to_vec(),
             None => self.named.iter().map(|(id, _)| *id).collect(),
         };
-        let mut joined: BTreeSet<NodeId> = targeted.iter().filter(|h| joined_before.contains(h)).copied().collect();
+        // Who owes a result, as the controller works it out (the session's hosts joined now).
+        let mut joined: BTreeSet<NodeId> = self.c.joined_in(Some(&targeted)).into_iter().collect();
         if let Start::Resume(job, t) = &start {
             // Whom it was started for, and who owed a result then: as the journal says.
             targeted.clone_from(t);
-            joined = self.c.job_expected(*job).unwrap_or(&[]).iter().copied().collect();
+            joined = self.c.job_expected(*job).unwrap_or_default().into_iter().collect();
         }
         // Only a whole session's job names the unresolved names (not a targeted one).
         let whole = target.is_none() && !matches!(&start, Start::Resume(..)) || self.resumed_whole(&start);

@@ -21,9 +21,10 @@
 //! directory, which the launched clients read; the file is removed when the `Cluster` drops.
 //! Dropping a `Cluster` also kills and reaps every client it launched.
 //!
-//! Bounds: one [`HostInfo`] per host added; per job, the result groups the controller reported
-//! (the controller itself bounds jobs at `Config::max_jobs`; [`Cluster::run`] forgets the
-//! oldest job beyond that), one loss time per expected host, and the last
+//! Bounds: at most one note (why it failed, when it joined, its script's failure) per host the
+//! controller knows; per job, the result groups merged by output and one entry per result
+//! report (the controller itself bounds jobs at `Config::max_jobs`; [`Cluster::run`] forgets
+//! the oldest job beyond that), one loss time per expected host, and the last
 //! [`LOST_OUTPUT_TAIL`] bytes of live output per expected host.
 //!
 //! **Lost hosts.** A host whose link fails while a job runs is not given up at once: it may be
@@ -39,11 +40,12 @@ use crate::driver::{Driver, DriverConfig, DriverStats};
 use crate::launcher::{LaunchMethod, Launcher};
 use crate::spool::{JobSpool, SpilledOutput, Spool, Stored};
 use plush_core::wire::{ExitStatus, JobKind, List, PushSpec, RunSpec, Target};
-use plush_core::{Config, Controller, HostState, Instant, NodeId, Report};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use plush_core::{Config, Controller, HostState, Instant, NodeId, NodeSet, Report};
+use std::collections::{BTreeMap, VecDeque};
 use std::ffi::OsString;
 use std::io;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -123,7 +125,7 @@ impl Default for ClusterConfig {
 /// What the cluster knows of a host.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostInfo {
-    /// Its state as the controller last reported it.
+    /// Its state, as the controller has it now.
     pub state: HostState,
     /// For a failed host: why.
     pub why: Option<&'static str>,
@@ -241,38 +243,89 @@ pub const MAX_STREAM_CHUNKS: usize = 4096;
 /// Barrier records kept; the oldest released ones are forgotten past it.
 pub const MAX_BARRIER_RECORDS: usize = 256;
 
-#[derive(Default)]
+/// What the cluster keeps of a job beside the controller: the outputs (the controller hands
+/// them out and keeps none), the live output not yet taken, and the clock of the wait. Which
+/// hosts the job expects, whose results arrived and whether it is complete are asked of the
+/// controller ([`Controller::job_expected`], [`Controller::results_of`],
+/// [`Controller::job_complete`]), which forgets the job when the cluster does.
 struct JobState {
-    /// What was sent to the tree.
-    spec: Option<RunSpec>,
-    /// Result groups as they arrived; the bytes are shared with the controller's (one copy
-    /// per distinct output however many reports name it).
-    reports: Vec<Arrived>,
-    got: BTreeSet<NodeId>,
-    complete: bool,
-    /// Hosts joined (and targeted) when the job started.
-    expected: Vec<NodeId>,
-    started: Option<StdInstant>,
-    /// The job's own timeout, for the default wait.
-    timeout: Option<Duration>,
+    /// Results merged by (status, truncated, output), in the order each output first came:
+    /// the tree merges the results of one message, and a group arriving in another message
+    /// with an output already here joins that group, once, as it arrives. The bytes are
+    /// shared with the controller's, or in the spool (one copy per distinct output).
+    groups: Vec<Group>,
+    /// Each `Report::Result` as it arrived: its group, and where its nodes are in that
+    /// group's (for [`Cluster::take_results`]). Shown groups of a resumed job count as one
+    /// each.
+    arrivals: Vec<(usize, Range<usize>)>,
+    /// When the job was started (or taken over) here, on the wall clock the waits use.
+    started: StdInstant,
     streams: VecDeque<Streamed>,
     streams_dropped: u64,
     /// Expected hosts without a result that left `Joined` during the job, and when they first
-    /// did (for [`ClusterConfig::lost_grace`]).
+    /// did (for [`ClusterConfig::lost_grace`]). The controller has no such grace: it waits for
+    /// no host, it reports what arrives; how long a caller waits for a lost host is the
+    /// cluster's policy, on the wall clock.
     lost_at: BTreeMap<NodeId, StdInstant>,
     /// The last [`LOST_OUTPUT_TAIL`] bytes of live output per host.
     tails: BTreeMap<NodeId, Vec<u8>>,
-    /// Reports already handed out by [`Cluster::take_results`].
+    /// Arrivals already handed out by [`Cluster::take_results`].
     results_taken: usize,
     /// With [`ClusterConfig::spill_memory`]: the outputs, in memory or in the job's file.
     spool: JobSpool,
 }
 
-/// A result group as it arrived.
-struct Arrived {
+impl JobState {
+    fn new(started: StdInstant) -> JobState {
+        JobState {
+            groups: Vec::new(),
+            arrivals: Vec::new(),
+            started,
+            streams: VecDeque::new(),
+            streams_dropped: 0,
+            lost_at: BTreeMap::new(),
+            tails: BTreeMap::new(),
+            results_taken: 0,
+            spool: JobSpool::default(),
+        }
+    }
+
+    /// A result arrived: merge it into the group with its output, or start one.
+    fn arrived(&mut self, status: ExitStatus, truncated: bool, output: Out, nodes: impl IntoIterator<Item = NodeId>) {
+        let k = match self
+            .groups
+            .iter()
+            .position(|g| g.status == status && g.truncated == truncated && g.output.same(&output))
+        {
+            Some(k) => k,
+            None => {
+                self.groups.push(Group { status, truncated, output, nodes: Vec::new() });
+                self.groups.len() - 1
+            }
+        };
+        let g = &mut self.groups[k];
+        let start = g.nodes.len();
+        g.nodes.extend(nodes);
+        self.arrivals.push((k, start..g.nodes.len()));
+    }
+}
+
+/// What the controller reports of a host and does not keep: why it failed, when it last
+/// joined (on the wall clock of [`Cluster::uptime`]), how its maintenance script failed.
+/// Its state is asked of the controller.
+#[derive(Clone, Debug, Default)]
+struct HostNotes {
+    why: Option<&'static str>,
+    joined_at: Option<Duration>,
+    script: Option<(ExitStatus, String)>,
+}
+
+/// The results of one job with the same status and output.
+struct Group {
     status: ExitStatus,
     truncated: bool,
     output: Out,
+    /// In the order they arrived.
     nodes: Vec<NodeId>,
 }
 
@@ -295,11 +348,7 @@ impl Out {
     }
 }
 
-impl Arrived {
-    fn group(&self) -> ResultGroup {
-        self.group_of(self.nodes.clone())
-    }
-
+impl Group {
     /// The group, for `nodes`: the bytes are copied unless they are in the file.
     fn group_of(&self, nodes: Vec<NodeId>) -> ResultGroup {
         let (output, stderr, spilled) = match &self.output {
@@ -419,16 +468,29 @@ fn remove_stale_key_files(dir: &Path) -> usize {
 }
 
 /// The controller side of a Plush cluster. See the module docs.
+///
+/// It carries out the controller's outputs (through the [`Driver`]) and passes its reports on;
+/// it keeps no copy of the controller's state. Hosts' states, which hosts a job expects, whose
+/// results arrived and whether a job is complete are asked of the [`Controller`]. What it
+/// keeps is what the controller does not: the launcher and its processes, the key file, the
+/// outputs (in memory or spilled to disk), live output not yet taken and the tails of lost
+/// hosts', the wall-clock grace for lost hosts, the notices, and what reports said that the
+/// controller does not remember (why a host failed, when it last joined, how its script
+/// failed; the last root reported; barrier releases).
 pub struct Cluster {
     d: Driver<Controller>,
     key_file: KeyFile,
     started: StdInstant,
-    hosts: BTreeMap<NodeId, HostInfo>,
+    /// Only hosts with something to note; a host's state is the controller's.
+    notes: BTreeMap<NodeId, HostNotes>,
     jobs: BTreeMap<u64, JobState>,
-    order: VecDeque<u64>,
     next_job: u64,
+    /// The root last reported: the controller forgets its root while the link to it is down
+    /// (until the new root announces itself), and callers want the tree's root meanwhile.
     root: Option<NodeId>,
     max_jobs: usize,
+    /// What the releases and late entries reported: the controller keeps no record of a
+    /// release (its counts then, whether it was partial, who came late).
     barriers: BTreeMap<String, BarrierInfo>,
     notices: VecDeque<Notice>,
     lost_grace: Duration,
@@ -440,6 +502,26 @@ pub struct Cluster {
 
 fn other(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
+}
+
+/// `nodes` (`None`: every host) as the wire says it.
+fn target_of(nodes: Option<&[NodeId]>) -> Target {
+    match nodes {
+        None => Target::All,
+        Some(nodes) => Target::Nodes(nodes.iter().copied().collect()),
+    }
+}
+
+/// The ids of `set` in [`NodeId`]'s order (a [`NodeSet`] iterates by port first).
+fn sorted(set: &NodeSet) -> Vec<NodeId> {
+    let mut v: Vec<NodeId> = set.iter().collect();
+    v.sort_unstable();
+    v
+}
+
+/// A node count as a `usize` (saturating; counts of hosts added here always fit).
+fn count(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 impl Cluster {
@@ -490,9 +572,8 @@ impl Cluster {
             d,
             key_file,
             started: StdInstant::now(),
-            hosts: BTreeMap::new(),
+            notes: BTreeMap::new(),
             jobs: BTreeMap::new(),
-            order: VecDeque::new(),
             next_job: 1,
             root: None,
             max_jobs: cfg.core.max_jobs.max(1),
@@ -535,10 +616,6 @@ impl Cluster {
     pub fn adopt_hosts(&mut self, hosts: &[(NodeId, HostState)]) {
         let now = self.d.now();
         self.d.m.adopt_hosts(now, hosts);
-        for &(host, state) in hosts {
-            let state = state.adopted();
-            self.hosts.entry(host).or_insert(HostInfo { state, why: None, joined_at: None, script: None });
-        }
         self.d.drain();
         self.take_reports();
     }
@@ -563,33 +640,16 @@ impl Cluster {
     /// hands out only what arrives from now on.
     pub fn resume_job(&mut self, spec: RunSpec, expected: Vec<NodeId>, shown: Vec<ResultGroup>) -> io::Result<()> {
         let job = spec.job;
-        let got: BTreeSet<NodeId> = shown.iter().flat_map(|g| g.nodes.iter().copied()).collect();
+        let got: NodeSet = shown.iter().flat_map(|g| g.nodes.iter().copied()).collect();
         let now = self.d.now();
-        let timeout = (spec.timeout_ms > 0).then(|| Duration::from_millis(spec.timeout_ms));
-        self.d.m.adopt_job(now, spec.clone(), got.iter().copied().collect(), false).map_err(other)?;
-        let reports: Vec<Arrived> = shown
-            .into_iter()
-            .map(|g| Arrived {
-                status: g.status,
-                truncated: g.truncated,
-                output: Out::Shared(Rc::new(g.output), Rc::new(g.stderr)),
-                nodes: g.nodes,
-            })
-            .collect();
-        let mut expected = expected;
-        expected.sort_unstable();
-        let state = JobState {
-            spec: Some(spec),
-            expected,
-            got,
-            results_taken: reports.len(),
-            reports,
-            started: Some(StdInstant::now()),
-            timeout,
-            ..JobState::default()
-        };
+        self.d.m.adopt_job(now, spec, got, false).map_err(other)?;
+        self.d.m.set_job_expected(job, expected.into_iter().collect()).map_err(other)?;
+        let mut state = JobState::new(StdInstant::now());
+        for g in shown {
+            state.arrived(g.status, g.truncated, Out::Shared(Rc::new(g.output), Rc::new(g.stderr)), g.nodes);
+        }
+        state.results_taken = state.arrivals.len();
         self.jobs.insert(job, state);
-        self.order.push_back(job);
         self.next_job = self.next_job.max(job + 1);
         self.d.drain();
         self.take_reports();
@@ -598,22 +658,28 @@ impl Cluster {
 
     /// Whether a host that owes `job` a result is joined (so its result may still come).
     pub fn job_waiting_joined(&self, job: u64) -> bool {
-        self.jobs.get(&job).is_some_and(|j| {
-            self.waiting_for(j).any(|h| self.hosts.get(h).is_some_and(|i| i.state == HostState::Joined))
-        })
+        self.waiting_for(job).any(|h| self.d.m.host_state(&h) == Some(HostState::Joined))
     }
 
-    /// What was sent to the tree for `job`.
+    /// What was sent to the tree for `job` (asked of the controller).
     pub fn job_spec(&self, job: u64) -> Option<&RunSpec> {
-        self.jobs.get(&job).and_then(|j| j.spec.as_ref())
+        self.d.m.job_spec(job)
     }
 
-    /// Hosts joined and targeted when `job` started (those that owe a result), in order.
-    pub fn job_expected(&self, job: u64) -> Option<&[NodeId]> {
-        self.jobs.get(&job).map(|j| &j.expected[..])
+    /// Hosts joined and targeted when `job` started (those that owe a result), in order
+    /// (asked of the controller: [`Controller::job_expected`]).
+    pub fn job_expected(&self, job: u64) -> Option<Vec<NodeId>> {
+        self.d.m.job_expected(job).map(sorted)
     }
 
-    /// The root of the tree, as last reported.
+    /// The hosts a job started now for `target` (every host when `None`) would expect a
+    /// result from: those joined and targeted ([`Controller::joined_in`]), in order.
+    pub fn joined_in(&self, target: Option<&[NodeId]>) -> Vec<NodeId> {
+        sorted(&self.d.m.joined_in(&target_of(target)))
+    }
+
+    /// The root of the tree, as last reported (it stays while the controller's link to it is
+    /// down).
     pub fn root(&self) -> Option<NodeId> {
         self.root
     }
@@ -635,27 +701,34 @@ impl Cluster {
         *self.d.m.stats()
     }
 
-    /// Every host added and what is known of it.
-    pub fn hosts(&self) -> impl Iterator<Item = (&NodeId, &HostInfo)> {
-        self.hosts.iter()
+    /// Every host the controller knows and what is known of it, in order.
+    pub fn hosts(&self) -> impl Iterator<Item = (NodeId, HostInfo)> + '_ {
+        self.d.m.hosts().map(|(id, state)| (id, self.info(id, state)))
     }
 
     /// One host.
-    pub fn host(&self, id: &NodeId) -> Option<&HostInfo> {
-        self.hosts.get(id)
+    pub fn host(&self, id: &NodeId) -> Option<HostInfo> {
+        self.d.m.host_state(id).map(|state| self.info(*id, state))
+    }
+
+    /// `id`, in `state`, with what reports said of it.
+    fn info(&self, id: NodeId, state: HostState) -> HostInfo {
+        let n = self.notes.get(&id).cloned().unwrap_or_default();
+        HostInfo { state, why: n.why, joined_at: n.joined_at, script: n.script }
     }
 
     /// Hosts in state `state`.
     pub fn count(&self, state: HostState) -> usize {
-        self.hosts.values().filter(|h| h.state == state).count()
+        self.d.m.host_counts()[state as usize]
     }
 
     /// Failed hosts and why.
     pub fn failures(&self) -> Vec<(NodeId, &'static str)> {
-        self.hosts
-            .iter()
-            .filter(|(_, h)| h.state == HostState::Failed)
-            .map(|(id, h)| (*id, h.why.unwrap_or("?")))
+        self.d
+            .m
+            .hosts()
+            .filter(|(_, s)| *s == HostState::Failed)
+            .map(|(id, _)| (id, self.notes.get(&id).and_then(|n| n.why).unwrap_or("?")))
             .collect()
     }
 
@@ -672,14 +745,6 @@ impl Cluster {
     /// Invite hosts (launching clients where none answers).
     pub fn add_hosts(&mut self, hosts: &[NodeId]) {
         let now = self.d.now();
-        for h in hosts {
-            self.hosts.entry(*h).or_insert(HostInfo {
-                state: HostState::Pending,
-                why: None,
-                joined_at: None,
-                script: None,
-            });
-        }
         self.d.m.add_hosts(now, hosts);
         self.d.drain();
         self.take_reports();
@@ -721,7 +786,10 @@ impl Cluster {
 
     /// Wait until every host added is `Joined` or `Failed`. Returns whether that happened.
     pub fn wait_settled(&mut self, timeout: Duration) -> io::Result<bool> {
-        self.wait_until(timeout, |c| c.hosts.values().all(|h| matches!(h.state, HostState::Joined | HostState::Failed)))
+        self.wait_until(timeout, |c| {
+            let n = c.d.m.host_counts();
+            n[HostState::Pending as usize] + n[HostState::Invited as usize] + n[HostState::Disconnected as usize] == 0
+        })
     }
 
     /// Run `argv` on every joined host (killed there after `timeout`) and gather the results:
@@ -809,8 +877,7 @@ impl Cluster {
 
     /// Whether `host` is joined with this controller's build.
     pub fn current(&self, host: &NodeId) -> bool {
-        self.host(host).is_some_and(|h| h.state == HostState::Joined)
-            && self.d.m.host_build(host) == crate::build_hash()
+        self.d.m.host_state(host) == Some(HostState::Joined) && self.d.m.host_build(host) == crate::build_hash()
     }
 
     /// Push `binary` (a Plush client of this controller's version: by default this executable)
@@ -840,20 +907,19 @@ impl Cluster {
     }
 
     fn start_kind(&mut self, kind: JobKind, spec: JobSpec<'_>, push: Option<(PushSpec, PathBuf)>) -> io::Result<u64> {
-        while self.order.len() + 1 >= self.max_jobs {
-            let Some(&old) = self.order.front() else { break };
+        // The controller keeps its jobs in the order they were started (the cluster's are the
+        // same jobs).
+        while self.d.m.jobs().count() + 1 >= self.max_jobs {
+            let Some(old) = self.d.m.jobs().next().map(|(spec, _, _)| spec.job) else { break };
             self.forget_job(old);
         }
         let job = self.next_job;
         self.next_job += 1;
-        let target = match spec.target {
-            None => Target::All,
-            Some(nodes) => Target::Nodes(nodes.iter().copied().collect()),
-        };
+        let target = target_of(spec.target);
         let run = RunSpec {
             job,
             kind,
-            target: target.clone(),
+            target,
             argv: List(spec.argv.iter().map(|s| s.to_string()).collect()),
             env: List(spec.env.to_vec()),
             cwd: None,
@@ -867,27 +933,13 @@ impl Cluster {
             // Open the source before the job exists: a file that cannot be read fails here.
             self.d.store.add_source(job, std::rc::Rc::new(run.clone()), src)?;
         }
-        let expected: Vec<NodeId> = self
-            .hosts
-            .iter()
-            .filter(|(id, h)| h.state == HostState::Joined && target.includes(id))
-            .map(|(id, _)| *id)
-            .collect();
         let now = self.d.now();
-        let run_copy = run.clone();
+        // The controller records which hosts the job expects (those joined and targeted now).
         if let Err(e) = self.d.m.run(now, run) {
             self.d.store.forget(job);
             return Err(other(e));
         }
-        let state = JobState {
-            spec: Some(run_copy),
-            expected,
-            started: Some(StdInstant::now()),
-            timeout: spec.timeout,
-            ..JobState::default()
-        };
-        self.jobs.insert(job, state);
-        self.order.push_back(job);
+        self.jobs.insert(job, JobState::new(StdInstant::now()));
         self.d.drain();
         self.take_reports();
         Ok(job)
@@ -895,7 +947,9 @@ impl Cluster {
 
     /// Results so far and hosts expected (joined and targeted when the job started).
     pub fn job_progress(&self, job: u64) -> Option<(usize, usize)> {
-        self.jobs.get(&job).map(|j| (j.got.len(), j.expected.len()))
+        let got = self.d.m.results_of(job)?.len();
+        let expected = self.d.m.job_expected(job)?.len();
+        Some((count(got), count(expected)))
     }
 
     /// Whether nothing more is to be waited for: every expected host answered or failed, or
@@ -904,10 +958,9 @@ impl Cluster {
     /// grace [`Cluster::wait_job`] gives rejoining hosts is not counted here.)
     pub fn job_settled(&self, job: u64) -> bool {
         let Some(j) = self.jobs.get(&job) else { return true };
-        let mut waiting = self.waiting_for(j);
-        if j.complete {
-            return !waiting
-                .any(|h| self.hosts.get(h).is_some_and(|i| i.state == HostState::Joined) || self.in_grace(j, h));
+        let mut waiting = self.waiting_for(job);
+        if self.d.m.job_complete(job) == Some(true) {
+            return !waiting.any(|h| self.d.m.host_state(&h) == Some(HostState::Joined) || self.in_grace(j, &h));
         }
         waiting.next().is_none()
     }
@@ -918,10 +971,14 @@ impl Cluster {
         j.lost_at.get(h).is_some_and(|t| t.elapsed() < self.lost_grace)
     }
 
-    fn waiting_for<'a>(&'a self, j: &'a JobState) -> impl Iterator<Item = &'a NodeId> + 'a {
-        j.expected
-            .iter()
-            .filter(|h| !j.got.contains(h) && self.hosts.get(h).is_none_or(|i| i.state != HostState::Failed))
+    /// The hosts `job` expects that have neither answered nor failed (asked of the controller).
+    fn waiting_for(&self, job: u64) -> impl Iterator<Item = NodeId> + '_ {
+        let m = &self.d.m;
+        let got = m.results_of(job);
+        m.job_expected(job)
+            .into_iter()
+            .flat_map(|e| e.iter())
+            .filter(move |h| !got.is_some_and(|g| g.contains(h)) && m.host_state(h) != Some(HostState::Failed))
     }
 
     /// Live output that arrived for `job` (with `stream`), in order, and how many chunks were
@@ -945,8 +1002,14 @@ impl Cluster {
     /// tree, not merged with the others), for a caller that writes them out as they come.
     pub fn take_results(&mut self, job: u64) -> Vec<ResultGroup> {
         let Some(j) = self.jobs.get_mut(&job) else { return Vec::new() };
-        let new = j.reports[j.results_taken.min(j.reports.len())..].iter().map(Arrived::group).collect();
-        j.results_taken = j.reports.len();
+        let new = j.arrivals[j.results_taken.min(j.arrivals.len())..]
+            .iter()
+            .map(|(k, r)| {
+                let g = &j.groups[*k];
+                g.group_of(g.nodes[r.clone()].to_vec())
+            })
+            .collect();
+        j.results_taken = j.arrivals.len();
         new
     }
 
@@ -967,10 +1030,9 @@ impl Cluster {
         mut progress: impl FnMut(&mut Cluster, usize, usize),
         mut stop: impl FnMut() -> bool,
     ) -> io::Result<RunOutcome> {
-        let (t0, timeout) = self
-            .jobs
-            .get(&job)
-            .map_or((StdInstant::now(), None), |j| (j.started.unwrap_or_else(StdInstant::now), j.timeout));
+        let t0 = self.jobs.get(&job).map_or_else(StdInstant::now, |j| j.started);
+        // 0: no timeout (the core's convention).
+        let timeout = self.d.m.job_spec(job).filter(|s| s.timeout_ms > 0).map(|s| Duration::from_millis(s.timeout_ms));
         let end = timeout.and_then(|t| t0.checked_add(t.saturating_add(RESULT_SLACK)));
         // When the root said the job complete while hosts joined at the start have not
         // answered: they are rejoining (their results come once they attach), so wait for
@@ -979,13 +1041,13 @@ impl Cluster {
         while let Some((got, expected)) = self.job_progress(job) {
             progress(self, got, expected);
             let Some(j) = self.jobs.get(&job) else { break };
-            let waiting: Vec<&NodeId> = self.waiting_for(j).collect();
+            let waiting: Vec<NodeId> = self.waiting_for(job).collect();
             if waiting.is_empty() || stop() {
                 break;
             }
-            if j.complete {
+            if self.d.m.job_complete(job) == Some(true) {
                 let since = *complete_at.get_or_insert_with(StdInstant::now);
-                let joined = waiting.iter().any(|h| self.hosts.get(h).is_some_and(|i| i.state == HostState::Joined));
+                let joined = waiting.iter().any(|h| self.d.m.host_state(h) == Some(HostState::Joined));
                 let lost = waiting.iter().any(|h| self.in_grace(j, h));
                 if (!joined || since.elapsed() >= REJOIN_WAIT) && !lost {
                     break;
@@ -1005,27 +1067,23 @@ impl Cluster {
     /// What `job` gathered so far.
     pub fn job_outcome(&self, job: u64) -> RunOutcome {
         let j = self.jobs.get(&job);
-        let reports = j.map_or(&[][..], |j| &j.reports[..]);
-        // (the first report of the group, every node): the bytes are copied once per group.
-        let mut merged: Vec<(&Arrived, Vec<NodeId>)> = Vec::new();
-        for r in reports {
-            let same = |g: &&mut (&Arrived, Vec<NodeId>)| {
-                g.0.status == r.status && g.0.truncated == r.truncated && g.0.output.same(&r.output)
-            };
-            match merged.iter_mut().find(same) {
-                Some(g) => g.1.extend_from_slice(&r.nodes),
-                None => merged.push((r, r.nodes.clone())),
-            }
-        }
-        let groups: Vec<ResultGroup> = merged
-            .into_iter()
-            .map(|(r, mut nodes)| {
+        // Merged as they arrived: the bytes are copied once per group.
+        let groups: Vec<ResultGroup> = j
+            .map_or(&[][..], |j| &j.groups[..])
+            .iter()
+            .map(|g| {
+                let mut nodes = g.nodes.clone();
                 nodes.sort_unstable();
-                r.group_of(nodes)
+                g.group_of(nodes)
             })
             .collect();
-        let missing: Vec<NodeId> =
-            j.map_or_else(Vec::new, |j| j.expected.iter().filter(|h| !j.got.contains(h)).copied().collect());
+        let got = self.d.m.results_of(job);
+        let mut missing: Vec<NodeId> = self
+            .d
+            .m
+            .job_expected(job)
+            .map_or_else(Vec::new, |e| e.iter().filter(|h| !got.is_some_and(|g| g.contains(h))).collect());
+        missing.sort_unstable();
         let mut lost: Vec<NodeId> = groups
             .iter()
             .filter(|g| g.status == ExitStatus::Lost)
@@ -1037,12 +1095,12 @@ impl Cluster {
         let tail = |h: &NodeId| j.and_then(|j| j.tails.get(h)).cloned().unwrap_or_default();
         RunOutcome {
             job,
-            reports: j.map_or(0, |j| j.reports.len()),
-            complete: j.is_some_and(|j| j.complete),
+            reports: j.map_or(0, |j| j.arrivals.len()),
+            complete: self.d.m.job_complete(job) == Some(true),
             missing,
             lost: lost.into_iter().map(|h| (h, tail(&h))).collect(),
             groups,
-            elapsed: j.and_then(|j| j.started).map_or(Duration::ZERO, |t| t.elapsed()),
+            elapsed: j.map_or(Duration::ZERO, |j| j.started.elapsed()),
         }
     }
 
@@ -1080,7 +1138,6 @@ impl Cluster {
 
     /// Forget `job` here and at the controller (its results are no longer kept).
     pub fn forget_job(&mut self, job: u64) {
-        self.order.retain(|&j| j != job);
         if let Some(j) = self.jobs.remove(&job) {
             self.spool.forget(&j.spool);
         }
@@ -1099,10 +1156,7 @@ impl Cluster {
         threshold: f64,
         timeout: Duration,
     ) -> io::Result<()> {
-        let target = match target {
-            None => Target::All,
-            Some(nodes) => Target::Nodes(nodes.iter().copied().collect()),
-        };
+        let target = target_of(target);
         let now = self.d.now();
         self.d.m.barrier(now, name, target, threshold, timeout).map_err(other)?;
         while self.barriers.len() >= MAX_BARRIER_RECORDS {
@@ -1158,20 +1212,21 @@ impl Cluster {
                         );
                     }
                     let at = self.started.elapsed();
-                    let h =
-                        self.hosts.entry(host).or_insert(HostInfo { state, why: None, joined_at: None, script: None });
-                    h.state = state;
-                    if why.is_some() {
-                        h.why = why;
-                    }
-                    if state == HostState::Joined {
-                        h.joined_at = Some(at);
+                    if why.is_some() || state == HostState::Joined {
+                        let n = self.notes.entry(host).or_default();
+                        if why.is_some() {
+                            n.why = why;
+                        }
+                        if state == HostState::Joined {
+                            n.joined_at = Some(at);
+                        }
                     }
                     if !matches!(state, HostState::Joined | HostState::Failed) {
                         // Lost while jobs it has not answered ran: they wait for it a while.
                         let now = StdInstant::now();
-                        for j in self.jobs.values_mut() {
-                            if !j.got.contains(&host) && j.expected.binary_search(&host).is_ok() {
+                        for (job, j) in self.jobs.iter_mut() {
+                            let owes = self.d.m.job_expected(*job).is_some_and(|e| e.contains(&host));
+                            if owes && !self.d.m.results_of(*job).is_some_and(|g| g.contains(&host)) {
                                 j.lost_at.entry(host).or_insert(now);
                             }
                         }
@@ -1182,13 +1237,7 @@ impl Cluster {
                     if self.d.debug() {
                         eprintln!("plush controller: {host} maintenance script {status:?}: {text}");
                     }
-                    let h = self.hosts.entry(host).or_insert(HostInfo {
-                        state: HostState::Failed,
-                        why: None,
-                        joined_at: None,
-                        script: None,
-                    });
-                    h.script = Some((status, text));
+                    self.notes.entry(host).or_default().script = Some((status, text));
                 }
                 Report::RootChanged(root) => {
                     self.root = Some(root);
@@ -1196,8 +1245,6 @@ impl Cluster {
                 }
                 Report::Result { job, status, truncated, output, nodes, stderr, blob } => {
                     let Some(j) = self.jobs.get_mut(&job) else { continue };
-                    let nodes: Vec<NodeId> = nodes.iter().collect();
-                    j.got.extend(nodes.iter().copied());
                     let output = match blob {
                         _ if !self.spilling => Out::Shared(output, stderr),
                         Some(b) => match self.spool.named(&mut j.spool, &b) {
@@ -1210,21 +1257,18 @@ impl Cluster {
                         },
                         None => Out::Stored(self.spool.inline(&mut j.spool, &output, &stderr)),
                     };
-                    j.reports.push(Arrived { status, truncated, output, nodes });
+                    j.arrived(status, truncated, output, nodes.iter());
                 }
                 Report::Blob { job, from, digest, offset, total, data } => {
                     if let Some(j) = self.jobs.get_mut(&job) {
                         self.spool.blob(&mut j.spool, from, digest, offset, total, &data);
                     }
                 }
-                Report::JobComplete { job } => {
-                    if let Some(j) = self.jobs.get_mut(&job) {
-                        j.complete = true;
-                    }
-                }
+                // The controller keeps it: see `Controller::job_complete`.
+                Report::JobComplete { .. } => {}
                 Report::Stream { job, node, bytes, err } => {
                     let Some(j) = self.jobs.get_mut(&job) else { continue };
-                    if j.expected.binary_search(&node).is_ok() {
+                    if self.d.m.job_expected(job).is_some_and(|e| e.contains(&node)) {
                         let t = j.tails.entry(node).or_default();
                         t.extend_from_slice(&bytes);
                         let cut = t.len().saturating_sub(LOST_OUTPUT_TAIL);
@@ -1312,4 +1356,30 @@ pub fn probe(to: NodeId, key: &Key, timeout: Duration) -> io::Result<()> {
         hs.read(&msg).map_err(other)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared(s: &str) -> Out {
+        Out::Shared(Rc::new(s.as_bytes().to_vec()), Rc::new(Vec::new()))
+    }
+
+    /// A group arriving in a later message with an output already here joins that group as it
+    /// arrives; each arrival is still handed out as it came.
+    #[test]
+    fn results_merge_once_as_they_arrive() {
+        let n = |i| NodeId::loopback(i, 9000);
+        let mut j = JobState::new(StdInstant::now());
+        j.arrived(ExitStatus::Exited(0), false, shared("a"), [n(3), n(1)]);
+        j.arrived(ExitStatus::Exited(0), false, shared("b"), [n(2)]);
+        j.arrived(ExitStatus::Exited(0), false, shared("a"), [n(0)]);
+        j.arrived(ExitStatus::Exited(1), false, shared("a"), [n(4)]);
+        assert_eq!(j.groups.len(), 3, "same status and output merge; another status does not");
+        assert_eq!(j.groups[0].nodes, vec![n(3), n(1), n(0)]);
+        assert_eq!(j.arrivals, vec![(0, 0..2), (1, 0..1), (0, 2..3), (2, 0..1)]);
+        let third = &j.groups[0];
+        assert_eq!(third.group_of(third.nodes[2..3].to_vec()).output, b"a".to_vec());
+    }
 }

@@ -218,7 +218,7 @@ fn an_ssh_host_that_refuses_is_reported_by_name() {
     assert_eq!(c.host(&good.0).map(|h| h.state), Some(HostState::Joined));
     let tried =
         c.wait_until(Duration::from_secs(30), |c| c.host(&bad.0).is_some_and(|h| h.why.is_some())).expect("loop");
-    let info = c.host(&bad.0).cloned();
+    let info = c.host(&bad.0);
     assert!(tried, "{info:?}");
     assert_ne!(info.as_ref().map(|h| h.state), Some(HostState::Joined));
     assert_eq!(info.and_then(|h| h.why), Some("the client exited before listening"));

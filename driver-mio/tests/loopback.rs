@@ -86,7 +86,7 @@ fn a_wrong_key_cannot_join() {
     let failed = c
         .wait_until(Duration::from_secs(30), |c| c.host(&hosts[2]).is_some_and(|h| h.state == HostState::Failed))
         .expect("event loop");
-    let h = c.host(&hosts[2]).cloned();
+    let h = c.host(&hosts[2]);
     assert!(failed, "the wrong-key host should end failed: {}", states(&c));
     let h = h.expect("known");
     assert!(h.joined_at.is_none(), "never joined");
@@ -396,4 +396,36 @@ fn a_quarter_of_200_clients_and_the_root_killed_all_rejoin_and_the_next_job_reac
     assert_eq!(d.killed, 0, "every client exits by itself");
     assert!(launched.iter().all(|&p| !process_exists(p)));
     assert!(victims.iter().all(|&(_, p)| !process_exists(p)));
+}
+
+/// The cluster asks the controller what a job expects, what arrived and whether it is
+/// complete, and past `Config::max_jobs` forgets the oldest job at both.
+#[test]
+fn jobs_are_asked_of_the_controller_and_the_oldest_is_forgotten() {
+    let port = free_port(3, 38_000);
+    let hosts: Vec<NodeId> = (0..3).map(|i| NodeId::loopback(i, port)).collect();
+    let mut cfg = cluster_config();
+    cfg.core.max_jobs = 3;
+    let mut c = Cluster::start(cfg).expect("start the controller");
+    c.add_hosts(&hosts);
+    assert!(c.wait_settled(Duration::from_secs(60)).expect("event loop"), "{}", states(&c));
+    assert_eq!(c.joined_in(None), hosts, "every host joined");
+    assert_eq!(c.joined_in(Some(&hosts[1..])), hosts[1..].to_vec(), "only the targeted");
+    let mut jobs = Vec::new();
+    for _ in 0..3 {
+        let out = c.run(&["true"], Duration::from_secs(10)).expect("run");
+        assert_eq!(c.job_expected(out.job), Some(hosts.clone()), "job {}", out.job);
+        assert_eq!(c.job_progress(out.job), Some((3, 3)));
+        assert!(c.job_settled(out.job));
+        assert_eq!((out.groups.len(), out.result_count()), (1, 3), "{:?}", out.groups);
+        assert!(out.missing.is_empty());
+        jobs.push(out.job);
+    }
+    // One job fewer than the controller's bound is kept once a job starts (room for the next):
+    // the first went, at both.
+    assert_eq!(c.job_spec(jobs[0]), None);
+    assert_eq!(c.job_progress(jobs[0]), None);
+    assert_eq!(c.job_progress(jobs[1]), Some((3, 3)));
+    assert!(c.job_spec(jobs[2]).is_some_and(|s| s.job == jobs[2]));
+    assert_eq!(c.dismantle(Duration::from_secs(30)).expect("dismantle").killed, 0);
 }

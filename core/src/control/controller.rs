@@ -150,6 +150,9 @@ impl Host {
 #[derive(Debug)]
 struct CtrlJob {
     spec: RunSpec,
+    /// The hosts that owe a result: joined and targeted when the job was added (see
+    /// [`Controller::joined_in`]), or as [`Controller::set_job_expected`] said.
+    expected: NodeSet,
     got: NodeSet,
     complete: bool,
     ack_at: Option<Instant>,
@@ -420,8 +423,10 @@ impl Controller {
         if let Some(root) = self.root.filter(|_| !complete) {
             self.send(now, root, Message::Job(JobMsg::Run(Box::new(spec.clone()))));
         }
+        let expected = self.joined_in(&spec.target);
         self.jobs.push(CtrlJob {
             spec,
+            expected,
             got,
             complete,
             ack_at: None,
@@ -490,6 +495,42 @@ impl Controller {
     /// Nodes whose result for `job` arrived.
     pub fn results_of(&self, job: u64) -> Option<&NodeSet> {
         self.jobs.iter().find(|j| j.spec.job == job).map(|j| &j.got)
+    }
+
+    // ----- jobs, as the user asks about them --------------------------------------------------
+    //
+    // The driver keeps no copy of what the controller knows of a job: which hosts owe it a
+    // result, whose results arrived, whether the root said it complete. It asks here.
+
+    /// The hosts joined now that `target` names: those a job started now owes a result
+    /// ([`Controller::job_expected`]). The one place that says which hosts a job expects.
+    pub fn joined_in(&self, target: &Target) -> NodeSet {
+        self.hosts.iter().filter(|h| h.state == HostState::Joined && target.includes(&h.id)).map(|h| h.id).collect()
+    }
+
+    /// `job` as it was started (`None`: no such job, or forgotten).
+    pub fn job_spec(&self, job: u64) -> Option<&RunSpec> {
+        self.jobs.iter().find(|j| j.spec.job == job).map(|j| &j.spec)
+    }
+
+    /// The hosts that owe `job` a result: joined and targeted when it was started (or as
+    /// [`Controller::set_job_expected`] said).
+    pub fn job_expected(&self, job: u64) -> Option<&NodeSet> {
+        self.jobs.iter().find(|j| j.spec.job == job).map(|j| &j.expected)
+    }
+
+    /// Whether the root said every member answered `job` (`None`: no such job).
+    pub fn job_complete(&self, job: u64) -> Option<bool> {
+        self.jobs.iter().find(|j| j.spec.job == job).map(|j| j.complete)
+    }
+
+    /// Say which hosts owe `job` a result, instead of those joined when it was added: for a job
+    /// taken over from a journal ([`Controller::adopt_job`]), those its first controller
+    /// expected. Changes nothing else (no message is sent).
+    pub fn set_job_expected(&mut self, job: u64, expected: NodeSet) -> Result<(), ControllerError> {
+        let j = self.jobs.iter_mut().find(|j| j.spec.job == job).ok_or(ControllerError::Unknown)?;
+        j.expected = expected;
+        Ok(())
     }
 
     /// Open a barrier: released when every node of `target` (every joined host, for `All`)
