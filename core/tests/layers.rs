@@ -125,7 +125,7 @@ fn imports_are_read_from_grouped_and_nested_use_lines() {
 
 #[test]
 fn no_source_file_of_the_core_or_the_simulator_is_over_the_limit() {
-    for krate in ["core"] {
+    for krate in ["core", "driver-sim"] {
         let mut files = Vec::new();
         sources(&crate_src(krate), &mut files);
         for f in files {
