@@ -24,8 +24,8 @@
 use crate::run::parse_timeout;
 use crate::session::{ms, summary_json, HostArgs, OutputArgs, PrintOpts, Session, INTERRUPTED};
 use clap::{Args, Parser};
-use plush_core::{HostState, NodeId};
-use plush_mio::{JobSpec, Notice, PushJob};
+use plush_core::{HostState, NodeId, Report};
+use plush_mio::{JobSpec, PushJob};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::io::{BufRead, IsTerminal, Write};
@@ -339,20 +339,22 @@ impl Shell {
     fn notices(&mut self) {
         for n in self.s.c.take_notices() {
             match n {
-                Notice::BarrierReleased { name, entered, expected, partial } => {
+                Report::BarrierReleased { name, entered, expected, partial } => {
                     let how = if partial { "partially released" } else { "released" };
                     let text = format!("barrier {name} {how}: {entered}/{expected} entered");
                     let v = json!({"barrier": name, "released": true, "partial": partial, "entered": entered, "expected": expected});
                     self.out(false, &text, v);
                 }
-                Notice::BarrierLate { name, nodes } => {
+                Report::BarrierLate { name, nodes } => {
+                    let nodes: Vec<NodeId> = nodes.iter().collect();
                     let text = format!("barrier {name}: late {}", self.s.fold(&nodes));
                     self.out(false, &text, json!({"barrier": name, "late": self.s.fold(&nodes)}));
                 }
-                Notice::RootChanged(root) => {
+                Report::RootChanged(root) => {
                     let label = self.s.label(&root);
                     self.out(false, &format!("the root is now {label}"), json!({"root": label}));
                 }
+                _ => {}
             }
         }
     }

@@ -386,31 +386,6 @@ pub struct BarrierInfo {
     pub late: Vec<NodeId>,
 }
 
-/// Something to tell the user about, besides job results: see [`Cluster::take_notices`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Notice {
-    /// A barrier was released.
-    BarrierReleased {
-        /// The barrier.
-        name: String,
-        /// Nodes that had entered.
-        entered: u64,
-        /// Nodes expected.
-        expected: u64,
-        /// Released at the threshold, not complete.
-        partial: bool,
-    },
-    /// Nodes entered a barrier after its release.
-    BarrierLate {
-        /// The barrier.
-        name: String,
-        /// The nodes.
-        nodes: Vec<NodeId>,
-    },
-    /// The tree has a new root.
-    RootChanged(NodeId),
-}
-
 /// Notices kept until taken; the oldest are dropped past it.
 pub const MAX_NOTICES: usize = 1024;
 
@@ -492,7 +467,8 @@ pub struct Cluster {
     /// What the releases and late entries reported: the controller keeps no record of a
     /// release (its counts then, whether it was partial, who came late).
     barriers: BTreeMap<String, BarrierInfo>,
-    notices: VecDeque<Notice>,
+    /// Reports passed on to the user as they came: root changes, barrier releases, late entries.
+    notices: VecDeque<Report>,
     lost_grace: Duration,
     /// [`ClusterConfig::spill_memory`] was given.
     spilling: bool,
@@ -1147,7 +1123,7 @@ impl Cluster {
 
     /// Open a barrier for `target` (every joined host when `None`): released once all of them
     /// entered, or after `timeout` once `threshold` (0 to 1) of them did. Processes enter it
-    /// with `plush barrier NAME`. Its release arrives as a [`Notice`] and in
+    /// with `plush barrier NAME`. Its release arrives as a [`Report::BarrierReleased`] notice and in
     /// [`Cluster::barrier_info`].
     pub fn barrier(
         &mut self,
@@ -1174,12 +1150,14 @@ impl Cluster {
         self.barriers.get(name)
     }
 
-    /// Notices (barrier releases, late entries, root changes) since the last call.
-    pub fn take_notices(&mut self) -> Vec<Notice> {
+    /// The controller's reports of root changes, barrier releases and late entries
+    /// ([`Report::RootChanged`], [`Report::BarrierReleased`], [`Report::BarrierLate`]) since the
+    /// last call, as they came.
+    pub fn take_notices(&mut self) -> Vec<Report> {
         self.notices.drain(..).collect()
     }
 
-    fn notice(&mut self, n: Notice) {
+    fn notice(&mut self, n: Report) {
         if self.notices.len() >= MAX_NOTICES {
             self.notices.pop_front();
         }
@@ -1241,7 +1219,7 @@ impl Cluster {
                 }
                 Report::RootChanged(root) => {
                     self.root = Some(root);
-                    self.notice(Notice::RootChanged(root));
+                    self.notice(Report::RootChanged(root));
                 }
                 Report::Result { job, status, truncated, output, nodes, stderr, blob } => {
                     let Some(j) = self.jobs.get_mut(&job) else { continue };
@@ -1294,14 +1272,13 @@ impl Cluster {
                             late: std::mem::take(&mut b.late),
                         };
                     }
-                    self.notice(Notice::BarrierReleased { name, entered, expected, partial });
+                    self.notice(Report::BarrierReleased { name, entered, expected, partial });
                 }
                 Report::BarrierLate { name, nodes } => {
-                    let nodes: Vec<NodeId> = nodes.iter().collect();
                     if let Some(b) = self.barriers.get_mut(&name) {
-                        b.late.extend(nodes.iter().copied());
+                        b.late.extend(nodes.iter());
                     }
-                    self.notice(Notice::BarrierLate { name, nodes });
+                    self.notice(Report::BarrierLate { name, nodes });
                 }
             }
         }

@@ -50,7 +50,7 @@ pub use auth::Key;
 pub use client::ClientOptions;
 pub use cluster::probe;
 pub use cluster::{
-    BarrierInfo, Cluster, ClusterConfig, DismantleOutcome, HostInfo, JobSpec, Notice, PushJob, ResultGroup, RunOutcome,
+    BarrierInfo, Cluster, ClusterConfig, DismantleOutcome, HostInfo, JobSpec, PushJob, ResultGroup, RunOutcome,
     Streamed,
 };
 pub use driver::{DriverConfig, DriverStats};
