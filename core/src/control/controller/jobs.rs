@@ -4,7 +4,7 @@
 //! [`crate::control`].
 
 use super::*;
-use crate::contract::{HostState, Report};
+use crate::contract::Report;
 use crate::id::NodeId;
 use crate::nodeset::NodeSet;
 use crate::time::Instant;
@@ -193,10 +193,12 @@ impl Controller {
         }
     }
 
-    pub(super) fn expected(&self, target: &Target) -> NodeSet {
+    /// The nodes a barrier on `target` waits for: every node it names (joined or not), or for
+    /// `All` the hosts joined now (as a job started now expects: [`Controller::joined_in`]).
+    fn barrier_expected(&self, target: &Target) -> NodeSet {
         match target {
             Target::Nodes(s) => s.clone(),
-            Target::All => self.hosts.iter().filter(|h| h.state == HostState::Joined).map(|h| h.id).collect(),
+            Target::All => self.joined_in(target),
         }
     }
 
@@ -204,7 +206,7 @@ impl Controller {
         if self.barriers[k].released {
             return;
         }
-        let expected = self.expected(&self.barriers[k].target);
+        let expected = self.barrier_expected(&self.barriers[k].target);
         let b = &self.barriers[k];
         let entered = b.entered.len() - b.entered.minus(&expected).len();
         let all = expected.minus(&b.entered).is_empty() && !expected.is_empty();
