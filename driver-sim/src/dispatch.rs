@@ -330,6 +330,17 @@ impl Sim {
         if self.recording {
             self.node_events.push((self.now, i, e.clone()));
         }
+        if matches!(
+            e,
+            Event::ParentChanged(_)
+                | Event::ChildAdded(_)
+                | Event::ChildRemoved(_)
+                | Event::BecameRoot
+                | Event::StoppedBeingRoot
+                | Event::Left
+        ) {
+            self.shape_at = self.now;
+        }
         match e {
             Event::ParentChanged(Some(_)) | Event::BecameRoot => {
                 let sn = &mut self.nodes[i as usize];

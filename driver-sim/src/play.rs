@@ -168,7 +168,10 @@ pub fn play_sim(sc: &Scenario) -> (SimReport, Sim) {
             break;
         }
     }
-    report.recovery.sim_ms = sim.now().since(fault_at).as_micros() as f64 / 1000.0;
+    // The tick found the tree whole; it has been whole since its shape last changed (not
+    // before the heal or the restart), so the time is exact, not rounded up to the tick.
+    let whole_at = if recovered { sim.shape_at.max(heal_at).max(fault_at) } else { sim.now() };
+    report.recovery.sim_ms = whole_at.since(fault_at).as_micros() as f64 / 1000.0;
     // Where RanSub stood at the repair: the root's epoch, so that its first count of a later
     // epoch (one distributed over the repaired tree) can be found.
     let repaired =

@@ -158,6 +158,10 @@ pub struct Sim {
     pub max_open: u32,
     /// When each repair completed.
     pub repair_times: Vec<Instant>,
+    /// When the tree's shape last changed: a parent, child or root event at any node, or a
+    /// node killed or restarted. A recovery that the tick found converged was converged from
+    /// this moment on, which makes its time exact rather than a multiple of the tick.
+    pub shape_at: Instant,
     /// Links closed while their node still counted them as parent or child.
     pub pinned_closes: u64,
     /// Counters of crashed incarnations, so that totals survive crashes.
@@ -290,6 +294,7 @@ impl Sim {
             counts: Vec::new(),
             max_open: 0,
             repair_times: Vec::new(),
+            shape_at: Instant::ZERO,
             pinned_closes: 0,
             dead_stats: plush_core::Stats::default(),
             watch: std::env::var("PLUSH_SIM_WATCH")
@@ -464,6 +469,7 @@ impl Sim {
     pub fn crash(&mut self, i: u32, kind: CrashKind) {
         let sn = &mut self.nodes[i as usize];
         let Some(Proc::Node(dead)) = sn.proc.take_if(|p| matches!(p, Proc::Node(_))) else { return };
+        self.shape_at = self.now;
         let st = dead.stats();
         self.dead_stats.evictions += st.evictions;
         self.dead_stats.links_refused += st.links_refused;
