@@ -9,6 +9,11 @@ pub struct Config {
     pub max_children: usize,
     /// A join that got no answer is retried after this long. Default 5 s (Mace RandTree).
     pub join_retry: Duration,
+    /// While repairing (the node had a parent and lost it), a join waits this long for one
+    /// candidate's answer before it asks the next; an answer that comes later is still taken.
+    /// A live candidate answers within a few round trips; one that died silently on a link
+    /// still open would otherwise hold the repair for a whole `join_retry`. Default 2 s.
+    pub repair_join_wait: Duration,
     /// Pause before a new round of join attempts once every candidate refused. Default 500 ms.
     pub join_backoff: Duration,
     /// A root probes a round of known peers this often to find and merge other trees (see
@@ -146,6 +151,7 @@ impl Default for Config {
             max_children: 12,
             join_retry: Duration::from_secs(5),
             recheck_delay: Duration::from_secs(3),
+            repair_join_wait: Duration::from_secs(2),
             join_backoff: Duration::from_millis(500),
             probe_interval: Duration::from_secs(10),
             first_probe: Duration::from_secs(1),

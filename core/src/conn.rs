@@ -156,6 +156,11 @@ impl ConnTable {
         self.slot(peer).map(|s| self.slab[s as usize].state)
     }
 
+    /// When a frame last came in on the open link to `peer`; `None` without an open link.
+    pub fn last_heard(&self, peer: &NodeId) -> Option<Instant> {
+        self.slot(peer).map(|s| &self.slab[s as usize]).filter(|l| l.state == LinkState::Open).map(|l| l.last_rx)
+    }
+
     pub fn pins(&self, peer: &NodeId) -> u8 {
         self.slot(peer).map_or(0, |s| self.slab[s as usize].pins)
     }

@@ -183,6 +183,14 @@ impl<'a> Ctx<'a> {
         self.io.conns.unpin(peer, pin);
     }
 
+    /// Whether `peer` was heard from lately: an open link on which a frame came in within two
+    /// heartbeat intervals. A tree neighbour that is alive is never quieter than one interval
+    /// (the parent sends heartbeats, the child answers them), so one quieter than two is
+    /// probably dead, though not yet declared so (`dead_after`).
+    pub fn heard_lately(&self, peer: &NodeId) -> bool {
+        self.io.conns.last_heard(peer).is_some_and(|t| t + self.cfg.heartbeat * 2 > self.now)
+    }
+
     /// Close the link to `peer` if nothing keeps it.
     pub fn release(&mut self, peer: &NodeId) {
         let Io { conns, out, .. } = &mut *self.io;

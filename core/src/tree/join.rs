@@ -12,9 +12,12 @@ use rand::RngExt;
 use smallvec::SmallVec;
 
 impl Tree {
-    /// Start a round of join attempts: `first`, then failover siblings, the root, random peers.
+    /// Start a round of join attempts: `first`, then the ancestors (or, in a failover, the lower
+    /// siblings, all asked at once), the backbone, RanSub's views, random peers.
     pub(super) fn begin_round(&mut self, ctx: &mut Ctx<'_>, first: &[NodeId]) {
         debug_assert_eq!(self.state, TreeState::Joining);
+        self.hedged.clear();
+        self.hedge_at = None;
         let mut list: Vec<(NodeId, JoinMode)> = Vec::with_capacity(MAX_CANDIDATES);
         let me = self.me;
         let children = &self.children;
@@ -27,22 +30,31 @@ impl Tree {
         for &id in first {
             push(&mut list, id, JoinMode::Forward);
         }
+        self.asked.clear();
         if let Some(dead_root) = self.failover {
-            // Siblings below us, lowest first: one of them is the new root.
+            // Siblings below us: the lowest live one is the new root. All are asked at once, so
+            // that deciding costs one connect timeout however many of them are silent.
             let mut lower: SmallVec<[NodeId; 12]> =
-                self.siblings.iter().copied().filter(|s| *s < me && *s != dead_root).collect();
+                self.siblings.iter().copied().filter(|s| *s < me && *s != dead_root && !children.contains(s)).collect();
             lower.sort_unstable();
             if lower.is_empty() {
                 self.become_root(ctx);
                 return;
             }
-            for id in lower {
-                push(&mut list, id, JoinMode::Failover { dead_root });
+            for id in lower.into_iter().take(MAX_TOP) {
+                if !self.contacted.contains(&id) && self.contacted.len() < MAX_CANDIDATES {
+                    self.contacted.push(id);
+                }
+                self.asked.push(id);
+                ctx.send(id, TreeMsg::Join { joiner: me, mode: JoinMode::Failover { dead_root }, hops: 0 });
             }
         } else {
-            // Nearest ancestor first: it forwards our join up to the root.
+            // Nearest ancestor first: it forwards our join up to the root. (A suspect, such as
+            // an ancestor that did not answer our direct join, comes last with the others.)
             for &a in self.path.iter().rev() {
-                push(&mut list, a, JoinMode::Forward);
+                if !self.suspects.contains(&a) {
+                    push(&mut list, a, JoinMode::Forward);
+                }
             }
         }
         // Then the backbone, then everyone else we know.
@@ -75,6 +87,14 @@ impl Tree {
         list.reverse(); // tried from the back
         self.candidates = list;
         self.answered = false;
+        if !self.asked.is_empty() {
+            // The rest of the round waits for the siblings' answers: a live one answers at once
+            // (it accepts as the new root, or refuses while it still elects), a dead one's
+            // connect fails within `connect_timeout`.
+            self.target = None;
+            self.join_at = Some(ctx.now + ctx.cfg.connect_timeout + ctx.cfg.repair_timeout);
+            return;
+        }
         if self.repairing && first.is_empty() && self.failover.is_none() && ctx.cfg.ransub_repair {
             self.waves_left = ctx.cfg.repair_waves;
             self.start_direct(ctx);
@@ -150,6 +170,11 @@ impl Tree {
     /// A wave of direct attempts ended without an accept: the ordinary round starts alongside
     /// the next wave (a bound on the repair time when RanSub's candidates are poor), or alone.
     pub(super) fn end_direct_wave(&mut self, ctx: &mut Ctx<'_>) {
+        // A live candidate answers a direct join within the wave (it accepts, refuses, or gives
+        // up its verification): one still silent is probably dead, so it goes last from now on.
+        for d in core::mem::take(&mut self.direct) {
+            self.suspect(d);
+        }
         self.in_direct = false;
         self.direct.clear();
         self.direct_at = None;
@@ -162,11 +187,47 @@ impl Tree {
         }
     }
 
+    /// A lower sibling asked in a failover refused or could not be reached.
+    pub(super) fn failover_answered(&mut self, ctx: &mut Ctx<'_>, from: NodeId) {
+        self.asked.retain(|a| *a != from);
+        if self.asked.is_empty() {
+            self.try_next(ctx);
+        }
+    }
+
+    /// Forget `peer` as a hedged candidate; whether it was one.
+    pub(super) fn hedged_gone(&mut self, peer: NodeId) -> bool {
+        let Some(i) = self.hedged.iter().position(|h| *h == peer) else { return false };
+        self.hedged.swap_remove(i);
+        true
+    }
+
+    /// A repair's current target has not answered within `repair_timeout`: keep waiting for it,
+    /// and ask the next candidate too, up to [`MAX_HEDGED`] at once. A live candidate answers
+    /// within a few round trips; a dead one (on a link still open, or still connecting) would
+    /// otherwise hold the repair for a connect timeout or `repair_join_wait`. The first accept
+    /// wins; later ones are answered with `Remove`. Only repairs hedge: a first join waits its
+    /// turn, so that a cold start does not multiply the joins that reach the root.
+    pub(super) fn hedge(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(t) = self.target else { return };
+        let next_is_plain = matches!(self.candidates.last(), Some((_, JoinMode::Forward)));
+        if self.state != TreeState::Joining
+            || !self.repairing
+            || self.parent.is_some()
+            || self.hedged.len() >= MAX_HEDGED
+            || !next_is_plain
+        {
+            return;
+        }
+        self.hedged.push(t);
+        self.try_next(ctx);
+    }
+
     /// Send our join to the next candidate, or end the round.
     pub(super) fn try_next(&mut self, ctx: &mut Ctx<'_>) {
         self.target = None;
-        let siblings_exhausted = matches!(self.candidates.last(), Some((_, JoinMode::Forward)) | None);
-        if self.failover.is_some() && siblings_exhausted && !self.answered {
+        self.hedge_at = None;
+        if self.failover.is_some() && self.asked.is_empty() && !self.answered {
             // Every lower sibling is unreachable: we are the lowest survivor.
             self.become_root(ctx);
             return;
@@ -178,7 +239,16 @@ impl Tree {
                     self.contacted.push(next);
                 }
                 ctx.send(next, TreeMsg::Join { joiner: self.me, mode, hops: 0 });
-                self.join_at = Some(ctx.now + ctx.cfg.join_retry);
+                let wait = if self.repairing { ctx.cfg.repair_join_wait } else { ctx.cfg.join_retry };
+                self.join_at = Some(ctx.now + wait);
+                if self.repairing && mode == JoinMode::Forward {
+                    self.hedge_at = Some(ctx.now + ctx.cfg.repair_timeout);
+                }
+            }
+            None if !self.hedged.is_empty() => {
+                // Earlier candidates are still unanswered: their answer, or their failure,
+                // decides (at the latest after a connect timeout).
+                self.join_at = Some(ctx.now + ctx.cfg.connect_timeout);
             }
             None if !self.answered && (!self.children.is_empty() || self.root == Some(self.me)) => {
                 // Nobody we know is reachable: root our own fragment; probes merge it later.
@@ -266,6 +336,10 @@ impl Tree {
     pub(super) fn end_attempt(&mut self) {
         self.refused_rounds = 0;
         self.repairing = false;
+        self.hedged = Vec::new();
+        self.hedge_at = None;
+        self.asked = Vec::new();
+        self.held = Vec::new();
         self.in_direct = false;
         self.waves_left = 0;
         self.direct_at = None;
@@ -281,6 +355,12 @@ impl Tree {
         self.answered = true;
         if self.in_direct && self.direct.contains(&from) {
             self.direct_answered(ctx, from);
+        } else if self.asked.contains(&from) {
+            self.failover_answered(ctx, from);
+        } else if self.hedged_gone(from) {
+            if self.target.is_none() && self.hedged.is_empty() {
+                self.try_next(ctx);
+            }
         } else if self.target.is_some() {
             self.try_next(ctx);
         }
@@ -314,10 +394,22 @@ impl Tree {
                 }
             }
             JoinMode::Failover { dead_root } => {
-                if self.state == TreeState::Joined && self.parent == Some(dead_root) {
-                    // A sibling saw the root fail before we did.
+                if self.state == TreeState::Joined && self.parent == Some(dead_root) && !ctx.heard_lately(&dead_root) {
+                    // A sibling saw the root fail before we did, and we have not heard from it
+                    // lately either. (One we heard from lately is alive: the sibling's link to
+                    // it broke alone, or the root dropped it. Its join then goes up to the root
+                    // like any other, rather than the whole backbone leaving a live root.)
                     ctx.close(&dead_root);
                     self.parent_lost(ctx, false);
+                }
+                if self.state == TreeState::Joining
+                    && self.failover == Some(dead_root)
+                    && joiner > self.me
+                    && !self.held.contains(&joiner)
+                    && self.held.len() < ctx.cfg.degree()
+                {
+                    // We elect too and rank below the joiner: if we become the root, it is ours.
+                    self.held.push(joiner);
                 }
                 self.route(ctx, joiner, hops);
             }
@@ -341,7 +433,9 @@ impl Tree {
         if !room && placed && !self.children.is_empty() && !self.path.contains(&joiner) {
             // Full (many repairs picked us): pass the request down to a random child, which
             // verifies its own chain, so that a popular candidate spreads the load.
-            let c = self.children[ctx.rng.random_range(0..self.children.len())];
+            let lately: Children = self.children.iter().copied().filter(|c| ctx.heard_lately(c)).collect();
+            let from = if lately.is_empty() { &self.children } else { &lately };
+            let c = from[ctx.rng.random_range(0..from.len())];
             if c != joiner {
                 return ctx.send(c, TreeMsg::Join { joiner, mode: JoinMode::Direct, hops: hops + 1 });
             }
@@ -499,8 +593,14 @@ impl Tree {
         if self.children.contains(&joiner) || self.children.len() + self.verifying.len() < ctx.cfg.degree() {
             return self.accept_child(ctx, joiner, false);
         }
-        // Full: pass it down to a random child, marked so it never comes back up.
-        let eligible: Children = self.children.iter().copied().filter(|c| *c != joiner).collect();
+        // Full: pass it down to a random child, marked so it never comes back up; a child heard
+        // from lately, when there is one (a join passed to a dead child is lost until the
+        // joiner's `join_retry`).
+        let mut eligible: Children =
+            self.children.iter().copied().filter(|c| *c != joiner && ctx.heard_lately(c)).collect();
+        if eligible.is_empty() {
+            eligible = self.children.iter().copied().filter(|c| *c != joiner).collect();
+        }
         if eligible.is_empty() {
             return self.reject(ctx, joiner);
         }

@@ -77,6 +77,8 @@ const MAX_FANOUT: usize = 8;
 const MAX_DIRECT: usize = 16;
 /// Direct joins a node verifies at once; more are refused.
 const MAX_VERIFYING: usize = 12;
+/// Join candidates of a repair's ordinary round asked at once (see [`Tree::hedge`]).
+const MAX_HEDGED: usize = 4;
 /// Longest verification walk (hops up a parent chain) before it is refused.
 const MAX_ROUTE: usize = 64;
 /// Members of its RanSub views a joining node adds to each round's candidates.
@@ -130,6 +132,13 @@ pub(crate) struct Tree {
     suspects: Vec<NodeId>,
     /// Set while re-electing a root after our parent, the root, failed.
     failover: Option<NodeId>,
+    /// In a failover: the lower siblings asked at once and not yet answered. At most
+    /// [`MAX_TOP`] (siblings are the old root's children, a list of at most `MAX_LIST`, of which
+    /// the lowest `MAX_TOP` are asked).
+    asked: Vec<NodeId>,
+    /// In a failover: higher siblings whose `Join(Failover)` we refused while still electing;
+    /// taken as children at once if we become the root. At most the degree.
+    held: Vec<NodeId>,
     /// The current round's remaining candidates, tried from the back.
     candidates: Vec<(NodeId, JoinMode)>,
     /// The candidate our last `Join` went to.
@@ -156,6 +165,12 @@ pub(crate) struct Tree {
     /// Set when the parent changes; the node resets RanSub's collect on it.
     parent_changed: bool,
     join_at: Option<Instant>,
+    /// While repairing: when the current target, still unanswered, is joined by the next
+    /// candidate (see [`Tree::hedge`]).
+    hedge_at: Option<Instant>,
+    /// Earlier targets of this round, unanswered, asked alongside the current one. At most
+    /// [`MAX_HEDGED`].
+    hedged: Vec<NodeId>,
     /// Deadline of the current wave of direct attempts.
     direct_at: Option<Instant>,
     probe_at: Option<Instant>,
@@ -183,6 +198,8 @@ impl Tree {
             suspects: Vec::new(),
             top: Vec::new(),
             failover: None,
+            asked: Vec::new(),
+            held: Vec::new(),
             candidates: Vec::new(),
             target: None,
             contacted: Vec::new(),
@@ -196,6 +213,8 @@ impl Tree {
             verifying: Vec::new(),
             parent_changed: false,
             join_at: None,
+            hedge_at: None,
+            hedged: Vec::new(),
             direct_at: None,
             probe_at: None,
             probe_gap: core::time::Duration::ZERO,
@@ -231,7 +250,11 @@ impl Tree {
 
     pub fn next_timeout(&self) -> Option<Instant> {
         let mut next = self.join_at;
-        for t in [self.direct_at, self.probe_at].into_iter().flatten().chain(self.verifying.iter().map(|v| v.1)) {
+        for t in [self.hedge_at, self.direct_at, self.probe_at]
+            .into_iter()
+            .flatten()
+            .chain(self.verifying.iter().map(|v| v.1))
+        {
             next = Some(next.map_or(t, |n| n.min(t)));
         }
         next
@@ -415,11 +438,8 @@ impl Tree {
 
     /// The link to `peer` is gone: `failed` if it never opened.
     pub fn on_link_down(&mut self, ctx: &mut Ctx<'_>, peer: NodeId, failed: bool) {
-        if failed && !self.suspects.contains(&peer) {
-            if self.suspects.len() == MAX_SUSPECTS {
-                self.suspects.remove(0);
-            }
-            self.suspects.push(peer);
+        if failed {
+            self.suspect(peer);
         }
         if self.children.contains(&peer) {
             self.remove_child(ctx, peer);
@@ -434,13 +454,23 @@ impl Tree {
             if self.in_direct && self.direct.contains(&peer) {
                 self.direct_answered(ctx, peer);
             }
+            if self.asked.contains(&peer) {
+                self.failover_answered(ctx, peer);
+            }
             if self.target == Some(peer) {
+                self.try_next(ctx);
+            } else if self.hedged_gone(peer) && self.target.is_none() && self.hedged.is_empty() {
+                // The round waited for this last hedged candidate: go on.
                 self.try_next(ctx);
             }
         }
     }
 
     pub fn on_timeout(&mut self, ctx: &mut Ctx<'_>) {
+        if self.hedge_at.is_some_and(|t| t <= ctx.now) {
+            self.hedge_at = None;
+            self.hedge(ctx);
+        }
         if self.direct_at.is_some_and(|t| t <= ctx.now) {
             self.direct_at = None;
             if self.state == TreeState::Joining && self.in_direct {
@@ -452,7 +482,12 @@ impl Tree {
         if self.join_at.is_some_and(|t| t <= ctx.now) {
             self.join_at = None;
             if self.state == TreeState::Joining {
-                if self.target.is_some() {
+                if !self.asked.is_empty() {
+                    // The siblings still unanswered are as good as silent.
+                    self.asked.clear();
+                    self.try_next(ctx);
+                } else if self.target.is_some() || !self.hedged.is_empty() {
+                    self.hedged.clear();
                     // The target stayed silent: next candidate.
                     self.try_next(ctx);
                 } else {
@@ -503,6 +538,11 @@ impl Tree {
         if self.path.last() == Some(&old) {
             self.path.pop();
         }
+        if !alive {
+            // Dead or gone: whatever else names it (the backbone, RanSub's views, our peers),
+            // it is tried last, after every live contact, and never asked directly.
+            self.suspect(old);
+        }
         ctx.unpin(&old, Pin::Parent);
         ctx.event(Event::ParentChanged(None));
         self.parent_changed = true;
@@ -519,6 +559,7 @@ impl Tree {
 
     fn become_root(&mut self, ctx: &mut Ctx<'_>) {
         let was_root = self.is_root();
+        let held = core::mem::take(&mut self.held);
         self.state = TreeState::Joined;
         if let Some(p) = self.parent.take() {
             ctx.unpin(&p, Pin::Parent);
@@ -532,7 +573,10 @@ impl Tree {
         self.join_at = None;
         self.siblings.clear();
         for peer in core::mem::take(&mut self.contacted) {
-            ctx.release(&peer);
+            // A sibling we asked and also refused stays: it becomes our child below.
+            if !held.contains(&peer) {
+                ctx.release(&peer);
+            }
         }
         if !was_root {
             ctx.event(Event::BecameRoot);
@@ -543,6 +587,22 @@ impl Tree {
         self.probing = None;
         self.probe_gap = ctx.cfg.first_probe;
         self.arm_probe(ctx);
+        // The siblings we refused while electing: we are the new root they were looking for.
+        for joiner in held {
+            if joiner != self.me && !self.children.contains(&joiner) && self.children.len() < ctx.cfg.degree() {
+                self.accept_child(ctx, joiner, false);
+            }
+        }
+    }
+
+    /// Remember `peer` as recently unreachable (tried last when joining, never asked directly).
+    fn suspect(&mut self, peer: NodeId) {
+        if !self.suspects.contains(&peer) {
+            if self.suspects.len() == MAX_SUSPECTS {
+                self.suspects.remove(0);
+            }
+            self.suspects.push(peer);
+        }
     }
 
     // ----- shared bookkeeping ---------------------------------------------------------------
