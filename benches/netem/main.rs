@@ -15,8 +15,9 @@
 //! round trip as its latency.
 //!
 //! Scenarios (each prints one JSON line on stdout): `build` (start to all joined), `recovery`
-//! (25 % SIGKILL with the root: time until every survivor is in one tree and until the relaunched
-//! hosts rejoined; the same with silent death, SIGSTOP plus all of the host's traffic dropped),
+//! (the tree runs two RanSub epochs, then 25 % SIGKILL with the root: time until every survivor
+//! is in one tree and until the relaunched hosts rejoined; the same with silent death: all of the
+//! hosts' traffic dropped at once on the bridge, and their clients stopped with SIGSTOP),
 //! `partition` (two-way and one-way, healed after `--heal-after` s: time from the heal to one
 //! tree), `link_cut` (one tree link cut both ways for `--heal-after` s: time from the heal to
 //! one tree), `job` (a job through a SIGKILL, a partition and a silent death: lost and duplicated
@@ -450,9 +451,11 @@ fn pids(c: &Cluster, hosts: &[NodeId]) -> Res<Vec<u32>> {
         .collect()
 }
 
-/// Whether every one of `expect` is in the tree and the tree has one root.
+/// Whether every one of `expect` is in the tree and the tree has one root. One poll waits at
+/// most 150 ms for the members' answers: the first polls after a fault still ask the dead, and
+/// a longer wait would be counted in the recovery time (it was, at 500 ms a poll).
 fn one_tree(c: &mut Cluster, expect: &[NodeId]) -> Res<bool> {
-    let topo = c.topology(Duration::from_millis(500)).map_err(e)?;
+    let topo = c.topology(Duration::from_millis(150)).map_err(e)?;
     let roots = topo.values().filter(|p| p.is_none()).count();
     Ok(roots == 1 && expect.iter().all(|h| topo.contains_key(h)))
 }
@@ -470,27 +473,53 @@ fn wait_one_tree(c: &mut Cluster, expect: &[NodeId], within: Duration) -> Res<Op
     Ok(None)
 }
 
+/// RanSub epochs a fresh tree runs before a recovery scenario's fault, here and in the
+/// simulator's run beside it (`--steady-epochs`): a cluster that fails has usually been up a
+/// while, and its members' RanSub views (the repair's first candidates) are filled.
+const SETTLE_EPOCHS: u32 = 2;
+
+/// Let a fresh tree run [`SETTLE_EPOCHS`] RanSub epochs.
+fn settle(c: &mut Cluster) -> Res<()> {
+    let until = Instant::now() + Config::default().ransub_epoch * SETTLE_EPOCHS;
+    while Instant::now() < until {
+        stopped()?;
+        c.pump(Duration::from_millis(50)).map_err(e)?;
+    }
+    Ok(())
+}
+
 fn ms(d: Duration) -> u128 {
     d.as_millis()
 }
 
-/// Silence `hosts`: SIGSTOP their clients and drop all their traffic.
+/// Silence `hosts` all at once: one nftables table on the bridge drops every frame from or to
+/// them (one atomic rule set, so that no host goes silent much later than the first), then
+/// their clients are stopped (SIGSTOP), so that they do not even run.
 fn silence(c: &Cluster, hosts: &[NodeId]) -> Res<Vec<u32>> {
     let p = pids(c, hosts)?;
-    for (h, pid) in hosts.iter().zip(&p) {
+    let set: Vec<String> = hosts.iter().map(|h| ip_of(h).to_string()).collect();
+    let set = set.join(", ");
+    nft(
+        BRIDGE_NS,
+        &format!(
+            "table bridge pnmsilent {{\n chain cut {{ type filter hook forward priority -10; policy accept; \
+             ip saddr {{ {set} }} drop; ip daddr {{ {set} }} drop; }}\n}}\n"
+        ),
+    )?;
+    for pid in &p {
         signal(*pid, libc::SIGSTOP);
-        fault_rules(ip_of(h), "meta l4proto != 255", "meta l4proto != 255")?;
     }
     Ok(p)
 }
 
-/// Undo [`silence`]: the stopped clients are killed (they may be relaunched), rules flushed.
-fn unsilence(hosts: &[NodeId], stopped: &[u32]) -> Res<()> {
+/// Undo [`silence`]: the stopped clients are killed (they may be relaunched), the bridge's
+/// table deleted.
+fn unsilence(stopped: &[u32]) -> Res<()> {
     for p in stopped {
         signal(*p, libc::SIGKILL);
         signal(*p, libc::SIGCONT);
     }
-    heal(&hosts.iter().map(ip_of).collect::<Vec<_>>())
+    nft(BRIDGE_NS, "delete table bridge pnmsilent\n")
 }
 
 /// Cut `cut` off from every other host and the controller; `one_way`: only what they receive
@@ -517,6 +546,7 @@ fn scenario_build(env: &Env) -> Res<u128> {
 /// silently. (survivors in one tree ms, relaunched rejoined ms or none).
 fn scenario_recovery(env: &mut Env, silent: bool) -> Res<(u128, Option<u128>)> {
     let (mut c, _) = env.built(Config::default().max_children)?;
+    settle(&mut c)?;
     let victims = env.victims(&c, 0.25, true);
     let survivors = env.survivors(&victims);
     let p = pids(&c, &victims)?;
@@ -540,7 +570,7 @@ fn scenario_recovery(env: &mut Env, silent: bool) -> Res<(u128, Option<u128>)> {
             return Err("the relaunched hosts did not rejoin within 120 s".into());
         }
     } else {
-        unsilence(&victims, &stopped_pids)?;
+        unsilence(&stopped_pids)?;
     }
     let kind = if silent { "silent" } else { "process" };
     println!(
@@ -675,7 +705,7 @@ fn job_through(env: &mut Env, fault: &str) -> Res<(usize, usize)> {
     let out: RunOutcome = c.wait_job(job, |_, _, _| {}, || Instant::now() >= end || stop_now()).map_err(e)?;
     stopped()?;
     if !stopped_pids.is_empty() {
-        unsilence(&victims, &stopped_pids)?;
+        unsilence(&stopped_pids)?;
     }
     let spared = env.survivors(&victims);
     let mut times: BTreeMap<NodeId, usize> = BTreeMap::new();
@@ -806,7 +836,8 @@ fn measure_rtt(env: &Env) -> Res<(f64, f64)> {
 fn sim_recovery(o: &Opts, lat: &str, host_crash: bool) -> Res<f64> {
     let mut cmd = Command::new(&o.plush);
     cmd.args(["sim", "--nodes", &o.hosts.to_string(), "--seed", &o.seed.to_string(), "--kill", "0.25"]);
-    cmd.args(["--kill-root", "--latency", lat, "--json"]);
+    // The same settling as the real run's (`SETTLE_EPOCHS`) between the build and the fault.
+    cmd.args(["--kill-root", "--latency", lat, "--steady-epochs", &SETTLE_EPOCHS.to_string(), "--json"]);
     if host_crash {
         cmd.args(["--crash", "host"]);
     }
