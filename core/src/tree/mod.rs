@@ -649,6 +649,15 @@ impl Tree {
         }
         self.path.clear();
         self.path.extend_from_slice(path);
+        if let (TreeState::Joined, Some(p)) = (self.state, self.parent) {
+            // Our chain changed: a verification we sent up may have been lost with a dead
+            // ancestor (it forwarded it before it died, or before its own parent was seen dead).
+            // Ask again along the new chain rather than make the joiner wait `repair_timeout`;
+            // a second answer finds nothing waiting and is dropped.
+            for &(joiner, _) in &self.verifying {
+                ctx.send(p, TreeMsg::Verify { joiner, route: List(vec![self.me]) });
+            }
+        }
         if !self.children.is_empty() {
             let mut down = Vec::with_capacity(path.len() + 1);
             down.extend_from_slice(path);
