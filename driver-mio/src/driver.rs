@@ -88,6 +88,8 @@ pub const ACCEPTS_PER_TURN: usize = 256;
 const EVENTS: usize = 1024;
 /// Log lines per second at most; more are counted and summed up in the next line.
 const LOG_PER_SEC: u32 = 50;
+/// The same with `PLUSH_LOG=debug`, which logs every event: a repair's events must all show.
+const DEBUG_LOG_PER_SEC: u32 = 2000;
 
 /// A function called with each report of a controller (`Some`), and with `None` before any
 /// frame leaves after reports were given to it (see `Driver::report_hook`).
@@ -269,12 +271,19 @@ impl Log {
                 write_line(format_args!("{}: ({n} lines not shown)", self.prefix));
             }
         }
-        if self.lines >= LOG_PER_SEC {
+        if self.lines >= if self.debug { DEBUG_LOG_PER_SEC } else { LOG_PER_SEC } {
             self.dropped += 1;
             return;
         }
         self.lines += 1;
-        write_line(format_args!("{}: {}", self.prefix, msg));
+        if self.debug {
+            // Debug lines carry the wall clock (ms since the Unix epoch), so that the logs of
+            // many clients on one machine can be put in one order (benches/netem does).
+            let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+            write_line(format_args!("{ms} {}: {}", self.prefix, msg));
+        } else {
+            write_line(format_args!("{}: {}", self.prefix, msg));
+        }
     }
 }
 
