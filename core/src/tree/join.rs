@@ -195,6 +195,14 @@ impl Tree {
         }
     }
 
+    /// Remember a higher sibling whose `Join(Failover)` we refused, to take it as a child if we
+    /// become the root soon (see `Tree::held`).
+    pub(super) fn hold(&mut self, ctx: &mut Ctx<'_>, joiner: NodeId) {
+        if joiner != self.me && !self.held.iter().any(|h| h.0 == joiner) && self.held.len() < ctx.cfg.degree() {
+            self.held.push((joiner, ctx.now));
+        }
+    }
+
     /// Forget `peer` as a hedged candidate; whether it was one.
     pub(super) fn hedged_gone(&mut self, peer: NodeId) -> bool {
         let Some(i) = self.hedged.iter().position(|h| *h == peer) else { return false };
@@ -394,22 +402,24 @@ impl Tree {
                 }
             }
             JoinMode::Failover { dead_root } => {
-                if self.state == TreeState::Joined && self.parent == Some(dead_root) && !ctx.heard_lately(&dead_root) {
+                let ours = self.state == TreeState::Joined && self.parent == Some(dead_root);
+                if ours && !ctx.heard_lately(&dead_root) {
                     // A sibling saw the root fail before we did, and we have not heard from it
-                    // lately either. (One we heard from lately is alive: the sibling's link to
-                    // it broke alone, or the root dropped it. Its join then goes up to the root
-                    // like any other, rather than the whole backbone leaving a live root.)
+                    // lately either.
                     ctx.close(&dead_root);
                     self.parent_lost(ctx, false);
+                } else if ours {
+                    // We heard from the root lately. Either the sibling's link to it broke alone
+                    // (a live root must not lose its whole backbone to one claim), or the news
+                    // of its death is still on its way to us. Refuse for now (while we may be
+                    // the lower survivor, the sibling must not become the root) and hold it:
+                    // if we become the root after all, it is ours.
+                    self.hold(ctx, joiner);
+                    return self.reject(ctx, joiner);
                 }
-                if self.state == TreeState::Joining
-                    && self.failover == Some(dead_root)
-                    && joiner > self.me
-                    && !self.held.contains(&joiner)
-                    && self.held.len() < ctx.cfg.degree()
-                {
+                if self.state == TreeState::Joining && self.failover == Some(dead_root) && joiner > self.me {
                     // We elect too and rank below the joiner: if we become the root, it is ours.
-                    self.held.push(joiner);
+                    self.hold(ctx, joiner);
                 }
                 self.route(ctx, joiner, hops);
             }

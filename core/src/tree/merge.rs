@@ -110,6 +110,10 @@ impl Tree {
         self.probing = None;
         // Tell the higher of the two roots about the lower one.
         let (higher, lower) = if their_root < root { (root, their_root) } else { (their_root, root) };
+        if higher == self.me {
+            // Our root is still ourselves: a detached top, joining. Its own join settles it.
+            return;
+        }
         ctx.send(higher, TreeMsg::Probe { root: lower });
     }
 

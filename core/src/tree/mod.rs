@@ -136,9 +136,10 @@ pub(crate) struct Tree {
     /// [`MAX_TOP`] (siblings are the old root's children, a list of at most `MAX_LIST`, of which
     /// the lowest `MAX_TOP` are asked).
     asked: Vec<NodeId>,
-    /// In a failover: higher siblings whose `Join(Failover)` we refused while still electing;
-    /// taken as children at once if we become the root. At most the degree.
-    held: Vec<NodeId>,
+    /// Higher siblings whose `Join(Failover)` we refused (while electing, or while the old root
+    /// still seemed alive to us), with when: taken as children at once if we become the root
+    /// within [`Tree::held_for`] of that. At most the degree.
+    held: Vec<(NodeId, Instant)>,
     /// The current round's remaining candidates, tried from the back.
     candidates: Vec<(NodeId, JoinMode)>,
     /// The candidate our last `Join` went to.
@@ -559,7 +560,9 @@ impl Tree {
 
     fn become_root(&mut self, ctx: &mut Ctx<'_>) {
         let was_root = self.is_root();
-        let held = core::mem::take(&mut self.held);
+        let fresh = ctx.now - Self::held_for(ctx.cfg);
+        let held: Vec<NodeId> =
+            core::mem::take(&mut self.held).into_iter().filter(|h| h.1 >= fresh).map(|h| h.0).collect();
         self.state = TreeState::Joined;
         if let Some(p) = self.parent.take() {
             ctx.unpin(&p, Pin::Parent);
@@ -593,6 +596,12 @@ impl Tree {
                 self.accept_child(ctx, joiner, false);
             }
         }
+    }
+
+    /// How long a refused failover joiner is held: until we would have seen the old root dead
+    /// (`dead_after`) and asked our own lower siblings (`connect_timeout + repair_timeout`).
+    fn held_for(cfg: &crate::Config) -> core::time::Duration {
+        cfg.dead_after + cfg.connect_timeout + cfg.repair_timeout
     }
 
     /// Remember `peer` as recently unreachable (tried last when joining, never asked directly).
