@@ -132,6 +132,8 @@ pub fn trim_heap() {
 pub fn trim_heap() {}
 
 /// Allocations of this many bytes or more get pages of their own (see [`map_large_allocations`]).
+/// Unused with other C libraries than glibc (the static musl build).
+#[cfg_attr(not(all(target_os = "linux", target_env = "gnu")), allow(dead_code))]
 pub const MMAP_THRESHOLD: i32 = 1 << 20;
 
 /// Make glibc give every allocation of [`MMAP_THRESHOLD`] bytes or more pages of its own, returned
