@@ -259,10 +259,9 @@ impl SshLaunch {
                 "mkdir -p {dir} && cat > {path}.tmp.$$ && chmod 755 {path}.tmp.$$ && mv -f {path}.tmp.$$ {path}"
             ));
             local.push_str(&format!(
-                "{status})
-  {ssh} {copy} < {bin} || {{ echo \"plush: cannot copy the plush binary for \"{arch}\" to \"{who} >&2; exit 1; }}
-                   exec {ssh} {} < {key};;
-",
+                "{status})\n  {ssh} {copy} < {bin} || \
+                 {{ echo \"plush: cannot copy the plush binary for \"{arch}\" to \"{who} >&2; exit 1; }}\n  \
+                 exec {ssh} {} < {key};;\n",
                 q(&run(&path)),
                 bin = q(&b.binary.to_string_lossy()),
                 arch = q(&b.arch),
