@@ -12,6 +12,12 @@
 #   controller_fds_1000   the same with 1000 clients
 #   launch_join_1000_ms   Cluster::start to all 1000 clients joined
 #   hostname_1000_ms      run(["hostname"]) until all 1000 results are back
+#   static_binary_bytes   size of the static x86_64 musl `dist` build of plush (benches/dist.sh's,
+#                         what the ssh launcher copies to hosts)
+#   static_client_rss_kib client_rss_kib again, with 1000 clients of that static build
+#
+# The static figures need the musl target (rustup target add x86_64-unknown-linux-musl; .ci/run
+# adds it): without it they are null.
 #
 # Stdout: a table and details (none with --json), then, always as its last line, one JSON object
 # with those keys (null for what could not be measured). Cargo's and the example's progress go
@@ -48,6 +54,14 @@ cd "$root"
 echo "footprint.sh: building the release plush binary and the footprint example" >&2
 cargo build --release -p plush >&2
 cargo build --release -p plush-mio --example footprint >&2
+static_args=()
+echo "footprint.sh: building the static client (x86_64 musl, profile dist)" >&2
+if cargo build --profile dist -p plush --target x86_64-unknown-linux-musl >&2; then
+    static_built=1
+else
+    static_built=0
+    echo "footprint.sh: no static build (is the x86_64-unknown-linux-musl target installed?)" >&2
+fi
 
 target_dir=$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 if [ -z "$target_dir" ]; then
@@ -63,6 +77,10 @@ for f in "$plush" "$example"; do
 done
 
 stripped_args=()
+static_plush=$target_dir/x86_64-unknown-linux-musl/dist/plush
+if [ "$static_built" = 1 ] && [ -x "$static_plush" ]; then
+    static_args=(--static-plush "$static_plush")
+fi
 work=$(mktemp -d "${TMPDIR:-/tmp}/plush-footprint.XXXXXX")
 if command -v strip > /dev/null && strip -o "$work/plush.stripped" "$plush" 2> /dev/null; then
     stripped_args=(--stripped-bytes "$(stat -c %s "$work/plush.stripped")")
@@ -131,7 +149,7 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-args=(--plush "$plush" --pid-file "$pid_file" "${stripped_args[@]}")
+args=(--plush "$plush" --pid-file "$pid_file" "${stripped_args[@]}" "${static_args[@]}")
 [ "$json" = 1 ] && args+=(--json)
 
 # Started in a subshell that closes every fd above 2 first, then becomes the example.

@@ -153,6 +153,8 @@ fn host_args(app: &AppSpec, file: &std::path::Path) -> HostArgs {
         }),
         ssh_options: h.ssh_options.clone(),
         launcher_command: h.launcher_command.clone(),
+        // The default: `plush-clients` beside this binary, else this binary alone.
+        client_binaries: None,
         degree: h.degree.unwrap_or(12),
         join_timeout: None,
         fanout: 50,

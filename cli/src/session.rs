@@ -87,6 +87,14 @@ pub struct HostArgs {
     #[arg(long = "ssh-option", value_name = "OPT", allow_hyphen_values = true)]
     pub ssh_options: Vec<String>,
 
+    /// With `--launcher ssh`: a directory of client builds, `DIR/<arch>/plush` for each
+    /// architecture as `uname -m` names it (`benches/dist.sh` makes one). Each host gets the
+    /// build for its own architecture; a host whose architecture has none is refused before
+    /// anything is copied. [default: `plush-clients` beside this plush binary if it exists,
+    /// else this binary alone, for hosts of its own architecture]
+    #[arg(long, value_name = "DIR")]
+    pub client_binaries: Option<std::path::PathBuf>,
+
     /// With `--launcher command`: a shell command that starts a client, with `{host}`,
     /// `{addr}`, `{ip}`, `{port}` and `{plush}` (this plush binary) replaced, shell-quoted. The
     /// cluster key is on its stdin: the client reads it with `--key-file -`. Example:
@@ -390,12 +398,22 @@ fn launch_method(args: &HostArgs, kind: LauncherKind) -> Result<Option<LaunchMet
     if args.launcher_command.is_some() != (kind == LauncherKind::Command) {
         return Err("--launcher-command goes with --launcher command, and only with it".into());
     }
+    if args.client_binaries.is_some() && kind != LauncherKind::Ssh {
+        return Err("--client-binaries goes with --launcher ssh, and only with it".into());
+    }
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the plush binary: {e}"))?;
     Ok(match kind {
         LauncherKind::Local => None,
         LauncherKind::Ssh => {
-            let mut ssh = SshLaunch::new(exe, args.ssh_options.clone())
-                .map_err(|e| format!("cannot read the plush binary: {e}"))?;
+            let beside = exe.parent().map(|d| d.join("plush-clients")).filter(|d| d.is_dir());
+            let mut ssh = match args.client_binaries.clone().or(beside) {
+                Some(dir) => SshLaunch::with_builds(
+                    plush_mio::client_builds(&dir).map_err(|e| format!("--client-binaries: {e}"))?,
+                    args.ssh_options.clone(),
+                ),
+                None => SshLaunch::new(exe, args.ssh_options.clone())
+                    .map_err(|e| format!("cannot read the plush binary: {e}"))?,
+            };
             ssh.client_args = vec!["--max-children".into(), args.degree.to_string()];
             Some(LaunchMethod::Ssh(ssh))
         }

@@ -2,8 +2,8 @@
 //! `benches/footprint.sh`, which builds the release `plush` binary and hands it over:
 //!
 //! ```text
-//! footprint --plush PATH [--small N] [--large N] [--idle SECS] [--pid-file FILE]
-//!           [--stripped-bytes N] [--json]
+//! footprint --plush PATH [--static-plush PATH] [--small N] [--large N] [--idle SECS]
+//!           [--pid-file FILE] [--stripped-bytes N] [--json]
 //! ```
 //!
 //! 1. `--small` clients (default 10) on loopback addresses: once all are joined and no launch
@@ -21,10 +21,13 @@
 //!    `Cluster::root()`. The root is taken if it has `Config::max_children` (12) children, else
 //!    the first client that has. Its `VmRSS` and its open fds (all of them, idle links too).
 //! 4. Dismantled; every launched pid is checked gone.
+//! 5. With `--static-plush` (the static musl `dist` build, `benches/dist.sh`): phases 2 to 4
+//!    again with clients of that binary; its size and its idle client's `VmRSS`.
 //!
 //! Stdout: unless `--json`, a table and details; always, last, one JSON line with
 //! `client_rss_kib`, `client_fds`, `binary_bytes`, `controller_fds_10`, `controller_fds_1000`,
-//! `launch_join_1000_ms`, `hostname_1000_ms` (`null` for what could not be measured; the names
+//! `launch_join_1000_ms`, `hostname_1000_ms`, `static_binary_bytes`, `static_client_rss_kib`
+//! (`null` for what could not be measured, or without `--static-plush`; the names
 //! stay the same when `--small` or `--large` change the sizes). Progress goes to stderr. With
 //! `--pid-file`, every launched client's pid is appended to the file as soon as it is known, so
 //! that the calling script can kill leftovers if this process is killed. Exit status 0 when
@@ -40,8 +43,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-const USAGE: &str = "usage: footprint --plush PATH [--small N] [--large N] [--idle SECS] [--pid-file FILE] \
-                     [--stripped-bytes N] [--json]";
+const USAGE: &str = "usage: footprint --plush PATH [--static-plush PATH] [--small N] [--large N] [--idle SECS] \
+                     [--pid-file FILE] [--stripped-bytes N] [--json]";
 
 /// Fds above 2 this process was started with (the caller's, not the controller's).
 static INHERITED: OnceLock<Vec<(u32, String)>> = OnceLock::new();
@@ -50,8 +53,10 @@ fn inherited(fd: &(u32, String)) -> bool {
     INHERITED.get().is_some_and(|v| v.contains(fd))
 }
 
+#[derive(Clone)]
 struct Opts {
     plush: PathBuf,
+    static_plush: Option<PathBuf>,
     small: u32,
     large: u32,
     idle: Duration,
@@ -63,6 +68,7 @@ struct Opts {
 fn parse_opts() -> Result<Opts, String> {
     let mut o = Opts {
         plush: PathBuf::new(),
+        static_plush: None,
         small: 10,
         large: 1000,
         idle: Duration::from_secs(3),
@@ -84,6 +90,7 @@ fn parse_opts() -> Result<Opts, String> {
         let num = |v: &str| v.parse::<u32>().map_err(|e| format!("{flag} {v}: {e}"));
         match flag.as_str() {
             "--plush" => plush = Some(PathBuf::from(value)),
+            "--static-plush" => o.static_plush = Some(PathBuf::from(value)),
             "--small" => o.small = num(&value)?.max(1),
             "--large" => o.large = num(&value)?.max(1),
             "--idle" => o.idle = Duration::from_secs(u64::from(num(&value)?)),
@@ -747,6 +754,14 @@ fn main() {
     let chosen = large.chosen.as_ref();
     let client_rss = chosen.map(|c| c.rss_kib);
     let client_fds = chosen.map(|c| c.fds.total);
+    let statics = o.static_plush.as_ref().map(|p| {
+        eprintln!("footprint: phase 3: {} clients of the static build {}", o.large, p.display());
+        let bytes = std::fs::metadata(p).map(|m| m.len()).ok();
+        (bytes, large_phase(&Opts { plush: p.clone(), ..o.clone() }))
+    });
+    let static_bytes = statics.as_ref().and_then(|(b, _)| *b);
+    let static_chosen = statics.as_ref().and_then(|(_, l)| l.chosen.as_ref());
+    let static_rss = static_chosen.map(|c| c.rss_kib);
 
     if !o.json {
         let (s, l) = (o.small, o.large);
@@ -759,6 +774,10 @@ fn main() {
         row(&format!("controller_fds_{l}"), large.fds_at_join, "", "<= 8", large.fds_at_join.map(|v| v <= 8));
         row(&format!("launch_join_{l}_ms"), large.join_ms, "ms", "<= 10000", large.join_ms.map(|v| v <= 10_000));
         row(&format!("hostname_{l}_ms"), large.hostname_ms, "ms", "<= 2000", large.hostname_ms.map(|v| v <= 2000));
+        if o.static_plush.is_some() {
+            row("static_binary_bytes", static_bytes, "B", "<= 4194304", static_bytes.map(|v| v <= 4 << 20));
+            row("static_client_rss_kib", static_rss, "KiB", "<= 2048", static_rss.map(|v| v <= 2048));
+        }
         println!();
         if let Some(c) = chosen {
             println!("Idle client measured: {} (pid {}), {} children. Chosen as {}", c.id, c.pid, c.children, c.how);
@@ -772,6 +791,18 @@ fn main() {
         }
         if let Some(other) = &large.other_twelve {
             println!("For comparison, a non-root client with 12 children: {other}");
+        }
+        if let (Some(p), Some(c)) = (&o.static_plush, static_chosen) {
+            println!(
+                "Static build {}: idle client {} (pid {}), {} children, VmRSS {} KiB (RssAnon {} KiB, RssFile {} KiB)",
+                p.display(),
+                c.id,
+                c.pid,
+                c.children,
+                c.rss_kib,
+                opt(c.anon_kib),
+                opt(c.file_kib)
+            );
         }
         if let Some(b) = o.stripped_bytes {
             println!("binary_bytes includes debug info ([profile.release] debug = 1); stripped: {b} B");
@@ -814,23 +845,28 @@ fn main() {
     }
     println!(
         "{{\"client_rss_kib\":{},\"client_fds\":{},\"binary_bytes\":{},\"controller_fds_10\":{},\
-         \"controller_fds_1000\":{},\"launch_join_1000_ms\":{},\"hostname_1000_ms\":{}}}",
+         \"controller_fds_1000\":{},\"launch_join_1000_ms\":{},\"hostname_1000_ms\":{},\
+         \"static_binary_bytes\":{},\"static_client_rss_kib\":{}}}",
         opt(client_rss),
         opt(client_fds),
         opt(binary_bytes),
         opt(small.fds),
         opt(large.fds_at_join),
         opt(large.join_ms),
-        opt(large.hostname_ms)
+        opt(large.hostname_ms),
+        opt(static_bytes),
+        opt(static_rss)
     );
     let _ = std::io::stdout().flush();
-    let leftover: Vec<u32> = small.leftover.iter().chain(&large.leftover).copied().collect();
+    let static_leftover = statics.as_ref().map_or(&[][..], |(_, l)| &l.leftover[..]);
+    let leftover: Vec<u32> = small.leftover.iter().chain(&large.leftover).chain(static_leftover).copied().collect();
     if !leftover.is_empty() {
         eprintln!("footprint: clients still running after dismantling: {leftover:?}");
     }
     let measured = [client_rss, client_fds.map(|v| v as u64), binary_bytes, small.fds.map(|v| v as u64)]
         .iter()
         .chain(&[large.fds_at_join.map(|v| v as u64), large.join_ms, large.hostname_ms])
-        .all(Option::is_some);
+        .all(Option::is_some)
+        && (o.static_plush.is_none() || (static_bytes.is_some() && static_rss.is_some()));
     std::process::exit(if measured && leftover.is_empty() { 0 } else { 1 });
 }

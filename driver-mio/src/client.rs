@@ -40,8 +40,10 @@
 //! [`ADDR_IN_USE_PREFIX`] and the address on stdout, so that the launcher reports exactly that.
 //!
 //! Memory: once the client has been quiet for [`TRIM_AFTER`] (no connection opened or closed,
-//! no job started or ended), it frees its links' idle sealing buffers and hands the heap memory
-//! malloc keeps free back to the kernel (glibc only), once per quiet period. A burst leaves much of it behind: the root of a tree
+//! no job started or ended), it frees its links' idle sealing buffers, hands the heap memory
+//! malloc keeps free back to the kernel (glibc only), and unmaps the pages of its own code
+//! (`sys::release_code_pages`: they stay in the page cache and come back as they run), once
+//! per quiet period. A burst leaves much of it behind: the root of a tree
 //! takes every joiner's first contact.
 
 use crate::auth::Key;
@@ -98,6 +100,7 @@ impl Trim {
         } else if !self.done && now >= self.since + TRIM_AFTER {
             d.release_buffers();
             crate::sys::trim_heap();
+            crate::sys::release_code_pages();
             self.done = true;
         }
     }

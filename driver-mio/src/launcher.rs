@@ -6,9 +6,13 @@
 //!   client ...`). Needs nothing.
 //! - `ssh`: the system OpenSSH client in batch mode (never a password prompt), with the user's
 //!   options passed through, runs `plush client --listen ADDR --key-file -` on the host (by its
-//!   name), with the key on ssh's stdin. The binary is kept on the host under
-//!   `~/.cache/plush/plush-<version>-<digest>`; when the host lacks it (first contact, or another
-//!   build) it is copied over the same ssh first.
+//!   name), with the key on ssh's stdin. The launcher holds one build of plush per architecture
+//!   ([`ClientBuild`]: the running binary alone, or a directory of builds, [`client_builds`]);
+//!   the first ssh login asks the host's `uname -m` and runs the build for it, kept on the host
+//!   under `~/.cache/plush/plush-<version>-<digest>`. When the host lacks it (first contact, or
+//!   another build) it is copied over ssh first. A host whose architecture has no build is
+//!   refused in that first login, before anything is copied: the launch fails with
+//!   [`no_build_reason`] (naming the architecture, see [`NO_BUILD_PREFIX`]).
 //! - `command`: a user template run by `/bin/sh -c`, with `{host}`, `{addr}`, `{ip}`, `{port}`
 //!   and `{plush}` (this machine's plush binary) replaced by shell-quoted values, and the key
 //!   on its stdin (the client reads it with `--key-file -`).
@@ -78,27 +82,76 @@ pub enum LaunchMethod {
     },
 }
 
-/// The ssh launch method: what to run and what to copy.
+/// Builds of plush an ssh launcher holds, at most (one per architecture): the remote side
+/// reports a missing build with exit status 100 + its index, below the statuses of a shell
+/// killed by a signal (128 + n).
+pub const MAX_BUILDS: usize = 16;
+/// Longest architecture name in a directory of builds.
+pub const MAX_ARCH_LEN: usize = 32;
+/// What an ssh launch prints on its stdout instead of a ready line when the host's `uname -m`
+/// names an architecture the launcher has no build for (then that name). The launch fails with
+/// [`no_build_reason`] for it.
+pub const NO_BUILD_PREFIX: &str = "plush-launch no client build for ";
+/// Exit status of the first ssh login when the host's architecture has no build.
+const NO_BUILD_STATUS: u8 = 98;
+/// Exit status of the first ssh login when build `i` is missing on the host: this plus `i`.
+const MISSING_STATUS: u8 = 100;
+
+/// Why a launch failed on a host whose architecture (`uname -m`) has no build, for the
+/// architectures Linux names (the reason is a `&'static str`, as every launch failure's).
+pub fn no_build_reason(arch: &str) -> &'static str {
+    const KNOWN: [(&str, &str); 17] = [
+        ("x86_64", "no client build for x86_64 (see --client-binaries)"),
+        ("aarch64", "no client build for aarch64 (see --client-binaries)"),
+        ("arm64", "no client build for arm64 (see --client-binaries)"),
+        ("armv7l", "no client build for armv7l (see --client-binaries)"),
+        ("armv6l", "no client build for armv6l (see --client-binaries)"),
+        ("armv8l", "no client build for armv8l (see --client-binaries)"),
+        ("i386", "no client build for i386 (see --client-binaries)"),
+        ("i486", "no client build for i486 (see --client-binaries)"),
+        ("i586", "no client build for i586 (see --client-binaries)"),
+        ("i686", "no client build for i686 (see --client-binaries)"),
+        ("riscv64", "no client build for riscv64 (see --client-binaries)"),
+        ("ppc64le", "no client build for ppc64le (see --client-binaries)"),
+        ("ppc64", "no client build for ppc64 (see --client-binaries)"),
+        ("s390x", "no client build for s390x (see --client-binaries)"),
+        ("loongarch64", "no client build for loongarch64 (see --client-binaries)"),
+        ("mips64", "no client build for mips64 (see --client-binaries)"),
+        ("mips", "no client build for mips (see --client-binaries)"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(a, _)| *a == arch)
+        .map_or("no client build for the host's architecture (an unknown uname -m; see --client-binaries)", |(_, r)| r)
+}
+
+/// The architecture this binary runs on, as `uname -m` names it.
+pub fn own_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86" => "i686",
+        "arm" => "armv7l",
+        "powerpc64" if cfg!(target_endian = "little") => "ppc64le",
+        "powerpc64" => "ppc64",
+        other => other,
+    }
+}
+
+/// One build of plush, for the hosts of one architecture.
 #[derive(Clone, Debug)]
-pub struct SshLaunch {
-    /// The ssh program. Default `ssh`.
-    pub ssh: OsString,
-    /// Options given to ssh before the host name (`-F config`, `-p 2222`, `-o Name=value`...);
-    /// `-o BatchMode=yes` always comes first.
-    pub options: Vec<String>,
-    /// The plush binary copied to hosts that lack it.
+pub struct ClientBuild {
+    /// The architecture, as the host's `uname -m` names it (`x86_64`, `aarch64`).
+    pub arch: String,
+    /// The binary on this machine, copied to hosts that lack it.
     pub binary: PathBuf,
     /// Where the binary is kept on a host, relative to the remote home directory.
     pub remote_path: String,
-    /// Extra arguments of the remote `plush client` (e.g. `--max-children 8`).
-    pub client_args: Vec<String>,
 }
 
-impl SshLaunch {
-    /// The ssh method for `binary` (this executable, typically): the remote path names the
-    /// package version and the first 8 bytes of the binary's SHA-256, so that another build
-    /// is copied again while the same one never is.
-    pub fn new(binary: PathBuf, options: Vec<String>) -> io::Result<SshLaunch> {
+impl ClientBuild {
+    /// The build of `arch` in `binary`: the remote path names the package version and the
+    /// first 8 bytes of the binary's SHA-256, so that another build (another architecture, or
+    /// another compilation) is copied again while the same one never is.
+    pub fn new(arch: String, binary: PathBuf) -> io::Result<ClientBuild> {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         let mut f = std::fs::File::open(&binary)?;
@@ -113,35 +166,112 @@ impl SshLaunch {
         }
         let digest: String = h.finalize()[..8].iter().map(|b| format!("{b:02x}")).collect();
         let remote_path = format!(".cache/plush/plush-{}-{digest}", env!("CARGO_PKG_VERSION"));
-        Ok(SshLaunch { ssh: "ssh".into(), options, binary, remote_path, client_args: Vec::new() })
+        Ok(ClientBuild { arch, binary, remote_path })
+    }
+}
+
+/// The builds in a directory of builds: `DIR/<arch>/plush` for each architecture, named as
+/// `uname -m` names it (`benches/dist.sh` makes one). Sub-directories without a `plush` file
+/// are skipped; names longer than [`MAX_ARCH_LEN`] or with other characters than ASCII letters,
+/// digits, `_`, `-` and `.` are refused, and so are more than [`MAX_BUILDS`] builds, or none.
+/// Sorted by architecture.
+pub fn client_builds(dir: &Path) -> io::Result<Vec<ClientBuild>> {
+    let bad = |why: String| io::Error::new(io::ErrorKind::InvalidInput, format!("{}: {why}", dir.display()));
+    let mut builds = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let binary = entry.path().join("plush");
+        if !binary.is_file() {
+            continue;
+        }
+        let name = entry.file_name();
+        let Some(arch) = name.to_str().filter(|a| {
+            !a.is_empty()
+                && a.len() <= MAX_ARCH_LEN
+                && a.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        }) else {
+            return Err(bad(format!("{name:?} is not an architecture name (as uname -m prints it)")));
+        };
+        if builds.len() == MAX_BUILDS {
+            return Err(bad(format!("more than {MAX_BUILDS} builds")));
+        }
+        builds.push(ClientBuild::new(arch.to_string(), binary)?);
+    }
+    if builds.is_empty() {
+        return Err(bad("no build in it (DIR/<uname -m>/plush)".to_string()));
+    }
+    builds.sort_by(|a, b| a.arch.cmp(&b.arch));
+    Ok(builds)
+}
+
+/// The ssh launch method: what to run and what to copy.
+#[derive(Clone, Debug)]
+pub struct SshLaunch {
+    /// The ssh program. Default `ssh`.
+    pub ssh: OsString,
+    /// Options given to ssh before the host name (`-F config`, `-p 2222`, `-o Name=value`...);
+    /// `-o BatchMode=yes` always comes first.
+    pub options: Vec<String>,
+    /// The builds copied to hosts that lack them, one per architecture (at most
+    /// [`MAX_BUILDS`]; those past it are never used). A host whose architecture is not here
+    /// is refused.
+    pub builds: Vec<ClientBuild>,
+    /// Extra arguments of the remote `plush client` (e.g. `--max-children 8`).
+    pub client_args: Vec<String>,
+}
+
+impl SshLaunch {
+    /// The ssh method with `binary` (this executable, typically) as the only build, for hosts
+    /// of this machine's architecture ([`own_arch`]).
+    pub fn new(binary: PathBuf, options: Vec<String>) -> io::Result<SshLaunch> {
+        Ok(SshLaunch::with_builds(vec![ClientBuild::new(own_arch().to_string(), binary)?], options))
+    }
+
+    /// The ssh method with `builds` (from [`client_builds`], typically).
+    pub fn with_builds(builds: Vec<ClientBuild>, options: Vec<String>) -> SshLaunch {
+        SshLaunch { ssh: "ssh".into(), options, builds, client_args: Vec::new() }
     }
 
     /// The local shell script that starts a client on `name` listening on `addr`, reading the
-    /// key from `key_file`: try to run the kept binary (the remote side exits 97 if it is
-    /// missing), else copy it (to a temporary name, renamed into place) and run it.
+    /// key from `key_file`. The first ssh login reads the host's `uname -m`: an architecture
+    /// without a build prints [`NO_BUILD_PREFIX`] and the name, and ends the launch; else it
+    /// runs the kept binary for it, or exits 100 + the build's index when it is missing. The
+    /// script then copies that build (to a temporary name, renamed into place) and runs it.
     fn script(&self, name: &str, addr: &str, key_file: &Path) -> String {
         let mut ssh = vec![q(&self.ssh.to_string_lossy()), "-o".into(), "BatchMode=yes".into()];
         ssh.extend(self.options.iter().map(|o| q(o)));
         ssh.push("--".into());
         ssh.push(q(name));
         let ssh = ssh.join(" ");
-        let path = q(&self.remote_path);
-        let dir = q(self.remote_path.rsplit_once('/').map_or(".", |(d, _)| d));
         let extra: String = self.client_args.iter().map(|a| format!(" {}", q(a))).collect();
-        let run = format!("exec {path} client --listen {} --key-file -{extra}", q(addr));
-        let first = q(&format!("test -x {path} || exit 97; {run}"));
-        let copy = q(&format!(
-            "mkdir -p {dir} && cat > {path}.tmp.$$ && chmod 755 {path}.tmp.$$ && mv -f {path}.tmp.$$ {path}"
-        ));
+        let run = |path: &str| format!("exec {path} client --listen {} --key-file -{extra}", q(addr));
+        let builds = &self.builds[..self.builds.len().min(MAX_BUILDS)];
+        let mut remote = String::from("a=$(uname -m); case $a in");
+        let mut local = String::new();
         let key = q(&key_file.to_string_lossy());
-        let bin = q(&self.binary.to_string_lossy());
         let who = q(name);
-        format!(
-            "{ssh} {first} < {key}\nst=$?\n[ $st -eq 97 ] || exit $st\n\
-             {ssh} {copy} < {bin} || {{ echo \"plush: cannot copy the plush binary to \"{who} >&2; exit 1; }}\n\
-             exec {ssh} {} < {key}\n",
-            q(&run)
-        )
+        for (i, b) in builds.iter().enumerate() {
+            let status = usize::from(MISSING_STATUS) + i;
+            let path = q(&b.remote_path);
+            remote.push_str(&format!(" {}) p={path}; c={status};;", q(&b.arch)));
+            let dir = q(b.remote_path.rsplit_once('/').map_or(".", |(d, _)| d));
+            let copy = q(&format!(
+                "mkdir -p {dir} && cat > {path}.tmp.$$ && chmod 755 {path}.tmp.$$ && mv -f {path}.tmp.$$ {path}"
+            ));
+            local.push_str(&format!(
+                "{status})\n  {ssh} {copy} < {bin} || \
+                 {{ echo \"plush: cannot copy the plush binary for \"{arch}\" to \"{who} >&2; exit 1; }}\n  \
+                 exec {ssh} {} < {key};;\n",
+                q(&run(&path)),
+                bin = q(&b.binary.to_string_lossy()),
+                arch = q(&b.arch),
+            ));
+        }
+        remote.push_str(&format!(
+            " *) echo \"{NO_BUILD_PREFIX}$a\"; exit {NO_BUILD_STATUS};; esac; test -x \"$p\" || exit $c; {}",
+            run("\"$p\"")
+        ));
+        format!("{ssh} {} < {key}\nst=$?\ncase $st in\n{local}esac\nexit $st\n", q(&remote))
     }
 }
 
@@ -218,6 +348,9 @@ pub struct Launcher {
     /// Hosts a local client was started on (one entry per host): at shutdown, what their
     /// clients' jobs left is cleaned up (see [`Launcher::shutdown`]).
     local_hosts: std::collections::BTreeSet<NodeId>,
+    /// Hosts whose architecture has no build (one entry per host the controller invited), and
+    /// the reason: the controller's later tries fail at once, without another ssh login.
+    no_build: HashMap<NodeId, &'static str>,
 }
 
 impl Launcher {
@@ -239,6 +372,7 @@ impl Launcher {
             next_reap: StdInstant::now(),
             failed: Vec::new(),
             local_hosts: std::collections::BTreeSet::new(),
+            no_build: HashMap::new(),
         }
     }
 
@@ -263,6 +397,12 @@ impl Launcher {
 
     /// Ask for a client on `host`; it starts now or once a slot frees.
     pub fn launch(&mut self, registry: &Registry, next_token: &mut usize, host: NodeId) {
+        if let Some(&why) = self.no_build.get(&host) {
+            if !self.failed.iter().any(|(h, _)| *h == host) {
+                self.failed.push((host, why));
+            }
+            return;
+        }
         if !self.queue.contains(&host) && !self.started.iter().any(|s| s.host == host && s.stdout.is_some()) {
             self.queue.push_back(host);
         }
@@ -362,6 +502,10 @@ impl Launcher {
                             Ok(())
                         } else if line.starts_with(ADDR_IN_USE_PREFIX.as_bytes()) {
                             Err(ADDR_IN_USE)
+                        } else if let Some(arch) = line.strip_prefix(NO_BUILD_PREFIX.as_bytes()) {
+                            let why = no_build_reason(&String::from_utf8_lossy(arch));
+                            self.no_build.insert(s.host, why);
+                            Err(why)
                         } else {
                             Err("the client printed something other than its ready line")
                         });

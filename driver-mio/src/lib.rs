@@ -54,7 +54,7 @@ pub use cluster::{
     Streamed,
 };
 pub use driver::{DriverConfig, DriverStats};
-pub use launcher::{LaunchMethod, SshLaunch, READY_PREFIX};
+pub use launcher::{client_builds, ClientBuild, LaunchMethod, SshLaunch, READY_PREFIX};
 pub use spool::{Body, SpilledOutput, SPILL_MEMORY};
 
 /// The environment that lets a job run again on a host whose client was relaunched while it

@@ -14,7 +14,8 @@ mod common;
 use common::{client_bin, cluster_config, free_port};
 use plush_core::wire::ExitStatus;
 use plush_core::{HostState, NodeId};
-use plush_mio::{process_exists, Cluster, ClusterConfig, LaunchMethod, SshLaunch};
+use plush_mio::launcher::{no_build_reason, own_arch};
+use plush_mio::{client_builds, process_exists, Cluster, ClusterConfig, LaunchMethod, SshLaunch};
 use std::net::TcpStream;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -143,6 +144,10 @@ impl Drop for Sshd {
 fn ssh_cluster(sshd: &Sshd) -> Cluster {
     let ssh = SshLaunch::new(client_bin(), vec!["-F".into(), sshd.client_config.display().to_string()])
         .expect("hash the client binary");
+    ssh_cluster_with(ssh)
+}
+
+fn ssh_cluster_with(ssh: SshLaunch) -> Cluster {
     let cfg = ClusterConfig {
         method: Some(LaunchMethod::Ssh(ssh)),
         launch_timeout: Duration::from_secs(60),
@@ -223,6 +228,128 @@ fn an_ssh_host_that_refuses_is_reported_by_name() {
     assert_ne!(info.as_ref().map(|h| h.state), Some(HostState::Joined));
     assert_eq!(info.and_then(|h| h.why), Some("the client exited before listening"));
     c.dismantle(Duration::from_secs(30)).expect("dismantle");
+}
+
+/// A directory of client builds for the tests, removed on drop.
+struct BuildsDir(PathBuf);
+
+impl BuildsDir {
+    /// `DIR/<arch>/plush` for each of `archs`: a copy of the client binary with `tag` and the
+    /// architecture appended, unless `tag` is empty (bytes past an ELF file's end change its
+    /// digest, not what it runs).
+    fn new(name: &str, archs: &[&str], tag: &[u8]) -> BuildsDir {
+        let dir = std::env::temp_dir().join(format!("plush-builds-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for arch in archs {
+            std::fs::create_dir_all(dir.join(arch)).expect("mkdir");
+            let mut bytes = std::fs::read(client_bin()).expect("read the client binary");
+            if !tag.is_empty() {
+                bytes.extend_from_slice(tag);
+                bytes.extend_from_slice(arch.as_bytes());
+            }
+            let bin = dir.join(arch).join("plush");
+            std::fs::write(&bin, bytes).expect("write a build");
+            std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        BuildsDir(dir)
+    }
+}
+
+impl Drop for BuildsDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn ssh_options(sshd: &Sshd) -> Vec<String> {
+    vec!["-F".into(), sshd.client_config.display().to_string()]
+}
+
+#[test]
+fn the_ssh_launcher_copies_the_build_for_the_hosts_architecture_from_the_builds_directory() {
+    let Some((_one, sshd)) = Sshd::start(29_400) else { return };
+    let remote = sshd.home.join(".cache/plush");
+    let _ = std::fs::remove_dir_all(&remote);
+    // This machine's architecture (the host's: it is the same machine) and another one, each
+    // a distinct build.
+    let other = if own_arch() == "aarch64" { "x86_64" } else { "aarch64" };
+    let dir = BuildsDir::new("match", &[own_arch(), other], b"\nplush test build\n");
+    let builds = client_builds(&dir.0).expect("read the builds directory");
+    assert_eq!(builds.len(), 2, "{builds:?}");
+    let ours = builds.iter().find(|b| b.arch == own_arch()).expect("the host's build").clone();
+    let theirs = builds.iter().find(|b| b.arch == other).expect("the other build").clone();
+    assert_ne!(ours.remote_path, theirs.remote_path, "builds are kept apart by digest");
+    let own = SshLaunch::new(client_bin(), Vec::new()).expect("hash the client binary");
+    assert_ne!(own.builds[0].remote_path, ours.remote_path, "the directory's build is another file");
+
+    let port = free_port(2, 29_450);
+    let hosts: Vec<(NodeId, String)> = (0..2).map(|i| (NodeId::loopback(i, port), format!("arch-host-{i}"))).collect();
+    let mut c = ssh_cluster_with(SshLaunch::with_builds(builds, ssh_options(&sshd)));
+    c.add_named_hosts(&hosts);
+    let all = c.wait_until(Duration::from_secs(60), |c| c.count(HostState::Joined) == 2).expect("loop");
+    assert!(all, "{}", states(&c));
+    // Only the build for the host's architecture was copied, byte for byte, under its digest.
+    let kept: Vec<PathBuf> = std::fs::read_dir(&remote).expect("the copy").flatten().map(|e| e.path()).collect();
+    assert_eq!(kept, vec![sshd.home.join(&ours.remote_path)]);
+    assert_eq!(std::fs::read(&kept[0]).expect("read the copy"), std::fs::read(&ours.binary).expect("read the build"));
+    // And it is what the clients run.
+    let mut running = Vec::new();
+    for pid in sshd.remote_clients() {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("the client's executable");
+        running.push(exe);
+    }
+    assert_eq!(running.len(), 2, "{running:?}");
+    assert!(running.iter().all(|e| *e == kept[0]), "{running:?} against {kept:?}");
+    let out = c.run(&["echo", "ok"], Duration::from_secs(20)).expect("run");
+    assert_eq!(out.result_count(), 2, "missing {:?}", out.missing);
+    let d = c.dismantle(Duration::from_secs(30)).expect("dismantle");
+    assert_eq!(d.killed, 0);
+}
+
+#[test]
+fn an_ssh_host_whose_architecture_has_no_build_is_refused_by_name_before_any_copy() {
+    let Some((_one, sshd)) = Sshd::start(29_500) else { return };
+    let remote = sshd.home.join(".cache/plush");
+    let _ = std::fs::remove_dir_all(&remote);
+    // Builds for other architectures only.
+    let dir = BuildsDir::new("lacking", &["riscv64", "s390x"], b"");
+    let builds = client_builds(&dir.0).expect("read the builds directory");
+    assert!(builds.iter().all(|b| b.arch != own_arch()));
+    let port = free_port(1, 29_550);
+    let host = (NodeId::loopback(0, port), "odd-arch-host".to_string());
+    let mut c = ssh_cluster_with(SshLaunch::with_builds(builds, ssh_options(&sshd)));
+    c.add_named_hosts(std::slice::from_ref(&host));
+    let tried =
+        c.wait_until(Duration::from_secs(60), |c| c.host(&host.0).is_some_and(|h| h.why.is_some())).expect("loop");
+    let info = c.host(&host.0);
+    assert!(tried, "{info:?}");
+    assert_ne!(info.as_ref().map(|h| h.state), Some(HostState::Joined));
+    // The failure names the architecture (the host's, as uname -m says it; the command line
+    // prints it under the host's name: cli/tests/client_builds.rs).
+    let why = info.and_then(|h| h.why);
+    assert_eq!(why, Some(no_build_reason(own_arch())));
+    assert!(why.is_some_and(|w| w.contains(own_arch())), "{why:?}");
+    // Nothing was copied, nothing runs.
+    assert!(!remote.exists() || std::fs::read_dir(&remote).expect("read").next().is_none(), "a copy was made");
+    assert_eq!(sshd.remote_clients(), Vec::<u32>::new());
+    c.dismantle(Duration::from_secs(30)).expect("dismantle");
+}
+
+#[test]
+fn a_builds_directory_is_read_by_architecture_and_checked() {
+    let dir = BuildsDir::new("read", &["x86_64", "aarch64"], b"");
+    std::fs::create_dir_all(dir.0.join("empty")).expect("mkdir");
+    let builds = client_builds(&dir.0).expect("read");
+    let archs: Vec<&str> = builds.iter().map(|b| b.arch.as_str()).collect();
+    assert_eq!(archs, ["aarch64", "x86_64"], "sorted, the directory without a plush skipped");
+    assert!(builds.iter().all(|b| b.remote_path.starts_with(".cache/plush/plush-")));
+    let empty = BuildsDir::new("none", &[], b"");
+    std::fs::create_dir_all(&empty.0).expect("mkdir");
+    assert!(client_builds(&empty.0).is_err(), "a directory without builds is refused");
+    let bad = BuildsDir::new("bad", &["x86 64"], b"");
+    assert!(client_builds(&bad.0).is_err(), "an architecture name with a space is refused");
+    assert_eq!(no_build_reason("aarch64"), "no client build for aarch64 (see --client-binaries)");
+    assert!(no_build_reason("pdp11").contains("unknown"));
 }
 
 #[test]
