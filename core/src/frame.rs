@@ -45,6 +45,12 @@ impl Frame {
         self.0.get(PREFIX..).unwrap_or(&[])
     }
 
+    /// The buffer behind the frame, found without reading memory (a driver may hint the
+    /// processor to fetch it before it needs the bytes).
+    pub fn buffer(&self) -> &Vec<u8> {
+        &self.0
+    }
+
     /// A frame sharing `buf` (a run of a batch: several whole frames).
     pub(crate) fn shared(buf: &Rc<Vec<u8>>) -> Frame {
         Frame(Rc::clone(buf))

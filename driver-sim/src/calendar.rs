@@ -174,11 +174,11 @@ impl<K> Calendar<K> {
         ev
     }
 
-    /// The events of the current bucket due after the next one, soonest first (not counting
-    /// `late`): for prefetching what they will touch.
-    #[allow(dead_code)]
-    pub(crate) fn ahead(&self) -> impl Iterator<Item = &Ev<K>> {
-        self.buckets[(self.cursor % Self::BUCKETS) as usize].iter().rev().skip(1)
+    /// The event `k` places after the next one in the current bucket (not counting `late`),
+    /// if there is one: for prefetching what it will touch.
+    pub(crate) fn ahead(&self, k: usize) -> Option<&Ev<K>> {
+        let bucket = &self.buckets[(self.cursor % Self::BUCKETS) as usize];
+        bucket.len().checked_sub(k + 1).map(|i| &bucket[i])
     }
 
     /// Bytes the calendar holds (its buckets' and heaps' capacity, not what the events point

@@ -118,6 +118,7 @@ impl Sim {
                 return true;
             }
             let Some(ev) = self.heap.pop() else { break };
+            self.prefetch();
             self.now = ev.at;
             self.dispatch(ev.kind);
             if stop(self) {
@@ -126,6 +127,40 @@ impl Sim {
         }
         self.now = self.now.max(until);
         false
+    }
+
+    /// Ask the processor to fetch what the events a few places ahead will touch, while this one
+    /// runs: at a million nodes nearly every event's link, slot and frame is a cache miss, and
+    /// those misses were the larger part of an event's cost. Two stages: the link, the slot and
+    /// the frame's box [`FAR`] events ahead; the frame's bytes and the slot's link list, found
+    /// through them, [`NEAR`] events ahead. A hint only: it changes no state.
+    #[inline]
+    fn prefetch(&self) {
+        /// Events ahead whose first-level memory is fetched.
+        const FAR: usize = 6;
+        /// Events ahead whose second-level memory (found through the first) is fetched.
+        const NEAR: usize = 2;
+        if let Some(ev) = self.heap.ahead(FAR) {
+            let (link, to) = match &ev.kind {
+                Kind::Deliver { link, to, frame, .. } => {
+                    touch(Some(frame.buffer()));
+                    (Some(*link), *to)
+                }
+                Kind::Up { link, to, .. } | Kind::Down { link, to, .. } => (Some(*link), *to),
+                Kind::Timer { node, .. } => (None, *node),
+                _ => return,
+            };
+            touch(link.and_then(|l| self.links.get(l as usize)));
+            if let Some(sn) = self.nodes.get(to as usize) {
+                sn.prefetch_state();
+            }
+        }
+        if let Some(ev) = self.heap.ahead(NEAR) {
+            if let Kind::Deliver { to, frame, .. } = &ev.kind {
+                touch(frame.payload().first());
+                touch(self.nodes.get(*to as usize).and_then(|sn| sn.links.first()));
+            }
+        }
     }
 
     /// Carry out one due event.
@@ -360,4 +395,19 @@ impl Sim {
             _ => {}
         }
     }
+}
+
+/// Prefetch the cache line holding `r` (nothing if `None`). A hint to the processor: it reads
+/// nothing and changes nothing that the program can observe.
+#[inline(always)]
+pub(crate) fn touch<T>(r: Option<&T>) {
+    #[cfg(target_arch = "x86_64")]
+    if let Some(r) = r {
+        let p = std::ptr::from_ref(r).cast::<i8>();
+        // SAFETY: a prefetch never faults and never reads into the program's view of memory;
+        // any address is allowed, and this one is a live reference's.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = r;
 }
