@@ -398,7 +398,7 @@ impl Sim {
             return;
         }
         if let Some(node) = self.fresh_node(i) {
-            self.nodes[i as usize].proc = Some(Proc::Node(node));
+            self.nodes[i as usize].proc = Some(Proc::Node(Box::new(node)));
             self.after(i);
         }
     }
@@ -456,7 +456,7 @@ impl Sim {
         if let Err(e) = node.handle_command(self.now, Command::Join { bootstrap }) {
             self.violation(format!("node {i}: join refused: {e}"));
         }
-        self.nodes[i as usize].proc = Some(Proc::Node(node));
+        self.nodes[i as usize].proc = Some(Proc::Node(Box::new(node)));
         self.after(i);
     }
 
