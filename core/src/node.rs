@@ -531,12 +531,12 @@ impl Node {
     pub fn trim_buffers(&mut self) {
         self.io.pool.trim();
     }
-    /// Where the parts of the node's state that most inputs read begin (the connection table,
-    /// the output queue, the tree, RanSub, the control plane), for a driver of many nodes that
-    /// asks the processor to fetch them ahead. Nothing is read or changed here.
-    pub fn hot_addresses(&self) -> [*const u8; 5] {
-        fn at<T>(r: &T) -> *const u8 {
-            core::ptr::from_ref(r).cast()
+    /// Where the parts of the node's state that most inputs read lie (the connection table, the
+    /// output queue, the tree, RanSub, the control plane), as (start, bytes), for a driver of many
+    /// nodes that asks the processor to fetch them ahead. Nothing is read or changed here.
+    pub fn hot_parts(&self) -> [(*const u8, usize); 5] {
+        fn at<T>(r: &T) -> (*const u8, usize) {
+            (core::ptr::from_ref(r).cast(), core::mem::size_of::<T>())
         }
         [at(&self.io.conns), at(&self.io.out), at(&self.tree), at(&self.ransub), at(&self.control)]
     }
