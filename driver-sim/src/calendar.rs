@@ -108,7 +108,7 @@ impl<K> Calendar<K> {
                 if !self.sorted {
                     // Latest first: the earliest is popped from the end. (Time, sequence) pairs
                     // are unique, so the order is total and the same on every run.
-                    bucket.sort_unstable_by(|a, b| (b.at, b.seq).cmp(&(a.at, a.seq)));
+                    bucket.sort_unstable_by_key(|e| std::cmp::Reverse((e.at, e.seq)));
                     self.sorted = true;
                 }
                 return true;
@@ -137,7 +137,7 @@ impl<K> Calendar<K> {
     }
 
     /// Whether the next event is the current bucket's last (rather than `late`'s top).
-    fn from_bucket(&self) -> Option<bool> {
+    fn next_in_bucket(&self) -> Option<bool> {
         let bucket = &self.buckets[(self.cursor % Self::BUCKETS) as usize];
         match (bucket.last(), self.late.peek()) {
             (Some(a), Some(b)) => Some((a.at, a.seq) < (b.at, b.seq)),
@@ -153,7 +153,7 @@ impl<K> Calendar<K> {
             return None;
         }
         let bucket = &self.buckets[(self.cursor % Self::BUCKETS) as usize];
-        match self.from_bucket()? {
+        match self.next_in_bucket()? {
             true => bucket.last().map(|e| e.at),
             false => self.late.peek().map(|e| e.at),
         }
@@ -164,7 +164,7 @@ impl<K> Calendar<K> {
         if !self.settle() {
             return None;
         }
-        let ev = match self.from_bucket()? {
+        let ev = match self.next_in_bucket()? {
             true => self.buckets[(self.cursor % Self::BUCKETS) as usize].pop(),
             false => self.late.pop(),
         };
