@@ -525,8 +525,8 @@ impl Node {
     pub fn stats(&self) -> &Stats {
         &self.io.stats
     }
-    /// Free what the node keeps only to go faster: frame buffers that grew past the usual size
-    /// (see [`crate::frame::FramePool::trim`]). Changes nothing the node does. A simulator of a
+    /// Free what the node keeps only to go faster: the frame buffers kept for reuse (see
+    /// [`crate::frame::FramePool::trim`]). Changes nothing the node does. A simulator of a
     /// million nodes calls it after each input.
     pub fn trim_buffers(&mut self) {
         self.io.pool.trim();
