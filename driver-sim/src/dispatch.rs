@@ -137,9 +137,9 @@ impl Sim {
     /// Ask the processor to fetch what the events a few places ahead will touch, while this one
     /// runs: at a million nodes nearly every event's link, slot, client and frame is a cache
     /// miss, and those misses were the larger part of an event's cost. Three stages, each
-    /// reading only what an earlier one fetched: [`FAR`] events ahead, the link, the slot and
-    /// the frame's box; [`MID`] ahead, the client's parts that most inputs read
-    /// ([`Node::hot_parts`]), the frame's bytes and the slot's link list; [`NEAR`] ahead, the
+    /// reading only what an earlier one fetched: `FAR` events ahead, the link, the slot and
+    /// the frame's box; `MID` ahead, the client's parts that most inputs read
+    /// ([`Node::hot_parts`]), the frame's bytes and the slot's link list; `NEAR` ahead, the
     /// client's children (checked after every event). A hint only: it changes no state.
     #[inline]
     fn prefetch(&self) {
