@@ -16,8 +16,10 @@
 //! heartbeat on a pinned link that sent nothing for [`crate::Config::heartbeat`] and declares it
 //! failed when it received nothing for [`crate::Config::dead_after`].
 //!
-//! Costs: lookup by peer is one probe of a hash index (FxHash of one folded word: a relayed
-//! broadcast looks up 13 links, so this is the hottest path of a relay); LRU touch, pin and
+//! Costs: lookup by peer scans one cache line of folded keys while the table has at most
+//! [`SMALL`] slots (a tree node's parent, children and a few others), and is one probe of a
+//! hash index beyond (FxHash of one folded word: a relayed broadcast looks up 13 links, so this
+//! is the hottest path of a relay; a root may hold up to the budget); LRU touch, pin and
 //! unpin are O(1) list operations on slab slots. Iteration in peer order (rare: diagnostics,
 //! exit) sorts a list of the links.
 
@@ -57,6 +59,11 @@ pub enum LinkState {
 
 const NIL: u32 = u32::MAX;
 
+/// Slots found through [`ConnTable`]'s inline array of folded keys, without a hash index: a
+/// simulator's million nodes each keep this line inline instead of a hash table on the heap
+/// (two more cache misses per lookup, and its memory), and a tree node rarely holds more.
+pub(crate) const SMALL: usize = 16;
+
 /// A peer as the index hashes it. Equality is the whole id; the hash folds it into one word
 /// so that FxHash costs one multiply: the two halves of the address, and the port in the top
 /// bits, which an IPv4-mapped address (every simulated and most real peers) leaves zero.
@@ -68,10 +75,24 @@ const NIL: u32 = u32::MAX;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Key(NodeId);
 
+impl Key {
+    /// The id folded into one word: the two halves of the address, and the port in the top bits.
+    fn word(&self) -> u64 {
+        let (port, ip) = self.0.run_key();
+        ip as u64 ^ ((ip >> 64) as u64).rotate_left(32) ^ (u64::from(port) << 48)
+    }
+
+    /// The id folded into 32 bits, never 0 (which marks a vacant slot in [`ConnTable`]'s inline
+    /// keys). Two ids may fold alike: a match is checked against the slot's peer.
+    fn small(&self) -> u32 {
+        let w = self.word().wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        ((w >> 32) as u32).max(1)
+    }
+}
+
 impl Hash for Key {
     fn hash<H: Hasher>(&self, h: &mut H) {
-        let (port, ip) = self.0.run_key();
-        h.write_u64(ip as u64 ^ ((ip >> 64) as u64).rotate_left(32) ^ (u64::from(port) << 48));
+        h.write_u64(self.word());
     }
 }
 
@@ -82,10 +103,36 @@ struct Link {
     pins: u8,
     last_rx: Instant,
     last_tx: Instant,
-    pending: Vec<Frame>,
+    pending: Pending,
     /// LRU neighbours while unpinned (NIL at the ends or when pinned).
     prev: u32,
     next: u32,
+}
+
+/// Frames waiting for a link to open. An open link has none: boxed, so that every link holds
+/// 8 bytes for it rather than a `Vec`'s 24 (a simulator holds millions of links).
+/// (The box is the point: `Option<Vec>` would take 24 bytes.)
+#[derive(Debug, Default)]
+#[allow(clippy::box_collection)]
+struct Pending(Option<Box<Vec<Frame>>>);
+
+impl Pending {
+    fn one(frame: Frame) -> Self {
+        Pending(Some(Box::new(vec![frame])))
+    }
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |v| v.len())
+    }
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    fn push(&mut self, frame: Frame) {
+        self.0.get_or_insert_with(Default::default).push(frame);
+    }
+    /// The frames, in order, leaving none.
+    fn take(&mut self) -> Vec<Frame> {
+        self.0.take().map(|b| *b).unwrap_or_default()
+    }
 }
 
 /// What opening a link did.
@@ -101,9 +148,14 @@ pub(crate) enum Admit {
 #[derive(Debug)]
 pub(crate) struct ConnTable {
     slab: Slab<Link>,
-    /// Peer to slot. Bound: as many entries as links, at most `budget`.
+    /// While `big` is false (every slot below [`SMALL`]): the folded key ([`Key::small`]) of
+    /// the peer in each slot, 0 where vacant.
+    small: [u32; SMALL],
+    /// Set once a slot reached [`SMALL`]: from then on `index` holds every link.
+    big: bool,
+    /// Peer to slot, once `big`. Bound: as many entries as links, at most `budget`.
     index: HashMap<Key, u32, FxBuildHasher>,
-    /// The slot last looked up (see `slot`).
+    /// The slot last looked up (see `slot`), once `big`.
     hint: Cell<u32>,
     /// Counts changes to links and their pins (see [`ConnTable::received_again`]).
     changes: u64,
@@ -122,6 +174,8 @@ impl ConnTable {
     pub fn new(budget: usize) -> Self {
         ConnTable {
             slab: Slab::new(),
+            small: [0; SMALL],
+            big: false,
             index: HashMap::default(),
             hint: Cell::new(NIL),
             changes: 0,
@@ -135,10 +189,16 @@ impl ConnTable {
     }
 
     pub fn len(&self) -> usize {
-        self.index.len()
+        self.slab.len()
     }
 
     fn slot(&self, peer: &NodeId) -> Option<u32> {
+        if !self.big {
+            let k = Key(*peer).small();
+            return (0..SMALL)
+                .find(|&s| self.small[s] == k && self.slab.get(s).is_some_and(|l| l.peer == *peer))
+                .map(|s| s as u32);
+        }
         // Frames come in runs from one peer (a read's worth from the parent), and a relay sends
         // runs of frames to one: the last slot found is tried first. A hint only, never wrong:
         // the slot is used only if it holds `peer` now.
@@ -229,7 +289,7 @@ impl ConnTable {
 
     /// Make room for one more link: evict the least-recently-used unpinned idle link.
     fn make_room(&mut self, out: &mut Outbox, stats: &mut Stats) -> Admit {
-        if self.index.len() < self.budget {
+        if self.slab.len() < self.budget {
             return Admit::Ok;
         }
         let mut s = self.lru_head;
@@ -249,15 +309,26 @@ impl ConnTable {
         Admit::Refused
     }
 
-    fn insert(&mut self, now: Instant, peer: NodeId, state: LinkState, pending: Vec<Frame>) -> u32 {
+    fn insert(&mut self, now: Instant, peer: NodeId, state: LinkState, pending: Pending) -> u32 {
         let s =
             self.slab.insert(Link { peer, state, pins: 0, last_rx: now, last_tx: now, pending, prev: NIL, next: NIL })
                 as u32;
-        self.index.insert(Key(peer), s);
+        if self.big {
+            self.index.insert(Key(peer), s);
+        } else if (s as usize) < SMALL {
+            self.small[s as usize] = Key(peer).small();
+        } else {
+            // Past the inline keys: index every link from now on.
+            self.big = true;
+            self.small = [0; SMALL];
+            for (i, l) in self.slab.iter() {
+                self.index.insert(Key(l.peer), i as u32);
+            }
+        }
         self.lru_push_tail(s);
         self.sweep_wanted = true;
         self.changes += 1;
-        self.max_open = self.max_open.max(self.index.len());
+        self.max_open = self.max_open.max(self.slab.len());
         s
     }
 
@@ -293,7 +364,7 @@ impl ConnTable {
         if self.make_room(out, stats) == Admit::Refused {
             return Admit::Refused;
         }
-        self.insert(now, peer, LinkState::Connecting, vec![frame]);
+        self.insert(now, peer, LinkState::Connecting, Pending::one(frame));
         out.push_back(Output::Connect(peer));
         Admit::Ok
     }
@@ -307,7 +378,7 @@ impl ConnTable {
                 if self.make_room(out, stats) == Admit::Refused {
                     return Admit::Refused;
                 }
-                self.insert(now, peer, LinkState::Open, Vec::new())
+                self.insert(now, peer, LinkState::Open, Pending::default())
             }
         };
         self.touch_slot(s);
@@ -319,11 +390,10 @@ impl ConnTable {
         self.changes += 1;
         link.last_rx = now;
         link.last_tx = now;
-        for frame in link.pending.drain(..) {
+        for frame in link.pending.take() {
             stats.frames_out += 1;
             out.push_back(Output::Transmit { to: peer, frame });
         }
-        link.pending = Vec::new();
         Admit::Ok
     }
 
@@ -396,7 +466,14 @@ impl ConnTable {
 
     /// The link is gone (closed by the peer, failed, or closed by us).
     pub fn remove(&mut self, peer: &NodeId) -> bool {
-        let Some(s) = self.index.remove(&Key(*peer)) else { return false };
+        let s = if self.big {
+            let Some(s) = self.index.remove(&Key(*peer)) else { return false };
+            s
+        } else {
+            let Some(s) = self.slot(peer) else { return false };
+            self.small[s as usize] = 0;
+            s
+        };
         if self.slab[s as usize].pins == 0 {
             self.lru_unlink(s);
         }
@@ -659,6 +736,30 @@ mod tests {
         assert_eq!(t.pins(&id(12)), 0);
         assert!(t.received(Instant::ZERO, &id(40), Duration::from_secs(1)).is_some());
         assert!(t.received(Instant::ZERO, &id(12), Duration::from_secs(1)).is_none(), "removed");
+    }
+
+    #[test]
+    fn lookups_hold_across_the_switch_from_inline_keys_to_the_hash_index() {
+        let (mut out, mut st) = (Outbox::default(), Stats::default());
+        let mut t = ConnTable::new(64);
+        for i in 0..SMALL as u32 {
+            open(&mut t, i, &mut out, &mut st);
+        }
+        t.remove(&id(3));
+        assert!(!t.big, "a freed slot is reused before a new one is taken");
+        open(&mut t, 100, &mut out, &mut st);
+        assert!(!t.big);
+        assert_eq!(t.state(&id(3)), None, "removed");
+        open(&mut t, 101, &mut out, &mut st);
+        assert!(t.big, "slot {SMALL} is past the inline keys");
+        for i in (0..SMALL as u32).filter(|&i| i != 3).chain([100, 101]) {
+            assert_eq!(t.state(&id(i)), Some(LinkState::Open), "peer {i}");
+        }
+        assert_eq!(t.len(), SMALL + 1);
+        assert!(t.remove(&id(100)));
+        assert!(!t.remove(&id(100)));
+        assert_eq!(t.state(&id(100)), None);
+        assert_eq!(t.state(&id(3)), None);
     }
 
     #[test]

@@ -31,8 +31,10 @@ pub(crate) struct Io {
     /// What the tree reported during the current call of a change of parent, children or
     /// root-ness, in order, for the node to hand to the control plane (see `Node::tree_news`);
     /// most calls have none. Bound: emptied after every handler; a handler changes its parent,
-    /// root-ness and children at most a few times.
-    pub news: SmallVec<[Event; 4]>,
+    /// root-ness and children at most a few times. Room for one inline: more is rare (a join),
+    /// and every byte here is a megabyte in a simulator of a million nodes (taken with
+    /// `mem::take`, so a spilled list is freed at once).
+    pub news: SmallVec<[Event; 1]>,
 }
 
 /// The context a protocol handler runs in.

@@ -525,6 +525,21 @@ impl Node {
     pub fn stats(&self) -> &Stats {
         &self.io.stats
     }
+    /// Free what the node keeps only to go faster: the frame buffers kept for reuse (see
+    /// [`crate::frame::FramePool::trim`]). Changes nothing the node does. A simulator of a
+    /// million nodes calls it after each input.
+    pub fn trim_buffers(&mut self) {
+        self.io.pool.trim();
+    }
+    /// Where the parts of the node's state that most inputs read lie (the connection table, the
+    /// output queue, the tree, RanSub, the control plane), as (start, bytes), for a driver of many
+    /// nodes that asks the processor to fetch them ahead. Nothing is read or changed here.
+    pub fn hot_parts(&self) -> [(*const u8, usize); 5] {
+        fn at<T>(r: &T) -> (*const u8, usize) {
+            (core::ptr::from_ref(r).cast(), core::mem::size_of::<T>())
+        }
+        [at(&self.io.conns), at(&self.io.out), at(&self.tree), at(&self.ransub), at(&self.control)]
+    }
     /// Number of links (open or connecting).
     pub fn link_count(&self) -> usize {
         self.io.conns.len()

@@ -85,6 +85,17 @@ impl SimNode {
         }
     }
 
+    /// Prefetch the slot's own fields, checked first by every event for it.
+    #[inline]
+    pub(crate) fn prefetch_state(&self) {
+        // The slot's fields (after the process, in the layout the compiler chose), and the
+        // line where the process starts (which kind it is).
+        crate::dispatch::touch(Some(&self.timer));
+        crate::dispatch::touch(Some(&self.incarnation));
+        crate::dispatch::touch(Some(&self.links));
+        crate::dispatch::touch(Some(&self.proc));
+    }
+
     /// The client running here, if one is.
     pub(crate) fn node(&self) -> Option<&Node> {
         match &self.proc {
@@ -392,7 +403,7 @@ impl Sim {
             return;
         }
         if let Some(node) = self.fresh_node(i) {
-            self.nodes[i as usize].proc = Some(Proc::Node(node));
+            self.nodes[i as usize].proc = Some(Proc::Node(Box::new(node)));
             self.after(i);
         }
     }
@@ -450,7 +461,7 @@ impl Sim {
         if let Err(e) = node.handle_command(self.now, Command::Join { bootstrap }) {
             self.violation(format!("node {i}: join refused: {e}"));
         }
-        self.nodes[i as usize].proc = Some(Proc::Node(node));
+        self.nodes[i as usize].proc = Some(Proc::Node(Box::new(node)));
         self.after(i);
     }
 
