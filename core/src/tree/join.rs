@@ -284,7 +284,11 @@ impl Tree {
         siblings: List<NodeId>,
         direct: bool,
     ) {
-        let sane = path.last() == Some(&from) && !path.contains(&self.me);
+        // A path through one of our children would close a loop: the acceptor was placed under
+        // a fragment top that has since become our child (a placement still in flight when its
+        // fragment detached, and that top, lower than us, joined us directly).
+        let sane =
+            path.last() == Some(&from) && !path.contains(&self.me) && !path.iter().any(|p| self.children.contains(p));
         let Some(&root) = path.first() else { return ctx.send(from, TreeMsg::Remove) };
         if self.parent == Some(from) && sane {
             // A repeated accept from our parent: refresh what it says.
