@@ -41,7 +41,7 @@ impl Tree {
                 self.become_root(ctx);
                 return;
             }
-            for id in lower.into_iter().take(MAX_TOP) {
+            for id in lower.into_iter().take(ctx.cfg.degree()) {
                 if !self.contacted.contains(&id) && self.contacted.len() < MAX_CANDIDATES {
                     self.contacted.push(id);
                 }

@@ -132,9 +132,8 @@ pub(crate) struct Tree {
     suspects: Vec<NodeId>,
     /// Set while re-electing a root after our parent, the root, failed.
     failover: Option<NodeId>,
-    /// In a failover: the lower siblings asked at once and not yet answered. At most
-    /// [`MAX_TOP`] (siblings are the old root's children, a list of at most `MAX_LIST`, of which
-    /// the lowest `MAX_TOP` are asked).
+    /// In a failover: the lower siblings asked at once and not yet answered. At most the degree
+    /// (the old root had no more children).
     asked: Vec<NodeId>,
     /// Higher siblings whose `Join(Failover)` we refused (while electing, or while the old root
     /// still seemed alive to us), with when: taken as children at once if we become the root
