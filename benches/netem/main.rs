@@ -515,12 +515,8 @@ fn last_tree_event(hosts: &[NodeId], victims: &[NodeId], from: u128, to: u128) -
     const SHAPE: [&str; 5] = ["ParentChanged(", "ChildAdded(", "ChildRemoved(", "BecameRoot", "StoppedBeingRoot"];
     let mut last = None;
     for h in hosts {
-        let Ok(text) = std::fs::read_to_string(Path::new(RUN_DIR).join(ip_of(h).to_string()).join("client.log")) else {
-            continue;
-        };
-        for line in text.lines() {
-            let Some((stamp, rest)) = line.split_once(' ') else { continue };
-            let Ok(t) = stamp.parse::<u128>() else { continue };
+        let text = client_log(h);
+        for (t, rest) in text.lines().filter_map(stamped) {
             if t < from
                 || t > to
                 || !rest.contains(": event ")
@@ -651,18 +647,25 @@ fn scenario_recovery(env: &mut Env, silent: bool) -> Res<Recovery> {
     Ok(Recovery { one_ms, all_ms, reactions })
 }
 
+/// The log of `host`'s client (empty if it cannot be read).
+fn client_log(host: &NodeId) -> String {
+    std::fs::read_to_string(Path::new(RUN_DIR).join(ip_of(host).to_string()).join("client.log")).unwrap_or_default()
+}
+
+/// A debug log line's wall-clock stamp (ms) and the rest of the line; `None` for other lines.
+fn stamped(line: &str) -> Option<(u128, &str)> {
+    let (stamp, rest) = line.split_once(' ')?;
+    Some((stamp.parse().ok()?, rest))
+}
+
 /// For each of `hosts` that reacted to the death of one of `victims` between `from` and `to`
 /// (wall-clock ms), the delay of its first reaction (see [`Recovery::reactions`]), sorted.
 fn first_reactions(hosts: &[NodeId], victims: &[NodeId], from: u128, to: u128) -> Vec<u128> {
     let gone: Vec<String> = victims.iter().map(|v| format!("event ChildRemoved({v})")).collect();
     let mut out = Vec::new();
     for h in hosts {
-        let Ok(text) = std::fs::read_to_string(Path::new(RUN_DIR).join(ip_of(h).to_string()).join("client.log")) else {
-            continue;
-        };
-        let first = text.lines().find_map(|line| {
-            let (stamp, rest) = line.split_once(' ')?;
-            let t = stamp.parse::<u128>().ok()?;
+        let text = client_log(h);
+        let first = text.lines().filter_map(stamped).find_map(|(t, rest)| {
             let hit = rest.contains("event ParentChanged(None)") || gone.iter().any(|g| rest.contains(g.as_str()));
             t.checked_sub(from).filter(|_| t <= to && hit)
         });

@@ -447,10 +447,7 @@ impl Tree {
         if !room && placed && !self.children.is_empty() && !self.path.contains(&joiner) {
             // Full (many repairs picked us): pass the request down to a random child, which
             // verifies its own chain, so that a popular candidate spreads the load.
-            let lately: Children = self.children.iter().copied().filter(|c| ctx.heard_lately(c)).collect();
-            let from = if lately.is_empty() { &self.children } else { &lately };
-            let c = from[ctx.rng.random_range(0..from.len())];
-            if c != joiner {
+            if let Some(c) = self.random_child(ctx, None).filter(|c| *c != joiner) {
                 return ctx.send(c, TreeMsg::Join { joiner, mode: JoinMode::Direct, hops: hops + 1 });
             }
         }
@@ -610,16 +607,23 @@ impl Tree {
         // Full: pass it down to a random child, marked so it never comes back up; a child heard
         // from lately, when there is one (a join passed to a dead child is lost until the
         // joiner's `join_retry`).
-        let mut eligible: Children =
-            self.children.iter().copied().filter(|c| *c != joiner && ctx.heard_lately(c)).collect();
-        if eligible.is_empty() {
-            eligible = self.children.iter().copied().filter(|c| *c != joiner).collect();
-        }
-        if eligible.is_empty() {
-            return self.reject(ctx, joiner);
-        }
-        let c = eligible[ctx.rng.random_range(0..eligible.len())];
+        let Some(c) = self.random_child(ctx, Some(joiner)) else { return self.reject(ctx, joiner) };
         ctx.io.stats.redirects += 1;
         ctx.send(c, TreeMsg::Join { joiner, mode: JoinMode::Redirect, hops: hops + 1 });
+    }
+
+    /// A random child other than `except`, among those heard from lately when there is one (a
+    /// join passed to a dead child, not yet declared dead, is lost until the joiner's retry).
+    /// Picked by counting, without collecting: no allocation.
+    fn random_child(&self, ctx: &mut Ctx<'_>, except: Option<NodeId>) -> Option<NodeId> {
+        let eligible = |c: &&NodeId| Some(**c) != except;
+        let lately = self.children.iter().filter(eligible).filter(|c| ctx.heard_lately(c)).count();
+        let fresh_only = lately > 0;
+        let n = if fresh_only { lately } else { self.children.iter().filter(eligible).count() };
+        if n == 0 {
+            return None;
+        }
+        let k = ctx.rng.random_range(0..n);
+        self.children.iter().filter(eligible).filter(|c| !fresh_only || ctx.heard_lately(c)).nth(k).copied()
     }
 }
