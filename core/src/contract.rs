@@ -275,6 +275,12 @@ pub struct Stats {
     pub root_joins: u64,
     /// Joins this node redirected to a child.
     pub redirects: u64,
+    /// Leaf joins this node took as a member, not the root (see `JoinMode::Leaf`).
+    pub member_placements: u64,
+    /// Moves of our subtree to a shallower place we asked for (see `Tree::rebalance`).
+    pub moves_asked: u64,
+    /// Moves that took place.
+    pub moves: u64,
     /// Joins this node refused.
     pub join_rejects: u64,
     /// Direct joins this node verified as root (the walk up from a RanSub candidate).

@@ -49,12 +49,14 @@ pub(crate) struct Ctx<'a> {
     pub all: &'a [Entry],
     /// The tree's population as RanSub last told it (0: not known yet, or inside RanSub itself).
     pub population: u32,
+    /// When RanSub last sent our collect to a parent (`None`: never, or inside RanSub itself).
+    pub collected_at: Option<Instant>,
 }
 
 impl<'a> Ctx<'a> {
     /// A context without RanSub views (the controller's, and RanSub's own).
     pub fn bare(now: Instant, me: NodeId, cfg: &'a Config, rng: &'a mut Pcg32, io: &'a mut Io) -> Ctx<'a> {
-        Ctx { now, me, cfg, rng, io, nondesc: &[], all: &[], population: 0 }
+        Ctx { now, me, cfg, rng, io, nondesc: &[], all: &[], population: 0, collected_at: None }
     }
 
     /// Encode and send one tree message.

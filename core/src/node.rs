@@ -90,6 +90,7 @@ impl Node {
             nondesc: self.ransub.nondesc(),
             all: self.ransub.all(),
             population: self.ransub.population(),
+            collected_at: self.ransub.collected_at(),
         };
         (ctx, &mut self.tree, &mut self.control)
     }

@@ -62,6 +62,9 @@ pub(crate) struct RanSub {
     /// Epoch being collected, until our collect is sent.
     collecting: Option<u32>,
     collect_at: Option<Instant>,
+    /// When we last sent our collect up: from then until the next epoch, a change of parent
+    /// loses nothing of RanSub's count (see `Tree::rebalance`).
+    collected_at: Option<Instant>,
     epoch_at: Option<Instant>,
     payload: [u8; PAYLOAD],
     /// Epochs started (root) or received (others).
@@ -148,6 +151,11 @@ impl RanSub {
     }
     pub fn population(&self) -> u32 {
         self.population
+    }
+
+    /// When we last sent our collect to a parent (`None`: never).
+    pub fn collected_at(&self) -> Option<Instant> {
+        self.collected_at
     }
     pub fn epoch(&self) -> u32 {
         self.epoch
@@ -266,6 +274,7 @@ impl RanSub {
         match place.parent {
             Some(p) => {
                 send(ctx, p, OutRanSub::Collect { epoch, population: pop, set: &set });
+                self.collected_at = Some(ctx.now);
             }
             None => {
                 self.population = pop;

@@ -510,6 +510,11 @@ pub enum JoinMode {
     /// Sent by a node repairing its place to a RanSub candidate with free slots: accept me
     /// yourself (after checking, up your parent chain, that you are anchored to a root).
     Direct,
+    /// Sent by a joiner with no subtree (a fresh joiner, or a leaf that lost its parent) to any
+    /// member, which places it itself: it takes the joiner when it has room and is shallow
+    /// enough, passes it up to its parent when it is too deep, or down its own subtree when it
+    /// is full. A `Leaf` join from the receiver's own parent only goes down.
+    Leaf,
 }
 
 /// RandTree messages. See [`crate::tree`] for the protocol.

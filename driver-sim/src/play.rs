@@ -46,6 +46,8 @@ pub fn play_sim(sc: &Scenario) -> (SimReport, Sim) {
         build_paced(&mut sim, sc, &mut rng, tick)
     };
     report.build.sim_ms = sim.now().0 as f64 / 1000.0;
+    report.build.root_joins = sim.total(|s| s.root_joins);
+    report.build.member_placements = sim.total(|s| s.member_placements);
     report.tree = sim.shape();
     report.memory.bytes_per_node = rss_bytes().saturating_sub(rss0) / u64::from(n);
 
@@ -83,6 +85,7 @@ pub fn play_sim(sc: &Scenario) -> (SimReport, Sim) {
         victims.push(candidates.swap_remove(k));
     }
     let joins_before = (sim.total(|s| s.root_joins), sim.total(|s| s.root_verifies));
+    let moves_before = sim.total(|s| s.moves);
     let repairs_before = sim.repairs;
     let spread = Duration::from_micros((sc.kill_spread_s.max(0.0) * 1e6) as u64);
     if spread > Duration::ZERO {
@@ -236,6 +239,26 @@ pub fn play_sim(sc: &Scenario) -> (SimReport, Sim) {
         sim.run_until(until, |s| s.counts.last().is_some_and(|c| c.0 >= at && c.1 == root && c.2 > epoch));
     }
 
+    // Let the members that the repair left too deep move up (see `plush_core::tree`,
+    // "Rebalancing"): they start a RanSub epoch after the repair, so wait two, then until an
+    // epoch passes with no move asked, at most six in all.
+    if let Some((at, _, _)) = repaired {
+        let epoch = sc.config.ransub_epoch;
+        if sim.now() < at + epoch * 2 {
+            sim.run_until(at + epoch * 2, |_| false);
+        }
+        let mut asked = sim.total(|s| s.moves_asked);
+        while sim.now() < at + epoch * 6 {
+            sim.run_until(sim.now() + epoch, |_| false);
+            let now_asked = sim.total(|s| s.moves_asked);
+            if now_asked == asked {
+                break;
+            }
+            asked = now_asked;
+        }
+    }
+    report.recovery.depth_settled = sim.shape().depth;
+    report.recovery.moves = sim.total(|s| s.moves) - moves_before;
     report.ransub.epochs = sim.populations.0;
     report.ransub.population_last = sim.populations.1;
     report.conns.budget = sc.config.max_links.min(u32::MAX as usize) as u32;
@@ -269,12 +292,17 @@ fn build_paced(sim: &mut Sim, sc: &Scenario, rng: &mut Pcg64, tick: Duration) ->
     let deadline = sim.now() + sc.build_limit();
     loop {
         while next < n && (next - sim.joined_once) < sc.max_outstanding_joins as u32 {
-            let mut boot = vec![id(0)];
+            // Two members drawn at random, then the founder: the joiner asks a member first,
+            // which places it (see `JoinMode::Leaf`), and the root only when those fail.
+            let mut boot = Vec::with_capacity(3);
             for _ in 0..2 {
                 let j = rng.random_range(0..next);
                 if sim.nodes[j as usize].joined_once && !boot.contains(&id(j)) {
                     boot.push(id(j));
                 }
+            }
+            if !boot.contains(&id(0)) {
+                boot.push(id(0));
             }
             sim.start(next, boot);
             next += 1;

@@ -194,6 +194,10 @@ pub struct BroadcastReport {
 pub struct BuildReport {
     /// Simulated time until every node joined one tree.
     pub sim_ms: f64,
+    /// Joins the roots handled while building (the rest were placed by the members asked).
+    pub root_joins: u64,
+    /// Leaf joins placed by members, without the root (see `plush_core::wire::JoinMode::Leaf`).
+    pub member_placements: u64,
 }
 
 /// The fault phase.
@@ -217,8 +221,13 @@ pub struct RecoveryReport {
     pub loops: u32,
     /// Most children of any node once quiet.
     pub max_children: u32,
-    /// Depth once quiet.
+    /// Depth once quiet (the tree whole again).
     pub depth: u32,
+    /// Depth at the end of the run, after the members left too deep by the repair moved their
+    /// subtrees up (see `plush_core::tree`, "Rebalancing"), one or two RanSub epochs later.
+    pub depth_settled: u32,
+    /// Subtrees moved up to a shallower place, from the fault to the end of the run.
+    pub moves: u64,
     /// Joins the roots handled during recovery.
     pub root_joins: u64,
     /// Direct joins the roots verified during recovery (one small message each; see

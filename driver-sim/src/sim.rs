@@ -486,6 +486,9 @@ impl Sim {
         self.dead_stats.links_refused += st.links_refused;
         self.dead_stats.root_joins += st.root_joins;
         self.dead_stats.root_verifies += st.root_verifies;
+        self.dead_stats.moves += st.moves;
+        self.dead_stats.moves_asked += st.moves_asked;
+        self.dead_stats.member_placements += st.member_placements;
         let sn = &mut self.nodes[i as usize];
         sn.timer = None;
         sn.killed = true;

@@ -20,6 +20,8 @@ impl Tree {
         self.hedge_at = None;
         let mut list: Vec<(NodeId, JoinMode)> = Vec::with_capacity(MAX_CANDIDATES);
         let me = self.me;
+        // Without a subtree we cannot close a loop wherever we land: any member may place us.
+        let plain = self.plain_mode();
         let children = &self.children;
         let push = |list: &mut Vec<(NodeId, JoinMode)>, id: NodeId, mode: JoinMode| {
             if id != me && !children.contains(&id) && list.len() < MAX_CANDIDATES && !list.iter().any(|(c, _)| *c == id)
@@ -28,7 +30,7 @@ impl Tree {
             }
         };
         for &id in first {
-            push(&mut list, id, JoinMode::Forward);
+            push(&mut list, id, plain);
         }
         self.asked.clear();
         if let Some(dead_root) = self.failover {
@@ -53,7 +55,7 @@ impl Tree {
             // an ancestor that did not answer our direct join, comes last with the others.)
             for &a in self.path.iter().rev() {
                 if !self.suspects.contains(&a) {
-                    push(&mut list, a, JoinMode::Forward);
+                    push(&mut list, a, plain);
                 }
             }
         }
@@ -62,7 +64,7 @@ impl Tree {
             self.top.iter().copied().filter(|p| Some(*p) != self.failover && !self.suspects.contains(p)).collect();
         shuffle(ctx, &mut top);
         for id in top {
-            push(&mut list, id, JoinMode::Forward);
+            push(&mut list, id, plain);
         }
         // A few members of our last RanSub views, non-descendants first: a uniform sample of
         // the tree, mostly alive even when every ancestor, the backbone and our few peers died
@@ -75,14 +77,14 @@ impl Tree {
         }
         shuffle(ctx, &mut view);
         for id in view.into_iter().take(VIEW_CANDIDATES) {
-            push(&mut list, id, JoinMode::Forward);
+            push(&mut list, id, plain);
         }
         let mut peers: SmallVec<[NodeId; 32]> =
             self.peers.iter().copied().filter(|p| Some(*p) != self.failover && !self.suspects.contains(p)).collect();
         shuffle(ctx, &mut peers);
         peers.extend(self.suspects.iter().copied());
         for id in peers {
-            push(&mut list, id, JoinMode::Forward);
+            push(&mut list, id, plain);
         }
         list.reverse(); // tried from the back
         self.candidates = list;
@@ -149,7 +151,8 @@ impl Tree {
             if !self.contacted.contains(&c) && self.contacted.len() < MAX_CANDIDATES {
                 self.contacted.push(c);
             }
-            ctx.send(c, TreeMsg::Join { joiner: self.me, mode: JoinMode::Direct, hops: 0 });
+            let mode = if self.children.is_empty() { JoinMode::Leaf } else { JoinMode::Direct };
+            ctx.send(c, TreeMsg::Join { joiner: self.me, mode, hops: 0 });
         }
         if !self.direct.is_empty() {
             self.in_direct = true;
@@ -218,7 +221,7 @@ impl Tree {
     /// turn, so that a cold start does not multiply the joins that reach the root.
     pub(super) fn hedge(&mut self, ctx: &mut Ctx<'_>) {
         let Some(t) = self.target else { return };
-        let next_is_plain = matches!(self.candidates.last(), Some((_, JoinMode::Forward)));
+        let next_is_plain = matches!(self.candidates.last(), Some((_, JoinMode::Forward | JoinMode::Leaf)));
         if self.state != TreeState::Joining
             || !self.repairing
             || self.parent.is_some()
@@ -249,7 +252,7 @@ impl Tree {
                 ctx.send(next, TreeMsg::Join { joiner: self.me, mode, hops: 0 });
                 let wait = if self.repairing { ctx.cfg.repair_join_wait } else { ctx.cfg.join_retry };
                 self.join_at = Some(ctx.now + wait);
-                if self.repairing && mode == JoinMode::Forward {
+                if self.repairing && matches!(mode, JoinMode::Forward | JoinMode::Leaf) {
                     self.hedge_at = Some(ctx.now + ctx.cfg.repair_timeout);
                 }
             }
@@ -298,6 +301,17 @@ impl Tree {
             self.set_top(top);
             self.set_path(ctx, &path);
             return;
+        }
+        if sane
+            && self.state == TreeState::Joined
+            && self.parent.is_some()
+            && self.moving.is_some()
+            && !self.children.contains(&from)
+            && path.len() < self.path.len()
+        {
+            // The member we asked to take us when our subtree sat too deep, or one it passed us
+            // down to (it verified its own chain): a shallower place.
+            return self.moved(ctx, from, &path, top, &siblings);
         }
         let acceptable =
             sane && self.state == TreeState::Joining && self.parent.is_none() && !self.children.contains(&from);
@@ -361,6 +375,11 @@ impl Tree {
     }
 
     pub(super) fn on_reject(&mut self, ctx: &mut Ctx<'_>, from: NodeId) {
+        if self.state == TreeState::Joined && self.moving.is_some_and(|m| m.0 == from) {
+            // The shallower member would not take us: stay, and ask another.
+            self.moving = None;
+            self.retry_move(ctx);
+        }
         if self.state != TreeState::Joining {
             return;
         }
@@ -429,6 +448,7 @@ impl Tree {
             }
             JoinMode::Forward => self.route(ctx, joiner, hops),
             JoinMode::Direct => self.on_direct(ctx, from, joiner, hops),
+            JoinMode::Leaf => self.on_leaf(ctx, from, joiner, hops),
         }
     }
 
@@ -451,8 +471,15 @@ impl Tree {
                 return ctx.send(c, TreeMsg::Join { joiner, mode: JoinMode::Direct, hops: hops + 1 });
             }
         }
-        if self.state == TreeState::Joining && self.parent.is_none() && room && joiner < self.me {
+        if self.state == TreeState::Joining
+            && self.parent.is_none()
+            && !self.children.is_empty()
+            && room
+            && joiner < self.me
+        {
             // We are a detached top: we vouch for lower joiners ourselves (see the module docs).
+            // A joining node without children is no top: it stays a leaf until it is placed, so
+            // that its own `Leaf` joins stay safe anywhere.
             if !self.path.contains(&joiner) && !self.children.contains(&joiner) {
                 return self.accept_child(ctx, joiner, true);
             }
@@ -571,6 +598,59 @@ impl Tree {
         }
     }
 
+    /// The mode of a round's ordinary joins: `Leaf` while we have no subtree (outside a
+    /// failover, whose election needs the root's children to ask each other), else `Forward`.
+    pub(super) fn plain_mode(&self) -> JoinMode {
+        if self.children.is_empty() && self.failover.is_none() {
+            JoinMode::Leaf
+        } else {
+            JoinMode::Forward
+        }
+    }
+
+    /// A joiner without a subtree asks us to place it (see [`JoinMode::Leaf`]). Coming from our
+    /// parent, it is on its way down: take it or pass it to a random child. From anyone else:
+    /// take it when we have room and are no deeper than [`ideal_depth`] for the population
+    /// RanSub last counted; pass it up when we are deeper (or do not know the population yet);
+    /// pass it down when we are full. Nothing here needs the chain walk of a direct join: a
+    /// node without children is nobody's ancestor, so no placement of it closes a loop.
+    pub(super) fn on_leaf(&mut self, ctx: &mut Ctx<'_>, from: NodeId, joiner: NodeId, hops: u8) {
+        if self.state != TreeState::Joined
+            || self.root.is_none()
+            || Some(joiner) == self.parent
+            || self.path.contains(&joiner)
+        {
+            return self.reject(ctx, joiner);
+        }
+        if self.children.contains(&joiner) {
+            return self.accept_child(ctx, joiner, self.parent.is_some());
+        }
+        let room = self.children.len() + self.verifying.len() < ctx.cfg.degree();
+        let descending = self.parent.is_some() && Some(from) == self.parent;
+        match self.parent {
+            Some(p) if !descending && !self.shallow(ctx) => {
+                ctx.send(p, TreeMsg::Join { joiner, mode: JoinMode::Leaf, hops: hops + 1 })
+            }
+            None => self.place(ctx, joiner, hops),
+            Some(_) if room => {
+                ctx.io.stats.member_placements += 1;
+                self.accept_child(ctx, joiner, true)
+            }
+            Some(_) => match self.random_child(ctx, Some(joiner)) {
+                Some(c) => ctx.send(c, TreeMsg::Join { joiner, mode: JoinMode::Leaf, hops: hops + 1 }),
+                None => self.reject(ctx, joiner),
+            },
+        }
+    }
+
+    /// Whether we are shallow enough to take a leaf ourselves: no deeper than
+    /// [`ideal_depth`] for the population RanSub last told us, and never too deep at
+    /// [`PLACING_DEPTH`] (RanSub's first count reaches the members two epochs after the root
+    /// starts; until then leaves climb at most that far).
+    fn shallow(&self, ctx: &Ctx<'_>) -> bool {
+        self.depth() <= ideal_depth(ctx.population, ctx.cfg.degree()).max(PLACING_DEPTH)
+    }
+
     /// A join that may still need to go up: place it at the root, forward it otherwise.
     pub(super) fn route(&mut self, ctx: &mut Ctx<'_>, joiner: NodeId, hops: u8) {
         match (self.state, self.parent) {
@@ -626,4 +706,19 @@ impl Tree {
         let k = ctx.rng.random_range(0..n);
         self.children.iter().filter(eligible).filter(|c| !fresh_only || ctx.heard_lately(c)).nth(k).copied()
     }
+}
+
+/// The height of a complete tree of degree `degree` holding `population` nodes: the depth below
+/// which a member takes leaves itself (see [`Tree::on_leaf`]). A member at this depth still
+/// takes children, one level further: the slack absorbs a population that grew since RanSub
+/// counted it. At most 32 (a population of `u32` in a binary tree).
+pub(crate) fn ideal_depth(population: u32, degree: usize) -> u16 {
+    let d = degree.max(2) as u64;
+    let (mut held, mut level, mut h) = (1u64, 1u64, 0u16);
+    while held < u64::from(population) && h < 32 {
+        level = level.saturating_mul(d);
+        held = held.saturating_add(level);
+        h += 1;
+    }
+    h
 }

@@ -9,6 +9,15 @@
 //! acceptor with `Remove` (the MaceMC "kids match" fix). A node that is not joined refuses joins
 //! (`JoinReject`) and the joiner tries its next candidate.
 //!
+//! **Leaves are placed where they ask.** A joiner without a subtree (a fresh joiner, or a leaf
+//! whose parent died) sends `Join(Leaf)` instead, and the member it asked places it: that
+//! member takes it when it has room and is no deeper than the height of a complete tree holding
+//! RanSub's population (at least [`PLACING_DEPTH`]), passes it up to its parent when it is
+//! deeper, and down to a random child (a `Leaf` from the parent, which only goes down) when it
+//! is full. Only a leaf that asked the root, or climbed to it, is placed by the root. Depth
+//! stays bounded like the root's placements: members at the ideal depth fill first, and a
+//! descent from a full member lands on its subtree's frontier.
+//!
 //! **Failures.** A failed child is dropped; a root then tells its children their new siblings. A
 //! node whose parent fails keeps its subtree and rejoins through its nearest live ancestor (every
 //! node knows its path to the root: `RootInfo(path)` flows down whenever it changes), then through
@@ -50,6 +59,18 @@
 //! vouches for anyone; a detached top (a node repairing with its subtree) vouches only for
 //! joiners with a lower id and never for itself. A fragment therefore only attaches below a
 //! rooted tree or below a fragment whose top is higher, and ids cannot increase around a cycle.
+//! A `Leaf` join needs none of this: a node without children is nobody's ancestor, so no place
+//! it takes closes a cycle; a joining node therefore never takes children while it has none (a
+//! childless joiner is no detached top), and refuses an accept whose path names it or a child.
+//!
+//! **Rebalancing.** A repair hangs whole subtrees wherever RanSub found room, and subtrees that
+//! attached below other repaired subtrees can leave the tree three or four times as deep. A
+//! joined member with children deeper than the ideal depth plus [`MOVE_SLACK`] waits a RanSub
+//! epoch (the deeper, the longer), then asks a random member of its views with room, no deeper
+//! than the ideal depth, to take it with `Join(Direct)`. That member verifies its chain like any
+//! direct join (a chain through the mover fails), and the mover keeps its parent until an accept
+//! from a shallower place comes; then it sends `Remove` to the old parent. A move detaches
+//! nothing and closes no loop for the reason a direct repair closes none.
 //!
 //! **Leave.** A leaving node tells its parent and its children; they treat it as failed.
 
@@ -77,6 +98,30 @@ const MAX_FANOUT: usize = 8;
 const MAX_DIRECT: usize = 16;
 /// Direct joins a node verifies at once; more are refused.
 const MAX_VERIFYING: usize = 12;
+/// Depth down to which a member always takes leaves itself when it has room, whatever the
+/// population (see `Tree::on_leaf`): a leaf asked deeper climbs at most to here while RanSub's
+/// count is not known yet, so a cold build's joins spread over the top levels' subtrees instead
+/// of all reaching the root.
+const PLACING_DEPTH: u16 = 2;
+/// Broadcast ids remembered during a move's grace (see [`Left`]).
+const MAX_LEFT_SEEN: usize = 4;
+
+/// The parent a move left, during the grace after the move (`Config::repair_timeout`): we are
+/// still its child there until we send it `Remove`, and take its broadcasts as well as the new
+/// parent's, each id once.
+#[derive(Debug)]
+struct Left {
+    peer: NodeId,
+    until: Instant,
+    /// Broadcasts taken during the grace. At most [`MAX_LEFT_SEEN`].
+    seen: smallvec::SmallVec<[u64; MAX_LEFT_SEEN]>,
+}
+
+/// Levels below the ideal depth (see `join::ideal_depth`) at which a member with children still
+/// stays where it is; deeper, it moves its subtree up (see `Tree::rebalance`). With the members
+/// of a cold build placed at most one level below the ideal depth, a tree whose members with
+/// children all sit within this slack is at most `MOVE_SLACK + 1` levels deeper than a fresh one.
+const MOVE_SLACK: u16 = 2;
 /// Join candidates of a repair's ordinary round asked at once (see [`Tree::hedge`]).
 const MAX_HEDGED: usize = 4;
 /// Longest verification walk (hops up a parent chain) before it is refused.
@@ -173,6 +218,13 @@ pub(crate) struct Tree {
     hedged: Vec<NodeId>,
     /// Deadline of the current wave of direct attempts.
     direct_at: Option<Instant>,
+    /// When to check whether our subtree sits too deep, and move it up (see [`Tree::rebalance`]).
+    move_at: Option<Instant>,
+    /// A move under way: the shallower member asked to take us, and until when we wait for it.
+    moving: Option<(NodeId, Instant)>,
+    /// After a move: the parent we left, still taken broadcasts from until we tell it (see
+    /// [`Left`]). Boxed: rare, and `None` costs a pointer.
+    left: Option<Box<Left>>,
     probe_at: Option<Instant>,
     /// Current gap between probes (see `arm_probe`).
     probe_gap: core::time::Duration,
@@ -216,6 +268,9 @@ impl Tree {
             hedge_at: None,
             hedged: Vec::new(),
             direct_at: None,
+            move_at: None,
+            moving: None,
+            left: None,
             probe_at: None,
             probe_gap: core::time::Duration::ZERO,
             probing: None,
@@ -250,7 +305,8 @@ impl Tree {
 
     pub fn next_timeout(&self) -> Option<Instant> {
         let mut next = self.join_at;
-        for t in [self.hedge_at, self.direct_at, self.probe_at]
+        let left = self.left.as_ref().map(|l| l.until);
+        for t in [self.hedge_at, self.direct_at, self.probe_at, self.move_at, self.moving.map(|m| m.1), left]
             .into_iter()
             .flatten()
             .chain(self.verifying.iter().map(|v| v.1))
@@ -429,7 +485,10 @@ impl Tree {
     pub fn on_broadcast(&mut self, ctx: &mut Ctx<'_>, from: &NodeId, id: u64, raw: &[u8]) {
         // `from` by reference: a copy of the 18 bytes per call was read back in other widths
         // than written, a store-forwarding stall on every broadcast.
-        if self.parent.as_ref() != Some(from) || self.state != TreeState::Joined {
+        if self.state != TreeState::Joined {
+            return;
+        }
+        if (self.parent.as_ref() != Some(from) || self.left.is_some()) && !self.moving_broadcast(from, id) {
             return;
         }
         ctx.relay_down(&self.children, self.children_version, raw);
@@ -503,6 +562,18 @@ impl Tree {
                 self.member_probe(ctx);
             }
         }
+        if self.moving.is_some_and(|m| m.1 <= ctx.now) {
+            // The shallower member did not take us in time: stay, and ask another.
+            self.moving = None;
+            self.retry_move(ctx);
+        }
+        if self.move_at.is_some_and(|t| t <= ctx.now) {
+            self.move_at = None;
+            self.rebalance(ctx);
+        }
+        if self.left.as_ref().is_some_and(|l| l.until <= ctx.now) {
+            self.leave_old_parent(ctx);
+        }
         while let Some(i) = self.verifying.iter().position(|v| v.1 <= ctx.now) {
             let (joiner, _) = self.verifying.swap_remove(i);
             self.reject(ctx, joiner);
@@ -547,6 +618,9 @@ impl Tree {
         ctx.event(Event::ParentChanged(None));
         self.parent_changed = true;
         self.repairing = true;
+        // A move under way is now an ordinary repair: its candidate's accept still counts.
+        self.moving = None;
+        self.move_at = None;
         self.direct_sent.clear();
         self.state = TreeState::Joining;
         self.probe_at = None;
@@ -666,6 +740,7 @@ impl Tree {
                 ctx.send(p, TreeMsg::Verify { joiner, route: List(vec![self.me]) });
             }
         }
+        self.arm_move(ctx);
         if !self.children.is_empty() {
             let mut down = Vec::with_capacity(path.len() + 1);
             down.extend_from_slice(path);
@@ -677,6 +752,139 @@ impl Tree {
                 }
             }
         }
+    }
+
+    /// The depth past which a member with children moves its subtree up, once RanSub counted
+    /// the population (see [`MOVE_SLACK`]).
+    fn move_limit(&self, ctx: &Ctx<'_>) -> Option<u16> {
+        (ctx.population > 0).then(|| join::ideal_depth(ctx.population, ctx.cfg.degree()) + MOVE_SLACK)
+    }
+
+    /// Whether our subtree sits too deep: we are a joined member with children below the
+    /// move limit.
+    fn too_deep(&self, ctx: &Ctx<'_>) -> bool {
+        self.state == TreeState::Joined
+            && self.parent.is_some()
+            && !self.children.is_empty()
+            && self.move_limit(ctx).is_some_and(|l| self.depth() > l)
+    }
+
+    /// After our path changed: if our subtree sits too deep, look for a shallower place a
+    /// RanSub epoch later. The deeper we are, the later, so that the highest of a deep chain
+    /// moves first and takes the rest up with it.
+    fn arm_move(&mut self, ctx: &mut Ctx<'_>) {
+        if self.move_at.is_some() || self.moving.is_some() || !self.too_deep(ctx) {
+            return;
+        }
+        let over = self.depth().saturating_sub(self.move_limit(ctx).unwrap_or(0)).min(8);
+        // Not before a RanSub epoch has passed: the repair that left us deep is over by then
+        // (a move is no repair: the tree is whole meanwhile), and the views name shallow
+        // members with room as they are after it.
+        let wait =
+            ctx.cfg.ransub_epoch + ctx.cfg.repair_timeout.mul_f64(f64::from(over) + ctx.rng.random_range(0.0..1.0));
+        self.move_at = Some(ctx.now + wait);
+    }
+
+    /// A move failed: ask another candidate a little later (one ask at a time, about one a
+    /// second, for as long as we sit too deep).
+    pub(super) fn retry_move(&mut self, ctx: &mut Ctx<'_>) {
+        self.move_at = Some(ctx.now + ctx.cfg.repair_timeout.mul_f64(2.0 + ctx.rng.random_range(0.0..1.0)));
+    }
+
+    /// Whether we are in the quiet part of a RanSub epoch: our collect went up less than half
+    /// an epoch ago, so a new parent loses nothing of this epoch's count (our subtree is in the
+    /// old parent's), and the move is over well before the next distribute.
+    fn quiet_for_moves(&self, ctx: &Ctx<'_>) -> bool {
+        ctx.collected_at.is_some_and(|t| ctx.now < t + ctx.cfg.ransub_epoch / 2)
+    }
+
+    /// Move our subtree up: ask the shallowest RanSub candidate with a free slot, no deeper
+    /// than the ideal depth, to take us directly. It verifies its chain up to the root like any
+    /// direct join, so it is not below us; we keep our parent until it accepts (see
+    /// `Tree::on_accept`), and leave that parent with `Remove` then. Rebalancing never detaches
+    /// anything: a move that fails leaves the tree as it was.
+    pub(super) fn rebalance(&mut self, ctx: &mut Ctx<'_>) {
+        if !self.too_deep(ctx) {
+            return;
+        }
+        if !self.quiet_for_moves(ctx) {
+            self.move_at = Some(ctx.now + ctx.cfg.ransub_epoch / 4);
+            return;
+        }
+        let ideal = join::ideal_depth(ctx.population, ctx.cfg.degree());
+        let usable = |e: &&crate::wire::Entry| {
+            e.free > 0
+                && e.depth <= ideal
+                && e.id != self.me
+                && Some(e.id) != self.parent
+                && !self.children.contains(&e.id)
+                && !self.suspects.contains(&e.id)
+        };
+        // A random one: a retry after a stale candidate refused asks another.
+        let n = ctx.nondesc.iter().chain(ctx.all.iter()).filter(usable).count();
+        let pick = if n == 0 { None } else { Some(ctx.rng.random_range(0..n)) };
+        let Some(x) = pick.and_then(|k| ctx.nondesc.iter().chain(ctx.all.iter()).filter(usable).nth(k)).map(|e| e.id)
+        else {
+            // Nobody shallow with room in this epoch's views: look again with the next.
+            self.move_at = Some(ctx.now + ctx.cfg.ransub_epoch);
+            return;
+        };
+        ctx.io.stats.moves_asked += 1;
+        self.moving = Some((x, ctx.now + ctx.cfg.repair_timeout * 2));
+        ctx.send(x, TreeMsg::Join { joiner: self.me, mode: JoinMode::Direct, hops: 0 });
+    }
+
+    /// A broadcast just after a move: taken from the new parent or the one we left (whichever
+    /// forwarded it; one that reached the new parent before it took us may reach the old one
+    /// after we left), once each.
+    fn moving_broadcast(&mut self, from: &NodeId, id: u64) -> bool {
+        let Some(l) = self.left.as_mut() else { return false };
+        if *from != l.peer && self.parent.as_ref() != Some(from) || l.seen.contains(&id) {
+            return false;
+        }
+        if l.seen.len() < MAX_LEFT_SEEN {
+            l.seen.push(id);
+        }
+        true
+    }
+
+    /// The grace after a move is over: tell the parent we left that we are not its child.
+    fn leave_old_parent(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(l) = self.left.take() else { return };
+        if Some(l.peer) != self.parent {
+            ctx.send(l.peer, TreeMsg::Remove);
+            ctx.release(&l.peer);
+        }
+    }
+
+    /// The member we asked to take us (see [`Tree::rebalance`]) accepted: take it as our
+    /// parent. The old one keeps us as a child for [`Left`]'s grace (what it was sending us
+    /// still comes), then hears `Remove`. The caller checked the path.
+    pub(super) fn moved(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        from: NodeId,
+        path: &[NodeId],
+        top: &[NodeId],
+        siblings: &[NodeId],
+    ) {
+        self.moving = None;
+        self.leave_old_parent(ctx);
+        if let Some(old) = self.parent.replace(from) {
+            ctx.unpin(&old, Pin::Parent);
+            let until = ctx.now + ctx.cfg.repair_timeout;
+            self.left = Some(Box::new(Left { peer: old, until, seen: smallvec::SmallVec::new() }));
+        }
+        ctx.io.stats.moves += 1;
+        self.parent_changed = true;
+        ctx.pin(from, Pin::Parent);
+        ctx.event(Event::ParentChanged(Some(from)));
+        self.siblings.clear();
+        if path.first() == Some(&from) {
+            self.set_siblings(siblings);
+        }
+        self.set_top(top);
+        self.adopt_path(ctx, path, true);
     }
 
     /// The root's children as we know them, for our children.
