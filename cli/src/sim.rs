@@ -245,9 +245,10 @@ impl FromStr for NodeRange {
 }
 
 /// Who launches the hosts (`--launch-from`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
 pub enum LaunchFrom {
     /// The controller invites (and launches) every host.
+    #[default]
     Controller,
     /// Members that joined launch and invite shares of the hosts (tree launch).
     Tree,
