@@ -172,7 +172,8 @@ fn member_launcher(how: &MemberLauncher, opts: &ClientOptions, key: &Key) -> std
             LaunchMethod::Local { program: exe, args: a }
         }
         MemberLauncher::Ssh(options) => {
-            let mut ssh = SshLaunch::new(exe, options.clone())?;
+            let build = crate::launcher::ClientBuild::kept(crate::launcher::own_arch().to_string(), exe)?;
+            let mut ssh = SshLaunch::with_builds(vec![build], options.clone());
             ssh.client_args = args;
             LaunchMethod::Ssh(ssh)
         }

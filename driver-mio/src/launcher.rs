@@ -172,6 +172,25 @@ impl ClientBuild {
         let remote_path = format!(".cache/plush/plush-{}-{digest}", env!("CARGO_PKG_VERSION"));
         Ok(ClientBuild { arch, binary, remote_path })
     }
+
+    /// The build of `arch` in `binary`, as [`ClientBuild::new`], except that a binary kept
+    /// where a launcher copies builds (`.../.cache/plush/plush-<version>-<16 hex digits>`, this
+    /// package's version) is taken at its word: its name is its remote path, and it is not read
+    /// (a member of the tree launching from its host runs such a copy; hashing tens of MB in
+    /// every member would cost more than its launches).
+    pub fn kept(arch: String, binary: PathBuf) -> io::Result<ClientBuild> {
+        let prefix = format!("plush-{}-", env!("CARGO_PKG_VERSION"));
+        let name = binary.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let in_cache = binary.parent().is_some_and(|d| d.ends_with(".cache/plush"));
+        let digest = name.strip_prefix(&prefix).filter(|d| d.len() == 16 && d.bytes().all(|b| b.is_ascii_hexdigit()));
+        match digest {
+            Some(_) if in_cache => {
+                let remote_path = format!(".cache/plush/{name}");
+                Ok(ClientBuild { arch, binary, remote_path })
+            }
+            _ => ClientBuild::new(arch, binary),
+        }
+    }
 }
 
 /// The builds in a directory of builds: `DIR/<arch>/plush` for each architecture, named as

@@ -514,3 +514,21 @@ fn a_tree_launch_over_ssh_has_members_launch_most_hosts_and_every_host_joins() {
     }
     assert_eq!(sshd.remote_clients(), Vec::<u32>::new(), "no client left on the hosts");
 }
+
+#[test]
+fn a_kept_copy_is_taken_at_its_name_and_any_other_binary_is_hashed() {
+    let dir = std::env::temp_dir().join(format!("plush-kept-{}", std::process::id()));
+    let cache = dir.join(".cache/plush");
+    std::fs::create_dir_all(&cache).expect("mkdir");
+    let name = format!("plush-{}-0123456789abcdef", env!("CARGO_PKG_VERSION"));
+    std::fs::write(cache.join(&name), b"not the binary whose digest the name says").expect("write");
+    let kept = plush_mio::ClientBuild::kept("x86_64".into(), cache.join(&name)).expect("kept");
+    assert_eq!(kept.remote_path, format!(".cache/plush/{name}"), "taken at its name");
+    // Elsewhere, or under another name, the binary is read and hashed.
+    std::fs::write(dir.join(&name), b"not the binary whose digest the name says").expect("write");
+    let other = plush_mio::ClientBuild::kept("x86_64".into(), dir.join(&name)).expect("hashed");
+    let hashed = plush_mio::ClientBuild::new("x86_64".into(), dir.join(&name)).expect("hashed");
+    assert_eq!(other.remote_path, hashed.remote_path);
+    assert_ne!(other.remote_path, kept.remote_path);
+    let _ = std::fs::remove_dir_all(&dir);
+}
