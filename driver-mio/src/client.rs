@@ -20,6 +20,16 @@
 //! authenticated links (the rest: `Config::max_links`), see [`budgets`]. Running out anyway
 //! is not fatal (see [`crate::driver`]).
 //!
+//! **Tree launch.** With `--launcher ssh [--ssh-option OPT]...` or `--launcher local` (passed
+//! by a launcher of a controller with `--launch-from tree`, and on by every member to the
+//! clients it launches), the client has a launcher of its own ([`MemberLauncher`]) and carries
+//! out the `Output::Launch`es of the shares it is given: ssh from this host to each host by its
+//! IP address, copying its own binary where it is missing (a copy kept under `.cache/plush` is
+//! named by its digest already, see `ClientBuild::kept`), the key written to each launch's stdin
+//! from memory ([`crate::launcher::KeySource::Memory`]). The clients it started outlive it
+//! (they are members of the tree, and end with it). Without a launcher every such launch fails
+//! at once, and the host goes back to the controller.
+//!
 //! The listen address is the node's identity, so it must be one that peers can dial: an
 //! unspecified address (`0.0.0.0`, `[::]`) or port 0 is refused.
 //!

@@ -17,6 +17,13 @@
 //! [`Config::failed_window`]. A failed host is never invited again, and the tree is told to
 //! `Forget` it. A disconnected host is invited again.
 //!
+//! **Tree launch.** With [`Config::tree_launch`], the hosts after the first are not invited
+//! through the root: each member whose `Joined` arrives gets a share of the hosts not yet invited
+//! (`Share`, at most [`crate::wire::MAX_LIST`]), which it launches and invites itself (see
+//! [`crate::control`]). Hosts of a share count as `Invited`, not against `max_invitations`; one
+//! a member gives back (`InviteFailed`) or did not invite within `invitation_expiry` is this
+//! controller's own from then on, launched and invited through the root as without tree launch.
+//!
 //! **Maintenance script.** With [`Controller::set_maintenance`], each new root gets the script
 //! (`Maintenance`) and passes it with every invitation; the controller sends it with a direct
 //! invitation itself. A host whose script fails reports `MaintenanceFailed`: it becomes `Failed`
