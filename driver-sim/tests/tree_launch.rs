@@ -2,10 +2,11 @@
 //! hands the hosts not yet invited to members in shares of at most `MAX_LIST`; members launch
 //! and invite them, each naming itself as the new host's bootstrap, and pass parts of their
 //! share on to the hosts they launched. Hosts a member cannot launch go back to the controller,
-//! which launches them itself, and reports by name those it cannot launch either.
+//! which launches them itself, and reports by name those it cannot launch either. A share whose
+//! member died goes out again to another member once it expires.
 
 use plush_core::wire::{ControlMsg, Message, MAX_LIST};
-use plush_core::{HostState, NodeId};
+use plush_core::{HostState, Instant, NodeId};
 use plush_sim::play::command_spec;
 use plush_sim::{LaunchModel, Scenario, Sim};
 use std::time::Duration;
@@ -123,4 +124,39 @@ fn a_host_nobody_can_launch_is_reported_failed_by_name() {
     let c = sim.controller().expect("a controller");
     assert_eq!(c.host_counts()[HostState::Joined as usize], n as usize - 1, "every other host joined");
     assert!(c.stats().launches >= 2, "the controller tried the host itself");
+}
+
+#[test]
+fn the_share_of_a_member_that_dies_goes_out_again_once_it_expires() {
+    let n = 1500;
+    let mut sc = tree_scenario(n, 24, 4);
+    sc.config.invitation_expiry = Duration::from_secs(20);
+    let mut sim = start(&sc);
+    let ctrl = ctrl_slot(&sim);
+    // The first member other than the root that the controller hands a share to dies at once.
+    let mut victim = None;
+    for _ in 0..2000 {
+        let t = sim.now() + Duration::from_millis(5);
+        sim.run_until(t, |_| false);
+        victim = sim.messages.iter().find_map(|(_, from, to, m)| {
+            (*from == ctrl && *to != 0 && matches!(m, Message::Control(ControlMsg::Share { .. }))).then_some(*to)
+        });
+        if victim.is_some() {
+            break;
+        }
+    }
+    let victim = victim.expect("a second share went out");
+    sim.crash(victim, plush_sim::CrashKind::Process);
+    let others = n as usize - 1;
+    let joined = run_for(&mut sim, Duration::from_secs(120), Duration::from_millis(100), |s| {
+        let c = s.controller().expect("a controller");
+        (0..n).filter(|&i| i != victim).all(|i| c.host_state(&Sim::id(i)) == Some(HostState::Joined))
+    });
+    let c = sim.controller().expect("a controller");
+    assert!(joined, "hosts of the dead member's share never joined: counts {:?} (victim {victim})", c.host_counts());
+    assert!(c.host_counts()[HostState::Joined as usize] >= others);
+    // Another member took them: the controller launched only the first host.
+    assert_eq!(sim.launches_by_controller, 1, "the expired share went to another member");
+    assert!(c.stats().shares >= 3, "the first share, the victim's, and the one that replaced it");
+    assert!(sim.now() >= Instant::ZERO + sc.config.invitation_expiry, "they waited for the expiry");
 }

@@ -21,8 +21,9 @@
 //! through the root: each member whose `Joined` arrives gets a share of the hosts not yet invited
 //! (`Share`, at most [`crate::wire::MAX_LIST`]), which it launches and invites itself (see
 //! [`crate::control`]). Hosts of a share count as `Invited`, not against `max_invitations`; one
-//! a member gives back (`InviteFailed`) or did not invite within `invitation_expiry` is this
-//! controller's own from then on, launched and invited through the root as without tree launch.
+//! a member gives back (`InviteFailed`) is this controller's own from then on, launched and
+//! invited through the root as without tree launch; one no member invited within
+//! `invitation_expiry` (its member died) goes out in another share, once, then is ours too.
 //!
 //! **Maintenance script.** With [`Controller::set_maintenance`], each new root gets the script
 //! (`Maintenance`) and passes it with every invitation; the controller sends it with a direct
@@ -144,6 +145,9 @@ struct Host {
     /// Tree launch: `Invited` through a member's share (the member launches and invites it),
     /// not by this controller.
     shared: bool,
+    /// Tree launch: a share with it expired already (its member died, or hung): the next
+    /// expiry makes it this controller's own.
+    share_expired: bool,
 }
 
 impl Host {
@@ -158,6 +162,7 @@ impl Host {
             strikes: 0,
             build: 0,
             shared: false,
+            share_expired: false,
         }
     }
 }
@@ -769,12 +774,20 @@ impl Controller {
             self.invited.pop_front();
             if current && self.host(&host).is_some_and(|h| h.shared) {
                 // A member took it in a share and did not invite it in time (it may have died
-                // with its share): this controller tries it itself, with a fresh expiry.
+                // with its share): it goes out in another share, once; after a second expiry
+                // this controller tries it itself. Either way with a fresh expiry.
                 self.set_state(now, host, HostState::Disconnected, Some("its member did not invite it in time"));
+                let again = self.host(&host).is_some_and(|h| !h.share_expired);
                 if let Some(h) = self.host(&host) {
                     h.first_try = None;
+                    h.share_expired = true;
                 }
-                self.own.push_front(host);
+                if again {
+                    self.queue.push_front(host);
+                    self.share_at.get_or_insert(now);
+                } else {
+                    self.own.push_front(host);
+                }
             } else if current {
                 self.fail(now, host, "the invitation expired");
             }

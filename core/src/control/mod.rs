@@ -34,7 +34,8 @@
 //! reach after its launch goes back up as `InviteFailed`; the controller then launches and
 //! invites it itself, and reports it failed by name if it cannot either. Hosts of a share that
 //! no member invited within [`crate::Config::invitation_expiry`] (their member died with its
-//! share) are the controller's own again. A share is taken from the controller at any time, and
+//! share) go out again in another share, once; after a second expiry they are the
+//! controller's own. A share is taken from the controller at any time, and
 //! from anyone else only by an idle client, and only if the invitation that follows comes from
 //! the same member (as a maintenance script).
 //!
