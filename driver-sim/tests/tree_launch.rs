@@ -160,3 +160,49 @@ fn the_share_of_a_member_that_dies_goes_out_again_once_it_expires() {
     assert!(c.stats().shares >= 3, "the first share, the victim's, and the one that replaced it");
     assert!(sim.now() >= Instant::ZERO + sc.config.invitation_expiry, "they waited for the expiry");
 }
+
+#[test]
+fn members_hand_the_maintenance_script_on_and_a_host_whose_script_fails_does_not_join() {
+    let n = 60;
+    let sc = tree_scenario(n, 25, 3);
+    let mut sim = Sim::new(n, &sc);
+    sim.recording = true;
+    sim.add_controller();
+    // The first host's script fails too: the tree is founded by the next one.
+    let bad = [0u32, 17, 42];
+    sim.maintenance_fails = bad.to_vec();
+    sim.ctrl_do(|c, now| c.set_maintenance(now, Some("test -w /tmp".to_string())).expect("a short script"));
+    let hosts: Vec<NodeId> = (0..n).map(Sim::id).collect();
+    sim.ctrl_do(|c, now| c.add_hosts(now, &hosts));
+    let good = n as usize - bad.len();
+    let done = run_for(&mut sim, Duration::from_secs(120), Duration::from_millis(100), |s| {
+        s.controller().is_some_and(|c| c.host_counts()[HostState::Joined as usize] == good) && s.converged()
+    });
+    let c = sim.controller().expect("a controller");
+    assert!(done, "host counts {:?}", c.host_counts());
+    for &b in &bad {
+        assert_eq!(c.host_state(&Sim::id(b)), Some(HostState::Failed), "host {b}");
+        assert!(sim.node(b).is_none(), "host {b} still runs after its script failed");
+    }
+    assert!(sim.launches_by_controller <= 2, "members launched the others: {}", sim.launches_by_controller);
+    let ctrl = ctrl_slot(&sim);
+    let mut by_members = 0;
+    for i in 0..n {
+        let id = Sim::id(i);
+        let invite = sim.messages.iter().position(|(_, _, to, m)| {
+            *to == i && matches!(m, Message::Control(ControlMsg::SetPeer { host, .. }) if *host == id)
+        });
+        let Some(invite) = invite else { panic!("host {i} was never invited") };
+        let inviter = sim.messages[invite].1;
+        // The script came from the inviter, before its invitation.
+        let script = sim.messages[..invite].iter().any(|(_, from, to, m)| {
+            *to == i
+                && *from == inviter
+                && matches!(m, Message::Control(ControlMsg::Maintenance { script }) if script == "test -w /tmp")
+        });
+        assert!(script, "host {i} got no script from its inviter {inviter} before the invitation");
+        by_members += usize::from(inviter != ctrl);
+    }
+    assert!(by_members >= n as usize - 3, "{by_members} hosts invited by members");
+    assert_eq!(sim.violations, 0, "{:?}", sim.violation_texts);
+}
