@@ -9,6 +9,13 @@
 #   plush_cold_ssh_s  wall clock of `plush run -w HOSTS --launcher ssh -- hostname`: clients
 #                     launched over ssh (the binary is already in the account's home: an untimed
 #                     run on one host copies it first), join, run, dismantle
+#   plush_cold_tree_s the same with `--launch-from tree`: the controller launches the first
+#                     host, members launch the others over ssh from their own hosts (with a key
+#                     of the account's own, as host-based authentication would give them)
+#   plush_cold_ssh_launch_bytes, plush_cold_tree_launch_bytes
+#                     bytes the controller's ssh processes sent in those two runs (the sum of
+#                     ssh's own "Transferred: sent N" over its sessions: every launch's login,
+#                     and any copy of the binary; members' logins are not counted)
 #   plush_warm_s      `run_ms` of the second `run --json hostname` in one `plush shell` session
 #                     (null when this plush has no `shell` subcommand)
 #   plush_local_s     wall clock of `plush run --local N -- hostname` (no ssh), for reference
@@ -224,6 +231,24 @@ Host 127.*
   BatchMode yes
   LogLevel ERROR
 EOF
+# Members log in from their hosts as the account: a key it can read (tree launch).
+cp "$dir/user_key" "$dir/member_key"
+chown "$USER_NAME" "$dir/member_key"
+chmod 600 "$dir/member_key"
+sed "s|$dir/user_key|$dir/member_key|" "$cfg" >"$dir/ssh_config_tree"
+# The controller's ssh, through a wrapper that has each session log its byte counts (ssh's
+# "Transferred:" line, at LogLevel VERBOSE) to a file of its own. Only plush's controller runs
+# with it on its PATH; members run the account's ssh.
+mkdir -p "$dir/wrap" "$dir/sshlog"
+printf '#!/bin/sh\nexec %s -E "%s/sshlog/ssh.$$.log" -o LogLevel=VERBOSE "$@"\n' "$(command -v ssh)" "$dir" >"$dir/wrap/ssh"
+chmod 755 "$dir/wrap/ssh"
+# launch_bytes: the bytes the logged sessions sent, summed; the logs are then cleared.
+launch_bytes() {
+    local b
+    b=$(cat "$dir"/sshlog/*.log 2>/dev/null | awk '/Transferred: sent/ { gsub(",", "", $3); s += $3 } END { print s + 0 }') || true
+    rm -f "$dir"/sshlog/*.log
+    echo "$b"
+}
 mkdir -p /run/sshd
 "$SSHD" -t -f "$dir/sshd_config" || die "sshd refuses its configuration"
 "$SSHD" -D -e -f "$dir/sshd_config" </dev/null 2>"$dir/sshd.log" &
@@ -358,11 +383,25 @@ no_clients_left plush-first
 
 port=$(free_port "$sshd_port") || die "no free port for the plush clients"
 say "== plush run --json -w <$n hosts> --launcher ssh --ssh-option=-F$cfg --port $port -- hostname (cold: launch, join, run, dismantle)"
-run_tool plush-cold /dev/null "$plush" run --json -w "$hosts" "${plush_ssh[@]}" --port "$port" -- hostname
+launch_bytes >/dev/null
+run_tool plush-cold /dev/null env PATH="$dir/wrap:$PATH" "$plush" run --json -w "$hosts" "${plush_ssh[@]}" --port "$port" -- hostname
 got=$(plush_count "$dir/plush-cold.out")
 if ok plush-cold "$got"; then plush_cold_ssh_s=$secs; else plush_cold_ssh_s=null; fi
-say "   $secs s ($got hosts answered); $(plush_summary "$dir/plush-cold.out")"
 no_clients_left plush-cold
+plush_cold_ssh_launch_bytes=$(launch_bytes)
+say "   $secs s ($got hosts answered); $(plush_summary "$dir/plush-cold.out"); the controller's ssh sent $plush_cold_ssh_launch_bytes bytes"
+
+# The same, launched by the tree: members ssh from their hosts with the account's own key.
+plush_tree=(--launcher ssh "--ssh-option=-F$dir/ssh_config_tree" --launch-from tree "${plush_extra[@]}")
+port=$(free_port "$sshd_port") || die "no free port for the plush clients"
+say "== plush run --json -w <$n hosts> --launcher ssh --ssh-option=-F$dir/ssh_config_tree --launch-from tree --port $port -- hostname (cold, tree launch)"
+launch_bytes >/dev/null
+run_tool plush-tree /dev/null env PATH="$dir/wrap:$PATH" "$plush" run --json -w "$hosts" "${plush_tree[@]}" --port "$port" -- hostname
+got=$(plush_count "$dir/plush-tree.out")
+if ok plush-tree "$got"; then plush_cold_tree_s=$secs; else plush_cold_tree_s=null; fi
+no_clients_left plush-tree
+plush_cold_tree_launch_bytes=$(launch_bytes)
+say "   $secs s ($got hosts answered); $(plush_summary "$dir/plush-tree.out"); the controller's ssh sent $plush_cold_tree_launch_bytes bytes"
 
 # plush shell: two runs in one session; warm = run_ms of the second.
 plush_warm_s=null
@@ -399,6 +438,6 @@ if [ ${#failures[@]} -gt 0 ]; then
     echo "compare-ssh.sh: FAILED (${#failures[@]}): the figures of these are null:" >&2
     printf '    %s\n' "${failures[@]}" >&2
 fi
-printf '{"hosts": %d, "pdsh_s": %s, "clush_s": %s, "plush_cold_ssh_s": %s, "plush_warm_s": %s, "plush_local_s": %s}\n' \
-    "$n" "$pdsh_s" "$clush_s" "$plush_cold_ssh_s" "$plush_warm_s" "$plush_local_s"
+printf '{"hosts": %d, "pdsh_s": %s, "clush_s": %s, "plush_cold_ssh_s": %s, "plush_cold_tree_s": %s, "plush_cold_ssh_launch_bytes": %s, "plush_cold_tree_launch_bytes": %s, "plush_warm_s": %s, "plush_local_s": %s}\n' \
+    "$n" "$pdsh_s" "$clush_s" "$plush_cold_ssh_s" "$plush_cold_tree_s" "$plush_cold_ssh_launch_bytes" "$plush_cold_tree_launch_bytes" "$plush_warm_s" "$plush_local_s"
 [ ${#failures[@]} -eq 0 ] || exit 1

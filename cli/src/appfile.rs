@@ -6,6 +6,7 @@
 //! [hosts]
 //! local = 10                     # or: hosts = "node[01-10]" / hostfile = "..."; exclude = "..."
 //! launcher = "local"             # local | ssh | command (optional; defaults as `plush run`)
+//! launch_from = "tree"           # controller | tree (optional; `--launch-from`, controller)
 //!
 //! [sets]
 //! first = "127.0.0.[1-5]"        # host sets, among the hosts (by name; by address with local)
@@ -161,6 +162,8 @@ pub struct HostsSpec {
     pub ssh_options: Vec<String>,
     /// The command launcher's template.
     pub launcher_command: Option<String>,
+    /// `controller` or `tree` (`--launch-from`).
+    pub launch_from: Option<String>,
     /// A maintenance script file every client runs before it joins (relative to the
     /// application file's directory is the caller's business).
     pub maintenance: Option<String>,
@@ -207,6 +210,7 @@ struct RawHosts {
     #[serde(default)]
     ssh_options: Vec<String>,
     launcher_command: Option<String>,
+    launch_from: Option<Spanned<String>>,
     maintenance: Option<String>,
 }
 
@@ -549,6 +553,15 @@ fn hosts_of(cx: &Ctx<'_>, raw: Spanned<RawHosts>, max_hosts: usize) -> Result<Ho
             ));
         }
     }
+    if let Some(l) = &raw.launch_from {
+        if !["controller", "tree"].contains(&l.get_ref().as_str()) {
+            return Err(cx.err(
+                l.span(),
+                "hosts.launch_from",
+                format!("{:?}: one of \"controller\", \"tree\"", l.get_ref()),
+            ));
+        }
+    }
     let port = match &raw.port {
         None => None,
         Some(p) => Some(
@@ -577,6 +590,7 @@ fn hosts_of(cx: &Ctx<'_>, raw: Spanned<RawHosts>, max_hosts: usize) -> Result<Ho
         degree,
         ssh_options: raw.ssh_options,
         launcher_command: raw.launcher_command,
+        launch_from: raw.launch_from.map(Spanned::into_inner),
         maintenance: raw.maintenance,
     })
 }
@@ -621,6 +635,9 @@ timeout = 10
         assert_eq!(app.hosts.maintenance, None);
         let app = parse(&GOOD.replace("local = 5", "local = 5\nmaintenance = \"check.sh\"")).unwrap();
         assert_eq!(app.hosts.maintenance.as_deref(), Some("check.sh"));
+        assert_eq!(app.hosts.launch_from, None);
+        let app = parse(&GOOD.replace("local = 5", "local = 5\nlaunch_from = \"tree\"")).unwrap();
+        assert_eq!(app.hosts.launch_from.as_deref(), Some("tree"));
     }
 
     fn error_of(text: &str) -> AppError {
@@ -650,6 +667,8 @@ timeout = 10
         assert_eq!((e.line, e.field.as_deref()), (5, Some("phase[1].run")), "{e}");
         let e = error_of("[hosts\nlocal = 2\n");
         assert_eq!(e.line, 1, "{e}");
+        let e = error_of(&GOOD.replace("local = 5", "local = 5\nlaunch_from = \"members\""));
+        assert_eq!((e.line, e.field.as_deref()), (4, Some("hosts.launch_from")), "{e}");
     }
 
     const FILES: &str = r#"

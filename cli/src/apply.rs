@@ -161,6 +161,12 @@ fn host_args(app: &AppSpec, file: &std::path::Path) -> HostArgs {
         no_upgrade: false,
         maintenance: h.maintenance.as_ref().map(|f| dir.join(f)),
         linger: None,
+        launch_from: if h.launch_from.as_deref() == Some("tree") {
+            crate::sim::LaunchFrom::Tree
+        } else {
+            crate::sim::LaunchFrom::Controller
+        },
+        launch_fanout: crate::sim::DEFAULT_LAUNCH_FANOUT,
         session: crate::session::SessionArgs::default(),
     }
 }

@@ -31,11 +31,28 @@ pub struct ClientArgs {
     /// restarts on its new binary without ever closing its address).
     #[arg(long, hide = true, value_name = "FD")]
     pub listen_fd: Option<i32>,
+    /// Tree launch (`--launch-from tree` at the controller, which passes this on): launch the
+    /// hosts of a share given to this client from this host, with `ssh` (the system ssh to each
+    /// host by its IP address, copying this binary where it is missing) or `local` (processes
+    /// on this machine). Without it, such hosts go back to the controller.
+    #[arg(long, value_name = "KIND")]
+    pub launcher: Option<String>,
+    /// With `--launcher ssh`: an option for ssh, before the host name. May be repeated.
+    #[arg(long = "ssh-option", value_name = "OPT", allow_hyphen_values = true)]
+    pub ssh_options: Vec<String>,
 }
 
 /// Run the client until the overlay is dismantled.
 pub fn run(args: &ClientArgs) -> ExitCode {
+    let launcher = match plush_mio::client::member_launcher_kind(args.launcher.as_deref(), args.ssh_options.clone()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("plush client: {e}");
+            return ExitCode::from(2);
+        }
+    };
     run_options(plush_mio::ClientOptions {
+        launcher,
         listen: args.listen,
         key_file: args.key_file.clone(),
         max_fds: args.max_fds,

@@ -142,6 +142,20 @@ pub struct HostArgs {
     /// own]
     #[arg(long, value_name = "DURATION", value_parser = parse_linger)]
     pub linger: Option<Duration>,
+
+    /// Who launches the clients: `controller` (this machine launches every host, the default)
+    /// or `tree` (this machine launches the first host; then members that joined launch
+    /// shares of the others from their own hosts with the same launcher, ssh from host to host,
+    /// and hand parts on to the hosts they launched; a host a member cannot launch comes back
+    /// here). With `--launcher ssh` or `local`.
+    #[arg(long, value_enum, default_value_t = crate::sim::LaunchFrom::Controller)]
+    pub launch_from: crate::sim::LaunchFrom,
+
+    /// With `--launch-from tree`: launches each member has under way at once.
+    #[arg(long, value_name = "K", default_value_t = crate::sim::DEFAULT_LAUNCH_FANOUT,
+          value_parser = clap::value_parser!(u32).range(1..=65535))]
+    pub launch_fanout: u32,
+
     /// Where the session journal is kept.
     #[command(flatten)]
     pub session: SessionArgs,
@@ -398,6 +412,9 @@ fn launch_method(args: &HostArgs, kind: LauncherKind) -> Result<Option<LaunchMet
     if args.launcher_command.is_some() != (kind == LauncherKind::Command) {
         return Err("--launcher-command goes with --launcher command, and only with it".into());
     }
+    if args.launch_from == crate::sim::LaunchFrom::Tree && kind == LauncherKind::Command {
+        return Err("--launch-from tree goes with --launcher ssh or local".into());
+    }
     if args.client_binaries.is_some() && kind != LauncherKind::Ssh {
         return Err("--client-binaries goes with --launcher ssh, and only with it".into());
     }
@@ -415,6 +432,10 @@ fn launch_method(args: &HostArgs, kind: LauncherKind) -> Result<Option<LaunchMet
                     .map_err(|e| format!("cannot read the plush binary: {e}"))?,
             };
             ssh.client_args = vec!["--max-children".into(), args.degree.to_string()];
+            if args.launch_from == crate::sim::LaunchFrom::Tree {
+                // The clients launch in turn, over ssh from their own hosts.
+                ssh.client_args.extend(plush_mio::MemberLauncher::Ssh(args.ssh_options.clone()).client_flags());
+            }
             Some(LaunchMethod::Ssh(ssh))
         }
         LauncherKind::Command => {
@@ -847,11 +868,21 @@ impl Session {
                 return Err(2);
             }
         };
-        let core =
-            Config { max_children: args.degree as usize, max_invitations: args.fanout as usize, ..Config::default() };
+        let tree_launch = args.launch_from == crate::sim::LaunchFrom::Tree;
+        let core = Config {
+            max_children: args.degree as usize,
+            max_invitations: args.fanout as usize,
+            tree_launch,
+            launch_fanout: args.launch_fanout as usize,
+            ..Config::default()
+        };
         let launch_timeout =
             if kind == LauncherKind::Local { Duration::from_secs(10) } else { Duration::from_secs(60) };
-        let client_args = vec!["client".into(), "--max-children".into(), args.degree.to_string().into()];
+        let mut client_args: Vec<std::ffi::OsString> =
+            vec!["client".into(), "--max-children".into(), args.degree.to_string().into()];
+        if tree_launch {
+            client_args.extend(plush_mio::MemberLauncher::Local.client_flags().into_iter().map(Into::into));
+        }
         let maintenance = match args.maintenance.as_deref().map(read_script).transpose() {
             Ok(m) => m,
             Err(e) => {

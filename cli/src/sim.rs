@@ -184,6 +184,22 @@ pub struct SimArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub controller_fds: u32,
 
+    /// With --job: one launch takes this many milliseconds at its launcher (a login and a
+    /// process start), on top of a round trip, with --launch-fanout at once per launcher
+    /// [default: 100, and any number at once, when neither flag is given].
+    #[arg(long, value_name = "MS", requires = "job", value_parser = parse_launch_ms, allow_negative_numbers = true)]
+    pub launch_ms: Option<f64>,
+
+    /// With --job: launches each launcher (the controller, or a member with --launch-from
+    /// tree) carries out at once [default: 32].
+    #[arg(long, value_name = "K", requires = "job", value_parser = clap::value_parser!(u32).range(1..=65535))]
+    pub launch_fanout: Option<u32>,
+
+    /// With --job: who launches the hosts. `controller`: the controller invites (and
+    /// launches) every host. `tree`: members that joined launch shares of the hosts.
+    #[arg(long, value_enum, default_value_t = LaunchFrom::Controller, requires = "job")]
+    pub launch_from: LaunchFrom,
+
     /// Run N scenarios drawn from every knob at once (see `plush_sim::swarm`) instead of one,
     /// in parallel, and check each against the swarm's oracle. Each failure prints the `plush
     /// sim` line that repeats it; the last line is the summary (JSON with --json). The other
@@ -227,6 +243,28 @@ impl FromStr for NodeRange {
         Ok(NodeRange { min, max })
     }
 }
+
+/// Who launches the hosts (`--launch-from`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum LaunchFrom {
+    /// The controller invites (and launches) every host.
+    #[default]
+    Controller,
+    /// Members that joined launch and invite shares of the hosts (tree launch).
+    Tree,
+}
+
+impl fmt::Display for LaunchFrom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            LaunchFrom::Controller => "controller",
+            LaunchFrom::Tree => "tree",
+        })
+    }
+}
+
+/// Default launches at once per launcher (`--launch-fanout`).
+pub const DEFAULT_LAUNCH_FANOUT: u32 = 32;
 
 /// How the nodes are connected (`--layout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -322,6 +360,15 @@ fn parse_non_negative_secs(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// A launch's time in milliseconds: finite, at least 0, at most an hour.
+fn parse_launch_ms(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of milliseconds"))?;
+    if !v.is_finite() || !(0.0..=3_600_000.0).contains(&v) {
+        return Err(format!("must be a number of milliseconds from 0 to 3600000, not {s}"));
+    }
+    Ok(v)
+}
+
 /// A finite number of seconds, more than 0.
 fn parse_positive_secs(s: &str) -> Result<f64, String> {
     let v = parse_non_negative_secs(s)?;
@@ -380,6 +427,13 @@ impl SimArgs {
         scenario.config.ransub_repair = !self.no_ransub_repair;
         scenario.layout = if self.layout == LayoutArg::Star { Layout::Star } else { Layout::Tree };
         scenario.controller_fds = self.controller_fds;
+        let fanout = self.launch_fanout.unwrap_or(DEFAULT_LAUNCH_FANOUT);
+        if self.launch_ms.is_some() || self.launch_fanout.is_some() {
+            let ms = self.launch_ms.unwrap_or(plush_sim::LAUNCH_MS);
+            scenario.launch = Some(plush_sim::LaunchModel { ms, fanout });
+        }
+        scenario.config.tree_launch = self.launch_from == LaunchFrom::Tree;
+        scenario.config.launch_fanout = fanout as usize;
         scenario
     }
 
@@ -465,6 +519,15 @@ impl SimArgs {
         }
         if self.controller_fds != DEFAULT_CONTROLLER_FDS {
             let _ = write!(cmd, " --controller-fds {}", self.controller_fds);
+        }
+        if let Some(ms) = self.launch_ms {
+            let _ = write!(cmd, " --launch-ms {ms}");
+        }
+        if let Some(k) = self.launch_fanout {
+            let _ = write!(cmd, " --launch-fanout {k}");
+        }
+        if self.launch_from != LaunchFrom::Controller {
+            let _ = write!(cmd, " --launch-from {}", self.launch_from);
         }
         cmd
     }
@@ -627,6 +690,13 @@ fn summary(args: &SimArgs, r: &SimReport) -> String {
         r.tree.max_children,
         r.tree.disagreements
     );
+    if args.job {
+        let _ = writeln!(
+            s,
+            "launches   {} by the controller, {} by members; {} join(s) at the root during the build",
+            r.build.launches_by_controller, r.build.launches_by_members, r.build.root_joins
+        );
+    }
     let _ = writeln!(
         s,
         "broadcast  {}/{} replies, avg {:.0} ms, max {:.0} ms",

@@ -201,3 +201,34 @@ fn a_swarm_ends_with_its_summary_as_json() {
     // Swarm flags need --swarm.
     refused(&["sim", "--seed-base", "3"], "--swarm");
 }
+
+#[test]
+fn tree_launch_in_the_simulator_has_members_launch_and_reports_who_did() {
+    let tree = [
+        "--nodes",
+        "300",
+        "--seed",
+        "5",
+        "--job",
+        "--launch-from",
+        "tree",
+        "--launch-ms",
+        "300",
+        "--launch-fanout",
+        "8",
+    ];
+    let r = sim_json(&tree);
+    assert_eq!(r["converged"], Value::Bool(true), "{r}");
+    assert_eq!(int(&r, "/build/launches_by_controller"), 1, "{r}");
+    assert_eq!(int(&r, "/build/launches_by_members"), 299, "{r}");
+    let ctrl = ["--nodes", "300", "--seed", "5", "--job", "--launch-ms", "300", "--launch-fanout", "8"];
+    let c = sim_json(&ctrl);
+    assert_eq!(int(&c, "/build/launches_by_controller"), 300, "{c}");
+    assert_eq!(int(&c, "/build/launches_by_members"), 0, "{c}");
+    // The same run again repeats exactly.
+    assert_eq!(sim_json(&tree)["trace_hash"], r["trace_hash"]);
+    refused(&["sim", "--launch-from", "tree"], "--job");
+    refused(&["sim", "--job", "--launch-fanout", "0"], "--launch-fanout");
+    refused(&["sim", "--job", "--launch-ms", "-5"], "--launch-ms");
+    refused(&["sim", "--job", "--launch-from", "ssh"], "--launch-from");
+}

@@ -201,3 +201,33 @@ fn host_options_are_checked() {
         assert!(r.stdout.is_empty(), "plush {args:?}: nothing on stdout");
     }
 }
+
+#[test]
+fn twenty_local_hosts_launched_by_the_tree_print_one_group() {
+    let r = plush(&["run", "--local", "20", "--launch-from", "tree", "--launch-fanout", "2", "--", "hostname"], LIMIT);
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert_eq!(r.code, Some(0), "stdout: {stdout}\nstderr: {}", r.stderr);
+    let mut want = format!("{RULE}\n127.0.0.[1-20] (20)\n{RULE}\n").into_bytes();
+    want.extend_from_slice(&hostname());
+    assert_eq!(stdout, String::from_utf8_lossy(&want), "stderr: {}", r.stderr);
+    assert!(r.stderr.is_empty(), "nothing failed, nothing on stderr: {}", r.stderr);
+    // A template launcher cannot be handed on to the members.
+    let r = plush(
+        &[
+            "run",
+            "--local",
+            "2",
+            "--launch-from",
+            "tree",
+            "--launcher",
+            "command",
+            "--launcher-command",
+            "true",
+            "--",
+            "true",
+        ],
+        LIMIT,
+    );
+    assert_eq!(r.code, Some(2), "stderr: {}", r.stderr);
+    assert!(r.stderr.contains("--launch-from tree"), "{}", r.stderr);
+}

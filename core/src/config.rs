@@ -104,6 +104,16 @@ pub struct Config {
     /// Where a client is launched when an invitation finds none: at the root (as in Plush-M) or,
     /// by default, at the controller, where ssh keys usually live.
     pub launch_at_root: bool,
+    /// At the controller: tree launch (`--launch-from tree`). The controller invites the first
+    /// host itself; from then on it hands the hosts not yet invited to members that joined, in
+    /// shares of at most [`crate::wire::MAX_LIST`] ([`crate::wire::ControlMsg::Share`]), and
+    /// each member launches and invites its share, passing parts on to the hosts it launched.
+    /// Hosts a member could not launch come back, and the controller tries them itself. Off by
+    /// default: the controller (or the root, with `launch_at_root`) invites every host.
+    pub tree_launch: bool,
+    /// At the controller, with `tree_launch`: launches a member has under way at once, told to
+    /// it with its share (at least 1, at most `u16::MAX`). Default 32.
+    pub launch_fanout: usize,
     /// The controller acknowledges a job's results at most this often. Default 1 s.
     pub ack_interval: Duration,
     /// After a member was reported lost, the controller waits this long (for the repairs to
@@ -186,6 +196,8 @@ impl Default for Config {
             max_jobs: 64,
             job_linger: Duration::from_secs(60),
             launch_at_root: false,
+            tree_launch: false,
+            launch_fanout: 32,
             ack_interval: Duration::from_secs(1),
             push_window: 8,
             build: 0,

@@ -321,7 +321,7 @@ impl Node {
                     out.push_back(Output::Close(peer));
                     out.push_back(Output::Event(Event::LinkRefused(peer)));
                 } else {
-                    self.with_control(now, |c, _, ctx| c.on_link_up(ctx, peer, replaced));
+                    self.with_control(now, |c, tree, ctx| c.on_link_up(ctx, tree, peer, replaced));
                 }
             }
             LinkEvent::ConnectFailed | LinkEvent::Closed => {

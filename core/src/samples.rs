@@ -109,6 +109,7 @@ pub fn messages() -> Vec<Message> {
             output: b"scratch disk not mounted\n".to_vec(),
         }),
         control(ControlMsg::Linger { ms: 5_000 }),
+        control(ControlMsg::Share { hosts: List((20..52).map(id).collect()), fanout: 32 }),
         job(JobMsg::Run(Box::new(spec.clone()))),
         job(JobMsg::Run(Box::new(RunSpec {
             job: 43,

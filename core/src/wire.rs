@@ -175,6 +175,19 @@ pub enum ControlMsg {
         /// The linger, in milliseconds.
         ms: u64,
     },
+    /// Tree launch ([`crate::Config::tree_launch`]): "launch and invite these hosts". From the
+    /// controller to a member that joined, or from a member to a host it has just launched,
+    /// just before its `SetPeer` (the part of the inviter's share the new member takes on). At
+    /// most [`MAX_LIST`] hosts; the receiver launches at most `fanout` at once, hands parts of
+    /// the rest on to the hosts it launches, and names itself as their bootstrap. Sent only
+    /// with tree launch on, so clients of earlier builds, which do not know it, see it only
+    /// then. See [`crate::control`].
+    Share {
+        /// Hosts not yet invited.
+        hosts: List<NodeId>,
+        /// Launches at once at the receiver (at least 1).
+        fanout: u16,
+    },
 }
 
 /// Largest maintenance script carried ([`ControlMsg::Maintenance`]).
@@ -737,6 +750,7 @@ impl Message {
                 ControlMsg::Maintenance { .. } => "control.maintenance",
                 ControlMsg::MaintenanceFailed { .. } => "control.maintenance_failed",
                 ControlMsg::Linger { .. } => "control.linger",
+                ControlMsg::Share { .. } => "control.share",
             },
             Message::Job(m) => match m {
                 JobMsg::Run(_) => "job.run",
@@ -757,7 +771,7 @@ impl Message {
 
 /// Every message kind [`Message::kind`] names, by layer. [`crate::samples::messages`] has one
 /// message of each (a test checks that the two agree).
-pub const KINDS: [&str; 43] = [
+pub const KINDS: [&str; 44] = [
     "tree.join",
     "tree.join_accept",
     "tree.join_reject",
@@ -790,6 +804,7 @@ pub const KINDS: [&str; 43] = [
     "control.maintenance",
     "control.maintenance_failed",
     "control.linger",
+    "control.share",
     "job.run",
     "job.output",
     "job.results",

@@ -20,6 +20,16 @@
 //! authenticated links (the rest: `Config::max_links`), see [`budgets`]. Running out anyway
 //! is not fatal (see [`crate::driver`]).
 //!
+//! **Tree launch.** With `--launcher ssh [--ssh-option OPT]...` or `--launcher local` (passed
+//! by a launcher of a controller with `--launch-from tree`, and on by every member to the
+//! clients it launches), the client has a launcher of its own ([`MemberLauncher`]) and carries
+//! out the `Output::Launch`es of the shares it is given: ssh from this host to each host by its
+//! IP address, copying its own binary where it is missing (a copy kept under `.cache/plush` is
+//! named by its digest already, see `ClientBuild::kept`), the key written to each launch's stdin
+//! from memory ([`crate::launcher::KeySource::Memory`]). The clients it started outlive it
+//! (they are members of the tree, and end with it). Without a launcher every such launch fails
+//! at once, and the host goes back to the controller.
+//!
 //! The listen address is the node's identity, so it must be one that peers can dial: an
 //! unspecified address (`0.0.0.0`, `[::]`) or port 0 is refused.
 //!
@@ -48,7 +58,7 @@
 
 use crate::auth::Key;
 use crate::driver::{Driver, DriverConfig};
-use crate::launcher::{ADDR_IN_USE_PREFIX, READY_PREFIX};
+use crate::launcher::{KeySource, LaunchMethod, Launcher, SshLaunch, ADDR_IN_USE_PREFIX, READY_PREFIX};
 use crate::record::Record;
 use plush_core::{Config, Instant, Node, NodeId};
 use std::io::Write;
@@ -122,7 +132,73 @@ pub struct ClientOptions {
     pub listen_fd: Option<i32>,
     /// Refuse upgrades.
     pub no_upgrade: bool,
+    /// Tree launch: how this client launches the hosts of a share it is given (the kind of
+    /// launcher that started it, passed on by its launcher); `None`: it launches nothing, and
+    /// every host of a share that no client answers at goes back to the controller.
+    pub launcher: Option<MemberLauncher>,
 }
+
+/// How a member launches in tree launch (`plush client --launcher KIND`): the same kind as the
+/// controller's, from its own host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberLauncher {
+    /// A client process on this host, on the new host's address (tests, one machine).
+    Local,
+    /// The system ssh from this host to the new host (by its IP address), with these options;
+    /// this client's own binary is copied where the host lacks it.
+    Ssh(Vec<String>),
+}
+
+impl MemberLauncher {
+    /// The client flags that give a launched client the same launcher, so that it launches in
+    /// turn (`--launcher local`, or `--launcher ssh` and each `--ssh-option OPT`).
+    pub fn client_flags(&self) -> Vec<String> {
+        match self {
+            MemberLauncher::Local => vec!["--launcher".into(), "local".into()],
+            MemberLauncher::Ssh(options) => {
+                let mut v = vec!["--launcher".to_string(), "ssh".to_string()];
+                for o in options {
+                    v.push("--ssh-option".into());
+                    v.push(o.clone());
+                }
+                v
+            }
+        }
+    }
+}
+
+/// The launcher of a member (see [`MemberLauncher`]): the key in memory, handed to each launch
+/// on a pipe; the launched clients get the same launcher and `--max-children`.
+fn member_launcher(how: &MemberLauncher, opts: &ClientOptions, key: &Key) -> std::io::Result<Launcher> {
+    let exe = std::env::current_exe()?;
+    let mut args = how.client_flags();
+    if let Some(d) = opts.max_children {
+        args.extend(["--max-children".to_string(), d.to_string()]);
+    }
+    let method = match how {
+        MemberLauncher::Local => {
+            let mut a: Vec<std::ffi::OsString> = vec!["client".into()];
+            a.extend(args.into_iter().map(Into::into));
+            LaunchMethod::Local { program: exe, args: a }
+        }
+        MemberLauncher::Ssh(options) => {
+            let build = crate::launcher::ClientBuild::kept(crate::launcher::own_arch().to_string(), exe)?;
+            let mut ssh = SshLaunch::with_builds(vec![build], options.clone());
+            ssh.client_args = args;
+            LaunchMethod::Ssh(ssh)
+        }
+    };
+    let mut l = Launcher::with_key(method, KeySource::Memory(key.hex_line().into_bytes()));
+    // The share's fan-out bounds the launches under way (`Config::launch_fanout`).
+    l.max_in_flight = usize::from(u16::MAX);
+    l.ready_timeout = MEMBER_READY_TIMEOUT;
+    l.detach_on_drop = true;
+    Ok(l)
+}
+
+/// How long a member's launch may take to print its client's ready line (an ssh login, maybe
+/// a copy of the binary).
+pub const MEMBER_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The link budget for a soft fd limit of `soft` (see the module docs). At least 1.
 pub fn link_budget(soft: u64, max_fds: Option<usize>, cfg: &Config) -> usize {
@@ -221,6 +297,13 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
     let mut d =
         Driver::new(node, id, listener, key.clone(), dcfg).map_err(|e| format!("cannot start the event loop: {e}"))?;
     d.no_upgrade = opts.no_upgrade;
+    if let Some(how) = &opts.launcher {
+        match member_launcher(how, opts, &key) {
+            Ok(l) => d.launcher = Some(l),
+            // Then the hosts of its shares go back to the controller.
+            Err(e) => eprintln!("plush client {id}: cannot launch others ({e}); the controller will"),
+        }
+    }
     if d.debug() {
         eprintln!("plush client {id}: max_links {links}, handshakes {handshakes} (fd soft limit {soft})");
     }
@@ -306,6 +389,9 @@ fn reexec(path: &std::path::Path, opts: &ClientOptions, id: NodeId, listen_fd: i
     if let Some(d) = opts.max_children {
         cmd.arg("--max-children").arg(d.to_string());
     }
+    if let Some(how) = &opts.launcher {
+        cmd.args(how.client_flags());
+    }
     cmd.exec()
 }
 
@@ -317,6 +403,7 @@ pub fn parse_args(args: &[String]) -> Result<ClientOptions, String> {
         return Err("usage: client --listen ADDR --key-file FILE [--max-fds N]".into());
     }
     let (mut listen, mut key_file, mut max_fds, mut max_children, mut listen_fd) = (None, None, None, None, None);
+    let (mut launcher, mut ssh_options): (Option<String>, Vec<String>) = (None, Vec::new());
     let mut no_upgrade = false;
     while let Some(flag) = it.next() {
         if flag == "--no-upgrade" {
@@ -332,9 +419,12 @@ pub fn parse_args(args: &[String]) -> Result<ClientOptions, String> {
             "--max-children" => {
                 max_children = Some(value.parse::<usize>().map_err(|e| format!("--max-children {value}: {e}"))?)
             }
+            "--launcher" => launcher = Some(value.clone()),
+            "--ssh-option" => ssh_options.push(value.clone()),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
+    let launcher = member_launcher_kind(launcher.as_deref(), ssh_options)?;
     Ok(ClientOptions {
         listen: listen.ok_or("--listen is required")?,
         key_file: key_file.ok_or("--key-file is required")?,
@@ -342,7 +432,19 @@ pub fn parse_args(args: &[String]) -> Result<ClientOptions, String> {
         max_children,
         listen_fd,
         no_upgrade,
+        launcher,
     })
+}
+
+/// The member launcher `--launcher KIND` and the `--ssh-option`s name (`None`: no launcher).
+pub fn member_launcher_kind(kind: Option<&str>, ssh_options: Vec<String>) -> Result<Option<MemberLauncher>, String> {
+    match kind {
+        None if ssh_options.is_empty() => Ok(None),
+        None => Err("--ssh-option goes with --launcher ssh".into()),
+        Some("ssh") => Ok(Some(MemberLauncher::Ssh(ssh_options))),
+        Some("local") if ssh_options.is_empty() => Ok(Some(MemberLauncher::Local)),
+        Some(other) => Err(format!("--launcher {other}: ssh or local (and --ssh-option only with ssh)")),
+    }
 }
 
 #[cfg(test)]

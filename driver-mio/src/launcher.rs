@@ -17,7 +17,11 @@
 //!   and `{plush}` (this machine's plush binary) replaced by shell-quoted values, and the key
 //!   on its stdin (the client reads it with `--key-file -`).
 //!
-//! The key travels in a 0600 file or on a pipe, never on a command line. A launch counts as
+//! The key travels in a 0600 file or on a pipe, never on a command line. A member of the tree
+//! that launches (tree launch, [`KeySource::Memory`]) has no key file: it holds the key in
+//! memory and writes it to each launch's stdin (a pipe); the ssh script reads it into a shell
+//! variable and hands it to every ssh it runs with the `printf` builtin, on a pipe again, so
+//! the key is never on a command line nor on any disk. A launch counts as
 //! done when the client prints its ready line ([`READY_PREFIX`]) on stdout (through ssh for a
 //! remote one), which it does once its listener is bound: the controller's next invitation then
 //! finds it. It fails when the client (or ssh) exits first, or stays silent for
@@ -168,6 +172,25 @@ impl ClientBuild {
         let remote_path = format!(".cache/plush/plush-{}-{digest}", env!("CARGO_PKG_VERSION"));
         Ok(ClientBuild { arch, binary, remote_path })
     }
+
+    /// The build of `arch` in `binary`, as [`ClientBuild::new`], except that a binary kept
+    /// where a launcher copies builds (`.../.cache/plush/plush-<version>-<16 hex digits>`, this
+    /// package's version) is taken at its word: its name is its remote path, and it is not read
+    /// (a member of the tree launching from its host runs such a copy; hashing tens of MB in
+    /// every member would cost more than its launches).
+    pub fn kept(arch: String, binary: PathBuf) -> io::Result<ClientBuild> {
+        let prefix = format!("plush-{}-", env!("CARGO_PKG_VERSION"));
+        let name = binary.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let in_cache = binary.parent().is_some_and(|d| d.ends_with(".cache/plush"));
+        let digest = name.strip_prefix(&prefix).filter(|d| d.len() == 16 && d.bytes().all(|b| b.is_ascii_hexdigit()));
+        match digest {
+            Some(_) if in_cache => {
+                let remote_path = format!(".cache/plush/{name}");
+                Ok(ClientBuild { arch, binary, remote_path })
+            }
+            _ => ClientBuild::new(arch, binary),
+        }
+    }
 }
 
 /// The builds in a directory of builds: `DIR/<arch>/plush` for each architecture, named as
@@ -233,11 +256,11 @@ impl SshLaunch {
     }
 
     /// The local shell script that starts a client on `name` listening on `addr`, reading the
-    /// key from `key_file`. The first ssh login reads the host's `uname -m`: an architecture
+    /// key from `key` (see [`KeySource`]). The first ssh login reads the host's `uname -m`: an architecture
     /// without a build prints [`NO_BUILD_PREFIX`] and the name, and ends the launch; else it
     /// runs the kept binary for it, or exits 100 + the build's index when it is missing. The
     /// script then copies that build (to a temporary name, renamed into place) and runs it.
-    fn script(&self, name: &str, addr: &str, key_file: &Path) -> String {
+    fn script(&self, name: &str, addr: &str, key: &KeySource) -> String {
         let mut ssh = vec![q(&self.ssh.to_string_lossy()), "-o".into(), "BatchMode=yes".into()];
         ssh.extend(self.options.iter().map(|o| q(o)));
         ssh.push("--".into());
@@ -248,7 +271,14 @@ impl SshLaunch {
         let builds = &self.builds[..self.builds.len().min(MAX_BUILDS)];
         let mut remote = String::from("a=$(uname -m); case $a in");
         let mut local = String::new();
-        let key = q(&key_file.to_string_lossy());
+        // Where each ssh reads the key from: the key file, or the variable the script read it
+        // into from its own stdin (`printf` is a shell builtin: no command line holds it).
+        let (feed, key, head) = match key {
+            KeySource::File(f) => (String::new(), format!("< {}", q(&f.to_string_lossy())), String::new()),
+            KeySource::Memory(_) => {
+                ("printf '%s\\n' \"$k\" | ".to_string(), String::new(), "IFS= read -r k || exit 1\n".to_string())
+            }
+        };
         let who = q(name);
         for (i, b) in builds.iter().enumerate() {
             let status = usize::from(MISSING_STATUS) + i;
@@ -261,7 +291,7 @@ impl SshLaunch {
             local.push_str(&format!(
                 "{status})\n  {ssh} {copy} < {bin} || \
                  {{ echo \"plush: cannot copy the plush binary for \"{arch}\" to \"{who} >&2; exit 1; }}\n  \
-                 exec {ssh} {} < {key};;\n",
+                 {feed}exec {ssh} {} {key};;\n",
                 q(&run(&path)),
                 bin = q(&b.binary.to_string_lossy()),
                 arch = q(&b.arch),
@@ -271,7 +301,7 @@ impl SshLaunch {
             " *) echo \"{NO_BUILD_PREFIX}$a\"; exit {NO_BUILD_STATUS};; esac; test -x \"$p\" || exit $c; {}",
             run("\"$p\"")
         ));
-        format!("{ssh} {} < {key}\nst=$?\ncase $st in\n{local}esac\nexit $st\n", q(&remote))
+        format!("{head}{feed}{ssh} {} {key}\nst=$?\ncase $st in\n{local}esac\nexit $st\n", q(&remote))
     }
 }
 
@@ -330,16 +360,41 @@ struct Started {
     exited: bool,
 }
 
+/// Where a launcher takes the cluster key it hands to the clients it starts.
+#[derive(Clone)]
+pub enum KeySource {
+    /// A 0600 key file (the controller's).
+    File(PathBuf),
+    /// The key's line (64 hex digits and a newline), held in memory: a member of the tree that
+    /// launches (tree launch), which has no key file and must not write one. It goes to every
+    /// launch's stdin.
+    Memory(Vec<u8>),
+}
+
+impl core::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            KeySource::File(p) => write!(f, "File({})", p.display()),
+            KeySource::Memory(_) => write!(f, "Memory(..)"),
+        }
+    }
+}
+
 /// Starts clients as local processes. See the module docs.
 pub struct Launcher {
     method: LaunchMethod,
-    key_file: PathBuf,
+    key: KeySource,
     /// Host names for the ssh and command methods; a host without one goes by its IP address.
     names: HashMap<NodeId, String>,
     /// Launches waiting for their ready line at once.
     pub max_in_flight: usize,
     /// How long a client may take to print its ready line.
     pub ready_timeout: Duration,
+    /// Leave the clients started running when the launcher is dropped (a member's, in tree
+    /// launch: they are members of the tree, and end with it by themselves; killing them when
+    /// their launcher's client exits first would cut the tree's dismantle short). Their
+    /// processes are then reaped by whoever inherits them. Off by default.
+    pub detach_on_drop: bool,
     queue: VecDeque<NodeId>,
     started: Vec<Started>,
     next_reap: StdInstant,
@@ -361,12 +416,18 @@ impl Launcher {
 
     /// A launcher using `method`, handing the key in `key_file` to the clients.
     pub fn with_method(method: LaunchMethod, key_file: PathBuf) -> Launcher {
+        Launcher::with_key(method, KeySource::File(key_file))
+    }
+
+    /// A launcher using `method`, handing the key from `key` to the clients.
+    pub fn with_key(method: LaunchMethod, key: KeySource) -> Launcher {
         Launcher {
             method,
-            key_file,
+            key,
             names: HashMap::new(),
             max_in_flight: MAX_IN_FLIGHT,
             ready_timeout: Duration::from_secs(10),
+            detach_on_drop: false,
             queue: VecDeque::new(),
             started: Vec::new(),
             next_reap: StdInstant::now(),
@@ -423,23 +484,31 @@ impl Launcher {
         let mut cmd = match &self.method {
             LaunchMethod::Local { program, args } => {
                 let mut cmd = Command::new(program);
-                cmd.args(args).arg("--listen").arg(host.addr().to_string()).arg("--key-file").arg(&self.key_file);
-                cmd.stdin(Stdio::null());
+                cmd.args(args).arg("--listen").arg(host.addr().to_string()).arg("--key-file");
+                match &self.key {
+                    KeySource::File(f) => cmd.arg(f).stdin(Stdio::null()),
+                    KeySource::Memory(_) => cmd.arg("-").stdin(Stdio::piped()),
+                };
                 cmd
             }
             LaunchMethod::Ssh(ssh) => {
                 let mut cmd = Command::new("/bin/sh");
-                cmd.arg("-c").arg(ssh.script(&name, &host.addr().to_string(), &self.key_file));
-                cmd.stdin(Stdio::null());
+                cmd.arg("-c").arg(ssh.script(&name, &host.addr().to_string(), &self.key));
+                cmd.stdin(if matches!(self.key, KeySource::Memory(_)) { Stdio::piped() } else { Stdio::null() });
                 cmd
             }
             LaunchMethod::Command { template, plush } => {
-                let Ok(key) = std::fs::File::open(&self.key_file) else {
-                    return Err("the key file could not be opened");
-                };
                 let mut cmd = Command::new("/bin/sh");
                 cmd.arg("-c").arg(fill_template(template, &name, host.addr(), plush));
-                cmd.stdin(key);
+                match &self.key {
+                    KeySource::File(f) => {
+                        let Ok(key) = std::fs::File::open(f) else {
+                            return Err("the key file could not be opened");
+                        };
+                        cmd.stdin(key)
+                    }
+                    KeySource::Memory(_) => cmd.stdin(Stdio::piped()),
+                };
                 cmd
             }
         };
@@ -454,6 +523,15 @@ impl Launcher {
                 return Err("the client program could not be started");
             }
         };
+        if let (KeySource::Memory(line), Some(mut stdin)) = (&self.key, child.stdin.take()) {
+            // One short line: it fits in the pipe's buffer, so this does not block. Closed at
+            // once (dropped), so the client sees the end of it.
+            if io::Write::write_all(&mut stdin, line).is_err() {
+                kill(&mut child, group);
+                let _ = child.wait();
+                return Err("the key could not be handed to the client");
+            }
+        }
         let Some(stdout) = child.stdout.take() else {
             kill(&mut child, group);
             let _ = child.wait();
@@ -629,6 +707,8 @@ impl Launcher {
 
 impl Drop for Launcher {
     fn drop(&mut self) {
-        self.shutdown();
+        if !self.detach_on_drop {
+            self.shutdown();
+        }
     }
 }

@@ -47,14 +47,14 @@ mod sys;
 pub mod transfer;
 
 pub use auth::Key;
-pub use client::ClientOptions;
+pub use client::{ClientOptions, MemberLauncher};
 pub use cluster::probe;
 pub use cluster::{
     BarrierInfo, Cluster, ClusterConfig, DismantleOutcome, HostInfo, JobSpec, PushJob, ResultGroup, RunOutcome,
     Streamed,
 };
 pub use driver::{DriverConfig, DriverStats};
-pub use launcher::{client_builds, ClientBuild, LaunchMethod, SshLaunch, READY_PREFIX};
+pub use launcher::{client_builds, ClientBuild, KeySource, LaunchMethod, SshLaunch, READY_PREFIX};
 pub use spool::{Body, SpilledOutput, SPILL_MEMORY};
 
 /// The environment that lets a job run again on a host whose client was relaunched while it

@@ -399,3 +399,136 @@ fn templates_quote_what_they_substitute() {
     );
     assert_eq!(t, "ssh 'a b;rm' '/x y/plush' client --listen 127.0.0.9:7000 # 127.0.0.9 7000 {other}");
 }
+
+/// The hosts (`127.0.0.x:port`) whose client an `ssh` process started by a process of ours
+/// runs, split by who ran that ssh: (by the test's controller, by a member client). Read from
+/// the process table: each launch is an ssh process running `... client --listen ADDR ...` on
+/// the host, whose parent chain leads either to this test process or to a `client --listen`
+/// process (a member that launched it). Each is counted once per host.
+fn launch_records(port: u16) -> (std::collections::BTreeSet<String>, std::collections::BTreeSet<String>) {
+    let (mut by_ctrl, mut by_members) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    let me = std::process::id();
+    let stat = |pid: u32| -> Option<(String, u32)> {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let (head, tail) = s.rsplit_once(") ")?;
+        let comm = head.split_once(" (")?.1.to_string();
+        let ppid = tail.split_whitespace().nth(1)?.parse().ok()?;
+        Some((comm, ppid))
+    };
+    let cmdline = |pid: u32| std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return (by_ctrl, by_members) };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if stat(pid).is_none_or(|(comm, _)| comm != "ssh") {
+            continue;
+        }
+        let line = String::from_utf8_lossy(&cmdline(pid)).replace(['\0', '\''], " ");
+        let Some(host) = line
+            .split("--listen ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .filter(|a| a.ends_with(&format!(":{port}")))
+        else {
+            continue;
+        };
+        let mut up = stat(pid).map(|(_, p)| p);
+        for _ in 0..6 {
+            let Some(p) = up.filter(|&p| p > 1) else { break };
+            if p == me {
+                by_ctrl.insert(host.to_string());
+                break;
+            }
+            let raw = cmdline(p);
+            let argv: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
+            if argv.len() > 2 && argv[1] == b"client" && argv[2] == b"--listen" {
+                by_members.insert(host.to_string());
+                break;
+            }
+            up = stat(p).map(|(_, pp)| pp);
+        }
+    }
+    (by_ctrl, by_members)
+}
+
+/// Kills, on drop, every client listening on `port` that runs as `user` (the clients members
+/// launched are not this test's children, and outlive their launchers by design).
+struct PortClients {
+    user: String,
+    port: u16,
+}
+
+impl Drop for PortClients {
+    fn drop(&mut self) {
+        let pattern = format!("client --listen 127\\.0\\.0\\.[0-9]+:{}", self.port);
+        let _ = Command::new("pkill").args(["-KILL", "-u", &self.user, "-f", &pattern]).status();
+    }
+}
+
+#[test]
+fn a_tree_launch_over_ssh_has_members_launch_most_hosts_and_every_host_joins() {
+    let Some((_one, sshd)) = Sshd::start(29_600) else { return };
+    let n = 20;
+    let port = free_port(n, 29_700);
+    let _clients = PortClients { user: sshd.user.clone(), port };
+    // Members log in from their own hosts (here, as the account): a key that account can read,
+    // as host-based authentication or a forwarded agent would give them.
+    let d = sshd.dir.display();
+    sh(&format!("cp {d}/user_key {d}/member_key && chmod 600 {d}/member_key"));
+    if sshd.user == TEST_USER {
+        sh(&format!("chown {TEST_USER} {d}/member_key"));
+    }
+    let text = std::fs::read_to_string(&sshd.client_config).expect("read ssh_config");
+    let config = sshd.dir.join("ssh_config_tree");
+    std::fs::write(&config, text.replace("user_key", "member_key")).expect("write ssh_config_tree");
+    let options = vec!["-F".to_string(), config.display().to_string()];
+    let mut ssh = SshLaunch::new(client_bin(), options.clone()).expect("hash the client binary");
+    ssh.client_args = plush_mio::MemberLauncher::Ssh(options).client_flags();
+    let cfg = ClusterConfig {
+        method: Some(LaunchMethod::Ssh(ssh)),
+        launch_timeout: Duration::from_secs(60),
+        core: plush_core::Config { tree_launch: true, launch_fanout: 3, ..plush_core::Config::default() },
+        ..ClusterConfig::default()
+    };
+    let mut c = Cluster::start(cfg).expect("start the controller");
+    let hosts: Vec<(NodeId, String)> =
+        (0..n).map(|i| NodeId::loopback(i, port)).map(|id| (id, format!("host-{}", id.addr().ip()))).collect();
+    c.add_named_hosts(&hosts);
+    let all = c.wait_until(Duration::from_secs(120), |c| c.count(HostState::Joined) == n as usize).expect("loop");
+    assert!(all, "{}", states(&c));
+    let (by_ctrl, by_members) = launch_records(port);
+    eprintln!("tree launch: {} host(s) launched by the controller, {} by members", by_ctrl.len(), by_members.len());
+    assert_eq!(by_ctrl.len() + by_members.len(), n as usize, "one launch per host: {by_ctrl:?} {by_members:?}");
+    assert!(by_ctrl.is_disjoint(&by_members), "a host launched twice: {by_ctrl:?} {by_members:?}");
+    assert!(by_members.len() >= n as usize / 2, "members launched {by_members:?}, the controller {by_ctrl:?}");
+    assert_eq!(c.controller_stats().launches as usize, by_ctrl.len(), "the controller's own count agrees");
+    assert!(c.controller_stats().shares >= 1);
+    let out = c.run(&["id", "-un"], Duration::from_secs(30)).expect("run");
+    assert_eq!(out.result_count(), n as usize, "missing {:?}", out.missing);
+    assert_eq!(out.groups.len(), 1);
+    assert_eq!(out.groups[0].status, ExitStatus::Exited(0));
+    let d = c.dismantle(Duration::from_secs(30)).expect("dismantle");
+    assert_eq!(d.killed, 0, "every client the controller launched exits by itself");
+    let end = Instant::now() + Duration::from_secs(15);
+    while !sshd.remote_clients().is_empty() && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(sshd.remote_clients(), Vec::<u32>::new(), "no client left on the hosts");
+}
+
+#[test]
+fn a_kept_copy_is_taken_at_its_name_and_any_other_binary_is_hashed() {
+    let dir = std::env::temp_dir().join(format!("plush-kept-{}", std::process::id()));
+    let cache = dir.join(".cache/plush");
+    std::fs::create_dir_all(&cache).expect("mkdir");
+    let name = format!("plush-{}-0123456789abcdef", env!("CARGO_PKG_VERSION"));
+    std::fs::write(cache.join(&name), b"not the binary whose digest the name says").expect("write");
+    let kept = plush_mio::ClientBuild::kept("x86_64".into(), cache.join(&name)).expect("kept");
+    assert_eq!(kept.remote_path, format!(".cache/plush/{name}"), "taken at its name");
+    // Elsewhere, or under another name, the binary is read and hashed.
+    std::fs::write(dir.join(&name), b"not the binary whose digest the name says").expect("write");
+    let other = plush_mio::ClientBuild::kept("x86_64".into(), dir.join(&name)).expect("hashed");
+    let hashed = plush_mio::ClientBuild::new("x86_64".into(), dir.join(&name)).expect("hashed");
+    assert_eq!(other.remote_path, hashed.remote_path);
+    assert_ne!(other.remote_path, kept.remote_path);
+    let _ = std::fs::remove_dir_all(&dir);
+}

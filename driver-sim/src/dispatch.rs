@@ -228,14 +228,32 @@ impl Sim {
                 self.after(node);
             }
             Kind::Launched { by, host, ok } => {
+                if self.launch_model.is_some() {
+                    // The launcher's slot is free: its next waiting launch starts.
+                    let next = self.launchers.get_mut(&by).and_then(|(busy, waiting)| {
+                        let next = waiting.pop_front();
+                        if next.is_none() {
+                            *busy = busy.saturating_sub(1);
+                        }
+                        next
+                    });
+                    if let Some((h, ok)) = next {
+                        self.start_launch(by, h, ok);
+                    }
+                }
                 // As on a real host, a client cannot start where one still runs: its listen
                 // address is taken (a controller relaunching a host it merely cannot see).
                 let h = &self.nodes[host as usize];
                 // A launcher dies with its controller: nothing starts for one that crashed.
                 let orphan = Some(by) == self.ctrl_slot && self.nodes[by as usize].ctrl().is_none();
-                let ok = ok && !h.killed && h.host_up && h.node().is_none() && !orphan;
+                let by_member = Some(by) != self.ctrl_slot;
+                let refused = by_member && self.member_launch_fails.contains(&host);
+                let ok = ok && !h.killed && h.host_up && h.node().is_none() && !orphan && !refused;
                 if ok {
                     self.launches += 1;
+                    if Some(by) == self.ctrl_slot {
+                        self.launches_by_controller += 1;
+                    }
                     self.launch_idle(host);
                 }
                 self.events += 1;
@@ -249,6 +267,14 @@ impl Sim {
             Kind::Down { link, gen, to } => self.on_down(link, gen, to),
             Kind::Deliver { link, gen, to, frame } => self.on_deliver(link, gen, to, frame),
         }
+    }
+
+    /// With a launch model: a launch by `by` starts now (its slot is taken), and ends a round
+    /// trip and the model's launch time later.
+    fn start_launch(&mut self, by: u32, host: u32, ok: bool) {
+        let ms = self.launch_model.map_or(Duration::ZERO, |m| m.0);
+        let at = self.now + self.delay() + self.delay() + ms;
+        self.push(at, Kind::Launched { by, host, ok });
     }
 
     /// Drain node `i`'s outputs, carry them out, check its safety, re-arm its timer.
@@ -292,9 +318,23 @@ impl Sim {
                 Output::Launch { host } => {
                     let h = idx(host);
                     let ok = (h as usize) < self.nodes.len() && self.nodes[h as usize].ctrl().is_none();
-                    // A launcher (ssh) takes a while: a round trip and a process start.
-                    let at = self.now + self.delay() + self.delay() + Duration::from_millis(100);
-                    self.push(at, Kind::Launched { by: i, host: h.min(self.nodes.len() as u32 - 1), ok });
+                    let host = h.min(self.nodes.len() as u32 - 1);
+                    match self.launch_model {
+                        None => {
+                            // A launcher (ssh) takes a while: a round trip and a process start.
+                            let at = self.now + self.delay() + self.delay() + Duration::from_millis(100);
+                            self.push(at, Kind::Launched { by: i, host, ok });
+                        }
+                        Some((_, fanout)) => {
+                            let (busy, waiting) = self.launchers.entry(i).or_default();
+                            if *busy < fanout {
+                                *busy += 1;
+                                self.start_launch(i, host, ok);
+                            } else {
+                                waiting.push_back((host, ok));
+                            }
+                        }
+                    }
                 }
                 Output::Exit => {
                     self.exits += 1;

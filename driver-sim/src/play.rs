@@ -46,6 +46,8 @@ pub fn play_sim(sc: &Scenario) -> (SimReport, Sim) {
         build_paced(&mut sim, sc, &mut rng, tick)
     };
     report.build.sim_ms = sim.now().0 as f64 / 1000.0;
+    report.build.launches_by_controller = sim.launches_by_controller;
+    report.build.launches_by_members = sim.launches - sim.launches_by_controller;
     report.build.root_joins = sim.total(|s| s.root_joins);
     report.build.member_placements = sim.total(|s| s.member_placements);
     report.tree = sim.shape();

@@ -13,6 +13,17 @@ pub const LAUNCH_MS: f64 = 100.0;
 /// The least build time allowed per node, in milliseconds.
 pub const BUILD_MS_PER_NODE: f64 = 10.0;
 
+/// How launches are modelled (`--launch-ms`, `--launch-fanout`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct LaunchModel {
+    /// One launch at its launcher (a login and a process start), in milliseconds, on top of a
+    /// round trip.
+    pub ms: f64,
+    /// Launches each launcher (the controller, or a member with tree launch) carries out at
+    /// once; the others wait their turn, in order.
+    pub fanout: u32,
+}
+
 /// How a killed node dies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -100,6 +111,9 @@ pub struct Scenario {
     pub layout: Layout,
     /// With the star: client links the controller can hold at once (its fd limit).
     pub controller_fds: u32,
+    /// How launches are modelled; `None`: a round trip and [`LAUNCH_MS`] each, any number at
+    /// once (the model before `--launch-ms`, which keeps earlier runs' traces).
+    pub launch: Option<LaunchModel>,
 }
 
 impl Scenario {
@@ -109,8 +123,9 @@ impl Scenario {
     /// invitations) are in flight at once, each taking [`BUILD_DELAYS`] one-way delays at the
     /// latency's maximum plus a launch; at least [`BUILD_MS_PER_NODE`] per node.
     pub fn build_limit(&self) -> Duration {
+        let launch_ms = self.launch.map_or(LAUNCH_MS, |l| l.ms.max(LAUNCH_MS));
         let (in_flight, launch) =
-            if self.job { (self.config.max_invitations, LAUNCH_MS) } else { (self.max_outstanding_joins, 0.0) };
+            if self.job { (self.config.max_invitations, launch_ms) } else { (self.max_outstanding_joins, 0.0) };
         let one = BUILD_DELAYS * self.latency_max_ms.max(0.0) + launch;
         let per_node = (one / in_flight.max(1) as f64).max(BUILD_MS_PER_NODE);
         Duration::from_secs_f64(self.phase_limit_s.max(0.0) + per_node * f64::from(self.nodes) / 1e3)
@@ -153,6 +168,7 @@ impl Default for Scenario {
             config: Config::default(),
             layout: Layout::Tree,
             controller_fds: 1024,
+            launch: None,
         }
     }
 }
@@ -194,6 +210,10 @@ pub struct BroadcastReport {
 pub struct BuildReport {
     /// Simulated time until every node joined one tree.
     pub sim_ms: f64,
+    /// With `--job`: launches the controller carried out.
+    pub launches_by_controller: u32,
+    /// With `--job`: launches members carried out (tree launch).
+    pub launches_by_members: u32,
     /// Joins the roots handled while building (the rest were placed by the members asked).
     pub root_joins: u64,
     /// Leaf joins placed by members, without the root (see `plush_core::wire::JoinMode::Leaf`).

@@ -18,6 +18,7 @@ use plush_core::wire::Message;
 use plush_core::{Command, Config, Controller, Event, HostState, Instant, Node, NodeId, Report as CtrlReport};
 use rand::SeedableRng;
 use rand_pcg::Pcg64;
+use std::collections::VecDeque;
 use std::time::Duration;
 
 /// The port of every simulated id.
@@ -206,6 +207,16 @@ pub struct Sim {
     pub exits: u32,
     /// Launches carried out (a client started on request).
     pub launches: u32,
+    /// Hosts no member can launch (the controller still can): a member without ssh to them.
+    pub member_launch_fails: Vec<u32>,
+    /// Of `launches`, those the controller carried out.
+    pub launches_by_controller: u32,
+    /// The launch model (see [`crate::scenario::LaunchModel`]): one launch's time on top of a
+    /// round trip, and launches at once per launcher.
+    pub(crate) launch_model: Option<(Duration, u32)>,
+    /// With a launch model: per launcher slot, its launches under way and those waiting (host,
+    /// whether it can start there). One entry per slot that launched.
+    pub(crate) launchers: std::collections::HashMap<u32, (u32, VecDeque<(u32, bool)>)>,
     /// Record what [`Sim::messages`] and [`Sim::node_events`] hold. Off by default; tests turn
     /// it on to see what travelled.
     pub recording: bool,
@@ -323,6 +334,12 @@ impl Sim {
             host_failures: 0,
             exits: 0,
             launches: 0,
+            launches_by_controller: 0,
+            member_launch_fails: Vec::new(),
+            launch_model: scenario
+                .launch
+                .map(|l| (Duration::from_micros((l.ms.max(0.0) * 1e3) as u64), l.fanout.max(1))),
+            launchers: std::collections::HashMap::new(),
             recording: false,
             maintenance_fails: Vec::new(),
             messages: Vec::new(),

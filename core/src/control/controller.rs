@@ -17,6 +17,14 @@
 //! [`Config::failed_window`]. A failed host is never invited again, and the tree is told to
 //! `Forget` it. A disconnected host is invited again.
 //!
+//! **Tree launch.** With [`Config::tree_launch`], the hosts after the first are not invited
+//! through the root: each member whose `Joined` arrives gets a share of the hosts not yet invited
+//! (`Share`, at most [`crate::wire::MAX_LIST`]), which it launches and invites itself (see
+//! [`crate::control`]). Hosts of a share count as `Invited`, not against `max_invitations`; one
+//! a member gives back (`InviteFailed`) is this controller's own from then on, launched and
+//! invited through the root as without tree launch; one no member invited within
+//! `invitation_expiry` (its member died) goes out in another share, once, then is ours too.
+//!
 //! **Maintenance script.** With [`Controller::set_maintenance`], each new root gets the script
 //! (`Maintenance`) and passes it with every invitation; the controller sends it with a direct
 //! invitation itself. A host whose script fails reports `MaintenanceFailed`: it becomes `Failed`
@@ -114,6 +122,10 @@ pub struct ControllerStats {
     pub output_bytes: u64,
     /// Result groups dropped because the blob they name had not arrived.
     pub blobs_missing: u64,
+    /// Tree launch: shares handed to members ([`ControlMsg::Share`]).
+    pub shares: u64,
+    /// Tree launch: hosts handed out in those shares.
+    pub shared_hosts: u64,
 }
 
 #[derive(Debug)]
@@ -130,6 +142,12 @@ struct Host {
     strikes: u32,
     /// The build it announced when it last joined (0: not known).
     build: u64,
+    /// Tree launch: `Invited` through a member's share (the member launches and invites it),
+    /// not by this controller.
+    shared: bool,
+    /// Tree launch: a share with it expired already (its member died, or hung): the next
+    /// expiry makes it this controller's own.
+    share_expired: bool,
 }
 
 impl Host {
@@ -143,6 +161,8 @@ impl Host {
             first_try: None,
             strikes: 0,
             build: 0,
+            shared: false,
+            share_expired: false,
         }
     }
 }
@@ -192,8 +212,21 @@ pub struct Controller {
     io: Io,
     root: Option<NodeId>,
     hosts: Vec<Host>,
-    /// Hosts to invite, in order. Entries whose host is no longer pending are skipped.
+    /// Hosts to invite, in order. Entries whose host is no longer pending are skipped. With
+    /// tree launch, the hosts to hand out in shares (only the first one, which founds the tree,
+    /// is invited from here).
     queue: VecDeque<NodeId>,
+    /// Tree launch: hosts this controller invites (and launches) itself, in order: those given
+    /// back by members, retried or disconnected. Unused without tree launch. At most one entry
+    /// per host queued (stale entries are skipped).
+    own: VecDeque<NodeId>,
+    /// Tree launch: `Invited` hosts that are in members' shares (counted in `outstanding`, but
+    /// not against `max_invitations`).
+    shared_out: usize,
+    /// Tree launch: when to hand a share to a random member if hosts are still to be shared
+    /// (none was handed out for [`Config::join_retry`]: the shares out may all have failed,
+    /// and no `Joined` comes to hand the next one).
+    share_at: Option<Instant>,
     /// Hosts to invite again at a time (back-off after a failed attempt); scanned whole, as the
     /// waits differ. At most one entry per host.
     later: VecDeque<(Instant, NodeId)>,
@@ -259,6 +292,9 @@ impl Controller {
             queue: VecDeque::new(),
             later: VecDeque::new(),
             invited: VecDeque::new(),
+            own: VecDeque::new(),
+            shared_out: 0,
+            share_at: None,
             outstanding: 0,
             counts: [0; 5],
             jobs: Vec::new(),
@@ -320,6 +356,9 @@ impl Controller {
         }
         if h.state == HostState::Invited {
             self.outstanding -= 1;
+            if core::mem::take(&mut h.shared) {
+                self.shared_out -= 1;
+            }
         }
         self.counts[h.state as usize] -= 1;
         self.counts[state as usize] += 1;
@@ -733,9 +772,29 @@ impl Controller {
                 break;
             }
             self.invited.pop_front();
-            if current {
+            if current && self.host(&host).is_some_and(|h| h.shared) {
+                // A member took it in a share and did not invite it in time (it may have died
+                // with its share): it goes out in another share, once; after a second expiry
+                // this controller tries it itself. Either way with a fresh expiry.
+                self.set_state(now, host, HostState::Disconnected, Some("its member did not invite it in time"));
+                let again = self.host(&host).is_some_and(|h| !h.share_expired);
+                if let Some(h) = self.host(&host) {
+                    h.first_try = None;
+                    h.share_expired = true;
+                }
+                if again {
+                    self.queue.push_front(host);
+                    self.share_at.get_or_insert(now);
+                } else {
+                    self.own.push_front(host);
+                }
+            } else if current {
                 self.fail(now, host, "the invitation expired");
             }
+        }
+        if self.share_at.is_some_and(|t| t <= now) {
+            self.share_at = None;
+            self.share_to_anyone(now);
         }
         if self.forget_at.is_some_and(|t| t <= now) {
             match self.root {
@@ -782,7 +841,7 @@ impl Controller {
         let expiry = self.invited.front().map(|&(_, at)| at + self.cfg.invitation_expiry);
         let acks = self.jobs.iter().filter_map(|j| j.ack_at);
         let barriers = self.barriers.iter().filter(|b| !b.released && !b.expired).map(|b| b.deadline);
-        [self.tick_at, self.refresh_at, self.seek_at, self.forget_at, self.census_at, expiry]
+        [self.tick_at, self.refresh_at, self.seek_at, self.forget_at, self.census_at, expiry, self.share_at]
             .into_iter()
             .flatten()
             .chain(acks)
@@ -864,6 +923,9 @@ impl Controller {
                     if let Some(h) = self.host(&node) {
                         h.build = build;
                     }
+                }
+                if self.cfg.tree_launch && self.host_state(&node) == Some(HostState::Joined) {
+                    self.give_share(now, node);
                 }
             }
             ControlMsg::InviteFailed { host } => self.unreachable(now, host),
@@ -973,8 +1035,13 @@ impl Controller {
         if let Some(script) = self.script.clone() {
             self.send(now, root, Message::Control(ControlMsg::Maintenance { script }));
         }
-        let invited: Vec<NodeId> =
-            self.hosts.iter().filter(|h| h.state == HostState::Invited && h.id != root).map(|h| h.id).collect();
+        // (Hosts in members' shares are the members' to invite.)
+        let invited: Vec<NodeId> = self
+            .hosts
+            .iter()
+            .filter(|h| h.state == HostState::Invited && !h.shared && h.id != root)
+            .map(|h| h.id)
+            .collect();
         for host in invited {
             self.send(now, root, Message::Control(ControlMsg::SetPeer { host, ctrl: me }));
         }

@@ -149,6 +149,7 @@ impl Control {
                 i += 1;
             }
         }
+        self.share_timeout(ctx, tree);
         let mut i = 0;
         while i < self.verifying.len() {
             if self.verifying[i].1 <= now {

@@ -34,6 +34,7 @@ impl Control {
             }
         }
         self.resend_all(ctx, tree);
+        self.pump_share(ctx, tree);
     }
 
     /// We became a root (failover, or a fragment that found no tree).
@@ -51,6 +52,7 @@ impl Control {
             self.start_census(ctx, tree);
         }
         self.resend_all(ctx, tree);
+        self.pump_share(ctx, tree);
     }
 
     /// We stopped being a root without a new parent (we left).
@@ -145,6 +147,14 @@ impl Control {
             }
             return;
         }
+        if self.share.as_ref().is_some_and(|s| s.active.iter().any(|i| i.host == peer)) {
+            // A host of our share: only a connect that failed tells (a link that opened
+            // delivered the invitation, and the host left the share then).
+            if failed {
+                self.share_unreachable(ctx, tree, peer);
+            }
+            return;
+        }
         if let Some(k) = self.invites.iter().position(|i| i.host == peer) {
             // A link that opened and closed again delivered the invitation; only a connect
             // that failed means no client runs there.
@@ -181,13 +191,21 @@ impl Control {
     }
 
     /// A link to `peer` opened: an invitation to it was delivered and frees its slot.
-    pub fn on_link_up(&mut self, ctx: &mut Ctx<'_>, peer: NodeId, replaced: bool) {
+    pub fn on_link_up(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, peer: NodeId, replaced: bool) {
         if replaced && Some(peer) == self.ctrl && self.ctrl_linked {
             // A new connection from the controller replaced the one we had (a controller
             // process that came back at the same address before its old connection's reset
             // reached us): what was in flight on the old one is gone. Its `SetCtrl` then counts
             // as a reconnect, and everything held is sent again.
             self.ctrl_linked = false;
+        }
+        if let Some(s) = self.share.as_mut() {
+            if let Some(k) = s.active.iter().position(|i| i.host == peer) {
+                // Our invitation (and the host's part of our share) reached it: its slot is free.
+                s.active.swap_remove(k);
+                self.pump_share(ctx, tree);
+                return;
+            }
         }
         let Some(inv) = self.invites.iter_mut().find(|i| i.host == peer && i.sent && !i.connected) else { return };
         inv.connected = true;
@@ -196,7 +214,10 @@ impl Control {
 
     /// The driver launched a client on `host` (at the root), or failed to.
     pub fn on_launched(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, host: NodeId, ok: bool) {
-        let Some(k) = self.invites.iter().position(|i| i.host == host) else { return };
+        let Some(k) = self.invites.iter().position(|i| i.host == host) else {
+            self.share_launched(ctx, tree, host, ok);
+            return;
+        };
         match (ok, self.ctrl) {
             (true, Some(ctrl)) => self.send_invitation(ctx, host, ctrl),
             _ => {
@@ -269,6 +290,7 @@ impl Control {
                 self.pass_up(ctx, tree, from, ControlMsg::Joined { node, build });
             }
             ControlMsg::InviteFailed { host } => self.pass_up(ctx, tree, from, ControlMsg::InviteFailed { host }),
+            ControlMsg::Share { hosts, fanout } => self.on_share(ctx, tree, from, hosts.0, fanout),
             ControlMsg::Disconnected { node, related } => {
                 if tree.is_root() && !related && node != self.me {
                     // Hearsay (or the controller asking): check before telling the controller.
@@ -452,6 +474,10 @@ impl Control {
                     if self.script.as_ref().is_some_and(|(_, by)| *by != from) {
                         self.script = None;
                     }
+                    // So is a share's part from anyone but the inviter (tree launch).
+                    if self.share.as_ref().is_some_and(|s| s.by.is_some_and(|by| by != from)) {
+                        self.share = None;
+                    }
                     if let Some((script, _)) = self.script.clone() {
                         self.run_maintenance(ctx, &script, boot);
                     } else {
@@ -563,6 +589,139 @@ impl Control {
                 let host = self.invites[k].host;
                 self.send_invitation(ctx, host, ctrl);
             }
+        }
+    }
+}
+
+/// Tree launch at a member (see [`crate::Config::tree_launch`] and the module docs).
+impl Control {
+    /// A share of hosts to launch and invite: from the controller at any time, or, before we
+    /// join, from the member that launched us (its part, kept only if its invitation follows).
+    /// Hosts beyond [`MAX_SHARE`] go back to the controller at once.
+    pub(super) fn on_share(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        tree: &mut Tree,
+        from: NodeId,
+        hosts: Vec<NodeId>,
+        fanout: u16,
+    ) {
+        let from_ctrl = self.ctrl == Some(from);
+        if !from_ctrl && (tree.state() != TreeState::Idle || self.maint.is_some()) {
+            ctx.io.stats.commands_rejected += 1;
+            ctx.event(Event::CommandRejected(from));
+            return;
+        }
+        let me = self.me;
+        let share = self.share.get_or_insert_with(Box::default);
+        share.fanout = usize::from(fanout.max(1));
+        if !from_ctrl {
+            share.by = Some(from);
+        }
+        let mut over = Vec::new();
+        for h in hosts.into_iter().filter(|h| *h != me) {
+            if share.todo.len() < MAX_SHARE {
+                share.todo.push_back(h);
+            } else {
+                over.push(h);
+            }
+        }
+        for host in over {
+            self.report_up(ctx, tree, ControlMsg::InviteFailed { host });
+        }
+        self.pump_share(ctx, tree);
+    }
+
+    /// Start hosts of our share while fewer than its fan-out are under way: invite each (a
+    /// client may run there already); one that does not answer is launched
+    /// ([`Control::share_unreachable`]). Only a member (joined, or the root) that knows its
+    /// controller does this; the others wait.
+    pub(super) fn pump_share(&mut self, ctx: &mut Ctx<'_>, tree: &Tree) {
+        let Some(ctrl) = self.ctrl else { return };
+        let member = tree.is_root() || tree.state() == TreeState::Joined;
+        if !member || self.dismantle.is_some() || self.exited {
+            return;
+        }
+        let Some(s) = self.share.as_mut() else { return };
+        let mut start: SmallVec<[NodeId; 8]> = SmallVec::new();
+        while s.active.len() < s.fanout {
+            let Some(host) = s.todo.pop_front() else { break };
+            if s.active.iter().any(|i| i.host == host) {
+                continue;
+            }
+            if ctx.io.conns.state(&host) != Some(crate::conn::LinkState::Open) {
+                // Under way until its link opens (no event comes for a link open already).
+                let expires = ctx.now + ctx.cfg.invitation_expiry;
+                s.active.push(ShareInvite { host, launched: false, expires, portion: Vec::new() });
+            }
+            start.push(host);
+        }
+        if s.todo.is_empty() && s.active.is_empty() {
+            self.share = None;
+        }
+        for host in start {
+            self.send_invitation(ctx, host, ctrl);
+        }
+    }
+
+    /// No client answered at `host`, a host of our share: launch one, or, if we did already,
+    /// give it back to the controller.
+    fn share_unreachable(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, host: NodeId) {
+        let Some(s) = self.share.as_mut() else { return };
+        let Some(inv) = s.active.iter_mut().find(|i| i.host == host) else { return };
+        if !inv.launched {
+            inv.launched = true;
+            ctx.io.out.push_back(Output::Launch { host });
+        } else {
+            self.share_failed(ctx, tree, host);
+        }
+    }
+
+    /// The driver launched a client on `host` of our share, or could not: invite the new client,
+    /// handing it a part of our share (see below), or give the host back to the controller.
+    fn share_launched(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, host: NodeId, ok: bool) {
+        let Some(ctrl) = self.ctrl else { return };
+        let Some(s) = self.share.as_mut() else { return };
+        let Some(k) = s.active.iter().position(|i| i.host == host && i.launched) else { return };
+        if !ok {
+            self.share_failed(ctx, tree, host);
+            return;
+        }
+        // Its part: an even split of what is left between it, the other hosts under way and
+        // us, so the launches fan out down the tree; at most `MAX_LIST`, the most a message
+        // carries. Taken from the end: we go on from the front.
+        let n = (s.todo.len() / (s.active.len() + 1)).min(crate::wire::MAX_LIST);
+        let at = s.todo.len() - n;
+        let portion: Vec<NodeId> = s.todo.drain(at..).collect();
+        s.active[k].portion = portion.clone();
+        if !portion.is_empty() {
+            let fanout = u16::try_from(s.fanout).unwrap_or(u16::MAX);
+            let hosts = crate::wire::List(portion);
+            self.send(ctx, host, ControlMsg::Share { hosts, fanout });
+        }
+        self.send_invitation(ctx, host, ctrl);
+    }
+
+    /// We could not launch or invite `host` of our share: its part comes back to us, and the
+    /// host goes back to the controller, which tries it itself.
+    fn share_failed(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, host: NodeId) {
+        let Some(s) = self.share.as_mut() else { return };
+        let Some(k) = s.active.iter().position(|i| i.host == host) else { return };
+        let inv = s.active.swap_remove(k);
+        s.todo.extend(inv.portion);
+        self.report_up(ctx, tree, ControlMsg::InviteFailed { host });
+        self.pump_share(ctx, tree);
+    }
+
+    /// Hosts of our share under way past their expiry go back to the controller.
+    pub(super) fn share_timeout(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree) {
+        let now = ctx.now;
+        let expired: SmallVec<[NodeId; 4]> = match &self.share {
+            Some(s) => s.active.iter().filter(|i| i.expires <= now).map(|i| i.host).collect(),
+            None => return,
+        };
+        for host in expired {
+            self.share_failed(ctx, tree, host);
         }
     }
 }

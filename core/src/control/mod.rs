@@ -20,6 +20,25 @@
 //! report about a host that rejoined moments ago (it may be stale: the host was relaunched and
 //! rejoined meanwhile).
 //!
+//! **Tree launch** ([`crate::Config::tree_launch`], `--launch-from tree`). The controller invites
+//! the first host itself, as above. From then on it invites no host through the root: each
+//! time a member's `Joined` reaches it, it hands that member a share of the hosts not yet
+//! invited (`Share`, at most [`crate::wire::MAX_LIST`] hosts, in the user's order); a host
+//! handed out counts as invited. A member with a share starts at most the share's `fanout`
+//! hosts at once: it invites each itself (`SetPeer` from the member, so the host joins through
+//! it, its first bootstrap contact); if no client answers it asks its driver to launch one
+//! ([`crate::Output::Launch`]) and invites the new client, sending it first a part of its own share
+//! (an even split of what is left between the new client, its other hosts under way and
+//! itself), which the new client starts on once it has joined. So the launches fan out down the
+//! tree, and no member holds more than `MAX_SHARE` (2 × `MAX_LIST`) hosts. A host a member could not launch or
+//! reach after its launch goes back up as `InviteFailed`; the controller then launches and
+//! invites it itself, and reports it failed by name if it cannot either. Hosts of a share that
+//! no member invited within [`crate::Config::invitation_expiry`] (their member died with its
+//! share) go out again in another share, once; after a second expiry they are the
+//! controller's own. A share is taken from the controller at any time, and
+//! from anyone else only by an idle client, and only if the invitation that follows comes from
+//! the same member (as a maintenance script).
+//!
 //! **Jobs.** `Run` floods down the tree (and to every child that attaches later while the job is
 //! known). Each target spawns the process through its driver and records a result (status and
 //! output, capped). Results travel up as groups of nodes with identical (status, output),
@@ -78,7 +97,8 @@
 //! Bounds: at most [`crate::Config::max_jobs`] jobs, `MAX_GROUPS` distinct results held per
 //! job, [`MAX_BARRIERS`] barriers, `MAX_REPORTS` reports waiting for a way up,
 //! [`crate::Config::max_invitations`] invitations and `MAX_STATUS_CHECKS` status checks at the
-//! root, `MAX_DONE` finished job ids remembered.
+//! root, `MAX_DONE` finished job ids remembered, `MAX_SHARE` hosts of a tree launch's share
+//! per member, the share's `fanout` of them under way.
 
 use super::transfer::Xfer;
 use crate::ctx::Ctx;
@@ -233,6 +253,40 @@ struct Invite {
     connected: bool,
 }
 
+/// Hosts a member holds to launch in tree launch ([`crate::Config::tree_launch`]): a share
+/// from the controller ([`crate::wire::MAX_LIST`] at most) and one from its inviter (as many),
+/// each taken once. Hosts of a share beyond this go back to the controller (`InviteFailed`).
+const MAX_SHARE: usize = 2 * crate::wire::MAX_LIST;
+
+/// Tree launch at a member: its share of the hosts, and those under way. See the module docs.
+#[derive(Debug, Default)]
+struct Share {
+    /// Hosts to launch and invite, in order. At most [`MAX_SHARE`].
+    todo: VecDeque<NodeId>,
+    /// Hosts under way: invited (a client may run there already), launching, or invited again
+    /// after the launch, until the link to the host opens (the invitation is delivered). At
+    /// most `fanout`.
+    active: Vec<ShareInvite>,
+    /// Launches under way at once, as the share's message said (at least 1).
+    fanout: usize,
+    /// Who gave the part received before we joined: kept only if our invitation comes from
+    /// the same member (as a maintenance script). `None`: the controller, or nobody yet.
+    by: Option<NodeId>,
+}
+
+/// One host of a member's share under way.
+#[derive(Debug)]
+struct ShareInvite {
+    host: NodeId,
+    /// No client answered the first invitation, and the driver was asked to launch one.
+    launched: bool,
+    /// Given up (reported `InviteFailed`) at this time if still under way.
+    expires: Instant,
+    /// The part of our share handed to it with the invitation after its launch (at most
+    /// [`crate::wire::MAX_LIST`]); back to our own `todo` if it fails.
+    portion: Vec<NodeId>,
+}
+
 /// Invitations a root has connecting at once: each holds a link that is still opening, so at
 /// most a quarter of the link budget, and at most [`crate::Config::max_invitations`]. A slot is
 /// held from the `SetPeer` until its link opens (or fails), not until the host has joined:
@@ -288,6 +342,9 @@ pub(crate) struct Control {
     /// of them, the node answers [`crate::wire::ExitStatus::Lost`] (unless the job asks for retries). Set
     /// once by the driver at start, from the host's job record; at most [`MAX_PRIOR`].
     prior: Vec<(NodeId, u64)>,
+    /// Tree launch: the hosts this member launches and invites (see [`Share`]); `None` when it
+    /// has none (always, without tree launch).
+    share: Option<Box<Share>>,
 }
 
 /// A maintenance script running before the node joins.
@@ -328,6 +385,7 @@ impl Control {
             linger: None,
             orphaned: None,
             detached: None,
+            share: None,
         }
     }
 
@@ -394,6 +452,9 @@ impl Control {
         }
         self.barriers.iter().filter_map(|b| b.flush_at).for_each(&mut at);
         self.invites.iter().map(|i| i.expires).for_each(&mut at);
+        if let Some(s) = &self.share {
+            s.active.iter().map(|i| i.expires).for_each(&mut at);
+        }
         self.verifying.iter().map(|v| v.1).for_each(&mut at);
         if let Some((end, again)) = self.dismantle {
             at(end);

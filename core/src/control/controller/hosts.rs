@@ -12,11 +12,18 @@ use std::collections::VecDeque;
 impl Controller {
     pub(super) fn unreachable(&mut self, now: Instant, host: NodeId) {
         // Without a root (the first host, invited directly) nobody else can launch it.
-        let launch_here = !self.cfg.launch_at_root || self.root.is_none();
+        let mut launch_here = !self.cfg.launch_at_root || self.root.is_none();
         let Some(h) = self.host(&host) else { return };
         if h.state != HostState::Invited {
             return;
         }
+        if core::mem::take(&mut h.shared) {
+            // Tree launch: a member could not launch it from its share. It is ours now: we
+            // launch it ourselves, as without tree launch, and invite it through the root.
+            self.shared_out -= 1;
+            launch_here = true;
+        }
+        let Some(h) = self.host(&host) else { return };
         if launch_here && !h.launched {
             h.launched = true;
             self.stats.launches += 1;
@@ -65,7 +72,7 @@ impl Controller {
             self.fail(now, node, "disconnected too often");
         } else {
             self.set_state(now, node, HostState::Disconnected, None);
-            self.queue.push_back(node);
+            self.requeue(node, false);
         }
     }
 
@@ -127,7 +134,7 @@ impl Controller {
             let (due, wait): (VecDeque<_>, VecDeque<_>) = self.later.drain(..).partition(|(t, _)| *t <= now);
             self.later = wait;
             for (_, host) in due {
-                self.queue.push_front(host);
+                self.requeue(host, true);
             }
         }
         if self.dismantling {
@@ -137,12 +144,20 @@ impl Controller {
         if self.root.is_none() && !founded {
             self.drop_orphaned_invitations(now);
         }
-        while self.outstanding < self.cfg.max_invitations {
+        while self.outstanding - self.shared_out < self.cfg.max_invitations {
             // Without a root, only the first host is invited (directly); the rest wait.
             if self.root.is_none() && (founded || self.outstanding > 0) {
                 return;
             }
-            let Some(host) = self.queue.pop_front() else { return };
+            let next = if !self.cfg.tree_launch {
+                self.queue.pop_front()
+            } else if self.root.is_some() || founded {
+                // Tree launch: the queue goes out in shares; we invite only our own.
+                self.own.pop_front()
+            } else {
+                self.own.pop_front().or_else(|| self.queue.pop_front())
+            };
+            let Some(host) = next else { return };
             if !matches!(self.host_state(&host), Some(HostState::Pending | HostState::Disconnected)) {
                 continue;
             }
@@ -150,5 +165,67 @@ impl Controller {
             self.invited.push_back((host, now));
             self.invite(now, host);
         }
+    }
+}
+
+/// Tree launch (see [`Config::tree_launch`]).
+impl Controller {
+    /// A host to invite again (after a back-off, or a disconnect): with tree launch, this
+    /// controller does it itself; without, it waits in the queue as any host.
+    pub(super) fn requeue(&mut self, host: NodeId, front: bool) {
+        let q = if self.cfg.tree_launch { &mut self.own } else { &mut self.queue };
+        if front {
+            q.push_front(host);
+        } else {
+            q.push_back(host);
+        }
+    }
+
+    /// Hand `member` (it joined) a share of the hosts not yet invited: at most
+    /// [`crate::wire::MAX_LIST`], in the queue's order. They are `Invited` from now on; the
+    /// member launches and invites them, or gives them back (`InviteFailed`).
+    pub(super) fn give_share(&mut self, now: Instant, member: NodeId) {
+        if self.dismantling {
+            return;
+        }
+        let mut hosts = Vec::new();
+        while hosts.len() < crate::wire::MAX_LIST {
+            let Some(host) = self.queue.pop_front() else { break };
+            if host != member && matches!(self.host_state(&host), Some(HostState::Pending | HostState::Disconnected)) {
+                hosts.push(host);
+            }
+        }
+        if hosts.is_empty() {
+            return;
+        }
+        for &host in &hosts {
+            self.set_state(now, host, HostState::Invited, None);
+            self.invited.push_back((host, now));
+            if let Some(h) = self.host(&host) {
+                h.shared = true;
+            }
+            self.shared_out += 1;
+        }
+        self.stats.shares += 1;
+        self.stats.shared_hosts += hosts.len() as u64;
+        let fanout = u16::try_from(self.cfg.launch_fanout.max(1)).unwrap_or(u16::MAX);
+        let hosts = crate::wire::List(hosts);
+        self.send(now, member, Message::Control(ControlMsg::Share { hosts, fanout }));
+        self.share_at = (!self.queue.is_empty()).then_some(now + self.cfg.join_retry);
+    }
+
+    /// Hosts are still to be shared and no share went out for a while: hand one to a random
+    /// joined member (the scan of the hosts happens at most once per [`Config::join_retry`]).
+    pub(super) fn share_to_anyone(&mut self, now: Instant) {
+        if self.queue.is_empty() || self.dismantling {
+            return;
+        }
+        let members: Vec<NodeId> = self.hosts.iter().filter(|h| h.state == HostState::Joined).map(|h| h.id).collect();
+        if members.is_empty() {
+            self.share_at = Some(now + self.cfg.join_retry);
+            return;
+        }
+        let k = rand::RngExt::random_range(&mut self.rng, 0..members.len());
+        self.give_share(now, members[k]);
     }
 }
