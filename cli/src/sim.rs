@@ -190,15 +190,18 @@ pub struct SimArgs {
     #[arg(long, value_name = "MS", requires = "job", value_parser = parse_launch_ms, allow_negative_numbers = true)]
     pub launch_ms: Option<f64>,
 
-    /// With --job: launches each launcher (the controller, or a member with --launch-from
-    /// tree) carries out at once [default: 32].
-    #[arg(long, value_name = "K", requires = "job", value_parser = clap::value_parser!(u32).range(1..=65535))]
+    /// Launches (with --job) or invitations (without) each launcher, the controller or a member
+    /// with --launch-from tree, carries out at once [default: 32].
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=65535))]
     pub launch_fanout: Option<u32>,
 
-    /// With --job: who launches the hosts. `controller`: the controller invites (and
-    /// launches) every host. `tree`: members that joined launch shares of the hosts.
-    #[arg(long, value_enum, default_value_t = LaunchFrom::Controller, requires = "job")]
-    pub launch_from: LaunchFrom,
+    /// Who starts the hosts. With --job: `controller` (the default, as `plush run`) invites and
+    /// launches every host; `tree`: members that joined launch shares of the hosts. Without
+    /// --job (no controller, no launch cost): `tree` (the default) has every member that
+    /// joined invite the next ones, --launch-fanout at once; `controller` starts 50 at once
+    /// in all, each asking random members and the founder.
+    #[arg(long, value_enum)]
+    pub launch_from: Option<LaunchFrom>,
 
     /// Run N scenarios drawn from every knob at once (see `plush_sim::swarm`) instead of one,
     /// in parallel, and check each against the swarm's oracle. Each failure prints the `plush
@@ -432,7 +435,8 @@ impl SimArgs {
             let ms = self.launch_ms.unwrap_or(plush_sim::LAUNCH_MS);
             scenario.launch = Some(plush_sim::LaunchModel { ms, fanout });
         }
-        scenario.config.tree_launch = self.launch_from == LaunchFrom::Tree;
+        scenario.config.tree_launch = self.job && self.launch_from == Some(LaunchFrom::Tree);
+        scenario.paced_by_members = self.launch_from != Some(LaunchFrom::Controller);
         scenario.config.launch_fanout = fanout as usize;
         scenario
     }
@@ -526,8 +530,8 @@ impl SimArgs {
         if let Some(k) = self.launch_fanout {
             let _ = write!(cmd, " --launch-fanout {k}");
         }
-        if self.launch_from != LaunchFrom::Controller {
-            let _ = write!(cmd, " --launch-from {}", self.launch_from);
+        if let Some(from) = self.launch_from {
+            let _ = write!(cmd, " --launch-from {from}");
         }
         cmd
     }

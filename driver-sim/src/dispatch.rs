@@ -446,6 +446,9 @@ impl Sim {
                 if !sn.joined_once {
                     sn.joined_once = true;
                     self.joined_once += 1;
+                    if let Some(f) = self.first_joins.as_mut() {
+                        f.push(i);
+                    }
                 }
                 if matches!(e, Event::ParentChanged(Some(_))) {
                     self.check_loop(i);

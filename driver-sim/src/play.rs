@@ -42,6 +42,8 @@ pub fn play_sim(sc: &Scenario) -> (SimReport, Sim) {
 
     let built = if sc.job {
         build_invited(&mut sim, n, sc.build_limit(), tick)
+    } else if sc.paced_by_members {
+        build_by_members(&mut sim, sc, tick)
     } else {
         build_paced(&mut sim, sc, &mut rng, tick)
     };
@@ -318,6 +320,58 @@ fn build_paced(sim: &mut Sim, sc: &Scenario, rng: &mut Pcg64, tick: Duration) ->
         let target = sim.now() + tick;
         let all_started = next >= n;
         sim.run_until(target, |s| !all_started && s.joined_once + sc.max_outstanding_joins as u32 > next);
+    }
+}
+
+/// Build as a tree launch does, without the launches' cost: node 0 founds the tree, and every
+/// node that joined invites the next ones in turn, up to `config.launch_fanout` outstanding at
+/// once (each frees its slot when it joins), and is their first contact, the founder second.
+/// Returns whether every node joined one tree.
+fn build_by_members(sim: &mut Sim, sc: &Scenario, tick: Duration) -> bool {
+    let n = sc.nodes.max(1);
+    let fanout = sc.config.launch_fanout.clamp(1, usize::from(u16::MAX)) as u16;
+    // Per node: who invited it, and how many of its own invitations are outstanding. Inviters
+    // with room wait in `ready`, oldest first.
+    let mut inviter = vec![0u32; n as usize];
+    let mut out = vec![0u16; n as usize];
+    let mut ready = std::collections::VecDeque::new();
+    sim.first_joins = Some(Vec::new());
+    sim.start(0, Vec::new());
+    let mut next = 1u32;
+    let deadline = sim.now() + sc.build_limit();
+    loop {
+        for j in sim.first_joins.as_mut().map(std::mem::take).unwrap_or_default() {
+            if j != 0 {
+                let inv = inviter[j as usize] as usize;
+                out[inv] -= 1;
+                if out[inv] + 1 == fanout {
+                    ready.push_back(inv as u32);
+                }
+            }
+            ready.push_back(j);
+        }
+        while next < n {
+            let Some(&inv) = ready.front() else { break };
+            inviter[next as usize] = inv;
+            out[inv as usize] += 1;
+            if out[inv as usize] == fanout {
+                ready.pop_front();
+            }
+            let boot = if inv == 0 { vec![id(0)] } else { vec![id(inv), id(0)] };
+            sim.start(next, boot);
+            next += 1;
+        }
+        if next >= n && sim.joined_once >= n && sim.converged() {
+            sim.first_joins = None;
+            return true;
+        }
+        if sim.now() >= deadline {
+            sim.first_joins = None;
+            return false;
+        }
+        let target = sim.now() + tick;
+        let all_started = next >= n;
+        sim.run_until(target, |s| !all_started && s.first_joins.as_ref().is_some_and(|f| !f.is_empty()));
     }
 }
 

@@ -84,8 +84,13 @@ pub struct Scenario {
     /// RanSub epochs to observe between the first broadcast and the faults, sampling views for
     /// the uniformity test.
     pub steady_epochs: u32,
-    /// Joins outstanding at once while building, like the controller's invitations.
+    /// Joins outstanding at once while building, like the controller's invitations (without
+    /// `job`, and unless `paced_by_members`).
     pub max_outstanding_joins: usize,
+    /// Without `job`: every member that joined invites the next nodes, up to
+    /// `config.launch_fanout` at once, and is their first contact (tree launch, without the
+    /// launch's cost); else `max_outstanding_joins` at once in all, the founder first.
+    pub paced_by_members: bool,
     /// Longest simulated time to wait for each phase to converge.
     pub phase_limit_s: f64,
     /// Run a job through the control plane: a controller invites every host (launching its
@@ -157,6 +162,7 @@ impl Default for Scenario {
             restart_after_s: None,
             steady_epochs: 4,
             max_outstanding_joins: 50,
+            paced_by_members: true,
             phase_limit_s: 300.0,
             job: false,
             fault_during_job: false,

@@ -207,6 +207,9 @@ pub struct Sim {
     pub exits: u32,
     /// Launches carried out (a client started on request).
     pub launches: u32,
+    /// When `Some`: every node that joins for the first time is pushed here (the member-paced
+    /// build takes them as inviters).
+    pub first_joins: Option<Vec<u32>>,
     /// Hosts no member can launch (the controller still can): a member without ssh to them.
     pub member_launch_fails: Vec<u32>,
     /// Of `launches`, those the controller carried out.
@@ -334,6 +337,7 @@ impl Sim {
             host_failures: 0,
             exits: 0,
             launches: 0,
+            first_joins: None,
             launches_by_controller: 0,
             member_launch_fails: Vec::new(),
             launch_model: scenario
