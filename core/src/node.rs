@@ -161,7 +161,12 @@ impl Node {
             // Joined, re-attached or became root: RanSub's collect restarts and the root's epoch
             // timer follows root-ness.
             self.ransub.reset();
-            self.with_ransub(now, |r, ctx, place| r.sync(ctx, place));
+            self.with_ransub(now, |r, ctx, place| {
+                r.sync(ctx, place);
+                if let Some(p) = place.parent.filter(|_| place.joined) {
+                    r.new_parent(ctx, p);
+                }
+            });
         }
         if self.io.conns.sweep_wanted && self.sweep_at.is_none() {
             self.sweep_at = Some(now + self.cfg.link_idle);

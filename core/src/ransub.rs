@@ -153,6 +153,17 @@ impl RanSub {
         self.population
     }
 
+    /// We have a new parent mid-epoch: tell it at once that it need not wait for our collect
+    /// this epoch (an empty one, population 0). Our subtree was counted through the old parent
+    /// if we had sent it up already (a move), and would not be counted this epoch anyway
+    /// otherwise (a repair resets the collect): without this, the new parent waits for us
+    /// until its own deadline, and its report may come too late for its parent.
+    pub fn new_parent(&mut self, ctx: &mut Ctx<'_>, parent: NodeId) {
+        if self.epochs > 0 {
+            send(ctx, parent, OutRanSub::Collect { epoch: self.epoch, population: 0, set: &[] });
+        }
+    }
+
     /// When we last sent our collect to a parent (`None`: never).
     pub fn collected_at(&self) -> Option<Instant> {
         self.collected_at

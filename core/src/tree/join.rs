@@ -518,6 +518,13 @@ impl Tree {
             _ => false,
         };
         let ok = anchored && joiner != self.me && route.len() < MAX_ROUTE;
+        if !ok && self.state == TreeState::Joining && self.parent.is_none() && joiner != self.me {
+            // A detached top that does not vouch for this joiner: no answer. The candidate
+            // keeps waiting (until its `repair_timeout`), and sends its verification again up
+            // the new chain once we re-attach and the path reaches it (`adopt_path`): a
+            // refusal now would send the joiner on to the root.
+            return;
+        }
         match (ok, self.parent) {
             (false, _) => ctx.send(from, TreeMsg::VerifyFail { joiner, route }),
             (true, None) => {

@@ -798,8 +798,8 @@ impl Tree {
         ctx.collected_at.is_some_and(|t| ctx.now < t + ctx.cfg.ransub_epoch / 2)
     }
 
-    /// Move our subtree up: ask the shallowest RanSub candidate with a free slot, no deeper
-    /// than the ideal depth, to take us directly. It verifies its chain up to the root like any
+    /// Move our subtree up: ask a random RanSub candidate with a free slot, one level above the
+    /// move limit or higher, to take us directly. It verifies its chain up to the root like any
     /// direct join, so it is not below us; we keep our parent until it accepts (see
     /// `Tree::on_accept`), and leave that parent with `Remove` then. Rebalancing never detaches
     /// anything: a move that fails leaves the tree as it was.
@@ -811,10 +811,11 @@ impl Tree {
             self.move_at = Some(ctx.now + ctx.cfg.ransub_epoch / 4);
             return;
         }
-        let ideal = join::ideal_depth(ctx.population, ctx.cfg.degree());
+        // A place from which we sit no deeper than the limit: one level above it, or higher.
+        let highest = self.move_limit(ctx).unwrap_or(0).saturating_sub(1);
         let usable = |e: &&crate::wire::Entry| {
             e.free > 0
-                && e.depth <= ideal
+                && e.depth <= highest
                 && e.id != self.me
                 && Some(e.id) != self.parent
                 && !self.children.contains(&e.id)
