@@ -301,8 +301,10 @@ pub fn plots() -> Vec<Plot> {
             log_x: true,
             log_y: true,
             marks: vec![],
-            note: "Joins paced 50 at a time, no launch (the simulator's default). The star with the default fd limit \
-                   of 1,024 fails past 1,024 clients (refused, never joined): no point there.",
+            note: "No launch cost. The tree: every member that joined invites the next nodes, 32 at once (tree \
+                   launch, the simulator's default without --job). The star: its controller starts 50 at a time, \
+                   the only launcher it has. The star with the default fd limit of 1,024 fails past 1,024 clients \
+                   (refused, never joined): no point there.",
         },
         Plot {
             name: "broadcast_vs_n",
