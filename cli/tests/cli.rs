@@ -227,7 +227,7 @@ fn tree_launch_in_the_simulator_has_members_launch_and_reports_who_did() {
     assert_eq!(int(&c, "/build/launches_by_members"), 0, "{c}");
     // The same run again repeats exactly.
     assert_eq!(sim_json(&tree)["trace_hash"], r["trace_hash"]);
-    refused(&["sim", "--launch-from", "tree"], "--job");
+    refused(&["sim", "--launch-ms", "300"], "--job");
     refused(&["sim", "--job", "--launch-fanout", "0"], "--launch-fanout");
     refused(&["sim", "--job", "--launch-ms", "-5"], "--launch-ms");
     refused(&["sim", "--job", "--launch-from", "ssh"], "--launch-from");

@@ -21,7 +21,7 @@ impl Tree {
         let mut list: Vec<(NodeId, JoinMode)> = Vec::with_capacity(MAX_CANDIDATES);
         let me = self.me;
         // Without a subtree we cannot close a loop wherever we land: any member may place us.
-        let plain = self.plain_mode();
+        let plain = self.plain_mode(ctx);
         let children = &self.children;
         let push = |list: &mut Vec<(NodeId, JoinMode)>, id: NodeId, mode: JoinMode| {
             if id != me && !children.contains(&id) && list.len() < MAX_CANDIDATES && !list.iter().any(|(c, _)| *c == id)
@@ -606,9 +606,10 @@ impl Tree {
     }
 
     /// The mode of a round's ordinary joins: `Leaf` while we have no subtree (outside a
-    /// failover, whose election needs the root's children to ask each other), else `Forward`.
-    pub(super) fn plain_mode(&self) -> JoinMode {
-        if self.children.is_empty() && self.failover.is_none() {
+    /// failover, whose election needs the root's children to ask each other, and outside a
+    /// repair without RanSub repair, which goes through the root alone), else `Forward`.
+    pub(super) fn plain_mode(&self, ctx: &Ctx<'_>) -> JoinMode {
+        if self.children.is_empty() && self.failover.is_none() && (!self.repairing || ctx.cfg.ransub_repair) {
             JoinMode::Leaf
         } else {
             JoinMode::Forward
