@@ -12,7 +12,7 @@ use plush_sim::{LaunchModel, Scenario, Sim};
 use std::time::Duration;
 
 mod common;
-use common::{ctrl_slot, run_for, scenario, wait_built};
+use common::{ctrl_slot, joined, run_for, scenario, wait_built};
 
 /// A scenario with tree launch on: launches of 300 ms, `fanout` at once per launcher.
 fn tree_scenario(n: u32, seed: u64, fanout: u32) -> Scenario {
@@ -175,9 +175,8 @@ fn members_hand_the_maintenance_script_on_and_a_host_whose_script_fails_does_not
     let hosts: Vec<NodeId> = (0..n).map(Sim::id).collect();
     sim.ctrl_do(|c, now| c.add_hosts(now, &hosts));
     let good = n as usize - bad.len();
-    let done = run_for(&mut sim, Duration::from_secs(120), Duration::from_millis(100), |s| {
-        s.controller().is_some_and(|c| c.host_counts()[HostState::Joined as usize] == good) && s.converged()
-    });
+    let done =
+        run_for(&mut sim, Duration::from_secs(120), Duration::from_millis(100), |s| joined(s) == good && s.converged());
     let c = sim.controller().expect("a controller");
     assert!(done, "host counts {:?}", c.host_counts());
     for &b in &bad {
