@@ -95,6 +95,11 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
+    /// Heap bytes held: the queue and the spare run buffers.
+    pub fn heap_bytes(&self) -> usize {
+        self.q.capacity() * core::mem::size_of::<Output>() + self.spare.iter().map(|b| 40 + b.capacity()).sum::<usize>()
+    }
+
     /// Queue an output. Anything but an event first sends the open runs, so that every link
     /// sees its frames in the order they were produced.
     #[inline]

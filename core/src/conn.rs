@@ -188,6 +188,14 @@ impl ConnTable {
         }
     }
 
+    /// Heap bytes the table holds: its slab, its index, pending frames' lists.
+    pub fn heap_bytes(&self) -> usize {
+        use core::mem::size_of;
+        self.slab.capacity() * (size_of::<Link>() + 8)
+            + self.index.capacity() * (size_of::<(Key, u32)>() + 1)
+            + self.slab.iter().map(|(_, l)| l.pending.0.as_ref().map_or(0, |v| 24 + v.capacity() * 8)).sum::<usize>()
+    }
+
     pub fn len(&self) -> usize {
         self.slab.len()
     }

@@ -125,6 +125,11 @@ impl postcard::ser_flavors::Flavor for Sink<'_> {
 }
 
 impl FramePool {
+    /// Heap bytes held by kept buffers.
+    pub fn heap_bytes(&self) -> usize {
+        self.slots.capacity() * 8 + self.slots.iter().map(|b| 40 + b.capacity()).sum::<usize>()
+    }
+
     /// Buffers kept for reuse.
     pub const CAPACITY: usize = 4;
     /// A buffer that grew past this many bytes (a RanSub distribute fits) is freed rather than

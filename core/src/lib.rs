@@ -18,7 +18,7 @@
 //! contract                    what a driver sees: Machine, Output, Event, Report, errors
 //! frame                       length-prefixed frames, the frame pool
 //! wire                        the messages of every layer
-//! nodeset, bounded            node sets; lists bounded before allocating
+//! nodeset, bounded, lazy      node sets; lists bounded before allocating; boxed idle state
 //! id, time, config            NodeId, Instant, Config
 //! ```
 //!
@@ -77,6 +77,7 @@ pub mod control;
 pub(crate) mod ctx;
 pub mod frame;
 pub mod id;
+pub(crate) mod lazy;
 pub mod node;
 pub mod nodeset;
 pub mod ransub;

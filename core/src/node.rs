@@ -135,6 +135,8 @@ impl Node {
     /// did, timers are re-armed.
     #[inline]
     fn after(&mut self, now: Instant) {
+        self.tree.trim();
+        self.control.trim();
         // Most inputs (every frame a relay passes on) leave all of it as it was.
         let quiet = self.io.refused.is_empty()
             && self.io.news.is_empty()
@@ -527,6 +529,18 @@ impl Node {
     pub fn peers(&self) -> &[NodeId] {
         self.tree.peers()
     }
+    /// Estimated heap bytes by part (list capacities; not the allocator's overhead): tree,
+    /// RanSub, links, output queue. For the simulator's memory report.
+    #[doc(hidden)]
+    pub fn heap_parts(&self) -> [(&'static str, usize); 4] {
+        [
+            ("tree", self.tree.heap_bytes()),
+            ("ransub", self.ransub.heap_bytes()),
+            ("links", self.io.conns.heap_bytes()),
+            ("outbox", self.io.out.heap_bytes() + self.io.pool.heap_bytes()),
+        ]
+    }
+
     /// Counters.
     pub fn stats(&self) -> &Stats {
         &self.io.stats

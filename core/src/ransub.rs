@@ -73,6 +73,16 @@ pub(crate) struct RanSub {
 
 /// Weighted sampling without replacement of up to `k` entries from `sets` of
 /// (population represented, entries).
+impl RanSub {
+    /// Heap bytes its views and its children's sets hold (capacities).
+    pub fn heap_bytes(&self) -> usize {
+        use core::mem::size_of;
+        (self.all.capacity() + self.nondesc.capacity()) * size_of::<Entry>()
+            + self.kids.capacity() * size_of::<Kid>()
+            + self.kids.iter().map(|k| k.set.capacity() * size_of::<Entry>()).sum::<usize>()
+    }
+}
+
 fn compact(ctx: &mut Ctx<'_>, sets: &[(u32, &[Entry])], k: usize, out: &mut Vec<Entry>) {
     out.clear();
     // Every entry of a set stands for `population / len` nodes, so draw a set with probability

@@ -28,7 +28,7 @@ impl Control {
         if !self.barrier_entries(ctx, tree, name.clone(), &me) {
             return false;
         }
-        if let Some(b) = self.barriers.iter_mut().find(|b| b.name == name) {
+        if let Some(b) = self.rare.barriers.iter_mut().find(|b| b.name == name) {
             b.waiting = true;
         }
         true
@@ -41,23 +41,23 @@ impl Control {
         name: String,
         nodes: &NodeSet,
     ) -> bool {
-        let k = match self.barriers.iter().position(|b| b.name == name) {
+        let k = match self.rare.barriers.iter().position(|b| b.name == name) {
             Some(k) => k,
             None => {
-                if self.barriers.len() >= MAX_BARRIERS {
+                if self.rare.barriers.len() >= MAX_BARRIERS {
                     return false;
                 }
-                self.barriers.push(NodeBarrier {
+                self.rare.barriers.push(NodeBarrier {
                     name,
                     waiting: false,
                     held: NodeSet::new(),
                     unsent: NodeSet::new(),
                     flush_at: None,
                 });
-                self.barriers.len() - 1
+                self.rare.barriers.len() - 1
             }
         };
-        let b = &mut self.barriers[k];
+        let b = &mut self.rare.barriers[k];
         b.held.extend(nodes);
         b.unsent.extend(nodes);
         if b.flush_at.is_none() {
@@ -69,10 +69,10 @@ impl Control {
 
     pub(super) fn flush_barrier(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, k: usize) {
         let Some(up) = self.up(tree) else {
-            self.barriers[k].flush_at = None;
+            self.rare.barriers[k].flush_at = None;
             return;
         };
-        let b = &mut self.barriers[k];
+        let b = &mut self.rare.barriers[k];
         b.flush_at = None;
         if b.unsent.is_empty() {
             return;
@@ -82,8 +82,8 @@ impl Control {
     }
 
     pub(super) fn release_barrier(&mut self, ctx: &mut Ctx<'_>, name: String) {
-        if let Some(k) = self.barriers.iter().position(|b| b.name == name) {
-            let b = self.barriers.swap_remove(k);
+        if let Some(k) = self.rare.barriers.iter().position(|b| b.name == name) {
+            let b = self.rare.barriers.swap_remove(k);
             if b.waiting {
                 ctx.event(Event::BarrierReleased(name.clone()));
             }

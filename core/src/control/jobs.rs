@@ -359,7 +359,7 @@ impl Control {
     pub fn on_process(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, ev: ProcessEvent) {
         match ev {
             ProcessEvent::Output { job: MAINT_JOB, bytes, .. } => {
-                if let Some(m) = self.maint.as_mut() {
+                if let Some(m) = self.rare.maint.as_mut() {
                     let room = crate::wire::MAX_SCRIPT_OUTPUT.saturating_sub(m.output.len());
                     m.output.extend_from_slice(&bytes[..bytes.len().min(room)]);
                 }

@@ -22,10 +22,10 @@ impl Control {
     }
 
     pub(super) fn start_dismantle(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree) {
-        if self.dismantle.is_some() {
+        if self.rare.dismantle.is_some() {
             return;
         }
-        self.dismantle = Some((ctx.now + ctx.cfg.dismantle_timer, ctx.now + ctx.cfg.heartbeat));
+        self.rare.dismantle = Some((ctx.now + ctx.cfg.dismantle_timer, ctx.now + ctx.cfg.heartbeat));
         ctx.event(Event::Dismantling);
         self.flood(ctx, tree, &Message::Control(ControlMsg::Disconnect));
         if tree.children().is_empty() {
@@ -45,7 +45,7 @@ impl Control {
             ctx.close(&p);
         }
         self.jobs.clear();
-        self.barriers.clear();
+        self.rare.barriers.clear();
         ctx.io.out.push_back(Output::Exit);
     }
 
@@ -58,9 +58,9 @@ impl Control {
     /// tree (no parent, not a root). Starts or stops the detached countdown (see `detached`).
     pub fn note_detached(&mut self, now: Instant, detached: bool) {
         if detached && self.ctrl.is_some() {
-            self.detached.get_or_insert(now);
+            self.rare.detached.get_or_insert(now);
         } else {
-            self.detached = None;
+            self.rare.detached = None;
         }
     }
 
@@ -80,17 +80,17 @@ impl Control {
     pub fn on_timeout(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree) {
         let now = ctx.now;
         let linger = self.linger(ctx.cfg.linger);
-        if self.dismantle.is_none() && tree.is_root() && self.orphaned.is_some_and(|t| t + linger <= now) {
+        if self.rare.dismantle.is_none() && tree.is_root() && self.rare.orphaned.is_some_and(|t| t + linger <= now) {
             // The controller did not come back within the linger: the tree ends.
             self.start_dismantle(ctx, tree);
             if self.exited {
                 return;
             }
         }
-        if self.dismantle.is_none()
+        if self.rare.dismantle.is_none()
             && !tree.is_root()
             && tree.parent().is_none()
-            && self.detached.is_some_and(|t| t + linger <= now)
+            && self.rare.detached.is_some_and(|t| t + linger <= now)
         {
             // No tree took us back within the linger (it may have ended meanwhile): our
             // subtree ends with us.
@@ -99,13 +99,13 @@ impl Control {
                 return;
             }
         }
-        if let Some((end, again)) = self.dismantle {
+        if let Some((end, again)) = self.rare.dismantle {
             if end <= now {
                 self.exit(ctx, tree);
                 return;
             }
             if again <= now {
-                self.dismantle = Some((end, now + ctx.cfg.heartbeat));
+                self.rare.dismantle = Some((end, now + ctx.cfg.heartbeat));
                 self.flood(ctx, tree, &Message::Control(ControlMsg::Disconnect));
             }
         }
@@ -113,7 +113,7 @@ impl Control {
             self.exit(ctx, tree);
             return;
         }
-        if self.maint.as_ref().is_some_and(|m| m.deadline <= now) {
+        if self.rare.maint.as_ref().is_some_and(|m| m.deadline <= now) {
             ctx.io.out.push_back(Output::Signal { job: MAINT_JOB });
             self.maintenance_done(ctx, tree, ExitStatus::TimedOut);
         }
@@ -136,24 +136,24 @@ impl Control {
             }
             k += 1;
         }
-        for k in 0..self.barriers.len() {
-            if self.barriers[k].flush_at.is_some_and(|t| t <= now) {
+        for k in 0..self.rare.barriers.len() {
+            if self.rare.barriers[k].flush_at.is_some_and(|t| t <= now) {
                 self.flush_barrier(ctx, tree, k);
             }
         }
         let mut i = 0;
-        while i < self.invites.len() {
-            if self.invites[i].expires <= now {
-                self.invites.remove(i);
+        while i < self.rare.invites.len() {
+            if self.rare.invites[i].expires <= now {
+                self.rare.invites.remove(i);
             } else {
                 i += 1;
             }
         }
         self.share_timeout(ctx, tree);
         let mut i = 0;
-        while i < self.verifying.len() {
-            if self.verifying[i].1 <= now {
-                let (node, _) = self.verifying.swap_remove(i);
+        while i < self.rare.verifying.len() {
+            if self.rare.verifying[i].1 <= now {
+                let (node, _) = self.rare.verifying.swap_remove(i);
                 self.report_up(ctx, tree, ControlMsg::Disconnected { node, related: true });
             } else {
                 i += 1;

@@ -19,7 +19,7 @@ impl Control {
     pub fn on_attached(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, was_root: bool) {
         // Our controller is with us only if it said so itself since we became root: one that
         // left us orphaned may be dead, or replaced by a new one the tree we join follows.
-        let with_ctrl = was_root && self.orphaned.is_none();
+        let with_ctrl = was_root && self.rare.orphaned.is_none();
         if was_root {
             self.stopped_root(ctx);
         }
@@ -41,7 +41,7 @@ impl Control {
     pub fn on_became_root(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree) {
         if let Some(ctrl) = self.ctrl {
             // Alone until the controller's `SetCtrl` says otherwise: the linger counts from now.
-            self.orphaned = Some(ctx.now);
+            self.rare.orphaned = Some(ctx.now);
             self.send(ctx, ctrl, ControlMsg::SetRoot { root: self.me });
             if core::mem::take(&mut self.announce) {
                 // The first member of a new overlay.
@@ -68,10 +68,10 @@ impl Control {
             }
         }
         self.ctrl_linked = false;
-        self.orphaned = None;
+        self.rare.orphaned = None;
         // Invitations in progress die with our root-ness; the controller retries them.
-        self.invites.clear();
-        self.verifying.clear();
+        self.rare.invites.clear();
+        self.rare.verifying.clear();
     }
 
     pub(super) fn link_ctrl(&mut self, ctx: &mut Ctx<'_>, ctrl: NodeId) {
@@ -93,7 +93,7 @@ impl Control {
             j.answered.retain(|c| *c != child);
             ctx.send_msg(child, &Message::Job(JobMsg::Run(Box::new((*j.spec).clone()))));
         }
-        if let Some((_, _)) = self.dismantle {
+        if let Some((_, _)) = self.rare.dismantle {
             self.send(ctx, child, ControlMsg::Disconnect);
         }
     }
@@ -112,7 +112,7 @@ impl Control {
             u.release(ctx, tree, job, held);
             self.maybe_flush(ctx, tree, k);
         }
-        if self.dismantle.is_some() && tree.children().is_empty() {
+        if self.rare.dismantle.is_some() && tree.children().is_empty() {
             self.exit(ctx, tree);
         }
     }
@@ -130,17 +130,17 @@ impl Control {
             if tree.is_root() {
                 self.ctrl_linked = false;
                 // The linger counts from the first loss (a failed reconnect does not restart it).
-                self.orphaned.get_or_insert(ctx.now);
+                self.rare.orphaned.get_or_insert(ctx.now);
             }
             return;
         }
-        if let Some(k) = self.verifying.iter().position(|v| v.0 == peer) {
+        if let Some(k) = self.rare.verifying.iter().position(|v| v.0 == peer) {
             // A report we were checking: the node is indeed gone.
-            self.verifying.swap_remove(k);
+            self.rare.verifying.swap_remove(k);
             self.report_up(ctx, tree, ControlMsg::Disconnected { node: peer, related: true });
             // The same link may carry an invitation to it (the controller is inviting it
             // again): that one failed too.
-            if let Some(k) = self.invites.iter().position(|i| i.host == peer && i.sent) {
+            if let Some(k) = self.rare.invites.iter().position(|i| i.host == peer && i.sent) {
                 if failed {
                     self.invite_unreachable(ctx, tree, k);
                 }
@@ -155,7 +155,7 @@ impl Control {
             }
             return;
         }
-        if let Some(k) = self.invites.iter().position(|i| i.host == peer) {
+        if let Some(k) = self.rare.invites.iter().position(|i| i.host == peer) {
             // A link that opened and closed again delivered the invitation; only a connect
             // that failed means no client runs there.
             if failed {
@@ -163,7 +163,7 @@ impl Control {
             }
             return;
         }
-        if self.dismantle.is_some() {
+        if self.rare.dismantle.is_some() {
             return;
         }
         if related {
@@ -178,13 +178,13 @@ impl Control {
     }
 
     pub(super) fn invite_unreachable(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, k: usize) {
-        let inv = &mut self.invites[k];
+        let inv = &mut self.rare.invites[k];
         if ctx.cfg.launch_at_root && !inv.launched {
             inv.launched = true;
             ctx.io.out.push_back(Output::Launch { host: inv.host });
         } else {
             let host = inv.host;
-            self.invites.remove(k);
+            self.rare.invites.remove(k);
             self.report_up(ctx, tree, ControlMsg::InviteFailed { host });
             self.pump_invites(ctx);
         }
@@ -207,21 +207,21 @@ impl Control {
                 return;
             }
         }
-        let Some(inv) = self.invites.iter_mut().find(|i| i.host == peer && i.sent && !i.connected) else { return };
+        let Some(inv) = self.rare.invites.iter_mut().find(|i| i.host == peer && i.sent && !i.connected) else { return };
         inv.connected = true;
         self.pump_invites(ctx);
     }
 
     /// The driver launched a client on `host` (at the root), or failed to.
     pub fn on_launched(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, host: NodeId, ok: bool) {
-        let Some(k) = self.invites.iter().position(|i| i.host == host) else {
+        let Some(k) = self.rare.invites.iter().position(|i| i.host == host) else {
             self.share_launched(ctx, tree, host, ok);
             return;
         };
         match (ok, self.ctrl) {
             (true, Some(ctrl)) => self.send_invitation(ctx, host, ctrl),
             _ => {
-                self.invites.remove(k);
+                self.rare.invites.remove(k);
                 self.report_up(ctx, tree, ControlMsg::InviteFailed { host });
                 self.pump_invites(ctx);
             }
@@ -262,12 +262,12 @@ impl Control {
             }
             self.flush_job(ctx, tree, k);
         }
-        for k in 0..self.barriers.len() {
-            let b = &mut self.barriers[k];
+        for k in 0..self.rare.barriers.len() {
+            let b = &mut self.rare.barriers[k];
             b.unsent = b.held.clone();
             self.flush_barrier(ctx, tree, k);
         }
-        while let Some(r) = self.reports.pop_front() {
+        while let Some(r) = self.rare.reports.pop_front() {
             self.send(ctx, up, r);
         }
     }
@@ -284,7 +284,7 @@ impl Control {
             ControlMsg::SetPeer { host, ctrl } => self.on_set_peer(ctx, tree, from, host, ctrl),
             ControlMsg::Joined { node, build } => {
                 if tree.is_root() {
-                    self.invites.retain(|i| i.host != node);
+                    self.rare.invites.retain(|i| i.host != node);
                     self.pump_invites(ctx);
                 }
                 self.pass_up(ctx, tree, from, ControlMsg::Joined { node, build });
@@ -294,8 +294,9 @@ impl Control {
             ControlMsg::Disconnected { node, related } => {
                 if tree.is_root() && !related && node != self.me {
                     // Hearsay (or the controller asking): check before telling the controller.
-                    if !self.verifying.iter().any(|v| v.0 == node) && self.verifying.len() < MAX_STATUS_CHECKS {
-                        self.verifying.push((node, ctx.now + ctx.cfg.connect_timeout * 2));
+                    if !self.rare.verifying.iter().any(|v| v.0 == node) && self.rare.verifying.len() < MAX_STATUS_CHECKS
+                    {
+                        self.rare.verifying.push((node, ctx.now + ctx.cfg.connect_timeout * 2));
                         self.send(ctx, node, ControlMsg::GetStatus);
                     }
                 } else if tree.is_root() && node != self.me {
@@ -319,8 +320,8 @@ impl Control {
                 self.send(ctx, from, ControlMsg::Status { joined })
             }
             ControlMsg::Status { joined } => {
-                if let Some(k) = self.verifying.iter().position(|v| v.0 == from) {
-                    self.verifying.swap_remove(k);
+                if let Some(k) = self.rare.verifying.iter().position(|v| v.0 == from) {
+                    self.rare.verifying.swap_remove(k);
                     ctx.release(&from);
                     if !joined {
                         self.report_up(ctx, tree, ControlMsg::Disconnected { node: from, related: true });
@@ -332,7 +333,7 @@ impl Control {
                     return;
                 }
                 tree.forget(&nodes);
-                self.invites.retain(|i| !nodes.contains(&i.host));
+                self.rare.invites.retain(|i| !nodes.contains(&i.host));
                 self.pump_invites(ctx);
                 self.flood(ctx, tree, &Message::Control(ControlMsg::Forget { nodes }));
             }
@@ -349,9 +350,9 @@ impl Control {
             ControlMsg::Maintenance { script } => {
                 // From the controller (to a root, or to the host it invites directly), or, to an
                 // idle client, from an inviter just before its SetPeer (checked there).
-                let idle = tree.state() == TreeState::Idle && self.maint.is_none();
+                let idle = tree.state() == TreeState::Idle && self.rare.maint.is_none();
                 if script.len() <= crate::wire::MAX_SCRIPT && (idle || self.ctrl == Some(from)) {
-                    self.script = Some((script.into(), from));
+                    self.rare.script = Some((script.into(), from));
                 } else {
                     ctx.io.stats.commands_rejected += 1;
                     ctx.event(Event::CommandRejected(from));
@@ -419,7 +420,7 @@ impl Control {
             // The controller itself.
             if tree.is_root() {
                 // It is there: no lingering.
-                self.orphaned = None;
+                self.rare.orphaned = None;
                 let reconnect = !self.ctrl_linked || changed;
                 self.link_ctrl(ctx, ctrl);
                 self.send(ctx, ctrl, ControlMsg::SetRoot { root: self.me });
@@ -466,19 +467,19 @@ impl Control {
             // itself asks.
             self.ctrl = Some(ctrl);
             match tree.state() {
-                TreeState::Idle if self.maint.is_some() => {} // joins once its script succeeds
+                TreeState::Idle if self.rare.maint.is_some() => {} // joins once its script succeeds
                 TreeState::Idle => {
                     self.announce = true;
                     let boot = (from != ctrl).then_some(from);
                     // Only the inviter's own script runs: one sent on another link is dropped.
-                    if self.script.as_ref().is_some_and(|(_, by)| *by != from) {
-                        self.script = None;
+                    if self.rare.script.as_ref().is_some_and(|(_, by)| *by != from) {
+                        self.rare.script = None;
                     }
                     // So is a share's part from anyone but the inviter (tree launch).
                     if self.share.as_ref().is_some_and(|s| s.by.is_some_and(|by| by != from)) {
                         self.share = None;
                     }
-                    if let Some((script, _)) = self.script.clone() {
+                    if let Some((script, _)) = self.rare.script.clone() {
                         self.run_maintenance(ctx, &script, boot);
                     } else {
                         // Founding a tree is reported as BecameRoot, which tells the controller.
@@ -521,17 +522,17 @@ impl Control {
             self.send(ctx, from, ControlMsg::Joined { node: host, build: 0 });
             return;
         }
-        match self.invites.iter_mut().find(|i| i.host == host) {
+        match self.rare.invites.iter_mut().find(|i| i.host == host) {
             // Asked again (a new root, or a relaunched client): send it again.
             Some(inv) if inv.sent => self.send_invitation(ctx, host, ctrl),
             Some(_) => {}
             None => {
-                if self.invites.len() >= ctx.cfg.max_invitations {
+                if self.rare.invites.len() >= ctx.cfg.max_invitations {
                     self.send(ctx, from, ControlMsg::InviteFailed { host });
                     return;
                 }
                 let expires = ctx.now + ctx.cfg.invitation_expiry;
-                self.invites.push(Invite { host, launched: false, expires, sent: false, connected: false });
+                self.rare.invites.push(Invite { host, launched: false, expires, sent: false, connected: false });
             }
         }
         self.pump_invites(ctx);
@@ -539,7 +540,7 @@ impl Control {
 
     /// Invite `host`: the maintenance script first, if there is one, then `SetPeer`.
     pub(super) fn send_invitation(&self, ctx: &mut Ctx<'_>, host: NodeId, ctrl: NodeId) {
-        if let Some((script, _)) = &self.script {
+        if let Some((script, _)) = &self.rare.script {
             self.send(ctx, host, ControlMsg::Maintenance { script: script.to_string() });
         }
         self.send(ctx, host, ControlMsg::SetPeer { host, ctrl });
@@ -553,14 +554,14 @@ impl Control {
             timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
             ..RunSpec::new(MAINT_JOB, JobKind::Command, Target::All, argv)
         };
-        self.maint = Some(Maint { boot, deadline: ctx.now + timeout, output: Vec::new() });
+        self.rare.maint = Some(Maint { boot, deadline: ctx.now + timeout, output: Vec::new() });
         ctx.io.out.push_back(Output::Spawn { job: MAINT_JOB, spec: Rc::new(spec) });
     }
 
     /// The maintenance script ended: join if it succeeded, else tell the controller and stay
     /// out of the tree.
     pub(super) fn maintenance_done(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, status: ExitStatus) {
-        let Some(m) = self.maint.take() else { return };
+        let Some(m) = self.rare.maint.take() else { return };
         if status == ExitStatus::Exited(0) {
             if tree.state() == TreeState::Idle {
                 let _ = tree.start(ctx, m.boot.as_slice());
@@ -577,16 +578,16 @@ impl Control {
     /// Send waiting invitations while fewer than [`invite_slots`] are in flight.
     pub(super) fn pump_invites(&mut self, ctx: &mut Ctx<'_>) {
         let Some(ctrl) = self.ctrl else { return };
-        let mut active = self.invites.iter().filter(|i| i.sent && !i.connected).count();
+        let mut active = self.rare.invites.iter().filter(|i| i.sent && !i.connected).count();
         let slots = invite_slots(ctx.cfg);
-        for k in 0..self.invites.len() {
+        for k in 0..self.rare.invites.len() {
             if active >= slots {
                 break;
             }
-            if !self.invites[k].sent {
-                self.invites[k].sent = true;
+            if !self.rare.invites[k].sent {
+                self.rare.invites[k].sent = true;
                 active += 1;
-                let host = self.invites[k].host;
+                let host = self.rare.invites[k].host;
                 self.send_invitation(ctx, host, ctrl);
             }
         }
@@ -607,7 +608,7 @@ impl Control {
         fanout: u16,
     ) {
         let from_ctrl = self.ctrl == Some(from);
-        if !from_ctrl && (tree.state() != TreeState::Idle || self.maint.is_some()) {
+        if !from_ctrl && (tree.state() != TreeState::Idle || self.rare.maint.is_some()) {
             ctx.io.stats.commands_rejected += 1;
             ctx.event(Event::CommandRejected(from));
             return;
@@ -639,7 +640,7 @@ impl Control {
     pub(super) fn pump_share(&mut self, ctx: &mut Ctx<'_>, tree: &Tree) {
         let Some(ctrl) = self.ctrl else { return };
         let member = tree.is_root() || tree.state() == TreeState::Joined;
-        if !member || self.dismantle.is_some() || self.exited {
+        if !member || self.rare.dismantle.is_some() || self.exited {
             return;
         }
         let Some(s) = self.share.as_mut() else { return };

@@ -103,6 +103,7 @@
 use super::transfer::Xfer;
 use crate::ctx::Ctx;
 use crate::id::NodeId;
+use crate::lazy::{Idle, Lazy};
 use crate::nodeset::NodeSet;
 use crate::time::Instant;
 use crate::tree::{Tree, TreeState};
@@ -306,45 +307,85 @@ pub(crate) struct Control {
     ctrl_linked: bool,
     /// An invitation made us join; we announce `Joined` once attached.
     announce: bool,
-    invites: Vec<Invite>,
-    /// (node, deadline) of `Disconnected` reports the root is checking with `GetStatus`.
-    verifying: Vec<(NodeId, Instant)>,
-    /// Reports waiting for a way up. At most `MAX_REPORTS`.
-    reports: VecDeque<ControlMsg>,
     jobs: Vec<NodeJob>,
     done: VecDeque<u64>,
-    barriers: Vec<NodeBarrier>,
     released: VecDeque<String>,
     census_seq: u64,
-    /// Dismantling: exit at this time regardless; re-send `Disconnect` at the second.
-    dismantle: Option<(Instant, Instant)>,
+    /// What a node holds only at times (see [`Rare`]): boxed, and freed once idle.
+    rare: Lazy<Rare>,
     /// Since when the node has had no link at all.
     idle_since: Option<Instant>,
     /// The node exited: it does nothing more.
     pub exited: bool,
-    /// The maintenance script to run before joining, and to send with invitations (at most
-    /// [`crate::wire::MAX_SCRIPT`] bytes), and who sent it.
-    script: Option<(Rc<str>, NodeId)>,
-    /// The maintenance script is running: join through `boot` once it succeeds.
-    maint: Option<Maint>,
     /// The linger the controller told the tree ([`ControlMsg::Linger`]); `None`:
     /// [`crate::Config::linger`].
     linger: Option<core::time::Duration>,
+    /// Tree launch: the hosts this member launches and invites (see [`Share`]); `None` when it
+    /// has none (always, without tree launch).
+    share: Option<Box<Share>>,
+}
+
+/// What a node of the control plane holds only at times: invitations it made, reports waiting
+/// for a way up, barriers, a dismantle, a maintenance script, the root's checks and its time
+/// without a controller, a detached node's clock, a previous client's jobs. Idle in a settled
+/// member, so it lives in a [`Lazy`] box (in a simulator of a million nodes, ~250 bytes a node).
+#[derive(Debug, Default)]
+struct Rare {
+    /// Invitations this node made and not yet settled (bounded by `invite_slots`).
+    pub invites: Vec<Invite>,
+    /// (node, deadline) of `Disconnected` reports the root is checking with `GetStatus`.
+    pub verifying: Vec<(NodeId, Instant)>,
+    /// Reports waiting for a way up. At most `MAX_REPORTS`.
+    pub reports: VecDeque<ControlMsg>,
+    pub barriers: Vec<NodeBarrier>,
+    /// Dismantling: exit at this time regardless; re-send `Disconnect` at the second.
+    pub dismantle: Option<(Instant, Instant)>,
+    /// The maintenance script to run before joining, and to send with invitations (at most
+    /// [`crate::wire::MAX_SCRIPT`] bytes), and who sent it.
+    pub script: Option<(Rc<str>, NodeId)>,
+    /// The maintenance script is running: join through `boot` once it succeeds.
+    pub maint: Option<Maint>,
     /// At the root: since when it has been without its controller (see the module docs on
     /// lingering); `None` elsewhere, and while the controller is there.
-    orphaned: Option<Instant>,
+    pub orphaned: Option<Instant>,
     /// Since when this node, once under a controller, has had no tree: detached from its
     /// parent, repairing, and not a root. Past the linger it ends its subtree and exits (a
     /// node still repairing when its tree's dismantle passed would otherwise try to join
     /// forever). `None` while attached or root.
-    detached: Option<Instant>,
+    pub detached: Option<Instant>,
     /// Jobs (controller, job) that a previous client on this address started: asked to run one
     /// of them, the node answers [`crate::wire::ExitStatus::Lost`] (unless the job asks for retries). Set
     /// once by the driver at start, from the host's job record; at most [`MAX_PRIOR`].
-    prior: Vec<(NodeId, u64)>,
-    /// Tree launch: the hosts this member launches and invites (see [`Share`]); `None` when it
-    /// has none (always, without tree launch).
-    share: Option<Box<Share>>,
+    pub prior: Vec<(NodeId, u64)>,
+}
+
+impl Idle for Rare {
+    const IDLE: &'static Rare = &Rare {
+        invites: Vec::new(),
+        verifying: Vec::new(),
+        reports: VecDeque::new(),
+        barriers: Vec::new(),
+        dismantle: None,
+        script: None,
+        maint: None,
+        orphaned: None,
+        detached: None,
+        prior: Vec::new(),
+    };
+
+    fn is_idle(&self) -> bool {
+        let Rare { invites, verifying, reports, barriers, dismantle, script, maint, orphaned, detached, prior } = self;
+        invites.is_empty()
+            && verifying.is_empty()
+            && reports.is_empty()
+            && barriers.is_empty()
+            && dismantle.is_none()
+            && script.is_none()
+            && maint.is_none()
+            && orphaned.is_none()
+            && detached.is_none()
+            && prior.is_empty()
+    }
 }
 
 /// A maintenance script running before the node joins.
@@ -368,30 +409,21 @@ impl Control {
             ctrl: None,
             ctrl_linked: false,
             announce: false,
-            invites: Vec::new(),
-            verifying: Vec::new(),
-            reports: VecDeque::new(),
             jobs: Vec::new(),
             done: VecDeque::new(),
-            barriers: Vec::new(),
             released: VecDeque::new(),
             census_seq: 0,
-            dismantle: None,
+            rare: Lazy::default(),
             idle_since: Some(now),
             exited: false,
-            script: None,
-            maint: None,
-            prior: Vec::new(),
             linger: None,
-            orphaned: None,
-            detached: None,
             share: None,
         }
     }
 
     /// Jobs a previous client on this address started (see `prior`); the last [`MAX_PRIOR`].
     pub fn set_prior(&mut self, jobs: &[(NodeId, u64)]) {
-        self.prior = jobs[jobs.len().saturating_sub(MAX_PRIOR)..].to_vec();
+        self.rare.prior = jobs[jobs.len().saturating_sub(MAX_PRIOR)..].to_vec();
     }
 
     /// Whether `spec` is a job this host's previous client started and that does not ask to
@@ -399,7 +431,13 @@ impl Control {
     fn ran_before(&self, spec: &RunSpec) -> bool {
         let Some(ctrl) = self.ctrl else { return false };
         let retry = spec.env.0.iter().any(|(k, v)| k == RETRY_LOST_ENV && v == "1");
-        !retry && self.prior.contains(&(ctrl, spec.job))
+        !retry && self.rare.prior.contains(&(ctrl, spec.job))
+    }
+
+    /// Free the occasional state once nothing in it is set (after every input).
+    #[inline]
+    pub fn trim(&mut self) {
+        self.rare.trim();
     }
 
     pub fn controller(&self) -> Option<NodeId> {
@@ -429,18 +467,18 @@ impl Control {
 
     /// At the root: since when it has been without its controller.
     pub fn orphaned_since(&self) -> Option<Instant> {
-        self.orphaned
+        self.rare.orphaned
     }
 
     /// The earliest timer; `default_linger`: [`crate::Config::linger`].
     pub fn next_timeout(&self, default_linger: core::time::Duration) -> Option<Instant> {
         let mut next: Option<Instant> = None;
         let mut at = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
-        if self.dismantle.is_none() {
-            if let Some(t) = self.orphaned {
+        if self.rare.dismantle.is_none() {
+            if let Some(t) = self.rare.orphaned {
                 at(t + self.linger(default_linger));
             }
-            if let Some(t) = self.detached {
+            if let Some(t) = self.rare.detached {
                 at(t + self.linger(default_linger));
             }
         }
@@ -450,17 +488,17 @@ impl Control {
                 at(d);
             }
         }
-        self.barriers.iter().filter_map(|b| b.flush_at).for_each(&mut at);
-        self.invites.iter().map(|i| i.expires).for_each(&mut at);
+        self.rare.barriers.iter().filter_map(|b| b.flush_at).for_each(&mut at);
+        self.rare.invites.iter().map(|i| i.expires).for_each(&mut at);
         if let Some(s) = &self.share {
             s.active.iter().map(|i| i.expires).for_each(&mut at);
         }
-        self.verifying.iter().map(|v| v.1).for_each(&mut at);
-        if let Some((end, again)) = self.dismantle {
+        self.rare.verifying.iter().map(|v| v.1).for_each(&mut at);
+        if let Some((end, again)) = self.rare.dismantle {
             at(end);
             at(again);
         }
-        if let Some(m) = &self.maint {
+        if let Some(m) = &self.rare.maint {
             at(m.deadline);
         }
         next
@@ -498,10 +536,10 @@ impl Control {
         match self.up(tree) {
             Some(up) => self.send(ctx, up, msg),
             None => {
-                if self.reports.len() == MAX_REPORTS {
-                    self.reports.pop_front();
+                if self.rare.reports.len() == MAX_REPORTS {
+                    self.rare.reports.pop_front();
                 }
-                self.reports.push_back(msg);
+                self.rare.reports.push_back(msg);
             }
         }
     }

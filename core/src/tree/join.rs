@@ -16,8 +16,8 @@ impl Tree {
     /// siblings, all asked at once), the backbone, RanSub's views, random peers.
     pub(super) fn begin_round(&mut self, ctx: &mut Ctx<'_>, first: &[NodeId]) {
         debug_assert_eq!(self.state, TreeState::Joining);
-        self.hedged.clear();
-        self.hedge_at = None;
+        self.busy.hedged.clear();
+        self.busy.hedge_at = None;
         let mut list: Vec<(NodeId, JoinMode)> = Vec::with_capacity(MAX_CANDIDATES);
         let me = self.me;
         // Without a subtree we cannot close a loop wherever we land: any member may place us.
@@ -32,8 +32,8 @@ impl Tree {
         for &id in first {
             push(&mut list, id, plain);
         }
-        self.asked.clear();
-        if let Some(dead_root) = self.failover {
+        self.busy.asked.clear();
+        if let Some(dead_root) = self.busy.failover {
             // Siblings below us: the lowest live one is the new root. All are asked at once, so
             // that deciding costs one connect timeout however many of them are silent.
             let mut lower: SmallVec<[NodeId; 12]> =
@@ -44,10 +44,10 @@ impl Tree {
                 return;
             }
             for id in lower.into_iter().take(ctx.cfg.degree()) {
-                if !self.contacted.contains(&id) && self.contacted.len() < MAX_CANDIDATES {
-                    self.contacted.push(id);
+                if !self.busy.contacted.contains(&id) && self.busy.contacted.len() < MAX_CANDIDATES {
+                    self.busy.contacted.push(id);
                 }
-                self.asked.push(id);
+                self.busy.asked.push(id);
                 ctx.send(id, TreeMsg::Join { joiner: me, mode: JoinMode::Failover { dead_root }, hops: 0 });
             }
         } else {
@@ -61,7 +61,7 @@ impl Tree {
         }
         // Then the backbone, then everyone else we know.
         let mut top: SmallVec<[NodeId; MAX_TOP]> =
-            self.top.iter().copied().filter(|p| Some(*p) != self.failover && !self.suspects.contains(p)).collect();
+            self.top.iter().copied().filter(|p| Some(*p) != self.busy.failover && !self.suspects.contains(p)).collect();
         shuffle(ctx, &mut top);
         for id in top {
             push(&mut list, id, plain);
@@ -71,7 +71,7 @@ impl Tree {
         // together (a node deep in a tree of degree 2 knows little else).
         let mut view: SmallVec<[NodeId; 24]> = SmallVec::new();
         for e in ctx.nondesc.iter().chain(ctx.all.iter()) {
-            if Some(e.id) != self.failover && !self.suspects.contains(&e.id) && !view.contains(&e.id) {
+            if Some(e.id) != self.busy.failover && !self.suspects.contains(&e.id) && !view.contains(&e.id) {
                 view.push(e.id);
             }
         }
@@ -79,28 +79,32 @@ impl Tree {
         for id in view.into_iter().take(VIEW_CANDIDATES) {
             push(&mut list, id, plain);
         }
-        let mut peers: SmallVec<[NodeId; 32]> =
-            self.peers.iter().copied().filter(|p| Some(*p) != self.failover && !self.suspects.contains(p)).collect();
+        let mut peers: SmallVec<[NodeId; 32]> = self
+            .peers
+            .iter()
+            .copied()
+            .filter(|p| Some(*p) != self.busy.failover && !self.suspects.contains(p))
+            .collect();
         shuffle(ctx, &mut peers);
         peers.extend(self.suspects.iter().copied());
         for id in peers {
             push(&mut list, id, plain);
         }
         list.reverse(); // tried from the back
-        self.candidates = list;
-        self.answered = false;
-        if !self.asked.is_empty() {
+        self.busy.candidates = list;
+        self.busy.answered = false;
+        if !self.busy.asked.is_empty() {
             // The rest of the round waits for the siblings' answers: a live one answers at once
             // (it accepts as the new root, or refuses while it still elects), a dead one's
             // connect fails within `connect_timeout`.
-            self.target = None;
-            self.join_at = Some(ctx.now + ctx.cfg.connect_timeout + ctx.cfg.repair_timeout);
+            self.busy.target = None;
+            self.busy.join_at = Some(ctx.now + ctx.cfg.connect_timeout + ctx.cfg.repair_timeout);
             return;
         }
-        if self.repairing && first.is_empty() && self.failover.is_none() && ctx.cfg.ransub_repair {
-            self.waves_left = ctx.cfg.repair_waves;
+        if self.busy.repairing && first.is_empty() && self.busy.failover.is_none() && ctx.cfg.ransub_repair {
+            self.busy.waves_left = ctx.cfg.repair_waves;
             self.start_direct(ctx);
-            if self.in_direct {
+            if self.busy.in_direct {
                 return;
             }
         }
@@ -109,14 +113,14 @@ impl Tree {
 
     /// Ask up to `repair_fanout` RanSub candidates with free slots, at once, to take us directly.
     pub(super) fn start_direct(&mut self, ctx: &mut Ctx<'_>) {
-        self.waves_left = self.waves_left.saturating_sub(1);
+        self.busy.waves_left = self.busy.waves_left.saturating_sub(1);
         let mut cands: SmallVec<[NodeId; 24]> = SmallVec::new();
         let usable = |id: &NodeId, cands: &SmallVec<[NodeId; 24]>| {
             *id != self.me
                 && !self.children.contains(id)
                 && !self.suspects.contains(id)
                 && !cands.contains(id)
-                && !self.direct_sent.contains(id)
+                && !self.busy.direct_sent.contains(id)
         };
         // Our nearest ancestors first: the grandparent has just lost a child, so it has room,
         // and passes us down its other branches when it has not.
@@ -142,21 +146,21 @@ impl Tree {
         shuffle(ctx, b);
         a.sort_by_key(depth);
         b.sort_by_key(depth);
-        self.direct.clear();
+        self.busy.direct.clear();
         for &c in cands.iter().take(ctx.cfg.repair_fanout.min(MAX_FANOUT)) {
-            self.direct.push(c);
-            if !self.direct_sent.contains(&c) && self.direct_sent.len() < MAX_DIRECT {
-                self.direct_sent.push(c);
+            self.busy.direct.push(c);
+            if !self.busy.direct_sent.contains(&c) && self.busy.direct_sent.len() < MAX_DIRECT {
+                self.busy.direct_sent.push(c);
             }
-            if !self.contacted.contains(&c) && self.contacted.len() < MAX_CANDIDATES {
-                self.contacted.push(c);
+            if !self.busy.contacted.contains(&c) && self.busy.contacted.len() < MAX_CANDIDATES {
+                self.busy.contacted.push(c);
             }
             let mode = if self.children.is_empty() { JoinMode::Leaf } else { JoinMode::Direct };
             ctx.send(c, TreeMsg::Join { joiner: self.me, mode, hops: 0 });
         }
-        if !self.direct.is_empty() {
-            self.in_direct = true;
-            self.direct_at = Some(ctx.now + ctx.cfg.repair_timeout);
+        if !self.busy.direct.is_empty() {
+            self.busy.in_direct = true;
+            self.busy.direct_at = Some(ctx.now + ctx.cfg.repair_timeout);
         } else {
             ctx.io.stats.repair_no_candidates += 1;
         }
@@ -164,8 +168,8 @@ impl Tree {
 
     /// A RanSub candidate refused or could not be reached.
     pub(super) fn direct_answered(&mut self, ctx: &mut Ctx<'_>, from: NodeId) {
-        self.direct.retain(|d| *d != from);
-        if self.direct.is_empty() {
+        self.busy.direct.retain(|d| *d != from);
+        if self.busy.direct.is_empty() {
             self.end_direct_wave(ctx);
         }
     }
@@ -175,25 +179,25 @@ impl Tree {
     pub(super) fn end_direct_wave(&mut self, ctx: &mut Ctx<'_>) {
         // A live candidate answers a direct join within the wave (it accepts, refuses, or gives
         // up its verification): one still silent is probably dead, so it goes last from now on.
-        for d in core::mem::take(&mut self.direct) {
+        for d in core::mem::take(&mut self.busy.direct) {
             self.suspect(d);
         }
-        self.in_direct = false;
-        self.direct.clear();
-        self.direct_at = None;
-        let waves_done = ctx.cfg.repair_waves.saturating_sub(self.waves_left);
-        if self.waves_left > 0 {
+        self.busy.in_direct = false;
+        self.busy.direct.clear();
+        self.busy.direct_at = None;
+        let waves_done = ctx.cfg.repair_waves.saturating_sub(self.busy.waves_left);
+        if self.busy.waves_left > 0 {
             self.start_direct(ctx);
         }
-        if (waves_done >= 2 || !self.in_direct) && self.target.is_none() && self.join_at.is_none() {
+        if (waves_done >= 2 || !self.busy.in_direct) && self.busy.target.is_none() && self.busy.join_at.is_none() {
             self.try_next(ctx);
         }
     }
 
     /// A lower sibling asked in a failover refused or could not be reached.
     pub(super) fn failover_answered(&mut self, ctx: &mut Ctx<'_>, from: NodeId) {
-        self.asked.retain(|a| *a != from);
-        if self.asked.is_empty() {
+        self.busy.asked.retain(|a| *a != from);
+        if self.busy.asked.is_empty() {
             self.try_next(ctx);
         }
     }
@@ -201,15 +205,16 @@ impl Tree {
     /// Remember a higher sibling whose `Join(Failover)` we refused, to take it as a child if we
     /// become the root soon (see `Tree::held`).
     pub(super) fn hold(&mut self, ctx: &mut Ctx<'_>, joiner: NodeId) {
-        if joiner != self.me && !self.held.iter().any(|h| h.0 == joiner) && self.held.len() < ctx.cfg.degree() {
-            self.held.push((joiner, ctx.now));
+        if joiner != self.me && !self.busy.held.iter().any(|h| h.0 == joiner) && self.busy.held.len() < ctx.cfg.degree()
+        {
+            self.busy.held.push((joiner, ctx.now));
         }
     }
 
     /// Forget `peer` as a hedged candidate; whether it was one.
     pub(super) fn hedged_gone(&mut self, peer: NodeId) -> bool {
-        let Some(i) = self.hedged.iter().position(|h| *h == peer) else { return false };
-        self.hedged.swap_remove(i);
+        let Some(i) = self.busy.hedged.iter().position(|h| *h == peer) else { return false };
+        self.busy.hedged.swap_remove(i);
         true
     }
 
@@ -220,59 +225,59 @@ impl Tree {
     /// wins; later ones are answered with `Remove`. Only repairs hedge: a first join waits its
     /// turn, so that a cold start does not multiply the joins that reach the root.
     pub(super) fn hedge(&mut self, ctx: &mut Ctx<'_>) {
-        let Some(t) = self.target else { return };
-        let next_is_plain = matches!(self.candidates.last(), Some((_, JoinMode::Forward | JoinMode::Leaf)));
+        let Some(t) = self.busy.target else { return };
+        let next_is_plain = matches!(self.busy.candidates.last(), Some((_, JoinMode::Forward | JoinMode::Leaf)));
         if self.state != TreeState::Joining
-            || !self.repairing
+            || !self.busy.repairing
             || self.parent.is_some()
-            || self.hedged.len() >= MAX_HEDGED
+            || self.busy.hedged.len() >= MAX_HEDGED
             || !next_is_plain
         {
             return;
         }
-        self.hedged.push(t);
+        self.busy.hedged.push(t);
         self.try_next(ctx);
     }
 
     /// Send our join to the next candidate, or end the round.
     pub(super) fn try_next(&mut self, ctx: &mut Ctx<'_>) {
-        self.target = None;
-        self.hedge_at = None;
-        if self.failover.is_some() && self.asked.is_empty() && !self.answered {
+        self.busy.target = None;
+        self.busy.hedge_at = None;
+        if self.busy.failover.is_some() && self.busy.asked.is_empty() && !self.busy.answered {
             // Every lower sibling is unreachable: we are the lowest survivor.
             self.become_root(ctx);
             return;
         }
-        match self.candidates.pop() {
+        match self.busy.candidates.pop() {
             Some((next, mode)) => {
-                self.target = Some(next);
-                if !self.contacted.contains(&next) && self.contacted.len() < MAX_CANDIDATES {
-                    self.contacted.push(next);
+                self.busy.target = Some(next);
+                if !self.busy.contacted.contains(&next) && self.busy.contacted.len() < MAX_CANDIDATES {
+                    self.busy.contacted.push(next);
                 }
                 ctx.send(next, TreeMsg::Join { joiner: self.me, mode, hops: 0 });
-                let wait = if self.repairing { ctx.cfg.repair_join_wait } else { ctx.cfg.join_retry };
-                self.join_at = Some(ctx.now + wait);
-                if self.repairing && matches!(mode, JoinMode::Forward | JoinMode::Leaf) {
-                    self.hedge_at = Some(ctx.now + ctx.cfg.repair_timeout);
+                let wait = if self.busy.repairing { ctx.cfg.repair_join_wait } else { ctx.cfg.join_retry };
+                self.busy.join_at = Some(ctx.now + wait);
+                if self.busy.repairing && matches!(mode, JoinMode::Forward | JoinMode::Leaf) {
+                    self.busy.hedge_at = Some(ctx.now + ctx.cfg.repair_timeout);
                 }
             }
-            None if !self.hedged.is_empty() => {
+            None if !self.busy.hedged.is_empty() => {
                 // Earlier candidates are still unanswered: their answer, or their failure,
                 // decides (at the latest after a connect timeout).
-                self.join_at = Some(ctx.now + ctx.cfg.connect_timeout);
+                self.busy.join_at = Some(ctx.now + ctx.cfg.connect_timeout);
             }
-            None if !self.answered && (!self.children.is_empty() || self.root == Some(self.me)) => {
+            None if !self.busy.answered && (!self.children.is_empty() || self.root == Some(self.me)) => {
                 // Nobody we know is reachable: root our own fragment; probes merge it later.
                 self.become_root(ctx)
             }
-            None if !self.answered && self.peers.is_empty() => self.become_root(ctx),
+            None if !self.busy.answered && self.peers.is_empty() => self.become_root(ctx),
             None => {
-                self.refused_rounds = self.refused_rounds.saturating_add(1);
-                if self.refused_rounds >= REFUSED_ROUNDS && self.repairing && !self.children.is_empty() {
+                self.busy.refused_rounds = self.busy.refused_rounds.saturating_add(1);
+                if self.busy.refused_rounds >= REFUSED_ROUNDS && self.busy.repairing && !self.children.is_empty() {
                     // Only refusals, round after round: nobody we know places joins.
                     self.become_root(ctx);
                 } else {
-                    self.join_at = Some(ctx.now + ctx.cfg.join_backoff);
+                    self.busy.join_at = Some(ctx.now + ctx.cfg.join_backoff);
                 }
             }
         }
@@ -305,7 +310,7 @@ impl Tree {
         if sane
             && self.state == TreeState::Joined
             && self.parent.is_some()
-            && self.moving.is_some()
+            && self.busy.moving.is_some()
             && !self.children.contains(&from)
             && path.len() < self.path.len()
         {
@@ -326,8 +331,8 @@ impl Tree {
         self.parent_changed = true;
         ctx.pin(from, Pin::Parent);
         ctx.event(Event::ParentChanged(Some(from)));
-        if self.repairing {
-            let via_ransub = direct && self.failover.is_none();
+        if self.busy.repairing {
+            let via_ransub = direct && self.busy.failover.is_none();
             if via_ransub {
                 ctx.io.stats.repairs_via_ransub += 1;
             } else {
@@ -343,12 +348,12 @@ impl Tree {
         if from == root {
             self.set_siblings(&siblings);
         }
-        self.failover = None;
-        self.candidates = Vec::new();
-        self.target = None;
-        self.join_at = None;
+        self.busy.failover = None;
+        self.busy.candidates = Vec::new();
+        self.busy.target = None;
+        self.busy.join_at = None;
         self.arm_member_probe(ctx);
-        for peer in core::mem::take(&mut self.contacted) {
+        for peer in core::mem::take(&mut self.busy.contacted) {
             if peer != from {
                 ctx.release(&peer);
             }
@@ -360,39 +365,40 @@ impl Tree {
 
     /// A join attempt ended (attached, or became root).
     pub(super) fn end_attempt(&mut self) {
-        self.refused_rounds = 0;
-        self.repairing = false;
-        self.hedged = Vec::new();
-        self.hedge_at = None;
-        self.asked = Vec::new();
-        self.held = Vec::new();
-        self.in_direct = false;
-        self.waves_left = 0;
-        self.direct_at = None;
+        self.busy.refused_rounds = 0;
+        self.busy.answered = false;
+        self.busy.repairing = false;
+        self.busy.hedged = Vec::new();
+        self.busy.hedge_at = None;
+        self.busy.asked = Vec::new();
+        self.busy.held = Vec::new();
+        self.busy.in_direct = false;
+        self.busy.waves_left = 0;
+        self.busy.direct_at = None;
         // Free what a repair used: most nodes are rarely repairing.
-        self.direct = Vec::new();
-        self.direct_sent = Vec::new();
+        self.busy.direct = Vec::new();
+        self.busy.direct_sent = Vec::new();
     }
 
     pub(super) fn on_reject(&mut self, ctx: &mut Ctx<'_>, from: NodeId) {
-        if self.state == TreeState::Joined && self.moving.is_some_and(|m| m.0 == from) {
+        if self.state == TreeState::Joined && self.busy.moving.is_some_and(|m| m.0 == from) {
             // The shallower member would not take us: stay, and ask another.
-            self.moving = None;
+            self.busy.moving = None;
             self.retry_move(ctx);
         }
         if self.state != TreeState::Joining {
             return;
         }
-        self.answered = true;
-        if self.in_direct && self.direct.contains(&from) {
+        self.busy.answered = true;
+        if self.busy.in_direct && self.busy.direct.contains(&from) {
             self.direct_answered(ctx, from);
-        } else if self.asked.contains(&from) {
+        } else if self.busy.asked.contains(&from) {
             self.failover_answered(ctx, from);
         } else if self.hedged_gone(from) {
-            if self.target.is_none() && self.hedged.is_empty() {
+            if self.busy.target.is_none() && self.busy.hedged.is_empty() {
                 self.try_next(ctx);
             }
-        } else if self.target.is_some() {
+        } else if self.busy.target.is_some() {
             self.try_next(ctx);
         }
     }
@@ -403,7 +409,7 @@ impl Tree {
             // report of another tree, say). Like a silent candidate, but known at once: try the
             // next, so that a round of such candidates ends quickly (and a detached top with
             // nobody else to join roots its fragment again).
-            if self.state == TreeState::Joining && self.target.is_some() {
+            if self.state == TreeState::Joining && self.busy.target.is_some() {
                 self.try_next(ctx);
             }
             return;
@@ -440,7 +446,7 @@ impl Tree {
                     self.hold(ctx, joiner);
                     return self.reject(ctx, joiner);
                 }
-                if self.state == TreeState::Joining && self.failover == Some(dead_root) && joiner > self.me {
+                if self.state == TreeState::Joining && self.busy.failover == Some(dead_root) && joiner > self.me {
                     // We elect too and rank below the joiner: if we become the root, it is ours.
                     self.hold(ctx, joiner);
                 }
@@ -458,7 +464,7 @@ impl Tree {
         if self.children.contains(&joiner) && self.state == TreeState::Joined {
             return self.accept_child(ctx, joiner, true);
         }
-        let room = self.children.len() + self.verifying.len() < ctx.cfg.degree();
+        let room = self.children.len() + self.busy.verifying.len() < ctx.cfg.degree();
         let passed_down = from != joiner;
         if passed_down && self.parent != Some(from) {
             return self.reject(ctx, joiner);
@@ -488,8 +494,8 @@ impl Tree {
             || !room
             || self.path.contains(&joiner)
             || Some(joiner) == self.parent
-            || self.verifying.len() == MAX_VERIFYING
-            || self.verifying.iter().any(|v| v.0 == joiner)
+            || self.busy.verifying.len() == MAX_VERIFYING
+            || self.busy.verifying.iter().any(|v| v.0 == joiner)
         {
             return self.reject(ctx, joiner);
         }
@@ -497,7 +503,7 @@ impl Tree {
             None => self.accept_child(ctx, joiner, true),
             Some(p) => {
                 // The joiner stops waiting after `repair_timeout`; so do we.
-                self.verifying.push((joiner, ctx.now + ctx.cfg.repair_timeout));
+                self.busy.verifying.push((joiner, ctx.now + ctx.cfg.repair_timeout));
                 ctx.send(p, TreeMsg::Verify { joiner, route: List(vec![self.me]) });
             }
         }
@@ -561,8 +567,8 @@ impl Tree {
             return;
         }
         // We asked: the chain from us to a joined root did (or did not) hold.
-        let Some(i) = self.verifying.iter().position(|v| v.0 == joiner) else { return };
-        self.verifying.swap_remove(i);
+        let Some(i) = self.busy.verifying.iter().position(|v| v.0 == joiner) else { return };
+        self.busy.verifying.swap_remove(i);
         if ok
             && self.state == TreeState::Joined
             && self.children.len() < ctx.cfg.degree()
@@ -609,7 +615,7 @@ impl Tree {
     /// failover, whose election needs the root's children to ask each other, and outside a
     /// repair without RanSub repair, which goes through the root alone), else `Forward`.
     pub(super) fn plain_mode(&self, ctx: &Ctx<'_>) -> JoinMode {
-        if self.children.is_empty() && self.failover.is_none() && (!self.repairing || ctx.cfg.ransub_repair) {
+        if self.children.is_empty() && self.busy.failover.is_none() && (!self.busy.repairing || ctx.cfg.ransub_repair) {
             JoinMode::Leaf
         } else {
             JoinMode::Forward
@@ -633,7 +639,7 @@ impl Tree {
         if self.children.contains(&joiner) {
             return self.accept_child(ctx, joiner, self.parent.is_some());
         }
-        let room = self.children.len() + self.verifying.len() < ctx.cfg.degree();
+        let room = self.children.len() + self.busy.verifying.len() < ctx.cfg.degree();
         let descending = self.parent.is_some() && Some(from) == self.parent;
         match self.parent {
             Some(p) if !descending && !self.shallow(ctx) => {
@@ -689,7 +695,7 @@ impl Tree {
         if Some(joiner) == self.parent {
             return self.reject(ctx, joiner);
         }
-        if self.children.contains(&joiner) || self.children.len() + self.verifying.len() < ctx.cfg.degree() {
+        if self.children.contains(&joiner) || self.children.len() + self.busy.verifying.len() < ctx.cfg.degree() {
             return self.accept_child(ctx, joiner, false);
         }
         // Full: pass it down to a random child, marked so it never comes back up; a child heard

@@ -12,10 +12,10 @@ impl Tree {
     /// Probe after `probe_gap` (plus up to 10% jitter); the gap doubles up to `probe_interval`,
     /// so a root that has just formed looks for other trees quickly, then settles down.
     pub(super) fn arm_probe(&mut self, ctx: &mut Ctx<'_>) {
-        let gap = self.probe_gap.min(ctx.cfg.probe_interval);
+        let gap = self.busy.probe_gap.min(ctx.cfg.probe_interval);
         let jitter = ctx.rng.random_range(0..=gap.as_micros() as u64 / 10);
         self.probe_at = Some(ctx.now + gap + core::time::Duration::from_micros(jitter));
-        self.probe_gap = (gap * 2).min(ctx.cfg.probe_interval);
+        self.busy.probe_gap = (gap * 2).min(ctx.cfg.probe_interval);
     }
 
     pub(super) fn probe(&mut self, ctx: &mut Ctx<'_>) {
@@ -39,8 +39,8 @@ impl Tree {
         }
         round.sort_by_key(|p| self.suspects.contains(p));
         round.truncate(ctx.cfg.probe_tries);
-        self.probe_round.clear();
-        self.probe_round.extend(round.iter().rev());
+        self.busy.probe_round.clear();
+        self.busy.probe_round.extend(round.iter().rev());
         self.probe_next(ctx);
         self.arm_probe(ctx);
     }
@@ -48,7 +48,7 @@ impl Tree {
     /// A root: probe the next peer of this round, if any is left.
     pub(super) fn probe_next(&mut self, ctx: &mut Ctx<'_>) {
         self.probing = None;
-        while let Some(peer) = self.probe_round.pop() {
+        while let Some(peer) = self.busy.probe_round.pop() {
             if peer == self.me || self.children.contains(&peer) {
                 continue;
             }
@@ -181,7 +181,7 @@ impl Tree {
         self.add_peer(ctx, other);
         self.state = TreeState::Joining;
         self.probe_at = None;
-        self.probe_round.clear();
+        self.busy.probe_round.clear();
         self.begin_round(ctx, &[other]);
     }
 }

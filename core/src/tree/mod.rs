@@ -78,11 +78,14 @@ use crate::conn::Pin;
 use crate::contract::{CommandError, Event};
 use crate::ctx::Ctx;
 use crate::id::NodeId;
+use crate::lazy::Lazy;
 use crate::ransub::Place;
 use crate::time::Instant;
 use crate::wire::{Filler, JoinMode, List, TreeMsg};
+use busy::Busy;
 use rand::RngExt;
 
+mod busy;
 mod join;
 mod merge;
 
@@ -175,64 +178,18 @@ pub(crate) struct Tree {
     top: Vec<NodeId>,
     /// Peers that recently failed to connect, tried last. At most [`MAX_SUSPECTS`], oldest dropped.
     suspects: Vec<NodeId>,
-    /// Set while re-electing a root after our parent, the root, failed.
-    failover: Option<NodeId>,
-    /// In a failover: the lower siblings asked at once and not yet answered. At most the degree
-    /// (the old root had no more children).
-    asked: Vec<NodeId>,
-    /// Higher siblings whose `Join(Failover)` we refused (while electing, or while the old root
-    /// still seemed alive to us), with when: taken as children at once if we become the root
-    /// within [`Tree::held_for`] of that. At most the degree.
-    held: Vec<(NodeId, Instant)>,
-    /// The current round's remaining candidates, tried from the back.
-    candidates: Vec<(NodeId, JoinMode)>,
-    /// The candidate our last `Join` went to.
-    target: Option<NodeId>,
-    /// Every candidate that answered or was contacted in this attempt; released once joined.
-    contacted: Vec<NodeId>,
-    /// Whether anyone answered (even with a refusal) in the current round.
-    answered: bool,
-    /// Rounds in a row that ended with refusals only (see [`REFUSED_ROUNDS`]).
-    refused_rounds: u8,
-    /// Set from losing a parent until re-attached: the attempt is a repair.
-    repairing: bool,
-    /// While true, direct joins to RanSub candidates are outstanding and the ordinary rounds wait.
-    in_direct: bool,
-    /// RanSub candidates asked directly and not yet answered. At most [`MAX_FANOUT`].
-    direct: Vec<NodeId>,
-    /// Every RanSub candidate asked in this repair (to tell how it ended). At most [`MAX_DIRECT`].
-    direct_sent: Vec<NodeId>,
-    /// Waves of direct attempts still allowed in this repair.
-    waves_left: usize,
-    /// Direct joins we are verifying up our parent chain, with their deadlines.
-    /// At most [`MAX_VERIFYING`]; more are refused.
-    verifying: Vec<(NodeId, Instant)>,
     /// Set when the parent changes; the node resets RanSub's collect on it.
     parent_changed: bool,
-    join_at: Option<Instant>,
-    /// While repairing: when the current target, still unanswered, is joined by the next
-    /// candidate (see [`Tree::hedge`]).
-    hedge_at: Option<Instant>,
-    /// Earlier targets of this round, unanswered, asked alongside the current one. At most
-    /// [`MAX_HEDGED`].
-    hedged: Vec<NodeId>,
-    /// Deadline of the current wave of direct attempts.
-    direct_at: Option<Instant>,
-    /// When to check whether our subtree sits too deep, and move it up (see [`Tree::rebalance`]).
-    move_at: Option<Instant>,
-    /// A move under way: the shallower member asked to take us, and until when we wait for it.
-    moving: Option<(NodeId, Instant)>,
+    /// What we hold only while busy (joining, repairing, electing, verifying, moving,
+    /// probing): boxed, and freed once idle.
+    busy: Lazy<Busy>,
+    /// When to probe next for other trees (a root's rounds, a member's sparse probes).
+    probe_at: Option<Instant>,
+    /// The peer our last probe went to; only that peer's answer is acted on.
+    probing: Option<NodeId>,
     /// After a move: the parent we left, still taken broadcasts from until we tell it (see
     /// [`Left`]). Boxed: rare, and `None` costs a pointer.
     left: Option<Box<Left>>,
-    probe_at: Option<Instant>,
-    /// Current gap between probes (see `arm_probe`).
-    probe_gap: core::time::Duration,
-    /// The peer our last probe went to; only that peer's answer is acted on.
-    probing: Option<NodeId>,
-    /// A root: the rest of this round's probe candidates, tried from the back. At most
-    /// `Config::probe_tries`.
-    probe_round: Vec<NodeId>,
 }
 
 impl Tree {
@@ -249,33 +206,31 @@ impl Tree {
             peers: Vec::new(),
             suspects: Vec::new(),
             top: Vec::new(),
-            failover: None,
-            asked: Vec::new(),
-            held: Vec::new(),
-            candidates: Vec::new(),
-            target: None,
-            contacted: Vec::new(),
-            answered: false,
-            refused_rounds: 0,
-            repairing: false,
-            in_direct: false,
-            direct: Vec::new(),
-            direct_sent: Vec::new(),
-            waves_left: 0,
-            verifying: Vec::new(),
             parent_changed: false,
-            join_at: None,
-            hedge_at: None,
-            hedged: Vec::new(),
-            direct_at: None,
-            move_at: None,
-            moving: None,
-            left: None,
+            busy: Lazy::default(),
             probe_at: None,
-            probe_gap: core::time::Duration::ZERO,
             probing: None,
-            probe_round: Vec::new(),
+            left: None,
         }
+    }
+
+    /// Heap bytes this tree's lists hold (capacities), for the simulator's memory report.
+    pub fn heap_bytes(&self) -> usize {
+        let ids = self.path.capacity()
+            + self.children.capacity()
+            + self.siblings.capacity()
+            + self.peers.capacity()
+            + self.top.capacity()
+            + self.suspects.capacity();
+        ids * core::mem::size_of::<NodeId>()
+            + self.busy.get().map_or(0, |b| core::mem::size_of::<Busy>() + b.heap_bytes())
+            + self.left.as_ref().map_or(0, |_| core::mem::size_of::<Left>())
+    }
+
+    /// Free the busy state once nothing in it is set (after every input).
+    #[inline]
+    pub fn trim(&mut self) {
+        self.busy.trim();
     }
 
     pub fn state(&self) -> TreeState {
@@ -304,12 +259,19 @@ impl Tree {
     }
 
     pub fn next_timeout(&self) -> Option<Instant> {
-        let mut next = self.join_at;
+        let mut next = self.busy.join_at;
         let left = self.left.as_ref().map(|l| l.until);
-        for t in [self.hedge_at, self.direct_at, self.probe_at, self.move_at, self.moving.map(|m| m.1), left]
-            .into_iter()
-            .flatten()
-            .chain(self.verifying.iter().map(|v| v.1))
+        for t in [
+            self.busy.hedge_at,
+            self.busy.direct_at,
+            self.probe_at,
+            self.busy.move_at,
+            self.busy.moving.map(|m| m.1),
+            left,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(self.busy.verifying.iter().map(|v| v.1))
         {
             next = Some(next.map_or(t, |n| n.min(t)));
         }
@@ -372,18 +334,18 @@ impl Tree {
             ctx.send(peer, TreeMsg::Leave);
             ctx.close(&peer);
         }
-        for peer in core::mem::take(&mut self.contacted) {
+        for peer in core::mem::take(&mut self.busy.contacted) {
             ctx.release(&peer);
         }
         self.children.clear();
         self.children_version += 1;
         self.siblings.clear();
-        self.candidates.clear();
+        self.busy.candidates.clear();
         self.parent = None;
         self.root = None;
-        self.target = None;
-        self.failover = None;
-        self.join_at = None;
+        self.busy.target = None;
+        self.busy.failover = None;
+        self.busy.join_at = None;
         self.probe_at = None;
         self.state = TreeState::Left;
         if was_root {
@@ -410,7 +372,7 @@ impl Tree {
     pub fn forget(&mut self, gone: &crate::NodeSet) {
         self.peers.retain(|p| !gone.contains(p));
         self.suspects.retain(|p| !gone.contains(p));
-        self.candidates.retain(|(p, _)| !gone.contains(p));
+        self.busy.candidates.retain(|(p, _)| !gone.contains(p));
     }
 
     pub fn broadcast(&mut self, ctx: &mut Ctx<'_>, id: u64) -> Result<(), CommandError> {
@@ -510,15 +472,15 @@ impl Tree {
         if self.parent == Some(peer) {
             self.parent_lost(ctx, false);
         } else if self.state == TreeState::Joining {
-            if self.in_direct && self.direct.contains(&peer) {
+            if self.busy.in_direct && self.busy.direct.contains(&peer) {
                 self.direct_answered(ctx, peer);
             }
-            if self.asked.contains(&peer) {
+            if self.busy.asked.contains(&peer) {
                 self.failover_answered(ctx, peer);
             }
-            if self.target == Some(peer) {
+            if self.busy.target == Some(peer) {
                 self.try_next(ctx);
-            } else if self.hedged_gone(peer) && self.target.is_none() && self.hedged.is_empty() {
+            } else if self.hedged_gone(peer) && self.busy.target.is_none() && self.busy.hedged.is_empty() {
                 // The round waited for this last hedged candidate: go on.
                 self.try_next(ctx);
             }
@@ -526,27 +488,27 @@ impl Tree {
     }
 
     pub fn on_timeout(&mut self, ctx: &mut Ctx<'_>) {
-        if self.hedge_at.is_some_and(|t| t <= ctx.now) {
-            self.hedge_at = None;
+        if self.busy.hedge_at.is_some_and(|t| t <= ctx.now) {
+            self.busy.hedge_at = None;
             self.hedge(ctx);
         }
-        if self.direct_at.is_some_and(|t| t <= ctx.now) {
-            self.direct_at = None;
-            if self.state == TreeState::Joining && self.in_direct {
+        if self.busy.direct_at.is_some_and(|t| t <= ctx.now) {
+            self.busy.direct_at = None;
+            if self.state == TreeState::Joining && self.busy.in_direct {
                 // The RanSub candidates were too slow: next wave, or the ordinary round.
                 ctx.io.stats.repair_waves_timed_out += 1;
                 self.end_direct_wave(ctx);
             }
         }
-        if self.join_at.is_some_and(|t| t <= ctx.now) {
-            self.join_at = None;
+        if self.busy.join_at.is_some_and(|t| t <= ctx.now) {
+            self.busy.join_at = None;
             if self.state == TreeState::Joining {
-                if !self.asked.is_empty() {
+                if !self.busy.asked.is_empty() {
                     // The siblings still unanswered are as good as silent.
-                    self.asked.clear();
+                    self.busy.asked.clear();
                     self.try_next(ctx);
-                } else if self.target.is_some() || !self.hedged.is_empty() {
-                    self.hedged.clear();
+                } else if self.busy.target.is_some() || !self.busy.hedged.is_empty() {
+                    self.busy.hedged.clear();
                     // The target stayed silent: next candidate.
                     self.try_next(ctx);
                 } else {
@@ -562,20 +524,20 @@ impl Tree {
                 self.member_probe(ctx);
             }
         }
-        if self.moving.is_some_and(|m| m.1 <= ctx.now) {
+        if self.busy.moving.is_some_and(|m| m.1 <= ctx.now) {
             // The shallower member did not take us in time: stay, and ask another.
-            self.moving = None;
+            self.busy.moving = None;
             self.retry_move(ctx);
         }
-        if self.move_at.is_some_and(|t| t <= ctx.now) {
-            self.move_at = None;
+        if self.busy.move_at.is_some_and(|t| t <= ctx.now) {
+            self.busy.move_at = None;
             self.rebalance(ctx);
         }
         if self.left.as_ref().is_some_and(|l| l.until <= ctx.now) {
             self.leave_old_parent(ctx);
         }
-        while let Some(i) = self.verifying.iter().position(|v| v.1 <= ctx.now) {
-            let (joiner, _) = self.verifying.swap_remove(i);
+        while let Some(i) = self.busy.verifying.iter().position(|v| v.1 <= ctx.now) {
+            let (joiner, _) = self.busy.verifying.swap_remove(i);
             self.reject(ctx, joiner);
         }
     }
@@ -617,15 +579,15 @@ impl Tree {
         ctx.unpin(&old, Pin::Parent);
         ctx.event(Event::ParentChanged(None));
         self.parent_changed = true;
-        self.repairing = true;
+        self.busy.repairing = true;
         // A move under way is now an ordinary repair: its candidate's accept still counts.
-        self.moving = None;
-        self.move_at = None;
-        self.direct_sent.clear();
+        self.busy.moving = None;
+        self.busy.move_at = None;
+        self.busy.direct_sent.clear();
         self.state = TreeState::Joining;
         self.probe_at = None;
         if self.root == Some(old) && !alive {
-            self.failover = Some(old);
+            self.busy.failover = Some(old);
             self.root = None;
         }
         self.begin_round(ctx, &[]);
@@ -635,7 +597,7 @@ impl Tree {
         let was_root = self.is_root();
         let fresh = ctx.now - Self::held_for(ctx.cfg);
         let held: Vec<NodeId> =
-            core::mem::take(&mut self.held).into_iter().filter(|h| h.1 >= fresh).map(|h| h.0).collect();
+            core::mem::take(&mut self.busy.held).into_iter().filter(|h| h.1 >= fresh).map(|h| h.0).collect();
         self.state = TreeState::Joined;
         if let Some(p) = self.parent.take() {
             ctx.unpin(&p, Pin::Parent);
@@ -643,12 +605,12 @@ impl Tree {
         }
         self.parent_changed = true;
         self.end_attempt();
-        self.failover = None;
-        self.candidates = Vec::new();
-        self.target = None;
-        self.join_at = None;
+        self.busy.failover = None;
+        self.busy.candidates = Vec::new();
+        self.busy.target = None;
+        self.busy.join_at = None;
         self.siblings.clear();
-        for peer in core::mem::take(&mut self.contacted) {
+        for peer in core::mem::take(&mut self.busy.contacted) {
             // A sibling we asked and also refused stays: it becomes our child below.
             if !held.contains(&peer) {
                 ctx.release(&peer);
@@ -659,9 +621,9 @@ impl Tree {
         }
         self.adopt_path(ctx, &[], true);
         self.send_siblings(ctx, None);
-        self.probe_round.clear();
+        self.busy.probe_round.clear();
         self.probing = None;
-        self.probe_gap = ctx.cfg.first_probe;
+        self.busy.probe_gap = ctx.cfg.first_probe;
         self.arm_probe(ctx);
         // The siblings we refused while electing: we are the new root they were looking for.
         for joiner in held {
@@ -736,7 +698,7 @@ impl Tree {
             // ancestor (it forwarded it before it died, or before its own parent was seen dead).
             // Ask again along the new chain rather than make the joiner wait `repair_timeout`;
             // a second answer finds nothing waiting and is dropped.
-            for &(joiner, _) in &self.verifying {
+            for &(joiner, _) in &self.busy.verifying {
                 ctx.send(p, TreeMsg::Verify { joiner, route: List(vec![self.me]) });
             }
         }
@@ -773,7 +735,7 @@ impl Tree {
     /// RanSub epoch later. The deeper we are, the later, so that the highest of a deep chain
     /// moves first and takes the rest up with it.
     fn arm_move(&mut self, ctx: &mut Ctx<'_>) {
-        if self.move_at.is_some() || self.moving.is_some() || !self.too_deep(ctx) {
+        if self.busy.move_at.is_some() || self.busy.moving.is_some() || !self.too_deep(ctx) {
             return;
         }
         let over = self.depth().saturating_sub(self.move_limit(ctx).unwrap_or(0)).min(8);
@@ -782,13 +744,13 @@ impl Tree {
         // members with room as they are after it.
         let wait =
             ctx.cfg.ransub_epoch + ctx.cfg.repair_timeout.mul_f64(f64::from(over) + ctx.rng.random_range(0.0..1.0));
-        self.move_at = Some(ctx.now + wait);
+        self.busy.move_at = Some(ctx.now + wait);
     }
 
     /// A move failed: ask another candidate a little later (one ask at a time, about one a
     /// second, for as long as we sit too deep).
     pub(super) fn retry_move(&mut self, ctx: &mut Ctx<'_>) {
-        self.move_at = Some(ctx.now + ctx.cfg.repair_timeout.mul_f64(2.0 + ctx.rng.random_range(0.0..1.0)));
+        self.busy.move_at = Some(ctx.now + ctx.cfg.repair_timeout.mul_f64(2.0 + ctx.rng.random_range(0.0..1.0)));
     }
 
     /// Whether we are in the quiet part of a RanSub epoch: our collect went up less than half
@@ -808,7 +770,7 @@ impl Tree {
             return;
         }
         if !self.quiet_for_moves(ctx) {
-            self.move_at = Some(ctx.now + ctx.cfg.ransub_epoch / 4);
+            self.busy.move_at = Some(ctx.now + ctx.cfg.ransub_epoch / 4);
             return;
         }
         // A place from which we sit no deeper than the limit: one level above it, or higher.
@@ -827,11 +789,11 @@ impl Tree {
         let Some(x) = pick.and_then(|k| ctx.nondesc.iter().chain(ctx.all.iter()).filter(usable).nth(k)).map(|e| e.id)
         else {
             // Nobody shallow with room in this epoch's views: look again with the next.
-            self.move_at = Some(ctx.now + ctx.cfg.ransub_epoch);
+            self.busy.move_at = Some(ctx.now + ctx.cfg.ransub_epoch);
             return;
         };
         ctx.io.stats.moves_asked += 1;
-        self.moving = Some((x, ctx.now + ctx.cfg.repair_timeout * 2));
+        self.busy.moving = Some((x, ctx.now + ctx.cfg.repair_timeout * 2));
         ctx.send(x, TreeMsg::Join { joiner: self.me, mode: JoinMode::Direct, hops: 0 });
     }
 
@@ -869,7 +831,7 @@ impl Tree {
         top: &[NodeId],
         siblings: &[NodeId],
     ) {
-        self.moving = None;
+        self.busy.moving = None;
         self.leave_old_parent(ctx);
         if let Some(old) = self.parent.replace(from) {
             ctx.unpin(&old, Pin::Parent);
