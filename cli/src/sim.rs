@@ -713,7 +713,7 @@ fn summary(args: &SimArgs, r: &SimReport) -> String {
     let _ = writeln!(
         s,
         "recovery   killed {} ({crash}{}), partitioned {}; {:.1} s to repair: {} root(s), \
-         {} orphan(s), {} loop(s), depth {}, max children {}; repairs {} via RanSub, {} via the \
+         {} orphan(s), {} loop(s), depth {} ({} once rebalanced), max children {}; repairs {} via RanSub, {} via the \
          root; {} join(s) at the root",
         r.recovery.killed,
         if args.kill_root { ", root included" } else { "" },
@@ -722,6 +722,7 @@ fn summary(args: &SimArgs, r: &SimReport) -> String {
         r.recovery.roots,
         r.recovery.orphans,
         r.recovery.loops,
+        r.recovery.depth_whole,
         r.recovery.depth,
         r.recovery.max_children,
         r.recovery.via_ransub,

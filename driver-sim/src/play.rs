@@ -188,7 +188,7 @@ pub fn play_sim(sc: &Scenario) -> (SimReport, Sim) {
     report.recovery.orphans = shape.orphans;
     report.recovery.loops = shape.loops;
     report.recovery.max_children = shape.max_children;
-    report.recovery.depth = shape.depth;
+    report.recovery.depth_whole = shape.depth;
     report.recovery.root_joins = sim.total(|s| s.root_joins) - joins_before.0;
     report.recovery.root_verifies = sim.total(|s| s.root_verifies) - joins_before.1;
     report.recovery.via_ransub = sim.repairs.0 - repairs_before.0;
@@ -261,7 +261,7 @@ pub fn play_sim(sc: &Scenario) -> (SimReport, Sim) {
             asked = now_asked;
         }
     }
-    report.recovery.depth_settled = sim.shape().depth;
+    report.recovery.depth = sim.shape().depth;
     report.recovery.moves = sim.total(|s| s.moves) - moves_before;
     report.ransub.epochs = sim.populations.0;
     report.ransub.population_last = sim.populations.1;

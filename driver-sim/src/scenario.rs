@@ -247,11 +247,12 @@ pub struct RecoveryReport {
     pub loops: u32,
     /// Most children of any node once quiet.
     pub max_children: u32,
-    /// Depth once quiet (the tree whole again).
+    /// Depth after the repair and the rebalancing: at the end of the run, once the members
+    /// left too deep by the repair have moved their subtrees up (see `plush_core::tree`,
+    /// "Rebalancing"), two to six RanSub epochs after the tree was whole again.
     pub depth: u32,
-    /// Depth at the end of the run, after the members left too deep by the repair moved their
-    /// subtrees up (see `plush_core::tree`, "Rebalancing"), one or two RanSub epochs later.
-    pub depth_settled: u32,
+    /// Depth at the moment the tree was first whole again, before any rebalancing.
+    pub depth_whole: u32,
     /// Subtrees moved up to a shallower place, from the fault to the end of the run.
     pub moves: u64,
     /// Joins the roots handled during recovery.

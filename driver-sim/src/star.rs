@@ -518,6 +518,7 @@ pub fn play(sc: &Scenario) -> SimReport {
     report.recovery.orphans = after.orphans;
     report.recovery.max_children = after.max_children;
     report.recovery.depth = after.depth;
+    report.recovery.depth_whole = after.depth;
 
     report.broadcast_after = broadcast(&mut st, 2, limit);
 
