@@ -546,10 +546,12 @@ impl Node {
         &self.io.stats
     }
     /// Free what the node keeps only to go faster: the frame buffers kept for reuse (see
-    /// [`crate::frame::FramePool::trim`]). Changes nothing the node does. A simulator of a
-    /// million nodes calls it after each input.
+    /// [`crate::frame::FramePool::trim`]), the output queue's room and the spare buffers of
+    /// relayed runs. Changes nothing the node does. A simulator of a million nodes calls it
+    /// after each input, once it has taken every output.
     pub fn trim_buffers(&mut self) {
         self.io.pool.trim();
+        self.io.out.trim();
     }
     /// Where the parts of the node's state that most inputs read lie (the connection table, the
     /// output queue, the tree, RanSub, the control plane), as (start, bytes), for a driver of many
