@@ -239,6 +239,9 @@ pub struct Conn {
     pub source: Option<IpAddr>,
     /// When the connection was made (the oldest handshake of a source is evicted first).
     pub since: StdInstant,
+    /// When its handshake finished (`None` before): with `since`, tells a simultaneous open
+    /// from a redial (see the driver's module docs, "One link per peer").
+    pub opened: Option<StdInstant>,
     /// Our side was shut down (after the last queued byte of a retired or closing link).
     pub shut: bool,
     /// Queued for a flush at the end of the turn.
@@ -264,6 +267,7 @@ impl Conn {
             chan: None,
             source: None,
             since: StdInstant::now(),
+            opened: None,
             shut: false,
             dirty: false,
             counted: false,

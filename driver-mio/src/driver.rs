@@ -34,7 +34,15 @@
 //! - if each side dialed one (a simultaneous open), both sides keep the one dialed by the lower
 //!   [`NodeId`], without telling the machine; the other is *retired*: what was queued on it is
 //!   written, frames still arriving on it are delivered, and it is closed once the peer closes
-//!   it too (or after [`DriverConfig::handshake_timeout`]).
+//!   it too (or after [`DriverConfig::handshake_timeout`]);
+//! - but a connection the peer dialed after ours was up at our end (made later than
+//!   [`handshakes_overlapped`] allows) is no simultaneous open: the peer dials only without a
+//!   link, so it had lost ours (closed it, saw it fail, or is a new process whose old one's
+//!   end of stream has not reached us) and its machine heard so. The new one replaces the old,
+//!   and our machine hears `Closed` then `Connected` as well. Taken silently, the two machines
+//!   would disagree on whether the link was reset: a child would keep a parent that had
+//!   dropped it until its silence timeout. The peer, which dialed without a link, sees no
+//!   duplicate, or one that overlapped at its end (it dialed before our link was up there).
 //!
 //! **Writes.** Frames queue per connection, in the clear, and are sealed into records of up to
 //! 64 KiB as the socket takes them, at the end of each turn ([`Conn::flush`]): a relay's run
@@ -145,6 +153,9 @@ pub struct DriverStats {
     pub handshakes_evicted: u64,
     /// Second links to a peer resolved by the tie-break or replacement.
     pub duplicate_links: u64,
+    /// Of those, links the peer dialed after ours was up at our end, taken as its redial (the
+    /// old link replaced, the machine told) rather than as a simultaneous open.
+    pub redials_across: u64,
     /// Connections closed because their write queue passed its limit.
     pub write_overflows: u64,
     /// Accepts that failed for want of file descriptors.
@@ -1205,6 +1216,9 @@ impl<M: Machine> Driver<M> {
         let Some(c) = self.conns.get_mut(&tok) else { return };
         c.phase = Phase::Open(peer);
         c.deadline = None;
+        let now = StdInstant::now();
+        c.opened = Some(now);
+        let new_since = c.since;
         let counted = std::mem::take(&mut c.counted).then_some(c.source);
         let new_dialed_by_us = c.dialed.is_some();
         if let Some(source) = counted {
@@ -1221,9 +1235,16 @@ impl<M: Machine> Driver<M> {
         };
         self.stats.duplicate_links += 1;
         let old_dialed_by_us = self.conns.get(&old).is_some_and(|c| c.dialed.is_some());
-        if old_dialed_by_us == new_dialed_by_us {
+        let overlapped = self.conns.get(&old).is_some_and(|c| handshakes_overlapped(c, new_since));
+        if old_dialed_by_us == new_dialed_by_us || !overlapped {
             // The dialer lost the old link and made a new one: the machine's link was reset, and
-            // whatever still arrives on the old one is stale.
+            // whatever still arrives on the old one is stale. A new connection the peer dialed
+            // well after the old one (ours) was up at our end is such a redial too: the peer
+            // dials only without a link, so it had lost that one (closed it, saw it fail, or
+            // is a new process) and its machine heard so; ours must hear it too.
+            if !overlapped && old_dialed_by_us != new_dialed_by_us {
+                self.stats.redials_across += 1;
+            }
             self.active.remove(&peer);
             self.linger(old, Phase::Closing);
             self.active.insert(peer, tok);
@@ -1424,6 +1445,23 @@ impl<M: Machine> Driver<M> {
             self.drop_conn(tok, None);
         }
     }
+}
+
+/// Below this, the handshakes of two connections to one peer count as overlapping whatever
+/// the older one's handshake took (see [`handshakes_overlapped`]): it covers the time an
+/// accept waits for a busy loop's turn.
+pub const SIMULTANEOUS_SLACK: Duration = Duration::from_millis(50);
+
+/// Whether a connection made at `new_since` (dialed or accepted here) may be one half of a
+/// simultaneous open with `old`, an open link: it was made before `old`'s handshake finished
+/// here, or within a slack after it of the larger of [`SIMULTANEOUS_SLACK`] and the time
+/// `old`'s own handshake took (a few round trips: the peer's dial, made before its end of
+/// `old` was up, may reach us that much after ours). A connection made later was dialed by a
+/// peer that already had `old` up and then lost it: a redial, not a simultaneous open.
+fn handshakes_overlapped(old: &Conn, new_since: StdInstant) -> bool {
+    let Some(opened) = old.opened else { return true };
+    let slack = SIMULTANEOUS_SLACK.max(opened.saturating_duration_since(old.since));
+    new_since <= opened + slack
 }
 
 fn micros_since(epoch: StdInstant) -> Instant {

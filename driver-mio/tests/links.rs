@@ -1,5 +1,6 @@
 //! The driver's link handling, with a probe machine in place of the core's: simultaneous
-//! opens, replacement, a peer announcing the wrong id, write-queue overflow. Two drivers run in
+//! opens, replacement (by the same dialer, or by a peer that lost our link without our seeing
+//! it), a peer announcing the wrong id, write-queue overflow. Two drivers run in
 //! this thread, turned in alternation; every loop is bounded.
 
 use plush_core::frame::{encode_once, FramePool};
@@ -123,6 +124,55 @@ fn a_redial_replaces_the_old_link_and_the_peer_hears_of_it() {
     assert_eq!(b.m.links, vec![(ia, LinkEvent::Connected), (ia, LinkEvent::Closed), (ia, LinkEvent::Connected)]);
     order(&mut a, Output::Transmit { to: ib, frame: heartbeat() });
     assert!(spin(&mut a, &mut b, Duration::from_secs(5), |_, b| b.m.frames.len() == 1));
+}
+
+/// `a` dials `b`'s address; once the link is up at both ends, `b` freezes (its sockets stay
+/// open: `a` sees no end of stream, as when a killed process's FIN is lost or not yet in) and a
+/// new process with `b`'s id dials `a`, well after the link came up. That is a redial, not a
+/// simultaneous open: both machines must agree that the link was reset (`a`'s hears `Closed`
+/// then `Connected`, the new one's `Connected`), and the new link carries frames both ways.
+/// Taken as a simultaneous open, `a`'s machine heard nothing: it kept its peer's old state
+/// (a child kept a parent that had dropped it, until its silence timeout).
+fn a_redial_by_a_peer_that_lost_the_link_resets_it_at_both_ends(a_ip: [u8; 4], b_ip: [u8; 4]) {
+    let mut a = probe(a_ip, None);
+    let mut b1 = probe(b_ip, None);
+    let (ia, ib) = (a.id(), b1.id());
+    order(&mut a, Output::Connect(ib));
+    assert!(spin(&mut a, &mut b1, Duration::from_secs(5), |a, b| !a.m.links.is_empty() && !b.m.links.is_empty()));
+    assert_eq!(a.m.links, vec![(ib, LinkEvent::Connected)]);
+    // Past the window in which a dial by `b` could be one half of a simultaneous open (the
+    // slack, or the link's own handshake time on loopback, far less).
+    std::thread::sleep(plush_mio::driver::SIMULTANEOUS_SLACK * 4);
+    // `b1` is never turned again; `b2` is `b` restarted (another port, the same id).
+    let mut b2 = probe(b_ip, Some(ib));
+    order(&mut b2, Output::Connect(ia));
+    assert!(spin(&mut a, &mut b2, Duration::from_secs(5), |a, b| !b.m.links.is_empty() && a.stats.duplicate_links == 1));
+    order(&mut b2, Output::Transmit { to: ia, frame: heartbeat() });
+    order(&mut a, Output::Transmit { to: ib, frame: heartbeat() });
+    let delivered =
+        spin(&mut a, &mut b2, Duration::from_secs(5), |a, b| a.m.frames.len() == 1 && b.m.frames.len() == 1);
+    assert_eq!(
+        a.m.links,
+        vec![(ib, LinkEvent::Connected), (ib, LinkEvent::Closed), (ib, LinkEvent::Connected)],
+        "the machine whose peer lost the link must hear of it"
+    );
+    assert_eq!(b2.m.links, vec![(ia, LinkEvent::Connected)]);
+    assert!(delivered, "frames on the new link: {} at a, {} at b", a.m.frames.len(), b2.m.frames.len());
+    assert_eq!(a.stats.redials_across, 1);
+    assert_eq!(a.link_count(), 1);
+    drop(b1);
+}
+
+#[test]
+fn a_redial_by_a_lower_peer_that_lost_the_link_resets_it_at_both_ends() {
+    // b < a: the old rule kept b's new link and retired a's without telling a's machine.
+    a_redial_by_a_peer_that_lost_the_link_resets_it_at_both_ends([127, 0, 0, 11], [127, 0, 0, 10]);
+}
+
+#[test]
+fn a_redial_by_a_higher_peer_that_lost_the_link_resets_it_at_both_ends() {
+    // a < b: the old rule kept a's old link (to the frozen process) and retired the new one.
+    a_redial_by_a_peer_that_lost_the_link_resets_it_at_both_ends([127, 0, 0, 12], [127, 0, 0, 13]);
 }
 
 #[test]
