@@ -7,21 +7,28 @@
 //! - `ssh`: the system OpenSSH client in batch mode (never a password prompt), with the user's
 //!   options passed through, runs `plush client --listen ADDR --key-file -` on the host (by its
 //!   name), with the key on ssh's stdin. The launcher holds one build of plush per architecture
-//!   ([`ClientBuild`]: the running binary alone, or a directory of builds, [`client_builds`]);
-//!   the first ssh login asks the host's `uname -m` and runs the build for it, kept on the host
-//!   under `~/.cache/plush/plush-<version>-<digest>`. When the host lacks it (first contact, or
-//!   another build) it is copied over ssh first. A host whose architecture has no build is
-//!   refused in that first login, before anything is copied: the launch fails with
-//!   [`no_build_reason`] (naming the architecture, see [`NO_BUILD_PREFIX`]).
+//!   ([`ClientBuild`]: the running binary alone, or a directory of builds, [`client_builds`]).
+//!   The first login is ssh itself, started directly (no local shell), with the key on its
+//!   stdin. Its remote command reads the host's architecture (`/proc/sys/kernel/arch` with the
+//!   shell's `read` builtin, or `uname -m` on kernels without that file) and `exec`s the build
+//!   for it, kept on the host under `~/.cache/plush/plush-<version>-<digest>`: on a host that
+//!   has its build, a launch costs the same processes as pdsh's command (ssh here, the login
+//!   shell there, which becomes the client). When the host lacks the build (first contact, or
+//!   another build), the login exits with a status that names it, and a local shell script
+//!   takes over the launch: it copies the build over ssh and runs it (two more logins). A
+//!   host whose architecture has no build is refused in that first login, before anything is
+//!   copied: the launch fails with [`no_build_reason`] (naming the architecture, see
+//!   [`NO_BUILD_PREFIX`]).
 //! - `command`: a user template run by `/bin/sh -c`, with `{host}`, `{addr}`, `{ip}`, `{port}`
 //!   and `{plush}` (this machine's plush binary) replaced by shell-quoted values, and the key
 //!   on its stdin (the client reads it with `--key-file -`).
 //!
 //! The key travels in a 0600 file or on a pipe, never on a command line. A member of the tree
 //! that launches (tree launch, [`KeySource::Memory`]) has no key file: it holds the key in
-//! memory and writes it to each launch's stdin (a pipe); the ssh script reads it into a shell
-//! variable and hands it to every ssh it runs with the `printf` builtin, on a pipe again, so
-//! the key is never on a command line nor on any disk. A launch counts as
+//! memory and writes it to each launch's stdin (a pipe): the first ssh login reads it there;
+//! the copy script reads it into a shell variable and hands it to the ssh that runs the client
+//! with the `printf` builtin, on a pipe again, so the key is never on a command line nor on any
+//! disk. A launch counts as
 //! done when the client prints its ready line ([`READY_PREFIX`]) on stdout (through ssh for a
 //! remote one), which it does once its listener is bound: the controller's next invitation then
 //! finds it. It fails when the client (or ssh) exits first, or stays silent for
@@ -36,7 +43,10 @@
 //! their ready line at once; more wait in a queue, which holds at most one entry per host the
 //! controller is inviting (its invitations are bounded by `Config::max_invitations`). The table
 //! of started clients holds one entry per launch until the client exits and is reaped; the
-//! table of host names one entry per named host. Every child is killed and reaped at
+//! table of host names one entry per named host. An ssh launch keeps its one entry (and its
+//! slot, and its deadline: [`Launcher::ready_timeout`] covers the copy too) while its first
+//! login's exit status is awaited (checked every 2 ms, `AWAIT_EXIT_EVERY`: ssh exits right after its
+//! stdout ends) and while the copy script runs. Every child is killed and reaped at
 //! [`Launcher::shutdown`] or on drop: none outlives its launcher as a zombie.
 
 use mio::unix::SourceFd;
@@ -785,7 +795,7 @@ impl Launcher {
                 }
             }
             // An exited client that is not waiting for its line is done with.
-            self.started.retain(|s| !(s.exited && !s.waiting()));
+            self.started.retain(|s| !s.exited || s.waiting());
         }
         self.start_queued(registry, next_token);
         done.extend(self.failed.drain(..).map(|(h, why)| (h, Err(why))));
