@@ -404,12 +404,23 @@ struct Started {
     /// The first login's stdout ended before a ready line; its exit status is awaited
     /// ([`Launcher::poll`]). Its launch is still in flight.
     awaiting_exit: bool,
+    /// Its ready line came: the launch is done, and its stdout is still watched, only for its
+    /// end (the client, or its ssh, exits right after), so that no timer has to ask.
+    ready: bool,
+    /// Its stdout ended after the ready line: its exit is checked at every poll until reaped.
+    exiting: bool,
 }
 
 impl Started {
     /// Still waiting for its ready line (or for the first login's exit status).
     fn waiting(&self) -> bool {
-        self.stdout.is_some() || self.awaiting_exit
+        !self.ready && (self.stdout.is_some() || self.awaiting_exit)
+    }
+
+    /// Not reaped, and nothing will say when it exits (its stdout is not watched): only a
+    /// timer finds its exit (a launch that failed and was killed, typically).
+    fn unwatched(&self) -> bool {
+        !self.exited && self.stdout.is_none() && !self.awaiting_exit && !self.exiting
     }
 }
 
@@ -589,6 +600,8 @@ impl Launcher {
             exited: false,
             first_login,
             awaiting_exit: false,
+            ready: false,
+            exiting: false,
         });
         Ok(())
     }
@@ -717,6 +730,25 @@ impl Launcher {
             return false;
         };
         let mut buf = [0u8; MAX_LINE];
+        if s.ready {
+            // Only its end matters now: what it still writes is dropped.
+            loop {
+                let Some((_, out)) = s.stdout.as_mut() else { return true };
+                let ended = match out.read(&mut buf) {
+                    Ok(0) => true,
+                    Ok(_) => false,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                    Err(e) => e.kind() != io::ErrorKind::Interrupted,
+                };
+                if ended {
+                    if let Some((_, out)) = s.stdout.take() {
+                        let _ = registry.deregister(&mut SourceFd(&out.as_raw_fd()));
+                    }
+                    s.exiting = !s.exited;
+                    return true;
+                }
+            }
+        }
         let verdict: Option<LaunchResult> = loop {
             let Some((_, out)) = s.stdout.as_mut() else { break None };
             match out.read(&mut buf) {
@@ -756,11 +788,14 @@ impl Launcher {
             }
         };
         if let Some(v) = verdict {
-            if let Some((_, out)) = s.stdout.take() {
-                let _ = registry.deregister(&mut SourceFd(&out.as_raw_fd()));
-            }
             s.line = Vec::new();
-            if v.is_err() {
+            if v.is_ok() {
+                // Still watched, for its end (see `Started::ready`).
+                s.ready = true;
+            } else {
+                if let Some((_, out)) = s.stdout.take() {
+                    let _ = registry.deregister(&mut SourceFd(&out.as_raw_fd()));
+                }
                 // Whatever state it is in, it is no client of ours.
                 kill(&mut s.child, s.group);
             }
@@ -787,15 +822,22 @@ impl Launcher {
             kill(&mut s.child, s.group);
             done.push((s.host, Err("the client did not start listening in time")));
         }
-        if now >= self.next_reap {
+        // Clients whose stdout ended are reaped at once; the unwatched ones every REAP_EVERY.
+        let timed = now >= self.next_reap;
+        if timed {
             self.next_reap = now + REAP_EVERY;
-            for s in self.started.iter_mut().filter(|s| !s.exited && !s.awaiting_exit) {
-                if let Ok(Some(_)) = s.child.try_wait() {
-                    s.exited = true;
-                }
+        }
+        let mut reaped = false;
+        for s in self.started.iter_mut().filter(|s| s.exiting || (timed && s.unwatched())) {
+            if let Ok(Some(_)) = s.child.try_wait() {
+                s.exited = true;
+                s.exiting = false;
+                reaped = true;
             }
-            // An exited client that is not waiting for its line is done with.
-            self.started.retain(|s| !s.exited || s.waiting());
+        }
+        if reaped || timed {
+            // An exited client whose stdout is no longer watched is done with.
+            self.started.retain(|s| !s.exited || s.waiting() || s.stdout.is_some());
         }
         self.start_queued(registry, next_token);
         done.extend(self.failed.drain(..).map(|(h, why)| (h, Err(why))));
@@ -804,10 +846,13 @@ impl Launcher {
     /// When [`Launcher::poll`] wants to run next.
     pub fn next_wake(&self) -> Option<StdInstant> {
         let deadline = self.started.iter().filter(|s| s.waiting()).map(|s| s.deadline).min();
-        let reap = (!self.started.is_empty()).then_some(self.next_reap);
+        // Only clients nothing else reports the exit of need the timer: a launcher whose
+        // clients run (a member's, for the whole session) does not wake for them.
+        let reap = self.started.iter().any(Started::unwatched).then_some(self.next_reap);
         let failed = (!self.failed.is_empty()).then(StdInstant::now);
-        // A first login whose stdout ended exits within moments: look again soon.
-        let exiting = self.started.iter().any(|s| s.awaiting_exit).then(|| StdInstant::now() + AWAIT_EXIT_EVERY);
+        // A process whose stdout ended exits within moments: look again soon.
+        let exiting =
+            self.started.iter().any(|s| s.awaiting_exit || s.exiting).then(|| StdInstant::now() + AWAIT_EXIT_EVERY);
         [deadline, reap, failed, exiting].into_iter().flatten().min()
     }
 
