@@ -42,12 +42,17 @@
 //! Bounds: at most [`Launcher::max_in_flight`] launches (default [`MAX_IN_FLIGHT`]) wait for
 //! their ready line at once; more wait in a queue, which holds at most one entry per host the
 //! controller is inviting (its invitations are bounded by `Config::max_invitations`). The table
-//! of started clients holds one entry per launch until the client exits and is reaped; the
-//! table of host names one entry per named host. An ssh launch keeps its one entry (and its
-//! slot, and its deadline: [`Launcher::ready_timeout`] covers the copy too) while its first
-//! login's exit status is awaited (checked every 2 ms, `AWAIT_EXIT_EVERY`: ssh exits right after its
-//! stdout ends) and while the copy script runs. Every child is killed and reaped at
-//! [`Launcher::shutdown`] or on drop: none outlives its launcher as a zombie.
+//! of started clients holds one entry per launch until the client exits, its stdout ends, and
+//! it is reaped; the table of host names one entry per named host. After the ready line the
+//! launch's stdout stays watched, for its end only (what the client still writes there is
+//! dropped): the client, or its ssh, exits right after, and is reaped then, so that a launcher
+//! whose clients run (the controller's, a member's in tree launch) has no timer of its own.
+//! Only a launch that failed and was killed is reaped by a timer (every 100 ms, `REAP_EVERY`).
+//! An ssh launch keeps its one entry (and its slot, and its deadline: [`Launcher::ready_timeout`]
+//! covers the copy too) while its first login's exit status is awaited (checked every 2 ms,
+//! `AWAIT_EXIT_EVERY`: ssh exits right after its stdout ends) and while the copy script runs.
+//! Every child is killed and reaped at [`Launcher::shutdown`] or on drop: none outlives its
+//! launcher as a zombie.
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
