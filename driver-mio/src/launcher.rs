@@ -45,9 +45,12 @@
 //! of started clients holds one entry per launch until the client exits, its stdout ends, and
 //! it is reaped; the table of host names one entry per named host. After the ready line the
 //! launch's stdout stays watched, for its end only (what the client still writes there is
-//! dropped): the client, or its ssh, exits right after, and is reaped then, so that a launcher
-//! whose clients run (the controller's, a member's in tree launch) has no timer of its own.
-//! Only a launch that failed and was killed is reaped by a timer (every 100 ms, `REAP_EVERY`).
+//! dropped), for at most [`MAX_WATCHED`] clients at once: the client, or its ssh, exits right
+//! after its stdout ends, and is reaped then, so that a launcher whose clients run (the
+//! controller's, a member's in tree launch) needs no timer for them. A launch that failed and
+//! was killed, and a client past [`MAX_WATCHED`] (its stdout closed at its ready line), are
+//! reaped by a timer (every 100 ms, `REAP_EVERY`). A launcher thus holds at most
+//! [`Launcher::max_in_flight`] + [`MAX_WATCHED`] pipes.
 //! An ssh launch keeps its one entry (and its slot, and its deadline: [`Launcher::ready_timeout`]
 //! covers the copy too) while its first login's exit status is awaited (checked every 2 ms,
 //! `AWAIT_EXIT_EVERY`: ssh exits right after its stdout ends) and while the copy script runs.
@@ -79,6 +82,10 @@ pub const ADDR_IN_USE: &str = "address in use: a client may be stopped there";
 const MAX_LINE: usize = 256;
 /// How often started clients are checked for an exit.
 const REAP_EVERY: Duration = Duration::from_millis(100);
+/// Started clients whose stdout stays watched after their ready line, at most, per launcher (so
+/// that a launcher holds at most [`Launcher::max_in_flight`] + this many pipes); past it, a
+/// client's stdout is closed at its ready line and its exit found by the timer.
+pub const MAX_WATCHED: usize = 256;
 /// How often a first ssh login whose stdout ended is checked for its exit status.
 const AWAIT_EXIT_EVERY: Duration = Duration::from_millis(2);
 
@@ -492,6 +499,9 @@ pub struct Launcher {
     /// Hosts whose architecture has no build (one entry per host the controller invited), and
     /// the reason: the controller's later tries fail at once, without another ssh login.
     no_build: HashMap<NodeId, &'static str>,
+    /// Started clients whose stdout is watched after their ready line (at most
+    /// [`MAX_WATCHED`]).
+    watched: usize,
 }
 
 impl Launcher {
@@ -520,6 +530,7 @@ impl Launcher {
             failed: Vec::new(),
             local_hosts: std::collections::BTreeSet::new(),
             no_build: HashMap::new(),
+            watched: 0,
         }
     }
 
@@ -748,6 +759,7 @@ impl Launcher {
                 if ended {
                     if let Some((_, out)) = s.stdout.take() {
                         let _ = registry.deregister(&mut SourceFd(&out.as_raw_fd()));
+                        self.watched = self.watched.saturating_sub(1);
                     }
                     s.exiting = !s.exited;
                     return true;
@@ -794,15 +806,19 @@ impl Launcher {
         };
         if let Some(v) = verdict {
             s.line = Vec::new();
-            if v.is_ok() {
+            if v.is_ok() && self.watched < MAX_WATCHED {
                 // Still watched, for its end (see `Started::ready`).
                 s.ready = true;
+                self.watched += 1;
             } else {
+                s.ready = v.is_ok();
                 if let Some((_, out)) = s.stdout.take() {
                     let _ = registry.deregister(&mut SourceFd(&out.as_raw_fd()));
                 }
-                // Whatever state it is in, it is no client of ours.
-                kill(&mut s.child, s.group);
+                if v.is_err() {
+                    // Whatever state it is in, it is no client of ours.
+                    kill(&mut s.child, s.group);
+                }
             }
             done.push((s.host, v));
         }
@@ -907,6 +923,7 @@ impl Launcher {
         }
         self.queue.clear();
         self.started.clear();
+        self.watched = 0;
         for host in std::mem::take(&mut self.local_hosts) {
             let left = crate::record::clean_up(host.addr());
             if !left.is_empty() {
