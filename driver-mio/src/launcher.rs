@@ -7,21 +7,28 @@
 //! - `ssh`: the system OpenSSH client in batch mode (never a password prompt), with the user's
 //!   options passed through, runs `plush client --listen ADDR --key-file -` on the host (by its
 //!   name), with the key on ssh's stdin. The launcher holds one build of plush per architecture
-//!   ([`ClientBuild`]: the running binary alone, or a directory of builds, [`client_builds`]);
-//!   the first ssh login asks the host's `uname -m` and runs the build for it, kept on the host
-//!   under `~/.cache/plush/plush-<version>-<digest>`. When the host lacks it (first contact, or
-//!   another build) it is copied over ssh first. A host whose architecture has no build is
-//!   refused in that first login, before anything is copied: the launch fails with
-//!   [`no_build_reason`] (naming the architecture, see [`NO_BUILD_PREFIX`]).
+//!   ([`ClientBuild`]: the running binary alone, or a directory of builds, [`client_builds`]).
+//!   The first login is ssh itself, started directly (no local shell), with the key on its
+//!   stdin. Its remote command reads the host's architecture (`/proc/sys/kernel/arch` with the
+//!   shell's `read` builtin, or `uname -m` on kernels without that file) and `exec`s the build
+//!   for it, kept on the host under `~/.cache/plush/plush-<version>-<digest>`: on a host that
+//!   has its build, a launch costs the same processes as pdsh's command (ssh here, the login
+//!   shell there, which becomes the client). When the host lacks the build (first contact, or
+//!   another build), the login exits with a status that names it, and a local shell script
+//!   takes over the launch: it copies the build over ssh and runs it (two more logins). A
+//!   host whose architecture has no build is refused in that first login, before anything is
+//!   copied: the launch fails with [`no_build_reason`] (naming the architecture, see
+//!   [`NO_BUILD_PREFIX`]).
 //! - `command`: a user template run by `/bin/sh -c`, with `{host}`, `{addr}`, `{ip}`, `{port}`
 //!   and `{plush}` (this machine's plush binary) replaced by shell-quoted values, and the key
 //!   on its stdin (the client reads it with `--key-file -`).
 //!
 //! The key travels in a 0600 file or on a pipe, never on a command line. A member of the tree
 //! that launches (tree launch, [`KeySource::Memory`]) has no key file: it holds the key in
-//! memory and writes it to each launch's stdin (a pipe); the ssh script reads it into a shell
-//! variable and hands it to every ssh it runs with the `printf` builtin, on a pipe again, so
-//! the key is never on a command line nor on any disk. A launch counts as
+//! memory and writes it to each launch's stdin (a pipe): the first ssh login reads it there;
+//! the copy script reads it into a shell variable and hands it to the ssh that runs the client
+//! with the `printf` builtin, on a pipe again, so the key is never on a command line nor on any
+//! disk. A launch counts as
 //! done when the client prints its ready line ([`READY_PREFIX`]) on stdout (through ssh for a
 //! remote one), which it does once its listener is bound: the controller's next invitation then
 //! finds it. It fails when the client (or ssh) exits first, or stays silent for
@@ -35,9 +42,20 @@
 //! Bounds: at most [`Launcher::max_in_flight`] launches (default [`MAX_IN_FLIGHT`]) wait for
 //! their ready line at once; more wait in a queue, which holds at most one entry per host the
 //! controller is inviting (its invitations are bounded by `Config::max_invitations`). The table
-//! of started clients holds one entry per launch until the client exits and is reaped; the
-//! table of host names one entry per named host. Every child is killed and reaped at
-//! [`Launcher::shutdown`] or on drop: none outlives its launcher as a zombie.
+//! of started clients holds one entry per launch until the client exits, its stdout ends, and
+//! it is reaped; the table of host names one entry per named host. After the ready line the
+//! launch's stdout stays watched, for its end only (what the client still writes there is
+//! dropped), for at most [`MAX_WATCHED`] clients at once: the client, or its ssh, exits right
+//! after its stdout ends, and is reaped then, so that a launcher whose clients run (the
+//! controller's, a member's in tree launch) needs no timer for them. A launch that failed and
+//! was killed, and a client past [`MAX_WATCHED`] (its stdout closed at its ready line), are
+//! reaped by a timer (every 100 ms, `REAP_EVERY`). A launcher thus holds at most
+//! [`Launcher::max_in_flight`] + [`MAX_WATCHED`] pipes.
+//! An ssh launch keeps its one entry (and its slot, and its deadline: [`Launcher::ready_timeout`]
+//! covers the copy too) while its first login's exit status is awaited (checked every 2 ms,
+//! `AWAIT_EXIT_EVERY`: ssh exits right after its stdout ends) and while the copy script runs.
+//! Every child is killed and reaped at [`Launcher::shutdown`] or on drop: none outlives its
+//! launcher as a zombie.
 
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
@@ -64,6 +82,12 @@ pub const ADDR_IN_USE: &str = "address in use: a client may be stopped there";
 const MAX_LINE: usize = 256;
 /// How often started clients are checked for an exit.
 const REAP_EVERY: Duration = Duration::from_millis(100);
+/// Started clients whose stdout stays watched after their ready line, at most, per launcher (so
+/// that a launcher holds at most [`Launcher::max_in_flight`] + this many pipes); past it, a
+/// client's stdout is closed at its ready line and its exit found by the timer.
+pub const MAX_WATCHED: usize = 256;
+/// How often a first ssh login whose stdout ended is checked for its exit status.
+const AWAIT_EXIT_EVERY: Duration = Duration::from_millis(2);
 
 /// How clients are started. See the module docs.
 #[derive(Clone, Debug)]
@@ -255,53 +279,81 @@ impl SshLaunch {
         SshLaunch { ssh: "ssh".into(), options, builds, client_args: Vec::new() }
     }
 
-    /// The local shell script that starts a client on `name` listening on `addr`, reading the
-    /// key from `key` (see [`KeySource`]). The first ssh login reads the host's `uname -m`: an architecture
-    /// without a build prints [`NO_BUILD_PREFIX`] and the name, and ends the launch; else it
-    /// runs the kept binary for it, or exits 100 + the build's index when it is missing. The
-    /// script then copies that build (to a temporary name, renamed into place) and runs it.
-    fn script(&self, name: &str, addr: &str, key: &KeySource) -> String {
-        let mut ssh = vec![q(&self.ssh.to_string_lossy()), "-o".into(), "BatchMode=yes".into()];
-        ssh.extend(self.options.iter().map(|o| q(o)));
+    /// The ssh command line (program and options up to the host name) for `name`.
+    fn ssh_words(&self, name: &str) -> Vec<String> {
+        let mut ssh = vec![self.ssh.to_string_lossy().into_owned(), "-o".into(), "BatchMode=yes".into()];
+        ssh.extend(self.options.iter().cloned());
         ssh.push("--".into());
-        ssh.push(q(name));
-        let ssh = ssh.join(" ");
+        ssh.push(name.to_string());
+        ssh
+    }
+
+    /// The remote command that runs a kept build at `path` (a shell word) on `addr`.
+    fn run_command(&self, path: &str, addr: &str) -> String {
         let extra: String = self.client_args.iter().map(|a| format!(" {}", q(a))).collect();
-        let run = |path: &str| format!("exec {path} client --listen {} --key-file -{extra}", q(addr));
+        format!("exec {path} client --listen {} --key-file -{extra}", q(addr))
+    }
+
+    /// The remote command of the first ssh login, run by the account's shell: it reads the
+    /// host's architecture from `/proc/sys/kernel/arch` with the `read` builtin (no process;
+    /// `uname -m` where the kernel lacks the file, before 6.1), refuses an architecture without
+    /// a build ([`NO_BUILD_PREFIX`] and the name on stdout, exit [`NO_BUILD_STATUS`]), exits
+    /// [`MISSING_STATUS`] + the build's index when the build is not kept there, and else
+    /// `exec`s it: on a host that has its build, the login's shell becomes the client, as
+    /// pdsh's becomes its command.
+    fn first_remote(&self, addr: &str) -> String {
         let builds = &self.builds[..self.builds.len().min(MAX_BUILDS)];
-        let mut remote = String::from("a=$(uname -m); case $a in");
-        let mut local = String::new();
-        // Where each ssh reads the key from: the key file, or the variable the script read it
-        // into from its own stdin (`printf` is a shell builtin: no command line holds it).
+        let mut remote =
+            String::from("{ read -r a < /proc/sys/kernel/arch; } 2>/dev/null || a=$(uname -m); case $a in");
+        for (i, b) in builds.iter().enumerate() {
+            let status = usize::from(MISSING_STATUS) + i;
+            remote.push_str(&format!(" {}) p={}; c={status};;", q(&b.arch), q(&b.remote_path)));
+        }
+        remote.push_str(&format!(
+            " *) echo \"{NO_BUILD_PREFIX}$a\"; exit {NO_BUILD_STATUS};; esac; test -x \"$p\" || exit $c; {}",
+            self.run_command("\"$p\"", addr)
+        ));
+        remote
+    }
+
+    /// The first login of a launch on `name`: ssh itself (no local shell), with the key on its
+    /// stdin, running [`SshLaunch::first_remote`].
+    fn first_login(&self, name: &str, addr: &str) -> Command {
+        let words = self.ssh_words(name);
+        let mut cmd = Command::new(&self.ssh);
+        cmd.args(&words[1..]).arg(self.first_remote(addr));
+        cmd
+    }
+
+    /// The local shell script run when the first login found build `index` missing on the
+    /// host: it copies the build (to a temporary name, renamed into place) and runs it, in two
+    /// more logins, reading the key from `key` (see [`KeySource`]). `None` for an index past
+    /// the builds.
+    fn copy_script(&self, name: &str, addr: &str, key: &KeySource, index: usize) -> Option<String> {
+        let b = self.builds[..self.builds.len().min(MAX_BUILDS)].get(index)?;
+        let ssh: String = self.ssh_words(name).iter().map(|w| q(w)).collect::<Vec<_>>().join(" ");
+        // Where the last ssh reads the key from: the key file, or the variable the script read
+        // it into from its own stdin (`printf` is a shell builtin: no command line holds it).
         let (feed, key, head) = match key {
             KeySource::File(f) => (String::new(), format!("< {}", q(&f.to_string_lossy())), String::new()),
             KeySource::Memory(_) => {
                 ("printf '%s\\n' \"$k\" | ".to_string(), String::new(), "IFS= read -r k || exit 1\n".to_string())
             }
         };
-        let who = q(name);
-        for (i, b) in builds.iter().enumerate() {
-            let status = usize::from(MISSING_STATUS) + i;
-            let path = q(&b.remote_path);
-            remote.push_str(&format!(" {}) p={path}; c={status};;", q(&b.arch)));
-            let dir = q(b.remote_path.rsplit_once('/').map_or(".", |(d, _)| d));
-            let copy = q(&format!(
-                "mkdir -p {dir} && cat > {path}.tmp.$$ && chmod 755 {path}.tmp.$$ && mv -f {path}.tmp.$$ {path}"
-            ));
-            local.push_str(&format!(
-                "{status})\n  {ssh} {copy} < {bin} || \
-                 {{ echo \"plush: cannot copy the plush binary for \"{arch}\" to \"{who} >&2; exit 1; }}\n  \
-                 {feed}exec {ssh} {} {key};;\n",
-                q(&run(&path)),
-                bin = q(&b.binary.to_string_lossy()),
-                arch = q(&b.arch),
-            ));
-        }
-        remote.push_str(&format!(
-            " *) echo \"{NO_BUILD_PREFIX}$a\"; exit {NO_BUILD_STATUS};; esac; test -x \"$p\" || exit $c; {}",
-            run("\"$p\"")
+        let path = q(&b.remote_path);
+        let dir = q(b.remote_path.rsplit_once('/').map_or(".", |(d, _)| d));
+        let copy = q(&format!(
+            "mkdir -p {dir} && cat > {path}.tmp.$$ && chmod 755 {path}.tmp.$$ && mv -f {path}.tmp.$$ {path}"
         ));
-        format!("{head}{feed}{ssh} {} {key}\nst=$?\ncase $st in\n{local}esac\nexit $st\n", q(&remote))
+        Some(format!(
+            "{head}{ssh} {copy} < {bin} || \
+             {{ echo \"plush: cannot copy the plush binary for \"{arch}\" to \"{who} >&2; exit 1; }}\n\
+             {feed}exec {ssh} {} {key}\n",
+            q(&self.run_command(&path, addr)),
+            bin = q(&b.binary.to_string_lossy()),
+            arch = q(&b.arch),
+            who = q(name),
+        ))
     }
 }
 
@@ -358,6 +410,47 @@ struct Started {
     line: Vec<u8>,
     deadline: StdInstant,
     exited: bool,
+    /// An ssh launch's first login: when it ends before the ready line, its exit status may ask
+    /// for a copy of the build ([`SshLaunch::copy_script`]).
+    first_login: bool,
+    /// The first login's stdout ended before a ready line; its exit status is awaited
+    /// ([`Launcher::poll`]). Its launch is still in flight.
+    awaiting_exit: bool,
+    /// Its ready line came: the launch is done, and its stdout is still watched, only for its
+    /// end (the client, or its ssh, exits right after), so that no timer has to ask.
+    ready: bool,
+    /// Its stdout ended after the ready line: its exit is checked at every poll until reaped.
+    exiting: bool,
+}
+
+impl Started {
+    /// Still waiting for its ready line (or for the first login's exit status).
+    fn waiting(&self) -> bool {
+        !self.ready && (self.stdout.is_some() || self.awaiting_exit)
+    }
+
+    /// Not reaped, and nothing will say when it exits (its stdout is not watched): only a
+    /// timer finds its exit (a launch that failed and was killed, typically).
+    fn unwatched(&self) -> bool {
+        !self.exited && self.stdout.is_none() && !self.awaiting_exit && !self.exiting
+    }
+}
+
+/// The stdin of a launch that reads the key there: the key file, or a pipe the key is
+/// written to ([`KeySource::Memory`]).
+fn key_stdin(cmd: &mut Command, key: &KeySource) -> Result<(), &'static str> {
+    match key {
+        KeySource::File(f) => {
+            let Ok(key) = std::fs::File::open(f) else {
+                return Err("the key file could not be opened");
+            };
+            cmd.stdin(key);
+        }
+        KeySource::Memory(_) => {
+            cmd.stdin(Stdio::piped());
+        }
+    }
+    Ok(())
 }
 
 /// Where a launcher takes the cluster key it hands to the clients it starts.
@@ -406,6 +499,9 @@ pub struct Launcher {
     /// Hosts whose architecture has no build (one entry per host the controller invited), and
     /// the reason: the controller's later tries fail at once, without another ssh login.
     no_build: HashMap<NodeId, &'static str>,
+    /// Started clients whose stdout is watched after their ready line (at most
+    /// [`MAX_WATCHED`]).
+    watched: usize,
 }
 
 impl Launcher {
@@ -434,6 +530,7 @@ impl Launcher {
             failed: Vec::new(),
             local_hosts: std::collections::BTreeSet::new(),
             no_build: HashMap::new(),
+            watched: 0,
         }
     }
 
@@ -453,7 +550,7 @@ impl Launcher {
     }
 
     fn in_flight(&self) -> usize {
-        self.started.iter().filter(|s| s.stdout.is_some()).count()
+        self.started.iter().filter(|s| s.waiting()).count()
     }
 
     /// Ask for a client on `host`; it starts now or once a slot frees.
@@ -464,7 +561,7 @@ impl Launcher {
             }
             return;
         }
-        if !self.queue.contains(&host) && !self.started.iter().any(|s| s.host == host && s.stdout.is_some()) {
+        if !self.queue.contains(&host) && !self.started.iter().any(|s| s.host == host && s.waiting()) {
             self.queue.push_back(host);
         }
         self.start_queued(registry, next_token);
@@ -480,8 +577,9 @@ impl Launcher {
     }
 
     fn start(&mut self, registry: &Registry, next_token: &mut usize, host: NodeId) -> Result<(), &'static str> {
-        let name = self.names.get(&host).cloned().unwrap_or_else(|| host.addr().ip().to_string());
-        let mut cmd = match &self.method {
+        let name = self.name(host);
+        let mut first_login = false;
+        let cmd = match &self.method {
             LaunchMethod::Local { program, args } => {
                 let mut cmd = Command::new(program);
                 cmd.args(args).arg("--listen").arg(host.addr().to_string()).arg("--key-file");
@@ -492,29 +590,55 @@ impl Launcher {
                 cmd
             }
             LaunchMethod::Ssh(ssh) => {
-                let mut cmd = Command::new("/bin/sh");
-                cmd.arg("-c").arg(ssh.script(&name, &host.addr().to_string(), &self.key));
-                cmd.stdin(if matches!(self.key, KeySource::Memory(_)) { Stdio::piped() } else { Stdio::null() });
+                first_login = true;
+                let mut cmd = ssh.first_login(&name, &host.addr().to_string());
+                key_stdin(&mut cmd, &self.key)?;
                 cmd
             }
             LaunchMethod::Command { template, plush } => {
                 let mut cmd = Command::new("/bin/sh");
                 cmd.arg("-c").arg(fill_template(template, &name, host.addr(), plush));
-                match &self.key {
-                    KeySource::File(f) => {
-                        let Ok(key) = std::fs::File::open(f) else {
-                            return Err("the key file could not be opened");
-                        };
-                        cmd.stdin(key)
-                    }
-                    KeySource::Memory(_) => cmd.stdin(Stdio::piped()),
-                };
+                key_stdin(&mut cmd, &self.key)?;
                 cmd
             }
         };
+        let (child, token, stdout) = self.spawn(registry, next_token, cmd, &name)?;
+        if matches!(self.method, LaunchMethod::Local { .. }) {
+            self.local_hosts.insert(host);
+        }
+        self.started.push(Started {
+            host,
+            child,
+            group: true,
+            stdout: Some((token, stdout)),
+            line: Vec::new(),
+            deadline: StdInstant::now() + self.ready_timeout,
+            exited: false,
+            first_login,
+            awaiting_exit: false,
+            ready: false,
+            exiting: false,
+        });
+        Ok(())
+    }
+
+    /// The name the ssh and command methods use for `host`.
+    fn name(&self, host: NodeId) -> String {
+        self.names.get(&host).cloned().unwrap_or_else(|| host.addr().ip().to_string())
+    }
+
+    /// Start `cmd` in a session of its own with its stdout on a pipe watched under a new token,
+    /// handing it the key when its stdin is a pipe.
+    fn spawn(
+        &self,
+        registry: &Registry,
+        next_token: &mut usize,
+        mut cmd: Command,
+        name: &str,
+    ) -> Result<(Child, Token, ChildStdout), &'static str> {
         cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        // Every launch leads a process group of its own (see `kill`).
         crate::sys::new_session(&mut cmd);
-        // `new_session` makes every launch a group leader.
         let group = true;
         let mut child = match cmd.spawn() {
             Ok(c) => c,
@@ -547,19 +671,73 @@ impl Launcher {
             let _ = child.wait();
             return Err("the client's stdout could not be watched");
         }
-        if matches!(self.method, LaunchMethod::Local { .. }) {
-            self.local_hosts.insert(host);
-        }
-        self.started.push(Started {
-            host,
-            child,
-            group,
-            stdout: Some((token, stdout)),
-            line: Vec::new(),
-            deadline: StdInstant::now() + self.ready_timeout,
-            exited: false,
-        });
+        Ok((child, token, stdout))
+    }
+
+    /// The first ssh login of launch `i` ended before a ready line, with `status`: when it
+    /// says a build is missing on the host, the copy script takes over the launch (same entry,
+    /// same deadline); else the launch failed.
+    fn after_first_login(
+        &mut self,
+        registry: &Registry,
+        next_token: &mut usize,
+        i: usize,
+        status: std::process::ExitStatus,
+    ) -> Result<(), &'static str> {
+        let LaunchMethod::Ssh(ssh) = &self.method else { return Err("the client exited before listening") };
+        let host = self.started[i].host;
+        let missing = status.code().and_then(|c| c.checked_sub(i32::from(MISSING_STATUS)));
+        let Some(index) = missing.and_then(|m| usize::try_from(m).ok()) else {
+            return Err("the client exited before listening");
+        };
+        let name = self.name(host);
+        let Some(script) = ssh.copy_script(&name, &host.addr().to_string(), &self.key, index) else {
+            return Err("the client exited before listening");
+        };
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c").arg(script);
+        cmd.stdin(if matches!(self.key, KeySource::Memory(_)) { Stdio::piped() } else { Stdio::null() });
+        let (child, token, stdout) = self.spawn(registry, next_token, cmd, &name)?;
+        let s = &mut self.started[i];
+        s.child = child;
+        s.stdout = Some((token, stdout));
+        s.line = Vec::new();
+        s.exited = false;
+        s.first_login = false;
+        s.awaiting_exit = false;
         Ok(())
+    }
+
+    /// Launches whose first ssh login ended before a ready line: once its exit status is
+    /// known, either the copy starts or the launch fails (reported through `done`).
+    fn settle_first_logins(
+        &mut self,
+        registry: &Registry,
+        next_token: &mut usize,
+        done: &mut Vec<(NodeId, LaunchResult)>,
+    ) {
+        for i in 0..self.started.len() {
+            if !self.started[i].awaiting_exit {
+                continue;
+            }
+            let status = match self.started[i].child.try_wait() {
+                Ok(Some(status)) => status,
+                Ok(None) => continue,
+                Err(_) => {
+                    let s = &mut self.started[i];
+                    s.awaiting_exit = false;
+                    kill(&mut s.child, s.group);
+                    done.push((s.host, Err("the client exited before listening")));
+                    continue;
+                }
+            };
+            if let Err(why) = self.after_first_login(registry, next_token, i, status) {
+                let s = &mut self.started[i];
+                s.awaiting_exit = false;
+                s.exited = true;
+                done.push((s.host, Err(why)));
+            }
+        }
     }
 
     /// Whether `token` is a launch's stdout; if so, read it and report through `done`.
@@ -568,9 +746,38 @@ impl Launcher {
             return false;
         };
         let mut buf = [0u8; MAX_LINE];
+        if s.ready {
+            // Only its end matters now: what it still writes is dropped.
+            loop {
+                let Some((_, out)) = s.stdout.as_mut() else { return true };
+                let ended = match out.read(&mut buf) {
+                    Ok(0) => true,
+                    Ok(_) => false,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                    Err(e) => e.kind() != io::ErrorKind::Interrupted,
+                };
+                if ended {
+                    if let Some((_, out)) = s.stdout.take() {
+                        let _ = registry.deregister(&mut SourceFd(&out.as_raw_fd()));
+                        self.watched = self.watched.saturating_sub(1);
+                    }
+                    s.exiting = !s.exited;
+                    return true;
+                }
+            }
+        }
         let verdict: Option<LaunchResult> = loop {
             let Some((_, out)) = s.stdout.as_mut() else { break None };
             match out.read(&mut buf) {
+                Ok(0) if s.first_login => {
+                    // Its exit status says whether a build must be copied first: `poll`
+                    // reads it (ssh exits right after its stdout ends).
+                    if let Some((_, out)) = s.stdout.take() {
+                        let _ = registry.deregister(&mut SourceFd(&out.as_raw_fd()));
+                    }
+                    s.awaiting_exit = true;
+                    return true;
+                }
                 Ok(0) => break Some(Err("the client exited before listening")),
                 Ok(n) => {
                     s.line.extend_from_slice(&buf[..n]);
@@ -598,13 +805,20 @@ impl Launcher {
             }
         };
         if let Some(v) = verdict {
-            if let Some((_, out)) = s.stdout.take() {
-                let _ = registry.deregister(&mut SourceFd(&out.as_raw_fd()));
-            }
             s.line = Vec::new();
-            if v.is_err() {
-                // Whatever state it is in, it is no client of ours.
-                kill(&mut s.child, s.group);
+            if v.is_ok() && self.watched < MAX_WATCHED {
+                // Still watched, for its end (see `Started::ready`).
+                s.ready = true;
+                self.watched += 1;
+            } else {
+                s.ready = v.is_ok();
+                if let Some((_, out)) = s.stdout.take() {
+                    let _ = registry.deregister(&mut SourceFd(&out.as_raw_fd()));
+                }
+                if v.is_err() {
+                    // Whatever state it is in, it is no client of ours.
+                    kill(&mut s.child, s.group);
+                }
             }
             done.push((s.host, v));
         }
@@ -620,22 +834,31 @@ impl Launcher {
         done: &mut Vec<(NodeId, LaunchResult)>,
     ) {
         done.extend(self.failed.drain(..).map(|(h, why)| (h, Err(why))));
-        for s in self.started.iter_mut().filter(|s| s.stdout.is_some() && s.deadline <= now) {
+        self.settle_first_logins(registry, next_token, done);
+        for s in self.started.iter_mut().filter(|s| s.waiting() && s.deadline <= now) {
             if let Some((_, out)) = s.stdout.take() {
                 let _ = registry.deregister(&mut SourceFd(&out.as_raw_fd()));
             }
+            s.awaiting_exit = false;
             kill(&mut s.child, s.group);
             done.push((s.host, Err("the client did not start listening in time")));
         }
-        if now >= self.next_reap {
+        // Clients whose stdout ended are reaped at once; the unwatched ones every REAP_EVERY.
+        let timed = now >= self.next_reap;
+        if timed {
             self.next_reap = now + REAP_EVERY;
-            for s in self.started.iter_mut().filter(|s| !s.exited) {
-                if let Ok(Some(_)) = s.child.try_wait() {
-                    s.exited = true;
-                }
+        }
+        let mut reaped = false;
+        for s in self.started.iter_mut().filter(|s| s.exiting || (timed && s.unwatched())) {
+            if let Ok(Some(_)) = s.child.try_wait() {
+                s.exited = true;
+                s.exiting = false;
+                reaped = true;
             }
-            // An exited client that is not waiting for its line is done with.
-            self.started.retain(|s| !(s.exited && s.stdout.is_none()));
+        }
+        if reaped || timed {
+            // An exited client whose stdout is no longer watched is done with.
+            self.started.retain(|s| !s.exited || s.waiting() || s.stdout.is_some());
         }
         self.start_queued(registry, next_token);
         done.extend(self.failed.drain(..).map(|(h, why)| (h, Err(why))));
@@ -643,10 +866,15 @@ impl Launcher {
 
     /// When [`Launcher::poll`] wants to run next.
     pub fn next_wake(&self) -> Option<StdInstant> {
-        let deadline = self.started.iter().filter(|s| s.stdout.is_some()).map(|s| s.deadline).min();
-        let reap = (!self.started.is_empty()).then_some(self.next_reap);
+        let deadline = self.started.iter().filter(|s| s.waiting()).map(|s| s.deadline).min();
+        // Only clients nothing else reports the exit of need the timer: a launcher whose
+        // clients run (a member's, for the whole session) does not wake for them.
+        let reap = self.started.iter().any(Started::unwatched).then_some(self.next_reap);
         let failed = (!self.failed.is_empty()).then(StdInstant::now);
-        [deadline, reap, failed].into_iter().flatten().min()
+        // A process whose stdout ended exits within moments: look again soon.
+        let exiting =
+            self.started.iter().any(|s| s.awaiting_exit || s.exiting).then(|| StdInstant::now() + AWAIT_EXIT_EVERY);
+        [deadline, reap, failed, exiting].into_iter().flatten().min()
     }
 
     /// Process ids of the clients started and not yet reaped.
@@ -695,6 +923,7 @@ impl Launcher {
         }
         self.queue.clear();
         self.started.clear();
+        self.watched = 0;
         for host in std::mem::take(&mut self.local_hosts) {
             let left = crate::record::clean_up(host.addr());
             if !left.is_empty() {
