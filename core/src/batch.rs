@@ -97,7 +97,8 @@ pub(crate) struct Outbox {
 impl Outbox {
     /// Heap bytes held: the queue and the spare run buffers.
     pub fn heap_bytes(&self) -> usize {
-        self.q.capacity() * core::mem::size_of::<Output>() + self.spare.iter().map(|b| 40 + b.capacity()).sum::<usize>()
+        self.q.capacity() * core::mem::size_of::<Output>()
+            + self.spare.iter().map(crate::frame::buffer_bytes).sum::<usize>()
     }
 
     /// Queue an output. Anything but an event first sends the open runs, so that every link

@@ -188,12 +188,15 @@ impl ConnTable {
         }
     }
 
-    /// Heap bytes the table holds: its slab, its index, pending frames' lists.
+    /// Heap bytes the table holds, for memory reports: its slab (an entry is a link and the
+    /// slab's tag, counted as a word), its index (an entry and a control byte), pending frames'
+    /// lists.
     pub fn heap_bytes(&self) -> usize {
         use core::mem::size_of;
-        self.slab.capacity() * (size_of::<Link>() + 8)
+        let pending = |v: &Vec<Frame>| size_of::<Vec<Frame>>() + v.capacity() * size_of::<Frame>();
+        self.slab.capacity() * (size_of::<Link>() + size_of::<usize>())
             + self.index.capacity() * (size_of::<(Key, u32)>() + 1)
-            + self.slab.iter().map(|(_, l)| l.pending.0.as_ref().map_or(0, |v| 24 + v.capacity() * 8)).sum::<usize>()
+            + self.slab.iter().map(|(_, l)| l.pending.0.as_deref().map_or(0, pending)).sum::<usize>()
     }
 
     pub fn len(&self) -> usize {

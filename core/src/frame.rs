@@ -124,10 +124,16 @@ impl postcard::ser_flavors::Flavor for Sink<'_> {
     }
 }
 
+/// Heap bytes one shared buffer holds: its `Rc` allocation (two counts and the `Vec`) and the
+/// bytes' capacity. For memory reports.
+pub(crate) fn buffer_bytes(b: &Rc<Vec<u8>>) -> usize {
+    2 * core::mem::size_of::<usize>() + core::mem::size_of::<Vec<u8>>() + b.capacity()
+}
+
 impl FramePool {
     /// Heap bytes held by kept buffers.
     pub fn heap_bytes(&self) -> usize {
-        self.slots.capacity() * 8 + self.slots.iter().map(|b| 40 + b.capacity()).sum::<usize>()
+        self.slots.capacity() * core::mem::size_of::<Rc<Vec<u8>>>() + self.slots.iter().map(buffer_bytes).sum::<usize>()
     }
 
     /// Buffers kept for reuse.
