@@ -767,6 +767,14 @@ fn job_through(env: &mut Env, fault: &str) -> Res<(usize, usize)> {
     c.wait_until(Duration::from_secs(60), |_| job_files(&dir).len() == n || stop_now()).map_err(e)?;
     stopped()?;
     let late = n - job_files(&dir).len().min(n);
+    if late > 0 {
+        // Who did not start, and where the tree has them (the poll asks each member its parent).
+        let files = job_files(&dir);
+        let topo = c.topology(Duration::from_secs(2)).map_err(e)?;
+        for h in env.ids.iter().filter(|h| !files.contains_key(&h.addr().to_string())) {
+            eprintln!("netem: job {fault}: {h} has not started it after 60 s; its parent: {:?}", topo.get(h));
+        }
+    }
     let (victims, stopped_pids) = match fault {
         "kill" => {
             let v = env.victims(&c, 0.25, true);
@@ -808,7 +816,28 @@ fn job_through(env: &mut Env, fault: &str) -> Res<(usize, usize)> {
         }
     }
     let files = job_files(&dir);
-    let lost = spared.iter().filter(|h| !times.contains_key(h)).count();
+    let lost_hosts: Vec<NodeId> = spared.iter().copied().filter(|h| !times.contains_key(h)).collect();
+    let lost = lost_hosts.len();
+    for h in &lost_hosts {
+        // A post-mortem on CI, where the logs are gone with the run: what the controller knows
+        // of the host, and the end of its client's log.
+        let how: Vec<String> =
+            out.groups.iter().filter(|g| g.nodes.contains(h)).map(|g| format!("{:?}", g.status)).collect();
+        let missing = out.missing.contains(h);
+        let log = client_log(h);
+        let tail: Vec<&str> = log.lines().rev().take(25).collect();
+        eprintln!("netem: job {fault}: {h} lost (results {how:?}, missing {missing}); its client log ends:");
+        for l in tail.iter().rev() {
+            eprintln!("  {l}");
+        }
+    }
+    if lost > 0 || late > 0 {
+        for h in &env.ids {
+            for l in client_log(h).lines().filter(|l| l.contains("panicked") || l.contains("cannot ")) {
+                eprintln!("netem: job {fault}: {h}: {l}");
+            }
+        }
+    }
     let dup_reports: usize = times.values().map(|k| k - 1).sum();
     let dup_runs: usize = files.values().map(|k| k.saturating_sub(1)).sum();
     // A result reported done must come from a host whose file holds exactly one run.

@@ -35,6 +35,22 @@ impl Key {
         Key(k)
     }
 
+    /// A public name for the session this key belongs to: the first 8 bytes of the SHA-256 of a
+    /// fixed label and the key (it reveals nothing of the key). A controller that restarts on
+    /// its journal keeps its key, hence its session tag; a new session has a fresh key. The
+    /// job record keys what a client started by it (see [`crate::record`]), since job ids
+    /// restart at 1 in every session.
+    pub fn session_tag(&self) -> u64 {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"plush session tag\0");
+        h.update(self.0);
+        let d = h.finalize();
+        let mut tag = [0u8; 8];
+        tag.copy_from_slice(&d[..8]);
+        u64::from_be_bytes(tag)
+    }
+
     /// A key from raw bytes (tests, or keys kept elsewhere). Unlike the readers, this does not
     /// refuse weak keys: the caller chose the bytes.
     pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Key {

@@ -278,7 +278,7 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
     let addr = listener.local_addr().map_err(|e| format!("cannot read the listen address: {e}"))?;
     // The address is ours now: clean up after a predecessor that died on it, and learn what
     // jobs it started (see `crate::record`).
-    let (mut record, left) = Record::open(addr);
+    let (mut record, left) = Record::open(addr, key.session_tag());
     let id = NodeId::new(addr);
     let mut cfg = Config { build: crate::build_hash(), ..Config::default() };
     if let Some(d) = opts.max_children {

@@ -6,14 +6,19 @@
 //! runs on. So the client writes down, after every loop turn in which its jobs changed:
 //! - the process group of every running job (its leader's pid, the leader's start time in
 //!   clock ticks since boot, from `/proc/PID/stat`), and the client's session;
-//! - the jobs it started, as (controller, job id, when), at most [`MAX_STARTED`], each for
-//!   [`STARTED_FOR`].
+//! - the jobs it started, as (controller, session, job id, when), at most [`MAX_STARTED`], each
+//!   for [`STARTED_FOR`]. The session is the cluster key's public tag
+//!   ([`crate::auth::Key::session_tag`]): job ids restart at 1 in every session and a
+//!   controller may listen on the same address every time, so (controller, job) alone named
+//!   another session's job as this one's, and a host whose client had been killed during job
+//!   N of one session answered job N of the next as lost, without running it.
 //!
 //! The next client started on the address reads the record back once its port is bound (a
 //! client that cannot bind it, because the old one is only stopped, reads nothing and kills
 //! nothing), kills with SIGKILL every recorded group that still has a member in the recorded
 //! session started no earlier than the recorded leader (a pid reused by another group does not
-//! match), and hands the started jobs to its node: a job it is asked to run again is answered
+//! match), and hands the started jobs of its own session to its node (those of other sessions
+//! stay in the file for them): a job it is asked to run again is answered
 //! as lost instead of run a second time (see `plush_core::control`), unless the job asks for
 //! retries. A client that exits normally (dismantled, idle) removes its record: what it
 //! started was finished or cancelled under its controller's eyes.
@@ -21,7 +26,8 @@
 //! The file is `$XDG_RUNTIME_DIR/plush/jobs-IP-PORT`, or `~/.cache/plush/jobs-IP-PORT` without
 //! a runtime directory; without either (no home) there is no record, and a killed client's
 //! grandchildren run on. It is rewritten whole (a temporary file renamed over it), read at most
-//! [`MAX_RECORD`] bytes; lines it does not understand are skipped. A client with nothing to
+//! [`MAX_RECORD`] bytes; lines it does not understand are skipped (a started job recorded
+//! without a session, by an older client, among them). A client with nothing to
 //! record (no job started) keeps no file.
 //!
 //! Bounds: one group per running job (`Config::max_jobs`), [`MAX_STARTED`] started jobs.
@@ -59,7 +65,8 @@ pub struct Group {
 pub struct Leftover {
     /// Groups that still had processes, killed.
     pub killed: Vec<u32>,
-    /// Jobs the predecessor started (controller, job), recent enough to be asked for again.
+    /// Jobs the predecessor started in this client's session (controller, job), recent enough to
+    /// be asked for again.
     pub started: Vec<(NodeId, u64)>,
 }
 
@@ -68,9 +75,11 @@ pub struct Leftover {
 pub struct Record {
     path: Option<PathBuf>,
     sid: u32,
+    /// This client's session tag ([`crate::auth::Key::session_tag`]).
+    session: u64,
     groups: Vec<Group>,
-    /// (controller, job, unix seconds), oldest first.
-    started: VecDeque<(NodeId, u64, u64)>,
+    /// (controller, session tag, job, unix seconds), oldest first.
+    started: VecDeque<(NodeId, u64, u64, u64)>,
     /// What the file holds now.
     written: String,
 }
@@ -119,10 +128,11 @@ fn group_alive(g: &Group, sid: u32) -> bool {
 
 impl Record {
     /// A record kept at `path` (none: kept nowhere); nothing is read or written yet.
-    fn at(path: Option<PathBuf>) -> Record {
+    fn at(path: Option<PathBuf>, session: u64) -> Record {
         Record {
             path,
             sid: crate::sys::session_id(),
+            session,
             groups: Vec::new(),
             started: VecDeque::new(),
             written: String::new(),
@@ -130,15 +140,16 @@ impl Record {
     }
 
     /// Read back what the previous client on `addr` left, kill its leftover groups, and start
-    /// this client's record (keeping the predecessor's started jobs). Call once the address is
-    /// bound.
-    pub fn open(addr: SocketAddr) -> (Record, Leftover) {
-        Record::open_at(path_for(addr))
+    /// this client's record (keeping the predecessor's started jobs). `session`: this client's
+    /// session tag ([`crate::auth::Key::session_tag`]); only the started jobs of that session
+    /// are handed back. Call once the address is bound.
+    pub fn open(addr: SocketAddr, session: u64) -> (Record, Leftover) {
+        Record::open_at(path_for(addr), session)
     }
 
     /// [`Record::open`] with the file given.
-    pub fn open_at(path: Option<PathBuf>) -> (Record, Leftover) {
-        let mut rec = Record::at(path);
+    pub fn open_at(path: Option<PathBuf>, session: u64) -> (Record, Leftover) {
+        let mut rec = Record::at(path, session);
         let mut left = Leftover::default();
         let Some(path) = rec.path.clone() else { return (rec, left) };
         if let Some(dir) = path.parent() {
@@ -162,12 +173,19 @@ impl Record {
                             groups.push(Group { job, pgid, start });
                         }
                     }
-                    ["started", ctrl, job, at] => {
-                        let parsed = (ctrl.parse::<SocketAddr>(), job.parse::<u64>(), at.parse::<u64>());
-                        if let (Ok(ctrl), Ok(job), Ok(at)) = parsed {
+                    ["started", ctrl, tag, job, at] => {
+                        let parsed = (
+                            ctrl.parse::<SocketAddr>(),
+                            u64::from_str_radix(tag, 16),
+                            job.parse::<u64>(),
+                            at.parse::<u64>(),
+                        );
+                        if let (Ok(ctrl), Ok(tag), Ok(job), Ok(at)) = parsed {
                             if at + STARTED_FOR.as_secs() > now && rec.started.len() < MAX_STARTED {
-                                rec.started.push_back((NodeId::new(ctrl), job, at));
-                                left.started.push((NodeId::new(ctrl), job));
+                                rec.started.push_back((NodeId::new(ctrl), tag, job, at));
+                                if tag == session {
+                                    left.started.push((NodeId::new(ctrl), job));
+                                }
                             }
                         }
                     }
@@ -197,11 +215,12 @@ impl Record {
         let now = unix_now();
         if let Some(ctrl) = ctrl {
             for g in groups {
-                if !self.started.iter().any(|&(c, j, _)| c == ctrl && j == g.job) {
+                let session = self.session;
+                if !self.started.iter().any(|&(c, t, j, _)| c == ctrl && t == session && j == g.job) {
                     if self.started.len() >= MAX_STARTED {
                         self.started.pop_front();
                     }
-                    self.started.push_back((ctrl, g.job, now));
+                    self.started.push_back((ctrl, session, g.job, now));
                 }
             }
         }
@@ -235,8 +254,8 @@ impl Record {
         for g in &self.groups {
             text.push_str(&format!("group {} {} {}\n", g.job, g.pgid, g.start));
         }
-        for (c, j, at) in &self.started {
-            text.push_str(&format!("started {} {j} {at}\n", c.addr()));
+        for (c, t, j, at) in &self.started {
+            text.push_str(&format!("started {} {t:016x} {j} {at}\n", c.addr()));
         }
         if text == self.written {
             return;
@@ -262,7 +281,8 @@ pub fn clean_up(addr: SocketAddr) -> Vec<u32> {
     let Some(path) = path_for(addr).filter(|p| p.exists()) else { return Vec::new() };
     // Held: proof that no client owns the record now.
     let Ok(_held) = std::net::TcpListener::bind(addr) else { return Vec::new() };
-    let (mut rec, left) = Record::open_at(Some(path));
+    // Whatever the session: the record goes.
+    let (mut rec, left) = Record::open_at(Some(path), 0);
     rec.remove();
     left.killed
 }
@@ -278,6 +298,9 @@ fn read_limited(path: &Path) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The session of the tests' clients.
+    const SESSION: u64 = 0x5e55_1011;
 
     fn temp(tag: &str) -> PathBuf {
         std::env::temp_dir().join(format!("plush-record-test-{tag}-{}", std::process::id())).join("jobs-127.0.0.1-1")
@@ -299,7 +322,7 @@ mod tests {
         let pgid = child.id();
         let (_, _, start) = proc_stat(pgid).unwrap();
         let ctrl = NodeId::new("127.0.0.9:9".parse().unwrap());
-        let (mut rec, left) = Record::open_at(Some(path.clone()));
+        let (mut rec, left) = Record::open_at(Some(path.clone()), SESSION);
         assert_eq!(left, Leftover::default());
         rec.update(&[Group { job: 7, pgid, start }], Some(ctrl));
         let mut out = String::new();
@@ -309,7 +332,7 @@ mod tests {
         let _ = child.wait();
         assert!(crate::sys::pid_exists(sleeper));
         // The client dies without a word; the next one reads the record.
-        let (rec2, left) = Record::open_at(Some(path.clone()));
+        let (rec2, left) = Record::open_at(Some(path.clone()), SESSION);
         assert_eq!(left.killed, vec![pgid]);
         assert_eq!(left.started, vec![(ctrl, 7)]);
         // Killed (a zombie until init reaps it: wait for it to go).
@@ -322,7 +345,7 @@ mod tests {
         assert!(gone, "the left-over sleep still runs");
         // A third client: nothing left to kill; the started job is still remembered.
         drop(rec2);
-        let (mut rec3, left) = Record::open_at(Some(path.clone()));
+        let (mut rec3, left) = Record::open_at(Some(path.clone()), SESSION);
         assert!(left.killed.is_empty());
         assert_eq!(left.started, vec![(ctrl, 7)]);
         rec3.remove();
@@ -343,7 +366,7 @@ mod tests {
             .unwrap();
         let pgid = child.id();
         let (_, _, start) = proc_stat(pgid).unwrap();
-        let (mut rec, _) = Record::open_at(Some(path.clone()));
+        let (mut rec, _) = Record::open_at(Some(path.clone()), SESSION);
         rec.update(&[Group { job: 1, pgid, start }], None);
         drop(rec); // the client dies without a word
         let mut out = String::new();
@@ -360,6 +383,38 @@ mod tests {
         assert!(clean_up(addr).is_empty(), "nothing left the second time");
     }
 
+    /// Job ids restart at 1 in every session, and a controller may listen on the same address
+    /// each time: a job a killed client started in one session is not the next session's job
+    /// of the same id (that host answered it as lost, without running it), and the record
+    /// keeps it for its own session.
+    #[test]
+    fn a_job_started_in_another_session_is_not_this_sessions() {
+        let path = temp("session");
+        let _ = std::fs::remove_file(&path);
+        let ctrl = NodeId::new("127.0.0.9:9".parse().unwrap());
+        let (mut rec, _) = Record::open_at(Some(path.clone()), SESSION);
+        // Job 1 started, and the client dies with it running (its group is long gone).
+        rec.update(&[Group { job: 1, pgid: u32::MAX, start: 0 }], Some(ctrl));
+        drop(rec);
+        // The next session's client on the address: job 1 of its controller is a new job.
+        let (mut next, left) = Record::open_at(Some(path.clone()), SESSION + 1);
+        assert!(left.started.is_empty(), "another session's job taken for this one's: {:?}", left.started);
+        next.update(&[Group { job: 1, pgid: u32::MAX, start: 0 }], Some(ctrl));
+        drop(next);
+        // Either session's next client learns its own job 1, once.
+        for s in [SESSION, SESSION + 1] {
+            let (rec, left) = Record::open_at(Some(path.clone()), s);
+            assert_eq!(left.started, vec![(ctrl, 1)], "session {s:x}");
+            drop(rec);
+        }
+        // A line without a session (an older client's) names no session's job.
+        std::fs::write(&path, format!("{MAGIC}\nsid 1\nstarted {} 1 {}\n", ctrl.addr(), unix_now())).unwrap();
+        let (mut rec, left) = Record::open_at(Some(path.clone()), SESSION);
+        assert!(left.started.is_empty());
+        rec.remove();
+        let _ = std::fs::remove_dir(path.parent().unwrap());
+    }
+
     #[test]
     fn a_reused_pid_is_not_killed() {
         // A group recorded with another start time than its leader's: not ours.
@@ -371,7 +426,7 @@ mod tests {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, format!("{MAGIC}\nsid {}\ngroup 1 {pid} {}\n", crate::sys::session_id(), start + 1))
             .unwrap();
-        let (mut rec, left) = Record::open_at(Some(path.clone()));
+        let (mut rec, left) = Record::open_at(Some(path.clone()), SESSION);
         assert!(left.killed.is_empty());
         assert!(matches!(child.try_wait(), Ok(None)), "an unrelated process was killed");
         let _ = child.kill();
