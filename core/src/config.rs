@@ -75,8 +75,9 @@ pub struct Config {
     /// RanSub candidates asked at once when repairing (the nearest ancestor among them in the
     /// first wave). Default 4 (at most 8).
     pub repair_fanout: usize,
-    /// Waves of RanSub candidates per repair; after the second, a join through the root starts
-    /// alongside. Default 3.
+    /// Waves of RanSub candidates per repair (the last asks every candidate left, further
+    /// ancestors among them, up to 8); a join through the root starts only after the last.
+    /// Default 3.
     pub repair_waves: usize,
     /// Drivers give up a connection attempt after this long (a silent host). Default 1 s.
     pub connect_timeout: Duration,

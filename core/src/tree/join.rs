@@ -135,19 +135,32 @@ impl Tree {
                 cands.push(e.id);
             }
         }
+        let views_end = cands.len();
         // Then RanSub's non-descendants (they cannot be below us), then its all-nodes view; in
         // each group the shallowest first (the repaired tree stays shallow), ties in random order.
-        let nd = first + cands[first..].iter().filter(|c| ctx.nondesc.iter().any(|e| e.id == **c)).count();
+        let nd = first + cands[first..views_end].iter().filter(|c| ctx.nondesc.iter().any(|e| e.id == **c)).count();
         let depth =
             |id: &NodeId| ctx.nondesc.iter().chain(ctx.all.iter()).find(|e| e.id == *id).map_or(u16::MAX, |e| e.depth);
-        let (a, b) = cands.split_at_mut(nd);
+        let (a, b) = cands[..views_end].split_at_mut(nd);
         let a = &mut a[first..];
         shuffle(ctx, a);
         shuffle(ctx, b);
         a.sort_by_key(depth);
         b.sort_by_key(depth);
+        // Last, our further ancestors, nearest first: a branch of our own, unlike RanSub's
+        // views, whose members of one epoch are shared by most nodes (after a large failure,
+        // thousands of orphans ask the same few). A full one passes us down its subtree. Not
+        // the root nor its children: every orphan of their branch would ask them.
+        for a in self.path.iter().skip(2).rev() {
+            if usable(a, &cands) {
+                cands.push(*a);
+            }
+        }
         self.busy.direct.clear();
-        for &c in cands.iter().take(ctx.cfg.repair_fanout.min(MAX_FANOUT)) {
+        // The last wave asks every candidate left, up to `MAX_FANOUT`: the join through the root
+        // waits for it.
+        let fanout = if self.busy.waves_left == 0 { MAX_FANOUT } else { ctx.cfg.repair_fanout.min(MAX_FANOUT) };
+        for &c in cands.iter().take(fanout) {
             self.busy.direct.push(c);
             if !self.busy.direct_sent.contains(&c) && self.busy.direct_sent.len() < MAX_DIRECT {
                 self.busy.direct_sent.push(c);
@@ -174,8 +187,10 @@ impl Tree {
         }
     }
 
-    /// A wave of direct attempts ended without an accept: the ordinary round starts alongside
-    /// the next wave (a bound on the repair time when RanSub's candidates are poor), or alone.
+    /// A wave of direct attempts ended without an accept: the next wave starts, or, when none is
+    /// left (or no candidate), the ordinary round, through the root. A wave ends as soon as all
+    /// its candidates answered or failed to connect, so poor candidates (dead ones) cost little
+    /// time; silent ones cost `repair_timeout` a wave.
     pub(super) fn end_direct_wave(&mut self, ctx: &mut Ctx<'_>) {
         // A live candidate answers a direct join within the wave (it accepts, refuses, or gives
         // up its verification): one still silent is probably dead, so it goes last from now on.
@@ -185,11 +200,10 @@ impl Tree {
         self.busy.in_direct = false;
         self.busy.direct.clear();
         self.busy.direct_at = None;
-        let waves_done = ctx.cfg.repair_waves.saturating_sub(self.busy.waves_left);
         if self.busy.waves_left > 0 {
             self.start_direct(ctx);
         }
-        if (waves_done >= 2 || !self.busy.in_direct) && self.busy.target.is_none() && self.busy.join_at.is_none() {
+        if !self.busy.in_direct && self.busy.target.is_none() && self.busy.join_at.is_none() {
             self.try_next(ctx);
         }
     }

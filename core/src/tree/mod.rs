@@ -49,7 +49,12 @@
 //! `repair_fanout` at once, RanSub candidates (non-descendants first) with free slots to take it
 //! directly (`Join(Direct)`). The candidate sends `Verify` up its own parent chain; the top of the
 //! chain answers back down (`VerifyOk`/`VerifyFail`) and only then does the candidate accept.
-//! Only then, or after `repair_timeout` per wave, does the node fall back to the root.
+//! The last wave asks every candidate left, our further ancestors among them (not the root nor
+//! its children), whose subtrees are ours alone where the views' members are shared by most
+//! orphans of a large failure. Only when every wave has ended without an accept (each ends when
+//! all its candidates answered, or after `repair_timeout`) does the node fall back to the root.
+//! A candidate whose open link closes is not taken for dead: a popular one closes links when
+//! its budget is full, and still answers.
 //!
 //! **Why no loop can form.** Only a joined root starts placing a join, and every hop down is
 //! checked by the receiver against its own parent pointer, so a placement follows real parent
@@ -472,7 +477,15 @@ impl Tree {
         if self.parent == Some(peer) {
             self.parent_lost(ctx, false);
         } else if self.state == TreeState::Joining {
-            if self.busy.in_direct && self.busy.direct.contains(&peer) {
+            // A candidate whose link never opened is dead or unreachable: the wave goes on
+            // without it. One whose open link closed was alive when it got our join, and a link
+            // closes under a live node too: a candidate in many views (RanSub's views of one
+            // epoch share most of their members) takes more joiners at once than its link
+            // budget holds and closes the least recently used, ours among them, while it
+            // verifies us or after it passed us down to a child. Its answer, or its child's,
+            // may still come: the wave waits for it until its timeout. (Read as a death, that
+            // close sent most subtree orphans of a 1,000,000-node repair to the root.)
+            if failed && self.busy.in_direct && self.busy.direct.contains(&peer) {
                 self.direct_answered(ctx, peer);
             }
             if self.busy.asked.contains(&peer) {
