@@ -96,6 +96,24 @@ fn swarm_of_scenarios_drawn_from_every_knob_passes_the_oracle() {
     }
 }
 
+/// Swarm seeds that once closed a loop (`plush sim --swarm` draws them from the default sizes):
+/// 1510, a detached top's accept arriving after it had vouched for a joiner named in that
+/// accept's path (see "Why no loop can form" in `plush_core::tree`); 1665, the same race,
+/// which the fleet had since the direct repairs. Both must pass the oracle.
+#[test]
+fn the_swarm_seeds_that_closed_loops_stay_loop_free() {
+    for seed in [1510, 1665] {
+        let mut problems = Vec::new();
+        let summary = swarm::run(1, seed, 1, Sizes::default(), |o| {
+            if !o.verdict.ok() {
+                problems.push(format!("seed {}: {}\n  reproduce: {}", o.seed, o.verdict.problems.join("; "), o.command));
+            }
+        });
+        assert_eq!(summary.runs, 1);
+        assert!(problems.is_empty(), "{}", problems.join("\n"));
+    }
+}
+
 /// The swarm's draw covers its whole space, and its command lines name every knob drawn.
 #[test]
 fn the_swarm_draws_every_knob_in_its_range() {

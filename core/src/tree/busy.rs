@@ -44,6 +44,11 @@ pub(super) struct Busy {
     /// Direct joins we are verifying up our parent chain, with their deadlines.
     /// At most `MAX_VERIFYING`; more are refused.
     pub verifying: Vec<(NodeId, Instant)>,
+    /// While a detached top: the joiners we vouched for (`VerifyOk` as the top of a chain), until
+    /// when the vouching holds; an accept whose path names one of them is refused (see
+    /// `Tree::on_accept`). At most `MAX_VOUCHED`, the oldest dropped. Not kept once the node is
+    /// otherwise idle: it matters only until we re-attach.
+    pub vouched: Vec<(NodeId, Instant)>,
     /// When the current join attempt times out.
     pub join_at: Option<Instant>,
     /// While repairing: when the current target, still unanswered, is joined by the next
@@ -81,6 +86,7 @@ impl Idle for Busy {
         direct_sent: Vec::new(),
         waves_left: 0,
         verifying: Vec::new(),
+        vouched: Vec::new(),
         join_at: None,
         hedge_at: None,
         hedged: Vec::new(),
@@ -107,6 +113,7 @@ impl Idle for Busy {
             direct_sent,
             waves_left,
             verifying,
+            vouched: _,
             join_at,
             hedge_at,
             hedged,
@@ -152,7 +159,8 @@ impl Busy {
             + self.hedged.capacity()
             + self.probe_round.capacity();
         ids * size_of::<NodeId>()
-            + (self.held.capacity() + self.verifying.capacity()) * size_of::<(NodeId, Instant)>()
+            + (self.held.capacity() + self.verifying.capacity() + self.vouched.capacity())
+                * size_of::<(NodeId, Instant)>()
             + self.candidates.capacity() * size_of::<(NodeId, JoinMode)>()
     }
 }

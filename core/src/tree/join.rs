@@ -309,8 +309,14 @@ impl Tree {
         // A path through one of our children would close a loop: the acceptor was placed under
         // a fragment top that has since become our child (a placement still in flight when its
         // fragment detached, and that top, lower than us, joined us directly).
-        let sane =
-            path.last() == Some(&from) && !path.contains(&self.me) && !path.iter().any(|p| self.children.contains(p));
+        // So would a path through a joiner we vouched for as a detached top: that joiner is
+        // being placed in our fragment, and this acceptor's chain, checked before our top's
+        // joiner was placed, may run through it by now (it was above the acceptor then).
+        let now = ctx.now;
+        let vouched = |p: &NodeId| self.busy.vouched.iter().any(|(v, until)| v == p && *until > now);
+        let sane = path.last() == Some(&from)
+            && !path.contains(&self.me)
+            && !path.iter().any(|p| self.children.contains(p) || vouched(p));
         let Some(&root) = path.first() else { return ctx.send(from, TreeMsg::Remove) };
         if self.parent == Some(from) && sane {
             // A repeated accept from our parent: refresh what it says.
@@ -550,6 +556,8 @@ impl Tree {
             (true, None) => {
                 if self.state == TreeState::Joined {
                     ctx.io.stats.root_verifies += 1;
+                } else {
+                    self.vouch(ctx, joiner);
                 }
                 ctx.send(from, TreeMsg::VerifyOk { joiner, route });
             }
@@ -558,6 +566,19 @@ impl Tree {
                 ctx.send(p, TreeMsg::Verify { joiner, route });
             }
         }
+    }
+
+    /// Remember that we vouched for `joiner` as a detached top, until its placement is surely
+    /// over (its candidate and itself wait `repair_timeout` each).
+    fn vouch(&mut self, ctx: &mut Ctx<'_>, joiner: NodeId) {
+        let until = ctx.now + ctx.cfg.repair_timeout * 2;
+        let now = ctx.now;
+        let v = &mut self.busy.vouched;
+        v.retain(|(j, t)| *t > now && *j != joiner);
+        if v.len() >= MAX_VOUCHED {
+            v.remove(0);
+        }
+        v.push((joiner, until));
     }
 
     /// A verification's answer coming back down from our parent.

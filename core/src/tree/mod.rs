@@ -67,6 +67,12 @@
 //! A `Leaf` join needs none of this: a node without children is nobody's ancestor, so no place
 //! it takes closes a cycle; a joining node therefore never takes children while it has none (a
 //! childless joiner is no detached top), and refuses an accept whose path names it or a child.
+//! A chain walk is checked when it is made, and the accept comes a round trip later: a top `T`
+//! may vouch for a lower joiner `J` (so `J` lands in `T`'s fragment) while `T`'s own accept is on
+//! its way from a candidate whose chain ran, when it was walked, through `J` still attached
+//! above it; `J` has detached since, and each would land in the other's subtree (swarm seed
+//! 1510). So a detached top remembers whom it vouched for (`Busy::vouched`, for two
+//! `repair_timeout`s) and refuses an accept whose path names one of them.
 //!
 //! **Rebalancing.** A repair hangs whole subtrees wherever RanSub found room, and subtrees that
 //! attached below other repaired subtrees can leave the tree three or four times as deep. A
@@ -106,6 +112,8 @@ const MAX_FANOUT: usize = 8;
 const MAX_DIRECT: usize = 16;
 /// Direct joins a node verifies at once; more are refused.
 const MAX_VERIFYING: usize = 12;
+/// Joiners a detached top remembers vouching for (see `Busy::vouched`).
+const MAX_VOUCHED: usize = 16;
 /// Depth down to which a member always takes leaves itself when it has room, whatever the
 /// population (see `Tree::on_leaf`): a leaf asked deeper climbs at most to here while RanSub's
 /// count is not known yet, so a cold build's joins spread over the top levels' subtrees instead
