@@ -106,7 +106,12 @@ fn the_swarm_seeds_that_closed_loops_stay_loop_free() {
         let mut problems = Vec::new();
         let summary = swarm::run(1, seed, 1, Sizes::default(), |o| {
             if !o.verdict.ok() {
-                problems.push(format!("seed {}: {}\n  reproduce: {}", o.seed, o.verdict.problems.join("; "), o.command));
+                problems.push(format!(
+                    "seed {}: {}\n  reproduce: {}",
+                    o.seed,
+                    o.verdict.problems.join("; "),
+                    o.command
+                ));
             }
         });
         assert_eq!(summary.runs, 1);
