@@ -13,9 +13,12 @@
 #                     host, members launch the others over ssh from their own hosts (with a key
 #                     of the account's own, as host-based authentication would give them)
 #   plush_cold_ssh_launch_bytes, plush_cold_tree_launch_bytes
-#                     bytes the controller's ssh processes sent in those two runs (the sum of
-#                     ssh's own "Transferred: sent N" over its sessions: every launch's login,
-#                     and any copy of the binary; members' logins are not counted)
+#                     bytes the controller's ssh processes sent to sshd in those two runs, IP
+#                     packets with their headers (an nftables counter on root's sockets to the
+#                     sshd port: every launch's login, and any copy of the binary; members log in
+#                     as the bench account and are not counted). Counted in the kernel, so plush's
+#                     runs pay nothing pdsh does not (an ssh wrapper that logged the byte counts
+#                     cost them a shell and verbose logging a login)
 #   plush_warm_s      `run_ms` of the second `run --json hostname` in one `plush shell` session
 #                     (null when this plush has no `shell` subcommand)
 #   plush_local_s     wall clock of `plush run --local N -- hostname` (no ssh), for reference
@@ -95,6 +98,8 @@ dir=""
 sshd_pid=""
 cur_pid="" # the process group of the tool running now (setsid)
 own_account=0 # 1 once the account is known to run nothing else: its processes are ours
+nft_table=0 # 1 once the byte counter's nftables table exists (deleted on exit)
+NFT_TABLE=plush_cmpssh
 
 # The pids of the bench account's processes.
 account_pids() {
@@ -134,6 +139,7 @@ cleanup() {
         pids=$(account_pids)
         [ -z "$pids" ] || echo "compare-ssh.sh: processes of $USER_NAME still running: $pids" >&2
     fi
+    [ "$nft_table" = 0 ] || nft delete table inet "$NFT_TABLE" 2>/dev/null || true
     [ -z "$dir" ] || rm -rf "$dir"
     exit "$status"
 }
@@ -147,6 +153,7 @@ command -v pdsh >/dev/null || missing+=(pdsh)
 command -v clush >/dev/null || missing+=(clustershell)
 [ -x "$SSHD" ] && command -v ssh >/dev/null && command -v ssh-keygen >/dev/null || missing+=(openssh-server openssh-client)
 command -v jq >/dev/null || missing+=(jq)
+command -v nft >/dev/null || missing+=(nftables)
 if [ ${#missing[@]} -gt 0 ]; then
     say "== installing ${missing[*]} (apt-get)"
     export DEBIAN_FRONTEND=noninteractive
@@ -236,18 +243,20 @@ cp "$dir/user_key" "$dir/member_key"
 chown "$USER_NAME" "$dir/member_key"
 chmod 600 "$dir/member_key"
 sed "s|$dir/user_key|$dir/member_key|" "$cfg" >"$dir/ssh_config_tree"
-# The controller's ssh, through a wrapper that has each session log its byte counts (ssh's
-# "Transferred:" line, at LogLevel VERBOSE) to a file of its own. Only plush's controller runs
-# with it on its PATH; members run the account's ssh.
-mkdir -p "$dir/wrap" "$dir/sshlog"
-printf '#!/bin/sh\nexec %s -E "%s/sshlog/ssh.$$.log" -o LogLevel=VERBOSE "$@"\n' "$(command -v ssh)" "$dir" >"$dir/wrap/ssh"
-chmod 755 "$dir/wrap/ssh"
-# launch_bytes: the bytes the logged sessions sent, summed; the logs are then cleared.
+# The controller's bytes to sshd: a counter on what root's sockets send to the sshd port (the
+# controller runs as root, members as the account). launch_bytes prints it and resets it.
+nft_table=1
+nft -f - <<EOF || die "cannot make the nftables counter (needs nftables and root)"
+table inet $NFT_TABLE {
+    counter launch { }
+    chain out {
+        type filter hook output priority 0; policy accept;
+        tcp dport $sshd_port meta skuid 0 counter name launch
+    }
+}
+EOF
 launch_bytes() {
-    local b
-    b=$(cat "$dir"/sshlog/*.log 2>/dev/null | awk '/Transferred: sent/ { gsub(",", "", $3); s += $3 } END { print s + 0 }') || true
-    rm -f "$dir"/sshlog/*.log
-    echo "$b"
+    nft reset counter inet "$NFT_TABLE" launch | awk '/bytes/ { for (i = 1; i < NF; i++) if ($i == "bytes") print $(i + 1) }'
 }
 mkdir -p /run/sshd
 "$SSHD" -t -f "$dir/sshd_config" || die "sshd refuses its configuration"
@@ -384,7 +393,7 @@ no_clients_left plush-first
 port=$(free_port "$sshd_port") || die "no free port for the plush clients"
 say "== plush run --json -w <$n hosts> --launcher ssh --ssh-option=-F$cfg --port $port -- hostname (cold: launch, join, run, dismantle)"
 launch_bytes >/dev/null
-run_tool plush-cold /dev/null env PATH="$dir/wrap:$PATH" "$plush" run --json -w "$hosts" "${plush_ssh[@]}" --port "$port" -- hostname
+run_tool plush-cold /dev/null "$plush" run --json -w "$hosts" "${plush_ssh[@]}" --port "$port" -- hostname
 got=$(plush_count "$dir/plush-cold.out")
 if ok plush-cold "$got"; then plush_cold_ssh_s=$secs; else plush_cold_ssh_s=null; fi
 no_clients_left plush-cold
@@ -396,7 +405,7 @@ plush_tree=(--launcher ssh "--ssh-option=-F$dir/ssh_config_tree" --launch-from t
 port=$(free_port "$sshd_port") || die "no free port for the plush clients"
 say "== plush run --json -w <$n hosts> --launcher ssh --ssh-option=-F$dir/ssh_config_tree --launch-from tree --port $port -- hostname (cold, tree launch)"
 launch_bytes >/dev/null
-run_tool plush-tree /dev/null env PATH="$dir/wrap:$PATH" "$plush" run --json -w "$hosts" "${plush_tree[@]}" --port "$port" -- hostname
+run_tool plush-tree /dev/null "$plush" run --json -w "$hosts" "${plush_tree[@]}" --port "$port" -- hostname
 got=$(plush_count "$dir/plush-tree.out")
 if ok plush-tree "$got"; then plush_cold_tree_s=$secs; else plush_cold_tree_s=null; fi
 no_clients_left plush-tree
