@@ -546,8 +546,9 @@ impl Node {
         &self.io.stats
     }
     /// Free what the node keeps only to go faster: the frame buffers kept for reuse (see
-    /// [`crate::frame::FramePool::trim`]), and the output queue's room. Changes nothing the node does. A simulator of a million nodes calls it
-    /// after each input, once it has taken every output.
+    /// [`crate::frame::FramePool::trim`]), and the output queue's room. Changes nothing the node
+    /// does. A simulator of a million nodes calls it after each input, once it has taken every
+    /// output.
     pub fn trim_buffers(&mut self) {
         self.io.pool.trim();
         self.io.out.trim();

@@ -214,8 +214,8 @@ impl Record {
         }
         let now = unix_now();
         if let Some(ctrl) = ctrl {
+            let session = self.session;
             for g in groups {
-                let session = self.session;
                 if !self.started.iter().any(|&(c, t, j, _)| c == ctrl && t == session && j == g.job) {
                     if self.started.len() >= MAX_STARTED {
                         self.started.pop_front();

@@ -14,6 +14,11 @@
 use plush_sim::swarm::{self, Sizes};
 use plush_sim::{run, CrashKind, Scenario};
 
+/// A failed scenario: its seed, its problems and the command that reproduces it.
+fn failure(o: &swarm::Outcome) -> String {
+    format!("seed {}: {}\n  reproduce: {}", o.seed, o.verdict.problems.join("; "), o.command)
+}
+
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -48,7 +53,7 @@ fn swarm_of_scenarios_drawn_from_every_knob_passes_the_oracle() {
     let summary = swarm::run(count, first, jobs, Sizes { min: 20, max: 600 }, |o| {
         let (sc, r) = (&o.scenario, &o.report);
         if !o.verdict.ok() {
-            failures.push(format!("seed {}: {}\n  reproduce: {}", o.seed, o.verdict.problems.join("; "), o.command));
+            failures.push(failure(o));
         }
         killed += u64::from(r.recovery.killed);
         if sc.crash == CrashKind::Host {
@@ -106,12 +111,7 @@ fn the_swarm_seeds_that_closed_loops_stay_loop_free() {
         let mut problems = Vec::new();
         let summary = swarm::run(1, seed, 1, Sizes::default(), |o| {
             if !o.verdict.ok() {
-                problems.push(format!(
-                    "seed {}: {}\n  reproduce: {}",
-                    o.seed,
-                    o.verdict.problems.join("; "),
-                    o.command
-                ));
+                problems.push(failure(o));
             }
         });
         assert_eq!(summary.runs, 1);
