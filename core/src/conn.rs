@@ -25,9 +25,10 @@
 
 use crate::batch::Outbox;
 use crate::contract::{Output, Stats};
-use crate::frame::Frame;
+use crate::frame::{encode_once, Frame};
 use crate::id::NodeId;
 use crate::time::Instant;
+use crate::wire::{Message, TreeMsg};
 use rustc_hash::FxBuildHasher;
 use slab::Slab;
 use std::cell::Cell;
@@ -298,7 +299,9 @@ impl ConnTable {
 
     // ----- admission ------------------------------------------------------------------------
 
-    /// Make room for one more link: evict the least-recently-used unpinned idle link.
+    /// Make room for one more link: evict the least-recently-used unpinned idle link. Its last
+    /// frame is `TreeMsg::Closing`, so that the peer tells this close from a crash (a joiner
+    /// waiting for our answer, or for one of our children's, keeps waiting).
     fn make_room(&mut self, out: &mut Outbox, stats: &mut Stats) -> Admit {
         if self.slab.len() < self.budget {
             return Admit::Ok;
@@ -311,6 +314,10 @@ impl ConnTable {
                 let peer = l.peer;
                 self.remove(&peer);
                 stats.evictions += 1;
+                if let Some(frame) = encode_once(&Message::Tree(TreeMsg::Closing)) {
+                    stats.frames_out += 1;
+                    out.push_back(Output::Transmit { to: peer, frame });
+                }
                 out.push_back(Output::Close(peer));
                 return Admit::Ok;
             }
@@ -610,7 +617,6 @@ const LEADS: u8 = Pin::Child as u8 | Pin::Controller as u8;
 mod tests {
     use super::*;
     use crate::frame::FramePool;
-    use crate::wire::{Message, TreeMsg};
     use core::time::Duration;
 
     fn id(i: u32) -> NodeId {
@@ -619,6 +625,19 @@ mod tests {
 
     fn frame() -> Frame {
         FramePool::default().encode(&Message::Tree(TreeMsg::Remove), 64).unwrap()
+    }
+
+    /// The peer of an eviction at the front of `out`: a `Closing` frame to it, then its close.
+    fn evicted(out: &mut Outbox) -> Option<NodeId> {
+        let to = match out.pop_front()? {
+            Output::Transmit { to, frame } => {
+                assert_eq!(Message::decode(frame.payload()), Ok(Message::Tree(TreeMsg::Closing)));
+                to
+            }
+            other => panic!("an eviction starts with its Closing frame, not {other:?}"),
+        };
+        assert_eq!(out.pop_front(), Some(Output::Close(to)), "the Closing frame, then the close");
+        Some(to)
     }
 
     fn open(t: &mut ConnTable, i: u32, out: &mut Outbox, st: &mut Stats) -> Admit {
@@ -642,7 +661,7 @@ mod tests {
         assert_eq!(t.received_again(now, &id(0), hb, &mut memo), Some(false));
         out.clear();
         assert_eq!(open(&mut t, 2, &mut out, &mut st), Admit::Ok);
-        assert_eq!(out.pop_front(), Some(Output::Close(id(1))), "link 0 was used last, link 1 goes");
+        assert_eq!(evicted(&mut out), Some(id(1)), "link 0 was used last, link 1 goes");
         // Pinned: the memo answers while nothing changes, and is dropped when a pin changes.
         t.pin(now, id(0), Pin::Parent);
         let mut memo = None;
@@ -666,7 +685,7 @@ mod tests {
         assert!(t.received(Instant::from_millis(5), &id(1), Duration::from_secs(1)).is_some());
         out.clear();
         assert_eq!(open(&mut t, 3, &mut out, &mut st), Admit::Ok);
-        assert_eq!(out.pop_front(), Some(Output::Close(id(2))));
+        assert_eq!(evicted(&mut out), Some(id(2)));
         assert_eq!(st.evictions, 1);
         assert_eq!(t.len(), 3);
         assert!(t.state(&id(0)).is_some(), "the pinned link stays");
@@ -688,7 +707,7 @@ mod tests {
         // Unpinning makes the link evictable again.
         t.unpin(&id(1), Pin::Child);
         assert_eq!(open(&mut t, 6, &mut out, &mut st), Admit::Ok);
-        assert_eq!(out.pop_front(), Some(Output::Close(id(1))));
+        assert_eq!(evicted(&mut out), Some(id(1)));
     }
 
     #[test]

@@ -83,6 +83,7 @@ pub fn messages() -> Vec<Message> {
         tree(TreeMsg::Verify { joiner: id(9), route: List(vec![id(3), id(2)]) }),
         tree(TreeMsg::VerifyOk { joiner: id(9), route: List(vec![id(3)]) }),
         tree(TreeMsg::VerifyFail { joiner: id(9), route: List(vec![id(3)]) }),
+        tree(TreeMsg::Closing),
         Message::RanSub(RanSubMsg::Distribute {
             epoch: 4,
             population: 1000,

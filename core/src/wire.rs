@@ -621,6 +621,9 @@ pub enum TreeMsg {
         /// The chain still to walk down (its last entry is the receiver).
         route: List<NodeId>,
     },
+    /// The last frame on a link its sender closes to make room for another (its link budget is
+    /// spent): "I am alive". A link that closes without it was reset by a crash or the network.
+    Closing,
 }
 
 /// Why bytes from the network were refused.
@@ -729,6 +732,7 @@ impl Message {
                 TreeMsg::Verify { .. } => "tree.verify",
                 TreeMsg::VerifyOk { .. } => "tree.verify_ok",
                 TreeMsg::VerifyFail { .. } => "tree.verify_fail",
+                TreeMsg::Closing => "tree.closing",
             },
             Message::RanSub(m) => match m {
                 RanSubMsg::Distribute { .. } => "ransub.distribute",
@@ -771,7 +775,7 @@ impl Message {
 
 /// Every message kind [`Message::kind`] names, by layer. [`crate::samples::messages`] has one
 /// message of each (a test checks that the two agree).
-pub const KINDS: [&str; 44] = [
+pub const KINDS: [&str; 45] = [
     "tree.join",
     "tree.join_accept",
     "tree.join_reject",
@@ -787,6 +791,7 @@ pub const KINDS: [&str; 44] = [
     "tree.verify",
     "tree.verify_ok",
     "tree.verify_fail",
+    "tree.closing",
     "ransub.distribute",
     "ransub.collect",
     "control.set_ctrl",

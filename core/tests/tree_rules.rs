@@ -101,6 +101,45 @@ fn when_the_root_dies_the_lowest_sibling_takes_over_and_the_others_join_it() {
     net.assert_one_tree();
 }
 
+#[test]
+fn a_lower_sibling_that_passed_our_failover_join_on_is_alive_even_when_the_answer_is_lost() {
+    // Root 0 over siblings 1 and 2; 1 is full with its own children 3 and 4.
+    let mut net = Net::new(2);
+    net.add(0, &[]);
+    net.add(1, &[0]);
+    net.add(2, &[0]);
+    net.add(3, &[1]);
+    net.add(4, &[1]);
+    assert_eq!(net.node(0).children(), &[id(1), id(2)]);
+    assert_eq!(net.node(1).children(), &[id(3), id(4)]);
+    // Whatever 1's children tell 2 is lost: the place they give it never reaches it.
+    net.block(3, 2);
+    net.block(4, 2);
+    net.kill(0);
+    assert!(net.node(1).is_root(), "the lowest sibling took over at once");
+    let asked = net.log.iter().any(|(f, t, m)| {
+        (*f, *t) == (id(2), id(1))
+            && matches!(m, TreeMsg::Join { mode: plush_core::wire::JoinMode::Failover { .. }, .. })
+    });
+    assert!(asked, "2 asked the lower sibling");
+    assert!(
+        net.log.iter().any(|(f, t, m)| (*f == id(1) && (*t == id(3) || *t == id(4)))
+            && matches!(m, TreeMsg::Join { joiner, mode: plush_core::wire::JoinMode::Redirect, .. } if *joiner == id(2))),
+        "the full new root passed 2's join down"
+    );
+    // Past the wait for silent siblings (a connect timeout and a repair timeout), 2 has had no
+    // answer; but 1 took its connection after 2 asked, so 1 is alive and 2 is not the lowest
+    // survivor: it must not become a second root.
+    net.advance(net.cfg.connect_timeout + net.cfg.repair_timeout + Duration::from_millis(100));
+    assert!(!net.node(2).is_root(), "2 became a second root beside the live lower sibling 1");
+    assert_eq!(net.node(2).state(), TreeState::Joining);
+    net.unblock(3, 2);
+    net.unblock(4, 2);
+    net.advance(Duration::from_secs(10));
+    net.assert_one_tree();
+    assert_eq!(net.node(2).root(), Some(id(1)));
+}
+
 /// Two trees that know nothing of each other: root 2 over 20 and 21, root 1 over 10 (and 11).
 fn two_trees(with_11: bool) -> Net {
     let mut net = Net::new(3);

@@ -89,6 +89,9 @@ impl Sim {
     /// Tell slot `i` that its link to `peer` changed (nothing runs there: nobody to tell).
     pub(crate) fn link_event(&mut self, i: u32, peer: u32, ev: LinkEvent) {
         let now = self.now;
+        if !self.watch.is_empty() && (self.watch.contains(&i) || self.watch.contains(&peer)) {
+            eprintln!("t={:.3}s {i} link {peer}: {ev:?}", now.0 as f64 / 1e6);
+        }
         if let Some(p) = self.nodes[i as usize].proc.as_mut() {
             machine!(p, |m| Machine::handle_link(m, now, id(peer), ev));
         }

@@ -178,7 +178,8 @@ pub struct Sim {
     pub pinned_closes: u64,
     /// Counters of crashed incarnations, so that totals survive crashes.
     pub dead_stats: plush_core::Stats,
-    /// Nodes whose deliveries are printed to stderr (`PLUSH_SIM_WATCH=3,17`), for debugging.
+    /// Nodes whose deliveries and link events are printed to stderr (`PLUSH_SIM_WATCH=3,17`),
+    /// for debugging.
     pub(crate) watch: Vec<u32>,
     /// Frames delivered by message kind, when `PLUSH_SIM_KINDS` is set (printed to stderr at
     /// the end of [`play_sim`]), for finding what makes a run chatty.

@@ -17,6 +17,8 @@ pub(super) struct Busy {
     /// In a failover: the lower siblings asked at once and not yet answered. At most the degree
     /// (the old root had no more children).
     pub asked: Vec<NodeId>,
+    /// In a failover: when the lower siblings were asked.
+    pub asked_at: Option<Instant>,
     /// Higher siblings whose `Join(Failover)` we refused (while electing, or while the old root
     /// still seemed alive to us), with when: taken as children at once if we become the root
     /// within `Tree::held_for` of that. At most the degree.
@@ -39,6 +41,9 @@ pub(super) struct Busy {
     pub direct: Vec<NodeId>,
     /// Every RanSub candidate asked in this repair (to tell how it ended). At most `MAX_DIRECT`.
     pub direct_sent: Vec<NodeId>,
+    /// Candidates of the current wave (in `direct`) that closed their link to make room
+    /// (`TreeMsg::Closing`): alive, so that close is no answer. At most `MAX_FANOUT`.
+    pub closing: Vec<NodeId>,
     /// Waves of direct attempts still allowed in this repair.
     pub waves_left: usize,
     /// Direct joins we are verifying up our parent chain, with their deadlines.
@@ -74,6 +79,7 @@ impl Idle for Busy {
     const IDLE: &'static Busy = &Busy {
         failover: None,
         asked: Vec::new(),
+        asked_at: None,
         held: Vec::new(),
         candidates: Vec::new(),
         target: None,
@@ -84,6 +90,7 @@ impl Idle for Busy {
         in_direct: false,
         direct: Vec::new(),
         direct_sent: Vec::new(),
+        closing: Vec::new(),
         waves_left: 0,
         verifying: Vec::new(),
         vouched: Vec::new(),
@@ -101,6 +108,7 @@ impl Idle for Busy {
         let Busy {
             failover,
             asked,
+            asked_at,
             held,
             candidates,
             target,
@@ -111,6 +119,7 @@ impl Idle for Busy {
             in_direct,
             direct,
             direct_sent,
+            closing,
             waves_left,
             verifying,
             vouched: _,
@@ -125,6 +134,7 @@ impl Idle for Busy {
         } = self;
         failover.is_none()
             && asked.is_empty()
+            && asked_at.is_none()
             && held.is_empty()
             && candidates.is_empty()
             && target.is_none()
@@ -135,6 +145,7 @@ impl Idle for Busy {
             && !in_direct
             && direct.is_empty()
             && direct_sent.is_empty()
+            && closing.is_empty()
             && *waves_left == 0
             && verifying.is_empty()
             && join_at.is_none()

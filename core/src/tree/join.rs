@@ -43,6 +43,7 @@ impl Tree {
                 self.become_root(ctx);
                 return;
             }
+            self.busy.asked_at = Some(ctx.now);
             for id in lower.into_iter().take(ctx.cfg.degree()) {
                 if !self.busy.contacted.contains(&id) && self.busy.contacted.len() < MAX_CANDIDATES {
                     self.busy.contacted.push(id);
@@ -182,9 +183,23 @@ impl Tree {
     /// A RanSub candidate refused or could not be reached.
     pub(super) fn direct_answered(&mut self, ctx: &mut Ctx<'_>, from: NodeId) {
         self.busy.direct.retain(|d| *d != from);
+        self.busy.closing.retain(|d| *d != from);
         if self.busy.direct.is_empty() {
             self.end_direct_wave(ctx);
         }
+    }
+
+    /// A refusal during a wave from a member we did not ask: one of the wave's candidates passed
+    /// our join on (down its subtree, or up towards a shallower member), and the member it
+    /// reached refused. Every join has one final answer, so it stands for one candidate's: one
+    /// that closed its link to us (a candidate that passed us on and then needed the link) if
+    /// any, else the last asked. (Waiting for the relay's own answer, which never comes, made
+    /// the wave wait out its timeout.) A wrong pick costs little: an accept is taken whoever
+    /// sends it, while we join.
+    fn relayed_answer(&mut self, ctx: &mut Ctx<'_>) {
+        let direct = &self.busy.direct;
+        let Some(&d) = direct.iter().find(|d| self.busy.closing.contains(d)).or(direct.last()) else { return };
+        self.direct_answered(ctx, d);
     }
 
     /// A wave of direct attempts ended without an accept: the next wave starts, or, when none is
@@ -199,6 +214,7 @@ impl Tree {
         }
         self.busy.in_direct = false;
         self.busy.direct.clear();
+        self.busy.closing.clear();
         self.busy.direct_at = None;
         if self.busy.waves_left > 0 {
             self.start_direct(ctx);
@@ -391,6 +407,7 @@ impl Tree {
         self.busy.hedged = Vec::new();
         self.busy.hedge_at = None;
         self.busy.asked = Vec::new();
+        self.busy.asked_at = None;
         self.busy.held = Vec::new();
         self.busy.in_direct = false;
         self.busy.waves_left = 0;
@@ -398,6 +415,7 @@ impl Tree {
         // Free what a repair used: most nodes are rarely repairing.
         self.busy.direct = Vec::new();
         self.busy.direct_sent = Vec::new();
+        self.busy.closing = Vec::new();
     }
 
     pub(super) fn on_reject(&mut self, ctx: &mut Ctx<'_>, from: NodeId) {
@@ -412,6 +430,8 @@ impl Tree {
         self.busy.answered = true;
         if self.busy.in_direct && self.busy.direct.contains(&from) {
             self.direct_answered(ctx, from);
+        } else if self.busy.in_direct && !self.busy.direct_sent.contains(&from) {
+            self.relayed_answer(ctx);
         } else if self.busy.asked.contains(&from) {
             self.failover_answered(ctx, from);
         } else if self.hedged_gone(from) {

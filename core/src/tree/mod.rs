@@ -438,6 +438,15 @@ impl Tree {
             TreeMsg::Leave => self.on_link_down(ctx, from, false),
             TreeMsg::Broadcast { id, .. } => self.on_broadcast(ctx, &from, id, raw),
             TreeMsg::Heartbeat => {}
+            TreeMsg::Closing => {
+                if self.state == TreeState::Joining
+                    && self.busy.in_direct
+                    && self.busy.direct.contains(&from)
+                    && !self.busy.closing.contains(&from)
+                {
+                    self.busy.closing.push(from);
+                }
+            }
             TreeMsg::Verify { joiner, route } => self.on_verify(ctx, from, joiner, route),
             TreeMsg::VerifyOk { joiner, route } => self.on_verified(ctx, from, joiner, route, true),
             TreeMsg::VerifyFail { joiner, route } => self.on_verified(ctx, from, joiner, route, false),
@@ -485,16 +494,26 @@ impl Tree {
         if self.parent == Some(peer) {
             self.parent_lost(ctx, false);
         } else if self.state == TreeState::Joining {
-            // A candidate whose link never opened is dead or unreachable: the wave goes on
-            // without it. One whose open link closed was alive when it got our join, and a link
-            // closes under a live node too: a candidate in many views (RanSub's views of one
-            // epoch share most of their members) takes more joiners at once than its link
-            // budget holds and closes the least recently used, ours among them, while it
-            // verifies us or after it passed us down to a child. Its answer, or its child's,
-            // may still come: the wave waits for it until its timeout. (Read as a death, that
-            // close sent most subtree orphans of a 1,000,000-node repair to the root.)
-            if failed && self.busy.in_direct && self.busy.direct.contains(&peer) {
-                self.direct_answered(ctx, peer);
+            // A candidate whose link failed to open, or was reset, is dead or unreachable: the
+            // wave goes on without it. But a link also closes under a live node: a candidate in
+            // many views (RanSub's views of one epoch share most of their members) takes more
+            // joiners at once than its link budget holds and closes the least recently used,
+            // ours among them, while it verifies us or after it passed us down to a child. It
+            // says so first (`Closing`); its answer, or its child's, may still come, and the
+            // wave waits for it until its timeout. (Read as a death, that close sent most
+            // subtree orphans of a 1,000,000-node repair to the root; waiting on every close
+            // made a crash cost a whole wave.)
+            if self.busy.in_direct && self.busy.direct.contains(&peer) {
+                let alive = match self.busy.closing.iter().position(|c| *c == peer) {
+                    Some(i) => {
+                        self.busy.closing.swap_remove(i);
+                        !failed
+                    }
+                    None => false,
+                };
+                if !alive {
+                    self.direct_answered(ctx, peer);
+                }
             }
             if self.busy.asked.contains(&peer) {
                 self.failover_answered(ctx, peer);
@@ -525,7 +544,17 @@ impl Tree {
             self.busy.join_at = None;
             if self.state == TreeState::Joining {
                 if !self.busy.asked.is_empty() {
-                    // The siblings still unanswered are as good as silent.
+                    // The siblings still unanswered are as good as silent, but for one we
+                    // heard from since we asked (its process took our connection, say): it is
+                    // alive and passed our join on, to a child of its when it is the new root
+                    // and full, and that answer was lost (the child it picked had just left
+                    // it). We are then not the lowest survivor: the round goes on through the
+                    // backbone, the new root among it. (Taken for silent, such a sibling made
+                    // us a second root, and the tree stayed split until a probe merged it.)
+                    let asked_at = self.busy.asked_at.unwrap_or(ctx.now);
+                    if self.busy.asked.iter().any(|s| ctx.io.conns.last_heard(s).is_some_and(|t| t >= asked_at)) {
+                        self.busy.answered = true;
+                    }
                     self.busy.asked.clear();
                     self.try_next(ctx);
                 } else if self.busy.target.is_some() || !self.busy.hedged.is_empty() {
