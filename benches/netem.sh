@@ -8,7 +8,8 @@
 # (25 % SIGKILL with the root; silent death), partition (two-way, one-way), link_cut (one tree
 # link cut both ways, healed), job (through a
 # SIGKILL, a partition, a silent death), push (M MiB, default 100, tree against star) and sim
-# (`plush sim` with the same N, kill fraction and the measured delay). Each scenario prints
+# (`plush sim` with the same N, kill fraction and the measured delay; the median of five
+# seeds). Each scenario prints
 # one JSON line; everything is torn down at the end, on failure and on Ctrl-C (checked).
 #
 # Builds the release `plush` binary and the harness (cargo build --release; or takes PLUSH=

@@ -23,8 +23,10 @@
 //! node knows its path to the root: `RootInfo(path)` flows down whenever it changes), then through
 //! its peers. If the failed parent was the root, its children already know each other: the lowest
 //! `NodeId` among the survivors becomes root and the others send it `Join(Failover)`; a sibling
-//! that gets such a join while still attached to the dead root drops it at once. A detached node
-//! whose candidates all stay silent becomes the root of its own fragment.
+//! that gets such a join while still attached to the dead root drops it at once. A sibling that
+//! gets no answer from the lower ones, and heard from none of them since it asked, is the lowest
+//! survivor and becomes the root. A detached node whose candidates all stay silent becomes the
+//! root of its own fragment.
 //!
 //! **Merging.** A root probes every `probe_interval`: a round of up to `probe_tries` (8) known
 //! peers (the backbone first or the other contacts first, at random; peers that failed lately
@@ -53,8 +55,11 @@
 //! its children), whose subtrees are ours alone where the views' members are shared by most
 //! orphans of a large failure. Only when every wave has ended without an accept (each ends when
 //! all its candidates answered, or after `repair_timeout`) does the node fall back to the root.
-//! A candidate whose open link closes is not taken for dead: a popular one closes links when
-//! its budget is full, and still answers.
+//! A candidate that closes our link to make room (its budget is full) says so first
+//! (`Closing`) and is waited for: it, or the member it passed us to, still answers. A link that
+//! closes without it was reset by a crash: an answer. So is a refusal from a member we did not
+//! ask (a candidate passed our join on, and that member refused), for one of the wave's
+//! candidates.
 //!
 //! **Why no loop can form.** Only a joined root starts placing a join, and every hop down is
 //! checked by the receiver against its own parent pointer, so a placement follows real parent
