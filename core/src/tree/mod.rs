@@ -509,14 +509,9 @@ impl Tree {
             // subtree orphans of a 1,000,000-node repair to the root; waiting on every close
             // made a crash cost a whole wave.)
             if self.busy.in_direct && self.busy.direct.contains(&peer) {
-                let alive = match self.busy.closing.iter().position(|c| *c == peer) {
-                    Some(i) => {
-                        self.busy.closing.swap_remove(i);
-                        !failed
-                    }
-                    None => false,
-                };
-                if !alive {
+                let said_closing = self.busy.closing.contains(&peer);
+                self.busy.closing.retain(|c| *c != peer);
+                if failed || !said_closing {
                     self.direct_answered(ctx, peer);
                 }
             }
