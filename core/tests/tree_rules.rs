@@ -140,6 +140,47 @@ fn a_lower_sibling_that_passed_our_failover_join_on_is_alive_even_when_the_answe
     assert_eq!(net.node(2).root(), Some(id(1)));
 }
 
+#[test]
+fn a_new_root_keeps_the_links_of_the_siblings_it_held_while_it_takes_them() {
+    // Root 0 over 1 to 4; node 1, the lowest, is short of links.
+    let mut net =
+        Net::with_config(plush_core::Config { max_children: 8, max_links: 10, ..plush_core::Config::default() });
+    net.add(0, &[]);
+    for i in 1..5 {
+        net.add(i, &[0]);
+    }
+    // 2, 3 and 4 saw the root die before 1 did: 1, which heard from it lately, refuses their
+    // failover joins for now and holds them.
+    for s in [2, 3, 4] {
+        net.connect(s, 1);
+        let mode = plush_core::wire::JoinMode::Failover { dead_root: id(0) };
+        net.inject(s, 1, TreeMsg::Join { joiner: id(s), mode, hops: 0 });
+    }
+    assert_eq!(net.log.iter().filter(|(f, _, m)| *f == id(1) && *m == TreeMsg::JoinReject).count(), 3);
+    // Other peers crowd 1's links until the oldest idle ones, 2's and 3's, are evicted (each
+    // told `Closing`); 4's is next.
+    let evicted = |net: &Net, to: u32| {
+        net.log.iter().chain(&net.lost).any(|(f, t, m)| (*f, *t) == (id(1), id(to)) && *m == TreeMsg::Closing)
+    };
+    let mut phantom = 50;
+    while !evicted(&net, 3) {
+        assert!(phantom < 70, "3's link was never evicted");
+        net.link_phantom(phantom, 1);
+        phantom += 1;
+    }
+    assert!(evicted(&net, 2) && !evicted(&net, 4));
+    // 1 sees the root die and takes over. It connects to 2 and 3 again to take them (the
+    // root's link, closed, leaves room for one): the second must not make room by evicting 4,
+    // whom it takes in the same turn.
+    net.kill(0);
+    assert!(net.node(1).is_root());
+    assert!(!evicted(&net, 4), "1 evicted the link of 4, a sibling it was taking as a child");
+    let mut children = net.node(1).children().to_vec();
+    children.sort();
+    assert_eq!(children, vec![id(2), id(3), id(4)]);
+    net.assert_one_tree();
+}
+
 /// Two trees that know nothing of each other: root 2 over 20 and 21, root 1 over 10 (and 11).
 fn two_trees(with_11: bool) -> Net {
     let mut net = Net::new(3);

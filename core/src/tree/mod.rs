@@ -648,6 +648,11 @@ impl Tree {
         let fresh = ctx.now - Self::held_for(ctx.cfg);
         let held: Vec<NodeId> =
             core::mem::take(&mut self.busy.held).into_iter().filter(|h| h.1 >= fresh).map(|h| h.0).collect();
+        // Their links are idle since they asked: pinned now, so that what we send below (new
+        // links to the controller, to children) does not evict them before they are children.
+        for joiner in &held {
+            ctx.pin(*joiner, Pin::Child);
+        }
         self.state = TreeState::Joined;
         if let Some(p) = self.parent.take() {
             ctx.unpin(&p, Pin::Parent);
@@ -679,6 +684,8 @@ impl Tree {
         for joiner in held {
             if joiner != self.me && !self.children.contains(&joiner) && self.children.len() < ctx.cfg.degree() {
                 self.accept_child(ctx, joiner, false);
+            } else if !self.children.contains(&joiner) {
+                ctx.unpin(&joiner, Pin::Child);
             }
         }
     }
