@@ -133,6 +133,16 @@ pub(super) struct Upward {
     /// The same, item by item, oldest first: (whose live output, `None` for a blob chunk;
     /// bytes not acknowledged). At most a window's worth of items.
     pub(super) sent: VecDeque<(Option<NodeId>, u64)>,
+    /// Who `sent` went to: the way up when it was sent.
+    pub(super) sent_to: Option<NodeId>,
+    /// What was in flight to a former way up whose link was still open when the way up
+    /// changed: (that node, items as in `sent`). It arrives there and is passed on (any member
+    /// passes on output from below, the controller takes it from anyone), so it is not called
+    /// missing; its acknowledgements still come from there. If that link fails first, the
+    /// stream says what may be missing, as for a link that had already broken. At most one
+    /// former way up (a second change settles the first: its items are called missing at once)
+    /// and a window's worth of items.
+    pub(super) behind: Option<(NodeId, VecDeque<(Option<NodeId>, u64)>)>,
     /// Bytes of our own live output waiting in `queue`.
     pub(super) own_queued: u64,
     /// The driver was told to stop reading our process's output.
@@ -151,6 +161,68 @@ pub(super) struct Upward {
 }
 
 impl Upward {
+    /// Live output that was sent up and may not have got through (`items` as in `sent`): the
+    /// stream of each node says so where it stands now, never silently. Blob chunks are sent
+    /// again from what is held.
+    pub(super) fn note_cut(&mut self, items: impl IntoIterator<Item = (Option<NodeId>, u64)>) {
+        let mut cut: SmallVec<[(NodeId, u64); 4]> = SmallVec::new();
+        for (node, n) in items {
+            match (node, cut.iter_mut().find(|c| Some(c.0) == node)) {
+                (Some(_), Some(c)) => c.1 += n,
+                (Some(node), None) => cut.push((node, n)),
+                (None, _) => {}
+            }
+        }
+        for (node, n) in cut.into_iter().rev() {
+            let bytes = format!("{OUTPUT_CUT_PREFIX}{n} bytes of output may be missing here (a link broke)\n");
+            self.own_queued += bytes.len() as u64;
+            self.queue.push_front(UpItem::Output { node, err: true, bytes: bytes.into_bytes(), from: None });
+        }
+    }
+
+    /// The way up changed to `up` (see `behind`): what was in flight to the old one is either
+    /// still on its way (its link is open: `open`) or called missing.
+    pub(super) fn way_up_changed(&mut self, up: NodeId, open: impl Fn(&NodeId) -> bool) {
+        if let Some((b, items)) = self.behind.take() {
+            if b == up || !open(&b) {
+                // Acknowledgements from `up` count for what we send it now; or its link broke.
+                self.note_cut(items);
+            } else {
+                self.behind = Some((b, items));
+            }
+        }
+        let items = core::mem::take(&mut self.sent);
+        match self.sent_to.take() {
+            Some(old) if old != up && open(&old) && !items.is_empty() => {
+                if let Some((_, earlier)) = self.behind.replace((old, items)) {
+                    self.note_cut(earlier);
+                }
+            }
+            _ => self.note_cut(items),
+        }
+        self.inflight = 0;
+    }
+
+    /// `from`, a former way up, acknowledged `bytes` of what we sent it before the change.
+    pub(super) fn acked_behind(&mut self, from: NodeId, bytes: u64) {
+        let Some((_, items)) = self.behind.as_mut().filter(|(b, _)| *b == from) else { return };
+        drain_acked(items, bytes);
+        if items.is_empty() {
+            self.behind = None;
+        }
+    }
+
+    /// The link to `peer` failed: what was in flight to it as a former way up may be missing.
+    pub(super) fn lost_behind(&mut self, peer: &NodeId) -> bool {
+        if !self.behind.as_ref().is_some_and(|(b, _)| b == peer) {
+            return false;
+        }
+        if let Some((_, items)) = self.behind.take() {
+            self.note_cut(items);
+        }
+        true
+    }
+
     /// Large-output bytes here that have not gone up: (arriving, waiting in the queue).
     pub(super) fn backlog(&self) -> (u64, u64) {
         let arriving: u64 = self.blobs.partial.iter().map(|p| p.2.len() as u64).sum();
@@ -341,12 +413,94 @@ impl Blobs {
     }
 }
 
+/// Take `bytes` acknowledged off the front of `items` (oldest first, as in `Upward::sent`).
+pub(super) fn drain_acked(items: &mut VecDeque<(Option<NodeId>, u64)>, mut bytes: u64) {
+    while bytes > 0 {
+        match items.front_mut() {
+            Some(f) if f.1 <= bytes => {
+                bytes -= f.1;
+                items.pop_front();
+            }
+            Some(f) => {
+                f.1 -= bytes;
+                bytes = 0;
+            }
+            None => break,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn chunks(content: &[u8], size: usize) -> Vec<(u64, &[u8])> {
         content.chunks(size).enumerate().map(|(i, c)| ((i * size) as u64, c)).collect()
+    }
+
+    /// The notes `u` queued: (whose stream, bytes said missing).
+    fn notes(u: &Upward) -> Vec<(NodeId, u64)> {
+        u.queue
+            .iter()
+            .filter_map(|i| match i {
+                UpItem::Output { node, err: true, bytes, .. } => {
+                    let text = String::from_utf8_lossy(bytes);
+                    let n = text.strip_prefix(OUTPUT_CUT_PREFIX)?.split(' ').next()?.parse().ok()?;
+                    Some((*node, n))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn output_in_flight_to_a_former_way_up_is_called_missing_only_if_its_link_breaks() {
+        let (old, new, a, b) = (
+            NodeId::loopback(1, 7000),
+            NodeId::loopback(2, 7000),
+            NodeId::loopback(3, 7000),
+            NodeId::loopback(4, 7000),
+        );
+        let sent = |u: &mut Upward| {
+            u.sent = VecDeque::from([(Some(a), 10), (Some(b), 5), (None, 64), (Some(a), 7)]);
+            u.sent_to = Some(old);
+            u.inflight = 86;
+        };
+        // The old way up's link broke: every node's bytes in flight are said missing, at once.
+        let mut u = Upward::default();
+        sent(&mut u);
+        u.way_up_changed(new, |_| false);
+        assert_eq!(notes(&u), vec![(a, 17), (b, 5)]);
+        assert_eq!((u.inflight, u.behind.is_none()), (0, true));
+        // Still open: nothing is said; what it acknowledges is settled, and once all of it is,
+        // a later failure of that link says nothing either.
+        let mut u = Upward::default();
+        sent(&mut u);
+        u.way_up_changed(new, |p| *p == old);
+        assert!(notes(&u).is_empty());
+        u.acked_behind(new, 86);
+        assert!(u.behind.is_some(), "only the former way up's acknowledgements count");
+        u.acked_behind(old, 80);
+        assert!(u.behind.is_some());
+        u.acked_behind(old, 6);
+        assert!(u.behind.is_none());
+        assert!(!u.lost_behind(&old));
+        assert!(notes(&u).is_empty());
+        // Still open, then it breaks before acknowledging the rest: what is left is said.
+        let mut u = Upward::default();
+        sent(&mut u);
+        u.way_up_changed(new, |p| *p == old);
+        u.acked_behind(old, 12);
+        assert!(u.lost_behind(&old));
+        assert_eq!(notes(&u), vec![(b, 3), (a, 7)]);
+        // A second change while the first is unsettled: the first is said at once, and going
+        // back to the former way up settles it too (its acknowledgements now count for new sends).
+        let mut u = Upward::default();
+        sent(&mut u);
+        u.way_up_changed(new, |_| true);
+        u.way_up_changed(old, |_| true);
+        assert_eq!(notes(&u), vec![(a, 17), (b, 5)]);
+        assert!(u.behind.is_none());
     }
 
     #[test]

@@ -72,28 +72,17 @@ impl Control {
                 }
             }
             JobMsg::OutputAck { job, bytes } => {
-                if self.up(tree) != Some(from) {
+                let Some(k) = self.job_index(job) else { return };
+                let current = self.up(tree) == Some(from);
+                let u = &mut self.jobs[k].up;
+                if !current {
+                    // From a former way up, for what we sent it before the change (if anything).
+                    u.acked_behind(from, bytes);
                     return;
                 }
-                if let Some(k) = self.job_index(job) {
-                    let u = &mut self.jobs[k].up;
-                    u.inflight = u.inflight.saturating_sub(bytes);
-                    let mut n = bytes;
-                    while n > 0 {
-                        match u.sent.front_mut() {
-                            Some(f) if f.1 <= n => {
-                                n -= f.1;
-                                u.sent.pop_front();
-                            }
-                            Some(f) => {
-                                f.1 -= n;
-                                n = 0;
-                            }
-                            None => break,
-                        }
-                    }
-                    self.pump_up(ctx, tree, k);
-                }
+                u.inflight = u.inflight.saturating_sub(bytes);
+                super::held::drain_acked(&mut u.sent, bytes);
+                self.pump_up(ctx, tree, k);
             }
             JobMsg::Blob { job, digest, offset, total, data } => {
                 if self.is_above(tree, from) {
@@ -582,6 +571,7 @@ impl Control {
                     let Some(UpItem::Output { node, err, bytes, from }) = u.queue.pop_front() else { break };
                     u.inflight += n;
                     u.sent.push_back((Some(node), n));
+                    u.sent_to = Some(up);
                     ctx.send_msg(up, &Message::Job(JobMsg::Output { job, node, bytes, err }));
                     match from {
                         None => u.own_queued -= n,
@@ -599,6 +589,7 @@ impl Control {
                     }
                     u.inflight += n;
                     u.sent.push_back((None, n));
+                    u.sent_to = Some(up);
                     let msg = JobMsg::Blob {
                         job,
                         digest: *digest,

@@ -120,10 +120,15 @@ impl Control {
     /// A parent or child link failed: report the peer lost. `related`: it was our parent or
     /// child (the root believes such reports).
     pub fn on_peer_lost(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, peer: NodeId, related: bool, failed: bool) {
-        // Chunks in flight to it died with the link: if it comes back, it asks again.
-        for j in self.jobs.iter_mut() {
+        // Chunks in flight to it died with the link: if it comes back, it asks again. Live
+        // output in flight to it as a former way up may be missing.
+        for k in 0..self.jobs.len() {
+            let j = &mut self.jobs[k];
             if let Some(x) = j.xfer.as_mut() {
                 x.drop_feed(&peer);
+            }
+            if j.up.lost_behind(&peer) {
+                self.pump_up(ctx, tree, k);
             }
         }
         if Some(peer) == self.ctrl {
@@ -237,23 +242,10 @@ impl Control {
             let j = &mut self.jobs[k];
             j.unsent = j.held.clone();
             j.told_complete = false;
-            // A new way up: what was in flight on the old one is gone; results and blobs go
-            // again from what is held, live output goes on. Live output that was in flight may
-            // not have got through: its stream says so where it stands (never silently).
-            let mut cut: SmallVec<[(NodeId, u64); 4]> = SmallVec::new();
-            for (node, n) in j.up.sent.drain(..) {
-                match (node, cut.iter_mut().find(|c| Some(c.0) == node)) {
-                    (Some(_), Some(c)) => c.1 += n,
-                    (Some(node), None) => cut.push((node, n)),
-                    (None, _) => {}
-                }
-            }
-            for (node, n) in cut.into_iter().rev() {
-                let bytes = format!("{OUTPUT_CUT_PREFIX}{n} bytes of output may be missing here (a link broke)\n");
-                j.up.own_queued += bytes.len() as u64;
-                j.up.queue.push_front(UpItem::Output { node, err: true, bytes: bytes.into_bytes(), from: None });
-            }
-            j.up.inflight = 0;
+            // A new way up: results and blobs go again from what is held, live output goes on.
+            // Live output in flight on a link that broke may not have got through: its stream
+            // says so where it stands (never silently); on a link still open it arrives.
+            j.up.way_up_changed(up, |p| ctx.io.conns.state(p) == Some(crate::conn::LinkState::Open));
             j.up.sent_blobs.clear();
             j.up.queue.retain(|i| matches!(i, UpItem::Output { .. }));
             if let Some(x) = j.xfer.as_mut().filter(|x| !x.complete() && x.asked) {
