@@ -953,7 +953,12 @@ impl Controller {
             ControlMsg::Participants { nodes, last } if Some(from) == self.root => {
                 let from_time = *self.census_from.get_or_insert(now);
                 for id in nodes.iter() {
-                    if self.host_state(&id) != Some(HostState::Failed) {
+                    // A census answer may be older than a loss reported since (the root holds
+                    // answers a moment before it passes them on): it makes joined only hosts
+                    // we had not heard of or not invited yet. One we are inviting again (lost,
+                    // or relaunched) is joined when it says so: a live member answers the
+                    // invitation with `Joined`.
+                    if matches!(self.host_state(&id), None | Some(HostState::Pending)) {
                         self.set_state(now, id, HostState::Joined, None);
                     }
                 }

@@ -1,0 +1,73 @@
+//! The controller's census (`Participants`) against what the controller learnt since: an
+//! answer that left the host before its loss was reported does not make it joined again.
+
+use plush_core::frame::encode_once;
+use plush_core::wire::{ControlMsg, Message};
+use plush_core::{Config, Controller, HostState, Instant, LinkEvent, NodeId, NodeSet, Output};
+
+fn id(i: u32) -> NodeId {
+    NodeId::loopback(i, 7000)
+}
+
+fn at(ms: u64) -> Instant {
+    Instant(ms * 1000)
+}
+
+fn control(c: &mut Controller, t: u64, from: NodeId, msg: ControlMsg) -> Vec<Output> {
+    let f = encode_once(&Message::Control(msg)).expect("encodes");
+    c.handle_frame(at(t), from, &f[4..]).expect("a valid frame");
+    std::iter::from_fn(|| c.poll_output()).collect()
+}
+
+/// Whether `out` sends the root an invitation of `host`.
+fn invites(out: &[Output], root: NodeId, host: NodeId) -> bool {
+    out.iter().any(|o| match o {
+        Output::Transmit { to, frame } if *to == root => {
+            matches!(Message::decode(&frame[4..]), Ok(Message::Control(ControlMsg::SetPeer { host: h, .. })) if h == host)
+        }
+        _ => false,
+    })
+}
+
+#[test]
+fn a_census_answer_older_than_a_loss_does_not_stop_the_relaunched_client_being_invited() {
+    let (root, host) = (id(1), id(2));
+    let mut c = Controller::new(id(200), Config::default(), 1, at(0));
+    c.add_hosts(at(0), &[root, host]);
+    let _: Vec<Output> = std::iter::from_fn(|| c.poll_output()).collect();
+    c.handle_link(at(1), root, LinkEvent::Connected);
+    control(&mut c, 2, root, ControlMsg::SetRoot { root });
+    control(&mut c, 2, root, ControlMsg::Joined { node: root, build: 0 });
+    control(&mut c, 3, root, ControlMsg::Joined { node: host, build: 0 });
+    assert_eq!(c.host_state(&host), Some(HostState::Joined));
+    // The host's client dies: its parent, the root, reports it; the controller invites it
+    // again, no client answers there, and the controller launches one.
+    let out = control(&mut c, 5_000, root, ControlMsg::Disconnected { node: host, related: true });
+    assert!(invites(&out, root, host), "invited again: {out:?}");
+    let out = control(&mut c, 5_001, root, ControlMsg::InviteFailed { host });
+    assert!(out.iter().any(|o| matches!(o, Output::Launch { host: h } if *h == host)), "{out:?}");
+    // Meanwhile a census answer the host gave before it died arrives.
+    let nodes: NodeSet = [root, host].into_iter().collect();
+    control(&mut c, 5_002, root, ControlMsg::Participants { nodes, last: false });
+    assert_eq!(c.host_state(&host), Some(HostState::Invited), "an old census answer made it joined");
+    // The new client listens: it is invited, and joins when it says so.
+    c.handle_launched(at(5_050), host, Ok(()));
+    let out: Vec<Output> = std::iter::from_fn(|| c.poll_output()).collect();
+    assert!(invites(&out, root, host), "the relaunched client was never invited: {out:?}");
+    control(&mut c, 5_060, root, ControlMsg::Joined { node: host, build: 0 });
+    assert_eq!(c.host_state(&host), Some(HostState::Joined));
+}
+
+#[test]
+fn a_census_makes_joined_a_member_the_controller_had_not_heard_of() {
+    let root = id(1);
+    let mut c = Controller::new(id(200), Config::default(), 1, at(0));
+    c.add_hosts(at(0), &[root]);
+    let _: Vec<Output> = std::iter::from_fn(|| c.poll_output()).collect();
+    c.handle_link(at(1), root, LinkEvent::Connected);
+    control(&mut c, 2, root, ControlMsg::SetRoot { root });
+    control(&mut c, 2, root, ControlMsg::Joined { node: root, build: 0 });
+    let nodes: NodeSet = [root, id(9)].into_iter().collect();
+    control(&mut c, 3, root, ControlMsg::Participants { nodes, last: true });
+    assert_eq!(c.host_state(&id(9)), Some(HostState::Joined), "a member an earlier controller invited");
+}
