@@ -137,11 +137,10 @@ pub(super) struct Upward {
     pub(super) sent_to: Option<NodeId>,
     /// What was in flight to a former way up whose link was still open when the way up
     /// changed: (that node, items as in `sent`). It arrives there and is passed on (any member
-    /// passes on output from below, the controller takes it from anyone), so it is not called
-    /// missing; its acknowledgements still come from there. If that link fails first, the
-    /// stream says what may be missing, as for a link that had already broken. At most one
-    /// former way up (a second change settles the first: its items are called missing at once)
-    /// and a window's worth of items.
+    /// passes on output from below, the controller takes it from anyone); its acknowledgements
+    /// come from there. If that link fails first, the streams say what may be missing. At most
+    /// one former way up (with two, the older one's items are called missing at once) and a
+    /// window's worth of items.
     pub(super) behind: Option<(NodeId, VecDeque<(Option<NodeId>, u64)>)>,
     /// Bytes of our own live output waiting in `queue`.
     pub(super) own_queued: u64,
@@ -180,27 +179,39 @@ impl Upward {
         }
     }
 
-    /// The way up changed to `up` (see `behind`): what was in flight to the old one is either
-    /// still on its way (its link is open: `open`) or called missing.
+    /// The way up changed to `up`. What was in flight on a link that failed was called
+    /// missing when it failed ([`Upward::link_lost`]); what is left went on a link that is still
+    /// open, or that we closed ourselves after writing to it, and arrives. Still in flight to
+    /// `up` itself, it stays counted; to a former way up whose link is `open`, it waits aside
+    /// for that node's acknowledgements (`behind`); on a link we closed, it is done with.
     pub(super) fn way_up_changed(&mut self, up: NodeId, open: impl Fn(&NodeId) -> bool) {
-        if let Some((b, items)) = self.behind.take() {
-            if b == up || !open(&b) {
-                // Acknowledgements from `up` count for what we send it now; or its link broke.
-                self.note_cut(items);
-            } else {
-                self.behind = Some((b, items));
+        let mut back = VecDeque::new();
+        if let Some((b, waiting)) = self.behind.take() {
+            if b == up {
+                back = waiting;
+            } else if open(&b) {
+                self.behind = Some((b, waiting));
             }
         }
         let items = core::mem::take(&mut self.sent);
         match self.sent_to.take() {
-            Some(old) if old != up && open(&old) && !items.is_empty() => {
+            Some(old) if old == up => self.sent = items,
+            Some(old) if open(&old) && !items.is_empty() => {
                 if let Some((_, earlier)) = self.behind.replace((old, items)) {
+                    // Two former ways up at once: the older one's share is called missing.
                     self.note_cut(earlier);
                 }
             }
-            _ => self.note_cut(items),
+            _ => {}
         }
-        self.inflight = 0;
+        // What waited aside for `up` is in flight to it again, before what we sent it since.
+        for item in back.into_iter().rev() {
+            self.sent.push_front(item);
+        }
+        if !self.sent.is_empty() {
+            self.sent_to = Some(up);
+        }
+        self.inflight = self.sent.iter().map(|i| i.1).sum();
     }
 
     /// `from`, a former way up, acknowledged `bytes` of what we sent it before the change.
@@ -212,15 +223,25 @@ impl Upward {
         }
     }
 
-    /// The link to `peer` failed: what was in flight to it as a former way up may be missing.
-    pub(super) fn lost_behind(&mut self, peer: &NodeId) -> bool {
-        if !self.behind.as_ref().is_some_and(|(b, _)| b == peer) {
-            return false;
-        }
-        if let Some((_, items)) = self.behind.take() {
+    /// The link to `peer` failed, or was replaced by a new connection: what was in flight on
+    /// it (as our way up, or a former one) may be missing, and the streams say so. Whether
+    /// anything was.
+    pub(super) fn link_lost(&mut self, peer: &NodeId) -> bool {
+        let mut cut = false;
+        if self.sent_to == Some(*peer) {
+            self.sent_to = None;
+            self.inflight = 0;
+            let items = core::mem::take(&mut self.sent);
             self.note_cut(items);
+            cut = true;
         }
-        true
+        if self.behind.as_ref().is_some_and(|(b, _)| b == peer) {
+            if let Some((_, items)) = self.behind.take() {
+                self.note_cut(items);
+            }
+            cut = true;
+        }
+        cut
     }
 
     /// Large-output bytes here that have not gone up: (arriving, waiting in the queue).
@@ -454,26 +475,32 @@ mod tests {
     }
 
     #[test]
-    fn output_in_flight_to_a_former_way_up_is_called_missing_only_if_its_link_breaks() {
-        let (old, new, a, b) = (
-            NodeId::loopback(1, 7000),
-            NodeId::loopback(2, 7000),
-            NodeId::loopback(3, 7000),
-            NodeId::loopback(4, 7000),
-        );
+    fn output_in_flight_is_called_missing_only_when_its_link_fails() {
+        let id = |i| NodeId::loopback(i, 7000);
+        let (old, new, a, b) = (id(1), id(2), id(3), id(4));
         let sent = |u: &mut Upward| {
             u.sent = VecDeque::from([(Some(a), 10), (Some(b), 5), (None, 64), (Some(a), 7)]);
             u.sent_to = Some(old);
             u.inflight = 86;
         };
-        // The old way up's link broke: every node's bytes in flight are said missing, at once.
+        // The way up's link fails: every node's bytes in flight are said missing, at once.
         let mut u = Upward::default();
         sent(&mut u);
-        u.way_up_changed(new, |_| false);
+        assert!(u.link_lost(&old));
         assert_eq!(notes(&u), vec![(a, 17), (b, 5)]);
-        assert_eq!((u.inflight, u.behind.is_none()), (0, true));
-        // Still open: nothing is said; what it acknowledges is settled, and once all of it is,
-        // a later failure of that link says nothing either.
+        assert_eq!((u.inflight, u.sent.len()), (0, 0));
+        u.way_up_changed(new, |_| false);
+        assert_eq!(notes(&u).len(), 2, "said once");
+        // Another link failing says nothing.
+        let mut u = Upward::default();
+        sent(&mut u);
+        assert!(!u.link_lost(&new));
+        assert!(notes(&u).is_empty());
+        // A way up we left after closing its link ourselves (after writing): delivered.
+        u.way_up_changed(new, |_| false);
+        assert!(notes(&u).is_empty() && u.behind.is_none() && u.sent.is_empty() && u.inflight == 0);
+        // Left while its link is open: nothing is said; what it acknowledges is settled, and
+        // once all of it is, a later failure of that link says nothing either.
         let mut u = Upward::default();
         sent(&mut u);
         u.way_up_changed(new, |p| *p == old);
@@ -481,26 +508,31 @@ mod tests {
         u.acked_behind(new, 86);
         assert!(u.behind.is_some(), "only the former way up's acknowledgements count");
         u.acked_behind(old, 80);
-        assert!(u.behind.is_some());
         u.acked_behind(old, 6);
         assert!(u.behind.is_none());
-        assert!(!u.lost_behind(&old));
+        assert!(!u.link_lost(&old));
         assert!(notes(&u).is_empty());
-        // Still open, then it breaks before acknowledging the rest: what is left is said.
+        // Left while open, then it fails before acknowledging the rest: what is left is said.
         let mut u = Upward::default();
         sent(&mut u);
         u.way_up_changed(new, |p| *p == old);
         u.acked_behind(old, 12);
-        assert!(u.lost_behind(&old));
+        assert!(u.link_lost(&old));
         assert_eq!(notes(&u), vec![(b, 3), (a, 7)]);
-        // A second change while the first is unsettled: the first is said at once, and going
-        // back to the former way up settles it too (its acknowledgements now count for new sends).
+        // Back to the former way up: what it owes us counts as in flight to it again, first.
         let mut u = Upward::default();
         sent(&mut u);
         u.way_up_changed(new, |_| true);
+        u.sent = VecDeque::from([(Some(b), 2)]);
+        u.sent_to = Some(new);
         u.way_up_changed(old, |_| true);
-        assert_eq!(notes(&u), vec![(a, 17), (b, 5)]);
-        assert!(u.behind.is_none());
+        assert!(notes(&u).is_empty());
+        assert_eq!(u.sent, VecDeque::from([(Some(a), 10), (Some(b), 5), (None, 64), (Some(a), 7)]));
+        assert_eq!((u.sent_to, u.inflight), (Some(old), 86));
+        assert_eq!(u.behind.as_ref().map(|x| x.0), Some(new), "what went to the other one waits for it");
+        // The same way up again (its link open all along): still counted as in flight.
+        u.way_up_changed(old, |_| true);
+        assert_eq!((u.sent.len(), u.inflight), (4, 86));
     }
 
     #[test]

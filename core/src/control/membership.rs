@@ -121,13 +121,15 @@ impl Control {
     /// child (the root believes such reports).
     pub fn on_peer_lost(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, peer: NodeId, related: bool, failed: bool) {
         // Chunks in flight to it died with the link: if it comes back, it asks again. Live
-        // output in flight to it as a former way up may be missing.
+        // output in flight to it may be missing: the streams say so, through the way up (at
+        // once if it is another node, else once there is one).
+        let up = self.up(tree);
         for k in 0..self.jobs.len() {
             let j = &mut self.jobs[k];
             if let Some(x) = j.xfer.as_mut() {
                 x.drop_feed(&peer);
             }
-            if j.up.lost_behind(&peer) {
+            if j.up.link_lost(&peer) && up.is_some_and(|u| u != peer) {
                 self.pump_up(ctx, tree, k);
             }
         }
@@ -204,6 +206,15 @@ impl Control {
             // as a reconnect, and everything held is sent again.
             self.ctrl_linked = false;
         }
+        if replaced {
+            // Live output in flight on the old connection may be missing.
+            let up = self.up(tree);
+            for k in 0..self.jobs.len() {
+                if self.jobs[k].up.link_lost(&peer) && up.is_some() {
+                    self.pump_up(ctx, tree, k);
+                }
+            }
+        }
         if let Some(s) = self.share.as_mut() {
             if let Some(k) = s.active.iter().position(|i| i.host == peer) {
                 // Our invitation (and the host's part of our share) reached it: its slot is free.
@@ -243,8 +254,7 @@ impl Control {
             j.unsent = j.held.clone();
             j.told_complete = false;
             // A new way up: results and blobs go again from what is held, live output goes on.
-            // Live output in flight on a link that broke may not have got through: its stream
-            // says so where it stands (never silently); on a link still open it arrives.
+            // (Live output in flight on a link that failed was said missing when it failed.)
             j.up.way_up_changed(up, |p| ctx.io.conns.state(p) == Some(crate::conn::LinkState::Open));
             j.up.sent_blobs.clear();
             j.up.queue.retain(|i| matches!(i, UpItem::Output { .. }));
