@@ -119,6 +119,10 @@ pub(super) enum UpItem {
     Results { groups: Vec<Group>, complete: bool },
 }
 
+/// Windowed items sent up and not acknowledged, oldest first: (whose live output, `None` for a
+/// blob chunk; bytes not acknowledged).
+pub(super) type InFlight = VecDeque<(Option<NodeId>, u64)>;
+
 /// A job's output on its way up, and the blobs received from below.
 ///
 /// Bounds: `queue` holds at most our own unsent output (the driver stops reading our pipes
@@ -132,7 +136,7 @@ pub(super) struct Upward {
     pub(super) inflight: u64,
     /// The same, item by item, oldest first: (whose live output, `None` for a blob chunk;
     /// bytes not acknowledged). At most a window's worth of items.
-    pub(super) sent: VecDeque<(Option<NodeId>, u64)>,
+    pub(super) sent: InFlight,
     /// Who `sent` went to: the way up when it was sent.
     pub(super) sent_to: Option<NodeId>,
     /// What was in flight to a former way up whose link was still open when the way up
@@ -141,7 +145,7 @@ pub(super) struct Upward {
     /// come from there. If that link fails first, the streams say what may be missing. At most
     /// one former way up (with two, the older one's items are called missing at once) and a
     /// window's worth of items.
-    pub(super) behind: Option<(NodeId, VecDeque<(Option<NodeId>, u64)>)>,
+    pub(super) behind: Option<(NodeId, InFlight)>,
     /// Bytes of our own live output waiting in `queue`.
     pub(super) own_queued: u64,
     /// The driver was told to stop reading our process's output.
@@ -435,7 +439,7 @@ impl Blobs {
 }
 
 /// Take `bytes` acknowledged off the front of `items` (oldest first, as in `Upward::sent`).
-pub(super) fn drain_acked(items: &mut VecDeque<(Option<NodeId>, u64)>, mut bytes: u64) {
+pub(super) fn drain_acked(items: &mut InFlight, mut bytes: u64) {
     while bytes > 0 {
         match items.front_mut() {
             Some(f) if f.1 <= bytes => {
