@@ -59,15 +59,26 @@ fn a_census_answer_older_than_a_loss_does_not_stop_the_relaunched_client_being_i
 }
 
 #[test]
-fn a_census_makes_joined_a_member_the_controller_had_not_heard_of() {
-    let root = id(1);
+fn a_census_makes_joined_a_member_whose_own_word_did_not_come() {
+    let (root, host) = (id(1), id(2));
     let mut c = Controller::new(id(200), Config::default(), 1, at(0));
-    c.add_hosts(at(0), &[root]);
+    c.add_hosts(at(0), &[root, host]);
     let _: Vec<Output> = std::iter::from_fn(|| c.poll_output()).collect();
     c.handle_link(at(1), root, LinkEvent::Connected);
     control(&mut c, 2, root, ControlMsg::SetRoot { root });
     control(&mut c, 2, root, ControlMsg::Joined { node: root, build: 0 });
-    let nodes: NodeSet = [root, id(9)].into_iter().collect();
-    control(&mut c, 3, root, ControlMsg::Participants { nodes, last: true });
+    control(&mut c, 3, root, ControlMsg::Joined { node: host, build: 0 });
+    // A member an earlier controller invited is adopted.
+    let nodes: NodeSet = [root, host, id(9)].into_iter().collect();
+    control(&mut c, 4, root, ControlMsg::Participants { nodes, last: false });
     assert_eq!(c.host_state(&id(9)), Some(HostState::Joined), "a member an earlier controller invited");
+    // A loss reported while the host stayed in the tree (a partition that healed): the
+    // invitation that follows reaches a member, whose own `Joined` may be lost on the way; the
+    // census says it is there.
+    let out = control(&mut c, 5_000, root, ControlMsg::Disconnected { node: host, related: true });
+    assert!(invites(&out, root, host));
+    assert_eq!(c.host_state(&host), Some(HostState::Invited));
+    let nodes: NodeSet = [root, host].into_iter().collect();
+    control(&mut c, 9_000, root, ControlMsg::Participants { nodes, last: false });
+    assert_eq!(c.host_state(&host), Some(HostState::Joined), "a census answer of a member invited again");
 }

@@ -953,12 +953,14 @@ impl Controller {
             ControlMsg::Participants { nodes, last } if Some(from) == self.root => {
                 let from_time = *self.census_from.get_or_insert(now);
                 for id in nodes.iter() {
-                    // A census answer may be older than a loss reported since (the root holds
-                    // answers a moment before it passes them on): it makes joined only hosts
-                    // we had not heard of or not invited yet. One we are inviting again (lost,
-                    // or relaunched) is joined when it says so: a live member answers the
-                    // invitation with `Joined`.
-                    if matches!(self.host_state(&id), None | Some(HostState::Pending)) {
+                    // A census answer may be older than what we learnt since (the root holds
+                    // answers a moment before it passes them on). One from a host whose address
+                    // has since said that no client runs there, and where we are launching a
+                    // new one, is stale: that host joins when its new client says so.
+                    // Otherwise the census is how a member whose own `Joined` was lost (or
+                    // whose loss was misreported) counts as joined again.
+                    let stale = self.host(&id).is_some_and(|h| h.launched);
+                    if !stale && self.host_state(&id) != Some(HostState::Failed) {
                         self.set_state(now, id, HostState::Joined, None);
                     }
                 }
