@@ -15,7 +15,9 @@
 //! [`Config::invitation_expiry`] becomes `Failed`, with the last reason; so do
 //! [`Config::failed_after_disconnects`] disconnects within
 //! [`Config::failed_window`]. A failed host is never invited again, and the tree is told to
-//! `Forget` it. A disconnected host is invited again.
+//! `Forget` it. A disconnected host is invited again; a checked report that it is gone answers
+//! that invitation as an `InviteFailed` would. A census makes joined the members it lists,
+//! except a host where a new client is being launched (its answer may predate the loss).
 //!
 //! **Tree launch.** With [`Config::tree_launch`], the hosts after the first are not invited
 //! through the root: each member whose `Joined` arrives gets a share of the hosts not yet invited
@@ -946,6 +948,12 @@ impl Controller {
                     // It rejoined moments ago: the report may be about its previous life. The
                     // root checks; a real loss comes back checked.
                     self.send(now, from, Message::Control(ControlMsg::Disconnected { node, related: false }));
+                } else if checked && self.host(&node).is_some_and(|h| h.state == HostState::Invited && !h.launched) {
+                    // Invited again, and a member that checked says it is gone: that answers the
+                    // invitation (launch a client, or try later), which would otherwise hold its
+                    // slot until it expires, with nothing else to come for a silent host. (One
+                    // being launched waits for its launch instead.)
+                    self.unreachable(now, node);
                 } else {
                     self.disconnected(now, node);
                 }

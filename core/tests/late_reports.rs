@@ -1,5 +1,7 @@
-//! The controller's census (`Participants`) against what the controller learnt since: an
-//! answer that left the host before its loss was reported does not make it joined again.
+//! The controller's view of a host against reports that come late, or not at all: a census
+//! answer (`Participants`) that left the host before its loss was reported does not make a
+//! relaunched host joined, one of a member invited again does; and a checked report that a
+//! host invited again is gone answers its invitation.
 
 use plush_core::frame::encode_once;
 use plush_core::wire::{ControlMsg, Message};
@@ -81,4 +83,29 @@ fn a_census_makes_joined_a_member_whose_own_word_did_not_come() {
     let nodes: NodeSet = [root, host].into_iter().collect();
     control(&mut c, 9_000, root, ControlMsg::Participants { nodes, last: false });
     assert_eq!(c.host_state(&host), Some(HostState::Joined), "a census answer of a member invited again");
+}
+
+#[test]
+fn a_checked_loss_of_a_host_invited_again_answers_its_invitation() {
+    let (root, host) = (id(1), id(2));
+    let mut c = Controller::new(id(200), Config::default(), 1, at(0));
+    c.add_hosts(at(0), &[root, host]);
+    let _: Vec<Output> = std::iter::from_fn(|| c.poll_output()).collect();
+    c.handle_link(at(1), root, LinkEvent::Connected);
+    control(&mut c, 2, root, ControlMsg::SetRoot { root });
+    control(&mut c, 2, root, ControlMsg::Joined { node: root, build: 0 });
+    control(&mut c, 3, root, ControlMsg::Joined { node: host, build: 0 });
+    // Its host went silent: the root reports it, and the controller invites it again.
+    let out = control(&mut c, 5_000, root, ControlMsg::Disconnected { node: host, related: true });
+    assert!(invites(&out, root, host));
+    assert_eq!(c.outstanding(), 1);
+    // The root's check finds it gone (no `InviteFailed` comes for a connect that hangs, or the
+    // root that had the invitation changed): the invitation is answered, and a client is
+    // launched there, instead of the slot being held until the invitation expires.
+    let out = control(&mut c, 8_000, root, ControlMsg::Disconnected { node: host, related: true });
+    assert!(out.iter().any(|o| matches!(o, Output::Launch { host: h } if *h == host)), "{out:?}");
+    // While the launch is under way, a further report changes nothing.
+    let out = control(&mut c, 8_100, root, ControlMsg::Disconnected { node: host, related: true });
+    assert!(!out.iter().any(|o| matches!(o, Output::Launch { .. })), "{out:?}");
+    assert_eq!(c.host_state(&host), Some(HostState::Invited));
 }
