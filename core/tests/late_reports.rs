@@ -31,8 +31,8 @@ fn invites(out: &[Output], root: NodeId, host: NodeId) -> bool {
     })
 }
 
-#[test]
-fn a_census_answer_older_than_a_loss_does_not_stop_the_relaunched_client_being_invited() {
+/// A controller whose tree is root 1 with host 2 joined under it: (it, root, host).
+fn joined_pair() -> (Controller, NodeId, NodeId) {
     let (root, host) = (id(1), id(2));
     let mut c = Controller::new(id(200), Config::default(), 1, at(0));
     c.add_hosts(at(0), &[root, host]);
@@ -41,6 +41,12 @@ fn a_census_answer_older_than_a_loss_does_not_stop_the_relaunched_client_being_i
     control(&mut c, 2, root, ControlMsg::SetRoot { root });
     control(&mut c, 2, root, ControlMsg::Joined { node: root, build: 0 });
     control(&mut c, 3, root, ControlMsg::Joined { node: host, build: 0 });
+    (c, root, host)
+}
+
+#[test]
+fn a_census_answer_older_than_a_loss_does_not_stop_the_relaunched_client_being_invited() {
+    let (mut c, root, host) = joined_pair();
     assert_eq!(c.host_state(&host), Some(HostState::Joined));
     // The host's client dies: its parent, the root, reports it; the controller invites it
     // again, no client answers there, and the controller launches one.
@@ -62,14 +68,7 @@ fn a_census_answer_older_than_a_loss_does_not_stop_the_relaunched_client_being_i
 
 #[test]
 fn a_census_makes_joined_a_member_whose_own_word_did_not_come() {
-    let (root, host) = (id(1), id(2));
-    let mut c = Controller::new(id(200), Config::default(), 1, at(0));
-    c.add_hosts(at(0), &[root, host]);
-    let _: Vec<Output> = std::iter::from_fn(|| c.poll_output()).collect();
-    c.handle_link(at(1), root, LinkEvent::Connected);
-    control(&mut c, 2, root, ControlMsg::SetRoot { root });
-    control(&mut c, 2, root, ControlMsg::Joined { node: root, build: 0 });
-    control(&mut c, 3, root, ControlMsg::Joined { node: host, build: 0 });
+    let (mut c, root, host) = joined_pair();
     // A member an earlier controller invited is adopted.
     let nodes: NodeSet = [root, host, id(9)].into_iter().collect();
     control(&mut c, 4, root, ControlMsg::Participants { nodes, last: false });
@@ -87,14 +86,7 @@ fn a_census_makes_joined_a_member_whose_own_word_did_not_come() {
 
 #[test]
 fn a_checked_loss_of_a_host_invited_again_answers_its_invitation() {
-    let (root, host) = (id(1), id(2));
-    let mut c = Controller::new(id(200), Config::default(), 1, at(0));
-    c.add_hosts(at(0), &[root, host]);
-    let _: Vec<Output> = std::iter::from_fn(|| c.poll_output()).collect();
-    c.handle_link(at(1), root, LinkEvent::Connected);
-    control(&mut c, 2, root, ControlMsg::SetRoot { root });
-    control(&mut c, 2, root, ControlMsg::Joined { node: root, build: 0 });
-    control(&mut c, 3, root, ControlMsg::Joined { node: host, build: 0 });
+    let (mut c, root, host) = joined_pair();
     // Its host went silent: the root reports it, and the controller invites it again.
     let out = control(&mut c, 5_000, root, ControlMsg::Disconnected { node: host, related: true });
     assert!(invites(&out, root, host));

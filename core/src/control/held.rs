@@ -218,6 +218,12 @@ impl Upward {
         self.inflight = self.sent.iter().map(|i| i.1).sum();
     }
 
+    /// The way up acknowledged `bytes`, oldest first.
+    pub(super) fn acked(&mut self, bytes: u64) {
+        self.inflight = self.inflight.saturating_sub(bytes);
+        drain_acked(&mut self.sent, bytes);
+    }
+
     /// `from`, a former way up, acknowledged `bytes` of what we sent it before the change.
     pub(super) fn acked_behind(&mut self, from: NodeId, bytes: u64) {
         let Some((_, items)) = self.behind.as_mut().filter(|(b, _)| *b == from) else { return };
@@ -439,7 +445,7 @@ impl Blobs {
 }
 
 /// Take `bytes` acknowledged off the front of `items` (oldest first, as in `Upward::sent`).
-pub(super) fn drain_acked(items: &mut InFlight, mut bytes: u64) {
+fn drain_acked(items: &mut InFlight, mut bytes: u64) {
     while bytes > 0 {
         match items.front_mut() {
             Some(f) if f.1 <= bytes => {

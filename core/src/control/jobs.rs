@@ -80,8 +80,7 @@ impl Control {
                     u.acked_behind(from, bytes);
                     return;
                 }
-                u.inflight = u.inflight.saturating_sub(bytes);
-                super::held::drain_acked(&mut u.sent, bytes);
+                u.acked(bytes);
                 self.pump_up(ctx, tree, k);
             }
             JobMsg::Blob { job, digest, offset, total, data } => {

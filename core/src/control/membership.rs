@@ -120,19 +120,13 @@ impl Control {
     /// A parent or child link failed: report the peer lost. `related`: it was our parent or
     /// child (the root believes such reports).
     pub fn on_peer_lost(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, peer: NodeId, related: bool, failed: bool) {
-        // Chunks in flight to it died with the link: if it comes back, it asks again. Live
-        // output in flight to it may be missing: the streams say so, through the way up (at
-        // once if it is another node, else once there is one).
-        let up = self.up(tree);
-        for k in 0..self.jobs.len() {
-            let j = &mut self.jobs[k];
+        // Chunks in flight to it died with the link: if it comes back, it asks again.
+        for j in self.jobs.iter_mut() {
             if let Some(x) = j.xfer.as_mut() {
                 x.drop_feed(&peer);
             }
-            if j.up.link_lost(&peer) && up.is_some_and(|u| u != peer) {
-                self.pump_up(ctx, tree, k);
-            }
         }
+        self.output_link_lost(ctx, tree, peer, false);
         if Some(peer) == self.ctrl {
             if tree.is_root() {
                 self.ctrl_linked = false;
@@ -197,6 +191,18 @@ impl Control {
         }
     }
 
+    /// The link to `peer` failed, or a new connection `replaced` it: live output in flight on
+    /// it may be missing, and each stream says so through the way up, at once unless the way up
+    /// is that failed link (then once there is one).
+    fn output_link_lost(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, peer: NodeId, replaced: bool) {
+        let up = self.up(tree).filter(|u| replaced || *u != peer);
+        for k in 0..self.jobs.len() {
+            if self.jobs[k].up.link_lost(&peer) && up.is_some() {
+                self.pump_up(ctx, tree, k);
+            }
+        }
+    }
+
     /// A link to `peer` opened: an invitation to it was delivered and frees its slot.
     pub fn on_link_up(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, peer: NodeId, replaced: bool) {
         if replaced && Some(peer) == self.ctrl && self.ctrl_linked {
@@ -207,13 +213,7 @@ impl Control {
             self.ctrl_linked = false;
         }
         if replaced {
-            // Live output in flight on the old connection may be missing.
-            let up = self.up(tree);
-            for k in 0..self.jobs.len() {
-                if self.jobs[k].up.link_lost(&peer) && up.is_some() {
-                    self.pump_up(ctx, tree, k);
-                }
-            }
+            self.output_link_lost(ctx, tree, peer, true);
         }
         if let Some(s) = self.share.as_mut() {
             if let Some(k) = s.active.iter().position(|i| i.host == peer) {
