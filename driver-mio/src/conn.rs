@@ -27,6 +27,107 @@ pub const BATCH: usize = 16 << 10;
 /// queue, shared with the frame's other receivers, until the socket can take it.
 pub const SEAL_AHEAD: usize = 128 << 10;
 
+/// What a hello's nonce says about its connection, so that both ends of a pair of connections
+/// to one peer agree on what the second one means (see the driver's module docs, "One link per
+/// peer"). The hello's format is the one every version must keep decoding, so the nonce (a
+/// random `u64` to the handshake, which takes it into its prologue) carries three fields:
+/// - `incarnation` (bits 63..44): random per driver, the same on all its connections; a
+///   connection from another incarnation of a peer is from a new process;
+/// - `link` (bits 43..22): random per connection, never 0; the dialer's is the link's name at
+///   both ends;
+/// - `lost` (bits 21..0): from a dialer, the name of the last link to this peer that it had up
+///   and lost (0: none it remembers); from an acceptor, 0.
+///
+/// The fields are short, so a name can collide with another by chance (one in 4 million per
+/// comparison); a nonce from an older client is random, so its fields are too: two of its
+/// connections look like two incarnations, and a second link from it replaces the first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkTag {
+    /// The sender's incarnation (20 bits).
+    pub incarnation: u32,
+    /// The connection's name on the sender's side (22 bits, not 0).
+    pub link: u32,
+    /// The last link to the receiver the sender lost (22 bits; 0 for none).
+    pub lost: u32,
+}
+
+impl LinkTag {
+    const INCARNATION_BITS: u32 = 20;
+    const LINK_BITS: u32 = 22;
+    const LINK_MASK: u64 = (1 << Self::LINK_BITS) - 1;
+
+    /// A fresh incarnation for a driver.
+    pub fn new_incarnation() -> u32 {
+        rand::random::<u32>() >> (32 - Self::INCARNATION_BITS)
+    }
+
+    /// A fresh link name (never 0).
+    pub fn new_link() -> u32 {
+        (rand::random::<u32>() >> (32 - Self::LINK_BITS)).max(1)
+    }
+
+    /// The nonce carrying this tag.
+    pub fn nonce(self) -> u64 {
+        (u64::from(self.incarnation) << (2 * Self::LINK_BITS))
+            | ((u64::from(self.link) & Self::LINK_MASK) << Self::LINK_BITS)
+            | (u64::from(self.lost) & Self::LINK_MASK)
+    }
+
+    /// The tag a nonce carries (any `u64` reads as one).
+    pub fn of_nonce(n: u64) -> LinkTag {
+        LinkTag {
+            incarnation: (n >> (2 * Self::LINK_BITS)) as u32,
+            link: ((n >> Self::LINK_BITS) & Self::LINK_MASK) as u32,
+            lost: (n & Self::LINK_MASK) as u32,
+        }
+    }
+}
+
+/// What a second authenticated connection to a peer means, beside the open link `old`; both
+/// are described by [`Ends`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Duplicate {
+    /// The peer, or we, lost `old` and dialed again, or the peer is a new process: the new
+    /// connection replaces `old`, and the machine hears `Closed` then `Connected`. The other
+    /// end's machine heard of the loss already (it lost the link, or is new).
+    Redial,
+    /// Each side dialed one while it had no link: both ends keep the one dialed by the lower
+    /// id and tell their machines nothing.
+    Simultaneous,
+}
+
+/// A connection's two ends, as its hellos told them: who dialed, its name, and what the peer's
+/// hello said.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ends {
+    /// We dialed it.
+    pub we_dialed: bool,
+    /// Its name: the dialer's `link`.
+    pub link: u32,
+    /// The peer's hello.
+    pub peer: LinkTag,
+}
+
+impl Duplicate {
+    /// Classify `new` beside `old` from what both ends know alike, so that both reach the same
+    /// verdict whatever the timing: another incarnation of the peer, or two dials by one side
+    /// (it dials only without a link, so it lost the first) are redials; so is a dial by the
+    /// peer that names `old` as the link it lost. A dial by the peer that does not name `old`
+    /// was made while it had no link and before `old` was up at its end: a simultaneous open,
+    /// as is a dial of ours beside `old` (we dialed without a link, so `old` came up here
+    /// after, and the peer's dial of it named some other link, or none).
+    pub fn classify(old: &Ends, new: &Ends) -> Duplicate {
+        let redial = old.peer.incarnation != new.peer.incarnation
+            || old.we_dialed == new.we_dialed
+            || (!new.we_dialed && new.peer.lost == old.link);
+        if redial {
+            Duplicate::Redial
+        } else {
+            Duplicate::Simultaneous
+        }
+    }
+}
+
 /// Where a connection stands.
 #[derive(Debug)]
 pub enum Phase {
@@ -39,8 +140,8 @@ pub enum Phase {
     /// Authenticated: the link to this peer.
     Open(NodeId),
     /// Lost the tie-break against another link to the same peer: nothing new is written; what
-    /// was queued is flushed, then our side shuts down; frames still read are delivered; it is
-    /// dropped at the peer's end of stream or at its deadline.
+    /// was queued is flushed, then our side shuts down (unless [`Conn::hold`]); frames still
+    /// read are delivered; it is dropped at the peer's end of stream or at its deadline.
     Retired(NodeId),
     /// The machine closed the link: what was queued is flushed, then our side shuts down; what
     /// is read is discarded; dropped at the peer's end of stream or at its deadline.
@@ -219,8 +320,10 @@ pub struct Conn {
     pub dialed: Option<NodeId>,
     /// Where it stands.
     pub phase: Phase,
-    /// Our nonce on this connection.
+    /// Our hello's nonce on this connection (a [`LinkTag`]; set when the hello is first sent).
     pub nonce: u64,
+    /// The connection's two ends, once the peer's hello is in.
+    pub ends: Option<Ends>,
     /// When the current phase must be over (connect, handshake, linger); `None` while open.
     pub deadline: Option<StdInstant>,
     /// Incoming bytes of a handshake frame or record not yet whole.
@@ -239,11 +342,12 @@ pub struct Conn {
     pub source: Option<IpAddr>,
     /// When the connection was made (the oldest handshake of a source is evicted first).
     pub since: StdInstant,
-    /// When its handshake finished (`None` before): with `since`, tells a simultaneous open
-    /// from a redial (see the driver's module docs, "One link per peer").
-    pub opened: Option<StdInstant>,
     /// Our side was shut down (after the last queued byte of a retired or closing link).
     pub shut: bool,
+    /// A retired connection that may still be the peer's link (it may not have finished the
+    /// handshake of the one kept): not shut from our side, but closed at the peer's end of
+    /// stream or at its deadline (see the driver's module docs, "One link per peer").
+    pub hold: bool,
     /// Queued for a flush at the end of the turn.
     pub dirty: bool,
     /// An incoming connection counted among those in handshake.
@@ -257,7 +361,8 @@ impl Conn {
             stream,
             dialed,
             phase,
-            nonce: rand::random(),
+            nonce: 0,
+            ends: None,
             deadline: Some(deadline),
             rbuf: ReadBuf::default(),
             plain: ReadBuf::default(),
@@ -267,8 +372,8 @@ impl Conn {
             chan: None,
             source: None,
             since: StdInstant::now(),
-            opened: None,
             shut: false,
+            hold: false,
             dirty: false,
             counted: false,
         }
@@ -337,6 +442,62 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_link_tag_survives_its_nonce_and_any_nonce_reads_as_a_tag() {
+        let t = LinkTag { incarnation: (1 << 20) - 1, link: 0x2a_beef, lost: 1 };
+        assert_eq!(LinkTag::of_nonce(t.nonce()), t);
+        let u = LinkTag::of_nonce(u64::MAX);
+        assert_eq!(u, LinkTag { incarnation: (1 << 20) - 1, link: (1 << 22) - 1, lost: (1 << 22) - 1 });
+        for _ in 0..1000 {
+            assert!(LinkTag::new_incarnation() < 1 << 20);
+            let l = LinkTag::new_link();
+            assert!(l > 0 && l < 1 << 22);
+        }
+    }
+
+    /// Both ends of a pair of connections reach one verdict, from the same hellos.
+    #[test]
+    fn both_ends_classify_a_second_connection_alike() {
+        let (inc_a, inc_b) = (5, 9);
+        // Connection `x` dialed by `a`, `y` by `b`; `lost` is what the dialer named.
+        let hello = |inc, link, lost| LinkTag { incarnation: inc, link, lost };
+        let at = |we_dialed: bool, link: u32, peer: LinkTag| Ends { we_dialed, link, peer };
+        for (x_lost, y_lost, want) in [
+            // Each dialed with no link, or naming an older one: a simultaneous open.
+            (0, 0, Duplicate::Simultaneous),
+            (77, 78, Duplicate::Simultaneous),
+            // `b` dialed `y` naming `x`: it had `x` up and lost it.
+            (0, 100, Duplicate::Redial),
+        ] {
+            let (x, y) = (100, 200);
+            // At `a`: `x` is ours, `y` the peer's (its hello carries `b`'s incarnation).
+            let a_x = at(true, x, hello(inc_b, 31, 0));
+            let a_y = at(false, y, hello(inc_b, y, y_lost));
+            // At `b`: the mirror image.
+            let b_x = at(false, x, hello(inc_a, x, x_lost));
+            let b_y = at(true, y, hello(inc_a, 32, 0));
+            if want == Duplicate::Redial {
+                // `b` lost `x`, so only `a` sees two; `y` comes up after `x` there.
+                assert_eq!(Duplicate::classify(&a_x, &a_y), want);
+                continue;
+            }
+            // Whichever came up first at each end.
+            for (a_old, a_new) in [(a_x, a_y), (a_y, a_x)] {
+                assert_eq!(Duplicate::classify(&a_old, &a_new), want, "at a, lost {x_lost} {y_lost}");
+            }
+            for (b_old, b_new) in [(b_x, b_y), (b_y, b_x)] {
+                assert_eq!(Duplicate::classify(&b_old, &b_new), want, "at b, lost {x_lost} {y_lost}");
+            }
+        }
+        // Two dials by one side, or a peer of another incarnation: a redial.
+        let old = at(false, 1, hello(inc_b, 1, 0));
+        assert_eq!(Duplicate::classify(&old, &at(false, 2, hello(inc_b, 2, 0))), Duplicate::Redial);
+        assert_eq!(
+            Duplicate::classify(&at(true, 1, hello(inc_b, 3, 0)), &at(false, 2, hello(inc_b + 1, 2, 0))),
+            Duplicate::Redial
+        );
+    }
 
     /// Drain `q` in pieces of `step` bytes, as sealing does.
     fn drain(q: &mut WriteQueue, step: usize, out: &mut Vec<u8>) {

@@ -28,21 +28,23 @@
 //! address. Before the handshake is done nothing larger than a handshake message is buffered.
 //!
 //! **One link per peer.** The machine sees at most one link per peer. When a second
-//! authenticated connection to the same peer appears:
-//! - if both were dialed by the same side, that side lost the first one (it dials only without
-//!   a link): the newer replaces the older, and the machine hears `Closed` then `Connected`;
-//! - if each side dialed one (a simultaneous open), both sides keep the one dialed by the lower
-//!   [`NodeId`], without telling the machine; the other is *retired*: what was queued on it is
-//!   written, frames still arriving on it are delivered, and it is closed once the peer closes
-//!   it too (or after [`DriverConfig::handshake_timeout`]);
-//! - but a connection the peer dialed after ours was up at our end (made later than
-//!   [`handshakes_overlapped`] allows) is no simultaneous open: the peer dials only without a
-//!   link, so it had lost ours (closed it, saw it fail, or is a new process whose old one's
-//!   end of stream has not reached us) and its machine heard so. The new one replaces the old,
-//!   and our machine hears `Closed` then `Connected` as well. Taken silently, the two machines
-//!   would disagree on whether the link was reset: a child would keep a parent that had
-//!   dropped it until its silence timeout. The peer, which dialed without a link, sees no
-//!   duplicate, or one that overlapped at its end (it dialed before our link was up there).
+//! authenticated connection to the same peer appears, both ends classify it alike, from what
+//! the hellos said rather than from when things happened here ([`Duplicate::classify`]; each
+//! hello's nonce is a [`LinkTag`]: the sender's incarnation, the connection's name, and for a
+//! dialer the name of the last link to this peer it lost):
+//! - a *redial*: both were dialed by the same side (it dials only without a link, so it lost
+//!   the first), or the peer's dial names the open link as the one it lost, or the peer is
+//!   another incarnation (a new process whose old one's end of stream has not reached us). The
+//!   new one replaces the old, and the machine hears `Closed` then `Connected`, as the other
+//!   end's did (it lost the link, or is new);
+//! - otherwise a *simultaneous open* (each side dialed while it had no link): both ends keep
+//!   the one dialed by the lower [`NodeId`], without telling the machine; the other is
+//!   *retired*: what was queued on it is written, frames still arriving on it are delivered,
+//!   and it is closed once the peer closes it too (or after [`DriverConfig::handshake_timeout`]).
+//!
+//! The verdict must not depend on timing: a lost SYN brings one half of a simultaneous open a
+//! second late at one end only, and two ends that disagree leave one machine with a link the
+//! other dropped (a child keeping a parent that had let it go, until its silence timeout).
 //!
 //! **Writes.** Frames queue per connection, in the clear, and are sealed into records of up to
 //! 64 KiB as the socket takes them, at the end of each turn ([`Conn::flush`]): a relay's run
@@ -65,7 +67,7 @@
 //! `ConnectFailed`; accepting pauses for [`ACCEPT_PAUSE`] and resumes.
 
 use crate::auth::Key;
-use crate::conn::{Chunk, Conn, Phase, READ_CHUNK};
+use crate::conn::{Chunk, Conn, Duplicate, Ends, LinkTag, Phase, READ_CHUNK};
 use crate::launcher::Launcher;
 use crate::process::Jobs;
 use crate::secure::{Handshake, MAX_HANDSHAKE_FRAME, MAX_PLAIN, MAX_RECORD};
@@ -153,8 +155,8 @@ pub struct DriverStats {
     pub handshakes_evicted: u64,
     /// Second links to a peer resolved by the tie-break or replacement.
     pub duplicate_links: u64,
-    /// Of those, links the peer dialed after ours was up at our end, taken as its redial (the
-    /// old link replaced, the machine told) rather than as a simultaneous open.
+    /// Of those, links the peer dialed beside one we dialed, taken as its redial (the old link
+    /// replaced, the machine told) rather than as a simultaneous open.
     pub redials_across: u64,
     /// Connections closed because their write queue passed its limit.
     pub write_overflows: u64,
@@ -326,6 +328,11 @@ pub struct Driver<M: Machine> {
     active: FxHashMap<NodeId, Token>,
     /// Dials the machine asked for, not yet authenticated.
     dialing: FxHashMap<NodeId, Token>,
+    /// This driver's incarnation, in every hello's [`LinkTag`].
+    incarnation: u32,
+    /// The last link lost to each peer, newest last, at most [`LOST_LINKS_KEPT`]: a dial names
+    /// it in its hello, so that a peer still holding it takes the new link as its replacement.
+    lost_links: VecDeque<(NodeId, u32)>,
     handshaking_in: usize,
     /// Accepted connections in their handshake, by source address (entries at 0 are removed).
     sources: FxHashMap<IpAddr, usize>,
@@ -392,6 +399,8 @@ impl<M: Machine> Driver<M> {
             conns: Conns::default(),
             active: FxHashMap::default(),
             dialing: FxHashMap::default(),
+            incarnation: LinkTag::new_incarnation(),
+            lost_links: VecDeque::new(),
             handshaking_in: 0,
             sources: FxHashMap::default(),
             seal_scratch: Vec::with_capacity(MAX_PLAIN),
@@ -548,7 +557,7 @@ impl<M: Machine> Driver<M> {
                 if let Some(tok) = self.dialing.remove(&peer) {
                     self.drop_conn(tok, None);
                 }
-                if let Some(tok) = self.active.remove(&peer) {
+                if let Some(tok) = self.lose_active(peer) {
                     self.linger(tok, Phase::Closing);
                 }
             }
@@ -737,6 +746,8 @@ impl<M: Machine> Driver<M> {
                     self.handshaking_in += 1;
                     *self.sources.entry(source).or_insert(0) += 1;
                     let _ = c.stream.set_nodelay(true);
+                    let tag = LinkTag { incarnation: self.incarnation, link: LinkTag::new_link(), lost: 0 };
+                    c.nonce = tag.nonce();
                     c.push_raw(&encode_hello(&Hello::new(self.me, M::ROLE, c.nonce)));
                     self.conns.insert(tok, c);
                     self.mark_dirty(tok);
@@ -828,18 +839,39 @@ impl<M: Machine> Driver<M> {
                 if let Some(peer) = c.dialed {
                     if self.dialing.get(&peer) == Some(&tok) {
                         self.dialing.remove(&peer);
-                        self.deferred.push_back(Input::Link(peer, LinkEvent::ConnectFailed));
+                        // Unless the peer's own dial brought the link up meanwhile: the machine
+                        // has it (one half of a simultaneous open, closed by the peer).
+                        if !self.active.contains_key(&peer) {
+                            self.deferred.push_back(Input::Link(peer, LinkEvent::ConnectFailed));
+                        }
                     }
                 }
             }
             Phase::Open(peer) => {
                 if self.active.get(&peer) == Some(&tok) {
+                    self.lost_links_push(peer, c.ends.map_or(0, |e| e.link));
                     self.active.remove(&peer);
                     self.deferred.push_back(Input::Link(peer, LinkEvent::Closed));
                 }
             }
             Phase::Retired(_) | Phase::Closing => {}
         }
+    }
+
+    /// Take `peer`'s link out of use, remembering its name for the next dial's hello.
+    fn lose_active(&mut self, peer: NodeId) -> Option<Token> {
+        let tok = self.active.remove(&peer)?;
+        let link = self.conns.get(&tok).and_then(|c| c.ends).map_or(0, |e| e.link);
+        self.lost_links_push(peer, link);
+        Some(tok)
+    }
+
+    fn lost_links_push(&mut self, peer: NodeId, link: u32) {
+        self.lost_links.retain(|(p, _)| *p != peer);
+        if self.lost_links.len() >= LOST_LINKS_KEPT {
+            self.lost_links.pop_front();
+        }
+        self.lost_links.push_back((peer, link));
     }
 
     /// Stop using a connection: flush what is queued, shut our side, close at the peer's end
@@ -876,6 +908,10 @@ impl<M: Machine> Driver<M> {
             }
             let _ = c.stream.set_nodelay(true);
             c.phase = Phase::Hello;
+            // Named now, not at the dial: a link lost in between is the one the peer may hold.
+            let lost = peer.and_then(|p| self.lost_links.iter().rev().find(|(q, _)| *q == p)).map_or(0, |&(_, l)| l);
+            let tag = LinkTag { incarnation: self.incarnation, link: LinkTag::new_link(), lost };
+            c.nonce = tag.nonce();
             let hello = encode_hello(&Hello::new(self.me, M::ROLE, c.nonce));
             c.push_raw(&hello);
             self.set_deadline(tok, StdInstant::now() + self.cfg.handshake_timeout);
@@ -903,7 +939,8 @@ impl<M: Machine> Driver<M> {
         }
         match c.flush(&mut self.seal_scratch, &mut self.stats.bytes_out) {
             Ok(true) => {
-                if matches!(c.phase, Phase::Retired(_) | Phase::Closing) && !c.shut {
+                let retiring = matches!(c.phase, Phase::Retired(_)) && !c.hold;
+                if (retiring || matches!(c.phase, Phase::Closing)) && !c.shut {
                     c.shut = true;
                     let _ = c.stream.shutdown(Shutdown::Write);
                 }
@@ -1156,6 +1193,9 @@ impl<M: Machine> Driver<M> {
         let ours = encode_hello(&Hello::new(self.me, M::ROLE, c.nonce));
         let ours = ours.get(PREFIX..).unwrap_or(&[]);
         let we_dialed = c.dialed.is_some();
+        let peer_tag = LinkTag::of_nonce(hello.nonce);
+        let link = if we_dialed { LinkTag::of_nonce(c.nonce).link } else { peer_tag.link };
+        c.ends = Some(Ends { we_dialed, link, peer: peer_tag });
         let (dialer, acceptor) = if we_dialed { (ours, payload) } else { (payload, ours) };
         let started = Handshake::start(&self.key, we_dialed, dialer, acceptor)
             .and_then(|mut hs| hs.next_frame().map(|first| (hs, first)));
@@ -1216,11 +1256,9 @@ impl<M: Machine> Driver<M> {
         let Some(c) = self.conns.get_mut(&tok) else { return };
         c.phase = Phase::Open(peer);
         c.deadline = None;
-        let now = StdInstant::now();
-        c.opened = Some(now);
-        let new_since = c.since;
         let counted = std::mem::take(&mut c.counted).then_some(c.source);
         let new_dialed_by_us = c.dialed.is_some();
+        let new_ends = c.ends;
         if let Some(source) = counted {
             self.uncount(source);
         }
@@ -1234,33 +1272,39 @@ impl<M: Machine> Driver<M> {
             return;
         };
         self.stats.duplicate_links += 1;
-        let old_dialed_by_us = self.conns.get(&old).is_some_and(|c| c.dialed.is_some());
-        let overlapped = self.conns.get(&old).is_some_and(|c| handshakes_overlapped(c, new_since));
-        if old_dialed_by_us == new_dialed_by_us || !overlapped {
-            // The dialer lost the old link and made a new one: the machine's link was reset, and
-            // whatever still arrives on the old one is stale. A new connection the peer dialed
-            // well after the old one (ours) was up at our end is such a redial too: the peer
-            // dials only without a link, so it had lost that one (closed it, saw it fail, or
-            // is a new process) and its machine heard so; ours must hear it too.
-            if !overlapped && old_dialed_by_us != new_dialed_by_us {
+        let old_ends = self.conns.get(&old).and_then(|c| c.ends);
+        let verdict = match (old_ends, new_ends) {
+            (Some(o), Some(n)) => Duplicate::classify(&o, &n),
+            _ => Duplicate::Redial,
+        };
+        if verdict == Duplicate::Redial {
+            // The old link was lost at the other end (or by us, or the peer is a new process):
+            // the machine's link was reset there, so ours must hear it too, and whatever still
+            // arrives on the old one is stale.
+            if !new_dialed_by_us && old_ends.is_some_and(|o| o.we_dialed) {
                 self.stats.redials_across += 1;
             }
-            self.active.remove(&peer);
-            self.linger(old, Phase::Closing);
+            if let Some(old) = self.lose_active(peer) {
+                self.linger(old, Phase::Closing);
+            }
             self.active.insert(peer, tok);
             self.deferred.push_back(Input::Link(peer, LinkEvent::Closed));
             self.deferred.push_back(Input::Link(peer, LinkEvent::Connected));
             self.drain();
             return;
         }
-        // A simultaneous open: keep the link dialed by the lower id, on both sides.
+        // A simultaneous open: keep the link dialed by the lower id, on both sides. Only the
+        // dialer of the kept one shuts the other: it finished the kept one's handshake last,
+        // so the peer has it too, and no longer uses the other. Shut by its acceptor, the other
+        // could still be the peer's only link, and the peer's machine would hear it close.
         let lower_dialed_new = new_dialed_by_us == (self.me < peer);
-        if lower_dialed_new {
-            self.active.insert(peer, tok);
-            self.linger(old, Phase::Retired(peer));
-        } else {
-            self.linger(tok, Phase::Retired(peer));
+        let (kept, retired) = if lower_dialed_new { (tok, old) } else { (old, tok) };
+        let we_dialed_kept = if lower_dialed_new { new_dialed_by_us } else { !new_dialed_by_us };
+        self.active.insert(peer, kept);
+        if let Some(c) = self.conns.get_mut(&retired) {
+            c.hold = !we_dialed_kept;
         }
+        self.linger(retired, Phase::Retired(peer));
     }
 
     fn check_deadlines(&mut self, now: StdInstant) {
@@ -1447,22 +1491,9 @@ impl<M: Machine> Driver<M> {
     }
 }
 
-/// Below this, the handshakes of two connections to one peer count as overlapping whatever
-/// the older one's handshake took (see [`handshakes_overlapped`]): it covers the time an
-/// accept waits for a busy loop's turn.
-pub const SIMULTANEOUS_SLACK: Duration = Duration::from_millis(50);
-
-/// Whether a connection made at `new_since` (dialed or accepted here) may be one half of a
-/// simultaneous open with `old`, an open link: it was made before `old`'s handshake finished
-/// here, or within a slack after it of the larger of [`SIMULTANEOUS_SLACK`] and the time
-/// `old`'s own handshake took (a few round trips: the peer's dial, made before its end of
-/// `old` was up, may reach us that much after ours). A connection made later was dialed by a
-/// peer that already had `old` up and then lost it: a redial, not a simultaneous open.
-fn handshakes_overlapped(old: &Conn, new_since: StdInstant) -> bool {
-    let Some(opened) = old.opened else { return true };
-    let slack = SIMULTANEOUS_SLACK.max(opened.saturating_duration_since(old.since));
-    new_since <= opened + slack
-}
+/// Links lost to other peers that a driver remembers (the oldest is forgotten first): the
+/// peers it lost links to recently, whose ends of those links may still be open.
+pub const LOST_LINKS_KEPT: usize = 256;
 
 fn micros_since(epoch: StdInstant) -> Instant {
     Instant(u64::try_from(epoch.elapsed().as_micros()).unwrap_or(u64::MAX))
