@@ -63,6 +63,13 @@ pub struct SimArgs {
           allow_hyphen_values = true)]
     pub latency: Latency,
 
+    /// Percent of packets lost (0 to 100): a lost frame arrives one TCP retransmission timeout
+    /// (200 ms) late and the frames behind it on its link wait for it; a lost SYN or SYN-ACK
+    /// delays its connect by 1 s. As `benches/netem.sh --loss` loses packets on real links.
+    #[arg(long, value_name = "PCT", default_value_t = 0.0, value_parser = parse_percent,
+          allow_negative_numbers = true)]
+    pub loss: f64,
+
     /// Fraction of the nodes to kill once the tree is built (0 to 1; the root is spared unless
     /// --kill-root).
     #[arg(long, value_name = "FRACTION", default_value_t = 0.0, value_parser = parse_fraction,
@@ -354,6 +361,15 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
     Ok(v)
 }
 
+/// A percentage, 0 to 100.
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !(0.0..=100.0).contains(&v) {
+        return Err(format!("must be a percentage between 0 and 100, not {s}"));
+    }
+    Ok(v)
+}
+
 /// A finite number of seconds, at least 0.
 fn parse_non_negative_secs(s: &str) -> Result<f64, String> {
     let v: f64 = s.trim().parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
@@ -401,6 +417,7 @@ impl SimArgs {
             seed,
             latency_min_ms: self.latency.min_ms,
             latency_max_ms: self.latency.max_ms,
+            loss: self.loss / 100.0,
             kill: self.kill,
             kill_root: self.kill_root,
             kill_spread_s: self.kill_spread,
@@ -451,6 +468,9 @@ impl SimArgs {
         }
         if self.latency != DEFAULT_LATENCY {
             let _ = write!(cmd, " --latency {}", self.latency);
+        }
+        if self.loss != 0.0 {
+            let _ = write!(cmd, " --loss {}", self.loss);
         }
         if self.kill != 0.0 {
             let _ = write!(cmd, " --kill {}", self.kill);
@@ -859,6 +879,8 @@ mod tests {
             "4",
             "--latency",
             "1..2",
+            "--loss",
+            "0.1",
             "--kill",
             "0.25",
             "--kill-root",
@@ -875,7 +897,7 @@ mod tests {
         let line = t.sim.reproduce(7);
         assert_eq!(
             line,
-            "plush sim --nodes 50 --seed 7 --degree 4 --latency 1..2 --kill 0.25 --kill-root \
+            "plush sim --nodes 50 --seed 7 --degree 4 --latency 1..2 --loss 0.1 --kill 0.25 --kill-root \
              --crash host --partition 0.5 --heal-after 10 --phase-limit 60"
         );
         // The line parses back to the same scenario.
@@ -885,6 +907,7 @@ mod tests {
         assert_eq!(s.config.max_children, 4);
         assert_eq!(s.crash, CrashKind::Host);
         assert_eq!(s.partition, Some(0.5));
+        assert_eq!(s.loss, 0.001, "--loss is a percentage");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! A link joins two nodes; each direction is a FIFO: a frame is delivered at
 //! `max(now + delay, previous delivery in that direction)`, with `delay = min + Exp(mean)` capped
-//! at `max` ([`Latency`]). Opening a link costs a round trip (the hellos); a live peer answers, a
+//! at `max` ([`Latency`]), plus a retransmission timeout for a frame lost (the scenario's
+//! `loss`; none by default). Opening a link costs a round trip (the hellos); a live peer answers, a
 //! dead process's kernel refuses at once, a dead or cut-off host stays silent until the connect
 //! timeout. Closing a link delivers what was already in flight, then the close. A crashed
 //! process resets every link at once; a crashed host is silence. Partitions (symmetric or
@@ -22,13 +23,22 @@ use rand::RngExt;
 use rand_pcg::Pcg64;
 use std::time::Duration;
 
+/// How much later a lost frame arrives: Linux's minimum retransmission timeout, which is also
+/// about what its tail-loss probe waits for a lone segment (it allows for a delayed ACK).
+pub const RETRANSMIT: Duration = Duration::from_millis(200);
+/// How much later a connect completes when its SYN or SYN-ACK is lost: TCP's initial
+/// retransmission timeout (RFC 6298).
+pub const SYN_RETRANSMIT: Duration = Duration::from_secs(1);
+
 /// One-way delays: `min + Exp(mean)` capped at `max`, with `mean = (max - min) / 5`, as the
-/// scenario's latency fields say; the tree runs and the star draw theirs alike.
+/// scenario's latency fields say, and the scenario's loss; the tree runs and the star draw
+/// theirs alike.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Latency {
     min_us: f64,
     mean_us: f64,
     max_us: f64,
+    loss: f64,
 }
 
 impl Latency {
@@ -39,6 +49,16 @@ impl Latency {
             min_us: sc.latency_min_ms * 1000.0,
             mean_us: mean * 1000.0,
             max_us: sc.latency_max_ms.max(sc.latency_min_ms) * 1000.0,
+            loss: sc.loss.clamp(0.0, 1.0),
+        }
+    }
+
+    /// `extra` if a packet is lost (probability `loss`), else nothing; no draw without loss.
+    pub(crate) fn lost(&self, rng: &mut Pcg64, extra: Duration) -> Duration {
+        if self.loss > 0.0 && rng.random::<f64>() < self.loss {
+            extra
+        } else {
+            Duration::ZERO
         }
     }
 
@@ -115,7 +135,7 @@ impl Sim {
     /// Delivery time of something sent now from `from` to end `to_end` of `link`, FIFO.
     pub(crate) fn fifo(&mut self, link: u32, from: u32, to_end: usize) -> Instant {
         let to = self.links[link as usize].ends[to_end].node;
-        let d = self.delay();
+        let d = self.delay() + self.lat.lost(&mut self.net, RETRANSMIT);
         let mut at = self.now + d;
         let blocked = self.blocked_until(from, to);
         if blocked > self.now {
@@ -332,7 +352,9 @@ impl Sim {
         // The hellos: ours reaches the peer, which reports the link up; its hello comes back.
         let hello = encode_hello(&Hello::new(id(from), Role::Client, mix(self.master_seed, self.seq)));
         self.fold(from, to, &hello[PREFIX..]);
-        let t1 = self.fifo(l, from, 1);
+        let syn = self.lat.lost(&mut self.net, SYN_RETRANSMIT) + self.lat.lost(&mut self.net, SYN_RETRANSMIT);
+        let t1 = self.fifo(l, from, 1) + syn;
+        self.links[l as usize].ends[1].next = t1;
         self.push(t1, Kind::Up { link: l, gen, to });
         let t2 = t1.max(self.links[l as usize].ends[0].next) + self.delay();
         self.links[l as usize].ends[0].next = t2;

@@ -58,6 +58,12 @@ pub struct Scenario {
     pub latency_min_ms: f64,
     /// See `latency_min_ms`.
     pub latency_max_ms: f64,
+    /// Fraction of packets lost (0 to 1), as TCP meets it: a lost frame is sent again after
+    /// TCP's minimum retransmission timeout ([`crate::net::RETRANSMIT`]) and the frames behind
+    /// it on its link wait for it; a lost SYN or SYN-ACK delays a connect by TCP's initial
+    /// timeout ([`crate::net::SYN_RETRANSMIT`]). 0 by default: no draw is made, and traces are
+    /// those of a run without the field.
+    pub loss: f64,
     /// Fraction of the nodes to kill (the root excluded unless `kill_root`).
     pub kill: f64,
     /// Kill the root as well.
@@ -150,6 +156,7 @@ impl Default for Scenario {
             seed: 1,
             latency_min_ms: 0.5,
             latency_max_ms: 10.0,
+            loss: 0.0,
             kill: 0.0,
             kill_root: false,
             kill_spread_s: 0.0,
