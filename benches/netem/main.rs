@@ -14,12 +14,12 @@
 //! (the kernel's ARP cache is shared by all namespaces and caps what it learns at 1,024 entries
 //! in total, which 100 hosts overflow; see [`Net::fill_neighbours`]). This kernel has no
 //! `netem`, so no delay is added: loss and rate limits bring TCP's own retransmission delays,
-//! and the simulator's run for comparison is given the measured delay as its latency, which on
-//! one machine with N clients is mostly scheduling, not the kernel's round trip: from the
-//! median delay of an accept between two clients during the SIGKILL repairs (a frame on a
-//! quiet machine) to the 90th percentile of the survivors' reactions to the SIGKILL's resets
-//! (the queue when all of them wake at once); half the kernel's round trip (TCP connects) when
-//! the process-crash scenario did not run.
+//! and the simulator's run for comparison is given the measured delays, which on one machine
+//! with N clients are mostly scheduling, not the kernel's round trip: a frame's (`--latency`),
+//! from the median to the 90th percentile of an accept's delay between two clients during the
+//! SIGKILL repairs, and a crash's resets' (`--reset-latency`), the 10th to 90th percentile of
+//! the survivors' reactions to the SIGKILL (all of them waking at once); half the kernel's
+//! round trip (TCP connects) when the process-crash scenario did not run.
 //!
 //! Scenarios (each prints one JSON line on stdout): `build` (start to all joined), `recovery`
 //! (the tree runs two RanSub epochs, then 25 % SIGKILL with the root: time until every survivor
@@ -1070,10 +1070,10 @@ const SIM_SEEDS: u64 = 9;
 
 /// `plush sim` with the same N, kill fraction and latency, for [`SIM_SEEDS`] seeds from the
 /// run's: the median recovery time in ms, and each run's.
-fn sim_recovery(o: &Opts, lat: &str, host_crash: bool) -> Res<(f64, Vec<f64>)> {
+fn sim_recovery(o: &Opts, lat: &str, reset: Option<&str>, host_crash: bool) -> Res<(f64, Vec<f64>)> {
     let mut runs = Vec::new();
     for k in 0..SIM_SEEDS {
-        runs.push(sim_recovery_one(o, o.seed + k, lat, host_crash)?);
+        runs.push(sim_recovery_one(o, o.seed + k, lat, reset, host_crash)?);
     }
     let mut sorted = runs.clone();
     sorted.sort_by(f64::total_cmp);
@@ -1081,13 +1081,16 @@ fn sim_recovery(o: &Opts, lat: &str, host_crash: bool) -> Res<(f64, Vec<f64>)> {
 }
 
 /// One `plush sim` run of [`sim_recovery`]: its recovery time in ms.
-fn sim_recovery_one(o: &Opts, seed: u64, lat: &str, host_crash: bool) -> Res<f64> {
+fn sim_recovery_one(o: &Opts, seed: u64, lat: &str, reset: Option<&str>, host_crash: bool) -> Res<f64> {
     let mut cmd = Command::new(&o.plush);
     cmd.args(["sim", "--nodes", &o.hosts.to_string(), "--seed", &seed.to_string(), "--kill", "0.25"]);
     // The same settling as the real run's (`SETTLE_EPOCHS`) between the build and the fault.
     cmd.args(["--kill-root", "--latency", lat, "--steady-epochs", &SETTLE_EPOCHS.to_string(), "--json"]);
     // The same loss: a repair that meets it waits a retransmission timeout, here as there.
     cmd.args(["--loss", &o.loss.to_string()]);
+    if let Some(r) = reset {
+        cmd.args(["--reset-latency", r]);
+    }
     if host_crash {
         cmd.args(["--crash", "host"]);
     }
@@ -1225,30 +1228,37 @@ fn main_inner(o: &Opts) -> Res<()> {
     }
     if sc("sim") {
         let (rtt, rtt90) = measure_rtt(&env)?;
-        // One-way delay (what the simulator's latency stands for: a frame handed to the
-        // receiving machine, scheduling included), from the process-crash scenario when it
-        // ran. The simulator draws a minimum plus an exponential tail, capped at a maximum. The
-        // minimum is a frame on a quiet machine: the median delay of an accept (see
-        // [`Recovery::hops`]; at least 0.5 ms, half the logs' resolution). The maximum is the worst queue of the recovery: the 90th
-        // percentile of the survivors' reactions to the resets, when the whole burst of them
-        // woke at once on two cores. (Taking the reactions' 10th percentile as the minimum put
-        // a burst's queueing on every frame: the simulator's repairs took three times the real
-        // ones.) Else half the kernel's round trip (TCP connects), from the median to the 90th
-        // percentile.
+        // The simulator's delays (a minimum plus an exponential tail, capped at a maximum),
+        // from the process-crash scenario when it ran. A frame (handed to the receiving
+        // machine, scheduling included): an accept's delay, from its median (at least 0.5 ms,
+        // half the logs' resolution) to its 90th percentile (see [`Recovery::hops`]). A crash's
+        // resets: the survivors' reactions, 10th to 90th percentile, the queue of a burst that
+        // wakes every peer at once on two cores. (One latency from the reactions for every
+        // frame put a burst's queueing on each: the simulator's repairs took three times the
+        // real ones.) Without that scenario: half the kernel's round trip (TCP connects), from
+        // the median to the 90th percentile, for both.
         let pct = |v: &Vec<u128>, q: usize| v.get((v.len() * q / 100).min(v.len().saturating_sub(1))).copied();
-        let (lo, hi, from) = match (pct(&hops, 50), pct(&reactions, 90)) {
-            (Some(a), Some(b)) if reactions.len() >= 5 && hops.len() >= 5 => {
-                ((a as f64).max(0.5), b as f64, "accepts_and_reactions")
-            }
-            _ => (rtt / 2.0, rtt90 / 2.0, "tcp_connects"),
+        let range = |lo: f64, hi: f64| {
+            let lo = lo.max(0.01);
+            format!("{lo:.3}..{:.3}", hi.max(lo + 0.001))
         };
-        let lo = lo.max(0.01);
-        let lat = format!("{lo:.3}..{:.3}", hi.max(lo + 0.001));
-        let (p, p_runs) = sim_recovery(o, &lat, false)?;
-        let (s, s_runs) = sim_recovery(o, &lat, true)?;
+        let measured = reactions.len() >= 5 && hops.len() >= 5;
+        let (lat, reset, from) = match (pct(&hops, 50), pct(&hops, 90), pct(&reactions, 10), pct(&reactions, 90)) {
+            (Some(a), Some(b), Some(c), Some(d)) if measured => {
+                let lo = (a as f64).max(0.5);
+                (range(lo, (b as f64).max(lo + 0.5)), Some(range(c as f64, d as f64)), "accepts_and_reactions")
+            }
+            _ => (range(rtt / 2.0, rtt90 / 2.0), None, "tcp_connects"),
+        };
+        let reset_json = reset.as_ref().map_or("null".to_owned(), |r| format!("\"{r}\""));
+        let lat = (lat, reset);
+        let (p, p_runs) = sim_recovery(o, &lat.0, lat.1.as_deref(), false)?;
+        let (s, s_runs) = sim_recovery(o, &lat.0, lat.1.as_deref(), true)?;
+        let lat = lat.0;
         let list = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
         println!(
-            "{{\"scenario\": \"sim\", \"hosts\": {}, \"rtt_ms\": {rtt:.3}, \"latency\": \"{lat}\", \"latency_from\": \"{from}\", \
+            "{{\"scenario\": \"sim\", \"hosts\": {}, \"rtt_ms\": {rtt:.3}, \"latency\": \"{lat}\", \"reset_latency\": {reset_json}, \
+             \"latency_from\": \"{from}\", \
              \"sim_recovery_process_ms\": {p:.0}, \"recovery_process_ms\": {}, \"ratio_process\": {}, \
              \"sim_recovery_silent_ms\": {s:.0}, \"recovery_silent_ms\": {}, \"ratio_silent\": {}, \
              \"sim_seeds\": \"{}..{}\", \"sim_runs_process_ms\": [{}], \"sim_runs_silent_ms\": [{}]}}",

@@ -70,6 +70,12 @@ pub struct SimArgs {
           allow_negative_numbers = true)]
     pub loss: f64,
 
+    /// How long a process crash's resets take to reach its peers, in milliseconds, drawn like
+    /// --latency [default: the latency]. On one machine running many clients, the resets of a
+    /// crash wake all its peers at once.
+    #[arg(long, value_name = "MIN_MS..MAX_MS", allow_hyphen_values = true)]
+    pub reset_latency: Option<Latency>,
+
     /// Fraction of the nodes to kill once the tree is built (0 to 1; the root is spared unless
     /// --kill-root).
     #[arg(long, value_name = "FRACTION", default_value_t = 0.0, value_parser = parse_fraction,
@@ -418,6 +424,7 @@ impl SimArgs {
             latency_min_ms: self.latency.min_ms,
             latency_max_ms: self.latency.max_ms,
             loss: self.loss / 100.0,
+            reset_latency_ms: self.reset_latency.map(|l| (l.min_ms, l.max_ms)),
             kill: self.kill,
             kill_root: self.kill_root,
             kill_spread_s: self.kill_spread,
@@ -471,6 +478,9 @@ impl SimArgs {
         }
         if self.loss != 0.0 {
             let _ = write!(cmd, " --loss {}", self.loss);
+        }
+        if let Some(r) = self.reset_latency {
+            let _ = write!(cmd, " --reset-latency {r}");
         }
         if self.kill != 0.0 {
             let _ = write!(cmd, " --kill {}", self.kill);
@@ -881,6 +891,8 @@ mod tests {
             "1..2",
             "--loss",
             "0.1",
+            "--reset-latency",
+            "5..14",
             "--kill",
             "0.25",
             "--kill-root",
@@ -897,7 +909,7 @@ mod tests {
         let line = t.sim.reproduce(7);
         assert_eq!(
             line,
-            "plush sim --nodes 50 --seed 7 --degree 4 --latency 1..2 --loss 0.1 --kill 0.25 --kill-root \
+            "plush sim --nodes 50 --seed 7 --degree 4 --latency 1..2 --loss 0.1 --reset-latency 5..14 --kill 0.25 --kill-root \
              --crash host --partition 0.5 --heal-after 10 --phase-limit 60"
         );
         // The line parses back to the same scenario.
@@ -908,6 +920,7 @@ mod tests {
         assert_eq!(s.crash, CrashKind::Host);
         assert_eq!(s.partition, Some(0.5));
         assert_eq!(s.loss, 0.001, "--loss is a percentage");
+        assert_eq!(s.reset_latency_ms, Some((5.0, 14.0)));
     }
 
     #[test]

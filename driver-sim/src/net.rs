@@ -53,6 +53,14 @@ impl Latency {
         }
     }
 
+    /// The latency model of `sc`'s resets ([`Scenario::reset_latency_ms`]), if it has one.
+    pub(crate) fn of_resets(sc: &Scenario) -> Option<Self> {
+        let (min, max) = sc.reset_latency_ms?;
+        let mut lat = Latency::new(&Scenario { latency_min_ms: min, latency_max_ms: max, ..sc.clone() });
+        lat.loss = 0.0;
+        Some(lat)
+    }
+
     /// `extra` if a packet is lost (probability `loss`), else nothing; no draw without loss.
     pub(crate) fn lost(&self, rng: &mut Pcg64, extra: Duration) -> Duration {
         if self.loss > 0.0 && rng.random::<f64>() < self.loss {
@@ -221,7 +229,12 @@ impl Sim {
                 // The kernel resets the connection: the peer hears at once, in-flight data is lost.
                 let gen = self.links[l as usize].gen;
                 let to = self.links[l as usize].ends[other].node;
-                let at = self.now + self.delay();
+                // One draw either way, so that the network's stream stays in step.
+                let d = match self.reset_lat {
+                    Some(r) => r.draw(&mut self.net),
+                    None => self.delay(),
+                };
+                let at = self.now + d;
                 self.push(at, Kind::Down { link: l, gen, to });
             }
             self.maybe_free(l);

@@ -64,6 +64,11 @@ pub struct Scenario {
     /// timeout ([`crate::net::SYN_RETRANSMIT`]). 0 by default: no draw is made, and traces are
     /// those of a run without the field.
     pub loss: f64,
+    /// How long a process crash's resets take to reach the peers' machines, as `(min, max)`
+    /// milliseconds drawn like the latency; `None` (the default): the latency. On one machine
+    /// running many clients the resets of a crash wake all its peers at once, and the last of
+    /// them runs well after a single frame would have arrived.
+    pub reset_latency_ms: Option<(f64, f64)>,
     /// Fraction of the nodes to kill (the root excluded unless `kill_root`).
     pub kill: f64,
     /// Kill the root as well.
@@ -157,6 +162,7 @@ impl Default for Scenario {
             latency_min_ms: 0.5,
             latency_max_ms: 10.0,
             loss: 0.0,
+            reset_latency_ms: None,
             kill: 0.0,
             kill_root: false,
             kill_spread_s: 0.0,

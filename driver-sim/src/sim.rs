@@ -142,6 +142,8 @@ pub struct Sim {
     pub(crate) net: Pcg64,
     pub(crate) master_seed: u64,
     pub(crate) lat: Latency,
+    /// How a crash's resets are delayed, when the scenario says ([`Latency::of_resets`]).
+    pub(crate) reset_lat: Option<Latency>,
     pub(crate) connect_timeout: Duration,
     pub(crate) cut: Option<Cut>,
     pub(crate) clogs: Vec<(u32, u32, Instant)>,
@@ -304,6 +306,7 @@ impl Sim {
             net: Pcg64::seed_from_u64(mix(scenario.seed, 1)),
             master_seed: scenario.seed,
             lat: Latency::new(scenario),
+            reset_lat: Latency::of_resets(scenario),
             connect_timeout: scenario.config.connect_timeout,
             cut: None,
             clogs: Vec::new(),

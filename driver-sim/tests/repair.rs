@@ -81,3 +81,27 @@ fn a_lost_frame_delays_a_repair_by_a_retransmission_timeout_and_no_loss_draws_no
     }
     assert!(slower >= 1, "no repair of five met a lost frame at 2 % loss");
 }
+
+#[test]
+fn a_crash_reaches_its_peers_after_the_reset_latency_when_one_is_given() {
+    // Frames at LAN speed; the resets of the crash take 300 ms to reach anyone, so nothing can
+    // be repaired before then. Without the field they take a frame's latency.
+    let sc = |reset: Option<(f64, f64)>| Scenario {
+        nodes: 100,
+        seed: 4,
+        kill: 0.25,
+        kill_root: true,
+        latency_min_ms: 0.5,
+        latency_max_ms: 2.0,
+        steady_epochs: 2,
+        reset_latency_ms: reset,
+        ..Scenario::default()
+    };
+    let quick = run(&sc(None));
+    let slow = run(&sc(Some((300.0, 300.0))));
+    for r in [&quick, &slow] {
+        assert!(r.converged && r.invariant_violations == 0, "{:?}", r.violations);
+    }
+    assert!(quick.recovery.sim_ms < 300.0, "without a reset latency: {} ms", quick.recovery.sim_ms);
+    assert!(slow.recovery.sim_ms >= 300.0, "resets 300 ms late, whole again after {} ms", slow.recovery.sim_ms);
+}
