@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # netem.sh [--hosts N] [--json] [--loss PCT] [--rate RATE] [--push-mib M] [--heal-after S]
-#          [--scenarios LIST]: real `plush client`s on an emulated network (issue 20).
+#          [--recovery-runs K] [--scenarios LIST]: real `plush client`s on an emulated network (issue 20).
 #
 # Runs the `netem` harness (benches/netem/main.rs): N network namespaces on one bridge, with
 # addresses from 198.18.0.0/15, a tbf rate limit per host (default 1gbit) and nftables random
@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
             args+=(--hosts "$hosts")
             shift
             ;;
-        --loss | --rate | --push-mib | --heal-after | --scenarios | --seed)
+        --loss | --rate | --push-mib | --heal-after | --recovery-runs | --scenarios | --seed)
             args+=("$1" "${2:-}")
             shift
             ;;

@@ -175,23 +175,28 @@ fn sh(line: &str) -> Res<()> {
     run(Command::new(v[0]).args(&v[1..]))
 }
 
-fn nft(ns: &str, rules: &str) -> Res<()> {
+/// Run `ip ARGS` with `input` on its stdin; `Err` carries its stderr when it fails.
+fn ip_with_input(args: &[&str], input: &str) -> Res<()> {
     let mut child = Command::new("ip")
-        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(e)?;
     if let Some(mut i) = child.stdin.take() {
-        i.write_all(rules.as_bytes()).map_err(e)?;
+        i.write_all(input.as_bytes()).map_err(e)?;
     }
     let out = child.wait_with_output().map_err(e)?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("nft in {ns}: {}: {rules}", String::from_utf8_lossy(&out.stderr).trim()))
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
     }
+}
+
+fn nft(ns: &str, rules: &str) -> Res<()> {
+    ip_with_input(&["netns", "exec", ns, "nft", "-f", "-"], rules).map_err(|x| format!("nft in {ns}: {x}: {rules}"))
 }
 
 fn ns_of(ip: Ipv4Addr) -> String {
@@ -333,20 +338,8 @@ impl Net {
                 .filter(|o| *o != me)
                 .map(|o| format!("neigh replace {o} lladdr {} dev eth0 nud permanent\n", mac_of(*o)))
                 .collect();
-            let mut child = Command::new("ip")
-                .args(["-n", &ns, "-batch", "-"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map_err(e)?;
-            if let Some(mut i) = child.stdin.take() {
-                i.write_all(batch.as_bytes()).map_err(e)?;
-            }
-            let out = child.wait_with_output().map_err(e)?;
-            if !out.status.success() {
-                return Err(format!("ip -n {ns} -batch (neighbours): {}", String::from_utf8_lossy(&out.stderr).trim()));
-            }
+            ip_with_input(&["-n", &ns, "-batch", "-"], &batch)
+                .map_err(|x| format!("ip -n {ns} -batch (neighbours): {x}"))?;
         }
         Ok(())
     }
@@ -706,11 +699,12 @@ fn scenario_recovery(env: &mut Env, silent: bool) -> Res<Recovery> {
 }
 
 /// [`scenario_recovery`] `--recovery-runs` times (3 by default): the median of the times to one
-/// tree and of the relaunched hosts' rejoins, and every run's reactions. One run is one draw
-/// from a spread the simulator's figure (a median of nine seeds) summarises: a repair either
-/// completes in a few message delays or meets a lost packet and waits a retransmission timeout
-/// (200 ms, in about half of the runs at 0.1 % loss), on the real clients as in the simulator,
-/// so a single run against a median could land either side of a factor of two.
+/// tree and of the relaunched hosts' rejoins, and every run's reactions and accept delays. One
+/// run is one draw from a spread the simulator's figure (a median of nine seeds) summarises: a
+/// repair either completes in a few message delays or meets a lost packet and waits a
+/// retransmission timeout (200 ms, in about half of the runs at 0.1 % loss), on the real
+/// clients as in the simulator, so a single run against a median could land either side of a
+/// factor of two.
 fn median_recovery(env: &mut Env, silent: bool) -> Res<Recovery> {
     let mut runs = Vec::new();
     for _ in 0..env.o.recovery_runs.max(1) {
@@ -1251,10 +1245,8 @@ fn main_inner(o: &Opts) -> Res<()> {
             _ => (range(rtt / 2.0, rtt90 / 2.0), None, "tcp_connects"),
         };
         let reset_json = reset.as_ref().map_or("null".to_owned(), |r| format!("\"{r}\""));
-        let lat = (lat, reset);
-        let (p, p_runs) = sim_recovery(o, &lat.0, lat.1.as_deref(), false)?;
-        let (s, s_runs) = sim_recovery(o, &lat.0, lat.1.as_deref(), true)?;
-        let lat = lat.0;
+        let (p, p_runs) = sim_recovery(o, &lat, reset.as_deref(), false)?;
+        let (s, s_runs) = sim_recovery(o, &lat, reset.as_deref(), true)?;
         let list = |v: &[f64]| v.iter().map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ");
         println!(
             "{{\"scenario\": \"sim\", \"hosts\": {}, \"rtt_ms\": {rtt:.3}, \"latency\": \"{lat}\", \"reset_latency\": {reset_json}, \

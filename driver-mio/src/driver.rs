@@ -909,7 +909,7 @@ impl<M: Machine> Driver<M> {
             let _ = c.stream.set_nodelay(true);
             c.phase = Phase::Hello;
             // Named now, not at the dial: a link lost in between is the one the peer may hold.
-            let lost = peer.and_then(|p| self.lost_links.iter().rev().find(|(q, _)| *q == p)).map_or(0, |&(_, l)| l);
+            let lost = peer.and_then(|p| self.lost_links.iter().find(|(q, _)| *q == p)).map_or(0, |&(_, l)| l);
             let tag = LinkTag { incarnation: self.incarnation, link: LinkTag::new_link(), lost };
             c.nonce = tag.nonce();
             let hello = encode_hello(&Hello::new(self.me, M::ROLE, c.nonce));
@@ -1299,10 +1299,10 @@ impl<M: Machine> Driver<M> {
         // could still be the peer's only link, and the peer's machine would hear it close.
         let lower_dialed_new = new_dialed_by_us == (self.me < peer);
         let (kept, retired) = if lower_dialed_new { (tok, old) } else { (old, tok) };
-        let we_dialed_kept = if lower_dialed_new { new_dialed_by_us } else { !new_dialed_by_us };
         self.active.insert(peer, kept);
         if let Some(c) = self.conns.get_mut(&retired) {
-            c.hold = !we_dialed_kept;
+            // The kept one is the lower id's dial: ours if we are the lower.
+            c.hold = self.me > peer;
         }
         self.linger(retired, Phase::Retired(peer));
     }

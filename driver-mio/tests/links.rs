@@ -81,6 +81,13 @@ fn heartbeat() -> plush_core::frame::Frame {
     encode_once(&Message::Tree(TreeMsg::Heartbeat)).expect("encode")
 }
 
+/// Order a heartbeat from `a` to `b` and one from `b` to `a`.
+fn heartbeat_each_way(a: &mut Driver<Probe>, b: &mut Driver<Probe>) {
+    let (ia, ib) = (a.id(), b.id());
+    order(a, Output::Transmit { to: ib, frame: heartbeat() });
+    order(b, Output::Transmit { to: ia, frame: heartbeat() });
+}
+
 #[test]
 fn a_simultaneous_open_settles_on_one_link_without_telling_the_machines() {
     let mut a = probe([127, 0, 0, 1], None);
@@ -90,8 +97,7 @@ fn a_simultaneous_open_settles_on_one_link_without_telling_the_machines() {
     order(&mut b, Output::Connect(ia));
     assert!(spin(&mut a, &mut b, Duration::from_secs(5), |a, b| !a.m.links.is_empty() && !b.m.links.is_empty()));
     for _ in 0..3 {
-        order(&mut a, Output::Transmit { to: ib, frame: heartbeat() });
-        order(&mut b, Output::Transmit { to: ia, frame: heartbeat() });
+        heartbeat_each_way(&mut a, &mut b);
     }
     let settled = spin(&mut a, &mut b, Duration::from_secs(5), |a, b| {
         a.m.frames.len() == 3 && b.m.frames.len() == 3 && a.connection_count() == 1 && b.connection_count() == 1
@@ -108,8 +114,7 @@ fn a_simultaneous_open_settles_on_one_link_without_telling_the_machines() {
     assert_eq!(b.m.links, vec![(ia, LinkEvent::Connected)]);
     assert_eq!((a.stats.duplicate_links, b.stats.duplicate_links), (1, 1));
     // The surviving link still works both ways.
-    order(&mut a, Output::Transmit { to: ib, frame: heartbeat() });
-    order(&mut b, Output::Transmit { to: ia, frame: heartbeat() });
+    heartbeat_each_way(&mut a, &mut b);
     assert!(spin(&mut a, &mut b, Duration::from_secs(5), |a, b| a.m.frames.len() == 4 && b.m.frames.len() == 4));
 }
 
@@ -292,8 +297,7 @@ fn a_simultaneous_open_reaching_one_end_late_is_one_at_both_ends(a_ip: [u8; 4], 
         a.stats.duplicate_links == 1 && b.stats.duplicate_links == 1
     });
     assert!(both, "duplicates: a {} b {}", a.stats.duplicate_links, b.stats.duplicate_links);
-    order(&mut a, Output::Transmit { to: ib, frame: heartbeat() });
-    order(&mut b, Output::Transmit { to: ia, frame: heartbeat() });
+    heartbeat_each_way(&mut a, &mut b);
     let settled = spin(&mut a, &mut b, Duration::from_secs(5), |a, b| {
         a.m.frames.len() == 1 && b.m.frames.len() == 1 && a.connection_count() == 1 && b.connection_count() == 1
     });
@@ -337,8 +341,7 @@ fn a_redial_naming_the_lost_link_resets_it_however_soon(a_ip: [u8; 4], b_ip: [u8
     assert_eq!(a.m.links, vec![(ib, LinkEvent::Connected), (ib, LinkEvent::Connected)]);
     assert_eq!(b.m.links, vec![(ia, LinkEvent::Connected), (ia, LinkEvent::Closed), (ia, LinkEvent::Connected)]);
     assert_eq!(b.stats.redials_across, 1);
-    order(&mut a, Output::Transmit { to: ib, frame: heartbeat() });
-    order(&mut b, Output::Transmit { to: ia, frame: heartbeat() });
+    heartbeat_each_way(&mut a, &mut b);
     assert!(spin(&mut a, &mut b, Duration::from_secs(5), |a, b| a.m.frames.len() == 1 && b.m.frames.len() == 1));
     assert_eq!((a.link_count(), b.link_count()), (1, 1));
 }
