@@ -27,6 +27,13 @@ pub struct ClientArgs {
     /// share the controller's file system and binary.
     #[arg(long)]
     pub no_upgrade: bool,
+    /// Once listening (the ready line printed), leave the session that started the client:
+    /// stdin and stdout are let go, stderr goes to `client-IP-PORT.log` beside the job record
+    /// (`$XDG_RUNTIME_DIR/plush`, else `~/.cache/plush`), and the process that was started
+    /// exits 0 while the client goes on. The ssh launchers pass it, so that each login ends
+    /// once its client listens, as a pdsh command's does.
+    #[arg(long)]
+    pub detach: bool,
     /// Listen on this inherited socket instead of binding --listen (how an upgraded client
     /// restarts on its new binary without ever closing its address).
     #[arg(long, hide = true, value_name = "FD")]
@@ -59,6 +66,7 @@ pub fn run(args: &ClientArgs) -> ExitCode {
         max_children: args.max_children.map(|d| d as usize),
         listen_fd: args.listen_fd,
         no_upgrade: args.no_upgrade,
+        detach: args.detach,
     })
 }
 

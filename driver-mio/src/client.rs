@@ -132,6 +132,10 @@ pub struct ClientOptions {
     pub listen_fd: Option<i32>,
     /// Refuse upgrades.
     pub no_upgrade: bool,
+    /// Once the ready line is out, leave the launcher's session (`sys::detach`): stdio is let
+    /// go, so that an ssh login that started the client ends at once, and stderr goes to
+    /// `record::log_path_for(listen)` on the host. The ssh launchers ask for it.
+    pub detach: bool,
     /// Tree launch: how this client launches the hosts of a share it is given (the kind of
     /// launcher that started it, passed on by its launcher); `None`: it launches nothing, and
     /// every host of a share that no client answers at goes back to the controller.
@@ -320,6 +324,12 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
         let _ = writeln!(out, "{READY_PREFIX}{id}");
         let _ = out.flush();
     }
+    let log = opts.detach.then(|| crate::record::log_path_for(addr)).flatten();
+    if opts.detach {
+        // Still one thread: the event loop has not started, and jobs come later.
+        crate::sys::detach(log.as_deref()).map_err(|e| format!("cannot detach from the launcher's session: {e}"))?;
+        record.session_changed();
+    }
     let mut trim = Trim::new(&d);
     let mut seen = (d.jobs.generation(), None);
     let mut restart: Option<(StdInstant, PathBuf)> = None;
@@ -360,6 +370,10 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
     d.close_all(EXIT_GRACE);
     if d.debug() {
         eprintln!("plush client {id}: exiting ({:?})", d.stats);
+    }
+    // A log that holds nothing goes too: a client that had nothing to say leaves no file.
+    if let Some(log) = log.filter(|l| std::fs::metadata(l).is_ok_and(|m| m.len() == 0)) {
+        let _ = std::fs::remove_file(log);
     }
     Ok(())
 }
@@ -404,10 +418,14 @@ pub fn parse_args(args: &[String]) -> Result<ClientOptions, String> {
     }
     let (mut listen, mut key_file, mut max_fds, mut max_children, mut listen_fd) = (None, None, None, None, None);
     let (mut launcher, mut ssh_options): (Option<String>, Vec<String>) = (None, Vec::new());
-    let mut no_upgrade = false;
+    let (mut no_upgrade, mut detach) = (false, false);
     while let Some(flag) = it.next() {
         if flag == "--no-upgrade" {
             no_upgrade = true;
+            continue;
+        }
+        if flag == "--detach" {
+            detach = true;
             continue;
         }
         let Some(value) = it.next() else { return Err(format!("{flag} needs a value")) };
@@ -432,6 +450,7 @@ pub fn parse_args(args: &[String]) -> Result<ClientOptions, String> {
         max_children,
         listen_fd,
         no_upgrade,
+        detach,
         launcher,
     })
 }

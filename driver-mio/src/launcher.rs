@@ -15,7 +15,12 @@
 //!   has its build, a launch costs the same processes as pdsh's command (ssh here, the login
 //!   shell there, which becomes the client). When the host lacks the build (first contact, or
 //!   another build), the login exits with a status that names it, and a local shell script
-//!   takes over the launch: it copies the build over ssh and runs it (two more logins). A
+//!   takes over the launch: it copies the build over ssh and runs it (two more logins). The
+//!   client is run with `--detach`: once it listens and its ready line is out, it lets go of
+//!   the login's stdin, stdout and stderr (its stderr goes to `client-IP-PORT.log` beside its
+//!   job record on the host, removed at a normal end when empty) and leaves the login's
+//!   session, so that the login, and the ssh here, end then, as a pdsh command's do: a
+//!   launcher holds no ssh per running client, nor a host an sshd session. A
 //!   host whose architecture has no build is refused in that first login, before anything is
 //!   copied: the launch fails with [`no_build_reason`] (naming the architecture, see
 //!   [`NO_BUILD_PREFIX`]).
@@ -34,8 +39,8 @@
 //! finds it. It fails when the client (or ssh) exits first, or stays silent for
 //! [`Launcher::ready_timeout`] (it is then killed, with its process group). A client whose
 //! address is held by another process (a client that is stopped, not dead) says so on stdout
-//! ([`ADDR_IN_USE_PREFIX`]), and the launch fails with exactly that reason ([`ADDR_IN_USE`]). The client's stderr
-//! (and ssh's) is inherited. Every launch runs in a session of its own (`setsid`): Ctrl-C at the
+//! ([`ADDR_IN_USE_PREFIX`]), and the launch fails with exactly that reason ([`ADDR_IN_USE`]). Ssh's stderr (and
+//! a local or command client's) is inherited. Every launch runs in a session of its own (`setsid`): Ctrl-C at the
 //! controller's terminal does not reach it, and each launch gets its own share of the CPU where
 //! the kernel groups CPU time by session (pdsh does the same).
 //!
@@ -288,10 +293,11 @@ impl SshLaunch {
         ssh
     }
 
-    /// The remote command that runs a kept build at `path` (a shell word) on `addr`.
+    /// The remote command that runs a kept build at `path` (a shell word) on `addr`, detached
+    /// once it listens (`--detach`): the login ends then, and the client runs on by itself.
     fn run_command(&self, path: &str, addr: &str) -> String {
         let extra: String = self.client_args.iter().map(|a| format!(" {}", q(a))).collect();
-        format!("exec {path} client --listen {} --key-file -{extra}", q(addr))
+        format!("exec {path} client --listen {} --key-file - --detach{extra}", q(addr))
     }
 
     /// The remote command of the first ssh login, run by the account's shell: it reads the

@@ -86,11 +86,22 @@ pub struct Record {
 
 /// Where the record of a client listening on `addr` lives (`None`: nowhere to keep it).
 pub fn path_for(addr: SocketAddr) -> Option<PathBuf> {
+    state_file(addr, "jobs-", "")
+}
+
+/// Where a detached client listening on `addr` writes what it would print on stderr
+/// (`plush client --detach`): beside its record, `client-IP-PORT.log`.
+pub fn log_path_for(addr: SocketAddr) -> Option<PathBuf> {
+    state_file(addr, "client-", ".log")
+}
+
+/// `$XDG_RUNTIME_DIR/plush/PREFIX<ip>-<port>SUFFIX`, or under `~/.cache/plush` without it.
+fn state_file(addr: SocketAddr, prefix: &str, suffix: &str) -> Option<PathBuf> {
     let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         Some(d) => PathBuf::from(d).join("plush"),
         None => PathBuf::from(std::env::var_os("HOME").filter(|d| !d.is_empty())?).join(".cache").join("plush"),
     };
-    let name = format!("jobs-{}-{}", addr.ip(), addr.port()).replace(':', "_");
+    let name = format!("{prefix}{}-{}{suffix}", addr.ip(), addr.port()).replace(':', "_");
     Some(dir.join(name))
 }
 
@@ -225,6 +236,13 @@ impl Record {
             }
         }
         self.groups = groups.to_vec();
+        self.write();
+    }
+
+    /// This process left its session (`plush client --detach`): the jobs it starts from now on
+    /// run in its new one, which the record names for the next client on the address.
+    pub fn session_changed(&mut self) {
+        self.sid = crate::sys::session_id();
         self.write();
     }
 

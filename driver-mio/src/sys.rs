@@ -271,6 +271,42 @@ pub fn die_with_parent(cmd: &mut std::process::Command) {
 #[cfg(not(target_os = "linux"))]
 pub fn die_with_parent(_cmd: &mut std::process::Command) {}
 
+/// Leave the session that started this process, as a daemon does: stdin and stdout become
+/// `/dev/null`, stderr becomes `log` (created mode 0600, truncated; `/dev/null` when it is `None`
+/// or cannot be opened), then the process forks: the parent exits at once with status 0 (so an
+/// ssh login that ran it ends, as pdsh's command does) and the child goes on in a session of its
+/// own, holding nothing of the login. Call it while the process has a single thread: only the
+/// calling thread continues in the child.
+pub fn detach(log: Option<&std::path::Path>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
+    let err = log.and_then(|p| {
+        if let Some(dir) = p.parent() {
+            use std::os::unix::fs::DirBuilderExt;
+            let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir);
+        }
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(p).ok()
+    });
+    dup_onto(null.as_raw_fd(), 0)?;
+    dup_onto(null.as_raw_fd(), 1)?;
+    dup_onto(err.as_ref().map_or(null.as_raw_fd(), AsRawFd::as_raw_fd), 2)?;
+    // SAFETY: fork in a process with one thread (the caller's promise): the child is a copy of
+    // it and goes on; the parent calls only `_exit`, which runs no destructor and no atexit
+    // handler (nothing of the child's is flushed or removed twice).
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            // SAFETY: setsid only changes this process's session; it fails only for a group
+            // leader, which a child just forked is not.
+            unsafe { libc::setsid() };
+            Ok(())
+        }
+        // SAFETY: see above.
+        _ => unsafe { libc::_exit(0) },
+    }
+}
+
 /// The session id of this process (0 if it cannot be read).
 pub fn session_id() -> u32 {
     // SAFETY: getsid(0) only reads this process's session id.

@@ -141,6 +141,34 @@ impl Drop for Sshd {
     }
 }
 
+/// The `ssh` processes running a client command for `port` (a launch's login).
+fn ssh_logins(port: u16) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let wanted = format!(":{port}");
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "ssh"))
+        .filter(|pid| {
+            let line = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+                .replace(['\0', '\''], " ");
+            line.contains("client --listen") && line.contains(&wanted)
+        })
+        .collect()
+}
+
+/// The builds kept in `dir` (the remote `.cache/plush`): its `plush-*` files. Running clients
+/// keep their logs there too (`client-IP-PORT.log`, see `plush client --detach`).
+fn kept_builds(dir: &Path) -> Vec<PathBuf> {
+    let mut kept: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("the copy")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|f| f.to_string_lossy().starts_with("plush-")))
+        .collect();
+    kept.sort();
+    kept
+}
+
 fn ssh_cluster(sshd: &Sshd) -> Cluster {
     let ssh = SshLaunch::new(client_bin(), vec!["-F".into(), sshd.client_config.display().to_string()])
         .expect("hash the client binary");
@@ -172,9 +200,17 @@ fn the_ssh_launcher_copies_the_binary_once_and_its_clients_run_jobs() {
         let all = c.wait_until(Duration::from_secs(90), |c| c.count(HostState::Joined) == n as usize).expect("loop");
         assert!(all, "{}", states(&c));
         // The binary was copied into the account's home, under its version and digest.
-        let kept: Vec<PathBuf> = std::fs::read_dir(&remote).expect("the copy").flatten().map(|e| e.path()).collect();
+        let kept = kept_builds(&remote);
         assert_eq!(kept.len(), 1, "{kept:?}");
         assert!(kept[0].file_name().is_some_and(|f| f.to_string_lossy().starts_with("plush-0.")), "{kept:?}");
+        // Each login ended once its client listened (`--detach`, as a pdsh command's ends): the
+        // clients run on, and no ssh of the launches does.
+        let end = Instant::now() + Duration::from_secs(10);
+        while !ssh_logins(port).is_empty() && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(ssh_logins(port), Vec::<u32>::new(), "ssh logins still running");
+        assert_eq!(sshd.remote_clients().len(), n as usize);
         // The jobs run as the account logged in over ssh.
         let out = c.run(&["id", "-un"], Duration::from_secs(20)).expect("run");
         assert_eq!(out.result_count(), n as usize, "missing {:?}", out.missing);
@@ -289,7 +325,7 @@ fn the_ssh_launcher_copies_the_build_for_the_hosts_architecture_from_the_builds_
     let all = c.wait_until(Duration::from_secs(60), |c| c.count(HostState::Joined) == 2).expect("loop");
     assert!(all, "{}", states(&c));
     // Only the build for the host's architecture was copied, byte for byte, under its digest.
-    let kept: Vec<PathBuf> = std::fs::read_dir(&remote).expect("the copy").flatten().map(|e| e.path()).collect();
+    let kept = kept_builds(&remote);
     assert_eq!(kept, vec![sshd.home.join(&ours.remote_path)]);
     assert_eq!(std::fs::read(&kept[0]).expect("read the copy"), std::fs::read(&ours.binary).expect("read the build"));
     // And it is what the clients run.
@@ -400,54 +436,27 @@ fn templates_quote_what_they_substitute() {
     assert_eq!(t, "ssh 'a b;rm' '/x y/plush' client --listen 127.0.0.9:7000 # 127.0.0.9 7000 {other}");
 }
 
-/// The hosts (`127.0.0.x:port`) whose client an `ssh` process started by a process of ours
-/// runs, split by who ran that ssh: (by the test's controller, by a member client). Read from
-/// the process table: each launch is an ssh process running `... client --listen ADDR ...` on
-/// the host, whose parent chain leads either to this test process or to a `client --listen`
-/// process (a member that launched it). Each is counted once per host.
-fn launch_records(port: u16) -> (std::collections::BTreeSet<String>, std::collections::BTreeSet<String>) {
-    let (mut by_ctrl, mut by_members) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
-    let me = std::process::id();
-    let stat = |pid: u32| -> Option<(String, u32)> {
-        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        let (head, tail) = s.rsplit_once(") ")?;
-        let comm = head.split_once(" (")?.1.to_string();
-        let ppid = tail.split_whitespace().nth(1)?.parse().ok()?;
-        Some((comm, ppid))
-    };
-    let cmdline = |pid: u32| std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return (by_ctrl, by_members) };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
-        if stat(pid).is_none_or(|(comm, _)| comm != "ssh") {
-            continue;
-        }
-        let line = String::from_utf8_lossy(&cmdline(pid)).replace(['\0', '\''], " ");
-        let Some(host) = line
-            .split("--listen ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .filter(|a| a.ends_with(&format!(":{port}")))
-        else {
-            continue;
-        };
-        let mut up = stat(pid).map(|(_, p)| p);
-        for _ in 0..6 {
-            let Some(p) = up.filter(|&p| p > 1) else { break };
-            if p == me {
-                by_ctrl.insert(host.to_string());
-                break;
-            }
-            let raw = cmdline(p);
-            let argv: Vec<&[u8]> = raw.split(|&b| b == 0).collect();
-            if argv.len() > 2 && argv[1] == b"client" && argv[2] == b"--listen" {
-                by_members.insert(host.to_string());
-                break;
-            }
-            up = stat(p).map(|(_, pp)| pp);
-        }
-    }
-    (by_ctrl, by_members)
+/// An ssh configuration for one launcher of a tree launch: `base` (the sshd's), with the key
+/// `key`, that records every login it makes: ssh runs `LocalCommand` on this machine once a
+/// login is made, and it appends the host name it was given (`%n`) to `log` (created writable
+/// by all: members log in as the account). The launch records of [`launched_hosts`].
+fn recording_config(sshd: &Sshd, name: &str, key: &str) -> (PathBuf, PathBuf) {
+    let log = sshd.dir.join(format!("{name}.launches"));
+    std::fs::write(&log, "").expect("make the launch record");
+    std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let text = std::fs::read_to_string(&sshd.client_config).expect("read ssh_config");
+    let text = text.replace("user_key", key)
+        + &format!("  PermitLocalCommand yes\n  LocalCommand echo %n >> {}\n", log.display());
+    let config = sshd.dir.join(format!("ssh_config_{name}"));
+    std::fs::write(&config, text).expect("write the ssh configuration");
+    (config, log)
+}
+
+/// The hosts (IP addresses) that the logins recorded in `log` went to (see
+/// [`recording_config`]): the controller names them `host-IP`, members by their IP address.
+fn launched_hosts(log: &Path) -> std::collections::BTreeSet<String> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines().map(|l| l.trim().trim_start_matches("host-").to_string()).filter(|h| !h.is_empty()).collect()
 }
 
 /// Kills, on drop, every client listening on `port` that runs as `user` (the clients members
@@ -477,12 +486,15 @@ fn a_tree_launch_over_ssh_has_members_launch_most_hosts_and_every_host_joins() {
     if sshd.user == TEST_USER {
         sh(&format!("chown {TEST_USER} {d}/member_key"));
     }
-    let text = std::fs::read_to_string(&sshd.client_config).expect("read ssh_config");
-    let config = sshd.dir.join("ssh_config_tree");
-    std::fs::write(&config, text.replace("user_key", "member_key")).expect("write ssh_config_tree");
-    let options = vec!["-F".to_string(), config.display().to_string()];
-    let mut ssh = SshLaunch::new(client_bin(), options.clone()).expect("hash the client binary");
-    ssh.client_args = plush_mio::MemberLauncher::Ssh(options).client_flags();
+    // The controller and the members log in with configurations of their own, each recording
+    // its logins: every ssh ends once its client listens (`--detach`), so the launches are
+    // counted from these records, not from the processes that run.
+    let (ctrl_config, ctrl_log) = recording_config(&sshd, "controller", "user_key");
+    let (member_config, member_log) = recording_config(&sshd, "members", "member_key");
+    let options = vec!["-F".to_string(), ctrl_config.display().to_string()];
+    let mut ssh = SshLaunch::new(client_bin(), options).expect("hash the client binary");
+    let member_options = vec!["-F".to_string(), member_config.display().to_string()];
+    ssh.client_args = plush_mio::MemberLauncher::Ssh(member_options).client_flags();
     let cfg = ClusterConfig {
         method: Some(LaunchMethod::Ssh(ssh)),
         launch_timeout: Duration::from_secs(60),
@@ -495,7 +507,7 @@ fn a_tree_launch_over_ssh_has_members_launch_most_hosts_and_every_host_joins() {
     c.add_named_hosts(&hosts);
     let all = c.wait_until(Duration::from_secs(120), |c| c.count(HostState::Joined) == n as usize).expect("loop");
     assert!(all, "{}", states(&c));
-    let (by_ctrl, by_members) = launch_records(port);
+    let (by_ctrl, by_members) = (launched_hosts(&ctrl_log), launched_hosts(&member_log));
     eprintln!("tree launch: {} host(s) launched by the controller, {} by members", by_ctrl.len(), by_members.len());
     assert_eq!(by_ctrl.len() + by_members.len(), n as usize, "one launch per host: {by_ctrl:?} {by_members:?}");
     assert!(by_ctrl.is_disjoint(&by_members), "a host launched twice: {by_ctrl:?} {by_members:?}");
