@@ -180,8 +180,13 @@ impl Control {
 
     pub(super) fn invite_unreachable(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, k: usize) {
         let inv = &mut self.rare.invites[k];
+        if inv.launching {
+            // A dial during our launch failed: the client is not up yet. The launch decides.
+            return;
+        }
         if ctx.cfg.launch_at_root && !inv.launched {
             inv.launched = true;
+            inv.launching = true;
             ctx.io.out.push_back(Output::Launch { host: inv.host });
         } else {
             let host = inv.host;
@@ -234,6 +239,7 @@ impl Control {
             self.share_launched(ctx, tree, host, ok);
             return;
         };
+        self.rare.invites[k].launching = false;
         match (ok, self.ctrl) {
             (true, Some(ctrl)) => self.send_invitation(ctx, host, ctrl),
             _ => {
@@ -534,7 +540,14 @@ impl Control {
                     return;
                 }
                 let expires = ctx.now + ctx.cfg.invitation_expiry;
-                self.rare.invites.push(Invite { host, launched: false, expires, sent: false, connected: false });
+                self.rare.invites.push(Invite {
+                    host,
+                    launched: false,
+                    launching: false,
+                    expires,
+                    sent: false,
+                    connected: false,
+                });
             }
         }
         self.pump_invites(ctx);
@@ -655,7 +668,7 @@ impl Control {
             if ctx.io.conns.state(&host) != Some(crate::conn::LinkState::Open) {
                 // Under way until its link opens (no event comes for a link open already).
                 let expires = ctx.now + ctx.cfg.invitation_expiry;
-                s.active.push(ShareInvite { host, launched: false, expires, portion: Vec::new() });
+                s.active.push(ShareInvite { host, launched: false, launching: false, expires, portion: Vec::new() });
             }
             start.push(host);
         }
@@ -672,8 +685,14 @@ impl Control {
     fn share_unreachable(&mut self, ctx: &mut Ctx<'_>, tree: &mut Tree, host: NodeId) {
         let Some(s) = self.share.as_mut() else { return };
         let Some(inv) = s.active.iter_mut().find(|i| i.host == host) else { return };
+        if inv.launching {
+            // A dial during our launch failed (a probe, say): the client is not up yet, and
+            // giving the host back now would have the controller launch it a second time.
+            return;
+        }
         if !inv.launched {
             inv.launched = true;
+            inv.launching = true;
             ctx.io.out.push_back(Output::Launch { host });
         } else {
             self.share_failed(ctx, tree, host);
@@ -686,6 +705,7 @@ impl Control {
         let Some(ctrl) = self.ctrl else { return };
         let Some(s) = self.share.as_mut() else { return };
         let Some(k) = s.active.iter().position(|i| i.host == host && i.launched) else { return };
+        s.active[k].launching = false;
         if !ok {
             self.share_failed(ctx, tree, host);
             return;

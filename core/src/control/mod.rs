@@ -245,6 +245,9 @@ struct NodeBarrier {
 struct Invite {
     host: NodeId,
     launched: bool,
+    /// The launch asked for is under way (no result yet): a connect to the host that fails
+    /// meanwhile (any dial, not only ours) says nothing of it; the launch's result decides.
+    launching: bool,
     expires: Instant,
     /// The `SetPeer` went out (at most [`invite_slots`] at once; the others wait their turn).
     sent: bool,
@@ -281,6 +284,9 @@ struct ShareInvite {
     host: NodeId,
     /// No client answered the first invitation, and the driver was asked to launch one.
     launched: bool,
+    /// That launch is under way (no result yet): a connect to the host that fails meanwhile
+    /// says nothing of it (see [`Invite::launching`]).
+    launching: bool,
     /// Given up (reported `InviteFailed`) at this time if still under way.
     expires: Instant,
     /// The part of our share handed to it with the invitation after its launch (at most
