@@ -28,9 +28,9 @@ pub struct ClientArgs {
     #[arg(long)]
     pub no_upgrade: bool,
     /// Once listening (the ready line printed), leave the session that started the client:
-    /// stdin and stdout are let go, stderr goes to `client-IP-PORT.log` beside the job record
-    /// (`$XDG_RUNTIME_DIR/plush`, else `~/.cache/plush`), and the process that was started
-    /// exits 0 while the client goes on. The ssh launchers pass it, so that each login ends
+    /// stdin and stdout are let go, what it has to say goes to `client-IP-PORT.log` beside the
+    /// job record (`$XDG_RUNTIME_DIR/plush`, else `~/.cache/plush`; made on its first line),
+    /// and the process that was started exits 0 while the client goes on. The ssh launchers pass it, so that each login ends
     /// once its client listens, as a pdsh command's does.
     #[arg(long)]
     pub detach: bool,
@@ -87,6 +87,7 @@ pub fn run_options(opts: plush_mio::ClientOptions) -> ExitCode {
     match plush_mio::client::run(&opts) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            plush_mio::client::stderr_ready();
             eprintln!("plush client {listen}: {e}");
             ExitCode::FAILURE
         }

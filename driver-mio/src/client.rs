@@ -133,8 +133,9 @@ pub struct ClientOptions {
     /// Refuse upgrades.
     pub no_upgrade: bool,
     /// Once the ready line is out, leave the launcher's session (`sys::detach`): stdio is let
-    /// go, so that an ssh login that started the client ends at once, and stderr goes to
-    /// `record::log_path_for(listen)` on the host. The ssh launchers ask for it.
+    /// go, so that an ssh login that started the client ends at once, and what it writes on
+    /// stderr from then on goes to `record::log_path_for(listen)` on the host, a file made on
+    /// the first line. The ssh launchers ask for it.
     pub detach: bool,
     /// Tree launch: how this client launches the hosts of a share it is given (the kind of
     /// launcher that started it, passed on by its launcher); `None`: it launches nothing, and
@@ -324,11 +325,17 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
         let _ = writeln!(out, "{READY_PREFIX}{id}");
         let _ = out.flush();
     }
-    let log = opts.detach.then(|| crate::record::log_path_for(addr)).flatten();
     if opts.detach {
         // Still one thread: the event loop has not started, and jobs come later.
-        crate::sys::detach(log.as_deref()).map_err(|e| format!("cannot detach from the launcher's session: {e}"))?;
+        crate::sys::detach(crate::record::log_path_for(addr))
+            .map_err(|e| format!("cannot detach from the launcher's session: {e}"))?;
         record.session_changed();
+        // A panic's message goes to the log too.
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            crate::sys::open_deferred_stderr();
+            report(info)
+        }));
     }
     let mut trim = Trim::new(&d);
     let mut seen = (d.jobs.generation(), None);
@@ -359,7 +366,7 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
                 d.close_all(Duration::from_millis(200));
                 let e = reexec(path, opts, id, d.listener_fd(), &key);
                 // Still here: the new binary could not be started. Keep running this one.
-                eprintln!("plush client {id}: cannot restart on {}: {e}", path.display());
+                crate::driver::write_line(format_args!("plush client {id}: cannot restart on {}: {e}", path.display()));
                 restart = None;
             }
         }
@@ -369,13 +376,15 @@ pub fn run(opts: &ClientOptions) -> Result<(), String> {
     record.remove();
     d.close_all(EXIT_GRACE);
     if d.debug() {
-        eprintln!("plush client {id}: exiting ({:?})", d.stats);
-    }
-    // A log that holds nothing goes too: a client that had nothing to say leaves no file.
-    if let Some(log) = log.filter(|l| std::fs::metadata(l).is_ok_and(|m| m.len() == 0)) {
-        let _ = std::fs::remove_file(log);
+        crate::driver::write_line(format_args!("plush client {id}: exiting ({:?})", d.stats));
     }
     Ok(())
+}
+
+/// Call before writing to stderr what a client ends with: a detached client's log is made
+/// then (see `plush client --detach`).
+pub fn stderr_ready() {
+    crate::sys::open_deferred_stderr();
 }
 
 /// Replace this process with `path`, a new client binary: same listen socket (made

@@ -302,8 +302,9 @@ impl Log {
 
 /// One line on stderr in one `write` call, so that the lines of processes sharing a terminal
 /// do not interleave mid-line.
-fn write_line(msg: std::fmt::Arguments<'_>) {
+pub(crate) fn write_line(msg: std::fmt::Arguments<'_>) {
     use std::io::Write;
+    crate::sys::open_deferred_stderr();
     let mut line = msg.to_string();
     line.push('\n');
     let _ = std::io::stderr().lock().write_all(line.as_bytes());

@@ -17,8 +17,8 @@
 //!   another build), the login exits with a status that names it, and a local shell script
 //!   takes over the launch: it copies the build over ssh and runs it (two more logins). The
 //!   client is run with `--detach`: once it listens and its ready line is out, it lets go of
-//!   the login's stdin, stdout and stderr (its stderr goes to `client-IP-PORT.log` beside its
-//!   job record on the host, removed at a normal end when empty) and leaves the login's
+//!   the login's stdin, stdout and stderr (what it has to say goes to `client-IP-PORT.log`
+//!   beside its job record on the host, a file made on the first line) and leaves the login's
 //!   session, so that the login, and the ssh here, end then, as a pdsh command's do: a
 //!   launcher holds no ssh per running client, nor a host an sshd session. A
 //!   host whose architecture has no build is refused in that first login, before anything is

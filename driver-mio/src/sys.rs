@@ -271,26 +271,23 @@ pub fn die_with_parent(cmd: &mut std::process::Command) {
 #[cfg(not(target_os = "linux"))]
 pub fn die_with_parent(_cmd: &mut std::process::Command) {}
 
-/// Leave the session that started this process, as a daemon does: stdin and stdout become
-/// `/dev/null`, stderr becomes `log` (created mode 0600, truncated; `/dev/null` when it is `None`
-/// or cannot be opened), then the process forks: the parent exits at once with status 0 (so an
-/// ssh login that ran it ends, as pdsh's command does) and the child goes on in a session of its
-/// own, holding nothing of the login. Call it while the process has a single thread: only the
-/// calling thread continues in the child.
-pub fn detach(log: Option<&std::path::Path>) -> io::Result<()> {
+/// Leave the session that started this process, as a daemon does: stdin, stdout and stderr
+/// become `/dev/null`, then the process forks: the parent exits at once with status 0 (so an ssh
+/// login that ran it ends, as pdsh's command does) and the child goes on in a session of its
+/// own, holding nothing of the login. What it writes on stderr from then on goes to `log`, a file
+/// made on the first line ([`open_deferred_stderr`]): most clients have nothing to say, and 500
+/// clients of one account creating and removing a file each in one directory spent a CPU second
+/// on its lock (compare-ssh, one machine). Call it while the process has a single thread: only
+/// the calling thread continues in the child.
+pub fn detach(log: Option<std::path::PathBuf>) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    use std::os::unix::fs::OpenOptionsExt;
     let null = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null")?;
-    let err = log.and_then(|p| {
-        if let Some(dir) = p.parent() {
-            use std::os::unix::fs::DirBuilderExt;
-            let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir);
-        }
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(p).ok()
-    });
-    dup_onto(null.as_raw_fd(), 0)?;
-    dup_onto(null.as_raw_fd(), 1)?;
-    dup_onto(err.as_ref().map_or(null.as_raw_fd(), AsRawFd::as_raw_fd), 2)?;
+    for fd in 0..3 {
+        dup_onto(null.as_raw_fd(), fd)?;
+    }
+    if let Ok(mut pending) = DEFERRED_STDERR.lock() {
+        *pending = log;
+    }
     // SAFETY: fork in a process with one thread (the caller's promise): the child is a copy of
     // it and goes on; the parent calls only `_exit`, which runs no destructor and no atexit
     // handler (nothing of the child's is flushed or removed twice).
@@ -305,6 +302,24 @@ pub fn detach(log: Option<&std::path::Path>) -> io::Result<()> {
         // SAFETY: see above.
         _ => unsafe { libc::_exit(0) },
     }
+}
+
+/// Where stderr goes once something is written there, after [`detach`]; `None` once opened.
+static DEFERRED_STDERR: std::sync::Mutex<Option<std::path::PathBuf>> = std::sync::Mutex::new(None);
+
+/// Before a line goes to stderr: a detached process's log file is made now (mode 0600,
+/// truncated, its directory created) and put on stderr, once; it stays `/dev/null` if the file
+/// cannot be made. Returns the log's path when this call opened it. Does nothing otherwise.
+pub fn open_deferred_stderr() -> Option<std::path::PathBuf> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let path = DEFERRED_STDERR.lock().ok()?.take()?;
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir);
+    }
+    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path).ok()?;
+    dup_onto(f.as_raw_fd(), 2).ok()?;
+    Some(path)
 }
 
 /// The session id of this process (0 if it cannot be read).
