@@ -1164,15 +1164,21 @@ impl Cluster {
         self.notices.push_back(n);
     }
 
-    /// Dismantle the overlay and wait (at most `timeout`) for every launched client to exit;
-    /// the ones still running then are killed. All are reaped.
+    /// Dismantle the overlay and wait (at most `timeout`) for every client to exit: every
+    /// launched client (the local ones are our children), and every peer we hold a link to. A
+    /// node exits only once its children have, so the root's link closing means the tree is
+    /// gone; that is how the end of clients launched over ssh shows, whose logins ended when
+    /// they listened (`plush client --detach`). Launched clients still running then are killed.
+    /// All are reaped.
     pub fn dismantle(&mut self, timeout: Duration) -> io::Result<DismantleOutcome> {
         let t0 = StdInstant::now();
         let now = self.d.now();
         self.d.m.dismantle(now);
         self.d.drain();
         let running = self.d.launcher.as_mut().map_or(0, Launcher::reap);
-        self.wait_until(timeout, |c| c.d.launcher.as_ref().is_none_or(|l| l.running() == 0))?;
+        self.wait_until(timeout, |c| {
+            c.d.launcher.as_ref().is_none_or(|l| l.running() == 0) && c.d.connection_count() == 0
+        })?;
         let killed = self.d.launcher.as_mut().map_or(0, Launcher::shutdown);
         self.d.close_all(Duration::from_millis(200));
         Ok(DismantleOutcome { exited: running.saturating_sub(killed), killed, elapsed: t0.elapsed() })
