@@ -5,7 +5,8 @@
 //! tree in batches of at most `--max-down K` hosts: each installs it as
 //! `~/.cache/plush/plush-VERSION-DIGEST` (where the ssh launcher looks for it next time),
 //! restarts on it at the same address, and rejoins; the next batch starts once the batch is
-//! back. The rest of the hosts stay joined throughout. Then the overlay is dismantled.
+//! back. The root goes last, in a batch of its own. The rest of the hosts stay joined
+//! throughout. Then the overlay is dismantled.
 //!
 //! Output: one line per host not upgraded (stderr, with the reason), and a summary:
 //! `plush upgrade: 12/12 hosts now run 0.1.0 (at most 3 down at once; 3 seen)`; with
