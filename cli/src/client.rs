@@ -30,8 +30,8 @@ pub struct ClientArgs {
     /// Once listening (the ready line printed), leave the session that started the client:
     /// stdin and stdout are let go, what it has to say goes to `client-IP-PORT.log` beside the
     /// job record (`$XDG_RUNTIME_DIR/plush`, else `~/.cache/plush`; made on its first line),
-    /// and the process that was started exits 0 while the client goes on. The ssh launchers pass it, so that each login ends
-    /// once its client listens, as a pdsh command's does.
+    /// and the process that was started exits 0 while the client goes on. The ssh launchers
+    /// pass it, so that each login ends once its client listens, as a pdsh command's does.
     #[arg(long)]
     pub detach: bool,
     /// Listen on this inherited socket instead of binding --listen (how an upgraded client

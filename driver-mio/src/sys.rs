@@ -309,17 +309,17 @@ static DEFERRED_STDERR: std::sync::Mutex<Option<std::path::PathBuf>> = std::sync
 
 /// Before a line goes to stderr: a detached process's log file is made now (mode 0600,
 /// truncated, its directory created) and put on stderr, once; it stays `/dev/null` if the file
-/// cannot be made. Returns the log's path when this call opened it. Does nothing otherwise.
-pub fn open_deferred_stderr() -> Option<std::path::PathBuf> {
+/// cannot be made. Does nothing otherwise.
+pub fn open_deferred_stderr() {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    let path = DEFERRED_STDERR.lock().ok()?.take()?;
+    let Some(path) = DEFERRED_STDERR.lock().ok().and_then(|mut p| p.take()) else { return };
     if let Some(dir) = path.parent() {
         let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir);
     }
-    let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path).ok()?;
-    dup_onto(f.as_raw_fd(), 2).ok()?;
-    Some(path)
+    if let Ok(f) = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path) {
+        let _ = dup_onto(f.as_raw_fd(), 2);
+    }
 }
 
 /// The session id of this process (0 if it cannot be read).
