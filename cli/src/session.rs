@@ -874,6 +874,8 @@ impl Session {
             max_invitations: args.fanout as usize,
             tree_launch,
             launch_fanout: args.launch_fanout as usize,
+            // Every session has a launcher: a cold start launches the first hosts together.
+            launch_ahead: true,
             ..Config::default()
         };
         let launch_timeout =

@@ -458,6 +458,8 @@ impl SimArgs {
         if self.launch_ms.is_some() || self.launch_fanout.is_some() {
             let ms = self.launch_ms.unwrap_or(plush_sim::LAUNCH_MS);
             scenario.launch = Some(plush_sim::LaunchModel { ms, fanout });
+            // As `plush run` does (runs without a launch model keep their earlier traces).
+            scenario.config.launch_ahead = self.job;
         }
         scenario.config.tree_launch = self.job && self.launch_from == Some(LaunchFrom::Tree);
         scenario.paced_by_members = self.launch_from != Some(LaunchFrom::Controller);

@@ -108,6 +108,16 @@ pub struct Config {
     /// Where a client is launched when an invitation finds none: at the root (as in Plush-M) or,
     /// by default, at the controller, where ssh keys usually live.
     pub launch_at_root: bool,
+    /// At the controller: when the host invited first (directly, to found the tree) has no
+    /// client and is launched, launch the next hosts at once too, up to
+    /// [`Config::max_invitations`] in all, instead of letting them wait until the tree is
+    /// founded: a cold start then pays one launch's latency once, not twice. Each is invited
+    /// (through the root) once its launch is done and the tree has a root; one whose launch
+    /// fails is tried again after the usual back-off. Not with [`Config::tree_launch`] (the
+    /// members launch all hosts but the first), and only for a controller whose driver can
+    /// launch (a host already running a client is launched in vain, and its new client finds
+    /// the address in use). Off by default; the `plush` command turns it on.
+    pub launch_ahead: bool,
     /// At the controller: tree launch (`--launch-from tree`). The controller invites the first
     /// host itself; from then on it hands the hosts not yet invited to members that joined, in
     /// shares of at most [`crate::wire::MAX_LIST`] ([`crate::wire::ControlMsg::Share`]), and
@@ -200,6 +210,7 @@ impl Default for Config {
             max_jobs: 64,
             job_linger: Duration::from_secs(60),
             launch_at_root: false,
+            launch_ahead: false,
             tree_launch: false,
             launch_fanout: 32,
             ack_interval: Duration::from_secs(1),

@@ -10,7 +10,11 @@
 //! founds the tree, the others through the root (`SetPeer`). When the root reports that no
 //! client answers at a host, the controller asks its driver to [`Output::Launch`] one (unless
 //! [`Config::launch_at_root`]) and invites again once [`Controller::handle_launched`] says it
-//! started. A host still unreachable after that, or whose launch fails, is tried again after a
+//! started. With [`Config::launch_ahead`], a cold start does not wait for the tree: when the
+//! host invited first has no client, the hosts next in line are launched with it (up to
+//! `max_invitations`), and each is invited through the root once both its launch and the root
+//! are there (if the first host fails, one of them founds the tree instead).
+//! A host still unreachable after that, or whose launch fails, is tried again after a
 //! back-off (5 s doubling to a minute); one that stays unreachable for
 //! [`Config::invitation_expiry`] becomes `Failed`, with the last reason; so do
 //! [`Config::failed_after_disconnects`] disconnects within
@@ -116,6 +120,9 @@ pub struct ControllerStats {
     pub max_outstanding: u64,
     /// Launches asked of the driver.
     pub launches: u64,
+    /// Of them, launches ahead of the invitation, while the tree was being founded
+    /// ([`Config::launch_ahead`]).
+    pub launches_ahead: u64,
     /// Times the root changed.
     pub root_changes: u64,
     /// Hosts believed joined that a complete census did not list (invited again).
@@ -150,6 +157,19 @@ struct Host {
     /// Tree launch: a share with it expired already (its member died, or hung): the next
     /// expiry makes it this controller's own.
     share_expired: bool,
+    /// Launched ahead of its invitation ([`Config::launch_ahead`]): always `Invited`.
+    ahead: Ahead,
+}
+
+/// Where a host launched ahead of its invitation ([`Config::launch_ahead`]) stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ahead {
+    /// Not launched ahead (or invited since).
+    No,
+    /// Its launch is under way: nobody invites it until the launch is done.
+    Launching,
+    /// Launched, waiting for a root to invite it through.
+    Ready,
 }
 
 impl Host {
@@ -165,6 +185,7 @@ impl Host {
             build: 0,
             shared: false,
             share_expired: false,
+            ahead: Ahead::No,
         }
     }
 }
@@ -235,6 +256,9 @@ pub struct Controller {
     /// (host, invited at), oldest first, for expiry; stale entries are skipped.
     invited: VecDeque<(NodeId, Instant)>,
     outstanding: usize,
+    /// Of them, hosts launched ahead of their invitation ([`Config::launch_ahead`]), whose
+    /// invitation is not out yet.
+    ahead: usize,
     /// Hosts in each state.
     counts: [usize; 5],
     jobs: Vec<CtrlJob>,
@@ -298,6 +322,7 @@ impl Controller {
             shared_out: 0,
             share_at: None,
             outstanding: 0,
+            ahead: 0,
             counts: [0; 5],
             jobs: Vec::new(),
             barriers: Vec::new(),
@@ -360,6 +385,9 @@ impl Controller {
             self.outstanding -= 1;
             if core::mem::take(&mut h.shared) {
                 self.shared_out -= 1;
+            }
+            if core::mem::replace(&mut h.ahead, Ahead::No) != Ahead::No {
+                self.ahead -= 1;
             }
         }
         self.counts[h.state as usize] -= 1;
@@ -734,7 +762,20 @@ impl Controller {
         if h.state != HostState::Invited {
             return;
         }
+        let ahead = h.ahead;
+        if ahead != Ahead::No {
+            h.ahead = Ahead::No;
+            self.ahead -= 1;
+        }
         match result {
+            // Launched ahead while the tree is being founded: it waits for the root (a second
+            // direct invitation would found a second tree).
+            Ok(()) if ahead == Ahead::Launching && self.founding_elsewhere(host) => {
+                if let Some(h) = self.host(&host) {
+                    h.ahead = Ahead::Ready;
+                }
+                self.ahead += 1;
+            }
             Ok(()) => self.invite(now, host),
             Err(why) => self.retry_later(now, host, why),
         }
@@ -1050,14 +1091,19 @@ impl Controller {
         if let Some(script) = self.script.clone() {
             self.send(now, root, Message::Control(ControlMsg::Maintenance { script }));
         }
-        // (Hosts in members' shares are the members' to invite.)
+        // (Hosts in members' shares are the members' to invite; hosts launched ahead are
+        // invited once their launch is done.)
         let invited: Vec<NodeId> = self
             .hosts
             .iter()
-            .filter(|h| h.state == HostState::Invited && !h.shared && h.id != root)
+            .filter(|h| h.state == HostState::Invited && !h.shared && h.id != root && h.ahead != Ahead::Launching)
             .map(|h| h.id)
             .collect();
         for host in invited {
+            if let Some(h) = self.host(&host).filter(|h| h.ahead == Ahead::Ready) {
+                h.ahead = Ahead::No;
+                self.ahead -= 1;
+            }
             self.send(now, root, Message::Control(ControlMsg::SetPeer { host, ctrl: me }));
         }
     }

@@ -28,6 +28,10 @@ impl Controller {
             h.launched = true;
             self.stats.launches += 1;
             self.io.out.push_back(Output::Launch { host });
+            let founding = self.root.is_none() && self.counts[HostState::Joined as usize] == 0;
+            if self.cfg.launch_ahead && !self.cfg.tree_launch && founding && self.direct == Some(host) {
+                self.launch_ahead(now);
+            }
         } else {
             self.retry_later(now, host, "no Plush client answers there");
         }
@@ -88,11 +92,16 @@ impl Controller {
     /// that are alive. They go back to the front of the queue instead, without a strike.
     pub(super) fn drop_orphaned_invitations(&mut self, now: Instant) {
         let direct = self.direct.filter(|d| self.host_state(d) == Some(HostState::Invited));
-        if self.outstanding <= usize::from(direct.is_some()) {
+        // (Hosts launched ahead were never invited: they wait for the tree.)
+        if self.outstanding - self.ahead <= usize::from(direct.is_some()) {
             return;
         }
-        let orphans: Vec<NodeId> =
-            self.hosts.iter().filter(|h| h.state == HostState::Invited && Some(h.id) != direct).map(|h| h.id).collect();
+        let orphans: Vec<NodeId> = self
+            .hosts
+            .iter()
+            .filter(|h| h.state == HostState::Invited && Some(h.id) != direct && h.ahead == Ahead::No)
+            .map(|h| h.id)
+            .collect();
         for host in orphans.into_iter().rev() {
             self.set_state(now, host, HostState::Disconnected, None);
             self.queue.push_front(host);
@@ -143,6 +152,19 @@ impl Controller {
         let founded = self.counts[HostState::Joined as usize] > 0;
         if self.root.is_none() && !founded {
             self.drop_orphaned_invitations(now);
+            if self.ahead > 0 && self.outstanding == self.ahead {
+                // The host invited to found the tree failed, and hosts were launched ahead of
+                // it: one whose launch is done founds it (invited directly); else the first
+                // launch that is done will.
+                if let Some(ready) = self.hosts.iter().find(|h| h.ahead == Ahead::Ready).map(|h| h.id) {
+                    if let Some(h) = self.host(&ready) {
+                        h.ahead = Ahead::No;
+                    }
+                    self.ahead -= 1;
+                    self.invite(now, ready);
+                }
+                return;
+            }
         }
         while self.outstanding - self.shared_out < self.cfg.max_invitations {
             // Without a root, only the first host is invited (directly); the rest wait.
@@ -165,6 +187,40 @@ impl Controller {
             self.invited.push_back((host, now));
             self.invite(now, host);
         }
+    }
+}
+
+/// Launches ahead of the invitation (see [`Config::launch_ahead`]).
+impl Controller {
+    /// The host invited to found the tree has no client and is being launched: launch the
+    /// hosts next in line too, up to [`Config::max_invitations`] outstanding (not with tree
+    /// launch, where members launch all but the first). They count as
+    /// `Invited`; each is invited once its launch is done (see `handle_launched`).
+    pub(super) fn launch_ahead(&mut self, now: Instant) {
+        while self.outstanding < self.cfg.max_invitations {
+            let Some(host) = self.queue.pop_front() else { return };
+            if !matches!(self.host_state(&host), Some(HostState::Pending | HostState::Disconnected)) {
+                continue;
+            }
+            self.set_state(now, host, HostState::Invited, None);
+            self.invited.push_back((host, now));
+            if let Some(h) = self.host(&host) {
+                h.launched = true;
+                h.ahead = Ahead::Launching;
+            }
+            self.ahead += 1;
+            self.stats.launches += 1;
+            self.stats.launches_ahead += 1;
+            self.io.out.push_back(Output::Launch { host });
+        }
+    }
+
+    /// Whether a host launched ahead must wait for the tree: it has no root yet, and another
+    /// host's direct invitation is out to found it.
+    pub(super) fn founding_elsewhere(&self, host: NodeId) -> bool {
+        self.root.is_none()
+            && self.counts[HostState::Joined as usize] == 0
+            && self.direct.is_some_and(|d| d != host && self.host_state(&d) == Some(HostState::Invited))
     }
 }
 
