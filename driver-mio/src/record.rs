@@ -3,7 +3,8 @@
 //!
 //! A job's process dies with its client (`PR_SET_PDEATHSIG`, see [`crate::sys::die_with_parent`]),
 //! but what that process started (a shell's commands) does not: it is re-parented to init and
-//! runs on. So the client writes down, after every loop turn in which its jobs changed:
+//! runs on. So the client writes down, after every loop turn in which a job started (a job's
+//! end alone is left for the next write: its group has no process left to kill):
 //! - the process group of every running job (its leader's pid, the leader's start time in
 //!   clock ticks since boot, from `/proc/PID/stat`), and the client's session;
 //! - the jobs it started, as (controller, session, job id, when), at most [`MAX_STARTED`], each
@@ -224,6 +225,7 @@ impl Record {
             return;
         }
         let now = unix_now();
+        let mut fresh = groups.iter().any(|g| !self.groups.contains(g));
         if let Some(ctrl) = ctrl {
             let session = self.session;
             for g in groups {
@@ -232,11 +234,17 @@ impl Record {
                         self.started.pop_front();
                     }
                     self.started.push_back((ctrl, session, g.job, now));
+                    fresh = true;
                 }
             }
         }
         self.groups = groups.to_vec();
-        self.write();
+        // Only what a successor must know is written at once: a group or a started job. A
+        // job's end alone waits for the next write (or the record's removal at exit): its
+        // group, left in the file, has no process a successor could kill.
+        if fresh {
+            self.write();
+        }
     }
 
     /// This process left its session (`plush client --detach`): the jobs it starts from now on
@@ -430,6 +438,37 @@ mod tests {
         let (mut rec, left) = Record::open_at(Some(path.clone()), SESSION);
         assert!(left.started.is_empty());
         rec.remove();
+        let _ = std::fs::remove_dir(path.parent().unwrap());
+    }
+
+    /// A job's end costs no write (a file created and renamed per job, on every host at once):
+    /// the record keeps the ended job's group, which has no process left to kill, until a
+    /// new job is written or the client removes its record.
+    #[test]
+    fn a_jobs_end_alone_is_not_written() {
+        let path = temp("end");
+        let _ = std::fs::remove_file(&path);
+        let ctrl = NodeId::new("127.0.0.9:9".parse().unwrap());
+        let (mut rec, _) = Record::open_at(Some(path.clone()), SESSION);
+        let one = Group { job: 1, pgid: u32::MAX, start: 0 };
+        rec.update(&[one], Some(ctrl));
+        let after_start = std::fs::read_to_string(&path).unwrap();
+        assert!(after_start.contains(&format!("group 1 {} 0", u32::MAX)), "{after_start}");
+        // Job 1 ended: nothing new to say.
+        rec.update(&[], Some(ctrl));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), after_start);
+        // Job 2 started: written, without job 1's group.
+        let two = Group { job: 2, pgid: u32::MAX - 1, start: 0 };
+        rec.update(&[two], Some(ctrl));
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains(&format!("group 1 {} 0", u32::MAX)), "{text}");
+        assert!(text.contains(&format!("group 2 {} 0", u32::MAX - 1)), "{text}");
+        drop(rec);
+        // A successor kills nothing (no such process) and knows both jobs started.
+        let (mut next, left) = Record::open_at(Some(path.clone()), SESSION);
+        assert!(left.killed.is_empty());
+        assert_eq!(left.started, vec![(ctrl, 1), (ctrl, 2)]);
+        next.remove();
         let _ = std::fs::remove_dir(path.parent().unwrap());
     }
 
