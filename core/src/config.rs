@@ -113,10 +113,11 @@ pub struct Config {
     /// [`Config::max_invitations`] in all, instead of letting them wait until the tree is
     /// founded: a cold start then pays one launch's latency once, not twice. Each is invited
     /// (through the root) once its launch is done and the tree has a root; one whose launch
-    /// fails is tried again after the usual back-off. Not with [`Config::tree_launch`] (the
+    /// fails goes back to the queue, to be invited (and, if no client answers, launched) as
+    /// any host: a host already running a client is launched in vain (its new client finds
+    /// the address in use), and joins when invited. Not with [`Config::tree_launch`] (the
     /// members launch all hosts but the first), and only for a controller whose driver can
-    /// launch (a host already running a client is launched in vain, and its new client finds
-    /// the address in use). Off by default; the `plush` command turns it on.
+    /// launch. Off by default; the `plush` command turns it on.
     pub launch_ahead: bool,
     /// At the controller: tree launch (`--launch-from tree`). The controller invites the first
     /// host itself; from then on it hands the hosts not yet invited to members that joined, in

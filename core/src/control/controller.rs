@@ -71,6 +71,7 @@ use std::rc::Rc;
 mod hosts;
 mod jobs;
 
+use hosts::Ahead;
 use jobs::BlobTrack;
 
 /// Why a controller call was refused.
@@ -159,17 +160,6 @@ struct Host {
     share_expired: bool,
     /// Launched ahead of its invitation ([`Config::launch_ahead`]): always `Invited`.
     ahead: Ahead,
-}
-
-/// Where a host launched ahead of its invitation ([`Config::launch_ahead`]) stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Ahead {
-    /// Not launched ahead (or invited since).
-    No,
-    /// Its launch is under way: nobody invites it until the launch is done.
-    Launching,
-    /// Launched, waiting for a root to invite it through.
-    Ready,
 }
 
 impl Host {
@@ -777,6 +767,15 @@ impl Controller {
                 self.ahead += 1;
             }
             Ok(()) => self.invite(now, host),
+            // A launch ahead that failed (a client may be running there already: its address
+            // is in use) costs no back-off: the host waits for its invitation as any other.
+            Err(why) if ahead != Ahead::No => {
+                if let Some(h) = self.host(&host) {
+                    h.launched = false;
+                }
+                self.set_state(now, host, HostState::Disconnected, Some(why));
+                self.requeue(host, true);
+            }
             Err(why) => self.retry_later(now, host, why),
         }
         self.after(now);

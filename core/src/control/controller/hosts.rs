@@ -9,6 +9,17 @@ use crate::time::Instant;
 use crate::wire::{ControlMsg, Message};
 use std::collections::VecDeque;
 
+/// Where a host launched ahead of its invitation ([`Config::launch_ahead`]) stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Ahead {
+    /// Not launched ahead (or invited since).
+    No,
+    /// Its launch is under way: nobody invites it until the launch is done.
+    Launching,
+    /// Launched, waiting for a root to invite it through.
+    Ready,
+}
+
 impl Controller {
     pub(super) fn unreachable(&mut self, now: Instant, host: NodeId) {
         // Without a root (the first host, invited directly) nobody else can launch it.
