@@ -40,8 +40,7 @@
 //! [`Launcher::ready_timeout`] (it is then killed, with its process group). A client whose
 //! address is held by another process (a client that is stopped, not dead) says so on stdout
 //! ([`ADDR_IN_USE_PREFIX`]), and the launch fails with exactly that reason ([`ADDR_IN_USE`]). Ssh's stderr (and
-//! a local or command client's) is inherited. Every launch runs in a session of its own
-//! ([`crate::sys::spawn_in_session`]: `posix_spawn`, no fork of the launcher): Ctrl-C at the
+//! a local or command client's) is inherited. Every launch runs in a session of its own (`setsid`): Ctrl-C at the
 //! controller's terminal does not reach it, and each launch gets its own share of the CPU where
 //! the kernel groups CPU time by session (pdsh does the same).
 //!
@@ -63,16 +62,15 @@
 //! Every child is killed and reaped at [`Launcher::shutdown`] or on drop: none outlives its
 //! launcher as a zombie.
 
-use crate::sys::{SessionChild as Child, SpawnStdin};
 use mio::unix::SourceFd;
 use mio::{Interest, Registry, Token};
 use plush_core::{LaunchResult, NodeId};
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
-use std::fs::File as ChildStdout;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant as StdInstant};
 
 /// Launches waiting for their ready line at once, by default.
@@ -452,40 +450,13 @@ fn key_stdin(cmd: &mut Command, key: &KeySource) -> Result<(), &'static str> {
             let Ok(key) = std::fs::File::open(f) else {
                 return Err("the key file could not be opened");
             };
-            cmd.stdin = SpawnStdin::File(key);
+            cmd.stdin(key);
         }
-        KeySource::Memory(_) => cmd.stdin = SpawnStdin::Pipe,
+        KeySource::Memory(_) => {
+            cmd.stdin(Stdio::piped());
+        }
     }
     Ok(())
-}
-
-/// A launch's process before it starts: what [`crate::sys::spawn_in_session`] runs (stdout on
-/// a pipe, stderr inherited, a session of its own).
-struct Command {
-    program: OsString,
-    args: Vec<OsString>,
-    stdin: SpawnStdin,
-}
-
-impl Command {
-    fn new(program: impl Into<OsString>) -> Command {
-        Command { program: program.into(), args: Vec::new(), stdin: SpawnStdin::Null }
-    }
-
-    fn arg(&mut self, a: impl Into<OsString>) -> &mut Command {
-        self.args.push(a.into());
-        self
-    }
-
-    fn args<I: IntoIterator<Item = A>, A: Into<OsString>>(&mut self, args: I) -> &mut Command {
-        self.args.extend(args.into_iter().map(Into::into));
-        self
-    }
-
-    fn stdin(&mut self, stdin: SpawnStdin) -> &mut Command {
-        self.stdin = stdin;
-        self
-    }
 }
 
 /// Where a launcher takes the cluster key it hands to the clients it starts.
@@ -617,10 +588,10 @@ impl Launcher {
         let cmd = match &self.method {
             LaunchMethod::Local { program, args } => {
                 let mut cmd = Command::new(program);
-                cmd.args(args.iter().cloned()).arg("--listen").arg(host.addr().to_string()).arg("--key-file");
+                cmd.args(args).arg("--listen").arg(host.addr().to_string()).arg("--key-file");
                 match &self.key {
-                    KeySource::File(f) => cmd.arg(f).stdin(SpawnStdin::Null),
-                    KeySource::Memory(_) => cmd.arg("-").stdin(SpawnStdin::Pipe),
+                    KeySource::File(f) => cmd.arg(f).stdin(Stdio::null()),
+                    KeySource::Memory(_) => cmd.arg("-").stdin(Stdio::piped()),
                 };
                 cmd
             }
@@ -668,12 +639,14 @@ impl Launcher {
         &self,
         registry: &Registry,
         next_token: &mut usize,
-        cmd: Command,
+        mut cmd: Command,
         name: &str,
     ) -> Result<(Child, Token, ChildStdout), &'static str> {
-        // Every launch leads a session, and so a process group, of its own (see `kill`).
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit());
+        // Every launch leads a process group of its own (see `kill`).
+        crate::sys::new_session(&mut cmd);
         let group = true;
-        let mut child = match crate::sys::spawn_in_session(&cmd.program, &cmd.args, cmd.stdin) {
+        let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("plush launcher: cannot start the client for {name}: {e}");
@@ -729,7 +702,7 @@ impl Launcher {
         };
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c").arg(script);
-        cmd.stdin(if matches!(self.key, KeySource::Memory(_)) { SpawnStdin::Pipe } else { SpawnStdin::Null });
+        cmd.stdin(if matches!(self.key, KeySource::Memory(_)) { Stdio::piped() } else { Stdio::null() });
         let (child, token, stdout) = self.spawn(registry, next_token, cmd, &name)?;
         let s = &mut self.started[i];
         s.child = child;
