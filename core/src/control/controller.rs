@@ -752,20 +752,17 @@ impl Controller {
         if h.state != HostState::Invited {
             return;
         }
-        let ahead = h.ahead;
-        if ahead != Ahead::No {
-            h.ahead = Ahead::No;
-            self.ahead -= 1;
-        }
-        match result {
+        if h.ahead == Ahead::Launching && result.is_ok() && self.founding_elsewhere(host) {
             // Launched ahead while the tree is being founded: it waits for the root (a second
             // direct invitation would found a second tree).
-            Ok(()) if ahead == Ahead::Launching && self.founding_elsewhere(host) => {
-                if let Some(h) = self.host(&host) {
-                    h.ahead = Ahead::Ready;
-                }
-                self.ahead += 1;
+            if let Some(h) = self.host(&host) {
+                h.ahead = Ahead::Ready;
             }
+            self.after(now);
+            return;
+        }
+        let ahead = self.take_ahead(host);
+        match result {
             Ok(()) => self.invite(now, host),
             // A launch ahead that failed (a client may be running there already: its address
             // is in use) costs no back-off: the host waits for its invitation as any other.
@@ -1099,10 +1096,7 @@ impl Controller {
             .map(|h| h.id)
             .collect();
         for host in invited {
-            if let Some(h) = self.host(&host).filter(|h| h.ahead == Ahead::Ready) {
-                h.ahead = Ahead::No;
-                self.ahead -= 1;
-            }
+            self.take_ahead(host);
             self.send(now, root, Message::Control(ControlMsg::SetPeer { host, ctrl: me }));
         }
     }

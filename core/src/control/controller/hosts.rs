@@ -148,6 +148,17 @@ impl Controller {
         self.send(now, to, Message::Control(ControlMsg::SetPeer { host, ctrl: me }));
     }
 
+    /// `host`, taken from a queue, counts as invited from now on (its expiry timed), if it was
+    /// waiting for an invitation (pending or disconnected); `false` for a stale queue entry.
+    fn mark_invited(&mut self, now: Instant, host: NodeId) -> bool {
+        if !matches!(self.host_state(&host), Some(HostState::Pending | HostState::Disconnected)) {
+            return false;
+        }
+        self.set_state(now, host, HostState::Invited, None);
+        self.invited.push_back((host, now));
+        true
+    }
+
     /// Invite pending hosts while fewer than `max_invitations` are outstanding.
     pub(super) fn pump(&mut self, now: Instant) {
         if self.later.iter().any(|(t, _)| *t <= now) {
@@ -168,10 +179,7 @@ impl Controller {
                 // it: one whose launch is done founds it (invited directly); else the first
                 // launch that is done will.
                 if let Some(ready) = self.hosts.iter().find(|h| h.ahead == Ahead::Ready).map(|h| h.id) {
-                    if let Some(h) = self.host(&ready) {
-                        h.ahead = Ahead::No;
-                    }
-                    self.ahead -= 1;
+                    self.take_ahead(ready);
                     self.invite(now, ready);
                 }
                 return;
@@ -191,12 +199,9 @@ impl Controller {
                 self.own.pop_front().or_else(|| self.queue.pop_front())
             };
             let Some(host) = next else { return };
-            if !matches!(self.host_state(&host), Some(HostState::Pending | HostState::Disconnected)) {
-                continue;
+            if self.mark_invited(now, host) {
+                self.invite(now, host);
             }
-            self.set_state(now, host, HostState::Invited, None);
-            self.invited.push_back((host, now));
-            self.invite(now, host);
         }
     }
 }
@@ -210,11 +215,9 @@ impl Controller {
     pub(super) fn launch_ahead(&mut self, now: Instant) {
         while self.outstanding < self.cfg.max_invitations {
             let Some(host) = self.queue.pop_front() else { return };
-            if !matches!(self.host_state(&host), Some(HostState::Pending | HostState::Disconnected)) {
+            if !self.mark_invited(now, host) {
                 continue;
             }
-            self.set_state(now, host, HostState::Invited, None);
-            self.invited.push_back((host, now));
             if let Some(h) = self.host(&host) {
                 h.launched = true;
                 h.ahead = Ahead::Launching;
@@ -224,6 +227,17 @@ impl Controller {
             self.stats.launches_ahead += 1;
             self.io.out.push_back(Output::Launch { host });
         }
+    }
+
+    /// `host` is no longer launched ahead (its invitation goes out, or its launch ended); it
+    /// was what it returns.
+    pub(super) fn take_ahead(&mut self, host: NodeId) -> Ahead {
+        let Some(h) = self.host(&host) else { return Ahead::No };
+        let was = core::mem::replace(&mut h.ahead, Ahead::No);
+        if was != Ahead::No {
+            self.ahead -= 1;
+        }
+        was
     }
 
     /// Whether a host launched ahead must wait for the tree: it has no root yet, and another
