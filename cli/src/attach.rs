@@ -181,7 +181,7 @@ pub fn run(args: &AttachArgs) -> ExitCode {
     }
     for j in &pending {
         let shown: Vec<ResultGroup> = j.groups.iter().map(group).collect();
-        if let Err(e) = s.c.resume_job(j.spec.clone(), j.expected.clone(), shown) {
+        if let Err(e) = s.c.resume_job(j.spec.clone(), j.owed(&rep.states), shown) {
             eprintln!("plush attach: job {}: cannot take it over: {e}", j.spec.job);
         }
     }

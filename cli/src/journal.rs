@@ -187,6 +187,10 @@ pub enum Record {
         /// The hosts.
         nodes: Vec<NodeId>,
     },
+    /// A job held open while the build goes on (`true`: every host that joins owes it a
+    /// result too, see `Cluster::set_job_open`), or closed (`false`, after a [`Record::Job`]
+    /// naming every host it expects).
+    Open(u64, bool),
 }
 
 /// Encode a record with its header.
@@ -406,6 +410,22 @@ pub struct JobRec {
     pub got: BTreeSet<NodeId>,
     /// Its summary was printed.
     pub shown: bool,
+    /// Held open when the journal ends (see [`Record::Open`]): every host joined then owes a
+    /// result too ([`JobRec::owed`]).
+    pub open: bool,
+}
+
+impl JobRec {
+    /// The hosts that owe a result: `expected`, and, while the job was held open, every host
+    /// the journal last saw joined (`states`).
+    pub fn owed(&self, states: &std::collections::BTreeMap<NodeId, u8>) -> Vec<NodeId> {
+        if !self.open {
+            return self.expected.clone();
+        }
+        let joined = states.iter().filter(|(_, st)| state_of(**st) == Some(plush_core::HostState::Joined));
+        let all: BTreeSet<NodeId> = self.expected.iter().copied().chain(joined.map(|(h, _)| *h)).collect();
+        all.into_iter().collect()
+    }
 }
 
 /// A session as its journal tells it.
@@ -507,7 +527,12 @@ pub fn replay(records: &[Record]) -> Replayed {
             Record::Root(r) => s.root = Some(*r),
             Record::Clients { key_file, clients } => s.clients = Some((key_file.clone(), clients.clone())),
             Record::Job { spec, expected, targeted, print } => {
-                if !s.jobs.iter().any(|j| j.spec.job == spec.job) {
+                if let Some(j) = s.jobs.iter_mut().find(|j| j.spec.job == spec.job) {
+                    // Logged again when a job held open during the build closes: whoever joined
+                    // meanwhile owes a result too.
+                    let all: BTreeSet<NodeId> = j.expected.iter().chain(expected).copied().collect();
+                    j.expected = all.into_iter().collect();
+                } else {
                     s.jobs.push(JobRec {
                         spec: (**spec).clone(),
                         expected: expected.clone(),
@@ -516,6 +541,7 @@ pub fn replay(records: &[Record]) -> Replayed {
                         groups: Vec::new(),
                         got: BTreeSet::new(),
                         shown: false,
+                        open: false,
                     });
                 }
             }
@@ -547,6 +573,11 @@ pub fn replay(records: &[Record]) -> Replayed {
                 s.barriers.push((name.clone(), target.clone(), *threshold, *timeout_ms));
             }
             Record::Done => s.done = true,
+            Record::Open(job, open) => {
+                if let Some(j) = s.jobs.iter_mut().find(|j| j.spec.job == *job) {
+                    j.open = *open;
+                }
+            }
             Record::Blob { digest, offset, data, .. } => {
                 let b = blobs.entry(*digest).or_default();
                 if *offset == 0 {
@@ -661,6 +692,46 @@ mod tests {
         assert_eq!(s.jobs.len(), 1);
         assert_eq!(s.jobs[0].got.len(), 6);
         assert_eq!(s.root, Some(node(0)));
+    }
+
+    /// A job held open while the build went on (`plush run`'s command, started at the first
+    /// join): a journal that ends while it is open says that every host joined by then owes a
+    /// result, not only those joined when it started; once closed, the job record written at
+    /// the close says whom it expects, and hosts joining later owe nothing.
+    #[test]
+    fn a_job_held_open_owes_results_from_every_host_joined_until_it_closed() {
+        let mut v = sample();
+        v.truncate(3);
+        v.push(Record::State(node(0), 2));
+        v.push(Record::Job {
+            spec: Box::new(spec(1)),
+            expected: vec![node(0)],
+            targeted: (0..6).map(node).collect(),
+            print: PrintRec::default(),
+        });
+        v.push(Record::Open(1, true));
+        v.push(Record::State(node(1), 2));
+        v.push(Record::State(node(2), 2));
+        v.push(Record::State(node(3), 1));
+        let (bytes, _) = file_of(&v);
+        let r = decode_all(&bytes);
+        assert_eq!(r.records, v, "the records read back as written");
+        let s = replay(&r.records);
+        assert!(s.jobs[0].open);
+        assert_eq!(s.jobs[0].owed(&s.states), vec![node(0), node(1), node(2)]);
+        // Closed: the job record written then names whom it expects (and is merged).
+        v.push(Record::Job {
+            spec: Box::new(spec(1)),
+            expected: vec![node(1), node(2)],
+            targeted: (0..6).map(node).collect(),
+            print: PrintRec::default(),
+        });
+        v.push(Record::Open(1, false));
+        v.push(Record::State(node(4), 2));
+        let s = replay(&v);
+        assert_eq!(s.jobs.len(), 1);
+        assert!(!s.jobs[0].open);
+        assert_eq!(s.jobs[0].owed(&s.states), vec![node(0), node(1), node(2)]);
     }
 
     /// A large output journaled chunk by chunk, then named by two result groups: replay puts

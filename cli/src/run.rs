@@ -6,9 +6,16 @@
 //!    host joined or failed for [`JOIN_STALL`] (20 s). Hosts not joined then are
 //!    *unreachable*.
 //! 2. Run: the command on every joined host, with `--timeout` if given (else none; the wait
-//!    ends when every host joined at the start answered or failed, or the root reports the job
-//!    complete). Joined hosts without a result are *lost*. Ctrl-C cancels the command on every
-//!    host (they report `cancelled`), then the hosts are dismantled as usual.
+//!    ends when every host joined answered or failed, or the root reports the job complete).
+//!    Joined hosts without a result are *lost*. Ctrl-C cancels the command on every host (they
+//!    report `cancelled`), then the hosts are dismantled as usual.
+//!
+//!    The two steps overlap: the command starts once the first host joined, and every host
+//!    that joins later runs it as it joins (its parent hands it the job), so a cold start ends
+//!    one command's time after the last join, not a whole run after it. Not when the first
+//!    hosts to join run another Plush version (they are upgraded first, after step 1) or when
+//!    every host joined at once. `build_ms` in the summary is then when step 1 ended, and
+//!    `run_ms` counts from the first join ([`Session::start_build`]).
 //! 3. Print the groups (stdout; with `--stream`, `host: line` as lines arrive instead), then
 //!    name every host that failed, was lost or unreachable (stderr, one line each with the
 //!    reason).
@@ -21,6 +28,7 @@
 //!
 //! [`JOIN_STALL`]: crate::session::JOIN_STALL
 //! [`dismantle_deadline`]: crate::session::dismantle_deadline
+//! [`Session::start_build`]: crate::session::Session::start_build
 
 use crate::session::{ms, summary_json, HostArgs, OutputArgs, PrintOpts, Session, INTERRUPTED};
 use clap::Args;
@@ -83,12 +91,14 @@ pub fn run(args: &RunArgs) -> ExitCode {
         Ok(s) => s,
         Err(code) => return ExitCode::from(code),
     };
-    let build = s.join();
+    // The command starts at the first join when it can: each host runs it as it joins.
+    s.start_build();
     let argv: Vec<&str> = args.command.iter().map(String::as_str).collect();
     let env = if args.retry_lost { plush_mio::retry_lost_env() } else { Vec::new() };
     let spec =
         JobSpec { argv: &argv, target: None, timeout: args.timeout, stream: args.stream, env: &env, max_output: None };
     let summary = s.run_job(spec, PrintOpts { json: args.json, stream: args.stream, out: args.out.clone() });
+    let build = s.built.unwrap_or_default();
     let dismantle = s.dismantle();
     let code = if summary.interrupted { INTERRUPTED } else { summary.code };
     if args.json {

@@ -227,6 +227,44 @@ pub fn dismantle_deadline(n: usize) -> Duration {
     Duration::from_secs(10) + Duration::from_millis(2) * u32::try_from(n).unwrap_or(u32::MAX)
 }
 
+/// Whether a build has settled, by [`Session::join`]'s rule: every host invited joined or
+/// failed, or `--join-timeout` passed, or else no host joined or failed for [`JOIN_STALL`] (and
+/// at most [`JOIN_MAX`] passed).
+#[derive(Debug)]
+struct JoinWatch {
+    /// Hosts invited.
+    want: usize,
+    started: Instant,
+    limit: Duration,
+    stall: Duration,
+    /// Hosts joined or failed at the last look, and when that number last changed.
+    last: usize,
+    moved: Instant,
+}
+
+impl JoinWatch {
+    fn new(want: usize, join_timeout: Option<Duration>) -> JoinWatch {
+        let limit = join_timeout.unwrap_or(JOIN_MAX);
+        let stall = if join_timeout.is_some() { limit } else { JOIN_STALL };
+        let now = Instant::now();
+        JoinWatch { want, started: now, limit, stall, last: usize::MAX, moved: now }
+    }
+
+    /// Whether the build has settled, `c` being as it is now.
+    fn settled(&mut self, c: &Cluster) -> bool {
+        let done = c.count(HostState::Joined) + c.count(HostState::Failed);
+        if done != self.last {
+            (self.last, self.moved) = (done, Instant::now());
+        }
+        done >= self.want || self.moved.elapsed() >= self.stall || self.started.elapsed() >= self.limit
+    }
+
+    /// Time left before the limit.
+    fn left(&self) -> Duration {
+        self.limit.saturating_sub(self.started.elapsed())
+    }
+}
+
 /// The exit status one host's result stands for (see the module docs).
 pub fn code_of(status: &ExitStatus) -> u8 {
     match *status {
@@ -834,6 +872,12 @@ pub struct Session {
     /// attach`): waited for, and killed if need be, at the dismantle. (pid, key file in their
     /// command line.)
     pub orphans: Vec<(u32, String)>,
+    /// The build that `plush run` lets go on while its command runs ([`Session::start_build`]):
+    /// taken by the next [`Session::run_job`].
+    pipeline: Option<JoinWatch>,
+    /// When the build settled, since the session started ([`Session::join`], or the
+    /// pipelined job's wait).
+    pub built: Option<Duration>,
 }
 
 impl Session {
@@ -929,6 +973,8 @@ impl Session {
             orphans: Vec::new(),
             give_up_resumed: false,
             resumed_jobs: Vec::new(),
+            pipeline: None,
+            built: None,
         };
         s.open_journal(args.session.state_dir.as_deref(), label_by_name);
         if !s.unresolved.is_empty() {
@@ -969,6 +1015,8 @@ impl Session {
             orphans: Vec::new(),
             give_up_resumed: false,
             resumed_jobs: Vec::new(),
+            pipeline: None,
+            built: None,
         }
     }
 
@@ -1122,22 +1170,15 @@ impl Session {
 
     /// Wait until every host invited joined or failed, with the progress line: at most
     /// `--join-timeout`, or else until no host joined or failed for [`JOIN_STALL`] (at most
-    /// [`JOIN_MAX`]). Returns the time since the session started.
+    /// [`JOIN_MAX`]). Clients of another Plush version are upgraded then (unless
+    /// `--no-upgrade`). Returns the time since the session started.
     pub fn join(&mut self) -> Duration {
         let n = self.host_count();
-        let want = self.named.len();
+        let mut watch = self.pipeline.take().unwrap_or_else(|| JoinWatch::new(self.named.len(), self.join_timeout));
         let progress = &mut self.progress;
-        let limit = self.join_timeout.unwrap_or(JOIN_MAX);
-        let stall = if self.join_timeout.is_some() { limit } else { JOIN_STALL };
-        let (mut last, mut moved) = (usize::MAX, Instant::now());
-        let settled = self.c.wait_until(limit, |c| {
-            let joined = c.count(HostState::Joined);
-            let done = joined + c.count(HostState::Failed);
-            progress.show(joined, None, n);
-            if done != last {
-                (last, moved) = (done, Instant::now());
-            }
-            done >= want || moved.elapsed() >= stall
+        let settled = self.c.wait_until(watch.left(), |c| {
+            progress.show(c.count(HostState::Joined), None, n);
+            watch.settled(c)
         });
         self.progress.clear();
         if let Err(e) = settled {
@@ -1158,7 +1199,35 @@ impl Session {
             }
         }
         self.log_clients();
-        self.t0.elapsed()
+        let built = self.t0.elapsed();
+        self.built = Some(built);
+        built
+    }
+
+    /// `plush run`'s build: wait, with the progress line, until a host joined or the build
+    /// settled ([`Session::join`]'s rule). When hosts are still on their way then, and those
+    /// joined run this Plush version (or `--no-upgrade`), the build goes on while the command
+    /// runs: the next [`Session::run_job`] starts it at once and holds it open until the build
+    /// settles, so that each host runs it as it joins (see [`Cluster::set_job_open`]); returns
+    /// true. Otherwise it finishes the build as [`Session::join`] does (upgrading clients of
+    /// another version first) and returns false.
+    pub fn start_build(&mut self) -> bool {
+        let n = self.host_count();
+        let mut watch = JoinWatch::new(self.named.len(), self.join_timeout);
+        let progress = &mut self.progress;
+        let mut settled = false;
+        let waited = self.c.wait_until(watch.left(), |c| {
+            progress.show(c.count(HostState::Joined), None, n);
+            settled = watch.settled(c);
+            settled || c.count(HostState::Joined) > 0
+        });
+        let current = self.no_upgrade || self.c.outdated().is_empty();
+        self.pipeline = Some(watch);
+        if settled || !current || waited.is_err() || self.c.count(HostState::Joined) == 0 {
+            self.join();
+            return false;
+        }
+        true
     }
 
     /// Upgrade `hosts` to this binary, at most `k` at a time: push it to a batch, wait for
@@ -1326,6 +1395,9 @@ impl Session {
             elapsed: Duration::ZERO,
         };
         let mut streamed = Streamed { files: HostFiles::new(&opts.out), ..Streamed::default() };
+        // A build that goes on while the command runs (`plush run`): see `Session::start_build`.
+        let mut pipeline = if matches!(start, Start::Job(_)) { self.pipeline.take() } else { None };
+        let print = PrintRec { json: opts.json, stream: opts.stream, max_output: opts.out.max_output, title: None };
         if !joined.is_empty() {
             let resumed = matches!(start, Start::Resume(..));
             let started = match start {
@@ -1338,16 +1410,23 @@ impl Session {
                 Start::Resume(job, _) => Ok(job),
             };
             if let (Ok(job), false) = (&started, resumed) {
-                let print =
-                    PrintRec { json: opts.json, stream: opts.stream, max_output: opts.out.max_output, title: None };
-                self.log_job(*job, targeted.clone(), print);
+                self.log_job(*job, targeted.clone(), print.clone());
             }
             match started {
                 Ok(job) => {
                     let stop = interrupt_flag();
                     stop.store(false, Ordering::Relaxed);
                     let n = self.host_count();
-                    let mut waited = self.wait_streaming(job, n, &opts, &stop, &mut streamed);
+                    if let Some(watch) = pipeline.take() {
+                        if let Err(e) = self.build_during(job, watch, &opts, &stop, &mut streamed) {
+                            eprintln!("plush {}: the event loop failed: {e}", self.cmd);
+                        }
+                        // Whoever joined while it was open owes a result too.
+                        joined = self.c.job_expected(job).unwrap_or_default().into_iter().collect();
+                        self.log_job(job, targeted.clone(), print);
+                        self.log(&Record::Open(job, false), true);
+                    }
+                    let mut waited = self.wait_streaming(job, n, &opts, &stop, &mut streamed, |_| false);
                     if stop.swap(false, Ordering::Relaxed) {
                         summary.interrupted = true;
                         eprintln!("plush {}: interrupted: cancelling the job", self.cmd);
@@ -1355,7 +1434,7 @@ impl Session {
                             eprintln!("plush {}: cannot cancel: {e}", self.cmd);
                         }
                         // The cancelled hosts answer quickly; a second Ctrl-C stops waiting.
-                        waited = self.wait_streaming(job, n, &opts, &stop, &mut streamed);
+                        waited = self.wait_streaming(job, n, &opts, &stop, &mut streamed, |_| false);
                     }
                     match waited {
                         Ok(o) => out = o,
@@ -1364,6 +1443,11 @@ impl Session {
                 }
                 Err(e) => eprintln!("plush {}: the command could not be run: {e}", self.cmd),
             }
+        }
+        if let Some(watch) = pipeline {
+            // The command did not start: the build settles as without it.
+            self.pipeline = Some(watch);
+            self.join();
         }
         self.progress.clear();
         summary.run_ms = ms(out.elapsed);
@@ -1473,7 +1557,30 @@ impl Session {
         printer.join().unwrap_or_default()
     }
 
-    /// Wait for `job`, printing live output with `--stream`, until settled or Ctrl-C.
+    /// The first part of the wait for a job started while the build goes on
+    /// ([`Session::start_build`]): `job` is held open until the build settles (or Ctrl-C), so
+    /// that every host that joins runs it too; then it is closed, and the time the build took
+    /// and the local clients are recorded.
+    fn build_during(
+        &mut self,
+        job: u64,
+        mut watch: JoinWatch,
+        opts: &PrintOpts,
+        stop: &AtomicBool,
+        streamed: &mut Streamed,
+    ) -> std::io::Result<()> {
+        self.c.set_job_open(job, true)?;
+        self.log(&Record::Open(job, true), true);
+        let n = self.host_count();
+        let waited = self.wait_streaming(job, n, opts, stop, streamed, |c| watch.settled(c));
+        self.c.set_job_open(job, false)?;
+        self.built = Some(self.t0.elapsed());
+        self.log_clients();
+        waited.map(|_| ())
+    }
+
+    /// Wait for `job`, printing live output with `--stream`, until settled, Ctrl-C, or
+    /// `until(cluster)` says so (it is asked on every turn).
     fn wait_streaming(
         &mut self,
         job: u64,
@@ -1481,8 +1588,10 @@ impl Session {
         opts: &PrintOpts,
         stop: &AtomicBool,
         streamed: &mut Streamed,
+        mut until: impl FnMut(&Cluster) -> bool,
     ) -> std::io::Result<RunOutcome> {
         let Session { c, labels, progress, cmd, give_up_resumed, resumed_jobs, .. } = self;
+        let reached = std::cell::Cell::new(false);
         let mut dropped = 0;
         // A job taken over after a crash: once none of the hosts it waits for is joined (they
         // died while no controller watched) and no result came for a while, it is over (the
@@ -1518,8 +1627,9 @@ impl Session {
                     }
                     progress.show(c.count(HostState::Joined), Some((got, expected)), n);
                 }
+                reached.set(until(c));
             },
-            || stop.load(Ordering::Relaxed) || settle.get(),
+            || stop.load(Ordering::Relaxed) || settle.get() || reached.get(),
         );
         let (chunks, d) = c.take_streams(job);
         streamed.print(labels, chunks, opts.json);

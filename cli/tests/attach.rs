@@ -138,10 +138,11 @@ fn wait_gone(pids: &[u32], limit: Duration) -> bool {
 fn an_attach_after_the_controller_and_a_quarter_of_the_hosts_died_prints_every_survivor_once() {
     let state = State::new("crash");
     let mut run = Run::start(&state.0, &["--local", "200", "--", "sh", "-c", "echo out-$PLUSH_NODE; sleep 10"]);
-    // The job is journaled once it started.
-    let s = wait_session(state.arg(), LIMIT, |s| s["jobs"].as_array().is_some_and(|j| !j.is_empty()));
+    // The job is journaled once it started (at the first join), and again, expecting every
+    // host, once they all joined (each ran it as it joined).
+    let s = wait_session(state.arg(), LIMIT, |s| s["jobs"][0]["expected"] == 200);
     let started = Instant::now();
-    assert_eq!(s["jobs"][0]["expected"], 200, "every host joined before the job: {s}");
+    assert_eq!(s["states"]["joined"], 200, "every host joined: {s}");
     std::thread::sleep(Duration::from_secs(3).saturating_sub(started.elapsed()));
     let printed = run.kill_controller();
     assert!(printed.is_empty(), "nothing was printed before the crash: {}", String::from_utf8_lossy(&printed));

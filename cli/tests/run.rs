@@ -231,3 +231,51 @@ fn twenty_local_hosts_launched_by_the_tree_print_one_group() {
     assert_eq!(r.code, Some(2), "stderr: {}", r.stderr);
     assert!(r.stderr.contains("--launch-from tree"), "{}", r.stderr);
 }
+
+/// The command starts once the first host joined, and each host runs it as it joins: a host
+/// whose launch takes 3 s more does not hold the others back. Each host prints its uptime when
+/// the command runs there; the four quick hosts ran it well before the slow one, which ran it
+/// too (and the build, in the summary, lasted until it joined).
+#[test]
+fn the_command_runs_on_each_host_as_it_joins() {
+    let template = "case {ip} in 127.0.0.5) sleep 3;; esac; exec {plush} client --listen {addr} --key-file -";
+    let r = plush(
+        &[
+            "run",
+            "--local",
+            "5",
+            "--launcher",
+            "command",
+            "--launcher-command",
+            template,
+            "--json",
+            "--",
+            "sh",
+            "-c",
+            "cut -d' ' -f1 /proc/uptime",
+        ],
+        LIMIT,
+    );
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert_eq!(r.code, Some(0), "stdout: {stdout}\nstderr: {}", r.stderr);
+    let lines: Vec<Value> =
+        stdout.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}"))).collect();
+    let (mut quick, mut slow) = (Vec::new(), None);
+    for g in lines.iter().filter(|g| g["nodes"].is_string()) {
+        let t: f64 = g["stdout"].as_str().and_then(|s| s.trim().parse().ok()).unwrap_or_else(|| panic!("{g}"));
+        if g["nodes"] == "127.0.0.5" {
+            slow = Some(t);
+        } else {
+            assert!(!g["nodes"].as_str().is_some_and(|n| n.contains('5')), "{g}");
+            quick.extend(std::iter::repeat_n(t, g["count"].as_u64().expect("count") as usize));
+        }
+    }
+    let slow = slow.unwrap_or_else(|| panic!("no result from the slow host: {stdout}"));
+    assert_eq!(quick.len(), 4, "{stdout}");
+    for t in &quick {
+        assert!(*t + 1.5 < slow, "a quick host ran the command at {t}, the slow one at {slow}: {stdout}");
+    }
+    let s = &lines.last().expect("a summary")["summary"];
+    assert_eq!(s["ok"], 5, "{s}");
+    assert!(s["build_ms"].as_u64().is_some_and(|b| b >= 2_500), "the build waited for the slow host: {s}");
+}

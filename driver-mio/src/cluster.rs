@@ -921,6 +921,13 @@ impl Cluster {
         Ok(job)
     }
 
+    /// Hold `job` open, or close it ([`Controller::set_job_open`]): while open, hosts that join
+    /// owe it a result too, and [`Cluster::wait_job`] does not end. `plush run` starts its
+    /// command at the first join and closes the job once the build has settled.
+    pub fn set_job_open(&mut self, job: u64, open: bool) -> io::Result<()> {
+        self.d.m.set_job_open(job, open).map_err(other)
+    }
+
     /// Results so far and hosts expected (joined and targeted when the job started).
     pub fn job_progress(&self, job: u64) -> Option<(usize, usize)> {
         let got = self.d.m.results_of(job)?.len();
@@ -934,6 +941,9 @@ impl Cluster {
     /// grace [`Cluster::wait_job`] gives rejoining hosts is not counted here.)
     pub fn job_settled(&self, job: u64) -> bool {
         let Some(j) = self.jobs.get(&job) else { return true };
+        if self.d.m.job_open(job) == Some(true) {
+            return false;
+        }
         let mut waiting = self.waiting_for(job);
         if self.d.m.job_complete(job) == Some(true) {
             return !waiting.any(|h| self.d.m.host_state(&h) == Some(HostState::Joined) || self.in_grace(j, &h));
@@ -997,7 +1007,9 @@ impl Cluster {
     /// off, or dead) is waited for until its result arrives (a paused client that resumes
     /// delivers the one it holds; a relaunched one answers that the job was lost with its
     /// predecessor), it fails, or [`ClusterConfig::lost_grace`] after the loss, whichever
-    /// comes first. `progress(cluster, results, expected)` is called on every loop
+    /// comes first. A job held open ([`Cluster::set_job_open`]) is waited for at least until
+    /// it is closed, and its timeout counts from then. `progress(cluster, results, expected)`
+    /// is called on every loop
     /// turn (at least every 50 ms); it may take the job's live output
     /// ([`Cluster::take_streams`]).
     pub fn wait_job(
@@ -1006,10 +1018,12 @@ impl Cluster {
         mut progress: impl FnMut(&mut Cluster, usize, usize),
         mut stop: impl FnMut() -> bool,
     ) -> io::Result<RunOutcome> {
-        let t0 = self.jobs.get(&job).map_or_else(StdInstant::now, |j| j.started);
+        // The last host to start the command started it by then: when the job started, or when
+        // it was closed (the wait saw it open).
+        let mut t0 = self.jobs.get(&job).map_or_else(StdInstant::now, |j| j.started);
         // 0: no timeout (the core's convention).
         let timeout = self.d.m.job_spec(job).filter(|s| s.timeout_ms > 0).map(|s| Duration::from_millis(s.timeout_ms));
-        let end = timeout.and_then(|t| t0.checked_add(t.saturating_add(RESULT_SLACK)));
+        let mut was_open = false;
         // When the root said the job complete while hosts joined at the start have not
         // answered: they are rejoining (their results come once they attach), so wait for
         // them a little, unless they are known to be gone.
@@ -1017,9 +1031,23 @@ impl Cluster {
         while let Some((got, expected)) = self.job_progress(job) {
             progress(self, got, expected);
             let Some(j) = self.jobs.get(&job) else { break };
+            let open = self.d.m.job_open(job) == Some(true);
+            if open {
+                // Nothing ends the wait but `stop` (and the hosts owing a result are not
+                // listed: a turn of a long build costs no more than one of its join).
+                was_open = true;
+                if stop() {
+                    break;
+                }
+                self.pump(TURN)?;
+                continue;
+            }
             let waiting: Vec<NodeId> = self.waiting_for(job).collect();
             if waiting.is_empty() || stop() {
                 break;
+            }
+            if core::mem::take(&mut was_open) {
+                t0 = StdInstant::now();
             }
             if self.d.m.job_complete(job) == Some(true) {
                 let since = *complete_at.get_or_insert_with(StdInstant::now);
@@ -1030,6 +1058,7 @@ impl Cluster {
                 }
             }
             let now = StdInstant::now();
+            let end = timeout.and_then(|t| t0.checked_add(t.saturating_add(RESULT_SLACK)));
             let wait = match end {
                 Some(end) if now >= end => break,
                 Some(end) => (end - now).min(TURN),

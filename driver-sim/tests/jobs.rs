@@ -403,6 +403,63 @@ fn a_job_started_before_a_host_joins_reaches_it_after_it_joins() {
     assert!(sim.converged());
 }
 
+/// A job held open (`Controller::set_job_open`, as `plush run` holds its command while the
+/// build goes on) owes a result from every host that joins while it is open, and no more once
+/// closed. Each such host's result reaches the controller soon after it joined: a subtree made
+/// whole again by a late member's answer says so at once at every hop, not after the merge
+/// delays (20 ms a hop, 100 ms at the root: `Config::merge_delay`, `ctrl_merge_delay`).
+#[test]
+fn a_job_held_open_expects_the_hosts_that_join_and_hears_from_each_at_once() {
+    let (first, open_until, n) = (30u32, 45u32, 50u32);
+    let mut sc = scenario(n, 61);
+    // A process takes 10 ms; a message 0.5-10 ms.
+    (sc.job_min_s, sc.job_max_s) = (0.01, 0.01);
+    let mut sim = Sim::new(n, &sc);
+    sim.add_controller();
+    let hosts: Vec<NodeId> = (0..first).map(Sim::id).collect();
+    sim.ctrl_do(|c, now| c.add_hosts(now, &hosts));
+    wait_built(&mut sim, first as usize, sc.seed);
+    start(&mut sim, spec(9));
+    assert_eq!(sim.ctrl_do(|c, _| c.set_job_open(9, true)), Some(Ok(())));
+    assert_eq!(sim.controller().and_then(|c| c.job_open(9)), Some(true));
+    let done = run_for(&mut sim, Duration::from_secs(5), Duration::from_millis(10), |s| all_reported(s, first));
+    assert!(done, "results missing: {:?}", sim.job.reported);
+    // Hosts join one by one while the job is open; note when the controller saw each join.
+    let mut joined_at: Vec<Option<Instant>> = vec![None; n as usize];
+    let add = |sim: &mut Sim, i: u32, joined_at: &mut [Option<Instant>]| {
+        sim.ctrl_do(|c, now| c.add_hosts(now, &[Sim::id(i)]));
+        let seen = run_for(sim, Duration::from_secs(10), Duration::from_millis(1), |s| {
+            s.controller().and_then(|c| c.host_state(&Sim::id(i))) == Some(HostState::Joined)
+        });
+        assert!(seen, "host {i} did not join");
+        joined_at[i as usize] = Some(sim.now());
+        // Its result arrives before the next host is added.
+        let got = run_for(sim, Duration::from_secs(2), Duration::from_millis(1), |s| all_reported(s, i + 1));
+        assert!(got, "no result from host {i}");
+    };
+    for i in first..open_until {
+        add(&mut sim, i, &mut joined_at);
+    }
+    let expected = sim.controller().and_then(|c| c.job_expected(9).cloned()).expect("the job");
+    let want: NodeSet = (0..open_until).map(Sim::id).collect();
+    assert_eq!(expected, want, "every host that joined while the job was open owes a result");
+    assert_eq!(sim.ctrl_do(|c, _| c.set_job_open(9, false)), Some(Ok(())));
+    let later: Vec<NodeId> = (open_until..n).map(Sim::id).collect();
+    sim.ctrl_do(|c, now| c.add_hosts(now, &later));
+    wait_built(&mut sim, n as usize, sc.seed);
+    let expected = sim.controller().and_then(|c| c.job_expected(9).cloned()).expect("the job");
+    assert_eq!(expected, want, "a closed job expects no host that joined after");
+    let rs = results(&sim, 9);
+    for i in first..open_until {
+        let r = rs.iter().find(|r| r.node == i).expect("a result");
+        assert_eq!(r.status, ExitStatus::Exited(0), "host {i}");
+        let joined = joined_at[i as usize].expect("joined");
+        let after = r.at.since(joined);
+        assert!(after < Duration::from_millis(60), "host {i}'s result came {after:?} after it joined");
+    }
+    assert_each_once(&sim, open_until);
+}
+
 #[test]
 fn a_tree_job_reports_every_nodes_parent() {
     let n = 200;

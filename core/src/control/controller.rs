@@ -42,7 +42,9 @@
 //! output; the controller keeps, per job, the set of nodes it has a result for, reports only
 //! results of nodes it has not seen ([`Report::Result`]), counts the rest as duplicates, and
 //! acknowledges what it holds (`Ack`, at most every [`Config::ack_interval`]) once the root says
-//! the tree has answered, and again whenever late results arrive.
+//! the tree has answered, and again whenever late results arrive. A job held open
+//! ([`Controller::set_job_open`]) also expects every host its target names that joins while it
+//! is open: each new member gets the `Run` from its parent as it attaches.
 //!
 //! **Barriers.** [`Controller::barrier`] opens a named barrier over a target set; it is released
 //! when every expected node entered, or, after its timeout, when the threshold fraction did
@@ -186,6 +188,8 @@ struct CtrlJob {
     /// The hosts that owe a result: joined and targeted when the job was added (see
     /// [`Controller::joined_in`]), or as [`Controller::set_job_expected`] said.
     expected: NodeSet,
+    /// Hosts the target names that join are added to `expected` ([`Controller::set_job_open`]).
+    open: bool,
     got: NodeSet,
     complete: bool,
     ack_at: Option<Instant>,
@@ -392,6 +396,9 @@ impl Controller {
             h.launched = false;
             h.first_try = None;
             h.strikes = 0;
+            for j in self.jobs.iter_mut().filter(|j| j.open && j.spec.target.includes(&id)) {
+                j.expected.insert(id);
+            }
         }
         if state == HostState::Invited {
             h.first_try.get_or_insert(now);
@@ -486,6 +493,7 @@ impl Controller {
         self.jobs.push(CtrlJob {
             spec,
             expected,
+            open: false,
             got,
             complete,
             ack_at: None,

@@ -60,6 +60,21 @@ impl BlobTrack {
 }
 
 impl Controller {
+    /// Hold `job` open, or close it: while open, every host its target names that joins is
+    /// added to the hosts that owe it a result ([`Controller::job_expected`]), as if it had been
+    /// joined when the job started (a new member gets the `Run` from its parent as it
+    /// attaches). Closed, the set stays as it is. A job starts closed.
+    pub fn set_job_open(&mut self, job: u64, open: bool) -> Result<(), ControllerError> {
+        let j = self.jobs.iter_mut().find(|j| j.spec.job == job).ok_or(ControllerError::Unknown)?;
+        j.open = open;
+        Ok(())
+    }
+
+    /// Whether `job` is held open ([`Controller::set_job_open`]; `None`: no such job).
+    pub fn job_open(&self, job: u64) -> Option<bool> {
+        self.jobs.iter().find(|j| j.spec.job == job).map(|j| j.open)
+    }
+
     pub(super) fn on_job(&mut self, now: Instant, from: NodeId, msg: JobMsg) {
         match msg {
             JobMsg::ChunkAck { job, next, resume } => {
