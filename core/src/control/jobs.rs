@@ -455,9 +455,10 @@ impl Control {
         if complete && tree.children().contains(&from) && !j.answered.contains(&from) {
             j.answered.push(from);
         }
-        if complete && self.complete(tree, k) {
+        if complete && self.jobs[k].spec.kind != JobKind::Census && self.complete(tree, k) {
             // The subtree is whole again (a member that attached late, or moved here, answered
-            // last): say so at once, not after the merge delay. Once per such answer and hop.
+            // last): say so at once, not after the merge delay. Once per such answer and hop. (A
+            // census, which only counts members, keeps merging them.)
             self.jobs[k].told_complete = false;
         }
         self.maybe_flush(ctx, tree, k);
