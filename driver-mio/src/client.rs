@@ -51,10 +51,10 @@
 //!
 //! Memory: once the client has been quiet for [`TRIM_AFTER`] (no connection opened or closed,
 //! no job started or ended), it frees its links' idle sealing buffers, hands the heap memory
-//! malloc keeps free back to the kernel (glibc only), and unmaps the pages of its own code
-//! (`sys::release_code_pages`: they stay in the page cache and come back as they run), once
-//! per quiet period. A burst leaves much of it behind: the root of a tree
-//! takes every joiner's first contact.
+//! malloc keeps free back to the kernel (glibc only), and unmaps the pages of its own code and
+//! read-only data (`sys::release_code_pages`: they stay in the page cache and come back as they
+//! are used), once per quiet period. A burst leaves much of it behind: the root of a tree takes
+//! every joiner's first contact.
 
 use crate::auth::Key;
 use crate::driver::{Driver, DriverConfig};

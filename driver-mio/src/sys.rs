@@ -131,49 +131,66 @@ pub fn trim_heap() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn trim_heap() {}
 
-/// Most lines of `/proc/self/maps` read by [`release_code_pages`] (a client maps a few dozen).
+/// Most lines of `/proc/self/smaps` read by [`release_code_pages`] (a client maps a few dozen
+/// regions, about 25 lines each).
 const MAX_MAPS_LINES: usize = 4096;
 
-/// Unmap the pages of this executable's code that the process has mapped, so that the resident
-/// set of an idle process holds the code it runs from now on, not all it ran since it started
-/// (command-line parsing, the job it ran, and what the kernel maps around each page it faults
-/// in: up to 64 KiB at a time). The pages stay in the page cache (shared, and reclaimable) and
-/// are mapped again on their next use. Returns the bytes of mappings released.
+/// Unmap the pages of this executable's code and read-only data that the process has mapped, so
+/// that the resident set of an idle process holds what it runs and reads from now on, not all
+/// it ran since it started (command-line parsing, the job it ran, their strings and tables, and
+/// what the kernel maps around each page it faults in: up to 64 KiB at a time). The pages stay
+/// in the page cache (shared, and reclaimable) and are mapped again on their next use. Returns
+/// the bytes of mappings released.
 ///
-/// Only private, read-only, executable mappings of the running executable's file (matched by
-/// inode in `/proc/self/maps`) are touched: no process writes its code (there are no text
-/// relocations in a Rust binary), so every such page is a clean copy of the file and
-/// `MADV_DONTNEED` loses nothing. Anything else (data, read-only data after relocation,
+/// Only private mappings of the running executable's file (matched by inode in
+/// `/proc/self/smaps`) are touched: read-only executable ones (no process writes its code:
+/// there are no text relocations in a Rust binary), and read-only ones that hold no anonymous
+/// page (`Anonymous: 0 kB`: none was written, by the loader's relocations or anything else, so
+/// every resident page is a clean copy of the file; a read-only mapping cannot be written from
+/// now on). `MADV_DONTNEED` loses nothing there. Anything else (data, relocated read-only data,
 /// libraries, the heap) is left alone.
 #[cfg(target_os = "linux")]
 pub fn release_code_pages() -> usize {
     use std::os::unix::fs::MetadataExt;
     let Ok(exe) = std::fs::metadata("/proc/self/exe") else { return 0 };
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return 0 };
+    let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else { return 0 };
+    // The mapping being read: (start, end, executable), when it is one of the candidates.
+    let mut current: Option<(usize, usize, bool)> = None;
     let mut released = 0;
-    for line in maps.lines().take(MAX_MAPS_LINES) {
-        // start-end perms offset dev inode path
+    for line in smaps.lines().take(MAX_MAPS_LINES) {
         let mut f = line.split_ascii_whitespace();
-        let (Some(range), Some(perms), Some(_), Some(_), Some(inode)) =
-            (f.next(), f.next(), f.next(), f.next(), f.next())
-        else {
-            continue;
-        };
-        if perms != "r-xp" || inode.parse::<u64>().ok() != Some(exe.ino()) {
-            continue;
-        }
-        let Some((start, end)) = range.split_once('-') else { continue };
-        let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) else { continue };
-        if end <= start {
-            continue;
-        }
-        // SAFETY: [start, end) is a whole mapping of this process as the kernel lists it: a
-        // private, read-only, executable mapping of the executable's file. MADV_DONTNEED drops
-        // its page table entries; every page is a clean copy of the file (code is never
-        // written), so the next access maps the same bytes again from the page cache. No Rust
-        // object lives in it.
-        if unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) } == 0 {
-            released += end - start;
+        let Some(first) = f.next() else { continue };
+        if let Some((start, end)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+            // A mapping's header: start-end perms offset dev inode path.
+            current = None;
+            let (Some(perms), Some(_), Some(_), Some(inode)) = (f.next(), f.next(), f.next(), f.next()) else {
+                continue;
+            };
+            if !matches!(perms, "r-xp" | "r--p") || inode.parse::<u64>().ok() != Some(exe.ino()) {
+                continue;
+            }
+            let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) else {
+                continue;
+            };
+            if end > start {
+                current = Some((start, end, perms == "r-xp"));
+            }
+        } else if first == "Anonymous:" {
+            let Some((start, end, exec)) = current.take() else { continue };
+            let clean = f.next().and_then(|kb| kb.parse::<u64>().ok()) == Some(0);
+            if !(exec || clean) {
+                continue;
+            }
+            // SAFETY: [start, end) is a whole mapping of this process as the kernel lists it: a
+            // private, read-only mapping of the executable's file, either executable (code is
+            // never written) or without an anonymous page (none was ever written, and it is
+            // read-only). MADV_DONTNEED drops its page table entries; every page is a clean copy
+            // of the file, so the next access maps the same bytes again from the page cache. No
+            // Rust object is made to live in such a mapping but constants, which are re-read
+            // from the file unchanged.
+            if unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) } == 0 {
+                released += end - start;
+            }
         }
     }
     released
@@ -523,5 +540,16 @@ mod tests {
         assert_eq!(before_text, after_text);
         // Data is untouched: a second call finds the same mappings.
         assert_eq!(super::release_code_pages(), released);
+        // Read-only data never written (constants, before and after the code) went too, not
+        // only the code.
+        let exe = std::fs::read_link("/proc/self/exe").expect("the executable");
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+        let code: usize = maps
+            .lines()
+            .filter(|l| l.contains(" r-xp ") && l.ends_with(&*exe.to_string_lossy()))
+            .filter_map(|l| l.split_once(' ')?.0.split_once('-'))
+            .filter_map(|(a, b)| Some(usize::from_str_radix(b, 16).ok()? - usize::from_str_radix(a, 16).ok()?))
+            .sum();
+        assert!(released > code, "{released} bytes released, {code} of them code");
     }
 }
