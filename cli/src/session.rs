@@ -1569,14 +1569,19 @@ impl Session {
         stop: &AtomicBool,
         streamed: &mut Streamed,
     ) -> std::io::Result<()> {
-        self.c.set_job_open(job, true)?;
+        if let Err(e) = self.c.set_job_open(job, true) {
+            // Not held open (the controller no longer has it): the build settles without it.
+            self.pipeline = Some(watch);
+            self.join();
+            return Err(e);
+        }
         self.log(&Record::Open(job, true), true);
         let n = self.host_count();
         let waited = self.wait_streaming(job, n, opts, stop, streamed, |c| watch.settled(c));
-        self.c.set_job_open(job, false)?;
+        let closed = self.c.set_job_open(job, false);
         self.built = Some(self.t0.elapsed());
         self.log_clients();
-        waited.map(|_| ())
+        waited.and(closed)
     }
 
     /// Wait for `job`, printing live output with `--stream`, until settled, Ctrl-C, or
