@@ -682,3 +682,73 @@ fn a_barrier_past_its_deadline_without_enough_entries_asks_for_no_timer_in_the_p
     c.handle_timeout(later);
     assert!(c.poll_timeout().is_none_or(|next| next > later));
 }
+
+/// The root holds a member's census answer a moment (the controller's merge delay) before it
+/// passes it on. A member killed in that moment was reported lost first, and its answer,
+/// passed on after, told the controller it had joined again: nobody invited the client
+/// launched in its place (CI saw it on real processes). The root now leaves out of a census
+/// the members it reported lost while the census ran, and the new client is invited and joins.
+#[test]
+fn a_census_answer_older_than_a_loss_does_not_make_the_lost_member_joined() {
+    for seed in [3, 8, 21] {
+        let n = 30;
+        let mut sim = build(&scenario(n, seed));
+        let ctrl = ctrl_slot(&sim);
+        let root = root_of(&sim);
+        let children: Vec<u32> = sim.node(root).expect("the root").children().iter().map(|c| index(*c)).collect();
+        assert!(children.len() >= 2, "seed {seed}: the root has {} children", children.len());
+        let victim = children[0];
+        // A loss elsewhere (a leaf's process) makes the controller ask for a census.
+        let leaf = (0..n)
+            .find(|&i| {
+                i != root && sim.node(i).is_some_and(|x| x.children().is_empty() && x.parent() != Some(Sim::id(victim)))
+            })
+            .expect("a leaf");
+        sim.recording = true;
+        sim.crash(leaf, CrashKind::Process);
+        let is_census_answer = |m: &Message| {
+            matches!(m, Message::Job(JobMsg::Results { job, groups, .. })
+                if job >> 63 == 1 && groups.0.iter().any(|g| g.nodes.contains(&Sim::id(victim))))
+        };
+        let answered = sim.run_until(sim.now() + Duration::from_secs(10), |s| {
+            s.messages.iter().any(|(_, from, to, m)| *from == victim && *to == root && is_census_answer(m))
+        });
+        assert!(answered, "seed {seed}: no census answer from {victim} reached the root");
+        // Killed while its answer waits at the root.
+        sim.crash(victim, CrashKind::Process);
+        run_for(&mut sim, Duration::from_secs(2), Duration::from_millis(20), |_| false);
+        sim.launch_idle(victim);
+        sim.launch_idle(leaf);
+        let reported = sim.messages.iter().find_map(|(at, from, to, m)| {
+            let lost = matches!(m, Message::Control(ControlMsg::Disconnected { node, .. }) if *node == Sim::id(victim));
+            (*from == root && *to == ctrl && lost).then_some(*at)
+        });
+        let reported = reported.unwrap_or_else(|| panic!("seed {seed}: the root never reported {victim} lost"));
+        let stale: Vec<Instant> = sim
+            .messages
+            .iter()
+            .take_while(|(_, from, to, m)| {
+                !(*from == root && *to == ctrl && matches!(m, Message::Control(ControlMsg::Participants { last: true, .. })))
+            })
+            .filter(|(at, from, to, m)| {
+                *at >= reported
+                    && *from == root
+                    && *to == ctrl
+                    && matches!(m, Message::Control(ControlMsg::Participants { nodes, .. }) if nodes.contains(&Sim::id(victim)))
+            })
+            .map(|(at, ..)| *at)
+            .collect();
+        assert!(stale.is_empty(), "seed {seed}: the census named {victim} after the root reported it lost");
+        // A client starts there again (after the controller found none and retries later): it
+        // is invited and joins, and the whole tree is back, as the controller says.
+        let back = run_for(&mut sim, Duration::from_secs(30), Duration::from_millis(100), |s| {
+            joined(s) == n as usize && s.converged() && s.node(victim).is_some_and(|x| x.state() == TreeState::Joined)
+        });
+        assert!(
+            back,
+            "seed {seed}: {victim} is {:?} to the controller, {:?} in fact",
+            sim.controller().and_then(|c| c.host_state(&Sim::id(victim))),
+            sim.node(victim).map(|x| x.state())
+        );
+    }
+}

@@ -519,3 +519,44 @@ fn live_output_cut_by_a_broken_link_is_said() {
     eprintln!("streams that said bytes may be missing, over 30 kills: {cut}");
     assert!(cut > 0, "the kills were meant to catch lines on their way: none was said missing");
 }
+
+/// A host the controller believes joined but that is in no tree (a stale report made it
+/// joined: here a forged census part from the root) never answers a job, and nothing else
+/// would make the controller look. Once the root says the whole tree answered and the host
+/// stayed silent, the controller asks for a census; the root checks the host, finds an idle
+/// client there, and the host is invited, joins, and runs the job.
+#[test]
+fn a_host_believed_joined_outside_the_tree_is_found_when_a_job_waits_for_it() {
+    use plush_core::frame::FramePool;
+    use plush_core::wire::ControlMsg;
+    let n = 30;
+    let seed = 4;
+    let mut sim = build(&scenario(n, seed));
+    let root = root_of(&sim);
+    let x = (0..n).find(|&i| i != root && sim.node(i).is_some_and(|y| y.children().is_empty())).expect("a leaf");
+    sim.crash(x, plush_sim::CrashKind::Process);
+    // Reported lost, no client answers, the launch fails: it waits for its next try.
+    run_for(&mut sim, Duration::from_secs(2), Duration::from_millis(50), |_| false);
+    let state = |s: &Sim| s.controller().and_then(|c| c.host_state(&Sim::id(x)));
+    assert_eq!(state(&sim), Some(HostState::Disconnected));
+    let part = Message::Control(ControlMsg::Participants { nodes: NodeSet::one(Sim::id(x)), last: false });
+    let payload = FramePool::default().encode(&part, 1 << 20).expect("encodes").payload().to_vec();
+    let took = sim.ctrl_do(|c, now| c.handle_frame(now, Sim::id(root), &payload));
+    assert_eq!(took, Some(Ok(())));
+    assert_eq!(state(&sim), Some(HostState::Joined), "the stale part made it joined");
+    // A client runs there again, idle: only an invitation would bring it in.
+    sim.launch_idle(x);
+    let job = 77;
+    start(&mut sim, spec(job));
+    let all = run_for(&mut sim, Duration::from_secs(40), Duration::from_millis(100), |s| all_reported(s, n));
+    let started = sim.controller().map(|c| c.stats().invitations);
+    assert!(
+        all,
+        "host {x}: {:?} to the controller, {:?} in fact; invitations {started:?}",
+        state(&sim),
+        sim.node(x).map(|y| y.state())
+    );
+    assert_each_once(&sim, n);
+    let r = results(&sim, job);
+    assert!(r.iter().any(|y| y.node == x && y.status == ExitStatus::Exited(0) && y.output == LINE));
+}

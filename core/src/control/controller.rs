@@ -21,7 +21,9 @@
 //! [`Config::failed_window`]. A failed host is never invited again, and the tree is told to
 //! `Forget` it. A disconnected host is invited again; a checked report that it is gone answers
 //! that invitation as an `InviteFailed` would. A census makes joined the members it lists,
-//! except a host where a new client is being launched (its answer may predate the loss).
+//! except a host where a new client is being launched (its answer may predate the loss). When
+//! the root says a job's whole tree answered and a host joined for `recheck_delay` did not,
+//! a census is asked, as after a loss: such a host may be in no tree at all.
 //!
 //! **Tree launch.** With [`Config::tree_launch`], the hosts after the first are not invited
 //! through the root: each member whose `Joined` arrives gets a share of the hosts not yet invited

@@ -173,6 +173,7 @@ impl Control {
             // A known member we could not reach: hearsay, which the root checks (its own failed
             // connect is evidence enough). Not queued when there is no way up.
             if let Some(up) = self.up(tree) {
+                self.scrub_census(peer);
                 self.send(ctx, up, ControlMsg::Disconnected { node: peer, related: tree.is_root() });
             }
         }

@@ -8,7 +8,10 @@
 //! new root, which then does the same, unless it was orphaned (its controller gone and not
 //! back: a dead controller named up the tree would take the tree away from a live one). When
 //! the controller (re)connects, the root runs a census down the tree and sends the members up
-//! as `Participants`.
+//! as `Participants`. A node that passes up a report that a member was lost drops that
+//! member's census answers it still holds: reports and answers take the same links up in
+//! order, so those answers are older than the loss (and would make a dead host a member again
+//! at the controller); an answer that comes after the report is a new client's, and counts.
 //!
 //! **Invitations.** The controller sends `SetPeer { host }` to the root; the root opens a link
 //! to the host and forwards it. An idle client that gets it joins through the root and, once
@@ -107,7 +110,7 @@ use crate::lazy::{Idle, Lazy};
 use crate::nodeset::NodeSet;
 use crate::time::Instant;
 use crate::tree::{Tree, TreeState};
-use crate::wire::{ControlMsg, Message, RunSpec};
+use crate::wire::{ControlMsg, JobKind, Message, RunSpec};
 use smallvec::SmallVec;
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -534,7 +537,26 @@ impl Control {
         ctx.send_msg(to, &Message::Control(msg));
     }
 
+    /// `node` is reported lost on its way up through us: an answer of its to a census that we
+    /// hold is older than the loss (reports and answers take the same links up, in order), and
+    /// passed on after the report it would tell the controller that a dead host is a member.
+    /// It goes. An answer that reaches us after the report is its new life's, and counts.
+    fn scrub_census(&mut self, node: NodeId) {
+        let gone = NodeSet::one(node);
+        for j in self.jobs.iter_mut().filter(|j| j.spec.kind == JobKind::Census) {
+            for groups in [&mut j.held, &mut j.unsent] {
+                if groups.iter().any(|g| g.nodes.contains(&node)) {
+                    groups.iter_mut().for_each(|g| g.nodes.remove_all(&gone));
+                    groups.retain(|g| !g.nodes.is_empty());
+                }
+            }
+        }
+    }
+
     fn report_up(&mut self, ctx: &mut Ctx<'_>, tree: &Tree, msg: ControlMsg) {
+        if let ControlMsg::Disconnected { node, .. } = msg {
+            self.scrub_census(node);
+        }
         if self.ctrl.is_none() {
             // Nobody to tell: an overlay run without a controller (the simulator's plain runs).
             return;

@@ -78,16 +78,22 @@ impl Controller {
         h.disconnects.retain(|t| *t + window > now);
         h.disconnects.push(now);
         // Its parent or children may have died with it, unreported: check the tree soon.
-        if self.census_at.is_none() {
-            let earliest = self.census_asked.map_or(now, |t| t + recheck);
-            self.census_at = Some((now + recheck).max(earliest));
-        }
+        self.census_soon(now, now + recheck);
         let Some(h) = self.host(&node) else { return };
         if h.disconnects.len() >= limit {
             self.fail(now, node, "disconnected too often");
         } else {
             self.set_state(now, node, HostState::Disconnected, None);
             self.requeue(node, false);
+        }
+    }
+
+    /// Ask the root for a census at `at`, or as soon after it as one per
+    /// [`Config::recheck_delay`] allows; one already due stays as it is.
+    pub(super) fn census_soon(&mut self, now: Instant, at: Instant) {
+        if self.census_at.is_none() {
+            let earliest = self.census_asked.map_or(now, |t| t + self.cfg.recheck_delay);
+            self.census_at = Some(at.max(earliest));
         }
     }
 

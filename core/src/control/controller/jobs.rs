@@ -206,6 +206,21 @@ impl Controller {
         if let Some(root) = self.root {
             self.send(now, root, msg);
         }
+        // The whole tree answered, and a host we have thought joined for a while did not: it
+        // may not be in the tree at all (a stale report made us think it joined). A census
+        // finds out: its root checks each such host, and one that is not a member is invited
+        // again. At most one census per `recheck_delay`, as after a loss.
+        let j = &self.jobs[k];
+        if j.complete && self.census_at.is_none() {
+            let settled = |h: &Host| h.state == HostState::Joined && h.since + self.cfg.recheck_delay <= now;
+            let silent = j.expected.minus(&j.got);
+            if silent
+                .iter()
+                .any(|id| self.hosts.binary_search_by(|h| h.id.cmp(&id)).is_ok_and(|i| settled(&self.hosts[i])))
+            {
+                self.census_soon(now, now);
+            }
+        }
     }
 
     /// The nodes a barrier on `target` waits for: every node it names (joined or not), or for
