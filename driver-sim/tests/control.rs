@@ -752,3 +752,43 @@ fn a_census_answer_older_than_a_loss_does_not_make_the_lost_member_joined() {
         );
     }
 }
+
+/// A member that dies with its parent is reported by nobody: a census finds it (the root
+/// checks each host believed joined that the census does not list). The root checks 64 at
+/// once and keeps the rest waiting, so a mass loss is found in one census, not 64 hosts per
+/// census every `recheck_delay` (a job waited for each such host until then).
+#[test]
+fn a_mass_loss_nobody_reported_is_found_by_one_census() {
+    let n = 3000;
+    let seed = 7;
+    let mut sim = build(&scenario(n, seed));
+    let root = root_of(&sim);
+    let ctrl = ctrl_slot(&sim);
+    // A quarter of the processes die at once, the root spared.
+    let mut rng = Pcg64::seed_from_u64(seed);
+    let mut killed = Vec::new();
+    for i in 0..n {
+        if i != root && i != ctrl && rng.random_bool(0.25) {
+            killed.push(i);
+        }
+    }
+    let unreported = killed
+        .iter()
+        .filter(|&&i| sim.node(i).and_then(|x| x.parent()).is_some_and(|p| killed.contains(&index(p))))
+        .count();
+    assert!(unreported > 2 * 64, "only {unreported} losses nobody reports");
+    for &i in &killed {
+        sim.crash(i, CrashKind::Process);
+    }
+    let believed = |s: &Sim| {
+        let c = s.controller().expect("a controller");
+        killed.iter().filter(|&&i| c.host_state(&Sim::id(i)) == Some(HostState::Joined)).count()
+    };
+    let found = run_for(&mut sim, Duration::from_secs(8), Duration::from_millis(100), |s| believed(s) == 0);
+    assert!(
+        found,
+        "8 s after the crash the controller still believes {} of {} dead hosts joined",
+        believed(&sim),
+        killed.len()
+    );
+}

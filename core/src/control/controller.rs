@@ -56,7 +56,7 @@
 //! [`crate::control::MAX_BARRIERS`] barriers; per job one node set.
 
 use super::transfer::Xfer;
-use super::{CENSUS_BIT, MAX_BARRIERS, MAX_STATUS_CHECKS};
+use super::{CENSUS_BIT, MAX_BARRIERS, MAX_CHECKS_WAITING};
 use crate::config::Config;
 use crate::conn::{ConnTable, Pin};
 use crate::contract::{HostState, InputError, LaunchResult, LinkEvent, Machine, Output, Report};
@@ -1042,13 +1042,13 @@ impl Controller {
                         .map(|h| h.id)
                         .collect();
                     self.stats.unlisted += unlisted.len() as u64;
-                    if unlisted.len() > MAX_STATUS_CHECKS {
-                        // The root checks a bounded number at once: a random few now, others at
-                        // the next census.
+                    if unlisted.len() > MAX_CHECKS_WAITING {
+                        // The root keeps a bounded number waiting for a check: a random
+                        // part now, others at the next census.
                         crate::tree::shuffle(&mut self.ctx(now), &mut unlisted);
                         self.census_at.get_or_insert(now + self.cfg.recheck_delay);
                     }
-                    for node in unlisted.into_iter().take(MAX_STATUS_CHECKS) {
+                    for node in unlisted.into_iter().take(MAX_CHECKS_WAITING) {
                         self.send(now, from, Message::Control(ControlMsg::Disconnected { node, related: false }));
                     }
                 }

@@ -159,5 +159,8 @@ impl Control {
                 i += 1;
             }
         }
+        if !self.rare.to_check.is_empty() {
+            self.check_next(ctx);
+        }
     }
 }

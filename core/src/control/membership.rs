@@ -72,6 +72,7 @@ impl Control {
         // Invitations in progress die with our root-ness; the controller retries them.
         self.rare.invites.clear();
         self.rare.verifying.clear();
+        self.rare.to_check.clear();
     }
 
     pub(super) fn link_ctrl(&mut self, ctx: &mut Ctx<'_>, ctrl: NodeId) {
@@ -138,6 +139,7 @@ impl Control {
         if let Some(k) = self.rare.verifying.iter().position(|v| v.0 == peer) {
             // A report we were checking: the node is indeed gone.
             self.rare.verifying.swap_remove(k);
+            self.check_next(ctx);
             self.report_up(ctx, tree, ControlMsg::Disconnected { node: peer, related: true });
             // The same link may carry an invitation to it (the controller is inviting it
             // again): that one failed too.
@@ -303,10 +305,10 @@ impl Control {
             ControlMsg::Disconnected { node, related } => {
                 if tree.is_root() && !related && node != self.me {
                     // Hearsay (or the controller asking): check before telling the controller.
-                    if !self.rare.verifying.iter().any(|v| v.0 == node) && self.rare.verifying.len() < MAX_STATUS_CHECKS
-                    {
-                        self.rare.verifying.push((node, ctx.now + ctx.cfg.connect_timeout * 2));
-                        self.send(ctx, node, ControlMsg::GetStatus);
+                    let known = self.rare.verifying.iter().any(|v| v.0 == node) || self.rare.to_check.contains(&node);
+                    if !known && self.rare.to_check.len() < MAX_CHECKS_WAITING {
+                        self.rare.to_check.push_back(node);
+                        self.check_next(ctx);
                     }
                 } else if tree.is_root() && node != self.me {
                     // A parent's or child's report, passed on unchecked (`related` false toward
@@ -332,6 +334,7 @@ impl Control {
                 if let Some(k) = self.rare.verifying.iter().position(|v| v.0 == from) {
                     self.rare.verifying.swap_remove(k);
                     ctx.release(&from);
+                    self.check_next(ctx);
                     if !joined {
                         self.report_up(ctx, tree, ControlMsg::Disconnected { node: from, related: true });
                     }
@@ -388,6 +391,17 @@ impl Control {
             }
             // Only the controller takes these.
             ControlMsg::SetRoot { .. } | ControlMsg::Participants { .. } | ControlMsg::MaintenanceFailed { .. } => {}
+        }
+    }
+
+    /// Start waiting status checks while fewer than [`MAX_STATUS_CHECKS`] are under way: each
+    /// asks the node (`GetStatus`); no answer within twice the connect timeout, or a link that
+    /// fails, means it is gone.
+    pub(super) fn check_next(&mut self, ctx: &mut Ctx<'_>) {
+        while self.rare.verifying.len() < MAX_STATUS_CHECKS {
+            let Some(node) = self.rare.to_check.pop_front() else { break };
+            self.rare.verifying.push((node, ctx.now + ctx.cfg.connect_timeout * 2));
+            self.send(ctx, node, ControlMsg::GetStatus);
         }
     }
 

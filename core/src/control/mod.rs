@@ -100,7 +100,7 @@
 //! Bounds: at most [`crate::Config::max_jobs`] jobs, `MAX_GROUPS` distinct results held per
 //! job, [`MAX_BARRIERS`] barriers, `MAX_REPORTS` reports waiting for a way up,
 //! [`crate::Config::max_invitations`] invitations and `MAX_STATUS_CHECKS` status checks at the
-//! root, `MAX_DONE` finished job ids remembered, `MAX_SHARE` hosts of a tree launch's share
+//! root at once (`MAX_CHECKS_WAITING` more waiting their turn), `MAX_DONE` finished job ids remembered, `MAX_SHARE` hosts of a tree launch's share
 //! per member, the share's `fanout` of them under way.
 
 use super::transfer::Xfer;
@@ -136,8 +136,12 @@ pub const MAX_BARRIERS: usize = 64;
 const MAX_RELEASED: usize = 64;
 /// Reports (`Joined`, `Disconnected`) waiting while the node has no way up; the oldest is dropped.
 const MAX_REPORTS: usize = 256;
-/// Reports the root checks at once (`GetStatus`); more from non-neighbours are dropped.
+/// Reports the root checks at once (`GetStatus`); more wait their turn.
 const MAX_STATUS_CHECKS: usize = 64;
+/// Reports waiting for a status check at the root ([`Rare::to_check`]); more are dropped (the
+/// controller's next census finds those hosts again). Also how many the controller asks to
+/// check per census.
+const MAX_CHECKS_WAITING: usize = 1024;
 /// Finished job ids remembered, so that a stale `Run` never runs a job twice.
 const MAX_DONE: usize = 1024;
 /// The job id of a running maintenance script (its process events carry it). The top bit is
@@ -344,6 +348,9 @@ struct Rare {
     pub invites: Vec<Invite>,
     /// (node, deadline) of `Disconnected` reports the root is checking with `GetStatus`.
     pub verifying: Vec<(NodeId, Instant)>,
+    /// Reports the root checks once a check ends (at most [`MAX_CHECKS_WAITING`]): a mass loss
+    /// is checked [`MAX_STATUS_CHECKS`] at a time, not one batch per census.
+    pub to_check: VecDeque<NodeId>,
     /// Reports waiting for a way up. At most `MAX_REPORTS`.
     pub reports: VecDeque<ControlMsg>,
     pub barriers: Vec<NodeBarrier>,
@@ -372,6 +379,7 @@ impl Idle for Rare {
     const IDLE: &'static Rare = &Rare {
         invites: Vec::new(),
         verifying: Vec::new(),
+        to_check: VecDeque::new(),
         reports: VecDeque::new(),
         barriers: Vec::new(),
         dismantle: None,
@@ -383,9 +391,22 @@ impl Idle for Rare {
     };
 
     fn is_idle(&self) -> bool {
-        let Rare { invites, verifying, reports, barriers, dismantle, script, maint, orphaned, detached, prior } = self;
+        let Rare {
+            invites,
+            verifying,
+            to_check,
+            reports,
+            barriers,
+            dismantle,
+            script,
+            maint,
+            orphaned,
+            detached,
+            prior,
+        } = self;
         invites.is_empty()
             && verifying.is_empty()
+            && to_check.is_empty()
             && reports.is_empty()
             && barriers.is_empty()
             && dismantle.is_none()
