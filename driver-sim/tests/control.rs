@@ -792,3 +792,31 @@ fn a_mass_loss_nobody_reported_is_found_by_one_census() {
         killed.len()
     );
 }
+
+/// A `SetCtrl` that reaches the root from below means the controller is looking for its root
+/// (it asked a member) or a fragment that merged names it: either way the controller may not
+/// know this root, whatever the root's own link says (its `SetRoot` can be lost, sent into a
+/// one-way partition that healed since: swarm seed 5453 then left the controller rootless,
+/// seeking in vain, for the rest of the run and one result never arrived). The root answers
+/// with `SetRoot` every time.
+#[test]
+fn the_root_answers_a_controller_looking_for_it_through_a_member() {
+    let n = 30;
+    let mut sim = build(&scenario(n, 12));
+    let ctrl = ctrl_slot(&sim);
+    let root = root_of(&sim);
+    let child = index(sim.node(root).expect("the root").children()[0]);
+    sim.recording = true;
+    let from = sim.now();
+    let asked = Message::Control(ControlMsg::SetCtrl { ctrl: Sim::id(ctrl) });
+    assert!(sim.inject(child, root, &asked), "no link {child} -> {root}");
+    run_for(&mut sim, Duration::from_millis(500), Duration::from_millis(50), |_| false);
+    let answered = sim.messages.iter().any(|(at, f, to, m)| {
+        *at >= from
+            && *f == root
+            && *to == ctrl
+            && matches!(m, Message::Control(ControlMsg::SetRoot { root: r }) if *r == Sim::id(root))
+    });
+    assert!(answered, "the root did not tell the controller where it is");
+    assert_eq!(sim.controller().and_then(|c| c.root()), Some(Sim::id(root)));
+}

@@ -475,6 +475,11 @@ impl Control {
                 self.link_ctrl(ctx, ctrl);
                 self.start_census(ctx, tree);
                 self.resend_all(ctx, tree);
+            } else {
+                // The controller asks a member where its root is, so it does not know us, whatever
+                // our link says: our `SetRoot` was lost (sent into a partition, say, that healed
+                // since). Say it again; its acknowledgements then fetch what it missed.
+                self.send(ctx, ctrl, ControlMsg::SetRoot { root: self.me });
             }
         } else if let Some(p) = tree.parent().filter(|_| tree.state() == TreeState::Joined) {
             self.send(ctx, p, ControlMsg::SetCtrl { ctrl });

@@ -3,7 +3,9 @@
 //!
 //! **Controller and root.** Every member learns the controller's id (`SetCtrl` from its parent
 //! when it attaches). The root keeps a pinned link to the controller and answers its `SetCtrl`
-//! (sent on connect and every two minutes) with `SetRoot`. A node that becomes root tells the
+//! (sent on connect and every two minutes) with `SetRoot`, and so it answers every `SetCtrl`
+//! that reaches it from below (the controller asking a member where its root is, or a fragment
+//! that merged naming it), even while its own link looks fine: its last `SetRoot` may be lost. A node that becomes root tells the
 //! controller with `SetRoot`; a root that merges into another tree sends `SetCtrl` up toward the
 //! new root, which then does the same, unless it was orphaned (its controller gone and not
 //! back: a dead controller named up the tree would take the tree away from a live one). When
