@@ -159,8 +159,6 @@ impl Control {
                 i += 1;
             }
         }
-        if !self.rare.to_check.is_empty() {
-            self.check_next(ctx);
-        }
+        self.check_next(ctx);
     }
 }

@@ -396,9 +396,10 @@ impl Control {
 
     /// Start waiting status checks while fewer than [`MAX_STATUS_CHECKS`] are under way: each
     /// asks the node (`GetStatus`); no answer within twice the connect timeout, or a link that
-    /// fails, means it is gone.
+    /// fails, means it is gone. (With none waiting, `rare` is only read: an idle node stays
+    /// without one.)
     pub(super) fn check_next(&mut self, ctx: &mut Ctx<'_>) {
-        while self.rare.verifying.len() < MAX_STATUS_CHECKS {
+        while self.rare.verifying.len() < MAX_STATUS_CHECKS && !self.rare.to_check.is_empty() {
             let Some(node) = self.rare.to_check.pop_front() else { break };
             self.rare.verifying.push((node, ctx.now + ctx.cfg.connect_timeout * 2));
             self.send(ctx, node, ControlMsg::GetStatus);

@@ -5,8 +5,8 @@
 //! when it attaches). The root keeps a pinned link to the controller and answers its `SetCtrl`
 //! (sent on connect and every two minutes) with `SetRoot`, and so it answers every `SetCtrl`
 //! that reaches it from below (the controller asking a member where its root is, or a fragment
-//! that merged naming it), even while its own link looks fine: its last `SetRoot` may be lost. A node that becomes root tells the
-//! controller with `SetRoot`; a root that merges into another tree sends `SetCtrl` up toward the
+//! that merged naming it), even while its own link looks fine: its last `SetRoot` may be lost.
+//! A node that becomes root tells the controller with `SetRoot`; a root that merges into another tree sends `SetCtrl` up toward the
 //! new root, which then does the same, unless it was orphaned (its controller gone and not
 //! back: a dead controller named up the tree would take the tree away from a live one). When
 //! the controller (re)connects, the root runs a census down the tree and sends the members up
@@ -102,8 +102,9 @@
 //! Bounds: at most [`crate::Config::max_jobs`] jobs, `MAX_GROUPS` distinct results held per
 //! job, [`MAX_BARRIERS`] barriers, `MAX_REPORTS` reports waiting for a way up,
 //! [`crate::Config::max_invitations`] invitations and `MAX_STATUS_CHECKS` status checks at the
-//! root at once (`MAX_CHECKS_WAITING` more waiting their turn), `MAX_DONE` finished job ids remembered, `MAX_SHARE` hosts of a tree launch's share
-//! per member, the share's `fanout` of them under way.
+//! root at once (`MAX_CHECKS_WAITING` more waiting their turn), `MAX_DONE` finished job ids
+//! remembered, `MAX_SHARE` hosts of a tree launch's share per member, the share's `fanout` of
+//! them under way.
 
 use super::transfer::Xfer;
 use crate::ctx::Ctx;
@@ -565,10 +566,10 @@ impl Control {
     /// passed on after the report it would tell the controller that a dead host is a member.
     /// It goes. An answer that reaches us after the report is its new life's, and counts.
     fn scrub_census(&mut self, node: NodeId) {
-        let gone = NodeSet::one(node);
         for j in self.jobs.iter_mut().filter(|j| j.spec.kind == JobKind::Census) {
             for groups in [&mut j.held, &mut j.unsent] {
                 if groups.iter().any(|g| g.nodes.contains(&node)) {
+                    let gone = NodeSet::one(node);
                     groups.iter_mut().for_each(|g| g.nodes.remove_all(&gone));
                     groups.retain(|g| !g.nodes.is_empty());
                 }

@@ -212,12 +212,11 @@ impl Controller {
         // again. At most one census per `recheck_delay`, as after a loss.
         let j = &self.jobs[k];
         if j.complete && self.census_at.is_none() {
-            let settled = |h: &Host| h.state == HostState::Joined && h.since + self.cfg.recheck_delay <= now;
-            let silent = j.expected.minus(&j.got);
-            if silent
-                .iter()
-                .any(|id| self.hosts.binary_search_by(|h| h.id.cmp(&id)).is_ok_and(|i| settled(&self.hosts[i])))
-            {
+            let settled = |id: &NodeId| {
+                self.host_state(id) == Some(HostState::Joined)
+                    && self.host_since(id).is_some_and(|t| t + self.cfg.recheck_delay <= now)
+            };
+            if j.expected.minus(&j.got).iter().any(|id| settled(&id)) {
                 self.census_soon(now, now);
             }
         }
