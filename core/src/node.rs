@@ -174,9 +174,13 @@ impl Node {
             self.sweep_at = Some(now + self.cfg.link_idle);
             self.io.conns.sweep_wanted = false;
         }
-        if core::mem::take(&mut self.io.conns.pinned_since_tick) || self.tick_at.is_none() {
-            // A new relation is due its first heartbeat within an interval.
-            if self.tree.has_relations() {
+        let pinned = core::mem::take(&mut self.io.conns.pinned_since_tick);
+        if pinned || self.tick_at.is_none() {
+            // A new relation is due its first heartbeat within an interval. A root's link to the
+            // controller is one too (the root leads its heartbeats), also when the root has no
+            // parent or child: a lone root that never ticked left the link silent, and the
+            // controller dropped it after `dead_after`.
+            if pinned || self.tree.has_relations() {
                 let due = now + self.cfg.heartbeat;
                 self.tick_at = Some(self.tick_at.map_or(due, |t| t.min(due)));
             }

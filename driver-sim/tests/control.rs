@@ -820,3 +820,28 @@ fn the_root_answers_a_controller_looking_for_it_through_a_member() {
     assert!(answered, "the root did not tell the controller where it is");
     assert_eq!(sim.controller().and_then(|c| c.root()), Some(Sim::id(root)));
 }
+
+/// A tree of one host: its root has no parent or child, only the controller's link, and leads
+/// that link's heartbeats all the same. Without them the controller, which only answers,
+/// declared the link silent after `dead_after`, dropped it, and found the root again by seeking:
+/// a cycle of a few seconds, forever, on every cluster of one host (and a dropped record on
+/// that link went unseen, since nothing followed it).
+#[test]
+fn a_lone_root_keeps_its_controllers_link_alive() {
+    for seed in [1, 2, 3] {
+        let mut sim = build(&scenario(1, seed));
+        let ctrl = ctrl_slot(&sim);
+        let root = root_of(&sim);
+        let c = sim.controller().expect("a controller");
+        assert_eq!(c.root(), Some(Sim::id(root)));
+        let changes = c.stats().root_changes;
+        // Long enough for several `dead_after`s, and a lost link to be found again.
+        run_for(&mut sim, Duration::from_secs(30), Duration::from_millis(100), |_| false);
+        let c = sim.controller().expect("a controller");
+        assert_eq!(c.root(), Some(Sim::id(root)), "seed {seed}: the controller lost its root");
+        assert_eq!(c.stats().root_changes, changes, "seed {seed}: the controller's root link was lost and found again");
+        let node = sim.node(root).expect("the root");
+        assert_eq!(node.stats().silent_links, 0, "seed {seed}: the root found its controller link silent");
+        assert_ne!(node.link_pins(&Sim::id(ctrl)), 0, "seed {seed}: the root's controller link is not pinned");
+    }
+}
