@@ -61,6 +61,10 @@ struct ProxyState {
     closed_after_attack: u32,
     /// The frame the injection writes.
     inject: Vec<u8>,
+    /// What the proxy saw (connections, attacks, ends), printed when the test fails.
+    trace: Vec<String>,
+    /// Connections accepted so far (their numbers in `trace`).
+    conns: u32,
 }
 
 fn cmd_ok(cmd: &mut Command) -> bool {
@@ -174,18 +178,25 @@ fn cut(buf: &mut Vec<u8>) -> Vec<Vec<u8>> {
 /// Copy `from` to `to`. With `attacked`, this is the stream from the controller to the client:
 /// its frames after the first two (the hello and the handshake message) are records, and the
 /// attack in `st` is carried out on the next one.
-fn pump(mut from: TcpStream, mut to: TcpStream, attacked: bool, st: Arc<Mutex<ProxyState>>) {
+fn pump(mut from: TcpStream, mut to: TcpStream, attacked: bool, st: Arc<Mutex<ProxyState>>, id: u32) {
+    let t0 = Instant::now();
+    let mut how = "read end";
     let mut buf = Vec::new();
     let mut seen = 0usize;
     let mut held: Option<Vec<u8>> = None;
     let mut chunk = [0u8; 65536];
     loop {
         let n = match from.read(&mut chunk) {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
+            Err(_) => {
+                how = "read error";
+                break;
+            }
             Ok(n) => n,
         };
         if !attacked {
             if to.write_all(&chunk[..n]).is_err() {
+                how = "write error";
                 break;
             }
             continue;
@@ -199,6 +210,10 @@ fn pump(mut from: TcpStream, mut to: TcpStream, attacked: bool, st: Arc<Mutex<Pr
             } else {
                 let mut s = st.lock().expect("proxy state");
                 let attack = s.attack.filter(|_| !s.done);
+                if attack.is_some() {
+                    let m = format!("conn {id}: {attack:?} on record {seen} at {:?}", t0.elapsed());
+                    s.trace.push(m);
+                }
                 match attack {
                     None => {
                         s.records.push(f.clone());
@@ -237,11 +252,17 @@ fn pump(mut from: TcpStream, mut to: TcpStream, attacked: bool, st: Arc<Mutex<Pr
                 }
             }
             if !out.is_empty() && to.write_all(&out).is_err() {
+                how = "write error";
                 break;
             }
         }
     }
     let _ = to.shutdown(Shutdown::Write);
+    {
+        let mut s = st.lock().expect("proxy state");
+        let m = format!("conn {id} attacked={attacked}: {how} after {seen} frames, {:?}", t0.elapsed());
+        s.trace.push(m);
+    }
     if attacked {
         let mut s = st.lock().expect("proxy state");
         if s.done {
@@ -261,8 +282,15 @@ fn proxy(port: u16, target: SocketAddr, ctrl_to_client_is_dialer: bool, st: Arc<
             let (a2, b2) = (a.try_clone().expect("clone"), b.try_clone().expect("clone"));
             let (s1, s2) = (Arc::clone(&st), Arc::clone(&st));
             let d = ctrl_to_client_is_dialer;
-            thread::spawn(move || pump(a, b, d, s1));
-            thread::spawn(move || pump(b2, a2, !d, s2));
+            let id = {
+                let mut s = st.lock().expect("state");
+                s.conns += 1;
+                let m = format!("conn {} to {target} accepted", s.conns);
+                s.trace.push(m);
+                s.conns
+            };
+            thread::spawn(move || pump(a, b, d, s1, id));
+            thread::spawn(move || pump(b2, a2, !d, s2, id));
         }
     });
 }
@@ -337,6 +365,7 @@ fn mitm_inner() {
         {
             let mut s = st.lock().expect("state");
             s.attack = Some(attack);
+            s.trace.push(format!("arm {attack:?}"));
             s.done = false;
             s.closed_after_attack = 0;
         }
@@ -355,7 +384,15 @@ fn mitm_inner() {
         wait_joined(&mut c, host, &format!("{attack:?}"));
         echo(&mut c, &format!("after {attack:?}"));
         let now = log_of(&_client.log).matches("closing the link").count();
-        assert!(now > refusals, "{attack:?}: the client did not log the refused record");
+        if now <= refusals {
+            let trace = st.lock().expect("state").trace.join("\n");
+            panic!(
+                "{attack:?}: the client did not log the refused record\nproxy:\n{trace}\nclient:\n{}\n{:?}\n{:?}",
+                log_of(&_client.log),
+                c.controller_stats(),
+                c.driver_stats()
+            );
+        }
         refusals = now;
     }
     assert!(!pwned.exists(), "the injected command ran");
