@@ -322,6 +322,8 @@ fn mitm_inner() {
     let dir = std::env::temp_dir().join(format!("plush-mitm-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("a work dir");
+    // Removed when the test ends, also when it fails (declared first: dropped last).
+    let _dir = RemoveOnDrop(dir.clone());
     let marker = dir.join("runs");
     let pwned = dir.join("pwned");
     let st = Arc::new(Mutex::new(ProxyState::default()));
@@ -401,5 +403,13 @@ fn mitm_inner() {
     eprintln!("the client's log:\n{log}");
     assert!(log.contains(CTRL), "the log names the peer: {log}");
     c.dismantle(Duration::from_secs(10)).expect("dismantle");
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A directory removed on drop.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
