@@ -559,10 +559,10 @@ impl ConnTable {
     }
 
     /// Heartbeat bookkeeping over pinned open links: peers silent past `dead_after` go in
-    /// `dead`. On links we *lead* (to our children, and the controller's link to the root), peers
+    /// `dead`. On links we *lead* (to our children, and a root's link to the controller), peers
     /// we have not written to for `heartbeat` go in `quiet` (their `last_tx` is advanced: the
-    /// caller sends them a heartbeat). On links we *follow* (to our parent) we only answer: see
-    /// [`ConnTable::received`]. Returns the next deadline.
+    /// caller sends them a heartbeat). On links we *follow* (to our parent, and the controller's
+    /// link to the root) we only answer: see [`ConnTable::received`]. Returns the next deadline.
     pub fn liveness(
         &mut self,
         now: Instant,

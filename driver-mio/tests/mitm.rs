@@ -258,16 +258,11 @@ fn pump(mut from: TcpStream, mut to: TcpStream, attacked: bool, st: Arc<Mutex<Pr
         }
     }
     let _ = to.shutdown(Shutdown::Write);
-    {
-        let mut s = st.lock().expect("proxy state");
-        let m = format!("conn {id} attacked={attacked}: {how} after {seen} frames, {:?}", t0.elapsed());
-        s.trace.push(m);
-    }
-    if attacked {
-        let mut s = st.lock().expect("proxy state");
-        if s.done {
-            s.closed_after_attack += 1;
-        }
+    let mut s = st.lock().expect("proxy state");
+    let m = format!("conn {id} attacked={attacked}: {how} after {seen} frames, {:?}", t0.elapsed());
+    s.trace.push(m);
+    if attacked && s.done {
+        s.closed_after_attack += 1;
     }
 }
 

@@ -6,8 +6,9 @@
 //! (sent on connect and every two minutes) with `SetRoot`, and so it answers every `SetCtrl`
 //! that reaches it from below (the controller asking a member where its root is, or a fragment
 //! that merged naming it), even while its own link looks fine: its last `SetRoot` may be lost.
-//! A node that becomes root tells the controller with `SetRoot`; a root that merges into another tree sends `SetCtrl` up toward the
-//! new root, which then does the same, unless it was orphaned (its controller gone and not
+//! The root leads that link's heartbeats (the controller only answers), also when it has no
+//! child. A node that becomes root tells the controller with `SetRoot`; a root that merges
+//! into another tree sends `SetCtrl` up toward the new root, which then does the same, unless it was orphaned (its controller gone and not
 //! back: a dead controller named up the tree would take the tree away from a live one). When
 //! the controller (re)connects, the root runs a census down the tree and sends the members up
 //! as `Participants`. A node that passes up a report that a member was lost drops that
