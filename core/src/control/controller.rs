@@ -855,6 +855,13 @@ impl Controller {
                 None => self.forget_at = Some(now + self.cfg.ack_interval),
             }
         }
+        // Acknowledgements first: one may ask for a census now (a silent host of a complete job),
+        // which then starts in this call, not at a timeout already past.
+        for k in 0..self.jobs.len() {
+            if self.jobs[k].ack_at.is_some_and(|t| t <= now) {
+                self.ack(now, k);
+            }
+        }
         if self.census_at.is_some_and(|t| t <= now) {
             if let Some(root) = self.root {
                 self.census_at = None;
@@ -865,11 +872,6 @@ impl Controller {
                 self.send(now, root, Message::Control(ControlMsg::Census));
             } else {
                 self.census_at = Some(now + self.cfg.recheck_delay);
-            }
-        }
-        for k in 0..self.jobs.len() {
-            if self.jobs[k].ack_at.is_some_and(|t| t <= now) {
-                self.ack(now, k);
             }
         }
         for k in 0..self.barriers.len() {
